@@ -1,0 +1,1 @@
+"""C2S message buses behind IMessageBus."""

@@ -1,0 +1,21 @@
+# -*- test-case-name: tests.bus.test_memory -*-
+"""The message-bus interface: where C2S frames go (DESIGN.md §3, bus envelope)."""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+class IMessageBus(Interface):
+    def start():  # type: ignore[no-untyped-def]
+        """Connect; fires with None when ready to publish."""
+
+    def stop():  # type: ignore[no-untyped-def]
+        """Disconnect; fires with None."""
+
+    def publish(topic, payload, logid):  # type: ignore[no-untyped-def]
+        """Publish ``payload`` (a serialized ``Message`` of kind C2S) to ``topic``.
+
+        Fires with None once the bus has accepted it; fails with
+        :class:`daojia_msg.bus.errors.BusUnavailable` when it cannot.
+        """

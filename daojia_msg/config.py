@@ -1,0 +1,348 @@
+# -*- test-case-name: tests.test_config -*-
+"""The node's configuration: TOML parsed once into frozen, typed objects.
+
+Every key, its type and its default are documented in ``etc/msgplatform.toml``
+(a test keeps that file and :func:`default_config` equal). An unknown key, a
+wrong type or an out-of-range value raises :class:`ConfigError`, whose text
+names the key path: ``limits.max_body: expected an integer >= 64, got 'x'``.
+
+With no config file the node runs the two development-only demo apps of
+DESIGN.md §3 (appcodes 1001 and 1002). A config file replaces them: it must
+name its own apps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_NODE_ID = 1023
+
+
+class ConfigError(Exception):
+    """A bad configuration value; ``path`` is the key path, e.g. ``("limits", "max_body")``."""
+
+    def __init__(self, msg: str, path: Iterable[str] = ()) -> None:
+        self.msg = msg
+        self.path = tuple(path)
+        super().__init__(f"{'.'.join(self.path)}: {msg}" if self.path else msg)
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    appcode: int
+    usersystem: str
+    name: str = ""
+    secret: str = field(default="", repr=False)
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    appcode: int
+    msgtype: int
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    gate: str = "tcp:7000"
+    http: str = "tcp:8080:interface=127.0.0.1"
+    rpc: str = "tcp:7100:interface=127.0.0.1"
+    manhole: str = ""
+    public_gate: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body: int = 65536
+    max_content: int = 65000
+    login_timeout_s: float = 10.0
+    heartbeat_s: int = 60
+    idle_timeout_s: float = 180.0
+    ack_timeout_s: float = 10.0
+    max_repush: int = 3
+    rate_per_s: float = 500.0
+    rate_burst: int = 1000
+    abuse_excess: int = 1000
+    abuse_window_s: float = 10.0
+    max_conn_per_ip: int = 5000
+    max_inflight: int = 256
+    page_default: int = 20
+    page_cap: int = 100
+    max_ack_ids: int = 1000
+    max_id_len: int = 128
+    http_max_body: int = 8 * 1024 * 1024
+    push_batch_max: int = 1000
+    close_grace_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    dedup_days: float = 7.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node_id: int | None = None
+    data_dir: str = "./var"
+    listen: ListenConfig = ListenConfig()
+    limits: Limits = Limits()
+    store: StoreConfig = StoreConfig()
+    redis_url: str = ""
+    mysql_url: str = ""
+    bus_url: str = "memory:"
+    apps: Mapping[int, AppConfig] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    demo: bool = False
+
+    def app(self, appcode: int) -> AppConfig | None:
+        return self.apps.get(appcode)
+
+    def topic_for(self, appcode: int, msgtype: int) -> str | None:
+        for route in self.routes:
+            if route.appcode == appcode and route.msgtype == msgtype:
+                return route.topic
+        return None
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+DEMO_APPS = {
+    1001: AppConfig(1001, "demo", "demo customer app", "demo-secret-1001", "demo-key-1001"),
+    1002: AppConfig(1002, "demo", "demo driver app", "demo-secret-1002", "demo-key-1002"),
+}
+DEMO_ROUTES = tuple(
+    Route(appcode, msgtype, topic)
+    for appcode in DEMO_APPS
+    for msgtype, topic in ((1, "gps"), (2, "order-events"))
+)
+
+
+def default_config() -> Config:
+    """What ``twistd msgplatform`` runs with no ``--config``: the demo apps included."""
+    return Config(apps=dict(DEMO_APPS), routes=DEMO_ROUTES, demo=True)
+
+
+class _Table:
+    """Reads one TOML table, checking each key; :meth:`done` rejects the rest."""
+
+    def __init__(self, data: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a table, got {data!r}", path)
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def int(self, key: str, default: int | None, lo: int = 0, hi: int = 2**63 - 1) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"expected an integer from {lo} to {hi}, got {value!r}", (*self.path, key))
+        return value
+
+    def float(self, key: str, default: float, lo: float = 0.0) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < lo:
+            raise ConfigError(f"expected a number >= {lo:g}, got {value!r}", (*self.path, key))
+        return float(value)
+
+    def str(self, key: str, default: str, required: bool = False) -> str:
+        value = self._get(key)
+        if value is None:
+            if required:
+                raise ConfigError("is required", (*self.path, key))
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", (*self.path, key))
+        return value
+
+    def table(self, key: str) -> _Table:
+        return _Table(self._get(key) or {}, (*self.path, key))
+
+    def done(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                raise ConfigError("unknown key", (*self.path, key))
+
+
+def _limits(t: _Table) -> Limits:
+    d = Limits()
+    heartbeat = t.int("heartbeat_s", d.heartbeat_s, 1, 3600)
+    limits = Limits(
+        max_body=t.int("max_body", d.max_body, 64, 64 * 1024 * 1024),
+        max_content=t.int("max_content", d.max_content, 1, 64 * 1024 * 1024),
+        login_timeout_s=t.float("login_timeout_s", d.login_timeout_s, 0.1),
+        heartbeat_s=heartbeat,
+        idle_timeout_s=t.float("idle_timeout_s", 3.0 * heartbeat, 1.0),
+        ack_timeout_s=t.float("ack_timeout_s", d.ack_timeout_s, 0.01),
+        max_repush=t.int("max_repush", d.max_repush, 0, 100),
+        rate_per_s=t.float("rate_per_s", d.rate_per_s, 0.001),
+        rate_burst=t.int("rate_burst", d.rate_burst, 1),
+        abuse_excess=t.int("abuse_excess", d.abuse_excess, 1),
+        abuse_window_s=t.float("abuse_window_s", d.abuse_window_s, 0.001),
+        max_conn_per_ip=t.int("max_conn_per_ip", d.max_conn_per_ip, 1),
+        max_inflight=t.int("max_inflight", d.max_inflight, 1, 100000),
+        page_default=t.int("page_default", d.page_default, 1, 10000),
+        page_cap=t.int("page_cap", d.page_cap, 1, 10000),
+        max_ack_ids=t.int("max_ack_ids", d.max_ack_ids, 1, 100000),
+        max_id_len=t.int("max_id_len", d.max_id_len, 1, 4096),
+        http_max_body=t.int("http_max_body", d.http_max_body, 1024, 1024**3),
+        push_batch_max=t.int("push_batch_max", d.push_batch_max, 1, 100000),
+        close_grace_s=t.float("close_grace_s", d.close_grace_s, 0.0),
+    )
+    t.done()
+    if limits.page_default > limits.page_cap:
+        raise ConfigError(
+            f"must not exceed limits.page_cap ({limits.page_cap})", (*t.path, "page_default")
+        )
+    if limits.max_content > limits.max_body - 256:
+        # A pushed Message (content + header fields) must fit one frame body.
+        raise ConfigError(
+            f"must leave 256 bytes of limits.max_body ({limits.max_body}) for the Message fields",
+            (*t.path, "max_content"),
+        )
+    return limits
+
+
+def _apps(data: Any) -> dict[int, AppConfig]:
+    apps: dict[int, AppConfig] = {}
+    keys: dict[str, int] = {}
+    top = _Table(data, ("apps",))
+    for name in data:
+        try:
+            appcode = int(name)
+        except ValueError:
+            appcode = -1
+        if not 1 <= appcode <= 2**32 - 1 or str(appcode) != name:
+            raise ConfigError("an app's key is its appcode, an integer from 1 to 4294967295", ("apps", name))
+        t = top.table(name)
+        app = AppConfig(
+            appcode=appcode,
+            usersystem=t.str("usersystem", "", required=True),
+            name=t.str("name", ""),
+            secret=t.str("secret", "", required=True),
+            api_key=t.str("api_key", ""),
+        )
+        t.done()
+        if not app.usersystem:
+            raise ConfigError("must not be empty", ("apps", name, "usersystem"))
+        if len(app.secret) < 8:
+            raise ConfigError("must be at least 8 characters", ("apps", name, "secret"))
+        if app.api_key:
+            if app.api_key in keys:
+                raise ConfigError(f"is the same as apps.{keys[app.api_key]}.api_key", ("apps", name, "api_key"))
+            keys[app.api_key] = appcode
+        apps[appcode] = app
+    return apps
+
+
+def _routes(data: Any, apps: Mapping[int, AppConfig]) -> tuple[Route, ...]:
+    if not isinstance(data, list):
+        raise ConfigError(f"expected an array of tables ([[routes]]), got {data!r}", ("routes",))
+    routes: list[Route] = []
+    seen: set[tuple[int, int]] = set()
+    for i, item in enumerate(data):
+        t = _Table(item, ("routes", str(i)))
+        route = Route(
+            appcode=t.int("appcode", None, 1, 2**32 - 1),
+            msgtype=t.int("msgtype", None, 0, 2**32 - 1),
+            topic=t.str("topic", "", required=True),
+        )
+        t.done()
+        if route.appcode is None or route.msgtype is None:
+            raise ConfigError("is required", (*t.path, "appcode" if route.appcode is None else "msgtype"))
+        if route.appcode not in apps:
+            raise ConfigError(f"no app {route.appcode} is configured", (*t.path, "appcode"))
+        if not route.topic or len(route.topic) > 200:
+            raise ConfigError("expected a topic name of 1 to 200 characters", (*t.path, "topic"))
+        if (route.appcode, route.msgtype) in seen:
+            raise ConfigError("a route for this (appcode, msgtype) is already configured", t.path)
+        seen.add((route.appcode, route.msgtype))
+        routes.append(route)
+    return tuple(routes)
+
+
+def parse_config(text: str) -> Config:
+    """The :class:`Config` that TOML ``text`` describes, or :class:`ConfigError`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}") from None
+    top = _Table(data, ())
+    node = top.table("node")
+    node_id = node.int("id", None, 0, MAX_NODE_ID)
+    data_dir = node.str("data_dir", Config.data_dir)
+    node.done()
+    lt = top.table("listen")
+    d = ListenConfig()
+    listen = ListenConfig(
+        gate=lt.str("gate", d.gate),
+        http=lt.str("http", d.http),
+        rpc=lt.str("rpc", d.rpc),
+        manhole=lt.str("manhole", d.manhole),
+        public_gate=lt.str("public_gate", d.public_gate),
+    )
+    lt.done()
+    limits = _limits(top.table("limits"))
+    st = top.table("store")
+    store = StoreConfig(dedup_days=st.float("dedup_days", StoreConfig.dedup_days, 7.0))
+    st.done()
+    urls = {}
+    for key, default in (("redis", ""), ("mysql", ""), ("bus", "memory:")):
+        t = top.table(key)
+        urls[key] = t.str("url", default)
+        t.done()
+    top.seen.update({"apps", "routes"})
+    apps = _apps(data.get("apps", {}))
+    if not apps:
+        raise ConfigError("at least one app must be configured ([apps.<appcode>])", ("apps",))
+    routes = _routes(data.get("routes", []), apps)
+    top.done()
+    config = Config(
+        node_id=node_id,
+        data_dir=data_dir,
+        listen=listen,
+        limits=limits,
+        store=store,
+        redis_url=urls["redis"],
+        mysql_url=urls["mysql"],
+        bus_url=urls["bus"],
+        apps=apps,
+        routes=routes,
+        demo=any(app.secret == demo.secret for app in apps.values() for demo in DEMO_APPS.values()),
+    )
+    check_urls(config)
+    return config
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from None
+    return parse_config(text)
+
+
+def check_urls(config: Config) -> None:
+    """Reject backend URLs this build cannot serve, naming the key."""
+    if config.bus_url != "memory:":
+        raise ConfigError(
+            f"only 'memory:' is supported in this build, got {config.bus_url!r}", ("bus", "url")
+        )
+    if config.redis_url:
+        raise ConfigError("the Redis backend is not in this build yet", ("redis", "url"))
+    if config.mysql_url:
+        raise ConfigError("the MySQL backend is not in this build yet", ("mysql", "url"))

@@ -1,0 +1,1 @@
+"""Logic: login, sessions, routing, delivery, inbox. Reaches connections only through IClientConnection."""

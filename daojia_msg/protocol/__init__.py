@@ -1,0 +1,1 @@
+"""The wire protocol, version 1 (../shared/PROTOCOL.md): codes, codec, bodies."""

@@ -1,0 +1,56 @@
+# -*- test-case-name: tests.protocol.test_codec -*-
+"""Commands, result codes and kickout reasons of protocol version 1 (PROTOCOL.md §3, §4)."""
+
+from __future__ import annotations
+
+import enum
+
+MAGIC = 0x58DA
+VERSION = 1
+RESPONSE_BIT = 0x80
+
+
+class Cmd(enum.IntEnum):
+    LOGIN = 0x01
+    LOGOUT = 0x02
+    C2S = 0x03
+    S2C = 0x04
+    C2C = 0x05
+    KEEPALIVE = 0x06
+    KICKOUT = 0x07
+    ACK = 0x08
+    PULL = 0x09
+    HISTORY = 0x0A
+
+
+#: Commands a client may send as a request. S2C and KICKOUT are server pushes:
+#: a client that sends one is answered UNKNOWN_CMD (PROTOCOL.md §6.2).
+CLIENT_REQUESTS = frozenset(
+    {Cmd.LOGIN, Cmd.LOGOUT, Cmd.C2S, Cmd.C2C, Cmd.KEEPALIVE, Cmd.ACK, Cmd.PULL, Cmd.HISTORY}
+)
+
+#: Commands allowed before a successful LOGIN.
+BEFORE_LOGIN = frozenset({Cmd.LOGIN, Cmd.KEEPALIVE})
+
+
+class Code(enum.IntEnum):
+    OK = 0
+    BAD_REQUEST = 1
+    UNAUTHORIZED = 2
+    NOT_LOGGED_IN = 3
+    UID_MISMATCH = 4
+    TOO_LARGE = 5
+    RATE_LIMITED = 6
+    UNKNOWN_CMD = 7
+    UNSUPPORTED_VERSION = 8
+    UNKNOWN_APPCODE = 9
+    NO_ROUTE = 10
+    UNAVAILABLE = 11
+    INTERNAL = 12
+
+
+class KickReason(enum.IntEnum):
+    LOGIN_ELSEWHERE = 1
+    ADMIN = 2
+    SHUTDOWN = 3
+    ABUSE = 4

@@ -1,0 +1,1 @@
+"""Sessions and messages behind interfaces: embedded (memory, SQLite) and cluster backends."""

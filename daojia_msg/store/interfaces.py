@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.store.test_sqlite -*-
+"""The storage interfaces. Each implementation is checked with ``verifyObject``
+and runs the shared behaviour suite in ``tests/store/suites.py``.
+
+Every method returns a Deferred; on a backend failure it fails with
+:class:`daojia_msg.store.errors.StoreUnavailable` and nothing happened.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IMessageStore(Interface):
+    """Pending (offline) messages, delivery state, history and send de-duplication."""
+
+    def start():  # type: ignore[no-untyped-def]
+        """Open the backend and create or migrate the schema; fires with None."""
+
+    def stop():  # type: ignore[no-untyped-def]
+        """Close the backend; fires with None once pending writes are done."""
+
+    def store(messages):  # type: ignore[no-untyped-def]
+        """Make a batch of :class:`NewMessage` durable, as pending.
+
+        Fires with a list of :class:`StoreOutcome`, one per message, in order,
+        once every message of the batch is durable. A message whose
+        ``(from_uid, from_appcode, client_msg_id)`` was stored before (within the
+        de-duplication window) is not stored again: its outcome carries the first
+        ``msgid``/``logid`` and ``duplicate=True``; the same holds within one batch.
+        """
+
+    def ack(uid, appcode, msgids):  # type: ignore[no-untyped-def]
+        """Mark those of ``msgids`` that are pending for ``(uid, appcode)`` delivered.
+
+        Unknown ids, ids already delivered and ids of other recipients are
+        ignored. Fires, once the change is durable, with the list of
+        :class:`AckedMessage` that changed state.
+        """
+
+    def pull(uid, appcode, after_msgid, limit):  # type: ignore[no-untyped-def]
+        """Pending messages of ``(uid, appcode)`` with ``msgid > after_msgid``.
+
+        Fires with a :class:`Page`: at most ``limit`` messages, ascending by msgid,
+        ``has_more`` when more pending ones follow.
+        """
+
+    def count_pending(uid, appcode):  # type: ignore[no-untyped-def]
+        """Fires with the number of pending messages of ``(uid, appcode)``."""
+
+    def history(usersystem, uid, before_msgid, limit, peer_uid):  # type: ignore[no-untyped-def]
+        """The message list of ``(usersystem, uid)``: messages it sent or received.
+
+        Each message once, descending by msgid, ``msgid < before_msgid`` (0: from
+        the newest), at most ``limit``; only those exchanged with ``peer_uid``
+        unless it is 0. Fires with a :class:`Page`.
+        """
+
+    def max_msgid():  # type: ignore[no-untyped-def]
+        """Fires with the largest msgid stored (0 when empty)."""
+
+    def purge_dedup(before_ms):  # type: ignore[no-untyped-def]
+        """Forget de-duplication keys recorded before Unix ms ``before_ms``;
+        fires with how many were dropped."""
+
+
+class ISessionStore(Interface):
+    """Online sessions: ``(uid, appcode) -> SessionRecord``. One per key."""
+
+    def register(record):  # type: ignore[no-untyped-def]
+        """Make ``record`` the session of ``(record.uid, record.appcode)``.
+
+        Fires with the :class:`SessionRecord` it replaced (another session that
+        must now be kicked), or None.
+        """
+
+    def unregister(record):  # type: ignore[no-untyped-def]
+        """Remove the session of ``(record.uid, record.appcode)`` only if it is
+        still ``record.session_id``; fires with True if it removed it."""
+
+    def lookup(uid, appcode):  # type: ignore[no-untyped-def]
+        """Fires with the :class:`SessionRecord` of ``(uid, appcode)`` or None."""
+
+    def lookup_uid(uid):  # type: ignore[no-untyped-def]
+        """Fires with the list of :class:`SessionRecord` of ``uid`` (any appcode)."""
+
+    def purge_node(node_id):  # type: ignore[no-untyped-def]
+        """Remove every session held by ``node_id``; fires with how many."""
+
+
+class IClock(Interface):
+    """What the stores need of a reactor: ``seconds()`` and ``callLater``."""
+
+    seconds = Attribute("seconds() -> float")

@@ -1,0 +1,90 @@
+# -*- test-case-name: tests.store.test_sqlite -*-
+"""The records that cross the store interfaces."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(enum.IntEnum):
+    """``Message.kind`` on the wire."""
+
+    UNSPECIFIED = 0
+    C2C = 1
+    S2C = 2
+    C2S = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message to one recipient (the ``messages`` table row, DESIGN.md §2)."""
+
+    msgid: int
+    from_uid: int
+    from_appcode: int
+    to_uid: int
+    to_appcode: int
+    msgtype: int
+    kind: Kind
+    content: bytes
+    send_time_ms: int
+    logid: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """What :meth:`IMessageStore.store` takes: a message and what goes with it.
+
+    ``client_msg_id`` (may be empty) de-duplicates sends under
+    ``(message.from_uid, message.from_appcode)``. History rows are written for
+    ``(from_system, from_uid)`` when ``from_system`` is set (not for S2C) and for
+    ``(to_system, to_uid)``; one row when both are the same owner.
+    """
+
+    message: StoredMessage
+    to_system: str
+    from_system: str = ""
+    client_msg_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    """The answer for one :class:`NewMessage`: its ids, and whether it was a resend.
+
+    For a resend (``duplicate``) ``msgid`` and ``logid`` are the first send's,
+    and nothing was stored.
+    """
+
+    msgid: int
+    logid: str
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AckedMessage:
+    """A message whose state an ACK changed from pending to delivered."""
+
+    msgid: int
+    msgtype: int
+    kind: Kind
+    send_time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of messages (PULL ascending, HISTORY descending) and whether more follow."""
+
+    messages: list[StoredMessage]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """Where ``(uid, appcode)`` is online: the node, the session, since when."""
+
+    uid: int
+    appcode: int
+    node_id: int
+    session_id: str
+    since_ms: int
