@@ -36,7 +36,7 @@ def verify_token(secret: str, appcode: int, uid: int, token: str, now: float) ->
     if len(token) > MAX_TOKEN_LEN:
         raise TokenError("malformed token")
     expires, sep, mac = token.partition(":")
-    if not sep or not expires.isdigit() or len(expires) > 12:
+    if not sep or not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
         raise TokenError("malformed token")
     expires_at = int(expires)
     good = _mac(secret, appcode, uid, expires_at)

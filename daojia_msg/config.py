@@ -142,6 +142,11 @@ class _Table:
         self.seen.add(key)
         return self.data.get(key)
 
+    # Before int/float/str: below them, ``str`` in an annotation names the method.
+    def table(self, key: str) -> _Table:
+        value = self._get(key)
+        return _Table({} if value is None else value, (*self.path, key))
+
     def int(self, key: str, default: int | None, lo: int = 0, hi: int = 2**63 - 1) -> Any:
         value = self._get(key)
         if value is None:
@@ -154,7 +159,8 @@ class _Table:
         value = self._get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < lo:
+        # ``not value >= lo`` refuses NaN too (TOML allows ``nan``).
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= lo:
             raise ConfigError(f"expected a number >= {lo:g}, got {value!r}", (*self.path, key))
         return float(value)
 
@@ -167,9 +173,6 @@ class _Table:
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, got {value!r}", (*self.path, key))
         return value
-
-    def table(self, key: str) -> _Table:
-        return _Table(self._get(key) or {}, (*self.path, key))
 
     def done(self) -> None:
         for key in self.data:
@@ -283,7 +286,7 @@ def parse_config(text: str) -> Config:
     top = _Table(data, ())
     node = top.table("node")
     node_id = node.int("id", None, 0, MAX_NODE_ID)
-    data_dir = node.str("data_dir", Config.data_dir)
+    data_dir = node.str("data_dir", Config().data_dir)
     node.done()
     lt = top.table("listen")
     d = ListenConfig()
@@ -297,7 +300,7 @@ def parse_config(text: str) -> Config:
     lt.done()
     limits = _limits(top.table("limits"))
     st = top.table("store")
-    store = StoreConfig(dedup_days=st.float("dedup_days", StoreConfig.dedup_days, 7.0))
+    store = StoreConfig(dedup_days=st.float("dedup_days", StoreConfig().dedup_days, 7.0))
     st.done()
     urls = {}
     for key, default in (("redis", ""), ("mysql", ""), ("bus", "memory:")):
@@ -333,6 +336,8 @@ def load_config(path: str) -> Config:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not UTF-8: {e.reason}") from None
     return parse_config(text)
 
 

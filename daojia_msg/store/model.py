@@ -69,6 +69,7 @@ class AckedMessage:
     msgtype: int
     kind: Kind
     send_time_ms: int
+    logid: str = ""
 
 
 @dataclass(frozen=True, slots=True)

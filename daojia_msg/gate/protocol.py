@@ -1,0 +1,359 @@
+# -*- test-case-name: tests.gate.test_protocol -*-
+"""One client connection: frames in, checks, logic calls, responses out.
+
+Checks run in the order of PROTOCOL.md §6.2: magic, version, size (in the
+codec), rate limit, known command, logged in, header uid/appcode, body parse.
+
+Requests are answered as they complete and matched by ``sequenceid``; LOGIN
+and LOGOUT are barriers (later frames wait until they are answered), and at
+most ``limits.max_inflight`` requests run at once per connection: past that
+the gate stops reading the socket (back-pressure) until answers go out.
+
+Closing is polite (../shared/PITFALLS.md): stop handling frames, flush, half
+close, keep reading and discarding, abort only after ``close_grace_s``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as PbMessage
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from daojia_msg.gate.limits import TokenBucket
+from daojia_msg.logic.interfaces import IClientConnection
+from daojia_msg.protocol import errors
+from daojia_msg.protocol.codec import (
+    BadMagic,
+    BadVersion,
+    BodyTooLarge,
+    Frame,
+    FrameDecoder,
+    encode,
+)
+from daojia_msg.protocol.codes import (
+    BEFORE_LOGIN,
+    CLIENT_REQUESTS,
+    RESPONSE_BIT,
+    Cmd,
+    Code,
+    KickReason,
+)
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+
+if TYPE_CHECKING:
+    from daojia_msg.gate.factory import GateFactory
+    from daojia_msg.logic.service import Session
+
+#: The response body type of each command; the others answer with ``Result``.
+#: All share ``code = 1`` and ``reason = 2``, so error answers look alike on the wire.
+RESPONSE_TYPES: dict[int, type[PbMessage]] = {
+    Cmd.LOGIN: pb.LoginResponse,
+    Cmd.PULL: pb.PullResponse,
+    Cmd.HISTORY: pb.HistoryResponse,
+}
+MAX_SEQ = 0xFFFFFFFF
+
+
+@implementer(IClientConnection)
+class GateProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, factory: GateFactory, host: str, peer: str) -> None:
+        self.factory = factory
+        self.logic = factory.logic
+        self.inbox = factory.inbox
+        self.limits = factory.limits
+        self.clock = factory.clock
+        self.host = host
+        self.peer = peer
+        self.connected = False
+        self.session: Session | None = None
+        self._decoder = FrameDecoder(self.limits.max_body)
+        self._closing = False
+        self._barrier = False
+        self._inflight = 0
+        self._paused = False
+        self._processing = False
+        self._push_seq = 0
+        self._connected_at = 0.0
+        self._last_rx = 0.0
+        self._timer: IDelayedCall | None = None
+        self._grace: IDelayedCall | None = None
+        self._bucket: TokenBucket
+
+    # -- connection life -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        now = self.clock.seconds()
+        self.connected = True
+        self._connected_at = self._last_rx = now
+        limits = self.limits
+        self._bucket = TokenBucket(
+            limits.rate_per_s, limits.rate_burst, now, limits.abuse_excess, limits.abuse_window_s
+        )
+        self._timer = self.clock.callLater(limits.login_timeout_s, self._on_timer)
+        self.factory.connection_made(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.connected = False
+        self._closing = True
+        for timer in (self._timer, self._grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._grace = None
+        self._release_session()
+        self.factory.connection_lost(self)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.clock.seconds()
+        if self.session is None:
+            deadline = self._connected_at + self.limits.login_timeout_s
+            why = "login timeout"
+        else:
+            deadline = self._last_rx + self.limits.idle_timeout_s
+            why = "idle timeout"
+        if now >= deadline:
+            self.log.info("closing {peer}: {why}", peer=self.peer, why=why,
+                          uid=self.session.uid if self.session else 0,
+                          appcode=self.session.appcode if self.session else 0)
+            self.close()
+            return
+        self._timer = self.clock.callLater(deadline - now, self._on_timer)
+
+    def _release_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            self.logic.connection_lost(session)
+
+    def close(self) -> None:
+        """Close politely: answers already written still reach the peer."""
+        if self._closing:
+            return
+        self._closing = True
+        self.connected = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._release_session()
+        transport: Any = self.transport
+        if self._paused:
+            transport.resumeProducing()  # keep reading (and discarding): no RST
+            self._paused = False
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:
+            transport.loseConnection()
+        self._grace = self.clock.callLater(self.limits.close_grace_s, self._abort)
+
+    def _abort(self) -> None:
+        self._grace = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # -- IClientConnection ---------------------------------------------------
+
+    def _next_seq(self) -> int:
+        seq = self._push_seq = self._push_seq % MAX_SEQ + 1
+        return seq
+
+    def push(self, cmd: int, msgtype: int, body: bytes) -> int:
+        session = self.session
+        if session is None or self._closing:
+            return 0
+        seq = self._next_seq()
+        self.transport.write(encode(cmd, session.appcode, msgtype, session.uid, seq, body))  # type: ignore[union-attr]
+        return seq
+
+    def kick(self, reason_code: int, reason: str) -> None:
+        if self._closing:
+            return
+        session = self.session
+        uid, appcode = (session.uid, session.appcode) if session else (0, 0)
+        body = pb.Kickout(reason_code=reason_code, reason=reason).SerializeToString()
+        self.transport.write(encode(Cmd.KICKOUT, appcode, 0, uid, self._next_seq(), body))  # type: ignore[union-attr]
+        self.log.info("kickout {uid}@{appcode} at {peer}: {reason}", uid=uid, appcode=appcode,
+                      peer=self.peer, reason=KickReason(reason_code).name)
+        self.close()
+
+    # -- frames in -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last_rx = self.clock.seconds()
+        self._decoder.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            decoder = self._decoder
+            while not (self._closing or self._barrier or self._inflight >= self.limits.max_inflight):
+                try:
+                    frame = decoder.next()
+                except BadMagic:
+                    self.log.info("bad magic from {peer}: closing", peer=self.peer)
+                    self.close()
+                    return
+                except BadVersion as e:
+                    self._reply_error(e.header, Code.UNSUPPORTED_VERSION, "unsupported version")
+                    self.close()
+                    return
+                except BodyTooLarge as e:
+                    self._reply_error(e.header, Code.TOO_LARGE,
+                                      f"body is over {self.limits.max_body} bytes")
+                    self.close()
+                    return
+                if frame is None:
+                    break
+                self._frame(frame)
+        finally:
+            self._processing = False
+        self._throttle()
+
+    def _throttle(self) -> None:
+        """Stop reading the socket while requests wait; read again once they are answered."""
+        if self._closing:
+            return
+        busy = self._barrier or self._inflight >= self.limits.max_inflight
+        if busy and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        elif not busy and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _frame(self, frame: Frame) -> None:
+        bucket = self._bucket
+        if not bucket.take(self._last_rx):
+            if bucket.abusive:
+                self.kick(KickReason.ABUSE, "too many frames over the rate limit")
+            else:
+                self._reply_error(frame, Code.RATE_LIMITED, "rate limited")
+            return
+        cmd = frame.cmd
+        if cmd not in CLIENT_REQUESTS:
+            self._reply_error(frame, Code.UNKNOWN_CMD, f"unknown command {cmd:#04x}")
+            return
+        session = self.session
+        if session is None:
+            if cmd not in BEFORE_LOGIN:
+                self._reply_error(frame, Code.NOT_LOGGED_IN, "log in first")
+                return
+        elif frame.uid != session.uid or frame.appcode != session.appcode:
+            self._reply_error(frame, Code.UID_MISMATCH, "uid/appcode differ from the session's")
+            return
+        if cmd == Cmd.KEEPALIVE:  # body ignored
+            self._reply(frame, pb.Result(code=Code.OK, server_time_ms=self.logic.now_ms()))
+        elif cmd == Cmd.LOGOUT:  # body ignored
+            self._barrier = True
+            self._call(frame, self._logout())
+        elif cmd == Cmd.LOGIN:
+            req = self._parse(frame, pb.LoginRequest)
+            if req is not None:
+                self._barrier = True
+                self._call(frame, self._login(frame, req))
+        else:
+            self._request(frame, cmd)
+
+    def _request(self, frame: Frame, cmd: int) -> None:
+        session = self.session
+        assert session is not None
+        if cmd == Cmd.C2C:
+            c2c = self._parse(frame, pb.C2CRequest)
+            if c2c is not None:
+                self._call(frame, self.logic.c2c(session, frame.msgtype, c2c))
+        elif cmd == Cmd.C2S:
+            c2s = self._parse(frame, pb.C2SRequest)
+            if c2s is not None:
+                self._call(frame, self.logic.c2s(session, frame.msgtype, c2s))
+        elif cmd == Cmd.ACK:
+            ack = self._parse(frame, pb.Ack)
+            if ack is not None:
+                self._call(frame, self.logic.ack(session, ack.msgids))
+        elif cmd == Cmd.PULL:
+            pull = self._parse(frame, pb.PullRequest)
+            if pull is not None:
+                self._call(frame, self.inbox.pull(session, pull))
+        elif cmd == Cmd.HISTORY:
+            history = self._parse(frame, pb.HistoryRequest)
+            if history is not None:
+                self._call(frame, self.inbox.history(session, history))
+
+    def _parse(self, frame: Frame, cls: Any) -> Any:
+        msg = cls()
+        try:
+            msg.ParseFromString(frame.body)
+        except DecodeError:
+            self._reply_error(frame, Code.BAD_REQUEST, f"body is not a valid {cls.__name__}")
+            return None
+        return msg
+
+    async def _login(self, frame: Frame, req: pb.LoginRequest) -> PbMessage:
+        if self.session is not None:  # the same identity: _frame checked uid/appcode
+            return await self.logic.relogin(self.session, req)
+        session, response = await self.logic.login(self, frame.appcode, frame.uid, req)
+        if self._closing:
+            self.logic.connection_lost(session)
+        else:
+            self.session = session
+        return response
+
+    async def _logout(self) -> PbMessage:
+        session, self.session = self.session, None
+        assert session is not None
+        await self.logic.logout(session)
+        return pb.Result(code=Code.OK, server_time_ms=self.logic.now_ms())
+
+    # -- answers out -----------------------------------------------------------
+
+    def _call(self, frame: Frame, coro: Any) -> None:
+        self._inflight += 1
+        d: Deferred[PbMessage] = Deferred.fromCoroutine(coro)
+        d.addCallbacks(self._answer, self._failed, callbackArgs=(frame,), errbackArgs=(frame,))
+
+    def _done(self, frame: Frame) -> None:
+        self._inflight -= 1
+        if frame.cmd == Cmd.LOGOUT:
+            self.close()
+        elif frame.cmd == Cmd.LOGIN:
+            self._barrier = False
+        if not self._processing and not self._closing:
+            self._process()
+
+    def _answer(self, response: PbMessage, frame: Frame) -> None:
+        self._reply(frame, response)
+        self._done(frame)
+
+    def _failed(self, failure: Failure, frame: Frame) -> None:
+        error = failure.value
+        if isinstance(error, errors.RequestError):
+            self._reply_error(frame, error.code, error.reason)
+        else:
+            self.log.failure("request {cmd:#04x} from {peer} failed", failure,
+                             cmd=frame.cmd, peer=self.peer, uid=frame.uid, appcode=frame.appcode)
+            self._reply_error(frame, Code.INTERNAL, "internal error")
+        self._done(frame)
+
+    def _reply(self, frame: Frame, response: PbMessage) -> None:
+        if self._closing and frame.cmd != Cmd.LOGOUT:
+            return
+        self.transport.write(  # type: ignore[union-attr]
+            encode(frame.cmd | RESPONSE_BIT, frame.appcode, frame.msgtype, frame.uid,
+                   frame.sequenceid, response.SerializeToString())
+        )
+
+    def _reply_error(self, frame: Frame, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._reply(frame, RESPONSE_TYPES.get(frame.cmd, pb.Result)(code=code, reason=reason))

@@ -1,0 +1,108 @@
+# -*- test-case-name: tests.logic.test_delivery -*-
+"""Pushes waiting for their ACK on one connection, and their re-push timer.
+
+Every entry waits the same ACK timeout, so insertion order is deadline order:
+an ordered dict is the timer queue, and one DelayedCall per connection (for the
+head) serves all of them. On timeout a message is pushed again on the same
+connection, at most ``max_repush`` more times; then it is dropped from the
+window and simply stays pending in the store for PULL (PROTOCOL.md §6.3).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from daojia_msg.logic.interfaces import IClientConnection
+
+
+class _Entry:
+    __slots__ = ("deadline", "attempts", "cmd", "msgtype", "body", "route")
+
+    def __init__(self, deadline: float, cmd: int, msgtype: int, body: bytes, route: object) -> None:
+        self.deadline = deadline
+        self.attempts = 0
+        self.cmd = cmd
+        self.msgtype = msgtype
+        self.body = body
+        self.route = route
+
+
+class DeliveryWindow:
+    """The un-ACKed pushes of one connection.
+
+    ``on_repush(route)`` is called for each re-push, for statistics.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        conn: IClientConnection,
+        ack_timeout: float,
+        max_repush: int,
+        max_size: int,
+        on_repush: Callable[[object], None],
+    ) -> None:
+        self._clock = clock
+        self._conn = conn
+        self._timeout = ack_timeout
+        self._max_repush = max_repush
+        self._max_size = max_size
+        self._on_repush = on_repush
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._timer: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, msgid: int) -> bool:
+        return msgid in self._entries
+
+    def push(self, msgid: int, cmd: int, msgtype: int, body: bytes, route: object) -> bool:
+        """Push now and watch for the ACK; False (nothing pushed) when the window is full."""
+        if msgid in self._entries:
+            return True
+        if len(self._entries) >= self._max_size:
+            return False
+        self._conn.push(cmd, msgtype, body)
+        self._entries[msgid] = _Entry(self._clock.seconds() + self._timeout, cmd, msgtype, body, route)
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._expire)
+        return True
+
+    def acked(self, msgids: Iterable[int]) -> None:
+        entries = self._entries
+        for msgid in msgids:
+            entries.pop(msgid, None)
+        if not entries and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        """The connection is gone: forget everything (it stays pending in the store)."""
+        self._entries.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        entries = self._entries
+        while entries:
+            msgid, entry = next(iter(entries.items()))
+            if entry.deadline > now:
+                break
+            if entry.attempts >= self._max_repush or not self._conn.connected:
+                del entries[msgid]
+                continue
+            entry.attempts += 1
+            entry.deadline = now + self._timeout
+            entries.move_to_end(msgid)
+            self._conn.push(entry.cmd, entry.msgtype, entry.body)
+            self._on_repush(entry.route)
+        if entries:
+            head = next(iter(entries.values()))
+            self._timer = self._clock.callLater(max(0.0, head.deadline - now), self._expire)

@@ -1,0 +1,21 @@
+# -*- test-case-name: tests.logic.test_service -*-
+"""The narrow view logic has of a client connection (DESIGN.md §4: logic never
+imports the gate)."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IClientConnection(Interface):
+    """One client's connection as logic sees it."""
+
+    peer = Attribute("str: the peer address, for logs")
+    connected = Attribute("bool: False once the connection is closing or closed")
+
+    def push(cmd, msgtype, body):  # type: ignore[no-untyped-def]
+        """Write a server push (S2C, C2C delivery) to the logged-in identity with
+        the connection's next nonzero sequenceid; returns that sequenceid."""
+
+    def kick(reason_code, reason):  # type: ignore[no-untyped-def]
+        """Send KICKOUT with ``reason_code`` and close politely."""

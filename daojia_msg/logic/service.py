@@ -1,0 +1,449 @@
+# -*- test-case-name: tests.logic.test_service -*-
+"""Logic on one node: login, logout, kickout, C2S routing, C2C and S2C delivery.
+
+The gate and the HTTP API call in; logic reaches storage, the bus and (through
+:class:`~daojia_msg.logic.interfaces.IClientConnection`) connections. Every
+method either returns its answer or raises a
+:class:`~daojia_msg.protocol.errors.RequestError` that maps to a result code.
+
+Delivery (PROTOCOL.md §6.3): a message is made durable as pending, then the
+sender is answered, then it is pushed if the recipient is online; an ACK turns
+it delivered. PULL and HISTORY are in :mod:`daojia_msg.logic.inbox`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from daojia_msg.auth import TokenError, verify_token
+from daojia_msg.bus.errors import BusError
+from daojia_msg.bus.interfaces import IMessageBus
+from daojia_msg.config import Config
+from daojia_msg.ids import IdGenerator
+from daojia_msg.logic.delivery import DeliveryWindow
+from daojia_msg.logic.interfaces import IClientConnection
+from daojia_msg.logic.stats import Route, Stats
+from daojia_msg.protocol import errors
+from daojia_msg.protocol.codes import Cmd, Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.store.errors import StoreError
+from daojia_msg.store.interfaces import IMessageStore, ISessionStore
+from daojia_msg.store.model import Kind, NewMessage, SessionRecord, StoredMessage
+
+#: A client-chosen logid goes into every log line: keep it short and plain.
+LOGID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+#: Un-ACKed pushes held per connection; beyond it a message just stays pending.
+MAX_UNACKED = 1000
+DEDUP_PURGE_INTERVAL_S = 3600.0
+
+
+def to_pb(msg: StoredMessage) -> pb.Message:
+    return pb.Message(
+        msgid=msg.msgid,
+        from_uid=msg.from_uid,
+        from_appcode=msg.from_appcode,
+        to_uid=msg.to_uid,
+        to_appcode=msg.to_appcode,
+        msgtype=msg.msgtype,
+        content=msg.content,
+        send_time_ms=msg.send_time_ms,
+        logid=msg.logid,
+        kind=int(msg.kind),  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PushItem:
+    """One S2C push from an app server (``POST /v1/push``), already shape-checked."""
+
+    to_uid: int
+    to_appcode: int
+    msgtype: int
+    content: bytes
+    logid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    msgid: int
+    logid: str
+    online: bool
+
+
+class Session:
+    """A logged-in connection, as logic tracks it."""
+
+    __slots__ = ("conn", "uid", "appcode", "usersystem", "record", "window")
+
+    def __init__(
+        self, conn: IClientConnection, record: SessionRecord, usersystem: str, window: DeliveryWindow
+    ) -> None:
+        self.conn = conn
+        self.uid = record.uid
+        self.appcode = record.appcode
+        self.usersystem = usersystem
+        self.record = record
+        self.window = window
+
+
+class LogicService(Service):
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        clock: IReactorTime,
+        sessions: ISessionStore,
+        store: IMessageStore,
+        bus: IMessageBus,
+        ids: IdGenerator,
+        stats: Stats | None = None,
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.clock = clock
+        self.sessions = sessions
+        self.store = store
+        self.bus = bus
+        self.ids = ids
+        self.node_id = ids.node_id
+        self.stats = stats if stats is not None else Stats()
+        #: This node's logged-in connections, by identity.
+        self.local: dict[tuple[int, int], Session] = {}
+        self._purge = LoopingCall(self._purge_dedup)
+        self._purge.clock = clock
+
+    # -- service life ------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._purge.start(DEDUP_PURGE_INTERVAL_S, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._purge.running:
+            self._purge.stop()
+
+    def kick_all(self, reason_code: KickReason, reason: str) -> int:
+        """KICKOUT every local session (e.g. SHUTDOWN); returns how many."""
+        sessions = list(self.local.values())
+        for session in sessions:
+            session.conn.kick(reason_code, reason)
+        return len(sessions)
+
+    async def _purge_dedup(self) -> None:
+        before = int(self.clock.seconds() * 1000 - self.config.store.dedup_days * 86400000)
+        try:
+            n = await self.store.purge_dedup(before)
+        except StoreError:
+            self.log.failure("purging old de-duplication keys failed")
+        else:
+            self.log.info("purged {count} de-duplication keys", count=n)
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    # -- sessions ------------------------------------------------------------
+
+    async def login(
+        self, conn: IClientConnection, appcode: int, uid: int, req: pb.LoginRequest
+    ) -> tuple[Session, pb.LoginResponse]:
+        """Verify the token, register the session, kick the older one of the same identity."""
+        app = self.config.app(appcode)
+        if app is None:
+            raise errors.UnknownAppcode(f"no app {appcode}")
+        if uid == 0:
+            raise errors.BadRequest("uid must not be 0")
+        try:
+            verify_token(app.secret, appcode, uid, req.token, self.clock.seconds())
+        except TokenError as e:
+            self.log.info("login refused for {uid}@{appcode} from {peer}: {why}",
+                          uid=uid, appcode=appcode, peer=conn.peer, why=str(e))
+            raise errors.Unauthorized(str(e)) from None
+        record = SessionRecord(uid, appcode, self.node_id, uuid.uuid4().hex, self.now_ms())
+        window = DeliveryWindow(
+            self.clock, conn, self.limits.ack_timeout_s, self.limits.max_repush, MAX_UNACKED,
+            self._count_repush,
+        )
+        session = Session(conn, record, app.usersystem, window)
+        try:
+            previous = await self.sessions.register(record)
+        except StoreError:
+            raise errors.Unavailable("session store unavailable") from None
+        old = self.local.get((uid, appcode))
+        if old is not None and old.conn is not conn:
+            self._drop(old)
+            old.conn.kick(KickReason.LOGIN_ELSEWHERE, "logged in elsewhere")
+        elif previous is not None:
+            await self._kick_remote(previous, KickReason.LOGIN_ELSEWHERE)
+        if not conn.connected:
+            # It went away while we registered: leave no stale session behind.
+            await self._unregister(session)
+            raise errors.Unavailable("connection closed during login")
+        self.local[(uid, appcode)] = session
+        try:
+            pending = await self.store.count_pending(uid, appcode)
+        except StoreError:
+            self._drop(session)
+            await self._unregister(session)
+            raise errors.Unavailable("message store unavailable") from None
+        self.log.info("login {uid}@{appcode} session {session_id} from {peer}, {pending} pending",
+                      uid=uid, appcode=appcode, session_id=record.session_id, peer=conn.peer,
+                      pending=pending, device_id=req.device_id[:64])
+        return session, self.login_response(session, pending)
+
+    def login_response(self, session: Session, pending: int) -> pb.LoginResponse:
+        return pb.LoginResponse(
+            code=Code.OK,
+            session_id=session.record.session_id,
+            heartbeat_s=self.limits.heartbeat_s,
+            server_time_ms=self.now_ms(),
+            offline_count=min(pending, 2**32 - 1),
+        )
+
+    async def relogin(self, session: Session, req: pb.LoginRequest) -> pb.LoginResponse:
+        """LOGIN again on a connection already logged in as the same identity."""
+        app = self.config.app(session.appcode)
+        assert app is not None
+        try:
+            verify_token(app.secret, session.appcode, session.uid, req.token, self.clock.seconds())
+        except TokenError as e:
+            raise errors.Unauthorized(str(e)) from None
+        try:
+            pending = await self.store.count_pending(session.uid, session.appcode)
+        except StoreError:
+            raise errors.Unavailable("message store unavailable") from None
+        return self.login_response(session, pending)
+
+    async def logout(self, session: Session) -> None:
+        self.log.info("logout {uid}@{appcode} session {session_id}",
+                      uid=session.uid, appcode=session.appcode, session_id=session.record.session_id)
+        self._drop(session)
+        await self._unregister(session)
+
+    def connection_lost(self, session: Session) -> None:
+        """The session's connection closed; its un-ACKed pushes stay pending."""
+        if self._drop(session):
+            Deferred.fromCoroutine(self._unregister(session))
+
+    def _drop(self, session: Session) -> bool:
+        session.window.close()
+        key = (session.uid, session.appcode)
+        if self.local.get(key) is session:
+            del self.local[key]
+            return True
+        return False
+
+    async def _unregister(self, session: Session) -> None:
+        try:
+            await self.sessions.unregister(session.record)
+        except StoreError:
+            self.log.failure("could not unregister session {session_id}",
+                             session_id=session.record.session_id)
+
+    async def _kick_remote(self, record: SessionRecord, reason: KickReason) -> bool:
+        """Kick a session held by another node. One node: there is none."""
+        return False
+
+    async def kickout(self, uid: int, appcode: int, reason: KickReason = KickReason.ADMIN) -> int:
+        """KICKOUT ``(uid, appcode)`` wherever it is online; returns how many were kicked."""
+        session = self.local.get((uid, appcode))
+        if session is not None:
+            self._drop(session)
+            session.conn.kick(reason, "kicked by an administrator")
+            await self._unregister(session)
+            self.log.info("kicked {uid}@{appcode}", uid=uid, appcode=appcode, reason=reason.name)
+            return 1
+        try:
+            record = await self.sessions.lookup(uid, appcode)
+        except StoreError:
+            raise errors.Unavailable("session store unavailable") from None
+        if record is not None and record.node_id != self.node_id:
+            return int(await self._kick_remote(record, reason))
+        return 0
+
+    async def sessions_of(self, uid: int, appcodes: frozenset[int]) -> list[SessionRecord]:
+        try:
+            records = await self.sessions.lookup_uid(uid)
+        except StoreError:
+            raise errors.Unavailable("session store unavailable") from None
+        return [r for r in records if r.appcode in appcodes]
+
+    # -- messages ------------------------------------------------------------
+
+    def _check_content(self, content: bytes) -> None:
+        if len(content) > self.limits.max_content:
+            raise errors.BadRequest(f"content is over {self.limits.max_content} bytes")
+
+    def _logid(self, given: str, msgid: int) -> str:
+        if not given:
+            return format(msgid, "x")
+        if not LOGID_RE.fullmatch(given):
+            raise errors.BadRequest("logid must be 1 to 64 of A-Z a-z 0-9 . _ : -")
+        return given
+
+    async def c2s(self, session: Session, msgtype: int, req: pb.C2SRequest) -> pb.Result:
+        """Publish to the topic of ``(appcode, msgtype)``; answer once the bus accepted it."""
+        self._check_content(req.content)
+        topic = self.config.topic_for(session.appcode, msgtype)
+        if topic is None:
+            raise errors.NoRoute(f"no topic for appcode {session.appcode} msgtype {msgtype}")
+        msgid = self.ids.next_id()
+        logid = self._logid(req.logid, msgid)
+        now = self.now_ms()
+        envelope = pb.Message(
+            msgid=msgid, from_uid=session.uid, from_appcode=session.appcode, msgtype=msgtype,
+            content=req.content, send_time_ms=now, logid=logid, kind=pb.C2S,
+        ).SerializeToString()
+        try:
+            await self.bus.publish(topic, envelope, logid)
+        except BusError:
+            self.log.warn("c2s {msgid} to {topic} refused by the bus", msgid=msgid, topic=topic,
+                          logid=logid, uid=session.uid, appcode=session.appcode)
+            raise errors.Unavailable("message bus unavailable") from None
+        self.stats.add((session.appcode, msgtype, Kind.C2S), "accepted")
+        self.log.debug("c2s {msgid} published to {topic}", msgid=msgid, topic=topic, logid=logid,
+                       uid=session.uid, appcode=session.appcode)
+        return pb.Result(code=Code.OK, msgid=msgid, logid=logid, server_time_ms=now)
+
+    async def c2c(self, session: Session, msgtype: int, req: pb.C2CRequest) -> pb.Result:
+        """Store durably (de-duplicated by client_msg_id), answer, then push."""
+        to_app = self.config.app(req.to_appcode)
+        if to_app is None:
+            raise errors.UnknownAppcode(f"no app {req.to_appcode}")
+        if req.to_uid == 0:
+            raise errors.BadRequest("to_uid must not be 0")
+        if (req.to_uid, req.to_appcode) == (session.uid, session.appcode):
+            raise errors.BadRequest("cannot send to oneself")
+        self._check_content(req.content)
+        if len(req.client_msg_id) > self.limits.max_id_len:
+            raise errors.BadRequest(f"client_msg_id is over {self.limits.max_id_len} characters")
+        msgid = self.ids.next_id()
+        msg = StoredMessage(
+            msgid, session.uid, session.appcode, req.to_uid, req.to_appcode, msgtype, Kind.C2C,
+            req.content, self.now_ms(), self._logid(req.logid, msgid),
+        )
+        new = NewMessage(msg, to_app.usersystem, session.usersystem, req.client_msg_id)
+        [outcome] = await self._store([new])
+        if outcome.duplicate:
+            self.log.info("c2c resend of {client_msg_id} answered with {msgid}",
+                          client_msg_id=req.client_msg_id, msgid=outcome.msgid, logid=outcome.logid,
+                          uid=session.uid, appcode=session.appcode)
+        else:
+            await self._deliver(msg)
+        return pb.Result(code=Code.OK, msgid=outcome.msgid, logid=outcome.logid,
+                         server_time_ms=msg.send_time_ms)
+
+    async def push_s2c(self, items: Sequence[PushItem]) -> list[PushOutcome | errors.RequestError]:
+        """App-server pushes, in order: stored as one batch, then pushed.
+
+        Each item gets its outcome, or the error that refused it alone. A store
+        failure refuses the whole batch (raises Unavailable): nothing was stored.
+        """
+        results: list[PushOutcome | errors.RequestError | None] = []
+        accepted: list[tuple[int, StoredMessage, NewMessage]] = []
+        now = self.now_ms()
+        for i, item in enumerate(items):
+            try:
+                to_app = self.config.app(item.to_appcode)
+                if to_app is None:
+                    raise errors.UnknownAppcode(f"no app {item.to_appcode}")
+                if item.to_uid == 0:
+                    raise errors.BadRequest("to_uid must not be 0")
+                self._check_content(item.content)
+                msgid = self.ids.next_id()
+                msg = StoredMessage(msgid, 0, 0, item.to_uid, item.to_appcode, item.msgtype,
+                                    Kind.S2C, item.content, now, self._logid(item.logid, msgid))
+            except errors.RequestError as e:
+                results.append(e)
+                continue
+            results.append(None)  # filled in once the batch is durable
+            accepted.append((i, msg, NewMessage(msg, to_app.usersystem)))
+        if accepted:
+            outcomes = await self._store([new for _, _, new in accepted])
+            for (i, msg, _), _outcome in zip(accepted, outcomes, strict=True):
+                results[i] = PushOutcome(msg.msgid, msg.logid, await self._deliver(msg))
+        return [r for r in results if r is not None]
+
+    async def _store(self, batch: list[NewMessage]) -> list:  # type: ignore[type-arg]
+        try:
+            outcomes = await self.store.store(batch)
+        except StoreError:
+            for new in batch:
+                self.log.warn("message {msgid} not stored: store unavailable",
+                              msgid=new.message.msgid, logid=new.message.logid)
+            raise errors.Unavailable("message store unavailable") from None
+        for new, outcome in zip(batch, outcomes, strict=True):
+            if not outcome.duplicate:
+                msg = new.message
+                self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "accepted")
+                self.log.debug("{kind} {msgid} stored for {to_uid}@{to_appcode}",
+                               kind=msg.kind.name, msgid=msg.msgid, logid=msg.logid,
+                               to_uid=msg.to_uid, to_appcode=msg.to_appcode,
+                               uid=msg.from_uid, appcode=msg.from_appcode)
+        return outcomes
+
+    async def _deliver(self, msg: StoredMessage) -> bool:
+        """Push a durable message to its recipient's session if one is online.
+
+        True when a session was registered and the push was handed to its node;
+        otherwise the message simply stays pending for PULL.
+        """
+        route: Route = (msg.to_appcode, msg.msgtype, msg.kind)
+        session = self.local.get((msg.to_uid, msg.to_appcode))
+        if session is not None:
+            cmd = Cmd.C2C if msg.kind == Kind.C2C else Cmd.S2C
+            if session.window.push(msg.msgid, cmd, msg.msgtype, to_pb(msg).SerializeToString(), route):
+                self.stats.add(route, "pushed")
+                self.log.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
+                               logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
+                return True
+            self.log.info("{msgid} left pending: {to_uid}@{to_appcode} has too many un-ACKed",
+                          msgid=msg.msgid, logid=msg.logid, to_uid=msg.to_uid,
+                          to_appcode=msg.to_appcode)
+            return True
+        try:
+            record = await self.sessions.lookup(msg.to_uid, msg.to_appcode)
+        except StoreError:
+            record = None
+        if record is not None and record.node_id != self.node_id:
+            if await self._deliver_remote(record, msg):
+                self.stats.add(route, "pushed")
+                return True
+        self.stats.add(route, "stored")
+        self.log.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
+                       logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
+        return False
+
+    async def _deliver_remote(self, record: SessionRecord, msg: StoredMessage) -> bool:
+        """Hand a push to the node holding ``record``. One node: there is none."""
+        return False
+
+    def _count_repush(self, route: object) -> None:
+        self.stats.add(route, "repushed")  # type: ignore[arg-type]
+
+    async def ack(self, session: Session, msgids: Sequence[int]) -> pb.Result:
+        """Mark pushed messages delivered; answered once that is durable."""
+        if len(msgids) > self.limits.max_ack_ids:
+            raise errors.BadRequest(f"at most {self.limits.max_ack_ids} msgids per ACK")
+        try:
+            acked = await self.store.ack(session.uid, session.appcode, list(msgids))
+        except StoreError:
+            raise errors.Unavailable("message store unavailable") from None
+        session.window.acked(msgids)
+        now = self.now_ms()
+        for a in acked:
+            self.stats.add((session.appcode, a.msgtype, a.kind), "acked")
+            self.stats.observe_ack_latency((now - a.send_time_ms) / 1000.0)
+            self.log.debug("{msgid} acked by {uid}@{appcode}", msgid=a.msgid, logid=a.logid,
+                           uid=session.uid, appcode=session.appcode)
+        return pb.Result(code=Code.OK, server_time_ms=now)

@@ -1,0 +1,354 @@
+"""Delivery on one node: durable, answered, pushed, ACKed, re-pushed, pulled."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from daojia_msg.config import parse_config
+from daojia_msg.logic.service import PushItem, PushOutcome
+from daojia_msg.protocol import errors
+from daojia_msg.protocol.codes import Cmd, Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.store.model import Kind
+from tests.helpers import Stack, inline_store
+
+
+class C2CTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.stack = Stack()
+        self.a = self.stack.login(1)
+        self.b = self.stack.login(2)
+
+    def test_c2c_online(self) -> None:
+        result = self.a.c2c(2, b"hello \xff", msgtype=9, logid="trace-1")
+        self.assertEqual(result.code, Code.OK)
+        self.assertEqual(result.logid, "trace-1")
+        self.assertGreater(result.msgid, 0)
+        [push] = self.b.received()
+        self.assertEqual((push.cmd, push.uid, push.appcode, push.msgtype), (Cmd.C2C, 2, 1001, 9))
+        self.assertNotEqual(push.sequenceid, 0)
+        msg = pb.Message()
+        msg.ParseFromString(push.body)
+        self.assertEqual(
+            (msg.msgid, msg.from_uid, msg.from_appcode, msg.to_uid, msg.to_appcode, msg.msgtype,
+             msg.content, msg.logid, msg.kind),
+            (result.msgid, 1, 1001, 2, 1001, 9, b"hello \xff", "trace-1", pb.C2C),
+        )
+        self.assertEqual(msg.send_time_ms, int(self.stack.clock.seconds() * 1000))
+        self.assertEqual(self.b.ack([msg.msgid]).code, Code.OK)
+        self.assertEqual(list(self.b.pull().messages), [])
+        stats = self.stack.logic.stats.totals()
+        self.assertEqual((stats["accepted"], stats["pushed"], stats["acked"]), (1, 1, 1))
+
+    def test_server_logid_when_none_given(self) -> None:
+        result = self.a.c2c(2)
+        self.assertEqual(result.logid, format(result.msgid, "x"))
+
+    def test_bad_logid(self) -> None:
+        self.assertEqual(self.a.c2c(2, logid="has space").code, Code.BAD_REQUEST)
+        self.assertEqual(self.a.c2c(2, logid="x" * 65).code, Code.BAD_REQUEST)
+
+    def test_c2c_checks(self) -> None:
+        self.assertEqual(self.a.c2c(2, to_appcode=4242).code, Code.UNKNOWN_APPCODE)
+        self.assertEqual(self.a.c2c(0).code, Code.BAD_REQUEST)
+        self.assertEqual(self.a.c2c(1).code, Code.BAD_REQUEST)  # oneself
+        self.assertEqual(self.a.c2c(2, b"x" * 65001).code, Code.BAD_REQUEST)
+        self.assertEqual(self.a.c2c(2, b"x" * 65000).code, Code.OK)
+        self.assertEqual(self.a.c2c(2, client_msg_id="c" * 129).code, Code.BAD_REQUEST)
+        # To one's own other appcode is allowed.
+        self.assertEqual(self.a.c2c(1, to_appcode=1002).code, Code.OK)
+
+    def test_repush_on_ack_timeout(self) -> None:
+        result = self.a.c2c(2)
+        clock = self.stack.clock
+        self.assertEqual(len(self.b.pushed_messages()), 1)
+        clock.advance(9.9)
+        self.assertEqual(self.b.pushed_messages(), [])
+        pushes = []
+        for _ in range(5):
+            clock.advance(10)
+            pushes += self.b.pushed_messages()
+        # Three more times, on the same connection, then no more.
+        self.assertEqual([m.msgid for m in pushes], [result.msgid] * 3)
+        self.assertEqual(self.stack.logic.stats.totals()["repushed"], 3)
+        self.assertEqual(clock.getDelayedCalls().__len__(), 2)  # only the two idle timers
+        # ... and it stays pending.
+        self.assertEqual([m.msgid for m in self.b.pull().messages], [result.msgid])
+
+    def test_ack_stops_repush(self) -> None:
+        result = self.a.c2c(2)
+        self.b.received()
+        self.b.ack([result.msgid])
+        self.stack.clock.advance(60)
+        self.assertEqual(self.b.received(), [])
+
+    def test_repush_sequenceids_increase(self) -> None:
+        self.a.c2c(2)
+        first = self.b.received()[0].sequenceid
+        self.stack.clock.advance(10)
+        second = self.b.received()[0].sequenceid
+        self.assertEqual(second, first + 1)
+
+    def test_close_leaves_pending(self) -> None:
+        result = self.a.c2c(2)
+        self.b.proto.connectionLost(None)
+        self.stack.clock.advance(60)
+        b2 = self.stack.connect()
+        response = b2.login(2)
+        self.assertEqual(response.offline_count, 1)
+        self.assertEqual(b2.received(), [])  # nothing is pushed at LOGIN
+        self.assertEqual([m.msgid for m in b2.pull().messages], [result.msgid])
+
+    def test_offline_then_pull(self) -> None:
+        results = [self.a.c2c(3, b"m%d" % i) for i in range(3)]
+        c = self.stack.connect()
+        self.assertEqual(c.login(3).offline_count, 3)
+        page = c.pull()
+        self.assertEqual([m.msgid for m in page.messages], [r.msgid for r in results])
+        self.assertEqual([m.content for m in page.messages], [b"m0", b"m1", b"m2"])
+        self.assertFalse(page.has_more)
+        self.assertEqual(self.stack.logic.stats.totals()["stored"], 3)
+        self.assertEqual(self.stack.logic.stats.totals()["pulled"], 3)
+
+    def test_dedup_by_client_msg_id(self) -> None:
+        first = self.a.c2c(2, b"once", client_msg_id="cm-1")
+        again = self.a.c2c(2, b"other content", client_msg_id="cm-1", logid="other")
+        self.assertEqual((again.code, again.msgid, again.logid), (Code.OK, first.msgid, first.logid))
+        self.assertEqual(len(self.b.pushed_messages()), 1)
+        self.assertEqual(self.successResultOf(self.stack.store.count_pending(2, 1001)), 1)
+        # The same client_msg_id from another sender is another message.
+        self.assertNotEqual(self.b.c2c(1, client_msg_id="cm-1").msgid, first.msgid)
+
+    def test_ack_ignores_foreign_and_unknown(self) -> None:
+        to_b = self.a.c2c(2)
+        c = self.stack.login(3)
+        self.assertEqual(c.ack([to_b.msgid, 12345]).code, Code.OK)
+        self.assertEqual([m.msgid for m in self.b.pull().messages], [to_b.msgid])
+
+    def test_ack_too_many(self) -> None:
+        self.assertEqual(self.b.ack(list(range(1, 1002))).code, Code.BAD_REQUEST)
+        self.assertEqual(self.b.ack(list(range(1, 1001))).code, Code.OK)
+
+    def test_sender_answered_before_push_is_durable_first(self) -> None:
+        # Hold the store: no answer and no push until the write is durable.
+        held: list[Deferred[object]] = []
+        real = self.stack.store.store
+
+        def slow(batch: object) -> Deferred[object]:
+            d: Deferred[object] = Deferred()
+            held.append(d)
+            return d.addCallback(lambda _: real(batch))
+
+        self.stack.store.store = slow  # type: ignore[method-assign]
+        self.a.send(Cmd.C2C, pb.C2CRequest(to_uid=2, to_appcode=1001, content=b"x"))
+        self.assertEqual(self.a.received(), [])
+        self.assertEqual(self.b.received(), [])
+        held[0].callback(None)
+        self.assertEqual(len(self.a.received()), 1)
+        self.assertEqual(len(self.b.received()), 1)
+
+
+class PullTests(SynchronousTestCase):
+    def test_250_pending_in_batches(self) -> None:
+        stack = Stack()
+        a = stack.login(1)
+        sent = [a.c2c(2, b"%d" % i).msgid for i in range(250)]
+        b = stack.connect()
+        self.assertEqual(b.login(2).offline_count, 250)
+        seen: list[int] = []
+        after, sizes = 0, []
+        while True:
+            page = b.pull(after, limit=500)  # above the cap: capped, not refused
+            self.assertEqual(page.code, Code.OK)
+            ids = [m.msgid for m in page.messages]
+            sizes.append(len(ids))
+            self.assertEqual(ids, sorted(ids))
+            seen += ids
+            if not page.has_more:
+                break
+            after = ids[-1]
+        self.assertEqual(sizes, [100, 100, 50])
+        self.assertEqual(seen, sent)
+        # ACK in batches of at most 1,000 ids; then nothing is pending.
+        self.assertEqual(b.ack(seen).code, Code.OK)
+        self.assertEqual(list(b.pull().messages), [])
+        self.assertFalse(b.pull().has_more)
+        b2 = stack.connect("10.0.0.3")
+        self.assertEqual(b2.login(2).offline_count, 0)
+
+    def test_default_limit(self) -> None:
+        stack = Stack()
+        a = stack.login(1)
+        for _ in range(25):
+            a.c2c(2)
+        b = stack.login(2)
+        page = b.pull()
+        self.assertEqual(len(page.messages), 20)
+        self.assertTrue(page.has_more)
+
+    def test_pending_survive_restart(self) -> None:
+        import tempfile
+
+        directory = tempfile.mkdtemp()
+        stack = Stack(store=inline_store(directory))
+        a = stack.login(1)
+        sent = [a.c2c(2, b"%d" % i).msgid for i in range(5)]
+        self.successResultOf(stack.store.stop())
+        restarted = Stack(store=inline_store(directory), clock=stack.clock)
+        b = restarted.connect()
+        self.assertEqual(b.login(2).offline_count, 5)
+        self.assertEqual([m.msgid for m in b.pull().messages], sent)
+
+
+class HistoryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.stack = Stack()
+        self.a = self.stack.login(1)
+        self.b = self.stack.login(2)
+        self.c = self.stack.login(3)
+
+    def test_both_sides_see_it(self) -> None:
+        m1 = self.a.c2c(2, b"a->b").msgid
+        m2 = self.b.c2c(1, b"b->a").msgid
+        m3 = self.c.c2c(1, b"c->a").msgid
+        self.assertEqual([m.msgid for m in self.a.history().messages], [m3, m2, m1])
+        self.assertEqual([m.msgid for m in self.b.history().messages], [m2, m1])
+        self.assertEqual([m.msgid for m in self.a.history(peer=3).messages], [m3])
+        page = self.a.history(limit=2)
+        self.assertEqual([m.msgid for m in page.messages], [m3, m2])
+        self.assertTrue(page.has_more)
+        page = self.a.history(before=m2)
+        self.assertEqual([m.msgid for m in page.messages], [m1])
+        self.assertFalse(page.has_more)
+
+    def test_across_appcodes_of_one_user_system(self) -> None:
+        a2 = self.stack.login(1, 1002, host="10.0.0.7")
+        m1 = self.a.c2c(1, b"to my other device", to_appcode=1002).msgid
+        m2 = self.b.c2c(1, b"to a on 1002", to_appcode=1002).msgid
+        # Listed once, for every appcode of the uid's user system.
+        self.assertEqual([m.msgid for m in self.a.history().messages], [m2, m1])
+        self.assertEqual([m.msgid for m in a2.history().messages], [m2, m1])
+
+    def test_s2c_in_history(self) -> None:
+        [outcome] = self.successResultOf(Deferred.fromCoroutine(
+            self.stack.logic.push_s2c([PushItem(2, 1001, 5, b"order")])))
+        assert isinstance(outcome, PushOutcome)
+        self.assertEqual([m.msgid for m in self.b.history().messages], [outcome.msgid])
+        self.assertEqual(list(self.a.history().messages), [])
+
+
+class S2CTests(SynchronousTestCase):
+    def test_push_online_and_offline(self) -> None:
+        stack = Stack()
+        b = stack.login(2)
+        push = stack.logic.push_s2c
+        results = self.successResultOf(Deferred.fromCoroutine(push([
+            PushItem(2, 1001, 5, b"online", "L-1"),
+            PushItem(3, 1001, 5, b"offline"),
+            PushItem(3, 9999, 5, b"bad appcode"),
+            PushItem(0, 1001, 5, b"bad uid"),
+        ])))
+        online, offline, bad_app, bad_uid = results
+        assert isinstance(online, PushOutcome) and isinstance(offline, PushOutcome)
+        self.assertEqual((online.online, online.logid), (True, "L-1"))
+        self.assertFalse(offline.online)
+        self.assertIsInstance(bad_app, errors.UnknownAppcode)
+        self.assertIsInstance(bad_uid, errors.BadRequest)
+        [frame] = b.received()
+        self.assertEqual((frame.cmd, frame.uid, frame.appcode, frame.msgtype), (Cmd.S2C, 2, 1001, 5))
+        msg = pb.Message()
+        msg.ParseFromString(frame.body)
+        self.assertEqual((msg.kind, msg.from_uid, msg.content), (pb.S2C, 0, b"online"))
+        routes = stack.logic.stats.by_route
+        self.assertEqual(routes[(1001, 5, Kind.S2C)][:2], [2, 1])  # accepted, pushed
+
+
+class C2STests(SynchronousTestCase):
+    def test_route_to_topic(self) -> None:
+        stack = Stack()
+        a = stack.login(1)
+        got: list[tuple[str, bytes, str]] = []
+        stack.bus.subscribe("gps", lambda *e: got.append(e))
+        result = a.request(Cmd.C2S, pb.C2SRequest(content=b"31.2,121.4", logid="gps-1"), msgtype=1)
+        self.assertEqual((result.code, result.logid), (Code.OK, "gps-1"))
+        [(topic, payload, logid)] = got
+        self.assertEqual((topic, logid), ("gps", "gps-1"))
+        msg = pb.Message()
+        msg.ParseFromString(payload)
+        self.assertEqual((msg.kind, msg.from_uid, msg.from_appcode, msg.msgtype, msg.content,
+                          msg.msgid), (pb.C2S, 1, 1001, 1, b"31.2,121.4", result.msgid))
+        order = a.request(Cmd.C2S, pb.C2SRequest(content=b"{}"), msgtype=2)
+        self.assertEqual(order.code, Code.OK)
+        self.assertEqual(len(stack.bus.topics["order-events"]), 1)
+
+    def test_no_route(self) -> None:
+        stack = Stack()
+        a = stack.login(1)
+        self.assertEqual(a.request(Cmd.C2S, pb.C2SRequest(content=b"x"), msgtype=3).code,
+                         Code.NO_ROUTE)
+
+    def test_c2s_too_big(self) -> None:
+        stack = Stack()
+        a = stack.login(1)
+        self.assertEqual(a.request(Cmd.C2S, pb.C2SRequest(content=b"x" * 65001), msgtype=1).code,
+                         Code.BAD_REQUEST)
+
+
+class KickoutTests(SynchronousTestCase):
+    def test_admin_kickout(self) -> None:
+        stack = Stack()
+        a = stack.login(1)
+        kicked = self.successResultOf(Deferred.fromCoroutine(stack.logic.kickout(1, 1001)))
+        self.assertEqual(kicked, 1)
+        [frame] = a.received()
+        body = pb.Kickout()
+        body.ParseFromString(frame.body)
+        self.assertEqual((frame.cmd, body.reason_code), (Cmd.KICKOUT, KickReason.ADMIN))
+        self.assertTrue(a.closing)
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(stack.logic.kickout(1, 1001))),
+                         0)
+
+    def test_kick_all_on_shutdown(self) -> None:
+        stack = Stack()
+        conns = [stack.login(uid) for uid in (1, 2, 3)]
+        self.assertEqual(stack.logic.kick_all(KickReason.SHUTDOWN, "bye"), 3)
+        self.assertTrue(all(c.closing for c in conns))
+        self.assertEqual(stack.logic.local, {})
+
+
+class LogTests(SynchronousTestCase):
+    def test_logid_in_every_message_log_line(self) -> None:
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        stack = Stack()
+        a = stack.login(1)
+        b = stack.login(2)
+        result = a.c2c(2, logid="trace-xyz")
+        b.ack([result.msgid])
+        about = [e for e in events if e.get("msgid") == result.msgid]
+        self.assertGreaterEqual(len(about), 3)  # stored, pushed, acked
+        for event in about:
+            self.assertEqual(event.get("logid"), "trace-xyz", event["log_format"])
+
+
+class ConfigRoutesTests(SynchronousTestCase):
+    def test_other_user_system(self) -> None:
+        config = parse_config("""
+[apps.2001]
+usersystem = "customers"
+secret = "customer-secret"
+[apps.3001]
+usersystem = "merchants"
+secret = "merchant-secret"
+""")
+        stack = Stack(config)
+        customer = stack.login(5, 2001)
+        merchant = stack.login(5, 3001)
+        m = customer.c2c(5, b"hello merchant 5", to_appcode=3001).msgid
+        self.assertEqual([x.from_appcode for x in merchant.pushed_messages()], [2001])
+        # The same uid in two user systems is two people: each sees it once.
+        self.assertEqual([x.msgid for x in customer.history().messages], [m])
+        self.assertEqual([x.msgid for x in merchant.history().messages], [m])
