@@ -1,0 +1,341 @@
+# -*- test-case-name: tests.client.test_client -*-
+"""The client library's public face: :class:`MsgClient`, a reconnecting client
+that logs in on every connection and drains offline messages, and (re-exported)
+:class:`MsgClientProtocol`, one connection.
+
+::
+
+    client = MsgClient(reactor, endpoint, uid, appcode, token_factory=mint, on_message=show)
+    client.startService()
+    result = await client.c2c(to_uid, to_appcode, msgtype, b"hello")
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daojia_msg.client.errors import (
+    ConnectionLost,
+    KickedOut,
+    NotConnected,
+    RequestTimeout,
+    ResultError,
+    kick_reason_name,
+)
+from daojia_msg.client.protocol import (
+    PAGE_CAP,
+    MsgClientProtocol,
+    OnKickout,
+    OnMessage,
+    RecentIds,
+)
+from daojia_msg.protocol.codes import Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+
+__all__ = ["MsgClient", "MsgClientProtocol", "RecentIds"]
+
+#: Kickouts after which reconnecting would fight another device or an operator.
+NO_RECONNECT = frozenset({KickReason.LOGIN_ELSEWHERE, KickReason.ADMIN})
+#: Login failures worth retrying on a new connection; any other code stops the client.
+TRANSIENT_LOGIN_CODES = frozenset({Code.RATE_LIMITED, Code.UNAVAILABLE, Code.INTERNAL})
+
+TokenFactory = Callable[[], "str | Deferred[str]"]
+
+
+class _ServiceProtocol(MsgClientProtocol):
+    """A connection that tells its :class:`MsgClient` when it opens and closes."""
+
+    client: MsgClient
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.client._connected(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.client._disconnected(self)  # first: failed requests may retry at once
+        super().connectionLost(reason)
+
+
+class _Factory(Factory):
+    def __init__(self, client: MsgClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: IAddress | None) -> _ServiceProtocol:
+        return self.client._build_protocol()
+
+
+class MsgClient(Service):
+    """A client that stays connected: reconnects with exponential backoff, logs in
+    on each connection with a fresh ``token_factory()`` token (a string or a
+    Deferred of one), then drains offline messages with PULL (the server pushes
+    nothing at login).
+
+    The request methods wait for a logged-in connection (without a time limit:
+    add ``Deferred.addTimeout`` where that matters). ``c2c`` resends with the same
+    ``client_msg_id`` after a lost connection or a timeout, up to ``send_retries``
+    times, which the server's de-duplication makes safe.
+
+    A KICKOUT for LOGIN_ELSEWHERE or ADMIN stops the client (reconnecting would
+    fight the other device); SHUTDOWN and ABUSE reconnect after the backoff. A
+    login refused with a code outside :data:`TRANSIENT_LOGIN_CODES` (e.g.
+    UNAUTHORIZED) stops it too; waiting requests then fail with the
+    :class:`ResultError` or :class:`KickedOut`.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        uid: int,
+        appcode: int,
+        token_factory: TokenFactory,
+        *,
+        on_message: OnMessage | None = None,
+        on_kickout: OnKickout | None = None,
+        on_login: Callable[[pb.LoginResponse], object] | None = None,
+        device_id: str = "",
+        client_version: str = "",
+        heartbeat_s: float | None = None,
+        request_timeout: float = 10.0,
+        backoff: Callable[[int], float] | None = None,
+        dedup_size: int = 10_000,
+        send_retries: int = 2,
+        drain_on_login: bool = True,
+    ) -> None:
+        self.reactor = reactor
+        self.uid = uid
+        self.appcode = appcode
+        self.token_factory = token_factory
+        self.on_message = on_message
+        self.on_kickout = on_kickout
+        self.on_login = on_login
+        self.device_id = device_id
+        self.client_version = client_version
+        self.heartbeat_s = heartbeat_s
+        self.request_timeout = request_timeout
+        self.send_retries = send_retries
+        self.drain_on_login = drain_on_login
+        self.recent = RecentIds(dedup_size)
+        #: ``(reason_code, reason)`` of the last KICKOUT, if any.
+        self.last_kickout: tuple[int, str] | None = None
+        self._ready: MsgClientProtocol | None = None
+        self._waiters: list[Deferred[MsgClientProtocol]] = []
+        self._service = ClientService(
+            endpoint,
+            _Factory(self),
+            retryPolicy=backoff if backoff is not None else backoffPolicy(),
+            clock=reactor,
+        )
+
+    # -- service
+
+    def startService(self) -> None:
+        super().startService()
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Close the connection and stop reconnecting; waiting requests fail with NotConnected."""
+        super().stopService()
+        self._fail_waiters(NotConnected("the client is stopped"))
+        return self._service.stopService()
+
+    @property
+    def logged_in(self) -> bool:
+        return self._ready is not None
+
+    def when_ready(self, fail_after_failures: int | None = None) -> Deferred[MsgClientProtocol]:
+        """The logged-in connection, now or once there is one.
+
+        With ``fail_after_failures=n`` it fails (e.g. ConnectionRefusedError) after
+        ``n`` connection attempts in a row failed.
+        """
+        if self._ready is not None:
+            return succeed(self._ready)
+        if not self.running:
+            return fail(NotConnected("the client is stopped"))
+        d: Deferred[MsgClientProtocol] = Deferred(self._forget_waiter)
+        self._waiters.append(d)
+        if fail_after_failures is not None:
+            connected = self._service.whenConnected(failAfterFailures=fail_after_failures)
+            connected.addErrback(self._attempts_failed, d)
+        return d
+
+    def _forget_waiter(self, waiter: Deferred[MsgClientProtocol]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+
+    def _attempts_failed(self, failure: Failure, waiter: Deferred[MsgClientProtocol]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            # Not from inside ClientService's state machine: a caller that reacts
+            # with stopService() would re-enter it (automat refuses that).
+            self.reactor.callLater(0, waiter.errback, failure)
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(error)
+
+    # -- connections
+
+    def _build_protocol(self) -> _ServiceProtocol:
+        proto = _ServiceProtocol(
+            self.reactor,
+            self.uid,
+            self.appcode,
+            on_message=self.on_message,
+            on_kickout=self._kicked,
+            request_timeout=self.request_timeout,
+            heartbeat_s=self.heartbeat_s,
+            recent=self.recent,
+        )
+        proto.client = self
+        return proto
+
+    def _connected(self, proto: MsgClientProtocol) -> None:
+        Deferred.fromCoroutine(self._login(proto)).addErrback(
+            lambda f: self.log.failure("login flow failed", f)
+        )
+
+    async def _login(self, proto: MsgClientProtocol) -> None:
+        try:
+            token = cast(str, await maybeDeferred(self.token_factory))
+            response = await proto.login(token, self.device_id, self.client_version)
+        except ResultError as e:
+            if e.code in TRANSIENT_LOGIN_CODES:
+                self.log.warn("login refused for now ({error}); will reconnect", error=str(e))
+                self._drop(proto)
+                return
+            self.log.error(
+                "login refused ({error}); stopping",
+                error=str(e),
+                uid=self.uid,
+                appcode=self.appcode,
+            )
+            self._fail_waiters(e)
+            self.stopService()
+            return
+        except (ConnectionLost, NotConnected):
+            return  # the service reconnects
+        except Exception:
+            self.log.failure("login failed; will reconnect")
+            self._drop(proto)
+            return
+        if not proto.connected_ok:
+            return
+        self._ready = proto
+        if self.on_login is not None:
+            self.on_login(response)
+        if self.drain_on_login:  # first, so offline messages come before new requests' answers
+            proto.drain().addCallbacks(self._drained, self._drain_failed)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(proto)
+
+    def _drop(self, proto: MsgClientProtocol) -> None:
+        if proto.transport is not None:
+            proto.transport.loseConnection()
+
+    def _drained(self, count: int) -> None:
+        self.log.info("drained {count} offline messages", count=count)
+
+    def _drain_failed(self, failure: Failure) -> None:
+        self.log.warn("offline drain failed: {error}", error=failure.getErrorMessage())
+
+    def _disconnected(self, proto: MsgClientProtocol) -> None:
+        if self._ready is proto:
+            self._ready = None
+
+    def _kicked(self, reason_code: int, reason: str) -> None:
+        self.last_kickout = (reason_code, reason)
+        if self.on_kickout is not None:
+            self.on_kickout(reason_code, reason)
+        if reason_code in NO_RECONNECT:
+            self.log.warn(
+                "kicked out ({reason_name}); not reconnecting",
+                reason_name=kick_reason_name(reason_code),
+                reason=reason,
+            )
+            self._fail_waiters(KickedOut(reason_code, reason))
+            self.stopService()
+
+    # -- requests: the same as MsgClientProtocol's, on the logged-in connection
+
+    def _call(self, method: str, *args: Any) -> Deferred[Any]:
+        return self.when_ready().addCallback(lambda proto: getattr(proto, method)(*args))
+
+    def keepalive(self) -> Deferred[pb.Result]:
+        return self._call("keepalive")
+
+    def c2s(self, msgtype: int, content: bytes, logid: str = "") -> Deferred[pb.Result]:
+        return self._call("c2s", msgtype, content, logid)
+
+    def c2c(
+        self,
+        to_uid: int,
+        to_appcode: int,
+        msgtype: int,
+        content: bytes,
+        client_msg_id: str | None = None,
+        logid: str = "",
+    ) -> Deferred[pb.Result]:
+        args = (to_uid, to_appcode, msgtype, content, client_msg_id or uuid.uuid4().hex, logid)
+        return Deferred.fromCoroutine(self._c2c(args))
+
+    async def _c2c(self, args: tuple[Any, ...]) -> pb.Result:
+        attempt = 0
+        while True:
+            proto = await self.when_ready()
+            try:
+                result: pb.Result = await proto.c2c(*args)
+                return result
+            except KickedOut:
+                raise
+            except (ConnectionLost, RequestTimeout, NotConnected) as e:
+                if attempt >= self.send_retries:
+                    raise
+                attempt += 1
+                self.log.info(
+                    "resending C2C {client_msg_id} after: {error}",
+                    client_msg_id=args[4],
+                    error=str(e),
+                )
+
+    def ack(self, msgids: Iterable[int]) -> Deferred[pb.Result]:
+        return self._call("ack", list(msgids))
+
+    def pull(self, after_msgid: int = 0, limit: int = 0) -> Deferred[pb.PullResponse]:
+        return self._call("pull", after_msgid, limit)
+
+    def history(
+        self, peer_uid: int = 0, before_msgid: int = 0, limit: int = 0
+    ) -> Deferred[pb.HistoryResponse]:
+        return self._call("history", peer_uid, before_msgid, limit)
+
+    def drain(self, ack: bool = True, limit: int = PAGE_CAP) -> Deferred[int]:
+        return self._call("drain", ack, limit)
+
+    def logout(self) -> Deferred[None]:
+        """LOGOUT (when logged in), then stop: no more reconnects."""
+        return Deferred.fromCoroutine(self._logout())
+
+    async def _logout(self) -> None:
+        if self._ready is not None:
+            try:
+                await self._ready.logout()
+            except Exception as e:
+                self.log.info("logout: {error}", error=str(e))
+        if self.running:
+            await self.stopService()
