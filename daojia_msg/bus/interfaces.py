@@ -7,13 +7,13 @@ from zope.interface import Interface
 
 
 class IMessageBus(Interface):
-    def start():  # type: ignore[no-untyped-def]
+    def start():
         """Connect; fires with None when ready to publish."""
 
-    def stop():  # type: ignore[no-untyped-def]
+    def stop():
         """Disconnect; fires with None."""
 
-    def publish(topic, payload, logid):  # type: ignore[no-untyped-def]
+    def publish(topic, payload, logid):
         """Publish ``payload`` (a serialized ``Message`` of kind C2S) to ``topic``.
 
         Fires with None once the bus has accepted it; fails with

@@ -13,9 +13,9 @@ class IClientConnection(Interface):
     peer = Attribute("str: the peer address, for logs")
     connected = Attribute("bool: False once the connection is closing or closed")
 
-    def push(cmd, msgtype, body):  # type: ignore[no-untyped-def]
+    def push(cmd, msgtype, body):
         """Write a server push (S2C, C2C delivery) to the logged-in identity with
         the connection's next nonzero sequenceid; returns that sequenceid."""
 
-    def kick(reason_code, reason):  # type: ignore[no-untyped-def]
+    def kick(reason_code, reason):
         """Send KICKOUT with ``reason_code`` and close politely."""

@@ -14,13 +14,13 @@ from zope.interface import Attribute, Interface
 class IMessageStore(Interface):
     """Pending (offline) messages, delivery state, history and send de-duplication."""
 
-    def start():  # type: ignore[no-untyped-def]
+    def start():
         """Open the backend and create or migrate the schema; fires with None."""
 
-    def stop():  # type: ignore[no-untyped-def]
+    def stop():
         """Close the backend; fires with None once pending writes are done."""
 
-    def store(messages):  # type: ignore[no-untyped-def]
+    def store(messages):
         """Make a batch of :class:`NewMessage` durable, as pending.
 
         Fires with a list of :class:`StoreOutcome`, one per message, in order,
@@ -30,7 +30,7 @@ class IMessageStore(Interface):
         ``msgid``/``logid`` and ``duplicate=True``; the same holds within one batch.
         """
 
-    def ack(uid, appcode, msgids):  # type: ignore[no-untyped-def]
+    def ack(uid, appcode, msgids):
         """Mark those of ``msgids`` that are pending for ``(uid, appcode)`` delivered.
 
         Unknown ids, ids already delivered and ids of other recipients are
@@ -38,17 +38,17 @@ class IMessageStore(Interface):
         :class:`AckedMessage` that changed state.
         """
 
-    def pull(uid, appcode, after_msgid, limit):  # type: ignore[no-untyped-def]
+    def pull(uid, appcode, after_msgid, limit):
         """Pending messages of ``(uid, appcode)`` with ``msgid > after_msgid``.
 
         Fires with a :class:`Page`: at most ``limit`` messages, ascending by msgid,
         ``has_more`` when more pending ones follow.
         """
 
-    def count_pending(uid, appcode):  # type: ignore[no-untyped-def]
+    def count_pending(uid, appcode):
         """Fires with the number of pending messages of ``(uid, appcode)``."""
 
-    def history(usersystem, uid, before_msgid, limit, peer_uid):  # type: ignore[no-untyped-def]
+    def history(usersystem, uid, before_msgid, limit, peer_uid):
         """The message list of ``(usersystem, uid)``: messages it sent or received.
 
         Each message once, descending by msgid, ``msgid < before_msgid`` (0: from
@@ -56,10 +56,10 @@ class IMessageStore(Interface):
         unless it is 0. Fires with a :class:`Page`.
         """
 
-    def max_msgid():  # type: ignore[no-untyped-def]
+    def max_msgid():
         """Fires with the largest msgid stored (0 when empty)."""
 
-    def purge_dedup(before_ms):  # type: ignore[no-untyped-def]
+    def purge_dedup(before_ms):
         """Forget de-duplication keys recorded before Unix ms ``before_ms``;
         fires with how many were dropped."""
 
@@ -67,24 +67,24 @@ class IMessageStore(Interface):
 class ISessionStore(Interface):
     """Online sessions: ``(uid, appcode) -> SessionRecord``. One per key."""
 
-    def register(record):  # type: ignore[no-untyped-def]
+    def register(record):
         """Make ``record`` the session of ``(record.uid, record.appcode)``.
 
         Fires with the :class:`SessionRecord` it replaced (another session that
         must now be kicked), or None.
         """
 
-    def unregister(record):  # type: ignore[no-untyped-def]
+    def unregister(record):
         """Remove the session of ``(record.uid, record.appcode)`` only if it is
         still ``record.session_id``; fires with True if it removed it."""
 
-    def lookup(uid, appcode):  # type: ignore[no-untyped-def]
+    def lookup(uid, appcode):
         """Fires with the :class:`SessionRecord` of ``(uid, appcode)`` or None."""
 
-    def lookup_uid(uid):  # type: ignore[no-untyped-def]
+    def lookup_uid(uid):
         """Fires with the list of :class:`SessionRecord` of ``uid`` (any appcode)."""
 
-    def purge_node(node_id):  # type: ignore[no-untyped-def]
+    def purge_node(node_id):
         """Remove every session held by ``node_id``; fires with how many."""
 
 

@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.store.test_sqlite -*-
+"""The embedded message store: one SQLite file (the default, one node).
+
+It runs on ``twisted.enterprise.adbapi`` with one connection (``cp_min`` =
+``cp_max`` = 1, so writes are serialised), in WAL mode with
+``synchronous=NORMAL``. Writes (store, ACK, de-dup purge) go through a
+:class:`GroupCommitter`: those that arrive while a transaction is in flight are
+committed together by the next one. The SQL itself is in :mod:`.sql`.
+
+For unit tests, one line on a ``task.Clock``::
+
+    store = SQLiteMessageStore(path, clock, pool=inline_sqlite_pool(path))
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from daojia_msg.store.batching import GroupCommitter
+from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner
+from daojia_msg.store.errors import StoreError, StoreUnavailable
+from daojia_msg.store.interfaces import IMessageStore
+from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoreOutcome
+from daojia_msg.store.sql import MessageTransactions
+
+T = TypeVar("T")
+
+# Each entry migrates the schema from version i to i + 1; append, never edit.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE messages (
+            msgid INTEGER PRIMARY KEY,
+            to_uid INTEGER NOT NULL,
+            to_appcode INTEGER NOT NULL,
+            from_uid INTEGER NOT NULL,
+            from_appcode INTEGER NOT NULL,
+            msgtype INTEGER NOT NULL,
+            kind INTEGER NOT NULL,
+            senddate INTEGER NOT NULL,
+            state INTEGER NOT NULL DEFAULT 0,
+            logid TEXT NOT NULL,
+            msgcontent BLOB NOT NULL
+        )""",
+        # PULL and count_pending; a partial index only holds pending rows.
+        "CREATE INDEX messages_pending ON messages (to_uid, to_appcode, msgid) WHERE state = 0",
+        """CREATE TABLE history (
+            owner_sys TEXT NOT NULL,
+            owner_uid INTEGER NOT NULL,
+            msgid INTEGER NOT NULL,
+            peer_uid INTEGER NOT NULL,
+            PRIMARY KEY (owner_sys, owner_uid, msgid)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX history_peer ON history (owner_sys, owner_uid, peer_uid, msgid)",
+        """CREATE TABLE dedup (
+            uid INTEGER NOT NULL,
+            appcode INTEGER NOT NULL,
+            client_msg_id TEXT NOT NULL,
+            msgid INTEGER NOT NULL,
+            logid TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            PRIMARY KEY (uid, appcode, client_msg_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX dedup_created ON dedup (created_ms)",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def configure_connection(conn: sqlite3.Connection) -> None:
+    """``cp_openfun``: WAL journal, ``synchronous=NORMAL`` (PITFALLS.md)."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def _pool_args(path: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (path,), {
+        "check_same_thread": False,
+        "cp_min": 1,
+        "cp_max": 1,
+        "cp_openfun": configure_connection,
+    }
+
+
+def sqlite_pool(path: str, reactor: IReactorTime) -> adbapi.ConnectionPool:
+    """The production pool: one connection on one thread of its own."""
+    args, kw = _pool_args(path)
+    return adbapi.ConnectionPool("sqlite3", *args, cp_reactor=reactor, **kw)
+
+
+def inline_sqlite_pool(path: str) -> InlineConnectionPool:
+    """The same connection settings on an :class:`InlineConnectionPool` (tests)."""
+    args, kw = _pool_args(path)
+    return InlineConnectionPool("sqlite3", *args, **kw)
+
+
+def migrate_txn(txn: Any) -> int:
+    """Create or migrate the schema to :data:`SCHEMA_VERSION`, in one transaction;
+    returns the version found."""
+    txn.execute("BEGIN IMMEDIATE")
+    txn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    txn.execute("SELECT version FROM schema_version")
+    row = txn.fetchone()
+    found = 0 if row is None else int(row[0])
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database schema is version {found}; this code knows up to {SCHEMA_VERSION}"
+        )
+    for statements in MIGRATIONS[found:]:
+        for statement in statements:
+            txn.execute(statement)
+    if row is None:
+        txn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    elif found < SCHEMA_VERSION:
+        txn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+    return found
+
+
+@implementer(IMessageStore)
+class SQLiteMessageStore:
+    """:class:`IMessageStore` on one SQLite file.
+
+    :param path: the database file (created if missing; its directory must exist).
+    :param reactor: time for de-dup keys (``seconds()``) and, unless ``pool``
+        is given, the pool's ``cp_reactor``.
+    :param pool: a ready-made pool, e.g. :func:`inline_sqlite_pool` in tests.
+    :param max_batch: at most this many writes per group commit.
+    :ivar committer: the :class:`GroupCommitter` of the writes.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorTime,
+        pool: adbapi.ConnectionPool | None = None,
+        max_batch: int = 1000,
+    ) -> None:
+        self.path = path
+        self._clock = reactor
+        self.pool = pool if pool is not None else sqlite_pool(path, reactor)
+        self._runner = PoolRunner(self.pool, "sqlite message store")
+        self._txns = MessageTransactions(self.pool.dbapi.paramstyle)
+        self.committer = GroupCommitter(self._runner.run, max_ops=max_batch)
+        self._state = "new"  # -> starting -> started -> stopping -> stopped
+        self._stop_waiters: list[Deferred[None]] = []
+
+    # Life
+
+    def start(self) -> Deferred[None]:
+        if self._state != "new":
+            return succeed(None)
+        self._state = "starting"
+        self.pool.start()
+
+        def started(found: int) -> None:
+            if self._state != "starting":  # stop() was called meanwhile
+                return
+            self._state = "started"
+            self.log.info(
+                "message store {path} open, schema version {version} (was {found})",
+                path=self.path,
+                version=SCHEMA_VERSION,
+                found=found,
+            )
+
+        def failed(failure: Any) -> Any:
+            if self._state == "starting":
+                self._state = "new"
+            return failure
+
+        return self._runner.run(migrate_txn).addCallbacks(started, failed)
+
+    def stop(self) -> Deferred[None]:
+        if self._state == "stopped":
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._stop_waiters.append(d)
+        if self._state != "stopping":
+            self._state = "stopping"
+            drained = self.committer.drain()
+            drained.addCallback(lambda _: self._runner.when_idle())
+            drained.addCallback(self._close)
+        return d
+
+    def _close(self, _: object) -> None:
+        # A closed adbapi pool cannot be closed again (its thread pool refuses);
+        # one never started may still wait for the reactor (startID).
+        if self.pool.running or getattr(self.pool, "startID", None) is not None:
+            try:
+                self.pool.close()
+            except Exception:
+                self.log.failure("closing message store {path} failed", path=self.path)
+        self._state = "stopped"
+        self.log.info("message store {path} closed", path=self.path)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    # Writes: group-committed
+
+    def store(self, messages: list[NewMessage]) -> Deferred[list[StoreOutcome]]:
+        batch = list(messages)
+        now_ms = int(self._clock.seconds() * 1000)
+        return self._write(lambda txn: self._txns.store_txn(txn, batch, now_ms), bool(batch), [])
+
+    def ack(self, uid: int, appcode: int, msgids: list[int]) -> Deferred[list[AckedMessage]]:
+        ids = list(msgids)
+        return self._write(lambda txn: self._txns.ack_txn(txn, uid, appcode, ids), bool(ids), [])
+
+    def purge_dedup(self, before_ms: int) -> Deferred[int]:
+        return self._write(lambda txn: self._txns.purge_dedup_txn(txn, before_ms), True, 0)
+
+    def _write(self, op: Callable[[Any], T], needed: bool, nothing: T) -> Deferred[T]:
+        if self._state != "started":
+            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
+        if not needed:
+            return succeed(nothing)
+        return self.committer.submit(op)
+
+    # Reads
+
+    def pull(self, uid: int, appcode: int, after_msgid: int, limit: int) -> Deferred[Page]:
+        return self._read(self._txns.pull_txn, uid, appcode, after_msgid, limit)
+
+    def count_pending(self, uid: int, appcode: int) -> Deferred[int]:
+        return self._read(self._txns.count_pending_txn, uid, appcode)
+
+    def history(
+        self, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int
+    ) -> Deferred[Page]:
+        return self._read(self._txns.history_txn, usersystem, uid, before_msgid, limit, peer_uid)
+
+    def max_msgid(self) -> Deferred[int]:
+        return self._read(self._txns.max_msgid_txn)
+
+    def _read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._state != "started":
+            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
+        return self._runner.run(interaction, *args)
