@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -27,6 +28,7 @@ class GateFactory(ServerFactory):
         self.peers = PeerCounter(limits.max_conn_per_ip)
         self.connections: set[GateProtocol] = set()
         self.refused = 0
+        self._empty_waiters: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress) -> GateProtocol | None:  # type: ignore[override]
         a: Any = addr
@@ -42,6 +44,17 @@ class GateFactory(ServerFactory):
         self.connections.add(conn)
 
     def connection_lost(self, conn: GateProtocol) -> None:
-        if conn in self.connections:
-            self.connections.discard(conn)
+        self.connections.discard(conn)
         self.peers.release(conn.host)
+        if not self.connections:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_empty(self) -> Deferred[None]:
+        """Fires once no connection is open."""
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._empty_waiters.append(d)
+        return d

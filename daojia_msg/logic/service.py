@@ -37,7 +37,7 @@ from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.errors import StoreError
 from daojia_msg.store.interfaces import IMessageStore, ISessionStore
-from daojia_msg.store.model import Kind, NewMessage, SessionRecord, StoredMessage
+from daojia_msg.store.model import Kind, NewMessage, SessionRecord, StoredMessage, StoreOutcome
 
 #: A client-chosen logid goes into every log line: keep it short and plain.
 LOGID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
@@ -374,9 +374,9 @@ class LogicService(Service):
                 results[i] = PushOutcome(msg.msgid, msg.logid, await self._deliver(msg))
         return [r for r in results if r is not None]
 
-    async def _store(self, batch: list[NewMessage]) -> list:  # type: ignore[type-arg]
+    async def _store(self, batch: list[NewMessage]) -> list[StoreOutcome]:
         try:
-            outcomes = await self.store.store(batch)
+            outcomes: list[StoreOutcome] = await self.store.store(batch)
         except StoreError:
             for new in batch:
                 self.log.warn("message {msgid} not stored: store unavailable",

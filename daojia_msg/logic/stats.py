@@ -18,6 +18,7 @@ One source of truth: ``/v1/stats`` and ``/metrics`` both read this object.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Collection
 from typing import Any
 
 from daojia_msg.store.model import Kind
@@ -47,26 +48,33 @@ class Stats:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def totals(self) -> dict[str, int]:
+    def _routes(self, appcodes: Collection[int] | None) -> list[tuple[Route, list[int]]]:
+        return sorted(
+            (route, counts)
+            for route, counts in self.by_route.items()
+            if appcodes is None or route[0] in appcodes
+        )
+
+    def totals(self, appcodes: Collection[int] | None = None) -> dict[str, int]:
         totals = dict.fromkeys(COUNTERS, 0)
-        for counts in self.by_route.values():
+        for _, counts in self._routes(appcodes):
             for name, value in zip(COUNTERS, counts, strict=True):
                 totals[name] += value
         return totals
 
-    def delivery_rate(self) -> float | None:
+    def delivery_rate(self, appcodes: Collection[int] | None = None) -> float | None:
         """ACKed / accepted over C2C and S2C; None before anything was accepted."""
         accepted = acked = 0
-        for (_, _, kind), counts in self.by_route.items():
+        for (_, _, kind), counts in self._routes(appcodes):
             if kind != Kind.C2S:
                 accepted += counts[_INDEX["accepted"]]
                 acked += counts[_INDEX["acked"]]
         return acked / accepted if accepted else None
 
-    def snapshot(self) -> dict[str, Any]:
-        """The JSON body of ``GET /v1/stats``."""
+    def snapshot(self, appcodes: Collection[int] | None = None) -> dict[str, Any]:
+        """The JSON body of ``GET /v1/stats``: every route, or those of ``appcodes``."""
         return {
-            "totals": self.totals(),
+            "totals": self.totals(appcodes),
             "by_route": [
                 {
                     "appcode": appcode,
@@ -74,7 +82,7 @@ class Stats:
                     "kind": kind.name,
                     **dict(zip(COUNTERS, counts, strict=True)),
                 }
-                for (appcode, msgtype, kind), counts in sorted(self.by_route.items())
+                for (appcode, msgtype, kind), counts in self._routes(appcodes)
             ],
-            "delivery_rate": self.delivery_rate(),
+            "delivery_rate": self.delivery_rate(appcodes),
         }

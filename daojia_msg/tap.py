@@ -1,0 +1,115 @@
+# -*- test-case-name: tests.test_tap -*-
+"""``twistd msgplatform``: the options and the one place that wires the node.
+
+Every option overrides the config file (DESIGN.md §3). A bad option or config
+stops start-up with one line that names the key and the problem, and exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from daojia_msg.config import (
+    MAX_NODE_ID,
+    Config,
+    ConfigError,
+    check_urls,
+    default_config,
+    load_config,
+)
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run one msgplatform node. With no options: the embedded default (gate on "
+        "tcp:7000, HTTP API on 127.0.0.1:8080, data under ./var, development-only demo "
+        "apps 1001 and 1002). etc/msgplatform.toml documents every config key."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML config file (etc/msgplatform.toml documents every key)."],
+        ["gate", None, None, "Gate listener, a Twisted endpoint (default tcp:7000)."],
+        ["http", None, None, "HTTP API listener (default tcp:8080:interface=127.0.0.1)."],
+        ["rpc", None, None, "Internal RPC listener, bound only in a cluster (--redis)."],
+        ["manhole", None, None, "Admin manhole listener (loopback; needs a password)."],
+        ["node-id", None, None, "Snowflake node id, 0 to 1023."],
+        ["data-dir", None, None, "Directory for the embedded store (default ./var)."],
+        ["redis", None, None, "Redis URL: sessions and node registry in Redis."],
+        ["mysql", None, None, "MySQL URL: messages in MySQL."],
+        ["bus", None, None, "C2S bus URL: memory:, redis://, amqp://, http(s)://."],
+    ]
+
+
+def build_config(options: Any) -> Config:
+    """The config that ``options`` ask for; raises :class:`ConfigError` naming the key."""
+    config = load_config(options["config"]) if options["config"] else default_config()
+    listen = config.listen
+    for opt in ("gate", "http", "rpc", "manhole"):
+        value = options[opt]
+        if value is not None:
+            listen = listen.__class__(**{**_fields(listen), opt: value})
+    for opt in ("gate", "http", "rpc", "manhole"):
+        value = getattr(listen, opt)
+        if value:
+            try:
+                serverFromString(None, value)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"not a valid endpoint description {value!r}: {e}",
+                                  ("listen", opt)) from None
+    changes: dict[str, Any] = {"listen": listen}
+    if options["node-id"] is not None:
+        raw = options["node-id"]
+        if not raw.isdigit() or int(raw) > MAX_NODE_ID:
+            raise ConfigError(f"expected an integer from 0 to {MAX_NODE_ID}, got {raw!r}",
+                              ("--node-id",))
+        changes["node_id"] = int(raw)
+    if options["data-dir"] is not None:
+        changes["data_dir"] = options["data-dir"]
+    for opt, key in (("redis", "redis_url"), ("mysql", "mysql_url"), ("bus", "bus_url")):
+        if options[opt] is not None:
+            changes[key] = options[opt]
+    config = config.replace(**changes)
+    check_urls(config)
+    if config.listen.manhole:
+        raise ConfigError("the admin manhole is not in this build yet", ("listen", "manhole"))
+    return config
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+
+
+def makeService(options: Any) -> IService:
+    try:
+        config = build_config(options)
+    except ConfigError as e:
+        sys.exit(f"msgplatform: {e}")
+    from twisted.internet import reactor
+
+    from daojia_msg.node import Node
+
+    try:
+        node = Node(config, reactor)
+    except OSError as e:
+        sys.exit(f"msgplatform: node.data_dir: cannot use {config.data_dir!r}: {e.strerror}")
+    node.ready.addErrback(_start_failed, reactor)
+    return node
+
+
+def _start_failed(failure: Failure, reactor: Any) -> None:
+    """A backend or a listener could not start: one clear line, then exit 1."""
+    log.critical("msgplatform: start-up failed: {why}", why=failure.getErrorMessage(),
+                 error=getattr(failure.type, "__name__", ""))
+    # twistd has no exit status of its own: leave with 1 once shutdown is done.
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+    reactor.stop()

@@ -1,0 +1,116 @@
+# -*- test-case-name: tests.web.test_metrics -*-
+"""Prometheus metrics of this node, read from :class:`Stats` at scrape time.
+
+One source of truth: the collector keeps no counters of its own; each scrape
+turns :class:`~daojia_msg.logic.stats.Stats` (the object behind ``/v1/stats``)
+into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
+
+- ``msgplatform_messages_<counter>_total{appcode,msgtype,kind}``, one counter
+  family per name in :data:`~daojia_msg.logic.stats.COUNTERS` (``accepted``,
+  ``pushed``, ``acked``, ``repushed``, ``stored``, ``pulled``);
+- ``msgplatform_ack_latency_seconds``: durable -> ACKed, a histogram with the
+  buckets of :data:`~daojia_msg.logic.stats.LATENCY_BUCKETS`;
+- ``msgplatform_connections``: open client connections on this node's gate;
+- ``msgplatform_sessions``: logged-in sessions on this node.
+
+The registry is a dedicated :class:`CollectorRegistry`, never the global one,
+so several nodes (or tests) in one process never share metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+from daojia_msg.logic.stats import COUNTERS, LATENCY_BUCKETS, Stats
+
+PREFIX = "msgplatform"
+ROUTE_LABELS = ("appcode", "msgtype", "kind")
+
+_COUNTER_HELP = {
+    "accepted": "Messages made durable (C2C, S2C) or accepted by the bus (C2S).",
+    "pushed": "First pushes of a message to an online session.",
+    "acked": "Messages ACKed by their recipient (pending -> delivered).",
+    "repushed": "Pushes repeated after an ACK timeout.",
+    "stored": "Messages accepted while the recipient had no session (left for PULL).",
+    "pulled": "Messages returned by PULL.",
+}
+
+
+class StatsCollector:
+    """A prometheus_client custom collector over :class:`Stats` and two gauges.
+
+    ``connections`` and ``sessions`` are called at each scrape.
+    """
+
+    def __init__(
+        self, stats: Stats, connections: Callable[[], int], sessions: Callable[[], int]
+    ) -> None:
+        self.stats = stats
+        self.connections = connections
+        self.sessions = sessions
+
+    def _families(self, with_values: bool) -> Iterator[Metric]:
+        routes = sorted(self.stats.by_route.items()) if with_values else []
+        for i, name in enumerate(COUNTERS):
+            family = CounterMetricFamily(
+                f"{PREFIX}_messages_{name}", _COUNTER_HELP[name], labels=ROUTE_LABELS
+            )
+            for (appcode, msgtype, kind), counts in routes:
+                family.add_metric([str(appcode), str(msgtype), kind.name], counts[i])
+            yield family
+
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_ack_latency_seconds",
+            "Time from a message becoming durable to its ACK.",
+            labels=(),
+        )
+        if with_values:
+            buckets: list[tuple[str, float]] = []
+            cumulative = 0
+            for bound, count in zip(LATENCY_BUCKETS, self.stats.latency_counts, strict=False):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            buckets.append(("+Inf", sum(self.stats.latency_counts)))
+            latency.add_metric([], buckets, self.stats.latency_sum)
+        yield latency
+
+        connections = GaugeMetricFamily(
+            f"{PREFIX}_connections", "Open client connections on this node's gate."
+        )
+        sessions = GaugeMetricFamily(f"{PREFIX}_sessions", "Logged-in sessions on this node.")
+        if with_values:
+            connections.add_metric([], self.connections())
+            sessions.add_metric([], self.sessions())
+        yield connections
+        yield sessions
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families with their current values (called per scrape)."""
+        return self._families(with_values=True)
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families without values: lets the registry check names
+        at registration without calling the gauges."""
+        return self._families(with_values=False)
+
+
+def make_registry(
+    stats: Stats, connections: Callable[[], int], sessions: Callable[[], int]
+) -> CollectorRegistry:
+    """A dedicated registry holding one :class:`StatsCollector`.
+
+    ``connections()`` counts the gate's open connections; ``sessions()`` this
+    node's logged-in sessions (``len(logic.local)``).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats, connections, sessions))
+    return registry

@@ -1,0 +1,125 @@
+"""twistd options, start-up errors, and the plugin."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import utils
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from daojia_msg.config import ConfigError
+from daojia_msg.tap import Options, build_config
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def options(*argv: str) -> Options:
+    o = Options()
+    o.parseOptions(list(argv))
+    return o
+
+
+class BuildConfigTests(SynchronousTestCase):
+    def test_no_options_is_the_embedded_default(self) -> None:
+        config = build_config(options())
+        self.assertEqual(config.listen.gate, "tcp:7000")
+        self.assertEqual(config.listen.http, "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(config.data_dir, "./var")
+        self.assertEqual(sorted(config.apps), [1001, 1002])
+        self.assertEqual(config.topic_for(1001, 1), "gps")
+        self.assertEqual(config.topic_for(1002, 2), "order-events")
+        self.assertIsNone(config.topic_for(1001, 3))
+        self.assertTrue(config.demo)
+
+    def test_options_override(self) -> None:
+        config = build_config(options("--gate", "tcp:0", "--http", "tcp:0:interface=127.0.0.1",
+                                      "--node-id", "7", "--data-dir", "/tmp/x", "--bus", "memory:",
+                                      "--rpc", "tcp:7200:interface=127.0.0.1"))
+        self.assertEqual((config.listen.gate, config.listen.http, config.node_id, config.data_dir),
+                         ("tcp:0", "tcp:0:interface=127.0.0.1", 7, "/tmp/x"))
+        self.assertEqual(config.listen.rpc, "tcp:7200:interface=127.0.0.1")
+
+    def test_config_file_then_option(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[node]\nid = 3\n[listen]\ngate = "tcp:7001"\n'
+                    '[apps.5]\nusersystem = "u"\nsecret = "s3cret-5!"\n')
+        config = build_config(options("--config", path, "--gate", "tcp:7002"))
+        self.assertEqual((config.node_id, config.listen.gate), (3, "tcp:7002"))
+        self.assertEqual(list(config.apps), [5])
+        self.assertFalse(config.demo)
+
+    def assertRefused(self, argv: tuple[str, ...], text: str) -> None:
+        with self.assertRaises(ConfigError) as e:
+            build_config(options(*argv))
+        self.assertEqual(str(e.exception), text)
+
+    def test_bad_options(self) -> None:
+        self.assertRefused(("--node-id", "1024"),
+                           "--node-id: expected an integer from 0 to 1023, got '1024'")
+        self.assertRefused(("--node-id", "-1"),
+                           "--node-id: expected an integer from 0 to 1023, got '-1'")
+        self.assertRefused(("--gate", "nope:1"),
+                           "listen.gate: not a valid endpoint description 'nope:1': "
+                           "Unknown endpoint type: 'nope'")
+        self.assertRefused(("--bus", "kafka://x"),
+                           "bus.url: only 'memory:' is supported in this build, got 'kafka://x'")
+        self.assertRefused(("--redis", "redis://127.0.0.1"),
+                           "redis.url: the Redis backend is not in this build yet")
+        self.assertRefused(("--manhole", "tcp:7300:interface=127.0.0.1"),
+                           "listen.manhole: the admin manhole is not in this build yet")
+
+    def test_missing_config_file(self) -> None:
+        with self.assertRaises(ConfigError) as e:
+            build_config(options("--config", "/nonexistent/x.toml"))
+        self.assertIn("/nonexistent/x.toml", str(e.exception))
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin_is_discovered(self) -> None:
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("msgplatform", makers)
+        self.assertEqual(makers["msgplatform"].options, Options)
+
+
+class TwistdTests(TestCase):
+    """Start-up errors through the real twistd: one line, exit status 1."""
+
+    def run_twistd(self, *argv: str) -> object:
+        if not os.path.exists(TWISTD):
+            self.skipTest(f"no twistd beside {sys.executable}")
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        return utils.getProcessOutputAndValue(
+            TWISTD, ("-n", "--pidfile=", "msgplatform", *argv), env=dict(os.environ), path=cwd
+        )
+
+    async def test_bad_config_key(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write('[limits]\nmax_body = "big"\n[apps.1]\nusersystem = "u"\nsecret = "12345678"\n')
+        out, err, code = await self.run_twistd("--config", path)  # type: ignore[misc]
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err.decode().strip(),
+            "msgplatform: limits.max_body: expected an integer from 64 to 67108864, got 'big'",
+        )
+
+    async def test_port_in_use_fails_startup(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory
+
+        port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        busy = port.getHost().port
+        data = os.path.abspath(self.mktemp())
+        out, err, code = await self.run_twistd(  # type: ignore[misc]
+            "--gate", f"tcp:{busy}:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
+            "--data-dir", data,
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(b"start-up failed", out + err)
+        self.assertIn(b"Address already in use", out + err)
