@@ -59,6 +59,7 @@ class Node(MultiService):
             self.logic, config, serving=self.serving, dispatch=self.dispatch, registry=self.registry,
             reactor=reactor,
         )
+        self.site.noisy = False
         self.ports: dict[str, IListeningPort] = {}
         self.draining = False
         #: Fires with None once serving, or fails with why the node could not start.
@@ -99,6 +100,11 @@ class Node(MultiService):
             address: Any = port.getHost()
             self.log.info("{name} listening on {host}:{port}", name=name, host=address.host,
                           port=address.port)
+        gate_host = self.dispatch()[0]
+        if gate_host in ("0.0.0.0", "::"):
+            self.log.warn("the gate listens on every interface: GET /v1/dispatch will answer "
+                          "{host}; set listen.public_gate to the address phones use",
+                          host=gate_host)
         self.log.info("node {node_id} serving", node_id=self.node_id)
 
     def stopService(self) -> Deferred[None]:

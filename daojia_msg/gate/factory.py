@@ -19,6 +19,7 @@ from daojia_msg.logic.service import LogicService
 
 class GateFactory(ServerFactory):
     log = Logger()
+    noisy = False
 
     def __init__(self, logic: LogicService, inbox: Inbox, limits: Limits, clock: IReactorTime) -> None:
         self.logic = logic

@@ -1,0 +1,182 @@
+"""End to end: a real node on tcp:0, real sockets, the client library, treq.
+
+These use the real reactor and wait only on Deferreds that the events
+themselves fire (no sleeps, no polling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from daojia_msg.auth import mint_token
+from daojia_msg.client.client import MsgClient
+from daojia_msg.config import ListenConfig, default_config
+from daojia_msg.node import Node
+from daojia_msg.protocol.codes import Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+
+R: Any = reactor
+
+
+class Inbox:
+    """Messages a client received, and Deferreds fired when the n-th arrives."""
+
+    def __init__(self) -> None:
+        self.messages: list[pb.Message] = []
+        self._waiters: list[tuple[int, Deferred[list[pb.Message]]]] = []
+        self.kicks: list[int] = []
+        self.kicked: Deferred[int] = Deferred()
+
+    def on_message(self, msg: pb.Message) -> None:
+        self.messages.append(msg)
+        for n, d in list(self._waiters):
+            if len(self.messages) >= n:
+                self._waiters.remove((n, d))
+                d.callback(self.messages[:n])
+
+    def on_kickout(self, reason_code: int, reason: str) -> None:
+        self.kicks.append(reason_code)
+        if not self.kicked.called:
+            self.kicked.callback(reason_code)
+
+    def wait(self, n: int) -> Deferred[list[pb.Message]]:
+        d: Deferred[list[pb.Message]] = Deferred()
+        if len(self.messages) >= n:
+            d.callback(self.messages[:n])
+        else:
+            self._waiters.append((n, d))
+        return d.addTimeout(10, R)
+
+
+class NodeTestCase(TestCase):
+    async def start_node(self, data_dir: str | None = None) -> Node:
+        self.data_dir = data_dir or os.path.abspath(self.mktemp())
+        config = default_config().replace(
+            data_dir=self.data_dir,
+            listen=ListenConfig(gate="tcp:0:interface=127.0.0.1",
+                               http="tcp:0:interface=127.0.0.1"),
+        )
+        node = Node(config, R)
+        node.startService()
+        await node.ready
+        self.node = node
+        return node
+
+    async def stop_node(self, node: Node) -> None:
+        if node.running:
+            await node.stopService()
+
+    def port(self, name: str) -> int:
+        return int(self.node.ports[name].getHost().port)  # type: ignore[attr-defined]
+
+    async def client(self, uid: int, appcode: int = 1001) -> tuple[MsgClient, Inbox]:
+        inbox = Inbox()
+        endpoint = TCP4ClientEndpoint(R, "127.0.0.1", self.port("gate"))
+
+        def token() -> str:
+            return mint_token(f"demo-secret-{appcode}", appcode, uid, int(R.seconds()) + 600)
+
+        client = MsgClient(R, endpoint, uid, appcode, token, on_message=inbox.on_message,
+                           on_kickout=inbox.on_kickout)
+        client.startService()
+        self.addCleanup(client.stopService)
+        await client.when_ready()
+        return client, inbox
+
+    async def http(self, method: str, path: str, body: object = None,
+                   key: str | None = "demo-key-1001") -> tuple[int, Any]:
+        headers = {"Authorization": [f"Bearer {key}"]} if key else {}
+        url = f"http://127.0.0.1:{self.port('http')}{path}"
+        data = json.dumps(body).encode() if body is not None else None
+        if not hasattr(self, "pool"):
+            self.pool = HTTPConnectionPool(R)
+            self.addCleanup(self.pool.closeCachedConnections)  # runs before the node stops
+        response = await treq.request(method, url, data=data, headers=headers, pool=self.pool)
+        text = await response.text()
+        return response.code, json.loads(text) if text else None
+
+
+class ChatTests(NodeTestCase):
+    async def asyncSetUp(self) -> None:
+        node = await self.start_node()
+        self.addCleanup(self.stop_node, node)
+
+    def setUp(self) -> Any:
+        return Deferred.fromCoroutine(self.asyncSetUp())
+
+    async def test_two_users_chat(self) -> None:
+        alice, _ = await self.client(1)
+        bob, bob_inbox = await self.client(2)
+        result = await alice.c2c(2, 1001, 7, b"hello bob", logid="e2e-1")
+        self.assertEqual((result.code, result.logid), (Code.OK, "e2e-1"))
+        [msg] = await bob_inbox.wait(1)
+        self.assertEqual((msg.msgid, msg.from_uid, msg.content, msg.kind),
+                         (result.msgid, 1, b"hello bob", pb.C2C))
+        # The client library ACKed it; once an explicit ACK is answered the
+        # message is no longer pending.
+        await bob.ack([msg.msgid])
+        page = await bob.pull()
+        self.assertEqual(list(page.messages), [])
+        history = await alice.history()
+        self.assertEqual([m.msgid for m in history.messages], [result.msgid])
+
+    async def test_http_push_reaches_online_user(self) -> None:
+        _, inbox = await self.client(2)
+        code, answer = await self.http("POST", "/v1/push", {
+            "to_uid": "2", "to_appcode": 1001, "msgtype": 5, "content": "order 42 assigned"})
+        self.assertEqual(code, 200)
+        self.assertTrue(answer["online"])
+        self.assertIsInstance(answer["msgid"], str)
+        [msg] = await inbox.wait(1)
+        self.assertEqual((str(msg.msgid), msg.kind, msg.content),
+                         (answer["msgid"], pb.S2C, b"order 42 assigned"))
+
+    async def test_malformed_http_push_changes_nothing(self) -> None:
+        code, answer = await self.http("POST", "/v1/push", {"to_uid": 2, "to_appcode": 1001})
+        self.assertEqual(code, 400)
+        self.assertIn("error", answer)
+        code, _ = await self.http("POST", "/v1/push", {
+            "to_uid": 2, "to_appcode": 1001, "msgtype": 5, "content": "x"}, key="wrong")
+        self.assertEqual(code, 401)
+        self.assertEqual(await self.node.store.count_pending(2, 1001), 0)
+        code, stats = await self.http("GET", "/v1/stats")
+        self.assertEqual((code, stats["totals"]["accepted"]), (200, 0))
+
+    async def test_second_login_kicks_first(self) -> None:
+        _, first = await self.client(5)
+        await self.client(5)
+        self.assertEqual(await first.kicked.addTimeout(10, R), KickReason.LOGIN_ELSEWHERE)
+
+    async def test_c2s_to_topic(self) -> None:
+        alice, _ = await self.client(1)
+        got: Deferred[tuple[str, bytes, str]] = Deferred()
+        self.node.bus.subscribe("gps", lambda *e: got.callback(e))
+        result = await alice.c2s(1, b"31.2,121.4", logid="gps-e2e")
+        topic, payload, logid = await got
+        self.assertEqual((topic, logid, result.logid), ("gps", "gps-e2e", "gps-e2e"))
+
+
+class RestartTests(NodeTestCase):
+    async def test_pending_survive_restart(self) -> None:
+        node = await self.start_node()
+        alice, _ = await self.client(1)
+        sent = [(await alice.c2c(3, 1001, 7, b"m%d" % i)).msgid for i in range(5)]
+        await alice.stopService()
+        await self.stop_node(node)
+
+        node = await self.start_node(self.data_dir)
+        self.addCleanup(self.stop_node, node)
+        # The new node never reuses an id, even on the same node id.
+        self.assertGreater(node.ids.next_id(), max(sent))
+        _, inbox = await self.client(3)  # logs in and drains with PULL
+        messages = await inbox.wait(5)
+        self.assertEqual([m.msgid for m in messages], sent)
