@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 MAX_NODE_ID = 1023
 
@@ -86,14 +87,55 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """Sessions and the node registry in Redis (``[redis]``); ``url`` "" = off."""
+
+    url: str = field(default="", repr=False)  # may carry a password
+    reply_timeout_s: float = 2.0
+    key_prefix: str = "msgp:"
+    pool_size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLConfig:
+    """Messages in MySQL (``[mysql]``); ``url`` "" = SQLite under ``node.data_dir``.
+
+    Pending and history rows are spread over ``shards`` tables in each database
+    (``url`` first, then ``databases``), by the owner's uid.
+    """
+
+    url: str = field(default="", repr=False)
+    databases: tuple[str, ...] = field(default=(), repr=False)
+    shards: int = 16
+    pool_min: int = 3
+    pool_max: int = 10
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    write_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Timers of a cluster of nodes (``[cluster]``), used only with ``[redis] url``."""
+
+    heartbeat_s: float = 2.0
+    ttl_s: float = 6.0
+    rpc_timeout_s: float = 3.0
+    drain_grace_s: float = 5.0
+    #: Shared secret of the internal RPC; required unless listen.rpc is loopback.
+    rpc_secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node_id: int | None = None
     data_dir: str = "./var"
     listen: ListenConfig = ListenConfig()
     limits: Limits = Limits()
     store: StoreConfig = StoreConfig()
-    redis_url: str = ""
-    mysql_url: str = ""
+    redis: RedisConfig = RedisConfig()
+    mysql: MySQLConfig = MySQLConfig()
+    cluster: ClusterConfig = ClusterConfig()
     bus_url: str = "memory:"
     apps: Mapping[int, AppConfig] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
@@ -143,6 +185,14 @@ class _Table:
         return self.data.get(key)
 
     # Before int/float/str: below them, ``str`` in an annotation names the method.
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"expected an array of strings, got {value!r}", (*self.path, key))
+        return tuple(value)
+
     def table(self, key: str) -> _Table:
         value = self._get(key)
         return _Table({} if value is None else value, (*self.path, key))
@@ -302,11 +352,12 @@ def parse_config(text: str) -> Config:
     st = top.table("store")
     store = StoreConfig(dedup_days=st.float("dedup_days", StoreConfig().dedup_days, 7.0))
     st.done()
-    urls = {}
-    for key, default in (("redis", ""), ("mysql", ""), ("bus", "memory:")):
-        t = top.table(key)
-        urls[key] = t.str("url", default)
-        t.done()
+    redis = _redis(top.table("redis"))
+    mysql = _mysql(top.table("mysql"))
+    cluster = _cluster(top.table("cluster"))
+    bt = top.table("bus")
+    bus_url = bt.str("url", Config().bus_url)
+    bt.done()
     top.seen.update({"apps", "routes"})
     apps = _apps(data.get("apps", {}))
     if not apps:
@@ -319,9 +370,10 @@ def parse_config(text: str) -> Config:
         listen=listen,
         limits=limits,
         store=store,
-        redis_url=urls["redis"],
-        mysql_url=urls["mysql"],
-        bus_url=urls["bus"],
+        redis=redis,
+        mysql=mysql,
+        cluster=cluster,
+        bus_url=bus_url,
         apps=apps,
         routes=routes,
         demo=any(app.secret == demo.secret for app in apps.values() for demo in DEMO_APPS.values()),
@@ -341,13 +393,115 @@ def load_config(path: str) -> Config:
     return parse_config(text)
 
 
+def _redis(t: _Table) -> RedisConfig:
+    d = RedisConfig()
+    redis = RedisConfig(
+        url=t.str("url", d.url),
+        reply_timeout_s=t.float("reply_timeout_s", d.reply_timeout_s, 0.01),
+        key_prefix=t.str("key_prefix", d.key_prefix),
+        pool_size=t.int("pool_size", d.pool_size, 1, 256),
+    )
+    t.done()
+    return redis
+
+
+def _mysql(t: _Table) -> MySQLConfig:
+    d = MySQLConfig()
+    mysql = MySQLConfig(
+        url=t.str("url", d.url),
+        databases=t.str_list("databases"),
+        shards=t.int("shards", d.shards, 1, 1024),
+        pool_min=t.int("pool_min", d.pool_min, 1, 1000),
+        pool_max=t.int("pool_max", d.pool_max, 1, 1000),
+        connect_timeout_s=t.float("connect_timeout_s", d.connect_timeout_s, 0.1),
+        read_timeout_s=t.float("read_timeout_s", d.read_timeout_s, 0.1),
+        write_timeout_s=t.float("write_timeout_s", d.write_timeout_s, 0.1),
+    )
+    t.done()
+    if mysql.pool_min > mysql.pool_max:
+        raise ConfigError(f"must not exceed mysql.pool_max ({mysql.pool_max})", (*t.path, "pool_min"))
+    return mysql
+
+
+def _cluster(t: _Table) -> ClusterConfig:
+    d = ClusterConfig()
+    cluster = ClusterConfig(
+        heartbeat_s=t.float("heartbeat_s", d.heartbeat_s, 0.1),
+        ttl_s=t.float("ttl_s", d.ttl_s, 0.3),
+        rpc_timeout_s=t.float("rpc_timeout_s", d.rpc_timeout_s, 0.01),
+        drain_grace_s=t.float("drain_grace_s", d.drain_grace_s, 0.0),
+        rpc_secret=t.str("rpc_secret", d.rpc_secret),
+    )
+    t.done()
+    if cluster.rpc_secret and len(cluster.rpc_secret) < 16:
+        raise ConfigError("must be at least 16 characters", (*t.path, "rpc_secret"))
+    if cluster.ttl_s < 2 * cluster.heartbeat_s:
+        raise ConfigError(
+            f"must be at least twice cluster.heartbeat_s ({cluster.heartbeat_s:g})",
+            (*t.path, "ttl_s"),
+        )
+    return cluster
+
+
+@dataclass(frozen=True, slots=True)
+class RedisURL:
+    host: str
+    port: int
+    db: int
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLURL:
+    host: str
+    port: int
+    user: str
+    database: str
+    password: str = field(default="", repr=False)
+
+
+def parse_redis_url(url: str, key: tuple[str, ...] = ("redis", "url")) -> RedisURL:
+    """``redis://[:password@]host[:port][/db]``; raises :class:`ConfigError` naming ``key``."""
+    try:
+        u = urlsplit(url)
+        port = u.port or 6379
+    except ValueError as e:
+        raise ConfigError(f"not a redis:// URL: {e}", key) from None
+    if u.scheme != "redis" or not u.hostname:
+        raise ConfigError("expected redis://[:password@]host[:port][/db]", key)
+    db = u.path.lstrip("/") or "0"
+    if not db.isascii() or not db.isdigit():
+        raise ConfigError(f"the database must be a number, got {db!r}", key)
+    return RedisURL(u.hostname, port, int(db), unquote(u.password or ""))
+
+
+def parse_mysql_url(url: str, key: tuple[str, ...] = ("mysql", "url")) -> MySQLURL:
+    """``mysql://user[:password]@host[:port]/database``; raises :class:`ConfigError`."""
+    try:
+        u = urlsplit(url)
+        port = u.port or 3306
+    except ValueError as e:
+        raise ConfigError(f"not a mysql:// URL: {e}", key) from None
+    database = u.path.lstrip("/")
+    if u.scheme != "mysql" or not u.hostname or not u.username or not database:
+        raise ConfigError("expected mysql://user[:password]@host[:port]/database", key)
+    if not all(c.isalnum() or c in "_$" for c in database):
+        raise ConfigError(f"the database name must be letters, digits, _ or $, got {database!r}",
+                          key)
+    return MySQLURL(u.hostname, port, unquote(u.username), database, unquote(u.password or ""))
+
+
 def check_urls(config: Config) -> None:
     """Reject backend URLs this build cannot serve, naming the key."""
     if config.bus_url != "memory:":
         raise ConfigError(
             f"only 'memory:' is supported in this build, got {config.bus_url!r}", ("bus", "url")
         )
-    if config.redis_url:
-        raise ConfigError("the Redis backend is not in this build yet", ("redis", "url"))
-    if config.mysql_url:
-        raise ConfigError("the MySQL backend is not in this build yet", ("mysql", "url"))
+    if config.redis.url:
+        parse_redis_url(config.redis.url)
+    if config.mysql.url:
+        parse_mysql_url(config.mysql.url)
+        for i, url in enumerate(config.mysql.databases):
+            parse_mysql_url(url, ("mysql", "databases", str(i)))
+    elif config.mysql.databases:
+        raise ConfigError("needs mysql.url as well", ("mysql", "databases"))

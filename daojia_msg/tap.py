@@ -7,6 +7,7 @@ stops start-up with one line that names the key and the problem, and exit 1.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Any
@@ -75,11 +76,18 @@ def build_config(options: Any) -> Config:
         changes["node_id"] = int(raw)
     if options["data-dir"] is not None:
         changes["data_dir"] = options["data-dir"]
-    for opt, key in (("redis", "redis_url"), ("mysql", "mysql_url"), ("bus", "bus_url")):
-        if options[opt] is not None:
-            changes[key] = options[opt]
+    if options["redis"] is not None:
+        changes["redis"] = dataclasses.replace(config.redis, url=options["redis"])
+    if options["mysql"] is not None:
+        changes["mysql"] = dataclasses.replace(config.mysql, url=options["mysql"])
+    if options["bus"] is not None:
+        changes["bus_url"] = options["bus"]
     config = config.replace(**changes)
     check_urls(config)
+    if config.redis.url:
+        raise ConfigError("the Redis cluster backend is not in this build yet", ("redis", "url"))
+    if config.mysql.url:
+        raise ConfigError("the MySQL backend is not in this build yet", ("mysql", "url"))
     if config.listen.manhole:
         raise ConfigError("the admin manhole is not in this build yet", ("listen", "manhole"))
     return config

@@ -15,11 +15,15 @@ from daojia_msg.config import (
     ConfigError,
     Limits,
     ListenConfig,
+    MySQLURL,
+    RedisURL,
     Route,
     StoreConfig,
     default_config,
     load_config,
     parse_config,
+    parse_mysql_url,
+    parse_redis_url,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +77,7 @@ class DefaultTests(ConfigTestCase):
         self.assertEqual(config.limits.max_ack_ids, 1000)
         self.assertEqual(config.store.dedup_days, 7.0)
         self.assertEqual(config.bus_url, "memory:")
-        self.assertEqual((config.redis_url, config.mysql_url), ("", ""))
+        self.assertEqual((config.redis.url, config.mysql.url), ("", ""))
         self.assertIsNone(config.node_id)
         self.assertTrue(config.demo)
         self.assertEqual(set(config.apps), {1001, 1002})
@@ -457,12 +461,32 @@ class UrlTests(ConfigTestCase):
             '[bus]\nurl = "kafka://k:9092"\n' + APP, "bus.url: only 'memory:' is supported"
         )
 
-    def test_redis_rejected(self) -> None:
-        parse_config('[redis]\nurl = ""\n' + APP)
-        self.assertConfigError('[redis]\nurl = "redis://localhost:6379/0"\n' + APP, "redis.url: ")
+    def test_redis_url(self) -> None:
+        config = parse_config('[redis]\nurl = "redis://:pw@localhost:6380/2"\n' + APP)
+        self.assertEqual(parse_redis_url(config.redis.url), RedisURL("localhost", 6380, 2, "pw"))
+        self.assertNotIn("pw", repr(config))
+        self.assertEqual(parse_redis_url("redis://h"), RedisURL("h", 6379, 0))
+        for bad in ("http://h", "redis://", "redis://h/x", "redis://h:99999"):
+            self.assertConfigError(f'[redis]\nurl = "{bad}"\n' + APP, "redis.url: ")
 
-    def test_mysql_rejected(self) -> None:
-        self.assertConfigError('[mysql]\nurl = "mysql://u:p@h/db"\n' + APP, "mysql.url: ")
+    def test_mysql_url(self) -> None:
+        config = parse_config('[mysql]\nurl = "mysql://u:p%40ss@h:3307/db_1"\n' + APP)
+        self.assertEqual(parse_mysql_url(config.mysql.url), MySQLURL("h", 3307, "u", "db_1", "p@ss"))
+        self.assertNotIn("p@ss", repr(config))
+        for bad in ("mysql://h/db", "mysql://u@h", "mysql://u@h/db;drop", "pg://u@h/db"):
+            self.assertConfigError(f'[mysql]\nurl = "{bad}"\n' + APP, "mysql.url: ")
+        self.assertConfigError('[mysql]\ndatabases = ["mysql://u@h/d2"]\n' + APP,
+                               "mysql.databases: needs mysql.url")
+        self.assertConfigError(
+            '[mysql]\nurl = "mysql://u@h/d"\ndatabases = ["nope"]\n' + APP, "mysql.databases.0: ")
+        self.assertConfigError('[mysql]\npool_min = 5\npool_max = 2\n' + APP,
+                               "mysql.pool_min: must not exceed")
+
+    def test_cluster_timers(self) -> None:
+        self.assertConfigError('[cluster]\nheartbeat_s = 4\nttl_s = 6\n' + APP,
+                               "cluster.ttl_s: must be at least twice")
+        config = parse_config('[cluster]\nheartbeat_s = 1\nttl_s = 3\n' + APP)
+        self.assertEqual((config.cluster.heartbeat_s, config.cluster.ttl_s), (1.0, 3.0))
 
     def test_wrong_type(self) -> None:
         self.assertConfigError("[redis]\nurl = 5\n" + APP, "redis.url: expected a string")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.application.service import Service
@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from daojia_msg.auth import TokenError, verify_token
 from daojia_msg.bus.errors import BusError
 from daojia_msg.bus.interfaces import IMessageBus
+from daojia_msg.cluster.interfaces import IPeers
 from daojia_msg.config import Config
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.delivery import DeliveryWindow
@@ -119,6 +120,11 @@ class LogicService(Service):
         self.stats = stats if stats is not None else Stats()
         #: This node's logged-in connections, by identity.
         self.local: dict[tuple[int, int], Session] = {}
+        #: The other nodes (a cluster) or None (one node).
+        self.peers: IPeers | None = None
+        #: False while this node cannot prove it is a live cluster member (its
+        #: lease is not renewed): C2C, S2C and ACK are then UNAVAILABLE.
+        self.available: Callable[[], bool] = lambda: True
         self._purge = LoopingCall(self._purge_dedup)
         self._purge.clock = clock
 
@@ -251,8 +257,30 @@ class LogicService(Service):
                              session_id=session.record.session_id)
 
     async def _kick_remote(self, record: SessionRecord, reason: KickReason) -> bool:
-        """Kick a session held by another node. One node: there is none."""
-        return False
+        """Kick a session held by another node (there is none on one node)."""
+        if self.peers is None or record.node_id == self.node_id:
+            return False
+        try:
+            kicked: bool = await self.peers.kick(record, int(reason), "logged in elsewhere"
+                                                 if reason == KickReason.LOGIN_ELSEWHERE
+                                                 else "kicked by an administrator")
+        except StoreError as e:
+            self.log.warn("could not kick {uid}@{appcode} on node {node}: {error}",
+                          uid=record.uid, appcode=record.appcode, node=record.node_id, error=str(e))
+            return False
+        return kicked
+
+    def kick_local(self, uid: int, appcode: int, session_id: str, reason_code: int,
+                   reason: str) -> bool:
+        """Another node asks: KICKOUT our session ``session_id`` of ``(uid, appcode)``."""
+        session = self.local.get((uid, appcode))
+        if session is None or session.record.session_id != session_id:
+            return False
+        self._drop(session)
+        session.conn.kick(reason_code, reason)
+        self.log.info("kicked {uid}@{appcode} for another node", uid=uid, appcode=appcode,
+                      reason_code=reason_code)
+        return True
 
     async def kickout(self, uid: int, appcode: int, reason: KickReason = KickReason.ADMIN) -> int:
         """KICKOUT ``(uid, appcode)`` wherever it is online; returns how many were kicked."""
@@ -401,15 +429,7 @@ class LogicService(Service):
         route: Route = (msg.to_appcode, msg.msgtype, msg.kind)
         session = self.local.get((msg.to_uid, msg.to_appcode))
         if session is not None:
-            cmd = Cmd.C2C if msg.kind == Kind.C2C else Cmd.S2C
-            if session.window.push(msg.msgid, cmd, msg.msgtype, to_pb(msg).SerializeToString(), route):
-                self.stats.add(route, "pushed")
-                self.log.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
-                               logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
-                return True
-            self.log.info("{msgid} left pending: {to_uid}@{to_appcode} has too many un-ACKed",
-                          msgid=msg.msgid, logid=msg.logid, to_uid=msg.to_uid,
-                          to_appcode=msg.to_appcode)
+            self._push(session, msg)
             return True
         try:
             record = await self.sessions.lookup(msg.to_uid, msg.to_appcode)
@@ -417,7 +437,6 @@ class LogicService(Service):
             record = None
         if record is not None and record.node_id != self.node_id:
             if await self._deliver_remote(record, msg):
-                self.stats.add(route, "pushed")
                 return True
         self.stats.add(route, "stored")
         self.log.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
@@ -425,7 +444,40 @@ class LogicService(Service):
         return False
 
     async def _deliver_remote(self, record: SessionRecord, msg: StoredMessage) -> bool:
-        """Hand a push to the node holding ``record``. One node: there is none."""
+        """Hand a push to the node holding ``record`` (there is none on one node)."""
+        if self.peers is None:
+            return False
+        try:
+            pushed: bool = await self.peers.deliver(record, msg)
+        except StoreError as e:
+            self.log.warn("{msgid} left pending: node {node} unreachable: {error}",
+                          msgid=msg.msgid, logid=msg.logid, node=record.node_id, error=str(e))
+            return False
+        return pushed
+
+    def deliver_local(self, session_id: str, msg: StoredMessage) -> bool:
+        """Another node asks: push ``msg`` to our session ``session_id`` of its
+        recipient. True when it was pushed (or is already waiting for its ACK)."""
+        session = self.local.get((msg.to_uid, msg.to_appcode))
+        if session is None or session.record.session_id != session_id:
+            return False
+        return self._push(session, msg)
+
+    def _push(self, session: Session, msg: StoredMessage) -> bool:
+        """Push to a local session; False when its window of un-ACKed pushes is
+        full (the message then simply stays pending for the next PULL)."""
+        route: Route = (msg.to_appcode, msg.msgtype, msg.kind)
+        cmd = Cmd.C2C if msg.kind == Kind.C2C else Cmd.S2C
+        if msg.msgid in session.window:
+            return True
+        if session.window.push(msg.msgid, cmd, msg.msgtype, to_pb(msg).SerializeToString(), route):
+            self.stats.add(route, "pushed")
+            self.log.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
+                           logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
+            return True
+        self.log.info("{msgid} left pending: {to_uid}@{to_appcode} has too many un-ACKed",
+                      msgid=msg.msgid, logid=msg.logid, to_uid=msg.to_uid,
+                      to_appcode=msg.to_appcode)
         return False
 
     def _count_repush(self, route: object) -> None:

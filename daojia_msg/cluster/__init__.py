@@ -1,0 +1,1 @@
+"""Many nodes: Redis connection, node registry and leases, gate detector, internal RPC."""

@@ -1,0 +1,96 @@
+# -*- test-case-name: tests.store.test_redis -*-
+"""One Redis connection pool for a node, with the traps of txredisapi handled.
+
+- Every call has a reply timeout (``redis.reply_timeout_s``): with
+  ``reconnect=True`` txredisapi otherwise waits forever while disconnected
+  (txredisapi#112, #72).
+- Replies are raw ``bytes`` (``charset=None``): binary values stay binary.
+- Any failure of a call (timeout, lost connection, error reply) raises
+  :class:`~daojia_msg.store.errors.StoreUnavailable`: the operation may not
+  have happened; callers answer UNAVAILABLE, never hang.
+- :func:`connect` first checks the server with one PING on a connection that
+  does not reconnect, so start-up fails with one clear line when Redis is down.
+- Lua scripts go through ``EVALSHA`` with a ``NOSCRIPT`` fallback (:class:`Script`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import txredisapi
+from twisted.logger import Logger
+
+from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
+from daojia_msg.store.errors import StoreUnavailable
+
+log = Logger()
+
+
+class Redis:
+    """A connected pool; ``prefix`` starts every key of this platform."""
+
+    def __init__(self, pool: Any, prefix: str, timeout: float) -> None:
+        self.pool = pool
+        self.prefix = prefix
+        self.timeout = timeout
+
+    def key(self, *parts: object) -> str:
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    async def call(self, *args: Any) -> Any:
+        """One command; its reply (bytes, int, list, None)."""
+        try:
+            return await self.pool.execute_command(*args)
+        except txredisapi.ResponseError as e:
+            log.error("redis {command} failed: {error}", command=args[0], error=str(e))
+            raise StoreUnavailable(f"redis {args[0]}: {e}") from e
+        except (txredisapi.ConnectionError, txredisapi.RedisError) as e:
+            raise StoreUnavailable(f"redis {args[0]}: {e}") from e
+
+    async def close(self) -> None:
+        await self.pool.disconnect()
+
+
+class Script:
+    """A Lua script run with ``EVALSHA``, loaded on ``NOSCRIPT``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await redis.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except StoreUnavailable as e:
+            if "NOSCRIPT" not in str(e):
+                raise
+        return await redis.call("EVAL", self.source, len(keys), *keys, *args)
+
+
+async def connect(config: RedisConfig) -> Redis:
+    """Connect to ``config.url``; raises :class:`ConfigError` naming ``redis.url``
+    when the server cannot be reached (start-up then stops with that line)."""
+    url = parse_redis_url(config.url)
+    timeout = config.reply_timeout_s
+    where = f"{url.host}:{url.port}/{url.db}"
+    try:
+        probe = await txredisapi.Connection(
+            url.host, url.port, dbid=url.db, reconnect=False, charset=None,
+            password=url.password or None, connectTimeout=timeout, replyTimeout=timeout,
+        )
+    except Exception as e:
+        raise ConfigError(f"cannot connect to Redis at {where}: {e}", ("redis", "url")) from None
+    try:
+        await probe.ping()
+    except Exception as e:
+        raise ConfigError(f"Redis at {where} does not answer: {e}", ("redis", "url")) from None
+    finally:
+        await probe.disconnect()
+    pool = await txredisapi.ConnectionPool(
+        url.host, url.port, dbid=url.db, poolsize=config.pool_size, reconnect=True,
+        charset=None, password=url.password or None, connectTimeout=timeout,
+        replyTimeout=timeout,
+    )
+    log.info("connected to Redis at {where}", where=where)
+    return Redis(pool, config.key_prefix, timeout)

@@ -1,0 +1,85 @@
+"""Real servers for integration tests: skip outside CI, fail in CI (CI=true).
+
+Each ``require_*`` returns connection details or raises ``SkipTest`` with a
+clear reason; with ``CI=true`` a missing server is a failure instead, so a CI
+run cannot go green by skipping what it was meant to prove.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+
+from twisted.trial.unittest import FailTest, SkipTest
+
+CI = os.environ.get("CI", "").lower() == "true"
+REDIS_URL = os.environ.get("MSGP_TEST_REDIS", "redis://127.0.0.1:6379/15")
+MYSQL_HOST = os.environ.get("MSGP_TEST_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("MSGP_TEST_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("MSGP_TEST_MYSQL_USER", "root")
+
+
+def missing(what: str) -> None:
+    if CI:
+        raise FailTest(f"{what} (CI=true: integration tests must not skip)")
+    raise SkipTest(what)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_redis() -> str:
+    """The test Redis URL (database 15, flushed by the tests that use it)."""
+    from daojia_msg.config import parse_redis_url
+
+    url = parse_redis_url(REDIS_URL)
+    if not _reachable(url.host, url.port):
+        missing(f"Redis is not running at {url.host}:{url.port} (set MSGP_TEST_REDIS)")
+    return REDIS_URL
+
+
+def require_mysql() -> str:
+    """A fresh, empty database on the test MySQL/MariaDB; returns its mysql:// URL.
+
+    The caller drops it with :func:`drop_mysql_database` (addCleanup).
+    """
+    if not _reachable(MYSQL_HOST, MYSQL_PORT):
+        missing(f"MySQL/MariaDB is not running at {MYSQL_HOST}:{MYSQL_PORT}")
+    import pymysql
+
+    name = f"msgp_test_{uuid.uuid4().hex[:12]}"
+    conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    finally:
+        conn.close()
+    return f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+
+
+def drop_mysql_database(url: str) -> None:
+    import pymysql
+
+    name = url.rsplit("/", 1)[1]
+    conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
+def require_haproxy() -> str:
+    path = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy")
+                                       else None)
+    if path is None:
+        missing("haproxy is not installed (apt-get install haproxy)")
+    assert path is not None
+    return path
