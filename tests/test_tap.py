@@ -68,7 +68,7 @@ class BuildConfigTests(SynchronousTestCase):
         self.assertRefused(("--bus", "kafka://x"),
                            "bus.url: only 'memory:' is supported in this build, got 'kafka://x'")
         self.assertRefused(("--redis", "redis://127.0.0.1"),
-                           "redis.url: the Redis backend is not in this build yet")
+                           "redis.url: the Redis cluster backend is not in this build yet")
         self.assertRefused(("--manhole", "tcp:7300:interface=127.0.0.1"),
                            "listen.manhole: the admin manhole is not in this build yet")
 
