@@ -61,8 +61,9 @@ class Stack:
 
     def connect(self, host: str = "10.0.0.1", port: int = 40000) -> Conn:
         proto = self.factory.buildProtocol(IPv4Address("TCP", host, port))
-        assert proto is not None, "refused by the per-IP cap"
-        return Conn(self, proto)
+        conn = Conn(self, proto, host, port)
+        assert not conn.closing, "refused by the per-IP cap"
+        return conn
 
     def token(self, uid: int, appcode: int = 1001, ttl: float = 3600) -> str:
         app = self.config.app(appcode)
@@ -79,10 +80,11 @@ class Stack:
 class Conn:
     """A client side of one gate connection: send frames, read what came back."""
 
-    def __init__(self, stack: Stack, proto: GateProtocol) -> None:
+    def __init__(self, stack: Stack, proto: GateProtocol, host: str = "10.0.0.1",
+                 port: int = 40000) -> None:
         self.stack = stack
         self.proto = proto
-        self.transport = StringTransport()
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
         self.decoder = FrameDecoder(10 * 1024 * 1024)
         self.seq = 0
         self.uid = 0

@@ -1,9 +1,14 @@
 # -*- test-case-name: tests.gate.test_protocol -*-
-"""Accepting gate connections: the per-IP cap and the table of open connections."""
+"""Accepting gate connections: the per-IP cap and the table of open connections.
+
+Behind HAProxy the gate listens on a ``haproxy:tcp:...`` endpoint (PROXY
+protocol): a connection first looks like it comes from the proxy, and shows its
+real client address once the PROXY header is parsed. So a connection is counted
+against its peer host at connect time and moved to the real host on its first
+data (:meth:`GateFactory.admit`); the cap applies to real client addresses.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -31,22 +36,31 @@ class GateFactory(ServerFactory):
         self.refused = 0
         self._empty_waiters: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress) -> GateProtocol | None:  # type: ignore[override]
-        a: Any = addr
-        host = str(getattr(a, "host", addr))
+    def buildProtocol(self, addr: IAddress | None) -> GateProtocol:
+        return GateProtocol(self)
+
+    def admit(self, conn: GateProtocol, host: str) -> bool:
+        """Count ``conn`` against ``host``'s cap (moving it from the host it was
+        counted on, if any); False, and not counted, when ``host`` is at its cap."""
+        if conn.host is not None:
+            self.peers.release(conn.host)
+            conn.host = None
         if not self.peers.acquire(host):
             self.refused += 1
             self.log.debug("refused a connection from {host}: per-IP cap {cap}",
                            host=host, cap=self.peers.cap)
-            return None
-        return GateProtocol(self, host, f"{host}:{getattr(a, 'port', '')}")
+            return False
+        conn.host = host
+        return True
 
     def connection_made(self, conn: GateProtocol) -> None:
         self.connections.add(conn)
 
     def connection_lost(self, conn: GateProtocol) -> None:
         self.connections.discard(conn)
-        self.peers.release(conn.host)
+        if conn.host is not None:
+            self.peers.release(conn.host)
+            conn.host = None
         if not self.connections:
             waiters, self._empty_waiters = self._empty_waiters, []
             for waiter in waiters:

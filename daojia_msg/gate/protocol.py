@@ -65,14 +65,16 @@ MAX_SEQ = 0xFFFFFFFF
 class GateProtocol(Protocol):
     log = Logger()
 
-    def __init__(self, factory: GateFactory, host: str, peer: str) -> None:
+    def __init__(self, factory: GateFactory) -> None:
         self.factory = factory
         self.logic = factory.logic
         self.inbox = factory.inbox
         self.limits = factory.limits
         self.clock = factory.clock
-        self.host = host
-        self.peer = peer
+        #: The host this connection is counted against (the per-IP cap), if any.
+        self.host: str | None = None
+        self.peer = ""
+        self._identified = False
         self.connected = False
         self.session: Session | None = None
         self._decoder = FrameDecoder(self.limits.max_body)
@@ -90,8 +92,24 @@ class GateProtocol(Protocol):
 
     # -- connection life -----------------------------------------------------
 
+    def _admit(self) -> bool:
+        """Count this connection against its peer's host; close it at the cap."""
+        address: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        host = str(getattr(address, "host", address))
+        if host == self.host:
+            return True
+        self.peer = f"{host}:{getattr(address, 'port', '')}"
+        if self.factory.admit(self, host):
+            return True
+        self._closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        return False
+
     def connectionMade(self) -> None:
         now = self.clock.seconds()
+        self.factory.connection_made(self)
+        if not self._admit():
+            return
         self.connected = True
         self._connected_at = self._last_rx = now
         limits = self.limits
@@ -99,7 +117,6 @@ class GateProtocol(Protocol):
             limits.rate_per_s, limits.rate_burst, now, limits.abuse_excess, limits.abuse_window_s
         )
         self._timer = self.clock.callLater(limits.login_timeout_s, self._on_timer)
-        self.factory.connection_made(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected = False
@@ -188,6 +205,11 @@ class GateProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if not self._identified:
+            # Behind a PROXY-protocol listener the real peer is known only now.
+            self._identified = True
+            if not self._admit():
+                return
         self._last_rx = self.clock.seconds()
         self._decoder.feed(data)
         self._process()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -13,7 +14,7 @@ from daojia_msg.protocol.codec import FrameDecoder, encode
 from daojia_msg.protocol.codes import MAGIC, Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.errors import StoreUnavailable
-from tests.helpers import Stack
+from tests.helpers import Conn, Stack
 
 
 def with_limits(**changes: object) -> Stack:
@@ -304,15 +305,33 @@ class ShapingTests(SynchronousTestCase):
         self.assertEqual(conn.request(Cmd.KEEPALIVE).code, Code.OK)
 
     def test_per_ip_cap(self) -> None:
-        from twisted.internet.address import IPv4Address
-
         stack = with_limits(max_conn_per_ip=2)
         a = stack.connect("10.9.9.9")
         stack.connect("10.9.9.9")
-        self.assertIsNone(stack.factory.buildProtocol(IPv4Address("TCP", "10.9.9.9", 1)))
-        self.assertIsNotNone(stack.factory.buildProtocol(IPv4Address("TCP", "10.9.9.8", 1)))
+        third = Conn(stack, stack.factory.buildProtocol(None), "10.9.9.9")
+        self.assertTrue(third.closing)
+        self.assertEqual(third.transport.value(), b"")
+        third.proto.connectionLost(None)
+        self.assertFalse(stack.connect("10.9.9.8").closing)
         a.proto.connectionLost(None)
-        self.assertIsNotNone(stack.factory.buildProtocol(IPv4Address("TCP", "10.9.9.9", 1)))
+        self.assertFalse(stack.connect("10.9.9.9").closing)
+        self.assertEqual(stack.factory.peers.counts, {"10.9.9.9": 2, "10.9.9.8": 1})
+
+    def test_per_ip_cap_counts_the_proxied_client(self) -> None:
+        """Behind a PROXY-protocol listener the real client is known at the
+        first data: the connection moves from the proxy's count to it."""
+        stack = with_limits(max_conn_per_ip=1)
+        for client in ("203.0.113.1", "203.0.113.2"):
+            conn = Conn(stack, stack.factory.buildProtocol(None), "10.0.0.100")  # the proxy
+            conn.transport.peerAddr = IPv4Address("TCP", client, 5555)  # header parsed
+            conn.uid, conn.appcode = 1, 1001
+            self.assertEqual(conn.request(Cmd.KEEPALIVE).code, Code.OK)
+        self.assertEqual(stack.factory.peers.counts, {"203.0.113.1": 1, "203.0.113.2": 1})
+        again = Conn(stack, stack.factory.buildProtocol(None), "10.0.0.100")
+        again.transport.peerAddr = IPv4Address("TCP", "203.0.113.1", 5556)
+        again.send(Cmd.KEEPALIVE)
+        self.assertTrue(again.closing)  # 203.0.113.1 is at its cap
+        self.assertEqual(again.transport.value(), b"")
 
     def test_inflight_cap_pauses_reading(self) -> None:
         stack = with_limits(max_inflight=2)
