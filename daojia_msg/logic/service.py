@@ -45,6 +45,8 @@ LOGID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 #: Un-ACKed pushes held per connection; beyond it a message just stays pending.
 MAX_UNACKED = 1000
 DEDUP_PURGE_INTERVAL_S = 3600.0
+#: Session look-ups one delivery follows when the recipient moves between nodes.
+MAX_HOPS = 3
 
 
 def to_pb(msg: StoredMessage) -> pb.Message:
@@ -308,6 +310,10 @@ class LogicService(Service):
 
     # -- messages ------------------------------------------------------------
 
+    def _check_available(self) -> None:
+        if not self.available():
+            raise errors.Unavailable("this node is not a live cluster member right now")
+
     def _check_content(self, content: bytes) -> None:
         if len(content) > self.limits.max_content:
             raise errors.BadRequest(f"content is over {self.limits.max_content} bytes")
@@ -345,6 +351,7 @@ class LogicService(Service):
 
     async def c2c(self, session: Session, msgtype: int, req: pb.C2CRequest) -> pb.Result:
         """Store durably (de-duplicated by client_msg_id), answer, then push."""
+        self._check_available()
         to_app = self.config.app(req.to_appcode)
         if to_app is None:
             raise errors.UnknownAppcode(f"no app {req.to_appcode}")
@@ -377,6 +384,7 @@ class LogicService(Service):
         Each item gets its outcome, or the error that refused it alone. A store
         failure refuses the whole batch (raises Unavailable): nothing was stored.
         """
+        self._check_available()
         results: list[PushOutcome | errors.RequestError | None] = []
         accepted: list[tuple[int, StoredMessage, NewMessage]] = []
         now = self.now_ms()
@@ -425,17 +433,33 @@ class LogicService(Service):
 
         True when a session was registered and the push was handed to its node;
         otherwise the message simply stays pending for PULL.
+
+        The recipient may reconnect elsewhere while we store: when the node we
+        hand the push to no longer holds the session (or cannot be reached),
+        the session is looked up again and followed if it moved, at most
+        :data:`MAX_HOPS` times. A session registered after our last look-up
+        drains the message with PULL (it was durable before that look-up).
         """
         route: Route = (msg.to_appcode, msg.msgtype, msg.kind)
         session = self.local.get((msg.to_uid, msg.to_appcode))
         if session is not None:
             self._push(session, msg)
             return True
-        try:
-            record = await self.sessions.lookup(msg.to_uid, msg.to_appcode)
-        except StoreError:
-            record = None
-        if record is not None and record.node_id != self.node_id:
+        tried: set[str] = set()
+        for _ in range(MAX_HOPS):
+            try:
+                record = await self.sessions.lookup(msg.to_uid, msg.to_appcode)
+            except StoreError:
+                break
+            if record is None or record.session_id in tried:
+                break
+            tried.add(record.session_id)
+            if record.node_id == self.node_id:
+                session = self.local.get((msg.to_uid, msg.to_appcode))
+                if session is not None and session.record.session_id == record.session_id:
+                    self._push(session, msg)
+                    return True
+                break  # a stale record of ours (e.g. from before a restart)
             if await self._deliver_remote(record, msg):
                 return True
         self.stats.add(route, "stored")
@@ -485,6 +509,7 @@ class LogicService(Service):
 
     async def ack(self, session: Session, msgids: Sequence[int]) -> pb.Result:
         """Mark pushed messages delivered; answered once that is durable."""
+        self._check_available()
         if len(msgids) > self.limits.max_ack_ids:
             raise errors.BadRequest(f"at most {self.limits.max_ack_ids} msgids per ACK")
         try:

@@ -5,8 +5,9 @@ A route's ``appcode`` is the recipient's for C2C and S2C (how well pushes reach
 that app) and the sender's for C2S. Counters:
 
 - ``accepted``: messages made durable (C2C, S2C) or accepted by the bus (C2S);
-- ``pushed``: first pushes to an online session; ``repushed``: pushes again
-  after an ACK timeout;
+- ``pushed``: first pushes to an online session, counted by the node that
+  holds the session (a push handed over RPC counts there); ``repushed``:
+  pushes again after an ACK timeout;
 - ``stored``: accepted while the recipient had no session (left for PULL);
 - ``pulled``: messages returned by PULL; ``acked``: pending -> delivered.
 

@@ -1,0 +1,178 @@
+"""Logic in a cluster, with fake peers: remote delivery, kicks, moving sessions."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from daojia_msg.cluster.interfaces import IPeers
+from daojia_msg.logic.service import PushItem, PushOutcome
+from daojia_msg.protocol import errors
+from daojia_msg.protocol.codes import Cmd, Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.store.model import SessionRecord, StoredMessage
+from tests.helpers import Stack
+
+
+@implementer(IPeers)
+class FakePeers:
+    def __init__(self) -> None:
+        self.delivered: list[tuple[SessionRecord, StoredMessage]] = []
+        self.kicked: list[tuple[SessionRecord, int]] = []
+        #: node_id -> True (pushed), False (no such session) or an exception.
+        self.answers: dict[int, object] = {}
+
+    def deliver(self, record: SessionRecord, message: StoredMessage) -> Deferred[bool]:
+        self.delivered.append((record, message))
+        answer = self.answers.get(record.node_id, True)
+        if isinstance(answer, Exception):
+            return fail(answer)
+        return succeed(bool(answer))
+
+    def kick(self, record: SessionRecord, reason_code: int, reason: str) -> Deferred[bool]:
+        self.kicked.append((record, reason_code))
+        return succeed(True)
+
+
+def remote(uid: int, node: int, session: str = "s-remote") -> SessionRecord:
+    return SessionRecord(uid, 1001, node, session, 1)
+
+
+class RemoteDeliveryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.stack = Stack(node_id=1)
+        self.peers = FakePeers()
+        verifyObject(IPeers, self.peers)
+        self.stack.logic.peers = self.peers
+        self.alice = self.stack.login(1)
+
+    def test_delivered_on_the_node_that_holds_the_session(self) -> None:
+        self.successResultOf(self.stack.sessions.register(remote(2, node=2)))
+        result = self.alice.c2c(2, b"to node 2")
+        self.assertEqual(result.code, Code.OK)
+        [(record, msg)] = self.peers.delivered
+        self.assertEqual((record.node_id, msg.msgid, msg.content), (2, result.msgid, b"to node 2"))
+        # Node 2 counts the push; this node only counts the acceptance.
+        totals = self.stack.logic.stats.totals()
+        self.assertEqual((totals["accepted"], totals["pushed"], totals["stored"]), (1, 0, 0))
+
+    def test_unreachable_node_leaves_it_pending(self) -> None:
+        self.successResultOf(self.stack.sessions.register(remote(2, node=2)))
+        self.peers.answers[2] = StoreUnavailable("node 2 down")
+        result = self.alice.c2c(2)
+        self.assertEqual(result.code, Code.OK)  # durable: OK even though the push failed
+        self.assertEqual(self.stack.logic.stats.totals()["stored"], 1)
+        self.assertEqual(self.successResultOf(self.stack.store.count_pending(2, 1001)), 1)
+
+    def test_follows_a_session_that_moved(self) -> None:
+        """The recipient reconnected on node 3 while we handed the push to node 2."""
+        self.successResultOf(self.stack.sessions.register(remote(2, node=2, session="old")))
+        sessions = self.stack.sessions
+
+        def moved(record: SessionRecord, message: StoredMessage) -> Deferred[bool]:
+            self.peers.delivered.append((record, message))
+            if record.node_id == 2:
+                sessions.register(remote(2, node=3, session="new"))
+                return succeed(False)  # node 2: no such session any more
+            return succeed(True)
+
+        self.peers.deliver = moved  # type: ignore[method-assign]
+        self.assertEqual(self.alice.c2c(2).code, Code.OK)
+        self.assertEqual([(r.node_id, r.session_id) for r, _ in self.peers.delivered],
+                         [(2, "old"), (3, "new")])
+        self.assertEqual(self.stack.logic.stats.totals()["stored"], 0)
+
+    def test_stale_record_is_tried_once(self) -> None:
+        self.successResultOf(self.stack.sessions.register(remote(2, node=2)))
+        self.peers.answers[2] = False
+        self.alice.c2c(2)
+        self.assertEqual(len(self.peers.delivered), 1)
+        self.assertEqual(self.stack.logic.stats.totals()["stored"], 1)
+
+    def test_http_push_online_flag(self) -> None:
+        self.successResultOf(self.stack.sessions.register(remote(2, node=2)))
+        [outcome] = self.successResultOf(Deferred.fromCoroutine(
+            self.stack.logic.push_s2c([PushItem(2, 1001, 5, b"order")])))
+        assert isinstance(outcome, PushOutcome)
+        self.assertTrue(outcome.online)
+        self.peers.answers[2] = StoreUnavailable("down")
+        [outcome] = self.successResultOf(Deferred.fromCoroutine(
+            self.stack.logic.push_s2c([PushItem(2, 1001, 5, b"order")])))
+        assert isinstance(outcome, PushOutcome)
+        self.assertFalse(outcome.online)
+
+
+class RemoteKickTests(SynchronousTestCase):
+    def test_login_kicks_the_session_on_another_node(self) -> None:
+        stack = Stack(node_id=1)
+        peers = FakePeers()
+        stack.logic.peers = peers
+        self.successResultOf(stack.sessions.register(remote(7, node=2)))
+        stack.login(7)
+        [(record, reason)] = peers.kicked
+        self.assertEqual((record.node_id, reason), (2, KickReason.LOGIN_ELSEWHERE))
+
+    def test_admin_kickout_on_another_node(self) -> None:
+        stack = Stack(node_id=1)
+        stack.logic.peers = FakePeers()
+        self.successResultOf(stack.sessions.register(remote(7, node=2)))
+        kicked = self.successResultOf(Deferred.fromCoroutine(stack.logic.kickout(7, 1001)))
+        self.assertEqual(kicked, 1)
+
+
+class LocalSideTests(SynchronousTestCase):
+    """What this node does when another node hands it work."""
+
+    def setUp(self) -> None:
+        self.stack = Stack(node_id=2)
+        self.bob = self.stack.login(2)
+        self.session_id = self.stack.logic.local[(2, 1001)].record.session_id
+
+    def message(self, msgid: int = 77) -> StoredMessage:
+        from daojia_msg.store.model import Kind
+
+        return StoredMessage(msgid, 1, 1001, 2, 1001, 3, Kind.C2C, b"x", 5, "L-77")
+
+    def test_deliver_local(self) -> None:
+        self.assertTrue(self.stack.logic.deliver_local(self.session_id, self.message()))
+        [frame] = self.bob.received()
+        msg = pb.Message()
+        msg.ParseFromString(frame.body)
+        self.assertEqual((frame.cmd, msg.msgid, msg.logid), (Cmd.C2C, 77, "L-77"))
+        # The same message again is already waiting for its ACK: not pushed twice.
+        self.assertTrue(self.stack.logic.deliver_local(self.session_id, self.message()))
+        self.assertEqual(self.bob.received(), [])
+
+    def test_deliver_local_wrong_session(self) -> None:
+        self.assertFalse(self.stack.logic.deliver_local("other", self.message()))
+        self.assertEqual(self.bob.received(), [])
+
+    def test_kick_local(self) -> None:
+        logic = self.stack.logic
+        self.assertFalse(logic.kick_local(2, 1001, "other", KickReason.LOGIN_ELSEWHERE, "x"))
+        self.assertFalse(self.bob.closing)
+        self.assertTrue(logic.kick_local(2, 1001, self.session_id, KickReason.LOGIN_ELSEWHERE,
+                                         "logged in elsewhere"))
+        self.assertTrue(self.bob.closing)
+        self.assertNotIn((2, 1001), logic.local)
+
+
+class AvailabilityTests(SynchronousTestCase):
+    def test_unavailable_node_refuses_what_needs_the_cluster(self) -> None:
+        stack = Stack()
+        alice = stack.login(1)
+        up = [True]
+        stack.logic.available = lambda: up[0]
+        up[0] = False
+        self.assertEqual(alice.c2c(2).code, Code.UNAVAILABLE)
+        self.assertEqual(alice.ack([1]).code, Code.UNAVAILABLE)
+        self.failureResultOf(Deferred.fromCoroutine(
+            stack.logic.push_s2c([PushItem(2, 1001, 5, b"x")])), errors.Unavailable)
+        self.assertEqual(alice.request(Cmd.KEEPALIVE).code, Code.OK)
+        self.assertEqual(alice.pull().code, Code.OK)
+        self.assertEqual(self.successResultOf(stack.store.count_pending(2, 1001)), 0)
+        up[0] = True
+        self.assertEqual(alice.c2c(2).code, Code.OK)
