@@ -79,6 +79,7 @@ class Limits:
     http_max_body: int = 8 * 1024 * 1024
     push_batch_max: int = 1000
     close_grace_s: float = 5.0
+    write_stall_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +255,7 @@ def _limits(t: _Table) -> Limits:
         http_max_body=t.int("http_max_body", d.http_max_body, 1024, 1024**3),
         push_batch_max=t.int("push_batch_max", d.push_batch_max, 1, 100000),
         close_grace_s=t.float("close_grace_s", d.close_grace_s, 0.0),
+        write_stall_s=t.float("write_stall_s", d.write_stall_s, 1.0),
     )
     t.done()
     if limits.page_default > limits.page_cap:

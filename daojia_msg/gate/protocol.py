@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as PbMessage
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+
+# The wrapper of Twisted's haproxy: endpoints (public only through serverFromString).
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -61,7 +64,7 @@ RESPONSE_TYPES: dict[int, type[PbMessage]] = {
 MAX_SEQ = 0xFFFFFFFF
 
 
-@implementer(IClientConnection)
+@implementer(IClientConnection, IPushProducer)
 class GateProtocol(Protocol):
     log = Logger()
 
@@ -85,9 +88,17 @@ class GateProtocol(Protocol):
         self._processing = False
         self._push_seq = 0
         self._connected_at = 0.0
-        self._last_rx = 0.0
+        self._last_rx = 0.0  # any bytes: the token bucket's clock
+        self._last_frame = 0.0  # whole frames: the idle timeout's clock
         self._timer: IDelayedCall | None = None
         self._grace: IDelayedCall | None = None
+        #: Pushes written during a LOGIN, before its answer; None when not held.
+        self._held: list[bytes] | None = None
+        #: A LOGOUT waiting for the answers of earlier requests.
+        self._logout: Frame | None = None
+        #: The peer does not read: the transport paused us as its producer.
+        self._write_blocked = False
+        self._stall: IDelayedCall | None = None
         self._bucket: TokenBucket
 
     # -- connection life -----------------------------------------------------
@@ -108,10 +119,14 @@ class GateProtocol(Protocol):
     def connectionMade(self) -> None:
         now = self.clock.seconds()
         self.factory.connection_made(self)
-        if not self._admit():
+        # Behind a PROXY-protocol listener the peer is the proxy until the
+        # header is parsed: count the connection at its first data, against
+        # the real client. Until then the login timeout bounds its life.
+        if not isinstance(self.transport, HAProxyProtocolWrapper) and not self._admit():
             return
         self.connected = True
-        self._connected_at = self._last_rx = now
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._connected_at = self._last_rx = self._last_frame = now
         limits = self.limits
         self._bucket = TokenBucket(
             limits.rate_per_s, limits.rate_burst, now, limits.abuse_excess, limits.abuse_window_s
@@ -121,10 +136,11 @@ class GateProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected = False
         self._closing = True
-        for timer in (self._timer, self._grace):
+        for timer in (self._timer, self._grace, self._stall):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._timer = self._grace = None
+        self._timer = self._grace = self._stall = None
+        self._held = None
         self._release_session()
         self.factory.connection_lost(self)
 
@@ -135,7 +151,7 @@ class GateProtocol(Protocol):
             deadline = self._connected_at + self.limits.login_timeout_s
             why = "login timeout"
         else:
-            deadline = self._last_rx + self.limits.idle_timeout_s
+            deadline = self._last_frame + self.limits.idle_timeout_s
             why = "idle timeout"
         if now >= deadline:
             self.log.info("closing {peer}: {why}", peer=self.peer, why=why,
@@ -181,17 +197,58 @@ class GateProtocol(Protocol):
         seq = self._push_seq = self._push_seq % MAX_SEQ + 1
         return seq
 
+    def attach(self, session: Session) -> None:
+        self.session = session
+        self._held = []
+
+    def detach(self) -> None:
+        self.session = None
+        self._held = None
+
     def push(self, cmd: int, msgtype: int, body: bytes) -> int:
+        """Write a push; 0 (nothing written) while closing or while the peer
+        does not read, so the message stays pending instead of piling up here."""
         session = self.session
-        if session is None or self._closing:
+        if session is None or self._closing or self._write_blocked:
             return 0
         seq = self._next_seq()
-        self.transport.write(encode(cmd, session.appcode, msgtype, session.uid, seq, body))  # type: ignore[union-attr]
+        frame = encode(cmd, session.appcode, msgtype, session.uid, seq, body)
+        if self._held is not None:
+            self._held.append(frame)
+        else:
+            self.transport.write(frame)  # type: ignore[union-attr]
         return seq
+
+    # -- IPushProducer: the transport pauses us while the peer does not read --
+
+    def pauseProducing(self) -> None:
+        self._write_blocked = True
+        if self._stall is None and not self._closing:
+            self._stall = self.clock.callLater(self.limits.write_stall_s, self._stalled)
+        self._throttle()
+
+    def resumeProducing(self) -> None:
+        self._write_blocked = False
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if not self._closing:
+            self._throttle()
+            self._process()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _stalled(self) -> None:
+        self._stall = None
+        self.log.info("closing {peer}: it has not read for {seconds} s", peer=self.peer,
+                      seconds=self.limits.write_stall_s)
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def kick(self, reason_code: int, reason: str) -> None:
         if self._closing:
             return
+        self._held = None  # a kicked LOGIN is never answered: drop what it held
         session = self.session
         uid, appcode = (session.uid, session.appcode) if session else (0, 0)
         body = pb.Kickout(reason_code=reason_code, reason=reason).SerializeToString()
@@ -208,7 +265,7 @@ class GateProtocol(Protocol):
         if not self._identified:
             # Behind a PROXY-protocol listener the real peer is known only now.
             self._identified = True
-            if not self._admit():
+            if self.host is None and not self._admit():
                 return
         self._last_rx = self.clock.seconds()
         self._decoder.feed(data)
@@ -220,7 +277,8 @@ class GateProtocol(Protocol):
         self._processing = True
         try:
             decoder = self._decoder
-            while not (self._closing or self._barrier or self._inflight >= self.limits.max_inflight):
+            while not (self._closing or self._barrier or self._write_blocked
+                       or self._inflight >= self.limits.max_inflight):
                 try:
                     frame = decoder.next()
                 except BadMagic:
@@ -247,7 +305,7 @@ class GateProtocol(Protocol):
         """Stop reading the socket while requests wait; read again once they are answered."""
         if self._closing:
             return
-        busy = self._barrier or self._inflight >= self.limits.max_inflight
+        busy = self._barrier or self._inflight >= self.limits.max_inflight or self._write_blocked
         if busy and not self._paused:
             self._paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
@@ -256,6 +314,7 @@ class GateProtocol(Protocol):
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _frame(self, frame: Frame) -> None:
+        self._last_frame = self._last_rx
         bucket = self._bucket
         if not bucket.take(self._last_rx):
             if bucket.abusive:
@@ -277,9 +336,12 @@ class GateProtocol(Protocol):
             return
         if cmd == Cmd.KEEPALIVE:  # body ignored
             self._reply(frame, pb.Result(code=Code.OK, server_time_ms=self.logic.now_ms()))
-        elif cmd == Cmd.LOGOUT:  # body ignored
+        elif cmd == Cmd.LOGOUT:  # body ignored; answered after every earlier request
             self._barrier = True
-            self._call(frame, self._logout())
+            if self._inflight:
+                self._logout = frame
+            else:
+                self._call(frame, self._do_logout())
         elif cmd == Cmd.LOGIN:
             req = self._parse(frame, pb.LoginRequest)
             if req is not None:
@@ -331,7 +393,7 @@ class GateProtocol(Protocol):
             self.session = session
         return response
 
-    async def _logout(self) -> PbMessage:
+    async def _do_logout(self) -> PbMessage:
         session, self.session = self.session, None
         assert session is not None
         await self.logic.logout(session)
@@ -350,6 +412,13 @@ class GateProtocol(Protocol):
             self.close()
         elif frame.cmd == Cmd.LOGIN:
             self._barrier = False
+            held, self._held = self._held, None
+            if held and not self._closing:  # pushes that came during the LOGIN
+                self.transport.writeSequence(held)  # type: ignore[union-attr]
+        if self._logout is not None and not self._inflight and not self._closing:
+            logout, self._logout = self._logout, None
+            self._call(logout, self._do_logout())
+            return
         if not self._processing and not self._closing:
             self._process()
 
@@ -358,6 +427,8 @@ class GateProtocol(Protocol):
         self._done(frame)
 
     def _failed(self, failure: Failure, frame: Frame) -> None:
+        if frame.cmd == Cmd.LOGIN and self._held is not None:
+            self.detach()  # logic already dropped the session
         error = failure.value
         if isinstance(error, errors.RequestError):
             self._reply_error(frame, error.code, error.reason)

@@ -61,12 +61,12 @@ class DeliveryWindow:
         return msgid in self._entries
 
     def push(self, msgid: int, cmd: int, msgtype: int, body: bytes, route: object) -> bool:
-        """Push now and watch for the ACK; False (nothing pushed) when the window is full."""
+        """Push now and watch for the ACK; False (nothing pushed) when the window
+        is full or the connection takes no pushes now (closing, peer not reading)."""
         if msgid in self._entries:
             return True
-        if len(self._entries) >= self._max_size:
+        if len(self._entries) >= self._max_size or not self._conn.push(cmd, msgtype, body):
             return False
-        self._conn.push(cmd, msgtype, body)
         self._entries[msgid] = _Entry(self._clock.seconds() + self._timeout, cmd, msgtype, body, route)
         if self._timer is None:
             self._timer = self._clock.callLater(self._timeout, self._expire)

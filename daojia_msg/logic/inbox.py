@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from daojia_msg.config import Limits
-from daojia_msg.logic.service import Session, to_pb
+from daojia_msg.logic.service import MAX_ID, Session, to_pb
 from daojia_msg.logic.stats import Stats
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Code
@@ -28,6 +28,8 @@ class Inbox:
         return min(limit or self.limits.page_default, self.limits.page_cap)
 
     async def pull(self, session: Session, req: pb.PullRequest) -> pb.PullResponse:
+        if req.after_msgid > MAX_ID:  # no message has a larger id
+            return pb.PullResponse(code=Code.OK)
         try:
             page = await self.store.pull(
                 session.uid, session.appcode, req.after_msgid, self.page_limit(req.limit)
@@ -43,10 +45,12 @@ class Inbox:
         )
 
     async def history(self, session: Session, req: pb.HistoryRequest) -> pb.HistoryResponse:
+        if req.peer_uid > MAX_ID:  # no such peer
+            return pb.HistoryResponse(code=Code.OK)
+        before = 0 if req.before_msgid > MAX_ID else req.before_msgid  # every id is below it
         try:
             page = await self.store.history(
-                session.usersystem, session.uid, req.before_msgid,
-                self.page_limit(req.limit), req.peer_uid,
+                session.usersystem, session.uid, before, self.page_limit(req.limit), req.peer_uid
             )
         except StoreError:
             raise errors.Unavailable("message store unavailable") from None

@@ -13,6 +13,14 @@ class IClientConnection(Interface):
     peer = Attribute("str: the peer address, for logs")
     connected = Attribute("bool: False once the connection is closing or closed")
 
+    def attach(session):
+        """The connection now belongs to ``session`` (a LOGIN in progress):
+        pushes and kicks carry its identity; pushes are held until the LOGIN
+        answer has been written."""
+
+    def detach():
+        """The LOGIN failed after :meth:`attach`: forget the session and any held pushes."""
+
     def push(cmd, msgtype, body):
         """Write a server push (S2C, C2C delivery) to the logged-in identity with
         the connection's next nonzero sequenceid; returns that sequenceid."""

@@ -49,6 +49,16 @@ DEDUP_PURGE_INTERVAL_S = 3600.0
 MAX_HOPS = 3
 
 
+#: uids and msgids are below 2**63 (signed 64-bit in every store and in Java
+#: clients); a larger uid is BAD_REQUEST, a larger msgid names no message.
+MAX_ID = 2**63 - 1
+
+
+def check_uid(uid: int, name: str) -> None:
+    if not 0 < uid <= MAX_ID:
+        raise errors.BadRequest(f"{name} must be from 1 to {MAX_ID}")
+
+
 def to_pb(msg: StoredMessage) -> pb.Message:
     return pb.Message(
         msgid=msg.msgid,
@@ -152,7 +162,7 @@ class LogicService(Service):
         before = int(self.clock.seconds() * 1000 - self.config.store.dedup_days * 86400000)
         try:
             n = await self.store.purge_dedup(before)
-        except StoreError:
+        except Exception:  # keep the LoopingCall alive whatever happened
             self.log.failure("purging old de-duplication keys failed")
         else:
             self.log.info("purged {count} de-duplication keys", count=n)
@@ -169,8 +179,7 @@ class LogicService(Service):
         app = self.config.app(appcode)
         if app is None:
             raise errors.UnknownAppcode(f"no app {appcode}")
-        if uid == 0:
-            raise errors.BadRequest("uid must not be 0")
+        check_uid(uid, "uid")
         try:
             verify_token(app.secret, appcode, uid, req.token, self.clock.seconds())
         except TokenError as e:
@@ -197,13 +206,19 @@ class LogicService(Service):
             # It went away while we registered: leave no stale session behind.
             await self._unregister(session)
             raise errors.Unavailable("connection closed during login")
+        # From here pushes reach this connection (it holds them until the
+        # LOGIN answer is out), so nothing stored from now on is missed.
         self.local[(uid, appcode)] = session
+        conn.attach(session)
         try:
             pending = await self.store.count_pending(uid, appcode)
-        except StoreError:
+        except BaseException as e:
             self._drop(session)
+            conn.detach()
             await self._unregister(session)
-            raise errors.Unavailable("message store unavailable") from None
+            if isinstance(e, StoreError):
+                raise errors.Unavailable("message store unavailable") from None
+            raise
         self.log.info("login {uid}@{appcode} session {session_id} from {peer}, {pending} pending",
                       uid=uid, appcode=appcode, session_id=record.session_id, peer=conn.peer,
                       pending=pending, device_id=req.device_id[:64])
@@ -355,8 +370,7 @@ class LogicService(Service):
         to_app = self.config.app(req.to_appcode)
         if to_app is None:
             raise errors.UnknownAppcode(f"no app {req.to_appcode}")
-        if req.to_uid == 0:
-            raise errors.BadRequest("to_uid must not be 0")
+        check_uid(req.to_uid, "to_uid")
         if (req.to_uid, req.to_appcode) == (session.uid, session.appcode):
             raise errors.BadRequest("cannot send to oneself")
         self._check_content(req.content)
@@ -393,8 +407,7 @@ class LogicService(Service):
                 to_app = self.config.app(item.to_appcode)
                 if to_app is None:
                     raise errors.UnknownAppcode(f"no app {item.to_appcode}")
-                if item.to_uid == 0:
-                    raise errors.BadRequest("to_uid must not be 0")
+                check_uid(item.to_uid, "to_uid")
                 self._check_content(item.content)
                 msgid = self.ids.next_id()
                 msg = StoredMessage(msgid, 0, 0, item.to_uid, item.to_appcode, item.msgtype,
@@ -499,7 +512,8 @@ class LogicService(Service):
             self.log.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
                            logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
             return True
-        self.log.info("{msgid} left pending: {to_uid}@{to_appcode} has too many un-ACKed",
+        self.log.info("{msgid} left pending: {to_uid}@{to_appcode} takes no pushes now "
+                      "(too many un-ACKed, or not reading)",
                       msgid=msg.msgid, logid=msg.logid, to_uid=msg.to_uid,
                       to_appcode=msg.to_appcode)
         return False
@@ -512,8 +526,9 @@ class LogicService(Service):
         self._check_available()
         if len(msgids) > self.limits.max_ack_ids:
             raise errors.BadRequest(f"at most {self.limits.max_ack_ids} msgids per ACK")
+        known = [m for m in msgids if m <= MAX_ID]  # larger ids name no message
         try:
-            acked = await self.store.ack(session.uid, session.appcode, list(msgids))
+            acked = await self.store.ack(session.uid, session.appcode, known)
         except StoreError:
             raise errors.Unavailable("message store unavailable") from None
         session.window.acked(msgids)

@@ -6,6 +6,8 @@ import struct
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.testing import StringTransport
+from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.bus.errors import BusUnavailable
@@ -15,6 +17,15 @@ from daojia_msg.protocol.codes import MAGIC, Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.errors import StoreUnavailable
 from tests.helpers import Conn, Stack
+
+
+def decode_all(data: bytes) -> list:  # type: ignore[type-arg]
+    decoder = FrameDecoder(1 << 20)
+    decoder.feed(data)
+    frames = []
+    while (frame := decoder.next()) is not None:
+        frames.append(frame)
+    return frames
 
 
 def with_limits(**changes: object) -> Stack:
@@ -318,20 +329,37 @@ class ShapingTests(SynchronousTestCase):
         self.assertEqual(stack.factory.peers.counts, {"10.9.9.9": 2, "10.9.9.8": 1})
 
     def test_per_ip_cap_counts_the_proxied_client(self) -> None:
-        """Behind a PROXY-protocol listener the real client is known at the
-        first data: the connection moves from the proxy's count to it."""
+        """Behind a PROXY-protocol listener the cap counts real clients, and
+        connections that have not shown their client yet count against no one."""
         stack = with_limits(max_conn_per_ip=1)
-        for client in ("203.0.113.1", "203.0.113.2"):
-            conn = Conn(stack, stack.factory.buildProtocol(None), "10.0.0.100")  # the proxy
-            conn.transport.peerAddr = IPv4Address("TCP", client, 5555)  # header parsed
-            conn.uid, conn.appcode = 1, 1001
-            self.assertEqual(conn.request(Cmd.KEEPALIVE).code, Code.OK)
+        wrapping = HAProxyWrappingFactory(stack.factory)
+        proxy = IPv4Address("TCP", "10.0.0.100", 40000)
+
+        def via_proxy(client: str | None) -> StringTransport:
+            transport = StringTransport(peerAddress=proxy)
+            wrapper = wrapping.buildProtocol(proxy)
+            wrapper.makeConnection(transport)
+            if client is not None:
+                header = f"PROXY TCP4 {client} 10.0.0.1 5555 7000\r\n".encode()
+                keepalive = encode(Cmd.KEEPALIVE, 1001, 0, 1, 1)
+                wrapper.dataReceived(header + keepalive)
+            return transport
+
+        silent = [via_proxy(None) for _ in range(3)]  # header not yet parsed
+        self.assertEqual(stack.factory.peers.counts, {})
+        a = via_proxy("203.0.113.1")
+        b = via_proxy("203.0.113.2")
+        for t in (a, b):
+            [reply] = decode_all(t.value())
+            self.assertEqual(reply.cmd, Cmd.KEEPALIVE | 0x80)
         self.assertEqual(stack.factory.peers.counts, {"203.0.113.1": 1, "203.0.113.2": 1})
-        again = Conn(stack, stack.factory.buildProtocol(None), "10.0.0.100")
-        again.transport.peerAddr = IPv4Address("TCP", "203.0.113.1", 5556)
-        again.send(Cmd.KEEPALIVE)
-        self.assertTrue(again.closing)  # 203.0.113.1 is at its cap
-        self.assertEqual(again.transport.value(), b"")
+        again = via_proxy("203.0.113.1")  # 203.0.113.1 is at its cap
+        self.assertEqual(again.value(), b"")
+        self.assertTrue(again.disconnecting)
+        self.assertFalse(any(t.disconnecting for t in silent))
+        # The login timeout bounds the life of a connection that never speaks.
+        stack.clock.advance(10)
+        self.assertTrue(all(t.disconnecting for t in silent))
 
     def test_inflight_cap_pauses_reading(self) -> None:
         stack = with_limits(max_inflight=2)

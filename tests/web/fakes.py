@@ -99,6 +99,13 @@ class FakeConnection:
         self.connected = True
         self.pushes: list[tuple[int, int, bytes]] = []
         self.kicks: list[tuple[int, str]] = []
+        self.session: object = None
+
+    def attach(self, session: object) -> None:
+        self.session = session
+
+    def detach(self) -> None:
+        self.session = None
 
     def push(self, cmd: int, msgtype: int, body: bytes) -> int:
         self.pushes.append((cmd, msgtype, body))

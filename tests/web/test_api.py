@@ -199,10 +199,13 @@ class PushTests(ApiTestCase):
                          ["订单 ✓".encode(), raw])
 
     def test_push_uid_as_string_and_server_logid(self) -> None:
-        """A uid may be a decimal string, up to 2**64-1; without a logid the server makes one."""
-        answer = self.push(push_body(to_uid=str(2**64 - 1))).json()
-        self.assertEqual(self.store.stored[0].message.to_uid, 2**64 - 1)
+        """A uid may be a decimal string, up to 2**63-1 (signed 64-bit everywhere);
+        without a logid the server makes one."""
+        answer = self.push(push_body(to_uid=str(2**63 - 1))).json()
+        self.assertEqual(self.store.stored[0].message.to_uid, 2**63 - 1)
         self.assertEqual(answer["logid"], format(int(answer["msgid"]), "x"))
+        self.assertEqual(self.push(push_body(to_uid=str(2**63))).status, 400)
+        self.assertEqual(len(self.store.stored), 1)
 
     def test_push_other_app_same_system(self) -> None:
         """The key of 1001 pushes to 1002: same user system."""
