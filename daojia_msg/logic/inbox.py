@@ -13,6 +13,12 @@ from daojia_msg.protocol.codes import Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.errors import StoreError
 from daojia_msg.store.interfaces import IMessageStore
+from daojia_msg.store.model import StoredMessage
+
+#: Bytes of a Pull/HistoryResponse besides its messages (code, reason, has_more),
+#: and of each repeated-field entry besides the Message (tag + length varint).
+RESPONSE_OVERHEAD = 16
+FIELD_OVERHEAD = 4
 
 
 class Inbox:
@@ -40,9 +46,8 @@ class Inbox:
             self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "pulled")
             self.log.debug("{msgid} pulled by {uid}@{appcode}", msgid=msg.msgid, logid=msg.logid,
                            uid=session.uid, appcode=session.appcode)
-        return pb.PullResponse(
-            code=Code.OK, messages=[to_pb(m) for m in page.messages], has_more=page.has_more
-        )
+        messages, cut = self._fit(page.messages)
+        return pb.PullResponse(code=Code.OK, messages=messages, has_more=page.has_more or cut)
 
     async def history(self, session: Session, req: pb.HistoryRequest) -> pb.HistoryResponse:
         if req.peer_uid > MAX_ID:  # no such peer
@@ -54,6 +59,20 @@ class Inbox:
             )
         except StoreError:
             raise errors.Unavailable("message store unavailable") from None
-        return pb.HistoryResponse(
-            code=Code.OK, messages=[to_pb(m) for m in page.messages], has_more=page.has_more
-        )
+        messages, cut = self._fit(page.messages)
+        return pb.HistoryResponse(code=Code.OK, messages=messages, has_more=page.has_more or cut)
+
+    def _fit(self, page: list[StoredMessage]) -> tuple[list[pb.Message], bool]:
+        """The messages of ``page`` that fit one frame body (``limits.max_body``,
+        what clients decode with), and whether some were left for the next page.
+        One message always fits: content is at most ``max_content``."""
+        out: list[pb.Message] = []
+        size = RESPONSE_OVERHEAD
+        for msg in page:
+            encoded = to_pb(msg)
+            n = encoded.ByteSize() + FIELD_OVERHEAD
+            if out and size + n > self.limits.max_body:
+                return out, True
+            out.append(encoded)
+            size += n
+        return out, False

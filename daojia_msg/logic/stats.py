@@ -12,6 +12,8 @@ that app) and the sender's for C2S. Counters:
 - ``pulled``: messages returned by PULL; ``acked``: pending -> delivered.
 
 ``delivery_rate`` is acked / accepted over C2C and S2C since the node started.
+At most :data:`MAX_ROUTES` routes are counted apart; after that new ones are
+counted under msgtype :data:`OTHER_MSGTYPE` (-1) of their appcode and kind.
 The ACK latency (durable -> ACKed, from the msgid's send time) is a histogram.
 One source of truth: ``/v1/stats`` and ``/metrics`` both read this object.
 """
@@ -30,10 +32,16 @@ _INDEX = {name: i for i, name in enumerate(COUNTERS)}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 Route = tuple[int, int, Kind]
+#: The msgtype of the route that collects every msgtype once the table is full.
+OTHER_MSGTYPE = -1
+#: Routes counted apart. msgtype is the client's choice: without a cap a client
+#: could grow this table (and /metrics) by a route per frame.
+MAX_ROUTES = 1000
 
 
 class Stats:
-    def __init__(self) -> None:
+    def __init__(self, max_routes: int = MAX_ROUTES) -> None:
+        self.max_routes = max_routes
         self.by_route: dict[Route, list[int]] = {}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
@@ -41,7 +49,11 @@ class Stats:
     def add(self, route: Route, counter: str, n: int = 1) -> None:
         counts = self.by_route.get(route)
         if counts is None:
-            counts = self.by_route[route] = [0] * len(COUNTERS)
+            if len(self.by_route) >= self.max_routes:
+                route = (route[0], OTHER_MSGTYPE, route[2])
+                counts = self.by_route.get(route)
+            if counts is None:
+                counts = self.by_route[route] = [0] * len(COUNTERS)
         counts[_INDEX[counter]] += n
 
     def observe_ack_latency(self, seconds: float) -> None:

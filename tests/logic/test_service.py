@@ -352,3 +352,50 @@ secret = "merchant-secret"
         # The same uid in two user systems is two people: each sees it once.
         self.assertEqual([x.msgid for x in customer.history().messages], [m])
         self.assertEqual([x.msgid for x in merchant.history().messages], [m])
+
+
+class PageSizeTests(SynchronousTestCase):
+    def test_a_page_fits_one_frame_body(self) -> None:
+        stack = Stack()
+        a = stack.login(1)
+        sent = [a.c2c(2, b"x" * 30000).msgid for _ in range(5)]
+        b = stack.login(2)
+        b.received()
+        seen: list[int] = []
+        after = 0
+        while True:
+            page = b.pull(after, limit=100)
+            self.assertLessEqual(len(b.last.body), 65536)
+            self.assertGreaterEqual(len(page.messages), 1)
+            seen += [m.msgid for m in page.messages]
+            if not page.has_more:
+                break
+            after = page.messages[-1].msgid
+        self.assertEqual(seen, sent)
+        history = b.history(limit=100)
+        self.assertLessEqual(len(b.last.body), 65536)
+        self.assertTrue(history.has_more)
+        self.assertEqual([m.msgid for m in history.messages], sent[::-1][:len(history.messages)])
+
+    def test_largest_message_alone_fits(self) -> None:
+        stack = Stack()
+        a = stack.login(1)
+        a.c2c(2, b"x" * 65000, client_msg_id="c" * 128, logid="L" * 64)
+        b = stack.login(2)
+        page = b.pull()
+        self.assertEqual(len(page.messages), 1)
+        self.assertLessEqual(len(b.last.body), 65536)
+
+
+class StatsCapTests(SynchronousTestCase):
+    def test_msgtypes_beyond_the_cap_share_one_route(self) -> None:
+        from daojia_msg.logic.stats import OTHER_MSGTYPE, Stats
+
+        stats = Stats(max_routes=3)
+        for msgtype in range(10):
+            stats.add((1001, msgtype, Kind.C2C), "accepted")
+        self.assertEqual(len(stats.by_route), 4)
+        self.assertEqual(stats.by_route[(1001, OTHER_MSGTYPE, Kind.C2C)][0], 7)
+        self.assertEqual(stats.totals()["accepted"], 10)
+        stats.add((1001, 1, Kind.C2C), "acked")  # a route counted apart stays apart
+        self.assertEqual(stats.by_route[(1001, 1, Kind.C2C)][2], 1)
