@@ -3,7 +3,11 @@
 
 - Every call has a reply timeout (``redis.reply_timeout_s``): with
   ``reconnect=True`` txredisapi otherwise waits forever while disconnected
-  (txredisapi#112, #72).
+  (txredisapi#112, #72). That timeout only starts once the pool hands out a
+  connection, so a call also fails at once when the pool holds none, and every
+  call has a backstop deadline of :data:`DEADLINE_FACTOR` x the reply timeout
+  (longer than it: cancelling a sent command also cancels txredisapi's own
+  reply timer, and the stuck connection would never be dropped).
 - Replies are raw ``bytes`` (``charset=None``): binary values stay binary.
 - Any failure of a call (timeout, lost connection, error reply) raises
   :class:`~daojia_msg.store.errors.StoreUnavailable`: the operation may not
@@ -19,6 +23,9 @@ import hashlib
 from typing import Any
 
 import txredisapi
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
@@ -27,23 +34,52 @@ from daojia_msg.store.errors import StoreUnavailable
 log = Logger()
 
 
-class Redis:
-    """A connected pool; ``prefix`` starts every key of this platform."""
+DEADLINE_FACTOR = 1.5
 
-    def __init__(self, pool: Any, prefix: str, timeout: float) -> None:
+
+def _has_connection(pool: Any) -> bool:
+    """Whether txredisapi's pool holds a live connection (unknown pools: yes)."""
+    factory = getattr(pool, "_factory", None)
+    size = getattr(factory, "size", None)
+    return not isinstance(size, int) or size > 0
+
+
+class Redis:
+    """A connected pool; ``prefix`` starts every key of this platform.
+
+    ``clock`` times the backstop deadline (the reactor; tests pass a Clock).
+    """
+
+    def __init__(self, pool: Any, prefix: str, timeout: float,
+                 clock: IReactorTime | None = None) -> None:
         self.pool = pool
         self.prefix = prefix
         self.timeout = timeout
+        if clock is None:
+            from twisted.internet import reactor as clock  # txredisapi runs on it too
+        self.clock: Any = clock
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
 
     async def call(self, *args: Any) -> Any:
-        """One command; its reply (bytes, int, list, None)."""
+        """One command; its reply (bytes, int, list, None; status replies: str)."""
+        if not _has_connection(self.pool):
+            raise StoreUnavailable(f"redis {args[0]}: not connected")
+        d = Deferred.fromCoroutine(self._call(args))
+        deadline = self.timeout * DEADLINE_FACTOR
+        d.addTimeout(deadline, self.clock)
+        try:
+            return await d
+        except DeferredTimeout:
+            raise StoreUnavailable(f"redis {args[0]}: no reply within {deadline:g} s") from None
+
+    async def _call(self, args: tuple[Any, ...]) -> Any:
         try:
             return await self.pool.execute_command(*args)
         except txredisapi.ResponseError as e:
-            log.error("redis {command} failed: {error}", command=args[0], error=str(e))
+            if not str(e).startswith("NOSCRIPT"):  # Script loads it: not an error
+                log.error("redis {command} failed: {error}", command=args[0], error=str(e))
             raise StoreUnavailable(f"redis {args[0]}: {e}") from e
         except (txredisapi.ConnectionError, txredisapi.RedisError) as e:
             raise StoreUnavailable(f"redis {args[0]}: {e}") from e

@@ -1,0 +1,198 @@
+# -*- test-case-name: tests.store.test_redis -*-
+"""The cluster session store: ``(uid, appcode) -> SessionRecord`` in Redis.
+
+Key layout (every key starts with the node's ``redis.key_prefix``, written
+``P`` here):
+
+``P sess:<uid>`` -- hash
+    field ``<appcode>`` -> ``<node_id>|<session_id>|<since_ms>``. The session id
+    is what lies between the first and the last ``|``, so it may itself hold
+    ``|``. A uid's sessions on all appcodes are one ``HGETALL`` away; Redis
+    drops the hash when its last field goes.
+``P nodesess:<node_id>`` -- set
+    of ``<uid>:<appcode>`` members, the sessions the node holds, so that
+    :meth:`RedisSessionStore.purge_node` finds a dead node's sessions without
+    scanning. The hash is the truth: a member whose field no longer names the
+    node is skipped by the purge.
+
+Every write is one Lua script, so it is atomic and one round trip:
+
+- ``register`` reads the old field, writes the new one, moves the member from
+  the old node's set to the new node's, and returns the old value;
+- ``unregister`` deletes the field only if it still holds the session id (a
+  late close on node A never erases a newer login on node B);
+- ``purge_node`` pops up to :data:`PURGE_BATCH` members of the node's set per
+  call and deletes the fields that still name the node.
+
+The scripts build the keys they touch from the prefix (the old node's set is
+only known inside the script), so this needs one Redis server (or Sentinel),
+not Redis Cluster -- which txredisapi does not speak anyway.
+
+uids, appcodes and node ids go to Lua as decimal strings and are never turned
+into Lua numbers (doubles), so a uid of ``2**64 - 1`` round-trips exactly.
+
+Failures: every call fails with :class:`StoreUnavailable`, never hangs. On top
+of :class:`~daojia_msg.cluster.redisconn.Redis` (reply timeout, error mapping)
+this store fails at once when the pool has no live connection (txredisapi
+would otherwise queue the command until it reconnects, txredisapi#112) and
+puts a deadline of 1.5 reply timeouts on each call as a backstop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from daojia_msg.cluster.redisconn import Redis, Script
+from daojia_msg.store.interfaces import ISessionStore
+from daojia_msg.store.model import SessionRecord
+
+T = TypeVar("T")
+
+#: Members of a node's set handled by one purge script call.
+PURGE_BATCH = 500
+
+# KEYS[1] = the uid's hash. ARGV: appcode, new value, member, node set key
+# prefix, new node id. Returns the old value or nil.
+REGISTER = Script("""
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if old then
+  local old_node = string.match(old, '^([^|]*)|')
+  if old_node and old_node ~= ARGV[5] then
+    redis.call('SREM', ARGV[4] .. old_node, ARGV[3])
+  end
+end
+redis.call('SADD', ARGV[4] .. ARGV[5], ARGV[3])
+return old
+""")
+
+# KEYS[1] = the uid's hash. ARGV: appcode, session id, member, node set key
+# prefix. Returns 1 if it removed the session, else 0.
+UNREGISTER = Script("""
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local node, session_id = string.match(value, '^([^|]*)|(.*)|[^|]*$')
+if session_id ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', ARGV[4] .. node, ARGV[3])
+return 1
+""")
+
+# KEYS[1] = the node's set. ARGV: hash key prefix, node id, batch size.
+# Returns {sessions removed, members left in the set}.
+PURGE = Script("""
+local members = redis.call('SPOP', KEYS[1], ARGV[3])
+local removed = 0
+for _, member in ipairs(members) do
+  local uid, appcode = string.match(member, '^(.*):([^:]*)$')
+  if uid then
+    local key = ARGV[1] .. uid
+    local value = redis.call('HGET', key, appcode)
+    if value and string.match(value, '^([^|]*)|') == ARGV[2] then
+      redis.call('HDEL', key, appcode)
+      removed = removed + 1
+    end
+  end
+end
+return {removed, redis.call('SCARD', KEYS[1])}
+""")
+
+
+def encode(record: SessionRecord) -> bytes:
+    return f"{record.node_id}|{record.session_id}|{record.since_ms}".encode()
+
+
+def decode(uid: int, appcode: int, value: Any) -> SessionRecord:
+    """The record of a hash field's value (``bytes``; txredisapi may hand
+    back other types for values that look like numbers, which ours never do)."""
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    node, rest = text.split("|", 1)
+    session_id, since = rest.rsplit("|", 1)
+    return SessionRecord(uid, appcode, int(node), session_id, int(since))
+
+
+@implementer(ISessionStore)
+class RedisSessionStore:
+    """Sessions of the whole cluster in Redis; see the module docstring.
+
+    ``node_id`` is the node this store runs on (for logs and callers); every
+    method takes the node from the record or argument. Every call fails with
+    :class:`StoreUnavailable` rather than hang (:class:`Redis` guards it).
+    """
+
+    def __init__(self, redis: Redis, node_id: int) -> None:
+        self.redis = redis
+        self.node_id = node_id
+
+    # -- the interface ---------------------------------------------------
+
+    def register(self, record: SessionRecord) -> Deferred[SessionRecord | None]:
+        return Deferred.fromCoroutine(self._register(record))
+
+    def unregister(self, record: SessionRecord) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._unregister(record))
+
+    def lookup(self, uid: int, appcode: int) -> Deferred[SessionRecord | None]:
+        return Deferred.fromCoroutine(self._lookup(uid, appcode))
+
+    def lookup_uid(self, uid: int) -> Deferred[list[SessionRecord]]:
+        return Deferred.fromCoroutine(self._lookup_uid(uid))
+
+    def purge_node(self, node_id: int) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._purge_node(node_id))
+
+    # -- the flows -------------------------------------------------------
+
+    async def _register(self, record: SessionRecord) -> SessionRecord | None:
+        old = await REGISTER(
+            self.redis, [self.redis.key("sess", record.uid)],
+            [record.appcode, encode(record), f"{record.uid}:{record.appcode}",
+             self.redis.key("nodesess", ""), record.node_id],
+        )
+        if old is None:
+            return None
+        previous = decode(record.uid, record.appcode, old)
+        return previous if previous.session_id != record.session_id else None
+
+    async def _unregister(self, record: SessionRecord) -> bool:
+        removed = await UNREGISTER(
+            self.redis, [self.redis.key("sess", record.uid)],
+            [record.appcode, record.session_id.encode(), f"{record.uid}:{record.appcode}",
+             self.redis.key("nodesess", "")],
+        )
+        return bool(removed)
+
+    async def _lookup(self, uid: int, appcode: int) -> SessionRecord | None:
+        value = await self.redis.call(
+            "HGET", self.redis.key("sess", uid), appcode)
+        return None if value is None else decode(uid, appcode, value)
+
+    async def _lookup_uid(self, uid: int) -> list[SessionRecord]:
+        reply = await self.redis.call(
+            "HGETALL", self.redis.key("sess", uid))
+        # A flat [field, value, ...] list; fields come back as int (txredisapi
+        # converts what looks like a number) or bytes: int() takes both.
+        records = [decode(uid, int(f), v) for f, v in zip(reply[::2], reply[1::2], strict=True)]
+        return sorted(records, key=lambda r: r.appcode)
+
+    async def _purge_node(self, node_id: int) -> int:
+        """Batches of :data:`PURGE_BATCH` members until the set is empty (Redis
+        then drops it). Sessions the node registers meanwhile cannot keep this
+        going: it stops after the batches the first reply called for."""
+        total, left = await self._purge_batch(node_id)
+        for _ in range(-(-left // PURGE_BATCH)):
+            if not left:
+                break
+            removed, left = await self._purge_batch(node_id)
+            total += removed
+        return total
+
+    async def _purge_batch(self, node_id: int) -> tuple[int, int]:
+        removed, left = await PURGE(
+            self.redis, [self.redis.key("nodesess", node_id)],
+            [self.redis.key("sess", ""), node_id, PURGE_BATCH],
+        )
+        return int(removed), int(left)
