@@ -148,9 +148,15 @@ class RedisSessionStore:
 
     async def _register(self, record: SessionRecord) -> SessionRecord | None:
         old = await REGISTER(
-            self.redis, [self.redis.key("sess", record.uid)],
-            [record.appcode, encode(record), f"{record.uid}:{record.appcode}",
-             self.redis.key("nodesess", ""), record.node_id],
+            self.redis,
+            [self.redis.key("sess", record.uid)],
+            [
+                record.appcode,
+                encode(record),
+                f"{record.uid}:{record.appcode}",
+                self.redis.key("nodesess", ""),
+                record.node_id,
+            ],
         )
         if old is None:
             return None
@@ -159,20 +165,23 @@ class RedisSessionStore:
 
     async def _unregister(self, record: SessionRecord) -> bool:
         removed = await UNREGISTER(
-            self.redis, [self.redis.key("sess", record.uid)],
-            [record.appcode, record.session_id.encode(), f"{record.uid}:{record.appcode}",
-             self.redis.key("nodesess", "")],
+            self.redis,
+            [self.redis.key("sess", record.uid)],
+            [
+                record.appcode,
+                record.session_id.encode(),
+                f"{record.uid}:{record.appcode}",
+                self.redis.key("nodesess", ""),
+            ],
         )
         return bool(removed)
 
     async def _lookup(self, uid: int, appcode: int) -> SessionRecord | None:
-        value = await self.redis.call(
-            "HGET", self.redis.key("sess", uid), appcode)
+        value = await self.redis.call("HGET", self.redis.key("sess", uid), appcode)
         return None if value is None else decode(uid, appcode, value)
 
     async def _lookup_uid(self, uid: int) -> list[SessionRecord]:
-        reply = await self.redis.call(
-            "HGETALL", self.redis.key("sess", uid))
+        reply = await self.redis.call("HGETALL", self.redis.key("sess", uid))
         # A flat [field, value, ...] list; fields come back as int (txredisapi
         # converts what looks like a number) or bytes: int() takes both.
         records = [decode(uid, int(f), v) for f, v in zip(reply[::2], reply[1::2], strict=True)]
@@ -192,7 +201,8 @@ class RedisSessionStore:
 
     async def _purge_batch(self, node_id: int) -> tuple[int, int]:
         removed, left = await PURGE(
-            self.redis, [self.redis.key("nodesess", node_id)],
+            self.redis,
+            [self.redis.key("nodesess", node_id)],
             [self.redis.key("sess", ""), node_id, PURGE_BATCH],
         )
         return int(removed), int(left)
