@@ -1,14 +1,25 @@
 # -*- test-case-name: tests.test_node -*-
 """One node: builds the parts from a :class:`Config` and runs them in order.
 
-Start: open every backend, raise the msgid floor past what is stored, then bind
-the listeners (gate, HTTP), so an open port means ready. Stop (SIGTERM): turn
-``/healthz`` to 503, KICKOUT SHUTDOWN every connection, stop listening, close
-the backends. Un-ACKed pushes stay pending in the store.
+Start:
+
+1. open the backends: the message store (SQLite, or MySQL with ``mysql.url``),
+   the bus and, in a cluster (``redis.url``), Redis;
+2. in a cluster, lease the node id and register (heartbeat, msgid high-water
+   mark), and purge sessions an earlier holder of the id left behind;
+3. bind the listeners (gate, HTTP and, in a cluster, the internal RPC), so an
+   open port means ready; then publish the bound addresses and start the
+   gate detector.
+
+Stop (SIGTERM): ``/healthz`` turns 503 at once; in a cluster the node waits
+``cluster.drain_grace_s`` so the balancer stops sending it connections; then
+every connection gets KICKOUT SHUTDOWN, the listeners close, the node leaves
+the registry and the backends close. Un-ACKed pushes stay pending.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -17,64 +28,92 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from daojia_msg.bus.memory import MemoryBus
-from daojia_msg.config import Config
+from daojia_msg.cluster.detector import GateDetector
+from daojia_msg.cluster.redisconn import Redis, connect
+from daojia_msg.cluster.registry import NodeRegistry
+from daojia_msg.cluster.rpc import RpcPeers, RpcServerFactory, registry_addresses
+from daojia_msg.config import Config, ConfigError
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
 from daojia_msg.logic.stats import Stats
+from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
+from daojia_msg.store.interfaces import IMessageStore, ISessionStore
 from daojia_msg.store.memory import MemorySessionStore
+from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
 from daojia_msg.web.api import make_site
 from daojia_msg.web.metrics import make_registry
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class Node(MultiService):
     log = Logger()
 
+    store: IMessageStore
+    sessions: ISessionStore
+    ids: IdGenerator
+    logic: LogicService
+    inbox: Inbox
+    gate: GateFactory
+
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.clustered = bool(config.redis.url)
         self.node_id = config.node_id if config.node_id is not None else 0
-        os.makedirs(config.data_dir, exist_ok=True)
-        self.store = SQLiteMessageStore(os.path.join(config.data_dir, "messages.db"), reactor)
-        self.sessions = MemorySessionStore()
+        if not config.mysql.url:
+            os.makedirs(config.data_dir, exist_ok=True)
         self.bus = MemoryBus()
         self.stats = Stats()
-        self.ids = IdGenerator(self.node_id, reactor.seconds)
-        self.logic = LogicService(config, reactor, self.sessions, self.store, self.bus, self.ids,
-                                  self.stats)
-        self.logic.setServiceParent(self)
-        self.inbox = Inbox(self.store, config.limits, self.stats)
-        self.gate = GateFactory(self.logic, self.inbox, config.limits, reactor)
-        self.registry = make_registry(
-            self.stats, lambda: len(self.gate.connections), lambda: len(self.logic.local)
-        )
-        self.site = make_site(
-            self.logic, config, serving=self.serving, dispatch=self.dispatch, registry=self.registry,
-            reactor=reactor,
-        )
-        self.site.noisy = False
+        self.redis: Redis | None = None
+        self.registry: NodeRegistry | None = None
+        self.detector: GateDetector | None = None
+        self.peers: RpcPeers | None = None
+        self.rpc: RpcServerFactory | None = None
         self.ports: dict[str, IListeningPort] = {}
         self.draining = False
         #: Fires with None once serving, or fails with why the node could not start.
         self.ready: Deferred[None] = Deferred()
 
+    # -- what the HTTP API asks ---------------------------------------------------
+
     def serving(self) -> bool:
         return bool(self.running) and not self.draining and "gate" in self.ports
 
-    def dispatch(self) -> tuple[str, int]:
-        """The public gate address (one node: this one)."""
+    def gate_address(self) -> tuple[str, int]:
+        """Where phones reach this node's gate: ``listen.public_gate`` or the bound address."""
         if self.config.listen.public_gate:
             host, _, port = self.config.listen.public_gate.rpartition(":")
             return host, int(port)
         address: Any = self.ports["gate"].getHost()
         return address.host, address.port
+
+    async def dispatch(self) -> tuple[str, int]:
+        """The least-loaded live node's public gate (one node: this one)."""
+        if self.registry is None:
+            return self.gate_address()
+        best = await self.registry.least_loaded()
+        if best is None or not best.gate_port:
+            raise errors.Unavailable("no live node")
+        return best.gate_host, best.gate_port
+
+    # -- start ----------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
@@ -82,53 +121,171 @@ class Node(MultiService):
         d.chainDeferred(self.ready)
 
     async def _start(self) -> None:
+        config = self.config
         backend = api_implementation.Type()
         self.log.info("protobuf backend: {backend}", backend=backend)
         if backend != "upb":
             self.log.warn("protobuf runs its slow {backend} backend, not upb", backend=backend)
-        if self.config.demo:
+        if config.demo:
             self.log.warn("running the development-only demo apps 1001 and 1002: "
                           "do not expose this node")
+        self.store = self._message_store()
         await self.store.start()
         await self.bus.start()
+        if self.clustered:
+            await self._join()
+        else:
+            self.sessions = MemorySessionStore()
+            self.ids = IdGenerator(self.node_id, self.reactor.seconds)
         self.ids.advance_past(await self.store.max_msgid())
-        self.ports["gate"] = await serverFromString(self.reactor, self.config.listen.gate).listen(
-            self.gate)
-        self.ports["http"] = await serverFromString(self.reactor, self.config.listen.http).listen(
-            self.site)
+        self.logic = LogicService(config, self.reactor, self.sessions, self.store, self.bus,
+                                  self.ids, self.stats)
+        self.logic.setServiceParent(self)
+        self.inbox = Inbox(self.store, config.limits, self.stats)
+        self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)
+        registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local))
+        site = make_site(self.logic, config, serving=self.serving, dispatch=self.dispatch,
+                         registry=registry, reactor=self.reactor)
+        site.noisy = False
+        if self.registry is not None:
+            await self._serve_rpc()
+        self.ports["gate"] = await self._listen(config.listen.gate, self.gate)
+        self.ports["http"] = await self._listen(config.listen.http, site)
         for name, port in self.ports.items():
             address: Any = port.getHost()
             self.log.info("{name} listening on {host}:{port}", name=name, host=address.host,
                           port=address.port)
-        gate_host = self.dispatch()[0]
-        if gate_host in ("0.0.0.0", "::"):
+        if self.registry is not None:
+            await self._announce()
+        elif self.gate_address()[0] in WILDCARDS:
             self.log.warn("the gate listens on every interface: GET /v1/dispatch will answer "
                           "{host}; set listen.public_gate to the address phones use",
-                          host=gate_host)
+                          host=self.gate_address()[0])
         self.log.info("node {node_id} serving", node_id=self.node_id)
+
+    def _message_store(self) -> IMessageStore:
+        if self.config.mysql.url:
+            from daojia_msg.store.mysql import MySQLMessageStore
+
+            return MySQLMessageStore(self.config.mysql, self.reactor)
+        path = os.path.join(self.config.data_dir, "messages.db")
+        return SQLiteMessageStore(path, self.reactor)
+
+    async def _listen(self, description: str, factory: Any) -> IListeningPort:
+        port: IListeningPort = await serverFromString(self.reactor, description).listen(factory)
+        return port
+
+    async def _join(self) -> None:
+        """Connect to Redis, lease the node id and register (cluster)."""
+        config = self.config
+        self.redis = await connect(config.redis)
+        sessions = RedisSessionStore(self.redis, self.node_id)
+        self.sessions = sessions
+        self.registry = NodeRegistry(
+            self.redis, config.cluster, self.reactor, wanted_id=config.node_id,
+            gate=("", 0), rpc=("", 0),  # published once the listeners are bound
+            connections=self._connections,
+            on_purged=self._purged,
+        )
+        self.node_id = await self.registry.start()
+        sessions.node_id = self.node_id
+        assert self.registry.ids is not None
+        self.ids = self.registry.ids
+        stale = await sessions.purge_node(self.node_id)
+        if stale:
+            self.log.info("purged {count} sessions an earlier node {node_id} left behind",
+                          count=stale, node_id=self.node_id)
+
+    async def _serve_rpc(self) -> None:
+        config = self.config
+        assert self.registry is not None
+        self.rpc = RpcServerFactory(self.logic, self.reactor, config.cluster.rpc_secret,
+                                    max_content=config.limits.max_content)
+        self.ports["rpc"] = await self._listen(config.listen.rpc, self.rpc)
+        self.peers = RpcPeers(self.reactor, registry_addresses(self.registry),
+                              node_id=self.node_id, secret=config.cluster.rpc_secret,
+                              timeout=config.cluster.rpc_timeout_s)
+        self.logic.peers = self.peers
+        self.logic.available = self.registry.available
+
+    async def _announce(self) -> None:
+        """Publish the bound addresses (joining dispatch) and start the detector."""
+        assert self.registry is not None and self.redis is not None
+        rpc: Any = self.ports["rpc"].getHost()
+        self.registry.gate = self.gate_address()
+        self.registry.rpc = (rpc.host, rpc.port)
+        await self.registry.heartbeat()
+        self.detector = GateDetector(self.redis, self.registry, self.sessions.purge_node,
+                                     self.reactor, self.config.cluster)
+        self.detector.start()
+
+    def _connections(self) -> int:
+        return len(self.gate.connections) if hasattr(self, "gate") else 0
+
+    def _purged(self) -> None:
+        """The registry found this node purged (a pause, a partition): every
+        session it holds was dropped cluster-wide, so its connections go."""
+        if not hasattr(self, "logic"):
+            return
+        kicked = self.logic.kick_all(KickReason.SHUTDOWN, "node re-registering")
+        self.log.warn("this node was purged from the cluster: kicked {count} sessions",
+                      count=kicked)
+
+    # -- stop -----------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
         self.draining = True
-        kicked = self.logic.kick_all(KickReason.SHUTDOWN, "server shutting down")
-        self.log.info("stopping: kicked {count} sessions", count=kicked)
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self.registry is not None and "gate" in self.ports and self.config.cluster.drain_grace_s:
+            self.log.info("draining: /healthz is 503; KICKOUT SHUTDOWN in {grace} s",
+                          grace=self.config.cluster.drain_grace_s)
+            await deferLater(self.reactor, self.config.cluster.drain_grace_s, lambda: None)
+        if hasattr(self, "logic"):
+            kicked = self.logic.kick_all(KickReason.SHUTDOWN, "server shutting down")
+            self.log.info("stopping: kicked {count} sessions", count=kicked)
         await DeferredList([Deferred.fromCoroutine(_stop_port(p)) for p in self.ports.values()])
         self.ports.clear()
-        # Kicked connections close politely; the rest (not logged in) are closed
-        # now. Each aborts by itself after close_grace_s if its peer lingers.
-        for conn in list(self.gate.connections):
-            conn.close()
-        await self.gate.when_empty()
+        if hasattr(self, "gate"):
+            # Kicked connections close politely; the rest are closed now. Each
+            # aborts by itself after limits.close_grace_s if its peer lingers.
+            for conn in list(self.gate.connections):
+                conn.close()
+            await self.gate.when_empty()
+        if self.detector is not None:
+            await self.detector.stop()
+        if self.registry is not None:
+            await self.registry.stop()
+        if self.peers is not None:
+            await self.peers.close()
+        if self.rpc is not None:
+            await self.rpc.disconnect_all()
         stopped: Any = super().stopService()
         if stopped is not None:
             await stopped
         await self.bus.stop()
-        await self.store.stop()
+        if hasattr(self, "store"):
+            await self.store.stop()
+        if self.redis is not None:
+            await self.redis.close()
 
 
 async def _stop_port(port: IListeningPort) -> None:
     stopped: Any = port.stopListening()
     if stopped is not None:
         await stopped
+
+
+def check_cluster_config(config: Config) -> None:
+    """What only makes sense for a cluster, checked before anything starts."""
+    if not config.redis.url:
+        return
+    rpc = serverFromString(None, config.listen.rpc)
+    host = str(getattr(getattr(rpc, "_wrappedEndpoint", rpc), "_interface", ""))
+    if host in WILDCARDS:
+        raise ConfigError("in a cluster the RPC listener must name the interface other nodes "
+                          "reach (tcp:PORT:interface=ADDRESS)", ("listen", "rpc"))
+    if not config.cluster.rpc_secret and not _is_loopback(host):
+        raise ConfigError("required when listen.rpc is not a loopback address",
+                          ("cluster", "rpc_secret"))

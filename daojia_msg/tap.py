@@ -26,6 +26,7 @@ from daojia_msg.config import (
     default_config,
     load_config,
 )
+from daojia_msg.node import check_cluster_config
 
 log = Logger()
 
@@ -84,10 +85,7 @@ def build_config(options: Any) -> Config:
         changes["bus_url"] = options["bus"]
     config = config.replace(**changes)
     check_urls(config)
-    if config.redis.url:
-        raise ConfigError("the Redis cluster backend is not in this build yet", ("redis", "url"))
-    if config.mysql.url:
-        raise ConfigError("the MySQL backend is not in this build yet", ("mysql", "url"))
+    check_cluster_config(config)
     if config.listen.manhole:
         raise ConfigError("the admin manhole is not in this build yet", ("listen", "manhole"))
     return config

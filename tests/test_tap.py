@@ -67,10 +67,25 @@ class BuildConfigTests(SynchronousTestCase):
                            "Unknown endpoint type: 'nope'")
         self.assertRefused(("--bus", "kafka://x"),
                            "bus.url: only 'memory:' is supported in this build, got 'kafka://x'")
-        self.assertRefused(("--redis", "redis://127.0.0.1"),
-                           "redis.url: the Redis cluster backend is not in this build yet")
+        self.assertRefused(("--redis", "redis://127.0.0.1", "--rpc", "tcp:7100"),
+                           "listen.rpc: in a cluster the RPC listener must name the interface "
+                           "other nodes reach (tcp:PORT:interface=ADDRESS)")
+        self.assertRefused(("--redis", "redis://127.0.0.1", "--rpc",
+                            "tcp:7100:interface=10.1.2.3"),
+                           "cluster.rpc_secret: required when listen.rpc is not a loopback "
+                           "address")
+        self.assertRefused(("--redis", "http://x"),
+                           "redis.url: expected redis://[:password@]host[:port][/db]")
+        self.assertRefused(("--mysql", "mysql://nobody@h"),
+                           "mysql.url: expected mysql://user[:password]@host[:port]/database")
         self.assertRefused(("--manhole", "tcp:7300:interface=127.0.0.1"),
                            "listen.manhole: the admin manhole is not in this build yet")
+
+    def test_cluster_options(self) -> None:
+        config = build_config(options("--redis", "redis://127.0.0.1:6379/2",
+                                      "--mysql", "mysql://root@127.0.0.1/msgp"))
+        self.assertEqual((config.redis.url, config.mysql.url),
+                         ("redis://127.0.0.1:6379/2", "mysql://root@127.0.0.1/msgp"))
 
     def test_missing_config_file(self) -> None:
         with self.assertRaises(ConfigError) as e:

@@ -1,0 +1,156 @@
+"""Two nodes in one process, sharing real Redis (and one message store), over
+real sockets: cross-node delivery, kickout, dispatch, HTTP push."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from daojia_msg.config import ClusterConfig, ConfigError, ListenConfig, RedisConfig, default_config
+from daojia_msg.node import Node
+from daojia_msg.protocol.codes import Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.servers import require_redis
+from tests.test_e2e import Inbox, NodeTestCase
+
+R: Any = reactor
+
+
+class ClusterTests(NodeTestCase):
+    async def start_cluster_node(self, data_dir: str, prefix: str, node_id: int | None = None,
+                                 mysql: Any = None) -> Node:
+        base = default_config()
+        config = base.replace(
+            node_id=node_id,
+            data_dir=data_dir,
+            listen=ListenConfig(gate="tcp:0:interface=127.0.0.1",
+                               http="tcp:0:interface=127.0.0.1",
+                               rpc="tcp:0:interface=127.0.0.1"),
+            redis=RedisConfig(url=self.redis_url, key_prefix=prefix, reply_timeout_s=2.0),
+            cluster=ClusterConfig(heartbeat_s=0.5, ttl_s=1.5, rpc_timeout_s=2.0,
+                                  drain_grace_s=0.0, rpc_secret="a-test-rpc-secret-16+"),
+            **({"mysql": mysql} if mysql is not None else {}),
+        )
+        node = Node(config, R)
+        node.startService()
+        await node.ready
+        self.addCleanup(self.stop_node, node)
+        return node
+
+    def setUp(self) -> Any:
+        self.redis_url = require_redis()
+        return Deferred.fromCoroutine(self.asyncSetUp())
+
+    async def asyncSetUp(self) -> None:
+        self.prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
+        data = os.path.abspath(self.mktemp())
+        self.node1 = await self.start_cluster_node(data, self.prefix)
+        self.node2 = await self.start_cluster_node(data, self.prefix)
+        self.addCleanup(self.delete_keys)
+
+    async def delete_keys(self) -> None:
+        redis = self.node1.redis or self.node2.redis
+        if redis is None:
+            return
+        cursor = b"0"
+        while True:
+            cursor, keys = await redis.call("SCAN", cursor, "MATCH", self.prefix + "*",
+                                            "COUNT", 1000)
+            if keys:
+                await redis.call("DEL", *keys)
+            if int(cursor) == 0:
+                break
+
+    async def client_on(self, node: Node, uid: int) -> tuple[Any, Inbox]:
+        self.node = node
+        return await self.client(uid)
+
+    async def test_nodes_lease_different_ids(self) -> None:
+        self.assertNotEqual(self.node1.node_id, self.node2.node_id)
+        assert self.node1.registry is not None
+        live = await self.node1.registry.live_nodes()
+        self.assertEqual(sorted(n.node_id for n in live),
+                         sorted([self.node1.node_id, self.node2.node_id]))
+        ports = {n.node_id: n.gate_port for n in live}
+        self.assertEqual(ports[self.node2.node_id], self.node2.gate_address()[1])
+
+    async def test_chat_across_nodes(self) -> None:
+        alice, _ = await self.client_on(self.node1, 1)
+        bob, bob_inbox = await self.client_on(self.node2, 2)
+        result = await alice.c2c(2, 1001, 7, b"across the cluster", logid="x-node")
+        [msg] = await bob_inbox.wait(1)
+        self.assertEqual((msg.msgid, msg.content, msg.logid),
+                         (result.msgid, b"across the cluster", "x-node"))
+        await bob.ack([msg.msgid])
+        self.assertEqual(list((await bob.pull()).messages), [])
+        # node 2 pushed it; node 1 accepted it
+        self.assertEqual(self.node2.stats.totals()["pushed"], 1)
+        self.assertEqual(self.node1.stats.totals()["accepted"], 1)
+
+    async def test_login_on_another_node_kicks(self) -> None:
+        _, first = await self.client_on(self.node1, 5)
+        await self.client_on(self.node2, 5)
+        self.assertEqual(await first.kicked.addTimeout(10, R), KickReason.LOGIN_ELSEWHERE)
+
+    async def test_http_push_to_a_user_on_another_node(self) -> None:
+        _, inbox = await self.client_on(self.node2, 9)
+        self.node = self.node1  # the HTTP API of node 1
+        code, answer = await self.http("POST", "/v1/push", {
+            "to_uid": 9, "to_appcode": 1001, "msgtype": 5, "content": "order"})
+        self.assertEqual((code, answer["online"]), (200, True))
+        [msg] = await inbox.wait(1)
+        self.assertEqual((str(msg.msgid), msg.kind), (answer["msgid"], pb.S2C))
+
+    async def test_dispatch_least_loaded(self) -> None:
+        await self.client_on(self.node1, 11)
+        await self.client_on(self.node1, 12)
+        assert self.node1.registry is not None and self.node2.registry is not None
+        await self.node1.registry.heartbeat()
+        await self.node2.registry.heartbeat()
+        self.node = self.node1
+        code, answer = await self.http("GET", "/v1/dispatch", key=None)
+        self.assertEqual((code, answer["port"]), (200, self.node2.gate_address()[1]))
+
+    async def test_unreachable_node_leaves_it_pending(self) -> None:
+        alice, _ = await self.client_on(self.node1, 1)
+        _, bob_inbox = await self.client_on(self.node2, 2)
+        # node 2's RPC listener goes away (a partition): node 1 cannot hand it over
+        await self.node2.ports["rpc"].stopListening()
+        assert self.node2.rpc is not None
+        await self.node2.rpc.disconnect_all()
+        result = await alice.c2c(2, 1001, 7, b"stays pending")
+        self.assertEqual(result.code, Code.OK)
+        self.assertEqual(await self.node1.store.count_pending(2, 1001), 1)
+        self.assertEqual(bob_inbox.messages, [])
+        self.assertEqual(self.node1.stats.totals()["stored"], 1)
+
+
+class LeaseTests(TestCase):
+    def setUp(self) -> None:
+        self.redis_url = require_redis()
+
+    async def test_node_id_held(self) -> None:
+        prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
+        cluster = ClusterTests()
+        cluster.redis_url = self.redis_url
+        cluster.mktemp = self.mktemp  # type: ignore[method-assign]
+        cluster.addCleanup = self.addCleanup  # type: ignore[method-assign]
+        data = os.path.abspath(self.mktemp())
+        first = await cluster.start_cluster_node(data, prefix, node_id=77)
+        self.assertEqual(first.node_id, 77)
+        config = dataclasses.replace(first.config)
+        second = Node(config, R)
+        second.startService()
+        self.addCleanup(second.stopService)
+        with self.assertRaises(ConfigError) as e:
+            await second.ready
+        self.assertEqual(str(e.exception), "node.id: node id 77 is held by a live node")
+        cluster.prefix = prefix
+        cluster.node1, cluster.node2 = first, second
+        await cluster.delete_keys()
