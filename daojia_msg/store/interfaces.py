@@ -45,6 +45,10 @@ class IMessageStore(Interface):
         ``has_more`` when more pending ones follow.
         """
 
+    def pending_message(to_uid, msgid):
+        """Fires with the :class:`StoredMessage` ``msgid`` addressed to ``to_uid``
+        if it is still pending, else None (delivered, unknown, or another's)."""
+
     def count_pending(uid, appcode):
         """Fires with the number of pending messages of ``(uid, appcode)``."""
 

@@ -1,23 +1,28 @@
 # -*- test-case-name: tests.store.test_sqlite -*-
-"""The message store's SQL, written once, and the transactions that run it.
+"""The message stores' SQL, written once, and the transactions that run it.
 
 Statements are written with ``?`` placeholders; :func:`convert_param_style` is
 the one place they become what the driver wants (sqlite3 ``qmark``: as
 written; pymysql ``format``/``pyformat``: ``%s``). The transaction functions
-are plain synchronous ``def ..._txn(txn, ...)`` run by ``runInteraction``; the
-SQLite store runs them on its file, a MySQL store can run them on each shard.
+are plain synchronous ``def ..._txn(txn, ...)`` run by ``runInteraction``.
 
-Tables (DDL is per backend, see ``sqlite.py``):
+:class:`Statements` spells them for one set of tables: the SQLite file's
+(``messages``, ``history``, ``dedup``) or one MySQL shard's (``messages_3``,
+...). DDL is per backend (``sqlite.py``, ``mysql.py``).
 
 - ``messages``: one row per recipient; ``state`` 0 pending, 1 delivered.
 - ``history``: one row per owner ``(owner_sys, owner_uid)`` of a message, with
-  the other party's uid (``peer_uid``); content is read by joining ``messages``.
+  the other party's uid (``peer_uid``). In SQLite content is read by joining
+  ``messages``; in MySQL the row holds a full copy (``history_has_content``),
+  because the message row may live in another database.
 - ``dedup``: ``(uid, appcode, client_msg_id) -> (msgid, logid)``, with
   ``created_ms`` for :meth:`purge_dedup`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -50,41 +55,110 @@ _COLUMNS = (
 )
 """``messages`` columns in :class:`StoredMessage` field order."""
 
+MESSAGE_COLUMN_NAMES: tuple[str, ...] = _COLUMNS
 MESSAGE_COLUMNS = ", ".join(_COLUMNS)
 JOINED_MESSAGE_COLUMNS = ", ".join("m." + c for c in _COLUMNS)
 
-INSERT_MESSAGE = (
-    f"INSERT INTO messages ({MESSAGE_COLUMNS}, state) VALUES ({', '.join('?' * len(_COLUMNS))}, 0)"
-)
-INSERT_HISTORY = "INSERT INTO history (owner_sys, owner_uid, msgid, peer_uid) VALUES (?, ?, ?, ?)"
-INSERT_DEDUP = (
-    "INSERT INTO dedup (uid, appcode, client_msg_id, msgid, logid, created_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
-SELECT_DEDUP = "SELECT msgid, logid FROM dedup WHERE uid = ? AND appcode = ? AND client_msg_id = ?"
-DELETE_DEDUP = "DELETE FROM dedup WHERE created_ms < ?"
-# "state = 0" is written out, not bound: SQLite only uses a partial index
-# (WHERE state = 0) when the query says so literally.
-SELECT_PENDING = (
-    f"SELECT {MESSAGE_COLUMNS} FROM messages"
-    " WHERE to_uid = ? AND to_appcode = ? AND state = 0 AND msgid > ?"
-    " ORDER BY msgid LIMIT ?"
-)
-COUNT_PENDING = "SELECT COUNT(*) FROM messages WHERE to_uid = ? AND to_appcode = ? AND state = 0"
-SELECT_ACKABLE = (
-    "SELECT msgid, msgtype, kind, senddate, logid FROM messages"
-    " WHERE to_uid = ? AND to_appcode = ? AND state = 0 AND msgid IN ({ids})"
-    " ORDER BY msgid"
-)
-MARK_DELIVERED = "UPDATE messages SET state = 1 WHERE state = 0 AND msgid IN ({ids})"
-SELECT_MAX_MSGID = "SELECT MAX(msgid) FROM messages"
-SELECT_HISTORY = (
-    f"SELECT {JOINED_MESSAGE_COLUMNS} FROM history h JOIN messages m ON m.msgid = h.msgid"
-    " WHERE h.owner_sys = ? AND h.owner_uid = ?{before}{peer}"
-    " ORDER BY h.msgid DESC LIMIT ?"
-)
+
+def marks(n: int) -> str:
+    """``?, ?, ...``: ``n`` placeholders."""
+    return ", ".join("?" * n)
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """The names of one set of message tables."""
+
+    messages: str = "messages"
+    history: str = "history"
+    dedup: str = "dedup"
+
+    @classmethod
+    def shard(cls, n: int) -> Tables:
+        """Shard table ``n`` of a sharded store: ``messages_<n>``, ``history_<n>``, ``dedup_<n>``."""
+        return cls(f"messages_{n}", f"history_{n}", f"dedup_{n}")
+
+
+class Statements:
+    """The statements on one set of :class:`Tables`, with ``?`` placeholders.
+
+    ``{ids}`` (a list of ``?``), ``{before}`` and ``{peer}`` are filled in per
+    call. :param history_has_content: history rows carry the message columns
+    (no join). :param locking_reads: ACK reads the rows it changes with
+    ``FOR UPDATE`` (MySQL: concurrent ACKs of one message from several nodes
+    must not both report it changed; SQLite writes are serialised anyway).
+    """
+
+    def __init__(
+        self,
+        tables: Tables = Tables(),
+        *,
+        history_has_content: bool = False,
+        locking_reads: bool = False,
+    ) -> None:
+        m, h, d = tables.messages, tables.history, tables.dedup
+        self.tables = tables
+        self.insert_message = (
+            f"INSERT INTO {m} ({MESSAGE_COLUMNS}, state) VALUES ({marks(len(_COLUMNS))}, 0)"
+        )
+        self.insert_history = (
+            f"INSERT INTO {h} (owner_sys, owner_uid, msgid, peer_uid) VALUES (?, ?, ?, ?)"
+        )
+        self.insert_dedup = (
+            f"INSERT INTO {d} (uid, appcode, client_msg_id, msgid, logid, created_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        self.select_dedup = (
+            f"SELECT msgid, logid FROM {d} WHERE uid = ? AND appcode = ? AND client_msg_id = ?"
+        )
+        self.delete_dedup = f"DELETE FROM {d} WHERE created_ms < ?"
+        # "state = 0" is written out, not bound: SQLite only uses a partial index
+        # (WHERE state = 0) when the query says so literally.
+        self.select_pending = (
+            f"SELECT {MESSAGE_COLUMNS} FROM {m}"
+            " WHERE to_uid = ? AND to_appcode = ? AND state = 0 AND msgid > ?"
+            " ORDER BY msgid LIMIT ?"
+        )
+        self.count_pending = (
+            f"SELECT COUNT(*) FROM {m} WHERE to_uid = ? AND to_appcode = ? AND state = 0"
+        )
+        self.select_one_pending = (
+            f"SELECT {MESSAGE_COLUMNS} FROM {m} WHERE msgid = ? AND to_uid = ? AND state = 0"
+        )
+        self.select_ackable = (
+            f"SELECT msgid, msgtype, kind, senddate, logid FROM {m}"
+            " WHERE to_uid = ? AND to_appcode = ? AND state = 0 AND msgid IN ({ids})"
+            " ORDER BY msgid" + (" FOR UPDATE" if locking_reads else "")
+        )
+        self.mark_delivered = f"UPDATE {m} SET state = 1 WHERE state = 0 AND msgid IN ({{ids}})"
+        self.select_max_msgid = f"SELECT MAX(msgid) FROM {m}"
+        if history_has_content:
+            columns = ", ".join("h." + c for c in _COLUMNS)
+            source = f"{h} h"
+        else:
+            columns, source = JOINED_MESSAGE_COLUMNS, f"{h} h JOIN {m} m ON m.msgid = h.msgid"
+        self.select_history = (
+            f"SELECT {columns} FROM {source}"
+            " WHERE h.owner_sys = ? AND h.owner_uid = ?{before}{peer}"
+            " ORDER BY h.msgid DESC LIMIT ?"
+        )
+
+
 HISTORY_BEFORE = " AND h.msgid < ?"
 HISTORY_PEER = " AND h.peer_uid = ?"
+
+_UNSHARDED = Statements()
+INSERT_MESSAGE = _UNSHARDED.insert_message
+INSERT_HISTORY = _UNSHARDED.insert_history
+INSERT_DEDUP = _UNSHARDED.insert_dedup
+SELECT_DEDUP = _UNSHARDED.select_dedup
+DELETE_DEDUP = _UNSHARDED.delete_dedup
+SELECT_PENDING = _UNSHARDED.select_pending
+COUNT_PENDING = _UNSHARDED.count_pending
+SELECT_ACKABLE = _UNSHARDED.select_ackable
+MARK_DELIVERED = _UNSHARDED.mark_delivered
+SELECT_MAX_MSGID = _UNSHARDED.select_max_msgid
+SELECT_HISTORY = _UNSHARDED.select_history
 
 
 @lru_cache(maxsize=256)
@@ -115,6 +189,12 @@ def history_rows(new: NewMessage) -> list[tuple[str, int, int, int]]:
     return rows
 
 
+def message_row(m: StoredMessage) -> tuple[Any, ...]:
+    """The values of :data:`MESSAGE_COLUMN_NAMES` for ``m``."""
+    return (m.msgid, m.from_uid, m.from_appcode, m.to_uid, m.to_appcode, m.msgtype,
+            int(m.kind), m.content, m.send_time_ms, m.logid)  # fmt: skip
+
+
 def _message(row: Any) -> StoredMessage:
     msgid, from_uid, from_appcode, to_uid, to_appcode, msgtype, kind, content, sent, logid = row
     return StoredMessage(
@@ -135,26 +215,83 @@ def _chunks(ids: list[int]) -> list[list[int]]:
     return [ids[i : i + IN_CHUNK] for i in range(0, len(ids), IN_CHUNK)]
 
 
+def estimated_size(row: Sequence[Any]) -> int:
+    """A generous estimate of ``row``'s length in a statement's text (the
+    driver may write bytes as hex and escape strings)."""
+    size = 4
+    for value in row:
+        if isinstance(value, bytes | bytearray):
+            size += 2 * len(value) + 12
+        elif isinstance(value, str):
+            size += 4 * len(value) + 4
+        else:
+            size += 24
+    return size
+
+
+def fit(rows: Sequence[Sequence[Any]], max_bytes: int) -> Iterator[Sequence[Sequence[Any]]]:
+    """``rows`` in consecutive runs of at most ``max_bytes`` (estimated), each
+    at least one row."""
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        n = estimated_size(row)
+        if i > start and size + n > max_bytes:
+            yield rows[start:i]
+            start, size = i, 0
+        size += n
+    if start < len(rows):
+        yield rows[start:]
+
+
+def insert_many(
+    txn: Any,
+    paramstyle: str,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    max_bytes: int,
+    suffix: str = "",
+) -> int:
+    """Insert ``rows`` with multi-row ``INSERT ... VALUES (...), (...)``: one
+    statement, or as few as keep each under ``max_bytes``. ``suffix`` follows
+    the values (e.g. MySQL's ``ON DUPLICATE KEY UPDATE ...``). Returns the
+    affected row count the driver reports."""
+    head = convert_param_style(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ", paramstyle)
+    one = convert_param_style(f"({marks(len(columns))})", paramstyle)
+    tail = convert_param_style(suffix, paramstyle)
+    affected = 0
+    for chunk in fit(rows, max_bytes):
+        txn.execute(head + ", ".join([one] * len(chunk)) + tail, [v for r in chunk for v in r])
+        affected += int(txn.rowcount)
+    return affected
+
+
 class MessageTransactions:
-    """The message store's transactions, for a driver of DB-API ``paramstyle``.
+    """The message store's transactions on one set of tables (``statements``),
+    for a driver of DB-API ``paramstyle``.
 
     Each ``*_txn`` method takes the adbapi transaction (a cursor) first and is
     run in the pool's thread; none of them touches the reactor.
     """
 
-    def __init__(self, paramstyle: str) -> None:
+    def __init__(self, paramstyle: str, statements: Statements = _UNSHARDED) -> None:
         self.paramstyle = paramstyle
+        self.statements = statements
 
     def sql(self, statement: str) -> str:
         return convert_param_style(statement, self.paramstyle)
 
     def store_txn(self, txn: Any, messages: list[NewMessage], now_ms: int) -> list[StoreOutcome]:
-        """Insert ``messages`` as pending, with their history rows and de-dup keys.
+        """Insert ``messages`` as pending, with their history rows and de-dup keys
+        (one row per statement: the embedded store's way; the history rows
+        are the joined kind, without content).
 
         A message whose de-dup key is already in ``dedup`` (written before,
         earlier in this flush, or earlier in this batch) is skipped and
         answered with the first send's ids.
         """
+        s = self.statements
         outcomes: list[StoreOutcome] = []
         rows: list[tuple[Any, ...]] = []
         history: list[tuple[str, int, int, int]] = []
@@ -170,31 +307,29 @@ class MessageTransactions:
                     continue
                 firsts[key] = StoreOutcome(m.msgid, m.logid)
                 keys.append((*key, m.msgid, m.logid, now_ms))
-            rows.append(
-                (m.msgid, m.from_uid, m.from_appcode, m.to_uid, m.to_appcode, m.msgtype,
-                 int(m.kind), m.content, m.send_time_ms, m.logid)
-            )  # fmt: skip
+            rows.append(message_row(m))
             history.extend(history_rows(new))
             outcomes.append(StoreOutcome(m.msgid, m.logid))
         if rows:
-            txn.executemany(self.sql(INSERT_MESSAGE), rows)
-            txn.executemany(self.sql(INSERT_HISTORY), history)
+            txn.executemany(self.sql(s.insert_message), rows)
+            txn.executemany(self.sql(s.insert_history), history)
         if keys:
-            txn.executemany(self.sql(INSERT_DEDUP), keys)
+            txn.executemany(self.sql(s.insert_dedup), keys)
         return outcomes
 
     def _find_first(self, txn: Any, key: tuple[int, int, str]) -> StoreOutcome | None:
-        txn.execute(self.sql(SELECT_DEDUP), key)
+        txn.execute(self.sql(self.statements.select_dedup), key)
         row = txn.fetchone()
         return None if row is None else StoreOutcome(row[0], row[1])
 
     def ack_txn(self, txn: Any, uid: int, appcode: int, msgids: list[int]) -> list[AckedMessage]:
         """Mark the pending ones of ``msgids`` addressed to ``(uid, appcode)``
         delivered; returns those, ascending by msgid."""
+        s = self.statements
         acked: list[AckedMessage] = []
         for chunk in _chunks(sorted(set(msgids))):
-            ids = ", ".join("?" * len(chunk))
-            txn.execute(self.sql(SELECT_ACKABLE.format(ids=ids)), (uid, appcode, *chunk))
+            ids = marks(len(chunk))
+            txn.execute(self.sql(s.select_ackable.format(ids=ids)), (uid, appcode, *chunk))
             found = [
                 AckedMessage(
                     msgid=r[0], msgtype=r[1], kind=Kind(r[2]), send_time_ms=r[3], logid=r[4]
@@ -202,20 +337,28 @@ class MessageTransactions:
                 for r in txn.fetchall()
             ]
             if found:
-                ids = ", ".join("?" * len(found))
-                txn.execute(self.sql(MARK_DELIVERED.format(ids=ids)), [a.msgid for a in found])
+                ids = marks(len(found))
+                txn.execute(self.sql(s.mark_delivered.format(ids=ids)), [a.msgid for a in found])
                 acked.extend(found)
         return acked
 
     def pull_txn(self, txn: Any, uid: int, appcode: int, after_msgid: int, limit: int) -> Page:
         """Pending messages of ``(uid, appcode)`` after ``after_msgid``, ascending."""
         limit = max(limit, 0)
-        txn.execute(self.sql(SELECT_PENDING), (uid, appcode, after_msgid, limit + 1))
+        txn.execute(
+            self.sql(self.statements.select_pending), (uid, appcode, after_msgid, limit + 1)
+        )
         rows = txn.fetchall()
         return Page([_message(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
+    def pending_message_txn(self, txn: Any, to_uid: int, msgid: int) -> StoredMessage | None:
+        """Message ``msgid`` to ``to_uid`` if it is still pending."""
+        txn.execute(self.sql(self.statements.select_one_pending), (msgid, to_uid))
+        row = txn.fetchone()
+        return None if row is None else _message(row)
+
     def count_pending_txn(self, txn: Any, uid: int, appcode: int) -> int:
-        txn.execute(self.sql(COUNT_PENDING), (uid, appcode))
+        txn.execute(self.sql(self.statements.count_pending), (uid, appcode))
         return int(txn.fetchone()[0])
 
     def history_txn(
@@ -229,7 +372,7 @@ class MessageTransactions:
         if peer_uid:
             params.append(peer_uid)
         params.append(limit + 1)
-        statement = SELECT_HISTORY.format(
+        statement = self.statements.select_history.format(
             before=HISTORY_BEFORE if before_msgid else "", peer=HISTORY_PEER if peer_uid else ""
         )
         txn.execute(self.sql(statement), params)
@@ -237,10 +380,15 @@ class MessageTransactions:
         return Page([_message(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
     def max_msgid_txn(self, txn: Any) -> int:
-        txn.execute(self.sql(SELECT_MAX_MSGID))
+        txn.execute(self.sql(self.statements.select_max_msgid))
         row = txn.fetchone()
         return int(row[0]) if row is not None and row[0] is not None else 0
 
-    def purge_dedup_txn(self, txn: Any, before_ms: int) -> int:
-        txn.execute(self.sql(DELETE_DEDUP), (before_ms,))
+    def purge_dedup_txn(self, txn: Any, before_ms: int, limit: int = 0) -> int:
+        """Drop the de-dup keys created before ``before_ms``; at most ``limit``
+        of them (0: all; MySQL's ``DELETE ... LIMIT``, not SQLite's)."""
+        statement, params = self.statements.delete_dedup, [before_ms]
+        if limit:
+            statement, params = statement + " LIMIT ?", [before_ms, limit]
+        txn.execute(self.sql(statement), params)
         return int(txn.rowcount)

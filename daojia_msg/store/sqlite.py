@@ -28,7 +28,7 @@ from daojia_msg.store.batching import GroupCommitter
 from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner
 from daojia_msg.store.errors import StoreError, StoreUnavailable
 from daojia_msg.store.interfaces import IMessageStore
-from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoreOutcome
+from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
 from daojia_msg.store.sql import MessageTransactions
 
 T = TypeVar("T")
@@ -233,6 +233,9 @@ class SQLiteMessageStore:
 
     def count_pending(self, uid: int, appcode: int) -> Deferred[int]:
         return self._read(self._txns.count_pending_txn, uid, appcode)
+
+    def pending_message(self, to_uid: int, msgid: int) -> Deferred[StoredMessage | None]:
+        return self._read(self._txns.pending_message_txn, to_uid, msgid)
 
     def history(
         self, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int

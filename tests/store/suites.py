@@ -206,6 +206,16 @@ def make_message_store_tests(fixture: MessageFixture) -> type[TestCase]:
             self.assertEqual(await self.store.count_pending(2, 11), 1)
             self.assertEqual(await self.store.count_pending(1, 10), 0)
 
+        async def test_pending_message(self) -> None:
+            [stored] = [c2c(5, content=b"\xff\x00 one")]
+            await self.store.store([stored])
+            found = await self.store.pending_message(2, 5)
+            self.assertEqual(found, stored.message)
+            self.assertIsNone(await self.store.pending_message(3, 5))  # another recipient's
+            self.assertIsNone(await self.store.pending_message(2, 6))  # unknown
+            await self.store.ack(2, 10, [5])
+            self.assertIsNone(await self.store.pending_message(2, 5))  # delivered
+
         async def test_dedup_across_calls(self) -> None:
             first = await self.store.store([c2c(1, client_msg_id="k")])
             again = await self.store.store([c2c(2, client_msg_id="k", content=b"other")])

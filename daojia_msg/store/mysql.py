@@ -1,0 +1,1037 @@
+# -*- test-case-name: tests.store.test_mysql -*-
+"""The cluster message store: MySQL or MariaDB, through pymysql on
+``twisted.enterprise.adbapi``, one ``ConnectionPool`` per database.
+
+Placement
+    Each database (``mysql.url`` first, then ``mysql.databases``, in that
+    order) holds ``shards`` tables of each kind. A uid's *slot* says where its
+    rows go::
+
+        slot = uid % (shards * number_of_databases)
+        database = slot // shards            table n = slot % shards
+
+    - a message row (``messages_<n>``, pending until ACKed) goes to its
+      recipient's slot, so PULL and the pending count read one table;
+    - a history row (``history_<n>``) goes to its owner's slot, so a user's
+      list is read from one table. It is a full copy of the message, content
+      included: the message row may live in another database;
+    - a de-dup key (``dedup_<n>``) goes to its sender's slot: one sender key
+      always maps to one table, so that table's primary key makes it unique
+      cluster-wide. The key is ``(uid, appcode, SHA-256 of client_msg_id)``: a
+      fixed 44 bytes whatever ``limits.max_id_len`` allows, compared as bytes.
+
+    Each database's ``schema_version`` row records the schema version,
+    ``shards`` and the database's place in the list. A start with another
+    ``shards`` or another list of databases is refused (rows would then be
+    looked for in the wrong tables; moving them is a data migration).
+
+Writes
+    ``store`` and ``ack`` go through a :class:`GroupCommitter`: writes queued
+    while a flush is in flight go together in the next one, in order. A flush
+    writes each table it touches with one multi-row ``INSERT`` (split only to
+    stay under the server's ``max_allowed_packet``), never a statement per
+    message. With one database a flush is one transaction (keys, messages,
+    history and ACKs). With several, see :meth:`MySQLMessageStore._store_across`
+    for the write order and what a crash between databases can leave behind.
+
+Dead connections and retries
+    A connection the server closed (MySQL errors 2006, 2013, 1927 "killed",
+    4031, pymysql's "(0, '')" for a closed one) or a deadlock (1213) makes an
+    interaction run again, once, on a newly opened connection; anything else,
+    or a second failure, is :class:`StoreUnavailable`. Every interaction of this
+    store may run twice: reads; ACK (an update of ``pending`` rows only; run
+    again after a commit whose answer was lost it reports fewer rows changed,
+    which only undercounts the ``acked`` statistic); de-dup purge; and the
+    writes of new messages, because every insert is
+    ``INSERT ... ON DUPLICATE KEY UPDATE msgid = msgid``: a second run finds its
+    own rows (same msgid) and answers as the first run did. A msgid found on
+    *another* message is refused (:class:`StoreError`), so a broken id
+    generator is not silently hidden. Connect, read and write timeouts come
+    from the config; a read timeout is reported by pymysql as error 2013, so a
+    stuck server costs at most twice ``read_timeout_s`` (plus a connect).
+    Row-lock waits are capped at half the read timeout (``innodb_lock_wait_timeout``):
+    a long wait is a clean error 1205 (not retried), not a dropped connection.
+
+Passwords are never logged: databases are named ``user@host:port/database``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar, cast
+
+import pymysql
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from daojia_msg.config import MySQLConfig, MySQLURL, parse_mysql_url
+from daojia_msg.store.batching import GroupCommitter
+from daojia_msg.store.dbpool import PoolRunner
+from daojia_msg.store.errors import StoreError, StoreUnavailable
+from daojia_msg.store.interfaces import IMessageStore
+from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
+from daojia_msg.store.sql import (
+    IN_CHUNK,
+    MESSAGE_COLUMN_NAMES,
+    MessageTransactions,
+    Statements,
+    Tables,
+    convert_param_style,
+    history_rows,
+    insert_many,
+    marks,
+    message_row,
+)
+
+T = TypeVar("T")
+
+_BIGINT = "BIGINT UNSIGNED NOT NULL"
+_UINT = "INT UNSIGNED NOT NULL"
+_MESSAGE_DDL = f"""
+    from_uid {_BIGINT},
+    from_appcode {_UINT},
+    to_uid {_BIGINT},
+    to_appcode {_UINT},
+    msgtype {_UINT},
+    kind TINYINT UNSIGNED NOT NULL,
+    senddate {_BIGINT},
+    logid VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    msgcontent MEDIUMBLOB NOT NULL"""
+_TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+
+# Each entry migrates the schema from version i to i + 1; append, never edit.
+# Statements with "{n}" run once per shard table. MySQL commits DDL at once,
+# so every statement must be safe to run again (a start that died half-way
+# through a migration runs all of it again).
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        f"""CREATE TABLE IF NOT EXISTS messages_{{n}} (
+            msgid {_BIGINT},{_MESSAGE_DDL},
+            state TINYINT UNSIGNED NOT NULL DEFAULT 0,
+            PRIMARY KEY (msgid),
+            KEY pending (to_uid, to_appcode, state, msgid)
+        ) {_TABLE_OPTIONS}""",
+        f"""CREATE TABLE IF NOT EXISTS history_{{n}} (
+            owner_sys VARBINARY(255) NOT NULL,
+            owner_uid {_BIGINT},
+            msgid {_BIGINT},
+            peer_uid {_BIGINT},{_MESSAGE_DDL},
+            PRIMARY KEY (owner_sys, owner_uid, msgid),
+            KEY peer (owner_sys, owner_uid, peer_uid, msgid)
+        ) {_TABLE_OPTIONS}""",
+        f"""CREATE TABLE IF NOT EXISTS dedup_{{n}} (
+            uid {_BIGINT},
+            appcode {_UINT},
+            client_msg_sha256 BINARY(32) NOT NULL,
+            msgid {_BIGINT},
+            logid VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            created_ms {_BIGINT},
+            PRIMARY KEY (uid, appcode, client_msg_sha256),
+            KEY created (created_ms)
+        ) {_TABLE_OPTIONS}""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+CREATE_SCHEMA_VERSION = f"""CREATE TABLE IF NOT EXISTS schema_version (
+    id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    version {_UINT},
+    shards {_UINT},
+    db_index {_UINT},
+    db_count {_UINT}
+) {_TABLE_OPTIONS}"""
+SELECT_SCHEMA = "SELECT version, shards, db_index, db_count FROM schema_version WHERE id = 1"
+INSERT_SCHEMA = (
+    "INSERT INTO schema_version (id, version, shards, db_index, db_count) VALUES (1, 0, ?, ?, ?)"
+)
+UPDATE_SCHEMA = "UPDATE schema_version SET version = ? WHERE id = 1"
+# Named locks are server-wide: one per database, under 64 characters.
+SCHEMA_LOCK = "CONCAT('msgplatform-schema-', MD5(DATABASE()))"
+SCHEMA_LOCK_WAIT_S = 60.0
+
+HISTORY_COLUMNS = ("owner_sys", "owner_uid", "peer_uid", *MESSAGE_COLUMN_NAMES)
+DEDUP_COLUMNS = ("uid", "appcode", "client_msg_sha256", "msgid", "logid", "created_ms")
+# Insert, or leave the row that is there alone (it then counts 0 affected rows).
+KEEP_EXISTING = " ON DUPLICATE KEY UPDATE msgid = msgid"
+SELECT_KEYS = "SELECT uid, appcode, client_msg_sha256, msgid, logid FROM {table} WHERE {where}"
+ONE_KEY = "(uid = ? AND appcode = ? AND client_msg_sha256 = ?)"
+SELECT_STORED = (
+    "SELECT msgid, from_uid, to_uid, to_appcode, senddate, logid FROM {table}"
+    " WHERE msgid IN ({ids})"
+)
+DELETE_MESSAGES = "DELETE FROM {table} WHERE msgid IN ({ids})"
+DELETE_HISTORY = "DELETE FROM {table} WHERE {where}"
+ONE_HISTORY_ROW = "(owner_sys = ? AND owner_uid = ? AND msgid = ?)"
+
+PARAMSTYLE = pymysql.paramstyle
+KEYS_PER_SELECT = 200
+PURGE_CHUNK = 5000
+"""``purge_dedup`` deletes at most this many keys per statement (and transaction)."""
+
+RETRY_ERRORS = frozenset({2006, 2013, 1927, 4031, 1213})
+"""MySQL errors after which an interaction runs again on a new connection:
+server gone away, lost connection (also a read timeout), connection killed
+(MariaDB), disconnected for inactivity (MySQL 8), deadlock."""
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether ``error`` means "run it again on a new connection"."""
+    if isinstance(error, pymysql.err.InterfaceError):
+        return not error.args or error.args[0] == 0  # pymysql: the connection is closed
+    if isinstance(error, pymysql.err.OperationalError):
+        return bool(error.args) and error.args[0] in RETRY_ERRORS
+    return False
+
+
+def describe(url: MySQLURL) -> str:
+    """How a database is named in logs and errors: no password."""
+    return f"{url.user}@{url.host}:{url.port}/{url.database}"
+
+
+def configure_connection(conn: Any, lock_wait_s: int) -> None:
+    """``cp_openfun``: READ COMMITTED (no gap locks: concurrent inserts from
+    several nodes do not block each other; correctness rests on primary keys
+    and locking reads), and row-lock waits shorter than the read timeout, so a
+    long wait ends in a clean error (1205) rather than a dropped connection."""
+    with conn.cursor() as cursor:
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait_s)}")
+    conn.commit()
+
+
+def pool_kwargs(url: MySQLURL, config: MySQLConfig) -> dict[str, Any]:
+    """The ``ConnectionPool("pymysql", **kw)`` settings of one database:
+    ``utf8mb4``, transactions (no autocommit), strict SQL mode,
+    :func:`configure_connection`, the config's pool sizes and timeouts,
+    ``cp_reconnect``."""
+    lock_wait_s = max(1, int(config.read_timeout_s / 2))
+    return {
+        "host": url.host,
+        "port": url.port,
+        "user": url.user,
+        "password": url.password,
+        "database": url.database,
+        "charset": "utf8mb4",
+        "autocommit": False,
+        "connect_timeout": config.connect_timeout_s,
+        "read_timeout": config.read_timeout_s,
+        "write_timeout": config.write_timeout_s,
+        # Strict: a value that does not fit is an error, never truncated.
+        "sql_mode": "TRADITIONAL",
+        "cp_openfun": partial(configure_connection, lock_wait_s=lock_wait_s),
+        "cp_min": config.pool_min,
+        "cp_max": config.pool_max,
+        "cp_reconnect": True,
+    }
+
+
+def mysql_pool(url: MySQLURL, config: MySQLConfig, reactor: IReactorTime) -> adbapi.ConnectionPool:
+    """The production pool of one database (:func:`pool_kwargs`)."""
+    return adbapi.ConnectionPool("pymysql", cp_reactor=reactor, **pool_kwargs(url, config))
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a uid's rows live (see the module docstring)."""
+
+    shards: int
+    databases: int
+
+    def place(self, uid: int) -> tuple[int, int]:
+        """``(database index, table n)`` of ``uid``."""
+        return divmod(uid % (self.shards * self.databases), self.shards)
+
+
+def _on_new_connection(txn: Any, interaction: Callable[..., T], *args: Any) -> T:
+    """Run ``interaction`` on a connection opened for it (never a pooled one
+    that may be dead too)."""
+    txn.reconnect()
+    txn.reopen()
+    return interaction(txn, *args)
+
+
+class RetryOnce:
+    """A pool's ``runInteraction`` with this store's retry policy: an
+    interaction that failed with a :func:`retryable` error runs again, once,
+    on a new connection. Offers what :class:`PoolRunner` uses of a pool.
+
+    :ivar retries: how many interactions ran a second time.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: adbapi.ConnectionPool, name: str) -> None:
+        self.pool = pool
+        self.name = name
+        self.retries = 0
+
+    @property
+    def dbapi(self) -> Any:
+        return self.pool.dbapi
+
+    @property
+    def running(self) -> bool:
+        return bool(self.pool.running)
+
+    def runInteraction(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self.pool.runInteraction(interaction, *args)
+        d.addErrback(self._again, interaction, args)
+        return d
+
+    def _again(
+        self, failure: Failure, interaction: Callable[..., Any], args: tuple[Any, ...]
+    ) -> Any:
+        if failure.value is None or not retryable(failure.value) or not self.pool.running:
+            return failure
+        self.retries += 1
+        self.log.warn(
+            "{store} {operation}: {error}; running it again on a new connection",
+            store=self.name,
+            operation=getattr(interaction, "__name__", repr(interaction)),
+            error=repr(failure.value),
+        )
+        return self.pool.runInteraction(_on_new_connection, interaction, *args)
+
+
+class _Database:
+    """One database: its pool, its runner (retry, then errors mapped to
+    :class:`StoreUnavailable`), and the statement size it allows."""
+
+    def __init__(self, index: int, name: str, pool: adbapi.ConnectionPool) -> None:
+        self.index = index
+        self.name = name
+        self.pool = pool
+        self.retrier = RetryOnce(pool, f"mysql message store {name}")
+        self.runner = PoolRunner(cast(adbapi.ConnectionPool, self.retrier), self.retrier.name)
+
+    def run(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        return self.runner.run(interaction, *args)
+
+
+# -- the writes a flush is made of -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    messages: list[NewMessage]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    uid: int
+    appcode: int
+    msgids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """The result of one write of a flush that failed while others did not."""
+
+    failure: Failure
+
+
+def _unwrap(result: Any) -> Any:
+    if isinstance(result, _Failed):
+        return result.failure
+    return result
+
+
+Key = tuple[int, int, bytes]
+"""A de-dup key: ``(from_uid, from_appcode, sha256(client_msg_id))``."""
+
+
+def dedup_key(new: NewMessage) -> Key | None:
+    if not new.client_msg_id:
+        return None
+    m = new.message
+    return (m.from_uid, m.from_appcode, hashlib.sha256(new.client_msg_id.encode()).digest())
+
+
+@dataclass(slots=True)
+class _Item:
+    """One message of a flush. ``first`` is False for a resend of a message
+    earlier in the same flush (it is answered from that one, never written)."""
+
+    op: int
+    new: NewMessage
+    key: Key | None
+    created_ms: int
+    first: bool
+
+    @property
+    def msgid(self) -> int:
+        return self.new.message.msgid
+
+
+Rows = dict[int, list[tuple[Any, ...]]]
+"""Rows by shard table n."""
+Owners = dict[Key, tuple[int, str]]
+"""The ``(msgid, logid)`` a de-dup key is recorded with."""
+
+
+@implementer(IMessageStore)
+class MySQLMessageStore:
+    """:class:`IMessageStore` on MySQL/MariaDB databases.
+
+    :param config: ``[mysql]``: ``url`` (required), ``databases``, ``shards``,
+        pool sizes and timeouts.
+    :param reactor: time for de-dup keys (``seconds()``) and the pools'
+        ``cp_reactor``.
+    :param pools: ready-made pools, one per database in config order (tests);
+        the store closes them at :meth:`stop`.
+    :param max_batch: at most this many writes per group commit.
+    :ivar committer: the :class:`GroupCommitter` of the writes.
+    :ivar placement: the :class:`Placement` of rows.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: MySQLConfig,
+        reactor: IReactorTime,
+        pools: list[adbapi.ConnectionPool] | None = None,
+        max_batch: int = 1000,
+    ) -> None:
+        if not config.url:
+            raise ValueError("MySQLMessageStore needs mysql.url")
+        urls = [parse_mysql_url(config.url)] + [
+            parse_mysql_url(u, ("mysql", "databases", str(i)))
+            for i, u in enumerate(config.databases)
+        ]
+        if pools is not None and len(pools) != len(urls):
+            raise ValueError(f"{len(urls)} databases configured, {len(pools)} pools given")
+        if pools is None:
+            pools = [mysql_pool(url, config, reactor) for url in urls]
+        self.config = config
+        self._clock = reactor
+        self._dbs = [
+            _Database(i, describe(u), p) for i, (u, p) in enumerate(zip(urls, pools, strict=True))
+        ]
+        self.placement = Placement(config.shards, len(self._dbs))
+        self._txns = [
+            MessageTransactions(
+                PARAMSTYLE,
+                Statements(Tables.shard(n), history_has_content=True, locking_reads=True),
+            )
+            for n in range(config.shards)
+        ]
+        self.committer = GroupCommitter(self._run_flush, max_ops=max_batch)
+        #: The smallest ``max_allowed_packet`` of the databases (read at start).
+        self.max_packet_bytes = 16 << 20
+        #: Bytes per multi-row statement (estimated): half of that, at least 64 KiB.
+        self.max_statement_bytes = 1 << 20
+        self._state = "new"  # -> starting -> started -> stopping -> stopped
+        self._stop_waiters: list[Deferred[None]] = []
+
+    @property
+    def pools(self) -> list[adbapi.ConnectionPool]:
+        return [db.pool for db in self._dbs]
+
+    @property
+    def retries(self) -> int:
+        """How many interactions ran a second time after a lost connection."""
+        return sum(db.retrier.retries for db in self._dbs)
+
+    def _names(self) -> str:
+        return ", ".join(db.name for db in self._dbs)
+
+    # Life
+
+    def start(self) -> Deferred[None]:
+        if self._state != "new":
+            return succeed(None)
+        self._state = "starting"
+        for db in self._dbs:
+            db.pool.start()
+
+        def started(found: list[tuple[int, int]]) -> None:
+            self.max_packet_bytes = min(p for _, p in found)
+            self.max_statement_bytes = max(self.max_packet_bytes // 2, 1 << 16)
+            if self._state != "starting":  # stop() was called meanwhile
+                return
+            self._state = "started"
+            self.log.info(
+                "message store on {databases} open: schema version {version} (was {found}),"
+                " {shards} shard tables per database",
+                databases=self._names(),
+                version=SCHEMA_VERSION,
+                found=[f for f, _ in found],
+                shards=self.config.shards,
+            )
+
+        def failed(failure: Failure) -> Failure:
+            if self._state == "starting":
+                self._state = "new"
+            return failure
+
+        d = self._on_all(lambda db: db.run(self._migrate_txn, db.index, db.name))
+        return d.addCallbacks(started, failed)
+
+    def stop(self) -> Deferred[None]:
+        if self._state == "stopped":
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._stop_waiters.append(d)
+        if self._state != "stopping":
+            self._state = "stopping"
+            drained = self.committer.drain()
+            drained.addCallback(lambda _: self._on_all(lambda db: db.runner.when_idle()))
+            drained.addCallback(self._close)
+        return d
+
+    def _close(self, _: object) -> None:
+        for db in self._dbs:
+            # A closed adbapi pool cannot be closed again; one never started
+            # may still wait for the reactor (startID).
+            if db.pool.running or getattr(db.pool, "startID", None) is not None:
+                try:
+                    db.pool.close()
+                except Exception:
+                    self.log.failure("closing the pool of {database} failed", database=db.name)
+        self._state = "stopped"
+        self.log.info("message store on {databases} closed", databases=self._names())
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _migrate_txn(self, txn: Any, index: int, name: str) -> tuple[int, int]:
+        """Create or migrate one database's schema; refuse another shard count
+        or list of databases. Returns the version found and the server's
+        ``max_allowed_packet``."""
+        sql = self._sql
+        wait = max(1, int(self.config.read_timeout_s / 2))
+        for _ in range(max(1, int(SCHEMA_LOCK_WAIT_S / wait))):
+            txn.execute(sql(f"SELECT GET_LOCK({SCHEMA_LOCK}, ?)"), (wait,))
+            if txn.fetchone()[0] == 1:
+                break
+        else:
+            raise StoreError(f"{name}: another node holds the schema lock (still migrating?)")
+        try:
+            found = self._migrate_locked_txn(txn, index, name)
+        finally:
+            try:
+                txn.execute(f"SELECT RELEASE_LOCK({SCHEMA_LOCK})")
+            except pymysql.err.Error:
+                pass  # a dead connection releases its locks; the first error matters
+        txn.execute("SELECT @@max_allowed_packet")
+        return found, int(txn.fetchone()[0])
+
+    def _migrate_locked_txn(self, txn: Any, index: int, name: str) -> int:
+        sql, shards, count = self._sql, self.config.shards, len(self._dbs)
+        txn.execute(CREATE_SCHEMA_VERSION)
+        txn.execute(SELECT_SCHEMA)
+        row = txn.fetchone()
+        if row is None:
+            found = 0
+            txn.execute(sql(INSERT_SCHEMA), (shards, index, count))
+        else:
+            found, had_shards, had_index, had_count = (int(v) for v in row)
+            if had_shards != shards:
+                raise StoreError(
+                    f"{name} was created with {had_shards} shard tables and mysql.shards is"
+                    f" {shards}: changing the shard count moves rows to other tables, which"
+                    " needs a data migration; refusing to start"
+                )
+            if (had_index, had_count) != (index, count):
+                raise StoreError(
+                    f"{name} was created as database {had_index + 1} of {had_count} and is now"
+                    f" configured as database {index + 1} of {count} (mysql.url, then"
+                    " mysql.databases, in order): rows would be looked for in the wrong"
+                    " database; refusing to start"
+                )
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{name}: the database schema is version {found}; this code knows up to"
+                    f" {SCHEMA_VERSION}"
+                )
+        for statements in MIGRATIONS[found:]:
+            for statement in statements:
+                for n in range(shards) if "{n}" in statement else [None]:
+                    txn.execute(statement if n is None else statement.format(n=n))
+        if found < SCHEMA_VERSION:
+            txn.execute(sql(UPDATE_SCHEMA), (SCHEMA_VERSION,))
+        return found
+
+    # Writes: group-committed
+
+    def store(self, messages: list[NewMessage]) -> Deferred[list[StoreOutcome]]:
+        batch = list(messages)
+        for new in batch:
+            # A row the server would refuse must not fail the flush it joins.
+            if 2 * len(new.message.content) + 4096 > self.max_packet_bytes:
+                return fail(
+                    StoreError(
+                        f"message {new.message.msgid}: {len(new.message.content)} bytes of"
+                        f" content do not fit the MySQL max_allowed_packet"
+                        f" ({self.max_packet_bytes})"
+                    )
+                )
+        now_ms = int(self._clock.seconds() * 1000)
+        return self._write(_Store(batch, now_ms), bool(batch), [])
+
+    def ack(self, uid: int, appcode: int, msgids: list[int]) -> Deferred[list[AckedMessage]]:
+        ids = list(msgids)
+        return self._write(_Ack(uid, appcode, ids), bool(ids), [])
+
+    def _write(self, op: _Store | _Ack, needed: bool, nothing: T) -> Deferred[T]:
+        if self._state != "started":
+            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
+        if not needed:
+            return succeed(nothing)
+        # The committer hands the queued ops to _run_flush, which merges them.
+        d = self.committer.submit(cast(Callable[[Any], Any], op))
+        return d.addCallback(_unwrap)
+
+    def _run_flush(self, _write_batch_txn: object, ops: list[_Store | _Ack]) -> Deferred[Any]:
+        """The committer's ``run_interaction``: one flush of ``ops``, in order.
+        Fires with one result per op (a :class:`_Failed` for an op that failed
+        alone), or fails as a whole."""
+        if len(self._dbs) == 1:
+            return self._dbs[0].run(self._flush_txn, ops)
+        return Deferred.fromCoroutine(self._flush_across(ops))
+
+    def _flush_txn(self, txn: Any, ops: list[_Store | _Ack]) -> list[Any]:
+        """A flush on one database: one transaction."""
+        results: list[Any] = [None] * len(ops)
+        for run in _runs(ops):
+            if isinstance(ops[run[0]], _Ack):
+                for i in run:
+                    results[i] = self._ack_txn(txn, cast(_Ack, ops[i]))
+            else:
+                items = _items(ops, run)
+                self._answer(items, self._store_txn(txn, items), {}, results)
+        return results
+
+    def _store_txn(self, txn: Any, items: list[_Item]) -> Owners:
+        """Store ``items`` in one transaction on one database: record their
+        keys first (a key recorded before, here or by another node at the same
+        time, makes its message a resend), then write the messages that are
+        not resends and their history rows."""
+        writers = [i for i in items if i.first]
+        db = self.placement.place(writers[0].new.message.to_uid)[0]
+        owners = self._claim_keys_txn(txn, self._key_rows(writers).get(db, {}))
+        fresh = [i for i in writers if i.key is None or owners[i.key][0] == i.msgid]
+        self._write_rows_txn(txn, self._message_rows(fresh).get(db, ({}, {})))
+        return owners
+
+    def _ack_txn(self, txn: Any, op: _Ack) -> list[AckedMessage]:
+        _, n = self.placement.place(op.uid)
+        return self._txns[n].ack_txn(txn, op.uid, op.appcode, op.msgids)
+
+    def _acks_txn(self, txn: Any, ops: list[_Ack]) -> list[list[AckedMessage]]:
+        return [self._ack_txn(txn, op) for op in ops]
+
+    async def _flush_across(self, ops: list[_Store | _Ack]) -> list[Any]:
+        """A flush over several databases: its runs of stores and of ACKs, in order."""
+        results: list[Any] = [None] * len(ops)
+        for run in _runs(ops):
+            if isinstance(ops[run[0]], _Ack):
+                by_db: dict[int, list[int]] = {}
+                for i in run:
+                    by_db.setdefault(self.placement.place(cast(_Ack, ops[i]).uid)[0], []).append(i)
+                done = await self._on_each(
+                    {db: [ops[i] for i in indexes] for db, indexes in by_db.items()},
+                    self._acks_txn,
+                )
+                for db, indexes in by_db.items():
+                    acked = done[db]
+                    for k, i in enumerate(indexes):
+                        results[i] = _Failed(acked) if isinstance(acked, Failure) else acked[k]
+            else:
+                items = _items(ops, run)
+                failed: dict[int, Failure] = {}
+                owners = await self._store_across(items, failed)
+                self._answer(items, owners, failed, results)
+        return results
+
+    async def _store_across(self, items: list[_Item], failed: dict[int, Failure]) -> Owners:
+        """Store ``items`` whose rows are in several databases; record in
+        ``failed`` the ops (by index) that failed.
+
+        Write order, and the invariant that makes it safe: *a de-dup key is
+        recorded only once its message is durable in every database, and a
+        message whose key is recorded is never deleted.* An OK (new or resend)
+        therefore always names a stored message.
+
+        1. Look the keys up in the senders' databases: a key found is a resend,
+           answered with the first send's ids and not written. (Unreadable:
+           the op fails, nothing written.)
+        2. Write the message and history rows, one transaction per database.
+           An op any of whose rows failed fails as a whole (UNAVAILABLE), and
+           its rows that did get written are deleted again.
+        3. Record the keys, one transaction per database (insert, or keep the
+           row there). A key now owned by another msgid is a resend another
+           node stored at the same moment: our copy is deleted and the answer
+           is the other one's ids. If recording fails the messages are durable
+           and answered OK; their keys may be missing (a resend would then be
+           stored again, not lost).
+
+        A crash (of this node or between databases) can leave: a message
+        stored in some databases but not all, with no key (no OK was sent; it
+        may be delivered, and a resend is stored again: the recipient may see
+        it twice), or a resend's copy not deleted (seen twice). A failed
+        compensating delete leaves the same. It cannot leave an OK whose
+        message is missing. One database per flush (the usual case with one
+        database) is one transaction instead and cannot leave anything.
+        """
+        touched = {db for i in items if i.first for db in self._databases_of(i)}
+        if len(touched) == 1:
+            (db,) = touched
+            try:
+                return await self._dbs[db].run(self._store_txn, items)
+            except Exception:
+                for i in items:
+                    failed.setdefault(i.op, Failure())
+                return {}
+        writers = [i for i in items if i.first]
+
+        # 1. Keys recorded before.
+        owners: Owners = {}
+        lookups = {
+            db: {n: [(r[0], r[1], r[2]) for r in rows] for n, rows in tables.items()}
+            for db, tables in self._key_rows(writers).items()
+        }
+        for db, found in (await self._on_each(lookups, self._find_keys_txn)).items():
+            if isinstance(found, Failure):
+                hit = [i for i in items if i.key is not None and self._key_db(i) == db]
+                self._fail(items, failed, found, hit)
+            else:
+                owners.update(found)
+
+        # 2. Messages and history.
+        to_write = [
+            i for i in writers if i.op not in failed and (i.key is None or i.key not in owners)
+        ]
+        written = await self._on_each(self._message_rows(to_write), self._write_rows_txn)
+        for db, done in written.items():
+            if isinstance(done, Failure):
+                hit = [i for i in to_write if db in self._row_databases(i)]
+                self._fail(items, failed, done, hit)
+        committed = {db for db, done in written.items() if not isinstance(done, Failure)}
+        undo = [i for i in to_write if i.op in failed]
+        await self._delete_copies(undo, "its op failed", committed)
+
+        # 3. Keys, now that their messages are durable.
+        claiming = [i for i in to_write if i.op not in failed and i.key is not None]
+        claims = self._key_rows(claiming)
+        for db, result in (await self._on_each(claims, self._claim_keys_txn)).items():
+            if isinstance(result, Failure):
+                self.log.error(
+                    "de-dup keys of {count} stored messages not recorded in {database}:"
+                    " {error}; a resend of them would be stored again",
+                    count=sum(len(rows) for rows in claims[db].values()),
+                    database=self._dbs[db].name,
+                    error=repr(result.value),
+                )
+                owners.update(
+                    {i.key: (i.msgid, i.new.message.logid) for i in claiming
+                     if i.key is not None and self._key_db(i) == db}
+                )  # fmt: skip
+            else:
+                owners.update(result)
+        losers = [i for i in claiming if i.key is not None and owners[i.key][0] != i.msgid]
+        await self._delete_copies(losers, "another node stored the same resend first")
+        return owners
+
+    def _fail(
+        self, items: list[_Item], failed: dict[int, Failure], failure: Failure, hit: list[_Item]
+    ) -> None:
+        """Fail the ops of the items ``hit``, and (until nothing changes) those
+        of resends whose first send is in a failed op: they were to be answered
+        with a message that is not stored."""
+        for i in hit:
+            failed.setdefault(i.op, failure)
+        changed = True
+        while changed:
+            lost = {i.key for i in items if i.first and i.key is not None and i.op in failed}
+            changed = False
+            for i in items:
+                if not i.first and i.key in lost and i.op not in failed:
+                    failed[i.op] = failure
+                    changed = True
+
+    def _answer(
+        self, items: list[_Item], owners: Owners, failed: dict[int, Failure], results: list[Any]
+    ) -> None:
+        """Fill ``results`` (by op) with the outcomes of ``items``."""
+        for i in items:
+            if i.op in failed:
+                results[i.op] = _Failed(failed[i.op])
+                continue
+            if results[i.op] is None:
+                results[i.op] = []
+            m = i.new.message
+            if i.key is None:
+                results[i.op].append(StoreOutcome(m.msgid, m.logid))
+            else:
+                msgid, logid = owners[i.key]
+                results[i.op].append(
+                    StoreOutcome(msgid, logid, duplicate=not i.first or msgid != m.msgid)
+                )
+
+    # Rows and where they go
+
+    def _key_db(self, item: _Item) -> int:
+        return self.placement.place(item.new.message.from_uid)[0]
+
+    def _row_databases(self, item: _Item) -> set[int]:
+        """The databases ``item``'s message and history rows live in."""
+        dbs = {self.placement.place(row[1])[0] for row in history_rows(item.new)}
+        dbs.add(self.placement.place(item.new.message.to_uid)[0])
+        return dbs
+
+    def _databases_of(self, item: _Item) -> set[int]:
+        """The databases ``item``'s rows and key live in."""
+        dbs = self._row_databases(item)
+        if item.key is not None:
+            dbs.add(self._key_db(item))
+        return dbs
+
+    def _message_rows(self, items: Iterable[_Item]) -> dict[int, tuple[Rows, Rows]]:
+        """Message and history rows of ``items``, by database, then by table."""
+        out: dict[int, tuple[Rows, Rows]] = {}
+        for i in items:
+            m = i.new.message
+            row = message_row(m)
+            db, n = self.placement.place(m.to_uid)
+            out.setdefault(db, ({}, {}))[0].setdefault(n, []).append(row)
+            for owner_sys, owner_uid, _, peer_uid in history_rows(i.new):
+                db, n = self.placement.place(owner_uid)
+                history = out.setdefault(db, ({}, {}))[1].setdefault(n, [])
+                history.append((owner_sys.encode(), owner_uid, peer_uid, *row))
+        return out
+
+    def _key_rows(self, items: Iterable[_Item]) -> dict[int, Rows]:
+        """De-dup rows of the keyed ``items``, by database, then by table."""
+        out: dict[int, Rows] = {}
+        for i in items:
+            if i.key is not None:
+                db, n = self.placement.place(i.key[0])
+                m = i.new.message
+                row = (*i.key, m.msgid, m.logid, i.created_ms)
+                out.setdefault(db, {}).setdefault(n, []).append(row)
+        return out
+
+    # Transactions on one database (run in the pool's threads)
+
+    def _sql(self, statement: str) -> str:
+        return convert_param_style(statement, PARAMSTYLE)
+
+    def _write_rows_txn(self, txn: Any, rows: tuple[Rows, Rows]) -> None:
+        """Insert message and history rows (by table): one statement per table.
+        A msgid already there must be the same message (this write running
+        again after its commit's answer was lost)."""
+        messages, history = rows
+        max_bytes = self.max_statement_bytes
+        for n, table_rows in sorted(messages.items()):
+            table = f"messages_{n}"
+            added = insert_many(
+                txn, PARAMSTYLE, table, MESSAGE_COLUMN_NAMES, table_rows,
+                max_bytes=max_bytes, suffix=KEEP_EXISTING,
+            )  # fmt: skip
+            if added < len(table_rows):
+                self._check_same_txn(txn, table, table_rows)
+        for n, table_rows in sorted(history.items()):
+            insert_many(
+                txn, PARAMSTYLE, f"history_{n}", HISTORY_COLUMNS, table_rows,
+                max_bytes=max_bytes, suffix=KEEP_EXISTING,
+            )  # fmt: skip
+
+    def _check_same_txn(self, txn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+        ours = {r[0]: (r[0], r[1], r[3], r[4], r[8], r[9]) for r in rows}
+        ids = list(ours)
+        for start in range(0, len(ids), IN_CHUNK):
+            chunk = ids[start : start + IN_CHUNK]
+            txn.execute(self._sql(SELECT_STORED.format(table=table, ids=marks(len(chunk)))), chunk)
+            for found in txn.fetchall():
+                if tuple(found) != ours[found[0]]:
+                    raise StoreError(
+                        f"msgid {found[0]} is already stored for another message"
+                        " (are two nodes using one node id?)"
+                    )
+
+    def _claim_keys_txn(self, txn: Any, keys: Rows) -> Owners:
+        """Record de-dup rows (``keys``: by table) unless their key is there;
+        returns every key's owner. Sorted, so that nodes lock keys in one order."""
+        owners: Owners = {}
+        for n, rows in sorted(keys.items()):
+            rows = sorted(rows)
+            added = insert_many(
+                txn, PARAMSTYLE, f"dedup_{n}", DEDUP_COLUMNS, rows,
+                max_bytes=self.max_statement_bytes, suffix=KEEP_EXISTING,
+            )  # fmt: skip
+            if added == len(rows):
+                owners.update({(r[0], r[1], r[2]): (r[3], r[4]) for r in rows})
+            else:
+                owners.update(self._find_keys_txn(txn, {n: [(r[0], r[1], r[2]) for r in rows]}))
+        return owners
+
+    def _find_keys_txn(self, txn: Any, keys: dict[int, list[Key]]) -> Owners:
+        """The owners of those of ``keys`` (by table) that are recorded."""
+        owners: Owners = {}
+        for n, table_keys in sorted(keys.items()):
+            for start in range(0, len(table_keys), KEYS_PER_SELECT):
+                chunk = table_keys[start : start + KEYS_PER_SELECT]
+                where = " OR ".join([ONE_KEY] * len(chunk))
+                statement = SELECT_KEYS.format(table=f"dedup_{n}", where=where)
+                txn.execute(self._sql(statement), [v for key in chunk for v in key])
+                for uid, appcode, digest, msgid, logid in txn.fetchall():
+                    owners[(uid, appcode, bytes(digest))] = (msgid, logid)
+        return owners
+
+    def _delete_rows_txn(self, txn: Any, rows: tuple[Rows, Rows]) -> None:
+        messages, history = rows
+        for n, table_rows in sorted(messages.items()):
+            ids = [r[0] for r in table_rows]
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = ids[start : start + IN_CHUNK]
+                table = f"messages_{n}"
+                txn.execute(self._sql(DELETE_MESSAGES.format(table=table, ids=marks(len(chunk)))),
+                            chunk)  # fmt: skip
+        for n, table_rows in sorted(history.items()):
+            keys = [(r[0], r[1], r[3]) for r in table_rows]
+            for start in range(0, len(keys), KEYS_PER_SELECT):
+                chunk = keys[start : start + KEYS_PER_SELECT]
+                where = " OR ".join([ONE_HISTORY_ROW] * len(chunk))
+                statement = DELETE_HISTORY.format(table=f"history_{n}", where=where)
+                txn.execute(self._sql(statement), [v for key in chunk for v in key])
+
+    async def _delete_copies(
+        self, items: list[_Item], why: str, only: set[int] | None = None
+    ) -> None:
+        """Delete the message and history rows of ``items`` (in the databases
+        ``only``, if given), best effort. They never have a de-dup key."""
+        rows = {
+            db: tables
+            for db, tables in self._message_rows(items).items()
+            if only is None or db in only
+        }
+        if not rows:
+            return
+        msgids = sorted(i.msgid for i in items)
+        self.log.warn("deleting stored copies of {msgids}: {why}", msgids=msgids, why=why)
+        done = await self._on_each(rows, self._delete_rows_txn)
+        for db, result in done.items():
+            if isinstance(result, Failure):
+                self.log.error(
+                    "could not delete {msgids} from {database} ({error}): they stay pending,"
+                    " and may be delivered twice",
+                    msgids=msgids,
+                    database=self._dbs[db].name,
+                    error=repr(result.value),
+                )
+
+    async def _on_each(
+        self, work: dict[int, Any], interaction: Callable[[Any, Any], T]
+    ) -> dict[int, T | Failure]:
+        """Run ``interaction(txn, work[db])`` on each database of ``work``, at
+        the same time; each one's result or Failure."""
+        dbs = sorted(work)
+        done = await DeferredList(
+            [self._dbs[db].run(interaction, work[db]) for db in dbs], consumeErrors=True
+        )
+        return {db: value for db, (_, value) in zip(dbs, done, strict=True)}
+
+    def _on_all(self, f: Callable[[_Database], Deferred[T]]) -> Deferred[list[T]]:
+        """``f(db)`` on every database; fails with the first failure."""
+        d = DeferredList([f(db) for db in self._dbs], fireOnOneErrback=True, consumeErrors=True)
+
+        def values(done: list[tuple[bool, T]]) -> list[T]:
+            return [value for _, value in done]
+
+        def first_error(failure: Failure) -> Failure:
+            return (
+                cast(FirstError, failure.value).subFailure if failure.check(FirstError) else failure
+            )
+
+        return d.addCallbacks(values, first_error)
+
+    # Reads (and the purge): straight to the pools
+
+    def pull(self, uid: int, appcode: int, after_msgid: int, limit: int) -> Deferred[Page]:
+        db, n = self.placement.place(uid)
+        return self._read(db, self._txns[n].pull_txn, uid, appcode, after_msgid, limit)
+
+    def pending_message(self, to_uid: int, msgid: int) -> Deferred[StoredMessage | None]:
+        db, n = self.placement.place(to_uid)
+        return self._read(db, self._txns[n].pending_message_txn, to_uid, msgid)
+
+    def count_pending(self, uid: int, appcode: int) -> Deferred[int]:
+        db, n = self.placement.place(uid)
+        return self._read(db, self._txns[n].count_pending_txn, uid, appcode)
+
+    def history(
+        self, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int
+    ) -> Deferred[Page]:
+        db, n = self.placement.place(uid)
+        return self._read(
+            db, self._txns[n].history_txn, usersystem, uid, before_msgid, limit, peer_uid
+        )
+
+    def max_msgid(self) -> Deferred[int]:
+        """The largest msgid of every ``messages_<n>`` of every database."""
+        if self._state != "started":
+            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
+        return self._on_all(lambda db: db.run(self._max_msgid_txn)).addCallback(max)
+
+    def _max_msgid_txn(self, txn: Any) -> int:
+        return max(t.max_msgid_txn(txn) for t in self._txns)
+
+    def purge_dedup(self, before_ms: int) -> Deferred[int]:
+        """Delete old keys in every ``dedup_<n>``, at most :data:`PURGE_CHUNK`
+        per transaction (short locks); not group-committed: it does not hold
+        up message writes. Fires with how many were dropped."""
+        if self._state != "started":
+            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
+        d = self._on_all(lambda db: Deferred.fromCoroutine(self._purge_db(db, before_ms)))
+        return d.addCallback(sum)
+
+    async def _purge_db(self, db: _Database, before_ms: int) -> int:
+        total = 0
+        for t in self._txns:
+            while True:
+                dropped = await db.run(t.purge_dedup_txn, before_ms, PURGE_CHUNK)
+                total += dropped
+                if dropped < PURGE_CHUNK:
+                    break
+        return total
+
+    def _read(self, db: int, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._state != "started":
+            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
+        return self._dbs[db].run(interaction, *args)
+
+
+def _runs(ops: list[_Store | _Ack]) -> list[list[int]]:
+    """Indexes of ``ops`` in runs of one kind, in order: the stores of a run
+    are written together, after the ACKs before them and before those after."""
+    runs: list[list[int]] = []
+    for i, op in enumerate(ops):
+        if runs and type(ops[runs[-1][0]]) is type(op):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _items(ops: list[_Store | _Ack], run: list[int]) -> list[_Item]:
+    """The messages of the store ops ``run``, in order, resends within it marked."""
+    items: list[_Item] = []
+    seen: set[Key] = set()
+    for i in run:
+        op = cast(_Store, ops[i])
+        for new in op.messages:
+            key = dedup_key(new)
+            items.append(_Item(i, new, key, op.now_ms, first=key is None or key not in seen))
+            if key is not None:
+                seen.add(key)
+    return items

@@ -1,0 +1,641 @@
+"""The MySQL message store on a real MariaDB/MySQL (``tests.servers.require_mysql``:
+skipped when none runs, a failure with ``CI=true``).
+
+Every test works in databases of its own, created empty and dropped at cleanup.
+The shared suite runs on one database and on two (rows of one message then
+span both); the rest is MySQL's own: where rows land, the schema record,
+group commit in statements, dead connections, the write order across
+databases, restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pymysql
+from twisted.enterprise import adbapi
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.trial.unittest import TestCase
+
+from daojia_msg.config import MySQLConfig, parse_mysql_url
+from daojia_msg.store import mysql as mysql_module
+from daojia_msg.store.errors import StoreError, StoreUnavailable
+from daojia_msg.store.model import StoreOutcome
+from daojia_msg.store.mysql import (
+    SCHEMA_VERSION,
+    MySQLMessageStore,
+    Placement,
+    pool_kwargs,
+)
+from daojia_msg.store.sql import Statements as SQLStatements
+from daojia_msg.store.sql import Tables
+from tests.servers import drop_mysql_database, require_mysql
+from tests.store.suites import (
+    USERS,
+    MessageStoreFixture,
+    c2c,
+    ids,
+    make_message_store_tests,
+    message,
+)
+
+
+def fresh_database(test: TestCase) -> str:
+    """A new empty database, dropped at cleanup (after the stores are stopped:
+    cleanups run last-added first)."""
+    url = require_mysql()
+    test.addCleanup(drop_mysql_database, url)
+    return url
+
+
+def mysql_config(url: str, *databases: str, shards: int = 3, **kw: Any) -> MySQLConfig:
+    return MySQLConfig(url=url, databases=tuple(databases), shards=shards, **kw)
+
+
+async def started(
+    test: TestCase, config: MySQLConfig, pools: list[adbapi.ConnectionPool] | None = None
+) -> MySQLMessageStore:
+    store = MySQLMessageStore(config, reactor, pools=pools)
+    test.addCleanup(store.stop)
+    await store.start()
+    return store
+
+
+def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on its own connection (committed)."""
+    u = parse_mysql_url(url)
+    conn = pymysql.connect(
+        host=u.host, port=u.port, user=u.user, password=u.password, database=u.database,
+        autocommit=True,
+    )  # fmt: skip
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params or None)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def msgids(url: str, table: str, column: str = "msgid") -> list[int]:
+    return [r[0] for r in query(url, f"SELECT {column} FROM {table} ORDER BY 1")]
+
+
+def connection_id(txn: Any) -> int:
+    txn.execute("SELECT CONNECTION_ID()")
+    return int(txn.fetchone()[0])
+
+
+def kill(url: str, conn_id: int) -> None:
+    query(url, f"KILL {conn_id}")
+
+
+# -- pools that let a test see or break what happens -------------------------
+
+
+class Statements(adbapi.Transaction):
+    """A transaction that records each statement (before its parameters)."""
+
+    def execute(self, statement: str, args: Any = None) -> Any:
+        self._pool.statements.append(statement)
+        cursor: Any = self._cursor
+        return cursor.execute(statement, args)
+
+
+class TestPool(adbapi.ConnectionPool):
+    """The production pool settings, plus:
+
+    - ``statements``: every statement run (through :class:`Statements`);
+    - ``interactions``: the names of the interactions asked for;
+    - ``hooks[name]``: called (once) in the reactor thread before the next
+      interaction of that name; if it raises, the interaction fails with it;
+    - ``lose_commit_answers``: that many interactions commit, then fail with
+      MySQL error 2013, as if the connection died before the answer came.
+    """
+
+    transactionFactory = Statements
+
+    def __init__(self, url: str, config: MySQLConfig) -> None:
+        super().__init__("pymysql", cp_reactor=reactor, **pool_kwargs(parse_mysql_url(url), config))
+        self.statements: list[str] = []
+        self.interactions: list[str] = []
+        self.hooks: dict[str, Callable[[], None]] = {}
+        self.lose_commit_answers = 0
+
+    def runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Deferred[Any]:
+        name = getattr(interaction, "__name__", repr(interaction))
+        self.interactions.append(name)
+        hook = self.hooks.pop(name, None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                return fail()
+        return super().runInteraction(interaction, *args, **kw)
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        result = super()._runInteraction(interaction, *args, **kw)
+        if self.lose_commit_answers:
+            self.lose_commit_answers -= 1
+            raise pymysql.err.OperationalError(2013, "Lost connection (test: after the commit)")
+        return result
+
+    def inserts(self, prefix: str) -> list[int]:
+        """Rows per ``INSERT INTO <prefix>...`` statement, in order."""
+        return [
+            s.count("), (") + 1 for s in self.statements if s.startswith(f"INSERT INTO {prefix}")
+        ]
+
+
+def down() -> None:
+    raise pymysql.err.OperationalError(2003, "Can't connect to MySQL server (test: down)")
+
+
+# -- the shared suite ----------------------------------------------------------
+
+
+async def one_database(test: TestCase) -> MessageStoreFixture:
+    store = await started(test, mysql_config(fresh_database(test)))
+    return MessageStoreFixture(store, lambda: store.committer.flushes)
+
+
+async def two_databases(test: TestCase) -> MessageStoreFixture:
+    """2 databases x 2 tables: uid 1 and 5 in the first, 2 and 3 in the
+    second, so the suite's messages from 1 to 2 span both."""
+    config = mysql_config(fresh_database(test), fresh_database(test), shards=2)
+    store = await started(test, config)
+    return MessageStoreFixture(store, lambda: store.committer.flushes)
+
+
+class MySQLMessageStoreTests(make_message_store_tests(one_database)):  # type: ignore[misc]
+    """The suite on one database, three shard tables, real threaded pools."""
+
+
+class TwoDatabaseMySQLMessageStoreTests(make_message_store_tests(two_databases)):  # type: ignore[misc]
+    """The suite on two databases (the cross-database write path)."""
+
+
+# -- MySQL's own ---------------------------------------------------------------
+
+
+class PlacementTests(TestCase):
+    def test_slots(self) -> None:
+        p = Placement(shards=4, databases=3)
+        self.assertEqual([p.place(uid) for uid in (0, 3, 4, 11, 12, 2**64 - 1)],
+                         [(0, 0), (0, 3), (1, 0), (2, 3), (0, 0), (0, 3)])  # fmt: skip
+
+    def test_no_url(self) -> None:
+        self.assertRaises(ValueError, MySQLMessageStore, MySQLConfig(), reactor)
+
+
+class SchemaTests(TestCase):
+    async def test_tables_and_version_recorded(self) -> None:
+        url = fresh_database(self)
+        await started(self, mysql_config(url, shards=3))
+        tables = {r[0] for r in query(url, "SHOW TABLES")}
+        expected = {f"{k}_{n}" for k in ("messages", "history", "dedup") for n in range(3)}
+        self.assertEqual(tables, expected | {"schema_version"})
+        self.assertEqual(
+            query(url, "SELECT id, version, shards, db_index, db_count FROM schema_version"),
+            [(1, SCHEMA_VERSION, 3, 0, 1)],
+        )
+        engines = {r[0] for r in query(
+            url, "SELECT engine FROM information_schema.tables WHERE table_schema = DATABASE()"
+        )}  # fmt: skip
+        self.assertEqual(engines, {"InnoDB"})
+
+    async def test_changing_shards_is_refused(self) -> None:
+        url = fresh_database(self)
+        first = await started(self, mysql_config(url, shards=3))
+        await first.store([c2c(1)])
+        await first.stop()
+        store = MySQLMessageStore(mysql_config(url, shards=4), reactor)
+        self.addCleanup(store.stop)
+        error: Any = await self.assertFailure(store.start(), StoreError)
+        self.assertNotIsInstance(error, StoreUnavailable)
+        self.assertIn("created with 3 shard tables and mysql.shards is 4", str(error))
+        self.assertNotIn("messages_3", {r[0] for r in query(url, "SHOW TABLES")})
+        self.assertEqual(await (await started(self, mysql_config(url))).count_pending(2, 10), 1)
+
+    async def test_changing_the_database_list_is_refused(self) -> None:
+        first, second = fresh_database(self), fresh_database(self)
+        await (await started(self, mysql_config(first))).stop()
+        store = MySQLMessageStore(mysql_config(first, second), reactor)
+        self.addCleanup(store.stop)
+        error: Any = await self.assertFailure(store.start(), StoreError)
+        self.assertIn("created as database 1 of 1", str(error))
+
+    async def test_newer_schema_is_refused(self) -> None:
+        url = fresh_database(self)
+        await (await started(self, mysql_config(url))).stop()
+        query(url, "UPDATE schema_version SET version = version + 1")
+        store = MySQLMessageStore(mysql_config(url), reactor)
+        self.addCleanup(store.stop)
+        error: Any = await self.assertFailure(store.start(), StoreError)
+        self.assertIn(f"this code knows up to {SCHEMA_VERSION}", str(error))
+
+    async def test_two_nodes_start_on_one_empty_database(self) -> None:
+        url = fresh_database(self)
+        config = mysql_config(url)
+        a, b = MySQLMessageStore(config, reactor), MySQLMessageStore(config, reactor)
+        self.addCleanup(a.stop)
+        self.addCleanup(b.stop)
+        await gatherResults([a.start(), b.start()])
+        self.assertEqual(query(url, "SELECT COUNT(*) FROM schema_version"), [(1,)])
+
+    async def test_connection_settings(self) -> None:
+        store = await started(self, mysql_config(fresh_database(self), read_timeout_s=8.0))
+
+        def settings(txn: Any) -> tuple[Any, ...]:
+            txn.execute(
+                "SELECT @@tx_isolation, @@innodb_lock_wait_timeout, @@sql_mode, @@autocommit,"
+                " @@character_set_client"
+            )
+            return tuple(txn.fetchone())
+
+        isolation, lock_wait, mode, autocommit, charset = await store.pools[0].runInteraction(
+            settings
+        )
+        self.assertEqual((isolation, lock_wait, autocommit, charset),
+                         ("READ-COMMITTED", 4, 0, "utf8mb4"))  # fmt: skip
+        self.assertIn("STRICT_ALL_TABLES", mode)
+
+    async def test_queries_use_their_indexes(self) -> None:
+        url = fresh_database(self)
+        store = await started(self, mysql_config(url, shards=1))
+        await store.store([c2c(i, 1, 10, 2 + i % 5, 10) for i in range(1, 500)])
+        await store.store([c2c(500, 1, 10, 99, 10)])
+
+        def plan(txn: Any, statement: str, params: tuple[Any, ...]) -> str:
+            txn.execute("EXPLAIN " + statement.replace("?", "%s"), params)
+            return str(txn.fetchall()[0][5])  # the key chosen
+
+        pool = store.pools[0]
+        shard = SQLStatements(Tables.shard(0), history_has_content=True)
+        pending = shard.select_pending
+        self.assertEqual(await pool.runInteraction(plan, pending, (2, 10, 0, 21)), "pending")
+        history = shard.select_history.format(before="", peer="")
+        self.assertEqual(await pool.runInteraction(plan, history, (USERS, 1, 21)), "PRIMARY")
+        by_peer = shard.select_history.format(before="", peer=" AND h.peer_uid = ?")
+        self.assertEqual(await pool.runInteraction(plan, by_peer, (USERS, 1, 99, 21)), "peer")
+
+
+class PlacementOnDiskTests(TestCase):
+    async def test_rows_land_in_their_slot_tables(self) -> None:
+        """shards=4, one database: message to uid 6 in messages_2, history of
+        5 in history_1 and of 6 in history_2, the key of sender 5 in dedup_1."""
+        url = fresh_database(self)
+        store = await started(self, mysql_config(url, shards=4))
+        await store.store([c2c(77, 5, 10, 6, 11, client_msg_id="k")])
+        for n in range(4):
+            self.assertEqual(msgids(url, f"messages_{n}"), [77] if n == 2 else [])
+            self.assertEqual(msgids(url, f"history_{n}"), [77] if n in (1, 2) else [])
+            self.assertEqual(msgids(url, f"dedup_{n}"), [77] if n == 1 else [])
+        self.assertEqual(msgids(url, "history_1", "owner_uid"), [5])
+        self.assertEqual(
+            query(url, "SELECT owner_sys, peer_uid, msgcontent, to_appcode FROM history_1"),
+            [(USERS.encode(), 6, b"hi", 11)],
+        )
+
+    async def test_two_databases_place_rows_by_slot(self) -> None:
+        """2 databases x 2 tables = 4 slots: uid 4 -> (0, 0), uid 3 -> (1, 1)."""
+        a, b = fresh_database(self), fresh_database(self)
+        store = await started(self, mysql_config(a, b, shards=2))
+        new = c2c(9, 3, 10, 4, 10, client_msg_id="k")
+        self.assertEqual(await store.store([new]), [StoreOutcome(9, "log-9")])
+        self.assertEqual(msgids(a, "messages_0"), [9])
+        self.assertEqual(msgids(a, "history_0", "owner_uid"), [4])
+        self.assertEqual(msgids(b, "history_1", "owner_uid"), [3])
+        self.assertEqual(msgids(b, "dedup_1", "uid"), [3])
+        for url, tables in ((a, ("messages_1", "history_1", "dedup_0", "dedup_1")),
+                            (b, ("messages_0", "messages_1", "history_0", "dedup_0"))):  # fmt: skip
+            for table in tables:
+                self.assertEqual(msgids(url, table), [], f"{table} of {url}")
+        # Everything round-trips, whichever database it reads.
+        self.assertEqual((await store.pull(4, 10, 0, 10)).messages, [new.message])
+        self.assertEqual(ids(await store.history(USERS, 3, 0, 10, 4)), [9])
+        self.assertEqual(ids(await store.history(USERS, 4, 0, 10, 3)), [9])
+        again = await store.store([c2c(10, 3, 10, 4, 10, client_msg_id="k")])
+        self.assertEqual(again, [StoreOutcome(9, "log-9", duplicate=True)])
+        await store.store([c2c(2**63 + 1, 4, 10, 3, 10)])  # stored in b
+        self.assertEqual(await store.max_msgid(), 2**63 + 1)
+        self.assertEqual([a.msgid for a in await store.ack(4, 10, [9])], [9])
+        self.assertEqual(await store.count_pending(4, 10), 0)
+        self.assertEqual(await store.purge_dedup(2**62), 1)
+
+
+class GroupCommitTests(TestCase):
+    async def test_concurrent_stores_share_transactions_and_statements(self) -> None:
+        """40 concurrent store() calls: the first flushes at once, the 39 that
+        queue behind it go in one more transaction, with one multi-row INSERT
+        per table touched."""
+        url = fresh_database(self)
+        config = mysql_config(url, shards=4)
+        pool = TestPool(url, config)
+        store = await started(self, config, [pool])
+        pool.statements.clear()
+        pool.interactions.clear()
+        calls = [store.store([c2c(100 + i, 1, 10, 2, 10, client_msg_id=f"c{i}")])
+                 for i in range(40)]  # fmt: skip
+        outcomes = await gatherResults(calls)
+        self.assertEqual(outcomes, [[StoreOutcome(100 + i, f"log-{100 + i}")] for i in range(40)])
+        self.assertEqual(store.committer.flushes, 2)
+        self.assertEqual(pool.interactions, ["_flush_txn", "_flush_txn"])
+        self.assertEqual(pool.inserts("messages_"), [1, 39])
+        self.assertEqual(pool.inserts("history_"), [1, 1, 39, 39])  # sender's, recipient's
+        self.assertEqual(pool.inserts("dedup_"), [1, 39])
+        self.assertEqual(len(msgids(url, "messages_2")), 40)
+
+    async def test_big_flushes_are_split_to_fit_the_packet_size(self) -> None:
+        url = fresh_database(self)
+        config = mysql_config(url, shards=1)
+        pool = TestPool(url, config)
+        store = await started(self, config, [pool])
+        self.assertGreaterEqual(store.max_statement_bytes, 1 << 16)
+        store.max_statement_bytes = 100_000
+        big = [c2c(i, content=bytes([i]) * 20_000) for i in range(1, 11)]
+        await store.store(big)
+        self.assertEqual(pool.inserts("messages_0"), [2, 2, 2, 2, 2])
+        page = await store.pull(2, 10, 0, 20)
+        self.assertEqual(page.messages, [n.message for n in big])
+
+
+class PurgeTests(TestCase):
+    async def test_purge_in_chunks_over_every_table(self) -> None:
+        self.patch(mysql_module, "PURGE_CHUNK", 2)
+        url = fresh_database(self)
+        store = await started(self, mysql_config(url, shards=2))
+        await store.store([c2c(i, 1 + i % 2, 10, client_msg_id=f"k{i}") for i in range(1, 8)])
+        self.assertEqual(await store.purge_dedup(0), 0)
+        self.assertEqual(await store.purge_dedup(2**62), 7)
+        self.assertEqual(msgids(url, "dedup_0") + msgids(url, "dedup_1"), [])
+
+
+class TooBigTests(TestCase):
+    async def test_a_row_over_the_packet_size_fails_alone(self) -> None:
+        store = await started(self, mysql_config(fresh_database(self)))
+        self.assertGreaterEqual(store.max_packet_bytes, 1 << 20)  # read from the server
+        store.max_packet_bytes = 100_000
+        too_big = store.store([c2c(1, content=b"x" * 60_000)])
+        fine = store.store([c2c(2, content=b"x" * 40_000)])
+        error: Any = await self.assertFailure(too_big, StoreError)
+        self.assertIn("max_allowed_packet", str(error))
+        self.assertEqual(await fine, [StoreOutcome(2, "log-2")])
+
+
+class DeadConnectionTests(TestCase):
+    """One connection per pool (pool_min = pool_max = 1), so the test knows
+    which one it kills."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.url = fresh_database(self)
+        self.pool = TestPool(self.url, mysql_config(self.url, pool_min=1, pool_max=1))
+        self.store = await started(self, mysql_config(self.url), [self.pool])
+
+    async def kill_the_connection(self) -> int:
+        conn_id = await self.pool.runInteraction(connection_id)
+        kill(self.url, conn_id)
+        return conn_id
+
+    async def test_read_after_kill(self) -> None:
+        await self.store.store([c2c(1)])
+        killed = await self.kill_the_connection()
+        page = await self.store.pull(2, 10, 0, 10)
+        self.assertEqual(ids(page), [1])
+        self.assertEqual(self.store.retries, 1)
+        self.assertNotEqual(await self.pool.runInteraction(connection_id), killed)
+        self.flushLoggedErrors()  # adbapi logs the failed rollback on the dead one
+
+    async def test_writes_after_kill(self) -> None:
+        await self.store.store([c2c(1, client_msg_id="k")])
+        await self.kill_the_connection()
+        outcomes = await self.store.store([c2c(2, client_msg_id="k"), c2c(3)])
+        self.assertEqual(outcomes, [StoreOutcome(1, "log-1", True), StoreOutcome(3, "log-3")])
+        await self.kill_the_connection()
+        self.assertEqual([a.msgid for a in await self.store.ack(2, 10, [1])], [1])
+        await self.kill_the_connection()
+        self.assertEqual(await self.store.purge_dedup(2**62), 1)
+        self.assertEqual(self.store.retries, 3)
+        self.assertEqual(msgids(self.url, "messages_2"), [1, 3])
+        self.flushLoggedErrors()
+
+    async def test_store_whose_commit_answer_was_lost_runs_again_harmlessly(self) -> None:
+        """The commit happened, the answer did not come: the retry finds its
+        own rows and answers as the first run would have (idempotence)."""
+        self.pool.lose_commit_answers = 1
+        outcomes = await self.store.store(
+            [c2c(1, client_msg_id="a"), c2c(2, client_msg_id="a"), c2c(3)]
+        )
+        self.assertEqual(
+            outcomes,
+            [StoreOutcome(1, "log-1"), StoreOutcome(1, "log-1", True), StoreOutcome(3, "log-3")],
+        )
+        self.assertEqual(self.store.retries, 1)
+        self.assertEqual(msgids(self.url, "messages_2"), [1, 3])
+        self.assertEqual(len(query(self.url, "SELECT * FROM history_1")), 2)
+        self.assertEqual(msgids(self.url, "dedup_1"), [1])
+
+    async def test_a_msgid_of_another_message_is_refused(self) -> None:
+        await self.store.store([c2c(1)])
+        other = c2c(1, 5, 10, 2, 10)
+        failure = await self.assertFailure(self.store.store([other]), StoreError)
+        self.assertIn("msgid 1 is already stored for another message", str(failure))
+        self.assertEqual(len(query(self.url, "SELECT * FROM history_2")), 1)
+
+    async def test_no_second_retry(self) -> None:
+        """Both runs lose their connection: StoreUnavailable."""
+        self.pool.lose_commit_answers = 2
+        await self.assertFailure(self.store.count_pending(2, 10), StoreUnavailable)
+        self.assertEqual(self.store.retries, 1)
+
+
+class UnreachableTests(TestCase):
+    async def test_closed_port_is_unavailable_not_a_hang(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"mysql://root:secret-pw@127.0.0.1:{port}/nowhere"
+        store = MySQLMessageStore(mysql_config(url, connect_timeout_s=2.0), reactor)
+        self.addCleanup(store.stop)
+        began = time.monotonic()
+        error: Any = await self.assertFailure(store.start(), StoreUnavailable)
+        self.assertLess(time.monotonic() - began, 5)
+        self.assertIn(f"root@127.0.0.1:{port}/nowhere", str(error))
+        self.assertNotIn("secret-pw", str(error))
+        await self.assertFailure(store.pull(2, 10, 0, 10), StoreUnavailable)
+
+    async def test_closed_pool(self) -> None:
+        store = await started(self, mysql_config(fresh_database(self)))
+        store.pools[0].close()
+        await self.assertFailure(store.pull(2, 10, 0, 10), StoreUnavailable)
+        await self.assertFailure(store.store([c2c(1)]), StoreUnavailable)
+
+
+class TwoNodesTests(TestCase):
+    """Two stores on the same databases (two nodes) racing on the same keys
+    and the same ACKs."""
+
+    async def nodes(self, databases: int) -> tuple[MySQLMessageStore, MySQLMessageStore]:
+        urls = [fresh_database(self) for _ in range(databases)]
+        config = mysql_config(*urls, shards=2)
+        return await started(self, config), await started(self, config)
+
+    async def race_on_keys(self, databases: int) -> None:
+        a, b = await self.nodes(databases)
+        # Senders 3 and 4 (with 2 databases: one in each), recipients in both.
+        pairs = [(3 + i % 2, 4 - i % 2) for i in range(60)]
+        calls = [node.store([c2c(base + i, s, 10, r, 10, client_msg_id=f"k{i}")])
+                 for i, (s, r) in enumerate(pairs) for node, base in ((a, 1000), (b, 2000))]  # fmt: skip
+        results = await gatherResults(calls)
+        stored = []
+        for i in range(60):
+            (first,), (second,) = results[2 * i], results[2 * i + 1]
+            self.assertEqual(
+                [first.duplicate, second.duplicate].count(False), 1, (i, first, second)
+            )
+            self.assertEqual(first.msgid, second.msgid)
+            stored.append(first.msgid)
+        pending = [ids(await a.pull(r, 10, 0, 100)) for r in (3, 4)]
+        self.assertEqual(sorted(pending[0] + pending[1]), sorted(stored))
+        history = ids(await b.history(USERS, 3, 0, 100, 0))
+        self.assertEqual(sorted(history), sorted(stored))
+
+    async def race_on_acks(self, databases: int) -> None:
+        a, b = await self.nodes(databases)
+        await a.store([c2c(i, 1, 10, 2, 10) for i in range(1, 101)])
+        mine, theirs = await gatherResults(
+            [a.ack(2, 10, list(range(1, 101))), b.ack(2, 10, list(range(100, 0, -1)))]
+        )
+        reported = [m.msgid for m in mine] + [m.msgid for m in theirs]
+        self.assertEqual(sorted(reported), list(range(1, 101)))
+        self.assertEqual(await b.count_pending(2, 10), 0)
+
+    async def test_race_on_keys_one_database(self) -> None:
+        await self.race_on_keys(1)
+
+    async def test_race_on_keys_two_databases(self) -> None:
+        await self.race_on_keys(2)
+
+    async def test_race_on_acks_one_database(self) -> None:
+        await self.race_on_acks(1)
+
+    async def test_race_on_acks_two_databases(self) -> None:
+        await self.race_on_acks(2)
+
+
+class RestartTests(TestCase):
+    async def test_pending_messages_survive_a_restart(self) -> None:
+        url = fresh_database(self)
+        first = await started(self, mysql_config(url))
+        await first.store([c2c(i, client_msg_id=f"c{i}") for i in (1, 2, 3)])
+        await first.ack(2, 10, [2])
+        await first.stop()
+        self.assertFalse(first.pools[0].running)
+
+        second = await started(self, mysql_config(url))
+        page = await second.pull(2, 10, 0, 10)
+        self.assertEqual(page.messages, [message(1), message(3)])
+        self.assertEqual(await second.max_msgid(), 3)
+        again = await second.store([c2c(9, client_msg_id="c3")])
+        self.assertEqual(again, [StoreOutcome(3, "log-3", duplicate=True)])
+        self.assertEqual(ids(await second.history(USERS, 1, 0, 10, 0)), [3, 2, 1])
+
+
+class AcrossDatabasesTests(TestCase):
+    """The write order over two databases (2 x 2 tables: uids 4 and 8 in the
+    first, 3 in the second), with one of them failing at chosen moments."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.a, self.b = fresh_database(self), fresh_database(self)
+        config = mysql_config(self.a, self.b, shards=2)
+        self.pa, self.pb = TestPool(self.a, config), TestPool(self.b, config)
+        self.store = await started(self, config, [self.pa, self.pb])
+
+    def rows(self) -> dict[str, list[int]]:
+        found = {}
+        for name, url in (("a", self.a), ("b", self.b)):
+            for table in ("messages", "history", "dedup"):
+                found[f"{name}.{table}"] = sorted(
+                    m for n in (0, 1) for m in msgids(url, f"{table}_{n}")
+                )
+        return {k: v for k, v in found.items() if v}
+
+    async def test_an_op_fails_whole_and_its_written_rows_are_deleted(self) -> None:
+        """3 -> 4: message in a, sender's history in b. b fails the write: the
+        op is UNAVAILABLE and a's rows are deleted again. 4 -> 8 (all in a)
+        is not held up."""
+        self.pb.hooks["_write_rows_txn"] = down
+        await self.assertFailure(self.store.store([c2c(1, 3, 10, 4, 10)]), StoreUnavailable)
+        self.assertEqual(self.rows(), {})
+        self.assertEqual(await self.store.store([c2c(2, 4, 10, 8, 10)]), [StoreOutcome(2, "log-2")])
+        self.assertEqual(self.rows(), {"a.messages": [2], "a.history": [2, 2]})
+        self.flushLoggedErrors()
+
+    async def test_a_resend_of_a_failed_op_in_the_same_flush_fails_too(self) -> None:
+        """Two ops in one flush, the second a resend of the first: the first
+        fails, so the second cannot be answered with its msgid."""
+        busy = self.store.store([c2c(1, 4, 10, 8, 10)])  # flush 1, in flight
+        self.pb.hooks["_write_rows_txn"] = down
+        first = self.store.store([c2c(2, 3, 10, 4, 10, client_msg_id="k")])
+        resend = self.store.store([c2c(3, 3, 10, 4, 10, client_msg_id="k"), c2c(4, 4, 10, 8, 10)])
+        await busy
+        await self.assertFailure(first, StoreUnavailable)
+        await self.assertFailure(resend, StoreUnavailable)
+        self.assertEqual(self.store.committer.flushes, 2)
+        self.assertEqual(self.rows(), {"a.messages": [1], "a.history": [1, 1]})
+        self.flushLoggedErrors()
+
+    async def test_key_lookup_failure_writes_nothing(self) -> None:
+        self.pb.hooks["_find_keys_txn"] = down
+        await self.assertFailure(
+            self.store.store([c2c(1, 3, 10, 4, 10, client_msg_id="k")]), StoreUnavailable
+        )
+        self.assertEqual(self.rows(), {})
+        self.flushLoggedErrors()
+
+    async def test_key_recording_failure_still_answers_ok(self) -> None:
+        """The messages are durable when the keys are written: the answer is
+        OK (a resend would be stored again, never an OK for a lost message)."""
+        self.pb.hooks["_claim_keys_txn"] = down
+        outcomes = await self.store.store([c2c(1, 3, 10, 4, 10, client_msg_id="k")])
+        self.assertEqual(outcomes, [StoreOutcome(1, "log-1")])
+        self.assertEqual(self.rows(), {"a.messages": [1], "a.history": [1], "b.history": [1]})
+        self.flushLoggedErrors()
+
+    async def test_a_resend_stored_by_another_node_meanwhile_wins(self) -> None:
+        """Between our lookup and our key, another node records the same key
+        for its copy (msgid 7): we answer with its ids and delete our copy."""
+
+        def other_node_first() -> None:
+            digest = hashlib.sha256(b"k").digest()
+            query(self.b, "INSERT INTO dedup_1 (uid, appcode, client_msg_sha256, msgid, logid,"
+                  " created_ms) VALUES (3, 10, %s, 7, 'log-7', 1)", digest)  # fmt: skip
+
+        self.pb.hooks["_claim_keys_txn"] = other_node_first
+        outcomes = await self.store.store([c2c(1, 3, 10, 4, 10, client_msg_id="k")])
+        self.assertEqual(outcomes, [StoreOutcome(7, "log-7", duplicate=True)])
+        self.assertEqual(self.rows(), {"b.dedup": [7]})
+
+    async def test_acks_of_several_databases_in_one_flush(self) -> None:
+        await self.store.store([c2c(1, 3, 10, 4, 10), c2c(2, 4, 10, 3, 10)])
+        busy = self.store.store([c2c(5, 4, 10, 8, 10)])
+        acks = [self.store.ack(4, 10, [1]), self.store.ack(3, 10, [2, 1])]
+        await busy
+        self.assertEqual([[a.msgid for a in acked] for acked in await gatherResults(acks)],
+                         [[1], [2]])  # fmt: skip
+        self.assertEqual(await self.store.count_pending(3, 10), 0)
+        self.assertEqual(await self.store.count_pending(4, 10), 0)
+
+    async def test_one_database_down_fails_only_its_acks(self) -> None:
+        await self.store.store([c2c(1, 3, 10, 4, 10), c2c(2, 4, 10, 3, 10)])
+        busy = self.store.store([c2c(5, 4, 10, 8, 10)])
+        self.pb.hooks["_acks_txn"] = down
+        ok, broken = self.store.ack(4, 10, [1]), self.store.ack(3, 10, [2])
+        await busy
+        self.assertEqual([a.msgid for a in await ok], [1])
+        await self.assertFailure(broken, StoreUnavailable)
+        self.flushLoggedErrors()
