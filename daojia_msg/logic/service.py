@@ -387,10 +387,22 @@ class LogicService(Service):
             self.log.info("c2c resend of {client_msg_id} answered with {msgid}",
                           client_msg_id=req.client_msg_id, msgid=outcome.msgid, logid=outcome.logid,
                           uid=session.uid, appcode=session.appcode)
+            await self._redeliver(req.to_uid, outcome.msgid)
         else:
             await self._deliver(msg)
         return pb.Result(code=Code.OK, msgid=outcome.msgid, logid=outcome.logid,
                          server_time_ms=msg.send_time_ms)
+
+    async def _redeliver(self, to_uid: int, msgid: int) -> None:
+        """A resend means the sender never saw its answer: the node that stored
+        the first send may have died before pushing it. If it is still pending,
+        push it now, so an online recipient does not wait for its next login."""
+        try:
+            msg = await self.store.pending_message(to_uid, msgid)
+        except StoreError:
+            return  # it stays pending for PULL
+        if msg is not None:
+            await self._deliver(msg)
 
     async def push_s2c(self, items: Sequence[PushItem]) -> list[PushOutcome | errors.RequestError]:
         """App-server pushes, in order: stored as one batch, then pushed.

@@ -176,3 +176,23 @@ class AvailabilityTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(stack.store.count_pending(2, 1001)), 0)
         up[0] = True
         self.assertEqual(alice.c2c(2).code, Code.OK)
+
+
+class ResendRedeliveryTests(SynchronousTestCase):
+    def test_resend_pushes_a_message_still_pending(self) -> None:
+        """The node that stored the first send died before pushing it (here: the
+        recipient was not reachable then); the resend, answered from de-dup on
+        another node, pushes the pending original to the online recipient."""
+        stack = Stack(node_id=1)
+        alice = stack.login(1)
+        first = alice.c2c(2, b"once", client_msg_id="cm-9")
+        bob = stack.login(2)  # comes online after the first send
+        self.assertEqual(bob.received(), [])
+        again = alice.c2c(2, b"once", client_msg_id="cm-9")
+        self.assertEqual(again.msgid, first.msgid)
+        [msg] = bob.pushed_messages()
+        self.assertEqual(msg.msgid, first.msgid)
+        # Once ACKed, a further resend pushes nothing.
+        bob.ack([first.msgid])
+        alice.c2c(2, b"once", client_msg_id="cm-9")
+        self.assertEqual(bob.received(), [])
