@@ -1,0 +1,292 @@
+"""Three node processes behind HAProxy on loopback, sharing Redis and MySQL.
+
+Users spread over the nodes chat; one node is killed with SIGKILL mid-stream;
+its users reconnect through HAProxy and PULL. Every message the platform
+acknowledged arrives, exactly once after de-duplication by msgid, and nothing
+that was not acknowledged arrives.
+
+Everything waits on events (a node's "serving" line, a client's login, the
+arrival of the last expected message), each with a deadline; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from daojia_msg.auth import mint_token
+from daojia_msg.client.client import MsgClient
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.servers import drop_mysql_database, require_haproxy, require_mysql, require_redis
+
+R: Any = reactor
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+USERS = 6
+PER_SENDER = 25
+KILL_AFTER = 40  # acknowledged messages before the SIGKILL
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Watched(ProcessProtocol):
+    """A child process: its output, a Deferred for a line, one for its end."""
+
+    def __init__(self, name: str, ready_text: bytes | None) -> None:
+        self.name = name
+        self.output = b""
+        self.ready_text = ready_text
+        self.ready: Deferred[bytes] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self.ready_text and not self.ready.called and self.ready_text in self.output:
+            at = self.output.index(self.ready_text)
+            start = self.output.rfind(b"\n", 0, at) + 1
+            self.ready.callback(self.output[start:].split(b"\n")[0])
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        if self.ready_text and not self.ready.called:
+            self.ready.errback(RuntimeError(f"{self.name} exited:\n{self.output.decode()[-3000:]}"))
+        self.ended.callback(None)
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if not self.ended.called:
+            self.transport.signalProcess(sig)  # type: ignore[union-attr]
+
+
+class Received:
+    """What one user received (by msgid), and a Deferred for an expected set."""
+
+    def __init__(self) -> None:
+        self.msgids: dict[int, bytes] = {}
+        self.deliveries = 0
+        self._want: tuple[set[int], Deferred[None]] | None = None
+
+    def on_message(self, msg: pb.Message) -> None:
+        self.deliveries += 1
+        self.msgids[msg.msgid] = msg.content
+        self._check()
+
+    def wait_for(self, expected: set[int]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._want = (expected, d)
+        self._check()
+        return d
+
+    def _check(self) -> None:
+        if self._want is not None and self._want[0] <= self.msgids.keys():
+            _, d = self._want
+            self._want = None
+            d.callback(None)
+
+
+class ThreeNodesBehindHAProxy(TestCase):
+    timeout = 240
+
+    def setUp(self) -> None:
+        self.redis_url = require_redis()
+        self.haproxy = require_haproxy()
+        self.mysql_url = require_mysql()
+        self.addCleanup(drop_mysql_database, self.mysql_url)
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
+        self.addCleanup(self.delete_keys)
+
+    async def delete_keys(self) -> None:
+        from daojia_msg.cluster.redisconn import connect
+        from daojia_msg.config import RedisConfig
+
+        redis = await connect(RedisConfig(url=self.redis_url))
+        cursor: Any = b"0"
+        while True:
+            cursor, keys = await redis.call("SCAN", cursor, "MATCH", self.prefix + "*",
+                                            "COUNT", 1000)
+            if keys:
+                await redis.call("DEL", *keys)
+            if int(cursor) == 0:
+                break
+        await redis.close()
+
+    def spawn(self, name: str, argv: list[str], ready: bytes | None) -> Watched:
+        proc = Watched(name, ready)
+        R.spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=self.dir)
+
+        def stop() -> Deferred[None]:
+            proc.kill(signal.SIGKILL)
+            return proc.ended
+
+        self.addCleanup(stop)
+        return proc
+
+    def write_config(self) -> str:
+        path = os.path.join(self.dir, "cluster.toml")
+        with open(path, "w") as f:
+            f.write(f"""
+[redis]
+url = "{self.redis_url}"
+key_prefix = "{self.prefix}"
+[mysql]
+url = "{self.mysql_url}"
+shards = 4
+pool_min = 1
+pool_max = 4
+[cluster]
+heartbeat_s = 0.5
+ttl_s = 1.5
+drain_grace_s = 0.0
+rpc_secret = "e2e-rpc-secret-0123456789"
+[limits]
+ack_timeout_s = 2.0
+[apps.1001]
+usersystem = "demo"
+secret = "demo-secret-1001"
+api_key = "demo-key-1001"
+""")
+        return path
+
+    def write_haproxy(self, front: int, gates: list[int], https: list[int]) -> str:
+        path = os.path.join(self.dir, "haproxy.cfg")
+        servers = "\n".join(
+            f"    server node{i} 127.0.0.1:{g} check port {h}"
+            for i, (g, h) in enumerate(zip(gates, https, strict=True))
+        )
+        with open(path, "w") as f:
+            f.write(f"""
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 60s
+frontend gate
+    bind 127.0.0.1:{front}
+    default_backend nodes
+backend nodes
+    balance leastconn
+    retries 3
+    option redispatch
+    option httpchk GET /healthz
+    default-server inter 300ms fall 1 rise 1 on-marked-down shutdown-sessions send-proxy
+{servers}
+""")
+        return path
+
+    async def test_sigkill_mid_stream(self) -> None:
+        front, *ports = free_ports(10)
+        gates, https, rpcs = ports[0:3], ports[3:6], ports[6:9]
+        config = self.write_config()
+        nodes = []
+        for i in range(3):
+            nodes.append(self.spawn(f"node{i}", [
+                TWISTD, "-n", "--pidfile=", "msgplatform", "--config", config,
+                "--gate", f"haproxy:tcp:{gates[i]}:interface=127.0.0.1",
+                "--http", f"tcp:{https[i]}:interface=127.0.0.1",
+                "--rpc", f"tcp:{rpcs[i]}:interface=127.0.0.1",
+            ], b" serving"))
+        lines = await gatherResults([n.ready.addTimeout(60, R) for n in nodes])
+        node_ids = [int(re.search(rb"node (\d+) serving", line).group(1))  # type: ignore[union-attr]
+                    for line in lines]
+        self.spawn("haproxy", [self.haproxy, "-db", "-f", self.write_haproxy(front, gates, https)],
+                   None)
+
+        received = {uid: Received() for uid in range(1, USERS + 1)}
+        clients: dict[int, MsgClient] = {}
+        for uid in received:
+            def token(uid: int = uid) -> str:
+                return mint_token("demo-secret-1001", 1001, uid, int(R.seconds()) + 600)
+
+            client = MsgClient(R, TCP4ClientEndpoint(R, "127.0.0.1", front), uid, 1001, token,
+                               on_message=received[uid].on_message, send_retries=0)
+            client.startService()
+            self.addCleanup(client.stopService)
+            clients[uid] = client
+        await gatherResults([c.when_ready().addTimeout(30, R) for c in clients.values()])
+
+        pool = HTTPConnectionPool(R, persistent=False)
+
+        async def where(http_port: int) -> dict[int, int]:
+            """uid -> the node of its session (any node's HTTP API sees them all)."""
+            found = {}
+            for uid in received:
+                response = await treq.get(
+                    f"http://127.0.0.1:{http_port}/v1/sessions?uid={uid}",
+                    headers={"Authorization": ["Bearer demo-key-1001"]}, pool=pool)
+                [session] = (await response.json())["sessions"]
+                found[uid] = session["node"]
+            return found
+
+        before = await where(https[0])
+        self.assertGreaterEqual(len(set(before.values())), 2, before)  # spread over the nodes
+        victim_id = before[1]
+        victim = nodes[node_ids.index(victim_id)]
+
+        acknowledged: dict[int, set[int]] = defaultdict(set)
+        count = [0]
+
+        async def send_all(sender: int) -> None:
+            to = sender % USERS + 1
+            for k in range(PER_SENDER):
+                client_msg_id = f"{sender}-{k}-{uuid.uuid4().hex}"
+                for _ in range(30):
+                    try:
+                        result = await clients[sender].c2c(
+                            to, 1001, 7, b"%d->%d #%d" % (sender, to, k), client_msg_id
+                        ).addTimeout(5, R)
+                    except Exception:
+                        await clients[sender].when_ready().addTimeout(30, R)
+                        continue
+                    acknowledged[to].add(result.msgid)
+                    count[0] += 1
+                    if count[0] == KILL_AFTER:
+                        victim.kill(signal.SIGKILL)
+                    break
+                else:
+                    self.fail(f"user {sender} could not send message {k}")
+
+        await gatherResults([Deferred.fromCoroutine(send_all(u)) for u in received])
+        self.assertTrue(victim.ended.called, "the victim was not killed mid-stream")
+        self.assertIn(count[0], range(USERS * PER_SENDER, USERS * PER_SENDER + 1))
+
+        # Everybody gets everything acknowledged to them (pushed, or pulled after
+        # reconnecting), exactly once by msgid, and nothing else.
+        await gatherResults([received[uid].wait_for(acknowledged[uid]).addTimeout(60, R)
+                             for uid in received])
+        for uid, got in received.items():
+            self.assertEqual(set(got.msgids), acknowledged[uid], f"user {uid}")
+            contents = list(got.msgids.values())
+            self.assertEqual(len(contents), len(set(contents)), f"user {uid}: stored twice")
+            self.assertEqual(len(contents), PER_SENDER)
+        # The victim's users reconnected through HAProxy to the other nodes.
+        survivor = https[(node_ids.index(victim_id) + 1) % 3]
+        after = await where(survivor)
+        moved = [uid for uid, node in before.items() if node == victim_id]
+        self.assertTrue(moved)
+        self.assertNotIn(victim_id, after.values())

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# A three-node cluster on one machine, for a try-out: Redis, MariaDB/MySQL,
+# three `twistd msgplatform` nodes (etc/cluster.toml) and HAProxy in front
+# (etc/haproxy.cfg: phones on 127.0.0.1:7000, HTTP API on 127.0.0.1:8080).
+#
+#   tools/cluster-up.sh          start everything (Redis/MySQL only if not running)
+#   tools/cluster-up.sh down     stop the nodes and HAProxy
+#
+# Logs and pid files go to var/cluster/. Needs the venv of the README (.venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run=var/cluster
+twistd=.venv/bin/twistd
+mkdir -p "$run"
+
+down() {
+  for pidfile in "$run"/*.pid; do
+    [ -e "$pidfile" ] || continue
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+  echo "cluster stopped"
+}
+
+if [ "${1:-up}" = down ]; then down; exit 0; fi
+
+up_port() {  # wait up to 30 s for a TCP listener
+  for _ in $(seq 1 60); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.5
+  done
+  echo "nothing listens on 127.0.0.1:$1 ($2)" >&2; return 1
+}
+
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "$run" --logfile "$PWD/$run/redis.log"
+fi
+up_port 6379 Redis
+if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; then
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+fi
+up_port 3306 MySQL
+mysql -uroot -h127.0.0.1 -e "CREATE DATABASE IF NOT EXISTS msgplatform CHARACTER SET utf8mb4"
+
+for i in 1 2 3; do
+  $twistd --pidfile="$run/node$i.pid" --logfile="$run/node$i.log" msgplatform \
+    --config etc/cluster.toml \
+    --gate "haproxy:tcp:700$i:interface=127.0.0.1:backlog=1024" \
+    --http "tcp:808$i:interface=127.0.0.1" \
+    --rpc "tcp:710$i:interface=127.0.0.1"
+done
+for i in 1 2 3; do up_port "808$i" "node $i (see $run/node$i.log)"; done
+haproxy -D -p "$run/haproxy.pid" -f etc/haproxy.cfg
+up_port 7000 HAProxy
+echo "cluster up: phones -> 127.0.0.1:7000, HTTP API -> 127.0.0.1:8080 (logs in $run/)"
