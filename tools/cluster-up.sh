@@ -13,16 +13,25 @@ run=var/cluster
 twistd=.venv/bin/twistd
 mkdir -p "$run"
 
-down() {
+down() {  # SIGTERM everything, then wait for the nodes' drain to finish
+  pids=()
   for pidfile in "$run"/*.pid; do
     [ -e "$pidfile" ] || continue
-    kill "$(cat "$pidfile")" 2>/dev/null || true
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null && pids+=("$pid")
     rm -f "$pidfile"
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   done
   echo "cluster stopped"
 }
 
 if [ "${1:-up}" = down ]; then down; exit 0; fi
+if ls "$run"/*.pid >/dev/null 2>&1; then
+  echo "a cluster seems to be running (pid files in $run/): tools/cluster-up.sh down first" >&2
+  exit 1
+fi
 
 up_port() {  # wait up to 30 s for a TCP listener
   for _ in $(seq 1 60); do
