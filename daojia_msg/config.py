@@ -43,9 +43,58 @@ class AppConfig:
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """C2S ``(appcode, msgtype) -> topic`` on a bus: ``bus`` names one of
+    ``[buses.<name>]``, or is "" for the default ``[bus] url``."""
+
     appcode: int
     msgtype: int
     topic: str
+    bus: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """The default C2S bus and the knobs of every bus (``[bus]``)."""
+
+    url: str = field(default="memory:", repr=False)  # may carry a password
+    #: C2S frames waiting for their bus, all buses together; beyond it the gate
+    #: stops reading client sockets until the buses catch up (back-pressure).
+    max_pending: int = 10000
+    #: Redis Streams: XADD ... MAXLEN ~ this.
+    stream_maxlen: int = 1_000_000
+    #: RabbitMQ: the topic exchange C2S messages are published to.
+    amqp_exchange: str = "msgplatform.c2s"
+    #: Webhooks: seconds per attempt, attempts after the first, requests at once per route.
+    webhook_timeout_s: float = 5.0
+    webhook_retries: int = 3
+    webhook_concurrency: int = 16
+    #: A publish that the bus has not accepted after this long is UNAVAILABLE.
+    publish_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin manhole (``[admin]``); it refuses to start without a password."""
+
+    manhole_password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``json_file``: also write every log event as one JSON object a line to
+    this file (with logid, uid, appcode, msgid and node as fields; ``msgctl
+    trace`` reads it), beside twistd's text log. "" = off."""
+
+    json_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatsConfig:
+    """``window_s``: the sliding window of the delivery rate; ``flush_s``: how
+    often a node adds its counts to the cluster-wide ones in Redis."""
+
+    window_s: float = 300.0
+    flush_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +186,12 @@ class Config:
     redis: RedisConfig = RedisConfig()
     mysql: MySQLConfig = MySQLConfig()
     cluster: ClusterConfig = ClusterConfig()
-    bus_url: str = "memory:"
+    bus: BusConfig = BusConfig()
+    #: Named buses of ``[buses.<name>]``: name -> URL.
+    buses: Mapping[str, str] = field(default_factory=dict, repr=False)
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    stats: StatsConfig = StatsConfig()
     apps: Mapping[int, AppConfig] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     demo: bool = False
@@ -145,11 +199,19 @@ class Config:
     def app(self, appcode: int) -> AppConfig | None:
         return self.apps.get(appcode)
 
-    def topic_for(self, appcode: int, msgtype: int) -> str | None:
+    def route_for(self, appcode: int, msgtype: int) -> Route | None:
         for route in self.routes:
             if route.appcode == appcode and route.msgtype == msgtype:
-                return route.topic
+                return route
         return None
+
+    def topic_for(self, appcode: int, msgtype: int) -> str | None:
+        route = self.route_for(appcode, msgtype)
+        return route.topic if route is not None else None
+
+    def bus_url(self, name: str) -> str:
+        """The URL of bus ``name`` ("" is the default bus)."""
+        return self.buses[name] if name else self.bus.url
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -291,8 +353,8 @@ def _apps(data: Any) -> dict[int, AppConfig]:
             api_key=t.str("api_key", ""),
         )
         t.done()
-        if not app.usersystem:
-            raise ConfigError("must not be empty", ("apps", name, "usersystem"))
+        if not app.usersystem or len(app.usersystem.encode()) > 255:
+            raise ConfigError("expected 1 to 255 bytes", ("apps", name, "usersystem"))
         if len(app.secret) < 8:
             raise ConfigError("must be at least 8 characters", ("apps", name, "secret"))
         if app.api_key:
@@ -303,7 +365,8 @@ def _apps(data: Any) -> dict[int, AppConfig]:
     return apps
 
 
-def _routes(data: Any, apps: Mapping[int, AppConfig]) -> tuple[Route, ...]:
+def _routes(data: Any, apps: Mapping[int, AppConfig], buses: Mapping[str, str]
+            ) -> tuple[Route, ...]:
     if not isinstance(data, list):
         raise ConfigError(f"expected an array of tables ([[routes]]), got {data!r}", ("routes",))
     routes: list[Route] = []
@@ -314,6 +377,7 @@ def _routes(data: Any, apps: Mapping[int, AppConfig]) -> tuple[Route, ...]:
             appcode=t.int("appcode", None, 1, 2**32 - 1),
             msgtype=t.int("msgtype", None, 0, 2**32 - 1),
             topic=t.str("topic", "", required=True),
+            bus=t.str("bus", ""),
         )
         t.done()
         if route.appcode is None or route.msgtype is None:
@@ -322,6 +386,9 @@ def _routes(data: Any, apps: Mapping[int, AppConfig]) -> tuple[Route, ...]:
             raise ConfigError(f"no app {route.appcode} is configured", (*t.path, "appcode"))
         if not route.topic or len(route.topic) > 200:
             raise ConfigError("expected a topic name of 1 to 200 characters", (*t.path, "topic"))
+        if route.bus and route.bus not in buses:
+            raise ConfigError(f"no bus {route.bus!r} is configured ([buses.{route.bus}])",
+                              (*t.path, "bus"))
         if (route.appcode, route.msgtype) in seen:
             raise ConfigError("a route for this (appcode, msgtype) is already configured", t.path)
         seen.add((route.appcode, route.msgtype))
@@ -357,14 +424,23 @@ def parse_config(text: str) -> Config:
     redis = _redis(top.table("redis"))
     mysql = _mysql(top.table("mysql"))
     cluster = _cluster(top.table("cluster"))
-    bt = top.table("bus")
-    bus_url = bt.str("url", Config().bus_url)
-    bt.done()
+    bus = _bus(top.table("bus"))
+    buses = _buses(top.table("buses"))
+    at = top.table("admin")
+    admin = AdminConfig(manhole_password=at.str("manhole_password", ""))
+    at.done()
+    lg = top.table("log")
+    log = LogConfig(json_file=lg.str("json_file", LogConfig().json_file))
+    lg.done()
+    sc = top.table("stats")
+    stats = StatsConfig(window_s=sc.float("window_s", StatsConfig().window_s, 10.0),
+                        flush_s=sc.float("flush_s", StatsConfig().flush_s, 0.1))
+    sc.done()
     top.seen.update({"apps", "routes"})
     apps = _apps(data.get("apps", {}))
     if not apps:
         raise ConfigError("at least one app must be configured ([apps.<appcode>])", ("apps",))
-    routes = _routes(data.get("routes", []), apps)
+    routes = _routes(data.get("routes", []), apps, buses)
     top.done()
     config = Config(
         node_id=node_id,
@@ -375,7 +451,11 @@ def parse_config(text: str) -> Config:
         redis=redis,
         mysql=mysql,
         cluster=cluster,
-        bus_url=bus_url,
+        bus=bus,
+        buses=buses,
+        admin=admin,
+        log=log,
+        stats=stats,
         apps=apps,
         routes=routes,
         demo=any(app.secret == demo.secret for app in apps.values() for demo in DEMO_APPS.values()),
@@ -393,6 +473,48 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path!r} is not UTF-8: {e.reason}") from None
     return parse_config(text)
+
+
+BUS_SCHEMES = ("memory", "redis", "amqp", "amqps", "http", "https")
+
+
+def check_bus_url(url: str, key: tuple[str, ...]) -> None:
+    scheme = url.partition(":")[0]
+    if url == "memory:":
+        return
+    if scheme not in BUS_SCHEMES or scheme == "memory" or "://" not in url:
+        raise ConfigError(
+            f"expected memory:, redis://, amqp(s):// or http(s):// URL, got {url!r}", key
+        )
+    if scheme == "redis":
+        parse_redis_url(url, key)
+
+
+def _bus(t: _Table) -> BusConfig:
+    d = BusConfig()
+    bus = BusConfig(
+        url=t.str("url", d.url),
+        max_pending=t.int("max_pending", d.max_pending, 1, 10_000_000),
+        stream_maxlen=t.int("stream_maxlen", d.stream_maxlen, 1),
+        amqp_exchange=t.str("amqp_exchange", d.amqp_exchange),
+        webhook_timeout_s=t.float("webhook_timeout_s", d.webhook_timeout_s, 0.1),
+        webhook_retries=t.int("webhook_retries", d.webhook_retries, 0, 100),
+        webhook_concurrency=t.int("webhook_concurrency", d.webhook_concurrency, 1, 10000),
+        publish_timeout_s=t.float("publish_timeout_s", d.publish_timeout_s, 0.1),
+    )
+    t.done()
+    return bus
+
+
+def _buses(t: _Table) -> dict[str, str]:
+    buses = {}
+    for name in t.data:
+        sub = t.table(name)
+        buses[name] = sub.str("url", "", required=True)
+        sub.done()
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError("a bus name is letters, digits, - and _", sub.path)
+    return buses
 
 
 def _redis(t: _Table) -> RedisConfig:
@@ -495,10 +617,9 @@ def parse_mysql_url(url: str, key: tuple[str, ...] = ("mysql", "url")) -> MySQLU
 
 def check_urls(config: Config) -> None:
     """Reject backend URLs this build cannot serve, naming the key."""
-    if config.bus_url != "memory:":
-        raise ConfigError(
-            f"only 'memory:' is supported in this build, got {config.bus_url!r}", ("bus", "url")
-        )
+    check_bus_url(config.bus.url, ("bus", "url"))
+    for name, url in config.buses.items():
+        check_bus_url(url, ("buses", name, "url"))
     if config.redis.url:
         parse_redis_url(config.redis.url)
     if config.mysql.url:

@@ -82,7 +82,7 @@ def build_config(options: Any) -> Config:
     if options["mysql"] is not None:
         changes["mysql"] = dataclasses.replace(config.mysql, url=options["mysql"])
     if options["bus"] is not None:
-        changes["bus_url"] = options["bus"]
+        changes["bus"] = dataclasses.replace(config.bus, url=options["bus"])
     config = config.replace(**changes)
     check_urls(config)
     check_cluster_config(config)

@@ -76,7 +76,7 @@ class DefaultTests(ConfigTestCase):
         self.assertEqual(config.limits.page_cap, 100)
         self.assertEqual(config.limits.max_ack_ids, 1000)
         self.assertEqual(config.store.dedup_days, 7.0)
-        self.assertEqual(config.bus_url, "memory:")
+        self.assertEqual(config.bus.url, "memory:")
         self.assertEqual((config.redis.url, config.mysql.url), ("", ""))
         self.assertIsNone(config.node_id)
         self.assertTrue(config.demo)
@@ -91,7 +91,7 @@ class DefaultTests(ConfigTestCase):
         self.assertEqual(config.store, StoreConfig())
         self.assertEqual(config.data_dir, "./var")
         self.assertIsNone(config.node_id)
-        self.assertEqual(config.bus_url, "memory:")
+        self.assertEqual(config.bus.url, "memory:")
         self.assertEqual(config.routes, ())
         self.assertFalse(config.demo)
         self.assertEqual(
@@ -370,7 +370,7 @@ class AppTests(ConfigTestCase):
         )
         self.assertConfigError(
             '[apps.1001]\nusersystem = ""\nsecret = "12345678"\n',
-            "apps.1001.usersystem: must not be empty",
+            "apps.1001.usersystem: expected 1 to 255 bytes",
         )
 
     def test_bad_appcode(self) -> None:
@@ -455,11 +455,30 @@ class SyntaxAndFileTests(ConfigTestCase):
 
 
 class UrlTests(ConfigTestCase):
-    def test_bus_must_be_memory(self) -> None:
-        parse_config('[bus]\nurl = "memory:"\n' + APP)
-        self.assertConfigError(
-            '[bus]\nurl = "kafka://k:9092"\n' + APP, "bus.url: only 'memory:' is supported"
+    def test_bus_urls(self) -> None:
+        for url in ("memory:", "redis://127.0.0.1:6379/0", "amqp://guest:guest@h:5672/",
+                    "https://hooks.example/c2s"):
+            self.assertEqual(parse_config(f'[bus]\nurl = "{url}"\n' + APP).bus.url, url)
+        for url in ("kafka://k:9092", "memory:x", "redis://h/x", "http:nope"):
+            self.assertConfigError(f'[bus]\nurl = "{url}"\n' + APP, "bus.url: ")
+
+    def test_named_buses_and_routes(self) -> None:
+        config = parse_config(
+            '[buses.orders]\nurl = "amqp://guest:guest@127.0.0.1:5672/"\n' + APP
+            + '[[routes]]\nappcode = 2001\nmsgtype = 2\ntopic = "orders"\nbus = "orders"\n'
+            + '[[routes]]\nappcode = 2001\nmsgtype = 1\ntopic = "gps"\n'
         )
+        self.assertEqual(config.bus_url(config.route_for(2001, 2).bus),  # type: ignore[union-attr]
+                         "amqp://guest:guest@127.0.0.1:5672/")
+        self.assertEqual(config.bus_url(config.route_for(2001, 1).bus), "memory:")  # type: ignore[union-attr]
+        self.assertNotIn("guest:guest", repr(config))
+        self.assertConfigError(
+            APP + '[[routes]]\nappcode = 2001\nmsgtype = 2\ntopic = "o"\nbus = "nope"\n',
+            "routes.0.bus: no bus 'nope' is configured")
+        self.assertConfigError('[buses.x]\nurl = "ftp://h"\n' + APP, "buses.x.url: ")
+        self.assertConfigError('[log]\nformat = "xml"\n' + APP, "log.format: unknown key")
+        self.assertEqual(parse_config('[log]\njson_file = "/tmp/x.json"\n' + APP).log.json_file,
+                         "/tmp/x.json")
 
     def test_redis_url(self) -> None:
         config = parse_config('[redis]\nurl = "redis://:pw@localhost:6380/2"\n' + APP)

@@ -66,7 +66,8 @@ class BuildConfigTests(SynchronousTestCase):
                            "listen.gate: not a valid endpoint description 'nope:1': "
                            "Unknown endpoint type: 'nope'")
         self.assertRefused(("--bus", "kafka://x"),
-                           "bus.url: only 'memory:' is supported in this build, got 'kafka://x'")
+                           "bus.url: expected memory:, redis://, amqp(s):// or http(s):// URL, "
+                           "got 'kafka://x'")
         self.assertRefused(("--redis", "redis://127.0.0.1", "--rpc", "tcp:7100"),
                            "listen.rpc: in a cluster the RPC listener must name the interface "
                            "other nodes reach (tcp:PORT:interface=ADDRESS)")
