@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from daojia_msg.bus.memory import MemoryBus
+from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.detector import GateDetector
 from daojia_msg.cluster.redisconn import Redis, connect
 from daojia_msg.cluster.registry import NodeRegistry
@@ -79,7 +79,8 @@ class Node(MultiService):
         self.node_id = config.node_id if config.node_id is not None else 0
         if not config.mysql.url:
             os.makedirs(config.data_dir, exist_ok=True)
-        self.bus = MemoryBus()
+        self.router = BusRouter(config, reactor)
+        self.bus = self.router.default
         self.stats = Stats()
         self.redis: Redis | None = None
         self.registry: NodeRegistry | None = None
@@ -131,18 +132,19 @@ class Node(MultiService):
                           "do not expose this node")
         self.store = self._message_store()
         await self.store.start()
-        await self.bus.start()
+        await self.router.start()
         if self.clustered:
             await self._join()
         else:
             self.sessions = MemorySessionStore()
             self.ids = IdGenerator(self.node_id, self.reactor.seconds)
         self.ids.advance_past(await self.store.max_msgid())
-        self.logic = LogicService(config, self.reactor, self.sessions, self.store, self.bus,
+        self.logic = LogicService(config, self.reactor, self.sessions, self.store, self.router,
                                   self.ids, self.stats)
         self.logic.setServiceParent(self)
         self.inbox = Inbox(self.store, config.limits, self.stats)
         self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)
+        self.router.on_pressure = self.gate.set_pressure
         registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local))
         site = make_site(self.logic, config, serving=self.serving, dispatch=self.dispatch,
                          registry=registry, reactor=self.reactor)
@@ -264,7 +266,7 @@ class Node(MultiService):
         stopped: Any = super().stopService()
         if stopped is not None:
             await stopped
-        await self.bus.stop()
+        await self.router.stop()
         if hasattr(self, "store"):
             await self.store.stop()
         if self.redis is not None:

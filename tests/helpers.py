@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 
 from daojia_msg.auth import mint_token
 from daojia_msg.bus.memory import MemoryBus
+from daojia_msg.bus.router import BusRouter
 from daojia_msg.config import Config, default_config
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.gate.protocol import GateProtocol
@@ -52,9 +53,10 @@ class Stack:
             self.clock.advance(T0)
         self.store = store if store is not None else inline_store(clock=self.clock)
         self.bus = bus if bus is not None else MemoryBus()
+        self.router = BusRouter(self.config, self.clock, buses={"": self.bus})
         self.sessions = MemorySessionStore()
         self.ids = IdGenerator(node_id, self.clock.seconds)
-        self.logic = LogicService(self.config, self.clock, self.sessions, self.store, self.bus,
+        self.logic = LogicService(self.config, self.clock, self.sessions, self.store, self.router,
                                   self.ids)
         self.inbox = Inbox(self.store, self.config.limits, self.logic.stats)
         self.factory = GateFactory(self.logic, self.inbox, self.config.limits, self.clock)

@@ -35,6 +35,8 @@ class GateFactory(ServerFactory):
         self.connections: set[GateProtocol] = set()
         self.refused = 0
         self._empty_waiters: list[Deferred[None]] = []
+        #: The C2S buses lag: no connection reads its socket until this clears.
+        self.pressure = False
 
     def buildProtocol(self, addr: IAddress | None) -> GateProtocol:
         return GateProtocol(self)
@@ -65,6 +67,12 @@ class GateFactory(ServerFactory):
             waiters, self._empty_waiters = self._empty_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+
+    def set_pressure(self, on: bool) -> None:
+        """Stop (True) or resume (False) reading every client socket."""
+        self.pressure = on
+        for conn in list(self.connections):
+            conn.throttle()
 
     def when_empty(self) -> Deferred[None]:
         """Fires once no connection is open."""

@@ -277,8 +277,7 @@ class GateProtocol(Protocol):
         self._processing = True
         try:
             decoder = self._decoder
-            while not (self._closing or self._barrier or self._write_blocked
-                       or self._inflight >= self.limits.max_inflight):
+            while not (self._closing or self._busy()):
                 try:
                     frame = decoder.next()
                 except BadMagic:
@@ -301,11 +300,22 @@ class GateProtocol(Protocol):
             self._processing = False
         self._throttle()
 
+    def throttle(self) -> None:
+        """Read the socket again, or stop, after the factory's pressure changed."""
+        self._throttle()
+        if not self._paused:
+            self._process()
+
+    def _busy(self) -> bool:
+        return (self._barrier or self._write_blocked or self.factory.pressure
+                or self._inflight >= self.limits.max_inflight)
+
     def _throttle(self) -> None:
-        """Stop reading the socket while requests wait; read again once they are answered."""
+        """Stop reading the socket while requests wait (or the buses lag); read
+        again once they are answered."""
         if self._closing:
             return
-        busy = self._barrier or self._inflight >= self.limits.max_inflight or self._write_blocked
+        busy = self._busy()
         if busy and not self._paused:
             self._paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from daojia_msg.auth import TokenError, verify_token
 from daojia_msg.bus.errors import BusError
-from daojia_msg.bus.interfaces import IMessageBus
+from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.interfaces import IPeers
 from daojia_msg.config import Config
 from daojia_msg.ids import IdGenerator
@@ -117,7 +117,7 @@ class LogicService(Service):
         clock: IReactorTime,
         sessions: ISessionStore,
         store: IMessageStore,
-        bus: IMessageBus,
+        bus: BusRouter,
         ids: IdGenerator,
         stats: Stats | None = None,
     ) -> None:
@@ -343,9 +343,10 @@ class LogicService(Service):
     async def c2s(self, session: Session, msgtype: int, req: pb.C2SRequest) -> pb.Result:
         """Publish to the topic of ``(appcode, msgtype)``; answer once the bus accepted it."""
         self._check_content(req.content)
-        topic = self.config.topic_for(session.appcode, msgtype)
-        if topic is None:
+        route = self.config.route_for(session.appcode, msgtype)
+        if route is None:
             raise errors.NoRoute(f"no topic for appcode {session.appcode} msgtype {msgtype}")
+        topic = route.topic
         msgid = self.ids.next_id()
         logid = self._logid(req.logid, msgid)
         now = self.now_ms()
@@ -354,10 +355,11 @@ class LogicService(Service):
             content=req.content, send_time_ms=now, logid=logid, kind=pb.C2S,
         ).SerializeToString()
         try:
-            await self.bus.publish(topic, envelope, logid)
-        except BusError:
-            self.log.warn("c2s {msgid} to {topic} refused by the bus", msgid=msgid, topic=topic,
-                          logid=logid, uid=session.uid, appcode=session.appcode)
+            await self.bus.publish(route, envelope, logid)
+        except BusError as e:
+            self.log.warn("c2s {msgid} to {topic} refused by the bus: {error}", msgid=msgid,
+                          topic=topic, logid=logid, uid=session.uid, appcode=session.appcode,
+                          error=str(e))
             raise errors.Unavailable("message bus unavailable") from None
         self.stats.add((session.appcode, msgtype, Kind.C2S), "accepted")
         self.log.debug("c2s {msgid} published to {topic}", msgid=msgid, topic=topic, logid=logid,

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from daojia_msg.auth import mint_token
 from daojia_msg.bus.memory import MemoryBus
+from daojia_msg.bus.router import BusRouter
 from daojia_msg.config import Config
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.interfaces import IClientConnection
@@ -127,7 +128,8 @@ class FakeNode:
         self.sessions = MemorySessionStore()
         self.bus = MemoryBus()
         self.logic = LogicService(
-            config, self.clock, self.sessions, self.store, self.bus,
+            config, self.clock, self.sessions, self.store,
+            BusRouter(config, self.clock, buses={"": self.bus}),
             IdGenerator(node_id, self.clock.seconds),
         )
 

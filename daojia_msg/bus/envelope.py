@@ -1,0 +1,31 @@
+# -*- test-case-name: tests.bus.test_router -*-
+"""The C2S envelope as app servers receive it (DESIGN.md §3, bus envelope):
+the protobuf ``Message`` (kind C2S) as bytes, plus the logid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+
+
+class BadEnvelope(ValueError):
+    """The payload is not a serialized ``Message``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    topic: str
+    message: pb.Message
+    logid: str
+
+
+def decode_envelope(topic: str, payload: bytes, logid: str) -> Envelope:
+    message = pb.Message()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as e:
+        raise BadEnvelope(f"not a Message: {e}") from None
+    return Envelope(topic, message, logid or message.logid)

@@ -1,0 +1,122 @@
+# -*- test-case-name: tests.bus.test_router -*-
+"""C2S routing: ``(appcode, msgtype) -> (bus, topic)``, and the bounded buffer
+between the gate and the buses.
+
+Every C2S frame waits in the buffer until its bus accepted it (or
+``bus.publish_timeout_s`` passed: UNAVAILABLE). The buffer holds at most
+``bus.max_pending`` frames of all buses together. When it is full the router
+reports *pressure*: the gate stops reading every client socket until the
+buffer has drained to half, so a lagging bus slows the phones down instead of
+growing a queue. A frame that arrives while under pressure (already read from
+a socket) still gets a place up to twice ``max_pending``; beyond that it is
+answered UNAVAILABLE. Nothing is ever queued without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daojia_msg.bus.errors import BusUnavailable
+from daojia_msg.bus.interfaces import IMessageBus
+from daojia_msg.bus.memory import MemoryBus
+from daojia_msg.config import BusConfig, Config, Route
+
+
+def make_bus(url: str, config: BusConfig, reactor: Any) -> IMessageBus:
+    """The bus a URL names (the scheme picks the implementation)."""
+    scheme = url.partition(":")[0]
+    if url == "memory:":
+        return MemoryBus()
+    if scheme == "redis":
+        from daojia_msg.bus.redis_streams import RedisStreamsBus
+
+        return RedisStreamsBus(url, config, reactor)
+    if scheme in ("amqp", "amqps"):
+        from daojia_msg.bus.amqp import AmqpBus
+
+        return AmqpBus(url, config, reactor)
+    if scheme in ("http", "https"):
+        from daojia_msg.bus.webhook import WebhookBus
+
+        return WebhookBus(url, config, reactor)
+    raise ValueError(f"no bus for {url!r}")
+
+
+class BusRouter:
+    """The buses of a node (the default one and the named ones) behind one buffer.
+
+    ``on_pressure(True)`` when the buffer is full, ``on_pressure(False)`` once
+    it drained to half.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: IReactorTime,
+                 buses: dict[str, IMessageBus] | None = None) -> None:
+        self.config = config.bus
+        self.reactor = reactor
+        if buses is None:
+            buses = {"": make_bus(config.bus.url, config.bus, reactor)}
+            for name, url in config.buses.items():
+                buses[name] = make_bus(url, config.bus, reactor)
+        self.buses = buses
+        self.pending = 0
+        self.pressure = False
+        self.on_pressure: Callable[[bool], None] = lambda on: None
+
+    @property
+    def default(self) -> IMessageBus:
+        return self.buses[""]
+
+    async def start(self) -> None:
+        for name, bus in self.buses.items():
+            await bus.start()
+            self.log.info("C2S bus {name} ready", name=name or "(default)")
+
+    async def stop(self) -> None:
+        await gatherResults([bus.stop() for bus in self.buses.values()], consumeErrors=True)
+
+    def publish(self, route: Route, payload: bytes, logid: str) -> Deferred[None]:
+        """Hand ``payload`` to the route's bus; fires once the bus accepted it,
+        fails with :class:`BusUnavailable` when it did not (in time)."""
+        limit = self.config.max_pending
+        if self.pending >= 2 * limit:
+            return Deferred.fromCoroutine(_refuse(f"{self.pending} C2S frames wait for the buses"))
+        self.pending += 1
+        if self.pending >= limit and not self.pressure:
+            self._set_pressure(True)
+        d = self.buses[route.bus].publish(route.topic, payload, logid)
+        d.addTimeout(self.config.publish_timeout_s, self.reactor)
+        d.addBoth(self._settled)
+        return d.addErrback(self._unavailable, route)
+
+    def _settled(self, result: object) -> object:
+        self.pending -= 1
+        if self.pressure and self.pending <= self.config.max_pending // 2:
+            self._set_pressure(False)
+        return result
+
+    def _set_pressure(self, on: bool) -> None:
+        self.pressure = on
+        self.log.warn("C2S buses {state}: {pending} frames waiting",
+                      state="lag, pausing client reads" if on else "caught up, reading again",
+                      pending=self.pending)
+        self.on_pressure(on)
+
+    def _unavailable(self, failure: Failure, route: Route) -> None:
+        if failure.check(BusUnavailable):
+            failure.raiseException()
+        if failure.check(TimeoutError):
+            raise BusUnavailable(f"bus {route.bus or '(default)'} did not accept within "
+                                 f"{self.config.publish_timeout_s:g} s")
+        failure.raiseException()
+
+
+async def _refuse(why: str) -> None:
+    raise BusUnavailable(why)

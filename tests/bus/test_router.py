@@ -1,0 +1,143 @@
+"""The C2S router: per-route buses, the bounded buffer, back-pressure on the gate."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from daojia_msg.bus.envelope import BadEnvelope, decode_envelope
+from daojia_msg.bus.errors import BusUnavailable
+from daojia_msg.bus.interfaces import IMessageBus
+from daojia_msg.bus.memory import MemoryBus
+from daojia_msg.bus.router import BusRouter, make_bus
+from daojia_msg.config import BusConfig, Route, default_config
+from daojia_msg.protocol.codes import Cmd, Code
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.helpers import Stack
+
+
+@implementer(IMessageBus)
+class HeldBus:
+    """A bus that accepts only when the test says so."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, str, Deferred[None]]] = []
+
+    def start(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(_none())
+
+    def stop(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(_none())
+
+    def publish(self, topic: str, payload: bytes, logid: str) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.published.append((topic, payload, logid, d))
+        return d
+
+
+async def _none() -> None:
+    return None
+
+
+def router(max_pending: int = 4, **buses: IMessageBus) -> tuple[BusRouter, Clock, list[bool]]:
+    clock = Clock()
+    config = default_config().replace(bus=BusConfig(max_pending=max_pending, publish_timeout_s=5))
+    r = BusRouter(config, clock, buses={"": HeldBus(), **buses})
+    changes: list[bool] = []
+    r.on_pressure = changes.append
+    return r, clock, changes
+
+
+ROUTE = Route(1001, 1, "gps")
+
+
+class RouterTests(SynchronousTestCase):
+    def test_make_bus(self) -> None:
+        self.assertIsInstance(make_bus("memory:", BusConfig(), Clock()), MemoryBus)
+        with self.assertRaises(ValueError):
+            make_bus("kafka://x", BusConfig(), Clock())
+
+    def test_routes_pick_their_bus(self) -> None:
+        orders = HeldBus()
+        r, _, _ = router(orders=orders)
+        r.publish(Route(1001, 2, "order-events", bus="orders"), b"o", "L1")
+        r.publish(ROUTE, b"g", "L2")
+        self.assertEqual([(t, p, lg) for t, p, lg, _ in orders.published],
+                         [("order-events", b"o", "L1")])
+        default = r.default
+        assert isinstance(default, HeldBus)
+        self.assertEqual([t for t, *_ in default.published], ["gps"])
+
+    def test_pressure_when_full_and_release_at_half(self) -> None:
+        r, _, changes = router(max_pending=4)
+        bus = r.default
+        assert isinstance(bus, HeldBus)
+        results = [r.publish(ROUTE, b"%d" % i, "") for i in range(4)]
+        self.assertEqual((changes, r.pending), ([True], 4))
+        bus.published[0][3].callback(None)
+        self.assertEqual(changes, [True])  # 3 left: not yet half
+        bus.published[1][3].callback(None)
+        self.assertEqual(changes, [True, False])  # 2 = half: read again
+        self.assertIsNone(self.successResultOf(results[0]))
+
+    def test_hard_cap_refuses(self) -> None:
+        r, _, _ = router(max_pending=2)
+        for _ in range(4):
+            r.publish(ROUTE, b"x", "")
+        self.failureResultOf(r.publish(ROUTE, b"x", ""), BusUnavailable)
+        self.assertEqual(r.pending, 4)
+
+    def test_timeout_is_unavailable(self) -> None:
+        r, clock, _ = router()
+        d = r.publish(ROUTE, b"x", "")
+        clock.advance(5)
+        self.failureResultOf(d, BusUnavailable)
+        self.assertEqual(r.pending, 0)
+
+    def test_bus_failure_is_unavailable(self) -> None:
+        r, _, _ = router()
+        d = r.publish(ROUTE, b"x", "")
+        bus = r.default
+        assert isinstance(bus, HeldBus)
+        bus.published[0][3].errback(BusUnavailable("down"))
+        self.failureResultOf(d, BusUnavailable)
+
+
+class GatePressureTests(SynchronousTestCase):
+    def test_lagging_bus_pauses_every_connection(self) -> None:
+        held = HeldBus()
+        stack = Stack(bus=held)
+        stack.router.config = BusConfig(max_pending=2, publish_timeout_s=30)
+        stack.router.on_pressure = stack.factory.set_pressure
+        a = stack.login(1)
+        b = stack.login(2)
+        for conn in (a, a):
+            conn.send(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1)
+        for conn in (a, b):
+            self.assertEqual(conn.transport.producerState, "paused")
+        # A frame already read is still taken (up to twice the limit), not lost.
+        b.send(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1)
+        for _, _, _, d in held.published[:2]:
+            d.callback(None)
+        for conn in (a, b):
+            self.assertEqual(conn.transport.producerState, "producing")
+        held.published[2][3].callback(None)
+        codes = []
+        for conn in (a, b):
+            for frame in conn.received():
+                result = pb.Result()
+                result.ParseFromString(frame.body)
+                codes.append(result.code)
+        self.assertEqual(codes, [Code.OK] * 3)
+
+
+class EnvelopeTests(SynchronousTestCase):
+    def test_decode(self) -> None:
+        payload = pb.Message(msgid=5, kind=pb.C2S, content=b"\xff", logid="m-log").SerializeToString()
+        envelope = decode_envelope("gps", payload, "")
+        self.assertEqual((envelope.topic, envelope.message.msgid, envelope.logid), ("gps", 5, "m-log"))
+        self.assertEqual(decode_envelope("gps", payload, "given").logid, "given")
+        with self.assertRaises(BadEnvelope):
+            decode_envelope("gps", b"\xff\xff\xff", "")
