@@ -36,6 +36,7 @@ from daojia_msg.cluster.detector import GateDetector
 from daojia_msg.cluster.redisconn import Redis, connect
 from daojia_msg.cluster.registry import NodeRegistry
 from daojia_msg.cluster.rpc import RpcPeers, RpcServerFactory, registry_addresses
+from daojia_msg.cluster.stats import ClusterStats, StatsFlusher
 from daojia_msg.config import Config, ConfigError
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.ids import IdGenerator
@@ -81,10 +82,12 @@ class Node(MultiService):
             os.makedirs(config.data_dir, exist_ok=True)
         self.router = BusRouter(config, reactor)
         self.bus = self.router.default
-        self.stats = Stats()
+        self.stats = Stats(now=reactor.seconds, window_s=config.stats.window_s,
+                           track_deltas=self.clustered)
         self.redis: Redis | None = None
         self.registry: NodeRegistry | None = None
         self.detector: GateDetector | None = None
+        self.stats_flusher: StatsFlusher | None = None
         self.peers: RpcPeers | None = None
         self.rpc: RpcServerFactory | None = None
         self.ports: dict[str, IListeningPort] = {}
@@ -146,8 +149,11 @@ class Node(MultiService):
         self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)
         self.router.on_pressure = self.gate.set_pressure
         registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local))
+        cluster_stats = (ClusterStats(self.redis, self.reactor, config.stats.window_s)
+                         if self.redis is not None else None)
         site = make_site(self.logic, config, serving=self.serving, dispatch=self.dispatch,
-                         registry=registry, reactor=self.reactor)
+                         registry=registry, reactor=self.reactor,
+                         stats=cluster_stats.snapshot if cluster_stats else None)
         site.noisy = False
         if self.registry is not None:
             await self._serve_rpc()
@@ -220,6 +226,9 @@ class Node(MultiService):
         self.detector = GateDetector(self.redis, self.registry, self.sessions.purge_node,
                                      self.reactor, self.config.cluster)
         self.detector.start()
+        self.stats_flusher = StatsFlusher(self.redis, self.stats, self.reactor,
+                                          self.config.stats.flush_s)
+        self.stats_flusher.start()
 
     def _connections(self) -> int:
         return len(self.gate.connections) if hasattr(self, "gate") else 0
@@ -255,6 +264,8 @@ class Node(MultiService):
             for conn in list(self.gate.connections):
                 conn.close()
             await self.gate.when_empty()
+        if self.stats_flusher is not None:
+            await self.stats_flusher.stop()
         if self.detector is not None:
             await self.detector.stop()
         if self.registry is not None:

@@ -92,6 +92,16 @@ class ClusterTests(NodeTestCase):
         # node 2 pushed it; node 1 accepted it
         self.assertEqual(self.node2.stats.totals()["pushed"], 1)
         self.assertEqual(self.node1.stats.totals()["accepted"], 1)
+        # Counted cluster-wide: either node's /v1/stats shows both nodes' counts.
+        for node in (self.node1, self.node2):
+            assert node.stats_flusher is not None
+            await node.stats_flusher.flush()
+        self.node = self.node2
+        code, stats = await self.http("GET", "/v1/stats")
+        totals = stats["totals"]
+        self.assertEqual((code, totals["accepted"], totals["pushed"], totals["acked"]),
+                         (200, 1, 1, 1))
+        self.assertEqual(stats["delivery_rate"], 1.0)
 
     async def test_login_on_another_node_kicks(self) -> None:
         _, first = await self.client_on(self.node1, 5)

@@ -129,7 +129,8 @@ class LogicService(Service):
         self.bus = bus
         self.ids = ids
         self.node_id = ids.node_id
-        self.stats = stats if stats is not None else Stats()
+        self.stats = stats if stats is not None else Stats(
+            now=clock.seconds, window_s=config.stats.window_s)
         #: This node's logged-in connections, by identity.
         self.local: dict[tuple[int, int], Session] = {}
         #: The other nodes (a cluster) or None (one node).

@@ -11,7 +11,11 @@ that app) and the sender's for C2S. Counters:
 - ``stored``: accepted while the recipient had no session (left for PULL);
 - ``pulled``: messages returned by PULL; ``acked``: pending -> delivered.
 
-``delivery_rate`` is acked / accepted over C2C and S2C since the node started.
+``delivery_rate`` is acked / accepted over C2C and S2C within the sliding
+window (``stats.window_s``, kept as per-minute buckets);
+``delivery_rate_total`` is the same since the counts began. In a cluster the
+node also keeps the deltas since its last flush (:meth:`Stats.take_deltas`),
+which :mod:`daojia_msg.cluster.stats` adds to the cluster-wide counts in Redis.
 At most :data:`MAX_ROUTES` routes are counted apart; after that new ones are
 counted under msgtype :data:`OTHER_MSGTYPE` (-1) of their appcode and kind.
 The ACK latency (durable -> ACKed, from the msgid's send time) is a histogram.
@@ -21,7 +25,7 @@ One source of truth: ``/v1/stats`` and ``/metrics`` both read this object.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from daojia_msg.store.model import Kind
@@ -32,6 +36,8 @@ _INDEX = {name: i for i, name in enumerate(COUNTERS)}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 Route = tuple[int, int, Kind]
+#: Per-minute bucket of the delivery-rate window: (accepted, acked) per route.
+Window = dict[int, dict[Route, list[int]]]
 #: The msgtype of the route that collects every msgtype once the table is full.
 OTHER_MSGTYPE = -1
 #: Routes counted apart. msgtype is the client's choice: without a cap a client
@@ -40,26 +46,73 @@ MAX_ROUTES = 1000
 
 
 class Stats:
-    def __init__(self, max_routes: int = MAX_ROUTES) -> None:
+    """Counts per route, a per-minute window, the ACK latency histogram.
+
+    ``now`` gives Unix seconds (the reactor's); ``track_deltas`` keeps what was
+    added since the last :meth:`take_deltas` (a cluster node flushes them).
+    """
+
+    def __init__(self, max_routes: int = MAX_ROUTES, now: Callable[[], float] | None = None,
+                 window_s: float = 300.0, track_deltas: bool = False) -> None:
         self.max_routes = max_routes
+        self.now = now or (lambda: 0.0)
+        self.window_s = window_s
         self.by_route: dict[Route, list[int]] = {}
+        self.minutes: Window = {}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+        self.track_deltas = track_deltas
+        self._deltas: dict[Route, list[int]] = {}
+        self._minute_deltas: Window = {}
+        self._latency_deltas = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum_delta = 0.0
+
+    def _route(self, route: Route) -> Route:
+        if route not in self.by_route and len(self.by_route) >= self.max_routes:
+            return (route[0], OTHER_MSGTYPE, route[2])
+        return route
 
     def add(self, route: Route, counter: str, n: int = 1) -> None:
-        counts = self.by_route.get(route)
-        if counts is None:
-            if len(self.by_route) >= self.max_routes:
-                route = (route[0], OTHER_MSGTYPE, route[2])
-                counts = self.by_route.get(route)
-            if counts is None:
-                counts = self.by_route[route] = [0] * len(COUNTERS)
-        counts[_INDEX[counter]] += n
+        route = self._route(route)
+        i = _INDEX[counter]
+        _bump(self.by_route, route, i, n, len(COUNTERS))
+        if self.track_deltas:
+            _bump(self._deltas, route, i, n, len(COUNTERS))
+        if counter in ("accepted", "acked") and route[2] != Kind.C2S:
+            minute = int(self.now() // 60)
+            j = 0 if counter == "accepted" else 1
+            _bump(self.minutes.setdefault(minute, {}), route, j, n, 2)
+            if self.track_deltas:
+                _bump(self._minute_deltas.setdefault(minute, {}), route, j, n, 2)
+            self._prune(minute)
+
+    def first_minute(self, minute: int) -> int:
+        """The oldest minute bucket in the window: the last ``window_s / 60``
+        whole minutes, the current one included."""
+        return minute - max(1, int(self.window_s // 60)) + 1
+
+    def _prune(self, minute: int) -> None:
+        oldest = self.first_minute(minute)
+        for m in [m for m in self.minutes if m < oldest]:
+            del self.minutes[m]
 
     def observe_ack_latency(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        self.latency_counts[bucket] += 1
         self.latency_sum += seconds
+        if self.track_deltas:
+            self._latency_deltas[bucket] += 1
+            self._latency_sum_delta += seconds
+
+    def take_deltas(self) -> tuple[dict[Route, list[int]], Window, list[int], float]:
+        """What was added since the last call: counts, window buckets, latency."""
+        deltas = (self._deltas, self._minute_deltas, self._latency_deltas,
+                  self._latency_sum_delta)
+        self._deltas, self._minute_deltas = {}, {}
+        self._latency_deltas = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum_delta = 0.0
+        return deltas
 
     def _routes(self, appcodes: Collection[int] | None) -> list[tuple[Route, list[int]]]:
         return sorted(
@@ -75,14 +128,30 @@ class Stats:
                 totals[name] += value
         return totals
 
-    def delivery_rate(self, appcodes: Collection[int] | None = None) -> float | None:
-        """ACKed / accepted over C2C and S2C; None before anything was accepted."""
+    def delivery_rate_total(self, appcodes: Collection[int] | None = None) -> float | None:
+        """ACKed / accepted over C2C and S2C since the counts began; None before
+        anything was accepted."""
         accepted = acked = 0
         for (_, _, kind), counts in self._routes(appcodes):
             if kind != Kind.C2S:
                 accepted += counts[_INDEX["accepted"]]
                 acked += counts[_INDEX["acked"]]
         return acked / accepted if accepted else None
+
+    def delivery_rate(self, appcodes: Collection[int] | None = None) -> float | None:
+        """ACKed / accepted over C2C and S2C within the window; None when nothing
+        was accepted in it. (An ACK in the window may be of a message accepted
+        before it, so the rate can exceed 1 for a moment; it is capped at 1.)"""
+        oldest = self.first_minute(int(self.now() // 60))
+        accepted = acked = 0
+        for minute, routes in self.minutes.items():
+            if minute < oldest:
+                continue
+            for route, (acc, ack) in routes.items():
+                if appcodes is None or route[0] in appcodes:
+                    accepted += acc
+                    acked += ack
+        return min(1.0, acked / accepted) if accepted else None
 
     def snapshot(self, appcodes: Collection[int] | None = None) -> dict[str, Any]:
         """The JSON body of ``GET /v1/stats``: every route, or those of ``appcodes``."""
@@ -98,4 +167,13 @@ class Stats:
                 for (appcode, msgtype, kind), counts in self._routes(appcodes)
             ],
             "delivery_rate": self.delivery_rate(appcodes),
+            "delivery_rate_total": self.delivery_rate_total(appcodes),
+            "window_s": self.window_s,
         }
+
+
+def _bump(table: dict[Route, list[int]], route: Route, i: int, n: int, width: int) -> None:
+    counts = table.get(route)
+    if counts is None:
+        counts = table[route] = [0] * width
+    counts[i] += n

@@ -385,6 +385,9 @@ class Keys:
 # -- the resources -------------------------------------------------------------------
 
 
+StatsView = Callable[[frozenset[int]], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+
+
 class Api:
     """What the endpoints share: the logic, the config, the keys and the hooks."""
 
@@ -395,6 +398,7 @@ class Api:
         serving: Callable[[], bool],
         dispatch: Dispatch,
         registry: CollectorRegistry,
+        stats: StatsView | None = None,
     ) -> None:
         self.logic = logic
         self.config = config
@@ -403,6 +407,7 @@ class Api:
         self.serving = serving
         self.dispatch = dispatch
         self.registry = registry
+        self.stats: StatsView = stats or logic.stats.snapshot
 
     def target(self, caller: Caller, appcode: int, name: str) -> AppConfig:
         """The app ``appcode`` if configured (else 400) and in the caller's user system (else 403)."""
@@ -576,7 +581,10 @@ class Kickout(Endpoint):
 class StatsEndpoint(Endpoint):
     async def handle(self, method: bytes, request: server.Request, caller: Caller | None) -> Answer:
         assert caller is not None
-        return _json(200, self.api.logic.stats.snapshot(caller.appcodes))
+        result = self.api.stats(caller.appcodes)
+        if inspect.isawaitable(result):
+            result = await result
+        return _json(200, result)
 
 
 class DispatchEndpoint(Endpoint):
@@ -633,6 +641,7 @@ def make_site(
     dispatch: Dispatch,
     registry: CollectorRegistry,
     reactor: IReactorTime | None = None,
+    stats: StatsView | None = None,
 ) -> server.Site:
     """The HTTP API site, to listen on ``config.listen.http``.
 
@@ -641,9 +650,11 @@ def make_site(
     of it (a cluster looks it up), and may raise :class:`errors.Unavailable`;
     ``registry`` is what ``/metrics`` exposes (:func:`daojia_msg.web.metrics.make_registry`);
     ``reactor`` times idle connections, the 413 linger and the access log's
-    clock: pass the node's reactor (None leaves the choice to twisted.web).
+    clock: pass the node's reactor (None leaves the choice to twisted.web);
+    ``stats(appcodes)`` answers ``/v1/stats`` (default: this node's counts; a
+    cluster passes the cluster-wide ones, maybe as an awaitable).
     """
-    api = Api(logic, config, serving, dispatch, registry)
+    api = Api(logic, config, serving, dispatch, registry, stats)
     site = server.Site(
         make_resource(api),
         requestFactory=functools.partial(ApiRequest, max_body=config.limits.http_max_body),

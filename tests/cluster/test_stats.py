@@ -1,0 +1,112 @@
+"""Delivery statistics: the sliding window, and counts added up across nodes in Redis."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from daojia_msg.cluster.redisconn import Redis, connect
+from daojia_msg.cluster.stats import ClusterStats, StatsFlusher
+from daojia_msg.config import RedisConfig
+from daojia_msg.logic.stats import Stats
+from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.store.model import Kind
+from tests.servers import require_redis
+
+C2C = (1001, 7, Kind.C2C)
+S2C = (1002, 5, Kind.S2C)
+GPS = (1001, 1, Kind.C2S)
+
+
+class WindowTests(SynchronousTestCase):
+    def test_delivery_rate_over_the_window(self) -> None:
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        stats = Stats(now=clock.seconds, window_s=300)
+        stats.add(C2C, "accepted", 10)
+        stats.add(C2C, "acked", 5)
+        stats.add(GPS, "accepted", 100)  # C2S is not delivered: not in the rate
+        self.assertEqual(stats.delivery_rate(), 0.5)
+        clock.advance(301)
+        self.assertIsNone(stats.delivery_rate())  # nothing accepted in the last 5 minutes
+        stats.add(C2C, "accepted", 4)
+        stats.add(C2C, "acked", 4)
+        self.assertEqual(stats.delivery_rate(), 1.0)
+        self.assertEqual(stats.delivery_rate_total(), 9 / 14)
+        snapshot = stats.snapshot()
+        self.assertEqual((snapshot["delivery_rate"], snapshot["window_s"]), (1.0, 300))
+        clock.advance(3600)
+        stats.add(C2C, "accepted")
+        self.assertEqual(len(stats.minutes), 1)  # old buckets are dropped
+
+
+class ClusterStatsTests(TestCase):
+    async def connect(self) -> Redis:
+        prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
+        redis = await connect(RedisConfig(url=require_redis(), key_prefix=prefix))
+
+        async def cleanup() -> None:
+            cursor: Any = b"0"
+            while True:
+                cursor, keys = await redis.call("SCAN", cursor, "MATCH", prefix + "*")
+                if keys:
+                    await redis.call("DEL", *keys)
+                if int(cursor) == 0:
+                    break
+            await redis.close()
+
+        self.addCleanup(cleanup)
+        return redis
+
+    async def test_counts_add_up_across_two_nodes(self) -> None:
+        redis = await self.connect()
+        now: Any = reactor
+        node1 = Stats(now=now.seconds, track_deltas=True)
+        node2 = Stats(now=now.seconds, track_deltas=True)
+        flush1 = StatsFlusher(redis, node1, now, 1.0)
+        flush2 = StatsFlusher(redis, node2, now, 1.0)
+        node1.add(C2C, "accepted", 3)
+        node2.add(C2C, "pushed", 2)  # node 2 holds the recipient's session
+        node2.add(C2C, "acked", 2)
+        node1.add(S2C, "accepted")
+        node1.add(GPS, "accepted", 7)
+        node2.observe_ack_latency(0.02)
+        await flush1.flush()
+        await flush2.flush()
+        node1.add(C2C, "accepted")  # a later flush adds to the same counts
+        await flush1.flush()
+        view = ClusterStats(redis, now, 300)
+        snapshot = await view.snapshot()
+        totals = snapshot["totals"]
+        self.assertEqual((totals["accepted"], totals["pushed"], totals["acked"]), (12, 2, 2))
+        self.assertEqual(snapshot["delivery_rate"], 2 / 5)
+        routes = {(r["appcode"], r["msgtype"], r["kind"]): r for r in snapshot["by_route"]}
+        self.assertEqual(routes[(1001, 1, "C2S")]["accepted"], 7)
+        scoped = await view.snapshot(frozenset({1002}))
+        self.assertEqual((scoped["totals"]["accepted"], scoped["delivery_rate"]), (1, 0.0))
+        read = await view.read()
+        self.assertEqual(sum(read.latency_counts), 1)
+        self.assertAlmostEqual(read.latency_sum, 0.02, places=5)
+
+    async def test_failed_flush_is_carried(self) -> None:
+        redis = await self.connect()
+        now: Any = reactor
+        stats = Stats(now=now.seconds, track_deltas=True)
+        flusher = StatsFlusher(redis, stats, now, 1.0)
+        stats.add(C2C, "accepted", 2)
+        real = redis.call
+
+        async def down(*args: Any) -> Any:
+            raise StoreUnavailable("redis down")
+
+        redis.call = down  # type: ignore[method-assign]
+        await flusher.flush()
+        redis.call = real  # type: ignore[method-assign]
+        stats.add(C2C, "accepted", 1)
+        await flusher.flush()
+        snapshot = await ClusterStats(redis, now, 300).snapshot()
+        self.assertEqual(snapshot["totals"]["accepted"], 3)
