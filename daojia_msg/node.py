@@ -98,7 +98,9 @@ class Node(MultiService):
     # -- what the HTTP API asks ---------------------------------------------------
 
     def serving(self) -> bool:
-        return bool(self.running) and not self.draining and "gate" in self.ports
+        """``/healthz``: up, not draining, and (in a cluster) a live member."""
+        live = self.registry is None or self.registry.available()
+        return bool(self.running) and not self.draining and "gate" in self.ports and live
 
     def gate_address(self) -> tuple[str, int]:
         """Where phones reach this node's gate: ``listen.public_gate`` or the bound address."""
@@ -112,9 +114,11 @@ class Node(MultiService):
         """The least-loaded live node's public gate (one node: this one)."""
         if self.registry is None:
             return self.gate_address()
-        best = await self.registry.least_loaded()
-        if best is None or not best.gate_port:
+        # A node still starting has no gate address yet: not a candidate.
+        nodes = [n for n in await self.registry.live_nodes() if n.gate_port]
+        if not nodes:
             raise errors.Unavailable("no live node")
+        best = min(nodes, key=lambda n: (n.connections, n.node_id))
         return best.gate_host, best.gate_port
 
     # -- start ----------------------------------------------------------------------
@@ -223,8 +227,15 @@ class Node(MultiService):
         self.registry.gate = self.gate_address()
         self.registry.rpc = (rpc.host, rpc.port)
         await self.registry.heartbeat()
-        self.detector = GateDetector(self.redis, self.registry, self.sessions.purge_node,
-                                     self.reactor, self.config.cluster)
+        sessions = self.sessions
+        assert isinstance(sessions, RedisSessionStore)
+        redis = self.redis
+
+        def purge_dead(node_id: int) -> Deferred[int]:
+            return sessions.purge_dead_node(node_id, redis.key("node", node_id))
+
+        self.detector = GateDetector(self.redis, self.registry, purge_dead, self.reactor,
+                                     self.config.cluster)
         self.detector.start()
         self.stats_flusher = StatsFlusher(self.redis, self.stats, self.reactor,
                                           self.config.stats.flush_s)

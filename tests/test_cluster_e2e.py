@@ -194,7 +194,7 @@ backend nodes
     retries 3
     option redispatch
     option httpchk GET /healthz
-    default-server inter 300ms fall 1 rise 1 on-marked-down shutdown-sessions send-proxy
+    default-server inter 300ms fall 1 rise 1 send-proxy
 {servers}
 """)
         return path

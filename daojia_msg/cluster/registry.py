@@ -371,8 +371,24 @@ class NodeRegistry:
             await self._relet()
         except StoreUnavailable as e:
             self._failed(e)
+            await self._expire_if_cut_off()
         except Exception:
             self.log.failure("node {node_id} heartbeat failed", node_id=self.node_id)
+
+    async def _expire_if_cut_off(self) -> None:
+        """Cut off from Redis for longer than the TTL, this node counts as dead:
+        the detector purges (or has purged) its sessions, so another login of
+        the same user would not kick them. Kick every connection now (they
+        reconnect to a live node), and lease the id again once Redis answers."""
+        if self._relet_pending or self._renewed_at is None:
+            return
+        if self.clock.seconds() - self._renewed_at <= self.cluster.ttl_s:
+            return
+        self._relet_pending = True
+        self.log.error("node {node_id} has been cut off from Redis for more than its {ttl_s}s "
+                       "TTL: kicking every connection; it registers again once Redis answers",
+                       node_id=self.node_id, ttl_s=self.cluster.ttl_s)
+        await self._call_on_purged()
 
     async def _call_on_purged(self) -> None:
         try:

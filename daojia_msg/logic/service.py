@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -47,6 +47,8 @@ MAX_UNACKED = 1000
 DEDUP_PURGE_INTERVAL_S = 3600.0
 #: Session look-ups one delivery follows when the recipient moves between nodes.
 MAX_HOPS = 3
+#: Background retries of a kick that could not reach the other node.
+KICK_RETRIES = 3
 
 
 #: uids and msgids are below 2**63 (signed 64-bit in every store and in Java
@@ -140,6 +142,7 @@ class LogicService(Service):
         self.available: Callable[[], bool] = lambda: True
         self._purge = LoopingCall(self._purge_dedup)
         self._purge.clock = clock
+        self._kick_retries: set[IDelayedCall] = set()
 
     # -- service life ------------------------------------------------------
 
@@ -151,6 +154,10 @@ class LogicService(Service):
         super().stopService()
         if self._purge.running:
             self._purge.stop()
+        for call in self._kick_retries:
+            if call.active():
+                call.cancel()
+        self._kick_retries.clear()
 
     def kick_all(self, reason_code: KickReason, reason: str) -> int:
         """KICKOUT every local session (e.g. SHUTDOWN); returns how many."""
@@ -177,6 +184,7 @@ class LogicService(Service):
         self, conn: IClientConnection, appcode: int, uid: int, req: pb.LoginRequest
     ) -> tuple[Session, pb.LoginResponse]:
         """Verify the token, register the session, kick the older one of the same identity."""
+        self._check_available()
         app = self.config.app(appcode)
         if app is None:
             raise errors.UnknownAppcode(f"no app {appcode}")
@@ -197,16 +205,27 @@ class LogicService(Service):
             previous = await self.sessions.register(record)
         except StoreError:
             raise errors.Unavailable("session store unavailable") from None
-        old = self.local.get((uid, appcode))
-        if old is not None and old.conn is not conn:
-            self._drop(old)
-            old.conn.kick(KickReason.LOGIN_ELSEWHERE, "logged in elsewhere")
-        elif previous is not None:
+        # Kick what this login replaces: the older session here, and the one the
+        # session store named if it is on another node (each on its own).
+        self._kick_local_other(uid, appcode, conn)
+        if previous is not None and previous.node_id != self.node_id:
             await self._kick_remote(previous, KickReason.LOGIN_ELSEWHERE)
         if not conn.connected:
             # It went away while we registered: leave no stale session behind.
             await self._unregister(session)
             raise errors.Unavailable("connection closed during login")
+        # Another login of the same identity may have registered meanwhile (here
+        # or on another node): the store names the winner; only it goes live.
+        try:
+            current = await self.sessions.lookup(uid, appcode)
+        except StoreError:
+            await self._unregister(session)
+            raise errors.Unavailable("session store unavailable") from None
+        if current is None or current.session_id != record.session_id:
+            self.log.info("login {uid}@{appcode} lost a race with another login",
+                          uid=uid, appcode=appcode, peer=conn.peer)
+            raise errors.Unavailable("logged in again elsewhere meanwhile")
+        self._kick_local_other(uid, appcode, conn)
         # From here pushes reach this connection (it holds them until the
         # LOGIN answer is out), so nothing stored from now on is missed.
         self.local[(uid, appcode)] = session
@@ -236,6 +255,7 @@ class LogicService(Service):
 
     async def relogin(self, session: Session, req: pb.LoginRequest) -> pb.LoginResponse:
         """LOGIN again on a connection already logged in as the same identity."""
+        self._check_available()
         app = self.config.app(session.appcode)
         assert app is not None
         try:
@@ -274,19 +294,41 @@ class LogicService(Service):
             self.log.failure("could not unregister session {session_id}",
                              session_id=session.record.session_id)
 
-    async def _kick_remote(self, record: SessionRecord, reason: KickReason) -> bool:
-        """Kick a session held by another node (there is none on one node)."""
+    def _kick_local_other(self, uid: int, appcode: int, conn: IClientConnection) -> None:
+        old = self.local.get((uid, appcode))
+        if old is not None and old.conn is not conn:
+            self._drop(old)
+            old.conn.kick(KickReason.LOGIN_ELSEWHERE, "logged in elsewhere")
+
+    async def _kick_remote(self, record: SessionRecord, reason: KickReason,
+                           attempt: int = 0) -> bool:
+        """Kick a session held by another node (there is none on one node).
+
+        A kick that fails (the node is slow or unreachable) is tried again in the
+        background, :data:`KICK_RETRIES` times with growing delays, so an old
+        session does not stay live next to the new one. (A node that is really
+        gone has lost its sessions anyway; the detector purges their records.)
+        """
         if self.peers is None or record.node_id == self.node_id:
             return False
+        text = "logged in elsewhere" if reason == KickReason.LOGIN_ELSEWHERE else \
+            "kicked by an administrator"
         try:
-            kicked: bool = await self.peers.kick(record, int(reason), "logged in elsewhere"
-                                                 if reason == KickReason.LOGIN_ELSEWHERE
-                                                 else "kicked by an administrator")
+            kicked: bool = await self.peers.kick(record, int(reason), text)
         except StoreError as e:
-            self.log.warn("could not kick {uid}@{appcode} on node {node}: {error}",
-                          uid=record.uid, appcode=record.appcode, node=record.node_id, error=str(e))
+            self.log.warn("could not kick {uid}@{appcode} on node {node} (try {attempt}): {error}",
+                          uid=record.uid, appcode=record.appcode, node=record.node_id,
+                          attempt=attempt + 1, error=str(e))
+            if attempt < KICK_RETRIES and self.running:
+                call = self.clock.callLater(2.0**attempt, self._retry_kick, record, reason,
+                                            attempt + 1)
+                self._kick_retries.add(call)
             return False
         return kicked
+
+    def _retry_kick(self, record: SessionRecord, reason: KickReason, attempt: int) -> None:
+        self._kick_retries = {c for c in self._kick_retries if c.active()}
+        Deferred.fromCoroutine(self._kick_remote(record, reason, attempt))
 
     def kick_local(self, uid: int, appcode: int, session_id: str, reason_code: int,
                    reason: str) -> bool:
@@ -296,6 +338,8 @@ class LogicService(Service):
             return False
         self._drop(session)
         session.conn.kick(reason_code, reason)
+        # Compare-and-delete: a newer login's record is left alone.
+        Deferred.fromCoroutine(self._unregister(session))
         self.log.info("kicked {uid}@{appcode} for another node", uid=uid, appcode=appcode,
                       reason_code=reason_code)
         return True
@@ -343,6 +387,7 @@ class LogicService(Service):
 
     async def c2s(self, session: Session, msgtype: int, req: pb.C2SRequest) -> pb.Result:
         """Publish to the topic of ``(appcode, msgtype)``; answer once the bus accepted it."""
+        self._check_available()  # it takes a msgid
         self._check_content(req.content)
         route = self.config.route_for(session.appcode, msgtype)
         if route is None:

@@ -84,6 +84,9 @@ return 1
 # KEYS[1] = the node's set. ARGV: hash key prefix, node id, batch size.
 # Returns {sessions removed, members left in the set}.
 PURGE = Script("""
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {0, 0}  -- the node is alive (again): nothing of it is purged
+end
 local members = redis.call('SPOP', KEYS[1], ARGV[3])
 local removed = 0
 for _, member in ipairs(members) do
@@ -144,6 +147,13 @@ class RedisSessionStore:
     def purge_node(self, node_id: int) -> Deferred[int]:
         return Deferred.fromCoroutine(self._purge_node(node_id))
 
+    def purge_dead_node(self, node_id: int, alive_key: str) -> Deferred[int]:
+        """:meth:`purge_node`, but each batch only while ``alive_key`` (the
+        node's registration) does not exist, checked in the same script: a node
+        that re-registers between the detector's check and the purge keeps
+        its sessions."""
+        return Deferred.fromCoroutine(self._purge_node(node_id, alive_key))
+
     # -- the flows -------------------------------------------------------
 
     async def _register(self, record: SessionRecord) -> SessionRecord | None:
@@ -187,22 +197,22 @@ class RedisSessionStore:
         records = [decode(uid, int(f), v) for f, v in zip(reply[::2], reply[1::2], strict=True)]
         return sorted(records, key=lambda r: r.appcode)
 
-    async def _purge_node(self, node_id: int) -> int:
+    async def _purge_node(self, node_id: int, alive_key: str | None = None) -> int:
         """Batches of :data:`PURGE_BATCH` members until the set is empty (Redis
         then drops it). Sessions the node registers meanwhile cannot keep this
         going: it stops after the batches the first reply called for."""
-        total, left = await self._purge_batch(node_id)
+        total, left = await self._purge_batch(node_id, alive_key)
         for _ in range(-(-left // PURGE_BATCH)):
             if not left:
                 break
-            removed, left = await self._purge_batch(node_id)
+            removed, left = await self._purge_batch(node_id, alive_key)
             total += removed
         return total
 
-    async def _purge_batch(self, node_id: int) -> tuple[int, int]:
+    async def _purge_batch(self, node_id: int, alive_key: str | None) -> tuple[int, int]:
         removed, left = await PURGE(
             self.redis,
-            [self.redis.key("nodesess", node_id)],
+            [self.redis.key("nodesess", node_id), *([alive_key] if alive_key else [])],
             [self.redis.key("sess", ""), node_id, PURGE_BATCH],
         )
         return int(removed), int(left)

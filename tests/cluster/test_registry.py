@@ -271,11 +271,31 @@ class HeartbeatTests(RedisFixture):
         self.assertFalse(registry.available())
         levels = [e["log_level"] for e in events if e.get("node_id") == 4
                   and e["log_level"] in (LogLevel.warn, LogLevel.error)]
-        self.assertEqual(levels, [LogLevel.warn, LogLevel.error])  # once per state change
+        # once per state change: failing, unavailable, cut off for over the TTL
+        self.assertEqual(levels, [LogLevel.warn, LogLevel.error, LogLevel.error])
+        self.assertEqual(len([e for e in events if "cut off" in e["log_format"]]), 1)
         redis.down = False
         await registry.heartbeat()
         self.assertTrue(registry.available())
-        self.assertTrue(any("works again" in e["log_format"] for e in events))
+        self.assertTrue(any("registered again" in e["log_format"] for e in events))
+
+    async def test_cut_off_past_the_ttl_kicks_everyone_once(self) -> None:
+        clock = Clock()
+        clock.advance(T0)
+        redis = FlakyRedis(self.redis)
+        kicked: list[float] = []
+        registry = await self.started(4, clock=clock, redis=redis,
+                                      on_purged=lambda: kicked.append(clock.seconds()))
+        redis.down = True
+        for _ in range(3):
+            clock.advance(2)
+        self.assertEqual(kicked, [])  # 6 s: not past the TTL yet
+        for _ in range(5):
+            clock.advance(2)
+        self.assertEqual(kicked, [T0 + 8])  # once, at the first heartbeat past the TTL
+        redis.down = False
+        await registry.heartbeat()
+        self.assertTrue(registry.available())
 
     async def test_lease_deleted_means_purged(self) -> None:
         seen: list[int] = []

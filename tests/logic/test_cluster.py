@@ -196,3 +196,80 @@ class ResendRedeliveryTests(SynchronousTestCase):
         bob.ack([first.msgid])
         alice.c2c(2, b"once", client_msg_id="cm-9")
         self.assertEqual(bob.received(), [])
+
+
+class LoginRaceTests(SynchronousTestCase):
+    """Two logins of one identity racing (cluster review)."""
+
+    def test_a_login_that_lost_the_race_does_not_go_live(self) -> None:
+        stack = Stack(node_id=1)
+        sessions = stack.sessions
+        real_lookup = sessions.lookup
+
+        def newer_login_meanwhile(uid: int, appcode: int) -> Deferred[SessionRecord | None]:
+            # Another node registered the same identity after us.
+            sessions.register(remote(uid, node=2, session="newer"))
+            return real_lookup(uid, appcode)
+
+        sessions.lookup = newer_login_meanwhile  # type: ignore[method-assign]
+        conn = stack.connect()
+        self.assertEqual(conn.login(7).code, Code.UNAVAILABLE)
+        self.assertNotIn((7, 1001), stack.logic.local)
+        self.assertIsNone(conn.proto.session)
+        record = self.successResultOf(real_lookup(7, 1001))
+        assert record is not None
+        self.assertEqual(record.session_id, "newer")  # the winner's record is untouched
+
+    def test_remote_and_local_old_sessions_are_both_kicked(self) -> None:
+        stack = Stack(node_id=1)
+        peers = FakePeers()
+        stack.logic.peers = peers
+        local_old = stack.login(7)
+        # Meanwhile the store says the identity is on node 2 (a racing login there).
+        self.successResultOf(stack.sessions.register(remote(7, node=2)))
+        stack.login(7, host="10.0.0.9")
+        self.assertTrue(local_old.closing)
+        self.assertEqual([(r.node_id, reason) for r, reason in peers.kicked],
+                         [(2, KickReason.LOGIN_ELSEWHERE)])
+
+    def test_failed_remote_kick_is_retried(self) -> None:
+        stack = Stack(node_id=1)
+        peers = FakePeers()
+        attempts: list[SessionRecord] = []
+
+        def flaky_kick(record: SessionRecord, reason_code: int, reason: str) -> Deferred[bool]:
+            attempts.append(record)
+            if len(attempts) < 3:
+                return fail(StoreUnavailable("node 2 slow"))
+            return succeed(True)
+
+        peers.kick = flaky_kick  # type: ignore[method-assign]
+        stack.logic.peers = peers
+        stack.logic.startService()
+        self.addCleanup(stack.logic.stopService)
+        self.successResultOf(stack.sessions.register(remote(7, node=2)))
+        self.assertEqual(stack.login(7).proto.session.uid, 7)  # type: ignore[union-attr]
+        self.assertEqual(len(attempts), 1)
+        stack.clock.advance(1)
+        self.assertEqual(len(attempts), 2)
+        stack.clock.advance(2)
+        self.assertEqual(len(attempts), 3)  # kicked at last
+        stack.clock.advance(60)
+        self.assertEqual(len(attempts), 3)
+
+    def test_kick_for_another_node_removes_the_record(self) -> None:
+        stack = Stack(node_id=2)
+        bob = stack.login(2)
+        session_id = stack.logic.local[(2, 1001)].record.session_id
+        self.assertTrue(stack.logic.kick_local(2, 1001, session_id, KickReason.ADMIN, "admin"))
+        self.assertTrue(bob.closing)
+        self.assertIsNone(self.successResultOf(stack.sessions.lookup(2, 1001)))
+
+    def test_unavailable_node_refuses_login_and_c2s(self) -> None:
+        stack = Stack()
+        alice = stack.login(1)
+        stack.logic.available = lambda: False
+        self.assertEqual(stack.connect().login(3).code, Code.UNAVAILABLE)
+        self.assertEqual(alice.request(Cmd.C2S, pb.C2SRequest(content=b"x"), msgtype=1).code,
+                         Code.UNAVAILABLE)
+        self.assertEqual(alice.login(1).code, Code.UNAVAILABLE)  # a re-LOGIN too

@@ -328,3 +328,17 @@ class ConnectTests(TestCase):
         self.assertEqual(await redis.call("PING"), "PONG")
         store = RedisSessionStore(redis, node_id=9)
         self.assertEqual(store.node_id, 9)
+
+
+class PurgeDeadNodeTests(TestCase):
+    async def test_a_node_alive_again_keeps_its_sessions(self) -> None:
+        redis = await open_redis(self)
+        store = RedisSessionStore(redis, node_id=1)
+        await store.register(SessionRecord(5, 1001, 1, "s5", 1))
+        alive = redis.key("node", 1)
+        await redis.call("HSET", alive, "gate_port", 7000)  # it re-registered meanwhile
+        self.assertEqual(await store.purge_dead_node(1, alive), 0)
+        self.assertIsNotNone(await store.lookup(5, 1001))
+        await redis.call("DEL", alive)  # really dead
+        self.assertEqual(await store.purge_dead_node(1, alive), 1)
+        self.assertIsNone(await store.lookup(5, 1001))
