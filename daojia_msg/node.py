@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.internal import api_implementation
@@ -31,6 +32,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from daojia_msg import tracing
 from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.detector import GateDetector
 from daojia_msg.cluster.redisconn import Redis, connect
@@ -90,6 +92,9 @@ class Node(MultiService):
         self.stats_flusher: StatsFlusher | None = None
         self.peers: RpcPeers | None = None
         self.rpc: RpcServerFactory | None = None
+        #: The recent log events about messages, by logid (the manhole's trace()).
+        self.trace = tracing.TraceBuffer()
+        self._tracing_off: list[Callable[[], None]] = []
         self.ports: dict[str, IListeningPort] = {}
         self.draining = False
         #: Fires with None once serving, or fails with why the node could not start.
@@ -130,6 +135,15 @@ class Node(MultiService):
 
     async def _start(self) -> None:
         config = self.config
+        if not self.clustered:
+            tracing.set_node(self.node_id)  # a cluster node learns its id from its lease
+        self._tracing_off.append(self.trace.attach())
+        if config.log.json_file:
+            try:
+                self._tracing_off.append(tracing.install(config.log.json_file))
+            except OSError as e:
+                raise ConfigError(f"cannot write {config.log.json_file!r}: {e.strerror}",
+                                  ("log", "json_file")) from None
         backend = api_implementation.Type()
         self.log.info("protobuf backend: {backend}", backend=backend)
         if backend != "upb":
@@ -200,6 +214,7 @@ class Node(MultiService):
             on_purged=self._purged,
         )
         self.node_id = await self.registry.start()
+        tracing.set_node(self.node_id)
         sessions.node_id = self.node_id
         assert self.registry.ids is not None
         self.ids = self.registry.ids
@@ -293,6 +308,9 @@ class Node(MultiService):
             await self.store.stop()
         if self.redis is not None:
             await self.redis.close()
+        for off in reversed(self._tracing_off):
+            off()
+        self._tracing_off.clear()
 
 
 async def _stop_port(port: IListeningPort) -> None:

@@ -31,6 +31,7 @@ from twisted.web.client import HTTPConnectionPool
 from daojia_msg.auth import mint_token
 from daojia_msg.client.client import MsgClient
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.tracing import read_trace
 from tests.servers import drop_mysql_database, require_haproxy, require_mysql, require_redis
 
 R: Any = reactor
@@ -146,10 +147,12 @@ class ThreeNodesBehindHAProxy(TestCase):
         self.addCleanup(stop)
         return proc
 
-    def write_config(self) -> str:
-        path = os.path.join(self.dir, "cluster.toml")
+    def write_config(self, i: int) -> str:
+        path = os.path.join(self.dir, f"node{i}.toml")
         with open(path, "w") as f:
             f.write(f"""
+[log]
+json_file = "{self.dir}/node{i}.json"
 [redis]
 url = "{self.redis_url}"
 key_prefix = "{self.prefix}"
@@ -202,11 +205,10 @@ backend nodes
     async def test_sigkill_mid_stream(self) -> None:
         front, *ports = free_ports(10)
         gates, https, rpcs = ports[0:3], ports[3:6], ports[6:9]
-        config = self.write_config()
         nodes = []
         for i in range(3):
             nodes.append(self.spawn(f"node{i}", [
-                TWISTD, "-n", "--pidfile=", "msgplatform", "--config", config,
+                TWISTD, "-n", "--pidfile=", "msgplatform", "--config", self.write_config(i),
                 "--gate", f"haproxy:tcp:{gates[i]}:interface=127.0.0.1",
                 "--http", f"tcp:{https[i]}:interface=127.0.0.1",
                 "--rpc", f"tcp:{rpcs[i]}:interface=127.0.0.1",
@@ -258,7 +260,8 @@ backend nodes
                 for _ in range(30):
                     try:
                         result = await clients[sender].c2c(
-                            to, 1001, 7, b"%d->%d #%d" % (sender, to, k), client_msg_id
+                            to, 1001, 7, b"%d->%d #%d" % (sender, to, k), client_msg_id,
+                            logid=f"e2e-{sender}-{k}",
                         ).addTimeout(5, R)
                     except Exception:
                         await clients[sender].when_ready().addTimeout(30, R)
@@ -284,6 +287,19 @@ backend nodes
             contents = list(got.msgids.values())
             self.assertEqual(len(contents), len(set(contents)), f"user {uid}: stored twice")
             self.assertEqual(len(contents), PER_SENDER)
+        # One search by logid shows a message's path across the nodes' JSON logs.
+        # (In a ring over two or more nodes some neighbours sit on different
+        # nodes; their first message went before the SIGKILL.)
+        crossing = next(u for u in received if before[u] != before[u % USERS + 1])
+        trace = read_trace(f"e2e-{crossing}-0",
+                           [os.path.join(self.dir, f"node{i}.json") for i in range(3)])
+        self.assertEqual({e["node"] for e in trace},
+                         {before[crossing], before[crossing % USERS + 1]})
+        times = [e["log_time"] for e in trace]
+        self.assertEqual(times, sorted(times))
+        texts = " | ".join(e["log_format"] for e in trace)
+        for step in ("stored", "pushed", "acked"):
+            self.assertIn(step, texts)
         # The victim's users reconnected through HAProxy to the other nodes.
         survivor = https[(node_ids.index(victim_id) + 1) % 3]
         after = await where(survivor)

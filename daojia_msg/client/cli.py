@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.client.test_cli -*-
-"""``msgctl``: mint tokens, chat, send, pull, read history, upload C2S, push over HTTP.
+"""``msgctl``: mint tokens, chat, send, pull, read history, upload C2S, push over HTTP,
+trace a message through the nodes' JSON logs.
 
 Only :func:`main` touches the global reactor (through ``task.react``); everything
 else takes it as an argument, so the tests drive :func:`run` with a fake one.
@@ -24,6 +25,7 @@ from twisted.internet.task import react
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from daojia_msg import tracing
 from daojia_msg.auth import mint_token
 from daojia_msg.client.client import NO_RECONNECT, MsgClient
 from daojia_msg.client.errors import ClientError, ResultError, kick_reason_name
@@ -133,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--logid", default="")
     p.add_argument("text", nargs="+", metavar="TEXT")
+    p = sub.add_parser(
+        "trace", help="print one message's path, in time order, from the nodes' JSON logs"
+    )
+    p.add_argument("logid", metavar="LOGID", help="the message's logid")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="JSON log files (log.json_file of each node)"
+    )
     return parser
 
 
@@ -372,6 +381,33 @@ async def cmd_push(ctx: _Ctx) -> None:
     ctx.say(text)
 
 
+# -- trace
+
+
+async def cmd_trace(ctx: _Ctx) -> int:
+    """The events of one logid in the JSON log files, in time order. Exit 1
+    when none is found or a file cannot be read (what can be read is printed)."""
+    a = ctx.args
+    if not a.logid:
+        raise CliError("LOGID must not be empty", 2)
+    unreadable: list[str] = []
+
+    def cannot_read(path: str, e: OSError) -> None:
+        unreadable.append(path)
+        ctx.note(f"msgctl: error: cannot read {path}: {e.strerror or e}")
+
+    found = tracing.read_trace(a.logid, a.files, on_error=cannot_read)
+    for path, count in found.skipped.items():
+        ctx.note(f"msgctl: warning: {path}: skipped {count} unreadable record(s) "
+                 f"naming logid {a.logid}")
+    for event in found:
+        ctx.say(tracing.format_line(tracing.record(event)))
+    readable = len(dict.fromkeys(a.files)) - len(unreadable)
+    if not found and readable:
+        raise CliError(f"no log events with logid {a.logid} in {readable} file(s)")
+    return 1 if unreadable else 0
+
+
 COMMANDS: dict[str, Callable[[_Ctx], Any]] = {
     "token": cmd_token,
     "chat": cmd_chat,
@@ -380,6 +416,7 @@ COMMANDS: dict[str, Callable[[_Ctx], Any]] = {
     "history": cmd_history,
     "c2s": cmd_c2s,
     "push": cmd_push,
+    "trace": cmd_trace,
 }
 
 

@@ -274,14 +274,14 @@ class RpcServerProtocol(amp.AMP):
     def auth(self, node_id: int, ts: int, mac: bytes) -> dict[str, Any]:
         why = check_auth(self.factory.secret, self.factory.clock.seconds(), node_id, ts, mac)
         if why is not None:
-            log.warn("internal RPC Auth of node {node} from {peer} refused: {why}",
-                     node=node_id, peer=self.peer, why=why)
+            log.warn("internal RPC Auth of node {peer_node} from {peer} refused: {why}",
+                     peer_node=node_id, peer=self.peer, why=why)
             raise Unauthorized(why)
         self._cancel_auth_timer()
         self.authenticated = True
         self.node = node_id
-        log.info("node {node} connected to the internal RPC from {peer}",
-                 node=node_id, peer=self.peer)
+        log.info("node {peer_node} connected to the internal RPC from {peer}",
+                 peer_node=node_id, peer=self.peer)
         return {}
 
     @Deliver.responder
@@ -290,22 +290,22 @@ class RpcServerProtocol(amp.AMP):
         try:
             msg = message_from_wire(message, content)
         except BadMessage as e:
-            log.warn("refused a delivery from node {node} ({peer}): {why}",
-                     node=self.node, peer=self.peer, why=str(e))
+            log.warn("refused a delivery from node {peer_node} ({peer}): {why}",
+                     peer_node=self.node, peer=self.peer, why=str(e))
             raise
         if len(content) > self.factory.max_content:
-            log.warn("refused {msgid} from node {node}: content of {size} bytes is over {limit}",
-                     msgid=msg.msgid, logid=msg.logid, node=self.node, size=len(content),
+            log.warn("refused {msgid} from node {peer_node}: content of {size} bytes is over {limit}",
+                     msgid=msg.msgid, logid=msg.logid, peer_node=self.node, size=len(content),
                      limit=self.factory.max_content)
             raise BadMessage(f"content is over {self.factory.max_content} bytes")
         try:
             pushed = bool(self.factory.logic.deliver_local(session_id, msg))
         except Exception:
-            log.failure("delivering {msgid} for node {node} failed", msgid=msg.msgid,
-                        logid=msg.logid, node=self.node, session_id=session_id)
+            log.failure("delivering {msgid} for node {peer_node} failed", msgid=msg.msgid,
+                        logid=msg.logid, peer_node=self.node, session_id=session_id)
             raise InternalError("the node failed to deliver; see its log") from None
-        log.debug("{msgid} from node {node} to session {session_id}: pushed={pushed}",
-                  msgid=msg.msgid, logid=msg.logid, node=self.node, session_id=session_id,
+        log.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
+                  msgid=msg.msgid, logid=msg.logid, peer_node=self.node, session_id=session_id,
                   pushed=pushed)
         return {"pushed": pushed}
 
@@ -318,8 +318,8 @@ class RpcServerProtocol(amp.AMP):
             kicked = bool(self.factory.logic.kick_local(uid, appcode, session_id, reason_code,
                                                         reason))
         except Exception:
-            log.failure("kicking {uid}@{appcode} for node {node} failed", uid=uid,
-                        appcode=appcode, node=self.node, session_id=session_id)
+            log.failure("kicking {uid}@{appcode} for node {peer_node} failed", uid=uid,
+                        appcode=appcode, peer_node=self.node, session_id=session_id)
             raise InternalError("the node failed to kick; see its log") from None
         return {"kicked": kicked}
 
@@ -448,13 +448,13 @@ class _Link:
                     f"could not connect within {self.peers.timeout:g} s"))
             self.peers.forget(self)
             if result.check(Unauthorized):
-                log.error("node {node} at {host}:{port} refused our internal RPC Auth "
+                log.error("node {peer_node} at {host}:{port} refused our internal RPC Auth "
                           "(is cluster.rpc_secret the same on every node?): {why}",
-                          node=self.node_id, host=host, port=port, why=result.getErrorMessage())
+                          peer_node=self.node_id, host=host, port=port, why=result.getErrorMessage())
                 result = Failure(StoreUnavailable(f"it refused our Auth: {result.getErrorMessage()}"))
             else:
-                log.info("internal RPC connection to node {node} at {host}:{port} failed: {why}",
-                         node=self.node_id, host=host, port=port, why=_describe(result))
+                log.info("internal RPC connection to node {peer_node} at {host}:{port} failed: {why}",
+                         peer_node=self.node_id, host=host, port=port, why=_describe(result))
             self._failure = result
             for d in waiters:
                 d.errback(result)  # ignored by the callers that already timed out
@@ -466,8 +466,8 @@ class _Link:
                 d.errback(self._failure)
             return
         self.protocol = result
-        log.info("internal RPC connection to node {node} at {host}:{port} is up",
-                 node=self.node_id, host=host, port=port)
+        log.info("internal RPC connection to node {peer_node} at {host}:{port} is up",
+                 peer_node=self.node_id, host=host, port=port)
         for d in waiters:
             d.callback(result)
 
@@ -486,8 +486,8 @@ class _Link:
             self.protocol = None
             self.peers.forget(self)
             host, port = self.address
-            log.info("internal RPC connection to node {node} at {host}:{port} closed",
-                     node=self.node_id, host=host, port=port)
+            log.info("internal RPC connection to node {peer_node} at {host}:{port} closed",
+                     peer_node=self.node_id, host=host, port=port)
 
     def abort(self) -> None:
         """Drop the connection at once (a call on it timed out: it is suspect)."""
@@ -602,8 +602,8 @@ class RpcPeers:
         if link is not None and link.address == address:
             return link
         if link is not None:
-            log.info("node {node} moved from {old} to {new}: reconnecting",
-                     node=node_id, old=link.address, new=address)
+            log.info("node {peer_node} moved from {old} to {new}: reconnecting",
+                     peer_node=node_id, old=link.address, new=address)
             link.close()
         link = _Link(self, node_id, address)
         self._links[node_id] = link
@@ -643,22 +643,22 @@ class RpcPeers:
             why = f"no answer within {self.timeout:g} s"
         elif failure.check(Unauthorized):
             why = "it refused our Auth"
-            log.warn("node {node} refused {command} as unauthenticated (is cluster.rpc_secret "
-                     "the same on every node?)", node=node_id, command=name, **fields)
+            log.warn("node {peer_node} refused {command} as unauthenticated (is cluster.rpc_secret "
+                     "the same on every node?)", peer_node=node_id, command=name, **fields)
         elif failure.check(BadMessage, InternalError):
             why = f"it refused the call: {failure.getErrorMessage()}"
-            log.warn("node {node} refused {command}: {why}", node=node_id, command=name,
+            log.warn("node {peer_node} refused {command}: {why}", peer_node=node_id, command=name,
                      why=failure.getErrorMessage(), **fields)
         elif failure.check(StoreUnavailable):
             why = failure.getErrorMessage()
         else:
             why = _describe(failure)
-        log.debug("internal RPC {command} to node {node} failed: {why}", command=name,
-                  node=node_id, why=why, **fields)
+        log.debug("internal RPC {command} to node {peer_node} failed: {why}", command=name,
+                  peer_node=node_id, why=why, **fields)
         raise StoreUnavailable(f"node {node_id}: {why}") from failure.value
 
     def _refused(self, node_id: int, why: str, fields: dict[str, Any]) -> Deferred[bool]:
-        log.warn("not sent to node {node}: {why}", node=node_id, why=why, **fields)
+        log.warn("not sent to node {peer_node}: {why}", peer_node=node_id, why=why, **fields)
         d: Deferred[bool] = Deferred()
         d.errback(StoreUnavailable(f"node {node_id}: {why}"))
         return d

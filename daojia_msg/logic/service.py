@@ -316,8 +316,8 @@ class LogicService(Service):
         try:
             kicked: bool = await self.peers.kick(record, int(reason), text)
         except StoreError as e:
-            self.log.warn("could not kick {uid}@{appcode} on node {node} (try {attempt}): {error}",
-                          uid=record.uid, appcode=record.appcode, node=record.node_id,
+            self.log.warn("could not kick {uid}@{appcode} on node {peer_node} (try {attempt}): {error}",
+                          uid=record.uid, appcode=record.appcode, peer_node=record.node_id,
                           attempt=attempt + 1, error=str(e))
             if attempt < KICK_RETRIES and self.running:
                 call = self.clock.callLater(2.0**attempt, self._retry_kick, record, reason,
@@ -547,8 +547,8 @@ class LogicService(Service):
         try:
             pushed: bool = await self.peers.deliver(record, msg)
         except StoreError as e:
-            self.log.warn("{msgid} left pending: node {node} unreachable: {error}",
-                          msgid=msg.msgid, logid=msg.logid, node=record.node_id, error=str(e))
+            self.log.warn("{msgid} left pending: node {peer_node} unreachable: {error}",
+                          msgid=msg.msgid, logid=msg.logid, peer_node=record.node_id, error=str(e))
             return False
         return pushed
 

@@ -311,7 +311,7 @@ class DeliverTests(SynchronousTestCase):
         self.assertIsInstance(f.value.__cause__, InternalError)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         [failure] = [e for e in events if "log_failure" in e]
-        self.assertEqual((failure["msgid"], failure["logid"], failure["node"]), (7, "trace-x", 1))
+        self.assertEqual((failure["msgid"], failure["logid"], failure["peer_node"]), (7, "trace-x", 1))
         # The same connection serves the next call.
         self.c.logic.error = None
         d = self.c.peers.deliver(RECORD, message(8))
@@ -502,7 +502,7 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(c.logic.delivered, [])
         self.assertEqual(c.server.connections, set())
         self.assertNothingLeaked()
-        self.assertTrue(any(e["log_level"].name == "error" and e.get("node") == 2
+        self.assertTrue(any(e["log_level"].name == "error" and e.get("peer_node") == 2
                             for e in self.events))
 
     def test_peers_without_secret(self) -> None:
