@@ -14,20 +14,23 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from daojia_msg.logic.interfaces import IClientConnection
 
 
 class _Entry:
-    __slots__ = ("deadline", "attempts", "cmd", "msgtype", "body", "route")
+    __slots__ = ("deadline", "attempts", "cmd", "msgtype", "body", "route", "logid")
 
-    def __init__(self, deadline: float, cmd: int, msgtype: int, body: bytes, route: object) -> None:
+    def __init__(self, deadline: float, cmd: int, msgtype: int, body: bytes, route: object,
+                 logid: str) -> None:
         self.deadline = deadline
         self.attempts = 0
         self.cmd = cmd
         self.msgtype = msgtype
         self.body = body
         self.route = route
+        self.logid = logid
 
 
 class DeliveryWindow:
@@ -35,6 +38,8 @@ class DeliveryWindow:
 
     ``on_repush(route)`` is called for each re-push, for statistics.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -60,14 +65,16 @@ class DeliveryWindow:
     def __contains__(self, msgid: int) -> bool:
         return msgid in self._entries
 
-    def push(self, msgid: int, cmd: int, msgtype: int, body: bytes, route: object) -> bool:
+    def push(self, msgid: int, cmd: int, msgtype: int, body: bytes, route: object,
+             logid: str = "") -> bool:
         """Push now and watch for the ACK; False (nothing pushed) when the window
         is full or the connection takes no pushes now (closing, peer not reading)."""
         if msgid in self._entries:
             return True
         if len(self._entries) >= self._max_size or not self._conn.push(cmd, msgtype, body):
             return False
-        self._entries[msgid] = _Entry(self._clock.seconds() + self._timeout, cmd, msgtype, body, route)
+        self._entries[msgid] = _Entry(self._clock.seconds() + self._timeout, cmd, msgtype, body,
+                                      route, logid)
         if self._timer is None:
             self._timer = self._clock.callLater(self._timeout, self._expire)
         return True
@@ -97,12 +104,17 @@ class DeliveryWindow:
                 break
             if entry.attempts >= self._max_repush or not self._conn.connected:
                 del entries[msgid]
+                self.log.info("{msgid} not ACKed after {attempts} re-pushes: left pending for "
+                              "PULL", msgid=msgid, logid=entry.logid, attempts=entry.attempts,
+                              peer=self._conn.peer)
                 continue
             entry.attempts += 1
             entry.deadline = now + self._timeout
             entries.move_to_end(msgid)
             self._conn.push(entry.cmd, entry.msgtype, entry.body)
             self._on_repush(entry.route)
+            self.log.debug("{msgid} re-pushed (try {attempt})", msgid=msgid, logid=entry.logid,
+                           attempt=entry.attempts + 1, peer=self._conn.peer)
         if entries:
             head = next(iter(entries.values()))
             self._timer = self._clock.callLater(max(0.0, head.deadline - now), self._expire)

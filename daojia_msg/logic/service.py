@@ -447,7 +447,9 @@ class LogicService(Service):
         push it now, so an online recipient does not wait for its next login."""
         try:
             msg = await self.store.pending_message(to_uid, msgid)
-        except StoreError:
+        except StoreError as e:
+            self.log.info("{msgid} not re-delivered on its resend: {error}", msgid=msgid,
+                          to_uid=to_uid, error=str(e))
             return  # it stays pending for PULL
         if msg is not None:
             await self._deliver(msg)
@@ -567,7 +569,8 @@ class LogicService(Service):
         cmd = Cmd.C2C if msg.kind == Kind.C2C else Cmd.S2C
         if msg.msgid in session.window:
             return True
-        if session.window.push(msg.msgid, cmd, msg.msgtype, to_pb(msg).SerializeToString(), route):
+        if session.window.push(msg.msgid, cmd, msg.msgtype, to_pb(msg).SerializeToString(), route,
+                               msg.logid):
             self.stats.add(route, "pushed")
             self.log.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
                            logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
