@@ -33,6 +33,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from daojia_msg import tracing
+from daojia_msg.admin.manhole import AdminNamespace, make_manhole_factory
 from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.detector import GateDetector
 from daojia_msg.cluster.redisconn import Redis, connect
@@ -177,10 +178,17 @@ class Node(MultiService):
             await self._serve_rpc()
         self.ports["gate"] = await self._listen(config.listen.gate, self.gate)
         self.ports["http"] = await self._listen(config.listen.http, site)
+        if config.listen.manhole:
+            self.ports["manhole"] = await self._listen(
+                config.listen.manhole,
+                make_manhole_factory(self._admin_namespace(), config.admin.manhole_password,
+                                     self.reactor),
+            )
         for name, port in self.ports.items():
             address: Any = port.getHost()
-            self.log.info("{name} listening on {host}:{port}", name=name, host=address.host,
-                          port=address.port)
+            self.log.info("{name} listening on {address}", name=name,
+                          address=f"{address.host}:{address.port}" if hasattr(address, "port")
+                          else getattr(address, "name", address))
         if self.registry is not None:
             await self._announce()
         elif self.gate_address()[0] in WILDCARDS:
@@ -255,6 +263,21 @@ class Node(MultiService):
         self.stats_flusher = StatsFlusher(self.redis, self.stats, self.reactor,
                                           self.config.stats.flush_s)
         self.stats_flusher.start()
+
+    def _admin_namespace(self) -> dict[str, Any]:
+        """What the admin manhole offers: online, kick, stats, nodes, trace."""
+        cluster_stats = (ClusterStats(self.redis, self.reactor, self.config.stats.window_s)
+                         if self.redis is not None else None)
+        return AdminNamespace(
+            lookup_uid=self.sessions.lookup_uid,
+            kickout=self.logic.kickout,
+            stats=cluster_stats.snapshot if cluster_stats else self.stats.snapshot,
+            this_node=lambda: {"node_id": self.node_id, "gate_host": self.gate_address()[0],
+                               "gate_port": self.gate_address()[1],
+                               "connections": self._connections()},
+            live_nodes=self.registry.live_nodes if self.registry is not None else None,
+            trace=self.trace.find,
+        ).namespace()
 
     def _connections(self) -> int:
         return len(self.gate.connections) if hasattr(self, "gate") else 0

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from daojia_msg.admin.manhole import check_manhole_config
 from daojia_msg.config import (
     MAX_NODE_ID,
     Config,
@@ -86,8 +87,7 @@ def build_config(options: Any) -> Config:
     config = config.replace(**changes)
     check_urls(config)
     check_cluster_config(config)
-    if config.listen.manhole:
-        raise ConfigError("the admin manhole is not in this build yet", ("listen", "manhole"))
+    check_manhole_config(config.listen.manhole, config.admin.manhole_password)
     return config
 
 

@@ -80,7 +80,8 @@ class BuildConfigTests(SynchronousTestCase):
         self.assertRefused(("--mysql", "mysql://nobody@h"),
                            "mysql.url: expected mysql://user[:password]@host[:port]/database")
         self.assertRefused(("--manhole", "tcp:7300:interface=127.0.0.1"),
-                           "listen.manhole: the admin manhole is not in this build yet")
+                           "admin.manhole_password: required when listen.manhole is set: the "
+                           "manhole refuses to start without a password")
 
     def test_cluster_options(self) -> None:
         config = build_config(options("--redis", "redis://127.0.0.1:6379/2",

@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--logid", default="")
     p.add_argument("text", nargs="+", metavar="TEXT")
+    p = sub.add_parser("stats", help="print delivery statistics (GET /v1/stats)")
+    p.add_argument("--appcode", type=U32, default=1001,
+                   help="whose user system to show (default %(default)s)")
+    p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
+    p.add_argument(
+        "--http", default="http://127.0.0.1:8080", help="HTTP API base (default %(default)s)"
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON answer as it is")
     p = sub.add_parser(
         "trace", help="print one message's path, in time order, from the nodes' JSON logs"
     )
@@ -340,21 +348,16 @@ async def cmd_chat(ctx: _Ctx) -> int:
 # -- HTTP push
 
 
-async def cmd_push(ctx: _Ctx) -> None:
-    a = ctx.args
-    key = a.api_key or (DEMO_APPS[a.to_appcode].api_key if a.to_appcode in DEMO_APPS else None)
+def _api_key(given: str | None, appcode: int) -> str:
+    key = given or (DEMO_APPS[appcode].api_key if appcode in DEMO_APPS else None)
     if not key:
-        raise CliError(
-            f"--api-key is required: appcode {a.to_appcode} is not a demo app (1001, 1002)", 2
-        )
-    body: dict[str, Any] = {
-        "to_uid": a.to,
-        "to_appcode": a.to_appcode,
-        "msgtype": a.msgtype,
-        "content": " ".join(a.text),
-    }
-    if a.logid:
-        body["logid"] = a.logid
+        raise CliError(f"--api-key is required: appcode {appcode} is not a demo app (1001, 1002)",
+                       2)
+    return key
+
+
+async def _http(ctx: _Ctx, method: str, path: str, key: str, body: Any = None) -> str:
+    """One HTTP API request; its body text, or :class:`CliError` with the API's error."""
     http = ctx.http
     if http is None:
         from treq.client import HTTPClient
@@ -363,22 +366,65 @@ async def cmd_push(ctx: _Ctx) -> None:
         http = HTTPClient(
             Agent(ctx.reactor, pool=HTTPConnectionPool(ctx.reactor, persistent=False))
         )
-    url = a.http.rstrip("/") + "/v1/push"
+    url = ctx.args.http.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {key}"}
     try:
-        response = await http.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+        if body is None:
+            response = await http.request(method, url, headers=headers)
+        else:
+            response = await http.request(method, url, json=body, headers=headers)
         data = await response.content()
     except ConnectError as e:
         raise CliError(f"cannot reach {url}: {str(e).rstrip('.')}") from None
     except Exception as e:
         raise CliError(f"cannot reach {url}: {e.__class__.__name__}: {e}") from None
-    text = data.decode("utf-8", "replace").strip()
+    text: str = data.decode("utf-8", "replace").strip()
     if not 200 <= response.code < 300:
         try:
             detail = json.loads(text)["error"]
         except (ValueError, KeyError, TypeError):
             detail = text or response.phrase.decode("latin-1")
         raise CliError(f"HTTP {response.code}: {detail}")
-    ctx.say(text)
+    return text
+
+
+async def cmd_push(ctx: _Ctx) -> None:
+    a = ctx.args
+    body: dict[str, Any] = {
+        "to_uid": a.to,
+        "to_appcode": a.to_appcode,
+        "msgtype": a.msgtype,
+        "content": " ".join(a.text),
+    }
+    if a.logid:
+        body["logid"] = a.logid
+    ctx.say(await _http(ctx, "POST", "/v1/push", _api_key(a.api_key, a.to_appcode), body))
+
+
+async def cmd_stats(ctx: _Ctx) -> None:
+    """Delivery statistics of the key's user system (cluster-wide in a cluster)."""
+    a = ctx.args
+    text = await _http(ctx, "GET", "/v1/stats", _api_key(a.api_key, a.appcode))
+    if a.json:
+        ctx.say(text)
+        return
+    stats = json.loads(text)
+    rate = stats.get("delivery_rate")
+    window = stats.get("window_s")
+    ctx.say(f"delivery rate: {'-' if rate is None else f'{rate:.2%}'}"
+            + (f" (last {window:g} s)" if window else "")
+            + f", since the start: {_pct(stats.get('delivery_rate_total'))}")
+    names = ("accepted", "pushed", "acked", "repushed", "stored", "pulled")
+    ctx.say(f"{'appcode':>8} {'msgtype':>8} {'kind':<4} " + " ".join(f"{n:>9}" for n in names))
+    for r in stats["by_route"]:
+        ctx.say(f"{r['appcode']:>8} {r['msgtype']:>8} {r['kind']:<4} "
+                + " ".join(f"{r[n]:>9}" for n in names))
+    t = stats["totals"]
+    ctx.say(f"{'total':>8} {'':>8} {'':<4} " + " ".join(f"{t[n]:>9}" for n in names))
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2%}"
 
 
 # -- trace
@@ -416,6 +462,7 @@ COMMANDS: dict[str, Callable[[_Ctx], Any]] = {
     "history": cmd_history,
     "c2s": cmd_c2s,
     "push": cmd_push,
+    "stats": cmd_stats,
     "trace": cmd_trace,
 }
 

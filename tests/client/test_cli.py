@@ -403,3 +403,46 @@ class PushTests(CliTestCase):
         d = self.run_cli("push", "--to", "8", "--to-appcode", "5000", "--msgtype", "3", "x")
         self.assertEqual(self.exit_code(d), 2)
         self.assertIn("--api-key is required", self.err.getvalue())
+
+
+class StatsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__()
+        self.answer = answer
+        self.seen: list[tuple[bytes, str | None]] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.seen.append((request.path, request.getHeader("authorization")))
+        request.setHeader("content-type", "application/json")
+        return json.dumps(self.answer).encode()
+
+
+class StatsTests(CliTestCase):
+    ANSWER = {
+        "totals": {"accepted": 4, "pushed": 3, "acked": 3, "repushed": 1, "stored": 1,
+                   "pulled": 1},
+        "by_route": [{"appcode": 1001, "msgtype": 7, "kind": "C2C", "accepted": 4, "pushed": 3,
+                      "acked": 3, "repushed": 1, "stored": 1, "pulled": 1}],
+        "delivery_rate": 0.75, "delivery_rate_total": 0.75, "window_s": 300.0,
+    }
+
+    def test_table(self) -> None:
+        resource = StatsResource(self.ANSWER)
+        stub = StubTreq(resource)
+        d = self.run_cli("stats", http=stub)
+        stub.flush()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(resource.seen, [(b"/v1/stats", "Bearer demo-key-1001")])
+        lines = self.out.getvalue().splitlines()
+        self.assertEqual(lines[0], "delivery rate: 75.00% (last 300 s), since the start: 75.00%")
+        self.assertEqual(lines[2].split(), ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1"])
+        self.assertEqual(lines[3].split()[0], "total")
+
+    def test_json(self) -> None:
+        stub = StubTreq(StatsResource(self.ANSWER))
+        d = self.run_cli("stats", "--json", "--appcode", "1002", http=stub)
+        stub.flush()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(json.loads(self.out.getvalue()), self.ANSWER)

@@ -1,0 +1,1 @@
+"""Operator tools inside a node: the admin manhole (:mod:`daojia_msg.admin.manhole`)."""
