@@ -135,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--logid", default="")
     p.add_argument("text", nargs="+", metavar="TEXT")
+    p = sub.add_parser("tail", help="print the C2S envelopes arriving on a topic of a bus")
+    p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("--bus", required=True, metavar="URL",
+                   help="redis://..., amqp://... or the webhook URL http(s)://...")
+    p.add_argument("--exchange", default="msgplatform.c2s", help="RabbitMQ exchange")
+    p.add_argument("--listen", default="", metavar="STRPORT",
+                   help="for a webhook: where to receive the POSTs (tcp:9000)")
+    p.add_argument("--count", type=int, default=0,
+                   help="stop after this many envelopes (default: run until Ctrl-C)")
     p = sub.add_parser("stats", help="print delivery statistics (GET /v1/stats)")
     p.add_argument("--appcode", type=U32, default=1001,
                    help="whose user system to show (default %(default)s)")
@@ -401,6 +410,37 @@ async def cmd_push(ctx: _Ctx) -> None:
     ctx.say(await _http(ctx, "POST", "/v1/push", _api_key(a.api_key, a.to_appcode), body))
 
 
+async def cmd_tail(ctx: _Ctx) -> None:
+    """Print each envelope of TOPIC as it arrives, until --count or Ctrl-C."""
+    from daojia_msg.consumer import consume
+
+    a = ctx.args
+    done: Deferred[None] = Deferred()
+    seen = [0]
+
+    def show(envelope: Any) -> None:
+        m = envelope.message
+        text = m.content.decode("utf-8", "backslashreplace")
+        ctx.say(f"[{envelope.topic}] msgid={m.msgid} from={m.from_uid}@{m.from_appcode} "
+                f"msgtype={m.msgtype} logid={envelope.logid} {text}")
+        seen[0] += 1
+        if a.count and seen[0] >= a.count and not done.called:
+            done.callback(None)
+
+    try:
+        stop = await consume(ctx.reactor, a.bus, a.topic, show, exchange=a.exchange,
+                             listen=a.listen)
+    except ValueError as e:
+        raise CliError(str(e), 2) from None
+    except Exception as e:
+        raise CliError(f"cannot read {a.topic} from the bus: {e}") from None
+    ctx.note(f"*** tailing {a.topic}" + (f" ({a.count} envelopes)" if a.count else ""))
+    try:
+        await done
+    finally:
+        await stop()
+
+
 async def cmd_stats(ctx: _Ctx) -> None:
     """Delivery statistics of the key's user system (cluster-wide in a cluster)."""
     a = ctx.args
@@ -463,6 +503,7 @@ COMMANDS: dict[str, Callable[[_Ctx], Any]] = {
     "c2s": cmd_c2s,
     "push": cmd_push,
     "stats": cmd_stats,
+    "tail": cmd_tail,
     "trace": cmd_trace,
 }
 
