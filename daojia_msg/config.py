@@ -65,7 +65,8 @@ class BusConfig:
     #: RabbitMQ: the topic exchange C2S messages are published to.
     amqp_exchange: str = "msgplatform.c2s"
     #: Webhooks: seconds per attempt, attempts after the first, requests at once per route.
-    webhook_timeout_s: float = 5.0
+    #: Every attempt must fit in publish_timeout_s: timeout x (1 + retries) < it.
+    webhook_timeout_s: float = 1.0
     webhook_retries: int = 3
     webhook_concurrency: int = 16
     #: A publish that the bus has not accepted after this long is UNAVAILABLE.
@@ -483,8 +484,10 @@ def check_bus_url(url: str, key: tuple[str, ...]) -> None:
     if url == "memory:":
         return
     if scheme not in BUS_SCHEMES or scheme == "memory" or "://" not in url:
+        # Only the scheme: the rest of a URL may carry a password.
         raise ConfigError(
-            f"expected memory:, redis://, amqp(s):// or http(s):// URL, got {url!r}", key
+            f"expected memory:, redis://, amqp(s):// or http(s):// URL, got scheme {scheme!r}",
+            key,
         )
     if scheme == "redis":
         parse_redis_url(url, key)
@@ -503,6 +506,13 @@ def _bus(t: _Table) -> BusConfig:
         publish_timeout_s=t.float("publish_timeout_s", d.publish_timeout_s, 0.1),
     )
     t.done()
+    attempts = bus.webhook_timeout_s * (1 + bus.webhook_retries)
+    if attempts >= bus.publish_timeout_s:
+        raise ConfigError(
+            f"{bus.webhook_retries + 1} webhook attempts of {bus.webhook_timeout_s:g} s "
+            f"({attempts:g} s) must fit in bus.publish_timeout_s ({bus.publish_timeout_s:g} s)",
+            (*t.path, "webhook_timeout_s"),
+        )
     return bus
 
 

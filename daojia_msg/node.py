@@ -313,8 +313,6 @@ class Node(MultiService):
             for conn in list(self.gate.connections):
                 conn.close()
             await self.gate.when_empty()
-        if self.stats_flusher is not None:
-            await self.stats_flusher.stop()
         if self.detector is not None:
             await self.detector.stop()
         if self.registry is not None:
@@ -327,6 +325,8 @@ class Node(MultiService):
         if stopped is not None:
             await stopped
         await self.router.stop()
+        if self.stats_flusher is not None:  # after the last count (logic, buses stopped)
+            await self.stats_flusher.stop()
         if hasattr(self, "store"):
             await self.store.stop()
         if self.redis is not None:

@@ -476,6 +476,12 @@ class UrlTests(ConfigTestCase):
             APP + '[[routes]]\nappcode = 2001\nmsgtype = 2\ntopic = "o"\nbus = "nope"\n',
             "routes.0.bus: no bus 'nope' is configured")
         self.assertConfigError('[buses.x]\nurl = "ftp://h"\n' + APP, "buses.x.url: ")
+        # The error names the scheme, never the rest (a password).
+        with self.assertRaises(ConfigError) as e:
+            parse_config('[bus]\nurl = "rediss://:hunter2@h:6380/0"\n' + APP)
+        self.assertNotIn("hunter2", str(e.exception))
+        self.assertConfigError('[bus]\nwebhook_timeout_s = 2\n' + APP,
+                               "bus.webhook_timeout_s: 4 webhook attempts of 2 s (8 s) must fit")
         self.assertConfigError('[log]\nformat = "xml"\n' + APP, "log.format: unknown key")
         self.assertEqual(parse_config('[log]\njson_file = "/tmp/x.json"\n' + APP).log.json_file,
                          "/tmp/x.json")

@@ -67,7 +67,7 @@ class BuildConfigTests(SynchronousTestCase):
                            "Unknown endpoint type: 'nope'")
         self.assertRefused(("--bus", "kafka://x"),
                            "bus.url: expected memory:, redis://, amqp(s):// or http(s):// URL, "
-                           "got 'kafka://x'")
+                           "got scheme 'kafka'")
         self.assertRefused(("--redis", "redis://127.0.0.1", "--rpc", "tcp:7100"),
                            "listen.rpc: in a cluster the RPC listener must name the interface "
                            "other nodes reach (tcp:PORT:interface=ADDRESS)")

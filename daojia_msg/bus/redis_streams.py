@@ -260,6 +260,9 @@ class RedisStreamsBus:
     def _flush(self) -> None:
         """Send the next batch, unless one is in flight (it calls again when done)."""
         self._flush_call = None
+        # A frame already answered (the router timed it out: UNAVAILABLE) is
+        # not sent any more: the client was told it did not reach the bus.
+        self._queue = [p for p in self._queue if not p.d.called]
         if self._in_flight or not self._queue:
             return
         batch = self._queue[:self.max_batch]

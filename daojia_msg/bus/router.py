@@ -45,7 +45,7 @@ def make_bus(url: str, config: BusConfig, reactor: Any) -> IMessageBus:
         from daojia_msg.bus.webhook import WebhookBus
 
         return WebhookBus(url, config, reactor)
-    raise ValueError(f"no bus for {url!r}")
+    raise ValueError(f"no bus for URLs of scheme {scheme!r}")  # no more: it may hold a password
 
 
 class BusRouter:

@@ -13,11 +13,15 @@ Every ``stats.flush_s`` each node adds what it counted since its last flush
 ``GET /v1/stats`` with the same JSON as one node, for the whole cluster. A
 flush that fails (Redis down) is kept and added to the next one, so counts are
 late, never lost, while the node lives; a node that dies loses at most its
-last ``flush_s`` of counts.
+last ``flush_s`` of counts. Each batch carries a marker key (flusher id +
+sequence number) set in the same script: a batch whose reply was lost is sent
+again as it was and is not added twice; new counts wait in the node's
+:class:`Stats` until it went through.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection
 from typing import Any
 
@@ -27,21 +31,23 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from daojia_msg.cluster.redisconn import Redis, Script
-from daojia_msg.logic.stats import COUNTERS, LATENCY_BUCKETS, Route, Stats, Window, _bump
+from daojia_msg.logic.stats import COUNTERS, LATENCY_BUCKETS, Route, Stats, _bump
 from daojia_msg.store.errors import StoreError
 from daojia_msg.store.model import Kind
 
-# KEYS: counts hash, latency hash, then one key per window minute.
-# ARGV: ttl_ms, n_counts, (field, delta)*, n_lat, (field, delta)*,
-#       then per minute: n_fields, (field, delta)*.
+# KEYS: this batch's marker, counts hash, latency hash, then one key per window
+# minute. ARGV: ttl_ms, n_counts, (field, delta)*, n_lat, (field, delta)*,
+# then per minute: n_fields, (field, delta)*. A batch whose marker exists was
+# applied already (its reply was lost): it is not added twice.
 FLUSH = Script("""
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', 3600000) then return 0 end
 local ttl = ARGV[1]
 local i = 2
 local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
-n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
-for k = 3, #KEYS do
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+for k = 4, #KEYS do
   n = tonumber(ARGV[i]); i = i + 1
   for _ = 1, n do redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]); i = i + 2 end
   redis.call('PEXPIRE', KEYS[k], ttl)
@@ -72,9 +78,13 @@ class StatsFlusher:
         self.redis = redis
         self.stats = stats
         self.flush_s = flush_s
-        self._carry: tuple[dict[Route, list[int]], Window, list[int], float] | None = None
+        self._id = secrets.token_hex(8)
+        self._seq = 0
+        #: The batch (keys, args) not yet known to be applied: sent again as is.
+        self._unsent: tuple[list[str], list[Any]] | None = None
         self._failing = False
-        self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self.flush()))
+        self._flushing: Deferred[None] | None = None
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
 
     def start(self) -> None:
@@ -83,26 +93,48 @@ class StatsFlusher:
     async def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
+        if self._flushing is not None:
+            await self._flushing
         await self.flush()
 
+    def _tick(self) -> Deferred[None] | None:
+        if self._flushing is not None:
+            return None  # the previous flush is still under way
+        d = self._flushing = Deferred.fromCoroutine(self.flush())
+
+        def done(result: None) -> None:
+            self._flushing = None
+            return result
+
+        return d.addBoth(done)
+
     async def flush(self) -> None:
-        counts, minutes, latency, latency_sum = self.stats.take_deltas()
-        if self._carry is not None:  # what a failed flush could not add
-            old_counts, old_minutes, old_latency, old_sum = self._carry
-            for route, values in old_counts.items():
-                for i, v in enumerate(values):
-                    _bump(counts, route, i, v, len(COUNTERS))
-            for minute, routes in old_minutes.items():
-                for route, values in routes.items():
-                    for i, v in enumerate(values):
-                        _bump(minutes.setdefault(minute, {}), route, i, v, 2)
-            latency = [a + b for a, b in zip(latency, old_latency, strict=True)]
-            latency_sum += old_sum
-            self._carry = None
-        if not counts and not minutes and not any(latency):
+        if self._unsent is None:
+            self._unsent = self._batch()
+            if self._unsent is None:
+                return
+        keys, args = self._unsent
+        try:
+            await FLUSH(self.redis, keys, args)
+        except StoreError as e:
+            if not self._failing:
+                self.log.warn("cluster stats not flushed (sent again next time): {error}",
+                              error=str(e))
+            self._failing = True
             return
-        keys = [self.redis.key("stats", "c"), self.redis.key("stats", "lat")]
-        args: list[Any] = [int((self.stats.window_s + 120) * 1000)]
+        self._unsent = None
+        if self._failing:
+            self.log.info("cluster stats flushed again")
+        self._failing = False
+
+    def _batch(self) -> tuple[list[str], list[Any]] | None:
+        counts, minutes, latency, latency_sum = self.stats.take_deltas()
+        if not counts and not minutes and not any(latency):
+            return None
+        self._seq += 1
+        keys = [self.redis.key("stats", "f", self._id, self._seq),
+                self.redis.key("stats", "c"), self.redis.key("stats", "lat")]
+        args: list[Any] = [int((self.stats.window_s + 180) * 1000)]
         pairs = [(_field(r, name), v) for r, values in counts.items()
                  for name, v in zip(COUNTERS, values, strict=True) if v]
         args += [len(pairs), *[x for p in pairs for x in p]]
@@ -115,18 +147,7 @@ class StatsFlusher:
             fields = [(_field(r, name), v) for r, values in routes.items()
                       for name, v in zip(WINDOW_FIELDS, values, strict=True) if v]
             args += [len(fields), *[x for p in fields for x in p]]
-        try:
-            await FLUSH(self.redis, keys, args)
-        except StoreError as e:
-            self._carry = (counts, minutes, latency, latency_sum)
-            if not self._failing:
-                self.log.warn("cluster stats not flushed (kept for the next flush): {error}",
-                              error=str(e))
-            self._failing = True
-            return
-        if self._failing:
-            self.log.info("cluster stats flushed again")
-        self._failing = False
+        return keys, args
 
 
 class ClusterStats:
@@ -143,8 +164,8 @@ class ClusterStats:
         for field, value in zip(counts[::2], counts[1::2], strict=True):
             route, name = _parse(field)
             _bump(stats.by_route, route, COUNTERS.index(name), int(value), len(COUNTERS))
-        now_minute = int(self.clock.seconds() // 60)
-        for minute in range(stats.first_minute(now_minute), now_minute + 1):
+        now = self.clock.seconds()
+        for minute in range(stats.first_minute(now), int(now // 60) + 1):
             entries = await self.redis.call("HGETALL", self.redis.key("stats", "m", minute))
             for field, value in zip(entries[::2], entries[1::2], strict=True):
                 route, name = _parse(field)

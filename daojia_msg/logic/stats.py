@@ -86,13 +86,18 @@ class Stats:
                 _bump(self._minute_deltas.setdefault(minute, {}), route, j, n, 2)
             self._prune(minute)
 
-    def first_minute(self, minute: int) -> int:
-        """The oldest minute bucket in the window: the last ``window_s / 60``
-        whole minutes, the current one included."""
-        return minute - max(1, int(self.window_s // 60)) + 1
+    def first_minute(self, now: float) -> int:
+        """The minute bucket the window ``[now - window_s, now]`` starts in."""
+        return int((now - self.window_s) // 60)
+
+    def _weight(self, minute: int, now: float) -> float:
+        """How much of bucket ``minute`` lies inside the window (its events are
+        assumed spread evenly over the minute): 1 but for the oldest bucket."""
+        start = now - self.window_s
+        return min(1.0, max(0.0, ((minute + 1) * 60 - start) / 60))
 
     def _prune(self, minute: int) -> None:
-        oldest = self.first_minute(minute)
+        oldest = self.first_minute(self.now())
         for m in [m for m in self.minutes if m < oldest]:
             del self.minutes[m]
 
@@ -142,15 +147,17 @@ class Stats:
         """ACKed / accepted over C2C and S2C within the window; None when nothing
         was accepted in it. (An ACK in the window may be of a message accepted
         before it, so the rate can exceed 1 for a moment; it is capped at 1.)"""
-        oldest = self.first_minute(int(self.now() // 60))
-        accepted = acked = 0
+        now = self.now()
+        oldest = self.first_minute(now)
+        accepted = acked = 0.0
         for minute, routes in self.minutes.items():
             if minute < oldest:
                 continue
+            weight = self._weight(minute, now)
             for route, (acc, ack) in routes.items():
                 if appcodes is None or route[0] in appcodes:
-                    accepted += acc
-                    acked += ack
+                    accepted += acc * weight
+                    acked += ack * weight
         return min(1.0, acked / accepted) if accepted else None
 
     def snapshot(self, appcodes: Collection[int] | None = None) -> dict[str, Any]:

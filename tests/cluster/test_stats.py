@@ -31,7 +31,7 @@ class WindowTests(SynchronousTestCase):
         stats.add(C2C, "acked", 5)
         stats.add(GPS, "accepted", 100)  # C2S is not delivered: not in the rate
         self.assertEqual(stats.delivery_rate(), 0.5)
-        clock.advance(301)
+        clock.advance(360)
         self.assertIsNone(stats.delivery_rate())  # nothing accepted in the last 5 minutes
         stats.add(C2C, "accepted", 4)
         stats.add(C2C, "acked", 4)
@@ -42,6 +42,28 @@ class WindowTests(SynchronousTestCase):
         clock.advance(3600)
         stats.add(C2C, "accepted")
         self.assertEqual(len(stats.minutes), 1)  # old buckets are dropped
+
+
+    def test_the_window_is_its_full_length(self) -> None:
+        """Counts from 250 s ago are inside a 300 s window (review finding)."""
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        stats = Stats(now=clock.seconds, window_s=300)
+        stats.add(C2C, "accepted", 100)  # never ACKed
+        clock.advance(250)
+        stats.add(C2C, "accepted", 100)
+        stats.add(C2C, "acked", 100)
+        self.assertEqual(stats.delivery_rate(), 0.5)
+        clock.advance(70)  # the window now starts 20 s into the first minute
+        self.assertAlmostEqual(stats.delivery_rate() or 0, 100 / (100 + 100 * 40 / 60))
+
+    def test_short_window(self) -> None:
+        clock = Clock()
+        clock.advance(1_800_000_000 + 59)
+        stats = Stats(now=clock.seconds, window_s=60)
+        stats.add(C2C, "accepted", 10)
+        clock.advance(2)  # a new minute: the last one is still (mostly) in the window
+        self.assertEqual(stats.delivery_rate(), 0.0)
 
 
 class ClusterStatsTests(TestCase):
@@ -107,6 +129,30 @@ class ClusterStatsTests(TestCase):
         await flusher.flush()
         redis.call = real  # type: ignore[method-assign]
         stats.add(C2C, "accepted", 1)
+        await flusher.flush()  # the failed batch, as it was
+        snapshot = await ClusterStats(redis, now, 300).snapshot()
+        self.assertEqual(snapshot["totals"]["accepted"], 2)
+        await flusher.flush()  # then what came meanwhile
+        snapshot = await ClusterStats(redis, now, 300).snapshot()
+        self.assertEqual(snapshot["totals"]["accepted"], 3)
+
+    async def test_a_lost_reply_is_not_counted_twice(self) -> None:
+        redis = await self.connect()
+        now: Any = reactor
+        stats = Stats(now=now.seconds, track_deltas=True)
+        flusher = StatsFlusher(redis, stats, now, 1.0)
+        stats.add(C2C, "accepted", 2)
+        real = redis.call
+
+        async def applied_but_reply_lost(*args: Any) -> Any:
+            await real(*args)
+            raise StoreUnavailable("reply timeout")
+
+        redis.call = applied_but_reply_lost  # type: ignore[method-assign]
         await flusher.flush()
+        redis.call = real  # type: ignore[method-assign]
+        stats.add(C2C, "accepted", 1)
+        await flusher.flush()  # the same batch again: skipped by its marker
+        await flusher.flush()  # then the new count
         snapshot = await ClusterStats(redis, now, 300).snapshot()
         self.assertEqual(snapshot["totals"]["accepted"], 3)
