@@ -31,6 +31,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 
 from daojia_msg import tracing
 from daojia_msg.admin.manhole import AdminNamespace, make_manhole_factory
@@ -97,6 +98,7 @@ class Node(MultiService):
         self.trace = tracing.TraceBuffer()
         self._tracing_off: list[Callable[[], None]] = []
         self.ports: dict[str, IListeningPort] = {}
+        self.manhole: WrappingFactory | None = None
         self.draining = False
         #: Fires with None once serving, or fails with why the node could not start.
         self.ready: Deferred[None] = Deferred()
@@ -179,11 +181,12 @@ class Node(MultiService):
         self.ports["gate"] = await self._listen(config.listen.gate, self.gate)
         self.ports["http"] = await self._listen(config.listen.http, site)
         if config.listen.manhole:
-            self.ports["manhole"] = await self._listen(
-                config.listen.manhole,
-                make_manhole_factory(self._admin_namespace(), config.admin.manhole_password,
-                                     self.reactor),
-            )
+            # Wrapped to know its open sessions: they are closed at stop, before
+            # the stores and Redis they would reach.
+            self.manhole = WrappingFactory(make_manhole_factory(
+                self._admin_namespace(), config.admin.manhole_password, self.reactor))
+            self.manhole.noisy = False
+            self.ports["manhole"] = await self._listen(config.listen.manhole, self.manhole)
         for name, port in self.ports.items():
             address: Any = port.getHost()
             self.log.info("{name} listening on {address}", name=name,
@@ -307,6 +310,9 @@ class Node(MultiService):
             self.log.info("stopping: kicked {count} sessions", count=kicked)
         await DeferredList([Deferred.fromCoroutine(_stop_port(p)) for p in self.ports.values()])
         self.ports.clear()
+        if self.manhole is not None:
+            for session in list(self.manhole.protocols):
+                session.transport.abortConnection()
         if hasattr(self, "gate"):
             # Kicked connections close politely; the rest are closed now. Each
             # aborts by itself after limits.close_grace_s if its peer lingers.

@@ -180,3 +180,43 @@ class RestartTests(NodeTestCase):
         _, inbox = await self.client(3)  # logs in and drains with PULL
         messages = await inbox.wait(5)
         self.assertEqual([m.msgid for m in messages], sent)
+
+
+class ManholeNodeTests(NodeTestCase):
+    async def test_manhole_served_and_closed_at_stop(self) -> None:
+        from twisted.internet.endpoints import connectProtocol
+        from twisted.internet.protocol import Protocol
+
+        from daojia_msg.config import AdminConfig
+
+        data_dir = os.path.abspath(self.mktemp())
+        config = default_config().replace(
+            data_dir=data_dir,
+            listen=ListenConfig(gate="tcp:0:interface=127.0.0.1", http="tcp:0:interface=127.0.0.1",
+                                manhole="tcp:0:interface=127.0.0.1"),
+            admin=AdminConfig(manhole_password="an admin password"),
+        )
+        node = Node(config, R)
+        node.startService()
+        await node.ready
+
+        class Telnet(Protocol):
+            def __init__(self) -> None:
+                self.data = b""
+                self.prompt: Deferred[None] = Deferred()
+                self.closed: Deferred[None] = Deferred()
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data += data
+                if b"Username" in self.data and not self.prompt.called:
+                    self.prompt.callback(None)
+
+            def connectionLost(self, reason: object = None) -> None:
+                self.closed.callback(None)
+
+        client = Telnet()
+        port = node.ports["manhole"].getHost().port  # type: ignore[attr-defined]
+        await connectProtocol(TCP4ClientEndpoint(R, "127.0.0.1", port), client)
+        await client.prompt.addTimeout(10, R)
+        await node.stopService()
+        await client.closed.addTimeout(10, R)
