@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import uuid
+from typing import Any
 
 from twisted.trial.unittest import FailTest, SkipTest
 
@@ -83,3 +84,16 @@ def require_haproxy() -> str:
         missing("haproxy is not installed (apt-get install haproxy)")
     assert path is not None
     return path
+
+
+async def delete_redis_keys(redis: Any, prefix: str | None = None) -> None:
+    """Delete the keys under ``prefix`` (default: the connection's own prefix),
+    never anyone else's: tests share the Redis database and never FLUSHDB."""
+    pattern = (redis.prefix if prefix is None else prefix) + "*"
+    cursor: Any = b"0"
+    while True:
+        cursor, keys = await redis.call("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+        if keys:
+            await redis.call("DEL", *keys)
+        if int(cursor) == 0:
+            return

@@ -16,7 +16,7 @@ from daojia_msg.config import ClusterConfig, ConfigError, ListenConfig, RedisCon
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from tests.servers import require_redis
+from tests.servers import delete_redis_keys, require_redis
 from tests.test_e2e import Inbox, NodeTestCase
 
 R: Any = reactor
@@ -58,14 +58,7 @@ class ClusterTests(NodeTestCase):
         redis = self.node1.redis or self.node2.redis
         if redis is None:
             return
-        cursor = b"0"
-        while True:
-            cursor, keys = await redis.call("SCAN", cursor, "MATCH", self.prefix + "*",
-                                            "COUNT", 1000)
-            if keys:
-                await redis.call("DEL", *keys)
-            if int(cursor) == 0:
-                break
+        await delete_redis_keys(redis, self.prefix)
 
     async def client_on(self, node: Node, uid: int) -> tuple[Any, Inbox]:
         self.node = node

@@ -32,7 +32,13 @@ from daojia_msg.auth import mint_token
 from daojia_msg.client.client import MsgClient
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.tracing import read_trace
-from tests.servers import drop_mysql_database, require_haproxy, require_mysql, require_redis
+from tests.servers import (
+    delete_redis_keys,
+    drop_mysql_database,
+    require_haproxy,
+    require_mysql,
+    require_redis,
+)
 
 R: Any = reactor
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -126,14 +132,7 @@ class ThreeNodesBehindHAProxy(TestCase):
         from daojia_msg.config import RedisConfig
 
         redis = await connect(RedisConfig(url=self.redis_url))
-        cursor: Any = b"0"
-        while True:
-            cursor, keys = await redis.call("SCAN", cursor, "MATCH", self.prefix + "*",
-                                            "COUNT", 1000)
-            if keys:
-                await redis.call("DEL", *keys)
-            if int(cursor) == 0:
-                break
+        await delete_redis_keys(redis, self.prefix)
         await redis.close()
 
     def spawn(self, name: str, argv: list[str], ready: bytes | None) -> Watched:

@@ -24,7 +24,7 @@ from daojia_msg.cluster.registry import NodeRegistry
 from daojia_msg.config import ClusterConfig, ConfigError, RedisConfig
 from daojia_msg.ids import IdGenerator
 from daojia_msg.store.errors import StoreUnavailable
-from tests.servers import require_redis
+from tests.servers import delete_redis_keys, require_redis
 
 #: A fixed, realistic start time (2026-11-26) for the fake clocks.
 T0 = 1795700000.0
@@ -58,14 +58,7 @@ class RedisFixture(TestCase):
         return Deferred.fromCoroutine(self.asyncSetUp())
 
     async def delete_keys(self) -> None:
-        cursor = b"0"
-        while True:
-            cursor, keys = await self.redis.call("SCAN", cursor, "MATCH", self.prefix + "*",
-                                                 "COUNT", 1000)
-            if keys:
-                await self.redis.call("DEL", *keys)
-            if cursor in (b"0", 0, "0"):
-                return
+        await delete_redis_keys(self.redis, self.prefix)
 
     def registry(self, wanted_id: int | None = None, *, clock: Clock | None = None,
                  connections: Callable[[], int] = lambda: 0,

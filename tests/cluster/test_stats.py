@@ -15,7 +15,7 @@ from daojia_msg.config import RedisConfig
 from daojia_msg.logic.stats import Stats
 from daojia_msg.store.errors import StoreUnavailable
 from daojia_msg.store.model import Kind
-from tests.servers import require_redis
+from tests.servers import delete_redis_keys, require_redis
 
 C2C = (1001, 7, Kind.C2C)
 S2C = (1002, 5, Kind.S2C)
@@ -72,13 +72,7 @@ class ClusterStatsTests(TestCase):
         redis = await connect(RedisConfig(url=require_redis(), key_prefix=prefix))
 
         async def cleanup() -> None:
-            cursor: Any = b"0"
-            while True:
-                cursor, keys = await redis.call("SCAN", cursor, "MATCH", prefix + "*")
-                if keys:
-                    await redis.call("DEL", *keys)
-                if int(cursor) == 0:
-                    break
+            await delete_redis_keys(redis)
             await redis.close()
 
         self.addCleanup(cleanup)

@@ -27,7 +27,7 @@ from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
 from daojia_msg.store.errors import StoreUnavailable
 from daojia_msg.store.model import SessionRecord
 from daojia_msg.store.redis import PURGE_BATCH, RedisSessionStore
-from tests.servers import require_redis
+from tests.servers import delete_redis_keys, require_redis
 from tests.store.suites import make_session_store_tests, session
 
 TIMEOUT = 0.2
@@ -40,15 +40,7 @@ def new_prefix() -> str:
     return f"msgp-test-{uuid4().hex[:8]}:"
 
 
-async def delete_keys(redis: Redis) -> None:
-    """Delete this test's keys (``SCAN MATCH prefix*``), never anyone else's."""
-    cursor: Any = b"0"
-    while True:
-        cursor, keys = await redis.call("SCAN", cursor, "MATCH", redis.prefix + "*", "COUNT", 500)
-        if keys:
-            await redis.call("DEL", *keys)
-        if int(cursor) == 0:
-            return
+delete_keys = delete_redis_keys
 
 
 async def open_redis(test: TestCase) -> Redis:
