@@ -49,6 +49,10 @@ DEDUP_PURGE_INTERVAL_S = 3600.0
 MAX_HOPS = 3
 #: Background retries of a kick that could not reach the other node.
 KICK_RETRIES = 3
+#: Background retries of a push that could not reach the recipient's node, and
+#: how many may wait at once.
+DELIVERY_RETRIES = 3
+MAX_DELIVERY_RETRIES = 10000
 
 
 #: uids and msgids are below 2**63 (signed 64-bit in every store and in Java
@@ -143,6 +147,7 @@ class LogicService(Service):
         self._purge = LoopingCall(self._purge_dedup)
         self._purge.clock = clock
         self._kick_retries: set[IDelayedCall] = set()
+        self._delivery_retries: set[IDelayedCall] = set()
 
     # -- service life ------------------------------------------------------
 
@@ -154,10 +159,11 @@ class LogicService(Service):
         super().stopService()
         if self._purge.running:
             self._purge.stop()
-        for call in self._kick_retries:
+        for call in (*self._kick_retries, *self._delivery_retries):
             if call.active():
                 call.cancel()
         self._kick_retries.clear()
+        self._delivery_retries.clear()
 
     def kick_all(self, reason_code: KickReason, reason: str) -> int:
         """KICKOUT every local session (e.g. SHUTDOWN); returns how many."""
@@ -503,7 +509,7 @@ class LogicService(Service):
                                uid=msg.from_uid, appcode=msg.from_appcode)
         return outcomes
 
-    async def _deliver(self, msg: StoredMessage) -> bool:
+    async def _deliver(self, msg: StoredMessage, retry_attempt: int = 0) -> bool:
         """Push a durable message to its recipient's session if one is online.
 
         True when a session was registered and the push was handed to its node;
@@ -521,6 +527,7 @@ class LogicService(Service):
             self._push(session, msg)
             return True
         tried: set[str] = set()
+        unreachable = False
         for _ in range(MAX_HOPS):
             try:
                 record = await self.sessions.lookup(msg.to_uid, msg.to_appcode)
@@ -535,15 +542,50 @@ class LogicService(Service):
                     self._push(session, msg)
                     return True
                 break  # a stale record of ours (e.g. from before a restart)
-            if await self._deliver_remote(record, msg):
+            pushed = await self._deliver_remote(record, msg)
+            if pushed:
                 return True
+            unreachable = pushed is None
+        if unreachable:
+            self._retry_delivery(msg, retry_attempt)
         self.stats.add(route, "stored")
         self.log.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
                        logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
         return False
 
-    async def _deliver_remote(self, record: SessionRecord, msg: StoredMessage) -> bool:
-        """Hand a push to the node holding ``record`` (there is none on one node)."""
+    def _retry_delivery(self, msg: StoredMessage, attempt: int = 0) -> None:
+        """The node holding the recipient's session could not be reached (slow,
+        a blip): try again later, :data:`DELIVERY_RETRIES` times, while the
+        message is still pending, so an online recipient does not wait for its
+        next login. At most :data:`MAX_DELIVERY_RETRIES` wait at once; beyond
+        that a message simply stays pending for PULL."""
+        self._delivery_retries = {c for c in self._delivery_retries if c.active()}
+        if (attempt >= DELIVERY_RETRIES or not self.running
+                or len(self._delivery_retries) >= MAX_DELIVERY_RETRIES):
+            return
+        call = self.clock.callLater(2.0 ** (attempt + 1), self._delivery_retry, msg, attempt + 1)
+        self._delivery_retries.add(call)
+
+    def _delivery_retry(self, msg: StoredMessage, attempt: int) -> None:
+        async def retry() -> None:
+            try:
+                pending = await self.store.pending_message(msg.to_uid, msg.msgid)
+            except StoreError:
+                pending = None
+            if pending is None:
+                return  # delivered (ACKed) meanwhile, or the store is down
+            self.log.info("{msgid} delivery retried (try {attempt})", msgid=msg.msgid,
+                          logid=msg.logid, attempt=attempt)
+            await self._deliver(pending, retry_attempt=attempt)
+
+        Deferred.fromCoroutine(retry())
+
+    async def _deliver_remote(self, record: SessionRecord, msg: StoredMessage) -> bool | None:
+        """Hand a push to the node holding ``record`` (there is none on one node).
+
+        True when pushed there, False when that node does not hold the session,
+        None when it could not be reached in time.
+        """
         if self.peers is None:
             return False
         try:
@@ -551,7 +593,7 @@ class LogicService(Service):
         except StoreError as e:
             self.log.warn("{msgid} left pending: node {peer_node} unreachable: {error}",
                           msgid=msg.msgid, logid=msg.logid, peer_node=record.node_id, error=str(e))
-            return False
+            return None
         return pushed
 
     def deliver_local(self, session_id: str, msg: StoredMessage) -> bool:

@@ -273,3 +273,53 @@ class LoginRaceTests(SynchronousTestCase):
         self.assertEqual(alice.request(Cmd.C2S, pb.C2SRequest(content=b"x"), msgtype=1).code,
                          Code.UNAVAILABLE)
         self.assertEqual(alice.login(1).code, Code.UNAVAILABLE)  # a re-LOGIN too
+
+
+class DeliveryRetryTests(SynchronousTestCase):
+    def test_unreachable_recipient_node_is_retried_while_pending(self) -> None:
+        stack = Stack(node_id=1)
+        peers = FakePeers()
+        stack.logic.peers = peers
+        stack.logic.startService()
+        self.addCleanup(stack.logic.stopService)
+        alice = stack.login(1)
+        self.successResultOf(stack.sessions.register(remote(2, node=2)))
+        peers.answers[2] = StoreUnavailable("node 2 slow")
+        sent = alice.c2c(2)
+        self.assertEqual(len(peers.delivered), 1)
+        stack.clock.advance(2)  # first retry: still unreachable
+        self.assertEqual(len(peers.delivered), 2)
+        peers.answers[2] = True
+        stack.clock.advance(4)  # second retry: pushed there
+        self.assertEqual([m.msgid for _, m in peers.delivered], [sent.msgid] * 3)
+        stack.clock.advance(60)
+        self.assertEqual(len(peers.delivered), 3)  # no more
+
+    def test_no_retry_once_acked(self) -> None:
+        stack = Stack(node_id=1)
+        peers = FakePeers()
+        stack.logic.peers = peers
+        stack.logic.startService()
+        self.addCleanup(stack.logic.stopService)
+        alice = stack.login(1)
+        self.successResultOf(stack.sessions.register(remote(2, node=2)))
+        peers.answers[2] = StoreUnavailable("down")
+        sent = alice.c2c(2)
+        # The recipient pulled and ACKed it elsewhere meanwhile.
+        self.successResultOf(stack.store.ack(2, 1001, [sent.msgid]))
+        stack.clock.advance(60)
+        self.assertEqual(len(peers.delivered), 1)
+
+    def test_retries_bounded(self) -> None:
+        stack = Stack(node_id=1)
+        peers = FakePeers()
+        stack.logic.peers = peers
+        stack.logic.startService()
+        self.addCleanup(stack.logic.stopService)
+        alice = stack.login(1)
+        self.successResultOf(stack.sessions.register(remote(2, node=2)))
+        peers.answers[2] = StoreUnavailable("down")
+        alice.c2c(2)
+        for step in (2, 4, 8, 100, 100):
+            stack.clock.advance(step)
+        self.assertEqual(len(peers.delivered), 4)  # the first try and 3 retries
