@@ -1,0 +1,1 @@
+"""msgplatform-bench: load scenarios against a running node (see :mod:`daojia_msg.bench.cli`)."""

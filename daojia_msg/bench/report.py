@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.bench.test_bench -*-
+"""Merging the workers' reports into one result, and printing it.
+
+``summarize(scenario, ...)`` turns the workers' raw reports (counts, windows,
+latency samples) into the ``results`` object of the JSON document; ``table``
+prints any flat mapping as aligned text.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+from daojia_msg.bench.stats import latency_summary, rate, window
+
+#: Raw sample lists: merged into summaries, never printed or written as is.
+SAMPLE_KEYS = ("latency_us", "push_latency_us")
+
+
+def merge_counts(dicts: list[Mapping[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _sum(reports: list[dict[str, Any]], key: str) -> int:
+    return sum(int(r.get(key) or 0) for r in reports)
+
+
+def _samples(reports: list[dict[str, Any]], key: str) -> list[int]:
+    out: list[int] = []
+    for r in reports:
+        out.extend(r.get(key) or [])
+    return out
+
+
+def summarize(scenario: str, setups: list[dict[str, Any]],
+              reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``results`` of a run from the workers' setup and run reports."""
+    res: dict[str, Any] = {}
+    failed = merge_counts([s.get("failed", {}) for s in setups]
+                          + [r.get("failed", {}) for r in reports])
+    if failed:
+        res["login_failures"] = failed
+    if scenario == "connect":
+        res["logged_in"] = _sum(setups, "logged_in")
+        secs = window(setups)
+        res["login_phase_s"] = round(secs, 3)
+        res["logins_per_s"] = rate(res["logged_in"], secs)
+        res["still_connected"] = _sum(reports, "still_connected")
+        res["kicked"] = _sum(reports, "kicked")
+    elif scenario == "login":
+        res["ok"] = _sum(reports, "ok")
+        secs = window(reports)
+        res["elapsed_s"] = round(secs, 3)
+        res["logins_per_s"] = rate(res["ok"], secs)
+        res["login_latency"] = latency_summary(_samples(reports, "latency_us"))
+    elif scenario in ("c2s", "c2c"):
+        secs = window(reports)
+        send_secs = window(reports, end="t_send_end")
+        res["sent"] = _sum(reports, "sent")
+        res["ok"] = _sum(reports, "ok")
+        res["errors"] = merge_counts([r.get("errors", {}) for r in reports])
+        res["send_window_s"] = round(send_secs, 3)
+        res["elapsed_s"] = round(secs, 3)
+        res["offered_per_s"] = rate(res["sent"], send_secs)
+        res["result_latency"] = latency_summary(_samples(reports, "latency_us"))
+        if scenario == "c2s":
+            res["missing"] = _sum(reports, "missing")
+            res["frames_per_s"] = rate(res["ok"], secs)
+        else:
+            res["pairs"] = _sum(setups, "pairs")
+            res["pushes"] = _sum(reports, "pushes")
+            res["duplicates"] = _sum(reports, "duplicates")
+            res["acked"] = _sum(reports, "acked")
+            res["missing_results"] = _sum(reports, "missing_results")
+            res["acked_per_s"] = rate(res["acked"], secs)
+            res["push_latency"] = latency_summary(_samples(reports, "push_latency_us"))
+    elif scenario == "push":
+        secs = window(reports)
+        res["requests"] = _sum(reports, "requests")
+        res["sent"] = _sum(reports, "sent")
+        res["ok"] = _sum(reports, "ok")
+        res["errors"] = merge_counts([r.get("errors", {}) for r in reports])
+        res["elapsed_s"] = round(secs, 3)
+        res["msgs_per_s"] = rate(res["ok"], secs)
+        res["requests_per_s"] = rate(res["requests"], secs)
+        res["request_latency"] = latency_summary(_samples(reports, "latency_us"))
+    elif scenario == "pull":
+        r = reports[0] if reports else {}
+        secs = window(reports)
+        res["seeded"] = _sum(setups, "seeded")
+        res["seed_s"] = setups[0].get("seed_s") if setups else None
+        res["login_s"] = r.get("login_s")
+        for key in ("pulled", "acked", "pages", "left_after", "error"):
+            res[key] = r.get(key)
+        res["drain_s"] = round(secs, 4)
+        res["msgs_per_s"] = rate(int(r.get("acked") or 0), secs)
+    return res
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows.extend(flatten(value, name + "."))
+        elif isinstance(value, list):
+            rows.append((name, ", ".join(str(v) for v in value)))
+        else:
+            rows.append((name, "-" if value is None or value == {} else str(value)))
+    return rows
+
+
+def table(title: str, obj: Mapping[str, Any]) -> str:
+    """``obj`` (nested mappings flattened to dotted keys) as aligned text."""
+    rows = flatten(obj)
+    width = max([len(k) for k, _ in rows] + [len("metric")])
+    lines = [title, f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 12}"]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def git_commit(directory: str | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the source tree, or ``None``."""
+    directory = directory or os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def proc_rss_kib(pid: int) -> int | None:
+    """VmRSS of ``pid`` in KiB (``/proc/<pid>/status``), or ``None``."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` (``/proc/<pid>/stat``), or ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks

@@ -1,0 +1,298 @@
+"""msgplatform-bench: the summary math, the raw client, the options, the
+JSON shape, and two tiny runs against a real node (counts only, never speed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from daojia_msg.bench import cli, report, stats
+from daojia_msg.bench.scenarios import C2C, Pull
+from daojia_msg.bench.wire import BenchClient, result_code, source_address
+from daojia_msg.protocol.codec import FrameDecoder, encode
+from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.helpers import Stack
+from tests.test_e2e import NodeTestCase
+
+R: Any = reactor
+
+
+class StatsTests(SynchronousTestCase):
+    def test_percentiles_in_ms(self) -> None:
+        summary = stats.latency_summary([i * 1000 for i in range(1, 1001)])  # 1..1000 ms
+        self.assertEqual(summary["count"], 1000)
+        self.assertEqual(summary["p50_ms"], 500.5)
+        self.assertEqual(summary["p99_ms"], 990.01)
+        self.assertEqual(summary["p99.9_ms"], 999.001)
+        self.assertEqual((summary["mean_ms"], summary["max_ms"]), (500.5, 1000.0))
+
+    def test_empty_summary_is_none_not_zero(self) -> None:
+        summary = stats.latency_summary([])
+        self.assertEqual(summary["count"], 0)
+        self.assertIsNone(summary["p99_ms"])
+        self.assertIsNone(summary["mean_ms"])
+
+    def test_rate_and_window(self) -> None:
+        self.assertEqual(stats.rate(100, 4), 25.0)
+        self.assertIsNone(stats.rate(5, 0))
+        reports = [{"t_start": 10.0, "t_end": 12.0}, {"t_start": 9.5, "t_end": 11.0}, {}]
+        self.assertEqual(stats.window(reports), 2.5)
+        self.assertEqual(stats.window([]), 0.0)
+
+    def test_cpu_verdict(self) -> None:
+        self.assertEqual(stats.cpu_share(0.5, 2.0), 25.0)
+        self.assertIsNone(stats.cpu_share(1.0, 0))
+        calm = stats.generator_verdict([{"cpu_pct": 20.0}, {"cpu_pct": 40.0}])
+        self.assertEqual((calm["max_cpu_pct"], calm["sum_cpu_pct"], calm["suspect"]),
+                         (40.0, 60.0, False))
+        self.assertTrue(stats.generator_verdict([{"cpu_pct": 97.0}])["suspect"])
+        self.assertFalse(stats.generator_verdict([])["suspect"])
+
+    def test_split_sums_to_total(self) -> None:
+        self.assertEqual(stats.split(10, 3), [4, 3, 3])
+        self.assertEqual(stats.split(2, 4), [1, 1, 0, 0])
+        self.assertEqual(sum(stats.split(15001, 7)), 15001)
+
+
+class SourceAddressTests(SynchronousTestCase):
+    def test_spread_over_addresses(self) -> None:
+        self.assertEqual(source_address(0, 4500), "127.0.0.2")
+        self.assertEqual(source_address(4499, 4500), "127.0.0.2")
+        self.assertEqual(source_address(4500, 4500), "127.0.0.3")
+        self.assertEqual(source_address(14999, 4500), "127.0.0.5")
+
+    def test_runs_out(self) -> None:
+        self.assertRaises(ValueError, source_address, 300, 1)
+
+
+class BenchClientTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pushes: list[Any] = []
+        self.reads: list[BenchClient] = []
+        self.client = BenchClient(7, 1001, on_push=lambda c, f: self.pushes.append(f))
+        self.client.after_read = self.reads.append
+        self.transport = StringTransport()
+        self.client.makeConnection(self.transport)
+
+    def sent(self) -> list[Any]:
+        decoder = FrameDecoder(1 << 20)
+        decoder.feed(self.transport.value())
+        self.transport.clear()
+        frames = []
+        while (f := decoder.next()) is not None:
+            frames.append(f)
+        return frames
+
+    def test_request_is_one_frame_answer_goes_to_callback(self) -> None:
+        answers: list[Any] = []
+        seq = self.client.request(Cmd.C2S, b"body", answers.append, msgtype=1)
+        [frame] = self.sent()
+        self.assertEqual((frame.cmd, frame.appcode, frame.msgtype, frame.uid, frame.sequenceid,
+                          frame.body), (Cmd.C2S, 1001, 1, 7, seq, b"body"))
+        body = pb.Result(code=6).SerializeToString()
+        self.client.dataReceived(encode(Cmd.C2S | RESPONSE_BIT, 1001, 1, 7, seq, body))
+        [answer] = answers
+        self.assertEqual(result_code(answer), 6)
+        self.assertEqual(self.client.waiting, {})
+
+    def test_login_parses_the_response(self) -> None:
+        d = self.client.login("tok")
+        [frame] = self.sent()
+        req = pb.LoginRequest()
+        req.ParseFromString(frame.body)
+        self.assertEqual((frame.cmd, req.token), (Cmd.LOGIN, "tok"))
+        body = pb.LoginResponse(code=0, offline_count=3).SerializeToString()
+        data = encode(Cmd.LOGIN | RESPONSE_BIT, 1001, 0, 7, frame.sequenceid, body)
+        for i in range(len(data)):  # byte by byte
+            self.client.dataReceived(data[i:i + 1])
+        self.assertEqual(self.successResultOf(d).offline_count, 3)
+
+    def test_pushes_kickout_and_after_read(self) -> None:
+        push = encode(Cmd.C2C, 1001, 7, 7, 1, pb.Message(msgid=5).SerializeToString())
+        kick = encode(Cmd.KICKOUT, 1001, 0, 7, 2, pb.Kickout(reason_code=1).SerializeToString())
+        self.client.dataReceived(push + push + kick)
+        self.assertEqual(len(self.pushes), 2)
+        self.assertEqual(self.client.kicked, 1)
+        self.assertEqual(self.reads, [self.client])
+
+
+class AgainstGateTests(SynchronousTestCase):
+    """The raw client against the real gate and logic (fake clock, iosim)."""
+
+    def connect(self, stack: Stack, uid: int) -> tuple[BenchClient, iosim.IOPump, list[Any]]:
+        pushes: list[Any] = []
+        client = BenchClient(uid, 1001, on_push=lambda c, f: pushes.append(f))
+        server = stack.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 40000 + uid))
+        pump = iosim.connect(
+            server, iosim.FakeTransport(server, True,
+                                        peerAddress=IPv4Address("TCP", "127.0.0.2", 40000 + uid)),
+            client, iosim.FakeTransport(client, False), greet=False, clock=stack.clock)
+        d = client.login(stack.token(uid))
+        pump.flush()
+        self.assertEqual(self.successResultOf(d).code, 0)
+        return client, pump, pushes
+
+    def test_c2c_pushed_and_acked(self) -> None:
+        stack = Stack()
+        alice, apump, _ = self.connect(stack, 1)
+        bob, bpump, pushes = self.connect(stack, 2)
+        body = pb.C2CRequest(to_uid=2, to_appcode=1001, content=b"x").SerializeToString()
+        answers: list[Any] = []
+        alice.request(Cmd.C2C, body, answers.append, 7)
+        apump.flush()
+        bpump.flush()
+        self.assertEqual([result_code(a) for a in answers], [0])
+        [push] = pushes
+        msg = pb.Message()
+        msg.ParseFromString(push.body)
+        acks: list[Any] = []
+        bob.ack([msg.msgid], acks.append)
+        bpump.flush()
+        self.assertEqual([result_code(a) for a in acks], [0])
+        left = bob.call(Cmd.PULL, pb.PullRequest().SerializeToString(), pb.PullResponse)
+        bpump.flush()
+        self.assertEqual(list(self.successResultOf(left).messages), [])
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *argv: str) -> argparse.Namespace:
+        return cli.build_parser().parse_args(list(argv))
+
+    def test_c2c_specs_split_pairs_and_rate(self) -> None:
+        args = self.parse("c2c", "--pairs", "5", "--rate", "1000", "--procs", "2",
+                          "--gate", "127.0.0.1:7001", "--uid-base", "100")
+        specs = cli.worker_specs(args)
+        self.assertEqual([(s["lo"], s["hi"]) for s in specs], [(0, 3), (3, 5)])
+        self.assertEqual([s["rate"] for s in specs], [600.0, 400.0])
+        self.assertEqual(specs[0]["gate_port"], 7001)
+        self.assertEqual(specs[0]["secret"], "demo-secret-1001")
+        self.assertEqual(specs[0]["api_key"], "demo-key-1001")
+
+    def test_pull_uses_one_worker(self) -> None:
+        specs = cli.worker_specs(self.parse("pull", "-n", "50", "--procs", "4"))
+        self.assertEqual(len(specs), 1)
+        self.assertEqual(specs[0]["n"], 50)
+
+    def test_push_splits_rate_over_procs(self) -> None:
+        specs = cli.worker_specs(self.parse("push", "--batch", "10", "--rate", "900",
+                                            "--procs", "3", "--concurrency", "9"))
+        self.assertEqual([(s["rate"], s["concurrency"], s["batch"]) for s in specs],
+                         [(300.0, 3, 10)] * 3)
+
+    def test_bounds_and_loopback_only(self) -> None:
+        for argv in (["c2c", "--gate", "10.1.2.3:7000"], ["push", "--http", "http://example.com"],
+                     ["connect", "-n", "1000000"], ["c2c", "--duration", "3600"],
+                     ["push", "--batch", "1001"], ["c2s", "--procs", "0"]):
+            self.assertRaises(SystemExit, self.parse, *argv)
+
+    def test_rate_limit_warning(self) -> None:
+        self.assertEqual(cli.check(self.parse("c2s", "--conns", "100", "--rate", "10000")), [])
+        [warning] = cli.check(self.parse("c2s", "--conns", "10", "--rate", "10000"))
+        self.assertIn("1000 frames/s per connection", warning)
+
+
+class ReportTests(SynchronousTestCase):
+    def doc(self) -> dict[str, Any]:
+        setups = [{"pairs": 1}, {"pairs": 1}]
+        reports = [
+            {"t_start": 1.0, "t_send_end": 2.0, "t_end": 2.5, "sent": 10, "ok": 10, "errors": {},
+             "pushes": 10, "acked": 10, "duplicates": 0, "missing_results": 0,
+             "latency_us": [1000] * 10, "push_latency_us": [2000] * 10},
+            {"t_start": 1.5, "t_send_end": 2.5, "t_end": 3.0, "sent": 10, "ok": 9,
+             "errors": {"code 6": 1}, "pushes": 9, "acked": 9, "duplicates": 1,
+             "missing_results": 0, "latency_us": [3000] * 9, "push_latency_us": [4000] * 9},
+        ]
+        return {"scenario": "c2c", "parameters": {"pairs": 2},
+                "results": report.summarize("c2c", setups, reports),
+                "generator": {"procs": [{"pid": 1, "cpu_s": 1.0, "wall_s": 2.0, "cpu_pct": 50.0}],
+                              **stats.generator_verdict([{"cpu_pct": 50.0}])},
+                "node": {"pid": None}, "git_commit": None, "machine": {"nproc": 2}}
+
+    def test_c2c_summary(self) -> None:
+        res = self.doc()["results"]
+        self.assertEqual((res["sent"], res["ok"], res["pushes"], res["acked"], res["pairs"]),
+                         (20, 19, 19, 19, 2))
+        self.assertEqual(res["errors"], {"code 6": 1})
+        self.assertEqual(res["elapsed_s"], 2.0)
+        self.assertEqual(res["acked_per_s"], 9.5)
+        self.assertEqual(res["result_latency"]["count"], 19)
+        self.assertEqual(res["push_latency"]["p50_ms"], 2.0)
+
+    def test_json_shape_and_table(self) -> None:
+        doc = self.doc()
+        text = json.dumps(cli.strip_samples(doc))
+        back = json.loads(text)
+        self.assertEqual(set(back), {"scenario", "parameters", "results", "generator", "node",
+                                     "git_commit", "machine"})
+        self.assertNotIn("latency_us", text)
+        rendered = cli.render(doc)
+        self.assertIn("acked_per_s", rendered)
+        self.assertIn("push_latency.p99.9_ms", rendered)
+        self.assertIn("generator.suspect", rendered)
+
+    def test_proc_readers(self) -> None:
+        self.assertGreater(report.proc_rss_kib(os.getpid()) or 0, 0)
+        self.assertIsNotNone(report.proc_cpu_s(os.getpid()))
+        self.assertIsNone(report.proc_rss_kib(2**31))
+
+
+class SmokeTests(NodeTestCase):
+    """Tiny runs against a real node on tcp:0. Counts only, never speed."""
+
+    async def asyncSetUp(self) -> None:
+        node = await self.start_node()
+        self.addCleanup(self.stop_node, node)
+
+    def setUp(self) -> Any:
+        return Deferred.fromCoroutine(self.asyncSetUp())
+
+    def spec(self, scenario: str, **kw: Any) -> dict[str, Any]:
+        args = cli.build_parser().parse_args(
+            [scenario, "--gate", f"127.0.0.1:{self.port('gate')}",
+             "--http", f"http://127.0.0.1:{self.port('http')}", "--uid-base", "5000"])
+        [spec] = cli.worker_specs(args)
+        spec.update(kw)
+        return spec
+
+    async def test_c2c_open_loop_counts_add_up(self) -> None:
+        scenario = C2C(R, self.spec("c2c", hi=2, duration=0.2, rate=100.0, drain_s=10))
+        self.addCleanup(scenario.close)
+        setup = await scenario.setup()
+        self.assertEqual((setup["pairs"], setup["failed"]), (2, {}))
+        result = await scenario.run()
+        self.assertEqual(result["sent"], 20)  # 100/s for 0.2 s, open loop
+        self.assertEqual((result["ok"], result["pushes"], result["acked"], result["errors"]),
+                         (20, 20, 20, {}))
+        self.assertEqual(len(result["push_latency_us"]), 20)
+
+    async def test_pull_drains_the_backlog(self) -> None:
+        scenario = Pull(R, self.spec("pull", n=150, page=100))
+        self.addCleanup(scenario.close)
+        self.assertEqual((await scenario.setup())["seeded"], 150)
+        result = await scenario.run()
+        self.assertEqual((result["pulled"], result["acked"], result["pages"],
+                          result["left_after"]), (150, 150, 2, 0))
+
+    async def test_cli_with_worker_processes(self) -> None:
+        out = os.path.abspath(self.mktemp())
+        argv = ["c2c", "--gate", f"127.0.0.1:{self.port('gate')}", "--pairs", "2", "--rate",
+                "100", "--duration", "0.2", "--procs", "2", "--no-progress", "--json", out]
+        self.assertEqual(await deferToThread(cli.main, argv), 0)
+        with open(out) as f:
+            doc = json.load(f)
+        res = doc["results"]
+        self.assertEqual((res["sent"], res["ok"], res["acked"]), (20, 20, 20))
+        self.assertEqual(len(doc["generator"]["procs"]), 2)
+        self.assertEqual(len(doc["generator"]["setup_procs"]), 2)
+        self.assertIn("nproc", doc["machine"])
