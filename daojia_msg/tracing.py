@@ -10,7 +10,12 @@ Every log line about a message carries ``logid`` (with ``uid``, ``appcode``,
 - :func:`read_trace` reads such files, from any number of nodes, and returns
   the events of one ``logid`` in time order (``msgctl trace LOGID FILE...``);
 - :class:`TraceBuffer` keeps the last events that carry a ``logid`` in memory,
-  for the admin manhole's ``trace(logid)``.
+  for the admin manhole's ``trace(logid)``;
+- :data:`MESSAGES`: the per-message events of the message path (stored,
+  pushed, ACKed, pulled, published, re-pushed). They are published here, not to
+  the global log: only the JSON trace file and the trace buffer listen, so they
+  never fill twistd's text log and cost almost nothing when nobody listens.
+  (Warnings and errors about a message go to the global log, with its logid.)
 
 The node id is known only once the node has started (in a cluster it is
 leased): the observers read it from a :class:`NodeRef`, by default the
@@ -34,6 +39,7 @@ from twisted.logger import (
     FileLogObserver,
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     LogPublisher,
     eventAsJSON,
@@ -183,19 +189,52 @@ def json_log_observer(path: str, node: NodeRef = NODE) -> JsonLogObserver:
 
 
 def install(
-    path: str, publisher: LogPublisher = globalLogPublisher, node: NodeRef = NODE
+    path: str, publishers: Iterable[Any] | None = None, node: NodeRef = NODE
 ) -> Callable[[], None]:
-    """Log every event of ``publisher`` to ``path`` as JSON lines; returns the
-    function that stops that and closes the file. Raises OSError when ``path``
-    cannot be opened for appending."""
+    """Log every event of ``publishers`` (default: the global log and
+    :data:`MESSAGES`) to ``path`` as JSON lines; returns the function that
+    stops that and closes the file. Raises OSError when ``path`` cannot be
+    opened for appending."""
+    sources: list[Any] = (list(publishers) if publishers is not None
+                          else [globalLogPublisher, MESSAGES])
     observer = json_log_observer(path, node)
-    publisher.addObserver(observer)
+    for publisher in sources:
+        publisher.addObserver(observer)
 
     def remove() -> None:
-        publisher.removeObserver(observer)
+        for publisher in sources:
+            publisher.removeObserver(observer)
         observer.close()
 
     return remove
+
+
+class MessageEvents:
+    """The publisher of per-message events; it passes them on only while an
+    observer listens (checking that is the whole cost when none does)."""
+
+    def __init__(self) -> None:
+        self.publisher = LogPublisher()
+        self.listeners = 0
+
+    def __call__(self, event: LogEvent) -> None:
+        if self.listeners:
+            self.publisher(event)
+
+    def logger(self, namespace: str) -> Logger:
+        return Logger(namespace=namespace, observer=self)  # type: ignore[arg-type]
+
+    def addObserver(self, observer: ILogObserver) -> None:
+        self.publisher.addObserver(observer)
+        self.listeners += 1
+
+    def removeObserver(self, observer: ILogObserver) -> None:
+        self.publisher.removeObserver(observer)
+        self.listeners = max(0, self.listeners - 1)
+
+
+#: Where the message path is logged (see the module docstring).
+MESSAGES = MessageEvents()
 
 
 # -- records: one event as a plain dict ---------------------------------------------------
@@ -336,10 +375,19 @@ class TraceBuffer:
         """The records of the events with this ``logid`` still kept, oldest first."""
         return [kept.record() for kept in self._events.copy() if kept.logid == logid]
 
-    def attach(self, publisher: LogPublisher = globalLogPublisher) -> Callable[[], None]:
-        """Observe ``publisher``; returns the function that stops that."""
-        publisher.addObserver(self)
-        return lambda: publisher.removeObserver(self)
+    def attach(self, publishers: Iterable[Any] | None = None) -> Callable[[], None]:
+        """Observe ``publishers`` (default: the global log and :data:`MESSAGES`);
+        returns the function that stops that."""
+        sources: list[Any] = (list(publishers) if publishers is not None
+                              else [globalLogPublisher, MESSAGES])
+        for publisher in sources:
+            publisher.addObserver(self)
+
+        def detach() -> None:
+            for publisher in sources:
+                publisher.removeObserver(self)
+
+        return detach
 
 
 # -- reading JSON log files -----------------------------------------------------------------

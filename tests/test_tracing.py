@@ -171,7 +171,7 @@ class InstallTests(TracingCase):
             f.write("\x1e{\"logid\": \"old\", \"log_time\": 1.0}\n")
         publisher = LogPublisher()
         log = Logger(namespace=NS, observer=publisher)
-        remove = tracing.install(path, publisher, node=tracing.NodeRef(2))
+        remove = tracing.install(path, [publisher], node=tracing.NodeRef(2))
         log.info("{msgid} stored", msgid=1, logid="new")
         self.assertEqual(len(self.lines(path)), 2)  # flushed: readable at once
         remove()
@@ -196,7 +196,7 @@ class InstallTests(TracingCase):
     def test_install_unwritable(self) -> None:
         """A path that cannot be opened raises at once (the node fails to start)."""
         self.assertRaises(OSError, tracing.install, os.path.join(self.tmp, "no", "n.json"),
-                          LogPublisher())
+                          [LogPublisher()])
 
 
 class ReadTraceTests(TracingCase):
@@ -268,7 +268,7 @@ class TraceBufferTests(SynchronousTestCase):
         self.log = Logger(namespace=NS, observer=self.publisher)
         self.node = tracing.NodeRef()
         self.buffer = tracing.TraceBuffer(size=3, node=self.node)
-        self.addCleanup(self.buffer.attach(self.publisher))
+        self.addCleanup(self.buffer.attach([self.publisher]))
 
     def test_bounded(self) -> None:
         """Only events with a logid are kept, never more than ``size``, the newest."""
@@ -315,7 +315,7 @@ class TraceBufferTests(SynchronousTestCase):
 
     def test_detach(self) -> None:
         buffer = tracing.TraceBuffer(node=self.node)
-        detach = buffer.attach(self.publisher)
+        detach = buffer.attach([self.publisher])
         detach()
         self.log.info("{msgid} stored", msgid=1, logid="a")
         self.assertEqual(len(buffer), 0)

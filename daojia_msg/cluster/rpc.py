@@ -62,11 +62,15 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daojia_msg import tracing
 from daojia_msg.cluster.interfaces import INodeRegistry, IPeers
 from daojia_msg.logic.service import to_pb
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.errors import StoreUnavailable
 from daojia_msg.store.model import Kind, SessionRecord, StoredMessage
+
+#: The message path (only to the trace file and buffer).
+trace = tracing.MESSAGES.logger("daojia_msg.cluster.rpc")
 
 log = Logger()
 
@@ -304,7 +308,7 @@ class RpcServerProtocol(amp.AMP):
             log.failure("delivering {msgid} for node {peer_node} failed", msgid=msg.msgid,
                         logid=msg.logid, peer_node=self.node, session_id=session_id)
             raise InternalError("the node failed to deliver; see its log") from None
-        log.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
+        trace.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
                   msgid=msg.msgid, logid=msg.logid, peer_node=self.node, session_id=session_id,
                   pushed=pushed)
         return {"pushed": pushed}

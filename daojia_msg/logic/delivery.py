@@ -16,7 +16,11 @@ from collections.abc import Callable, Iterable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from daojia_msg import tracing
 from daojia_msg.logic.interfaces import IClientConnection
+
+#: The message path: stored, pushed, ACKed... (only to the trace file and buffer).
+trace = tracing.MESSAGES.logger("daojia_msg.logic.delivery")
 
 
 class _Entry:
@@ -113,7 +117,7 @@ class DeliveryWindow:
             entries.move_to_end(msgid)
             self._conn.push(entry.cmd, entry.msgtype, entry.body)
             self._on_repush(entry.route)
-            self.log.debug("{msgid} re-pushed (try {attempt})", msgid=msgid, logid=entry.logid,
+            trace.debug("{msgid} re-pushed (try {attempt})", msgid=msgid, logid=entry.logid,
                            attempt=entry.attempts + 1, peer=self._conn.peer)
         if entries:
             head = next(iter(entries.values()))

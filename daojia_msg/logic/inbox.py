@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
+from daojia_msg import tracing
 from daojia_msg.config import Limits
 from daojia_msg.logic.service import MAX_ID, Session, to_pb
 from daojia_msg.logic.stats import Stats
@@ -14,6 +15,9 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.errors import StoreError
 from daojia_msg.store.interfaces import IMessageStore
 from daojia_msg.store.model import StoredMessage
+
+#: The message path: stored, pushed, ACKed... (only to the trace file and buffer).
+trace = tracing.MESSAGES.logger("daojia_msg.logic.inbox")
 
 #: Bytes of a Pull/HistoryResponse besides its messages (code, reason, has_more),
 #: and of each repeated-field entry besides the Message (tag + length varint).
@@ -44,7 +48,7 @@ class Inbox:
             raise errors.Unavailable("message store unavailable") from None
         for msg in page.messages:
             self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "pulled")
-            self.log.debug("{msgid} pulled by {uid}@{appcode}", msgid=msg.msgid, logid=msg.logid,
+            trace.debug("{msgid} pulled by {uid}@{appcode}", msgid=msg.msgid, logid=msg.logid,
                            uid=session.uid, appcode=session.appcode)
         messages, cut = self._fit(page.messages)
         return pb.PullResponse(code=Code.OK, messages=messages, has_more=page.has_more or cut)

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from daojia_msg import tracing
 from daojia_msg.auth import TokenError, verify_token
 from daojia_msg.bus.errors import BusError
 from daojia_msg.bus.router import BusRouter
@@ -39,6 +40,9 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.errors import StoreError
 from daojia_msg.store.interfaces import IMessageStore, ISessionStore
 from daojia_msg.store.model import Kind, NewMessage, SessionRecord, StoredMessage, StoreOutcome
+
+#: The message path: stored, pushed, ACKed... (only to the trace file and buffer).
+trace = tracing.MESSAGES.logger("daojia_msg.logic.service")
 
 #: A client-chosen logid goes into every log line: keep it short and plain.
 LOGID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
@@ -414,7 +418,7 @@ class LogicService(Service):
                           error=str(e))
             raise errors.Unavailable("message bus unavailable") from None
         self.stats.add((session.appcode, msgtype, Kind.C2S), "accepted")
-        self.log.debug("c2s {msgid} published to {topic}", msgid=msgid, topic=topic, logid=logid,
+        trace.debug("c2s {msgid} published to {topic}", msgid=msgid, topic=topic, logid=logid,
                        uid=session.uid, appcode=session.appcode)
         return pb.Result(code=Code.OK, msgid=msgid, logid=logid, server_time_ms=now)
 
@@ -503,7 +507,7 @@ class LogicService(Service):
             if not outcome.duplicate:
                 msg = new.message
                 self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "accepted")
-                self.log.debug("{kind} {msgid} stored for {to_uid}@{to_appcode}",
+                trace.debug("{kind} {msgid} stored for {to_uid}@{to_appcode}",
                                kind=msg.kind.name, msgid=msg.msgid, logid=msg.logid,
                                to_uid=msg.to_uid, to_appcode=msg.to_appcode,
                                uid=msg.from_uid, appcode=msg.from_appcode)
@@ -549,7 +553,7 @@ class LogicService(Service):
         if unreachable:
             self._retry_delivery(msg, retry_attempt)
         self.stats.add(route, "stored")
-        self.log.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
+        trace.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
                        logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
         return False
 
@@ -614,7 +618,7 @@ class LogicService(Service):
         if session.window.push(msg.msgid, cmd, msg.msgtype, to_pb(msg).SerializeToString(), route,
                                msg.logid):
             self.stats.add(route, "pushed")
-            self.log.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
+            trace.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
                            logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
             return True
         self.log.info("{msgid} left pending: {to_uid}@{to_appcode} takes no pushes now "
@@ -641,6 +645,6 @@ class LogicService(Service):
         for a in acked:
             self.stats.add((session.appcode, a.msgtype, a.kind), "acked")
             self.stats.observe_ack_latency((now - a.send_time_ms) / 1000.0)
-            self.log.debug("{msgid} acked by {uid}@{appcode}", msgid=a.msgid, logid=a.logid,
+            trace.debug("{msgid} acked by {uid}@{appcode}", msgid=a.msgid, logid=a.logid,
                            uid=session.uid, appcode=session.appcode)
         return pb.Result(code=Code.OK, server_time_ms=now)

@@ -320,9 +320,14 @@ class KickoutTests(SynchronousTestCase):
 
 class LogTests(SynchronousTestCase):
     def test_logid_in_every_message_log_line(self) -> None:
+        from daojia_msg import tracing
+
         events: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        main_log: list[dict[str, object]] = []
+        tracing.MESSAGES.addObserver(events.append)
+        self.addCleanup(tracing.MESSAGES.removeObserver, events.append)
+        globalLogPublisher.addObserver(main_log.append)
+        self.addCleanup(globalLogPublisher.removeObserver, main_log.append)
         stack = Stack()
         a = stack.login(1)
         b = stack.login(2)
@@ -332,6 +337,18 @@ class LogTests(SynchronousTestCase):
         self.assertGreaterEqual(len(about), 3)  # stored, pushed, acked
         for event in about:
             self.assertEqual(event.get("logid"), "trace-xyz", event["log_format"])
+        # The message path stays out of the main (text) log.
+        self.assertEqual([e for e in main_log if e.get("msgid") == result.msgid], [])
+
+    def test_nothing_is_published_without_a_listener(self) -> None:
+        from daojia_msg import tracing
+
+        seen: list[object] = []
+        tracing.MESSAGES.publisher.addObserver(seen.append)  # behind the listener count
+        self.addCleanup(tracing.MESSAGES.publisher.removeObserver, seen.append)
+        stack = Stack()
+        stack.login(1).c2c(2)
+        self.assertEqual(seen, [])
 
 
 class ConfigRoutesTests(SynchronousTestCase):
