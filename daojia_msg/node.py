@@ -94,7 +94,8 @@ class Node(MultiService):
         self.stats_flusher: StatsFlusher | None = None
         self.peers: RpcPeers | None = None
         self.rpc: RpcServerFactory | None = None
-        #: The recent log events about messages, by logid (the manhole's trace()).
+        #: The recent log events about messages, by logid (the manhole's trace();
+        #: filled only when a manhole is configured).
         self.trace = tracing.TraceBuffer()
         self._tracing_off: list[Callable[[], None]] = []
         self.ports: dict[str, IListeningPort] = {}
@@ -140,7 +141,8 @@ class Node(MultiService):
         config = self.config
         if not self.clustered:
             tracing.set_node(self.node_id)  # a cluster node learns its id from its lease
-        self._tracing_off.append(self.trace.attach())
+        if config.listen.manhole:  # its trace(logid) is the buffer's only reader
+            self._tracing_off.append(self.trace.attach())
         if config.log.json_file:
             try:
                 self._tracing_off.append(tracing.install(config.log.json_file))
