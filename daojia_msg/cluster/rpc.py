@@ -218,7 +218,26 @@ class LocalNode(Protocol):
     ) -> bool: ...
 
 
-class RpcServerProtocol(amp.AMP):
+class _ClosedWaiters:
+    """``when_closed()``: a Deferred that fires once the connection is closed."""
+
+    connected: bool | int
+    _closed: list[Deferred[None]]
+
+    def when_closed(self) -> Deferred[None]:
+        if not self.connected:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed.append(d)
+        return d
+
+    def _fire_closed(self) -> None:
+        closed, self._closed = self._closed, []
+        for d in closed:
+            d.callback(None)
+
+
+class RpcServerProtocol(_ClosedWaiters, amp.AMP):
     """One connection from another node."""
 
     def __init__(self, factory: RpcServerFactory, peer: str) -> None:
@@ -245,16 +264,7 @@ class RpcServerProtocol(amp.AMP):
         self._cancel_auth_timer()
         self.factory.forget(self)
         super().connectionLost(reason)
-        closed, self._closed = self._closed, []
-        for d in closed:
-            d.callback(None)
-
-    def when_closed(self) -> Deferred[None]:
-        if not self.connected:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._closed.append(d)
-        return d
+        self._fire_closed()
 
     def _cancel_auth_timer(self) -> None:
         if self._auth_timer is not None and self._auth_timer.active():
@@ -380,7 +390,7 @@ class RpcServerFactory(Factory):
 # -- client ---------------------------------------------------------------------------
 
 
-class _ClientProtocol(amp.AMP):
+class _ClientProtocol(_ClosedWaiters, amp.AMP):
     def __init__(self, on_lost: Callable[[_ClientProtocol], None]) -> None:
         super().__init__()
         self._on_lost = on_lost
@@ -395,16 +405,7 @@ class _ClientProtocol(amp.AMP):
         self.connected = False
         super().connectionLost(reason)  # fails the calls still waiting for answers
         self._on_lost(self)
-        closed, self._closed = self._closed, []
-        for d in closed:
-            d.callback(None)
-
-    def when_closed(self) -> Deferred[None]:
-        if not self.connected:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._closed.append(d)
-        return d
+        self._fire_closed()
 
 
 class _Link:
