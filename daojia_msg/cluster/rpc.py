@@ -318,9 +318,10 @@ class RpcServerProtocol(_ClosedWaiters, amp.AMP):
             log.failure("delivering {msgid} for node {peer_node} failed", msgid=msg.msgid,
                         logid=msg.logid, peer_node=self.node, session_id=session_id)
             raise InternalError("the node failed to deliver; see its log") from None
-        trace.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
-                  msgid=msg.msgid, logid=msg.logid, peer_node=self.node, session_id=session_id,
-                  pushed=pushed)
+        if tracing.MESSAGES.listeners:
+            trace.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
+                      msgid=msg.msgid, logid=msg.logid, peer_node=self.node, session_id=session_id,
+                      pushed=pushed)
         return {"pushed": pushed}
 
     @Kick.responder

@@ -117,8 +117,9 @@ class DeliveryWindow:
             entries.move_to_end(msgid)
             self._conn.push(entry.cmd, entry.msgtype, entry.body)
             self._on_repush(entry.route)
-            trace.debug("{msgid} re-pushed (try {attempt})", msgid=msgid, logid=entry.logid,
-                           attempt=entry.attempts + 1, peer=self._conn.peer)
+            if tracing.MESSAGES.listeners:
+                trace.debug("{msgid} re-pushed (try {attempt})", msgid=msgid, logid=entry.logid,
+                               attempt=entry.attempts + 1, peer=self._conn.peer)
         if entries:
             head = next(iter(entries.values()))
             self._timer = self._clock.callLater(max(0.0, head.deadline - now), self._expire)

@@ -48,8 +48,9 @@ class Inbox:
             raise errors.Unavailable("message store unavailable") from None
         for msg in page.messages:
             self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "pulled")
-            trace.debug("{msgid} pulled by {uid}@{appcode}", msgid=msg.msgid, logid=msg.logid,
-                           uid=session.uid, appcode=session.appcode)
+            if tracing.MESSAGES.listeners:
+                trace.debug("{msgid} pulled by {uid}@{appcode}", msgid=msg.msgid, logid=msg.logid,
+                               uid=session.uid, appcode=session.appcode)
         messages, cut = self._fit(page.messages)
         return pb.PullResponse(code=Code.OK, messages=messages, has_more=page.has_more or cut)
 

@@ -418,8 +418,9 @@ class LogicService(Service):
                           error=str(e))
             raise errors.Unavailable("message bus unavailable") from None
         self.stats.add((session.appcode, msgtype, Kind.C2S), "accepted")
-        trace.debug("c2s {msgid} published to {topic}", msgid=msgid, topic=topic, logid=logid,
-                       uid=session.uid, appcode=session.appcode)
+        if tracing.MESSAGES.listeners:
+            trace.debug("c2s {msgid} published to {topic}", msgid=msgid, topic=topic, logid=logid,
+                           uid=session.uid, appcode=session.appcode)
         return pb.Result(code=Code.OK, msgid=msgid, logid=logid, server_time_ms=now)
 
     async def c2c(self, session: Session, msgtype: int, req: pb.C2CRequest) -> pb.Result:
@@ -507,10 +508,11 @@ class LogicService(Service):
             if not outcome.duplicate:
                 msg = new.message
                 self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "accepted")
-                trace.debug("{kind} {msgid} stored for {to_uid}@{to_appcode}",
-                               kind=msg.kind.name, msgid=msg.msgid, logid=msg.logid,
-                               to_uid=msg.to_uid, to_appcode=msg.to_appcode,
-                               uid=msg.from_uid, appcode=msg.from_appcode)
+                if tracing.MESSAGES.listeners:
+                    trace.debug("{kind} {msgid} stored for {to_uid}@{to_appcode}",
+                                   kind=msg.kind.name, msgid=msg.msgid, logid=msg.logid,
+                                   to_uid=msg.to_uid, to_appcode=msg.to_appcode,
+                                   uid=msg.from_uid, appcode=msg.from_appcode)
         return outcomes
 
     async def _deliver(self, msg: StoredMessage, retry_attempt: int = 0) -> bool:
@@ -553,8 +555,9 @@ class LogicService(Service):
         if unreachable:
             self._retry_delivery(msg, retry_attempt)
         self.stats.add(route, "stored")
-        trace.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
-                       logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
+        if tracing.MESSAGES.listeners:
+            trace.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
+                           logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
         return False
 
     def _retry_delivery(self, msg: StoredMessage, attempt: int = 0) -> None:
@@ -618,8 +621,9 @@ class LogicService(Service):
         if session.window.push(msg.msgid, cmd, msg.msgtype, to_pb(msg).SerializeToString(), route,
                                msg.logid):
             self.stats.add(route, "pushed")
-            trace.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
-                           logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
+            if tracing.MESSAGES.listeners:
+                trace.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
+                               logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
             return True
         self.log.info("{msgid} left pending: {to_uid}@{to_appcode} takes no pushes now "
                       "(too many un-ACKed, or not reading)",
@@ -645,6 +649,7 @@ class LogicService(Service):
         for a in acked:
             self.stats.add((session.appcode, a.msgtype, a.kind), "acked")
             self.stats.observe_ack_latency((now - a.send_time_ms) / 1000.0)
-            trace.debug("{msgid} acked by {uid}@{appcode}", msgid=a.msgid, logid=a.logid,
-                           uid=session.uid, appcode=session.appcode)
+            if tracing.MESSAGES.listeners:
+                trace.debug("{msgid} acked by {uid}@{appcode}", msgid=a.msgid, logid=a.logid,
+                               uid=session.uid, appcode=session.appcode)
         return pb.Result(code=Code.OK, server_time_ms=now)
