@@ -526,3 +526,14 @@ class ConfigErrorTests(SynchronousTestCase):
     def test_config_equality(self) -> None:
         self.assertEqual(Config(), Config())
         self.assertNotEqual(default_config(), Config())
+
+
+class ClusterExampleTests(SynchronousTestCase):
+    def test_cluster_example_is_valid(self) -> None:
+        """etc/cluster.toml (tools/cluster-up.sh) parses and passes the cluster checks."""
+        from daojia_msg.node import check_cluster_config
+
+        config = load_config(str(ROOT / "etc" / "cluster.toml"))
+        check_cluster_config(config)
+        self.assertTrue(config.redis.url and config.mysql.url)
+        self.assertTrue(config.listen.gate.startswith("haproxy:"))  # behind etc/haproxy.cfg
