@@ -97,3 +97,22 @@ async def delete_redis_keys(redis: Any, prefix: str | None = None) -> None:
             await redis.call("DEL", *keys)
         if int(cursor) == 0:
             return
+
+
+def listen(test: Any, factory: Any, port: int = 0) -> tuple[Any, int]:
+    """Listen on 127.0.0.1 (a free port by default) until the test's cleanup;
+    the listening port and its number."""
+    from twisted.internet import reactor
+
+    listening: Any = reactor.listenTCP(port, factory, interface="127.0.0.1")
+    test.addCleanup(listening.stopListening)
+    return listening, int(listening.getHost().port)
+
+
+async def closed_port(test: Any) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, then closed)."""
+    from twisted.internet.protocol import ServerFactory
+
+    listening, port = listen(test, ServerFactory())
+    await listening.stopListening()
+    return port

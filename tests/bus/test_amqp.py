@@ -28,7 +28,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.utils import getProcessOutputAndValue
@@ -53,7 +53,7 @@ from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.router import make_bus
 from daojia_msg.config import BusConfig
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from tests.servers import _reachable, missing
+from tests.servers import _reachable, closed_port, listen, missing
 
 AMQP_URL = os.environ.get("MSGP_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 #: Bytes that are not UTF-8 (and not a protobuf ``Message`` either).
@@ -81,16 +81,8 @@ def message(**fields: Any) -> pb.Message:
     return pb.Message(**fields)
 
 
-def listen(test: TestCase, factory: Any, port: int = 0) -> tuple[IListeningPort, int]:
-    listening: IListeningPort = reactor.listenTCP(port, factory, interface="127.0.0.1")
-    test.addCleanup(listening.stopListening)
-    return listening, cast(IPv4Address, listening.getHost()).port
 
 
-async def closed_port(test: TestCase) -> int:
-    listening, port = listen(test, ServerFactory())
-    await cast(Deferred[None], listening.stopListening())
-    return port
 
 
 async def unavailable(d: Deferred[Any]) -> str:

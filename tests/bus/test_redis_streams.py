@@ -14,7 +14,6 @@ from uuid import uuid4
 
 import txredisapi
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -29,7 +28,7 @@ from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.redis_streams import MAX_BATCH, RedisStreamsBus, RedisStreamsConsumer
 from daojia_msg.config import BusConfig, parse_redis_url
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from tests.servers import require_redis
+from tests.servers import closed_port, listen, require_redis
 
 #: Reply timeout of the failure tests.
 TIMEOUT = 0.2
@@ -50,18 +49,8 @@ def message(n: int = 1, logid: str = "log-1") -> bytes:
     return payload
 
 
-def listen(test: TestCase, factory: Any) -> tuple[IListeningPort, int]:
-    """Listen on a free 127.0.0.1 port until cleanup; the port and its number."""
-    listening: IListeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    test.addCleanup(listening.stopListening)
-    return listening, cast(IPv4Address, listening.getHost()).port
 
 
-async def closed_port(test: TestCase) -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (bound, then closed)."""
-    listening, port = listen(test, ServerFactory())
-    await cast(Deferred[None], listening.stopListening())
-    return port
 
 
 async def unavailable(test: TestCase, d: Deferred[Any]) -> BusUnavailable:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -22,7 +21,7 @@ from twisted.internet.defer import (
     gatherResults,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
@@ -41,6 +40,7 @@ from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.webhook import CONTENT_TYPE, WebhookBus, WebhookReceiver, backoff, redact
 from daojia_msg.config import BusConfig, ConfigError
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.servers import listen
 
 #: A scripted answer: keep the request open until the test answers it.
 HOLD = 0
@@ -204,11 +204,6 @@ class TrackingSite(Site):
         await gatherResults(waiting)
 
 
-def listen(test: TestCase, factory: Any) -> tuple[IListeningPort, int]:
-    """Listen on a free 127.0.0.1 port until cleanup; the port and its number."""
-    port: IListeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    test.addCleanup(port.stopListening)
-    return port, cast(IPv4Address, port.getHost()).port
 
 
 async def unavailable(test: TestCase, d: Deferred[Any]) -> BusUnavailable:

@@ -13,10 +13,7 @@ from typing import Any, cast
 from uuid import uuid4
 
 import txredisapi
-from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
@@ -27,7 +24,7 @@ from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
 from daojia_msg.store.errors import StoreUnavailable
 from daojia_msg.store.model import SessionRecord
 from daojia_msg.store.redis import PURGE_BATCH, RedisSessionStore
-from tests.servers import delete_redis_keys, require_redis
+from tests.servers import closed_port, delete_redis_keys, listen, require_redis
 from tests.store.suites import make_session_store_tests, session
 
 TIMEOUT = 0.2
@@ -181,18 +178,8 @@ class RedisLayoutTests(TestCase):
         self.assertEqual(await self.store.lookup_uid(uid), [])
 
 
-def listen(test: TestCase, factory: Any) -> tuple[IListeningPort, int]:
-    """Listen on a free 127.0.0.1 port until cleanup; the port and its number."""
-    listening: IListeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    test.addCleanup(listening.stopListening)
-    return listening, cast(IPv4Address, listening.getHost()).port
 
 
-async def closed_port(test: TestCase) -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (bound, then closed)."""
-    listening, port = listen(test, ServerFactory())
-    await cast(Deferred[None], listening.stopListening())
-    return port
 
 
 class Silent(Protocol):
