@@ -87,9 +87,11 @@ class NodeTestCase(TestCase):
 
         client = MsgClient(R, endpoint, uid, appcode, token, on_message=inbox.on_message,
                            on_kickout=inbox.on_kickout)
+        drained = client.when_drained()  # nothing races the login's PULL
         client.startService()
         self.addCleanup(client.stopService)
         await client.when_ready()
+        await drained.addTimeout(10, R)
         return client, inbox
 
     async def http(self, method: str, path: str, body: object = None,

@@ -132,6 +132,7 @@ class MsgClient(Service):
         self.last_kickout: tuple[int, str] | None = None
         self._ready: MsgClientProtocol | None = None
         self._waiters: list[Deferred[MsgClientProtocol]] = []
+        self._drain_waiters: list[Deferred[int]] = []
         self._service = ClientService(
             endpoint,
             _Factory(self),
@@ -150,6 +151,16 @@ class MsgClient(Service):
         super().stopService()
         self._fail_waiters(NotConnected("the client is stopped"))
         return self._service.stopService()
+
+    def when_drained(self) -> Deferred[int]:
+        """Fires with the number of offline messages drained after the next
+        login (0 with ``drain_on_login=False``); call it before that login
+        completes, e.g. right after :meth:`startService`. Messages a PULL
+        drained went to ``on_message`` and were ACKed, so they are no longer
+        pending on the server."""
+        d: Deferred[int] = Deferred(lambda d: self._drain_waiters.remove(d))
+        self._drain_waiters.append(d)
+        return d
 
     @property
     def logged_in(self) -> bool:
@@ -187,6 +198,9 @@ class MsgClient(Service):
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(error)
+        drains, self._drain_waiters = self._drain_waiters, []
+        for drain in drains:
+            drain.errback(error)
 
     # -- connections
 
@@ -240,6 +254,8 @@ class MsgClient(Service):
             self.on_login(response)
         if self.drain_on_login:  # first, so offline messages come before new requests' answers
             proto.drain().addCallbacks(self._drained, self._drain_failed)
+        else:
+            self._drained(None)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(proto)
@@ -248,11 +264,18 @@ class MsgClient(Service):
         if proto.transport is not None:
             proto.transport.loseConnection()
 
-    def _drained(self, count: int) -> None:
-        self.log.info("drained {count} offline messages", count=count)
+    def _drained(self, count: int | None) -> None:
+        if count is not None:
+            self.log.info("drained {count} offline messages", count=count)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(count or 0)
 
     def _drain_failed(self, failure: Failure) -> None:
         self.log.warn("offline drain failed: {error}", error=failure.getErrorMessage())
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.errback(failure)
 
     def _disconnected(self, proto: MsgClientProtocol) -> None:
         if self._ready is proto:

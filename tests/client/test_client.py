@@ -613,6 +613,24 @@ class MsgClientTests(SynchronousTestCase):
         answer(self.proto(), c2s, pb.Result(msgid=99))
         self.assertEqual(self.successResultOf(sending).msgid, 99)
 
+    def test_when_drained_fires_after_the_drains_ack(self) -> None:
+        drained = self.client.when_drained()
+        self.client.startService()
+        request = one(self.transport())
+        answer(self.proto(), request, pb.LoginResponse(offline_count=1))
+        self.assertTrue(self.client.logged_in)
+        pull = one(self.transport())
+        answer(self.proto(), pull, pb.PullResponse(messages=[pb.Message(msgid=7)]))
+        self.assertNoResult(drained)  # its ACK is not answered yet: 7 is still pending
+        answer(self.proto(), one(self.transport()))
+        self.assertEqual(self.successResultOf(drained), 1)
+
+    def test_when_drained_fails_when_stopped(self) -> None:
+        drained = self.client.when_drained()
+        self.client.startService()
+        self.client.stopService()
+        self.failureResultOf(drained, NotConnected)
+
     def test_reconnects_with_fresh_token(self) -> None:
         self.client.startService()
         self.login()
