@@ -7,6 +7,7 @@ themselves fire (no sleeps, no polling).
 from __future__ import annotations
 
 import json
+import socket
 import os
 from typing import Any
 
@@ -165,6 +166,17 @@ class ChatTests(NodeTestCase):
         result = await alice.c2s(1, b"31.2,121.4", logid="gps-e2e")
         topic, payload, logid = await got
         self.assertEqual((topic, logid, result.logid), ("gps", "gps-e2e", "gps-e2e"))
+
+
+    async def test_both_ends_turn_nagle_off(self) -> None:
+        """Small frames go out at once on both ends (TCP_NODELAY): with Nagle a
+        second answer waits for the peer's delayed ACK, up to 40 ms."""
+        client, _ = await self.client(1)
+        proto = await client.when_ready()
+        [server] = self.node.gate.connections
+        for transport in (proto.transport, server.transport):
+            sock = transport.getHandle()
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
 
 
 class RestartTests(NodeTestCase):

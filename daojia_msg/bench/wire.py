@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from daojia_msg.protocol.codec import Frame, FrameDecoder, encode
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.sockets import no_delay
 
 #: Bodies bigger than this are a broken stream for the generator.
 MAX_BODY = 8 * 1024 * 1024
@@ -51,6 +52,7 @@ class BenchClient(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
+        no_delay(self.transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected = False

@@ -35,6 +35,7 @@ from daojia_msg.client.errors import (
 from daojia_msg.protocol.codec import Frame, FrameDecoder, FrameError, encode
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.sockets import no_delay
 
 OnMessage = Callable[[pb.Message], object]
 OnKickout = Callable[[int, str], object]
@@ -146,6 +147,7 @@ class MsgClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_ok = True
+        no_delay(self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected_ok = False

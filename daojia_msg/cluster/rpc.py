@@ -66,6 +66,7 @@ from daojia_msg import tracing
 from daojia_msg.cluster.interfaces import INodeRegistry, IPeers
 from daojia_msg.logic.service import to_pb
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.sockets import no_delay
 from daojia_msg.store.errors import StoreUnavailable
 from daojia_msg.store.model import Kind, SessionRecord, StoredMessage
 
@@ -254,6 +255,7 @@ class RpcServerProtocol(_ClosedWaiters, amp.AMP):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.connected = True
+        no_delay(self.transport)
         if not self.authenticated:
             self._auth_timer = self.factory.clock.callLater(
                 self.factory.auth_timeout, self._auth_expired
@@ -401,6 +403,7 @@ class _ClientProtocol(_ClosedWaiters, amp.AMP):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.connected = True
+        no_delay(self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False

@@ -49,6 +49,7 @@ from daojia_msg.protocol.codes import (
     KickReason,
 )
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.sockets import no_delay
 
 if TYPE_CHECKING:
     from daojia_msg.gate.factory import GateFactory
@@ -125,6 +126,7 @@ class GateProtocol(Protocol):
         if not isinstance(self.transport, HAProxyProtocolWrapper) and not self._admit():
             return
         self.connected = True
+        no_delay(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._connected_at = self._last_rx = self._last_frame = now
         limits = self.limits
