@@ -29,6 +29,7 @@ from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner
 from daojia_msg.store.errors import StoreError, StoreUnavailable
 from daojia_msg.store.interfaces import IMessageStore
 from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
+from daojia_msg.store.reads import ReadBatcher
 from daojia_msg.store.sql import MessageTransactions
 
 T = TypeVar("T")
@@ -133,6 +134,8 @@ class SQLiteMessageStore:
     :param pool: a ready-made pool, e.g. :func:`inline_sqlite_pool` in tests.
     :param max_batch: at most this many writes per group commit.
     :ivar committer: the :class:`GroupCommitter` of the writes.
+    :ivar reads: the :class:`ReadBatcher` of the reads (one batch at a time: one
+        connection).
     """
 
     log = Logger()
@@ -150,6 +153,7 @@ class SQLiteMessageStore:
         self._runner = PoolRunner(self.pool, "sqlite message store")
         self._txns = MessageTransactions(self.pool.dbapi.paramstyle)
         self.committer = GroupCommitter(self._runner.run, max_ops=max_batch)
+        self.reads = ReadBatcher(self._runner.run)
         self._state = "new"  # -> starting -> started -> stopping -> stopped
         self._stop_waiters: list[Deferred[None]] = []
 
@@ -248,4 +252,4 @@ class SQLiteMessageStore:
     def _read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._state != "started":
             return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
-        return self._runner.run(interaction, *args)
+        return self.reads.read(interaction, *args)

@@ -1,0 +1,99 @@
+# -*- test-case-name: tests.store.test_reads -*-
+"""Reads that queue while one is out share the next trip to the database.
+
+Every read of a SQL store runs on the pool's thread: a hand-off to the thread
+and a wake-up of the reactor per read, which under a burst of logins (each
+asks ``count_pending``) costs more than the query itself. :class:`ReadBatcher`
+sends the first read at once (no added latency) and merges the reads that
+arrive while it is out into one interaction, which runs them one after the
+other in one transaction and hands each caller its own result.
+
+When a batch fails (a driver error, or a bug in one of its reads), each of its
+reads is run again on its own, so every caller gets the error its own read
+gives, never another read's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+#: ``interaction, *args`` of one read; the interaction takes the cursor first.
+Read = tuple[Callable[..., Any], tuple[Any, ...]]
+
+#: ``PoolRunner.run`` (or anything with its signature).
+RunInteraction = Callable[..., "Deferred[Any]"]
+
+#: Reads per batch at most.
+MAX_READS = 200
+
+
+def read_batch_txn(txn: Any, reads: list[Read]) -> list[Any]:
+    """The interaction of one batch: every read, in order."""
+    return [interaction(txn, *args) for interaction, args in reads]
+
+
+class ReadBatcher:
+    """Run reads through ``run``, at most ``max_in_flight`` batches at a time.
+
+    :ivar batches: how many interactions ran (retries of a failed batch included).
+    """
+
+    def __init__(self, run: RunInteraction, max_in_flight: int = 1,
+                 max_reads: int = MAX_READS) -> None:
+        if max_in_flight < 1 or max_reads < 1:
+            raise ValueError("max_in_flight and max_reads must be >= 1")
+        self._run = run
+        self._max_in_flight = max_in_flight
+        self._max_reads = max_reads
+        self._queue: list[tuple[Read, Deferred[Any]]] = []
+        self._in_flight = 0
+        self.batches = 0
+
+    def read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Fires with ``interaction(txn, *args)``'s result, or its failure."""
+        d: Deferred[T] = Deferred()
+        self._queue.append(((interaction, args), d))
+        if self._in_flight < self._max_in_flight:
+            self._send()
+        return d
+
+    def _send(self) -> None:
+        batch = self._queue[: self._max_reads]
+        del self._queue[: self._max_reads]
+        self._in_flight += 1
+        self.batches += 1
+        if len(batch) == 1:  # alone: the read's own interaction, errors and all
+            [((interaction, args), _)] = batch
+            d = self._call(interaction, *args)
+        else:
+            d = self._call(read_batch_txn, [read for read, _ in batch])
+        d.addBoth(self._answered, batch)
+
+    def _call(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        try:
+            return self._run(interaction, *args)
+        except Exception:
+            return fail()
+
+    def _answered(self, result: Any, batch: list[tuple[Read, Deferred[Any]]]) -> None:
+        self._in_flight -= 1
+        if len(batch) == 1:
+            d = batch[0][1]
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        elif isinstance(result, Failure):
+            for (interaction, args), d in batch:  # each on its own, for its own error
+                self._call(interaction, *args).chainDeferred(d)
+        else:
+            for (_, d), value in zip(batch, result, strict=True):
+                d.callback(value)
+        while self._queue and self._in_flight < self._max_in_flight:
+            self._send()
