@@ -303,8 +303,9 @@ class ConnectTests(TestCase):
 
     async def test_connects_and_calls(self) -> None:
         redis = await open_redis(self)
-        # Status replies (+PONG) come back as str even with charset=None.
-        self.assertEqual(await redis.call("PING"), "PONG")
+        # Status replies (+PONG) are not decoded by hiredis (a dependency:
+        # txredisapi's reply parser when installed); nothing relies on their type.
+        self.assertIn(await redis.call("PING"), ("PONG", b"PONG"))
         store = RedisSessionStore(redis, node_id=9)
         self.assertEqual(store.node_id, 9)
 
