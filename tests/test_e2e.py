@@ -7,8 +7,8 @@ themselves fire (no sleeps, no polling).
 from __future__ import annotations
 
 import json
-import socket
 import os
+import socket
 from typing import Any
 
 import treq

@@ -35,6 +35,11 @@ Then, e.g.::
     msgplatform-bench push --batch 1 --rate 0 --duration 10
     msgplatform-bench push --batch 100 --rate 0 --duration 10
     msgplatform-bench pull -n 10000
+    msgplatform-bench versus --pairs 200 --size 64 --rate 0 --duration 10 \\
+        --node-pid $(pgrep -f 'twistd -n' | head -1) --broker-pid $(pgrep mosquitto)
+
+``versus`` runs ``c2c`` against the node and then the same load against an
+MQTT broker (:mod:`daojia_msg.bench.versus`), and prints the ratios.
 
 The generator runs in ``--procs`` worker processes (``python -m
 daojia_msg.bench.worker``), each holding part of the connections, bound to
@@ -56,7 +61,7 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -166,13 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("login", "logins per second (connect + LOGIN)")
     p.add_argument("-n", type=bounded(int, 1, MAX_CONNECTIONS), default=5000)
     for name, text in (("c2s", "sustained C2S frames/s into the node's bus"),
-                       ("c2c", "end-to-end C2C throughput and latency (durable, pushed, ACKed)")):
+                       ("c2c", "end-to-end C2C throughput and latency (durable, pushed, ACKed)"),
+                       ("versus", "c2c against the node, then the same one-to-one QoS1 load "
+                                  "against an MQTT broker (Mosquitto); the ratios ours/theirs")):
         p = add(name, text)
         if name == "c2s":
             p.add_argument("--conns", type=bounded(int, 1, 20_000), default=100)
             p.add_argument("--msgtype", type=int, default=1, help="1 = gps in the demo routes")
         else:
             p.add_argument("--pairs", type=bounded(int, 1, 10_000), default=200)
+        if name == "c2c":
             p.add_argument("--ack", choices=("each", "read"), default="each",
                            help="one ACK per push, or one per socket read (default each)")
         p.add_argument("--rate", type=bounded(float, 0, MAX_RATE), default=0.0,
@@ -180,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--window", type=bounded(int, 1, 256), default=8,
                        help="closed loop: requests in flight per sending connection")
         p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0)
+        if name == "versus":
+            p.add_argument("--payload", dest="size", type=bounded(int, 8, 65_000),
+                           default=argparse.SUPPRESS, help="the same as --size")
+            p.add_argument("--mqtt", type=host_port, default=("127.0.0.1", 1883),
+                           help="the MQTT broker HOST:PORT (default 127.0.0.1:1883)")
+            p.add_argument("--broker-pid", type=int, default=None,
+                           help="the broker's pid: its CPU per message is read from /proc")
     p = add("push", "S2C through the HTTP API, single or batched")
     p.add_argument("--batch", type=bounded(int, 1, 1000), default=1,
                    help="messages per request (1: /v1/push, more: /v1/push/batch)")
@@ -398,6 +413,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu1 = proc_cpu_s(args.node_pid)
             node["rss_kib_after"] = proc_rss_kib(args.node_pid)
             if cpu0 is not None and cpu1 is not None:
+                node["cpu_s"] = round(cpu1 - cpu0, 3)
                 node["cpu_pct"] = cpu_share(cpu1 - cpu0, wall1 - wall0)
     finally:
         progress.close()
@@ -458,19 +474,33 @@ def render(doc: dict[str, Any]) -> str:
     return table(f"msgplatform-bench {doc['scenario']}", summary)
 
 
+def suspects(doc: dict[str, Any]) -> list[str]:
+    """Warnings for a run whose generator was near a full core."""
+    if doc["generator"]["suspect"]:
+        return ["a generator process was near a full core: "
+                "the figures may be the generator's; try more --procs"]
+    return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.scenario == "versus":
+        from daojia_msg.bench import versus  # it builds on this module
+
+        execute: Callable[[argparse.Namespace], dict[str, Any]] = versus.run
+        show, warn = versus.render, versus.suspects
+    else:
+        execute, show, warn = run, render, suspects
     try:
-        doc = run(args)
+        doc = execute(args)
     except BenchError as e:
         print(f"msgplatform-bench: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    print(render(doc))
-    if doc["generator"]["suspect"]:
-        print("msgplatform-bench: a generator process was near a full core: "
-              "the figures may be the generator's; try more --procs", file=sys.stderr)
+    print(show(doc))
+    for warning in warn(doc):
+        print(f"msgplatform-bench: {warning}", file=sys.stderr)
     if args.json:
         text = json.dumps(strip_samples(doc), indent=2)
         if args.json == "-":

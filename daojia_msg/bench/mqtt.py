@@ -25,7 +25,9 @@ Shaped like msgplatform's C2C loop so that the two can be divided:
   ``drain`` seconds) for what is still in flight.  ``throughput`` counts the
   deliveries inside the window, divided by its length; the percentiles are
   over every message published in the window (those delivered during the
-  drain included, so slow ones are not dropped).
+  drain included, so slow ones are not dropped).  ``delivered_per_s`` is
+  c2c's ``acked_per_s`` instead: every delivery over the window plus the
+  drain (``elapsed_s``); ``msgplatform-bench versus`` divides by that one.
 * The generator's sockets set TCP_NODELAY (``nodelay=False`` leaves Nagle on).
 
 The load runs in ``procs`` worker processes (pairs dealt round-robin; a pair's
@@ -521,6 +523,7 @@ class _Worker:
             except TimeoutError:
                 pass
         misc.cancel()
+        t_done = time.monotonic()
         window = t_end - t_start
         if plan.count is not None:
             window = time.monotonic() - t_start
@@ -545,6 +548,8 @@ class _Worker:
             "disconnects": st.disconnects,
             "errors": st.errors[:10],
             "window_s": window,
+            "t_start": t_start,
+            "t_done": t_done,
             "cpu": cpu_entry(
                 self.proc, len(self.pair_ids),
                 ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime, t_end - t_start,
@@ -761,9 +766,13 @@ def run_mqtt(
     )
     sent = sum(r["sent"] for r in results)
     delivered = sum(r["delivered"] for r in results)
+    # c2c's acked_per_s: every message, over the window and the drain
+    elapsed_s = max(r["t_done"] for r in results) - min(r["t_start"] for r in results)
     out.update(
         sent=sent,
         delivered=delivered,
+        elapsed_s=round(elapsed_s, 3),
+        delivered_per_s=round(delivered / elapsed_s, 1) if elapsed_s > 0 else None,
         delivered_in_window=sum(r["delivered_in_window"] for r in results),
         broker_acked=sum(r["broker_acked"] for r in results),
         lost=sent - delivered,
