@@ -68,8 +68,8 @@ from urllib.parse import urlsplit
 from daojia_msg.bench.report import (
     SAMPLE_KEYS,
     git_commit,
-    proc_cpu_s,
-    proc_rss_kib,
+    procs_cpu_s,
+    procs_rss_kib,
     summarize,
     table,
 )
@@ -126,6 +126,22 @@ def bounded(kind: type, low: float, high: float) -> Any:
     return parse
 
 
+class NodePids(argparse.Action):
+    """``--node-pid 12,34``: ``node_pids`` all of them (their CPU and RSS are
+    added up), ``node_pid`` the first."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        try:
+            pids = tuple(int(p) for p in str(values).split(","))
+        except ValueError:
+            raise argparse.ArgumentError(self, f"not a pid list: {values!r}") from None
+        if not pids or min(pids) < 1:
+            raise argparse.ArgumentError(self, f"not a pid list: {values!r}")
+        namespace.node_pids = pids
+        namespace.node_pid = pids[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("target and generator")
@@ -133,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the node's gate HOST:PORT (default 127.0.0.1:7000)")
     g.add_argument("--http", type=http_url, default="http://127.0.0.1:8080",
                    help="the node's HTTP API URL (default http://127.0.0.1:8080)")
-    g.add_argument("--node-pid", type=int, default=None,
-                   help="the node's pid: its RSS and CPU are read from /proc")
+    g.add_argument("--node-pid", action=NodePids, default=None, metavar="PID[,PID...]",
+                   help="the node's pid: its RSS and CPU are read from /proc; several "
+                        "nodes' pids (comma-separated) are added up")
     g.add_argument("--appcode", type=int, default=1001)
     g.add_argument("--secret", default=None, help="token secret (default demo-secret-APPCODE)")
     g.add_argument("--api-key", default=None, help="HTTP API key (default demo-key-APPCODE)")
@@ -370,9 +387,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = Progress(not args.no_progress)
     for warning in check(args):
         print(f"msgplatform-bench: warning: {warning}", file=sys.stderr)
+    pids: tuple[int, ...] = getattr(args, "node_pids", None) or (
+        (args.node_pid,) if args.node_pid else ())
     node: dict[str, Any] = {"pid": args.node_pid}
-    if args.node_pid:
-        node["rss_kib_before"] = proc_rss_kib(args.node_pid)
+    if len(pids) > 1:
+        node["pids"] = list(pids)
+    if pids:
+        node["rss_kib_before"] = procs_rss_kib(pids)
     scenario = args.scenario
     setup_total = {"connect": args.n if scenario == "connect" else None,
                    "c2s": getattr(args, "conns", None),
@@ -384,9 +405,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pump(workers, lambda: all(w.ready is not None for w in workers),
              time.monotonic() + args.setup_timeout, progress)
         progress.close()
-        if args.node_pid:
-            node["rss_kib_setup"] = proc_rss_kib(args.node_pid)
-            cpu0 = proc_cpu_s(args.node_pid)
+        if pids:
+            node["rss_kib_setup"] = procs_rss_kib(pids)
+            cpu0 = procs_cpu_s(pids)
         wall0 = time.monotonic()
         run_total = {"connect": None, "login": args.n if scenario == "login" else None,
                      "pull": getattr(args, "n", None)}.get(scenario)
@@ -397,8 +418,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             w.send("go")
         if scenario == "connect":
             time.sleep(args.hold)
-            if args.node_pid:
-                node["rss_kib_held"] = proc_rss_kib(args.node_pid)
+            if pids:
+                node["rss_kib_held"] = procs_rss_kib(pids)
             for w in workers:
                 w.send("stop")
         budget = getattr(args, "duration", 0) + args.drain + 120 + (
@@ -409,9 +430,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              time.monotonic() + budget, progress)
         wall1 = time.monotonic()
         progress.close()
-        if args.node_pid:
-            cpu1 = proc_cpu_s(args.node_pid)
-            node["rss_kib_after"] = proc_rss_kib(args.node_pid)
+        if pids:
+            cpu1 = procs_cpu_s(pids)
+            node["rss_kib_after"] = procs_rss_kib(pids)
             if cpu0 is not None and cpu1 is not None:
                 node["cpu_s"] = round(cpu1 - cpu0, 3)
                 node["cpu_pct"] = cpu_share(cpu1 - cpu0, wall1 - wall0)

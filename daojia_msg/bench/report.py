@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from daojia_msg.bench.stats import latency_summary, rate, window
@@ -146,6 +146,18 @@ def proc_rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def procs_rss_kib(pids: Sequence[int]) -> int | None:
+    """The VmRSS of ``pids`` added up (several nodes), or ``None`` if one is gone."""
+    values = [proc_rss_kib(pid) for pid in pids]
+    return None if None in values else sum(v for v in values if v is not None)
+
+
+def procs_cpu_s(pids: Sequence[int]) -> float | None:
+    """The CPU seconds of ``pids`` added up, or ``None`` if one is gone."""
+    values = [proc_cpu_s(pid) for pid in pids]
+    return None if None in values else sum(v for v in values if v is not None)
 
 
 def proc_cpu_s(pid: int) -> float | None:

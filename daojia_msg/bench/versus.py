@@ -121,6 +121,8 @@ def run(args: argparse.Namespace,
     """c2c against the node, then the broker: the JSON document of the run.
     Before each side the other side's server (when its pid is given) is
     left to go idle."""
+    if len(getattr(args, "node_pids", None) or ()) > 1:
+        raise BenchError("versus compares one node with the broker: give one --node-pid")
     plan = mqtt_plan(args)
     for what, (host, port) in (("the node's gate", args.gate), ("the MQTT broker", args.mqtt)):
         why = probe(host, port)

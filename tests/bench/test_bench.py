@@ -196,6 +196,15 @@ class OptionsTests(SynchronousTestCase):
                      ["push", "--batch", "1001"], ["c2s", "--procs", "0"]):
             self.assertRaises(SystemExit, self.parse, *argv)
 
+    def test_node_pids(self) -> None:
+        args = self.parse("c2c", "--node-pid", "12,34")
+        self.assertEqual((args.node_pids, args.node_pid), ((12, 34), 12))
+        one = self.parse("c2c", "--node-pid", "56")
+        self.assertEqual((one.node_pids, one.node_pid), ((56,), 56))
+        self.assertIsNone(self.parse("c2c").node_pid)
+        for bad in ("x", "1,,2", "0", "-3"):
+            self.assertRaises(SystemExit, self.parse, "c2c", "--node-pid", bad)
+
     def test_rate_limit_warning(self) -> None:
         self.assertEqual(cli.check(self.parse("c2s", "--conns", "100", "--rate", "10000")), [])
         [warning] = cli.check(self.parse("c2s", "--conns", "10", "--rate", "10000"))
@@ -245,6 +254,12 @@ class ReportTests(SynchronousTestCase):
         self.assertGreater(report.proc_rss_kib(os.getpid()) or 0, 0)
         self.assertIsNotNone(report.proc_cpu_s(os.getpid()))
         self.assertIsNone(report.proc_rss_kib(2**31))
+        me = os.getpid()
+        self.assertEqual(report.procs_rss_kib([me, os.getppid()]),
+                         (report.proc_rss_kib(me) or 0) + (report.proc_rss_kib(os.getppid()) or 0))
+        self.assertIsNone(report.procs_rss_kib([me, 2**31]))
+        self.assertIsNone(report.procs_cpu_s([2**31]))
+        self.assertGreaterEqual(report.procs_cpu_s([me, me]) or 0, 2 * (report.proc_cpu_s(me) or 0))
 
 
 class SmokeTests(NodeTestCase):

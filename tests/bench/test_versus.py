@@ -234,6 +234,13 @@ class RunTests(SynchronousTestCase):
         self.calls.append(("settle", pid))
         return 0.5
 
+    def test_one_node_only(self) -> None:
+        args = parse("--pairs", "4", "--no-progress", "--node-pid", "3,4")
+        with self.assertRaises(cli.BenchError) as e:
+            self.drive(args)
+        self.assertIn("give one --node-pid", str(e.exception))
+        self.assertEqual(self.calls, [])
+
     def test_c2c_then_mqtt(self) -> None:
         args = parse("--pairs", "4", "--size", "64", "--rate", "100", "--no-progress",
                      "--broker-pid", "7", "--node-pid", "3")
