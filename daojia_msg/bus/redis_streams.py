@@ -5,30 +5,64 @@ Each C2S frame becomes one stream entry::
 
     XADD <topic> MAXLEN ~ <bus.stream_maxlen> * msg <Message bytes> logid <logid>
 
-**Pipelining.** :meth:`RedisStreamsBus.publish` only queues the frame. The
-queue is flushed as *one* txredisapi pipeline of XADDs (one write, one round
-trip) on the next reactor turn (``callLater(0)``), so every publish of one
-turn shares a round trip. Only one pipeline is in flight at a time: frames that
+**One command per batch.** :meth:`RedisStreamsBus.publish` only queues the
+frame. The queue is flushed on the next reactor turn (``callLater(0)``), so
+every publish of one turn shares a batch, and the batch goes to Redis as *one*
+command: ``EVALSHA`` of :data:`XADD_BATCH`, a Lua script that runs the XADDs
+above for the batch's entries, in order (``KEYS``: the topics; ``ARGV``: the
+MAXLEN, then a payload and a logid per entry), and answers one reply per
+entry: its entry id, or the error of that XADD alone (``redis.pcall``: e.g.
+``WRONGTYPE`` on a key that is not a stream fails only its caller, as a
+separate XADD would). The stream entries are the same as before, field for
+field. The ids come back as status replies (one line each), not bulk strings:
+txredisapi's pure-Python parser, used when hiredis is missing, reads each
+bulk string of a reply in a reactor turn of its own.
+
+When Redis does not know the script (``NOSCRIPT``: after a restart, a
+failover or ``SCRIPT FLUSH``) the same batch goes again as ``EVAL`` with the
+source, which loads it (logged at info). The sha and source come from
+:class:`~daojia_msg.cluster.redisconn.Script`, but not its ``__call__``, which
+runs on the node's session pool with the store's errors and deadline; the bus
+has its own connection, errors and deadline (below).
+
+Why not a txredisapi pipeline of XADDs, as before: txredisapi builds each
+command, its Deferred and its reply timer in Python, and that per-XADD work
+was ~41% of a node's time in the issue's profile (~3,400 frames/s). The bus
+alone, 48-byte payloads, 10,000 publishes outstanding, on the 2-core test
+machine with hiredis: ~12,500 XADD/s (~67 us CPU each) as a pipeline,
+~80,000-100,000 entries/s (~7 us CPU each) as a script.
+
+**Batches grow under load.** Only one batch is in flight at a time: frames that
 arrive while it is out wait and go together in the next one, sent the moment
-the previous one has all its replies. Under load the batches therefore grow by
+the previous one has its reply. Under load the batches therefore grow by
 themselves to what arrived during one round trip, up to :data:`MAX_BATCH`
-XADDs per pipeline (several pipelines then follow one another). Each caller's
-Deferred fires on *its own* XADD reply; an error reply (e.g. ``WRONGTYPE``)
-fails only that caller.
+entries or :data:`MAX_BATCH_BYTES` of payloads per command (several commands
+then follow one another). Entries of one stream land in the order of their
+publishes: a script runs whole, alone, in order, and one batch follows
+another. Each caller's Deferred fires on *its own* entry of the reply.
+
+**One Redis, not Redis Cluster.** A script may only touch keys of one hash
+slot in Redis Cluster, and a batch holds the streams of many topics. This
+deployment uses a single Redis (a Sentinel-managed primary would do too;
+txredisapi does not follow ``MOVED`` anyway, txredisapi#125); a cluster
+would need one batch per slot, or topics that share a ``{hash tag}``. Streams
+need Redis 5 or later, which replicates scripts by their effects, so an
+``XADD *`` in a script is allowed.
 
 **Never hang.** The bus has its own reconnecting connection (not the node's
-session pool: a pipeline holds its connection until all replies are in), made
-with ``charset=None`` and ``convertNumbers=False`` so that payloads and logids
-come back exactly as bytes (txredisapi would otherwise turn ``b"12"`` into
-``12``). Every XADD has txredisapi's reply timeout (which also drops a stuck
-connection); while there is no live connection a batch fails at once
-(txredisapi would queue it until it reconnects, txredisapi#112); and each
-pipeline has a backstop deadline of :data:`DEADLINE_FACTOR` reply timeouts,
-after which the connection is dropped. Any failure fails the callers of the
-batch with :class:`BusUnavailable`. A connection that txredisapi gave up on (a
-SELECT or AUTH that failed on a reconnect stops it for good) is replaced. The
-queue is bounded too (:data:`MAX_QUEUED_BATCHES` batches, at least twice
-``bus.max_pending``): beyond it ``publish`` fails at once.
+session pool), made with ``charset=None`` and ``convertNumbers=False`` so that
+payloads and logids go and come back exactly as bytes (txredisapi would
+otherwise turn ``b"12"`` into ``12``). Each batch's command has txredisapi's
+reply timeout (which also drops a stuck connection); while there is no live
+connection a batch fails at once (txredisapi would queue it until it
+reconnects, txredisapi#112); and each batch has a backstop deadline of
+:data:`DEADLINE_FACTOR` reply timeouts (covering the ``EVAL`` after a
+``NOSCRIPT`` too), after which the connection is dropped. Any failure of the
+command fails the callers of the batch with :class:`BusUnavailable`. A
+connection that txredisapi gave up on (a SELECT or AUTH that failed on a
+reconnect stops it for good) is replaced. The queue is bounded too
+(:data:`MAX_QUEUED_BATCHES` batches, at least twice ``bus.max_pending``):
+beyond it ``publish`` fails at once.
 
 **Start-up.** :meth:`RedisStreamsBus.start` fails with :class:`BusUnavailable`
 ("cannot connect to Redis at host:port/db: ...") when the server cannot be
@@ -46,17 +80,12 @@ is lost across restarts.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    TimeoutError,
-    fail,
-)
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -66,23 +95,51 @@ from zope.interface import implementer
 from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope
 from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
-from daojia_msg.cluster.redisconn import DEADLINE_FACTOR
+from daojia_msg.cluster.redisconn import DEADLINE_FACTOR, Script
 from daojia_msg.config import BusConfig, RedisURL, parse_redis_url
 
 #: Seconds to wait for a Redis reply (and to connect) unless told otherwise;
 #: never more than the router's ``bus.publish_timeout_s`` allows.
 REPLY_TIMEOUT_S = 2.0
-#: XADDs per pipeline at most. Measured on the 2-core test machine (48-byte
-#: payloads, 10,000 publishes outstanding, Redis on the same machine): ~5,000
-#: XADD/s one at a time, ~11,000-15,000/s with 100 per pipeline, fewer
-#: (~7,500-11,500/s) with 1,000: the client's own work per XADD (txredisapi
-#: builds each command and Deferred in Python) is the limit, not round trips.
-MAX_BATCH = 100
-#: Frames waiting for a pipeline at most, in batches (and at least twice
+#: Entries per batch (one EVALSHA) at most. Measured on the 2-core test
+#: machine (Redis on it too, hiredis, other sessions' work around: noisy).
+#: The bus alone (48-byte payloads, 10,000 publishes outstanding) does
+#: ~80,000-100,000 entries/s with any cap from 100 to 2,000: the cap hardly
+#: matters to the client any more. A node under ``msgplatform-bench c2s
+#: --conns 100 --rate 0 --duration 10 --procs 2`` did, mean of 4 runs each,
+#: ~10,600 frames/s with 100, ~11,800 with 300, ~13,000 with 1,000 (its
+#: batches then grow to ~280 entries by themselves), ~10,900 with 3,000
+#: (2 runs). A full batch of 1,000 takes Redis ~5 ms (~5 us per XADD in the
+#: script), the longest it holds other clients up.
+MAX_BATCH = 1000
+#: Payload bytes per batch: a batch takes no more entries once it holds this
+#: many (C2S bodies may be up to ``limits.max_body``, 64 KiB by default; 1,000
+#: of those would be one 64 MiB command that blocks Redis for its length).
+MAX_BATCH_BYTES = 1 << 20
+#: Frames waiting for a batch at most, in batches (and at least twice
 #: ``bus.max_pending``, the router's own bound): beyond it publish fails at once.
-MAX_QUEUED_BATCHES = 100
+MAX_QUEUED_BATCHES = 20
 #: Seconds between two new connections replacing one that gave up (see _revive).
 REVIVE_S = 1.0
+
+
+#: The XADDs of one batch, in order, each on its own (``redis.pcall``): one reply
+#: per entry, its id (as a status reply, see the module docstring) or its
+#: error. KEYS: the topics; ARGV: the MAXLEN, then a payload and a logid per
+#: entry (the fields of DESIGN.md §3, in that order).
+XADD_BATCH = Script("""\
+local maxlen = ARGV[1]
+local replies = {}
+for i, topic in ipairs(KEYS) do
+  local id = redis.pcall('XADD', topic, 'MAXLEN', '~', maxlen, '*',
+                         'msg', ARGV[2 * i], 'logid', ARGV[2 * i + 1])
+  if type(id) == 'string' then id = redis.status_reply(id) end
+  replies[i] = id
+end
+return replies
+""")
+_SHA = XADD_BATCH.sha.encode()
+_SOURCE = XADD_BATCH.source.encode()
 
 
 def _where(url: RedisURL) -> str:
@@ -158,7 +215,7 @@ def connect_lazily(url: RedisURL, *, connect_timeout: float, reply_timeout: floa
 
 
 class _Pending:
-    """One queued publish: the XADD's arguments and the caller's Deferred."""
+    """One queued publish: its entry's arguments and the caller's Deferred."""
 
     __slots__ = ("topic", "payload", "logid", "d")
 
@@ -175,21 +232,23 @@ class _Pending:
 
 @implementer(IMessageBus)
 class RedisStreamsBus:
-    """C2S frames to Redis Streams, pipelined (see the module docstring).
+    """C2S frames to Redis Streams, one command per batch (see the module docstring).
 
     ``reactor`` schedules the flushes and the deadlines (tests may pass a
     Clock, though txredisapi itself always runs on the global reactor).
     ``reply_timeout_s`` defaults to :data:`REPLY_TIMEOUT_S`, or less so that
     the backstop deadline ends before the router's ``publish_timeout_s``.
 
-    ``pipelines`` counts the pipelines sent and ``largest_batch`` is the most
-    XADDs one of them carried (for metrics and tests).
+    ``batches`` counts the batches sent and ``largest_batch`` is the most
+    entries one of them carried (for metrics and tests); ``commands`` counts
+    the commands they took (one each, two after a ``NOSCRIPT``).
     """
 
     log = Logger()
 
     def __init__(self, url: str, config: BusConfig, reactor: IReactorTime, *,
-                 reply_timeout_s: float | None = None, max_batch: int = MAX_BATCH) -> None:
+                 reply_timeout_s: float | None = None, max_batch: int = MAX_BATCH,
+                 max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
         self.url = parse_redis_url(url, ("bus", "url"))
         self.where = _where(self.url)
         self.config = config
@@ -199,17 +258,19 @@ class RedisStreamsBus:
         self.reply_timeout = reply_timeout_s
         self.deadline = reply_timeout_s * DEADLINE_FACTOR
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         # Never below what the router may hand over (twice bus.max_pending).
         self.max_queued = max(max_batch * MAX_QUEUED_BATCHES, 2 * config.max_pending)
         self._maxlen = str(config.stream_maxlen).encode()
         self._conn: Any = None
-        self._queue: list[_Pending] = []
+        self._queue: deque[_Pending] = deque()
         self._flush_call: IDelayedCall | None = None
         self._in_flight = False
         self._stopped = False
         self._revived_at = float("-inf")
-        self.pipelines = 0
+        self.batches = 0
         self.largest_batch = 0
+        self.commands = 0
 
     # -- IMessageBus ----------------------------------------------------------------
 
@@ -232,12 +293,12 @@ class RedisStreamsBus:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        queued, self._queue = self._queue, []
+        queued, self._queue = self._queue, deque()
         for pending in queued:
             pending.fail("the Redis Streams bus stopped")
         conn, self._conn = self._conn, None
         if conn is not None:
-            # A pipeline in flight fails with the lost connection.
+            # A batch in flight fails with the lost connection.
             await conn.disconnect()
 
     def publish(self, topic: str, payload: bytes, logid: str) -> Deferred[None]:
@@ -255,20 +316,26 @@ class RedisStreamsBus:
             self._flush_call = self.reactor.callLater(0, self._flush)
         return pending.d
 
-    # -- the pipeline ---------------------------------------------------------------
+    # -- the batches ----------------------------------------------------------------
 
     def _flush(self) -> None:
         """Send the next batch, unless one is in flight (it calls again when done)."""
         self._flush_call = None
-        # A frame already answered (the router timed it out: UNAVAILABLE) is
-        # not sent any more: the client was told it did not reach the bus.
-        self._queue = [p for p in self._queue if not p.d.called]
-        if self._in_flight or not self._queue:
+        if self._in_flight:
             return
-        batch = self._queue[:self.max_batch]
-        del self._queue[:self.max_batch]
+        queue, limit, room = self._queue, self.max_batch, self.max_batch_bytes
+        batch: list[_Pending] = []
+        while queue and len(batch) < limit and room > 0:
+            pending = queue.popleft()
+            # A frame already answered (the router timed it out: UNAVAILABLE) is
+            # not sent any more: the client was told it did not reach the bus.
+            if not pending.d.called:
+                batch.append(pending)
+                room -= len(pending.payload)
+        if not batch:
+            return
         self._in_flight = True
-        self.pipelines += 1
+        self.batches += 1
         self.largest_batch = max(self.largest_batch, len(batch))
         d = Deferred.fromCoroutine(self._send(batch))
         d.addTimeout(self.deadline, self.reactor)
@@ -279,22 +346,33 @@ class RedisStreamsBus:
         if conn is None or not _connected(conn):
             self._revive()
             raise BusUnavailable(f"not connected to Redis at {self.where}")
-        pipe = await conn.pipeline()
-        replies: list[Deferred[Any]] = []
+        args: list[Any] = [len(batch)]
+        args += [p.topic for p in batch]
+        args.append(self._maxlen)
+        for p in batch:
+            args += (p.payload, p.logid)
+        self.commands += 1
         try:
-            for p in batch:
-                reply = pipe.execute_command(
-                    b"XADD", p.topic, b"MAXLEN", b"~", self._maxlen, b"*",
-                    b"msg", p.payload, b"logid", p.logid)
-                # First in the chain: the pipeline's own DeferredList would
-                # swallow an error reply before a later callback saw it.
-                replies.append(reply.addBoth(self._settle, p))
-        finally:
-            # One write for the whole batch; txredisapi takes the connection
-            # back once every reply is in (or failed).
-            pipe.execute_pipeline().addErrback(lambda _: None)
-        settled = await DeferredList(replies, consumeErrors=True)
-        errors = [why for _, why in settled if why]
+            replies = await conn.execute_command(b"EVALSHA", _SHA, *args)
+        except txredisapi.ResponseError as e:
+            if not str(e).startswith("NOSCRIPT"):
+                raise
+            self.log.info("Redis at {where} does not know the XADD script; loading it",
+                          where=self.where)
+            self.commands += 1
+            replies = await conn.execute_command(b"EVAL", _SOURCE, *args)
+        if not isinstance(replies, list) or len(replies) != len(batch):
+            raise BusUnavailable(f"the XADD script answered {replies!r:.100}")
+        errors: list[str] = []
+        for p, reply in zip(batch, replies, strict=True):
+            if p.d.called:
+                continue
+            if isinstance(reply, Exception):
+                why = str(reply)
+                errors.append(why)
+                p.fail(f"redis XADD to {self.where}: {why}")
+            else:
+                p.d.callback(None)
         if errors:
             self.log.warn("{failed} of {count} XADDs to Redis at {where} failed, e.g.: {why}",
                           failed=len(errors), count=len(batch), where=self.where, why=errors[0])
@@ -320,20 +398,6 @@ class RedisStreamsBus:
                                     reply_timeout=self.reply_timeout)
         conn.disconnect().addErrback(lambda _: None)
 
-    def _settle(self, result: object, pending: _Pending) -> str | None:
-        """One XADD's reply: its caller's Deferred fires (or fails) now.
-        Returns why it failed, or None."""
-        if pending.d.called:
-            return None
-        if isinstance(result, Failure):
-            if result.check(CancelledError):
-                return None  # the deadline: _sent answers with the reason
-            why = result.getErrorMessage()
-            pending.fail(f"redis XADD to {self.where}: {why}")
-            return why
-        pending.d.callback(None)
-        return None
-
     def _sent(self, result: object, batch: list[_Pending]) -> None:
         self._in_flight = False
         if isinstance(result, Failure):
@@ -345,13 +409,10 @@ class RedisStreamsBus:
                 why = result.getErrorMessage()
             unanswered = [p for p in batch if not p.d.called]
             if unanswered:
-                self.log.warn("C2S pipeline of {count} XADDs to Redis at {where} failed: {why}",
+                self.log.warn("C2S batch of {count} XADDs to Redis at {where} failed: {why}",
                               count=len(unanswered), where=self.where, why=why)
             for p in unanswered:
                 p.fail(f"redis XADD to {self.where}: {why}")
-        else:
-            for p in batch:
-                p.fail(f"redis XADD to {self.where}: no reply")
         if self._queue and not self._stopped:
             self._flush()
 

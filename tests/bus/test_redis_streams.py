@@ -1,12 +1,16 @@
 """The Redis Streams bus and stream reader on a real Redis: the exact entries,
-MAXLEN trimming, pipelining, failures that never hang, and the consumer.
+MAXLEN trimming, one command per batch, failures that never hang, and the
+consumer; and the batching on a fake connection and a Clock.
 
 Other tests share the Redis database: each test uses streams of random names
-and deletes them at cleanup; nothing here flushes a database.
+and deletes them at cleanup; nothing here flushes a database. (One test
+flushes the server's script cache, ``SCRIPT FLUSH``: every user of a script
+here loads it again on ``NOSCRIPT``.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from types import SimpleNamespace
 from typing import Any, cast
@@ -15,9 +19,12 @@ from uuid import uuid4
 import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IListeningPort, ITransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -25,7 +32,13 @@ from zope.interface.verify import verifyObject
 from daojia_msg.bus.envelope import Envelope
 from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
-from daojia_msg.bus.redis_streams import MAX_BATCH, RedisStreamsBus, RedisStreamsConsumer
+from daojia_msg.bus.redis_streams import (
+    MAX_BATCH,
+    MAX_BATCH_BYTES,
+    XADD_BATCH,
+    RedisStreamsBus,
+    RedisStreamsConsumer,
+)
 from daojia_msg.config import BusConfig, parse_redis_url
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.servers import closed_port, listen, require_redis
@@ -49,8 +62,12 @@ def message(n: int = 1, logid: str = "log-1") -> bytes:
     return payload
 
 
-
-
+def log_events(test: SynchronousTestCase) -> EventLoggingObserver:
+    """Every log event while ``test`` runs."""
+    events = EventLoggingObserver()
+    globalLogPublisher.addObserver(events)
+    test.addCleanup(globalLogPublisher.removeObserver, events)
+    return events
 
 
 async def unavailable(test: TestCase, d: Deferred[Any]) -> BusUnavailable:
@@ -63,16 +80,82 @@ class Silent(Protocol):
     """A server that accepts and never answers."""
 
 
+class Requests:
+    """Parses the commands a Redis client sends (RESP arrays of bulk strings)."""
+
+    def __init__(self, into: list[list[bytes]]) -> None:
+        self.into = into
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while (command := self._next()) is not None:
+            self.into.append(command)
+
+    def _next(self) -> list[bytes] | None:
+        buf = self.buffer
+        if not buf:
+            return None
+        assert buf[:1] == b"*", buf[:20]
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return None
+        pos, args = end + 2, []
+        for _ in range(int(buf[1:end])):
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                return None
+            assert buf[pos:pos + 1] == b"$", buf[pos:pos + 20]
+            start = end + 2
+            stop = start + int(buf[pos + 1:end])
+            if len(buf) < stop + 2:
+                return None
+            args.append(buf[start:stop])
+            pos = stop + 2
+        self.buffer = buf[pos:]
+        return args
+
+
+class RawRedis(Protocol):
+    """A bare connection to Redis: the reply bytes exactly as they come."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def send(self, *commands: list[bytes]) -> Deferred[bytes]:
+        """Sends ``commands`` and a PING; fires with all the bytes up to its PONG."""
+        out = b"".join(b"*%d\r\n" % len(c) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a)
+                                                      for a in c) for c in commands)
+        assert self.transport is not None
+        self.transport.write(out + b"PING\r\n")
+        return self.done
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.received.endswith(b"+PONG\r\n") and not self.done.called:
+            self.done.callback(self.received)
+
+
 class FreezableProxy(ProxyServer):
-    """Forwards to Redis, or swallows what the client sends while frozen."""
+    """Forwards to Redis, or swallows what the client sends while frozen;
+    records the commands it forwards."""
+
+    def connectionMade(self) -> None:
+        self.requests = Requests(cast(ControlledProxyFactory, self.factory).commands)
+        super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
         if not cast(ControlledProxyFactory, self.factory).frozen:
+            self.requests.feed(data)
             super().dataReceived(data)
 
 
 class ControlledProxyFactory(ProxyFactory):
-    """A TCP proxy to Redis that can go silent or cut every connection."""
+    """A TCP proxy to Redis that can go silent or cut every connection.
+
+    ``commands`` holds every command the clients sent through it, in order.
+    """
 
     protocol = FreezableProxy
 
@@ -80,6 +163,7 @@ class ControlledProxyFactory(ProxyFactory):
         super().__init__(host, port)
         self.frozen = False
         self.servers: list[ProxyServer] = []
+        self.commands: list[list[bytes]] = []
 
     def buildProtocol(self, addr: Any) -> ProxyServer | None:
         p = super().buildProtocol(addr)
@@ -122,6 +206,18 @@ class RedisTestCase(TestCase):
     async def xlen(self, topic: str) -> int:
         return int(await self.raw.execute_command("XLEN", topic))
 
+    async def logids(self, topic: str) -> list[bytes]:
+        return [fields[b"logid"] for _, fields in await self.entries(topic)]
+
+    async def proxied(self, **options: Any) -> tuple[RedisStreamsBus, ControlledProxyFactory,
+                                                      IListeningPort]:
+        """A bus that talks to Redis through a proxy that records its commands."""
+        u = parse_redis_url(self.url)
+        proxy = ControlledProxyFactory(u.host, u.port)
+        listening, port = listen(self, proxy)
+        bus = await self.open_bus(f"redis://127.0.0.1:{port}/{u.db}", **options)
+        return bus, proxy, listening
+
 
 class PublishTests(RedisTestCase):
     async def test_provides_interface(self) -> None:
@@ -160,30 +256,105 @@ class PublishTests(RedisTestCase):
         entries = await self.entries(self.topic)
         self.assertEqual(entries[-1][1][b"logid"], f"l{count - 1}".encode())
 
-    async def test_one_turn_is_one_pipeline(self) -> None:
+    async def test_one_turn_is_one_batch(self) -> None:
         bus = await self.open_bus(max_batch=1000)
         count = 500
         ds = [bus.publish(self.topic, message(n), f"l{n}") for n in range(count)]
-        self.assertEqual(bus.pipelines, 0)  # nothing sent before the turn ends
+        self.assertEqual(bus.batches, 0)  # nothing sent before the turn ends
         self.assertEqual(await gatherResults(ds), [None] * count)
-        self.assertEqual(bus.pipelines, 1)
+        self.assertEqual((bus.batches, bus.commands), (1, 1))
         self.assertEqual(bus.largest_batch, count)
-        entries = await self.entries(self.topic)
-        self.assertEqual([f[b"logid"] for _, f in entries],
-                         [f"l{n}".encode() for n in range(count)])
+        self.assertEqual(await self.logids(self.topic), [f"l{n}".encode() for n in range(count)])
+
+    async def test_a_batch_is_one_command_on_the_wire(self) -> None:
+        """300 entries to three streams: one EVALSHA reaches Redis, no XADD."""
+        bus, proxy, _ = await self.proxied()
+        await bus.publish(self.topic, message(), "warm-up")  # EVAL, if Redis lacked it
+        del proxy.commands[:]
+        topics = [self.topic, self.stream(), self.stream()]
+        ds = [bus.publish(topics[n % 3], message(n), f"l{n}") for n in range(300)]
+        await gatherResults(ds)
+        self.assertEqual([c[0].upper() for c in proxy.commands], [b"EVALSHA"])
+        command = proxy.commands[0]
+        self.assertEqual(command[1:3], [XADD_BATCH.sha.encode(), b"300"])
+        self.assertEqual(command[3:303], [topics[n % 3].encode() for n in range(300)])
+        self.assertEqual(command[303], b"1000000")  # bus.stream_maxlen
+        self.assertEqual(len(command), 304 + 2 * 300)
+        for i, topic in enumerate(topics):
+            expected = [b"warm-up"] if i == 0 else []
+            expected += [f"l{n}".encode() for n in range(i, 300, 3)]
+            self.assertEqual(await self.logids(topic), expected)
 
     async def test_batches_are_bounded(self) -> None:
-        bus = await self.open_bus()
-        self.assertEqual(bus.max_batch, MAX_BATCH)
+        self.assertEqual(RedisStreamsBus(self.url, BusConfig(), reactor).max_batch, MAX_BATCH)
+        bus = await self.open_bus(max_batch=100)
         ds = [bus.publish(self.topic, message(n), f"l{n}") for n in range(450)]
         await gatherResults(ds)
-        self.assertEqual(bus.pipelines, -(-450 // MAX_BATCH))
-        self.assertEqual(bus.largest_batch, MAX_BATCH)
-        entries = await self.entries(self.topic)
-        self.assertEqual([f[b"logid"] for _, f in entries],
-                         [f"l{n}".encode() for n in range(450)])
+        self.assertEqual((bus.batches, bus.commands), (5, 5))
+        self.assertEqual(bus.largest_batch, 100)
+        self.assertEqual(await self.logids(self.topic), [f"l{n}".encode() for n in range(450)])
 
-    async def test_publishes_during_a_round_trip_share_the_next_pipeline(self) -> None:
+    async def test_order_within_each_stream_across_batches(self) -> None:
+        """Entries land in publish order in each stream, over batches and
+        topics, whatever bytes they hold."""
+        bus = await self.open_bus(max_batch=7)
+        topics = [self.topic, self.stream(), self.stream()]
+        payloads = [b"\r\n-ERR x\r\n", b"$3\r\nabc", b"*1\r\n", b"\x00", message()]
+        sent: dict[str, list[tuple[bytes, bytes]]] = {t: [] for t in topics}
+        ds = []
+        for n in range(100):
+            topic, payload = topics[(n * n) % 3], payloads[n % 5] + str(n).encode()
+            sent[topic].append((payload, f"l{n}".encode()))
+            ds.append(bus.publish(topic, payload, f"l{n}"))
+        await gatherResults(ds)
+        self.assertEqual(bus.batches, 15)
+        for topic in topics:
+            entries = await self.entries(topic)
+            self.assertEqual([(f[b"msg"], f[b"logid"]) for _, f in entries], sent[topic])
+            self.assertEqual([list(f) for _, f in entries], [[b"msg", b"logid"]] * len(entries))
+
+    async def test_noscript_loads_the_script_with_eval(self) -> None:
+        """After SCRIPT FLUSH (a restart, a failover) the batch goes again as EVAL."""
+        bus, proxy, _ = await self.proxied()
+        await bus.publish(self.topic, message(), "first")
+        await self.raw.execute_command("SCRIPT", "FLUSH")
+        del proxy.commands[:]
+        commands = bus.commands
+        events = log_events(self)
+        await gatherResults([bus.publish(self.topic, message(n), f"l{n}") for n in range(3)])
+        self.assertEqual([c[0].upper() for c in proxy.commands], [b"EVALSHA", b"EVAL"])
+        self.assertEqual(proxy.commands[1][1], XADD_BATCH.source.encode())
+        self.assertEqual(proxy.commands[0][2:], proxy.commands[1][2:])
+        self.assertEqual(bus.commands, commands + 2)
+        self.assertEqual(await self.logids(self.topic), [b"first", b"l0", b"l1", b"l2"])
+        self.assertTrue([e for e in events if "does not know the XADD script" in e["log_format"]])
+        # Loaded again: EVALSHA alone from now on.
+        del proxy.commands[:]
+        await bus.publish(self.topic, message(), "again")
+        self.assertEqual([c[0].upper() for c in proxy.commands], [b"EVALSHA"])
+
+    async def test_script_answers_entry_ids_as_status_replies(self) -> None:
+        """One line per entry: txredisapi's pure-Python parser (without
+        hiredis) reads each bulk string of a reply in a reactor turn of its
+        own, a status line at once. Checked on the wire."""
+        not_a_stream = self.stream()
+        await self.raw.execute_command("SET", not_a_stream, "x")
+        u = parse_redis_url(self.url)
+        wire = RawRedis()
+        await connectProtocol(TCP4ClientEndpoint(reactor, u.host, u.port), wire)
+        self.addCleanup(cast(ITransport, wire.transport).loseConnection)
+        eval_ = [b"EVAL", XADD_BATCH.source.encode(), b"3", self.topic.encode(),
+                 not_a_stream.encode(), self.topic.encode(), b"100",
+                 b"a", b"la", b"b", b"lb", b"c", b"lc"]
+        auth = [[b"AUTH", u.password.encode()]] if u.password else []
+        reply = await wire.send(*auth, [b"SELECT", str(u.db).encode()], eval_)
+        ids = [entry_id for entry_id, _ in await self.entries(self.topic)]
+        self.assertEqual(reply.split(b"\r\n")[len(auth):], [
+            b"+OK", b"*3", b"+" + ids[0],
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value",
+            b"+" + ids[1], b"+PONG", b""])
+
+    async def test_publishes_during_a_round_trip_share_the_next_batch(self) -> None:
         bus = await self.open_bus()
         first = bus.publish(self.topic, message(), "first")
         later: list[Deferred[None]] = []
@@ -191,14 +362,14 @@ class PublishTests(RedisTestCase):
 
         def while_in_flight() -> None:
             # Runs right after the flush (scheduled before it, same delay).
-            seen.append(bus.pipelines)
+            seen.append(bus.batches)
             later.extend(bus.publish(self.topic, message(n), f"l{n}") for n in range(80))
 
         reactor.callLater(0, while_in_flight)
         await first
         await gatherResults(later)
         self.assertEqual(seen, [1])
-        self.assertEqual(bus.pipelines, 2)
+        self.assertEqual(bus.batches, 2)
         self.assertEqual(bus.largest_batch, 80)
         self.assertEqual(await self.xlen(self.topic), 81)
 
@@ -206,15 +377,21 @@ class PublishTests(RedisTestCase):
         bus = await self.open_bus()
         not_a_stream = self.stream()
         await self.raw.execute_command("SET", not_a_stream, "x")
-        good = bus.publish(self.topic, message(), "a")
-        bad = bus.publish(not_a_stream, message(), "b")
-        also_good = bus.publish(self.topic, message(), "c")
-        await good
-        error = await unavailable(self, bad)
-        self.assertIn("WRONGTYPE", str(error))
-        await also_good
-        self.assertEqual(bus.pipelines, 1)
-        self.assertEqual(await self.xlen(self.topic), 2)
+        events = log_events(self)
+        topics = [self.topic, not_a_stream, self.topic, not_a_stream, self.topic]
+        ds = [bus.publish(topic, message(n), f"l{n}") for n, topic in enumerate(topics)]
+        for n, d in enumerate(ds):
+            if n % 2:
+                error = await unavailable(self, d)
+                self.assertIn("WRONGTYPE", str(error))
+                self.assertIn(bus.where, str(error))
+            else:
+                await d
+        self.assertEqual((bus.batches, bus.commands), (1, 1))
+        self.assertEqual(await self.logids(self.topic), [b"l0", b"l2", b"l4"])
+        self.assertEqual(await self.raw.execute_command("GET", not_a_stream), b"x")
+        warned = [e for e in events if e.get("failed") is not None]
+        self.assertEqual([(e["failed"], e["count"]) for e in warned], [(2, 5)])
 
     async def test_not_started_or_stopped_fails(self) -> None:
         bus = RedisStreamsBus(self.url, BusConfig(url=self.url), reactor)
@@ -255,10 +432,7 @@ class UnavailableTests(RedisTestCase):
         self.assertLess(time.monotonic() - started, QUICK)
 
     async def proxied_bus(self) -> tuple[RedisStreamsBus, ControlledProxyFactory, IListeningPort]:
-        u = parse_redis_url(self.url)
-        proxy = ControlledProxyFactory(u.host, u.port)
-        listening, port = listen(self, proxy)
-        bus = await self.open_bus(f"redis://127.0.0.1:{port}/{u.db}", reply_timeout_s=TIMEOUT)
+        bus, proxy, listening = await self.proxied(reply_timeout_s=TIMEOUT)
         await bus.publish(self.topic, message(), "before")
         return bus, proxy, listening
 
@@ -277,7 +451,7 @@ class UnavailableTests(RedisTestCase):
         self.assertEqual(await self.xlen(self.topic), 1)
 
     async def test_server_goes_silent(self) -> None:
-        """The reply timeout fails the pipeline (and drops the connection)."""
+        """The reply timeout fails the batch (and drops the connection)."""
         bus, proxy, _ = await self.proxied_bus()
         proxy.frozen = True
         started = time.monotonic()
@@ -301,38 +475,182 @@ class UnavailableTests(RedisTestCase):
         self.assertEqual(await self.xlen(self.topic), 1)
 
 
-class Stuck:
-    """A connection whose pipeline never comes (e.g. waiting for a connection)."""
+class FakeRedis:
+    """A connection that records each command; the test answers them (or not)."""
 
-    def __init__(self) -> None:
-        self._factory = SimpleNamespace(size=1, pool=[], stopped=False)
-        self.waiting: list[Deferred[Any]] = []
+    def __init__(self, connected: bool = True) -> None:
+        self._factory = SimpleNamespace(size=int(connected), pool=[], stopped=False)
+        self.commands: list[tuple[Any, ...]] = []
+        self.replies: list[Deferred[Any]] = []
 
-    def pipeline(self) -> Deferred[Any]:
-        self.waiting.append(Deferred())
-        return self.waiting[-1]
+    def execute_command(self, *args: Any) -> Deferred[Any]:
+        self.commands.append(args)
+        self.replies.append(Deferred())
+        return self.replies[-1]
 
     def disconnect(self) -> Deferred[None]:
         return succeed(None)
 
 
+def fake_bus(config: BusConfig | None = None, connected: bool = True,
+             **options: Any) -> tuple[RedisStreamsBus, Clock, FakeRedis]:
+    clock = Clock()
+    bus = RedisStreamsBus("redis://127.0.0.1:1/15", config or BusConfig(stream_maxlen=500),
+                          clock, reply_timeout_s=TIMEOUT, **options)
+    bus._conn = FakeRedis(connected)
+    return bus, clock, bus._conn
+
+
+def xadd_args(*entries: tuple[bytes, bytes, bytes], maxlen: bytes = b"500") -> tuple[Any, ...]:
+    """The script's arguments for ``(topic, payload, logid)`` entries."""
+    args: list[Any] = [len(entries), *(topic for topic, _, _ in entries), maxlen]
+    for _, payload, logid in entries:
+        args += [payload, logid]
+    return tuple(args)
+
+
+NOSCRIPT = txredisapi.ResponseError("NOSCRIPT No matching script. Please use EVAL.")
+
+
+class BatchTests(SynchronousTestCase):
+    """One command per batch, its replies, NOSCRIPT: on a fake connection."""
+
+    def test_script_is_the_one_redis_runs(self) -> None:
+        self.assertEqual(XADD_BATCH.sha, hashlib.sha1(XADD_BATCH.source.encode()).hexdigest())
+        self.assertIn("redis.pcall('XADD', topic, 'MAXLEN', '~', maxlen, '*',", XADD_BATCH.source)
+        self.assertIn("'msg', ARGV[2 * i], 'logid', ARGV[2 * i + 1]", XADD_BATCH.source)
+
+    def test_a_turn_is_one_evalsha(self) -> None:
+        bus, clock, redis = fake_bus()
+        a = bus.publish("gps", b"\xff1", "l1")
+        b = bus.publish("chat", b"", "")
+        c = bus.publish("gps", b"3", "l3")
+        self.assertEqual(redis.commands, [])
+        clock.advance(0)
+        self.assertEqual(redis.commands, [(b"EVALSHA", XADD_BATCH.sha.encode(), *xadd_args(
+            (b"gps", b"\xff1", b"l1"), (b"chat", b"", b""), (b"gps", b"3", b"l3")))])
+        for d in (a, b, c):
+            self.assertNoResult(d)
+        redis.replies[0].callback(["1-0", "1-1", "1-2"])
+        for d in (a, b, c):
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual((bus.batches, bus.commands, bus.largest_batch), (1, 1, 3))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_an_error_entry_fails_only_its_caller(self) -> None:
+        events = log_events(self)
+        bus, clock, redis = fake_bus()
+        ds = [bus.publish("t", b"x", f"l{n}") for n in range(3)]
+        clock.advance(0)
+        wrongtype = txredisapi.ResponseError(
+            "WRONGTYPE Operation against a key holding the wrong kind of value")
+        redis.replies[0].callback(["1-0", wrongtype, "1-1"])
+        self.successResultOf(ds[0])
+        error = self.failureResultOf(ds[1], BusUnavailable).value
+        self.assertEqual(str(error), "redis XADD to 127.0.0.1:1/15: " + str(wrongtype))
+        self.successResultOf(ds[2])
+        [warned] = [e for e in events if e.get("failed") is not None]
+        self.assertEqual((warned["failed"], warned["count"]), (1, 3))
+
+    def test_noscript_sends_the_batch_again_as_eval(self) -> None:
+        events = log_events(self)
+        bus, clock, redis = fake_bus()
+        ds = [bus.publish("t", b"x", f"l{n}") for n in range(2)]
+        clock.advance(0)
+        redis.replies[0].errback(NOSCRIPT)
+        args = xadd_args((b"t", b"x", b"l0"), (b"t", b"x", b"l1"))
+        self.assertEqual(redis.commands[1], (b"EVAL", XADD_BATCH.source.encode(), *args))
+        for d in ds:
+            self.assertNoResult(d)
+        redis.replies[1].callback(["1-0", "1-1"])
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual((bus.batches, bus.commands), (1, 2))
+        self.assertTrue([e for e in events if "does not know the XADD script" in e["log_format"]])
+
+    def test_other_error_of_the_command_fails_the_batch(self) -> None:
+        bus, clock, redis = fake_bus()
+        ds = [bus.publish("t", b"x", f"l{n}") for n in range(2)]
+        clock.advance(0)
+        redis.replies[0].errback(txredisapi.ResponseError("BUSY Redis is busy running a script"))
+        self.assertEqual(len(redis.commands), 1)  # no EVAL
+        for d in ds:
+            self.assertIn("BUSY", str(self.failureResultOf(d, BusUnavailable).value))
+
+    def test_a_reply_of_the_wrong_shape_fails_the_batch(self) -> None:
+        bus, clock, redis = fake_bus()
+        ds = [bus.publish("t", b"x", f"l{n}") for n in range(2)]
+        clock.advance(0)
+        redis.replies[0].callback(["1-0"])
+        for d in ds:
+            self.assertIn("answered", str(self.failureResultOf(d, BusUnavailable).value))
+
+    def test_one_batch_in_flight_the_next_grows_meanwhile(self) -> None:
+        bus, clock, redis = fake_bus()
+        first = bus.publish("t", b"x", "l0")
+        clock.advance(0)
+        later = [bus.publish("t", b"x", f"l{n}") for n in range(1, 5)]
+        clock.advance(0)
+        self.assertEqual(len(redis.commands), 1)
+        redis.replies[0].callback(["1-0"])
+        self.successResultOf(first)
+        # Sent the moment the first one had its reply.
+        self.assertEqual(redis.commands[1][2], 4)
+        redis.replies[1].callback(["1-1", "1-2", "1-3", "1-4"])
+        for d in later:
+            self.successResultOf(d)
+        self.assertEqual((bus.batches, bus.largest_batch), (2, 4))
+
+    def test_batches_are_capped_at_max_batch(self) -> None:
+        bus, clock, redis = fake_bus(max_batch=2)
+        ds = [bus.publish("t", b"x", f"l{n}") for n in range(5)]
+        clock.advance(0)
+        for sizes in ([2], [2, 2], [2, 2, 1]):
+            self.assertEqual([c[2] for c in redis.commands], sizes)
+            redis.replies[-1].callback([b"1-0"] * sizes[-1])
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual([c[3:3 + c[2]] for c in redis.commands], [(b"t", b"t")] * 2 + [(b"t",)])
+
+    def test_batches_are_capped_in_payload_bytes(self) -> None:
+        """A batch takes no more entries once its payloads reach the cap
+        (one entry goes on its own, however big)."""
+        bus, clock, redis = fake_bus(max_batch_bytes=10)
+        ds = [bus.publish("t", b"x" * size, f"l{n}") for n, size in enumerate([4, 4, 4, 30, 1])]
+        clock.advance(0)
+        for sizes in ([3], [3, 1], [3, 1, 1]):
+            self.assertEqual([c[2] for c in redis.commands], sizes)
+            redis.replies[-1].callback([b"1-0"] * sizes[-1])
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual(MAX_BATCH_BYTES, 1 << 20)
+
+    def test_frames_already_answered_are_not_sent(self) -> None:
+        """A frame the router timed out (cancelled) is left out of the batch."""
+        bus, clock, redis = fake_bus()
+        ds = [bus.publish("t", b"x", f"l{n}") for n in range(3)]
+        ds[1].cancel()
+        self.failureResultOf(ds[1])
+        clock.advance(0)
+        self.assertEqual(redis.commands[0][2:],
+                         xadd_args((b"t", b"x", b"l0"), (b"t", b"x", b"l2")))
+
+    def test_not_connected_fails_at_once(self) -> None:
+        bus, clock, redis = fake_bus(connected=False)
+        d = bus.publish("t", b"x", "l")
+        clock.advance(0)
+        self.assertIn("not connected", str(self.failureResultOf(d, BusUnavailable).value))
+        self.assertEqual(redis.commands, [])
+
+
 class DeadlineTests(SynchronousTestCase):
     """The backstop deadline and the bounded queue, on a Clock."""
 
-    def stuck_bus(self, config: BusConfig | None = None,
-                  **options: Any) -> tuple[RedisStreamsBus, Clock, Stuck]:
-        clock = Clock()
-        bus = RedisStreamsBus("redis://127.0.0.1:1/15", config or BusConfig(), clock,
-                              reply_timeout_s=TIMEOUT, **options)
-        stuck = Stuck()
-        bus._conn = stuck
-        return bus, clock, stuck
-
     def test_deadline_when_no_reply_ever_comes(self) -> None:
-        bus, clock, stuck = self.stuck_bus()
+        bus, clock, redis = fake_bus()
         ds = [bus.publish("t", b"x", "l") for _ in range(3)]
         clock.advance(0)
-        self.assertEqual((bus.pipelines, len(stuck.waiting)), (1, 1))
+        self.assertEqual((bus.batches, len(redis.commands)), (1, 1))
         clock.advance(TIMEOUT * 1.5 - 0.01)
         for d in ds:
             self.assertNoResult(d)
@@ -340,16 +658,26 @@ class DeadlineTests(SynchronousTestCase):
         for d in ds:
             error = self.failureResultOf(d, BusUnavailable).value
             self.assertIn("no reply within 0.3 s", str(error))
-        self.assertTrue(stuck.waiting[0].called)  # cancelled
+        self.assertTrue(redis.replies[0].called)  # cancelled
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_deadline_covers_the_eval_after_noscript(self) -> None:
+        bus, clock, redis = fake_bus()
+        d = bus.publish("t", b"x", "l")
+        clock.advance(0)
+        clock.advance(TIMEOUT)
+        redis.replies[0].errback(NOSCRIPT)
+        clock.advance(TIMEOUT * 0.5)
+        self.assertIn("no reply within", str(self.failureResultOf(d, BusUnavailable).value))
+        self.assertTrue(redis.replies[1].called)  # cancelled
+
     def test_queue_is_bounded(self) -> None:
-        self.assertEqual(self.stuck_bus()[0].max_queued, 2 * BusConfig().max_pending)
-        bus, clock, _ = self.stuck_bus(BusConfig(max_pending=10), max_batch=2)
+        self.assertEqual(fake_bus()[0].max_queued, 2 * BusConfig().max_pending)
+        bus, clock, _ = fake_bus(BusConfig(max_pending=10), max_batch=2)
         first = bus.publish("t", b"x", "l")
         clock.advance(0)  # in flight now
         queued = [bus.publish("t", b"x", "l") for _ in range(bus.max_queued)]
-        self.assertEqual(bus.max_queued, 200)
+        self.assertEqual(bus.max_queued, 40)
         refused = bus.publish("t", b"x", "l")
         self.assertIn("already wait", str(self.failureResultOf(refused, BusUnavailable).value))
         for d in [first, *queued]:
