@@ -102,13 +102,15 @@ def makeService(options: Any) -> IService:
         sys.exit(f"msgplatform: {e}")
     from twisted.internet import reactor
 
+    from daojia_msg import gctune
     from daojia_msg.node import Node
 
     try:
         node = Node(config, reactor)
     except OSError as e:
         sys.exit(f"msgplatform: node.data_dir: cannot use {config.data_dir!r}: {e.strerror}")
-    node.ready.addErrback(_start_failed, reactor)
+    node.ready.addCallbacks(lambda _: gctune.tune_after_start(), _start_failed,
+                            errbackArgs=(reactor,))
     return node
 
 
