@@ -10,15 +10,22 @@ buffer has drained to half, so a lagging bus slows the phones down instead of
 growing a queue. A frame that arrives while under pressure (already read from
 a socket) still gets a place up to twice ``max_pending``; beyond that it is
 answered UNAVAILABLE. Nothing is ever queued without bound.
+
+The deadlines are one queue, not a timer per frame: every frame waits the same
+``publish_timeout_s``, so publish order is deadline order, and one DelayedCall
+(for the oldest frame) serves them all. A frame past its deadline is cancelled
+(its bus forgets it if it can) and answered UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -69,6 +76,9 @@ class BusRouter:
         self.pending = 0
         self.pressure = False
         self.on_pressure: Callable[[bool], None] = lambda on: None
+        self._deadlines: OrderedDict[int, tuple[float, Deferred[None]]] = OrderedDict()
+        self._keys = itertools.count()
+        self._timer: IDelayedCall | None = None
 
     @property
     def default(self) -> IMessageBus:
@@ -81,6 +91,9 @@ class BusRouter:
 
     async def stop(self) -> None:
         await gatherResults([bus.stop() for bus in self.buses.values()], consumeErrors=True)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def publish(self, route: Route, payload: bytes, logid: str) -> Deferred[None]:
         """Hand ``payload`` to the route's bus; fires once the bus accepted it,
@@ -92,11 +105,31 @@ class BusRouter:
         if self.pending >= limit and not self.pressure:
             self._set_pressure(True)
         d = self.buses[route.bus].publish(route.topic, payload, logid)
-        d.addTimeout(self.config.publish_timeout_s, self.reactor)
-        d.addBoth(self._settled)
+        key = -1
+        if not d.called:  # an in-process bus accepts at once: no deadline to watch
+            key = next(self._keys)
+            timeout = self.config.publish_timeout_s
+            self._deadlines[key] = (self.reactor.seconds() + timeout, d)
+            if self._timer is None:
+                self._timer = self.reactor.callLater(timeout, self._expire)
+        d.addBoth(self._settled, key)
         return d.addErrback(self._unavailable, route)
 
-    def _settled(self, result: object) -> object:
+    def _expire(self) -> None:
+        """Cancel the frames past their deadline; watch the next one."""
+        self._timer = None
+        now = self.reactor.seconds()
+        deadlines = self._deadlines
+        while deadlines:
+            key, (deadline, d) = next(iter(deadlines.items()))
+            if deadline > now:
+                self._timer = self.reactor.callLater(deadline - now, self._expire)
+                return
+            del deadlines[key]
+            d.cancel()
+
+    def _settled(self, result: object, key: int) -> object:
+        self._deadlines.pop(key, None)
         self.pending -= 1
         if self.pressure and self.pending <= self.config.max_pending // 2:
             self._set_pressure(False)
@@ -112,7 +145,7 @@ class BusRouter:
     def _unavailable(self, failure: Failure, route: Route) -> None:
         if failure.check(BusUnavailable):
             failure.raiseException()
-        if failure.check(TimeoutError):
+        if failure.check(CancelledError):  # only _expire cancels
             raise BusUnavailable(f"bus {route.bus or '(default)'} did not accept within "
                                  f"{self.config.publish_timeout_s:g} s")
         failure.raiseException()

@@ -96,6 +96,37 @@ class RouterTests(SynchronousTestCase):
         self.failureResultOf(d, BusUnavailable)
         self.assertEqual(r.pending, 0)
 
+    def test_each_frame_waits_its_own_timeout_on_one_timer(self) -> None:
+        r, clock, _ = router(max_pending=10)
+        first = r.publish(ROUTE, b"a", "")
+        clock.advance(3)
+        second = r.publish(ROUTE, b"b", "")
+        answered = r.publish(ROUTE, b"c", "")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        bus = r.default
+        assert isinstance(bus, HeldBus)
+        bus.published[2][3].callback(None)
+        self.assertIsNone(self.successResultOf(answered))
+        clock.advance(2)  # 5 s after the first
+        error = self.failureResultOf(first, BusUnavailable)
+        self.assertIn("did not accept within 5 s", str(error.value))
+        self.assertNoResult(second)
+        clock.advance(3)  # 5 s after the second
+        self.failureResultOf(second, BusUnavailable)
+        self.assertEqual((r.pending, clock.getDelayedCalls()), (0, []))
+
+    def test_a_bus_that_accepts_at_once_sets_no_timer(self) -> None:
+        clock = Clock()
+        r = BusRouter(default_config(), clock, buses={"": MemoryBus()})
+        self.assertIsNone(self.successResultOf(r.publish(ROUTE, b"x", "")))
+        self.assertEqual((r.pending, clock.getDelayedCalls()), (0, []))
+
+    def test_stop_cancels_the_timer(self) -> None:
+        r, clock, _ = router()
+        r.publish(ROUTE, b"x", "")
+        self.successResultOf(Deferred.fromCoroutine(r.stop()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_bus_failure_is_unavailable(self) -> None:
         r, _, _ = router()
         d = r.publish(ROUTE, b"x", "")
