@@ -11,21 +11,18 @@ growing a queue. A frame that arrives while under pressure (already read from
 a socket) still gets a place up to twice ``max_pending``; beyond that it is
 answered UNAVAILABLE. Nothing is ever queued without bound.
 
-The deadlines are one queue, not a timer per frame: every frame waits the same
-``publish_timeout_s``, so publish order is deadline order, and one DelayedCall
-(for the oldest frame) serves them all. A frame past its deadline is cancelled
-(its bus forgets it if it can) and answered UNAVAILABLE.
+The time limits are one :class:`~daojia_msg.deadlines.Deadlines` queue, not a
+timer per frame. A frame past its deadline is cancelled (its bus forgets it if
+it can) and answered UNAVAILABLE.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,6 +30,7 @@ from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.config import BusConfig, Config, Route
+from daojia_msg.deadlines import Deadlines
 
 
 def make_bus(url: str, config: BusConfig, reactor: Any) -> IMessageBus:
@@ -76,9 +74,7 @@ class BusRouter:
         self.pending = 0
         self.pressure = False
         self.on_pressure: Callable[[bool], None] = lambda on: None
-        self._deadlines: OrderedDict[int, tuple[float, Deferred[None]]] = OrderedDict()
-        self._keys = itertools.count()
-        self._timer: IDelayedCall | None = None
+        self.deadlines = Deadlines(reactor, self.config.publish_timeout_s)
 
     @property
     def default(self) -> IMessageBus:
@@ -91,9 +87,7 @@ class BusRouter:
 
     async def stop(self) -> None:
         await gatherResults([bus.stop() for bus in self.buses.values()], consumeErrors=True)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.deadlines.stop()
 
     def publish(self, route: Route, payload: bytes, logid: str) -> Deferred[None]:
         """Hand ``payload`` to the route's bus; fires once the bus accepted it,
@@ -105,31 +99,11 @@ class BusRouter:
         if self.pending >= limit and not self.pressure:
             self._set_pressure(True)
         d = self.buses[route.bus].publish(route.topic, payload, logid)
-        key = -1
-        if not d.called:  # an in-process bus accepts at once: no deadline to watch
-            key = next(self._keys)
-            timeout = self.config.publish_timeout_s
-            self._deadlines[key] = (self.reactor.seconds() + timeout, d)
-            if self._timer is None:
-                self._timer = self.reactor.callLater(timeout, self._expire)
-        d.addBoth(self._settled, key)
+        self.deadlines.watch(d)
+        d.addBoth(self._settled)
         return d.addErrback(self._unavailable, route)
 
-    def _expire(self) -> None:
-        """Cancel the frames past their deadline; watch the next one."""
-        self._timer = None
-        now = self.reactor.seconds()
-        deadlines = self._deadlines
-        while deadlines:
-            key, (deadline, d) = next(iter(deadlines.items()))
-            if deadline > now:
-                self._timer = self.reactor.callLater(deadline - now, self._expire)
-                return
-            del deadlines[key]
-            d.cancel()
-
-    def _settled(self, result: object, key: int) -> object:
-        self._deadlines.pop(key, None)
+    def _settled(self, result: object) -> object:
         self.pending -= 1
         if self.pressure and self.pending <= self.config.max_pending // 2:
             self._set_pressure(False)
@@ -145,7 +119,7 @@ class BusRouter:
     def _unavailable(self, failure: Failure, route: Route) -> None:
         if failure.check(BusUnavailable):
             failure.raiseException()
-        if failure.check(CancelledError):  # only _expire cancels
+        if failure.check(TimeoutError):
             raise BusUnavailable(f"bus {route.bus or '(default)'} did not accept within "
                                  f"{self.config.publish_timeout_s:g} s")
         failure.raiseException()

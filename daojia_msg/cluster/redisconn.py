@@ -20,15 +20,17 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 import txredisapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
+from daojia_msg.deadlines import Deadlines
 from daojia_msg.store.errors import StoreUnavailable
 
 log = Logger()
@@ -56,35 +58,42 @@ class Redis:
         self.prefix = prefix
         self.timeout = timeout
         if clock is None:
-            from twisted.internet import reactor as clock  # txredisapi runs on it too
+            from twisted.internet import reactor  # txredisapi runs on it too
+
+            clock = cast(IReactorTime, reactor)
         self.clock: Any = clock
+        #: The backstop deadline of every command, on one timer.
+        self.deadlines = Deadlines(clock, timeout * DEADLINE_FACTOR)
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
 
-    async def call(self, *args: Any) -> Any:
-        """One command; its reply (bytes, int, list, None; status replies: str)."""
+    def call(self, *args: Any) -> Deferred[Any]:
+        """One command; its reply (bytes, int, list, None; status replies: str
+        or bytes). Fails with :class:`StoreUnavailable` (never hangs)."""
         if not _has_connection(self.pool):
-            raise StoreUnavailable(f"redis {args[0]}: not connected")
-        d = Deferred.fromCoroutine(self._call(args))
-        deadline = self.timeout * DEADLINE_FACTOR
-        d.addTimeout(deadline, self.clock)
+            return fail(StoreUnavailable(f"redis {args[0]}: not connected"))
         try:
-            return await d
-        except DeferredTimeout:
-            raise StoreUnavailable(f"redis {args[0]}: no reply within {deadline:g} s") from None
+            d: Deferred[Any] = self.pool.execute_command(*args)
+        except Exception:
+            d = fail()
+        return self.deadlines.watch(d).addErrback(self._failed, args[0])
 
-    async def _call(self, args: tuple[Any, ...]) -> Any:
-        try:
-            return await self.pool.execute_command(*args)
-        except txredisapi.ResponseError as e:
+    def _failed(self, failure: Failure, command: str) -> None:
+        e = failure.value
+        if isinstance(e, DeferredTimeout):
+            raise StoreUnavailable(
+                f"redis {command}: no reply within {self.deadlines.timeout:g} s") from None
+        if isinstance(e, txredisapi.ResponseError):
             if not str(e).startswith("NOSCRIPT"):  # Script loads it: not an error
-                log.error("redis {command} failed: {error}", command=args[0], error=str(e))
-            raise StoreUnavailable(f"redis {args[0]}: {e}") from e
-        except (txredisapi.ConnectionError, txredisapi.RedisError) as e:
-            raise StoreUnavailable(f"redis {args[0]}: {e}") from e
+                log.error("redis {command} failed: {error}", command=command, error=str(e))
+            raise StoreUnavailable(f"redis {command}: {e}") from e
+        if isinstance(e, (txredisapi.ConnectionError, txredisapi.RedisError)):
+            raise StoreUnavailable(f"redis {command}: {e}") from e
+        failure.raiseException()
 
     async def close(self) -> None:
+        self.deadlines.stop()
         await self.pool.disconnect()
 
 

@@ -64,6 +64,7 @@ from zope.interface import implementer
 
 from daojia_msg import tracing
 from daojia_msg.cluster.interfaces import INodeRegistry, IPeers
+from daojia_msg.deadlines import Deadlines
 from daojia_msg.logic.service import to_pb
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.sockets import no_delay
@@ -555,6 +556,8 @@ class RpcPeers:
         self.node_id = node_id
         self.secret = secret
         self.timeout = timeout
+        #: The time limit of every call, on one timer.
+        self.deadlines = Deadlines(reactor, timeout)
         self._endpoint_for = endpoint_for
         self._links: dict[int, _Link] = {}
         self._closed = False
@@ -596,6 +599,7 @@ class RpcPeers:
     def close(self) -> Deferred[None]:
         """Close every connection; fires once they are closed. Later calls fail."""
         self._closed = True
+        self.deadlines.stop()
         links = list(self._links.values())
         self._links.clear()
         return gatherResults([link.close() for link in links]).addCallback(lambda _: None)
@@ -621,8 +625,7 @@ class RpcPeers:
 
     def _run(self, node_id: int, command: type[amp.Command], args: dict[str, Any],
              answer: str, fields: dict[str, Any]) -> Deferred[bool]:
-        d = Deferred.fromCoroutine(self._call(node_id, command, args))
-        d.addTimeout(self.timeout, self.reactor)
+        d = self.deadlines.watch(Deferred.fromCoroutine(self._call(node_id, command, args)))
         return d.addCallbacks(lambda response: bool(response[answer]), self._failed,
                               errbackArgs=(node_id, command, fields))
 

@@ -344,5 +344,8 @@ class SmokeTests(NodeTestCase):
         with open(out) as f:
             cmp = json.load(f)["comparison"]
         for side in ("msgplatform", "mosquitto"):
-            self.assertEqual((cmp[side]["sent"], cmp[side]["completed"]), (20, 20), side)
+            # 100/s for 0.2 s: 20 sends, give or take the last tick on a busy
+            # machine; every one sent is delivered and ACKed.
+            self.assertGreaterEqual(cmp[side]["sent"], 18, side)
+            self.assertEqual(cmp[side]["completed"], cmp[side]["sent"], side)
         self.assertIsNotNone(cmp["ratios"]["throughput"])
