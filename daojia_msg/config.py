@@ -160,6 +160,9 @@ class MySQLConfig:
     shards: int = 16
     pool_min: int = 3
     pool_max: int = 10
+    #: Group-commit transactions in flight at once per node (lanes by uid), at
+    #: most ``pool_max``: one flush's round trips and commit overlap the next.
+    flushes_in_flight: int = 2
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     write_timeout_s: float = 10.0
@@ -547,6 +550,7 @@ def _mysql(t: _Table) -> MySQLConfig:
         shards=t.int("shards", d.shards, 1, 1024),
         pool_min=t.int("pool_min", d.pool_min, 1, 1000),
         pool_max=t.int("pool_max", d.pool_max, 1, 1000),
+        flushes_in_flight=t.int("flushes_in_flight", d.flushes_in_flight, 1, 1000),
         connect_timeout_s=t.float("connect_timeout_s", d.connect_timeout_s, 0.1),
         read_timeout_s=t.float("read_timeout_s", d.read_timeout_s, 0.1),
         write_timeout_s=t.float("write_timeout_s", d.write_timeout_s, 0.1),
@@ -554,6 +558,10 @@ def _mysql(t: _Table) -> MySQLConfig:
     t.done()
     if mysql.pool_min > mysql.pool_max:
         raise ConfigError(f"must not exceed mysql.pool_max ({mysql.pool_max})", (*t.path, "pool_min"))
+    if mysql.flushes_in_flight > mysql.pool_max:
+        raise ConfigError(
+            f"must not exceed mysql.pool_max ({mysql.pool_max})", (*t.path, "flushes_in_flight")
+        )
     return mysql
 
 

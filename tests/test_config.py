@@ -506,6 +506,12 @@ class UrlTests(ConfigTestCase):
             '[mysql]\nurl = "mysql://u@h/d"\ndatabases = ["nope"]\n' + APP, "mysql.databases.0: ")
         self.assertConfigError('[mysql]\npool_min = 5\npool_max = 2\n' + APP,
                                "mysql.pool_min: must not exceed")
+        self.assertConfigError('[mysql]\nflushes_in_flight = 4\npool_max = 3\n' + APP,
+                               "mysql.flushes_in_flight: must not exceed")
+        self.assertConfigError('[mysql]\nflushes_in_flight = 0\n' + APP,
+                               "mysql.flushes_in_flight: ")
+        config = parse_config('[mysql]\nflushes_in_flight = 3\n' + APP)
+        self.assertEqual(config.mysql.flushes_in_flight, 3)
 
     def test_cluster_timers(self) -> None:
         self.assertConfigError('[cluster]\nheartbeat_s = 4\nttl_s = 6\n' + APP,

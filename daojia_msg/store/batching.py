@@ -1,23 +1,36 @@
 # -*- test-case-name: tests.store.test_batching -*-
-"""Group commit: write transactions run one at a time, and those that queue up
-behind the one in flight are merged into the next.
+"""Group commit: writes that queue up while a transaction is in flight are
+merged into the next one; up to ``concurrency`` transactions are in flight.
 
 A flush is one ``runInteraction``, so one transaction and one commit (one
 fsync) for every write queued meanwhile. Each write is a plain function of the
-transaction (``op(txn) -> result``); they run in the order submitted, so a
-later write sees what an earlier one wrote in the same flush (this is how
-de-duplication works across the batches of one flush). If the transaction
-fails, every write in it fails with the same error and nothing is written.
+transaction (``op(txn) -> result``); within a flush they run in the order
+submitted, so a later write sees what an earlier one wrote in the same flush
+(this is how de-duplication works across the batches of one flush). If the
+transaction fails, every write in it fails with the same error and nothing is
+written.
 
-Used by the SQLite store and meant for the MySQL one (one committer per shard).
+Concurrency is by *lanes*: ``concurrency`` independent queues, each with at
+most one flush in flight. A write names its ``affinity`` (for the message
+stores: the uid whose rows and de-dup keys it changes); writes of one affinity
+always go to the same lane, so they run one after another in the order
+submitted, never in two transactions at once: two flushes of one node never
+wait for each other's row locks over one sender's de-dup keys or one
+recipient's pending messages, and one sender's messages commit in the order
+sent. A write without an affinity goes to the lane with the fewest writes
+waiting.
+
+With ``concurrency`` 1 (the default; the SQLite store: one writer) there is
+one lane: every write runs in the order submitted, one transaction at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.python.failure import Failure
 
 R = TypeVar("R")
@@ -28,80 +41,151 @@ Op = Callable[[Any], Any]
 RunInteraction = Callable[..., "Deferred[Any]"]
 """``ConnectionPool.runInteraction``, or something that wraps it."""
 
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def lane_of(affinity: Hashable, lanes: int) -> int:
+    """The lane of ``affinity`` among ``lanes``: its hash, mixed (Fibonacci
+    hashing), so that regular ids (all even, a stride of the shard count) still
+    spread over every lane."""
+    return (((hash(affinity) * _GOLDEN) & _MASK64) >> 32) % lanes
+
 
 def write_batch_txn(txn: Any, ops: list[Op]) -> list[Any]:
     """The interaction of one flush: every queued write, in order, in one transaction."""
     return [op(txn) for op in ops]
 
 
-class GroupCommitter:
-    """Serialise writes; merge the writes that queue while one flush is in flight.
+class _Lane:
+    """One queue of writes with at most one flush in flight.
 
-    The first write submitted to an idle committer is flushed at once (no added
-    latency); writes submitted while that flush runs wait, and all of them go
-    in the next flush, up to ``max_ops`` writes per flush.
-
-    :ivar flushes: how many transactions (``run_interaction`` calls) ran.
-    :ivar submitted: how many writes were submitted.
+    Writes are numbered as submitted; flushes take them from the front, so
+    they finish in that order too and ``done`` (how many are finished) says
+    which: every one numbered below it.
     """
 
-    def __init__(self, run_interaction: RunInteraction, max_ops: int = 1000) -> None:
-        if max_ops < 1:
-            raise ValueError(f"max_ops must be >= 1, got {max_ops}")
-        self._run_interaction = run_interaction
-        self._max_ops = max_ops
-        self._queue: list[tuple[Op, Deferred[Any]]] = []
-        self._in_flight = False
-        self._idle_waiters: list[Deferred[None]] = []
-        self.flushes = 0
+    def __init__(self, committer: GroupCommitter) -> None:
+        self._committer = committer
+        self.queue: deque[tuple[Op, Deferred[Any]]] = deque()
+        self.in_flight = False
         self.submitted = 0
+        self.done = 0
+        self._waiters: list[tuple[int, Deferred[None]]] = []
 
     @property
     def busy(self) -> bool:
-        """True while a flush runs or writes wait."""
-        return self._in_flight or bool(self._queue)
+        return self.in_flight or bool(self.queue)
 
-    def submit(self, op: Callable[[Any], R]) -> Deferred[R]:
-        """Queue ``op``; fires with its result once its transaction committed."""
-        d: Deferred[R] = Deferred()
-        self._queue.append((op, d))
+    def submit(self, op: Op, d: Deferred[Any]) -> None:
+        self.queue.append((op, d))
         self.submitted += 1
-        if not self._in_flight:
+        if not self.in_flight:
             self._flush()
-        return d
 
     def drain(self) -> Deferred[None]:
-        """Fires once every write submitted so far is done (committed or failed)."""
-        if not self.busy:
+        """Fires once the writes submitted to this lane so far are finished."""
+        if self.done >= self.submitted:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._idle_waiters.append(d)
+        self._waiters.append((self.submitted, d))
         return d
 
     def _flush(self) -> None:
-        batch = self._queue[: self._max_ops]
-        del self._queue[: self._max_ops]
-        self._in_flight = True
-        self.flushes += 1
+        n = min(len(self.queue), self._committer.max_ops)
+        batch = [self.queue.popleft() for _ in range(n)]
+        self.in_flight = True
+        self._committer.flushes += 1
         try:
-            d = self._run_interaction(write_batch_txn, [op for op, _ in batch])
+            d = self._committer.run_interaction(write_batch_txn, [op for op, _ in batch])
         except Exception:
             d = fail()
         d.addBoth(self._flushed, batch)
 
     def _flushed(self, result: list[Any] | Failure, batch: list[tuple[Op, Deferred[Any]]]) -> None:
         # Still "in flight" while the callers' callbacks run: a write they
-        # submit queues, and goes in the next flush below, after them.
+        # submit to this lane queues, and goes in the next flush below, after them.
         if isinstance(result, Failure):
             for _, d in batch:
                 d.errback(result)
         else:
             for (_, d), value in zip(batch, result, strict=True):
                 d.callback(value)
-        if self._queue:
+        self.done += len(batch)
+        if self.queue:
             self._flush()
-            return
-        self._in_flight = False
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        else:
+            self.in_flight = False
+        if self._waiters:
+            ready = [d for target, d in self._waiters if target <= self.done]
+            self._waiters = [(t, d) for t, d in self._waiters if t > self.done]
+            for waiter in ready:
+                waiter.callback(None)
+
+
+class GroupCommitter:
+    """Merge the writes that queue while flushes are in flight; at most
+    ``concurrency`` flushes (transactions) in flight, one per lane.
+
+    The first write submitted to an idle lane is flushed at once (no added
+    latency); writes submitted to it while its flush runs wait, and all of them
+    go in its next flush, up to ``max_ops`` writes per flush. Each caller's
+    Deferred fires (in the order submitted, within a flush) once its flush is
+    done: with the write's result once committed, or with the flush's failure.
+    Flushes of different lanes finish in any order.
+
+    :ivar flushes: how many transactions (``run_interaction`` calls) ran.
+    :ivar submitted: how many writes were submitted.
+    """
+
+    def __init__(
+        self, run_interaction: RunInteraction, max_ops: int = 1000, concurrency: int = 1
+    ) -> None:
+        if max_ops < 1:
+            raise ValueError(f"max_ops must be >= 1, got {max_ops}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.run_interaction = run_interaction
+        self.max_ops = max_ops
+        self.concurrency = concurrency
+        self._lanes = [_Lane(self) for _ in range(concurrency)]
+        self.flushes = 0
+        self.submitted = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while a flush runs or writes wait."""
+        return any(lane.busy for lane in self._lanes)
+
+    @property
+    def in_flight(self) -> int:
+        """How many flushes are in flight now."""
+        return sum(lane.in_flight for lane in self._lanes)
+
+    def submit(self, op: Callable[[Any], R], affinity: Hashable | None = None) -> Deferred[R]:
+        """Queue ``op``; fires with its result once its transaction committed.
+
+        Writes of one ``affinity`` run in the order submitted, one
+        transaction at a time; ``None``: no such constraint.
+        """
+        d: Deferred[R] = Deferred()
+        self.submitted += 1
+        self._lane(affinity).submit(op, d)
+        return d
+
+    def drain(self) -> Deferred[None]:
+        """Fires once every write submitted so far is done (committed or failed)."""
+        waiting = [lane.drain() for lane in self._lanes if lane.busy]
+        if not waiting:
+            return succeed(None)
+        if len(waiting) == 1:
+            return waiting[0]
+        return gatherResults(waiting).addCallback(lambda _: None)
+
+    def _lane(self, affinity: Hashable | None) -> _Lane:
+        lanes = self._lanes
+        if len(lanes) == 1:
+            return lanes[0]
+        if affinity is None:
+            return min(lanes, key=lambda lane: (len(lane.queue), lane.in_flight))
+        return lanes[lane_of(affinity, len(lanes))]

@@ -21,7 +21,7 @@ are plain synchronous ``def ..._txn(txn, ...)`` run by ``runInteraction``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -128,6 +128,11 @@ class Statements:
         self.select_ackable = (
             f"SELECT msgid, msgtype, kind, senddate, logid FROM {m}"
             " WHERE to_uid = ? AND to_appcode = ? AND state = 0 AND msgid IN ({ids})"
+            " ORDER BY msgid" + (" FOR UPDATE" if locking_reads else "")
+        )
+        self.select_ackable_by_ids = (
+            f"SELECT msgid, to_uid, to_appcode, msgtype, kind, senddate, logid FROM {m}"
+            " WHERE state = 0 AND msgid IN ({ids})"
             " ORDER BY msgid" + (" FOR UPDATE" if locking_reads else "")
         )
         self.mark_delivered = f"UPDATE {m} SET state = 1 WHERE state = 0 AND msgid IN ({{ids}})"
@@ -265,6 +270,61 @@ def insert_many(
         txn.execute(head + ", ".join([one] * len(chunk)) + tail, [v for r in chunk for v in r])
         affected += int(txn.rowcount)
     return affected
+
+
+def render_inserts(
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    render: Callable[[Sequence[Any]], str],
+    *,
+    max_bytes: int,
+    suffix: str = "",
+) -> list[tuple[str, Sequence[Sequence[Any]]]]:
+    """:func:`insert_many`'s statements as text, each with the rows it
+    inserts: ``render`` writes a row's ``(...)`` with every value a literal
+    (no placeholders, nothing for the driver to escape), so each statement is
+    sized exactly, at most ``max_bytes`` unless one row alone is larger."""
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    texts = [render(row) for row in rows]
+    statements: list[tuple[str, Sequence[Sequence[Any]]]] = []
+    start, size = 0, len(head) + len(suffix)
+    for i, text in enumerate(texts):
+        if i > start and size + len(text) + 2 > max_bytes:
+            statements.append((head + ", ".join(texts[start:i]) + suffix, rows[start:i]))
+            start, size = i, len(head) + len(suffix)
+        size += len(text) + 2
+    if start < len(texts):
+        statements.append((head + ", ".join(texts[start:]) + suffix, rows[start:]))
+    return statements
+
+
+def assign_acks(
+    requests: Sequence[tuple[int, int, Sequence[int]]],
+    found: dict[int, tuple[int, int, AckedMessage]],
+) -> list[list[AckedMessage]]:
+    """Several ACKs at once: for each request ``(uid, appcode, msgids)``, the
+    messages of ``found`` (pending rows read for them: ``msgid -> (to_uid,
+    to_appcode, message)``) among its ``msgids`` that are addressed to
+    ``(uid, appcode)``, ascending by msgid. A msgid that several requests name
+    goes to the first of them (and is taken out of ``found``)."""
+    results: list[list[AckedMessage]] = []
+    for uid, appcode, msgids in requests:
+        acked = []
+        for msgid in sorted(set(msgids)):
+            row = found.get(msgid)
+            if row is not None and row[0] == uid and row[1] == appcode:
+                acked.append(row[2])
+                del found[msgid]
+        results.append(acked)
+    return results
+
+
+def ackable(row: Sequence[Any]) -> tuple[int, tuple[int, int, AckedMessage]]:
+    """A row of :attr:`Statements.select_ackable_by_ids` as ``found`` of
+    :func:`assign_acks` wants it."""
+    msgid, to_uid, to_appcode, msgtype, kind, sent, logid = row
+    return msgid, (to_uid, to_appcode, AckedMessage(msgid, msgtype, Kind(kind), sent, logid))
 
 
 class MessageTransactions:

@@ -11,31 +11,42 @@ databases, restarts.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pymysql
 from twisted.enterprise import adbapi
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from daojia_msg.config import MySQLConfig, parse_mysql_url
+from daojia_msg.store import batching
 from daojia_msg.store import mysql as mysql_module
 from daojia_msg.store.errors import StoreError, StoreUnavailable
-from daojia_msg.store.model import StoreOutcome
+from daojia_msg.store.model import Kind, NewMessage, StoreOutcome
 from daojia_msg.store.mysql import (
+    FLUSHES_IN_FLIGHT,
     SCHEMA_VERSION,
+    STATEMENT_SEPARATOR,
     MySQLMessageStore,
     Placement,
+    needs_new_connection,
     pool_kwargs,
+    retryable,
+    sql_literal,
+    sql_row,
 )
 from daojia_msg.store.sql import Statements as SQLStatements
 from daojia_msg.store.sql import Tables
 from tests.servers import drop_mysql_database, require_mysql
 from tests.store.suites import (
+    NOT_UTF8,
     USERS,
     MessageStoreFixture,
     c2c,
@@ -58,9 +69,12 @@ def mysql_config(url: str, *databases: str, shards: int = 3, **kw: Any) -> MySQL
 
 
 async def started(
-    test: TestCase, config: MySQLConfig, pools: list[adbapi.ConnectionPool] | None = None
+    test: TestCase,
+    config: MySQLConfig,
+    pools: list[adbapi.ConnectionPool] | None = None,
+    concurrency: int | None = None,
 ) -> MySQLMessageStore:
-    store = MySQLMessageStore(config, reactor, pools=pools)
+    store = MySQLMessageStore(config, reactor, pools=pools, concurrency=concurrency)
     test.addCleanup(store.stop)
     await store.start()
     return store
@@ -98,10 +112,12 @@ def kill(url: str, conn_id: int) -> None:
 
 
 class Statements(adbapi.Transaction):
-    """A transaction that records each statement (before its parameters)."""
+    """A transaction that records each query (a round trip) and each statement
+    in it (before its parameters)."""
 
     def execute(self, statement: str, args: Any = None) -> Any:
-        self._pool.statements.append(statement)
+        self._pool.queries.append(statement)
+        self._pool.statements.extend(statement.split(STATEMENT_SEPARATOR))
         cursor: Any = self._cursor
         return cursor.execute(statement, args)
 
@@ -109,7 +125,8 @@ class Statements(adbapi.Transaction):
 class TestPool(adbapi.ConnectionPool):
     """The production pool settings, plus:
 
-    - ``statements``: every statement run (through :class:`Statements`);
+    - ``statements``: every statement run (through :class:`Statements`),
+      ``queries`` every query sent (several statements in one, some);
     - ``interactions``: the names of the interactions asked for;
     - ``hooks[name]``: called (once) in the reactor thread before the next
       interaction of that name; if it raises, the interaction fails with it;
@@ -122,6 +139,7 @@ class TestPool(adbapi.ConnectionPool):
     def __init__(self, url: str, config: MySQLConfig) -> None:
         super().__init__("pymysql", cp_reactor=reactor, **pool_kwargs(parse_mysql_url(url), config))
         self.statements: list[str] = []
+        self.queries: list[str] = []
         self.interactions: list[str] = []
         self.hooks: dict[str, Callable[[], None]] = {}
         self.lose_commit_answers = 0
@@ -160,7 +178,7 @@ def down() -> None:
 
 async def one_database(test: TestCase) -> MessageStoreFixture:
     store = await started(test, mysql_config(fresh_database(test)))
-    return MessageStoreFixture(store, lambda: store.committer.flushes)
+    return MessageStoreFixture(store, lambda: store.committer.flushes, ordered=False)
 
 
 async def two_databases(test: TestCase) -> MessageStoreFixture:
@@ -168,7 +186,7 @@ async def two_databases(test: TestCase) -> MessageStoreFixture:
     second, so the suite's messages from 1 to 2 span both."""
     config = mysql_config(fresh_database(test), fresh_database(test), shards=2)
     store = await started(test, config)
-    return MessageStoreFixture(store, lambda: store.committer.flushes)
+    return MessageStoreFixture(store, lambda: store.committer.flushes, ordered=False)
 
 
 class MySQLMessageStoreTests(make_message_store_tests(one_database)):  # type: ignore[misc]
@@ -190,6 +208,36 @@ class PlacementTests(TestCase):
 
     def test_no_url(self) -> None:
         self.assertRaises(ValueError, MySQLMessageStore, MySQLConfig(), reactor)
+
+
+class LiteralTests(TestCase):
+    """Multi-row inserts are written as literals, not bound parameters."""
+
+    def test_literals(self) -> None:
+        self.assertEqual(sql_literal(0), "0")
+        self.assertEqual(sql_literal(2**64 - 1), "18446744073709551615")
+        self.assertEqual(sql_literal(-5), "-5")
+        self.assertEqual(sql_literal(Kind.S2C), str(int(Kind.S2C)))  # not "Kind.S2C"
+        self.assertEqual(sql_literal(b"\x00'\\"), "X'00275c'")
+        self.assertEqual(sql_literal(b""), "X''")
+        self.assertEqual(sql_literal("it's"), "_utf8mb4 X'69742773'")
+        self.assertEqual(sql_literal("\u4f60"), "_utf8mb4 X'e4bda0'")
+        self.assertEqual(sql_literal(None), "NULL")
+        self.assertEqual(sql_row((1, b"a", "b")), "(1, X'61', _utf8mb4 X'62')")
+        for value in (True, 1.5, object()):
+            self.assertRaises(TypeError, sql_literal, value)
+
+    def test_retry_policy(self) -> None:
+        lost = pymysql.err.OperationalError(2013, "Lost connection")
+        deadlock = pymysql.err.OperationalError(1213, "Deadlock found")
+        lock_wait = pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
+        closed = pymysql.err.InterfaceError(0, "")
+        for error in (lost, deadlock, lock_wait, closed):
+            self.assertTrue(retryable(error), error)
+        self.assertFalse(retryable(pymysql.err.IntegrityError(1062, "Duplicate entry")))
+        self.assertFalse(retryable(pymysql.err.OperationalError(1045, "Access denied")))
+        self.assertEqual([needs_new_connection(e) for e in (lost, deadlock, lock_wait, closed)],
+                         [True, False, False, True])  # fmt: skip
 
 
 class SchemaTests(TestCase):
@@ -328,6 +376,64 @@ class PlacementOnDiskTests(TestCase):
         self.assertEqual(await store.purge_dedup(2**62), 1)
 
 
+class ExecuteBatchTests(TestCase):
+    async def setUp(self) -> None:  # type: ignore[override]
+        url = fresh_database(self)
+        config = mysql_config(url)
+        self.pool = TestPool(url, config)
+        self.store = await started(self, config, [self.pool])
+        self.pool.queries.clear()
+
+    async def test_results_in_order_and_packets_bounded(self) -> None:
+        statements = [
+            "INSERT INTO dedup_0 (uid, appcode, client_msg_sha256, msgid, logid, created_ms)"
+            f" VALUES (1, 1, X'{i:064x}', {i}, 'l', 0)"
+            for i in range(1, 4)
+        ] + ["SELECT msgid FROM dedup_0 ORDER BY msgid", "UPDATE dedup_0 SET logid = 'm'"]
+        results = await self.pool.runInteraction(mysql_module.execute_batch, statements, 1 << 20)
+        self.assertEqual(results, [(1, []), (1, []), (1, []), (3, [(1,), (2,), (3,)]), (3, [])])
+        self.assertEqual(len(self.pool.queries), 1)
+        self.pool.queries.clear()
+        small = len(statements[0]) * 2 + 2  # two inserts per query, at most
+        done = await self.pool.runInteraction(
+            mysql_module.execute_batch, ["DELETE FROM dedup_0"] + statements, small
+        )
+        self.assertEqual([n for n, _ in done], [3, 1, 1, 1, 3, 3])
+        self.assertEqual(len(self.pool.queries), 3)  # DELETE + 1, 2 + 3, SELECT + UPDATE
+        self.assertLessEqual(max(len(q) for q in self.pool.queries), small)
+
+    async def test_a_failing_statement_stops_the_batch_and_fails_it(self) -> None:
+        statements = ["SELECT 1", "SELECT no_such_column FROM dedup_0", "SELECT 3"]
+        await self.assertFailure(
+            self.pool.runInteraction(mysql_module.execute_batch, statements, 1 << 20),
+            pymysql.err.OperationalError,
+        )
+        again = await self.pool.runInteraction(mysql_module.execute_batch, ["SELECT 4"], 1 << 20)
+        self.assertEqual(again, [(1, [(4,)])])
+
+
+class LiteralRoundTripTests(TestCase):
+    async def test_values_written_as_literals_read_back_the_same(self) -> None:
+        """Content with quotes, backslashes, NUL and invalid UTF-8; a logid
+        with quotes, a backslash and non-ASCII text; the largest ids."""
+        store = await started(self, mysql_config(fresh_database(self)))
+        content = b"'\\\x00\"; DROP TABLE x; --" + NOT_UTF8
+        sent = replace(
+            message(2**63 + 7, 2**64 - 1, 2**32 - 1, 2**64 - 2, 10, content=content),
+            logid="it's \\ \u4f60\u597d",
+        )
+        key = "k'\\"
+        self.assertEqual(await store.store([NewMessage(sent, USERS, USERS, key)]),
+                         [StoreOutcome(sent.msgid, sent.logid)])  # fmt: skip
+        self.assertEqual((await store.pull(sent.to_uid, 10, 0, 10)).messages, [sent])
+        self.assertEqual((await store.history(USERS, sent.from_uid, 0, 10, 0)).messages, [sent])
+        resend = replace(sent, msgid=6, content=b"", logid="x")
+        self.assertEqual(await store.store([NewMessage(resend, USERS, USERS, key)]),
+                         [StoreOutcome(sent.msgid, sent.logid, duplicate=True)])  # fmt: skip
+        other = await store.store([NewMessage(message(5), USERS, USERS, key)])
+        self.assertEqual(other, [StoreOutcome(5, "log-5")])  # another sender: another key
+
+
 class GroupCommitTests(TestCase):
     async def test_concurrent_stores_share_transactions_and_statements(self) -> None:
         """40 concurrent store() calls: the first flushes at once, the 39 that
@@ -338,6 +444,7 @@ class GroupCommitTests(TestCase):
         pool = TestPool(url, config)
         store = await started(self, config, [pool])
         pool.statements.clear()
+        pool.queries.clear()
         pool.interactions.clear()
         calls = [store.store([c2c(100 + i, 1, 10, 2, 10, client_msg_id=f"c{i}")])
                  for i in range(40)]  # fmt: skip
@@ -349,6 +456,34 @@ class GroupCommitTests(TestCase):
         self.assertEqual(pool.inserts("history_"), [1, 1, 39, 39])  # sender's, recipient's
         self.assertEqual(pool.inserts("dedup_"), [1, 39])
         self.assertEqual(len(msgids(url, "messages_2")), 40)
+        # Keys, then messages and history: two round trips per flush.
+        self.assertEqual(len(pool.queries), 4)
+
+    async def test_a_flush_is_two_round_trips_whatever_tables_it_touches(self) -> None:
+        """Stores from 4 senders to 4 recipients (every table) and ACKs of 2
+        recipients, in one flush: keys and ACK reads in one query, messages,
+        history and ACK updates in another."""
+        url = fresh_database(self)
+        config = mysql_config(url, shards=4)
+        pool = TestPool(url, config)
+        store = await started(self, config, [pool], concurrency=1)
+        await store.store([c2c(1, 5, 10, 2, 10), c2c(2, 5, 10, 3, 10)])
+        await deferLater(reactor, 0, lambda: None)
+        pool.queries.clear()
+        pool.statements.clear()
+        busy = store.store([c2c(3, 5, 10, 6, 10)])  # no key, no ACK: one query
+        calls = [store.store([c2c(10 + u, u, 10, 4 + u, 10, client_msg_id="k")]) for u in range(4)]
+        acks = [store.ack(2, 10, [1]), store.ack(3, 10, [2])]
+        await busy
+        outcomes = await gatherResults(calls)
+        self.assertEqual(outcomes, [[StoreOutcome(10 + u, f"log-{10 + u}")] for u in range(4)])
+        self.assertEqual([[a.msgid for a in acked] for acked in await gatherResults(acks)],
+                         [[1], [2]])  # fmt: skip
+        self.assertEqual(store.committer.flushes, 3)
+        self.assertEqual(len(pool.queries), 1 + 2)
+        self.assertEqual(pool.inserts("dedup_"), [1, 1, 1, 1])
+        self.assertEqual(pool.inserts("messages_"), [1, 1, 1, 1, 1])
+        self.assertEqual(len([t for t in pool.statements if t.startswith("UPDATE")]), 2)
 
     async def test_big_flushes_are_split_to_fit_the_packet_size(self) -> None:
         url = fresh_database(self)
@@ -547,13 +682,15 @@ class RestartTests(TestCase):
 
 class AcrossDatabasesTests(TestCase):
     """The write order over two databases (2 x 2 tables: uids 4 and 8 in the
-    first, 3 in the second), with one of them failing at chosen moments."""
+    first, 3 in the second), with one of them failing at chosen moments.
+
+    One flush in flight at a time, so that a test knows which writes share one."""
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.a, self.b = fresh_database(self), fresh_database(self)
         config = mysql_config(self.a, self.b, shards=2)
         self.pa, self.pb = TestPool(self.a, config), TestPool(self.b, config)
-        self.store = await started(self, config, [self.pa, self.pb])
+        self.store = await started(self, config, [self.pa, self.pb], concurrency=1)
 
     def rows(self) -> dict[str, list[int]]:
         found = {}
@@ -639,3 +776,205 @@ class AcrossDatabasesTests(TestCase):
         self.assertEqual([a.msgid for a in await ok], [1])
         await self.assertFailure(broken, StoreUnavailable)
         self.flushLoggedErrors()
+
+
+# -- several flushes in flight ---------------------------------------------------
+
+
+def senders(lanes: int) -> list[int]:
+    """One sender uid (>= 1) per lane of a committer with ``lanes`` lanes, in lane order."""
+    found: dict[int, int] = {}
+    for uid in itertools.count(1):
+        found.setdefault(batching.lane_of(uid, lanes), uid)
+        if len(found) == lanes:
+            return [found[k] for k in range(lanes)]
+    raise AssertionError("unreachable")
+
+
+def spread_every_write(test: TestCase) -> None:
+    """Send each write to the next lane, whatever its uid: writes of one
+    sender then run in concurrent flushes, as two nodes' writes would."""
+    counter = itertools.count()
+    test.patch(batching, "lane_of", lambda affinity, lanes: next(counter) % lanes)
+
+
+LANES = 4
+
+
+class ConcurrentFlushTests(TestCase):
+    """The production pool settings, 4 shard tables, 4 flushes in flight."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.url = fresh_database(self)
+        self.config = mysql_config(self.url, shards=4)
+        self.pool = TestPool(self.url, self.config)
+        self.store = await started(self, self.config, [self.pool], concurrency=LANES)
+
+    def test_concurrency(self) -> None:
+        default = MySQLMessageStore(self.config, reactor)
+        self.addCleanup(default.stop)
+        self.assertEqual(default.committer.concurrency, FLUSHES_IN_FLIGHT)
+        few = MySQLMessageStore(mysql_config(self.url, pool_min=1, pool_max=3), reactor,
+                                concurrency=8)  # fmt: skip
+        self.addCleanup(few.stop)
+        self.assertEqual(few.committer.concurrency, 3)  # never more than pool_max
+        one = MySQLMessageStore(mysql_config(self.url, flushes_in_flight=1), reactor)
+        self.addCleanup(one.stop)
+        self.assertEqual(one.committer.concurrency, 1)  # [mysql] flushes_in_flight
+
+    async def test_flushes_overlap(self) -> None:
+        """One store per lane: every flush is handed to the pool before any
+        has committed."""
+        uids = senders(LANES)
+        calls = [self.store.store([c2c(100 + k, uid, 10, 2, 10)]) for k, uid in enumerate(uids)]
+        self.assertEqual(self.store.committer.in_flight, LANES)
+        self.assertEqual(await gatherResults(calls),
+                         [[StoreOutcome(100 + k, f"log-{100 + k}")] for k in range(len(uids))])  # fmt: skip
+        self.assertEqual(await self.store.count_pending(2, 10), len(uids))
+
+    async def test_one_senders_writes_keep_their_order(self) -> None:
+        """A sender's stores share a lane: a resend never races its first send."""
+        calls = [self.store.store([c2c(10 + i, client_msg_id=f"k{i % 2}")]) for i in range(6)]
+        outcomes = [o for (o,) in await gatherResults(calls)]
+        self.assertEqual([(o.msgid, o.duplicate) for o in outcomes],
+                         [(10, False), (11, False), (10, True), (11, True), (10, True),
+                          (11, True)])  # fmt: skip
+        self.assertEqual(self.store.committer.flushes, 2)
+
+    async def test_concurrent_resends_of_one_key_give_one_message(self) -> None:
+        """Each key sent 4 times at once, in 4 concurrent flushes (and keys in
+        opposite orders in one op): every answer names the same msgid,
+        exactly one is not a duplicate, one message row per key."""
+        spread_every_write(self)
+        calls, keys = [], []
+        for i in range(25):
+            key = f"k{i}"
+            keys.append(key)
+            calls.extend(
+                self.store.store([c2c(1000 * (j + 1) + i, 3 + i % 3, 10, 2, 10, client_msg_id=key)])
+                for j in range(4)
+            )
+        x, y = (
+            c2c(9001, 5, 10, 6, 10, client_msg_id="x"),
+            c2c(9002, 5, 10, 6, 10, client_msg_id="y"),
+        )
+        x2, y2 = (
+            c2c(9003, 5, 10, 6, 10, client_msg_id="x"),
+            c2c(9004, 5, 10, 6, 10, client_msg_id="y"),
+        )
+        pair = [self.store.store([x, y]), self.store.store([y2, x2])]
+        results = await gatherResults(calls)
+        for i, key in enumerate(keys):
+            answers = [o for (o,) in results[4 * i : 4 * i + 4]]
+            self.assertEqual(len({(o.msgid, o.logid) for o in answers}), 1, (key, answers))
+            self.assertEqual([o.duplicate for o in answers].count(False), 1, (key, answers))
+        winners = sorted(o.msgid for (o,) in results if not o.duplicate)
+        first, second = await gatherResults(pair)
+        self.assertEqual({first[0].msgid, second[1].msgid}, {first[0].msgid})
+        self.assertEqual({first[1].msgid, second[0].msgid}, {first[1].msgid})
+        self.assertEqual(ids(await self.store.pull(2, 10, 0, 100)), winners)
+        self.assertEqual(len(ids(await self.store.pull(6, 10, 0, 100))), 2)
+        self.assertEqual(sum(len(msgids(self.url, f"dedup_{n}")) for n in range(4)), 27)
+        self.assertEqual(sum(len(msgids(self.url, f"history_{n}")) for n in range(4)), 2 * 27)
+
+    async def test_concurrent_stores_and_acks_lose_nothing(self) -> None:
+        """30 senders each send 8 messages to their own recipient, one round
+        at a time; each round's ACKs (with repeats of older ones) go while the
+        next round is stored, over every lane. Every message is ACKed exactly
+        once, none is left pending, every history row is there."""
+        spread_every_write(self)
+        pairs = [(100 + 2 * k, 101 + 2 * k) for k in range(30)]
+        reported: list[int] = []
+        stored: list[int] = []
+        previous: dict[int, list[int]] = {}
+        msgid = itertools.count(1)
+        for _ in range(9):
+            round_ids = {r: [next(msgid)] for _, r in pairs}
+            stores = [self.store.store([c2c(round_ids[r][0], s, 10, r, 10,
+                                            client_msg_id=f"c{round_ids[r][0]}")])
+                      for s, r in pairs]  # fmt: skip
+            acks = [self.store.ack(r, 10, previous.get(r, []) + stored[-90:-60]) for _, r in pairs]
+            for outcome in await gatherResults(stores):
+                self.assertFalse(outcome[0].duplicate)
+                stored.append(outcome[0].msgid)
+            for acked in await gatherResults(acks):
+                reported.extend(a.msgid for a in acked)
+            previous = round_ids
+        for acked in await gatherResults([self.store.ack(r, 10, previous[r]) for _, r in pairs]):
+            reported.extend(a.msgid for a in acked)
+        self.assertEqual(sorted(reported), sorted(stored))
+        for _, r in pairs:
+            self.assertEqual(await self.store.count_pending(r, 10), 0)
+        for s, r in pairs:
+            self.assertEqual(len(ids(await self.store.history(USERS, s, 0, 100, r))), 9)
+
+    async def test_acks_of_a_flush_are_one_read_and_one_update_per_table(self) -> None:
+        """Recipients 2 and 6 (table 2), 3 (table 3); ACKs queued behind one
+        flush go in the next: one locking read and one update per table. A
+        msgid named twice is reported once; one of another recipient is left
+        alone."""
+        store = await started(self, self.config, [TestPool(self.url, self.config)], concurrency=1)
+        pool = store.pools[0]
+        await store.store([c2c(1, 1, 10, 2, 10), c2c(2, 1, 10, 2, 10), c2c(3, 1, 10, 6, 10),
+                           c2c(4, 1, 10, 3, 10)])  # fmt: skip
+        await deferLater(reactor, 0, lambda: None)  # the first flush is over
+        pool.statements.clear()
+        busy = store.store([c2c(5, 1, 10, 2, 11)])
+        acks = [store.ack(2, 10, [2, 1]), store.ack(6, 10, [3, 4]), store.ack(3, 10, [4]),
+                store.ack(2, 10, [1, 99])]  # fmt: skip
+        await busy
+        results = [[a.msgid for a in acked] for acked in await gatherResults(acks)]
+        self.assertEqual(results, [[1, 2], [3], [4], []])
+        self.assertEqual(store.committer.flushes, 3)
+        reads = [t for t in pool.statements if t.startswith("SELECT msgid, to_uid")]
+        updates = [t for t in pool.statements if t.startswith("UPDATE messages_")]
+        self.assertEqual(
+            [t.split("FROM ")[1].split()[0] for t in reads], ["messages_2", "messages_3"]
+        )
+        self.assertEqual([t.split()[1] for t in updates], ["messages_2", "messages_3"])
+        self.assertTrue(all(t.endswith("FOR UPDATE") for t in reads))
+        self.assertEqual(await store.count_pending(6, 10), 0)
+
+    async def test_a_deadlock_runs_the_flush_again_on_a_pooled_connection(self) -> None:
+        def deadlock() -> None:
+            raise pymysql.err.OperationalError(1213, "Deadlock found (test)")
+
+        self.pool.interactions.clear()
+        self.pool.hooks["_flush_txn"] = deadlock
+        outcomes = await self.store.store([c2c(1, client_msg_id="k")])
+        self.assertEqual(outcomes, [StoreOutcome(1, "log-1")])
+        self.assertEqual(self.pool.interactions, ["_flush_txn", "_flush_txn"])
+        self.assertEqual(self.store.retries, 1)
+
+    async def test_a_lock_wait_timeout_runs_the_flush_again(self) -> None:
+        """Another transaction holds the de-dup key (uncommitted) longer than
+        the row-lock wait (2 s): the flush times out (1205), runs again, and
+        answers with the other's msgid once it commits."""
+        store = await started(self, mysql_config(self.url, shards=4, read_timeout_s=4.0))
+        u = parse_mysql_url(self.url)
+        raw = pymysql.connect(host=u.host, port=u.port, user=u.user, database=u.database)
+        self.addCleanup(raw.close)
+        with raw.cursor() as cur:
+            cur.execute(
+                "INSERT INTO dedup_1 (uid, appcode, client_msg_sha256, msgid, logid, created_ms)"
+                " VALUES (1, 10, %s, 7, 'log-7', 1)", hashlib.sha256(b"k").digest(),
+            )  # fmt: skip
+        stored = store.store([c2c(1, client_msg_id="k")])
+        await deferLater(reactor, 3.0, lambda: None)  # the first run gave up after 2 s
+        self.assertNoResult(stored)
+        raw.commit()
+        self.assertEqual(await stored, [StoreOutcome(7, "log-7", duplicate=True)])
+        self.assertEqual(store.retries, 1)
+        self.assertEqual(msgids(self.url, "messages_2"), [])
+
+    async def test_stop_waits_for_every_flush_in_flight(self) -> None:
+        done: list[str] = []
+        calls = [
+            self.store.store([c2c(10 + k, uid, 10, 2, 10)]).addCallback(lambda _: done.append("w"))
+            for k, uid in enumerate(senders(LANES))
+        ]
+        stopped = self.store.stop().addCallback(lambda _: done.append("stopped"))
+        await gatherResults([*calls, stopped])
+        self.assertEqual(done, ["w"] * LANES + ["stopped"])
+        self.assertFalse(self.pool.running)
+        self.assertEqual(len(msgids(self.url, "messages_2")), LANES)
