@@ -2,7 +2,7 @@
 """Pushes waiting for their ACK on one connection, and their re-push timer.
 
 Every entry waits the same ACK timeout, so insertion order is deadline order:
-an ordered dict is the timer queue, and one DelayedCall per connection (for the
+a dict (insertion-ordered) is the timer queue, and one DelayedCall per connection (for the
 head) serves all of them. On timeout a message is pushed again on the same
 connection, at most ``max_repush`` more times; then it is dropped from the
 window and simply stays pending in the store for PULL (PROTOCOL.md §6.3).
@@ -10,7 +10,6 @@ window and simply stays pending in the store for PULL (PROTOCOL.md §6.3).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -41,7 +40,14 @@ class DeliveryWindow:
     """The un-ACKed pushes of one connection.
 
     ``on_repush(route)`` is called for each re-push, for statistics.
+
+    One per logged-in connection, so it is slotted and its queue is a plain
+    dict (an idle connection's window is ~0.3 KiB smaller than with an
+    instance dict and an OrderedDict).
     """
+
+    __slots__ = ("_clock", "_conn", "_timeout", "_max_repush", "_max_size", "_on_repush",
+                 "_entries", "_timer")
 
     log = Logger()
 
@@ -60,7 +66,7 @@ class DeliveryWindow:
         self._max_repush = max_repush
         self._max_size = max_size
         self._on_repush = on_repush
-        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._entries: dict[int, _Entry] = {}
         self._timer: IDelayedCall | None = None
 
     def __len__(self) -> int:
@@ -114,7 +120,8 @@ class DeliveryWindow:
                 continue
             entry.attempts += 1
             entry.deadline = now + self._timeout
-            entries.move_to_end(msgid)
+            del entries[msgid]  # to the end of the queue: its new deadline is the latest
+            entries[msgid] = entry
             self._conn.push(entry.cmd, entry.msgtype, entry.body)
             self._on_repush(entry.route)
             if tracing.MESSAGES.listeners:
