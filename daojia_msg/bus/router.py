@@ -100,13 +100,14 @@ class BusRouter:
             self._set_pressure(True)
         d = self.buses[route.bus].publish(route.topic, payload, logid)
         self.deadlines.watch(d)
-        d.addBoth(self._settled)
-        return d.addErrback(self._unavailable, route)
+        return d.addBoth(self._settled, route)  # one callback per frame: this runs per frame
 
-    def _settled(self, result: object) -> object:
+    def _settled(self, result: object, route: Route) -> object:
         self.pending -= 1
         if self.pressure and self.pending <= self.config.max_pending // 2:
             self._set_pressure(False)
+        if isinstance(result, Failure):
+            self._unavailable(result, route)
         return result
 
     def _set_pressure(self, on: bool) -> None:

@@ -66,6 +66,7 @@ class Stats:
         self._minute_deltas: Window = {}
         self._latency_deltas = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum_delta = 0.0
+        self._pruned_at: int | None = None  # the window's first minute at the last prune
 
     def _route(self, route: Route) -> Route:
         if route not in self.by_route and len(self.by_route) >= self.max_routes:
@@ -79,12 +80,16 @@ class Stats:
         if self.track_deltas:
             _bump(self._deltas, route, i, n, len(COUNTERS))
         if counter in ("accepted", "acked") and route[2] != Kind.C2S:
-            minute = int(self.now() // 60)
+            now = self.now()
+            minute = int(now // 60)
             j = 0 if counter == "accepted" else 1
             _bump(self.minutes.setdefault(minute, {}), route, j, n, 2)
             if self.track_deltas:
                 _bump(self._minute_deltas.setdefault(minute, {}), route, j, n, 2)
-            self._prune(minute)
+            oldest = self.first_minute(now)
+            if oldest != self._pruned_at:  # a bucket leaves the window at most once a minute
+                self._pruned_at = oldest
+                self._prune(oldest)
 
     def first_minute(self, now: float) -> int:
         """The minute bucket the window ``[now - window_s, now]`` starts in."""
@@ -96,8 +101,7 @@ class Stats:
         start = now - self.window_s
         return min(1.0, max(0.0, ((minute + 1) * 60 - start) / 60))
 
-    def _prune(self, minute: int) -> None:
-        oldest = self.first_minute(self.now())
+    def _prune(self, oldest: int) -> None:
         for m in [m for m in self.minutes if m < oldest]:
             del self.minutes[m]
 
