@@ -18,9 +18,13 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.python.failure import Failure
 
 from daojia_msg.auth import mint_token
 from daojia_msg.bench.wire import BenchClient, connect, result_code, source_address
@@ -33,6 +37,10 @@ Job = tuple[int, int, str, "BenchClient | None"]
 _STAMP = struct.Struct("!q")
 #: The open-loop scheduler's tick: sends due within a tick go out together.
 TICK_S = 0.002
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def _now_us() -> int:
@@ -393,13 +401,158 @@ class Http:
         await self.pool.closeCachedConnections()
 
 
+class HttpResponseError(Exception):
+    """An HTTP answer the raw client cannot read (no Content-Length, bad status line)."""
+
+
+class HttpConnection(Protocol):
+    """One keep-alive HTTP/1.1 client connection, one request at a time, for
+    the push generator: it writes pre-built request bytes and reads answers
+    that carry a ``Content-Length`` (as the node's API always does). Much
+    cheaper per request than treq, so the generator is not what limits a
+    single-push run."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._buffer = b""
+        self._waiting: Deferred[tuple[int, bytes]] | None = None
+        self._status = 0
+        self._length = -1  # of the body being read; -1 while reading a head
+        self._close_after = False
+
+    def request(self, data: bytes) -> Deferred[tuple[int, bytes]]:
+        """Send a whole request; fires with the answer's ``(status, body)``."""
+        assert self._waiting is None and not self.closed, "one request at a time"
+        d: Deferred[tuple[int, bytes]] = Deferred(self._cancel)
+        self._waiting = d
+        self.transport.write(data)  # type: ignore[union-attr]
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while self._waiting is not None:
+            if self._length < 0:
+                end = self._buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = self._buffer[:end].lower()
+                self._buffer = self._buffer[end + 4:]
+                try:
+                    self._status, self._length, self._close_after = parse_response_head(head)
+                except HttpResponseError as e:
+                    self._fail(Failure(e))
+                    return
+            if len(self._buffer) < self._length:
+                return
+            body, self._buffer = self._buffer[:self._length], self._buffer[self._length:]
+            self._length = -1
+            d, self._waiting = self._waiting, None
+            if self._close_after:
+                self._close()
+            d.callback((self._status, body))
+
+    def _cancel(self, d: Deferred[tuple[int, bytes]]) -> None:
+        # A timeout: this connection's answer is lost, drop the connection.
+        self._waiting = None
+        self._close()
+
+    def _fail(self, reason: Failure) -> None:
+        d, self._waiting = self._waiting, None
+        self._close()
+        if d is not None:
+            d.errback(reason)
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.errback(reason)
+
+
+def parse_response_head(head: bytes) -> tuple[int, int, bool]:
+    """``(status, content length, close after)`` of a lowercased response head."""
+    if not head.startswith(b"http/1.") or len(head) < 12 or not head[9:12].isdigit():
+        raise HttpResponseError(f"bad status line {head[:40]!r}")
+    status = int(head[9:12])
+    start = head.find(b"\r\ncontent-length:")
+    if start < 0:
+        raise HttpResponseError("an answer without Content-Length")
+    end = head.find(b"\r\n", start + 2)
+    value = head[start + 17:end if end >= 0 else len(head)].strip()
+    if not value.isdigit():
+        raise HttpResponseError(f"bad Content-Length {value!r}")
+    close = b"\r\nconnection: close" in head or head.startswith(b"http/1.0")
+    return status, int(value), close
+
+
+class RawHttp:
+    """JSON POSTs over a pool of :class:`HttpConnection`: an idle connection
+    is reused, else a new one is opened (the callers bound how many requests
+    are in flight, hence how many connections there are). Each request is
+    bounded by ``timeout`` seconds (its connection is then dropped)."""
+
+    def __init__(self, reactor: Any, spec: dict[str, Any], timeout: float = 30.0) -> None:
+        url = urlsplit(spec["http_url"])
+        if url.scheme != "http" or not url.hostname:
+            raise ValueError(f"the push generator speaks plain http://, not {spec['http_url']}")
+        self.reactor = reactor
+        self.host = url.hostname
+        self.port = url.port or 80
+        self.base = url.path.rstrip("/").encode("ascii")
+        self.timeout = timeout
+        self.idle: list[HttpConnection] = []
+        self.connections: set[HttpConnection] = set()
+        self._head = (b"Host: %s\r\nAuthorization: Bearer %s\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: " % (
+                          url.netloc.encode("ascii"), spec["api_key"].encode("ascii")))
+
+    def build(self, path: str, body: bytes) -> bytes:
+        """The bytes of one POST of ``body`` (JSON) to ``path``."""
+        return (b"POST %s%s HTTP/1.1\r\n" % (self.base, path.encode("ascii")) + self._head
+                + b"%d\r\n\r\n" % len(body) + body)
+
+    async def _connection(self) -> HttpConnection:
+        while self.idle:
+            connection = self.idle.pop()
+            if not connection.closed:
+                return connection
+        endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=10)
+        connection = await connectProtocol(endpoint, HttpConnection())
+        self.connections.add(connection)
+        return connection
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send pre-built ``request`` bytes (:meth:`build`): ``(status, body)``."""
+        connection = await self._connection()
+        d = connection.request(request)
+        d.addTimeout(self.timeout, self.reactor)
+        try:
+            return await d
+        finally:
+            if connection.closed:
+                self.connections.discard(connection)
+            else:
+                self.idle.append(connection)
+
+    async def close(self) -> None:
+        self.idle = []
+        for connection in list(self.connections):
+            connection._close()
+        self.connections.clear()
+
+
 class Push(Scenario):
     """S2C through the HTTP API: ``/v1/push`` (batch 1) or ``/v1/push/batch``,
     ``concurrency`` requests in flight; open loop at ``rate`` messages/s or
     closed loop (``rate`` 0). Recipients are offline: each push is stored."""
 
     async def setup(self) -> dict[str, Any]:
-        self.http = Http(self.reactor, self.spec)
+        self.http = RawHttp(self.reactor, self.spec)
         return {}
 
     def _message(self, n: int) -> dict[str, Any]:
@@ -407,6 +560,13 @@ class Push(Scenario):
         return {"to_uid": spec["uid_base"] + n % spec.get("recipients", 1000),
                 "to_appcode": spec["appcode"], "msgtype": 5,
                 "content": "o" * spec.get("size", 32)}
+
+    def _request(self, n: int, batch: int) -> bytes:
+        """The HTTP request of messages ``n`` to ``n + batch - 1``."""
+        if batch == 1:
+            return self.http.build("/v1/push", _dumps(self._message(n)))
+        return self.http.build("/v1/push/batch", _dumps(
+            {"messages": [self._message(n + i) for i in range(batch)]}))
 
     async def run(self) -> dict[str, Any]:
         spec = self.spec
@@ -423,20 +583,16 @@ class Push(Scenario):
             n0 = self.sent
             self.sent += batch
             self.requests += 1
-            if batch == 1:
-                path, body = "/v1/push", self._message(n0)
-            else:
-                path, body = "/v1/push/batch", {
-                    "messages": [self._message(n0 + i) for i in range(batch)]}
             try:
-                code, answer = await self.http.post(path, body)
+                code, content = await self.http.send(self._request(n0, batch))
+                if code != 200:
+                    self.errors[f"http {code}"] = self.errors.get(f"http {code}", 0) + batch
+                    return
+                good = 1 if batch == 1 else sum(
+                    1 for r in json.loads(content)["results"] if "msgid" in r)
             except Exception as e:
                 self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + batch
                 return
-            if code != 200:
-                self.errors[f"http {code}"] = self.errors.get(f"http {code}", 0) + batch
-                return
-            good = 1 if batch == 1 else sum(1 for r in answer["results"] if "msgid" in r)
             self.ok += good
             self.progress += good
             if good < batch:
@@ -450,18 +606,35 @@ class Push(Scenario):
                     await one(_now_us())
             await DeferredList([Deferred.fromCoroutine(worker()) for _ in range(concurrency)])
         else:
-            inflight: list[Deferred[Any]] = []
+            # A request's Deferred from sem.run is "called" as soon as it holds
+            # the semaphore, not when it is answered: count the unanswered ones.
+            pending = 0
+            sending = True
+            drained: Deferred[None] = Deferred()
+
+            def finished(_: object) -> None:
+                nonlocal pending
+                pending -= 1
+                if not pending and not sending and not drained.called:
+                    drained.callback(None)
 
             def send(_target: Any, intended_us: int) -> None:
-                d = sem.run(lambda: Deferred.fromCoroutine(one(intended_us)))
-                inflight.append(d)
+                nonlocal pending
+                pending += 1
+                sem.run(lambda: Deferred.fromCoroutine(one(intended_us))).addBoth(finished)
 
             req_rate = spec["rate"] / batch
             await open_loop(self.reactor, req_rate, spec["duration"], [None], send)
-            t_wait = self.reactor.seconds() + spec.get("drain_s", 10)
-            for d in inflight:
-                if not d.called and self.reactor.seconds() < t_wait:
-                    await d
+            sending = False
+            if pending:  # bounded: what is still unanswered then counts as missing
+                def give_up_waiting() -> None:
+                    if not drained.called:
+                        drained.callback(None)
+
+                give_up = self.reactor.callLater(spec.get("drain_s", 10), give_up_waiting)
+                await drained
+                if give_up.active():
+                    give_up.cancel()
         t1 = time.monotonic()
         return {"t_start": t0, "t_end": t1, "requests": self.requests, "sent": self.sent,
                 "ok": self.ok, "errors": self.errors, "batch": batch,

@@ -16,7 +16,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone
@@ -26,15 +26,28 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http import Request, combinedLogFormatter
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyChannel
 
 from daojia_msg.config import Config, default_config, parse_config
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.store.errors import StoreUnavailable
 from daojia_msg.store.model import Kind
-from daojia_msg.web.api import LINGER_S, Keys, make_site, parse_uid
+from daojia_msg.web.api import (
+    ACCESS_LOG_FLUSH_S,
+    ACCESS_LOG_MAX_LINES,
+    LINGER_S,
+    Api,
+    Caller,
+    Keys,
+    access_log_line,
+    make_site,
+    parse_json,
+    parse_uid,
+)
 from daojia_msg.web.metrics import make_registry
 from tests.web.fakes import NOW, FakeNode
 
@@ -711,6 +724,144 @@ class RawClient(Protocol):
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
         self.done.callback(self.received)
+
+
+class AccessLogTests(ApiTestCase):
+    """One combined-format line per request, logged together as one event."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.site.doStart()
+        self.addCleanup(self.site.doStop)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def access_events(self) -> list[Any]:
+        return [e for e in self.events if e.get("log_namespace") == "daojia_msg.web.access"]
+
+    def test_lines_gathered(self) -> None:
+        """No event per request: the lines of a second go out in one event."""
+        for _ in range(3):
+            self.assertEqual(self.push(push_body()).status, 200)
+        self.request("GET", "/healthz", headers={"User-Agent": 'a "quoted" \\ agent'})
+        self.assertEqual(self.access_events(), [])
+        self.node.clock.advance(ACCESS_LOG_FLUSH_S)
+        [event] = self.access_events()
+        self.assertEqual(event["requests"], 4)
+        lines = formatEvent(event).split("\n")
+        self.assertEqual(len(lines), 4)
+        self.assertRegex(lines[0], r'^"127\.0\.0\.1" - - \[.*\] "POST /v1/push HTTP/1\.1" 200 \d+ "-" "-"$')
+        self.assertTrue(lines[3].endswith(' "GET /healthz HTTP/1.1" 200 20 "-" '
+                                          '"a \\"quoted\\" \\\\ agent"'), lines[3])
+        self.node.clock.advance(ACCESS_LOG_FLUSH_S)
+        self.assertEqual(len(self.access_events()), 1)  # nothing new: no empty event
+
+    def test_flushed_when_full(self) -> None:
+        site: Any = self.site
+        request = self.fake_request()
+        for _ in range(ACCESS_LOG_MAX_LINES):
+            site.log(request)
+        [event] = self.access_events()
+        self.assertEqual(event["requests"], ACCESS_LOG_MAX_LINES)
+        self.node.clock.advance(ACCESS_LOG_FLUSH_S)  # its timer was cancelled
+        self.assertEqual(len(self.access_events()), 1)
+
+    def test_flushed_at_stop(self) -> None:
+        self.push(push_body())
+        self.site.doStop()
+        [event] = self.access_events()
+        self.assertEqual(event["requests"], 1)
+        self.site.doStart()  # for the cleanup's doStop
+
+    def fake_request(self, **headers: bytes) -> Request:
+        request = Request(DummyChannel())
+        request.method, request.uri, request.clientproto = b"POST", b"/v1/push", b"HTTP/1.1"
+        request.code, request.sentLength = 200, 71
+        for name, value in headers.items():
+            request.requestHeaders.setRawHeaders(name.encode("ascii"), [value])
+        return request
+
+    def test_line_same_as_combined_format(self) -> None:
+        """The line is the text of twisted.web's combinedLogFormatter, escapes included."""
+        tricky = [b"plain", b'quote " here', b"back \\ slash", b"it's", b"both ' and \"",
+                  b"\xff\xfe bytes", b"tab\tnewline\n", b"\x7f del", b""]
+        for value in tricky:
+            for address in (IPv4Address("TCP", "10.1.2.3", 5), IPv6Address("TCP", "::1", 5),
+                            UNIXAddress(b"/tmp/s")):
+                request = self.fake_request(referer=value, **{"user-agent": value})
+                request.uri = b"/v1/push?x=" + value
+                request.client = address
+                request.sentLength = len(value)
+                with self.subTest(value=value, address=address):
+                    self.assertEqual(access_log_line("[ts]", request),
+                                     combinedLogFormatter("[ts]", request))
+
+
+class FastPathTests(ApiTestCase):
+    """Api.push_item's one-pass check agrees with the field-by-field one."""
+
+    def test_same_as_checked(self) -> None:
+        api = Api(self.logic, self.config, lambda: True, lambda: ("h", 1), self.registry)
+        caller = api.keys.find(b"key-1001")
+        assert caller is not None
+        over = self.config.limits.max_content
+        bodies: list[Any] = [
+            push_body(), push_body(logid="abc"), push_body(logid=None), push_body(content=""),
+            push_body(to_uid=2**64 - 1), push_body(to_uid="42"), push_body(msgtype=2**32 - 1),
+            push_body(msgtype=0), push_body(to_appcode=1002), push_body(to_appcode=2001),
+            push_body(to_appcode=9999), push_body(to_appcode=True), push_body(to_uid=True),
+            push_body(to_uid=0), push_body(to_uid=2**64), push_body(to_uid=1.0),
+            push_body(msgtype=-1), push_body(msgtype=2**32), push_body(msgtype=None),
+            push_body(content="x" * over), push_body(content="x" * (over + 1)),
+            push_body(content="é" * (over // 2)), push_body(content="é" * (over // 2 + 1)),
+            push_body(content="\ud800"), push_body(content=None, content_b64="aGk="),
+            push_body(content_b64="aGk="), push_body(content_b64=None), push_body(logid=7),
+            push_body(extra=1), push_body(to_uid=...), [], "x", None,
+        ]
+        for body in bodies:
+            with self.subTest(body=body):
+                got = want = None
+                try:
+                    got = api.push_item(body, caller)
+                except errors.RequestError as e:
+                    got = (type(e), e.reason)  # type: ignore[assignment]
+                try:
+                    want = api._push_item_checked(body, caller)
+                except errors.RequestError as e:
+                    want = (type(e), e.reason)  # type: ignore[assignment]
+                self.assertEqual(got, want)
+
+    def test_caller_type(self) -> None:
+        self.assertIsInstance(Keys(self.config.apps.values()).find(b"key-1001"), Caller)
+
+
+class ClientGoneTests(ApiTestCase):
+    def test_client_gone_logged(self) -> None:
+        """A client gone before the answer: nothing written, one info event says so."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.store.hold = True
+        client = Client(self.site)
+        client.send("POST", "/v1/push", json.dumps(push_body()).encode(), SHOP)
+        client.channel.connectionLost(Failure(ConnectionDone()))
+        self.store.release()
+        self.assertEqual(client.transport.value(), b"")
+        gone = [e for e in events if "went away" in formatEvent(e)]
+        self.assertEqual(len(gone), 1)
+        self.assertIn("(200)", formatEvent(gone[0]))
+
+
+class JsonTests(TestCase):
+    def test_bom(self) -> None:
+        """A UTF-8 BOM is refused, with json.loads' own reason."""
+        with self.assertRaises(errors.BadRequest) as e:
+            parse_json(b'\xef\xbb\xbf{"a": 1}')
+        self.assertIn("Unexpected UTF-8 BOM", e.exception.reason)
+
+    def test_strict(self) -> None:
+        self.assertEqual(parse_json(b'{"a": [1, {"b": null}]}'), {"a": [1, {"b": None}]})
+        for raw in (b'{"a": 1, "a": 2}', b'[{"x": 1, "y": {"z": 1, "z": 1}}]', b"Infinity",
+                    b"[-Infinity]", b"NaN", b'{"a": 1} x'):
+            with self.subTest(raw=raw), self.assertRaises(errors.BadRequest):
+                parse_json(raw)
 
 
 class RealSocketTests(TestCase):
