@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.bench.test_mqtt,tests.bench.test_mqtt_codec -*-
 """One-to-one QoS1 load against an MQTT broker (the Mosquitto baseline).
 
 Shaped like msgplatform's C2C loop so that the two can be divided:
@@ -6,8 +7,8 @@ Shaped like msgplatform's C2C loop so that the two can be divided:
   receiver *i* is subscribed QoS1 to it (clean session, MQTT 3.1.1).
 * The broker's PUBACK to the sender stands for msgplatform's C2C ``Result``;
   the PUBLISH delivered to receiver *i* stands for the C2C push, and the
-  receiver's PUBACK (sent by the client library as soon as the message is
-  handled) stands for the ``ACK``.
+  receiver's PUBACK (sent as soon as the delivery is read) stands for the
+  ``ACK``.
 * Latency is publish -> delivery (c2c's ``push_latency_us``): the sender puts
   a ``time.monotonic_ns()`` stamp in the first 8 bytes of the payload and the
   receiver (in the same process) subtracts it on delivery; publish -> broker
@@ -32,10 +33,17 @@ Shaped like msgplatform's C2C loop so that the two can be divided:
 
 The load runs in ``procs`` worker processes (pairs dealt round-robin; a pair's
 sender and receiver live in the same process, so one clock is used), each with
-its own asyncio loop driving paho-mqtt clients through paho's external-loop
-API (``loop_read``/``loop_write``, no paho threads).  Each worker reports its
-CPU time (``resource.getrusage``) over the measuring window, so a saturated
-generator shows up as ``busy`` close to 1.0.
+its own asyncio loop.  The MQTT client is this module's own, lean like
+msgplatform's generator (``wire.py``): a pure MQTT 3.1.1 codec
+(:class:`Decoder`, ``*_packet``) that writes pre-encoded packets (one PUBLISH
+prefix per topic; a message is prefix + packet id + payload) and parses only
+CONNACK, SUBACK, PUBLISH, PUBACK and PINGRESP, and an asyncio protocol
+(:class:`_Conn`) whose writes are coalesced once per loop pass.  (It replaced
+paho-mqtt, which kept the generator busier than the broker.)  Anything else
+from the broker (a malformed packet, an unexpected type, a refused CONNECT or
+SUBSCRIBE, a PUBACK for an id not in flight) ends the run with that error.
+Each worker reports its CPU time (``resource.getrusage``) over the measuring
+window, so a saturated generator shows up as ``busy`` close to 1.0.
 
 Manual run::
 
@@ -62,6 +70,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from daojia_msg.bench.mqttcodec import (
+    CONNACK,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
+    PINGRESP,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    U16,
+    Decoder,
+    MalformedPacket,
+    connect_packet,
+    parse_connack,
+    parse_puback,
+    parse_publish,
+    parse_suback,
+    publish_prefix,
+    subscribe_packet,
+)
 
 #: Payload header: publish time (``time.monotonic_ns()``) and per-pair sequence.
 HEADER = struct.Struct("<qI")
@@ -244,27 +272,102 @@ class _Stats:
     errors: list[str] = field(default_factory=list)
 
 
+class _Conn(asyncio.Protocol):
+    """One MQTT connection of a pair: the sender or the receiver.
+
+    Writes are queued and flushed by the worker once per loop pass, so the
+    PUBACKs for all the PUBLISHes of one read (or the refills for all the
+    PUBACKs of one read) leave in one ``send``.
+    """
+
+    def __init__(self, worker: _Worker, j: int, receiver: bool, client_id: str) -> None:
+        self.worker = worker
+        self.j = j
+        self.receiver = receiver
+        self.client_id = client_id
+        self.decoder = Decoder()
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+        self.connacked = False
+        self.subscribed = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if self.worker.plan.nodelay and sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.send(connect_packet(self.client_id, self.worker.plan.keepalive))
+
+    def send(self, data: bytes) -> None:
+        if not self.out:
+            self.worker.dirty.append(self)
+            self.worker.schedule_flush()
+        self.out.append(data)
+
+    def data_received(self, data: bytes) -> None:
+        w = self.worker
+        if w.fatal is not None:
+            return
+        try:
+            for ptype, flags, body in self.decoder.feed(data):
+                if ptype == PUBLISH and self.receiver and self.connacked:
+                    qos, pid, off = parse_publish(flags, body)
+                    if qos:  # the receiver's PUBACK (c2c's ACK), at once
+                        self.send(b"\x40\x02" + body[off - 2:off])
+                    if len(body) - off < MIN_PAYLOAD:
+                        raise MalformedPacket(f"PUBLISH payload of {len(body) - off} bytes")
+                    w.on_message(self.j, HEADER.unpack_from(body, off)[0])
+                elif ptype == PUBACK and not self.receiver and self.connacked:
+                    w.on_puback(self.j, parse_puback(flags, body))
+                elif ptype == CONNACK and not self.connacked:
+                    rc = parse_connack(flags, body)
+                    if rc:
+                        raise MalformedPacket(f"connect refused: return code {rc}")
+                    self.connacked = True
+                    w.on_connack(self)
+                elif ptype == SUBACK and self.receiver and self.connacked and not self.subscribed:
+                    _pid, codes = parse_suback(flags, body)
+                    if 0x80 in codes:
+                        raise MalformedPacket(f"subscribe refused: {codes}")
+                    self.subscribed = True
+                    w.on_suback()
+                elif ptype == PINGRESP and self.connacked and not flags and not body:
+                    pass
+                else:
+                    raise MalformedPacket(
+                        f"unexpected packet type {ptype} (flags {flags}, {len(body)} bytes) "
+                        f"on {'receiver' if self.receiver else 'sender'} {self.client_id}")
+        except MalformedPacket as e:
+            w.fail(f"{self.client_id}: {e}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.worker.on_lost(self, exc)
+
+
 class _Worker:
     """The pairs of one process, driven by one asyncio loop."""
 
     def __init__(self, plan: Plan, proc: int, pair_ids: list[int]) -> None:
-        import paho.mqtt.client as mqtt
-
-        self._mqtt = mqtt
         self.plan = plan
         self.proc = proc
         self.pair_ids = pair_ids
         n = len(pair_ids)
         self.topics = [f"bench/{plan.run_id}/{i}" for i in pair_ids]
+        self.prefixes = [publish_prefix(t, plan.payload_size) for t in self.topics]
         self.pad = b"\0" * (plan.payload_size - MIN_PAYLOAD)
         self.sent = [0] * n
         self.acked = [0] * n  # broker PUBACKs to the sender (the Result)
         self.got = [0] * n  # deliveries to the receiver (the push; PUBACK = ACK)
+        self.next_pid = [0] * n
         if plan.count is not None:
             quotas = split_count(plan.count, plan.pairs)
             self.quota: list[int] | None = [quotas[i] for i in pair_ids]
         else:
             self.quota = None
+        self.closed_loop = plan.rate == 0 or self.quota is not None
         self.stats = _Stats()
         self.lat = array("q")  # publish -> delivery (the push)
         self.result_lat = array("q")  # publish -> broker PUBACK (the Result)
@@ -272,133 +375,86 @@ class _Worker:
         self.release = plan.release
         self.publishing = False
         self.in_window = False
-        self.events = 0
         self.connected = 0
         self.subscribed = 0
-        self.senders: list[Any] = []
-        self.receivers: list[Any] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.dirty: set[Any] = set()
-        self.writing: set[Any] = set()
+        self.senders: list[_Conn] = []
+        self.receivers: list[_Conn] = []
+        self.loop: Any = None  # the running loop (a fake one in tests)
+        self.dirty: list[_Conn] = []
         self.flush_pending = False
         self.idle = asyncio.Event()
-        self.socks: dict[Any, Any] = {}
+        #: Set (with ``fatal``) when the broker sent something this client
+        #: cannot go on from: the run ends with that error instead of hanging.
+        self.failed = asyncio.Event()
+        self.fatal: str | None = None
         self.closing = False
 
-    # -- paho external-loop plumbing
+    # -- I/O plumbing
 
-    def _client(self, client_id: str, index: int) -> Any:
-        mqtt = self._mqtt
-        c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            userdata=index,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
-        # 0 = no client-side cap: the window (or the open-loop rate) is the cap.
-        c.max_inflight_messages_set(0)
-        c.max_queued_messages_set(0)
-        c.on_socket_register_write = self._register_write
-        c.on_socket_unregister_write = self._unregister_write
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        return c
-
-    def _register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        if client in self.writing:
-            return
-        self.dirty.add(client)
-        if not self.flush_pending and self.loop is not None:
+    def schedule_flush(self) -> None:
+        if not self.flush_pending:
             self.flush_pending = True
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self.flush)
 
-    def _unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self.dirty.discard(client)
-        if client in self.writing:
-            self.writing.discard(client)
-            assert self.loop is not None
-            self.loop.remove_writer(sock)
-
-    def _flush(self) -> None:
+    def flush(self) -> None:
         self.flush_pending = False
-        batch, self.dirty = self.dirty, set()
+        batch, self.dirty = self.dirty, []
+        if self.fatal is not None:
+            return
         for c in batch:
-            c.loop_write()
-            if c.want_write() and c not in self.writing:
-                # socket buffer full: wait until writable
-                self.dirty.discard(c)
-                self.writing.add(c)
-                assert self.loop is not None
-                self.loop.add_writer(c.socket(), self._writable, c)
+            out = c.out
+            if c.transport is not None and not c.lost:
+                c.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
-    def _writable(self, c: Any) -> None:
-        c.loop_write()  # unregisters itself through _unregister_write when done
+    def fail(self, why: str) -> None:
+        """End the run: the broker's stream cannot be followed any further."""
+        if self.fatal is None:
+            self.fatal = why
+            self.stats.errors.insert(0, why)
+            self.failed.set()
+        self.publishing = False
+        for c in self.senders + self.receivers:
+            if c.transport is not None:
+                c.transport.abort()
 
-    def _readable(self, c: Any) -> None:
-        # paho's loop_read handles one packet per call when nothing of its own
-        # is stored: call it again while our callbacks see progress.
-        for _ in range(64):
-            before = self.events
-            c.loop_read()
-            if self.events == before:
-                break
+    def on_connack(self, c: _Conn) -> None:
+        self.connected += 1
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if rc.is_failure:
-            self.stats.errors.append(f"connect refused: {rc}")
-        else:
-            self.connected += 1
-        self.events += 1
+    def on_suback(self) -> None:
+        self.subscribed += 1
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        self.events += 1
-        sock = self.socks.pop(client, None)
-        if sock is not None and self.loop is not None:
-            self.loop.remove_reader(sock)
-            if client in self.writing:
-                self.writing.discard(client)
-                self.loop.remove_writer(sock)
-        if self.closing:
+    def on_lost(self, c: _Conn, exc: Exception | None) -> None:
+        if self.closing or self.fatal is not None:
             return
         self.stats.disconnects += 1
         if len(self.stats.errors) < 10:
-            self.stats.errors.append(f"disconnected: {rc}")
-
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
-        self.events += 1
-        if any(rc.is_failure for rc in rcs):
-            self.stats.errors.append(f"subscribe refused: {rcs}")
-        else:
-            self.subscribed += 1
+            self.stats.errors.append(f"disconnected: {c.client_id}: {exc or 'closed by the broker'}")
 
     # -- the load
 
-    def _on_publish(self, client: Any, userdata: int, mid: int, rc: Any, props: Any) -> None:
-        self.events += 1
-        self.acked[userdata] += 1
+    def on_puback(self, j: int, pid: int) -> None:
+        stamp = self.stamps[j].pop(pid, None)
+        if stamp is None:
+            raise MalformedPacket(f"PUBACK for packet id {pid}, which is not in flight")
+        self.result_lat.append(time.monotonic_ns() - stamp)
+        self.acked[j] += 1
         self.stats.broker_acked += 1
-        stamp = self.stamps[userdata].pop(mid, None)
-        if stamp is not None:
-            self.result_lat.append(time.monotonic_ns() - stamp)
         if self.in_window:
             self.stats.acked_in_window += 1
-        if self.plan.rate == 0 or self.quota is not None:
-            self._fill(userdata)
+        if self.closed_loop:
+            self._fill(j)
         else:
             self._check_idle()
 
-    def _on_message(self, client: Any, userdata: int, msg: Any) -> None:
-        now = time.monotonic_ns()
-        self.events += 1
-        t0, _seq = HEADER.unpack_from(msg.payload)
-        self.lat.append(now - t0)
-        self.got[userdata] += 1
+    def on_message(self, j: int, t0: int) -> None:
+        self.lat.append(time.monotonic_ns() - t0)
+        self.got[j] += 1
         self.stats.delivered += 1
         if self.in_window:
             self.stats.delivered_in_window += 1
-        if self.plan.rate == 0 or self.quota is not None:
-            self._fill(userdata)
+        if self.closed_loop:
+            self._fill(j)
         else:
             self._check_idle()
 
@@ -407,8 +463,14 @@ class _Worker:
         self.sent[j] = seq + 1
         self.stats.sent += 1
         stamp = stamp_ns or time.monotonic_ns()
-        info = self.senders[j].publish(self.topics[j], HEADER.pack(stamp, seq) + self.pad, qos=1)
-        self.stamps[j][info.mid] = stamp
+        pid = self.next_pid[j] % 0xFFFF + 1  # 1..65535 (2.3.1: never 0)
+        self.next_pid[j] = pid
+        stamps = self.stamps[j]
+        if pid in stamps:
+            self.fail(f"pair {self.pair_ids[j]}: 65,535 messages in flight, packet ids exhausted")
+            return
+        stamps[pid] = stamp
+        self.senders[j].send(self.prefixes[j] + U16.pack(pid) + HEADER.pack(stamp, seq) + self.pad)
 
     def _fill(self, j: int) -> None:
         """Closed loop: top sender j's window up (a message leaves the window
@@ -431,6 +493,21 @@ class _Worker:
             if self.quota is None or self.stats.sent == sum(self.quota):
                 self.idle.set()
 
+    def _raise_if_failed(self) -> None:
+        if self.fatal is not None:
+            raise RuntimeError(f"proc {self.proc}: {self.fatal}")
+
+    async def _wait_event(self, event: asyncio.Event, timeout: float) -> None:
+        """Until ``event`` is set or ``timeout`` passes; raise if the run failed."""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self.failed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, timeout),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in waits:
+                f.cancel()
+        self._raise_if_failed()
+
     async def _pacer(self, rate: float, start: float, end: float) -> None:
         """Open loop: publish at ``rate`` msgs/s over this process's pairs,
         round robin. Each message carries its *intended* send time, so a late
@@ -442,6 +519,7 @@ class _Worker:
         t0_ns = int(start * 1e9)
         step_ns = 1e9 / rate
         while done < total:
+            self._raise_if_failed()
             due = min(total, int((time.monotonic() - start) * rate) + 1)
             while done < due:
                 self._publish(nxt, t0_ns + int(done * step_ns))
@@ -449,41 +527,49 @@ class _Worker:
                 done += 1
             await asyncio.sleep(0.001)
 
-    async def _misc(self) -> None:
+    async def _keepalive(self) -> None:
+        """A PINGREQ on every connection each half keepalive (3.1.2.10)."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.plan.keepalive / 2)
             for c in self.senders + self.receivers:
-                c.loop_misc()
+                c.send(PINGREQ_PACKET)
 
     async def connect(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         plan = self.plan
         binds = plan.bind_addresses or ("",)
+        deadline = time.monotonic() + plan.connect_timeout
         for j, i in enumerate(self.pair_ids):
-            s = self._client(f"bench-{plan.run_id}-s{i}", j)
-            s.on_publish = self._on_publish
-            r = self._client(f"bench-{plan.run_id}-r{i}", j)
-            r.on_message = self._on_message
-            r.on_subscribe = self._on_subscribe
-            for k, c in enumerate((s, r)):
-                c.connect(
-                    plan.host, plan.port, keepalive=plan.keepalive,
-                    bind_address=binds[(2 * i + k) % len(binds)],
-                )
-                self.socks[c] = sock = c.socket()
-                if plan.nodelay:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.loop.add_reader(self.socks[c], self._readable, c)
-            self.senders.append(s)
-            self.receivers.append(r)
-        await self._wait(lambda: self.connected == 2 * len(self.pair_ids), "CONNACK")
-        for j, r in enumerate(self.receivers):
-            r.subscribe(self.topics[j], qos=1)
-        await self._wait(lambda: self.subscribed == len(self.pair_ids), "SUBACK")
+            self.senders.append(_Conn(self, j, False, f"bench-{plan.run_id}-s{i}"))
+            self.receivers.append(_Conn(self, j, True, f"bench-{plan.run_id}-r{i}"))
 
-    async def _wait(self, cond: Any, what: str) -> None:
-        deadline = time.monotonic() + self.plan.connect_timeout
+        async def dial(c: _Conn, k: int) -> None:
+            bind = binds[(2 * self.pair_ids[c.j] + k) % len(binds)]
+            await loop.create_connection(lambda: c, plan.host, plan.port,
+                                         local_addr=(bind, 0) if bind else None)
+
+        conns = [(c, k) for j in range(len(self.pair_ids))
+                 for k, c in enumerate((self.senders[j], self.receivers[j]))]
+        try:
+            for b in range(0, len(conns), 100):  # a burst the listen backlog takes
+                await asyncio.wait_for(
+                    asyncio.gather(*(dial(c, k) for c, k in conns[b:b + 100])),
+                    timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            raise RuntimeError(f"proc {self.proc}: timed out connecting to "
+                               f"{plan.host}:{plan.port}") from None
+        except OSError as e:
+            raise RuntimeError(f"proc {self.proc}: cannot connect to "
+                               f"{plan.host}:{plan.port}: {e}") from None
+        await self._wait(lambda: self.connected == 2 * len(self.pair_ids), "CONNACK", deadline)
+        for j, r in enumerate(self.receivers):
+            r.send(subscribe_packet(1, self.topics[j], 1))
+        await self._wait(lambda: self.subscribed == len(self.pair_ids), "SUBACK",
+                         time.monotonic() + plan.connect_timeout)
+
+    async def _wait(self, cond: Any, what: str, deadline: float) -> None:
         while not cond():
+            self._raise_if_failed()
             if self.stats.errors:
                 raise RuntimeError(f"proc {self.proc}: {self.stats.errors[0]}")
             if time.monotonic() > deadline:
@@ -491,9 +577,23 @@ class _Worker:
             await asyncio.sleep(0.01)
 
     async def run(self, start_at: float) -> dict[str, Any]:
+        pinger = asyncio.ensure_future(self._keepalive())
+        try:
+            return await self._run(start_at)
+        finally:
+            pinger.cancel()
+            self.closing = True
+            for c in self.senders + self.receivers:
+                if c.transport is not None and not c.lost:
+                    if self.fatal is None:
+                        c.transport.write(b"".join(c.out) + DISCONNECT_PACKET)
+                    c.transport.close()
+            await asyncio.sleep(0)
+
+    async def _run(self, start_at: float) -> dict[str, Any]:
         plan = self.plan
-        misc = asyncio.ensure_future(self._misc())
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        self._raise_if_failed()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t_start = time.monotonic()
         end = t_start + (plan.connect_timeout + plan.duration if plan.count else plan.duration)
@@ -506,34 +606,20 @@ class _Worker:
             for j in range(len(self.pair_ids)):
                 self._fill(j)
             if plan.count is not None:
-                try:
-                    await asyncio.wait_for(self.idle.wait(), timeout=max(0.0, end - time.monotonic()))
-                except TimeoutError:
-                    pass
+                await self._wait_event(self.idle, end - time.monotonic())
             else:
-                await asyncio.sleep(max(0.0, end - time.monotonic()))
+                await self._wait_event(asyncio.Event(), end - time.monotonic())
         t_end = time.monotonic()
         self.publishing = False
         self.in_window = plan.count is not None  # count mode: every delivery counts
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         self._check_idle()
         if not self.idle.is_set():
-            try:
-                await asyncio.wait_for(self.idle.wait(), timeout=plan.drain)
-            except TimeoutError:
-                pass
-        misc.cancel()
+            await self._wait_event(self.idle, plan.drain)
         t_done = time.monotonic()
         window = t_end - t_start
         if plan.count is not None:
             window = time.monotonic() - t_start
-        self.closing = True
-        for c in self.senders + self.receivers:
-            try:
-                c.disconnect()
-                c.loop_write()
-            except Exception:  # noqa: BLE001 - best effort at teardown
-                pass
         ru2 = resource.getrusage(resource.RUSAGE_SELF)
         st = self.stats
         return {
