@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.store.test_redis -*-
+# -*- test-case-name: tests.cluster.test_redisconn,tests.store.test_redis -*-
 """One Redis connection pool for a node, with the traps of txredisapi handled.
 
 - Every call has a reply timeout (``redis.reply_timeout_s``): with
@@ -8,6 +8,12 @@
   call has a backstop deadline of :data:`DEADLINE_FACTOR` x the reply timeout
   (longer than it: cancelling a sent command also cancels txredisapi's own
   reply timer, and the stuck connection would never be dropped).
+- A command is normally written straight to an idle connection of the pool
+  (the one txredisapi would pick), skipping the pool's per-command generator,
+  wrappers and DelayedCall; its reply timeout is then one shared timer
+  (:class:`~daojia_msg.deadlines.Deadlines`) that drops the connection when it
+  expires, as txredisapi's own timeout does. Only when no idle connection is
+  at hand does a command go through the pool (and its backstop deadline).
 - Replies are raw ``bytes`` (``charset=None``): binary values stay binary.
 - Any failure of a call (timeout, lost connection, error reply) raises
   :class:`~daojia_msg.store.errors.StoreUnavailable`: the operation may not
@@ -20,6 +26,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from typing import Any, cast
 
 import txredisapi
@@ -46,10 +53,52 @@ def _has_connection(pool: Any) -> bool:
     return not isinstance(size, int) or size > 0
 
 
+def _idle_connection(pool: Any) -> Any:
+    """A connection of txredisapi's pool a command may be written to, or None.
+
+    ``pool.execute_command`` peeks at a random connection of the pool's queue
+    (the connections no ``MULTI`` or pipeline holds) through an
+    ``inlineCallbacks`` generator and two wrapper callbacks per command. None
+    (go that way, which also drops dead connections) when the queue is empty,
+    the connection picked is dead or pipelining, or the pool is not txredisapi's.
+    """
+    factory = getattr(pool, "_factory", None)
+    queue = getattr(factory, "connectionQueue", None)
+    pending = getattr(queue, "pending", None)
+    if not pending:
+        return None
+    conn = pending[0] if len(pending) == 1 else random.choice(pending)
+    if not getattr(conn, "connected", 0) or getattr(conn, "pipelining", True):
+        return None
+    return conn
+
+
+def encode_command(args: tuple[Any, ...]) -> bytes | None:
+    """The RESP array of ``args`` (bytes, str as UTF-8, int in decimal), or None
+    for any other argument (txredisapi's encoder then builds it)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        kind = type(arg)
+        if kind is bytes:
+            value = arg
+        elif kind is str:
+            try:
+                value = arg.encode()
+            except UnicodeError:
+                return None
+        elif kind is int:
+            value = b"%d" % arg
+        else:
+            return None
+        parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    return b"".join(parts)
+
+
 class Redis:
     """A connected pool; ``prefix`` starts every key of this platform.
 
-    ``clock`` times the backstop deadline (the reactor; tests pass a Clock).
+    ``clock`` times the reply timeouts and the backstop deadline (the reactor;
+    tests pass a Clock).
     """
 
     def __init__(self, pool: Any, prefix: str, timeout: float,
@@ -62,28 +111,73 @@ class Redis:
 
             clock = cast(IReactorTime, reactor)
         self.clock: Any = clock
-        #: The backstop deadline of every command, on one timer.
+        #: The reply timeout of the commands written straight to a connection.
+        self.replies = Deadlines(clock, timeout)
+        #: The backstop deadline of the commands that go through the pool.
         self.deadlines = Deadlines(clock, timeout * DEADLINE_FACTOR)
 
     def key(self, *parts: object) -> str:
-        return self.prefix + ":".join(str(p) for p in parts)
+        return self.prefix + ":".join(map(str, parts))
 
     def call(self, *args: Any) -> Deferred[Any]:
         """One command; its reply (bytes, int, list, None; status replies: str
-        or bytes). Fails with :class:`StoreUnavailable` (never hangs)."""
+        or bytes). Fails with :class:`StoreUnavailable` (never hangs).
+
+        The command is written straight to an idle connection of the pool when
+        there is one (:meth:`_send`); otherwise it goes through txredisapi's
+        pool (its reply timeout, and the backstop deadline).
+        """
         if not _has_connection(self.pool):
             return fail(StoreUnavailable(f"redis {args[0]}: not connected"))
+        conn = _idle_connection(self.pool)
+        if conn is not None:
+            return self._send(conn, args)
         try:
             d: Deferred[Any] = self.pool.execute_command(*args)
         except Exception:
             d = fail()
-        return self.deadlines.watch(d).addErrback(self._failed, args[0])
+        return self.deadlines.watch(d).addErrback(self._failed, args[0],
+                                                  self.deadlines.timeout)
 
-    def _failed(self, failure: Failure, command: str) -> None:
+    def _send(self, conn: Any, args: tuple[Any, ...]) -> Deferred[Any]:
+        """Write the command to ``conn`` and wait for its reply in the
+        connection's reply queue, as ``execute_command`` does, without its
+        result Deferred, its three callbacks and its DelayedCall per command
+        (on a LOGIN, two commands, this was a sixth of the node's CPU).
+
+        The reply timeout is one timer for all such commands
+        (:class:`~daojia_msg.deadlines.Deadlines`); when it expires the
+        connection is dropped, as txredisapi's own timeout does: every reply
+        still awaited on it then fails at once (its order would be lost), and
+        the pool reconnects.
+        """
+        try:
+            command = encode_command(args)
+            if command is None:
+                command = conn._build_command(*args)
+            conn.transport.write(command)
+        except Exception:
+            return fail().addErrback(self._failed, args[0], self.timeout)
+        d: Deferred[Any] = self.replies.watch(conn.replyQueue.get())
+        return d.addCallbacks(self._replied, self._no_reply, callbackArgs=(args[0],),
+                              errbackArgs=(conn, args[0]))
+
+    def _replied(self, reply: Any, command: str) -> Any:
+        if isinstance(reply, Exception):  # an error reply, or the connection was lost
+            self._failed(Failure(reply), command, self.timeout)
+        return reply
+
+    def _no_reply(self, failure: Failure, conn: Any, command: str) -> None:
+        if failure.check(DeferredTimeout):
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        self._failed(failure, command, self.timeout)
+
+    def _failed(self, failure: Failure, command: str, timeout: float) -> None:
         e = failure.value
         if isinstance(e, DeferredTimeout):
-            raise StoreUnavailable(
-                f"redis {command}: no reply within {self.deadlines.timeout:g} s") from None
+            raise StoreUnavailable(f"redis {command}: no reply within {timeout:g} s") from None
         if isinstance(e, txredisapi.ResponseError):
             if not str(e).startswith("NOSCRIPT"):  # Script loads it: not an error
                 log.error("redis {command} failed: {error}", command=command, error=str(e))
@@ -93,6 +187,7 @@ class Redis:
         failure.raiseException()
 
     async def close(self) -> None:
+        self.replies.stop()
         self.deadlines.stop()
         await self.pool.disconnect()
 
@@ -104,13 +199,22 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await redis.call("EVALSHA", self.sha, len(keys), *keys, *args)
-        except StoreUnavailable as e:
-            if "NOSCRIPT" not in str(e):
-                raise
-        return await redis.call("EVAL", self.source, len(keys), *keys, *args)
+    def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        """Fires with the script's reply (no coroutine per call: it runs per LOGIN)."""
+        d = _deferred(redis.call("EVALSHA", self.sha, len(keys), *keys, *args))
+        return d.addErrback(self._load, redis, keys, args)
+
+    def _load(self, failure: Failure, redis: Redis, keys: list[str],
+              args: list[Any]) -> Deferred[Any]:
+        failure.trap(StoreUnavailable)
+        if "NOSCRIPT" not in str(failure.value):
+            failure.raiseException()
+        return _deferred(redis.call("EVAL", self.source, len(keys), *keys, *args))
+
+
+def _deferred(result: Any) -> Deferred[Any]:
+    """``Redis.call``'s Deferred (or the coroutine of a stand-in that tests use) as a Deferred."""
+    return result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
 
 
 async def connect(config: RedisConfig) -> Redis:

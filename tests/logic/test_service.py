@@ -7,7 +7,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import parse_config
-from daojia_msg.logic.service import PushItem, PushOutcome
+from daojia_msg.logic.service import PushItem, PushOutcome, new_session_id
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
@@ -416,3 +416,28 @@ class StatsCapTests(SynchronousTestCase):
         self.assertEqual(stats.totals()["accepted"], 10)
         stats.add((1001, 1, Kind.C2C), "acked")  # a route counted apart stays apart
         self.assertEqual(stats.by_route[(1001, 1, Kind.C2C)][2], 1)
+
+
+class SessionIdTests(SynchronousTestCase):
+    def test_32_random_hex_digits(self) -> None:
+        ids = {new_session_id() for _ in range(1000)}
+        self.assertEqual(len(ids), 1000)
+        for session_id in ids:
+            self.assertRegex(session_id, r"^[0-9a-f]{32}$")
+
+    def test_one_system_call_per_256_ids(self) -> None:
+        from daojia_msg.logic import service
+
+        calls: list[int] = []
+
+        def urandom(n: int) -> bytes:
+            calls.append(n)
+            return bytes(range(256)) * (n // 256)
+
+        self.patch(service.os, "urandom", urandom)
+        self.patch(service, "_random", service._RandomBytes())
+        ids = [new_session_id() for _ in range(257)]
+        self.assertEqual(calls, [4096, 4096])
+        self.assertEqual(ids[0], bytes(range(16)).hex())
+        self.assertEqual(ids[1], bytes(range(16, 32)).hex())
+        self.assertEqual(ids[256], ids[0])  # the second (fake) buffer, from its start

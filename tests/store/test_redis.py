@@ -13,9 +13,10 @@ from typing import Any, cast
 from uuid import uuid4
 
 import txredisapi
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import TestCase
 
@@ -252,10 +253,14 @@ class UnavailableTests(TestCase):
         self.addCleanup(pool.disconnect)
         store = RedisSessionStore(Redis(pool, new_prefix(), TIMEOUT), node_id=1)
         started = time.monotonic()
+        conn = pool._factory.pool[0]
         failure = await self.assertFailure(store.lookup(1, 10), StoreUnavailable)
-        # The reply timeout, not the store's backstop deadline, ended it.
-        self.assertIn("Not received Redis response", str(failure))
+        # The reply timeout, not the store's backstop deadline, ended it...
+        self.assertIn("no reply within 0.2 s", str(failure))
         self.assertLess(time.monotonic() - started, QUICK)
+        # ...and dropped the connection (its later replies would be out of order).
+        await deferLater(cast(Any, reactor), 0.05, lambda: None)
+        self.assertEqual(conn.connected, 0)
 
     async def test_server_went_away(self) -> None:
         url = parse_redis_url(require_redis())
