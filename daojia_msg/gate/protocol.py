@@ -413,9 +413,10 @@ class GateProtocol(Protocol):
 
     # -- answers out -----------------------------------------------------------
 
-    def _call(self, frame: Frame, coro: Any) -> None:
+    def _call(self, frame: Frame, work: Any) -> None:
+        """Answer ``frame`` with what ``work`` (a Deferred, or a coroutine) gives."""
         self._inflight += 1
-        d: Deferred[PbMessage] = Deferred.fromCoroutine(coro)
+        d: Deferred[PbMessage] = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
         d.addCallbacks(self._answer, self._failed, callbackArgs=(frame,), errbackArgs=(frame,))
 
     def _done(self, frame: Frame) -> None:

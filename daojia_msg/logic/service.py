@@ -17,12 +17,14 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from daojia_msg import tracing
 from daojia_msg.auth import TokenError, verify_token
@@ -39,7 +41,14 @@ from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.errors import StoreError
 from daojia_msg.store.interfaces import IMessageStore, ISessionStore
-from daojia_msg.store.model import Kind, NewMessage, SessionRecord, StoredMessage, StoreOutcome
+from daojia_msg.store.model import (
+    AckedMessage,
+    Kind,
+    NewMessage,
+    SessionRecord,
+    StoredMessage,
+    StoreOutcome,
+)
 
 #: The message path: stored, pushed, ACKed... (only to the trace file and buffer).
 trace = tracing.MESSAGES.logger("daojia_msg.logic.service")
@@ -88,6 +97,11 @@ _random = _RandomBytes()
 def new_session_id() -> str:
     """32 random lowercase hex digits, like ``uuid4().hex`` (each byte is used once)."""
     return _random.take(16).hex()
+
+
+def _store_unavailable(failure: Failure) -> NoReturn:
+    failure.trap(StoreError)
+    raise errors.Unavailable("message store unavailable")
 
 
 def check_uid(uid: int, name: str) -> None:
@@ -421,53 +435,85 @@ class LogicService(Service):
             raise errors.BadRequest("logid must be 1 to 64 of A-Z a-z 0-9 . _ : -")
         return given
 
-    async def c2s(self, session: Session, msgtype: int, req: pb.C2SRequest) -> pb.Result:
-        """Publish to the topic of ``(appcode, msgtype)``; answer once the bus accepted it."""
-        self._check_available()  # it takes a msgid
-        self._check_content(req.content)
-        route = self.config.route_for(session.appcode, msgtype)
-        if route is None:
-            raise errors.NoRoute(f"no topic for appcode {session.appcode} msgtype {msgtype}")
-        topic = route.topic
-        msgid = self.ids.next_id()
-        logid = self._logid(req.logid, msgid)
-        now = self.now_ms()
-        envelope = pb.Message(
-            msgid=msgid, from_uid=session.uid, from_appcode=session.appcode, msgtype=msgtype,
-            content=req.content, send_time_ms=now, logid=logid, kind=pb.C2S,
-        ).SerializeToString()
+    def c2s(self, session: Session, msgtype: int, req: pb.C2SRequest) -> Deferred[pb.Result]:
+        """Publish to the topic of ``(appcode, msgtype)``; answer once the bus accepted it.
+
+        (C2S, C2C and ACK run per message: they are plain callbacks on one
+        Deferred, not coroutines, which cost a sixth of the node's CPU.)"""
         try:
-            await self.bus.publish(route, envelope, logid)
-        except BusError as e:
-            self.log.warn("c2s {msgid} to {topic} refused by the bus: {error}", msgid=msgid,
-                          topic=topic, logid=logid, uid=session.uid, appcode=session.appcode,
-                          error=str(e))
-            raise errors.Unavailable("message bus unavailable") from None
+            self._check_available()  # it takes a msgid
+            self._check_content(req.content)
+            route = self.config.route_for(session.appcode, msgtype)
+            if route is None:
+                raise errors.NoRoute(f"no topic for appcode {session.appcode} msgtype {msgtype}")
+            msgid = self.ids.next_id()
+            logid = self._logid(req.logid, msgid)
+            now = self.now_ms()
+            envelope = pb.Message(
+                msgid=msgid, from_uid=session.uid, from_appcode=session.appcode, msgtype=msgtype,
+                content=req.content, send_time_ms=now, logid=logid, kind=pb.C2S,
+            ).SerializeToString()
+            d = self.bus.publish(route, envelope, logid)
+        except Exception:
+            return fail()
+        return d.addCallbacks(self._c2s_published, self._c2s_refused,
+                              callbackArgs=(session, msgtype, msgid, logid, route.topic, now),
+                              errbackArgs=(session, msgid, logid, route.topic))
+
+    def _c2s_published(self, _: object, session: Session, msgtype: int, msgid: int, logid: str,
+                       topic: str, now: int) -> pb.Result:
         self.stats.add((session.appcode, msgtype, Kind.C2S), "accepted")
         if tracing.MESSAGES.listeners:
             trace.debug("c2s {msgid} published to {topic}", msgid=msgid, topic=topic, logid=logid,
-                           uid=session.uid, appcode=session.appcode)
+                        uid=session.uid, appcode=session.appcode)
         return pb.Result(code=Code.OK, msgid=msgid, logid=logid, server_time_ms=now)
 
-    async def c2c(self, session: Session, msgtype: int, req: pb.C2CRequest) -> pb.Result:
-        """Store durably (de-duplicated by client_msg_id), answer, then push."""
-        self._check_available()
-        to_app = self.config.app(req.to_appcode)
-        if to_app is None:
-            raise errors.UnknownAppcode(f"no app {req.to_appcode}")
-        check_uid(req.to_uid, "to_uid")
-        if (req.to_uid, req.to_appcode) == (session.uid, session.appcode):
-            raise errors.BadRequest("cannot send to oneself")
-        self._check_content(req.content)
-        if len(req.client_msg_id) > self.limits.max_id_len:
-            raise errors.BadRequest(f"client_msg_id is over {self.limits.max_id_len} characters")
-        msgid = self.ids.next_id()
-        msg = StoredMessage(
-            msgid, session.uid, session.appcode, req.to_uid, req.to_appcode, msgtype, Kind.C2C,
-            req.content, self.now_ms(), self._logid(req.logid, msgid),
-        )
-        new = NewMessage(msg, to_app.usersystem, session.usersystem, req.client_msg_id)
-        [outcome] = await self._store([new])
+    def _c2s_refused(self, failure: Failure, session: Session, msgid: int, logid: str,
+                     topic: str) -> NoReturn:
+        failure.trap(BusError)
+        self.log.warn("c2s {msgid} to {topic} refused by the bus: {error}", msgid=msgid,
+                      topic=topic, logid=logid, uid=session.uid, appcode=session.appcode,
+                      error=str(failure.value))
+        raise errors.Unavailable("message bus unavailable")
+
+    def c2c(self, session: Session, msgtype: int, req: pb.C2CRequest) -> Deferred[pb.Result]:
+        """Store durably (de-duplicated by client_msg_id), push, then answer."""
+        try:
+            self._check_available()
+            to_app = self.config.app(req.to_appcode)
+            if to_app is None:
+                raise errors.UnknownAppcode(f"no app {req.to_appcode}")
+            check_uid(req.to_uid, "to_uid")
+            if (req.to_uid, req.to_appcode) == (session.uid, session.appcode):
+                raise errors.BadRequest("cannot send to oneself")
+            self._check_content(req.content)
+            if len(req.client_msg_id) > self.limits.max_id_len:
+                raise errors.BadRequest(
+                    f"client_msg_id is over {self.limits.max_id_len} characters")
+            msgid = self.ids.next_id()
+            msg = StoredMessage(
+                msgid, session.uid, session.appcode, req.to_uid, req.to_appcode, msgtype,
+                Kind.C2C, req.content, self.now_ms(), self._logid(req.logid, msgid),
+            )
+            new = NewMessage(msg, to_app.usersystem, session.usersystem, req.client_msg_id)
+            d = self._store([new])
+        except Exception:
+            return fail()
+        return d.addCallback(self._c2c_stored, session, req, msg)
+
+    def _c2c_stored(self, outcomes: list[StoreOutcome], session: Session, req: pb.C2CRequest,
+                    msg: StoredMessage) -> pb.Result | Deferred[pb.Result]:
+        [outcome] = outcomes
+        if not outcome.duplicate:
+            to = self.local.get((msg.to_uid, msg.to_appcode))
+            if to is not None:  # the common case, at once: as _deliver would
+                self._push(to, msg)
+                return pb.Result(code=Code.OK, msgid=outcome.msgid, logid=outcome.logid,
+                                 server_time_ms=msg.send_time_ms)
+        return Deferred.fromCoroutine(self._c2c_deliver(session, req, msg, outcome))
+
+    async def _c2c_deliver(self, session: Session, req: pb.C2CRequest, msg: StoredMessage,
+                           outcome: StoreOutcome) -> pb.Result:
         if outcome.duplicate:
             self.log.info("c2c resend of {client_msg_id} answered with {msgid}",
                           client_msg_id=req.client_msg_id, msgid=outcome.msgid, logid=outcome.logid,
@@ -522,24 +568,28 @@ class LogicService(Service):
                 results[i] = PushOutcome(msg.msgid, msg.logid, await self._deliver(msg))
         return [r for r in results if r is not None]
 
-    async def _store(self, batch: list[NewMessage]) -> list[StoreOutcome]:
-        try:
-            outcomes: list[StoreOutcome] = await self.store.store(batch)
-        except StoreError:
-            for new in batch:
-                self.log.warn("message {msgid} not stored: store unavailable",
-                              msgid=new.message.msgid, logid=new.message.logid)
-            raise errors.Unavailable("message store unavailable") from None
+    def _store(self, batch: list[NewMessage]) -> Deferred[list[StoreOutcome]]:
+        return self.store.store(batch).addCallbacks(
+            self._stored, self._not_stored, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _stored(self, outcomes: list[StoreOutcome], batch: list[NewMessage]) -> list[StoreOutcome]:
         for new, outcome in zip(batch, outcomes, strict=True):
             if not outcome.duplicate:
                 msg = new.message
                 self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "accepted")
                 if tracing.MESSAGES.listeners:
                     trace.debug("{kind} {msgid} stored for {to_uid}@{to_appcode}",
-                                   kind=msg.kind.name, msgid=msg.msgid, logid=msg.logid,
-                                   to_uid=msg.to_uid, to_appcode=msg.to_appcode,
-                                   uid=msg.from_uid, appcode=msg.from_appcode)
+                                kind=msg.kind.name, msgid=msg.msgid, logid=msg.logid,
+                                to_uid=msg.to_uid, to_appcode=msg.to_appcode,
+                                uid=msg.from_uid, appcode=msg.from_appcode)
         return outcomes
+
+    def _not_stored(self, failure: Failure, batch: list[NewMessage]) -> NoReturn:
+        failure.trap(StoreError)
+        for new in batch:
+            self.log.warn("message {msgid} not stored: store unavailable",
+                          msgid=new.message.msgid, logid=new.message.logid)
+        raise errors.Unavailable("message store unavailable")
 
     async def _deliver(self, msg: StoredMessage, retry_attempt: int = 0) -> bool:
         """Push a durable message to its recipient's session if one is online.
@@ -660,16 +710,20 @@ class LogicService(Service):
     def _count_repush(self, route: object) -> None:
         self.stats.add(route, "repushed")  # type: ignore[arg-type]
 
-    async def ack(self, session: Session, msgids: Sequence[int]) -> pb.Result:
+    def ack(self, session: Session, msgids: Sequence[int]) -> Deferred[pb.Result]:
         """Mark pushed messages delivered; answered once that is durable."""
-        self._check_available()
-        if len(msgids) > self.limits.max_ack_ids:
-            raise errors.BadRequest(f"at most {self.limits.max_ack_ids} msgids per ACK")
-        known = [m for m in msgids if m <= MAX_ID]  # larger ids name no message
         try:
-            acked = await self.store.ack(session.uid, session.appcode, known)
-        except StoreError:
-            raise errors.Unavailable("message store unavailable") from None
+            self._check_available()
+            if len(msgids) > self.limits.max_ack_ids:
+                raise errors.BadRequest(f"at most {self.limits.max_ack_ids} msgids per ACK")
+            known = [m for m in msgids if m <= MAX_ID]  # larger ids name no message
+            d = self.store.ack(session.uid, session.appcode, known)
+        except Exception:
+            return fail()
+        return d.addCallbacks(self._acked, _store_unavailable, callbackArgs=(session, msgids))
+
+    def _acked(self, acked: list[AckedMessage], session: Session,
+               msgids: Sequence[int]) -> pb.Result:
         session.window.acked(msgids)
         now = self.now_ms()
         for a in acked:
@@ -677,5 +731,5 @@ class LogicService(Service):
             self.stats.observe_ack_latency((now - a.send_time_ms) / 1000.0)
             if tracing.MESSAGES.listeners:
                 trace.debug("{msgid} acked by {uid}@{appcode}", msgid=a.msgid, logid=a.logid,
-                               uid=session.uid, appcode=session.appcode)
+                            uid=session.uid, appcode=session.appcode)
         return pb.Result(code=Code.OK, server_time_ms=now)

@@ -407,6 +407,36 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(conn.request(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1).code,
                          Code.UNAVAILABLE)
 
+    def test_ack_with_store_down_is_unavailable(self) -> None:
+        stack = Stack()
+        a, b = stack.login(42), stack.login(43)
+        msgid = a.c2c(43).msgid
+        stack.store.ack = lambda *a: fail(StoreUnavailable("down"))  # type: ignore[method-assign]
+        self.assertEqual(b.ack([msgid]).code, Code.UNAVAILABLE)
+        del stack.store.ack
+        self.assertEqual(self.successResultOf(stack.store.count_pending(43, 1001)), 1)
+        self.assertEqual(b.ack([msgid]).code, Code.OK)
+        self.assertEqual(self.successResultOf(stack.store.count_pending(43, 1001)), 0)
+
+    def test_bug_before_the_store_or_bus_keeps_serving(self) -> None:
+        """C2C, C2S and ACK are Deferred chains: an exception raised before
+        they reach the store or the bus is an INTERNAL answer too."""
+        stack = Stack()
+        conn = stack.login(42)
+
+        def boom(*a: object) -> None:
+            raise ZeroDivisionError("bug")
+
+        stack.store.store = boom  # type: ignore[method-assign]
+        stack.store.ack = boom  # type: ignore[method-assign]
+        stack.bus.publish = boom  # type: ignore[method-assign]
+        self.assertEqual(conn.c2c(43).code, Code.INTERNAL)
+        self.assertEqual(conn.ack([1]).code, Code.INTERNAL)
+        self.assertEqual(conn.request(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1).code,
+                         Code.INTERNAL)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 3)
+        self.assertEqual(conn.request(Cmd.KEEPALIVE).code, Code.OK)
+
     def test_internal_error_keeps_serving(self) -> None:
         stack = Stack()
         conn = stack.login(42)
