@@ -53,7 +53,7 @@ def _has_connection(pool: Any) -> bool:
     return not isinstance(size, int) or size > 0
 
 
-def _idle_connection(pool: Any) -> Any:
+def idle_connection(pool: Any) -> Any:
     """A connection of txredisapi's pool a command may be written to, or None.
 
     ``pool.execute_command`` peeks at a random connection of the pool's queue
@@ -94,6 +94,25 @@ def encode_command(args: tuple[Any, ...]) -> bytes | None:
     return b"".join(parts)
 
 
+def execute(pool: Any, *args: Any) -> Deferred[Any]:
+    """``pool.execute_command(*args)``, written straight to an idle connection
+    when there is one (:func:`idle_connection`, :func:`encode_command`): the
+    reply as txredisapi gives it (an error reply raised), with no reply
+    timeout of its own (the caller's deadline must drop the connection)."""
+    conn = idle_connection(pool)
+    command = encode_command(args) if conn is not None else None
+    if command is None:
+        return cast("Deferred[Any]", pool.execute_command(*args))
+    conn.transport.write(command)
+    return cast("Deferred[Any]", conn.replyQueue.get()).addCallback(_raise_error_reply)
+
+
+def _raise_error_reply(reply: Any) -> Any:
+    if isinstance(reply, Exception):  # as txredisapi's handle_reply
+        raise reply
+    return reply
+
+
 class Redis:
     """A connected pool; ``prefix`` starts every key of this platform.
 
@@ -129,7 +148,7 @@ class Redis:
         """
         if not _has_connection(self.pool):
             return fail(StoreUnavailable(f"redis {args[0]}: not connected"))
-        conn = _idle_connection(self.pool)
+        conn = idle_connection(self.pool)
         if conn is not None:
             return self._send(conn, args)
         try:

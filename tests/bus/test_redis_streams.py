@@ -458,7 +458,7 @@ class UnavailableTests(RedisTestCase):
         ds = [bus.publish(self.topic, message(n), f"l{n}") for n in range(50)]
         for d in ds:
             error = await unavailable(self, d)
-            self.assertIn("Not received Redis response", str(error))
+            self.assertIn("no reply within", str(error))  # the batch deadline
         self.assertLess(time.monotonic() - started, QUICK)
 
     async def test_connection_that_gave_up_is_replaced(self) -> None:

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.cluster.redisconn import Redis, Script, encode_command
+from daojia_msg.cluster.redisconn import Redis, Script, encode_command, execute
 from daojia_msg.store.errors import StoreUnavailable
 
 TIMEOUT = 0.2
@@ -143,3 +143,33 @@ class EncodeTests(SynchronousTestCase):
         redis = Redis(FakePool(conn), "p:", TIMEOUT, Clock())
         redis.call("SET", "k", 1.5)
         self.assertEqual(conn.transport.value(), conn._build_command("SET", "k", 1.5))
+
+
+class ExecuteTests(SynchronousTestCase):
+    """:func:`execute`: the Redis Streams bus's way to send its batches."""
+
+    def test_written_straight_to_an_idle_connection(self) -> None:
+        conn = connection()
+        conn.convertNumbers = False  # as the bus's connection
+        pool = FakePool(conn)
+        d = execute(pool, b"EVALSHA", b"abc", 1, b"k", b"\x00\xff")
+        self.assertEqual(conn.transport.value(), encode_command(
+            (b"EVALSHA", b"abc", 1, b"k", b"\x00\xff")))
+        self.assertEqual(pool.slow, [])
+        conn.dataReceived(b"*2\r\n+1-0\r\n-ERR no\r\n")  # an entry's error stays in the list
+        ok, error = self.successResultOf(d)
+        self.assertIn(ok, (b"1-0", "1-0"))  # status replies: bytes with hiredis, else str
+        self.assertIsInstance(error, txredisapi.ResponseError)
+
+    def test_error_reply_raised(self) -> None:
+        conn = connection()
+        d = execute(FakePool(conn), b"EVALSHA", b"abc", 0)
+        conn.dataReceived(b"-NOSCRIPT No matching script\r\n")
+        self.assertIn("NOSCRIPT", str(self.failureResultOf(d, txredisapi.ResponseError).value))
+
+    def test_no_idle_connection_goes_through_the_pool(self) -> None:
+        pool = FakePool()
+        d = execute(pool, b"PING")
+        self.assertEqual(pool.slow, [(b"PING",)])
+        pool.slow_replies[0].callback("PONG")
+        self.assertEqual(self.successResultOf(d), "PONG")
