@@ -12,10 +12,13 @@ Every log line about a message carries ``logid`` (with ``uid``, ``appcode``,
 - :class:`TraceBuffer` keeps the last events that carry a ``logid`` in memory,
   for the admin manhole's ``trace(logid)``;
 - :data:`MESSAGES`: the per-message events of the message path (stored,
-  pushed, ACKed, pulled, published, re-pushed). They are published here, not to
-  the global log: only the JSON trace file and the trace buffer listen, so they
-  never fill twistd's text log and cost almost nothing when nobody listens.
-  (Warnings and errors about a message go to the global log, with its logid.)
+  pushed, ACKed, pulled, published, re-pushed) and the session path (each
+  successful LOGIN and LOGOUT). They are published here, not to the global
+  log: only the JSON trace file and the trace buffer listen, so they never
+  fill twistd's text log and cost almost nothing when nobody listens (a text
+  log line per LOGIN was a fifth of a login's CPU). Warnings and errors about
+  a message go to the global log, with its logid; so do refused logins, kicks
+  and logins that lost a race.
 
 The node id is known only once the node has started (in a cluster it is
 leased): the observers read it from a :class:`NodeRef`, by default the

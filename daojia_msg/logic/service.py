@@ -289,9 +289,10 @@ class LogicService(Service):
             if isinstance(e, StoreError):
                 raise errors.Unavailable("message store unavailable") from None
             raise
-        self.log.info("login {uid}@{appcode} session {session_id} from {peer}, {pending} pending",
-                      uid=uid, appcode=appcode, session_id=record.session_id, peer=conn.peer,
-                      pending=pending, device_id=req.device_id[:64])
+        if tracing.MESSAGES.listeners:  # the session path: see daojia_msg.tracing
+            trace.info("login {uid}@{appcode} session {session_id} from {peer}, {pending} pending",
+                       uid=uid, appcode=appcode, session_id=record.session_id, peer=conn.peer,
+                       pending=pending, device_id=req.device_id[:64])
         return session, self.login_response(session, pending)
 
     def login_response(self, session: Session, pending: int) -> pb.LoginResponse:
@@ -319,8 +320,9 @@ class LogicService(Service):
         return self.login_response(session, pending)
 
     async def logout(self, session: Session) -> None:
-        self.log.info("logout {uid}@{appcode} session {session_id}",
-                      uid=session.uid, appcode=session.appcode, session_id=session.record.session_id)
+        if tracing.MESSAGES.listeners:
+            trace.info("logout {uid}@{appcode} session {session_id}", uid=session.uid,
+                       appcode=session.appcode, session_id=session.record.session_id)
         self._drop(session)
         await self._unregister(session)
 

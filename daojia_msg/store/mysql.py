@@ -97,6 +97,7 @@ from daojia_msg.store.dbpool import PoolRunner
 from daojia_msg.store.errors import StoreError, StoreUnavailable
 from daojia_msg.store.interfaces import IMessageStore
 from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
+from daojia_msg.store.reads import ReadBatcher
 from daojia_msg.store.sql import (
     IN_CHUNK,
     MESSAGE_COLUMN_NAMES,
@@ -412,14 +413,21 @@ class RetryOnce:
 
 class _Database:
     """One database: its pool, its runner (retry, then errors mapped to
-    :class:`StoreUnavailable`), and the statement size it allows."""
+    :class:`StoreUnavailable`), and the statement size it allows.
 
-    def __init__(self, index: int, name: str, pool: adbapi.ConnectionPool) -> None:
+    Its reads (``count_pending`` at every LOGIN, PULL, HISTORY...) go through
+    a :class:`ReadBatcher` with ``reads_in_flight`` batches at most: reads that
+    queue meanwhile share the next trip to a pool thread (a hand-off and a
+    reactor wake-up each cost more than the query)."""
+
+    def __init__(self, index: int, name: str, pool: adbapi.ConnectionPool,
+                 reads_in_flight: int = 1) -> None:
         self.index = index
         self.name = name
         self.pool = pool
         self.retrier = RetryOnce(pool, f"mysql message store {name}")
         self.runner = PoolRunner(cast(adbapi.ConnectionPool, self.retrier), self.retrier.name)
+        self.reads = ReadBatcher(self.runner.run, max_in_flight=reads_in_flight)
 
     def run(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         return self.runner.run(interaction, *args)
@@ -526,8 +534,14 @@ class MySQLMessageStore:
             pools = [mysql_pool(url, config, reactor) for url in urls]
         self.config = config
         self._clock = reactor
+        if concurrency is None:
+            concurrency = config.flushes_in_flight
+        concurrency = max(1, min(concurrency, config.pool_max))
+        #: Read batches in flight per database: half the connections flushes leave.
+        self.reads_in_flight = max(1, (config.pool_max - concurrency) // 2)
         self._dbs = [
-            _Database(i, describe(u), p) for i, (u, p) in enumerate(zip(urls, pools, strict=True))
+            _Database(i, describe(u), p, self.reads_in_flight)
+            for i, (u, p) in enumerate(zip(urls, pools, strict=True))
         ]
         self.placement = Placement(config.shards, len(self._dbs))
         self._txns = [
@@ -537,13 +551,7 @@ class MySQLMessageStore:
             )
             for n in range(config.shards)
         ]
-        if concurrency is None:
-            concurrency = config.flushes_in_flight
-        self.committer = GroupCommitter(
-            self._run_flush,
-            max_ops=max_batch,
-            concurrency=max(1, min(concurrency, config.pool_max)),
-        )
+        self.committer = GroupCommitter(self._run_flush, max_ops=max_batch, concurrency=concurrency)
         #: The smallest ``max_allowed_packet`` of the databases (read at start).
         self.max_packet_bytes = 16 << 20
         #: Bytes per multi-row statement (estimated): half of that, at least 64 KiB.
@@ -1239,7 +1247,7 @@ class MySQLMessageStore:
     def _read(self, db: int, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._state != "started":
             return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
-        return self._dbs[db].run(interaction, *args)
+        return self._dbs[db].reads.read(interaction, *args)
 
 
 def _split(ops: list[_Store | _Ack]) -> tuple[list[int], list[int]]:

@@ -340,6 +340,26 @@ class LogTests(SynchronousTestCase):
         # The message path stays out of the main (text) log.
         self.assertEqual([e for e in main_log if e.get("msgid") == result.msgid], [])
 
+    def test_session_path_goes_to_the_trace_only(self) -> None:
+        """A successful LOGIN and LOGOUT are trace events; a refused LOGIN is
+        in the main log."""
+        from daojia_msg import tracing
+
+        events: list[dict[str, object]] = []
+        main_log: list[dict[str, object]] = []
+        tracing.MESSAGES.addObserver(events.append)
+        self.addCleanup(tracing.MESSAGES.removeObserver, events.append)
+        globalLogPublisher.addObserver(main_log.append)
+        self.addCleanup(globalLogPublisher.removeObserver, main_log.append)
+        stack = Stack()
+        conn = stack.login(7)
+        conn.request(Cmd.LOGOUT)
+        traced = [e["log_format"] for e in events if e.get("uid") == 7]
+        self.assertEqual([str(f).split()[0] for f in traced], ["login", "logout"])
+        self.assertEqual([e for e in main_log if e.get("uid") == 7], [])
+        self.assertEqual(stack.connect().login(8, token="forged").code, Code.UNAUTHORIZED)
+        self.assertEqual(len([e for e in main_log if e.get("uid") == 8]), 1)
+
     def test_nothing_is_published_without_a_listener(self) -> None:
         from daojia_msg import tracing
 

@@ -459,6 +459,20 @@ class GroupCommitTests(TestCase):
         # Keys, then messages and history: two round trips per flush.
         self.assertEqual(len(pool.queries), 4)
 
+    async def test_concurrent_reads_share_interactions(self) -> None:
+        """40 logins' count_pending at once: a few interactions (read batches,
+        at most reads_in_flight at a time), each caller its own count."""
+        url = fresh_database(self)
+        config = mysql_config(url, shards=4)
+        pool = TestPool(url, config)
+        store = await started(self, config, [pool])
+        await store.store([c2c(1 + i, 5, 10, 100 + i % 3, 10) for i in range(6)])
+        pool.interactions.clear()
+        counts = await gatherResults([store.count_pending(100 + i % 4, 10) for i in range(40)])
+        self.assertEqual(counts, [[2, 2, 2, 0][i % 4] for i in range(40)])
+        self.assertLessEqual(len(pool.interactions), 2 * store.reads_in_flight)
+        self.assertEqual(store.reads_in_flight, 4)  # (pool_max 10 - 2 flushes) // 2
+
     async def test_a_flush_is_two_round_trips_whatever_tables_it_touches(self) -> None:
         """Stores from 4 senders to 4 recipients (every table) and ACKs of 2
         recipients, in one flush: keys and ACK reads in one query, messages,
