@@ -565,10 +565,30 @@ class LogicService(Service):
             results.append(None)  # filled in once the batch is durable
             accepted.append((i, msg, NewMessage(msg, to_app.usersystem)))
         if accepted:
-            outcomes = await self._store([new for _, _, new in accepted])
-            for (i, msg, _), _outcome in zip(accepted, outcomes, strict=True):
-                results[i] = PushOutcome(msg.msgid, msg.logid, await self._deliver(msg))
+            await self._store([new for _, _, new in accepted])
+            offline = await self._offline([msg for _, msg, _ in accepted])
+            for i, msg, _ in accepted:
+                if msg.msgid in offline:  # as _deliver would find, without asking again
+                    self._stored_offline(msg)
+                    pushed = False
+                else:
+                    pushed = await self._deliver(msg)
+                results[i] = PushOutcome(msg.msgid, msg.logid, pushed)
         return [r for r in results if r is not None]
+
+    async def _offline(self, messages: list[StoredMessage]) -> set[int]:
+        """The msgids of ``messages`` whose recipient has no session anywhere:
+        the sessions of all the recipients not on this node, in one look-up
+        (a push batch's recipients are mostly offline). Empty when the
+        session store cannot answer (each message then tries on its own)."""
+        remote = [m for m in messages if (m.to_uid, m.to_appcode) not in self.local]
+        if len(remote) < 2:
+            return set()
+        try:
+            records = await self.sessions.lookup_many([(m.to_uid, m.to_appcode) for m in remote])
+        except StoreError:
+            return set()
+        return {m.msgid for m, record in zip(remote, records, strict=True) if record is None}
 
     def _store(self, batch: list[NewMessage]) -> Deferred[list[StoreOutcome]]:
         return self.store.store(batch).addCallbacks(
@@ -605,7 +625,6 @@ class LogicService(Service):
         :data:`MAX_HOPS` times. A session registered after our last look-up
         drains the message with PULL (it was durable before that look-up).
         """
-        route: Route = (msg.to_appcode, msg.msgtype, msg.kind)
         session = self.local.get((msg.to_uid, msg.to_appcode))
         if session is not None:
             self._push(session, msg)
@@ -632,11 +651,14 @@ class LogicService(Service):
             unreachable = pushed is None
         if unreachable:
             self._retry_delivery(msg, retry_attempt)
-        self.stats.add(route, "stored")
+        self._stored_offline(msg)
+        return False
+
+    def _stored_offline(self, msg: StoredMessage) -> None:
+        self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "stored")
         if tracing.MESSAGES.listeners:
             trace.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
-                           logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
-        return False
+                        logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
 
     def _retry_delivery(self, msg: StoredMessage, attempt: int = 0) -> None:
         """The node holding the recipient's session could not be reached (slow,

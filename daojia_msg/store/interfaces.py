@@ -88,6 +88,10 @@ class ISessionStore(Interface):
     def lookup_uid(uid):
         """Fires with the list of :class:`SessionRecord` of ``uid`` (any appcode)."""
 
+    def lookup_many(keys):
+        """Fires with the :class:`SessionRecord` (or None) of each ``(uid,
+        appcode)`` of ``keys``, in order: one round trip for a batch of pushes."""
+
     def purge_node(node_id):
         """Remove every session held by ``node_id``; fires with how many."""
 

@@ -35,6 +35,9 @@ class MemorySessionStore:
     def lookup(self, uid: int, appcode: int) -> Deferred[SessionRecord | None]:
         return succeed(self._by_uid.get(uid, {}).get(appcode))
 
+    def lookup_many(self, keys: list[tuple[int, int]]) -> Deferred[list[SessionRecord | None]]:
+        return succeed([self._by_uid.get(uid, {}).get(appcode) for uid, appcode in keys])
+
     def lookup_uid(self, uid: int) -> Deferred[list[SessionRecord]]:
         sessions = self._by_uid.get(uid, {})
         return succeed([sessions[a] for a in sorted(sessions)])

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from daojia_msg.cluster.redisconn import Redis, Script
@@ -83,6 +83,16 @@ return 1
 
 # KEYS[1] = the node's set. ARGV: hash key prefix, node id, batch size.
 # Returns {sessions removed, members left in the set}.
+# KEYS = the uids' hashes, ARGV = their appcodes (same order). Returns each
+# field's value or nil.
+LOOKUP_MANY = Script("""
+local out = {}
+for i = 1, #KEYS do
+    out[i] = redis.call('HGET', KEYS[i], ARGV[i]) or false
+end
+return out
+""")
+
 PURGE = Script("""
 if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, 0}  -- the node is alive (again): nothing of it is purged
@@ -106,6 +116,11 @@ return {removed, redis.call('SCARD', KEYS[1])}
 
 def encode(record: SessionRecord) -> bytes:
     return f"{record.node_id}|{record.session_id}|{record.since_ms}".encode()
+
+
+def _decode_many(values: list[Any], keys: list[tuple[int, int]]) -> list[SessionRecord | None]:
+    return [None if v is None else decode(uid, appcode, v)
+            for (uid, appcode), v in zip(keys, values, strict=True)]
 
 
 def decode(uid: int, appcode: int, value: Any) -> SessionRecord:
@@ -143,6 +158,14 @@ class RedisSessionStore:
 
     def lookup_uid(self, uid: int) -> Deferred[list[SessionRecord]]:
         return Deferred.fromCoroutine(self._lookup_uid(uid))
+
+    def lookup_many(self, keys: list[tuple[int, int]]) -> Deferred[list[SessionRecord | None]]:
+        """One script call for every key (a push batch's recipients)."""
+        if not keys:
+            return succeed([])
+        d = LOOKUP_MANY(self.redis, [self.redis.key("sess", uid) for uid, _ in keys],
+                        [appcode for _, appcode in keys])
+        return d.addCallback(_decode_many, keys)
 
     def purge_node(self, node_id: int) -> Deferred[int]:
         return Deferred.fromCoroutine(self._purge_node(node_id))

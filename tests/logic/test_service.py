@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -11,6 +11,7 @@ from daojia_msg.logic.service import PushItem, PushOutcome, new_session_id
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.store.errors import StoreUnavailable
 from daojia_msg.store.model import Kind
 from tests.helpers import Stack, inline_store
 
@@ -263,6 +264,51 @@ class S2CTests(SynchronousTestCase):
         self.assertEqual((msg.kind, msg.from_uid, msg.content), (pb.S2C, 0, b"online"))
         routes = stack.logic.stats.by_route
         self.assertEqual(routes[(1001, 5, Kind.S2C)][:2], [2, 1])  # accepted, pushed
+
+
+class S2CBatchLookupTests(SynchronousTestCase):
+    """A push batch asks the session store once for all its recipients not on
+    this node; only those online elsewhere go the per-message way."""
+
+    def setUp(self) -> None:
+        self.stack = Stack()
+        self.b = self.stack.login(2)
+        sessions = self.stack.sessions
+        self.lookups: list[tuple[int, int]] = []
+        self.batches: list[list[tuple[int, int]]] = []
+        real_lookup, real_many = sessions.lookup, sessions.lookup_many
+
+        def lookup(uid: int, appcode: int) -> Deferred[object]:
+            self.lookups.append((uid, appcode))
+            return real_lookup(uid, appcode)
+
+        def lookup_many(keys: list[tuple[int, int]]) -> Deferred[object]:
+            self.batches.append(list(keys))
+            return real_many(keys)
+
+        sessions.lookup = lookup  # type: ignore[method-assign]
+        sessions.lookup_many = lookup_many  # type: ignore[method-assign]
+
+    def push(self, uids: list[int]) -> list[object]:
+        items = [PushItem(uid, 1001, 5, b"x") for uid in uids]
+        return self.successResultOf(Deferred.fromCoroutine(self.stack.logic.push_s2c(items)))
+
+    def test_offline_recipients_in_one_lookup(self) -> None:
+        results = self.push([2, 3, 4, 5])
+        self.assertEqual([r.online for r in results], [True, False, False, False])  # type: ignore[attr-defined]
+        self.assertEqual(self.batches, [[(3, 1001), (4, 1001), (5, 1001)]])
+        self.assertEqual(self.lookups, [])
+        self.assertEqual(self.stack.logic.stats.by_route[(1001, 5, Kind.S2C)][:2], [4, 1])
+        self.assertEqual(self.stack.logic.stats.totals()["stored"], 3)
+        self.assertEqual(len(self.b.received()), 1)
+
+    def test_session_store_down_falls_back_to_each(self) -> None:
+        self.stack.sessions.lookup_many = (  # type: ignore[method-assign]
+            lambda keys: fail(StoreUnavailable("down")))
+        results = self.push([3, 4])
+        self.assertEqual([r.online for r in results], [False, False])  # type: ignore[attr-defined]
+        self.assertEqual(self.lookups, [(3, 1001), (4, 1001)])
+        self.assertEqual(self.stack.logic.stats.totals()["stored"], 2)
 
 
 class C2STests(SynchronousTestCase):

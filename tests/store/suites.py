@@ -419,6 +419,14 @@ def make_session_store_tests(fixture: SessionFixture) -> type[TestCase]:
             self.assertEqual(found[0], session(appcode=10, session_id="s10"))
             self.assertEqual(await self.store.lookup_uid(3), [])
 
+        async def test_lookup_many_in_order(self) -> None:
+            await self.store.register(session(1, 10, session_id="a|b"))
+            await self.store.register(session(2, 11, session_id="c"))
+            found = await self.store.lookup_many([(2, 11), (1, 11), (1, 10), (2**64 - 1, 10)])
+            self.assertEqual(found, [session(2, 11, session_id="c"), None,
+                                     session(1, 10, session_id="a|b"), None])
+            self.assertEqual(await self.store.lookup_many([]), [])
+
         async def test_purge_node(self) -> None:
             await self.store.register(session(1, 10, node_id=1, session_id="a"))
             await self.store.register(session(1, 11, node_id=2, session_id="b"))
