@@ -8,7 +8,9 @@ transaction (``op(txn) -> result``); within a flush they run in the order
 submitted, so a later write sees what an earlier one wrote in the same flush
 (this is how de-duplication works across the batches of one flush). If the
 transaction fails, every write in it fails with the same error and nothing is
-written.
+written. A write whose result is a :class:`Failure` (its interaction
+decided it failed alone, e.g. the MySQL store's merged flushes) fails its
+caller alone.
 
 Concurrency is by *lanes*: ``concurrency`` independent queues, each with at
 most one flush in flight. A write names its ``affinity`` (for the message
@@ -110,7 +112,10 @@ class _Lane:
                 d.errback(result)
         else:
             for (_, d), value in zip(batch, result, strict=True):
-                d.callback(value)
+                if isinstance(value, Failure):  # that write failed alone
+                    d.errback(value)
+                else:
+                    d.callback(value)
         self.done += len(batch)
         if self.queue:
             self._flush()

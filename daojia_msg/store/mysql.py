@@ -449,19 +449,6 @@ class _Ack:
     msgids: list[int]
 
 
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    """The result of one write of a flush that failed while others did not."""
-
-    failure: Failure
-
-
-def _unwrap(result: Any) -> Any:
-    if isinstance(result, _Failed):
-        return result.failure
-    return result
-
-
 Key = tuple[int, int, bytes]
 """A de-dup key: ``(from_uid, from_appcode, sha256(client_msg_id))``."""
 
@@ -723,13 +710,13 @@ class MySQLMessageStore:
         if not needed:
             return succeed(nothing)
         # The committer hands the queued ops to _run_flush, which merges them.
-        d = self.committer.submit(cast("Callable[[Any], Any]", op), affinity)
-        return d.addCallback(_unwrap)
+        return self.committer.submit(cast("Callable[[Any], Any]", op), affinity)
 
     def _run_flush(self, _write_batch_txn: object, ops: list[_Store | _Ack]) -> Deferred[Any]:
         """The committer's ``run_interaction``: one flush of ``ops``, its
         stores, then its ACKs. Fires with one result per op (a
-        :class:`_Failed` for an op that failed alone), or fails as a whole."""
+        :class:`Failure` for an op that failed alone: the committer fails that
+        caller alone), or fails as a whole."""
         if len(self._dbs) == 1:
             return self._dbs[0].run(self._flush_txn, ops)
         return Deferred.fromCoroutine(self._flush_across(ops))
@@ -808,7 +795,7 @@ class MySQLMessageStore:
             for db, indexes in by_db.items():
                 acked = done[db]
                 for k, i in enumerate(indexes):
-                    results[i] = _Failed(acked) if isinstance(acked, Failure) else acked[k]
+                    results[i] = acked if isinstance(acked, Failure) else acked[k]
         return results
 
     async def _store_across(self, items: list[_Item], failed: dict[int, Failure]) -> Owners:
@@ -923,7 +910,7 @@ class MySQLMessageStore:
         """Fill ``results`` (by op) with the outcomes of ``items``."""
         for i in items:
             if i.op in failed:
-                results[i.op] = _Failed(failed[i.op])
+                results[i.op] = failed[i.op]
                 continue
             if results[i.op] is None:
                 results[i.op] = []

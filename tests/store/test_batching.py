@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.store.batching import GroupCommitter, lane_of
@@ -97,6 +98,19 @@ class GroupCommitterTests(SynchronousTestCase):
         self.pool.commit()
         self.pool.commit()
         self.failureResultOf(ok, Boom)
+        self.failureResultOf(bad, Boom)
+
+    def test_a_failure_result_fails_its_caller_alone(self) -> None:
+        """An interaction that decides one write failed (the MySQL store's
+        merged flushes) returns a Failure in its place."""
+        def failed_alone(txn: Any) -> Failure:
+            return Failure(Boom())
+
+        self.committer.submit(write("a"))
+        ok, bad = self.committer.submit(write("b")), self.committer.submit(failed_alone)
+        self.pool.commit()
+        self.pool.commit()
+        self.assertEqual(self.successResultOf(ok), "B")
         self.failureResultOf(bad, Boom)
 
     def test_run_interaction_raising(self) -> None:
