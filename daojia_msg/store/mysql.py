@@ -263,6 +263,30 @@ def sql_row(row: Iterable[Any]) -> str:
     return "(" + ", ".join(map(sql_literal, row)) + ")"
 
 
+def flush_renderers() -> tuple[Callable[[Sequence[Any]], str], Callable[[Sequence[Any]], str]]:
+    """:func:`sql_row` for the message rows of one flush and for their history
+    rows (``owner_sys, owner_uid, peer_uid`` then the message row), rendering
+    each message's values once: a message has one pending row and up to two
+    history rows that repeat it."""
+    texts: dict[tuple[Any, ...], str] = {}  # a message row -> its text
+
+    def message(row: Sequence[Any]) -> str:
+        key = row if type(row) is tuple else tuple(row)
+        text = texts.get(key)
+        if text is None:
+            text = texts[key] = sql_row(key)
+        return text
+
+    def history(row: Sequence[Any]) -> str:
+        owner_sys, owner_uid, peer_uid = row[0], row[1], row[2]
+        if type(owner_sys) is not bytes or type(owner_uid) is not int or type(peer_uid) is not int:
+            return sql_row(row)
+        return (f"(X'{owner_sys.hex()}', {owner_uid:d}, {peer_uid:d}, "
+                + message(row[3:])[1:])
+
+    return message, history
+
+
 STATEMENT_SEPARATOR = ";\n"
 
 Result = tuple[int, list[tuple[Any, ...]]]
@@ -983,17 +1007,18 @@ class MySQLMessageStore:
         """The inserts of message and history rows (by table), as ``(table,
         statement, rows)``; a msgid already there is left alone."""
         messages, history = rows
+        render_message, render_history = flush_renderers()
         writes: list[tuple[str, str, Sequence[Any]]] = []
-        for kind, columns, tables in (
-            ("messages", MESSAGE_COLUMN_NAMES, messages),
-            ("history", HISTORY_COLUMNS, history),
+        for kind, columns, tables, render in (
+            ("messages", MESSAGE_COLUMN_NAMES, messages, render_message),
+            ("history", HISTORY_COLUMNS, history, render_history),
         ):
             for n, table_rows in sorted(tables.items()):
                 table = f"{kind}_{n}"
                 writes.extend(
                     (table, text, chunk)
                     for text, chunk in render_inserts(
-                        table, columns, table_rows, sql_row,
+                        table, columns, table_rows, render,
                         max_bytes=self.max_statement_bytes, suffix=KEEP_EXISTING,
                     )
                 )  # fmt: skip

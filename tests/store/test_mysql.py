@@ -36,6 +36,7 @@ from daojia_msg.store.mysql import (
     STATEMENT_SEPARATOR,
     MySQLMessageStore,
     Placement,
+    flush_renderers,
     needs_new_connection,
     pool_kwargs,
     retryable,
@@ -226,6 +227,21 @@ class LiteralTests(TestCase):
         self.assertEqual(sql_row((1, b"a", "b")), "(1, X'61', _utf8mb4 X'62')")
         for value in (True, 1.5, object()):
             self.assertRaises(TypeError, sql_literal, value)
+
+    def test_flush_renderers_match_sql_row(self) -> None:
+        """A flush renders each message's values once, for its pending row and
+        its history rows; the text is what sql_row gives."""
+        render_message, render_history = flush_renderers()
+        row = (2**63 - 1, 1, 10, 2, 10, 7, int(Kind.C2C), b"\x00'x", 1764210000000, "a|b")
+        other = (5, *row[1:])
+        for text, expected in [
+            (render_message(row), sql_row(row)),
+            (render_history((b"default", 1, 2, *row)), sql_row((b"default", 1, 2, *row))),
+            (render_history((b"shop", 2, 1, *row)), sql_row((b"shop", 2, 1, *row))),
+            (render_history((b"x", 2, 1, *other)), sql_row((b"x", 2, 1, *other))),
+            (render_history(("text", 2, 1, *row)), sql_row(("text", 2, 1, *row))),
+        ]:
+            self.assertEqual(text, expected)
 
     def test_retry_policy(self) -> None:
         lost = pymysql.err.OperationalError(2013, "Lost connection")
