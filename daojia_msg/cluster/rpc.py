@@ -27,7 +27,11 @@ who can read the traffic: keep the RPC on a private network.
 Delivery is at-least-once (PROTOCOL.md §6.3): every failure of a call (unknown
 node, refused, timed out, lost, refused by the peer) fails with
 :class:`~daojia_msg.store.errors.StoreUnavailable`, and the caller leaves the
-message pending.
+message pending. A call that times out drops its connection (and so fails
+every call on it) only when the peer has answered nothing for a whole timeout
+(dead, or a half-open socket); on a peer that still answers other calls
+(overloaded) it fails alone, so that a slow peer is not also made to take
+reconnects and a wave of retries.
 """
 
 from __future__ import annotations
@@ -424,6 +428,8 @@ class _Link:
         self._waiters: list[Deferred[_ClientProtocol]] = []
         self._attempt: Deferred[_ClientProtocol] | None = None
         self._failure: Failure | None = None
+        #: When the peer last answered a call (or the connection came up).
+        self.answered_at = 0.0
 
     def start(self) -> None:
         attempt = Deferred.fromCoroutine(self._open())
@@ -476,6 +482,7 @@ class _Link:
                 d.errback(self._failure)
             return
         self.protocol = result
+        self.answered_at = self.peers.reactor.seconds()
         log.info("internal RPC connection to node {peer_node} at {host}:{port} is up",
                  peer_node=self.node_id, host=host, port=port)
         for d in waiters:
@@ -641,11 +648,19 @@ class RpcPeers:
         host, port = found
         link = self._link(node_id, (host, port))
         proto = await link.ready()
+        clock = self.reactor
         try:
             response: dict[str, Any] = await proto.callRemote(command, **args)
         except CancelledError:
-            link.abort()  # it timed out: a connection that does not answer is suspect
+            # It timed out. A connection that answered nothing for a whole
+            # timeout is suspect (a dead peer, a half-open socket): drop it.
+            # One that answers other calls is alive but slow (overloaded):
+            # dropping it would fail every call on it at once, and the
+            # reconnects and retries would load the slow peer further.
+            if clock.seconds() - link.answered_at >= self.timeout:
+                link.abort()
             raise
+        link.answered_at = clock.seconds()
         return response
 
     def _failed(self, failure: Failure, node_id: int, command: type[amp.Command],

@@ -282,6 +282,26 @@ class DeliverTests(SynchronousTestCase):
         self.c.connect()
         self.assertIs(self.successResultOf(d), True)
 
+    def test_timeout_on_a_slow_peer_keeps_the_connection(self) -> None:
+        """A call that times out while the peer still answers other calls
+        fails alone: the connection stays (an overloaded peer is not dead)."""
+        d = self.c.peers.deliver(RECORD, message(1))
+        pump = self.c.connect()
+        self.successResultOf(d)
+        lost = self.c.peers.deliver(RECORD, message(2))
+        pump.clientIO.getOutBuffer()  # its request never reaches the peer
+        self.c.reactor.advance(2.0)
+        answered = self.c.peers.deliver(RECORD, message(3))
+        pump.flush(advanceClock=False)
+        self.assertIs(self.successResultOf(answered), True)
+        self.c.reactor.advance(1.0)  # 2 waited 3 s; the peer answered 1 s ago
+        self.failureResultOf(lost, StoreUnavailable)
+        self.assertEqual(len(self.c.server.connections), 1)
+        self.assertEqual(self.c.attempts(), [])
+        later = self.c.peers.deliver(RECORD, message(4))
+        pump.flush(advanceClock=False)
+        self.assertIs(self.successResultOf(later), True)
+
     def test_content_over_limit(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         c = Cluster(max_content=100)
