@@ -19,6 +19,7 @@ the registry and the backends close. Un-ACKed pushes stay pending.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import Callable
@@ -171,6 +172,9 @@ class Node(MultiService):
         self.inbox = Inbox(self.store, config.limits, self.stats)
         self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)
         self.router.on_pressure = self.gate.set_pressure
+        committer = getattr(self.store, "committer", None)
+        if committer is not None:  # the SQL stores: their write queue
+            committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")
         registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local))
         cluster_stats = (ClusterStats(self.redis, self.reactor, config.stats.window_s)
                          if self.redis is not None else None)

@@ -179,6 +179,26 @@ class ChatTests(NodeTestCase):
             self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
 
 
+class StorePressureTests(NodeTestCase):
+    async def test_a_lagging_store_pauses_client_reads(self) -> None:
+        """The message store's write queue is wired to the gate: while it lags
+        the node reads no client socket (as when the C2S buses lag)."""
+        node = await self.start_node()
+        self.addCleanup(self.stop_node, node)
+        client, _ = await self.client(1)
+        await client.when_ready()
+        [server] = node.gate.connections
+        committer = node.store.committer  # type: ignore[attr-defined]
+        committer.on_pressure(True)
+        self.assertTrue(node.gate.pressure)
+        self.assertTrue(server._paused)
+        node.gate.set_pressure(False)  # the buses catching up does not resume it
+        self.assertTrue(node.gate.pressure)
+        committer.on_pressure(False)
+        self.assertFalse(node.gate.pressure)
+        self.assertFalse(server._paused)
+
+
 class RestartTests(NodeTestCase):
     async def test_pending_survive_restart(self) -> None:
         node = await self.start_node()

@@ -37,6 +37,7 @@ class GateFactory(ServerFactory):
         self._empty_waiters: list[Deferred[None]] = []
         #: The C2S buses lag: no connection reads its socket until this clears.
         self.pressure = False
+        self._pressure_from: set[str] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> GateProtocol:
         return GateProtocol(self)
@@ -68,9 +69,18 @@ class GateFactory(ServerFactory):
             for waiter in waiters:
                 waiter.callback(None)
 
-    def set_pressure(self, on: bool) -> None:
-        """Stop (True) or resume (False) reading every client socket."""
-        self.pressure = on
+    def set_pressure(self, on: bool, source: str = "bus") -> None:
+        """Stop (True) or resume (False) reading every client socket, for
+        ``source`` (the C2S buses, the message store): reading resumes once
+        no source is under pressure."""
+        if on:
+            self._pressure_from.add(source)
+        else:
+            self._pressure_from.discard(source)
+        pressure = bool(self._pressure_from)
+        if pressure == self.pressure:
+            return
+        self.pressure = pressure
         for conn in list(self.connections):
             conn.throttle()
 

@@ -24,6 +24,13 @@ waiting.
 
 With ``concurrency`` 1 (the default; the SQLite store: one writer) there is
 one lane: every write runs in the order submitted, one transaction at a time.
+
+Back-pressure: when writes arrive faster than the database takes them, the
+queue would grow without bound and every answer would wait longer and longer
+(past the RPC and Redis timeouts, which then fail too). Once ``pressure_at``
+writes wait, ``on_pressure(True)`` (the node then stops reading its client
+sockets, as it does when the C2S buses lag); ``on_pressure(False)`` once half
+as many do.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 R = TypeVar("R")
@@ -42,6 +50,11 @@ Op = Callable[[Any], Any]
 
 RunInteraction = Callable[..., "Deferred[Any]"]
 """``ConnectionPool.runInteraction``, or something that wraps it."""
+
+#: Back-pressure once this many full flushes' worth of writes wait.
+PRESSURE_FLUSHES = 4
+
+log = Logger()
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
@@ -96,6 +109,7 @@ class _Lane:
     def _flush(self) -> None:
         n = min(len(self.queue), self._committer.max_ops)
         batch = [self.queue.popleft() for _ in range(n)]
+        self._committer.taken(n)
         self.in_flight = True
         self._committer.flushes += 1
         try:
@@ -144,7 +158,8 @@ class GroupCommitter:
     """
 
     def __init__(
-        self, run_interaction: RunInteraction, max_ops: int = 1000, concurrency: int = 1
+        self, run_interaction: RunInteraction, max_ops: int = 1000, concurrency: int = 1,
+        pressure_at: int | None = None,
     ) -> None:
         if max_ops < 1:
             raise ValueError(f"max_ops must be >= 1, got {max_ops}")
@@ -156,6 +171,14 @@ class GroupCommitter:
         self._lanes = [_Lane(self) for _ in range(concurrency)]
         self.flushes = 0
         self.submitted = 0
+        #: Writes queued and not yet in a flush.
+        self.waiting = 0
+        #: ``on_pressure(True)`` once ``pressure_at`` writes wait (default
+        #: :data:`PRESSURE_FLUSHES` full flushes' worth), ``on_pressure(False)``
+        #: once half as many do: the node stops reading its clients meanwhile.
+        self.pressure_at = pressure_at if pressure_at is not None else PRESSURE_FLUSHES * max_ops
+        self.pressure = False
+        self.on_pressure: Callable[[bool], None] = lambda on: None
 
     @property
     def busy(self) -> bool:
@@ -175,8 +198,24 @@ class GroupCommitter:
         """
         d: Deferred[R] = Deferred()
         self.submitted += 1
+        self.waiting += 1
         self._lane(affinity).submit(op, d)
+        if self.waiting >= self.pressure_at and not self.pressure:
+            self._set_pressure(True)
         return d
+
+    def taken(self, n: int) -> None:
+        """A lane took ``n`` waiting writes into a flush."""
+        self.waiting -= n
+        if self.pressure and self.waiting <= self.pressure_at // 2:
+            self._set_pressure(False)
+
+    def _set_pressure(self, on: bool) -> None:
+        self.pressure = on
+        log.warn("message store {state}: {waiting} writes waiting",
+                 state="lags, pausing client reads" if on else "caught up, reading again",
+                 waiting=self.waiting)
+        self.on_pressure(on)
 
     def drain(self) -> Deferred[None]:
         """Fires once every write submitted so far is done (committed or failed)."""

@@ -388,6 +388,20 @@ class ShapingTests(SynchronousTestCase):
         self.assertEqual(len(answers), 3)
 
 
+class PressureSourcesTests(SynchronousTestCase):
+    def test_reading_resumes_once_no_source_is_under_pressure(self) -> None:
+        stack = Stack()
+        conn = stack.login(42)
+        stack.factory.set_pressure(True, "bus")
+        stack.factory.set_pressure(True, "store")
+        self.assertEqual(conn.transport.producerState, "paused")
+        stack.factory.set_pressure(False, "bus")
+        self.assertEqual(conn.transport.producerState, "paused")
+        stack.factory.set_pressure(False, "store")
+        self.assertEqual(conn.transport.producerState, "producing")
+        self.assertEqual(conn.request(Cmd.KEEPALIVE).code, Code.OK)
+
+
 class FailureTests(SynchronousTestCase):
     def test_store_down_is_unavailable(self) -> None:
         stack = Stack()

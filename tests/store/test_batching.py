@@ -113,6 +113,26 @@ class GroupCommitterTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(ok), "B")
         self.failureResultOf(bad, Boom)
 
+    def test_pressure_while_writes_pile_up(self) -> None:
+        committer = GroupCommitter(self.pool.runInteraction, max_ops=2, pressure_at=3)
+        seen: list[bool] = []
+        committer.on_pressure = seen.append
+        committer.submit(write("a"))  # flushed at once: nothing waits
+        for n in "bc":
+            committer.submit(write(n))
+        self.assertEqual((committer.waiting, seen), (2, []))
+        committer.submit(write("d"))
+        self.assertEqual((committer.waiting, seen), (3, [True]))
+        committer.submit(write("e"))
+        self.assertEqual(seen, [True])  # said once
+        self.pool.commit()  # the next flush takes b and c: 2 wait, above half (1)
+        self.assertEqual((committer.waiting, seen), (2, [True]))
+        self.pool.commit()  # then d and e
+        self.assertEqual((committer.waiting, seen), (0, [True, False]))
+        self.pool.commit()
+        self.assertEqual(self.pool.txn, ["a", "b", "c", "d", "e"])
+        self.assertEqual(GroupCommitter(self.pool.runInteraction, max_ops=10).pressure_at, 40)
+
     def test_run_interaction_raising(self) -> None:
         def refuse(*args: Any) -> Deferred[Any]:
             raise Boom()
