@@ -94,17 +94,31 @@ def encode_command(args: tuple[Any, ...]) -> bytes | None:
     return b"".join(parts)
 
 
+def write_command(conn: Any, args: tuple[Any, ...]) -> Deferred[Any]:
+    """Write the command ``args`` to txredisapi connection ``conn`` (encoded by
+    :func:`encode_command`, or by txredisapi when it cannot) and return its
+    raw reply from the connection's reply queue, as ``execute_command`` does:
+    an error reply, or the connection's loss, comes as an exception object."""
+    command = encode_command(args)
+    if command is None:
+        command = conn._build_command(*args)
+    conn.transport.write(command)
+    return cast("Deferred[Any]", conn.replyQueue.get())
+
+
 def execute(pool: Any, *args: Any) -> Deferred[Any]:
     """``pool.execute_command(*args)``, written straight to an idle connection
-    when there is one (:func:`idle_connection`, :func:`encode_command`): the
+    when there is one (:func:`idle_connection`, :func:`write_command`): the
     reply as txredisapi gives it (an error reply raised), with no reply
     timeout of its own (the caller's deadline must drop the connection)."""
     conn = idle_connection(pool)
-    command = encode_command(args) if conn is not None else None
-    if command is None:
+    if conn is None:
         return cast("Deferred[Any]", pool.execute_command(*args))
-    conn.transport.write(command)
-    return cast("Deferred[Any]", conn.replyQueue.get()).addCallback(_raise_error_reply)
+    try:
+        reply = write_command(conn, args)
+    except Exception:
+        return fail()
+    return reply.addCallback(_raise_error_reply)
 
 
 def _raise_error_reply(reply: Any) -> Any:
@@ -171,13 +185,10 @@ class Redis:
         the pool reconnects.
         """
         try:
-            command = encode_command(args)
-            if command is None:
-                command = conn._build_command(*args)
-            conn.transport.write(command)
+            reply = write_command(conn, args)
         except Exception:
             return fail().addErrback(self._failed, args[0], self.timeout)
-        d: Deferred[Any] = self.replies.watch(conn.replyQueue.get())
+        d: Deferred[Any] = self.replies.watch(reply)
         return d.addCallbacks(self._replied, self._no_reply, callbackArgs=(args[0],),
                               errbackArgs=(conn, args[0]))
 

@@ -104,6 +104,11 @@ def _store_unavailable(failure: Failure) -> NoReturn:
     raise errors.Unavailable("message store unavailable")
 
 
+def _c2c_result(outcome: StoreOutcome, msg: StoredMessage) -> pb.Result:
+    return pb.Result(code=Code.OK, msgid=outcome.msgid, logid=outcome.logid,
+                     server_time_ms=msg.send_time_ms)
+
+
 def check_uid(uid: int, name: str) -> None:
     if not 0 < uid <= MAX_ID:
         raise errors.BadRequest(f"{name} must be from 1 to {MAX_ID}")
@@ -506,12 +511,8 @@ class LogicService(Service):
     def _c2c_stored(self, outcomes: list[StoreOutcome], session: Session, req: pb.C2CRequest,
                     msg: StoredMessage) -> pb.Result | Deferred[pb.Result]:
         [outcome] = outcomes
-        if not outcome.duplicate:
-            to = self.local.get((msg.to_uid, msg.to_appcode))
-            if to is not None:  # the common case, at once: as _deliver would
-                self._push(to, msg)
-                return pb.Result(code=Code.OK, msgid=outcome.msgid, logid=outcome.logid,
-                                 server_time_ms=msg.send_time_ms)
+        if not outcome.duplicate and self._push_if_local(msg):  # the common case, at once
+            return _c2c_result(outcome, msg)
         return Deferred.fromCoroutine(self._c2c_deliver(session, req, msg, outcome))
 
     async def _c2c_deliver(self, session: Session, req: pb.C2CRequest, msg: StoredMessage,
@@ -523,8 +524,7 @@ class LogicService(Service):
             await self._redeliver(req.to_uid, outcome.msgid)
         else:
             await self._deliver(msg)
-        return pb.Result(code=Code.OK, msgid=outcome.msgid, logid=outcome.logid,
-                         server_time_ms=msg.send_time_ms)
+        return _c2c_result(outcome, msg)
 
     async def _redeliver(self, to_uid: int, msgid: int) -> None:
         """A resend means the sender never saw its answer: the node that stored
@@ -625,9 +625,7 @@ class LogicService(Service):
         :data:`MAX_HOPS` times. A session registered after our last look-up
         drains the message with PULL (it was durable before that look-up).
         """
-        session = self.local.get((msg.to_uid, msg.to_appcode))
-        if session is not None:
-            self._push(session, msg)
+        if self._push_if_local(msg):
             return True
         tried: set[str] = set()
         unreachable = False
@@ -653,6 +651,14 @@ class LogicService(Service):
             self._retry_delivery(msg, retry_attempt)
         self._stored_offline(msg)
         return False
+
+    def _push_if_local(self, msg: StoredMessage) -> bool:
+        """Push ``msg`` if its recipient's session is on this node; whether it is."""
+        session = self.local.get((msg.to_uid, msg.to_appcode))
+        if session is None:
+            return False
+        self._push(session, msg)
+        return True
 
     def _stored_offline(self, msg: StoredMessage) -> None:
         self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "stored")

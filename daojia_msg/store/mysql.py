@@ -99,13 +99,13 @@ from daojia_msg.store.interfaces import IMessageStore
 from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
 from daojia_msg.store.reads import ReadBatcher
 from daojia_msg.store.sql import (
-    IN_CHUNK,
     MESSAGE_COLUMN_NAMES,
     MessageTransactions,
     Statements,
     Tables,
     ackable,
     assign_acks,
+    chunks,
     convert_param_style,
     history_rows,
     marks,
@@ -1035,9 +1035,7 @@ class MySQLMessageStore:
 
     def _check_same_txn(self, txn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
         ours = {r[0]: (r[0], r[1], r[3], r[4], r[8], r[9]) for r in rows}
-        ids = list(ours)
-        for start in range(0, len(ids), IN_CHUNK):
-            chunk = ids[start : start + IN_CHUNK]
+        for chunk in chunks(list(ours)):
             txn.execute(self._sql(SELECT_STORED.format(table=table, ids=marks(len(chunk)))), chunk)
             for found in txn.fetchall():
                 if tuple(found) != ours[found[0]]:
@@ -1095,10 +1093,8 @@ class MySQLMessageStore:
         reads: list[tuple[int, str]] = []
         for n in sorted(by_table):
             statement = self._txns[n].statements.select_ackable_by_ids
-            ids = sorted(by_table[n])
-            for start in range(0, len(ids), IN_CHUNK):
-                chunk = ", ".join(map(sql_literal, ids[start : start + IN_CHUNK]))
-                reads.append((n, statement.format(ids=chunk)))
+            for chunk in chunks(sorted(by_table[n])):
+                reads.append((n, statement.format(ids=", ".join(map(sql_literal, chunk)))))
         return reads
 
     def _acked(
@@ -1120,10 +1116,9 @@ class MySQLMessageStore:
                 delivered.setdefault(table_of[a.msgid], []).append(a.msgid)
         updates = []
         for n, ids in sorted(delivered.items()):
-            ids.sort()
-            for start in range(0, len(ids), IN_CHUNK):
-                chunk = ", ".join(map(sql_literal, ids[start : start + IN_CHUNK]))
-                updates.append(self._txns[n].statements.mark_delivered.format(ids=chunk))
+            mark_delivered = self._txns[n].statements.mark_delivered
+            for chunk in chunks(sorted(ids)):
+                updates.append(mark_delivered.format(ids=", ".join(map(sql_literal, chunk))))
         return acked, updates
 
     def _find_keys_txn(self, txn: Any, keys: dict[int, list[Key]]) -> Owners:
@@ -1142,9 +1137,7 @@ class MySQLMessageStore:
     def _delete_rows_txn(self, txn: Any, rows: tuple[Rows, Rows]) -> None:
         messages, history = rows
         for n, table_rows in sorted(messages.items()):
-            ids = [r[0] for r in table_rows]
-            for start in range(0, len(ids), IN_CHUNK):
-                chunk = ids[start : start + IN_CHUNK]
+            for chunk in chunks([r[0] for r in table_rows]):
                 table = f"messages_{n}"
                 txn.execute(self._sql(DELETE_MESSAGES.format(table=table, ids=marks(len(chunk)))),
                             chunk)  # fmt: skip

@@ -216,7 +216,8 @@ def _message(row: Any) -> StoredMessage:
     )
 
 
-def _chunks(ids: list[int]) -> list[list[int]]:
+def chunks(ids: list[Any]) -> list[list[Any]]:
+    """``ids`` in runs of at most :data:`IN_CHUNK` (one ``IN (...)`` each)."""
     return [ids[i : i + IN_CHUNK] for i in range(0, len(ids), IN_CHUNK)]
 
 
@@ -387,7 +388,7 @@ class MessageTransactions:
         delivered; returns those, ascending by msgid."""
         s = self.statements
         acked: list[AckedMessage] = []
-        for chunk in _chunks(sorted(set(msgids))):
+        for chunk in chunks(sorted(set(msgids))):
             ids = marks(len(chunk))
             txn.execute(self.sql(s.select_ackable.format(ids=ids)), (uid, appcode, *chunk))
             found = [

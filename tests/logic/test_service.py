@@ -365,7 +365,8 @@ class KickoutTests(SynchronousTestCase):
 
 
 class LogTests(SynchronousTestCase):
-    def test_logid_in_every_message_log_line(self) -> None:
+    def capture(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        """The events of the trace (message and session path) and of the main log."""
         from daojia_msg import tracing
 
         events: list[dict[str, object]] = []
@@ -374,6 +375,10 @@ class LogTests(SynchronousTestCase):
         self.addCleanup(tracing.MESSAGES.removeObserver, events.append)
         globalLogPublisher.addObserver(main_log.append)
         self.addCleanup(globalLogPublisher.removeObserver, main_log.append)
+        return events, main_log
+
+    def test_logid_in_every_message_log_line(self) -> None:
+        events, main_log = self.capture()
         stack = Stack()
         a = stack.login(1)
         b = stack.login(2)
@@ -389,14 +394,7 @@ class LogTests(SynchronousTestCase):
     def test_session_path_goes_to_the_trace_only(self) -> None:
         """A successful LOGIN and LOGOUT are trace events; a refused LOGIN is
         in the main log."""
-        from daojia_msg import tracing
-
-        events: list[dict[str, object]] = []
-        main_log: list[dict[str, object]] = []
-        tracing.MESSAGES.addObserver(events.append)
-        self.addCleanup(tracing.MESSAGES.removeObserver, events.append)
-        globalLogPublisher.addObserver(main_log.append)
-        self.addCleanup(globalLogPublisher.removeObserver, main_log.append)
+        events, main_log = self.capture()
         stack = Stack()
         conn = stack.login(7)
         conn.request(Cmd.LOGOUT)
