@@ -231,7 +231,7 @@ class Script:
 
     def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Deferred[Any]:
         """Fires with the script's reply (no coroutine per call: it runs per LOGIN)."""
-        d = _deferred(redis.call("EVALSHA", self.sha, len(keys), *keys, *args))
+        d = as_deferred(redis.call("EVALSHA", self.sha, len(keys), *keys, *args))
         return d.addErrback(self._load, redis, keys, args)
 
     def _load(self, failure: Failure, redis: Redis, keys: list[str],
@@ -239,10 +239,10 @@ class Script:
         failure.trap(StoreUnavailable)
         if "NOSCRIPT" not in str(failure.value):
             failure.raiseException()
-        return _deferred(redis.call("EVAL", self.source, len(keys), *keys, *args))
+        return as_deferred(redis.call("EVAL", self.source, len(keys), *keys, *args))
 
 
-def _deferred(result: Any) -> Deferred[Any]:
+def as_deferred(result: Any) -> Deferred[Any]:
     """``Redis.call``'s Deferred (or the coroutine of a stand-in that tests use) as a Deferred."""
     return result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
 

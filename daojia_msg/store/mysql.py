@@ -84,6 +84,7 @@ from typing import Any, TypeVar, cast
 
 import pymysql
 from pymysql.constants import CLIENT
+from pymysql.constants.ER import BAD_NULL_ERROR as ER_BAD_NULL
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -97,6 +98,7 @@ from daojia_msg.store.dbpool import PoolRunner
 from daojia_msg.store.errors import StoreError, StoreUnavailable
 from daojia_msg.store.interfaces import IMessageStore
 from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
+from daojia_msg.store.mysqldriver import mark_committed
 from daojia_msg.store.reads import ReadBatcher
 from daojia_msg.store.sql import (
     MESSAGE_COLUMN_NAMES,
@@ -183,6 +185,17 @@ HISTORY_COLUMNS = ("owner_sys", "owner_uid", "peer_uid", *MESSAGE_COLUMN_NAMES)
 DEDUP_COLUMNS = ("uid", "appcode", "client_msg_sha256", "msgid", "logid", "created_ms")
 # Insert, or leave the row that is there alone (it then counts 0 affected rows).
 KEEP_EXISTING = " ON DUPLICATE KEY UPDATE msgid = msgid"
+#: A message row whose msgid is there already is left alone if it is the same
+#: message (the flush running again after its commit's answer was lost); if it
+#: is another (two nodes with one node id), msgid is set to NULL, which strict
+#: mode refuses (1048): the statement fails, the query stops before its COMMIT.
+KEEP_SAME_MESSAGE = (
+    " ON DUPLICATE KEY UPDATE msgid = IF(from_uid <=> VALUES(from_uid)"
+    " AND to_uid <=> VALUES(to_uid) AND to_appcode <=> VALUES(to_appcode)"
+    " AND senddate <=> VALUES(senddate) AND logid <=> VALUES(logid), msgid, NULL)"
+)
+#: The DB-API module of the pools: pymysql, committing once per transaction.
+DRIVER = "daojia_msg.store.mysqldriver"
 SELECT_KEYS = "SELECT uid, appcode, client_msg_sha256, msgid, logid FROM {table} WHERE {where}"
 ONE_KEY = "(uid = ? AND appcode = ? AND client_msg_sha256 = ?)"
 SELECT_STORED = (
@@ -293,14 +306,21 @@ Result = tuple[int, list[tuple[Any, ...]]]
 """A statement's affected (or found) row count and its rows (none but for a SELECT)."""
 
 
-def execute_batch(txn: Any, statements: Sequence[str], max_bytes: int) -> list[Result]:
+def execute_batch(
+    txn: Any, statements: Sequence[str], max_bytes: int, commit: bool = False
+) -> list[Result]:
     """Run ``statements`` (complete text: literal values, no placeholders) in
     order, in as few round trips as packets of ``max_bytes`` allow (one
     multi-statement query each, ``CLIENT.MULTI_STATEMENTS``): a flush waits for
-    the server two or three times, not once per table it writes.
+    the server twice, not once per table it writes, nor once more to commit.
 
     Returns each statement's :data:`Result`. The first statement that fails
-    raises its error; the server runs none after it."""
+    raises its error; the server runs none after it. With ``commit``, the
+    transaction ends with them: a ``COMMIT`` goes in the last query (none is
+    run if a statement fails), and the interaction must send nothing after
+    (:mod:`daojia_msg.store.mysqldriver` then skips adbapi's commit)."""
+    if commit:
+        statements = [*statements, "COMMIT"]
     results: list[Result] = []
     start = 0
     while start < len(statements):
@@ -315,6 +335,9 @@ def execute_batch(txn: Any, statements: Sequence[str], max_bytes: int) -> list[R
             rows = list(txn.fetchall()) if txn.description else []
             results.append((int(txn.rowcount), rows))
         start = end
+    if commit:
+        mark_committed(txn)
+        results.pop()
     return results
 
 
@@ -335,7 +358,7 @@ def configure_connection(conn: Any, lock_wait_s: int) -> None:
 
 
 def pool_kwargs(url: MySQLURL, config: MySQLConfig) -> dict[str, Any]:
-    """The ``ConnectionPool("pymysql", **kw)`` settings of one database:
+    """The ``ConnectionPool(DRIVER, **kw)`` settings of one database:
     ``utf8mb4``, transactions (no autocommit), strict SQL mode,
     :func:`configure_connection`, the config's pool sizes and timeouts,
     ``cp_reconnect``."""
@@ -364,7 +387,7 @@ def pool_kwargs(url: MySQLURL, config: MySQLConfig) -> dict[str, Any]:
 
 def mysql_pool(url: MySQLURL, config: MySQLConfig, reactor: IReactorTime) -> adbapi.ConnectionPool:
     """The production pool of one database (:func:`pool_kwargs`)."""
-    return adbapi.ConnectionPool("pymysql", cp_reactor=reactor, **pool_kwargs(url, config))
+    return adbapi.ConnectionPool(DRIVER, cp_reactor=reactor, **pool_kwargs(url, config))
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +478,37 @@ class _Database:
 
     def run(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         return self.runner.run(interaction, *args)
+
+
+class PendingCounter:
+    """``count_pending``'s read (every LOGIN asks it). Called alone it counts
+    one ``(uid, appcode)``; in a read batch (:mod:`daojia_msg.store.reads`)
+    :meth:`many` answers all of the batch's counts in one query, a ``GROUP
+    BY`` per shard table joined by ``UNION ALL``, rather than a query each."""
+
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+
+    def __call__(self, txn: Any, uid: int, appcode: int) -> int:
+        return self.many(txn, [(uid, appcode)])[0]
+
+    def many(self, txn: Any, keys: list[tuple[int, int]]) -> list[int]:
+        """The pending count of each ``(uid, appcode)`` of ``keys`` (all of one database)."""
+        by_table: dict[int, set[tuple[int, int]]] = {}
+        for uid, appcode in keys:
+            by_table.setdefault(self.placement.place(uid)[1], set()).add((uid, appcode))
+        # A range of the pending index per key (the row constructor is
+        # optimised as such); uids and appcodes are ints, written as decimal
+        # literals: nothing else reaches the text.
+        txn.execute(" UNION ALL ".join(
+            f"(SELECT to_uid, to_appcode, COUNT(*) FROM messages_{n}"
+            " WHERE (to_uid, to_appcode, state) IN ("
+            + ", ".join(f"({int(uid)}, {int(appcode)}, 0)" for uid, appcode in sorted(table))
+            + ") GROUP BY to_uid, to_appcode)"
+            for n, table in sorted(by_table.items())
+        ))  # fmt: skip
+        counts = {(int(uid), int(appcode)): int(count) for uid, appcode, count in txn.fetchall()}
+        return [counts.get(key, 0) for key in keys]
 
 
 # -- the writes a flush is made of -------------------------------------------
@@ -562,6 +616,7 @@ class MySQLMessageStore:
             )
             for n in range(config.shards)
         ]
+        self._count_pending = PendingCounter(self.placement)
         self.committer = GroupCommitter(self._run_flush, max_ops=max_batch, concurrency=concurrency)
         #: The smallest ``max_allowed_packet`` of the databases (read at start).
         self.max_packet_bytes = 16 << 20
@@ -786,8 +841,7 @@ class MySQLMessageStore:
         acked, updates = self._acked(acks, reads, done[len(claims) :])
         fresh = [i for i in writers if i.key is None or owners[i.key][0] == i.msgid]
         writes = self._row_statements(self._message_rows(fresh).get(db, ({}, {})))
-        done = execute_batch(txn, [w[1] for w in writes] + updates, self.max_statement_bytes)
-        self._check_written_txn(txn, writes, done[: len(writes)])
+        self._write_and_commit_txn(txn, [w[1] for w in writes] + updates, writes)
         return owners, acked
 
     def _acks_txn(self, txn: Any, ops: list[_Ack]) -> list[list[AckedMessage]]:
@@ -796,7 +850,7 @@ class MySQLMessageStore:
         reads = self._ack_reads(ops)
         acked, updates = self._acked(ops, reads, execute_batch(
             txn, [r[1] for r in reads], self.max_statement_bytes))  # fmt: skip
-        execute_batch(txn, updates, self.max_statement_bytes)
+        execute_batch(txn, updates, self.max_statement_bytes, commit=True)
         return acked
 
     async def _flush_across(self, ops: list[_Store | _Ack]) -> list[Any]:
@@ -1000,8 +1054,7 @@ class MySQLMessageStore:
         sent together. A msgid already there must be the same message (this
         write running again after its commit's answer was lost)."""
         writes = self._row_statements(rows)
-        done = execute_batch(txn, [w[1] for w in writes], self.max_statement_bytes)
-        self._check_written_txn(txn, writes, done)
+        self._write_and_commit_txn(txn, [w[1] for w in writes], writes)
 
     def _row_statements(self, rows: tuple[Rows, Rows]) -> list[tuple[str, str, Sequence[Any]]]:
         """The inserts of message and history rows (by table), as ``(table,
@@ -1019,19 +1072,28 @@ class MySQLMessageStore:
                     (table, text, chunk)
                     for text, chunk in render_inserts(
                         table, columns, table_rows, render,
-                        max_bytes=self.max_statement_bytes, suffix=KEEP_EXISTING,
+                        max_bytes=self.max_statement_bytes,
+                        suffix=KEEP_SAME_MESSAGE if kind == "messages" else KEEP_EXISTING,
                     )
                 )  # fmt: skip
         return writes
 
-    def _check_written_txn(
-        self, txn: Any, writes: list[tuple[str, str, Sequence[Any]]], done: list[Result]
+    def _write_and_commit_txn(
+        self, txn: Any, statements: list[str], writes: list[tuple[str, str, Sequence[Any]]]
     ) -> None:
-        """After :meth:`_row_statements`: a message insert that added fewer
-        rows than it had found some msgids there; they must be the same messages."""
-        for (table, _, rows), (added, _) in zip(writes, done, strict=True):
-            if table.startswith("messages_") and added < len(rows):
-                self._check_same_txn(txn, table, list(rows))
+        """The last query of a flush: ``statements`` (``writes``' inserts
+        first), then COMMIT. A msgid found stored for another message
+        (:data:`KEEP_SAME_MESSAGE`) fails the flush with a :class:`StoreError`
+        that names it (looked up in the transaction, before adbapi rolls it back)."""
+        try:
+            execute_batch(txn, statements, self.max_statement_bytes, commit=True)
+        except pymysql.IntegrityError as e:
+            if e.args[0] != ER_BAD_NULL:
+                raise
+            for table, _, rows in writes:
+                if table.startswith("messages_"):
+                    self._check_same_txn(txn, table, list(rows))
+            raise
 
     def _check_same_txn(self, txn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
         ours = {r[0]: (r[0], r[1], r[3], r[4], r[8], r[9]) for r in rows}
@@ -1210,8 +1272,7 @@ class MySQLMessageStore:
         return self._read(db, self._txns[n].pending_message_txn, to_uid, msgid)
 
     def count_pending(self, uid: int, appcode: int) -> Deferred[int]:
-        db, n = self.placement.place(uid)
-        return self._read(db, self._txns[n].count_pending_txn, uid, appcode)
+        return self._read(self.placement.place(uid)[0], self._count_pending, uid, appcode)
 
     def history(
         self, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int

@@ -6,7 +6,10 @@ and a wake-up of the reactor per read, which under a burst of logins (each
 asks ``count_pending``) costs more than the query itself. :class:`ReadBatcher`
 sends the first read at once (no added latency) and merges the reads that
 arrive while it is out into one interaction, which runs them one after the
-other in one transaction and hands each caller its own result.
+other in one transaction and hands each caller its own result. Reads of one
+kind that know how to answer many at once (an interaction with a ``many``,
+e.g. the MySQL store's ``count_pending``: one ``GROUP BY`` query for a burst
+of logins) are merged into one query.
 
 When a batch fails (a driver error, or a bug in one of its reads), each of its
 reads is run again on its own, so every caller gets the error its own read
@@ -34,8 +37,23 @@ MAX_READS = 200
 
 
 def read_batch_txn(txn: Any, reads: list[Read]) -> list[Any]:
-    """The interaction of one batch: every read, in order."""
-    return [interaction(txn, *args) for interaction, args in reads]
+    """The interaction of one batch: every read, in order; the reads whose
+    interaction has a ``many`` (a function of the transaction and a list of
+    argument tuples, returning one result per tuple) are answered together by
+    one call of it, after the others (reads do not see each other's work)."""
+    results: list[Any] = [None] * len(reads)
+    merged: dict[Callable[..., list[Any]], list[int]] = {}
+    for i, (interaction, args) in enumerate(reads):
+        many = getattr(interaction, "many", None)
+        if many is None:
+            results[i] = interaction(txn, *args)
+        else:
+            merged.setdefault(many, []).append(i)
+    for many, indexes in merged.items():
+        answers = many(txn, [reads[i][1] for i in indexes])
+        for i, answer in zip(indexes, answers, strict=True):
+            results[i] = answer
+    return results
 
 
 class ReadBatcher:

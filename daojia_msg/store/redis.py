@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from daojia_msg.cluster.redisconn import Redis, Script
+from daojia_msg.cluster.redisconn import Redis, Script, as_deferred
 from daojia_msg.store.interfaces import ISessionStore
 from daojia_msg.store.model import SessionRecord
 
@@ -123,6 +123,18 @@ def _decode_many(values: list[Any], keys: list[tuple[int, int]]) -> list[Session
             for (uid, appcode), v in zip(keys, values, strict=True)]
 
 
+def _decode_one(value: Any, uid: int, appcode: int) -> SessionRecord | None:
+    return None if value is None else decode(uid, appcode, value)
+
+
+def _replaced(old: Any, record: SessionRecord) -> SessionRecord | None:
+    """``register``'s answer: the session ``record`` replaced, if another."""
+    if old is None:
+        return None
+    previous = decode(record.uid, record.appcode, old)
+    return previous if previous.session_id != record.session_id else None
+
+
 def decode(uid: int, appcode: int, value: Any) -> SessionRecord:
     """The record of a hash field's value (``bytes``; txredisapi may hand
     back other types for values that look like numbers, which ours never do)."""
@@ -147,14 +159,29 @@ class RedisSessionStore:
 
     # -- the interface ---------------------------------------------------
 
+    # register and lookup run on every LOGIN (lookup on every push in a
+    # cluster too): Deferred callbacks, no coroutine per call.
+
     def register(self, record: SessionRecord) -> Deferred[SessionRecord | None]:
-        return Deferred.fromCoroutine(self._register(record))
+        d = REGISTER(
+            self.redis,
+            [self.redis.key("sess", record.uid)],
+            [
+                record.appcode,
+                encode(record),
+                f"{record.uid}:{record.appcode}",
+                self.redis.key("nodesess", ""),
+                record.node_id,
+            ],
+        )
+        return d.addCallback(_replaced, record)
 
     def unregister(self, record: SessionRecord) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._unregister(record))
 
     def lookup(self, uid: int, appcode: int) -> Deferred[SessionRecord | None]:
-        return Deferred.fromCoroutine(self._lookup(uid, appcode))
+        d = as_deferred(self.redis.call("HGET", self.redis.key("sess", uid), appcode))
+        return d.addCallback(_decode_one, uid, appcode)
 
     def lookup_uid(self, uid: int) -> Deferred[list[SessionRecord]]:
         return Deferred.fromCoroutine(self._lookup_uid(uid))
@@ -179,23 +206,6 @@ class RedisSessionStore:
 
     # -- the flows -------------------------------------------------------
 
-    async def _register(self, record: SessionRecord) -> SessionRecord | None:
-        old = await REGISTER(
-            self.redis,
-            [self.redis.key("sess", record.uid)],
-            [
-                record.appcode,
-                encode(record),
-                f"{record.uid}:{record.appcode}",
-                self.redis.key("nodesess", ""),
-                record.node_id,
-            ],
-        )
-        if old is None:
-            return None
-        previous = decode(record.uid, record.appcode, old)
-        return previous if previous.session_id != record.session_id else None
-
     async def _unregister(self, record: SessionRecord) -> bool:
         removed = await UNREGISTER(
             self.redis,
@@ -208,10 +218,6 @@ class RedisSessionStore:
             ],
         )
         return bool(removed)
-
-    async def _lookup(self, uid: int, appcode: int) -> SessionRecord | None:
-        value = await self.redis.call("HGET", self.redis.key("sess", uid), appcode)
-        return None if value is None else decode(uid, appcode, value)
 
     async def _lookup_uid(self, uid: int) -> list[SessionRecord]:
         reply = await self.redis.call("HGETALL", self.redis.key("sess", uid))

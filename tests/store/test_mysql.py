@@ -31,6 +31,7 @@ from daojia_msg.store import mysql as mysql_module
 from daojia_msg.store.errors import StoreError, StoreUnavailable
 from daojia_msg.store.model import Kind, NewMessage, StoreOutcome
 from daojia_msg.store.mysql import (
+    DRIVER,
     FLUSHES_IN_FLIGHT,
     SCHEMA_VERSION,
     STATEMENT_SEPARATOR,
@@ -138,7 +139,7 @@ class TestPool(adbapi.ConnectionPool):
     transactionFactory = Statements
 
     def __init__(self, url: str, config: MySQLConfig) -> None:
-        super().__init__("pymysql", cp_reactor=reactor, **pool_kwargs(parse_mysql_url(url), config))
+        super().__init__(DRIVER, cp_reactor=reactor, **pool_kwargs(parse_mysql_url(url), config))
         self.statements: list[str] = []
         self.queries: list[str] = []
         self.interactions: list[str] = []
@@ -394,7 +395,7 @@ class PlacementOnDiskTests(TestCase):
 
 class ExecuteBatchTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
-        url = fresh_database(self)
+        self.url = url = fresh_database(self)
         config = mysql_config(url)
         self.pool = TestPool(url, config)
         self.store = await started(self, config, [self.pool])
@@ -426,6 +427,44 @@ class ExecuteBatchTests(TestCase):
         )
         again = await self.pool.runInteraction(mysql_module.execute_batch, ["SELECT 4"], 1 << 20)
         self.assertEqual(again, [(1, [(4,)])])
+
+    async def test_a_batch_that_commits_is_not_committed_again(self) -> None:
+        """``commit=True``: COMMIT rides in the last query and adbapi's commit
+        then sends nothing (the server counts one COMMIT for the transaction)."""
+        pool = TestPool(self.url, mysql_config(self.url, pool_min=1, pool_max=1))
+        self.addCleanup(pool.close)
+        insert = ("INSERT INTO dedup_0 (uid, appcode, client_msg_sha256, msgid, logid,"
+                  " created_ms) VALUES (1, 1, X'00', 7, 'l', 0)")
+
+        def commits(txn: Any) -> int:
+            txn.execute("SHOW SESSION STATUS LIKE 'Com_commit'")
+            return int(txn.fetchone()[1])
+
+        def run(txn: Any) -> tuple[list[Any], int, int]:
+            before = commits(txn)
+            done = mysql_module.execute_batch(txn, [insert, "SELECT 2"], 1 << 20, commit=True)
+            return done, before, commits(txn)
+
+        done, before, after = await pool.runInteraction(run)
+        self.assertEqual(done, [(1, []), (1, [(2,)])])  # COMMIT's own result is not returned
+        self.assertEqual(after, before + 1)
+        self.assertIn(f"{insert};\nSELECT 2;\nCOMMIT", pool.queries)
+        self.assertEqual(msgids(self.url, "dedup_0"), [7])
+        # The one connection again: adbapi's commit after run() sent nothing.
+        self.assertEqual(await pool.runInteraction(commits), after)
+        # A plain interaction's commit is sent.
+        self.assertEqual(await pool.runInteraction(commits), after + 1)
+
+    async def test_a_failing_batch_commits_nothing(self) -> None:
+        insert = ("INSERT INTO dedup_0 (uid, appcode, client_msg_sha256, msgid, logid,"
+                  " created_ms) VALUES (1, 1, X'00', 8, 'l', 0)")
+        await self.assertFailure(
+            self.pool.runInteraction(
+                mysql_module.execute_batch, [insert, "SELECT nothing FROM dedup_0"], 1 << 20,
+                True),
+            pymysql.err.OperationalError,
+        )
+        self.assertEqual(msgids(self.url, "dedup_0"), [])
 
 
 class LiteralRoundTripTests(TestCase):
@@ -484,10 +523,25 @@ class GroupCommitTests(TestCase):
         store = await started(self, config, [pool])
         await store.store([c2c(1 + i, 5, 10, 100 + i % 3, 10) for i in range(6)])
         pool.interactions.clear()
+        pool.queries.clear()
         counts = await gatherResults([store.count_pending(100 + i % 4, 10) for i in range(40)])
         self.assertEqual(counts, [[2, 2, 2, 0][i % 4] for i in range(40)])
         self.assertLessEqual(len(pool.interactions), 2 * store.reads_in_flight)
         self.assertEqual(store.reads_in_flight, 4)  # (pool_max 10 - 2 flushes) // 2
+        # A batch's counts, over all four tables, are one query.
+        self.assertEqual(len(pool.queries), len(pool.interactions))
+
+    async def test_merged_counts_keep_appcodes_and_states_apart(self) -> None:
+        """One query counts many (uid, appcode): another appcode's messages
+        and ACKed messages are not counted; a uid with nothing pending is 0."""
+        url = fresh_database(self)
+        store = await started(self, mysql_config(url, shards=2))
+        # msgid 1 + i -> (uid 100 + i % 3, appcode 10 + i % 2); msgid 1 ACKed.
+        await store.store([c2c(1 + i, 5, 10, 100 + i % 3, 10 + i % 2) for i in range(9)])
+        await store.ack(100, 10, [1])
+        keys = [(100, 10), (100, 11), (101, 10), (101, 11), (102, 10), (102, 11), (103, 10)]
+        counts = await store._dbs[0].run(store._count_pending.many, keys)
+        self.assertEqual(counts, [1, 1, 1, 2, 2, 1, 0])
 
     async def test_a_flush_is_two_round_trips_whatever_tables_it_touches(self) -> None:
         """Stores from 4 senders to 4 recipients (every table) and ACKs of 2

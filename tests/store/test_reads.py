@@ -20,6 +20,17 @@ def broken(txn: Any, x: int) -> int:
     raise ZeroDivisionError(x)
 
 
+class Square:
+    """A read that answers many at once: one ``txn`` entry per call of :meth:`many`."""
+
+    def __call__(self, txn: Any, x: int) -> int:
+        return self.many(txn, [(x,)])[0]
+
+    def many(self, txn: Any, args: list[tuple[int]]) -> list[int]:
+        txn.append(tuple(a for (a,) in args))
+        return [a * a for (a,) in args]
+
+
 class FakeRun:
     """``run(interaction, *args)`` that runs when the test says so."""
 
@@ -65,6 +76,25 @@ class ReadBatcherTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in [first, *waiting]], [2, 4, 6, 8])
         self.assertEqual(self.run.txn, [1, 2, 3, 4])  # in order
         self.assertEqual(self.reads.batches, 2)
+
+    def test_reads_with_many_are_answered_by_one_call(self) -> None:
+        square = Square()
+        self.reads.read(double, 0)
+        waiting = [self.reads.read(square, 2), self.reads.read(double, 5),
+                   self.reads.read(square, 3), self.reads.read(square, 4)]
+        self.run.finish()
+        self.run.finish()
+        self.assertEqual([self.successResultOf(d) for d in waiting], [4, 10, 9, 16])
+        # double(0); then the batch: double(5) on its own, the squares in one call.
+        self.assertEqual(self.run.txn, [0, 5, (2, 3, 4)])
+
+    def test_a_lone_read_with_many_runs_as_itself(self) -> None:
+        d = self.reads.read(Square(), 7)
+        [(interaction, args, _)] = self.run.calls
+        self.assertIsInstance(interaction, Square)
+        self.run.finish()
+        self.assertEqual(self.successResultOf(d), 49)
+        self.assertEqual(self.run.txn, [(7,)])
 
     def test_batch_size_is_bounded(self) -> None:
         reads = ReadBatcher(self.run, max_reads=2)
