@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_node -*-
+# -*- test-case-name: tests.test_e2e,tests.test_cluster -*-
 """One node: builds the parts from a :class:`Config` and runs them in order.
 
 Start:
@@ -29,6 +29,7 @@ from google.protobuf.internal import api_implementation
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -184,15 +185,15 @@ class Node(MultiService):
         site.noisy = False
         if self.registry is not None:
             await self._serve_rpc()
-        self.ports["gate"] = await self._listen(config.listen.gate, self.gate)
-        self.ports["http"] = await self._listen(config.listen.http, site)
+        self.ports["gate"] = await self._listen("gate", self.gate)
+        self.ports["http"] = await self._listen("http", site)
         if config.listen.manhole:
             # Wrapped to know its open sessions: they are closed at stop, before
             # the stores and Redis they would reach.
             self.manhole = WrappingFactory(make_manhole_factory(
                 self._admin_namespace(), config.admin.manhole_password, self.reactor))
             self.manhole.noisy = False
-            self.ports["manhole"] = await self._listen(config.listen.manhole, self.manhole)
+            self.ports["manhole"] = await self._listen("manhole", self.manhole)
         for name, port in self.ports.items():
             address: Any = port.getHost()
             self.log.info("{name} listening on {address}", name=name,
@@ -214,8 +215,15 @@ class Node(MultiService):
         path = os.path.join(self.config.data_dir, "messages.db")
         return SQLiteMessageStore(path, self.reactor)
 
-    async def _listen(self, description: str, factory: Any) -> IListeningPort:
-        port: IListeningPort = await serverFromString(self.reactor, description).listen(factory)
+    async def _listen(self, name: str, factory: Any) -> IListeningPort:
+        """Listen on ``listen.<name>``; one that cannot be bound stops start-up
+        with a line that names the key."""
+        description = getattr(self.config.listen, name)
+        try:
+            port: IListeningPort = await serverFromString(self.reactor, description).listen(factory)
+        except CannotListenError as e:
+            raise ConfigError(f"cannot listen on {description!r}: {e.socketError}",
+                              ("listen", name)) from None
         return port
 
     async def _join(self) -> None:
@@ -245,7 +253,7 @@ class Node(MultiService):
         assert self.registry is not None
         self.rpc = RpcServerFactory(self.logic, self.reactor, config.cluster.rpc_secret,
                                     max_content=config.limits.max_content)
-        self.ports["rpc"] = await self._listen(config.listen.rpc, self.rpc)
+        self.ports["rpc"] = await self._listen("rpc", self.rpc)
         self.peers = RpcPeers(self.reactor, registry_addresses(self.registry),
                               node_id=self.node_id, secret=config.cluster.rpc_secret,
                               timeout=config.cluster.rpc_timeout_s)

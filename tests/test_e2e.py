@@ -20,7 +20,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client.client import MsgClient
-from daojia_msg.config import ListenConfig, default_config
+from daojia_msg.config import ConfigError, ListenConfig, default_config
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
@@ -197,6 +197,26 @@ class StorePressureTests(NodeTestCase):
         committer.on_pressure(False)
         self.assertFalse(node.gate.pressure)
         self.assertFalse(server._paused)
+
+
+class ListenFailureTests(NodeTestCase):
+    async def test_a_port_in_use_stops_start_up_naming_the_key(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            config = default_config().replace(
+                data_dir=os.path.abspath(self.mktemp()),
+                listen=ListenConfig(gate="tcp:0:interface=127.0.0.1",
+                                    http=f"tcp:{port}:interface=127.0.0.1"),
+            )
+            node = Node(config, R)
+            node.startService()
+            error = await self.assertFailure(node.ready, ConfigError)
+            self.assertEqual(error.path, ("listen", "http"))
+            self.assertIn(f"cannot listen on 'tcp:{port}:interface=127.0.0.1'", str(error))
+            self.assertTrue(str(error).startswith("listen.http: "))
+            await node.stopService()
 
 
 class RestartTests(NodeTestCase):
