@@ -1,8 +1,12 @@
 # -*- test-case-name: tests.test_tracing -*-
 """Tracing one message across the nodes by its ``logid`` (PROTOCOL.md §6.3).
 
-Every log line about a message carries ``logid`` (with ``uid``, ``appcode``,
-``msgid``... as fields, see STYLE.md). This module adds the rest:
+Every log line about a message carries ``logid``, ``msgid``, ``uid`` and
+``appcode`` as fields (STYLE.md). ``uid``/``appcode`` name the user the line
+is about: the sender on the way in (accepted, stored, published; for an app
+server's push, which has no sender, the recipient), the recipient from then
+on (pushed, re-pushed, left pending, pulled, ACKed, handed to another node);
+lines that name both add ``to_uid``/``to_appcode``. This module adds the rest:
 
 - :func:`install` writes every log event, as one JSON object a line, to the
   node's ``log.json_file`` (Twisted's JSON log format: ``RS JSON NL``), with

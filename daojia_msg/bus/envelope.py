@@ -29,3 +29,16 @@ def decode_envelope(topic: str, payload: bytes, logid: str) -> Envelope:
     except DecodeError as e:
         raise BadEnvelope(f"not a Message: {e}") from None
     return Envelope(topic, message, logid or message.logid)
+
+
+def log_fields(payload: bytes, logid: str) -> dict[str, object]:
+    """The message fields of a log line about the envelope ``payload`` (a
+    bus's failure lines): logid, msgid, and the sender's uid and appcode
+    (only logid if ``payload`` is not a ``Message``)."""
+    message = pb.Message()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError:
+        return {"logid": logid}
+    return {"logid": logid or message.logid, "msgid": message.msgid,
+            "uid": message.from_uid, "appcode": message.from_appcode}

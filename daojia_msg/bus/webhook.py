@@ -60,7 +60,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope
+from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope, log_fields
 from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.config import BusConfig, ConfigError
@@ -284,13 +284,14 @@ class WebhookBus:
                 if 400 <= code < 500 and code not in RETRIED_4XX:
                     self.log.warn("C2S webhook {url} refused a frame of {topic}: HTTP {code} "
                                   "{body!r}", url=self.safe_url, topic=topic, code=code,
-                                  body=body, logid=logid)
+                                  body=body, **log_fields(payload, logid))
                     raise BusUnavailable(f"the webhook {self.safe_url} refused it: {why}")
             self.log.debug("C2S webhook {url} attempt {attempt} of {attempts} failed: {why}",
                            url=self.safe_url, attempt=attempt + 1, attempts=attempts, why=why,
-                           logid=logid)
+                           **log_fields(payload, logid))
         self.log.warn("C2S webhook {url} failed {attempts} attempts for {topic}: {why}",
-                      url=self.safe_url, attempts=attempts, topic=topic, why=why, logid=logid)
+                      url=self.safe_url, attempts=attempts, topic=topic, why=why,
+                      **log_fields(payload, logid))
         raise BusUnavailable(
             f"the webhook {self.safe_url} failed {attempts} attempts, the last: {why}")
 

@@ -316,19 +316,20 @@ class RpcServerProtocol(_ClosedWaiters, amp.AMP):
             raise
         if len(content) > self.factory.max_content:
             log.warn("refused {msgid} from node {peer_node}: content of {size} bytes is over {limit}",
-                     msgid=msg.msgid, logid=msg.logid, peer_node=self.node, size=len(content),
-                     limit=self.factory.max_content)
+                     msgid=msg.msgid, logid=msg.logid, uid=msg.to_uid, appcode=msg.to_appcode,
+                     peer_node=self.node, size=len(content), limit=self.factory.max_content)
             raise BadMessage(f"content is over {self.factory.max_content} bytes")
         try:
             pushed = bool(self.factory.logic.deliver_local(session_id, msg))
         except Exception:
             log.failure("delivering {msgid} for node {peer_node} failed", msgid=msg.msgid,
-                        logid=msg.logid, peer_node=self.node, session_id=session_id)
+                        logid=msg.logid, uid=msg.to_uid, appcode=msg.to_appcode,
+                        peer_node=self.node, session_id=session_id)
             raise InternalError("the node failed to deliver; see its log") from None
         if tracing.MESSAGES.listeners:
             trace.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
-                      msgid=msg.msgid, logid=msg.logid, peer_node=self.node, session_id=session_id,
-                      pushed=pushed)
+                        msgid=msg.msgid, logid=msg.logid, uid=msg.to_uid, appcode=msg.to_appcode,
+                        peer_node=self.node, session_id=session_id, pushed=pushed)
         return {"pushed": pushed}
 
     @Kick.responder
@@ -584,7 +585,8 @@ class RpcPeers:
     # -- IPeers ------------------------------------------------------------------
 
     def deliver(self, record: SessionRecord, message: StoredMessage) -> Deferred[bool]:
-        fields = {"msgid": message.msgid, "logid": message.logid}
+        fields = {"msgid": message.msgid, "logid": message.logid, "uid": message.to_uid,
+                  "appcode": message.to_appcode}
         try:
             meta, content = message_to_wire(message)
         except Exception as e:  # a field out of its protobuf range

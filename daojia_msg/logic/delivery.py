@@ -36,6 +36,13 @@ class _Entry:
         self.logid = logid
 
 
+
+def _recipient(conn: IClientConnection) -> dict[str, int]:
+    """``uid`` and ``appcode`` of the session ``conn`` holds, for a log line."""
+    session = conn.session
+    return {} if session is None else {"uid": session.uid, "appcode": session.appcode}
+
+
 class DeliveryWindow:
     """The un-ACKed pushes of one connection.
 
@@ -116,7 +123,7 @@ class DeliveryWindow:
                 del entries[msgid]
                 self.log.info("{msgid} not ACKed after {attempts} re-pushes: left pending for "
                               "PULL", msgid=msgid, logid=entry.logid, attempts=entry.attempts,
-                              peer=self._conn.peer)
+                              peer=self._conn.peer, **_recipient(self._conn))
                 continue
             entry.attempts += 1
             entry.deadline = now + self._timeout
@@ -126,7 +133,8 @@ class DeliveryWindow:
             self._on_repush(entry.route)
             if tracing.MESSAGES.listeners:
                 trace.debug("{msgid} re-pushed (try {attempt})", msgid=msgid, logid=entry.logid,
-                               attempt=entry.attempts + 1, peer=self._conn.peer)
+                            attempt=entry.attempts + 1, peer=self._conn.peer,
+                            **_recipient(self._conn))
         if entries:
             head = next(iter(entries.values()))
             self._timer = self._clock.callLater(max(0.0, head.deadline - now), self._expire)

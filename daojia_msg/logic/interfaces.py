@@ -12,6 +12,8 @@ class IClientConnection(Interface):
 
     peer = Attribute("str: the peer address, for logs")
     connected = Attribute("bool: False once the connection is closing or closed")
+    session = Attribute("the Session attached (its uid and appcode name the recipient in "
+                        "log lines), or None")
 
     def attach(session):
         """The connection now belongs to ``session`` (a LOGIN in progress):

@@ -6,9 +6,11 @@ The gate and the HTTP API call in; logic reaches storage, the bus and (through
 method either returns its answer or raises a
 :class:`~daojia_msg.protocol.errors.RequestError` that maps to a result code.
 
-Delivery (PROTOCOL.md §6.3): a message is made durable as pending, then the
-sender is answered, then it is pushed if the recipient is online; an ACK turns
-it delivered. PULL and HISTORY are in :mod:`daojia_msg.logic.inbox`.
+Delivery (PROTOCOL.md §6.3): a message is made durable as pending, its push
+is handed over if the recipient is online (written to a local session, or
+taken by the node that holds it), then the sender is answered (see
+:meth:`LogicService._c2c_stored` for why in this order); an ACK turns it
+delivered. PULL and HISTORY are in :mod:`daojia_msg.logic.inbox`.
 """
 
 from __future__ import annotations
@@ -107,6 +109,14 @@ def _store_unavailable(failure: Failure) -> NoReturn:
 def _c2c_result(outcome: StoreOutcome, msg: StoredMessage) -> pb.Result:
     return pb.Result(code=Code.OK, msgid=outcome.msgid, logid=outcome.logid,
                      server_time_ms=msg.send_time_ms)
+
+
+def _sender(msg: StoredMessage) -> dict[str, int]:
+    """``uid`` and ``appcode`` of a line about storing ``msg``: its sender, or
+    for an app server's push (sender 0) its recipient."""
+    if msg.from_uid:
+        return {"uid": msg.from_uid, "appcode": msg.from_appcode}
+    return {"uid": msg.to_uid, "appcode": msg.to_appcode}
 
 
 def check_uid(uid: int, name: str) -> None:
@@ -510,6 +520,16 @@ class LogicService(Service):
 
     def _c2c_stored(self, outcomes: list[StoreOutcome], session: Session, req: pb.C2CRequest,
                     msg: StoredMessage) -> pb.Result | Deferred[pb.Result]:
+        """Durable: hand the push over, then answer the sender.
+
+        The sender's Result waits until the push is written to the local
+        session, or accepted by the node that holds it (or found impossible:
+        offline, unreachable). So a node that dies between storing a message
+        and handing its push over has not answered either: the sender resends
+        (same ``client_msg_id``), and the resend, answered from the de-dup key
+        by any node, pushes the message again (:meth:`_redeliver`). Answering
+        first would leave such a message pending until its recipient's next
+        login, though the recipient is online."""
         [outcome] = outcomes
         if not outcome.duplicate and self._push_if_local(msg):  # the common case, at once
             return _c2c_result(outcome, msg)
@@ -521,12 +541,12 @@ class LogicService(Service):
             self.log.info("c2c resend of {client_msg_id} answered with {msgid}",
                           client_msg_id=req.client_msg_id, msgid=outcome.msgid, logid=outcome.logid,
                           uid=session.uid, appcode=session.appcode)
-            await self._redeliver(req.to_uid, outcome.msgid)
+            await self._redeliver(req.to_uid, req.to_appcode, outcome.msgid, outcome.logid)
         else:
             await self._deliver(msg)
         return _c2c_result(outcome, msg)
 
-    async def _redeliver(self, to_uid: int, msgid: int) -> None:
+    async def _redeliver(self, to_uid: int, to_appcode: int, msgid: int, logid: str) -> None:
         """A resend means the sender never saw its answer: the node that stored
         the first send may have died before pushing it. If it is still pending,
         push it now, so an online recipient does not wait for its next login."""
@@ -534,7 +554,7 @@ class LogicService(Service):
             msg = await self.store.pending_message(to_uid, msgid)
         except StoreError as e:
             self.log.info("{msgid} not re-delivered on its resend: {error}", msgid=msgid,
-                          to_uid=to_uid, error=str(e))
+                          logid=logid, uid=to_uid, appcode=to_appcode, error=str(e))
             return  # it stays pending for PULL
         if msg is not None:
             await self._deliver(msg)
@@ -602,15 +622,16 @@ class LogicService(Service):
                 if tracing.MESSAGES.listeners:
                     trace.debug("{kind} {msgid} stored for {to_uid}@{to_appcode}",
                                 kind=msg.kind.name, msgid=msg.msgid, logid=msg.logid,
-                                to_uid=msg.to_uid, to_appcode=msg.to_appcode,
-                                uid=msg.from_uid, appcode=msg.from_appcode)
+                                to_uid=msg.to_uid, to_appcode=msg.to_appcode, **_sender(msg))
         return outcomes
 
     def _not_stored(self, failure: Failure, batch: list[NewMessage]) -> NoReturn:
         failure.trap(StoreError)
         for new in batch:
             self.log.warn("message {msgid} not stored: store unavailable",
-                          msgid=new.message.msgid, logid=new.message.logid)
+                          msgid=new.message.msgid, logid=new.message.logid,
+                          to_uid=new.message.to_uid, to_appcode=new.message.to_appcode,
+                          **_sender(new.message))
         raise errors.Unavailable("message store unavailable")
 
     async def _deliver(self, msg: StoredMessage, retry_attempt: int = 0) -> bool:
@@ -664,7 +685,8 @@ class LogicService(Service):
         self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "stored")
         if tracing.MESSAGES.listeners:
             trace.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
-                        logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
+                        logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode,
+                        uid=msg.to_uid, appcode=msg.to_appcode)
 
     def _retry_delivery(self, msg: StoredMessage, attempt: int = 0) -> None:
         """The node holding the recipient's session could not be reached (slow,
@@ -688,7 +710,8 @@ class LogicService(Service):
             if pending is None:
                 return  # delivered (ACKed) meanwhile, or the store is down
             self.log.info("{msgid} delivery retried (try {attempt})", msgid=msg.msgid,
-                          logid=msg.logid, attempt=attempt)
+                          logid=msg.logid, uid=msg.to_uid, appcode=msg.to_appcode,
+                          attempt=attempt)
             await self._deliver(pending, retry_attempt=attempt)
 
         Deferred.fromCoroutine(retry())
@@ -705,7 +728,8 @@ class LogicService(Service):
             pushed: bool = await self.peers.deliver(record, msg)
         except StoreError as e:
             self.log.warn("{msgid} left pending: node {peer_node} unreachable: {error}",
-                          msgid=msg.msgid, logid=msg.logid, peer_node=record.node_id, error=str(e))
+                          msgid=msg.msgid, logid=msg.logid, uid=msg.to_uid,
+                          appcode=msg.to_appcode, peer_node=record.node_id, error=str(e))
             return None
         return pushed
 
@@ -729,12 +753,13 @@ class LogicService(Service):
             self.stats.add(route, "pushed")
             if tracing.MESSAGES.listeners:
                 trace.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
-                               logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode)
+                            logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode,
+                            uid=msg.to_uid, appcode=msg.to_appcode)
             return True
         self.log.info("{msgid} left pending: {to_uid}@{to_appcode} takes no pushes now "
                       "(too many un-ACKed, or not reading)",
                       msgid=msg.msgid, logid=msg.logid, to_uid=msg.to_uid,
-                      to_appcode=msg.to_appcode)
+                      to_appcode=msg.to_appcode, uid=msg.to_uid, appcode=msg.to_appcode)
         return False
 
     def _count_repush(self, route: object) -> None:

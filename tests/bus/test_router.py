@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from daojia_msg.bus.envelope import BadEnvelope, decode_envelope
+from daojia_msg.bus.envelope import BadEnvelope, decode_envelope, log_fields
 from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.memory import MemoryBus
@@ -172,3 +172,11 @@ class EnvelopeTests(SynchronousTestCase):
         self.assertEqual(decode_envelope("gps", payload, "given").logid, "given")
         with self.assertRaises(BadEnvelope):
             decode_envelope("gps", b"\xff\xff\xff", "")
+
+    def test_log_fields(self) -> None:
+        payload = pb.Message(msgid=5, from_uid=7, from_appcode=1001, kind=pb.C2S,
+                             logid="m-log").SerializeToString()
+        self.assertEqual(log_fields(payload, "given"),
+                         {"logid": "given", "msgid": 5, "uid": 7, "appcode": 1001})
+        self.assertEqual(log_fields(payload, "")["logid"], "m-log")
+        self.assertEqual(log_fields(b"\xff\xff\xff", "given"), {"logid": "given"})

@@ -67,6 +67,18 @@ class RemoteDeliveryTests(SynchronousTestCase):
         self.assertEqual(self.stack.logic.stats.totals()["stored"], 1)
         self.assertEqual(self.successResultOf(self.stack.store.count_pending(2, 1001)), 1)
 
+    def test_sender_is_answered_once_the_other_node_took_the_push(self) -> None:
+        """Durable, then the push handed to the node that holds the recipient,
+        then the sender's Result (see LogicService._c2c_stored)."""
+        self.successResultOf(self.stack.sessions.register(remote(2, node=2)))
+        slow: Deferred[bool] = Deferred()
+        self.peers.deliver = lambda record, message: slow  # type: ignore[method-assign]
+        self.alice.send(Cmd.C2C, pb.C2CRequest(to_uid=2, to_appcode=1001, content=b"x"))
+        self.assertEqual(self.alice.received(), [])
+        slow.callback(True)
+        [answer] = self.alice.received()
+        self.assertEqual(pb.Result.FromString(answer.body).code, Code.OK)
+
     def test_follows_a_session_that_moved(self) -> None:
         """The recipient reconnected on node 3 while we handed the push to node 2."""
         self.successResultOf(self.stack.sessions.register(remote(2, node=2, session="old")))

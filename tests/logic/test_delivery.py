@@ -12,6 +12,7 @@ TIMEOUT = 10.0
 
 class FakeConnection:
     peer = "127.0.0.1:5555"
+    session = None
 
     def __init__(self) -> None:
         self.connected = True

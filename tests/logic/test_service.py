@@ -151,6 +151,34 @@ class C2CTests(SynchronousTestCase):
         self.assertEqual(len(self.b.received()), 1)
 
 
+    def test_push_is_handed_over_before_the_sender_is_answered(self) -> None:
+        """Durable, then the push, then the sender's Result: a node that dies
+        in between has answered nothing, so the sender resends and the resend
+        re-delivers (LogicService._c2c_stored)."""
+        held: list[Deferred[object]] = []
+        real = self.stack.store.store
+
+        def later(batch: object) -> Deferred[object]:  # as the real stores answer
+            d: Deferred[object] = Deferred()
+            held.append(d)
+            return d.addCallback(lambda _: real(batch))
+
+        self.stack.store.store = later  # type: ignore[method-assign]
+        sender_bytes_at_push: list[int] = []
+        write = self.b.transport.write
+
+        def spy(data: bytes) -> None:
+            sender_bytes_at_push.append(len(self.a.transport.value()))
+            write(data)
+
+        self.b.transport.write = spy  # type: ignore[method-assign]
+        self.a.send(Cmd.C2C, pb.C2CRequest(to_uid=2, to_appcode=1001, content=b"x"))
+        held[0].callback(None)
+        [answer] = self.a.received()
+        self.assertEqual((answer.cmd, len(self.b.pushed_messages())), (Cmd.C2C | 0x80, 1))
+        self.assertEqual(sender_bytes_at_push, [0])
+
+
 class PullTests(SynchronousTestCase):
     def test_250_pending_in_batches(self) -> None:
         stack = Stack()
@@ -391,6 +419,30 @@ class LogTests(SynchronousTestCase):
         # The message path stays out of the main (text) log.
         self.assertEqual([e for e in main_log if e.get("msgid") == result.msgid], [])
 
+    def test_every_line_about_a_message_names_it_and_its_user(self) -> None:
+        """msgid, logid, uid and appcode on every line of a message's path:
+        stored, pushed, re-pushed, given up, stored offline, pulled, ACKed."""
+        events, main_log = self.capture()
+        stack = Stack()
+        a, b = stack.login(1), stack.login(2)
+        to_b = a.c2c(2, logid="to-b").msgid
+        to_c = a.c2c(3, logid="to-c").msgid
+        limits = stack.config.limits
+        for _ in range(limits.max_repush + 1):  # every re-push, then it is left pending
+            stack.clock.advance(limits.ack_timeout_s)
+        c = stack.login(3)
+        c.pull()
+        c.ack([to_c])
+        b.ack([to_b])
+        about = [e for e in events + main_log if e.get("msgid") in (to_b, to_c)]
+        formats = {str(e["log_format"]).split(" ", 1)[1].split(" ")[0] for e in about}
+        self.assertLessEqual({"stored", "pushed", "re-pushed", "not", "pulled", "acked"}, formats)
+        for event in about:
+            self.assertEqual(event.get("logid"), {to_b: "to-b", to_c: "to-c"}[event["msgid"]],
+                             event["log_format"])
+            self.assertIn(event.get("uid"), (1, 2, 3), event["log_format"])
+            self.assertEqual(event.get("appcode"), 1001, event["log_format"])
+
     def test_session_path_goes_to_the_trace_only(self) -> None:
         """A successful LOGIN and LOGOUT are trace events; a refused LOGIN is
         in the main log."""
@@ -453,6 +505,8 @@ class PageSizeTests(SynchronousTestCase):
                 break
             after = page.messages[-1].msgid
         self.assertEqual(seen, sent)
+        # Each message counted as pulled once, though pages were cut to fit.
+        self.assertEqual(stack.logic.stats.totals()["pulled"], len(sent))
         history = b.history(limit=100)
         self.assertLessEqual(len(b.last.body), 65536)
         self.assertTrue(history.has_more)
