@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.gate.test_limits -*-
+# -*- test-case-name: tests.gate.test_protocol -*-
 """Connection shaping: a per-connection token bucket with abuse detection, and
 a per-source-IP connection counter (Twisted's ``LimitConnectionsByPeer`` is
 broken on Python 3, twisted#12183)."""

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.logic.test_inbox -*-
+# -*- test-case-name: tests.logic.test_service -*-
 """PULL (offline messages) and HISTORY (the message list), PROTOCOL.md §6.3."""
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ class Inbox:
             )
         except StoreError:
             raise errors.Unavailable("message store unavailable") from None
-        for msg in page.messages:
+        messages, cut = self._fit(page.messages)
+        for msg in page.messages[: len(messages)]:  # what the page carries: counted once
             self.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "pulled")
             if tracing.MESSAGES.listeners:
                 trace.debug("{msgid} pulled by {uid}@{appcode}", msgid=msg.msgid, logid=msg.logid,
                                uid=session.uid, appcode=session.appcode)
-        messages, cut = self._fit(page.messages)
         return pb.PullResponse(code=Code.OK, messages=messages, has_more=page.has_more or cut)
 
     async def history(self, session: Session, req: pb.HistoryRequest) -> pb.HistoryResponse:

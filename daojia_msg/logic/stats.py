@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.logic.test_stats -*-
+# -*- test-case-name: tests.logic.test_service,tests.web.test_metrics,tests.cluster.test_stats -*-
 """Delivery statistics of this node, per route ``(appcode, msgtype, kind)``.
 
 A route's ``appcode`` is the recipient's for C2C and S2C (how well pushes reach
