@@ -51,6 +51,7 @@ from daojia_msg.logic.service import LogicService
 from daojia_msg.logic.stats import Stats
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
+from daojia_msg.store.errors import StoreError
 from daojia_msg.store.interfaces import IMessageStore, ISessionStore
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.redis import RedisSessionStore
@@ -122,11 +123,17 @@ class Node(MultiService):
         return address.host, address.port
 
     async def dispatch(self) -> tuple[str, int]:
-        """The least-loaded live node's public gate (one node: this one)."""
+        """The least-loaded live node's public gate (one node: this one);
+        Unavailable (503) when Redis cannot say."""
         if self.registry is None:
             return self.gate_address()
-        # A node still starting has no gate address yet: not a candidate.
-        nodes = [n for n in await self.registry.live_nodes() if n.gate_port]
+        try:
+            live = await self.registry.live_nodes()
+        except StoreError:
+            raise errors.Unavailable("the node registry (Redis) is unavailable") from None
+        # A node still starting (no gate address yet) or draining (its address
+        # withdrawn) is not a candidate.
+        nodes = [n for n in live if n.gate_port]
         if not nodes:
             raise errors.Unavailable("no live node")
         best = min(nodes, key=lambda n: (n.connections, n.node_id))
@@ -315,6 +322,11 @@ class Node(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self.registry is not None and "gate" in self.ports:
+            # Out of GET /v1/dispatch at once (its gate address withdrawn); the
+            # RPC address stays: other nodes still deliver to the sessions here.
+            self.registry.gate = ("", 0)
+            await self.registry.heartbeat()
         if self.registry is not None and "gate" in self.ports and self.config.cluster.drain_grace_s:
             self.log.info("draining: /healthz is 503; KICKOUT SHUTDOWN in {grace} s",
                           grace=self.config.cluster.drain_grace_s)

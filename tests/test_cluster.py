@@ -9,13 +9,14 @@ import uuid
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import TestCase
 
 from daojia_msg.config import ClusterConfig, ConfigError, ListenConfig, RedisConfig, default_config
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.store.errors import StoreUnavailable
 from tests.servers import delete_redis_keys, require_redis
 from tests.test_e2e import Inbox, NodeTestCase
 
@@ -24,7 +25,7 @@ R: Any = reactor
 
 class ClusterTests(NodeTestCase):
     async def start_cluster_node(self, data_dir: str, prefix: str, node_id: int | None = None,
-                                 mysql: Any = None) -> Node:
+                                 mysql: Any = None, drain_grace_s: float = 0.0) -> Node:
         base = default_config()
         config = base.replace(
             node_id=node_id,
@@ -34,7 +35,8 @@ class ClusterTests(NodeTestCase):
                                rpc="tcp:0:interface=127.0.0.1"),
             redis=RedisConfig(url=self.redis_url, key_prefix=prefix, reply_timeout_s=2.0),
             cluster=ClusterConfig(heartbeat_s=0.5, ttl_s=1.5, rpc_timeout_s=2.0,
-                                  drain_grace_s=0.0, rpc_secret="a-test-rpc-secret-16+"),
+                                  drain_grace_s=drain_grace_s,
+                                  rpc_secret="a-test-rpc-secret-16+"),
             **({"mysql": mysql} if mysql is not None else {}),
         )
         node = Node(config, R)
@@ -119,6 +121,55 @@ class ClusterTests(NodeTestCase):
         self.node = self.node1
         code, answer = await self.http("GET", "/v1/dispatch", key=None)
         self.assertEqual((code, answer["port"]), (200, self.node2.gate_address()[1]))
+
+    async def test_sigterm_drains(self) -> None:
+        """Stopping (SIGTERM): out of /v1/dispatch and /healthz 503 at once,
+        KICKOUT SHUTDOWN after the grace period, then gone from the cluster."""
+        node3 = await self.start_cluster_node(os.path.abspath(self.mktemp()), self.prefix,
+                                              drain_grace_s=0.5)
+        for node, uid in ((self.node1, 21), (self.node1, 22), (self.node2, 23),
+                          (self.node2, 24)):
+            await self.client_on(node, uid)
+        self.node = node3
+        _, inbox = await self.client(26)
+        for node in (self.node1, self.node2, node3):
+            assert node.registry is not None
+            await node.registry.heartbeat()
+        self.node = self.node1
+        self.assertEqual((await self.http("GET", "/v1/dispatch", key=None))[1]["port"],
+                         node3.gate_address()[1])  # the least loaded
+        stopped = node3.stopService()
+        self.assertFalse(node3.serving())
+        assert node3.registry is not None
+        await node3.registry.heartbeat()  # the one that withdraws its gate
+        code, answer = await self.http("GET", "/v1/dispatch", key=None)
+        self.assertEqual(code, 200)
+        self.assertNotEqual(answer["port"], node3.gate_address()[1])
+        self.assertEqual(inbox.kicks, [])  # not before the grace period
+        self.assertEqual(await inbox.kicked.addTimeout(10, R), KickReason.SHUTDOWN)
+        await stopped
+        assert self.node1.registry is not None
+        live = await self.node1.registry.live_nodes()
+        self.assertNotIn(node3.node_id, [n.node_id for n in live])
+
+    async def test_durable_message_is_ok_when_redis_fails_after_the_store(self) -> None:
+        """The store took it, then the session look-up fails: OK, pending."""
+        alice, _ = await self.client_on(self.node1, 31)
+        _, bob_inbox = await self.client_on(self.node2, 32)
+        self.node1.sessions.lookup = (  # type: ignore[method-assign]
+            lambda uid, appcode: fail(StoreUnavailable("redis HGET: no reply within 2 s")))
+        result = await alice.c2c(32, 1001, 7, b"durable first")
+        self.assertEqual(result.code, Code.OK)
+        self.assertEqual(await self.node1.store.count_pending(32, 1001), 1)
+        self.assertEqual(bob_inbox.messages, [])
+
+    async def test_dispatch_without_redis_is_503(self) -> None:
+        assert self.node1.registry is not None
+        self.node1.registry.live_nodes = (  # type: ignore[method-assign]
+            lambda: fail(StoreUnavailable("redis: not connected")))
+        self.node = self.node1
+        code, answer = await self.http("GET", "/v1/dispatch", key=None)
+        self.assertEqual(code, 503, answer)
 
     async def test_unreachable_node_leaves_it_pending(self) -> None:
         alice, _ = await self.client_on(self.node1, 1)

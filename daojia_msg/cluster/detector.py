@@ -20,10 +20,10 @@ trips). If the dead node was the detector, its lock expires ``ttl`` after its
 last renewal and another node takes it at its next check, within the same
 8 s. Both are within the 15 s of DESIGN.md §3.
 
-Known limit: a node that re-registers in the instant between the detector's
-check and its ``purge_node`` call may lose the sessions logged in during that
-instant from the session store; such sessions are then treated as offline
-(messages stay pending and are PULLed) until they log in again.
+A node that re-registers in the instant between the detector's check and
+the purge keeps its sessions: the purge script
+(:meth:`~daojia_msg.store.redis.RedisSessionStore.purge_dead_node`) checks, in
+the same atomic call, that the node's registration is still gone.
 """
 
 from __future__ import annotations

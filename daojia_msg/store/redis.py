@@ -81,8 +81,6 @@ redis.call('SREM', ARGV[4] .. node, ARGV[3])
 return 1
 """)
 
-# KEYS[1] = the node's set. ARGV: hash key prefix, node id, batch size.
-# Returns {sessions removed, members left in the set}.
 # KEYS = the uids' hashes, ARGV = their appcodes (same order). Returns each
 # field's value or nil.
 LOOKUP_MANY = Script("""
@@ -93,6 +91,9 @@ end
 return out
 """)
 
+# KEYS[1] = the node's set, KEYS[2] (optional) = the node's registration.
+# ARGV: hash key prefix, node id, batch size. Returns {sessions removed,
+# members left in the set}.
 PURGE = Script("""
 if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, 0}  -- the node is alive (again): nothing of it is purged
