@@ -90,6 +90,7 @@ from daojia_msg.config import AppConfig, Config
 from daojia_msg.logic.service import LogicService, PushItem, PushOutcome
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
+from daojia_msg.store.errors import StoreError
 
 MAX_UID = 2**64 - 1
 MAX_U32 = 2**32 - 1
@@ -476,6 +477,11 @@ class Api:
             answer = await endpoint.handle(method, request, caller)
         except errors.RequestError as e:
             answer = _json(e.http_status, {"error": e.reason})
+        except StoreError as e:  # a backend (Redis, the database) is down: 503, not a bug
+            log.warn("{method} {path}: {error}", method=request.method.decode("latin-1"),
+                     path=request.path.decode("latin-1"), error=str(e))
+            unavailable = errors.Unavailable("a backend is unavailable")
+            answer = _json(unavailable.http_status, {"error": unavailable.reason})
         except Exception:
             log.failure("{method} {path} failed", method=request.method.decode("latin-1"),
                         path=request.path.decode("latin-1"))

@@ -17,7 +17,7 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -538,6 +538,18 @@ class StatsTests(ApiTestCase):
 
     def test_unauthorized(self) -> None:
         self.assertError(self.request("GET", "/v1/stats"), 401)
+
+    def test_backend_down_is_503(self) -> None:
+        """Cluster-wide stats come from Redis: Redis down is 503, not a 500."""
+        self.site = make_site(
+            self.logic, self.config, serving=lambda: True, dispatch=lambda: ("g", 1),
+            registry=self.registry, reactor=self.node.clock,
+            stats=lambda appcodes: fail(StoreUnavailable("redis HGETALL: no reply within 2 s")),
+        )
+        response = self.request("GET", "/v1/stats", headers=SHOP)
+        self.assertEqual((response.status, response.json()),
+                         (503, {"error": "a backend is unavailable"}))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     def test_scoped_snapshot(self) -> None:
         """Scoping the whole system's appcodes gives the node-wide snapshot back."""
