@@ -303,6 +303,27 @@ class SchemaTests(TestCase):
         error: Any = await self.assertFailure(store.start(), StoreError)
         self.assertIn(f"this code knows up to {SCHEMA_VERSION}", str(error))
 
+    async def test_an_older_schema_is_migrated_at_start(self) -> None:
+        """A database at version N meets code with migration N+1: the new
+        statements run on every shard table, the version is recorded, the data stays."""
+        url = fresh_database(self)
+        first = await started(self, mysql_config(url, shards=2))
+        await first.store([c2c(1)])
+        await first.stop()
+        added = ("ALTER TABLE messages_{n} ADD COLUMN test_note VARCHAR(8) NULL",)
+        self.patch(mysql_module, "MIGRATIONS", [*mysql_module.MIGRATIONS, added])
+        self.patch(mysql_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+        store = await started(self, mysql_config(url, shards=2))
+        self.assertEqual(query(url, "SELECT version FROM schema_version"), [(SCHEMA_VERSION + 1,)])
+        for n in range(2):
+            columns = {r[0] for r in query(url, f"SHOW COLUMNS FROM messages_{n}")}
+            self.assertIn("test_note", columns)
+        self.assertEqual(await store.count_pending(2, 10), 1)
+        await store.stop()
+        # Started again at the new version: nothing to run.
+        again = await started(self, mysql_config(url, shards=2))
+        self.assertEqual(await again.count_pending(2, 10), 1)
+
     async def test_two_nodes_start_on_one_empty_database(self) -> None:
         url = fresh_database(self)
         config = mysql_config(url)
