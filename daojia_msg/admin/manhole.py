@@ -202,9 +202,10 @@ class AdminNamespace:
         """stats() -> {"totals": {...}, "by_route": [...], "delivery_rate": r}
 
         The delivery counters (accepted, pushed, acked, repushed, stored, pulled)
-        in total and per (appcode, msgtype, kind), as GET /v1/stats shows them
-        (but for every user system); ``delivery_rate`` is acked / accepted over
-        the stats window, or None before anything was accepted.
+        in total and per (appcode, msgtype, kind), with the ACK latency
+        (``ack_latency``), as GET /v1/stats shows them (but for every user
+        system); ``delivery_rate`` is acked / accepted over the stats window,
+        or None before anything was accepted.
         """
         return _now_or_later(Deferred.fromCoroutine(self._stats_now()))
 

@@ -455,12 +455,23 @@ async def cmd_stats(ctx: _Ctx) -> None:
             + (f" (last {window:g} s)" if window else "")
             + f", since the start: {_pct(stats.get('delivery_rate_total'))}")
     names = ("accepted", "pushed", "acked", "repushed", "stored", "pulled")
-    ctx.say(f"{'appcode':>8} {'msgtype':>8} {'kind':<4} " + " ".join(f"{n:>9}" for n in names))
+    ctx.say(f"{'appcode':>8} {'msgtype':>8} {'kind':<4} " + " ".join(f"{n:>9}" for n in names)
+            + f" {'ack p50 ms':>10} {'ack p99 ms':>10}")
     for r in stats["by_route"]:
         ctx.say(f"{r['appcode']:>8} {r['msgtype']:>8} {r['kind']:<4} "
-                + " ".join(f"{r[n]:>9}" for n in names))
+                + " ".join(f"{r[n]:>9}" for n in names) + _latency(r.get("ack_latency")))
     t = stats["totals"]
-    ctx.say(f"{'total':>8} {'':>8} {'':<4} " + " ".join(f"{t[n]:>9}" for n in names))
+    ctx.say(f"{'total':>8} {'':>8} {'':<4} " + " ".join(f"{t[n]:>9}" for n in names)
+            + _latency(stats.get("ack_latency")))
+
+
+def _latency(summary: dict[str, Any] | None) -> str:
+    """The ACK latency columns: p50 and p99 in ms (bucket bounds), ``-`` if none."""
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    summary = summary or {}
+    return f" {ms(summary.get('p50_ms')):>10} {ms(summary.get('p99_ms')):>10}"
 
 
 def _pct(rate: float | None) -> str:

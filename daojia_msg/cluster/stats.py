@@ -7,7 +7,8 @@ Every ``stats.flush_s`` each node adds what it counted since its last flush
 - ``stats:c``          hash ``appcode:msgtype:kind:counter`` -> count (since ever)
 - ``stats:m:<minute>`` hash ``appcode:msgtype:kind:accepted|acked`` -> count
                        (the delivery-rate window; expires after the window)
-- ``stats:lat``        hash ``b<i>`` -> ACK latencies in bucket i, ``sum_us``
+- ``stats:lat``        hash ``appcode:msgtype:kind:b<i>`` -> ACK latencies in
+                       bucket i, ``appcode:msgtype:kind:sum_us`` -> their sum
 
 :class:`ClusterStats` reads them back into a :class:`Stats` and answers
 ``GET /v1/stats`` with the same JSON as one node, for the whole cluster. A
@@ -31,7 +32,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from daojia_msg.cluster.redisconn import Redis, Script
-from daojia_msg.logic.stats import COUNTERS, LATENCY_BUCKETS, Route, Stats, _bump
+from daojia_msg.logic.stats import COUNTERS, LATENCY_WIDTH, Route, Stats, _bump
 from daojia_msg.store.errors import StoreError
 from daojia_msg.store.model import Kind
 
@@ -56,6 +57,8 @@ return 1
 """)
 
 WINDOW_FIELDS = ("accepted", "acked")
+#: The fields of a route's ACK latency (:data:`LATENCY_WIDTH` values).
+LATENCY_FIELDS = (*(f"b{i}" for i in range(LATENCY_WIDTH - 1)), "sum_us")
 
 
 def _field(route: Route, name: str) -> str:
@@ -128,8 +131,8 @@ class StatsFlusher:
         self._failing = False
 
     def _batch(self) -> tuple[list[str], list[Any]] | None:
-        counts, minutes, latency, latency_sum = self.stats.take_deltas()
-        if not counts and not minutes and not any(latency):
+        counts, minutes, latency = self.stats.take_deltas()
+        if not counts and not minutes and not latency:
             return None
         self._seq += 1
         keys = [self.redis.key("stats", "f", self._id, self._seq),
@@ -138,9 +141,8 @@ class StatsFlusher:
         pairs = [(_field(r, name), v) for r, values in counts.items()
                  for name, v in zip(COUNTERS, values, strict=True) if v]
         args += [len(pairs), *[x for p in pairs for x in p]]
-        lat = [(f"b{i}", v) for i, v in enumerate(latency) if v]
-        if latency_sum:
-            lat.append(("sum_us", int(latency_sum * 1e6)))
+        lat = [(_field(r, name), v) for r, values in latency.items()
+               for name, v in zip(LATENCY_FIELDS, values, strict=True) if v]
         args += [len(lat), *[x for p in lat for x in p]]
         for minute, routes in minutes.items():
             keys.append(self.redis.key("stats", "m", minute))
@@ -173,11 +175,12 @@ class ClusterStats:
                       int(value), 2)
         latency = await self.redis.call("HGETALL", self.redis.key("stats", "lat"))
         for field, value in zip(latency[::2], latency[1::2], strict=True):
-            name = field.decode() if isinstance(field, bytes) else str(field)
-            if name == "sum_us":
-                stats.latency_sum = int(value) / 1e6
-            elif name.startswith("b") and int(name[1:]) <= len(LATENCY_BUCKETS):
-                stats.latency_counts[int(name[1:])] = int(value)
+            try:
+                route, name = _parse(field)
+                i = LATENCY_FIELDS.index(name)
+            except ValueError:  # not a route's field (an older node's, or a bucket we lack)
+                continue
+            _bump(stats.latency, route, i, int(value), LATENCY_WIDTH)
         return stats
 
     async def snapshot(self, appcodes: Collection[int] | None = None) -> dict[str, Any]:

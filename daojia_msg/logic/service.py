@@ -782,8 +782,9 @@ class LogicService(Service):
         session.window.acked(msgids)
         now = self.now_ms()
         for a in acked:
-            self.stats.add((session.appcode, a.msgtype, a.kind), "acked")
-            self.stats.observe_ack_latency((now - a.send_time_ms) / 1000.0)
+            route = (session.appcode, a.msgtype, a.kind)
+            self.stats.add(route, "acked")
+            self.stats.observe_ack_latency(route, (now - a.send_time_ms) / 1000.0)
             if tracing.MESSAGES.listeners:
                 trace.debug("{msgid} acked by {uid}@{appcode}", msgid=a.msgid, logid=a.logid,
                             uid=session.uid, appcode=session.appcode)

@@ -18,7 +18,11 @@ node also keeps the deltas since its last flush (:meth:`Stats.take_deltas`),
 which :mod:`daojia_msg.cluster.stats` adds to the cluster-wide counts in Redis.
 At most :data:`MAX_ROUTES` routes are counted apart; after that new ones are
 counted under msgtype :data:`OTHER_MSGTYPE` (-1) of their appcode and kind.
-The ACK latency (durable -> ACKed, from the msgid's send time) is a histogram.
+The ACK latency (durable -> ACKed, from the message's send time) is a
+histogram per route (buckets :data:`LATENCY_BUCKETS`, and the sum); the
+snapshot gives each route's count, mean and p50/p90/p99 (each the upper bound
+of the bucket the quantile falls in: an estimate that errs high; None past the
+last bound), and the same over the routes shown.
 One source of truth: ``/v1/stats`` and ``/metrics`` both read this object.
 """
 
@@ -36,6 +40,9 @@ _INDEX = {name: i for i, name in enumerate(COUNTERS)}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 Route = tuple[int, int, Kind]
+#: Per route: the count in each latency bucket (the last one: past the last
+#: bound), then the sum of the latencies in microseconds.
+LATENCY_WIDTH = len(LATENCY_BUCKETS) + 2
 #: Per-minute bucket of the delivery-rate window: (accepted, acked) per route.
 Window = dict[int, dict[Route, list[int]]]
 #: The msgtype of the route that collects every msgtype once the table is full.
@@ -59,13 +66,12 @@ class Stats:
         self.window_s = window_s
         self.by_route: dict[Route, list[int]] = {}
         self.minutes: Window = {}
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
+        #: ACK latency per route (:data:`LATENCY_WIDTH` values each).
+        self.latency: dict[Route, list[int]] = {}
         self.track_deltas = track_deltas
         self._deltas: dict[Route, list[int]] = {}
         self._minute_deltas: Window = {}
-        self._latency_deltas = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_sum_delta = 0.0
+        self._latency_deltas: dict[Route, list[int]] = {}
         self._pruned_at: int | None = None  # the window's first minute at the last prune
 
     def _route(self, route: Route) -> Route:
@@ -110,23 +116,34 @@ class Stats:
         for m in [m for m in self.minutes if m < oldest]:
             del self.minutes[m]
 
-    def observe_ack_latency(self, seconds: float) -> None:
-        seconds = max(0.0, seconds)
-        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-        self.latency_counts[bucket] += 1
-        self.latency_sum += seconds
-        if self.track_deltas:
-            self._latency_deltas[bucket] += 1
-            self._latency_sum_delta += seconds
+    def observe_ack_latency(self, route: Route, seconds: float) -> None:
+        """One message of ``route`` ACKed ``seconds`` after it became durable
+        (after :meth:`add` counted it ``acked``, so the route is known)."""
+        route = route if route in self.by_route else self._route(route)
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, max(0.0, seconds))
+        micros = int(max(0.0, seconds) * 1e6)
+        for table in (self.latency, self._latency_deltas) if self.track_deltas else (self.latency,):
+            counts = table.get(route)
+            if counts is None:
+                counts = table[route] = [0] * LATENCY_WIDTH
+            counts[bucket] += 1
+            counts[-1] += micros
 
-    def take_deltas(self) -> tuple[dict[Route, list[int]], Window, list[int], float]:
+    def take_deltas(self) -> tuple[dict[Route, list[int]], Window, dict[Route, list[int]]]:
         """What was added since the last call: counts, window buckets, latency."""
-        deltas = (self._deltas, self._minute_deltas, self._latency_deltas,
-                  self._latency_sum_delta)
-        self._deltas, self._minute_deltas = {}, {}
-        self._latency_deltas = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_sum_delta = 0.0
+        deltas = (self._deltas, self._minute_deltas, self._latency_deltas)
+        self._deltas, self._minute_deltas, self._latency_deltas = {}, {}, {}
         return deltas
+
+    def ack_latency(self, appcodes: Collection[int] | None = None) -> list[int]:
+        """The latency histogram over every route (of ``appcodes``):
+        :data:`LATENCY_WIDTH` values, as one route's."""
+        total = [0] * LATENCY_WIDTH
+        for route, counts in self.latency.items():
+            if appcodes is None or route[0] in appcodes:
+                for i, value in enumerate(counts):
+                    total[i] += value
+        return total
 
     def _routes(self, appcodes: Collection[int] | None) -> list[tuple[Route, list[int]]]:
         return sorted(
@@ -179,13 +196,37 @@ class Stats:
                     "msgtype": msgtype,
                     "kind": kind.name,
                     **dict(zip(COUNTERS, counts, strict=True)),
+                    "ack_latency": latency_summary(self.latency.get((appcode, msgtype, kind))),
                 }
                 for (appcode, msgtype, kind), counts in self._routes(appcodes)
             ],
+            "ack_latency": latency_summary(self.ack_latency(appcodes)),
             "delivery_rate": self.delivery_rate(appcodes),
             "delivery_rate_total": self.delivery_rate_total(appcodes),
             "window_s": self.window_s,
         }
+
+
+def latency_summary(counts: list[int] | None) -> dict[str, Any]:
+    """``count``, ``mean_ms`` and ``p50_ms``/``p90_ms``/``p99_ms`` of a latency
+    histogram (:data:`LATENCY_WIDTH` values); a quantile is its bucket's upper
+    bound, None past the last bound or with nothing counted."""
+    n = sum(counts[:-1]) if counts else 0
+    summary: dict[str, Any] = {"count": n, "mean_ms": None}
+    for name, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
+        summary[name] = None
+        if n:
+            assert counts is not None
+            rank, seen = q * n, 0
+            for bound, count in zip(LATENCY_BUCKETS, counts, strict=False):
+                seen += count
+                if seen >= rank:
+                    summary[name] = bound * 1000
+                    break
+    if n:
+        assert counts is not None
+        summary["mean_ms"] = round(counts[-1] / n / 1000, 3)
+    return summary
 
 
 def _bump(table: dict[Route, list[int]], route: Route, i: int, n: int, width: int) -> None:

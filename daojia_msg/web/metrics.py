@@ -8,8 +8,9 @@ into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
 - ``msgplatform_messages_<counter>_total{appcode,msgtype,kind}``, one counter
   family per name in :data:`~daojia_msg.logic.stats.COUNTERS` (``accepted``,
   ``pushed``, ``acked``, ``repushed``, ``stored``, ``pulled``);
-- ``msgplatform_ack_latency_seconds``: durable -> ACKed, a histogram with the
-  buckets of :data:`~daojia_msg.logic.stats.LATENCY_BUCKETS`;
+- ``msgplatform_ack_latency_seconds{appcode,msgtype,kind}``: durable -> ACKed,
+  a histogram per route with the buckets of
+  :data:`~daojia_msg.logic.stats.LATENCY_BUCKETS`;
 - ``msgplatform_connections``: open client connections on this node's gate;
 - ``msgplatform_sessions``: logged-in sessions on this node.
 
@@ -71,16 +72,18 @@ class StatsCollector:
         latency = HistogramMetricFamily(
             f"{PREFIX}_ack_latency_seconds",
             "Time from a message becoming durable to its ACK.",
-            labels=(),
+            labels=ROUTE_LABELS,
         )
-        if with_values:
+        for (appcode, msgtype, kind), counts in (
+            sorted(self.stats.latency.items()) if with_values else []
+        ):
             buckets: list[tuple[str, float]] = []
             cumulative = 0
-            for bound, count in zip(LATENCY_BUCKETS, self.stats.latency_counts, strict=False):
+            for bound, count in zip(LATENCY_BUCKETS, counts, strict=False):
                 cumulative += count
                 buckets.append((floatToGoString(bound), cumulative))
-            buckets.append(("+Inf", sum(self.stats.latency_counts)))
-            latency.add_metric([], buckets, self.stats.latency_sum)
+            buckets.append(("+Inf", sum(counts[:-1])))
+            latency.add_metric([str(appcode), str(msgtype), kind.name], buckets, counts[-1] / 1e6)
         yield latency
 
         connections = GaugeMetricFamily(

@@ -424,7 +424,11 @@ class StatsTests(CliTestCase):
         "totals": {"accepted": 4, "pushed": 3, "acked": 3, "repushed": 1, "stored": 1,
                    "pulled": 1},
         "by_route": [{"appcode": 1001, "msgtype": 7, "kind": "C2C", "accepted": 4, "pushed": 3,
-                      "acked": 3, "repushed": 1, "stored": 1, "pulled": 1}],
+                      "acked": 3, "repushed": 1, "stored": 1, "pulled": 1,
+                      "ack_latency": {"count": 3, "mean_ms": 40.1, "p50_ms": 25.0,
+                                      "p90_ms": 100.0, "p99_ms": 100.0}}],
+        "ack_latency": {"count": 3, "mean_ms": 40.1, "p50_ms": 25.0, "p90_ms": 100.0,
+                        "p99_ms": None},
         "delivery_rate": 0.75, "delivery_rate_total": 0.75, "window_s": 300.0,
     }
 
@@ -437,8 +441,9 @@ class StatsTests(CliTestCase):
         self.assertEqual(resource.seen, [(b"/v1/stats", "Bearer demo-key-1001")])
         lines = self.out.getvalue().splitlines()
         self.assertEqual(lines[0], "delivery rate: 75.00% (last 300 s), since the start: 75.00%")
-        self.assertEqual(lines[2].split(), ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1"])
-        self.assertEqual(lines[3].split()[0], "total")
+        self.assertEqual(lines[2].split(),
+                         ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1", "25", "100"])
+        self.assertEqual(lines[3].split(), ["total", "4", "3", "3", "1", "1", "1", "25", "-"])
 
     def test_json(self) -> None:
         stub = StubTreq(StatsResource(self.ANSWER))

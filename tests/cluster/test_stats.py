@@ -90,7 +90,10 @@ class ClusterStatsTests(TestCase):
         node2.add(C2C, "acked", 2)
         node1.add(S2C, "accepted")
         node1.add(GPS, "accepted", 7)
-        node2.observe_ack_latency(0.02)
+        node2.observe_ack_latency(C2C, 0.02)
+        node2.observe_ack_latency(C2C, 0.3)
+        node1.add(S2C, "acked")
+        node1.observe_ack_latency(S2C, 0.004)
         await flush1.flush()
         await flush2.flush()
         node1.add(C2C, "accepted")  # a later flush adds to the same counts
@@ -98,15 +101,19 @@ class ClusterStatsTests(TestCase):
         view = ClusterStats(redis, now, 300)
         snapshot = await view.snapshot()
         totals = snapshot["totals"]
-        self.assertEqual((totals["accepted"], totals["pushed"], totals["acked"]), (12, 2, 2))
-        self.assertEqual(snapshot["delivery_rate"], 2 / 5)
+        self.assertEqual((totals["accepted"], totals["pushed"], totals["acked"]), (12, 2, 3))
+        self.assertEqual(snapshot["delivery_rate"], 3 / 5)
         routes = {(r["appcode"], r["msgtype"], r["kind"]): r for r in snapshot["by_route"]}
         self.assertEqual(routes[(1001, 1, "C2S")]["accepted"], 7)
+        # ACK latency per route, from both nodes: C2C's two, S2C's one.
+        c2c = routes[(C2C[0], C2C[1], "C2C")]["ack_latency"]
+        self.assertEqual((c2c["count"], c2c["mean_ms"], c2c["p50_ms"], c2c["p99_ms"]),
+                         (2, 160.0, 25.0, 500.0))
+        self.assertEqual(snapshot["ack_latency"]["count"], 3)
         scoped = await view.snapshot(frozenset({1002}))
-        self.assertEqual((scoped["totals"]["accepted"], scoped["delivery_rate"]), (1, 0.0))
-        read = await view.read()
-        self.assertEqual(sum(read.latency_counts), 1)
-        self.assertAlmostEqual(read.latency_sum, 0.02, places=5)
+        self.assertEqual((scoped["totals"]["accepted"], scoped["delivery_rate"]), (1, 1.0))
+        self.assertEqual((scoped["ack_latency"]["count"], scoped["ack_latency"]["p50_ms"]),
+                         (1, 5.0))
 
     async def test_failed_flush_is_carried(self) -> None:
         redis = await self.connect()

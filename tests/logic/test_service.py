@@ -534,6 +534,34 @@ class StatsCapTests(SynchronousTestCase):
         self.assertEqual(stats.totals()["accepted"], 10)
         stats.add((1001, 1, Kind.C2C), "acked")  # a route counted apart stays apart
         self.assertEqual(stats.by_route[(1001, 1, Kind.C2C)][2], 1)
+        stats.observe_ack_latency((1001, 9, Kind.C2C), 0.01)  # beyond the cap: OTHER's
+        self.assertEqual(list(stats.latency), [(1001, OTHER_MSGTYPE, Kind.C2C)])
+
+
+class AckLatencyTests(SynchronousTestCase):
+    def test_per_route_summaries_in_the_snapshot(self) -> None:
+        """An ACK's latency (durable -> ACKed) is counted under its route;
+        the snapshot gives each route's and the whole scope's summary."""
+        stack = Stack()
+        a, b, c = stack.login(1), stack.login(2), stack.login(3, appcode=1002)
+        sent = a.c2c(2, msgtype=7).msgid
+        stack.clock.advance(0.3)
+        b.ack([sent])
+        other = a.c2c(3, to_appcode=1002, msgtype=8).msgid
+        stack.clock.advance(2.0)
+        c.ack([other])
+        snapshot = stack.logic.stats.snapshot()
+        routes = {(r["appcode"], r["msgtype"]): r["ack_latency"] for r in snapshot["by_route"]}
+        self.assertEqual(routes[(1001, 7)], {"count": 1, "mean_ms": 300.0, "p50_ms": 500.0,
+                                             "p90_ms": 500.0, "p99_ms": 500.0})
+        self.assertEqual(routes[(1002, 8)]["p50_ms"], 2500.0)
+        self.assertEqual(snapshot["ack_latency"]["count"], 2)
+        self.assertEqual(snapshot["ack_latency"]["mean_ms"], 1150.0)
+        scoped = stack.logic.stats.snapshot(frozenset({1001}))
+        self.assertEqual(scoped["ack_latency"]["count"], 1)
+        self.assertEqual(stack.logic.stats.snapshot(frozenset({9}))["ack_latency"],
+                         {"count": 0, "mean_ms": None, "p50_ms": None, "p90_ms": None,
+                          "p99_ms": None})
 
 
 class SessionIdTests(SynchronousTestCase):

@@ -70,20 +70,29 @@ class MetricsTests(TestCase):
                                appcode="1001", msgtype="5", kind="S2C"), 4)
 
     def test_latency_histogram(self) -> None:
-        """Cumulative buckets from Stats.latency_counts, +Inf is the count, and the sum."""
+        """Per route: cumulative buckets, +Inf is the count, and the sum."""
+        route = (1001, 5, Kind.C2C)
         for seconds in (0.003, 0.005, 0.02, 0.7, 100.0):
-            self.stats.observe_ack_latency(seconds)
+            self.stats.add(route, "acked")
+            self.stats.observe_ack_latency(route, seconds)
+        self.stats.add((1002, 1, Kind.S2C), "acked")
+        self.stats.observe_ack_latency((1002, 1, Kind.S2C), 0.2)
         samples = scrape(self.registry)["msgplatform_ack_latency_seconds"]
         name = "msgplatform_ack_latency_seconds_bucket"
-        self.assertEqual(value(samples, name, le="0.005"), 2)
-        self.assertEqual(value(samples, name, le="0.01"), 2)
-        self.assertEqual(value(samples, name, le="0.025"), 3)
-        self.assertEqual(value(samples, name, le="1.0"), 4)
-        self.assertEqual(value(samples, name, le="60.0"), 4)
-        self.assertEqual(value(samples, name, le="+Inf"), 5)
-        self.assertEqual(len([s for s in samples if s.name == name]), len(LATENCY_BUCKETS) + 1)
-        self.assertEqual(value(samples, "msgplatform_ack_latency_seconds_count"), 5)
-        self.assertAlmostEqual(value(samples, "msgplatform_ack_latency_seconds_sum"), 100.728)
+        labels = {"appcode": "1001", "msgtype": "5", "kind": "C2C"}
+        self.assertEqual(value(samples, name, le="0.005", **labels), 2)
+        self.assertEqual(value(samples, name, le="0.01", **labels), 2)
+        self.assertEqual(value(samples, name, le="0.025", **labels), 3)
+        self.assertEqual(value(samples, name, le="1.0", **labels), 4)
+        self.assertEqual(value(samples, name, le="60.0", **labels), 4)
+        self.assertEqual(value(samples, name, le="+Inf", **labels), 5)
+        self.assertEqual(len([s for s in samples if s.name == name]),
+                         2 * (len(LATENCY_BUCKETS) + 1))
+        self.assertEqual(value(samples, "msgplatform_ack_latency_seconds_count", **labels), 5)
+        self.assertAlmostEqual(value(samples, "msgplatform_ack_latency_seconds_sum", **labels),
+                               100.728)
+        self.assertEqual(value(samples, name, le="0.25", appcode="1002", msgtype="1",
+                               kind="S2C"), 1)
 
     def test_gauges(self) -> None:
         """The gauges call their callables at each scrape."""
