@@ -10,12 +10,13 @@ import uuid
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
 
 from daojia_msg.bus.envelope import Envelope
 from daojia_msg.client import cli
 from daojia_msg.client.errors import ResultError
-from daojia_msg.config import BusConfig, ListenConfig, Route, default_config
+from daojia_msg.config import BusConfig, ListenConfig, Route, default_config, parse_redis_url
 from daojia_msg.consumer import consume
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code
@@ -60,14 +61,51 @@ class Arrivals:
             self.first.callback(envelope)
 
 
+class HoldingProxy(ProxyServer):
+    """Forwards to the server, or holds what the client sends while ``held``."""
+
+    def dataReceived(self, data: bytes) -> None:
+        factory: HoldingProxyFactory = self.factory  # type: ignore[assignment]
+        if factory.held:
+            factory.waiting.append((self, data))
+        else:
+            super().dataReceived(data)
+
+
+class HoldingProxyFactory(ProxyFactory):
+    protocol = HoldingProxy
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.held = False
+        self.waiting: list[tuple[ProxyServer, bytes]] = []
+        self.servers: list[ProxyServer] = []
+
+    def buildProtocol(self, addr: Any) -> ProxyServer | None:
+        p = super().buildProtocol(addr)
+        if p is not None:
+            self.servers.append(p)
+        return p
+
+    def release(self) -> None:
+        self.held = False
+        waiting, self.waiting = self.waiting, []
+        for server, data in waiting:
+            ProxyServer.dataReceived(server, data)
+
+    def cut(self) -> None:
+        for server in self.servers:
+            server.transport.abortConnection()
+
+
 class BusesEndToEnd(NodeTestCase):
     async def start_with_buses(self, default_bus: str, buses: dict[str, str],
-                               exchange: str) -> Node:
+                               exchange: str, max_pending: int = 10000) -> Node:
         config = default_config().replace(
             data_dir=os.path.abspath(self.mktemp()),
             listen=ListenConfig(gate="tcp:0:interface=127.0.0.1", http="tcp:0:interface=127.0.0.1"),
             bus=BusConfig(url=default_bus, amqp_exchange=exchange, publish_timeout_s=5.0,
-                          webhook_retries=1, webhook_timeout_s=1.0),
+                          webhook_retries=1, webhook_timeout_s=1.0, max_pending=max_pending),
             buses=buses,
             routes=(Route(1001, 1, self.gps, ""), Route(1001, 2, self.orders, "orders")),
         )
@@ -132,6 +170,63 @@ class BusesEndToEnd(NodeTestCase):
         ok = await alice.c2s(2, b"the memory bus is up")  # other routes keep working
         self.assertEqual(ok.code, Code.OK)
         self.assertEqual(len(self.node.router.buses["orders"].topics[self.orders]), 1)  # type: ignore[attr-defined]
+
+    async def test_lagging_redis_pauses_the_gate_and_loses_nothing(self) -> None:
+        """Real Redis behind a proxy that holds the bus's commands: the frames
+        waiting reach ``bus.max_pending``, the gate stops reading; released,
+        every frame is answered OK and in the stream, and the gate reads again.
+        Then Redis goes away: UNAVAILABLE, and the node keeps serving."""
+        redis_url = require_redis()
+        self.addCleanup(self._delete_stream, redis_url)
+        target = parse_redis_url(redis_url)
+        proxy = HoldingProxyFactory(target.host, target.port)
+        listening = R.listenTCP(0, proxy, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        proxied = f"redis://127.0.0.1:{listening.getHost().port}/{target.db}"
+        await self.start_with_buses(proxied, {"orders": "memory:"}, "unused", max_pending=4)
+        changes: list[bool] = []
+        engaged: Deferred[None] = Deferred()
+        on_pressure = self.node.router.on_pressure
+
+        def watch(on: bool, source: str = "bus") -> None:
+            changes.append(on)
+            on_pressure(on, source)
+            if on and not engaged.called:
+                engaged.callback(None)
+
+        self.node.router.on_pressure = watch
+        alice, _ = await self.client(1)
+        await alice.c2s(1, b"warm-up")  # the bus's connection is up and idle
+        proxy.held = True
+        sent = [alice.c2s(1, b"fix %d" % i, logid=f"bp-{i}") for i in range(12)]
+        await engaged.addTimeout(10, R)
+        self.assertTrue(self.node.gate.pressure)
+        proxy.release()
+        results = await gatherResults(sent).addTimeout(10, R)
+        self.assertEqual([r.code for r in results], [Code.OK] * 12)
+        # On at max_pending, off at half: as often as 12 frames over a cap of 4 take.
+        self.assertEqual(changes, [True, False] * (len(changes) // 2))
+        self.assertGreaterEqual(len(changes), 2)
+        self.assertFalse(self.node.gate.pressure)
+        self.assertEqual(await self._stream_length(redis_url), 13)
+        # Redis gone: UNAVAILABLE (nothing acknowledged), other routes still served.
+        await listening.stopListening()
+        proxy.cut()
+        with self.assertRaises(ResultError) as e:
+            await alice.c2s(1, b"lost?").addTimeout(10, R)
+        self.assertEqual(e.exception.code, Code.UNAVAILABLE)
+        self.assertEqual((await alice.c2s(2, b"orders still go")).code, Code.OK)
+        self.assertEqual(await self._stream_length(redis_url), 13)
+
+    async def _stream_length(self, redis_url: str) -> int:
+        from daojia_msg.cluster.redisconn import connect
+        from daojia_msg.config import RedisConfig
+
+        redis = await connect(RedisConfig(url=redis_url, key_prefix=""))
+        try:
+            return int(await redis.call("XLEN", self.gps))
+        finally:
+            await redis.close()
 
     async def test_msgctl_tail(self) -> None:
         redis_url = require_redis()
