@@ -14,7 +14,9 @@ msgtype, content, send_time_ms) and the logid. By bus:
 - ``redis://``: reads the stream with ``XREAD BLOCK`` from new entries on
   (a tail; production consumers use consumer groups, ``XREADGROUP``);
 - ``amqp://``: binds an exclusive queue to the exchange with the topic as
-  routing key (a tail; production consumers bind a durable queue of their own);
+  routing key (a tail; production consumers bind a durable queue of their own,
+  :class:`~daojia_msg.bus.amqp.AmqpConsumer` with ``queue=``); a lost
+  connection is re-established with backoff;
 - ``http(s)://``: the platform POSTs to that URL, so the consumer *receives*:
   it serves a :class:`~daojia_msg.bus.webhook.WebhookReceiver` on ``listen``
   (a Twisted endpoint, e.g. ``tcp:9000:interface=127.0.0.1``).

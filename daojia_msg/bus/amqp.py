@@ -238,8 +238,39 @@ async def _shut(proto: _Connection, clock: IReactorTime, timeout: float) -> None
         await _gone(proto)
 
 
+class _Reconnecting:
+    """Connecting again after 0.5 s, 1 s, 2 s, ... at most ``backoff_max_s``
+    between attempts (the bus's and the consumer's way); ``_delay`` goes back to
+    ``backoff_initial_s`` once connected."""
+
+    clock: IReactorTime
+    backoff_max_s: float
+    _delay: float
+    _retry: IDelayedCall | None
+
+    def _connect(self) -> Deferred[None]:
+        raise NotImplementedError
+
+    def _reconnect_failed(self, failure: Failure) -> None:
+        raise NotImplementedError
+
+    def _closing(self) -> bool:
+        raise NotImplementedError
+
+    def _schedule_retry(self) -> float:
+        delay = self._delay
+        self._delay = min(delay * 2, self.backoff_max_s)
+        self._retry = self.clock.callLater(delay, self._reconnect)
+        return delay
+
+    def _reconnect(self) -> None:
+        self._retry = None
+        if not self._closing():
+            self._connect().addErrback(self._reconnect_failed)
+
+
 @implementer(IMessageBus)
-class AmqpBus:
+class AmqpBus(_Reconnecting):
     """Publishes C2S envelopes to a RabbitMQ topic exchange, with publisher confirms.
 
     ``reactor`` connects; ``clock`` (default: ``reactor``) runs the bus's own
@@ -427,15 +458,8 @@ class AmqpBus:
                       reason=str(reason), failed=failed)
         Deferred.fromCoroutine(_shut(proto, self.clock, CLOSE_TIMEOUT_S))
 
-    def _schedule_retry(self) -> float:
-        delay = self._delay
-        self._delay = min(delay * 2, self.backoff_max_s)
-        self._retry = self.clock.callLater(delay, self._reconnect)
-        return delay
-
-    def _reconnect(self) -> None:
-        self._retry = None
-        self._connect().addErrback(self._reconnect_failed)
+    def _closing(self) -> bool:
+        return self._stopped
 
     def _reconnect_failed(self, failure: Failure) -> None:
         if self._stopped:
@@ -492,7 +516,7 @@ def _settled(d: Deferred[Any]) -> Deferred[None]:
 OnEnvelope = Callable[[Envelope], "Awaitable[object] | object"]
 
 
-class AmqpConsumer:
+class AmqpConsumer(_Reconnecting):
     """Consumes the C2S envelopes of one topic: what an app team's service does.
 
     ``start()`` connects, declares the exchange (as the bus does), declares a
@@ -508,8 +532,14 @@ class AmqpConsumer:
     raised, is rejected without requeue (dead-lettered if the queue has a
     dead-letter exchange) and logged. ``stop()`` closes the connection
     without waiting for a handler still running: its message is not acked and
-    goes back to a named queue. No reconnection: a lost connection is logged
-    and ends the consumer.
+    goes back to a named queue.
+
+    A lost connection is logged and the consumer connects again after 0.5 s,
+    1 s, 2 s, ... at most ``backoff_max_s`` between attempts (reset once
+    consuming again). With a named queue nothing published meanwhile is
+    missed (the broker kept it); a server-named queue went with the
+    connection, so what was published while disconnected is not seen: name
+    the queue when every envelope matters.
     """
 
     log = Logger()
@@ -518,7 +548,9 @@ class AmqpConsumer:
                  on_envelope: OnEnvelope, *, exchange: str = DEFAULT_EXCHANGE,
                  queue: str | None = None, prefetch: int = 100,
                  clock: IReactorTime | None = None,
-                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                 backoff_initial_s: float = BACKOFF_INITIAL_S,
+                 backoff_max_s: float = BACKOFF_MAX_S) -> None:
         self.broker = Broker.parse(url, f"msgplatform consumer {topic}")
         self.topic = topic
         self.reactor = reactor
@@ -526,8 +558,13 @@ class AmqpConsumer:
         self.on_envelope = on_envelope
         self.exchange = exchange
         self.queue = queue or ""
+        self._named = bool(queue)
         self.prefetch = prefetch
         self.connect_timeout_s = connect_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._delay = backoff_initial_s
+        self._retry: IDelayedCall | None = None
         self._proto: _Connection | None = None
         self._loop: Deferred[None] | None = None
         self._started = self._stopping = False
@@ -542,15 +579,17 @@ class AmqpConsumer:
             raise BusUnavailable(f"cannot consume {self.topic!r} from RabbitMQ at "
                                  f"{self.broker.display}: {_reason(failure)}")
 
-        d = _bounded(Deferred.fromCoroutine(self._start()), self.connect_timeout_s, self.clock)
-        return d.addErrback(failed)
+        return self._connect().addErrback(failed)
+
+    def _connect(self) -> Deferred[None]:
+        return _bounded(Deferred.fromCoroutine(self._start()), self.connect_timeout_s, self.clock)
 
     async def _start(self) -> None:
         proto, channel = await _open_channel(self.broker, self.exchange, self.reactor,
                                              self.connect_timeout_s, self._lost, confirm=False)
         try:
             await _detached(channel.basic_qos(prefetch_count=self.prefetch))
-            if self.queue:
+            if self._named:
                 await _detached(channel.queue_declare(self.queue, durable=True))
             else:
                 frame = await _detached(channel.queue_declare("", exclusive=True,
@@ -564,15 +603,20 @@ class AmqpConsumer:
             await _shut(proto, self.clock, CLOSE_TIMEOUT_S)
             raise
         self._proto = proto
+        self._delay = self.backoff_initial_s
         self._loop = Deferred.fromCoroutine(self._consume(channel, messages))
         self.log.info("consuming topic {topic} from {broker} (queue {queue})",
-                      topic=self.topic, broker=self.broker.display, queue=self.queue)
+                      topic=self.topic, broker=self.broker.display, queue=self.queue,
+                      amqp_event="consuming")
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         self._stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         proto, self._proto = self._proto, None
         if proto is not None:
             await _shut(proto, self.clock, CLOSE_TIMEOUT_S)
@@ -580,9 +624,22 @@ class AmqpConsumer:
     def _lost(self, proto: _Connection, reason: Failure) -> None:
         if proto is self._proto and not self._stopping:
             self._proto = None
-            self.log.warn("consumer of {topic} lost its connection to {broker}: {reason}",
-                          topic=self.topic, broker=self.broker.display,
-                          reason=proto.why_lost(reason))
+            delay = self._schedule_retry()
+            self.log.warn("consumer of {topic} lost its connection to {broker}: {reason};"
+                          " reconnecting in {delay:g} s", topic=self.topic,
+                          broker=self.broker.display, reason=proto.why_lost(reason), delay=delay,
+                          amqp_event="lost")
+
+    def _closing(self) -> bool:
+        return self._stopping
+
+    def _reconnect_failed(self, failure: Failure) -> None:
+        if self._stopping:
+            return
+        delay = self._schedule_retry()
+        self.log.warn("consumer of {topic} could not reconnect to {broker}: {reason}; next"
+                      " attempt in {delay:g} s", topic=self.topic, broker=self.broker.display,
+                      reason=_reason(failure), delay=delay, amqp_event="retry")
 
     async def _consume(self, channel: TwistedChannel, messages: ClosableDeferredQueue) -> None:
         while True:

@@ -632,8 +632,9 @@ class StopTests(AmqpTestCase):
 
 
 class ConsumerTests(AmqpTestCase):
-    def consumer(self, on_envelope: Callable[[Envelope], object], **kw: Any) -> AmqpConsumer:
-        consumer = AmqpConsumer(self.url, self.topic, reactor, on_envelope,
+    def consumer(self, on_envelope: Callable[[Envelope], object], url: str | None = None,
+                 **kw: Any) -> AmqpConsumer:
+        consumer = AmqpConsumer(url or self.url, self.topic, reactor, on_envelope,
                                 exchange=self.exchange, **kw)
         self.addCleanup(consumer.stop)
         return consumer
@@ -705,6 +706,38 @@ class ConsumerTests(AmqpTestCase):
         self.assertTrue(await self.raw.queue_exists(consumer.queue))
         await consumer.stop()
         self.assertFalse(await self.raw.queue_exists(consumer.queue))
+
+    async def test_reconnects_and_a_named_queue_misses_nothing(self) -> None:
+        """The network fails under a consumer of a named queue: it connects
+        again (0.5 s, then 1 s ... on its clock) and gets what was published
+        meanwhile."""
+        broker = Broker.parse(self.url)
+        proxy = Proxy(self, broker.host, broker.port)
+        proxy.listen()
+        clock = Clock()
+        queue = f"msgp-test-q-{uuid4().hex[:8]}"
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.raw.delete_queue(queue)))
+        got, done = self.collector(3)
+        consumer = self.consumer(self.on_envelope, queue=queue, clock=clock,
+                                 url=with_port(self.url, proxy.port))
+        await consumer.start()
+        bus = await self.started()
+        await bus.publish(self.topic, message(msgid=1).SerializeToString(), "l1")
+        await proxy.stop_listening()
+        lost = next_event(self, consumer, "lost")
+        proxy.cut()
+        self.assertEqual((await lost)["delay"], BACKOFF_INITIAL_S)
+        await bus.publish(self.topic, message(msgid=2).SerializeToString(), "l2")
+        retry = next_event(self, consumer, "retry")
+        clock.advance(BACKOFF_INITIAL_S)  # refused: the next try in twice the time
+        self.assertEqual((await retry)["delay"], 2 * BACKOFF_INITIAL_S)
+        proxy.listen()
+        consuming = next_event(self, consumer, "consuming")
+        clock.advance(2 * BACKOFF_INITIAL_S)
+        await consuming
+        await bus.publish(self.topic, message(msgid=3).SerializeToString(), "l3")
+        await done.addTimeout(10, reactor)
+        self.assertEqual(sorted(e.message.msgid for e in got), [1, 2, 3])
 
     async def test_broker_down(self) -> None:
         port = await closed_port(self)
