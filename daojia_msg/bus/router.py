@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -123,6 +123,8 @@ class BusRouter:
         if failure.check(TimeoutError):
             raise BusUnavailable(f"bus {route.bus or '(default)'} did not accept within "
                                  f"{self.config.publish_timeout_s:g} s")
+        if failure.check(CancelledError):  # the bus is stopping
+            raise BusUnavailable(f"bus {route.bus or '(default)'} stopped before it accepted")
         failure.raiseException()
 
 

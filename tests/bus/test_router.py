@@ -127,6 +127,17 @@ class RouterTests(SynchronousTestCase):
         self.successResultOf(Deferred.fromCoroutine(r.stop()))
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_a_publish_the_bus_cancels_is_unavailable(self) -> None:
+        """A bus stopping cancels what it had not accepted: UNAVAILABLE, not INTERNAL."""
+        r, _, _ = router()
+        d = r.publish(ROUTE, b"x", "")
+        bus = r.default
+        assert isinstance(bus, HeldBus)
+        bus.published[0][3].cancel()
+        error = self.failureResultOf(d, BusUnavailable)
+        self.assertIn("stopped before it accepted", str(error.value))
+        self.assertEqual(r.pending, 0)
+
     def test_bus_failure_is_unavailable(self) -> None:
         r, _, _ = router()
         d = r.publish(ROUTE, b"x", "")
