@@ -128,15 +128,11 @@ class Node(MultiService):
         if self.registry is None:
             return self.gate_address()
         try:
-            live = await self.registry.live_nodes()
+            best = await self.registry.least_loaded()
         except StoreError:
             raise errors.Unavailable("the node registry (Redis) is unavailable") from None
-        # A node still starting (no gate address yet) or draining (its address
-        # withdrawn) is not a candidate.
-        nodes = [n for n in live if n.gate_port]
-        if not nodes:
+        if best is None:
             raise errors.Unavailable("no live node")
-        best = min(nodes, key=lambda n: (n.connections, n.node_id))
         return best.gate_host, best.gate_port
 
     # -- start ----------------------------------------------------------------------
@@ -323,10 +319,9 @@ class Node(MultiService):
 
     async def _stop(self) -> None:
         if self.registry is not None and "gate" in self.ports:
-            # Out of GET /v1/dispatch at once (its gate address withdrawn); the
-            # RPC address stays: other nodes still deliver to the sessions here.
-            self.registry.gate = ("", 0)
-            await self.registry.heartbeat()
+            # Out of GET /v1/dispatch at once; the RPC address stays: other
+            # nodes still deliver to the sessions here.
+            await self.registry.withdraw_gate()
         if self.registry is not None and "gate" in self.ports and self.config.cluster.drain_grace_s:
             self.log.info("draining: /healthz is 503; KICKOUT SHUTDOWN in {grace} s",
                           grace=self.config.cluster.drain_grace_s)

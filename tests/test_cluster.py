@@ -138,10 +138,18 @@ class ClusterTests(NodeTestCase):
         self.node = self.node1
         self.assertEqual((await self.http("GET", "/v1/dispatch", key=None))[1]["port"],
                          node3.gate_address()[1])  # the least loaded
+        assert node3.registry is not None
+        withdrawals: list[Deferred[None]] = []
+        withdraw = node3.registry.withdraw_gate
+
+        def watched() -> Deferred[None]:
+            withdrawals.append(withdraw())
+            return withdrawals[-1]
+
+        node3.registry.withdraw_gate = watched  # type: ignore[method-assign]
         stopped = node3.stopService()
         self.assertFalse(node3.serving())
-        assert node3.registry is not None
-        await node3.registry.heartbeat()  # the one that withdraws its gate
+        await withdrawals[0]  # the stop's own: not the next heartbeat
         code, answer = await self.http("GET", "/v1/dispatch", key=None)
         self.assertEqual(code, 200)
         self.assertNotEqual(answer["port"], node3.gate_address()[1])
@@ -165,7 +173,7 @@ class ClusterTests(NodeTestCase):
 
     async def test_dispatch_without_redis_is_503(self) -> None:
         assert self.node1.registry is not None
-        self.node1.registry.live_nodes = (  # type: ignore[method-assign]
+        self.node1.registry.least_loaded = (  # type: ignore[method-assign]
             lambda: fail(StoreUnavailable("redis: not connected")))
         self.node = self.node1
         code, answer = await self.http("GET", "/v1/dispatch", key=None)

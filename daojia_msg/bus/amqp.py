@@ -565,6 +565,7 @@ class AmqpConsumer(_Reconnecting):
         self.backoff_max_s = backoff_max_s
         self._delay = backoff_initial_s
         self._retry: IDelayedCall | None = None
+        self._attempt: Deferred[None] | None = None
         self._proto: _Connection | None = None
         self._loop: Deferred[None] | None = None
         self._started = self._stopping = False
@@ -582,7 +583,17 @@ class AmqpConsumer(_Reconnecting):
         return self._connect().addErrback(failed)
 
     def _connect(self) -> Deferred[None]:
-        return _bounded(Deferred.fromCoroutine(self._start()), self.connect_timeout_s, self.clock)
+        """One attempt, bounded by ``connect_timeout_s``; ``stop()`` cancels it."""
+        attempt = _bounded(Deferred.fromCoroutine(self._start()), self.connect_timeout_s,
+                           self.clock)
+        self._attempt = attempt
+
+        def done(result: object) -> object:
+            if self._attempt is attempt:
+                self._attempt = None
+            return result
+
+        return attempt.addBoth(done)
 
     async def _start(self) -> None:
         proto, channel = await _open_channel(self.broker, self.exchange, self.reactor,
@@ -617,6 +628,10 @@ class AmqpConsumer(_Reconnecting):
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        attempt = self._attempt
+        if attempt is not None:
+            attempt.cancel()  # its clean-up cuts a half-open connection
+            await _settled(attempt)
         proto, self._proto = self._proto, None
         if proto is not None:
             await _shut(proto, self.clock, CLOSE_TIMEOUT_S)

@@ -512,10 +512,24 @@ class NodeRegistry:
         return parse_node(node_id, await self.redis.call("HGETALL", self.redis.key("node", node_id)))
 
     def least_loaded(self) -> Deferred[NodeInfo | None]:
-        """Fires with the live node with the fewest connections (ties: the
-        smallest id), or None when there is none: the answer of ``/v1/dispatch``."""
+        """Fires with the live node that takes phones (it has published a gate
+        address: not still starting, not draining) with the fewest connections
+        (ties: the smallest id), or None when there is none: the answer of
+        ``/v1/dispatch``."""
         return Deferred.fromCoroutine(self._least_loaded())
 
     async def _least_loaded(self) -> NodeInfo | None:
-        nodes = await self._live_nodes()
+        nodes = [n for n in await self._live_nodes() if n.gate_port]
         return min(nodes, key=lambda n: (n.connections, n.node_id)) if nodes else None
+
+    def withdraw_gate(self) -> Deferred[None]:
+        """Leave ``/v1/dispatch`` now (a draining node): the registration is
+        published again without a gate address, after any heartbeat in flight
+        (which carries the old one). The RPC address stays."""
+        self.gate = ("", 0)
+        return Deferred.fromCoroutine(self._withdraw_gate())
+
+    async def _withdraw_gate(self) -> None:
+        if self._beat is not None:
+            await _follow(self._beat)
+        await self.heartbeat()

@@ -9,6 +9,8 @@ Every ``stats.flush_s`` each node adds what it counted since its last flush
                        (the delivery-rate window; expires after the window)
 - ``stats:lat``        hash ``appcode:msgtype:kind:b<i>`` -> ACK latencies in
                        bucket i, ``appcode:msgtype:kind:sum_us`` -> their sum
+                       (fields without a route, ``b<i>`` and ``sum_us``, are
+                       from nodes before the per-route histogram: ignored)
 
 :class:`ClusterStats` reads them back into a :class:`Stats` and answers
 ``GET /v1/stats`` with the same JSON as one node, for the whole cluster. A

@@ -486,6 +486,8 @@ class PendingCounter:
     :meth:`many` answers all of the batch's counts in one query, a ``GROUP
     BY`` per shard table joined by ``UNION ALL``, rather than a query each."""
 
+    __name__ = "count_pending"  # as logs name an interaction
+
     def __init__(self, placement: Placement) -> None:
         self.placement = placement
 

@@ -90,7 +90,7 @@ from daojia_msg.config import AppConfig, Config
 from daojia_msg.logic.service import LogicService, PushItem, PushOutcome
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
-from daojia_msg.store.errors import StoreError
+from daojia_msg.store.errors import StoreUnavailable
 
 MAX_UID = 2**64 - 1
 MAX_U32 = 2**32 - 1
@@ -477,7 +477,7 @@ class Api:
             answer = await endpoint.handle(method, request, caller)
         except errors.RequestError as e:
             answer = _json(e.http_status, {"error": e.reason})
-        except StoreError as e:  # a backend (Redis, the database) is down: 503, not a bug
+        except StoreUnavailable as e:  # a backend (Redis, the database) is down: 503
             log.warn("{method} {path}: {error}", method=request.method.decode("latin-1"),
                      path=request.path.decode("latin-1"), error=str(e))
             unavailable = errors.Unavailable("a backend is unavailable")

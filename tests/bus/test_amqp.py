@@ -739,6 +739,20 @@ class ConsumerTests(AmqpTestCase):
         await done.addTimeout(10, reactor)
         self.assertEqual(sorted(e.message.msgid for e in got), [1, 2, 3])
 
+    async def test_stop_while_connecting(self) -> None:
+        """stop() cancels a connection attempt (the first, or a reconnect) and
+        leaves no socket and no timer behind."""
+        silent = SilentFactory()
+        _, port = listen(self, silent)
+        clock = Clock()
+        consumer = self.consumer(lambda e: None, url=with_port(self.url, port), clock=clock)
+        started = consumer.start()
+        await silent.accepted
+        await consumer.stop()
+        await unavailable(started)
+        await silent.gone
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     async def test_broker_down(self) -> None:
         port = await closed_port(self)
         consumer = AmqpConsumer(with_port(self.url, port), self.topic, reactor, lambda e: None)

@@ -391,6 +391,30 @@ class LiveNodeTests(RedisFixture):
         assert best is not None
         self.assertEqual(best.node_id, 3)
 
+    async def test_a_withdrawn_gate_is_not_dispatched_to(self) -> None:
+        """A draining node withdraws its gate at once (even with a heartbeat in
+        flight): still live, not a dispatch answer."""
+        load = {3: 0, 4: 5}
+        registries = {}
+        for node_id in load:
+            clock = Clock()
+            clock.advance(T0)
+            registries[node_id] = await self.started(
+                node_id, clock=clock, connections=lambda node_id=node_id: load[node_id])
+        best = await registries[4].least_loaded()
+        assert best is not None
+        self.assertEqual(best.node_id, 3)
+        in_flight = registries[3].heartbeat()  # built with the gate address
+        await registries[3].withdraw_gate()
+        await in_flight
+        self.assertEqual([n.node_id for n in await registries[4].live_nodes()], [3, 4])
+        best = await registries[4].least_loaded()
+        assert best is not None
+        self.assertEqual(best.node_id, 4)
+        node3 = await registries[4].node(3)
+        assert node3 is not None
+        self.assertEqual((node3.gate_port, node3.rpc_port), (0, 7100))
+
     async def test_none_live(self) -> None:
         registry = await self.started(3)
         await self.kill(3)
