@@ -73,7 +73,7 @@ scenario() {  # setup, scenario name
   case $2 in
     connect) run "$s" connect connect -n "$connections" --hold 10 --procs "$procs" ;;
     login) run "$s" login login -n 5000 --procs 2 ;;
-    c2s) run "$s" c2s c2s --conns 100 --rate 0 --duration "$duration" --procs 2 ;;
+    c2s) run "$s" c2s c2s --conns 200 --rate 0 --duration "$duration" --procs 2 ;;
     c2c) run "$s" c2c c2c --pairs 200 --rate 0 --duration "$duration" --procs 2 --size 64 ;;
     c2c-open)
       run "$s" c2c-open-1000 c2c --pairs 200 --rate 1000 --duration "$duration" --procs 2 --size 64
