@@ -395,10 +395,15 @@ class GateProtocol(Protocol):
             return None
         return msg
 
-    async def _login(self, frame: Frame, req: pb.LoginRequest) -> PbMessage:
+    def _login(self, frame: Frame, req: pb.LoginRequest) -> Deferred[PbMessage]:
+        """(A callback on logic's Deferred, not a coroutine of its own: it runs per LOGIN.)"""
         if self.session is not None:  # the same identity: _frame checked uid/appcode
-            return await self.logic.relogin(self.session, req)
-        session, response = await self.logic.login(self, frame.appcode, frame.uid, req)
+            return Deferred.fromCoroutine(self.logic.relogin(self.session, req))
+        d = Deferred.fromCoroutine(self.logic.login(self, frame.appcode, frame.uid, req))
+        return d.addCallback(self._logged_in)
+
+    def _logged_in(self, result: tuple[Session, PbMessage]) -> PbMessage:
+        session, response = result
         if self._closing:
             self.logic.connection_lost(session)
         else:
