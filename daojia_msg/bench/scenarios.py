@@ -152,7 +152,7 @@ class Scenario:
         15,000 logins took 17 s instead of 4)."""
         for client in self.clients:
             if client.transport is not None and client.connected:
-                client.transport.abortConnection()
+                client.transport.abortConnection()  # type: ignore[attr-defined]
         self.clients = []
 
     async def _drain(self, done: Any) -> None:
