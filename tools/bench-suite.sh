@@ -72,7 +72,7 @@ scenario() {  # setup, scenario name
   [ "$s" = two ] && connections=8000  # one HAProxy process: maxconn 9000 (20,000 files)
   case $2 in
     connect) run "$s" connect connect -n "$connections" --hold 10 --procs "$procs" ;;
-    login) run "$s" login login -n 5000 --procs 2 ;;
+    login) run "$s" login login -n 15000 --procs 2 --concurrency 256 ;;
     c2s) run "$s" c2s c2s --conns 200 --rate 0 --duration "$duration" --procs 2 ;;
     c2c) run "$s" c2c c2c --pairs 200 --rate 0 --duration "$duration" --procs 2 --size 64 ;;
     c2c-open)
