@@ -201,11 +201,12 @@ class LaneTests(SynchronousTestCase):
 
 
 class ConcurrentGroupCommitterTests(SynchronousTestCase):
-    """Three lanes: at most three flushes in flight."""
+    """Three lanes: at most three flushes in flight (``spread_at`` 1: a lane
+    flushes whenever it is idle, as every lane does under load)."""
 
     def setUp(self) -> None:
         self.pool = FakePool()
-        self.committer = GroupCommitter(self.pool.runInteraction, concurrency=3)
+        self.committer = GroupCommitter(self.pool.runInteraction, concurrency=3, spread_at=1)
         self.lane = affinities(3)
 
     def test_at_most_concurrency_flushes_in_flight(self) -> None:
@@ -320,3 +321,55 @@ class ConcurrentGroupCommitterTests(SynchronousTestCase):
 
     def test_concurrency_must_be_positive(self) -> None:
         self.assertRaises(ValueError, GroupCommitter, self.pool.runInteraction, 10, 0)
+
+
+class SpreadTests(SynchronousTestCase):
+    """Two lanes, ``spread_at`` 3: a second flush only for three waiting writes."""
+
+    def setUp(self) -> None:
+        self.pool = FakePool()
+        self.committer = GroupCommitter(self.pool.runInteraction, concurrency=2, spread_at=3)
+        self.a, self.b = affinities(2)
+
+    def test_light_load_one_flush_at_a_time(self) -> None:
+        """A's write flushes at once; B's two wait (below spread_at) and go
+        when A's flush ends, before A's next."""
+        first = self.committer.submit(write("a1"), affinity=self.a)
+        b = [self.committer.submit(write(n), affinity=self.b) for n in ("b1", "b2")]
+        later = self.committer.submit(write("a2"), affinity=self.a)
+        self.assertEqual((len(self.pool.pending), self.committer.flushing), (1, 1))
+        self.pool.commit()
+        self.assertEqual(self.successResultOf(first), "A1")
+        # B waited longest: it goes first, alone; A's a2 waits for it.
+        self.assertEqual((len(self.pool.pending), self.pool.ops(0)), (1, 2))
+        self.pool.commit()
+        self.assertEqual([self.successResultOf(d) for d in b], ["B1", "B2"])
+        self.pool.commit()
+        self.assertEqual(self.successResultOf(later), "A2")
+        self.assertEqual(self.pool.txn, ["a1", "b1", "b2", "a2"])
+        self.assertEqual((self.committer.flushes, self.committer.flushing), (3, 0))
+
+    def test_a_lane_with_spread_at_writes_overlaps(self) -> None:
+        self.committer.submit(write("a1"), affinity=self.a)
+        for n in ("b1", "b2"):
+            self.committer.submit(write(n), affinity=self.b)
+        self.assertEqual(len(self.pool.pending), 1)
+        self.committer.submit(write("b3"), affinity=self.b)  # the third: B goes too
+        self.assertEqual((len(self.pool.pending), self.pool.ops(1)), (2, 3))
+        self.assertEqual(self.committer.in_flight, 2)
+
+    def test_a_busy_lane_does_not_starve_another(self) -> None:
+        """A's writes keep coming while its flush runs; when it ends, B's lone
+        write goes first (then A's, which are enough to overlap)."""
+        self.committer.submit(write("a1"), affinity=self.a)
+        waiting = self.committer.submit(write("b1"), affinity=self.b)
+        for k in range(2, 6):
+            self.committer.submit(write(f"a{k}"), affinity=self.a)
+        self.assertEqual(len(self.pool.pending), 1)  # a lane has one flush at most
+        self.pool.commit()
+        self.assertEqual([self.pool.ops(0), self.pool.ops(1)], [1, 4])  # B's, then A's
+        self.pool.commit()
+        self.assertEqual(self.successResultOf(waiting), "B1")
+        self.pool.commit()
+        self.assertEqual(self.pool.txn, ["a1", "b1", "a2", "a3", "a4", "a5"])
+        self.assertFalse(self.committer.busy)

@@ -926,6 +926,7 @@ class ConcurrentFlushTests(TestCase):
         self.config = mysql_config(self.url, shards=4)
         self.pool = TestPool(self.url, self.config)
         self.store = await started(self, self.config, [self.pool], concurrency=LANES)
+        self.store.committer.spread_at = 1  # every lane flushes when idle, as under load
 
     def test_concurrency(self) -> None:
         default = MySQLMessageStore(self.config, reactor)
