@@ -53,7 +53,7 @@ RunInteraction = Callable[..., "Deferred[Any]"]
 
 #: Back-pressure once this many full flushes' worth of writes wait.
 PRESSURE_FLUSHES = 4
-#: Writes a lane holds before it flushes while another lane's flush runs.
+#: Weight of writes (rows) a lane holds before it flushes while another lane's flush runs.
 SPREAD_AT = 64
 
 log = Logger()
@@ -85,6 +85,9 @@ class _Lane:
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer
         self.queue: deque[tuple[Op, Deferred[Any]]] = deque()
+        #: The weights of the writes waiting in ``queue``, in order, and their sum.
+        self.weights: deque[int] = deque()
+        self.weight = 0
         self.in_flight = False
         self.submitted = 0
         self.done = 0
@@ -94,8 +97,10 @@ class _Lane:
     def busy(self) -> bool:
         return self.in_flight or bool(self.queue)
 
-    def submit(self, op: Op, d: Deferred[Any]) -> None:
+    def submit(self, op: Op, d: Deferred[Any], weight: int = 1) -> None:
         self.queue.append((op, d))
+        self.weights.append(weight)
+        self.weight += weight
         self.submitted += 1
         if not self.in_flight and self._committer.may_flush(self):
             self._flush()
@@ -111,6 +116,8 @@ class _Lane:
     def _flush(self) -> None:
         n = min(len(self.queue), self._committer.max_ops)
         batch = [self.queue.popleft() for _ in range(n)]
+        for _ in range(n):
+            self.weight -= self.weights.popleft()
         self._committer.taken(n)
         self.in_flight = True
         self._committer.flushing += 1
@@ -152,7 +159,7 @@ class GroupCommitter:
     latency); writes submitted while flushes run wait, and those of a lane all
     go in its next flush, up to ``max_ops`` writes per flush. A second (third...)
     lane starts a flush while another runs only once ``spread_at`` of its
-    writes wait: under light load one flush at a time carries everything, and
+    writes (by weight: rows) wait: under light load one flush at a time carries everything, and
     each extra flush in flight would cost a thread hand-off and GIL waits for
     a few writes (single HTTP pushes with MySQL: 3,032-3,101/s with two small
     flushes at once, 3,793-3,829/s with one); under heavy load the lanes
@@ -203,23 +210,26 @@ class GroupCommitter:
         """How many flushes are in flight now."""
         return sum(lane.in_flight for lane in self._lanes)
 
-    def submit(self, op: Callable[[Any], R], affinity: Hashable | None = None) -> Deferred[R]:
+    def submit(self, op: Callable[[Any], R], affinity: Hashable | None = None,
+               weight: int = 1) -> Deferred[R]:
         """Queue ``op``; fires with its result once its transaction committed.
 
         Writes of one ``affinity`` run in the order submitted, one
-        transaction at a time; ``None``: no such constraint.
+        transaction at a time; ``None``: no such constraint. ``weight`` (rows,
+        say: a batch of 1,000 pushes is one write of weight 1,000) counts
+        towards ``spread_at``.
         """
         d: Deferred[R] = Deferred()
         self.submitted += 1
         self.waiting += 1
-        self._lane(affinity).submit(op, d)
+        self._lane(affinity).submit(op, d, weight)
         if self.waiting >= self.pressure_at and not self.pressure:
             self._set_pressure(True)
         return d
 
     def may_flush(self, lane: _Lane) -> bool:
         """Whether ``lane`` (idle, with writes waiting) flushes now."""
-        return not self.flushing or len(lane.queue) >= self.spread_at
+        return not self.flushing or lane.weight >= self.spread_at
 
     def flushed(self, lane: _Lane) -> None:
         """``lane``'s flush ended: start the lanes that may, the others first."""

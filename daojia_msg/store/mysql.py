@@ -784,21 +784,21 @@ class MySQLMessageStore:
         else:
             senders = {new.message.from_uid for new in batch}
         affinity = senders.pop() if len(senders) == 1 and 0 not in senders else None
-        return self._write(_Store(batch, now_ms), bool(batch), [], affinity)
+        return self._write(_Store(batch, now_ms), len(batch), [], affinity)
 
     def ack(self, uid: int, appcode: int, msgids: list[int]) -> Deferred[list[AckedMessage]]:
         ids = list(msgids)
-        return self._write(_Ack(uid, appcode, ids), bool(ids), [], uid)
+        return self._write(_Ack(uid, appcode, ids), len(ids), [], uid)
 
     def _write(
-        self, op: _Store | _Ack, needed: bool, nothing: T, affinity: int | None
+        self, op: _Store | _Ack, rows: int, nothing: T, affinity: int | None
     ) -> Deferred[T]:
         if self._state != "started":
             return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
-        if not needed:
+        if not rows:
             return succeed(nothing)
         # The committer hands the queued ops to _run_flush, which merges them.
-        return self.committer.submit(cast("Callable[[Any], Any]", op), affinity)
+        return self.committer.submit(cast("Callable[[Any], Any]", op), affinity, rows)
 
     def _run_flush(self, _write_batch_txn: object, ops: list[_Store | _Ack]) -> Deferred[Any]:
         """The committer's ``run_interaction``: one flush of ``ops``, its

@@ -358,6 +358,15 @@ class SpreadTests(SynchronousTestCase):
         self.assertEqual((len(self.pool.pending), self.pool.ops(1)), (2, 3))
         self.assertEqual(self.committer.in_flight, 2)
 
+    def test_weight_counts_towards_spread_at(self) -> None:
+        """One write of weight 3 (a batch of three rows) is enough to overlap."""
+        self.committer.submit(write("a1"), affinity=self.a)
+        self.committer.submit(write("b-batch"), affinity=self.b, weight=3)
+        self.assertEqual(self.committer.in_flight, 2)
+        self.pool.commit()
+        self.pool.commit()
+        self.assertFalse(self.committer.busy)
+
     def test_a_busy_lane_does_not_starve_another(self) -> None:
         """A's writes keep coming while its flush runs; when it ends, B's lone
         write goes first (then A's, which are enough to overlap)."""
