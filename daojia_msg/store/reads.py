@@ -11,9 +11,11 @@ kind that know how to answer many at once (an interaction with a ``many``,
 e.g. the MySQL store's ``count_pending``: one ``GROUP BY`` query for a burst
 of logins) are merged into one query.
 
-When a batch fails (a driver error, or a bug in one of its reads), each of its
-reads is run again on its own, so every caller gets the error its own read
-gives, never another read's.
+When a batch fails because the database is unavailable, every read of it
+fails with that error (running each again alone would only hold the pool's
+threads for as many more connect timeouts). When it fails otherwise (a bug or
+a bad value in one of its reads), each of its reads is run again on its own,
+so every caller gets the error its own read gives, never another read's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
+
+from daojia_msg.store.errors import StoreUnavailable
 
 T = TypeVar("T")
 
@@ -107,6 +111,9 @@ class ReadBatcher:
                 d.errback(result)
             else:
                 d.callback(result)
+        elif isinstance(result, Failure) and result.check(StoreUnavailable):
+            for _, d in batch:  # the database is down: each alone would fail the same
+                d.errback(result)
         elif isinstance(result, Failure):
             for (interaction, args), d in batch:  # each on its own, for its own error
                 self._call(interaction, *args).chainDeferred(d)

@@ -131,6 +131,17 @@ class ReadBatcherTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(good), 4)
         self.failureResultOf(bad, ZeroDivisionError)
 
+    def test_an_unavailable_database_fails_the_batch_at_once(self) -> None:
+        """Down is down: the batch's reads all fail with it, none runs again."""
+        self.reads.read(double, 1)
+        waiting = [self.reads.read(double, x) for x in (2, 3)]
+        self.run.finish()
+        interaction, args, d = self.run.calls.pop()
+        d.errback(StoreUnavailable("mysql: connection refused"))
+        for w in waiting:
+            self.failureResultOf(w, StoreUnavailable)
+        self.assertEqual(self.run.calls, [])
+
     def test_a_lone_read_fails_with_its_error(self) -> None:
         reads = ReadBatcher(lambda *a: fail(StoreUnavailable("down")))
         self.failureResultOf(reads.read(double, 1), StoreUnavailable)
