@@ -239,23 +239,47 @@ async def _shut(proto: _Connection, clock: IReactorTime, timeout: float) -> None
 
 
 class _Reconnecting:
-    """Connecting again after 0.5 s, 1 s, 2 s, ... at most ``backoff_max_s``
-    between attempts (the bus's and the consumer's way); ``_delay`` goes back to
-    ``backoff_initial_s`` once connected."""
+    """Connection attempts, and connecting again after 0.5 s, 1 s, 2 s, ... at
+    most ``backoff_max_s`` between attempts (the bus's and the consumer's
+    way); ``_delay`` goes back to ``backoff_initial_s`` once connected.
 
+    A subclass provides :meth:`_attempt_connect` (one attempt, bounded here by
+    ``connect_timeout_s``), :meth:`_who` (for log lines) and sets ``_stopped``
+    when it stops, then calls :meth:`_abandon`."""
+
+    log: Logger
+    broker: Broker
     clock: IReactorTime
+    connect_timeout_s: float
     backoff_max_s: float
     _delay: float
     _retry: IDelayedCall | None
+    _attempt: Deferred[None] | None
+    _stopped: bool
+
+    async def _attempt_connect(self) -> None:
+        raise NotImplementedError
+
+    def _who(self) -> str:
+        raise NotImplementedError
+
+    def _connected(self) -> None:
+        """An attempt succeeded (after its timer is gone)."""
 
     def _connect(self) -> Deferred[None]:
-        raise NotImplementedError
+        """One attempt, bounded by ``connect_timeout_s`` on the clock; stopping cancels it."""
+        attempt = _bounded(Deferred.fromCoroutine(self._attempt_connect()),
+                           self.connect_timeout_s, self.clock)
+        self._attempt = attempt
 
-    def _reconnect_failed(self, failure: Failure) -> None:
-        raise NotImplementedError
+        def done(result: object) -> object:
+            if self._attempt is attempt:
+                self._attempt = None
+            if not isinstance(result, Failure):
+                self._connected()
+            return result
 
-    def _closing(self) -> bool:
-        raise NotImplementedError
+        return attempt.addBoth(done)
 
     def _schedule_retry(self) -> float:
         delay = self._delay
@@ -265,8 +289,27 @@ class _Reconnecting:
 
     def _reconnect(self) -> None:
         self._retry = None
-        if not self._closing():
+        if not self._stopped:
             self._connect().addErrback(self._reconnect_failed)
+
+    def _reconnect_failed(self, failure: Failure) -> None:
+        if self._stopped:
+            return
+        delay = self._schedule_retry()
+        self.log.warn("{who} could not reconnect to {broker}: {reason}; next attempt in "
+                      "{delay:g} s", who=self._who(), broker=self.broker.display,
+                      reason=_reason(failure), delay=delay, amqp_event="retry")
+
+    def _abandon(self) -> Deferred[None] | None:
+        """Stopping: no more retries, and the attempt in flight (returned) is
+        cancelled; its clean-up cuts a half-open connection."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        attempt = self._attempt
+        if attempt is not None:
+            attempt.cancel()
+        return attempt
 
 
 @implementer(IMessageBus)
@@ -404,20 +447,11 @@ class AmqpBus(_Reconnecting):
 
     # -- connecting
 
-    def _connect(self) -> Deferred[None]:
-        """One connection attempt, bounded by ``connect_timeout_s`` on the clock."""
-        attempt = _bounded(Deferred.fromCoroutine(self._attempt_connect()),
-                           self.connect_timeout_s, self.clock)
-        self._attempt = attempt
+    def _connected(self) -> None:
+        self._release_waiters(None)  # now that the attempt's timer is gone too
 
-        def done(result: object) -> object:
-            if self._attempt is attempt:
-                self._attempt = None
-            if not isinstance(result, Failure):
-                self._release_waiters(None)  # now that the attempt's timer is gone too
-            return result
-
-        return attempt.addBoth(done)
+    def _who(self) -> str:
+        return "AMQP bus"
 
     async def _attempt_connect(self) -> None:
         proto, channel = await _open_channel(self.broker, self.exchange, self.reactor,
@@ -458,25 +492,9 @@ class AmqpBus(_Reconnecting):
                       reason=str(reason), failed=failed)
         Deferred.fromCoroutine(_shut(proto, self.clock, CLOSE_TIMEOUT_S))
 
-    def _closing(self) -> bool:
-        return self._stopped
-
-    def _reconnect_failed(self, failure: Failure) -> None:
-        if self._stopped:
-            return
-        delay = self._schedule_retry()
-        self.log.warn("AMQP bus could not reconnect to {broker}: {reason}; next attempt in "
-                      "{delay:g} s", broker=self.broker.display, reason=_reason(failure),
-                      delay=delay, amqp_event="retry")
-
     async def _stop(self) -> None:
         self._stopped = True
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        attempt = self._attempt
-        if attempt is not None:
-            attempt.cancel()  # its clean-up cuts a half-open connection
+        attempt = self._abandon()
         error = BusUnavailable(f"{self!r} is stopped")
         self._release_waiters(error)
         proto, self._proto, self._channel = self._proto, None, None
@@ -568,7 +586,7 @@ class AmqpConsumer(_Reconnecting):
         self._attempt: Deferred[None] | None = None
         self._proto: _Connection | None = None
         self._loop: Deferred[None] | None = None
-        self._started = self._stopping = False
+        self._started = self._stopped = False
 
     def start(self) -> Deferred[None]:
         """Fires when consuming; fails with :class:`BusUnavailable` if it cannot."""
@@ -582,20 +600,10 @@ class AmqpConsumer(_Reconnecting):
 
         return self._connect().addErrback(failed)
 
-    def _connect(self) -> Deferred[None]:
-        """One attempt, bounded by ``connect_timeout_s``; ``stop()`` cancels it."""
-        attempt = _bounded(Deferred.fromCoroutine(self._start()), self.connect_timeout_s,
-                           self.clock)
-        self._attempt = attempt
+    def _who(self) -> str:
+        return f"consumer of {self.topic}"
 
-        def done(result: object) -> object:
-            if self._attempt is attempt:
-                self._attempt = None
-            return result
-
-        return attempt.addBoth(done)
-
-    async def _start(self) -> None:
+    async def _attempt_connect(self) -> None:
         proto, channel = await _open_channel(self.broker, self.exchange, self.reactor,
                                              self.connect_timeout_s, self._lost, confirm=False)
         try:
@@ -608,7 +616,7 @@ class AmqpConsumer(_Reconnecting):
                 self.queue = frame.method.queue
             await _detached(channel.queue_bind(self.queue, self.exchange, self.topic))
             messages, _tag = await _detached(channel.basic_consume(self.queue))
-            if self._stopping:
+            if self._stopped:
                 raise CancelledError()
         except BaseException:
             await _shut(proto, self.clock, CLOSE_TIMEOUT_S)
@@ -624,37 +632,22 @@ class AmqpConsumer(_Reconnecting):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self._stopping = True
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        attempt = self._attempt
+        self._stopped = True
+        attempt = self._abandon()
         if attempt is not None:
-            attempt.cancel()  # its clean-up cuts a half-open connection
             await _settled(attempt)
         proto, self._proto = self._proto, None
         if proto is not None:
             await _shut(proto, self.clock, CLOSE_TIMEOUT_S)
 
     def _lost(self, proto: _Connection, reason: Failure) -> None:
-        if proto is self._proto and not self._stopping:
+        if proto is self._proto and not self._stopped:
             self._proto = None
             delay = self._schedule_retry()
             self.log.warn("consumer of {topic} lost its connection to {broker}: {reason};"
                           " reconnecting in {delay:g} s", topic=self.topic,
                           broker=self.broker.display, reason=proto.why_lost(reason), delay=delay,
                           amqp_event="lost")
-
-    def _closing(self) -> bool:
-        return self._stopping
-
-    def _reconnect_failed(self, failure: Failure) -> None:
-        if self._stopping:
-            return
-        delay = self._schedule_retry()
-        self.log.warn("consumer of {topic} could not reconnect to {broker}: {reason}; next"
-                      " attempt in {delay:g} s", topic=self.topic, broker=self.broker.display,
-                      reason=_reason(failure), delay=delay, amqp_event="retry")
 
     async def _consume(self, channel: TwistedChannel, messages: ClosableDeferredQueue) -> None:
         while True:
