@@ -13,6 +13,7 @@ import socket
 import uuid
 from typing import Any
 
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import FailTest, SkipTest
 
 CI = os.environ.get("CI", "").lower() == "true"
@@ -116,3 +117,18 @@ async def closed_port(test: Any) -> int:
     listening, port = listen(test, ServerFactory())
     await listening.stopListening()
     return port
+
+
+class TrackingProxyFactory(ProxyFactory):
+    """A TCP proxy to a real server that remembers its connections
+    (``servers``), so a test can cut them: "the server went away"."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.servers: list[ProxyServer] = []
+
+    def buildProtocol(self, addr: Any) -> ProxyServer | None:
+        p = super().buildProtocol(addr)
+        if p is not None:
+            self.servers.append(p)
+        return p

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.protocols.portforward import ProxyFactory, ProxyServer
+from twisted.protocols.portforward import ProxyServer
 
 from daojia_msg.bus.envelope import Envelope
 from daojia_msg.client import cli
@@ -20,7 +20,7 @@ from daojia_msg.config import BusConfig, ListenConfig, Route, default_config, pa
 from daojia_msg.consumer import consume
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code
-from tests.servers import missing, require_redis
+from tests.servers import TrackingProxyFactory, missing, require_redis
 from tests.test_e2e import NodeTestCase
 
 R: Any = reactor
@@ -72,20 +72,13 @@ class HoldingProxy(ProxyServer):
             super().dataReceived(data)
 
 
-class HoldingProxyFactory(ProxyFactory):
+class HoldingProxyFactory(TrackingProxyFactory):
     protocol = HoldingProxy
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
         self.held = False
         self.waiting: list[tuple[ProxyServer, bytes]] = []
-        self.servers: list[ProxyServer] = []
-
-    def buildProtocol(self, addr: Any) -> ProxyServer | None:
-        p = super().buildProtocol(addr)
-        if p is not None:
-            self.servers.append(p)
-        return p
 
     def release(self) -> None:
         self.held = False

@@ -25,7 +25,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
-from twisted.protocols.portforward import ProxyFactory, ProxyServer
+from twisted.protocols.portforward import ProxyServer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -41,7 +41,7 @@ from daojia_msg.bus.redis_streams import (
 )
 from daojia_msg.config import BusConfig, parse_redis_url
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from tests.servers import closed_port, listen, require_redis
+from tests.servers import TrackingProxyFactory, closed_port, listen, require_redis
 
 #: Reply timeout of the failure tests.
 TIMEOUT = 0.2
@@ -151,7 +151,7 @@ class FreezableProxy(ProxyServer):
             super().dataReceived(data)
 
 
-class ControlledProxyFactory(ProxyFactory):
+class ControlledProxyFactory(TrackingProxyFactory):
     """A TCP proxy to Redis that can go silent or cut every connection.
 
     ``commands`` holds every command the clients sent through it, in order.
@@ -162,14 +162,7 @@ class ControlledProxyFactory(ProxyFactory):
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
         self.frozen = False
-        self.servers: list[ProxyServer] = []
         self.commands: list[list[bytes]] = []
-
-    def buildProtocol(self, addr: Any) -> ProxyServer | None:
-        p = super().buildProtocol(addr)
-        if p is not None:
-            self.servers.append(p)
-        return p
 
 
 class RedisTestCase(TestCase):

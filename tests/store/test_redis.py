@@ -17,7 +17,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock, deferLater
-from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import TestCase
 
 from daojia_msg.cluster.redisconn import Redis, connect
@@ -25,7 +24,13 @@ from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
 from daojia_msg.store.errors import StoreUnavailable
 from daojia_msg.store.model import SessionRecord
 from daojia_msg.store.redis import PURGE_BATCH, RedisSessionStore
-from tests.servers import closed_port, delete_redis_keys, listen, require_redis
+from tests.servers import (
+    TrackingProxyFactory,
+    closed_port,
+    delete_redis_keys,
+    listen,
+    require_redis,
+)
 from tests.store.suites import make_session_store_tests, session
 
 TIMEOUT = 0.2
@@ -185,20 +190,6 @@ class RedisLayoutTests(TestCase):
 
 class Silent(Protocol):
     """A server that accepts and never answers."""
-
-
-class TrackingProxyFactory(ProxyFactory):
-    """A TCP proxy to Redis that can cut every connection: "the server went away"."""
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(host, port)
-        self.servers: list[ProxyServer] = []
-
-    def buildProtocol(self, addr: Any) -> ProxyServer | None:
-        p = super().buildProtocol(addr)
-        if p is not None:
-            self.servers.append(p)
-        return p
 
 
 class UnavailableTests(TestCase):
