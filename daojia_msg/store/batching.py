@@ -120,7 +120,6 @@ class _Lane:
             self.weight -= self.weights.popleft()
         self._committer.taken(n)
         self.in_flight = True
-        self._committer.flushing += 1
         self._committer.flushes += 1
         try:
             d = self._committer.run_interaction(write_batch_txn, [op for op, _ in batch])
@@ -142,7 +141,6 @@ class _Lane:
                     d.callback(value)
         self.done += len(batch)
         self.in_flight = False
-        self._committer.flushing -= 1
         self._committer.flushed(self)
         if self._waiters:
             ready = [d for target, d in self._waiters if target <= self.done]
@@ -187,8 +185,6 @@ class GroupCommitter:
         self._lanes = [_Lane(self) for _ in range(concurrency)]
         #: Writes a lane holds before it flushes while another lane's flush runs.
         self.spread_at = max(1, spread_at)
-        #: Flushes in flight now.
-        self.flushing = 0
         self.flushes = 0
         self.submitted = 0
         #: Writes queued and not yet in a flush.
@@ -229,7 +225,7 @@ class GroupCommitter:
 
     def may_flush(self, lane: _Lane) -> bool:
         """Whether ``lane`` (idle, with writes waiting) flushes now."""
-        return not self.flushing or lane.weight >= self.spread_at
+        return lane.weight >= self.spread_at or not self.in_flight
 
     def flushed(self, lane: _Lane) -> None:
         """``lane``'s flush ended: start the lanes that may, the others first."""

@@ -337,7 +337,7 @@ class SpreadTests(SynchronousTestCase):
         first = self.committer.submit(write("a1"), affinity=self.a)
         b = [self.committer.submit(write(n), affinity=self.b) for n in ("b1", "b2")]
         later = self.committer.submit(write("a2"), affinity=self.a)
-        self.assertEqual((len(self.pool.pending), self.committer.flushing), (1, 1))
+        self.assertEqual((len(self.pool.pending), self.committer.in_flight), (1, 1))
         self.pool.commit()
         self.assertEqual(self.successResultOf(first), "A1")
         # B waited longest: it goes first, alone; A's a2 waits for it.
@@ -347,7 +347,7 @@ class SpreadTests(SynchronousTestCase):
         self.pool.commit()
         self.assertEqual(self.successResultOf(later), "A2")
         self.assertEqual(self.pool.txn, ["a1", "b1", "b2", "a2"])
-        self.assertEqual((self.committer.flushes, self.committer.flushing), (3, 0))
+        self.assertEqual((self.committer.flushes, self.committer.in_flight), (3, 0))
 
     def test_a_lane_with_spread_at_writes_overlaps(self) -> None:
         self.committer.submit(write("a1"), affinity=self.a)
