@@ -119,15 +119,13 @@ class Stats:
     def observe_ack_latency(self, route: Route, seconds: float) -> None:
         """One message of ``route`` ACKed ``seconds`` after it became durable
         (after :meth:`add` counted it ``acked``, so the route is known)."""
-        route = route if route in self.by_route else self._route(route)
-        bucket = bisect.bisect_left(LATENCY_BUCKETS, max(0.0, seconds))
-        micros = int(max(0.0, seconds) * 1e6)
+        route = self._route(route)
+        seconds = max(0.0, seconds)
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        micros = int(seconds * 1e6)
         for table in (self.latency, self._latency_deltas) if self.track_deltas else (self.latency,):
-            counts = table.get(route)
-            if counts is None:
-                counts = table[route] = [0] * LATENCY_WIDTH
-            counts[bucket] += 1
-            counts[-1] += micros
+            _bump(table, route, bucket, 1, LATENCY_WIDTH)
+            _bump(table, route, LATENCY_WIDTH - 1, micros, LATENCY_WIDTH)
 
     def take_deltas(self) -> tuple[dict[Route, list[int]], Window, dict[Route, list[int]]]:
         """What was added since the last call: counts, window buckets, latency."""
