@@ -465,13 +465,14 @@ class _Database:
     Its reads (PULL, HISTORY...) go through a :class:`ReadBatcher` with
     ``reads_in_flight`` batches at most: reads that queue meanwhile share the
     next trip to a pool thread (a hand-off and a reactor wake-up each cost more
-    than the query). The ``count_pending`` of every LOGIN has a batcher of its
-    own with one batch in flight: the counts that wait meanwhile are one
-    ``GROUP BY`` query and one hand-off (:class:`PendingCounter`). With four in
-    flight nearly every count went alone, and the hand-offs, thread switches
-    and GIL waits of a thread per login cost more than a wait for the batch
-    before (logins with Redis sessions: 3,802-4,043/s at 217-239 µs of node
-    CPU each, against 4,958-4,981/s at 161-166 µs with one in flight)."""
+    than the query). Reads that merge into one query (an interaction with a
+    ``many``: the ``count_pending`` of every LOGIN, :class:`PendingCounter`)
+    have a batcher of their own with one batch in flight: the counts that wait
+    meanwhile are one ``GROUP BY`` query and one hand-off. With four in flight
+    nearly every count went alone, and the hand-offs, thread switches and GIL
+    waits of a thread per login cost more than a wait for the batch before
+    (logins with Redis sessions: 3,802-4,043/s at 217-239 µs of node CPU each,
+    against 4,958-4,981/s at 161-166 µs with one in flight)."""
 
     def __init__(self, index: int, name: str, pool: adbapi.ConnectionPool,
                  reads_in_flight: int = 1) -> None:
@@ -481,10 +482,15 @@ class _Database:
         self.retrier = RetryOnce(pool, f"mysql message store {name}")
         self.runner = PoolRunner(cast(adbapi.ConnectionPool, self.retrier), self.retrier.name)
         self.reads = ReadBatcher(self.runner.run, max_in_flight=reads_in_flight)
-        self.counts = ReadBatcher(self.runner.run, max_in_flight=1)
+        self.merged = ReadBatcher(self.runner.run, max_in_flight=1)
 
     def run(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         return self.runner.run(interaction, *args)
+
+    def read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        """A batched read: through ``merged`` if it merges, else ``reads``."""
+        batcher = self.merged if hasattr(interaction, "many") else self.reads
+        return batcher.read(interaction, *args)
 
 
 class PendingCounter:
@@ -1281,10 +1287,7 @@ class MySQLMessageStore:
         return self._read(db, self._txns[n].pending_message_txn, to_uid, msgid)
 
     def count_pending(self, uid: int, appcode: int) -> Deferred[int]:
-        if self._state != "started":
-            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
-        db = self._dbs[self.placement.place(uid)[0]]
-        return db.counts.read(self._count_pending, uid, appcode)
+        return self._read(self.placement.place(uid)[0], self._count_pending, uid, appcode)
 
     def history(
         self, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int
@@ -1325,7 +1328,7 @@ class MySQLMessageStore:
     def _read(self, db: int, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._state != "started":
             return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
-        return self._dbs[db].reads.read(interaction, *args)
+        return self._dbs[db].read(interaction, *args)
 
 
 def _split(ops: list[_Store | _Ack]) -> tuple[list[int], list[int]]:
