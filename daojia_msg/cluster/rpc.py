@@ -69,7 +69,7 @@ from zope.interface import implementer
 from daojia_msg import tracing
 from daojia_msg.cluster.interfaces import INodeRegistry, IPeers
 from daojia_msg.deadlines import Deadlines
-from daojia_msg.logic.service import to_pb
+from daojia_msg.logic.service import recipient_fields, to_pb
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.sockets import no_delay
 from daojia_msg.store.errors import StoreUnavailable
@@ -316,20 +316,20 @@ class RpcServerProtocol(_ClosedWaiters, amp.AMP):
             raise
         if len(content) > self.factory.max_content:
             log.warn("refused {msgid} from node {peer_node}: content of {size} bytes is over {limit}",
-                     msgid=msg.msgid, logid=msg.logid, uid=msg.to_uid, appcode=msg.to_appcode,
-                     peer_node=self.node, size=len(content), limit=self.factory.max_content)
+                     msgid=msg.msgid, logid=msg.logid, peer_node=self.node, size=len(content),
+                     limit=self.factory.max_content, **recipient_fields(msg))
             raise BadMessage(f"content is over {self.factory.max_content} bytes")
         try:
             pushed = bool(self.factory.logic.deliver_local(session_id, msg))
         except Exception:
             log.failure("delivering {msgid} for node {peer_node} failed", msgid=msg.msgid,
-                        logid=msg.logid, uid=msg.to_uid, appcode=msg.to_appcode,
-                        peer_node=self.node, session_id=session_id)
+                        logid=msg.logid, peer_node=self.node, session_id=session_id,
+                        uid=msg.to_uid, appcode=msg.to_appcode)  # (failure's keywords: no **)
             raise InternalError("the node failed to deliver; see its log") from None
         if tracing.MESSAGES.listeners:
             trace.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
-                        msgid=msg.msgid, logid=msg.logid, uid=msg.to_uid, appcode=msg.to_appcode,
-                        peer_node=self.node, session_id=session_id, pushed=pushed)
+                        msgid=msg.msgid, logid=msg.logid, peer_node=self.node,
+                        session_id=session_id, pushed=pushed, **recipient_fields(msg))
         return {"pushed": pushed}
 
     @Kick.responder
@@ -585,8 +585,7 @@ class RpcPeers:
     # -- IPeers ------------------------------------------------------------------
 
     def deliver(self, record: SessionRecord, message: StoredMessage) -> Deferred[bool]:
-        fields = {"msgid": message.msgid, "logid": message.logid, "uid": message.to_uid,
-                  "appcode": message.to_appcode}
+        fields = {"msgid": message.msgid, "logid": message.logid, **recipient_fields(message)}
         try:
             meta, content = message_to_wire(message)
         except Exception as e:  # a field out of its protobuf range

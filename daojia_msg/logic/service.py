@@ -116,6 +116,11 @@ def _sender(msg: StoredMessage) -> dict[str, int]:
     for an app server's push (sender 0) its recipient."""
     if msg.from_uid:
         return {"uid": msg.from_uid, "appcode": msg.from_appcode}
+    return recipient_fields(msg)
+
+
+def recipient_fields(msg: StoredMessage) -> dict[str, int]:
+    """``uid`` and ``appcode`` of a line about delivering ``msg``: its recipient."""
     return {"uid": msg.to_uid, "appcode": msg.to_appcode}
 
 
@@ -686,7 +691,7 @@ class LogicService(Service):
         if tracing.MESSAGES.listeners:
             trace.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
                         logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode,
-                        uid=msg.to_uid, appcode=msg.to_appcode)
+                        **recipient_fields(msg))
 
     def _retry_delivery(self, msg: StoredMessage, attempt: int = 0) -> None:
         """The node holding the recipient's session could not be reached (slow,
@@ -710,8 +715,7 @@ class LogicService(Service):
             if pending is None:
                 return  # delivered (ACKed) meanwhile, or the store is down
             self.log.info("{msgid} delivery retried (try {attempt})", msgid=msg.msgid,
-                          logid=msg.logid, uid=msg.to_uid, appcode=msg.to_appcode,
-                          attempt=attempt)
+                          logid=msg.logid, attempt=attempt, **recipient_fields(msg))
             await self._deliver(pending, retry_attempt=attempt)
 
         Deferred.fromCoroutine(retry())
@@ -728,8 +732,8 @@ class LogicService(Service):
             pushed: bool = await self.peers.deliver(record, msg)
         except StoreError as e:
             self.log.warn("{msgid} left pending: node {peer_node} unreachable: {error}",
-                          msgid=msg.msgid, logid=msg.logid, uid=msg.to_uid,
-                          appcode=msg.to_appcode, peer_node=record.node_id, error=str(e))
+                          msgid=msg.msgid, logid=msg.logid, peer_node=record.node_id,
+                          error=str(e), **recipient_fields(msg))
             return None
         return pushed
 
@@ -754,12 +758,12 @@ class LogicService(Service):
             if tracing.MESSAGES.listeners:
                 trace.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
                             logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode,
-                            uid=msg.to_uid, appcode=msg.to_appcode)
+                            **recipient_fields(msg))
             return True
         self.log.info("{msgid} left pending: {to_uid}@{to_appcode} takes no pushes now "
                       "(too many un-ACKed, or not reading)",
                       msgid=msg.msgid, logid=msg.logid, to_uid=msg.to_uid,
-                      to_appcode=msg.to_appcode, uid=msg.to_uid, appcode=msg.to_appcode)
+                      to_appcode=msg.to_appcode, **recipient_fields(msg))
         return False
 
     def _count_repush(self, route: object) -> None:
