@@ -67,7 +67,9 @@ from urllib.parse import urlsplit
 
 from daojia_msg.bench.report import (
     SAMPLE_KEYS,
+    calibrate,
     git_commit,
+    machine_facts,
     procs_cpu_s,
     procs_rss_kib,
     summarize,
@@ -384,6 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.uid_base is None:
         args.uid_base = 10**9 * (1 + int(time.time()) % 1_000_000)
     specs = worker_specs(args)
+    calibration_ms = calibrate()  # before the workers start: a quiet generator
     progress = Progress(not args.no_progress)
     for warning in check(args):
         print(f"msgplatform-bench: warning: {warning}", file=sys.stderr)
@@ -468,7 +471,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "generator": {"procs": cpus, "setup_procs": setup_cpus, **generator_verdict(judged)},
         "node": node,
         "git_commit": git_commit(),
-        "machine": {"nproc": os.cpu_count(), "loadavg": list(os.getloadavg())},
+        "machine": machine_facts(calibration_ms),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

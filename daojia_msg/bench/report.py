@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -123,6 +124,39 @@ def table(title: str, obj: Mapping[str, Any]) -> str:
     lines = [title, f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 12}"]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def _calibration_work() -> int:
+    """A fixed piece of the kind of work the node's Python does per message:
+    dict and attribute look-ups, small objects, bytes and str building."""
+    index: dict[int, tuple[int, str]] = {}
+    total = 0
+    for i in range(20_000):
+        key = (i * 7919) & 4095
+        index[key] = (i, f"m{i}")
+        total += len(index[key][1]) + len(i.to_bytes(8, "big").hex())
+    return total
+
+
+def calibrate(repeat: int = 7) -> float:
+    """How fast this machine runs Python now: milliseconds of the fastest of
+    ``repeat`` runs of :func:`_calibration_work` (the fastest is the least
+    disturbed by the rest of the machine). Lower is faster. The same code gives
+    different figures on a shared virtual machine from one day to the next;
+    this says how much of a change is the machine's."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        _calibration_work()
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 2)
+
+
+def machine_facts(calibration_ms: float | None) -> dict[str, Any]:
+    """The ``machine`` of a JSON document: cores, load average now, and the
+    :func:`calibrate` figure taken before the run."""
+    return {"nproc": os.cpu_count(), "loadavg": list(os.getloadavg()),
+            "calibration_ms": calibration_ms}
 
 
 def git_commit(directory: str | None = None) -> str | None:

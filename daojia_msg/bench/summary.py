@@ -8,7 +8,10 @@
 reads ``<dir>/<setup>/<label>.json`` (each a ``msgplatform-bench`` document)
 and prints, per run, its headline figure, its latency, the node's CPU (share
 of a core, all nodes added up) and CPU per message, and the busiest generator
-process, so one glance tells whether a figure is the node's or the generator's.
+process, so one glance tells whether a figure is the node's or the generator's,
+and the machine's calibration (``machine.calibration_ms``: how long a fixed
+piece of Python took just before the run; lower is faster), so one glance
+tells whether a change between two days is the code's or the machine's.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = ("setup", "run", "figure", "latency ms p50/p99/p99.9", "node cpu %",
-           "node us/msg", "gen cpu % max")
+           "node us/msg", "gen cpu % max", "machine ms")
 
 
 def _ms(summary: dict[str, Any] | None) -> str:
@@ -81,8 +84,10 @@ def row(setup: str, label: str, doc: dict[str, Any]) -> tuple[str, ...]:
         gens = [p.get("cpu_pct") for p in (doc.get("generator") or {}).get("procs", [])]
     per_msg = "-" if not cpu_s or not messages else f"{1e6 * cpu_s / messages:.0f}"
     busiest = max((g for g in gens if g is not None), default=None)
+    calibration = (doc.get("machine") or {}).get("calibration_ms")
     return (setup, label, figure, latency, "-" if cpu_pct is None else f"{cpu_pct:.0f}",
-            per_msg, "-" if busiest is None else f"{busiest:.0f}")
+            per_msg, "-" if busiest is None else f"{busiest:.0f}",
+            "-" if calibration is None else f"{calibration:.1f}")
 
 
 def collect(directory: str) -> list[tuple[str, ...]]:
@@ -98,7 +103,7 @@ def collect(directory: str) -> list[tuple[str, ...]]:
                 with open(os.path.join(path, name)) as f:
                     doc = json.load(f)
             except (OSError, ValueError) as e:
-                rows.append((setup, name[:-5], f"unreadable: {e}", "-", "-", "-", "-"))
+                rows.append((setup, name[:-5], f"unreadable: {e}", "-", "-", "-", "-", "-"))
                 continue
             rows.append(row(setup, name[:-5], doc))
     return rows

@@ -38,7 +38,6 @@ but they are not the same code: compare their CPU before trusting a ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import time
@@ -48,7 +47,7 @@ from typing import Any
 from daojia_msg.bench import mqtt
 from daojia_msg.bench.cli import BenchError, strip_samples
 from daojia_msg.bench.cli import run as run_c2c
-from daojia_msg.bench.report import git_commit, proc_cpu_s
+from daojia_msg.bench.report import git_commit, machine_facts, proc_cpu_s
 from daojia_msg.bench.stats import cpu_share, generator_verdict
 from daojia_msg.bench.wire import source_address
 
@@ -175,7 +174,8 @@ def document(args: argparse.Namespace, ours: dict[str, Any], theirs: dict[str, A
         OURS: strip_samples(ours),
         THEIRS: theirs,
         "git_commit": git_commit(),
-        "machine": {"nproc": os.cpu_count(), "loadavg": list(os.getloadavg())},
+        # The c2c run took it before it started: both sides ran on that machine.
+        "machine": machine_facts((ours.get("machine") or {}).get("calibration_ms")),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

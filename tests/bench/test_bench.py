@@ -253,6 +253,17 @@ class ReportTests(SynchronousTestCase):
         self.assertIn("push_latency.p99.9_ms", rendered)
         self.assertIn("generator.suspect", rendered)
 
+    def test_calibration(self) -> None:
+        """The fastest of the runs, in ms, of work that takes real time."""
+        self.assertGreater(report._calibration_work(), 0)
+        times = iter([10.0, 10.5, 20.0, 20.004, 30.0, 30.25])
+        self.patch(report.time, "perf_counter", lambda: next(times))
+        self.patch(report, "_calibration_work", lambda: 0)
+        self.assertEqual(report.calibrate(repeat=3), 4.0)
+        facts = report.machine_facts(4.0)
+        self.assertEqual((facts["nproc"], facts["calibration_ms"]), (os.cpu_count(), 4.0))
+        self.assertEqual(len(facts["loadavg"]), 3)
+
     def test_proc_readers(self) -> None:
         self.assertGreater(report.proc_rss_kib(os.getpid()) or 0, 0)
         self.assertIsNotNone(report.proc_cpu_s(os.getpid()))
@@ -332,6 +343,7 @@ class SmokeTests(NodeTestCase):
         self.assertEqual(len(doc["generator"]["procs"]), 2)
         self.assertEqual(len(doc["generator"]["setup_procs"]), 2)
         self.assertIn("nproc", doc["machine"])
+        self.assertGreater(doc["machine"]["calibration_ms"], 0)
 
 
 class RawHttpTests(SynchronousTestCase):

@@ -16,13 +16,14 @@ def c2c(acked: int = 40_000, cpu_s: float = 9.0) -> dict[str, Any]:
             "results": {"acked_per_s": 4000.0, "acked": acked,
                         "push_latency": {"p50_ms": 1.0, "p99_ms": 8.25, "p99.9_ms": 12.0}},
             "node": {"pid": 1, "cpu_s": cpu_s, "cpu_pct": 90.0},
-            "generator": {"procs": [{"cpu_pct": 6.0}, {"cpu_pct": 7.5}]}}
+            "generator": {"procs": [{"cpu_pct": 6.0}, {"cpu_pct": 7.5}]},
+            "machine": {"nproc": 2, "calibration_ms": 12.345}}
 
 
 class SummaryTests(SynchronousTestCase):
     def test_c2c_row(self) -> None:
         self.assertEqual(summary.row("one", "c2c", c2c()),
-                         ("one", "c2c", "4,000 msgs/s", "1.0/8.2/12.0", "90", "225", "8"))
+                         ("one", "c2c", "4,000 msgs/s", "1.0/8.2/12.0", "90", "225", "8", "12.3"))
 
     def test_versus_row(self) -> None:
         doc = {"scenario": "versus", "comparison": {
@@ -35,13 +36,13 @@ class SummaryTests(SynchronousTestCase):
             summary.row("one", "versus-closed", doc),
             ("one", "versus-closed",
              "4,500 msgs/s; x0.25 of Mosquitto's, p99 x2.0, cpu/msg x10.5",
-             "300.0/500.0/520.0", "95", "200", "10"))
+             "300.0/500.0/520.0", "95", "200", "10", "-"))
 
     def test_without_node_figures(self) -> None:
         doc = {"scenario": "pull", "results": {"acked": 10_000, "drain_s": 0.234},
                "node": {"pid": None}, "generator": {"procs": []}}
         self.assertEqual(summary.row("two", "pull", doc),
-                         ("two", "pull", "10,000 in 0.23 s", "-", "-", "-", "-"))
+                         ("two", "pull", "10,000 in 0.23 s", "-", "-", "-", "-", "-"))
 
     def test_directory(self) -> None:
         root = self.mktemp()
@@ -56,6 +57,7 @@ class SummaryTests(SynchronousTestCase):
         text = summary.render(rows)
         self.assertEqual(text.splitlines()[0], "| " + " | ".join(summary.COLUMNS) + " |")
         self.assertIn("| one | c2c | 4,000 msgs/s |", text)
+        self.assertTrue(text.splitlines()[-1].endswith("| 8 | 12.3 |"))
 
     def test_usage(self) -> None:
         self.assertEqual(summary.main([]), 2)
