@@ -9,6 +9,7 @@ prints any flat mapping as aligned text.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -138,18 +139,19 @@ def _calibration_work() -> int:
     return total
 
 
-def calibrate(repeat: int = 7) -> float:
-    """How fast this machine runs Python now: milliseconds of the fastest of
-    ``repeat`` runs of :func:`_calibration_work` (the fastest is the least
-    disturbed by the rest of the machine). Lower is faster. The same code gives
-    different figures on a shared virtual machine from one day to the next;
-    this says how much of a change is the machine's."""
-    best = float("inf")
+def calibrate(repeat: int = 9) -> float:
+    """How fast this machine runs Python now: the median, in milliseconds, of
+    ``repeat`` runs of :func:`_calibration_work`. Lower is faster. On a shared
+    virtual machine the same code measures differently from one day, or one
+    minute, to the next (seen here: 10 and 20 ms on an idle machine, seconds
+    apart); this says how much of a change is the machine's. The median, not
+    the fastest: it is the speed a run of that moment gets."""
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         _calibration_work()
-        best = min(best, time.perf_counter() - t0)
-    return round(best * 1000, 2)
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times) * 1000, 2)
 
 
 def machine_facts(calibration_ms: float | None) -> dict[str, Any]:

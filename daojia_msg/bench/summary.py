@@ -10,7 +10,7 @@ and prints, per run, its headline figure, its latency, the node's CPU (share
 of a core, all nodes added up) and CPU per message, and the busiest generator
 process, so one glance tells whether a figure is the node's or the generator's,
 and the machine's calibration (``machine.calibration_ms``: how long a fixed
-piece of Python took just before the run; lower is faster), so one glance
+piece of Python took just before the run, median of 9; lower is faster), so one glance
 tells whether a change between two days is the code's or the machine's.
 """
 
