@@ -7,6 +7,18 @@ publish, an RPC) that was a tenth of the node's time. When every Deferred gets
 the same ``timeout``, the order they were watched in is the order of their
 deadlines, so an ordered dict is the queue and one DelayedCall (for the oldest)
 serves them all; nothing is scheduled while nothing waits.
+
+Time the node was stalled does not count. A reactor runs its due timers
+*before* it polls its sockets, and what was written during a long stretch of
+work (a big batch, a core taken by other processes) is only sent once that
+work ends. When the node was busy for longer than a timeout, the timer fires
+late, and what it watches may be an answer that already arrived, unread, or
+a request that was never sent: taken for timeouts, these dropped a healthy
+Redis connection with every command on it, on a node already busy, which
+made it busier (the two-node overload collapse in BENCHMARKS.md). So a timer
+that fires more than ``stall`` late (default a quarter of the timeout) gives
+what it finds past its deadline one more ``timeout``, once: a Deferred still
+waits at most twice its timeout plus the stall, and never for ever.
 """
 
 from __future__ import annotations
@@ -17,19 +29,33 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
 
 class Deadlines:
-    """Watch Deferreds for ``timeout`` seconds of ``clock`` each."""
+    """Watch Deferreds for ``timeout`` seconds of ``clock`` each (``name``
+    says which in the log line about a stall).
 
-    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+    :ivar stalls: how many times the timer fired more than ``stall`` late.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, timeout: float, name: str = "deadlines",
+                 stall: float | None = None) -> None:
         self.clock = clock
         self.timeout = timeout
+        self.name = name
+        #: A timer this late (seconds) means the node was stalled.
+        self.stall = timeout / 4 if stall is None else stall
+        self.stalls = 0
         self._entries: OrderedDict[int, tuple[float, Deferred[Any]]] = OrderedDict()
         self._expired: set[int] = set()
+        #: Entries that got their one more timeout after a stall.
+        self._extended: set[int] = set()
         self._keys = itertools.count()
         self._timer: IDelayedCall | None = None
 
@@ -45,35 +71,55 @@ class Deadlines:
         key = next(self._keys)
         self._entries[key] = (self.clock.seconds() + self.timeout, d)
         if self._timer is None:
-            self._timer = self.clock.callLater(self.timeout, self._expire)
+            self._arm(self.timeout)
         return d.addBoth(self._settled, key)
 
     def stop(self) -> None:
         """Forget the timer (what still waits is no longer timed)."""
         self._entries.clear()
+        self._extended.clear()
         self._cancel_timer()
 
     def _settled(self, result: Any, key: int) -> Any:
         if self._entries.pop(key, None) is not None and not self._entries:
             self._cancel_timer()
+        self._extended.discard(key)
         if key in self._expired:
             self._expired.discard(key)
             if isinstance(result, Failure) and result.check(CancelledError):
                 return Failure(TimeoutError(f"not done within {self.timeout:g} s"))
         return result
 
-    def _expire(self) -> None:
+    def _arm(self, delay: float) -> None:
+        self._timer = self.clock.callLater(delay, self._expire, self.clock.seconds() + delay)
+
+    def _expire(self, due: float) -> None:
         self._timer = None
         now = self.clock.seconds()
-        entries = self._entries
+        stalled = now - due > self.stall
+        entries, extended = self._entries, 0
         while entries:
             key, (deadline, d) = next(iter(entries.items()))
             if deadline > now:
-                self._timer = self.clock.callLater(deadline - now, self._expire)
-                return
+                self._arm(deadline - now)
+                break
+            if stalled and key not in self._extended:
+                # Moved last: its new deadline is the latest of all.
+                del entries[key]
+                entries[key] = (now + self.timeout, d)
+                self._extended.add(key)
+                extended += 1
+                continue
             del entries[key]
+            self._extended.discard(key)
             self._expired.add(key)
             d.cancel()
+        if extended:
+            self.stalls += 1
+            self.log.warn(
+                "{name}: the node was stalled, this timer ran {late:.1f} s late;"
+                " {count} past their deadline wait {timeout:g} s more",
+                name=self.name, late=now - due, count=extended, timeout=self.timeout)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

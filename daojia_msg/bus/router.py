@@ -74,7 +74,7 @@ class BusRouter:
         self.pending = 0
         self.pressure = False
         self.on_pressure: Callable[[bool], None] = lambda on: None
-        self.deadlines = Deadlines(reactor, self.config.publish_timeout_s)
+        self.deadlines = Deadlines(reactor, self.config.publish_timeout_s, "C2S publishes")
 
     @property
     def default(self) -> IMessageBus:

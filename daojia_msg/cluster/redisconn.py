@@ -145,9 +145,9 @@ class Redis:
             clock = cast(IReactorTime, reactor)
         self.clock: Any = clock
         #: The reply timeout of the commands written straight to a connection.
-        self.replies = Deadlines(clock, timeout)
+        self.replies = Deadlines(clock, timeout, "redis replies")
         #: The backstop deadline of the commands that go through the pool.
-        self.deadlines = Deadlines(clock, timeout * DEADLINE_FACTOR)
+        self.deadlines = Deadlines(clock, timeout * DEADLINE_FACTOR, "redis pool calls")
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(map(str, parts))

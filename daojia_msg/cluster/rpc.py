@@ -565,7 +565,7 @@ class RpcPeers:
         self.secret = secret
         self.timeout = timeout
         #: The time limit of every call, on one timer.
-        self.deadlines = Deadlines(reactor, timeout)
+        self.deadlines = Deadlines(reactor, timeout, "internal RPC calls")
         self._endpoint_for = endpoint_for
         self._links: dict[int, _Link] = {}
         self._closed = False

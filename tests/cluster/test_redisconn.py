@@ -87,6 +87,21 @@ class DirectTests(SynchronousTestCase):
         self.assertIn("Lost connection", str(self.failureResultOf(second, StoreUnavailable).value))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_a_stalled_node_reads_the_reply_it_was_late_for(self) -> None:
+        """The node was busy past the deadline (the timer runs late): the reply
+        that came meanwhile is read, the connection stays. One more timeout
+        without it, and the connection is dropped."""
+        answered = self.redis.call("GET", "a")
+        silent = self.redis.call("GET", "b")
+        self.clock.advance(2 * TIMEOUT)
+        self.assertNoResult(answered)
+        self.assertFalse(self.conn.transport.disconnected)
+        self.conn.dataReceived(b"$1\r\na\r\n")
+        self.assertEqual(self.successResultOf(answered), b"a")
+        self.clock.advance(TIMEOUT)
+        self.assertIn("no reply within", str(self.failureResultOf(silent, StoreUnavailable).value))
+        self.assertTrue(self.conn.transport.disconnected)
+
     def test_error_reply(self) -> None:
         d = self.redis.call("INCR", "s")
         self.conn.dataReceived(b"-ERR value is not an integer\r\n")

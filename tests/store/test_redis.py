@@ -306,6 +306,27 @@ class ConnectTests(TestCase):
         self.assertEqual(store.node_id, 9)
 
 
+class StallTests(TestCase):
+    """On the real reactor: a node busy for longer than the reply timeout does
+    not take its own delay for Redis's (the commands it wrote meanwhile go out
+    only once it is free again, and the answers are read after its timers)."""
+
+    async def test_busy_node_keeps_its_connection_and_its_answers(self) -> None:
+        redis = await connect(RedisConfig(url=require_redis(), key_prefix=new_prefix(),
+                                          reply_timeout_s=TIMEOUT))
+        self.addCleanup(lambda: Deferred.fromCoroutine(redis.close()))
+        await redis.call("PING")
+        pings = [redis.call("PING") for _ in range(5)]
+        busy_until = time.monotonic() + 3 * TIMEOUT
+        while time.monotonic() < busy_until:  # work that holds the reactor
+            pass
+        answers = await gatherResults(pings)
+        self.assertEqual([a if isinstance(a, bytes) else a.encode() for a in answers],
+                         [b"PONG"] * 5)
+        self.assertEqual(redis.replies.stalls, 1)
+        self.assertIn(await redis.call("PING"), ("PONG", b"PONG"))  # the same pool, alive
+
+
 class PurgeDeadNodeTests(TestCase):
     async def test_a_node_alive_again_keeps_its_sessions(self) -> None:
         redis = await open_redis(self)
