@@ -17,8 +17,19 @@ a request that was never sent: taken for timeouts, these dropped a healthy
 Redis connection with every command on it, on a node already busy, which
 made it busier (the two-node overload collapse in BENCHMARKS.md). So a timer
 that fires more than ``stall`` late (default a quarter of the timeout) gives
-what it finds past its deadline one more ``timeout``, once: a Deferred still
-waits at most twice its timeout plus the stall, and never for ever.
+everything that waits one more ``timeout`` from then, once each: a Deferred
+still waits at most twice its timeout plus the stall, and never for ever.
+
+(Twisted's epoll and select reactors: ``mainLoop`` calls ``runUntilCurrent``
+before ``doIteration``, and ``FileDescriptor.write`` only buffers until the
+socket is polled writable.)
+
+Timed here: Redis commands written straight to a connection (the usual path)
+and the backstop of those that go through txredisapi's pool, internal RPC
+calls, the router's C2S publish deadline, the Redis Streams bus's batches.
+Not yet: txredisapi's own reply timer on its pool path (a command goes there
+only when no connection is idle), the webhook bus's per-request timer and the
+AMQP bus's wait for a confirm.
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ class Deadlines:
     """Watch Deferreds for ``timeout`` seconds of ``clock`` each (``name``
     says which in the log line about a stall).
 
-    :ivar stalls: how many times the timer fired more than ``stall`` late.
+    :ivar stalls: how many times the timer fired more than ``stall`` late
+        (logged when that gave something more time).
     """
 
     log = Logger()
@@ -96,30 +108,43 @@ class Deadlines:
     def _expire(self, due: float) -> None:
         self._timer = None
         now = self.clock.seconds()
-        stalled = now - due > self.stall
-        entries, extended = self._entries, 0
+        if now - due > self.stall:
+            self._stalled(now, now - due)
+        entries = self._entries
         while entries:
             key, (deadline, d) = next(iter(entries.items()))
             if deadline > now:
+                # A callback of a timeout may have watched one meanwhile, and
+                # armed the timer for it: the first deadline is this one.
+                self._cancel_timer()
                 self._arm(deadline - now)
-                break
-            if stalled and key not in self._extended:
-                # Moved last: its new deadline is the latest of all.
-                del entries[key]
-                entries[key] = (now + self.timeout, d)
-                self._extended.add(key)
-                extended += 1
-                continue
+                return
             del entries[key]
             self._extended.discard(key)
             self._expired.add(key)
-            d.cancel()
-        if extended:
-            self.stalls += 1
-            self.log.warn(
-                "{name}: the node was stalled, this timer ran {late:.1f} s late;"
-                " {count} past their deadline wait {timeout:g} s more",
-                name=self.name, late=now - due, count=extended, timeout=self.timeout)
+            try:
+                d.cancel()
+            except Exception:
+                self.log.failure("{name}: cancelling a late one failed", name=self.name)
+
+    def _stalled(self, now: float, late: float) -> None:
+        """The timer ran ``late``: every entry not extended yet, past its
+        deadline or not (one watched during the stall was not even sent), gets
+        ``timeout`` from ``now``. They move last, in order: the entries
+        extended before keep their earlier deadlines, in front."""
+        entries = self._entries
+        fresh = [(key, d) for key, (_, d) in entries.items() if key not in self._extended]
+        for key, d in fresh:
+            del entries[key]
+            entries[key] = (now + self.timeout, d)
+            self._extended.add(key)
+        self.stalls += 1
+        if not fresh:
+            return
+        self.log.warn(
+            "{name}: the node was stalled, this timer ran {late:.1f} s late;"
+            " {count} waiting get {timeout:g} s more",
+            name=self.name, late=late, count=len(fresh), timeout=self.timeout)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -87,13 +87,83 @@ class DeadlinesTests(SynchronousTestCase):
         self.failureResultOf(silent, TimeoutError)
         self.assertEqual((len(self.deadlines), self.clock.getDelayedCalls()), (0, []))
 
+    def test_one_watched_during_the_stall_gets_its_time_too(self) -> None:
+        """Busy from 0.1 to 7: ``late`` was watched at 4.9 (its request only
+        went out at 7), due at 9.9. It gets 5 s from 7 as well."""
+        early: Deferred[int] = Deferred()
+        self.deadlines.watch(early)
+        self.clock.advance(4.9)
+        late: Deferred[int] = Deferred()
+        self.deadlines.watch(late)
+        self.clock.advance(2.1)  # the timer due at 5 runs at 7
+        self.clock.advance(4.9)  # 11.9: past late's own deadline
+        self.assertNoResult(early)
+        self.assertNoResult(late)
+        self.clock.advance(0.1)
+        self.failureResultOf(early, TimeoutError)
+        self.failureResultOf(late, TimeoutError)
+
+    def test_a_stall_noticed_with_nothing_due_yet(self) -> None:
+        """The first one settled, the timer still ran for it, late: the others
+        get their time too."""
+        first: Deferred[int] = Deferred()
+        self.deadlines.watch(first)
+        self.clock.advance(3)
+        second: Deferred[int] = Deferred()
+        self.deadlines.watch(second)  # due at 8
+        first.callback(1)
+        self.clock.advance(4)  # the timer due at 5 runs at 7: nothing due, a stall
+        self.assertEqual(self.deadlines.stalls, 1)
+        self.clock.advance(4.9)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.failureResultOf(second, TimeoutError)
+
+    def test_a_caller_may_still_cancel_an_extended_one(self) -> None:
+        d: Deferred[int] = Deferred()
+        self.deadlines.watch(d)
+        self.clock.advance(7)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((len(self.deadlines), self.clock.getDelayedCalls()), (0, []))
+
+    def test_stop_forgets_extended_ones(self) -> None:
+        d: Deferred[int] = Deferred()
+        self.deadlines.watch(d)
+        self.clock.advance(7)
+        self.deadlines.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(20)
+        self.assertNoResult(d)
+
+    def test_watched_by_a_callback_of_a_timeout_keeps_one_timer(self) -> None:
+        first: Deferred[int] = Deferred()
+        later: list[Deferred[int]] = []
+
+        def watch_another(failure: Any) -> Any:
+            later.append(self.deadlines.watch(Deferred()))
+            return failure
+
+        self.deadlines.watch(first).addErrback(watch_another)
+        self.clock.advance(2)
+        second: Deferred[int] = Deferred()
+        self.deadlines.watch(second)
+        self.clock.advance(3)
+        self.failureResultOf(first, TimeoutError)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(2)
+        self.failureResultOf(second, TimeoutError)
+        self.clock.advance(3)
+        self.failureResultOf(later[0], TimeoutError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_only_once(self) -> None:
         d: Deferred[int] = Deferred()
         self.deadlines.watch(d)
         self.clock.advance(7)  # stalled: 5 s more, to 12
         self.clock.advance(8)  # stalled again, at 15: no more
         self.failureResultOf(d, TimeoutError)
-        self.assertEqual(self.deadlines.stalls, 1)
+        self.assertEqual(self.deadlines.stalls, 2)
 
     def test_a_little_late_is_not_a_stall(self) -> None:
         d: Deferred[int] = Deferred()
@@ -104,19 +174,19 @@ class DeadlinesTests(SynchronousTestCase):
 
     def test_extended_ones_keep_the_order_of_deadlines(self) -> None:
         first: Deferred[int] = Deferred()
-        self.deadlines.watch(first)  # due at 5
-        self.clock.advance(4)
+        self.deadlines.watch(first)
+        self.clock.advance(7)  # stalled: first waits to 12
+        self.clock.advance(2)
         second: Deferred[int] = Deferred()
-        self.deadlines.watch(second)  # due at 9
-        self.clock.advance(4)  # at 8, 3 s late: first waits to 13, after second
-        self.assertNoResult(first)
+        self.deadlines.watch(second)  # due at 14, after first
+        self.clock.advance(4.5)  # the timer due at 12 runs at 13.5: stalled again
+        self.failureResultOf(first, TimeoutError)  # it had its one more timeout
+        self.assertNoResult(second)  # 5 s from 13.5
         [timer] = self.clock.getDelayedCalls()
-        self.assertEqual(timer.getTime(), 9.0)
-        self.clock.advance(1)
+        self.assertEqual(timer.getTime(), 18.5)
+        self.clock.advance(5)
         self.failureResultOf(second, TimeoutError)
-        self.assertNoResult(first)
-        self.clock.advance(4)
-        self.failureResultOf(first, TimeoutError)
+        self.assertEqual(self.deadlines.stalls, 2)
 
     def test_the_stall_is_logged(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
@@ -126,7 +196,7 @@ class DeadlinesTests(SynchronousTestCase):
         self.assertEqual(
             formatEvent(event),
             "deadlines: the node was stalled, this timer ran 3.0 s late;"
-            " 1 past their deadline wait 5 s more")
+            " 1 waiting get 5 s more")
         self.deadlines.stop()
 
     def test_stop(self) -> None:

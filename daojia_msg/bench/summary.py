@@ -11,7 +11,8 @@ of a core, all nodes added up) and CPU per message, and the busiest generator
 process, so one glance tells whether a figure is the node's or the generator's,
 and the machine's calibration (``machine.calibration_ms``: how long a fixed
 piece of Python took just before the run, median of 9; lower is faster), so one glance
-tells whether a change between two days is the code's or the machine's.
+says whether the machine was in a fast or a slow state (on a shared virtual
+machine the same code measures very differently from one hour to the next).
 """
 
 from __future__ import annotations

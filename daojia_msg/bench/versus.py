@@ -174,7 +174,7 @@ def document(args: argparse.Namespace, ours: dict[str, Any], theirs: dict[str, A
         OURS: strip_samples(ours),
         THEIRS: theirs,
         "git_commit": git_commit(),
-        # The c2c run took it before it started: both sides ran on that machine.
+        # Taken before our half; the broker's half ran right after it.
         "machine": machine_facts((ours.get("machine") or {}).get("calibration_ms")),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -99,6 +99,7 @@ from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.cluster.redisconn import DEADLINE_FACTOR, Script, execute
 from daojia_msg.config import BusConfig, RedisURL, parse_redis_url
+from daojia_msg.deadlines import Deadlines
 
 #: Seconds to wait for a Redis reply (and to connect) unless told otherwise;
 #: never more than the router's ``bus.publish_timeout_s`` allows.
@@ -259,6 +260,8 @@ class RedisStreamsBus:
             reply_timeout_s = min(REPLY_TIMEOUT_S, config.publish_timeout_s / DEADLINE_FACTOR)
         self.reply_timeout = reply_timeout_s
         self.deadline = reply_timeout_s * DEADLINE_FACTOR
+        #: The time limit of the batch in flight; a stall of the node is not counted.
+        self._deadlines = Deadlines(reactor, self.deadline, "Redis Streams batches")
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         # Never below what the router may hand over (twice bus.max_pending).
@@ -340,8 +343,7 @@ class RedisStreamsBus:
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(batch))
         d = Deferred.fromCoroutine(self._send(batch))
-        d.addTimeout(self.deadline, self.reactor)
-        d.addBoth(self._sent, batch)
+        self._deadlines.watch(d).addBoth(self._sent, batch)
 
     async def _send(self, batch: list[_Pending]) -> None:
         conn = self._conn
