@@ -448,6 +448,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 w.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 w.kill()
+    after_ms = calibrate()  # the machine may have changed state during the run
     setups = [w.ready or {} for w in workers]
     reports = [w.result or {} for w in workers]
     results = summarize(scenario, setups, reports)
@@ -471,7 +472,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "generator": {"procs": cpus, "setup_procs": setup_cpus, **generator_verdict(judged)},
         "node": node,
         "git_commit": git_commit(),
-        "machine": machine_facts(calibration_ms),
+        "machine": machine_facts(calibration_ms, after_ms),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

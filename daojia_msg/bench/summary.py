@@ -9,8 +9,9 @@ reads ``<dir>/<setup>/<label>.json`` (each a ``msgplatform-bench`` document)
 and prints, per run, its headline figure, its latency, the node's CPU (share
 of a core, all nodes added up) and CPU per message, and the busiest generator
 process, so one glance tells whether a figure is the node's or the generator's,
-and the machine's calibration (``machine.calibration_ms``: how long a fixed
-piece of Python took just before the run, median of 9; lower is faster), so one glance
+and the machine's calibration (``machine.calibration_ms`` and
+``calibration_after_ms``: how long a fixed piece of Python took just before
+and just after the run, median of 9 each; lower is faster), so one glance
 says whether the machine was in a fast or a slow state (on a shared virtual
 machine the same code measures very differently from one hour to the next).
 """
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = ("setup", "run", "figure", "latency ms p50/p99/p99.9", "node cpu %",
-           "node us/msg", "gen cpu % max", "machine ms")
+           "node us/msg", "gen cpu % max", "machine ms before/after")
 
 
 def _ms(summary: dict[str, Any] | None) -> str:
@@ -85,10 +86,15 @@ def row(setup: str, label: str, doc: dict[str, Any]) -> tuple[str, ...]:
         gens = [p.get("cpu_pct") for p in (doc.get("generator") or {}).get("procs", [])]
     per_msg = "-" if not cpu_s or not messages else f"{1e6 * cpu_s / messages:.0f}"
     busiest = max((g for g in gens if g is not None), default=None)
-    calibration = (doc.get("machine") or {}).get("calibration_ms")
     return (setup, label, figure, latency, "-" if cpu_pct is None else f"{cpu_pct:.0f}",
             per_msg, "-" if busiest is None else f"{busiest:.0f}",
-            "-" if calibration is None else f"{calibration:.1f}")
+            machine_ms(doc.get("machine") or {}))
+
+
+def machine_ms(machine: dict[str, Any]) -> str:
+    """``before/after`` the run (``before`` alone in the first version), or ``-``."""
+    readings = [machine.get(k) for k in ("calibration_ms", "calibration_after_ms")]
+    return "/".join(f"{v:.1f}" for v in readings if v is not None) or "-"
 
 
 def collect(directory: str) -> list[tuple[str, ...]]:

@@ -47,7 +47,7 @@ from typing import Any
 from daojia_msg.bench import mqtt
 from daojia_msg.bench.cli import BenchError, strip_samples
 from daojia_msg.bench.cli import run as run_c2c
-from daojia_msg.bench.report import git_commit, machine_facts, proc_cpu_s
+from daojia_msg.bench.report import calibrate, git_commit, machine_facts, proc_cpu_s
 from daojia_msg.bench.stats import cpu_share, generator_verdict
 from daojia_msg.bench.wire import source_address
 
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace,
             drain=plan.drain)
     except (ValueError, RuntimeError) as e:
         raise BenchError(f"the MQTT run against {plan.host}:{plan.port} failed: {e}") from None
-    return document(args, ours, theirs, settled)
+    return document(args, ours, theirs, settled, calibrate())
 
 
 def node_busy(theirs: dict[str, Any], node_pid: int | None) -> float | None:
@@ -155,7 +155,8 @@ def node_busy(theirs: dict[str, Any], node_pid: int | None) -> float | None:
 
 
 def document(args: argparse.Namespace, ours: dict[str, Any], theirs: dict[str, Any],
-             settled: dict[str, float | None] | None = None) -> dict[str, Any]:
+             settled: dict[str, float | None] | None = None,
+             after_ms: float | None = None) -> dict[str, Any]:
     """The versus JSON document from the two runs' results (``settled``: the
     seconds waited for each server to go idle before the other's run)."""
     sides = {OURS: ours_side(ours), THEIRS: theirs_side(theirs)}
@@ -174,8 +175,9 @@ def document(args: argparse.Namespace, ours: dict[str, Any], theirs: dict[str, A
         OURS: strip_samples(ours),
         THEIRS: theirs,
         "git_commit": git_commit(),
-        # Taken before our half; the broker's half ran right after it.
-        "machine": machine_facts((ours.get("machine") or {}).get("calibration_ms")),
+        # Before our half (the c2c run took it), and after the broker's half.
+        "machine": machine_facts((ours.get("machine") or {}).get("calibration_ms"),
+                                 after_ms),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

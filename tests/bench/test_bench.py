@@ -260,8 +260,9 @@ class ReportTests(SynchronousTestCase):
         self.patch(report.time, "perf_counter", lambda: next(times))
         self.patch(report, "_calibration_work", lambda: 0)
         self.assertEqual(report.calibrate(repeat=3), 250.0)
-        facts = report.machine_facts(4.0)
-        self.assertEqual((facts["nproc"], facts["calibration_ms"]), (os.cpu_count(), 4.0))
+        facts = report.machine_facts(4.0, 5.5)
+        self.assertEqual((facts["nproc"], facts["calibration_ms"], facts["calibration_after_ms"]),
+                         (os.cpu_count(), 4.0, 5.5))
         self.assertEqual(len(facts["loadavg"]), 3)
 
     def test_proc_readers(self) -> None:
@@ -344,6 +345,7 @@ class SmokeTests(NodeTestCase):
         self.assertEqual(len(doc["generator"]["setup_procs"]), 2)
         self.assertIn("nproc", doc["machine"])
         self.assertGreater(doc["machine"]["calibration_ms"], 0)
+        self.assertGreater(doc["machine"]["calibration_after_ms"], 0)
 
 
 class RawHttpTests(SynchronousTestCase):

@@ -17,13 +17,13 @@ def c2c(acked: int = 40_000, cpu_s: float = 9.0) -> dict[str, Any]:
                         "push_latency": {"p50_ms": 1.0, "p99_ms": 8.25, "p99.9_ms": 12.0}},
             "node": {"pid": 1, "cpu_s": cpu_s, "cpu_pct": 90.0},
             "generator": {"procs": [{"cpu_pct": 6.0}, {"cpu_pct": 7.5}]},
-            "machine": {"nproc": 2, "calibration_ms": 12.345}}
+            "machine": {"nproc": 2, "calibration_ms": 12.345, "calibration_after_ms": 20.0}}
 
 
 class SummaryTests(SynchronousTestCase):
     def test_c2c_row(self) -> None:
         self.assertEqual(summary.row("one", "c2c", c2c()),
-                         ("one", "c2c", "4,000 msgs/s", "1.0/8.2/12.0", "90", "225", "8", "12.3"))
+                         ("one", "c2c", "4,000 msgs/s", "1.0/8.2/12.0", "90", "225", "8", "12.3/20.0"))
 
     def test_versus_row(self) -> None:
         doc = {"scenario": "versus", "comparison": {
@@ -57,7 +57,13 @@ class SummaryTests(SynchronousTestCase):
         text = summary.render(rows)
         self.assertEqual(text.splitlines()[0], "| " + " | ".join(summary.COLUMNS) + " |")
         self.assertIn("| one | c2c | 4,000 msgs/s |", text)
-        self.assertTrue(text.splitlines()[-1].endswith("| 8 | 12.3 |"))
+        self.assertTrue(text.splitlines()[-1].endswith("| 8 | 12.3/20.0 |"))
+
+    def test_machine_readings(self) -> None:
+        self.assertEqual(summary.machine_ms({"calibration_ms": 9.96}), "10.0")  # run 6
+        self.assertEqual(summary.machine_ms({"calibration_ms": 9.0,
+                                             "calibration_after_ms": 21.04}), "9.0/21.0")
+        self.assertEqual(summary.machine_ms({"nproc": 2}), "-")
 
     def test_usage(self) -> None:
         self.assertEqual(summary.main([]), 2)

@@ -129,6 +129,13 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(back["msgplatform"]["results"]["acked"], 20_000)
         self.assertNotIn("latency_us", back["msgplatform"]["results"])
 
+    def test_machine_readings_before_ours_and_after_theirs(self) -> None:
+        args = parse("--pairs", "200", "--node-pid", "100")
+        ours = dict(c2c_doc(), machine={"nproc": 2, "calibration_ms": 11.0})
+        machine = versus.document(args, ours, mqtt_result(), after_ms=19.5)["machine"]
+        self.assertEqual((machine["calibration_ms"], machine["calibration_after_ms"]),
+                         (11.0, 19.5))
+
     def test_table(self) -> None:
         text = versus.render(self.doc())
         lines = text.splitlines()
