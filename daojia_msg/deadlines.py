@@ -24,18 +24,20 @@ still waits at most twice its timeout plus the stall, and never for ever.
 before ``doIteration``, and ``FileDescriptor.write`` only buffers until the
 socket is polled writable.)
 
-Timed here: Redis commands written straight to a connection (the usual path)
-and the backstop of those that go through txredisapi's pool, internal RPC
-calls, the router's C2S publish deadline, the Redis Streams bus's batches.
-Not yet: txredisapi's own reply timer on its pool path (a command goes there
-only when no connection is idle), the webhook bus's per-request timer and the
-AMQP bus's wait for a confirm.
+Timed by :class:`Deadlines`: Redis commands written straight to a connection
+(the usual path) and the backstop of those that go through txredisapi's pool,
+internal RPC calls, the router's C2S publish deadline, the Redis Streams bus's
+batches. By :func:`within` (one Deferred, the same rule): the webhook bus's
+requests, connecting to a peer node, to the Redis Streams bus or to an AMQP
+broker, and closing an AMQP connection. Not: txredisapi's own reply timer on
+its pool path (a command goes there only when no connection is idle).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -44,6 +46,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
+
+#: A timer this late, as a share of its timeout, means the node was stalled.
+STALL_SHARE = 0.25
 
 
 class Deadlines:
@@ -62,7 +67,7 @@ class Deadlines:
         self.timeout = timeout
         self.name = name
         #: A timer this late (seconds) means the node was stalled.
-        self.stall = timeout / 4 if stall is None else stall
+        self.stall = timeout * STALL_SHARE if stall is None else stall
         self.stalls = 0
         self._entries: OrderedDict[int, tuple[float, Deferred[Any]]] = OrderedDict()
         self._expired: set[int] = set()
@@ -150,3 +155,42 @@ class Deadlines:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+def _timed_out(result: Any, timeout: float) -> Any:
+    if isinstance(result, Failure) and result.check(CancelledError):
+        return Failure(TimeoutError(f"not done within {timeout:g} s"))
+    return result
+
+
+def within(d: Deferred[T], timeout: float, clock: IReactorTime,
+           on_timeout_cancel: Callable[[Any, float], Any] = _timed_out) -> Deferred[T]:
+    """``d.addTimeout(timeout, clock, onTimeoutCancel)`` for a Deferred of its
+    own time limit, with the rule of :class:`Deadlines` for a stall: a timer
+    that runs more than :data:`STALL_SHARE` of ``timeout`` late gives ``d``
+    one more ``timeout`` instead, once. When the timer cancels ``d``, its
+    result goes through ``on_timeout_cancel(result, timeout)`` (by default a
+    cancellation becomes :class:`TimeoutError`). Returns ``d``."""
+    if d.called:
+        return d
+    timer: list[IDelayedCall] = []
+    cancelled_by_timer = False
+
+    def expire(due: float, extended: bool) -> None:
+        nonlocal cancelled_by_timer
+        now = clock.seconds()
+        if not extended and now - due > timeout * STALL_SHARE:
+            timer[0] = clock.callLater(timeout, expire, now + timeout, True)
+            return
+        cancelled_by_timer = True
+        d.cancel()
+
+    def settled(result: Any) -> Any:
+        if timer[0].active():
+            timer[0].cancel()
+        if cancelled_by_timer:
+            return on_timeout_cancel(result, timeout)
+        return result
+
+    timer.append(clock.callLater(timeout, expire, clock.seconds() + timeout, False))
+    return d.addBoth(settled)

@@ -10,7 +10,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.deadlines import Deadlines
+from daojia_msg.deadlines import Deadlines, within
 
 
 class DeadlinesTests(SynchronousTestCase):
@@ -206,3 +206,66 @@ class DeadlinesTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(10)
         self.assertNoResult(d)
+
+
+class WithinTests(SynchronousTestCase):
+    """:func:`within`: one Deferred's own time limit, with the same rule for a stall."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_in_time(self) -> None:
+        d: Deferred[int] = Deferred()
+        within(d, 4.0, self.clock)
+        d.callback(3)
+        self.assertEqual(self.successResultOf(d), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_on_time_it_times_out(self) -> None:
+        cancelled: list[Any] = []
+        d: Deferred[int] = within(Deferred(cancelled.append), 4.0, self.clock)
+        self.clock.advance(3.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertIn("within 4 s", str(self.failureResultOf(d, TimeoutError).value))
+        self.assertEqual(len(cancelled), 1)
+
+    def test_late_by_a_stall_one_more_timeout(self) -> None:
+        answered: Deferred[str] = within(Deferred(), 4.0, self.clock)
+        silent: Deferred[str] = within(Deferred(), 4.0, self.clock)
+        self.clock.advance(9)  # 5 s late: more than a quarter of 4 s
+        self.assertNoResult(answered)
+        answered.callback("after the stall")
+        self.assertEqual(self.successResultOf(answered), "after the stall")
+        self.clock.advance(3.9)
+        self.assertNoResult(silent)
+        self.clock.advance(0.1)
+        self.failureResultOf(silent, TimeoutError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_only_once(self) -> None:
+        d: Deferred[str] = within(Deferred(), 4.0, self.clock)
+        self.clock.advance(9)
+        self.clock.advance(9)  # late again: no more
+        self.failureResultOf(d, TimeoutError)
+
+    def test_what_the_timeout_makes_of_the_result(self) -> None:
+        seen: list[Any] = []
+
+        def mine(result: Any, timeout: float) -> Any:
+            seen.append(timeout)
+            return "gave up"
+
+        d: Deferred[str] = within(Deferred(), 4.0, self.clock, mine)
+        self.clock.advance(4)
+        self.assertEqual((self.successResultOf(d), seen), ("gave up", [4.0]))
+
+    def test_a_cancel_by_the_caller_stays_a_cancel(self) -> None:
+        d: Deferred[str] = within(Deferred(), 4.0, self.clock, lambda r, t: "not this")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_already_fired(self) -> None:
+        self.assertEqual(self.successResultOf(within(succeed(1), 4.0, self.clock)), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

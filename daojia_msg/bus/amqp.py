@@ -57,6 +57,7 @@ from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope
 from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.config import BusConfig
+from daojia_msg.deadlines import within
 
 T = TypeVar("T")
 
@@ -231,7 +232,7 @@ async def _shut(proto: _Connection, clock: IReactorTime, timeout: float) -> None
     except ConnectionWrongStateError:
         pass  # already closing
     try:
-        await _detached(proto.lost).addTimeout(timeout, clock)
+        await within(_detached(proto.lost), timeout, clock)
     except Exception:
         if proto.transport is not None:
             proto.transport.abortConnection()
@@ -516,7 +517,7 @@ def _bounded(d: Deferred[T], timeout: float, clock: IReactorTime) -> Deferred[T]
             return Failure(TimeoutError(f"no answer within {timeout:g} s"))
         return result
 
-    return d.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
+    return within(d, timeout, clock, timed_out)
 
 
 def _settled(d: Deferred[Any]) -> Deferred[None]:

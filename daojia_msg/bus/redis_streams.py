@@ -99,7 +99,7 @@ from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.cluster.redisconn import DEADLINE_FACTOR, Script, execute
 from daojia_msg.config import BusConfig, RedisURL, parse_redis_url
-from daojia_msg.deadlines import Deadlines
+from daojia_msg.deadlines import Deadlines, within
 
 #: Seconds to wait for a Redis reply (and to connect) unless told otherwise;
 #: never more than the router's ``bus.publish_timeout_s`` allows.
@@ -198,8 +198,7 @@ async def open_connection(url: RedisURL, clock: IReactorTime, *, connect_timeout
         await probe.disconnect()
     conn = connect_lazily(url, connect_timeout=connect_timeout, reply_timeout=reply_timeout)
     deadline = connect_timeout * DEADLINE_FACTOR
-    ready = conn.ping()
-    ready.addTimeout(deadline, clock)
+    ready = within(conn.ping(), deadline, clock)
     try:
         await ready
     except Exception as e:

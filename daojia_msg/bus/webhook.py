@@ -64,6 +64,7 @@ from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope, log_
 from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.config import BusConfig, ConfigError
+from daojia_msg.deadlines import within
 
 CONTENT_TYPE = b"application/x-protobuf"
 #: The first retry waits this long, each next one twice as long, up to RETRY_CAP_S.
@@ -97,6 +98,12 @@ def redact(url: str) -> str:
 
 class _Timeout(Exception):
     """One attempt got no complete answer in time."""
+
+
+def _no_answer(result: object, timeout: float) -> Failure:
+    """The request was cancelled by its time limit: whatever it then failed with
+    (the HTTP client wraps the cancellation), it is a :class:`_Timeout`."""
+    return Failure(_Timeout())
 
 
 class _Drain(Protocol):
@@ -299,29 +306,18 @@ class WebhookBus:
         """One POST, its answer read to the end: ``(status, first body bytes)``."""
         if self._client is None:
             raise CancelledError()
-        d = self._client.post(self.target, data=payload, headers=headers.copy(),
-                              allow_redirects=False, unbuffered=True)
+        d: Deferred[Any] = self._client.post(self.target, data=payload, headers=headers.copy(),
+                                             allow_redirects=False, unbuffered=True)
         d.addCallback(_drain)
-        timed_out = False
-
-        def expire() -> None:
-            nonlocal timed_out
-            timed_out = True
-            d.cancel()
-
-        call = self.clock.callLater(self.timeout, expire)
         try:
-            result: tuple[int, bytes] = await d
+            result: tuple[int, bytes] = await within(d, self.timeout, self.clock, _no_answer)
             return result
+        except _Timeout:
+            raise
         except Exception as e:
-            if timed_out:
-                raise _Timeout() from None
             if _cancelled(e):
                 raise CancelledError() from None
             raise
-        finally:
-            if call.active():
-                call.cancel()
 
 
 class WebhookReceiver(Resource):

@@ -68,7 +68,7 @@ from zope.interface import implementer
 
 from daojia_msg import tracing
 from daojia_msg.cluster.interfaces import INodeRegistry, IPeers
-from daojia_msg.deadlines import Deadlines
+from daojia_msg.deadlines import Deadlines, within
 from daojia_msg.logic.service import recipient_fields, to_pb
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.sockets import no_delay
@@ -435,7 +435,7 @@ class _Link:
     def start(self) -> None:
         attempt = Deferred.fromCoroutine(self._open())
         self._attempt = attempt
-        attempt.addTimeout(self.peers.timeout, self.peers.reactor)
+        within(attempt, self.peers.timeout, self.peers.reactor)
         attempt.addBoth(self._opened)
 
     async def _open(self) -> _ClientProtocol:

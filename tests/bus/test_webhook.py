@@ -317,6 +317,23 @@ class PublishTests(WebhookTestCase):
         await d
         self.assertEqual(len(receiver.requests), 2)
 
+    async def test_a_stall_of_the_node_is_not_a_timeout(self) -> None:
+        """The attempt's timer runs late (the node was busy): the answer read
+        after it counts; a second timeout without one does not."""
+        receiver = Scripted(HOLD, HOLD)
+        bus, clock = self.open_bus(self.serve(receiver), webhook_retries=0)
+        first = bus.publish("gps", message(), "log-1")
+        second = bus.publish("orders", message(), "log-2")
+        await receiver.arrived(2)
+        clock.advance(3 * ATTEMPT_S)  # 10 s late: one more 5 s for both
+        self.assertNoResult(first)
+        receiver.answer(0)
+        await first
+        clock.advance(ATTEMPT_S)
+        error = await unavailable(self, second)
+        self.assertIn("no complete answer within 5 s", str(error))
+        self.assertEqual(len(receiver.requests), 2)
+
     async def test_timeout_of_every_attempt(self) -> None:
         receiver = Scripted(HOLD)
         bus, clock = self.open_bus(self.serve(receiver), webhook_retries=0)
