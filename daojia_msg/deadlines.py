@@ -16,7 +16,7 @@ late, and what it watches may be an answer that already arrived, unread, or
 a request that was never sent: taken for timeouts, these dropped a healthy
 Redis connection with every command on it, on a node already busy, which
 made it busier (the two-node overload collapse in BENCHMARKS.md). So a timer
-that fires more than ``stall`` late (default a quarter of the timeout) gives
+that fires more than :data:`STALL_SHARE` of its timeout late gives
 everything that waits one more ``timeout`` from then, once each: a Deferred
 still waits at most twice its timeout plus the stall, and never for ever.
 
@@ -51,6 +51,13 @@ T = TypeVar("T")
 STALL_SHARE = 0.25
 
 
+def _timed_out(result: Any, timeout: float) -> Any:
+    """A cancellation by the time limit is a :class:`TimeoutError`."""
+    if isinstance(result, Failure) and result.check(CancelledError):
+        return Failure(TimeoutError(f"not done within {timeout:g} s"))
+    return result
+
+
 class Deadlines:
     """Watch Deferreds for ``timeout`` seconds of ``clock`` each (``name``
     says which in the log line about a stall).
@@ -61,13 +68,12 @@ class Deadlines:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, timeout: float, name: str = "deadlines",
-                 stall: float | None = None) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float, name: str = "deadlines") -> None:
         self.clock = clock
         self.timeout = timeout
         self.name = name
         #: A timer this late (seconds) means the node was stalled.
-        self.stall = timeout * STALL_SHARE if stall is None else stall
+        self.stall = timeout * STALL_SHARE
         self.stalls = 0
         self._entries: OrderedDict[int, tuple[float, Deferred[Any]]] = OrderedDict()
         self._expired: set[int] = set()
@@ -103,8 +109,7 @@ class Deadlines:
         self._extended.discard(key)
         if key in self._expired:
             self._expired.discard(key)
-            if isinstance(result, Failure) and result.check(CancelledError):
-                return Failure(TimeoutError(f"not done within {self.timeout:g} s"))
+            return _timed_out(result, self.timeout)
         return result
 
     def _arm(self, delay: float) -> None:
@@ -155,12 +160,6 @@ class Deadlines:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-
-def _timed_out(result: Any, timeout: float) -> Any:
-    if isinstance(result, Failure) and result.check(CancelledError):
-        return Failure(TimeoutError(f"not done within {timeout:g} s"))
-    return result
 
 
 def within(d: Deferred[T], timeout: float, clock: IReactorTime,

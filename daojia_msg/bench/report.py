@@ -154,8 +154,7 @@ def calibrate(repeat: int = 9) -> float:
     return round(statistics.median(times) * 1000, 2)
 
 
-def machine_facts(calibration_ms: float | None,
-                  after_ms: float | None = None) -> dict[str, Any]:
+def machine_facts(calibration_ms: float | None, after_ms: float | None) -> dict[str, Any]:
     """The ``machine`` of a JSON document: cores, load average now, and the
     :func:`calibrate` figures taken before the run and after it."""
     return {"nproc": os.cpu_count(), "loadavg": list(os.getloadavg()),

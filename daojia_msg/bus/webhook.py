@@ -312,8 +312,6 @@ class WebhookBus:
         try:
             result: tuple[int, bytes] = await within(d, self.timeout, self.clock, _no_answer)
             return result
-        except _Timeout:
-            raise
         except Exception as e:
             if _cancelled(e):
                 raise CancelledError() from None
