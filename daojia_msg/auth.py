@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_auth -*-
-"""Login tokens (PROTOCOL.md §5): ``"<expires_at>:<hex>"``.
+"""Login tokens (docs/protocol.md §5): ``"<expires_at>:<hex>"``.
 
 ``hex`` is the lowercase hex HMAC-SHA256 of ``"<appcode>:<uid>:<expires_at>"``
 keyed by the app's secret (UTF-8). App servers mint; the platform verifies with

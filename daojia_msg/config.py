@@ -7,7 +7,7 @@ wrong type or an out-of-range value raises :class:`ConfigError`, whose text
 names the key path: ``limits.max_body: expected an integer >= 64, got 'x'``.
 
 With no config file the node runs the two development-only demo apps of
-DESIGN.md §3 (appcodes 1001 and 1002). A config file replaces them: it must
+docs/operations.md §1 (appcodes 1001 and 1002). A config file replaces them: it must
 name its own apps.
 """
 

@@ -39,25 +39,25 @@ from daojia_msg import tracing
 from daojia_msg.admin.manhole import AdminNamespace, make_manhole_factory
 from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.detector import GateDetector
-from daojia_msg.cluster.redisconn import Redis, connect
 from daojia_msg.cluster.registry import NodeRegistry
 from daojia_msg.cluster.rpc import RpcPeers, RpcServerFactory, registry_addresses
 from daojia_msg.cluster.stats import ClusterStats, StatsFlusher
 from daojia_msg.config import Config, ConfigError
+from daojia_msg.core.errors import StoreError
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.inbox import Inbox
+from daojia_msg.logic.interfaces import IMessageStore, ISessionStore
 from daojia_msg.logic.service import LogicService
-from daojia_msg.logic.stats import Stats
+from daojia_msg.metrics.delivery import Stats
+from daojia_msg.metrics.registry import make_registry
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
-from daojia_msg.store.errors import StoreError
-from daojia_msg.store.interfaces import IMessageStore, ISessionStore
+from daojia_msg.redisconn import Redis, connect
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
 from daojia_msg.web.api import make_site
-from daojia_msg.web.metrics import make_registry
 
 WILDCARDS = ("0.0.0.0", "::", "")
 

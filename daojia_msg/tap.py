@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_tap -*-
 """``twistd msgplatform``: the options and the one place that wires the node.
 
-Every option overrides the config file (DESIGN.md §3). A bad option or config
+Every option overrides the config file (docs/operations.md §1). A bad option or config
 stops start-up with one line that names the key and the problem, and exit 1.
 """
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_tracing -*-
-"""Tracing one message across the nodes by its ``logid`` (PROTOCOL.md §6.3).
+"""Tracing one message across the nodes by its ``logid`` (docs/protocol.md §6.3).
 
 Every log line about a message carries ``logid``, ``msgid``, ``uid`` and
 ``appcode`` as fields (STYLE.md). ``uid``/``appcode`` name the user the line

@@ -1,4 +1,4 @@
-"""Tests for :mod:`daojia_msg.auth`: login tokens of PROTOCOL.md §5."""
+"""Tests for :mod:`daojia_msg.auth`: login tokens of docs/protocol.md §5."""
 
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import TestCase
 
 from daojia_msg.config import ClusterConfig, ConfigError, ListenConfig, RedisConfig, default_config
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.errors import StoreUnavailable
 from tests.servers import delete_redis_keys, require_redis
 from tests.test_e2e import Inbox, NodeTestCase
 

@@ -128,8 +128,8 @@ class ThreeNodesBehindHAProxy(TestCase):
         self.addCleanup(self.delete_keys)
 
     async def delete_keys(self) -> None:
-        from daojia_msg.cluster.redisconn import connect
         from daojia_msg.config import RedisConfig
+        from daojia_msg.redisconn import connect
 
         redis = await connect(RedisConfig(url=self.redis_url))
         await delete_redis_keys(redis, self.prefix)

@@ -14,10 +14,10 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.protocols.portforward import ProxyServer
 
 from daojia_msg.bus.envelope import Envelope
-from daojia_msg.client import cli
 from daojia_msg.client.errors import ResultError
 from daojia_msg.config import BusConfig, ListenConfig, Route, default_config, parse_redis_url
 from daojia_msg.consumer import consume
+from daojia_msg.msgctl import cli
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code
 from tests.servers import TrackingProxyFactory, missing, require_redis
@@ -142,8 +142,8 @@ class BusesEndToEnd(NodeTestCase):
         self.assertEqual((routes[(1, "C2S")], routes[(2, "C2S")]), (1, 1))
 
     async def _delete_stream(self, redis_url: str) -> None:
-        from daojia_msg.cluster.redisconn import connect
         from daojia_msg.config import RedisConfig
+        from daojia_msg.redisconn import connect
 
         redis = await connect(RedisConfig(url=redis_url, key_prefix=""))
         await redis.call("DEL", self.gps)
@@ -212,8 +212,8 @@ class BusesEndToEnd(NodeTestCase):
         self.assertEqual(await self._stream_length(redis_url), 13)
 
     async def _stream_length(self, redis_url: str) -> int:
-        from daojia_msg.cluster.redisconn import connect
         from daojia_msg.config import RedisConfig
+        from daojia_msg.redisconn import connect
 
         redis = await connect(RedisConfig(url=redis_url, key_prefix=""))
         try:

@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from daojia_msg import tracing
-from daojia_msg.client import cli
+from daojia_msg.msgctl import cli
 
 T0 = 1_795_707_087.123  # 2026-11-26T15:31:27.123Z
 NS = "daojia_msg.logic.service.LogicService"

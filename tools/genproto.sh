@@ -2,7 +2,7 @@
 # Regenerate daojia_msg/protocol/pb/msgplatform_pb2.py(i) from proto/.
 # The generator is pinned (tools/requirements-genproto.txt): its protoc must be
 # no newer than the protobuf runtime that setup.cfg allows, or the generated
-# module refuses to import (see ../shared/PITFALLS.md, protobuf).
+# module refuses to import.
 # Usage: tools/genproto.sh [OUTDIR]   (default: the package's pb/ folder)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)

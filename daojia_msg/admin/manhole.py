@@ -71,11 +71,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daojia_msg.cluster.interfaces import NodeInfo
 from daojia_msg.config import ConfigError
-from daojia_msg.logic.service import check_uid
+from daojia_msg.core.convert import check_uid
+from daojia_msg.core.model import NodeInfo, SessionRecord
 from daojia_msg.protocol.codes import KickReason
-from daojia_msg.store.model import SessionRecord
 
 #: The one user name the manhole accepts.
 MANHOLE_USERNAME = "admin"

@@ -94,9 +94,9 @@ from daojia_msg.bench.mqttcodec import (
 #: Payload header: publish time (``time.monotonic_ns()``) and per-pair sequence.
 HEADER = struct.Struct("<qI")
 MIN_PAYLOAD = HEADER.size
-#: msgplatform's C2C content limit (PROTOCOL.md); kept the same here.
+#: msgplatform's C2C content limit (docs/protocol.md §6.3); kept the same here.
 MAX_PAYLOAD = 65_000
-#: PITFALLS.md "This machine": 20,000 open files per process (keep a margin),
+#: A process may hold at most 20,000 open files on the test machine (keep a margin),
 #: ~28,000 ephemeral ports per source address and destination.
 MAX_SOCKETS_PER_PROC = 19_000
 PORTS_PER_SOURCE = 28_000

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.bus.test_amqp -*-
-"""The RabbitMQ bus (DESIGN.md §3, bus envelope), on pika's Twisted adapter.
+"""The RabbitMQ bus (docs/operations.md §7), on pika's Twisted adapter.
 
 Each C2S frame is published to the durable topic exchange ``bus.amqp_exchange``
 (``msgplatform.c2s`` by default) with routing key = the route's topic, body =
@@ -54,9 +54,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.config import BusConfig
+from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.deadlines import within
 
 T = TypeVar("T")

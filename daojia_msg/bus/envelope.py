@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.bus.test_router -*-
-"""The C2S envelope as app servers receive it (DESIGN.md §3, bus envelope):
+"""The C2S envelope as app servers receive it (docs/operations.md §7):
 the protobuf ``Message`` (kind C2S) as bytes, plus the logid."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.bus.test_memory -*-
-"""The message-bus interface: where C2S frames go (DESIGN.md §3, bus envelope)."""
+"""The message-bus interface: where C2S frames go (docs/operations.md §7)."""
 
 from __future__ import annotations
 
@@ -17,5 +17,5 @@ class IMessageBus(Interface):
         """Publish ``payload`` (a serialized ``Message`` of kind C2S) to ``topic``.
 
         Fires with None once the bus has accepted it; fails with
-        :class:`daojia_msg.bus.errors.BusUnavailable` when it cannot.
+        :class:`daojia_msg.core.errors.BusUnavailable` when it cannot.
         """

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.bus.test_redis_streams -*-
-"""The Redis Streams bus (DESIGN.md §3, bus envelope), and a stream reader.
+"""The Redis Streams bus (docs/operations.md §7), and a stream reader.
 
 Each C2S frame becomes one stream entry::
 
@@ -21,7 +21,7 @@ bulk string of a reply in a reactor turn of its own.
 When Redis does not know the script (``NOSCRIPT``: after a restart, a
 failover or ``SCRIPT FLUSH``) the same batch goes again as ``EVAL`` with the
 source, which loads it (logged at info). The sha and source come from
-:class:`~daojia_msg.cluster.redisconn.Script`, but not its ``__call__``, which
+:class:`~daojia_msg.redisconn.Script`, but not its ``__call__``, which
 runs on the node's session pool with the store's errors and deadline; the bus
 has its own connection, errors and deadline (below).
 
@@ -53,7 +53,7 @@ need Redis 5 or later, which replicates scripts by their effects, so an
 session pool), made with ``charset=None`` and ``convertNumbers=False`` so that
 payloads and logids go and come back exactly as bytes (txredisapi would
 otherwise turn ``b"12"`` into ``12``). A batch's command is encoded here and
-written straight to the connection (:func:`~daojia_msg.cluster.redisconn.execute`:
+written straight to the connection (:func:`~daojia_msg.redisconn.execute`:
 txredisapi's per-argument encoder was a tenth of the node's CPU under C2S
 load); while there is no live connection a batch fails at once (txredisapi
 would queue it until it reconnects, txredisapi#112); and each batch has a
@@ -95,11 +95,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
-from daojia_msg.cluster.redisconn import DEADLINE_FACTOR, Script, execute
 from daojia_msg.config import BusConfig, RedisURL, parse_redis_url
+from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.deadlines import Deadlines, within
+from daojia_msg.redisconn import DEADLINE_FACTOR, Script, execute
 
 #: Seconds to wait for a Redis reply (and to connect) unless told otherwise;
 #: never more than the router's ``bus.publish_timeout_s`` allows.
@@ -129,7 +129,7 @@ REVIVE_S = 1.0
 #: The XADDs of one batch, in order, each on its own (``redis.pcall``): one reply
 #: per entry, its id (as a status reply, see the module docstring) or its
 #: error. KEYS: the topics; ARGV: the MAXLEN, then a payload and a logid per
-#: entry (the fields of DESIGN.md §3, in that order).
+#: entry (the fields of docs/operations.md §7, in that order).
 XADD_BATCH = Script("""\
 local maxlen = ARGV[1]
 local replies = {}

@@ -25,12 +25,14 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gathe
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.config import BusConfig, Config, Route
+from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.deadlines import Deadlines
+from daojia_msg.logic.interfaces import IPublisher
 
 
 def make_bus(url: str, config: BusConfig, reactor: Any) -> IMessageBus:
@@ -53,6 +55,7 @@ def make_bus(url: str, config: BusConfig, reactor: Any) -> IMessageBus:
     raise ValueError(f"no bus for URLs of scheme {scheme!r}")  # no more: it may hold a password
 
 
+@implementer(IPublisher)
 class BusRouter:
     """The buses of a node (the default one and the named ones) behind one buffer.
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.bus.test_webhook -*-
-"""The HTTP webhook bus (DESIGN.md §3, bus envelope), and a receiver for it.
+"""The HTTP webhook bus (docs/operations.md §7), and a receiver for it.
 
 :class:`WebhookBus` POSTs each C2S frame to the bus URL::
 
@@ -61,9 +61,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope, log_fields
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.config import BusConfig, ConfigError
+from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.deadlines import within
 
 CONTENT_TYPE = b"application/x-protobuf"

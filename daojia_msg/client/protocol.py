@@ -1,5 +1,5 @@
-# -*- test-case-name: tests.client.test_client -*-
-"""One client connection: :class:`MsgClientProtocol`. PROTOCOL.md is the contract.
+# -*- test-case-name: tests.msgctl.test_client -*-
+"""One client connection: :class:`MsgClientProtocol`. docs/protocol.md is the contract.
 
 Every request method returns a Deferred that fires with the parsed response
 body, or fails with an error of :mod:`daojia_msg.client.errors`. Pushed messages
@@ -40,7 +40,7 @@ from daojia_msg.sockets import no_delay
 OnMessage = Callable[[pb.Message], object]
 OnKickout = Callable[[int, str], object]
 
-MAX_ACK_IDS = 1000  # PROTOCOL.md §6.3: at most 1,000 msgids per ACK
+MAX_ACK_IDS = 1000  # docs/protocol.md §6.3: at most 1,000 msgids per ACK
 PAGE_CAP = 100  # the server caps PULL/HISTORY pages at 100
 DEFAULT_HEARTBEAT_S = 60.0
 #: Server frames are bounded by the server's own limits; a PULL page of 100

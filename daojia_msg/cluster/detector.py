@@ -18,7 +18,7 @@ checks every ``heartbeat`` = 2 s, so its sessions are purged and its id leaves
 ``nodes`` within ``ttl + heartbeat`` = 8 s of its death (plus Redis round
 trips). If the dead node was the detector, its lock expires ``ttl`` after its
 last renewal and another node takes it at its next check, within the same
-8 s. Both are within the 15 s of DESIGN.md §3.
+8 s. Both are within the 15 s that docs/operations.md §3 promises.
 
 A node that re-registers in the instant between the detector's check and
 the purge keeps its sessions: the purge script
@@ -36,10 +36,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from daojia_msg.cluster.redisconn import Redis, Script
 from daojia_msg.cluster.registry import ACQUIRE_LEASE, RELEASE_LEASE, NodeRegistry
 from daojia_msg.config import ClusterConfig
-from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.redisconn import Redis, Script
 
 #: The ids of the set ``KEYS[1]`` whose hash ``ARGV[1] .. id`` does not exist.
 _DEAD_NODES = Script("""

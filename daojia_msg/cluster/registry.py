@@ -63,11 +63,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from daojia_msg.cluster.interfaces import INodeRegistry, NodeInfo
-from daojia_msg.cluster.redisconn import Redis, Script
+from daojia_msg.cluster.interfaces import INodeRegistry
 from daojia_msg.config import MAX_NODE_ID, ClusterConfig, ConfigError
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.model import NodeInfo
 from daojia_msg.ids import EPOCH_MS, IdGenerator
-from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.redisconn import Redis, Script
 
 #: Take the lease ``KEYS[1]`` for token ``ARGV[1]`` for ``ARGV[2]`` ms if it is
 #: free, or renew it if it is already ours. 1 = held by us, 0 = held by another.

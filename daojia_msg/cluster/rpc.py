@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.cluster.test_rpc -*-
-"""The internal RPC between the nodes of a cluster (DESIGN.md §1), over Twisted AMP.
+"""The internal RPC between the nodes of a cluster (docs/architecture.md §1), over Twisted AMP.
 
 A node that must push to a session held by another node hands the push to that
 node's RPC listener (:class:`RpcPeers`, the client side, implements
@@ -24,9 +24,9 @@ the macs are never logged. This keeps unauthenticated hosts from pushing or
 kicking; it does not encrypt, nor stop a replay within the window by someone
 who can read the traffic: keep the RPC on a private network.
 
-Delivery is at-least-once (PROTOCOL.md §6.3): every failure of a call (unknown
+Delivery is at-least-once (docs/protocol.md §6.3): every failure of a call (unknown
 node, refused, timed out, lost, refused by the peer) fails with
-:class:`~daojia_msg.store.errors.StoreUnavailable`, and the caller leaves the
+:class:`~daojia_msg.core.errors.PeerUnavailable`, and the caller leaves the
 message pending. A call that times out drops its connection (and so fails
 every call on it) only when the peer has answered nothing for a whole timeout
 (dead, or a half-open socket); on a peer that still answers other calls
@@ -36,13 +36,11 @@ reconnects and a wave of retries.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
-from google.protobuf.message import DecodeError
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import (
     CancelledError,
@@ -67,13 +65,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daojia_msg import tracing
-from daojia_msg.cluster.interfaces import INodeRegistry, IPeers
+from daojia_msg.cluster.interfaces import INodeRegistry
+from daojia_msg.core.convert import message_from_wire, message_to_wire, recipient_fields
+from daojia_msg.core.errors import PeerUnavailable
+from daojia_msg.core.model import SessionRecord, StoredMessage
 from daojia_msg.deadlines import Deadlines, within
-from daojia_msg.logic.service import recipient_fields, to_pb
-from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.logic.interfaces import ILocalNode, IPeers
 from daojia_msg.sockets import no_delay
-from daojia_msg.store.errors import StoreUnavailable
-from daojia_msg.store.model import Kind, SessionRecord, StoredMessage
 
 #: The message path (only to the trace file and buffer).
 trace = tracing.MESSAGES.logger("daojia_msg.cluster.rpc")
@@ -152,46 +150,6 @@ class Kick(amp.Command):
 # -- messages on the wire -------------------------------------------------------
 
 
-def from_pb(m: pb.Message) -> StoredMessage:
-    """The :class:`StoredMessage` of a ``pb.Message`` (the inverse of ``to_pb``).
-
-    Raises ValueError for a ``kind`` this node does not know.
-    """
-    return StoredMessage(
-        msgid=m.msgid,
-        from_uid=m.from_uid,
-        from_appcode=m.from_appcode,
-        to_uid=m.to_uid,
-        to_appcode=m.to_appcode,
-        msgtype=m.msgtype,
-        kind=Kind(int(m.kind)),
-        content=m.content,
-        send_time_ms=m.send_time_ms,
-        logid=m.logid,
-    )
-
-
-def message_to_wire(msg: StoredMessage) -> tuple[bytes, bytes]:
-    """``(meta, content)``: the serialized ``pb.Message`` without content, and the content."""
-    return to_pb(dataclasses.replace(msg, content=b"")).SerializeToString(), msg.content
-
-
-def message_from_wire(meta: bytes, content: bytes) -> StoredMessage:
-    """The message that :func:`message_to_wire` split; :class:`BadMessage` if it does not parse."""
-    m = pb.Message()
-    try:
-        m.ParseFromString(meta)
-    except DecodeError:
-        raise BadMessage("the message does not parse") from None
-    if m.content:
-        raise BadMessage("the content must travel apart from the message")
-    m.content = content
-    try:
-        return from_pb(m)
-    except ValueError:
-        raise BadMessage(f"unknown message kind {int(m.kind)}") from None
-
-
 # -- authentication -------------------------------------------------------------
 
 
@@ -212,16 +170,6 @@ def check_auth(secret: str, now: float, node_id: int, ts: int, mac: bytes) -> st
 
 
 # -- server -------------------------------------------------------------------------
-
-
-class LocalNode(Protocol):
-    """What the RPC listener needs of logic (:class:`~daojia_msg.logic.service.LogicService`)."""
-
-    def deliver_local(self, session_id: str, msg: StoredMessage) -> bool: ...
-
-    def kick_local(
-        self, uid: int, appcode: int, session_id: str, reason_code: int, reason: str
-    ) -> bool: ...
 
 
 class _ClosedWaiters:
@@ -310,10 +258,10 @@ class RpcServerProtocol(_ClosedWaiters, amp.AMP):
         self._require_auth("Deliver")
         try:
             msg = message_from_wire(message, content)
-        except BadMessage as e:
+        except ValueError as e:
             log.warn("refused a delivery from node {peer_node} ({peer}): {why}",
                      peer_node=self.node, peer=self.peer, why=str(e))
-            raise
+            raise BadMessage(str(e)) from None
         if len(content) > self.factory.max_content:
             log.warn("refused {msgid} from node {peer_node}: content of {size} bytes is over {limit}",
                      msgid=msg.msgid, logid=msg.logid, peer_node=self.node, size=len(content),
@@ -359,7 +307,7 @@ class RpcServerFactory(Factory):
 
     def __init__(
         self,
-        logic: LocalNode,
+        logic: ILocalNode,
         clock: IReactorTime,
         secret: str,
         *,
@@ -461,14 +409,14 @@ class _Link:
         host, port = self.address
         if isinstance(result, Failure):
             if result.check(TimeoutError):
-                result = Failure(StoreUnavailable(
+                result = Failure(PeerUnavailable(
                     f"could not connect within {self.peers.timeout:g} s"))
             self.peers.forget(self)
             if result.check(Unauthorized):
                 log.error("node {peer_node} at {host}:{port} refused our internal RPC Auth "
                           "(is cluster.rpc_secret the same on every node?): {why}",
                           peer_node=self.node_id, host=host, port=port, why=result.getErrorMessage())
-                result = Failure(StoreUnavailable(f"it refused our Auth: {result.getErrorMessage()}"))
+                result = Failure(PeerUnavailable(f"it refused our Auth: {result.getErrorMessage()}"))
             else:
                 log.info("internal RPC connection to node {peer_node} at {host}:{port} failed: {why}",
                          peer_node=self.node_id, host=host, port=port, why=_describe(result))
@@ -477,7 +425,7 @@ class _Link:
                 d.errback(result)  # ignored by the callers that already timed out
             return
         if not result.connected:  # lost during the handshake's last step
-            self._failure = Failure(StoreUnavailable("connection lost"))
+            self._failure = Failure(PeerUnavailable("connection lost"))
             self.peers.forget(self)
             for d in waiters:
                 d.errback(self._failure)
@@ -640,12 +588,12 @@ class RpcPeers:
     async def _call(self, node_id: int, command: type[amp.Command],
                     args: dict[str, Any]) -> dict[str, Any]:
         if self._closed:
-            raise StoreUnavailable("the internal RPC client is closed")
+            raise PeerUnavailable("the internal RPC client is closed")
         found = await self.address_of(node_id)
         if found is None:
-            raise StoreUnavailable("not alive")
+            raise PeerUnavailable("not alive")
         if self._closed:
-            raise StoreUnavailable("the internal RPC client is closed")
+            raise PeerUnavailable("the internal RPC client is closed")
         host, port = found
         link = self._link(node_id, (host, port))
         proto = await link.ready()
@@ -677,18 +625,18 @@ class RpcPeers:
             why = f"it refused the call: {failure.getErrorMessage()}"
             log.warn("node {peer_node} refused {command}: {why}", peer_node=node_id, command=name,
                      why=failure.getErrorMessage(), **fields)
-        elif failure.check(StoreUnavailable):
+        elif failure.check(PeerUnavailable):
             why = failure.getErrorMessage()
         else:
             why = _describe(failure)
         log.debug("internal RPC {command} to node {peer_node} failed: {why}", command=name,
                   peer_node=node_id, why=why, **fields)
-        raise StoreUnavailable(f"node {node_id}: {why}") from failure.value
+        raise PeerUnavailable(f"node {node_id}: {why}") from failure.value
 
     def _refused(self, node_id: int, why: str, fields: dict[str, Any]) -> Deferred[bool]:
         log.warn("not sent to node {peer_node}: {why}", peer_node=node_id, why=why, **fields)
         d: Deferred[bool] = Deferred()
-        d.errback(StoreUnavailable(f"node {node_id}: {why}"))
+        d.errback(PeerUnavailable(f"node {node_id}: {why}"))
         return d
 
 

@@ -33,10 +33,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from daojia_msg.cluster.redisconn import Redis, Script
-from daojia_msg.logic.stats import COUNTERS, LATENCY_WIDTH, Route, Stats, _bump
-from daojia_msg.store.errors import StoreError
-from daojia_msg.store.model import Kind
+from daojia_msg.core.errors import StoreError
+from daojia_msg.core.model import Kind
+from daojia_msg.metrics.delivery import COUNTERS, LATENCY_WIDTH, Route, Stats, _bump
+from daojia_msg.redisconn import Redis, Script
 
 # KEYS: this batch's marker, counts hash, latency hash, then one key per window
 # minute. ARGV: ttl_ms, n_counts, (field, delta)*, n_lat, (field, delta)*,

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.gate.test_protocol -*-
 """One client connection: frames in, checks, logic calls, responses out.
 
-Checks run in the order of PROTOCOL.md §6.2: magic, version, size (in the
+Checks run in the order of docs/protocol.md §6.2: magic, version, size (in the
 codec), rate limit, known command, logged in, header uid/appcode, body parse.
 
 Requests are answered as they complete and matched by ``sequenceid``; LOGIN
@@ -9,7 +9,7 @@ and LOGOUT are barriers (later frames wait until they are answered), and at
 most ``limits.max_inflight`` requests run at once per connection: past that
 the gate stops reading the socket (back-pressure) until answers go out.
 
-Closing is polite (../shared/PITFALLS.md): stop handling frames, flush, half
+Closing is polite (closing with unread input in flight makes Linux send RST, which drops queued replies): stop handling frames, flush, half
 close, keep reading and discarding, abort only after ``close_grace_s``.
 """
 

@@ -5,7 +5,7 @@ Every entry waits the same ACK timeout, so insertion order is deadline order:
 a dict (insertion-ordered) is the timer queue, and one DelayedCall per connection (for the
 head) serves all of them. On timeout a message is pushed again on the same
 connection, at most ``max_repush`` more times; then it is dropped from the
-window and simply stays pending in the store for PULL (PROTOCOL.md §6.3).
+window and simply stays pending in the store for PULL (docs/protocol.md §6.3).
 """
 
 from __future__ import annotations

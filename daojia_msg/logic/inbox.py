@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.logic.test_service -*-
-"""PULL (offline messages) and HISTORY (the message list), PROTOCOL.md §6.3."""
+"""PULL (offline messages) and HISTORY (the message list), docs/protocol.md §6.3."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from twisted.logger import Logger
 
 from daojia_msg import tracing
 from daojia_msg.config import Limits
-from daojia_msg.logic.service import MAX_ID, Session, to_pb
-from daojia_msg.logic.stats import Stats
+from daojia_msg.core.convert import MAX_ID, to_pb
+from daojia_msg.core.errors import StoreError
+from daojia_msg.core.model import StoredMessage
+from daojia_msg.logic.interfaces import IMessageStore
+from daojia_msg.logic.service import Session
+from daojia_msg.metrics.delivery import Stats
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.errors import StoreError
-from daojia_msg.store.interfaces import IMessageStore
-from daojia_msg.store.model import StoredMessage
 
 #: The message path: stored, pushed, ACKed... (only to the trace file and buffer).
 trace = tracing.MESSAGES.logger("daojia_msg.logic.inbox")

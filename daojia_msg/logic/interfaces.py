@@ -1,6 +1,16 @@
 # -*- test-case-name: tests.logic.test_service -*-
-"""The narrow view logic has of a client connection (DESIGN.md §4: logic never
-imports the gate)."""
+"""The ports of logic: what it needs of the parts around it.
+
+Logic owns these interfaces and imports none of their implementations: the
+gate implements :class:`IClientConnection`, the stores :class:`IMessageStore`
+and :class:`ISessionStore`, the bus router :class:`IPublisher`, the cluster's
+RPC client :class:`IPeers`; logic implements :class:`ILocalNode` for the RPC
+listener. Each store implementation is checked with ``verifyObject`` and runs
+the shared behaviour suite in ``tests/store/suites.py``.
+
+Every store method returns a Deferred; on a backend failure it fails with
+:class:`~daojia_msg.core.errors.StoreUnavailable` and nothing happened.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +39,139 @@ class IClientConnection(Interface):
 
     def kick(reason_code, reason):
         """Send KICKOUT with ``reason_code`` and close politely."""
+
+
+class IMessageStore(Interface):
+    """Pending (offline) messages, delivery state, history and send de-duplication."""
+
+    def start():
+        """Open the backend and create or migrate the schema; fires with None."""
+
+    def stop():
+        """Close the backend; fires with None once pending writes are done."""
+
+    def store(messages):
+        """Make a batch of :class:`NewMessage` durable, as pending.
+
+        Fires with a list of :class:`StoreOutcome`, one per message, in order,
+        once every message of the batch is durable. A message whose
+        ``(from_uid, from_appcode, client_msg_id)`` was stored before (within the
+        de-duplication window) is not stored again: its outcome carries the first
+        ``msgid``/``logid`` and ``duplicate=True``; the same holds within one batch.
+        """
+
+    def ack(uid, appcode, msgids):
+        """Mark those of ``msgids`` that are pending for ``(uid, appcode)`` delivered.
+
+        Unknown ids, ids already delivered and ids of other recipients are
+        ignored. Fires, once the change is durable, with the list of
+        :class:`AckedMessage` that changed state.
+        """
+
+    def pull(uid, appcode, after_msgid, limit):
+        """Pending messages of ``(uid, appcode)`` with ``msgid > after_msgid``.
+
+        Fires with a :class:`Page`: at most ``limit`` messages, ascending by msgid,
+        ``has_more`` when more pending ones follow.
+        """
+
+    def pending_message(to_uid, msgid):
+        """Fires with the :class:`StoredMessage` ``msgid`` addressed to ``to_uid``
+        if it is still pending, else None (delivered, unknown, or another's)."""
+
+    def count_pending(uid, appcode):
+        """Fires with the number of pending messages of ``(uid, appcode)``."""
+
+    def history(usersystem, uid, before_msgid, limit, peer_uid):
+        """The message list of ``(usersystem, uid)``: messages it sent or received.
+
+        Each message once, descending by msgid, ``msgid < before_msgid`` (0: from
+        the newest), at most ``limit``; only those exchanged with ``peer_uid``
+        unless it is 0. Fires with a :class:`Page`.
+        """
+
+    def max_msgid():
+        """Fires with the largest msgid stored (0 when empty)."""
+
+    def purge_dedup(before_ms):
+        """Forget de-duplication keys recorded before Unix ms ``before_ms``;
+        fires with how many were dropped."""
+
+
+class ISessionStore(Interface):
+    """Online sessions: ``(uid, appcode) -> SessionRecord``. One per key."""
+
+    def register(record):
+        """Make ``record`` the session of ``(record.uid, record.appcode)``.
+
+        Fires with the :class:`SessionRecord` it replaced (another session that
+        must now be kicked), or None.
+        """
+
+    def unregister(record):
+        """Remove the session of ``(record.uid, record.appcode)`` only if it is
+        still ``record.session_id``; fires with True if it removed it."""
+
+    def lookup(uid, appcode):
+        """Fires with the :class:`SessionRecord` of ``(uid, appcode)`` or None."""
+
+    def lookup_uid(uid):
+        """Fires with the list of :class:`SessionRecord` of ``uid`` (any appcode)."""
+
+    def lookup_many(keys):
+        """Fires with the :class:`SessionRecord` (or None) of each ``(uid,
+        appcode)`` of ``keys``, in order: one round trip for a batch of pushes."""
+
+    def purge_node(node_id):
+        """Remove every session held by ``node_id``; fires with how many."""
+
+
+class IClock(Interface):
+    """What the stores need of a reactor: ``seconds()`` and ``callLater``."""
+
+    seconds = Attribute("seconds() -> float")
+
+
+class IPublisher(Interface):
+    """Where C2S messages go: the node's buses behind one bounded buffer."""
+
+    def publish(route, payload, logid):
+        """Publish ``payload`` (a serialized ``Message`` of kind C2S) on the bus
+        and topic of ``route`` (a :class:`~daojia_msg.config.Route`).
+
+        Fires with None once the bus accepted it; fails with
+        :class:`~daojia_msg.core.errors.BusUnavailable` when it did not (the
+        bus refused, or the publish timed out).
+        """
+
+
+class IPeers(Interface):
+    """Hand work to the node that holds a session (internal RPC)."""
+
+    def deliver(record, message):
+        """Push ``message`` (:class:`StoredMessage`) to the session ``record``
+        (:class:`SessionRecord`) on ``record.node_id``.
+
+        Fires with True once that node pushed it to that session (not a
+        delivery receipt), False when the session is not there; fails with
+        :class:`~daojia_msg.core.errors.PeerUnavailable` when the node cannot
+        be reached in time. In both failure cases the message stays pending.
+        """
+
+    def kick(record, reason_code, reason):
+        """KICKOUT the session ``record`` on its node; fires with True if it was
+        there and was kicked; fails with
+        :class:`~daojia_msg.core.errors.PeerUnavailable` when the node cannot
+        be reached in time."""
+
+
+class ILocalNode(Interface):
+    """What another node may ask of this node's logic (the RPC listener calls it)."""
+
+    def deliver_local(session_id, msg):
+        """Push ``msg`` to this node's session ``session_id`` of its recipient;
+        True when it was pushed (or already waits for its ACK)."""
+
+    def kick_local(uid, appcode, session_id, reason_code, reason):
+        """KICKOUT this node's session ``session_id`` of ``(uid, appcode)``;
+        True if it was there."""

@@ -6,7 +6,7 @@ The gate and the HTTP API call in; logic reaches storage, the bus and (through
 method either returns its answer or raises a
 :class:`~daojia_msg.protocol.errors.RequestError` that maps to a result code.
 
-Delivery (PROTOCOL.md §6.3): a message is made durable as pending, its push
+Delivery (docs/protocol.md §6.3): a message is made durable as pending, its push
 is handed over if the recipient is online (written to a local session, or
 taken by the node that holds it), then the sender is answered (see
 :meth:`LogicService._c2c_stored` for why in this order); an ACK turns it
@@ -27,23 +27,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from daojia_msg import tracing
 from daojia_msg.auth import TokenError, verify_token
-from daojia_msg.bus.errors import BusError
-from daojia_msg.bus.router import BusRouter
-from daojia_msg.cluster.interfaces import IPeers
 from daojia_msg.config import Config
-from daojia_msg.ids import IdGenerator
-from daojia_msg.logic.delivery import DeliveryWindow
-from daojia_msg.logic.interfaces import IClientConnection
-from daojia_msg.logic.stats import Route, Stats
-from daojia_msg.protocol import errors
-from daojia_msg.protocol.codes import Cmd, Code, KickReason
-from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.errors import StoreError
-from daojia_msg.store.interfaces import IMessageStore, ISessionStore
-from daojia_msg.store.model import (
+from daojia_msg.core.convert import MAX_ID, check_uid, recipient_fields, sender_fields, to_pb
+from daojia_msg.core.errors import BusError, StoreError, Unavailable
+from daojia_msg.core.model import (
     AckedMessage,
     Kind,
     NewMessage,
@@ -51,6 +42,20 @@ from daojia_msg.store.model import (
     StoredMessage,
     StoreOutcome,
 )
+from daojia_msg.ids import IdGenerator
+from daojia_msg.logic.delivery import DeliveryWindow
+from daojia_msg.logic.interfaces import (
+    IClientConnection,
+    ILocalNode,
+    IMessageStore,
+    IPeers,
+    IPublisher,
+    ISessionStore,
+)
+from daojia_msg.metrics.delivery import Route, Stats
+from daojia_msg.protocol import errors
+from daojia_msg.protocol.codes import Cmd, Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 #: The message path: stored, pushed, ACKed... (only to the trace file and buffer).
 trace = tracing.MESSAGES.logger("daojia_msg.logic.service")
@@ -68,11 +73,6 @@ KICK_RETRIES = 3
 #: how many may wait at once.
 DELIVERY_RETRIES = 3
 MAX_DELIVERY_RETRIES = 10000
-
-
-#: uids and msgids are below 2**63 (signed 64-bit in every store and in Java
-#: clients); a larger uid is BAD_REQUEST, a larger msgid names no message.
-MAX_ID = 2**63 - 1
 
 
 class _RandomBytes:
@@ -111,39 +111,6 @@ def _c2c_result(outcome: StoreOutcome, msg: StoredMessage) -> pb.Result:
                      server_time_ms=msg.send_time_ms)
 
 
-def _sender(msg: StoredMessage) -> dict[str, int]:
-    """``uid`` and ``appcode`` of a line about storing ``msg``: its sender, or
-    for an app server's push (sender 0) its recipient."""
-    if msg.from_uid:
-        return {"uid": msg.from_uid, "appcode": msg.from_appcode}
-    return recipient_fields(msg)
-
-
-def recipient_fields(msg: StoredMessage) -> dict[str, int]:
-    """``uid`` and ``appcode`` of a line about delivering ``msg``: its recipient."""
-    return {"uid": msg.to_uid, "appcode": msg.to_appcode}
-
-
-def check_uid(uid: int, name: str) -> None:
-    if not 0 < uid <= MAX_ID:
-        raise errors.BadRequest(f"{name} must be from 1 to {MAX_ID}")
-
-
-def to_pb(msg: StoredMessage) -> pb.Message:
-    return pb.Message(
-        msgid=msg.msgid,
-        from_uid=msg.from_uid,
-        from_appcode=msg.from_appcode,
-        to_uid=msg.to_uid,
-        to_appcode=msg.to_appcode,
-        msgtype=msg.msgtype,
-        content=msg.content,
-        send_time_ms=msg.send_time_ms,
-        logid=msg.logid,
-        kind=int(msg.kind),  # type: ignore[arg-type]
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class PushItem:
     """One S2C push from an app server (``POST /v1/push``), already shape-checked."""
@@ -178,6 +145,7 @@ class Session:
         self.window = window
 
 
+@implementer(ILocalNode)
 class LogicService(Service):
     log = Logger()
 
@@ -187,7 +155,7 @@ class LogicService(Service):
         clock: IReactorTime,
         sessions: ISessionStore,
         store: IMessageStore,
-        bus: BusRouter,
+        bus: IPublisher,
         ids: IdGenerator,
         stats: Stats | None = None,
     ) -> None:
@@ -387,7 +355,7 @@ class LogicService(Service):
             "kicked by an administrator"
         try:
             kicked: bool = await self.peers.kick(record, int(reason), text)
-        except StoreError as e:
+        except Unavailable as e:
             self.log.warn("could not kick {uid}@{appcode} on node {peer_node} (try {attempt}): {error}",
                           uid=record.uid, appcode=record.appcode, peer_node=record.node_id,
                           attempt=attempt + 1, error=str(e))
@@ -627,7 +595,7 @@ class LogicService(Service):
                 if tracing.MESSAGES.listeners:
                     trace.debug("{kind} {msgid} stored for {to_uid}@{to_appcode}",
                                 kind=msg.kind.name, msgid=msg.msgid, logid=msg.logid,
-                                to_uid=msg.to_uid, to_appcode=msg.to_appcode, **_sender(msg))
+                                to_uid=msg.to_uid, to_appcode=msg.to_appcode, **sender_fields(msg))
         return outcomes
 
     def _not_stored(self, failure: Failure, batch: list[NewMessage]) -> NoReturn:
@@ -636,7 +604,7 @@ class LogicService(Service):
             self.log.warn("message {msgid} not stored: store unavailable",
                           msgid=new.message.msgid, logid=new.message.logid,
                           to_uid=new.message.to_uid, to_appcode=new.message.to_appcode,
-                          **_sender(new.message))
+                          **sender_fields(new.message))
         raise errors.Unavailable("message store unavailable")
 
     async def _deliver(self, msg: StoredMessage, retry_attempt: int = 0) -> bool:
@@ -730,7 +698,7 @@ class LogicService(Service):
             return False
         try:
             pushed: bool = await self.peers.deliver(record, msg)
-        except StoreError as e:
+        except Unavailable as e:
             self.log.warn("{msgid} left pending: node {peer_node} unreachable: {error}",
                           msgid=msg.msgid, logid=msg.logid, peer_node=record.node_id,
                           error=str(e), **recipient_fields(msg))

@@ -1,1 +1,1 @@
-"""The wire protocol, version 1 (../shared/PROTOCOL.md): codes, codec, bodies."""
+"""The wire protocol, version 1 (docs/protocol.md): codes, codec, bodies."""

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.protocol.test_codec -*-
 """The frame codec: pure bytes in, frames out. No transport, no reactor.
 
-A frame is a 32-byte header (``"!HBBIIQIII"``, PROTOCOL.md §2) and a body of
+A frame is a 32-byte header (``"!HBBIIQIII"``, docs/protocol.md §2) and a body of
 ``bodylength`` bytes. :class:`FrameDecoder` is incremental: feed it any split or
 coalescing of TCP chunks and call :meth:`FrameDecoder.next` until it returns
 ``None``. It rejects a bad magic as soon as the bytes show it, and checks the

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.protocol.test_codec -*-
-"""Commands, result codes and kickout reasons of protocol version 1 (PROTOCOL.md §3, §4)."""
+"""Commands, result codes and kickout reasons of protocol version 1 (docs/protocol.md §3, §4)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Cmd(enum.IntEnum):
 
 
 #: Commands a client may send as a request. S2C and KICKOUT are server pushes:
-#: a client that sends one is answered UNKNOWN_CMD (PROTOCOL.md §6.2).
+#: a client that sends one is answered UNKNOWN_CMD (docs/protocol.md §6.2).
 CLIENT_REQUESTS = frozenset(
     {Cmd.LOGIN, Cmd.LOGOUT, Cmd.C2S, Cmd.C2C, Cmd.KEEPALIVE, Cmd.ACK, Cmd.PULL, Cmd.HISTORY}
 )

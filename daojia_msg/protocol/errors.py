@@ -58,7 +58,7 @@ class UnsupportedVersion(RequestError):
 
 
 class UnknownAppcode(RequestError):
-    # DESIGN.md §3: an unconfigured to_appcode over HTTP is a 400.
+    # docs/openapi.yaml: an unconfigured to_appcode over HTTP is a 400.
     code, http_status = Code.UNKNOWN_APPCODE, 400
 
 

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.core.errors import StoreUnavailable
 
 
 class PoolRunner:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from daojia_msg.store.interfaces import ISessionStore
-from daojia_msg.store.model import SessionRecord
+from daojia_msg.core.model import SessionRecord
+from daojia_msg.logic.interfaces import ISessionStore
 
 
 @implementer(ISessionStore)

@@ -93,11 +93,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daojia_msg.config import MySQLConfig, MySQLURL, parse_mysql_url
+from daojia_msg.core.errors import StoreError, StoreUnavailable
+from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
+from daojia_msg.logic.interfaces import IMessageStore
 from daojia_msg.store.batching import GroupCommitter
 from daojia_msg.store.dbpool import PoolRunner
-from daojia_msg.store.errors import StoreError, StoreUnavailable
-from daojia_msg.store.interfaces import IMessageStore
-from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
 from daojia_msg.store.mysqldriver import mark_committed
 from daojia_msg.store.reads import ReadBatcher
 from daojia_msg.store.sql import (

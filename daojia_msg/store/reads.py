@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.core.errors import StoreUnavailable
 
 T = TypeVar("T")
 

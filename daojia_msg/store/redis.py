@@ -32,7 +32,7 @@ uids, appcodes and node ids go to Lua as decimal strings and are never turned
 into Lua numbers (doubles), so a uid of ``2**64 - 1`` round-trips exactly.
 
 Failures: every call fails with :class:`StoreUnavailable`, never hangs. On top
-of :class:`~daojia_msg.cluster.redisconn.Redis` (reply timeout, error mapping)
+of :class:`~daojia_msg.redisconn.Redis` (reply timeout, error mapping)
 this store fails at once when the pool has no live connection (txredisapi
 would otherwise queue the command until it reconnects, txredisapi#112) and
 puts a deadline of 1.5 reply timeouts on each call as a backstop.
@@ -45,9 +45,9 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from daojia_msg.cluster.redisconn import Redis, Script, as_deferred
-from daojia_msg.store.interfaces import ISessionStore
-from daojia_msg.store.model import SessionRecord
+from daojia_msg.core.model import SessionRecord
+from daojia_msg.logic.interfaces import ISessionStore
+from daojia_msg.redisconn import Redis, Script, as_deferred
 
 T = TypeVar("T")
 

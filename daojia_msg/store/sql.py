@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from daojia_msg.store.model import (
+from daojia_msg.core.model import (
     AckedMessage,
     Kind,
     NewMessage,

@@ -24,11 +24,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from daojia_msg.core.errors import StoreError, StoreUnavailable
+from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
+from daojia_msg.logic.interfaces import IMessageStore
 from daojia_msg.store.batching import GroupCommitter
 from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner
-from daojia_msg.store.errors import StoreError, StoreUnavailable
-from daojia_msg.store.interfaces import IMessageStore
-from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
 from daojia_msg.store.reads import ReadBatcher
 from daojia_msg.store.sql import MessageTransactions
 
@@ -76,7 +76,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def configure_connection(conn: sqlite3.Connection) -> None:
-    """``cp_openfun``: WAL journal, ``synchronous=NORMAL`` (PITFALLS.md)."""
+    """``cp_openfun``: WAL journal, ``synchronous=NORMAL`` (one writer, readers never block)."""
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.web.test_api -*-
-"""The HTTP API of DESIGN.md §3: JSON in and out, on a twisted.web resource tree.
+"""The HTTP API (docs/openapi.yaml): JSON in and out, on a twisted.web resource tree.
 
 ==========================  =====  ===========================================
 path                        auth   answer
@@ -14,7 +14,7 @@ path                        auth   answer
 ``GET /metrics``            none   Prometheus text; loopback clients only
 ==========================  =====  ===========================================
 
-Errors are ``{"error": "..."}`` with the status of DESIGN.md §3: 400 bad JSON
+Errors are ``{"error": "..."}`` with the status docs/openapi.yaml gives: 400 bad JSON
 or fields (an unconfigured appcode included), 401 missing or wrong key, 403 a
 key acting outside its user system (and ``/metrics`` from a non-loopback
 client), 404/405 unknown path or method, 413 body over ``limits.http_max_body``,
@@ -87,10 +87,10 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from daojia_msg.config import AppConfig, Config
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.logic.service import LogicService, PushItem, PushOutcome
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
-from daojia_msg.store.errors import StoreUnavailable
 
 MAX_UID = 2**64 - 1
 MAX_U32 = 2**32 - 1
@@ -764,7 +764,7 @@ def make_site(
     ``serving()`` is true until the node drains (``/healthz``); ``dispatch()``
     returns the ``(host, port)`` of the public gate to hand out, or an awaitable
     of it (a cluster looks it up), and may raise :class:`errors.Unavailable`;
-    ``registry`` is what ``/metrics`` exposes (:func:`daojia_msg.web.metrics.make_registry`);
+    ``registry`` is what ``/metrics`` exposes (:func:`daojia_msg.metrics.registry.make_registry`);
     ``reactor`` times idle connections, the 413 linger and the access log's
     clock: pass the node's reactor (None leaves the choice to twisted.web);
     ``stats(appcodes)`` answers ``/v1/stats`` (default: this node's counts; a

@@ -34,11 +34,10 @@ from daojia_msg.admin.manhole import (
     check_manhole_config,
     make_manhole_factory,
 )
-from daojia_msg.cluster.interfaces import NodeInfo
 from daojia_msg.config import ConfigError
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.model import NodeInfo, SessionRecord
 from daojia_msg.protocol.codes import KickReason
-from daojia_msg.store.errors import StoreUnavailable
-from daojia_msg.store.model import SessionRecord
 
 PASSWORD = "corr3ct-h0rse-battery"
 WRONG = "wr0ng-passw0rd-guess"

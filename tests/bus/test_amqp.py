@@ -48,10 +48,10 @@ from daojia_msg.bus.amqp import (
     redact_url,
 )
 from daojia_msg.bus.envelope import Envelope
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.router import make_bus
 from daojia_msg.config import BusConfig
+from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.servers import _reachable, closed_port, listen, missing
 

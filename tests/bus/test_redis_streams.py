@@ -30,7 +30,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from daojia_msg.bus.envelope import Envelope
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.redis_streams import (
     MAX_BATCH,
@@ -40,6 +39,7 @@ from daojia_msg.bus.redis_streams import (
     RedisStreamsConsumer,
 )
 from daojia_msg.config import BusConfig, parse_redis_url
+from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.servers import TrackingProxyFactory, closed_port, listen, require_redis
 
@@ -232,7 +232,7 @@ class PublishTests(RedisTestCase):
             {b"msg": numeric, b"logid": b"42"},
             {b"msg": b"", b"logid": b""},
         ])
-        # Field order as DESIGN.md §3 has it: msg, then logid.
+        # Field order as docs/operations.md §7 has it: msg, then logid.
         flat = (await self.raw.execute_command("XRANGE", self.topic, "-", "+"))[0][1]
         self.assertEqual(flat[::2], [b"msg", b"logid"])
 

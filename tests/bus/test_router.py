@@ -8,11 +8,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from daojia_msg.bus.envelope import BadEnvelope, decode_envelope, log_fields
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.bus.router import BusRouter, make_bus
 from daojia_msg.config import BusConfig, Route, default_config
+from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.helpers import Stack

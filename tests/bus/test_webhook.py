@@ -35,10 +35,10 @@ from zope.interface.verify import verifyObject
 
 from daojia_msg.bus import webhook
 from daojia_msg.bus.envelope import Envelope
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.webhook import CONTENT_TYPE, WebhookBus, WebhookReceiver, backoff, redact
 from daojia_msg.config import BusConfig, ConfigError
+from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.servers import listen
 

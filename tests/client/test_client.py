@@ -101,7 +101,7 @@ class ProtocolTestsMixin:
 
 class RequestTests(ProtocolTestsMixin, SynchronousTestCase):
     def test_login_bytes(self) -> None:
-        """LOGIN is the 32-byte header of PROTOCOL.md §2 plus a LoginRequest body."""
+        """LOGIN is the 32-byte header of docs/protocol.md §2 plus a LoginRequest body."""
         proto, transport, _ = self.connect()
         proto.login("123:abc", device_id="dev", client_version="1.0")
         body = pb.LoginRequest(

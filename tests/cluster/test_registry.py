@@ -19,11 +19,11 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from daojia_msg.cluster.interfaces import INodeRegistry
-from daojia_msg.cluster.redisconn import Redis, connect
 from daojia_msg.cluster.registry import NodeRegistry
 from daojia_msg.config import ClusterConfig, ConfigError, RedisConfig
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.ids import IdGenerator
-from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.redisconn import Redis, connect
 from tests.servers import delete_redis_keys, require_redis
 
 #: A fixed, realistic start time (2026-11-26) for the fake clocks.

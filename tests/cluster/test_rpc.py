@@ -16,7 +16,6 @@ from twisted.test.iosim import ConnectionCompleter, IOPump, connectedServerAndCl
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from daojia_msg.cluster.interfaces import IPeers, NodeInfo
 from daojia_msg.cluster.rpc import (
     AUTH_TIMEOUT_S,
     Auth,
@@ -28,16 +27,14 @@ from daojia_msg.cluster.rpc import (
     RpcServerFactory,
     Unauthorized,
     auth_mac,
-    from_pb,
-    message_from_wire,
-    message_to_wire,
     registry_addresses,
 )
-from daojia_msg.logic.service import to_pb
+from daojia_msg.core.convert import from_pb, message_to_wire
+from daojia_msg.core.errors import PeerUnavailable
+from daojia_msg.core.model import Kind, NodeInfo, SessionRecord, StoredMessage
+from daojia_msg.logic.interfaces import IPeers
 from daojia_msg.protocol.codes import Cmd, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.errors import StoreUnavailable
-from daojia_msg.store.model import Kind, SessionRecord, StoredMessage
 from tests.helpers import T0, Stack
 
 SECRET = "a-cluster-secret-of-some-length"
@@ -123,24 +120,6 @@ class Cluster:
             pump.flush()
 
 
-class WireTests(SynchronousTestCase):
-    def test_round_trip(self) -> None:
-        for msg in (message(), message(content=BIG, kind=Kind.S2C), message(content=b"", logid="")):
-            meta, content = message_to_wire(msg)
-            self.assertEqual(content, msg.content)
-            self.assertNotIn(msg.content or b"\x00\x01\x02", meta)
-            self.assertEqual(message_from_wire(meta, content), msg)
-            self.assertEqual(from_pb(to_pb(msg)), msg)
-
-    def test_bad_meta(self) -> None:
-        meta, _ = message_to_wire(message())
-        self.assertRaises(BadMessage, message_from_wire, b"\xff\xff\xff", b"")
-        self.assertRaises(BadMessage, message_from_wire, pb.Message(content=b"x").SerializeToString(), b"")
-        unknown_kind = pb.Message(msgid=1, kind=77).SerializeToString()  # type: ignore[arg-type]
-        self.assertRaises(BadMessage, message_from_wire, unknown_kind, b"")
-        self.assertEqual(message_from_wire(meta, b"").content, b"")
-
-
 class DeliverTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.c = Cluster()
@@ -207,7 +186,7 @@ class DeliverTests(SynchronousTestCase):
         d = self.c.peers.deliver(RECORD, message(2))
         pump.serverIO.abortConnection()  # the answer never comes back
         self.c.flush()
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
 
     def test_address_changed(self) -> None:
         """A node that came back at another address is reconnected to."""
@@ -229,21 +208,21 @@ class DeliverTests(SynchronousTestCase):
 
     def test_unknown_node(self) -> None:
         d = self.c.peers.deliver(SessionRecord(1, 1001, 9, "s", 0), message())
-        f = self.failureResultOf(d, StoreUnavailable)
+        f = self.failureResultOf(d, PeerUnavailable)
         self.assertIn("node 9", f.getErrorMessage())
         self.assertEqual(self.c.attempts(), [])
 
     def test_address_lookup_fails(self) -> None:
         async def broken(node_id: int) -> tuple[str, int] | None:
-            raise StoreUnavailable("redis down")
+            raise PeerUnavailable("redis down")
 
         peers = RpcPeers(self.c.reactor, broken, node_id=1, secret=SECRET, timeout=3)
-        self.failureResultOf(peers.deliver(RECORD, message()), StoreUnavailable)
+        self.failureResultOf(peers.deliver(RECORD, message()), PeerUnavailable)
 
     def test_refused(self) -> None:
         d = self.c.peers.deliver(RECORD, message())
         self.c.completer.failOnce(Failure(ConnectionRefusedError()))
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
         # Not cached: the next call tries again.
         self.c.peers.deliver(RECORD, message())
         self.assertEqual(len(self.c.attempts()), 1)
@@ -253,9 +232,9 @@ class DeliverTests(SynchronousTestCase):
         self.c.reactor.advance(1)
         second = self.c.peers.deliver(RECORD, message(2))
         self.c.reactor.advance(2)
-        f = self.failureResultOf(first, StoreUnavailable)
+        f = self.failureResultOf(first, PeerUnavailable)
         self.assertIn("3 s", f.getErrorMessage())
-        self.failureResultOf(second, StoreUnavailable)  # the shared attempt gave up too
+        self.failureResultOf(second, PeerUnavailable)  # the shared attempt gave up too
         self.assertEqual(self.c.reactor.getDelayedCalls(), [])
         # The next call starts a new attempt.
         self.c.reactor.tcpClients.clear()
@@ -273,7 +252,7 @@ class DeliverTests(SynchronousTestCase):
         self.c.reactor.advance(2.9)
         self.assertNoResult(d)
         self.c.reactor.advance(0.1)
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(self.c.reactor.getDelayedCalls(), [])
         self.c.flush()
         self.assertEqual(self.c.server.connections, set())
@@ -295,7 +274,7 @@ class DeliverTests(SynchronousTestCase):
         pump.flush(advanceClock=False)
         self.assertIs(self.successResultOf(answered), True)
         self.c.reactor.advance(1.0)  # 2 waited 3 s; the peer answered 1 s ago
-        self.failureResultOf(lost, StoreUnavailable)
+        self.failureResultOf(lost, PeerUnavailable)
         self.assertEqual(len(self.c.server.connections), 1)
         self.assertEqual(self.c.attempts(), [])
         later = self.c.peers.deliver(RECORD, message(4))
@@ -307,7 +286,7 @@ class DeliverTests(SynchronousTestCase):
         c = Cluster(max_content=100)
         d = c.peers.deliver(RECORD, message(5, content=b"x" * 101, logid="trace-5"))
         c.connect()
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
         # Both sides' warnings name the message.
         warned = [e for e in events if e["log_level"].name == "warn"]
         self.assertEqual(len(warned), 2)
@@ -319,7 +298,7 @@ class DeliverTests(SynchronousTestCase):
 
     def test_content_over_amp_value(self) -> None:
         d = self.c.peers.deliver(RECORD, message(content=b"x" * 65536))
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(self.c.attempts(), [])
 
     def test_server_exception(self) -> None:
@@ -327,7 +306,7 @@ class DeliverTests(SynchronousTestCase):
         self.c.logic.error = RuntimeError("boom")
         d = self.c.peers.deliver(RECORD, message(7, logid="trace-x"))
         self.c.connect()
-        f = self.failureResultOf(d, StoreUnavailable)
+        f = self.failureResultOf(d, PeerUnavailable)
         self.assertIsInstance(f.value.__cause__, InternalError)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         [failure] = [e for e in events if "log_failure" in e]
@@ -341,7 +320,7 @@ class DeliverTests(SynchronousTestCase):
         d = self.c.peers.kick(RECORD, 1, "x")
         self.c.logic.error = ValueError("kick boom")
         self.c.flush()
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_close(self) -> None:
@@ -353,12 +332,12 @@ class DeliverTests(SynchronousTestCase):
         self.c.flush()
         self.successResultOf(closed)
         self.assertEqual(self.c.server.connections, set())
-        self.failureResultOf(self.c.peers.deliver(RECORD, message()), StoreUnavailable)
+        self.failureResultOf(self.c.peers.deliver(RECORD, message()), PeerUnavailable)
 
     def test_close_while_connecting(self) -> None:
         d = self.c.peers.deliver(RECORD, message())
         self.successResultOf(self.c.peers.close())
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(self.c.reactor.getDelayedCalls(), [])
 
     def test_registry_addresses(self) -> None:
@@ -518,7 +497,7 @@ class AuthTests(SynchronousTestCase):
         c = Cluster(secret="not-the-cluster-secret", server_secret=SECRET)
         d = c.peers.deliver(RECORD, message())
         c.connect()
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(c.logic.delivered, [])
         self.assertEqual(c.server.connections, set())
         self.assertNothingLeaked()
@@ -529,7 +508,7 @@ class AuthTests(SynchronousTestCase):
         c = Cluster(secret="", server_secret=SECRET)
         d = c.peers.deliver(RECORD, message())
         c.connect()
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(c.logic.delivered, [])
 
     def test_peers_both_without_secret(self) -> None:
@@ -571,7 +550,7 @@ class RealSocketTests(TestCase):
             # The cached connection is gone (or goes as this call is sent), and
             # reconnecting is refused: both fail at once, not by the timeout.
             for _ in range(2):
-                with self.assertRaises(StoreUnavailable):
+                with self.assertRaises(PeerUnavailable):
                     await peers.deliver(RECORD, message())
             self.assertEqual(len(logic.delivered), 1)
 
@@ -583,7 +562,7 @@ class RealSocketTests(TestCase):
             number = port.getHost().port
             await port.stopListening()
             peers = self._peers(number)
-            with self.assertRaises(StoreUnavailable):
+            with self.assertRaises(PeerUnavailable):
                 await peers.deliver(RECORD, message())
 
         return Deferred.fromCoroutine(run())

@@ -9,12 +9,12 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from daojia_msg.cluster.redisconn import Redis, connect
 from daojia_msg.cluster.stats import ClusterStats, StatsFlusher
 from daojia_msg.config import RedisConfig
-from daojia_msg.logic.stats import Stats
-from daojia_msg.store.errors import StoreUnavailable
-from daojia_msg.store.model import Kind
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.model import Kind
+from daojia_msg.metrics.delivery import Stats
+from daojia_msg.redisconn import Redis, connect
 from tests.servers import delete_redis_keys, require_redis
 
 C2C = (1001, 7, Kind.C2C)

@@ -10,12 +10,11 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.bus.errors import BusUnavailable
 from daojia_msg.config import Limits, default_config
+from daojia_msg.core.errors import BusUnavailable, StoreUnavailable
 from daojia_msg.protocol.codec import FrameDecoder, encode
 from daojia_msg.protocol.codes import MAGIC, Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.errors import StoreUnavailable
 from tests.helpers import Conn, Stack
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.errors import StoreUnavailable
 from tests.helpers import Stack
 
 BIG = 2**63

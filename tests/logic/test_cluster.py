@@ -7,13 +7,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from daojia_msg.cluster.interfaces import IPeers
+from daojia_msg.core.errors import PeerUnavailable
+from daojia_msg.core.model import SessionRecord, StoredMessage
+from daojia_msg.logic.interfaces import IPeers
 from daojia_msg.logic.service import PushItem, PushOutcome
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.errors import StoreUnavailable
-from daojia_msg.store.model import SessionRecord, StoredMessage
 from tests.helpers import Stack
 
 
@@ -61,7 +61,7 @@ class RemoteDeliveryTests(SynchronousTestCase):
 
     def test_unreachable_node_leaves_it_pending(self) -> None:
         self.successResultOf(self.stack.sessions.register(remote(2, node=2)))
-        self.peers.answers[2] = StoreUnavailable("node 2 down")
+        self.peers.answers[2] = PeerUnavailable("node 2 down")
         result = self.alice.c2c(2)
         self.assertEqual(result.code, Code.OK)  # durable: OK even though the push failed
         self.assertEqual(self.stack.logic.stats.totals()["stored"], 1)
@@ -110,7 +110,7 @@ class RemoteDeliveryTests(SynchronousTestCase):
             self.stack.logic.push_s2c([PushItem(2, 1001, 5, b"order")])))
         assert isinstance(outcome, PushOutcome)
         self.assertTrue(outcome.online)
-        self.peers.answers[2] = StoreUnavailable("down")
+        self.peers.answers[2] = PeerUnavailable("down")
         [outcome] = self.successResultOf(Deferred.fromCoroutine(
             self.stack.logic.push_s2c([PushItem(2, 1001, 5, b"order")])))
         assert isinstance(outcome, PushOutcome)
@@ -144,7 +144,7 @@ class LocalSideTests(SynchronousTestCase):
         self.session_id = self.stack.logic.local[(2, 1001)].record.session_id
 
     def message(self, msgid: int = 77) -> StoredMessage:
-        from daojia_msg.store.model import Kind
+        from daojia_msg.core.model import Kind
 
         return StoredMessage(msgid, 1, 1001, 2, 1001, 3, Kind.C2C, b"x", 5, "L-77")
 
@@ -252,7 +252,7 @@ class LoginRaceTests(SynchronousTestCase):
         def flaky_kick(record: SessionRecord, reason_code: int, reason: str) -> Deferred[bool]:
             attempts.append(record)
             if len(attempts) < 3:
-                return fail(StoreUnavailable("node 2 slow"))
+                return fail(PeerUnavailable("node 2 slow"))
             return succeed(True)
 
         peers.kick = flaky_kick  # type: ignore[method-assign]
@@ -296,7 +296,7 @@ class DeliveryRetryTests(SynchronousTestCase):
         self.addCleanup(stack.logic.stopService)
         alice = stack.login(1)
         self.successResultOf(stack.sessions.register(remote(2, node=2)))
-        peers.answers[2] = StoreUnavailable("node 2 slow")
+        peers.answers[2] = PeerUnavailable("node 2 slow")
         sent = alice.c2c(2)
         self.assertEqual(len(peers.delivered), 1)
         stack.clock.advance(2)  # first retry: still unreachable
@@ -315,7 +315,7 @@ class DeliveryRetryTests(SynchronousTestCase):
         self.addCleanup(stack.logic.stopService)
         alice = stack.login(1)
         self.successResultOf(stack.sessions.register(remote(2, node=2)))
-        peers.answers[2] = StoreUnavailable("down")
+        peers.answers[2] = PeerUnavailable("down")
         sent = alice.c2c(2)
         # The recipient pulled and ACKed it elsewhere meanwhile.
         self.successResultOf(stack.store.ack(2, 1001, [sent.msgid]))
@@ -330,7 +330,7 @@ class DeliveryRetryTests(SynchronousTestCase):
         self.addCleanup(stack.logic.stopService)
         alice = stack.login(1)
         self.successResultOf(stack.sessions.register(remote(2, node=2)))
-        peers.answers[2] = StoreUnavailable("down")
+        peers.answers[2] = PeerUnavailable("down")
         alice.c2c(2)
         for step in (2, 4, 8, 100, 100):
             stack.clock.advance(step)

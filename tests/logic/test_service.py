@@ -7,12 +7,12 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import parse_config
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.model import Kind
 from daojia_msg.logic.service import PushItem, PushOutcome, new_session_id
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.errors import StoreUnavailable
-from daojia_msg.store.model import Kind
 from tests.helpers import Stack, inline_store
 
 
@@ -524,7 +524,7 @@ class PageSizeTests(SynchronousTestCase):
 
 class StatsCapTests(SynchronousTestCase):
     def test_msgtypes_beyond_the_cap_share_one_route(self) -> None:
-        from daojia_msg.logic.stats import OTHER_MSGTYPE, Stats
+        from daojia_msg.metrics.delivery import OTHER_MSGTYPE, Stats
 
         stats = Stats(max_routes=3)
         for msgtype in range(10):

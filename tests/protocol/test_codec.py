@@ -1,4 +1,4 @@
-"""Tests for :mod:`daojia_msg.protocol.codec`: the frame layout of PROTOCOL.md §2."""
+"""Tests for :mod:`daojia_msg.protocol.codec`: the frame layout of docs/protocol.md §2."""
 
 from __future__ import annotations
 
@@ -287,7 +287,7 @@ class HeaderCheckTests(SynchronousTestCase):
         self.assertEqual(exc.header, self.echoed(2))
 
     def test_bad_version_before_size(self) -> None:
-        # Checks run magic, version, size (PROTOCOL.md §6.2).
+        # Checks run magic, version, size (docs/protocol.md §6.2).
         decoder = FrameDecoder(64)
         decoder.feed(header_bytes(version=0, length=65, **self.fields))
         exc = self.assertRaises(BadVersion, decoder.next)

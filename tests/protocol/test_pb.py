@@ -1,4 +1,4 @@
-"""The protobuf bodies (PROTOCOL.md §4) and the protocol's code tables (§3, §4).
+"""The protobuf bodies (docs/protocol.md §4) and the protocol's code tables (§3, §4).
 
 The drift test regenerates the pb module with the pinned generator and compares
 it byte for byte with the committed one, so ``proto/msgplatform.proto`` and
@@ -37,7 +37,7 @@ PB_DIR = ROOT / "daojia_msg" / "protocol" / "pb"
 T = FieldDescriptor
 #: (name, number, type, repeated, message or enum type name)
 Field = tuple[str, int, int, bool, str | None]
-#: PROTOCOL.md §4, transcribed: message -> [(field, number, type, repeated, type name)].
+#: docs/protocol.md §4, transcribed: message -> [(field, number, type, repeated, type name)].
 SCHEMA: dict[str, list[Field]] = {
     "LoginRequest": [
         ("token", 1, T.TYPE_STRING, False, None),
@@ -125,7 +125,7 @@ TYPE_NAMES = {
 
 
 def parse_schema(text: str) -> tuple[dict[str, list[Field]], dict[str, int]]:
-    """Messages and the Kind enum from proto-like ``text`` (PROTOCOL.md §4 or the .proto)."""
+    """Messages and the Kind enum from proto-like ``text`` (docs/protocol.md §4 or the .proto)."""
     messages: dict[str, list[Field]] = {}
     enum: dict[str, int] = {}
     for kind, name, body in re.findall(r"\b(message|enum)?\s*(\w+)\s*\{([^}]*)\}", text):
@@ -222,7 +222,7 @@ class SchemaTests(SynchronousTestCase):
         self.assertEqual(enum, KIND)
 
     def test_protocol_page_matches_table(self) -> None:
-        """The table above is PROTOCOL.md §4, where the page is checked out beside the repo."""
+        """The table above is docs/protocol.md §4, where the page is checked out beside the repo."""
         page = ROOT.parent / "shared" / "PROTOCOL.md"
         if not page.exists():
             raise SkipTest(f"{page} not found")

@@ -18,8 +18,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from daojia_msg.store.interfaces import IMessageStore, ISessionStore
-from daojia_msg.store.model import (
+from daojia_msg.core.model import (
     AckedMessage,
     Kind,
     NewMessage,
@@ -27,6 +26,7 @@ from daojia_msg.store.model import (
     StoredMessage,
     StoreOutcome,
 )
+from daojia_msg.logic.interfaces import IMessageStore, ISessionStore
 
 # Two user systems; appcodes 10, 11 are in "users", 20 in "merchants".
 USERS = "users"

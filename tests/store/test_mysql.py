@@ -26,10 +26,10 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from daojia_msg.config import MySQLConfig, parse_mysql_url
+from daojia_msg.core.errors import StoreError, StoreUnavailable
+from daojia_msg.core.model import Kind, NewMessage, StoreOutcome
 from daojia_msg.store import batching
 from daojia_msg.store import mysql as mysql_module
-from daojia_msg.store.errors import StoreError, StoreUnavailable
-from daojia_msg.store.model import Kind, NewMessage, StoreOutcome
 from daojia_msg.store.mysql import (
     DRIVER,
     FLUSHES_IN_FLIGHT,

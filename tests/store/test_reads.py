@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.store.reads import ReadBatcher, read_batch_txn
 
 

@@ -19,10 +19,10 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
-from daojia_msg.cluster.redisconn import Redis, connect
 from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
-from daojia_msg.store.errors import StoreUnavailable
-from daojia_msg.store.model import SessionRecord
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.model import SessionRecord
+from daojia_msg.redisconn import Redis, connect
 from daojia_msg.store.redis import PURGE_BATCH, RedisSessionStore
 from tests.servers import (
     TrackingProxyFactory,
@@ -274,7 +274,7 @@ class UnavailableTests(TestCase):
 
 
 class ConnectTests(TestCase):
-    """:func:`daojia_msg.cluster.redisconn.connect` refuses an unusable server."""
+    """:func:`daojia_msg.redisconn.connect` refuses an unusable server."""
 
     async def test_closed_port_names_redis_url(self) -> None:
         port = await closed_port(self)

@@ -15,9 +15,9 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from daojia_msg.core.errors import StoreError, StoreUnavailable
+from daojia_msg.core.model import StoreOutcome
 from daojia_msg.store.dbpool import InlineConnectionPool
-from daojia_msg.store.errors import StoreError, StoreUnavailable
-from daojia_msg.store.model import StoreOutcome
 from daojia_msg.store.sql import SELECT_PENDING
 from daojia_msg.store.sqlite import (
     SCHEMA_VERSION,

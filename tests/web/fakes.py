@@ -19,13 +19,12 @@ from daojia_msg.auth import mint_token
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.bus.router import BusRouter
 from daojia_msg.config import Config
+from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoreOutcome
 from daojia_msg.ids import IdGenerator
-from daojia_msg.logic.interfaces import IClientConnection
+from daojia_msg.logic.interfaces import IClientConnection, IMessageStore
 from daojia_msg.logic.service import LogicService
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.store.interfaces import IMessageStore
 from daojia_msg.store.memory import MemorySessionStore
-from daojia_msg.store.model import AckedMessage, NewMessage, Page, StoreOutcome
 
 #: 2023-11-14T22:13:20Z: a realistic "now" for ids and tokens.
 NOW = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""Tests for daojia_msg.web.api: the HTTP API of DESIGN.md §3.
+"""Tests for daojia_msg.web.api: the HTTP API (docs/openapi.yaml).
 
 Most tests feed raw HTTP bytes to a channel of the real :class:`Site` over a
 :class:`StringTransport` (so the bounded request class, the resource tree and
@@ -32,10 +32,11 @@ from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyChannel
 
 from daojia_msg.config import Config, default_config, parse_config
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.model import Kind
+from daojia_msg.metrics.registry import make_registry
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
-from daojia_msg.store.errors import StoreUnavailable
-from daojia_msg.store.model import Kind
 from daojia_msg.web.api import (
     ACCESS_LOG_FLUSH_S,
     ACCESS_LOG_MAX_LINES,
@@ -48,7 +49,6 @@ from daojia_msg.web.api import (
     parse_json,
     parse_uid,
 )
-from daojia_msg.web.metrics import make_registry
 from tests.web.fakes import NOW, FakeNode
 
 TWO_SYSTEMS = """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cluster.test_redisconn,tests.store.test_redis -*-
+# -*- test-case-name: tests.test_redisconn,tests.store.test_redis -*-
 """One Redis connection pool for a node, with the traps of txredisapi handled.
 
 - Every call has a reply timeout (``redis.reply_timeout_s``): with
@@ -16,7 +16,7 @@
   at hand does a command go through the pool (and its backstop deadline).
 - Replies are raw ``bytes`` (``charset=None``): binary values stay binary.
 - Any failure of a call (timeout, lost connection, error reply) raises
-  :class:`~daojia_msg.store.errors.StoreUnavailable`: the operation may not
+  :class:`~daojia_msg.core.errors.StoreUnavailable`: the operation may not
   have happened; callers answer UNAVAILABLE, never hang.
 - :func:`connect` first checks the server with one PING on a connection that
   does not reconnect, so start-up fails with one clear line when Redis is down.
@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.deadlines import Deadlines
-from daojia_msg.store.errors import StoreUnavailable
 
 log = Logger()
 

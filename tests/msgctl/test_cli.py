@@ -1,4 +1,4 @@
-"""Tests for msgctl (daojia_msg.client.cli), on a fake reactor and a faked gate."""
+"""Tests for msgctl (daojia_msg.msgctl.cli), on a fake reactor and a faked gate."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from daojia_msg.auth import TokenError, verify_token
-from daojia_msg.client import cli
+from daojia_msg.msgctl import cli
 from daojia_msg.protocol.codec import Frame, encode
 from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb

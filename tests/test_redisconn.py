@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.cluster.redisconn import Redis, Script, encode_command, execute
-from daojia_msg.store.errors import StoreUnavailable
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.redisconn import Redis, Script, encode_command, execute
 
 TIMEOUT = 0.2
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.logic.test_service,tests.web.test_metrics,tests.cluster.test_stats -*-
+# -*- test-case-name: tests.logic.test_service,tests.metrics.test_registry,tests.cluster.test_stats -*-
 """Delivery statistics of this node, per route ``(appcode, msgtype, kind)``.
 
 A route's ``appcode`` is the recipient's for C2C and S2C (how well pushes reach
@@ -32,7 +32,7 @@ import bisect
 from collections.abc import Callable, Collection
 from typing import Any
 
-from daojia_msg.store.model import Kind
+from daojia_msg.core.model import Kind
 
 COUNTERS = ("accepted", "pushed", "acked", "repushed", "stored", "pulled")
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}

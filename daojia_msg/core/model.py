@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.store.test_sqlite -*-
-"""The records that cross the store interfaces."""
+"""The domain model: the records that cross the interfaces between layers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class Kind(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One message to one recipient (the ``messages`` table row, DESIGN.md §2)."""
+    """One message to one recipient (a row of the ``messages`` table: docs/architecture.md, "Data")."""
 
     msgid: int
     from_uid: int
@@ -89,3 +89,17 @@ class SessionRecord:
     node_id: int
     session_id: str
     since_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A live node as the registry lists it."""
+
+    node_id: int
+    gate_host: str
+    gate_port: int
+    rpc_host: str
+    rpc_port: int
+    connections: int
+    started_ms: int
+    heartbeat_ms: int

@@ -1,16 +1,16 @@
-# -*- test-case-name: tests.web.test_metrics -*-
+# -*- test-case-name: tests.metrics.test_registry -*-
 """Prometheus metrics of this node, read from :class:`Stats` at scrape time.
 
 One source of truth: the collector keeps no counters of its own; each scrape
-turns :class:`~daojia_msg.logic.stats.Stats` (the object behind ``/v1/stats``)
+turns :class:`~daojia_msg.metrics.delivery.Stats` (the object behind ``/v1/stats``)
 into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
 
 - ``msgplatform_messages_<counter>_total{appcode,msgtype,kind}``, one counter
-  family per name in :data:`~daojia_msg.logic.stats.COUNTERS` (``accepted``,
+  family per name in :data:`~daojia_msg.metrics.delivery.COUNTERS` (``accepted``,
   ``pushed``, ``acked``, ``repushed``, ``stored``, ``pulled``);
 - ``msgplatform_ack_latency_seconds{appcode,msgtype,kind}``: durable -> ACKed,
   a histogram per route with the buckets of
-  :data:`~daojia_msg.logic.stats.LATENCY_BUCKETS`;
+  :data:`~daojia_msg.metrics.delivery.LATENCY_BUCKETS`;
 - ``msgplatform_connections``: open client connections on this node's gate;
 - ``msgplatform_sessions``: logged-in sessions on this node.
 
@@ -31,7 +31,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from daojia_msg.logic.stats import COUNTERS, LATENCY_BUCKETS, Stats
+from daojia_msg.metrics.delivery import COUNTERS, LATENCY_BUCKETS, Stats
 
 PREFIX = "msgplatform"
 ROUTE_LABELS = ("appcode", "msgtype", "kind")

@@ -1,4 +1,4 @@
-"""Tests for daojia_msg.web.metrics: Prometheus families read from Stats at scrape time."""
+"""Tests for daojia_msg.metrics.registry: Prometheus families read from Stats at scrape time."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from twisted.trial.unittest import TestCase
 
-from daojia_msg.logic.stats import COUNTERS, LATENCY_BUCKETS, Stats
-from daojia_msg.store.model import Kind
-from daojia_msg.web.metrics import StatsCollector, make_registry
+from daojia_msg.core.model import Kind
+from daojia_msg.metrics.delivery import COUNTERS, LATENCY_BUCKETS, Stats
+from daojia_msg.metrics.registry import StatsCollector, make_registry
 
 
 class Gauges:

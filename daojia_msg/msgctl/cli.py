@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.client.test_cli -*-
+# -*- test-case-name: tests.msgctl.test_cli -*-
 """``msgctl``: mint tokens, chat, send, pull, read history, upload C2S, push over HTTP,
 trace a message through the nodes' JSON logs.
 

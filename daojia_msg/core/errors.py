@@ -1,0 +1,34 @@
+# -*- test-case-name: tests.core.test_errors -*-
+"""The backend error tree, shared by every layer.
+
+:class:`Unavailable` means a backend did not do the operation (down, cut
+off, timed out): the caller may retry. Its subclasses say which kind of
+backend failed, so a peer node that cannot be reached is not mistaken for a
+message store that is down.
+"""
+
+from __future__ import annotations
+
+
+class Unavailable(Exception):
+    """A backend did not do the operation: nothing happened, retry later."""
+
+
+class StoreError(Exception):
+    """Base of the store errors (a store refused or failed an operation)."""
+
+
+class StoreUnavailable(StoreError, Unavailable):
+    """The store backend (database, Redis) is down or timed out."""
+
+
+class PeerUnavailable(Unavailable):
+    """Another node of the cluster could not be reached in time."""
+
+
+class BusError(Exception):
+    """Base of the message-bus errors."""
+
+
+class BusUnavailable(BusError, Unavailable):
+    """The bus did not accept the message: nothing was published."""

@@ -1,0 +1,1 @@
+"""The delivery statistics and the Prometheus registry: every layer may count here."""

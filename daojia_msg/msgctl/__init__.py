@@ -1,0 +1,1 @@
+"""``msgctl``: the command-line tool for trying and operating a node."""
