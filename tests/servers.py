@@ -132,3 +132,13 @@ class TrackingProxyFactory(ProxyFactory):
         if p is not None:
             self.servers.append(p)
         return p
+
+
+MQTT_HOST = os.environ.get("MSGP_TEST_MQTT_HOST", "127.0.0.1")
+MQTT_PORT = int(os.environ.get("MSGP_TEST_MQTT_PORT", "1883"))
+
+
+def require_mosquitto() -> tuple[str, int]:
+    if not _reachable(MQTT_HOST, MQTT_PORT):
+        missing(f"no MQTT broker (Mosquitto) at {MQTT_HOST}:{MQTT_PORT} (set MSGP_TEST_MQTT_HOST/PORT)")
+    return MQTT_HOST, MQTT_PORT

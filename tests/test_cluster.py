@@ -17,8 +17,8 @@ from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.nodes import Inbox, NodeTestCase
 from tests.servers import delete_redis_keys, require_redis
-from tests.test_e2e import Inbox, NodeTestCase
 
 R: Any = reactor
 

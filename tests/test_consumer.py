@@ -20,8 +20,8 @@ from daojia_msg.consumer import consume
 from daojia_msg.msgctl import cli
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code
+from tests.nodes import NodeTestCase
 from tests.servers import TrackingProxyFactory, missing, require_redis
-from tests.test_e2e import NodeTestCase
 
 R: Any = reactor
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"

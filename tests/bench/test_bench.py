@@ -26,7 +26,7 @@ from daojia_msg.protocol.codec import FrameDecoder, encode
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.helpers import Stack
-from tests.test_e2e import NodeTestCase
+from tests.nodes import NodeTestCase
 
 R: Any = reactor
 

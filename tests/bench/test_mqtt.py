@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import socket
 import threading
 import time
@@ -21,16 +20,7 @@ import numpy as np
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.bench import mqtt, mqttcodec
-from tests.servers import _reachable, missing
-
-MQTT_HOST = os.environ.get("MSGP_TEST_MQTT_HOST", "127.0.0.1")
-MQTT_PORT = int(os.environ.get("MSGP_TEST_MQTT_PORT", "1883"))
-
-
-def require_mosquitto() -> tuple[str, int]:
-    if not _reachable(MQTT_HOST, MQTT_PORT):
-        missing(f"no MQTT broker (Mosquitto) at {MQTT_HOST}:{MQTT_PORT} (set MSGP_TEST_MQTT_HOST/PORT)")
-    return MQTT_HOST, MQTT_PORT
+from tests.servers import require_mosquitto
 
 
 def plan(**kw: Any) -> Any:

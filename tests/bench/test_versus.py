@@ -18,8 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.bench import cli, versus
 from daojia_msg.bench.cli import BenchError
-from tests.bench.test_mqtt import require_mosquitto
-from tests.test_e2e import NodeTestCase
+from tests.nodes import NodeTestCase
+from tests.servers import require_mosquitto
 
 
 def c2c_doc() -> dict[str, Any]:
