@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.msgctl.test_client -*-
+# -*- test-case-name: tests.client.test_client -*-
 """The client library's public face: :class:`MsgClient`, a reconnecting client
 that logs in on every connection and drains offline messages, and (re-exported)
 :class:`MsgClientProtocol`, one connection.

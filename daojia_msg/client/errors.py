@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.msgctl.test_client -*-
+# -*- test-case-name: tests.client.test_protocol -*-
 """Client errors: what a request's Deferred fails with.
 
 ::

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.msgctl.test_client -*-
+# -*- test-case-name: tests.client.test_protocol -*-
 """One client connection: :class:`MsgClientProtocol`. docs/protocol.md is the contract.
 
 Every request method returns a Deferred that fires with the parsed response

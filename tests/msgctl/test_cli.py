@@ -23,7 +23,7 @@ from daojia_msg.msgctl import cli
 from daojia_msg.protocol.codec import Frame, encode
 from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from tests.client.test_client import answer, one
+from tests.client.fakes import answer, one
 
 NOW = 1_700_000_000
 
