@@ -9,18 +9,24 @@ and LOGOUT are barriers (later frames wait until they are answered), and at
 most ``limits.max_inflight`` requests run at once per connection: past that
 the gate stops reading the socket (back-pressure) until answers go out.
 
-Closing is polite (closing with unread input in flight makes Linux send RST, which drops queued replies): stop handling frames, flush, half
+Commands are dispatched through the table :data:`HANDLERS` (body type and
+handler per command).
+
+Closing is polite, because closing with unread input in flight makes Linux
+send RST, which drops replies still queued: stop handling frames, flush, half
 close, keep reading and discarding, abort only after ``close_grace_s``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as PbMessage
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -29,8 +35,11 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daojia_msg.config import Limits
 from daojia_msg.gate.limits import TokenBucket
+from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import IClientConnection
+from daojia_msg.logic.service import LogicService
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codec import (
     BadMagic,
@@ -52,8 +61,24 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.sockets import no_delay
 
 if TYPE_CHECKING:
-    from daojia_msg.gate.factory import GateFactory
-    from daojia_msg.logic.service import Session
+    from daojia_msg.logic.sessions import Session
+
+
+class ConnectionHost(TypingProtocol):
+    """What a connection needs of its factory (:class:`~daojia_msg.gate.factory.GateFactory`)."""
+
+    logic: LogicService
+    inbox: Inbox
+    limits: Limits
+    clock: IReactorTime
+    #: True while the buses or the store lag: no connection reads its socket.
+    pressure: bool
+
+    def admit(self, conn: GateProtocol, host: str) -> bool: ...
+
+    def connection_made(self, conn: GateProtocol) -> None: ...
+
+    def connection_lost(self, conn: GateProtocol) -> None: ...
 
 #: The response body type of each command; the others answer with ``Result``.
 #: All share ``code = 1`` and ``reason = 2``, so error answers look alike on the wire.
@@ -69,7 +94,7 @@ MAX_SEQ = 0xFFFFFFFF
 class GateProtocol(Protocol):
     log = Logger()
 
-    def __init__(self, factory: GateFactory) -> None:
+    def __init__(self, factory: ConnectionHost) -> None:
         self.factory = factory
         self.logic = factory.logic
         self.inbox = factory.inbox
@@ -346,45 +371,50 @@ class GateProtocol(Protocol):
         elif frame.uid != session.uid or frame.appcode != session.appcode:
             self._reply_error(frame, Code.UID_MISMATCH, "uid/appcode differ from the session's")
             return
-        if cmd == Cmd.KEEPALIVE:  # body ignored
-            self._reply(frame, pb.Result(code=Code.OK, server_time_ms=self.logic.now_ms()))
-        elif cmd == Cmd.LOGOUT:  # body ignored; answered after every earlier request
-            self._barrier = True
-            if self._inflight:
-                self._logout = frame
-            else:
-                self._call(frame, self._do_logout())
-        elif cmd == Cmd.LOGIN:
-            req = self._parse(frame, pb.LoginRequest)
-            if req is not None:
-                self._barrier = True
-                self._call(frame, self._login(frame, req))
-        else:
-            self._request(frame, cmd)
+        body_type, handle = HANDLERS[cmd]
+        if body_type is None:  # the body is ignored
+            handle(self, frame, None)
+            return
+        body = self._parse(frame, body_type)
+        if body is not None:
+            handle(self, frame, body)
 
-    def _request(self, frame: Frame, cmd: int) -> None:
+    # -- one handler per command (the table HANDLERS below) ------------------
+
+    def _on_keepalive(self, frame: Frame, _: None) -> None:
+        self._reply(frame, pb.Result(code=Code.OK, server_time_ms=self.logic.now_ms()))
+
+    def _on_logout(self, frame: Frame, _: None) -> None:
+        """Answered after every earlier request."""
+        self._barrier = True
+        if self._inflight:
+            self._logout = frame
+        else:
+            self._call(frame, self._do_logout())
+
+    def _on_login(self, frame: Frame, req: pb.LoginRequest) -> None:
+        self._barrier = True
+        self._call(frame, self._login(frame, req))
+
+    def _on_c2c(self, frame: Frame, req: pb.C2CRequest) -> None:
+        self._call(frame, self.logic.c2c(self._session(), frame.msgtype, req))
+
+    def _on_c2s(self, frame: Frame, req: pb.C2SRequest) -> None:
+        self._call(frame, self.logic.c2s(self._session(), frame.msgtype, req))
+
+    def _on_ack(self, frame: Frame, req: pb.Ack) -> None:
+        self._call(frame, self.logic.ack(self._session(), req.msgids))
+
+    def _on_pull(self, frame: Frame, req: pb.PullRequest) -> None:
+        self._call(frame, self.inbox.pull(self._session(), req))
+
+    def _on_history(self, frame: Frame, req: pb.HistoryRequest) -> None:
+        self._call(frame, self.inbox.history(self._session(), req))
+
+    def _session(self) -> Session:
         session = self.session
-        assert session is not None
-        if cmd == Cmd.C2C:
-            c2c = self._parse(frame, pb.C2CRequest)
-            if c2c is not None:
-                self._call(frame, self.logic.c2c(session, frame.msgtype, c2c))
-        elif cmd == Cmd.C2S:
-            c2s = self._parse(frame, pb.C2SRequest)
-            if c2s is not None:
-                self._call(frame, self.logic.c2s(session, frame.msgtype, c2s))
-        elif cmd == Cmd.ACK:
-            ack = self._parse(frame, pb.Ack)
-            if ack is not None:
-                self._call(frame, self.logic.ack(session, ack.msgids))
-        elif cmd == Cmd.PULL:
-            pull = self._parse(frame, pb.PullRequest)
-            if pull is not None:
-                self._call(frame, self.inbox.pull(session, pull))
-        elif cmd == Cmd.HISTORY:
-            history = self._parse(frame, pb.HistoryRequest)
-            if history is not None:
-                self._call(frame, self.inbox.history(session, history))
+        assert session is not None  # _frame let only LOGIN and KEEPALIVE through without one
+        return session
 
     def _parse(self, frame: Frame, cls: Any) -> Any:
         msg = cls()
@@ -468,3 +498,19 @@ class GateProtocol(Protocol):
         if self._closing:
             return
         self._reply(frame, RESPONSE_TYPES.get(frame.cmd, pb.Result)(code=code, reason=reason))
+
+
+Handler = Callable[[GateProtocol, Frame, Any], None]
+
+#: What each client request is: its body type (None: the body is ignored) and
+#: its handler. Every command of ``CLIENT_REQUESTS`` is here.
+HANDLERS: dict[int, tuple[type[PbMessage] | None, Handler]] = {
+    Cmd.LOGIN: (pb.LoginRequest, GateProtocol._on_login),
+    Cmd.LOGOUT: (None, GateProtocol._on_logout),
+    Cmd.C2S: (pb.C2SRequest, GateProtocol._on_c2s),
+    Cmd.C2C: (pb.C2CRequest, GateProtocol._on_c2c),
+    Cmd.KEEPALIVE: (None, GateProtocol._on_keepalive),
+    Cmd.ACK: (pb.Ack, GateProtocol._on_ack),
+    Cmd.PULL: (pb.PullRequest, GateProtocol._on_pull),
+    Cmd.HISTORY: (pb.HistoryRequest, GateProtocol._on_history),
+}

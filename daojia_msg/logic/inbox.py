@@ -11,7 +11,7 @@ from daojia_msg.core.convert import MAX_ID, to_pb
 from daojia_msg.core.errors import StoreError
 from daojia_msg.core.model import StoredMessage
 from daojia_msg.logic.interfaces import IMessageStore
-from daojia_msg.logic.service import Session
+from daojia_msg.logic.sessions import Session
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Code

@@ -35,7 +35,9 @@ class IClientConnection(Interface):
 
     def push(cmd, msgtype, body):
         """Write a server push (S2C, C2C delivery) to the logged-in identity with
-        the connection's next nonzero sequenceid; returns that sequenceid."""
+        the connection's next nonzero sequenceid; returns that sequenceid, or 0
+        when nothing was written (no session, closing, or the peer does not
+        read): the message then stays pending."""
 
     def kick(reason_code, reason):
         """Send KICKOUT with ``reason_code`` and close politely."""

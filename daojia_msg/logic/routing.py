@@ -1,0 +1,194 @@
+# -*- test-case-name: tests.logic.test_service,tests.logic.test_cluster -*-
+"""Routing a durable message to its recipient's session: pushed here, handed
+to the node that holds the session, or left pending for PULL.
+
+A push that cannot reach the recipient's node is tried again in the
+background while the message is still pending, so an online recipient does
+not wait for its next login.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from daojia_msg import tracing
+from daojia_msg.core.convert import recipient_fields, to_pb
+from daojia_msg.core.errors import StoreError, Unavailable
+from daojia_msg.core.model import Kind, SessionRecord, StoredMessage
+from daojia_msg.logic.context import Context
+from daojia_msg.logic.interfaces import IMessageStore, ISessionStore
+from daojia_msg.logic.sessions import Session, Sessions
+from daojia_msg.metrics.delivery import Route
+from daojia_msg.protocol.codes import Cmd
+
+#: The message path: pushed, stored offline... (only to the trace file and buffer).
+trace = tracing.MESSAGES.logger("daojia_msg.logic.routing")
+
+#: Session look-ups one delivery follows when the recipient moves between nodes.
+MAX_HOPS = 3
+#: Background retries of a push that could not reach the recipient's node, and
+#: how many may wait at once.
+DELIVERY_RETRIES = 3
+MAX_DELIVERY_RETRIES = 10000
+
+
+class Routing:
+    log = Logger()
+
+    def __init__(self, ctx: Context, sessions: Sessions, session_store: ISessionStore,
+                 messages: IMessageStore) -> None:
+        self.ctx = ctx
+        self.sessions = sessions
+        self.session_store = session_store
+        self.messages = messages
+        self._delivery_retries: set[IDelayedCall] = set()
+
+    def stop(self) -> None:
+        """Cancel the deliveries waiting to be tried again."""
+        for call in self._delivery_retries:
+            if call.active():
+                call.cancel()
+        self._delivery_retries.clear()
+
+    async def deliver(self, msg: StoredMessage, retry_attempt: int = 0) -> bool:
+        """Push a durable message to its recipient's session if one is online.
+
+        True when a session was registered and the push was handed to its node;
+        otherwise the message simply stays pending for PULL.
+
+        The recipient may reconnect elsewhere while we store: when the node we
+        hand the push to no longer holds the session (or cannot be reached),
+        the session is looked up again and followed if it moved, at most
+        :data:`MAX_HOPS` times. A session registered after our last look-up
+        drains the message with PULL (it was durable before that look-up).
+        """
+        if self.push_if_local(msg):
+            return True
+        tried: set[str] = set()
+        unreachable = False
+        for _ in range(MAX_HOPS):
+            try:
+                record = await self.session_store.lookup(msg.to_uid, msg.to_appcode)
+            except StoreError:
+                break
+            if record is None or record.session_id in tried:
+                break
+            tried.add(record.session_id)
+            if record.node_id == self.ctx.node_id:
+                session = self.sessions.local.get((msg.to_uid, msg.to_appcode))
+                if session is not None and session.record.session_id == record.session_id:
+                    self._push(session, msg)
+                    return True
+                break  # a stale record of ours (e.g. from before a restart)
+            pushed = await self._deliver_remote(record, msg)
+            if pushed:
+                return True
+            unreachable = pushed is None
+        if unreachable:
+            self._retry_delivery(msg, retry_attempt)
+        self.stored_offline(msg)
+        return False
+
+    def push_if_local(self, msg: StoredMessage) -> bool:
+        """Push ``msg`` if its recipient's session is on this node; whether it is."""
+        session = self.sessions.local.get((msg.to_uid, msg.to_appcode))
+        if session is None:
+            return False
+        self._push(session, msg)
+        return True
+
+    def stored_offline(self, msg: StoredMessage) -> None:
+        self.ctx.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "stored")
+        if tracing.MESSAGES.listeners:
+            trace.debug("{msgid} stored offline for {to_uid}@{to_appcode}", msgid=msg.msgid,
+                        logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode,
+                        **recipient_fields(msg))
+
+    def _retry_delivery(self, msg: StoredMessage, attempt: int = 0) -> None:
+        """The node holding the recipient's session could not be reached (slow,
+        a blip): try again later, :data:`DELIVERY_RETRIES` times, while the
+        message is still pending, so an online recipient does not wait for its
+        next login. At most :data:`MAX_DELIVERY_RETRIES` wait at once; beyond
+        that a message simply stays pending for PULL."""
+        self._delivery_retries = {c for c in self._delivery_retries if c.active()}
+        if (attempt >= DELIVERY_RETRIES or not self.ctx.running
+                or len(self._delivery_retries) >= MAX_DELIVERY_RETRIES):
+            return
+        call = self.ctx.clock.callLater(2.0 ** (attempt + 1), self._delivery_retry, msg, attempt + 1)
+        self._delivery_retries.add(call)
+
+    def _delivery_retry(self, msg: StoredMessage, attempt: int) -> None:
+        async def retry() -> None:
+            try:
+                pending = await self.messages.pending_message(msg.to_uid, msg.msgid)
+            except StoreError:
+                pending = None
+            if pending is None:
+                return  # delivered (ACKed) meanwhile, or the store is down
+            self.log.info("{msgid} delivery retried (try {attempt})", msgid=msg.msgid,
+                          logid=msg.logid, attempt=attempt, **recipient_fields(msg))
+            await self.deliver(pending, retry_attempt=attempt)
+
+        Deferred.fromCoroutine(retry())
+
+    async def _deliver_remote(self, record: SessionRecord, msg: StoredMessage) -> bool | None:
+        """Hand a push to the node holding ``record`` (there is none on one node).
+
+        True when pushed there, False when that node does not hold the session,
+        None when it could not be reached in time.
+        """
+        if self.ctx.peers is None:
+            return False
+        try:
+            pushed: bool = await self.ctx.peers.deliver(record, msg)
+        except Unavailable as e:
+            self.log.warn("{msgid} left pending: node {peer_node} unreachable: {error}",
+                          msgid=msg.msgid, logid=msg.logid, peer_node=record.node_id,
+                          error=str(e), **recipient_fields(msg))
+            return None
+        return pushed
+
+    def deliver_local(self, session_id: str, msg: StoredMessage) -> bool:
+        """Another node asks: push ``msg`` to our session ``session_id`` of its
+        recipient. True when it was pushed (or is already waiting for its ACK)."""
+        session = self.sessions.local.get((msg.to_uid, msg.to_appcode))
+        if session is None or session.record.session_id != session_id:
+            return False
+        return self._push(session, msg)
+
+    def _push(self, session: Session, msg: StoredMessage) -> bool:
+        """Push to a local session; False when its window of un-ACKed pushes is
+        full (the message then simply stays pending for the next PULL)."""
+        route: Route = (msg.to_appcode, msg.msgtype, msg.kind)
+        cmd = Cmd.C2C if msg.kind == Kind.C2C else Cmd.S2C
+        if msg.msgid in session.window:
+            return True
+        if session.window.push(msg.msgid, cmd, msg.msgtype, to_pb(msg).SerializeToString(), route,
+                               msg.logid):
+            self.ctx.stats.add(route, "pushed")
+            if tracing.MESSAGES.listeners:
+                trace.debug("{msgid} pushed to {to_uid}@{to_appcode}", msgid=msg.msgid,
+                            logid=msg.logid, to_uid=msg.to_uid, to_appcode=msg.to_appcode,
+                            **recipient_fields(msg))
+            return True
+        self.log.info("{msgid} left pending: {to_uid}@{to_appcode} takes no pushes now "
+                      "(too many un-ACKed, or not reading)",
+                      msgid=msg.msgid, logid=msg.logid, to_uid=msg.to_uid,
+                      to_appcode=msg.to_appcode, **recipient_fields(msg))
+        return False
+
+    async def offline(self, messages: list[StoredMessage]) -> set[int]:
+        """The msgids of ``messages`` whose recipient has no session anywhere:
+        the sessions of all the recipients not on this node, in one look-up
+        (a push batch's recipients are mostly offline). Empty when the
+        session store cannot answer (each message then tries on its own)."""
+        remote = [m for m in messages if (m.to_uid, m.to_appcode) not in self.sessions.local]
+        if len(remote) < 2:
+            return set()
+        try:
+            records = await self.session_store.lookup_many([(m.to_uid, m.to_appcode) for m in remote])
+        except StoreError:
+            return set()
+        return {m.msgid for m, record in zip(remote, records, strict=True) if record is None}
