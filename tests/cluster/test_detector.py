@@ -10,7 +10,7 @@ from twisted.logger import globalLogPublisher
 from daojia_msg.cluster.detector import GateDetector
 from daojia_msg.cluster.registry import NodeRegistry
 from daojia_msg.core.errors import StoreUnavailable
-from tests.cluster.test_registry import CLUSTER, T0, FlakyRedis, RedisFixture
+from tests.cluster.fakes import CLUSTER, T0, FlakyRedis, RedisFixture
 
 
 class DetectorTests(RedisFixture):

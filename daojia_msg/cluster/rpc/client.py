@@ -1,31 +1,9 @@
 # -*- test-case-name: tests.cluster.test_rpc -*-
-"""The internal RPC between the nodes of a cluster (docs/architecture.md §1), over Twisted AMP.
+"""The internal RPC client: hands pushes and kicks to the node that holds a
+session (:class:`RpcPeers` implements :class:`~daojia_msg.logic.interfaces.IPeers`).
 
-A node that must push to a session held by another node hands the push to that
-node's RPC listener (:class:`RpcPeers`, the client side, implements
-:class:`~daojia_msg.cluster.interfaces.IPeers`); the listener
-(:class:`RpcServerFactory`) calls the local logic's ``deliver_local`` /
-``kick_local``.
-
-Commands: :class:`Auth`, :class:`Deliver`, :class:`Kick`. A message travels as
-its protobuf ``Message`` without content plus the content as a second value,
-because one AMP value holds at most 65,535 bytes and content alone may take
-65,000 of them.
-
-Authentication, when the cluster has a shared secret (``cluster.rpc_secret``):
-the client's first command on a connection is ``Auth(node_id, ts, mac)`` with
-``mac = HMAC-SHA256(secret, f"{node_id}:{ts}")`` and ``ts`` in whole seconds;
-the server accepts it when ``|now - ts| <= 60`` and the mac matches
-(``hmac.compare_digest``). Any other command before that, a wrong mac or a stale
-``ts`` is answered with the fatal ``UNAUTHORIZED`` error and the connection is
-closed; a connection that has not authenticated within 10 s is closed too.
-With an empty secret no Auth is needed (loopback-only clusters). The secret and
-the macs are never logged. This keeps unauthenticated hosts from pushing or
-kicking; it does not encrypt, nor stop a replay within the window by someone
-who can read the traffic: keep the RPC on a private network.
-
-Delivery is at-least-once (docs/protocol.md §6.3): every failure of a call (unknown
-node, refused, timed out, lost, refused by the peer) fails with
+Delivery is at-least-once (docs/protocol.md §6.3): every failure of a call
+(unknown node, refused, timed out, lost, refused by the peer) fails with
 :class:`~daojia_msg.core.errors.PeerUnavailable`, and the caller leaves the
 message pending. A call that times out drops its connection (and so fails
 every call on it) only when the peer has answered nothing for a whole timeout
@@ -36,8 +14,6 @@ reconnects and a wave of retries.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,297 +33,39 @@ from twisted.internet.endpoints import (
     connectProtocol,
 )
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daojia_msg import tracing
 from daojia_msg.cluster.interfaces import INodeRegistry
-from daojia_msg.core.convert import message_from_wire, message_to_wire, recipient_fields
+from daojia_msg.cluster.rpc.commands import (
+    MAX_VALUE,
+    Auth,
+    BadMessage,
+    ClosedWaiters,
+    Deliver,
+    InternalError,
+    Kick,
+    Unauthorized,
+    auth_mac,
+)
+from daojia_msg.core.convert import message_to_wire, recipient_fields
 from daojia_msg.core.errors import PeerUnavailable
 from daojia_msg.core.model import SessionRecord, StoredMessage
 from daojia_msg.deadlines import Deadlines, within
-from daojia_msg.logic.interfaces import ILocalNode, IPeers
+from daojia_msg.logic.interfaces import IPeers
 from daojia_msg.sockets import no_delay
 
-#: The message path (only to the trace file and buffer).
-trace = tracing.MESSAGES.logger("daojia_msg.cluster.rpc")
-
 log = Logger()
-
-#: How far an Auth timestamp may be from the server's clock, in seconds.
-AUTH_WINDOW_S = 60
-#: A connection that has not authenticated within this many seconds is closed.
-AUTH_TIMEOUT_S = 10.0
-#: The most one AMP value can hold (the content of a Deliver must fit).
-MAX_VALUE = amp.MAX_VALUE_LENGTH
 
 Address = tuple[str, int]
 AddressOf = Callable[[int], Awaitable[Address | None]]
 
 
-# -- errors (each maps to one AMP error code) ---------------------------------
-
-
-class Unauthorized(Exception):
-    """The connection did not authenticate (fatal: the server closes it)."""
-
-
-class BadMessage(Exception):
-    """A Deliver whose message does not parse or whose content is over the limit."""
-
-
-class InternalError(Exception):
-    """The receiving node failed unexpectedly (it logged why and keeps serving)."""
-
-
-_FATAL: dict[type[Exception], bytes] = {Unauthorized: b"UNAUTHORIZED"}
-
-
-# -- commands ------------------------------------------------------------------
-
-
-class Auth(amp.Command):
-    """Prove the connection comes from a node that knows the cluster secret."""
-
-    arguments = [(b"node_id", amp.Integer()), (b"ts", amp.Integer()), (b"mac", amp.String())]
-    response = []  # an empty answer: authenticated
-    fatalErrors = _FATAL
-
-
-class Deliver(amp.Command):
-    """Push a message to a local session: ``message`` is the serialized
-    ``pb.Message`` without its content, which travels as ``content``."""
-
-    arguments = [
-        (b"session_id", amp.Unicode()),
-        (b"message", amp.String()),
-        (b"content", amp.String()),
-    ]
-    response = [(b"pushed", amp.Boolean())]
-    errors = {BadMessage: b"BAD_MESSAGE", InternalError: b"INTERNAL"}
-    fatalErrors = _FATAL
-
-
-class Kick(amp.Command):
-    """KICKOUT a local session."""
-
-    arguments = [
-        (b"uid", amp.Integer()),
-        (b"appcode", amp.Integer()),
-        (b"session_id", amp.Unicode()),
-        (b"reason_code", amp.Integer()),
-        (b"reason", amp.Unicode()),
-    ]
-    response = [(b"kicked", amp.Boolean())]
-    errors = {InternalError: b"INTERNAL"}
-    fatalErrors = _FATAL
-
-
-# -- messages on the wire -------------------------------------------------------
-
-
-# -- authentication -------------------------------------------------------------
-
-
-def auth_mac(secret: str, node_id: int, ts: int) -> bytes:
-    """HMAC-SHA256, keyed by the cluster secret, of ``f"{node_id}:{ts}"``."""
-    return hmac.new(secret.encode(), f"{node_id}:{ts}".encode(), hashlib.sha256).digest()
-
-
-def check_auth(secret: str, now: float, node_id: int, ts: int, mac: bytes) -> str | None:
-    """Why an Auth is refused, or None when it is good (always, with no secret)."""
-    if not secret:
-        return None
-    if abs(now - ts) > AUTH_WINDOW_S:
-        return f"timestamp {ts} is more than {AUTH_WINDOW_S} s from this node's clock"
-    if not hmac.compare_digest(auth_mac(secret, node_id, ts), mac):
-        return "wrong mac"
-    return None
-
-
-# -- server -------------------------------------------------------------------------
-
-
-class _ClosedWaiters:
-    """``when_closed()``: a Deferred that fires once the connection is closed."""
-
-    connected: bool | int
-    _closed: list[Deferred[None]]
-
-    def when_closed(self) -> Deferred[None]:
-        if not self.connected:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._closed.append(d)
-        return d
-
-    def _fire_closed(self) -> None:
-        closed, self._closed = self._closed, []
-        for d in closed:
-            d.callback(None)
-
-
-class RpcServerProtocol(_ClosedWaiters, amp.AMP):
-    """One connection from another node."""
-
-    def __init__(self, factory: RpcServerFactory, peer: str) -> None:
-        super().__init__()
-        self.factory = factory
-        self.peer = peer
-        self.authenticated = not factory.secret
-        #: The node id the peer proved (None before Auth, or with no secret and no Auth).
-        self.node: int | None = None
-        self._auth_timer: IDelayedCall | None = None
-        self._closed: list[Deferred[None]] = []
-        self.connected = False
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.connected = True
-        no_delay(self.transport)
-        if not self.authenticated:
-            self._auth_timer = self.factory.clock.callLater(
-                self.factory.auth_timeout, self._auth_expired
-            )
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.connected = False
-        self._cancel_auth_timer()
-        self.factory.forget(self)
-        super().connectionLost(reason)
-        self._fire_closed()
-
-    def _cancel_auth_timer(self) -> None:
-        if self._auth_timer is not None and self._auth_timer.active():
-            self._auth_timer.cancel()
-        self._auth_timer = None
-
-    def _auth_expired(self) -> None:
-        self._auth_timer = None
-        log.warn("closing an internal RPC connection from {peer}: no Auth within {timeout:g} s",
-                 peer=self.peer, timeout=self.factory.auth_timeout)
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def _require_auth(self, command: str) -> None:
-        if not self.authenticated:
-            log.warn("internal RPC {command} from {peer} before Auth: closing",
-                     command=command, peer=self.peer)
-            raise Unauthorized("authenticate first")
-
-    @Auth.responder
-    def auth(self, node_id: int, ts: int, mac: bytes) -> dict[str, Any]:
-        why = check_auth(self.factory.secret, self.factory.clock.seconds(), node_id, ts, mac)
-        if why is not None:
-            log.warn("internal RPC Auth of node {peer_node} from {peer} refused: {why}",
-                     peer_node=node_id, peer=self.peer, why=why)
-            raise Unauthorized(why)
-        self._cancel_auth_timer()
-        self.authenticated = True
-        self.node = node_id
-        log.info("node {peer_node} connected to the internal RPC from {peer}",
-                 peer_node=node_id, peer=self.peer)
-        return {}
-
-    @Deliver.responder
-    def deliver(self, session_id: str, message: bytes, content: bytes) -> dict[str, Any]:
-        self._require_auth("Deliver")
-        try:
-            msg = message_from_wire(message, content)
-        except ValueError as e:
-            log.warn("refused a delivery from node {peer_node} ({peer}): {why}",
-                     peer_node=self.node, peer=self.peer, why=str(e))
-            raise BadMessage(str(e)) from None
-        if len(content) > self.factory.max_content:
-            log.warn("refused {msgid} from node {peer_node}: content of {size} bytes is over {limit}",
-                     msgid=msg.msgid, logid=msg.logid, peer_node=self.node, size=len(content),
-                     limit=self.factory.max_content, **recipient_fields(msg))
-            raise BadMessage(f"content is over {self.factory.max_content} bytes")
-        try:
-            pushed = bool(self.factory.logic.deliver_local(session_id, msg))
-        except Exception:
-            log.failure("delivering {msgid} for node {peer_node} failed", msgid=msg.msgid,
-                        logid=msg.logid, peer_node=self.node, session_id=session_id,
-                        uid=msg.to_uid, appcode=msg.to_appcode)  # (failure's keywords: no **)
-            raise InternalError("the node failed to deliver; see its log") from None
-        if tracing.MESSAGES.listeners:
-            trace.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
-                        msgid=msg.msgid, logid=msg.logid, peer_node=self.node,
-                        session_id=session_id, pushed=pushed, **recipient_fields(msg))
-        return {"pushed": pushed}
-
-    @Kick.responder
-    def kick(
-        self, uid: int, appcode: int, session_id: str, reason_code: int, reason: str
-    ) -> dict[str, Any]:
-        self._require_auth("Kick")
-        try:
-            kicked = bool(self.factory.logic.kick_local(uid, appcode, session_id, reason_code,
-                                                        reason))
-        except Exception:
-            log.failure("kicking {uid}@{appcode} for node {peer_node} failed", uid=uid,
-                        appcode=appcode, peer_node=self.node, session_id=session_id)
-            raise InternalError("the node failed to kick; see its log") from None
-        return {"kicked": kicked}
-
-
-class RpcServerFactory(Factory):
-    """The internal RPC listener: answers other nodes by calling ``logic``.
-
-    ``secret`` "" means no Auth is asked for (the node must then listen on
-    loopback only: that check is the caller's). ``max_content`` is the content
-    limit (``limits.max_content``).
-    """
-
-    protocol = RpcServerProtocol
-
-    def __init__(
-        self,
-        logic: ILocalNode,
-        clock: IReactorTime,
-        secret: str,
-        *,
-        max_content: int = 65000,
-        auth_timeout: float = AUTH_TIMEOUT_S,
-    ) -> None:
-        self.logic = logic
-        self.clock = clock
-        self.secret = secret
-        self.max_content = max_content
-        self.auth_timeout = auth_timeout
-        self.connections: set[RpcServerProtocol] = set()
-
-    def __repr__(self) -> str:
-        return f"<RpcServerFactory auth={'on' if self.secret else 'off'}>"
-
-    def buildProtocol(self, addr: IAddress | None) -> RpcServerProtocol:
-        host, port = getattr(addr, "host", "?"), getattr(addr, "port", "?")
-        proto = RpcServerProtocol(self, f"{host}:{port}")
-        self.connections.add(proto)
-        return proto
-
-    def forget(self, proto: RpcServerProtocol) -> None:
-        self.connections.discard(proto)
-
-    def disconnect_all(self) -> Deferred[None]:
-        """Close every open connection (after the port stopped listening); fires
-        once all of them are closed."""
-        waits = []
-        for proto in list(self.connections):
-            waits.append(proto.when_closed())
-            if proto.transport is not None:
-                proto.transport.loseConnection()
-        return gatherResults(waits).addCallback(lambda _: None)
-
-
-# -- client ---------------------------------------------------------------------------
-
-
-class _ClientProtocol(_ClosedWaiters, amp.AMP):
+class _ClientProtocol(ClosedWaiters, amp.AMP):
     def __init__(self, on_lost: Callable[[_ClientProtocol], None]) -> None:
         super().__init__()
         self._on_lost = on_lost
