@@ -1,0 +1,51 @@
+# -*- test-case-name: tests.test_config -*-
+"""The node's configuration: TOML parsed once into frozen, typed objects.
+
+Every key, its type and its default are documented in ``etc/msgplatform.toml``
+(a test keeps that file and :func:`default_config` equal). An unknown key, a
+wrong type or an out-of-range value raises :class:`ConfigError`, whose text
+names the key path: ``limits.max_body: expected an integer >= 64, got 'x'``.
+
+With no config file the node runs the two development-only demo apps of
+docs/operations.md §1 (appcodes 1001 and 1002). A config file replaces them: it must
+name its own apps.
+"""
+
+from daojia_msg.config.model import (
+    DEMO_APPS,
+    DEMO_ROUTES,
+    MAX_NODE_ID,
+    AdminConfig,
+    AppConfig,
+    BusConfig,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    Limits,
+    ListenConfig,
+    LogConfig,
+    MySQLConfig,
+    RedisConfig,
+    Route,
+    StatsConfig,
+    StoreConfig,
+    default_config,
+)
+from daojia_msg.config.parse import load_config, parse_config
+from daojia_msg.config.urls import (
+    BUS_SCHEMES,
+    MySQLURL,
+    RedisURL,
+    check_bus_url,
+    check_urls,
+    parse_mysql_url,
+    parse_redis_url,
+)
+
+__all__ = [
+    "BUS_SCHEMES", "DEMO_APPS", "DEMO_ROUTES", "MAX_NODE_ID", "AdminConfig", "AppConfig",
+    "BusConfig", "ClusterConfig", "Config", "ConfigError", "Limits", "ListenConfig", "LogConfig",
+    "MySQLConfig", "MySQLURL", "RedisConfig", "RedisURL", "Route", "StatsConfig", "StoreConfig",
+    "check_bus_url", "check_urls", "default_config", "load_config", "parse_config",
+    "parse_mysql_url", "parse_redis_url",
+]

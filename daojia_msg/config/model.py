@@ -1,0 +1,227 @@
+# -*- test-case-name: tests.test_config -*-
+"""The configuration's typed, frozen objects and the built-in default (the demo apps)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_NODE_ID = 1023
+
+
+class ConfigError(Exception):
+    """A bad configuration value; ``path`` is the key path, e.g. ``("limits", "max_body")``."""
+
+    def __init__(self, msg: str, path: Iterable[str] = ()) -> None:
+        self.msg = msg
+        self.path = tuple(path)
+        super().__init__(f"{'.'.join(self.path)}: {msg}" if self.path else msg)
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    appcode: int
+    usersystem: str
+    name: str = ""
+    secret: str = field(default="", repr=False)
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """C2S ``(appcode, msgtype) -> topic`` on a bus: ``bus`` names one of
+    ``[buses.<name>]``, or is "" for the default ``[bus] url``."""
+
+    appcode: int
+    msgtype: int
+    topic: str
+    bus: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """The default C2S bus and the knobs of every bus (``[bus]``)."""
+
+    url: str = field(default="memory:", repr=False)  # may carry a password
+    #: C2S frames waiting for their bus, all buses together; beyond it the gate
+    #: stops reading client sockets until the buses catch up (back-pressure).
+    max_pending: int = 10000
+    #: Redis Streams: XADD ... MAXLEN ~ this.
+    stream_maxlen: int = 1_000_000
+    #: RabbitMQ: the topic exchange C2S messages are published to.
+    amqp_exchange: str = "msgplatform.c2s"
+    #: Webhooks: seconds per attempt, attempts after the first, requests at once per route.
+    #: Every attempt must fit in publish_timeout_s: timeout x (1 + retries) < it.
+    webhook_timeout_s: float = 1.0
+    webhook_retries: int = 3
+    webhook_concurrency: int = 16
+    #: A publish that the bus has not accepted after this long is UNAVAILABLE.
+    publish_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin manhole (``[admin]``); it refuses to start without a password."""
+
+    manhole_password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``json_file``: also write every log event as one JSON object a line to
+    this file (with logid, uid, appcode, msgid and node as fields; ``msgctl
+    trace`` reads it), beside twistd's text log. "" = off."""
+
+    json_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatsConfig:
+    """``window_s``: the sliding window of the delivery rate; ``flush_s``: how
+    often a node adds its counts to the cluster-wide ones in Redis."""
+
+    window_s: float = 300.0
+    flush_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    gate: str = "tcp:7000"
+    http: str = "tcp:8080:interface=127.0.0.1"
+    rpc: str = "tcp:7100:interface=127.0.0.1"
+    manhole: str = ""
+    public_gate: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body: int = 65536
+    max_content: int = 65000
+    login_timeout_s: float = 10.0
+    heartbeat_s: int = 60
+    idle_timeout_s: float = 180.0
+    ack_timeout_s: float = 10.0
+    max_repush: int = 3
+    rate_per_s: float = 500.0
+    rate_burst: int = 1000
+    abuse_excess: int = 1000
+    abuse_window_s: float = 10.0
+    max_conn_per_ip: int = 5000
+    max_inflight: int = 256
+    page_default: int = 20
+    page_cap: int = 100
+    max_ack_ids: int = 1000
+    max_id_len: int = 128
+    http_max_body: int = 8 * 1024 * 1024
+    push_batch_max: int = 1000
+    close_grace_s: float = 5.0
+    write_stall_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    dedup_days: float = 7.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """Sessions and the node registry in Redis (``[redis]``); ``url`` "" = off."""
+
+    url: str = field(default="", repr=False)  # may carry a password
+    reply_timeout_s: float = 2.0
+    key_prefix: str = "msgp:"
+    pool_size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLConfig:
+    """Messages in MySQL (``[mysql]``); ``url`` "" = SQLite under ``node.data_dir``.
+
+    Pending and history rows are spread over ``shards`` tables in each database
+    (``url`` first, then ``databases``), by the owner's uid.
+    """
+
+    url: str = field(default="", repr=False)
+    databases: tuple[str, ...] = field(default=(), repr=False)
+    shards: int = 16
+    pool_min: int = 3
+    pool_max: int = 10
+    #: Group-commit transactions in flight at once per node (lanes by uid), at
+    #: most ``pool_max``: one flush's round trips and commit overlap the next.
+    flushes_in_flight: int = 2
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    write_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Timers of a cluster of nodes (``[cluster]``), used only with ``[redis] url``."""
+
+    heartbeat_s: float = 2.0
+    ttl_s: float = 6.0
+    rpc_timeout_s: float = 3.0
+    drain_grace_s: float = 5.0
+    #: Shared secret of the internal RPC; required unless listen.rpc is loopback.
+    rpc_secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node_id: int | None = None
+    data_dir: str = "./var"
+    listen: ListenConfig = ListenConfig()
+    limits: Limits = Limits()
+    store: StoreConfig = StoreConfig()
+    redis: RedisConfig = RedisConfig()
+    mysql: MySQLConfig = MySQLConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    bus: BusConfig = BusConfig()
+    #: Named buses of ``[buses.<name>]``: name -> URL.
+    buses: Mapping[str, str] = field(default_factory=dict, repr=False)
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    stats: StatsConfig = StatsConfig()
+    apps: Mapping[int, AppConfig] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    demo: bool = False
+
+    def app(self, appcode: int) -> AppConfig | None:
+        return self.apps.get(appcode)
+
+    def route_for(self, appcode: int, msgtype: int) -> Route | None:
+        for route in self.routes:
+            if route.appcode == appcode and route.msgtype == msgtype:
+                return route
+        return None
+
+    def topic_for(self, appcode: int, msgtype: int) -> str | None:
+        route = self.route_for(appcode, msgtype)
+        return route.topic if route is not None else None
+
+    def bus_url(self, name: str) -> str:
+        """The URL of bus ``name`` ("" is the default bus)."""
+        return self.buses[name] if name else self.bus.url
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+DEMO_APPS = {
+    1001: AppConfig(1001, "demo", "demo customer app", "demo-secret-1001", "demo-key-1001"),
+    1002: AppConfig(1002, "demo", "demo driver app", "demo-secret-1002", "demo-key-1002"),
+}
+DEMO_ROUTES = tuple(
+    Route(appcode, msgtype, topic)
+    for appcode in DEMO_APPS
+    for msgtype, topic in ((1, "gps"), (2, "order-events"))
+)
+
+
+def default_config() -> Config:
+    """What ``twistd msgplatform`` runs with no ``--config``: the demo apps included."""
+    return Config(apps=dict(DEMO_APPS), routes=DEMO_ROUTES, demo=True)
+
+

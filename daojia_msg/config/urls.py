@@ -1,0 +1,88 @@
+# -*- test-case-name: tests.test_config -*-
+"""Backend URLs (Redis, MySQL, buses): parsed and checked, naming the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from daojia_msg.config.model import Config, ConfigError
+
+BUS_SCHEMES = ("memory", "redis", "amqp", "amqps", "http", "https")
+
+
+def check_bus_url(url: str, key: tuple[str, ...]) -> None:
+    scheme = url.partition(":")[0]
+    if url == "memory:":
+        return
+    if scheme not in BUS_SCHEMES or scheme == "memory" or "://" not in url:
+        # Only the scheme: the rest of a URL may carry a password.
+        raise ConfigError(
+            f"expected memory:, redis://, amqp(s):// or http(s):// URL, got scheme {scheme!r}",
+            key,
+        )
+    if scheme == "redis":
+        parse_redis_url(url, key)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisURL:
+    host: str
+    port: int
+    db: int
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLURL:
+    host: str
+    port: int
+    user: str
+    database: str
+    password: str = field(default="", repr=False)
+
+
+def parse_redis_url(url: str, key: tuple[str, ...] = ("redis", "url")) -> RedisURL:
+    """``redis://[:password@]host[:port][/db]``; raises :class:`ConfigError` naming ``key``."""
+    try:
+        u = urlsplit(url)
+        port = u.port or 6379
+    except ValueError as e:
+        raise ConfigError(f"not a redis:// URL: {e}", key) from None
+    if u.scheme != "redis" or not u.hostname:
+        raise ConfigError("expected redis://[:password@]host[:port][/db]", key)
+    db = u.path.lstrip("/") or "0"
+    if not db.isascii() or not db.isdigit():
+        raise ConfigError(f"the database must be a number, got {db!r}", key)
+    return RedisURL(u.hostname, port, int(db), unquote(u.password or ""))
+
+
+def parse_mysql_url(url: str, key: tuple[str, ...] = ("mysql", "url")) -> MySQLURL:
+    """``mysql://user[:password]@host[:port]/database``; raises :class:`ConfigError`."""
+    try:
+        u = urlsplit(url)
+        port = u.port or 3306
+    except ValueError as e:
+        raise ConfigError(f"not a mysql:// URL: {e}", key) from None
+    database = u.path.lstrip("/")
+    if u.scheme != "mysql" or not u.hostname or not u.username or not database:
+        raise ConfigError("expected mysql://user[:password]@host[:port]/database", key)
+    if not all(c.isalnum() or c in "_$" for c in database):
+        raise ConfigError(f"the database name must be letters, digits, _ or $, got {database!r}",
+                          key)
+    return MySQLURL(u.hostname, port, unquote(u.username), database, unquote(u.password or ""))
+
+
+def check_urls(config: Config) -> None:
+    """Reject backend URLs this build cannot serve, naming the key."""
+    check_bus_url(config.bus.url, ("bus", "url"))
+    for name, url in config.buses.items():
+        check_bus_url(url, ("buses", name, "url"))
+    if config.redis.url:
+        parse_redis_url(config.redis.url)
+    if config.mysql.url:
+        parse_mysql_url(config.mysql.url)
+        for i, url in enumerate(config.mysql.databases):
+            parse_mysql_url(url, ("mysql", "databases", str(i)))
+    elif config.mysql.databases:
+        raise ConfigError("needs mysql.url as well", ("mysql", "databases"))
