@@ -1,0 +1,104 @@
+# -*- test-case-name: tests.msgctl.test_cli -*-
+"""msgctl's command line: the commands and their options."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def _uint(bits: int, low: int = 0) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value < 2**bits:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {low} to {2**bits - 1}, got {value}"
+            )
+        return value
+
+    parse.__name__ = f"uint{bits}"
+    return parse
+
+
+UID, U32 = _uint(64, 1), _uint(32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msgctl", description="msgplatform command-line client")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ident = argparse.ArgumentParser(add_help=False)
+    ident.add_argument("--uid", type=UID, required=True, help="your uid")
+    ident.add_argument("--appcode", type=U32, required=True, help="your appcode")
+    ident.add_argument(
+        "--secret", help="the app's token secret (default: the demo secret of 1001/1002)"
+    )
+    gate = argparse.ArgumentParser(add_help=False, parents=[ident])
+    gate.add_argument("--host", default="127.0.0.1", help="gate host (default %(default)s)")
+    gate.add_argument(
+        "--port", type=_uint(16, 1), default=7000, help="gate port (default %(default)s)"
+    )
+    peer = argparse.ArgumentParser(add_help=False)
+    peer.add_argument("--to", type=UID, required=True, metavar="UID", help="the peer's uid")
+    peer.add_argument("--to-appcode", type=U32, help="the peer's appcode (default: --appcode)")
+    peer.add_argument("--msgtype", type=U32, default=0, help="message type (default 0)")
+
+    p = sub.add_parser("token", parents=[ident], help="print a login token")
+    p.add_argument(
+        "--ttl", type=_uint(31, 1), default=86400, help="seconds of validity (default 86400)"
+    )
+    sub.add_parser(
+        "chat", parents=[gate, peer], help="chat with --to: stdin lines out, messages in"
+    )
+    p = sub.add_parser("send", parents=[gate, peer], help="send one C2C message")
+    p.add_argument("text", nargs="+", metavar="TEXT")
+    p = sub.add_parser("pull", parents=[gate], help="print pending (offline) messages")
+    p.add_argument("--ack", action="store_true", help="ACK them (they are no longer pending)")
+    p = sub.add_parser("history", parents=[gate], help="print the message history, newest first")
+    p.add_argument("--peer", type=_uint(64), default=0, metavar="UID", help="only with this uid")
+    p.add_argument(
+        "--limit", type=U32, default=0, metavar="N", help="page size (server default 20)"
+    )
+    p.add_argument(
+        "--before", type=_uint(64), default=0, metavar="MSGID", help="older than this msgid"
+    )
+    p = sub.add_parser("c2s", parents=[gate], help="upload one C2S message")
+    p.add_argument("--msgtype", type=U32, required=True)
+    p.add_argument("text", nargs="+", metavar="TEXT")
+    p = sub.add_parser("push", help="push one S2C message through the HTTP API")
+    p.add_argument("--to", type=UID, required=True, metavar="UID")
+    p.add_argument("--to-appcode", type=U32, required=True)
+    p.add_argument("--msgtype", type=U32, required=True)
+    p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
+    p.add_argument(
+        "--http", default="http://127.0.0.1:8080", help="HTTP API base (default %(default)s)"
+    )
+    p.add_argument("--logid", default="")
+    p.add_argument("text", nargs="+", metavar="TEXT")
+    p = sub.add_parser("tail", help="print the C2S envelopes arriving on a topic of a bus")
+    p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("--bus", required=True, metavar="URL",
+                   help="redis://..., amqp://... or the webhook URL http(s)://...")
+    p.add_argument("--exchange", default="msgplatform.c2s", help="RabbitMQ exchange")
+    p.add_argument("--listen", default="", metavar="STRPORT",
+                   help="for a webhook: where to receive the POSTs (tcp:9000)")
+    p.add_argument("--count", type=int, default=0,
+                   help="stop after this many envelopes (default: run until Ctrl-C)")
+    p = sub.add_parser("stats", help="print delivery statistics (GET /v1/stats)")
+    p.add_argument("--appcode", type=U32, default=1001,
+                   help="whose user system to show (default %(default)s)")
+    p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
+    p.add_argument(
+        "--http", default="http://127.0.0.1:8080", help="HTTP API base (default %(default)s)"
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON answer as it is")
+    p = sub.add_parser(
+        "trace", help="print one message's path, in time order, from the nodes' JSON logs"
+    )
+    p.add_argument("logid", metavar="LOGID", help="the message's logid")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="JSON log files (log.json_file of each node)"
+    )
+    return parser

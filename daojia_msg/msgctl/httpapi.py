@@ -1,0 +1,102 @@
+# -*- test-case-name: tests.msgctl.test_httpapi -*-
+"""``msgctl push`` and ``msgctl stats``: the node's HTTP API (docs/openapi.yaml)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.error import ConnectError
+
+from daojia_msg.config import DEMO_APPS
+from daojia_msg.msgctl.common import CliError, Ctx
+
+
+def _api_key(given: str | None, appcode: int) -> str:
+    key = given or (DEMO_APPS[appcode].api_key if appcode in DEMO_APPS else None)
+    if not key:
+        raise CliError(f"--api-key is required: appcode {appcode} is not a demo app (1001, 1002)",
+                       2)
+    return key
+
+
+async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None) -> str:
+    """One HTTP API request; its body text, or :class:`CliError` with the API's error."""
+    http = ctx.http
+    if http is None:
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        http = HTTPClient(
+            Agent(ctx.reactor, pool=HTTPConnectionPool(ctx.reactor, persistent=False))
+        )
+    url = ctx.args.http.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        if body is None:
+            response = await http.request(method, url, headers=headers)
+        else:
+            response = await http.request(method, url, json=body, headers=headers)
+        data = await response.content()
+    except ConnectError as e:
+        raise CliError(f"cannot reach {url}: {str(e).rstrip('.')}") from None
+    except Exception as e:
+        raise CliError(f"cannot reach {url}: {e.__class__.__name__}: {e}") from None
+    text: str = data.decode("utf-8", "replace").strip()
+    if not 200 <= response.code < 300:
+        try:
+            detail = json.loads(text)["error"]
+        except (ValueError, KeyError, TypeError):
+            detail = text or response.phrase.decode("latin-1")
+        raise CliError(f"HTTP {response.code}: {detail}")
+    return text
+
+
+async def cmd_push(ctx: Ctx) -> None:
+    a = ctx.args
+    body: dict[str, Any] = {
+        "to_uid": a.to,
+        "to_appcode": a.to_appcode,
+        "msgtype": a.msgtype,
+        "content": " ".join(a.text),
+    }
+    if a.logid:
+        body["logid"] = a.logid
+    ctx.say(await _http(ctx, "POST", "/v1/push", _api_key(a.api_key, a.to_appcode), body))
+
+
+async def cmd_stats(ctx: Ctx) -> None:
+    """Delivery statistics of the key's user system (cluster-wide in a cluster)."""
+    a = ctx.args
+    text = await _http(ctx, "GET", "/v1/stats", _api_key(a.api_key, a.appcode))
+    if a.json:
+        ctx.say(text)
+        return
+    stats = json.loads(text)
+    rate = stats.get("delivery_rate")
+    window = stats.get("window_s")
+    ctx.say(f"delivery rate: {'-' if rate is None else f'{rate:.2%}'}"
+            + (f" (last {window:g} s)" if window else "")
+            + f", since the start: {_pct(stats.get('delivery_rate_total'))}")
+    names = ("accepted", "pushed", "acked", "repushed", "stored", "pulled")
+    ctx.say(f"{'appcode':>8} {'msgtype':>8} {'kind':<4} " + " ".join(f"{n:>9}" for n in names)
+            + f" {'ack p50 ms':>10} {'ack p99 ms':>10}")
+    for r in stats["by_route"]:
+        ctx.say(f"{r['appcode']:>8} {r['msgtype']:>8} {r['kind']:<4} "
+                + " ".join(f"{r[n]:>9}" for n in names) + _latency(r.get("ack_latency")))
+    t = stats["totals"]
+    ctx.say(f"{'total':>8} {'':>8} {'':<4} " + " ".join(f"{t[n]:>9}" for n in names)
+            + _latency(stats.get("ack_latency")))
+
+
+def _latency(summary: dict[str, Any] | None) -> str:
+    """The ACK latency columns: p50 and p99 in ms (bucket bounds), ``-`` if none."""
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    summary = summary or {}
+    return f" {ms(summary.get('p50_ms')):>10} {ms(summary.get('p99_ms')):>10}"
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2%}"

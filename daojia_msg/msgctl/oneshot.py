@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.msgctl.test_oneshot -*-
+"""The one-shot commands: ``token``, and ``send``, ``c2s``, ``pull`` and ``history``,
+each on a connection of its own that logs in, makes its request and logs out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
+
+from daojia_msg.client.errors import ClientError
+from daojia_msg.client.protocol import MsgClientProtocol
+from daojia_msg.msgctl.common import CliError, Ctx, connect_error, format_message, text, token
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+
+T = TypeVar("T")
+
+
+async def _session(ctx: Ctx, **kwargs: Any) -> MsgClientProtocol:
+    """A logged-in connection (no keepalives, no ACKs unless asked)."""
+    a = ctx.args
+    login_token = token(ctx)
+    kwargs.setdefault("auto_ack", False)
+    proto = MsgClientProtocol(ctx.reactor, a.uid, a.appcode, heartbeat_s=0, **kwargs)
+    try:
+        await connectProtocol(TCP4ClientEndpoint(ctx.reactor, a.host, a.port, timeout=10), proto)
+    except ConnectError as e:
+        raise connect_error(ctx, e) from None
+    try:
+        await proto.login(login_token)
+    except ClientError as e:
+        await _close(proto)
+        raise CliError(f"login failed: {e}") from None
+    return proto
+
+
+async def _close(proto: MsgClientProtocol) -> None:
+    if proto.logged_in:
+        try:
+            await proto.logout()
+        except ClientError:
+            pass
+    if proto.connected_ok and proto.transport is not None:
+        proto.transport.loseConnection()
+    await proto.when_closed()
+
+
+async def cmd_token(ctx: Ctx) -> None:
+    ctx.say(token(ctx, ctx.args.ttl))
+
+
+async def _one(ctx: Ctx, call: Callable[[MsgClientProtocol], Deferred[T]], **kwargs: Any) -> T:
+    """``call`` on a session of its own (:func:`_session` with ``kwargs``), closed after."""
+    proto = await _session(ctx, **kwargs)
+    try:
+        return await call(proto)
+    finally:
+        await _close(proto)
+
+
+async def cmd_send(ctx: Ctx) -> None:
+    a = ctx.args
+    content = " ".join(a.text).encode()
+    r = await _one(ctx, lambda p: p.c2c(a.to, a.to_appcode or a.appcode, a.msgtype, content))
+    ctx.say(f"msgid={r.msgid} logid={r.logid}")
+
+
+async def cmd_c2s(ctx: Ctx) -> None:
+    a = ctx.args
+    r = await _one(ctx, lambda p: p.c2s(a.msgtype, " ".join(a.text).encode()))
+    ctx.say(f"msgid={r.msgid} logid={r.logid}")
+
+
+async def cmd_pull(ctx: Ctx) -> None:
+    def show(m: pb.Message) -> None:
+        ctx.say(format_message(m))
+
+    ack = ctx.args.ack
+    count = await _one(ctx, lambda p: p.drain(ack=ack), on_message=show, auto_ack=ack)
+    ctx.note(f"{count} pending message(s){', acked' if ack and count else ''}")
+
+
+async def cmd_history(ctx: Ctx) -> None:
+    a = ctx.args
+    page = await _one(ctx, lambda p: p.history(a.peer, a.before, a.limit))
+    for m in page.messages:
+        ctx.say(
+            f"[{m.from_uid}@{m.from_appcode} -> {m.to_uid}@{m.to_appcode} msgid={m.msgid} logid={m.logid}] {text(m)}"
+        )
+    if page.has_more and page.messages:
+        ctx.note(f"(more: --before {page.messages[-1].msgid})")

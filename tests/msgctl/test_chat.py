@@ -1,0 +1,92 @@
+"""Tests for ``msgctl chat`` on a fake standard input and a faked gate."""
+
+from __future__ import annotations
+
+from twisted.internet import error
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from daojia_msg.protocol.codec import encode
+from daojia_msg.protocol.codes import Cmd, Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.msgctl.fakes import CliTestCase
+
+
+class ChatTests(CliTestCase):
+    def attach(self, proto: Protocol) -> None:
+        self.stdin = proto
+        proto.makeConnection(StringTransport())
+
+    def test_chat(self) -> None:
+        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
+        self.gate.accept()
+        self.gate.login(offline_count=1)
+        m = pb.Message(msgid=5, from_uid=8, from_appcode=1001, content=b"offline", logid="L5")
+        self.gate.answer(Cmd.PULL, pb.PullResponse(messages=[m]))
+        self.gate.answer(Cmd.ACK)
+        self.stdin.dataReceived(b"hello there\r\n\n")
+        c2c = self.gate.answer(Cmd.C2C, pb.Result(msgid=6, logid="L6"))
+        self.assertEqual(pb.C2CRequest.FromString(c2c.body).content, b"hello there")
+        self.assertEqual((c2c.msgtype, pb.C2CRequest.FromString(c2c.body).to_appcode), (0, 1001))
+        self.gate.proto.dataReceived(push(7, b"live"))
+        self.reactor.advance(0)
+        self.gate.answer(Cmd.ACK)
+        self.stdin.connectionLost(Failure(error.ConnectionDone()))
+        self.gate.answer(Cmd.LOGOUT)
+        self.gate.close()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(
+            self.out.getvalue(),
+            "[8@1001 msgid=5 logid=L5] offline\n[8@1001 msgid=7 logid=L7] live\n",
+        )
+        self.assertIn("*** logged in as 7@1001, 1 offline message(s)\n", self.err.getvalue())
+        self.assertIn("*** sent msgid=6 logid=L6\n", self.err.getvalue())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_kicked_elsewhere_ends_chat(self) -> None:
+        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
+        self.gate.accept()
+        self.gate.login()
+        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        kick = pb.Kickout(reason_code=KickReason.LOGIN_ELSEWHERE, reason="elsewhere")
+        self.gate.proto.dataReceived(_frame(Cmd.KICKOUT, kick.SerializeToString()))
+        self.gate.close()
+        self.assertEqual(self.exit_code(d), 1)
+        self.assertIn("*** kicked out: LOGIN_ELSEWHERE elsewhere\n", self.err.getvalue())
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_connection_refused(self) -> None:
+        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
+        self.gate.refuse()
+        self.reactor.advance(0)
+        self.assertEqual(self.exit_code(d), 1)
+        self.assertIn("msgctl: error: cannot connect to 127.0.0.1:7000", self.err.getvalue())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_login_refused(self) -> None:
+        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
+        self.gate.accept()
+        self.gate.answer(Cmd.LOGIN, pb.LoginResponse(code=Code.UNAUTHORIZED, reason="bad token"))
+        self.gate.close()
+        self.assertEqual(self.exit_code(d), 1)
+        self.assertEqual(
+            self.err.getvalue(), "msgctl: error: login failed: UNAUTHORIZED: bad token\n"
+        )
+
+
+def _frame(cmd: int, body: bytes) -> bytes:
+    return encode(cmd, 1001, 0, 7, 1, body)
+
+
+def push(msgid: int, content: bytes) -> bytes:
+    m = pb.Message(
+        msgid=msgid,
+        from_uid=8,
+        from_appcode=1001,
+        to_uid=7,
+        to_appcode=1001,
+        content=content,
+        logid=f"L{msgid}",
+    )
+    return _frame(Cmd.C2C, m.SerializeToString())

@@ -1,0 +1,130 @@
+"""Tests for ``msgctl push`` and ``msgctl stats`` against stubbed HTTP API resources."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from tests.msgctl.fakes import CliTestCase
+
+
+class PushResource(Resource):
+    isLeaf = True
+
+    def __init__(self, code: int, answer: dict[str, Any]) -> None:
+        super().__init__()
+        self.code = code
+        self.answer = answer
+        self.seen: list[tuple[bytes, str | None, Any]] = []
+
+    def render_POST(self, request: Request) -> bytes:
+        assert request.content is not None
+        body = json.loads(request.content.read())
+        self.seen.append((request.path, request.getHeader("authorization"), body))
+        request.setResponseCode(self.code)
+        request.setHeader("content-type", "application/json")
+        return json.dumps(self.answer).encode()
+
+
+class PushTests(CliTestCase):
+    def push(self, resource: PushResource, *extra: str) -> Deferred[int]:
+        stub = StubTreq(resource)
+        d = self.run_cli(
+            "push",
+            "--to",
+            "8",
+            "--to-appcode",
+            "1002",
+            "--msgtype",
+            "3",
+            *extra,
+            "new",
+            "order",
+            http=stub,
+        )
+        stub.flush()
+        return d
+
+    def test_push(self) -> None:
+        resource = PushResource(200, {"msgid": "77", "logid": "lg", "online": True})
+        d = self.push(resource)
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(
+            json.loads(self.out.getvalue()), {"msgid": "77", "logid": "lg", "online": True}
+        )
+        path, auth, body = resource.seen[0]
+        self.assertEqual((path, auth), (b"/v1/push", "Bearer demo-key-1002"))
+        self.assertEqual(
+            body, {"to_uid": 8, "to_appcode": 1002, "msgtype": 3, "content": "new order"}
+        )
+
+    def test_api_key_and_logid(self) -> None:
+        resource = PushResource(200, {"msgid": "1"})
+        d = self.push(resource, "--api-key", "k", "--logid", "L1", "--http", "http://h:1/")
+        self.assertEqual(self.exit_code(d), 0)
+        _path, auth, body = resource.seen[0]
+        self.assertEqual((auth, body["logid"]), ("Bearer k", "L1"))
+
+    def test_http_error(self) -> None:
+        d = self.push(PushResource(401, {"error": "bad api key"}))
+        self.assertEqual(self.exit_code(d), 1)
+        self.assertEqual(self.out.getvalue(), "")
+        self.assertEqual(self.err.getvalue(), "msgctl: error: HTTP 401: bad api key\n")
+
+    def test_key_required_for_other_apps(self) -> None:
+        d = self.run_cli("push", "--to", "8", "--to-appcode", "5000", "--msgtype", "3", "x")
+        self.assertEqual(self.exit_code(d), 2)
+        self.assertIn("--api-key is required", self.err.getvalue())
+
+
+class StatsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__()
+        self.answer = answer
+        self.seen: list[tuple[bytes, str | None]] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.seen.append((request.path, request.getHeader("authorization")))
+        request.setHeader("content-type", "application/json")
+        return json.dumps(self.answer).encode()
+
+
+class StatsTests(CliTestCase):
+    ANSWER = {
+        "totals": {"accepted": 4, "pushed": 3, "acked": 3, "repushed": 1, "stored": 1,
+                   "pulled": 1},
+        "by_route": [{"appcode": 1001, "msgtype": 7, "kind": "C2C", "accepted": 4, "pushed": 3,
+                      "acked": 3, "repushed": 1, "stored": 1, "pulled": 1,
+                      "ack_latency": {"count": 3, "mean_ms": 40.1, "p50_ms": 25.0,
+                                      "p90_ms": 100.0, "p99_ms": 100.0}}],
+        "ack_latency": {"count": 3, "mean_ms": 40.1, "p50_ms": 25.0, "p90_ms": 100.0,
+                        "p99_ms": None},
+        "delivery_rate": 0.75, "delivery_rate_total": 0.75, "window_s": 300.0,
+    }
+
+    def test_table(self) -> None:
+        resource = StatsResource(self.ANSWER)
+        stub = StubTreq(resource)
+        d = self.run_cli("stats", http=stub)
+        stub.flush()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(resource.seen, [(b"/v1/stats", "Bearer demo-key-1001")])
+        lines = self.out.getvalue().splitlines()
+        self.assertEqual(lines[0], "delivery rate: 75.00% (last 300 s), since the start: 75.00%")
+        self.assertEqual(lines[2].split(),
+                         ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1", "25", "100"])
+        self.assertEqual(lines[3].split(), ["total", "4", "3", "3", "1", "1", "1", "25", "-"])
+
+    def test_json(self) -> None:
+        stub = StubTreq(StatsResource(self.ANSWER))
+        d = self.run_cli("stats", "--json", "--appcode", "1002", http=stub)
+        stub.flush()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(json.loads(self.out.getvalue()), self.ANSWER)
