@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -30,9 +32,23 @@ from daojia_msg.store.sqlite import SQLiteMessageStore, inline_sqlite_pool
 T0 = 1795700000.0
 
 
+_scratch: list[str] = []
+
+
+def scratch_dir() -> str:
+    """A new folder for a test's files, under one folder per test process that
+    is removed when the process exits (a :class:`Stack` has no test case to
+    clean up after it)."""
+    if not _scratch:
+        root = tempfile.mkdtemp(prefix="msgplatform-test-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _scratch.append(root)
+    return tempfile.mkdtemp(dir=_scratch[0])
+
+
 def inline_store(directory: str | None = None, clock: Clock | None = None) -> SQLiteMessageStore:
     """A started SQLite store whose interactions run inline (deterministic)."""
-    directory = directory or tempfile.mkdtemp(prefix="msgplatform-test-")
+    directory = directory or scratch_dir()
     path = os.path.join(directory, "messages.db")
     if clock is None:
         clock = Clock()

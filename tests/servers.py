@@ -87,6 +87,27 @@ def require_haproxy() -> str:
     return path
 
 
+def redis_prefix(test: Any) -> str:
+    """A fresh key prefix for ``test``, whose keys are deleted once everything
+    the test registered after this call has run (a node writes keys as it
+    stops), over a connection of the cleanup's own."""
+    url = require_redis()
+    prefix = f"msgp-test-{uuid.uuid4().hex[:12]}:"
+
+    async def cleanup() -> None:
+        from daojia_msg.config import RedisConfig
+        from daojia_msg.redisconn import connect
+
+        redis = await connect(RedisConfig(url=url))
+        try:
+            await delete_redis_keys(redis, prefix)
+        finally:
+            await redis.close()
+
+    test.addCleanup(cleanup)
+    return prefix
+
+
 async def delete_redis_keys(redis: Any, prefix: str | None = None) -> None:
     """Delete the keys under ``prefix`` (default: the connection's own prefix),
     never anyone else's: tests share the Redis database and never FLUSHDB."""

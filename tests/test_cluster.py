@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
 from typing import Any
 
 from twisted.internet import reactor
@@ -18,7 +17,7 @@ from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.nodes import Inbox, NodeTestCase
-from tests.servers import delete_redis_keys, require_redis
+from tests.servers import redis_prefix, require_redis
 
 R: Any = reactor
 
@@ -50,17 +49,10 @@ class ClusterTests(NodeTestCase):
         return Deferred.fromCoroutine(self.asyncSetUp())
 
     async def asyncSetUp(self) -> None:
-        self.prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
+        self.prefix = redis_prefix(self)
         data = os.path.abspath(self.mktemp())
         self.node1 = await self.start_cluster_node(data, self.prefix)
         self.node2 = await self.start_cluster_node(data, self.prefix)
-        self.addCleanup(self.delete_keys)
-
-    async def delete_keys(self) -> None:
-        redis = self.node1.redis or self.node2.redis
-        if redis is None:
-            return
-        await delete_redis_keys(redis, self.prefix)
 
     async def client_on(self, node: Node, uid: int) -> tuple[Any, Inbox]:
         self.node = node
@@ -198,7 +190,7 @@ class LeaseTests(TestCase):
         self.redis_url = require_redis()
 
     async def test_node_id_held(self) -> None:
-        prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
+        prefix = redis_prefix(self)
         cluster = ClusterTests()
         cluster.redis_url = self.redis_url
         cluster.mktemp = self.mktemp  # type: ignore[method-assign]
@@ -213,6 +205,3 @@ class LeaseTests(TestCase):
         with self.assertRaises(ConfigError) as e:
             await second.ready
         self.assertEqual(str(e.exception), "node.id: node id 77 is held by a live node")
-        cluster.prefix = prefix
-        cluster.node1, cluster.node2 = first, second
-        await cluster.delete_keys()

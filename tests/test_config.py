@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -437,7 +436,7 @@ class SyntaxAndFileTests(ConfigTestCase):
         self.assertConfigError(APP + APP, "not valid TOML: ")  # a table defined twice
 
     def test_load_missing_file(self) -> None:
-        path = os.path.join(tempfile.mkdtemp(), "nope.toml")
+        path = os.path.join(os.path.abspath(self.mktemp()), "nope.toml")
         exc = self.assertRaises(ConfigError, load_config, path)
         self.assertIn(repr(path), str(exc))
         self.assertIn("cannot read config file", str(exc))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ from daojia_msg.cluster.registry import NodeRegistry
 from daojia_msg.config import ClusterConfig, RedisConfig
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.redisconn import Redis, connect
-from tests.servers import delete_redis_keys, require_redis
+from tests.servers import redis_prefix, require_redis
 
 #: A fixed, realistic start time (2026-11-26) for the fake clocks.
 T0 = 1795700000.0
@@ -39,16 +38,12 @@ class RedisFixture(TestCase):
 
     async def asyncSetUp(self) -> None:
         url = require_redis()
-        self.prefix = f"msgp-test-{uuid.uuid4().hex[:12]}:"
+        self.prefix = redis_prefix(self)
         self.redis = await connect(RedisConfig(url=url, key_prefix=self.prefix))
         self.addCleanup(self.redis.close)
-        self.addCleanup(self.delete_keys)
 
     def setUp(self) -> Any:
         return Deferred.fromCoroutine(self.asyncSetUp())
-
-    async def delete_keys(self) -> None:
-        await delete_redis_keys(self.redis, self.prefix)
 
     def registry(self, wanted_id: int | None = None, *, clock: Clock | None = None,
                  connections: Callable[[], int] = lambda: 0,

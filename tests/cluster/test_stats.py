@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from twisted.internet import reactor
@@ -15,7 +14,7 @@ from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.model import Kind
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.redisconn import Redis, connect
-from tests.servers import delete_redis_keys, require_redis
+from tests.servers import redis_prefix, require_redis
 
 C2C = (1001, 7, Kind.C2C)
 S2C = (1002, 5, Kind.S2C)
@@ -68,14 +67,9 @@ class WindowTests(SynchronousTestCase):
 
 class ClusterStatsTests(TestCase):
     async def connect(self) -> Redis:
-        prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
+        prefix = redis_prefix(self)
         redis = await connect(RedisConfig(url=require_redis(), key_prefix=prefix))
-
-        async def cleanup() -> None:
-            await delete_redis_keys(redis)
-            await redis.close()
-
-        self.addCleanup(cleanup)
+        self.addCleanup(redis.close)
         return redis
 
     async def test_counts_add_up_across_two_nodes(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -49,9 +51,8 @@ class PullTests(SynchronousTestCase):
         self.assertTrue(page.has_more)
 
     def test_pending_survive_restart(self) -> None:
-        import tempfile
-
-        directory = tempfile.mkdtemp()
+        directory = self.mktemp()
+        os.makedirs(directory)
         stack = Stack(store=inline_store(directory))
         a = stack.login(1)
         sent = [a.c2c(2, b"%d" % i).msgid for i in range(5)]
