@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.bench.test_versus -*-
 """``msgplatform-bench versus``: msgplatform and an MQTT broker, side by side.
 
-One run drives the ``c2c`` scenario against the node (:func:`cli.run
-<daojia_msg.bench.cli.run>`), then the same load against the broker
+One run drives the ``c2c`` scenario against the node (:func:`runner.run
+<daojia_msg.bench.runner.run>`), then the same load against the broker
 (:func:`mqtt.run_mqtt <daojia_msg.bench.mqtt.run_mqtt>`, Mosquitto on this
 machine), and divides the two. Both sides get the same options:
 
@@ -45,9 +45,9 @@ from collections.abc import Callable
 from typing import Any
 
 from daojia_msg.bench import mqtt
-from daojia_msg.bench.cli import BenchError, strip_samples
-from daojia_msg.bench.cli import run as run_c2c
 from daojia_msg.bench.report import calibrate, git_commit, machine_facts, proc_cpu_s
+from daojia_msg.bench.runner import BenchError, strip_samples
+from daojia_msg.bench.runner import run as run_c2c
 from daojia_msg.bench.stats import cpu_share, generator_verdict
 from daojia_msg.bench.wire import source_address
 
@@ -210,7 +210,7 @@ def side(*, throughput: float | None, sent: int, completed: int, elapsed_s: floa
 
 
 def ours_side(doc: dict[str, Any]) -> dict[str, Any]:
-    """msgplatform's figures from a ``c2c`` document (:func:`cli.run`)."""
+    """msgplatform's figures from a ``c2c`` document (:func:`runner.run`)."""
     res, node = doc["results"], doc["node"]
     push = res.get("push_latency") or {}
     return side(

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.bench.test_bench -*-
 """One load-generator process: ``python -m daojia_msg.bench.worker``.
 
-Talks to the parent (:mod:`daojia_msg.bench.cli`) in JSON lines. Stdin: the
+Talks to the parent (:mod:`daojia_msg.bench.runner`) in JSON lines. Stdin: the
 spec (first line), then ``go`` and ``stop``. Stdout, one object a line:
 ``{"ev": "progress", "n": k}`` (units done since the last one), ``{"ev":
 "ready", "setup": {...}, "cpu": {...}}`` after the untimed setup, ``{"ev": "result",

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.bench import cli, report, stats
+from daojia_msg.bench import cli, report, runner, stats
 from daojia_msg.bench.scenarios import C2C, HttpConnection, HttpResponseError, Pull, Push, RawHttp
 from daojia_msg.bench.wire import BenchClient, result_code, source_address
 from daojia_msg.protocol.codec import FrameDecoder, encode
@@ -175,7 +175,7 @@ class OptionsTests(SynchronousTestCase):
     def test_c2c_specs_split_pairs_and_rate(self) -> None:
         args = self.parse("c2c", "--pairs", "5", "--rate", "1000", "--procs", "2",
                           "--gate", "127.0.0.1:7001", "--uid-base", "100")
-        specs = cli.worker_specs(args)
+        specs = runner.worker_specs(args)
         self.assertEqual([(s["lo"], s["hi"]) for s in specs], [(0, 3), (3, 5)])
         self.assertEqual([s["rate"] for s in specs], [600.0, 400.0])
         self.assertEqual(specs[0]["gate_port"], 7001)
@@ -183,12 +183,12 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(specs[0]["api_key"], "demo-key-1001")
 
     def test_pull_uses_one_worker(self) -> None:
-        specs = cli.worker_specs(self.parse("pull", "-n", "50", "--procs", "4"))
+        specs = runner.worker_specs(self.parse("pull", "-n", "50", "--procs", "4"))
         self.assertEqual(len(specs), 1)
         self.assertEqual(specs[0]["n"], 50)
 
     def test_push_splits_rate_over_procs(self) -> None:
-        specs = cli.worker_specs(self.parse("push", "--batch", "10", "--rate", "900",
+        specs = runner.worker_specs(self.parse("push", "--batch", "10", "--rate", "900",
                                             "--procs", "3", "--concurrency", "9"))
         self.assertEqual([(s["rate"], s["concurrency"], s["batch"]) for s in specs],
                          [(300.0, 3, 10)] * 3)
@@ -209,8 +209,8 @@ class OptionsTests(SynchronousTestCase):
             self.assertRaises(SystemExit, self.parse, "c2c", "--node-pid", bad)
 
     def test_rate_limit_warning(self) -> None:
-        self.assertEqual(cli.check(self.parse("c2s", "--conns", "100", "--rate", "10000")), [])
-        [warning] = cli.check(self.parse("c2s", "--conns", "10", "--rate", "10000"))
+        self.assertEqual(runner.check(self.parse("c2s", "--conns", "100", "--rate", "10000")), [])
+        [warning] = runner.check(self.parse("c2s", "--conns", "10", "--rate", "10000"))
         self.assertIn("1000 frames/s per connection", warning)
 
 
@@ -243,7 +243,7 @@ class ReportTests(SynchronousTestCase):
 
     def test_json_shape_and_table(self) -> None:
         doc = self.doc()
-        text = json.dumps(cli.strip_samples(doc))
+        text = json.dumps(runner.strip_samples(doc))
         back = json.loads(text)
         self.assertEqual(set(back), {"scenario", "parameters", "results", "generator", "node",
                                      "git_commit", "machine"})
@@ -293,7 +293,7 @@ class SmokeTests(NodeTestCase):
         args = cli.build_parser().parse_args(
             [scenario, "--gate", f"127.0.0.1:{self.port('gate')}",
              "--http", f"http://127.0.0.1:{self.port('http')}", "--uid-base", "5000"])
-        [spec] = cli.worker_specs(args)
+        [spec] = runner.worker_specs(args)
         spec.update(kw)
         return spec
 

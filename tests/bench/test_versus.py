@@ -16,14 +16,14 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.bench import cli, versus
-from daojia_msg.bench.cli import BenchError
+from daojia_msg.bench import cli, runner, versus
+from daojia_msg.bench.runner import BenchError
 from tests.nodes import NodeTestCase
 from tests.servers import require_mosquitto
 
 
 def c2c_doc() -> dict[str, Any]:
-    """A ``c2c`` document as :func:`cli.run` returns it (the fields versus reads)."""
+    """A ``c2c`` document as :func:`runner.run` returns it (the fields versus reads)."""
     return {
         "scenario": "c2c",
         "parameters": {"pairs": 200},
@@ -207,7 +207,7 @@ class OptionsTests(SynchronousTestCase):
         ours = versus.c2c_args(args)
         self.assertEqual((ours.scenario, ours.ack), ("c2c", "each"))
         self.assertFalse(hasattr(ours, "mqtt") or hasattr(ours, "broker_pid"))
-        specs = cli.worker_specs(ours)
+        specs = runner.worker_specs(ours)
         # rate: in total, spread by share of pairs, on both sides
         self.assertEqual(sum(s["rate"] for s in specs), plan.rate)
         self.assertEqual((plan.pairs, plan.window, plan.procs, plan.duration, plan.drain),
@@ -243,7 +243,7 @@ class RunTests(SynchronousTestCase):
 
     def test_one_node_only(self) -> None:
         args = parse("--pairs", "4", "--no-progress", "--node-pid", "3,4")
-        with self.assertRaises(cli.BenchError) as e:
+        with self.assertRaises(runner.BenchError) as e:
             self.drive(args)
         self.assertIn("give one --node-pid", str(e.exception))
         self.assertEqual(self.calls, [])
