@@ -2,8 +2,8 @@
 """Time limits for many Deferreds that all get the same time, on one timer.
 
 ``Deferred.addTimeout`` schedules and cancels a DelayedCall per Deferred (and
-adds three callbacks): on a path that runs per message (a Redis command, a bus
-publish, an RPC) that was a tenth of the node's time. When every Deferred gets
+adds three callbacks), too much on a path that runs per message (a Redis
+command, a bus publish, an RPC). When every Deferred gets
 the same ``timeout``, the order they were watched in is the order of their
 deadlines, so an ordered dict is the queue and one DelayedCall (for the oldest)
 serves them all; nothing is scheduled while nothing waits.
@@ -13,9 +13,8 @@ Time the node was stalled does not count. A reactor runs its due timers
 work (a big batch, a core taken by other processes) is only sent once that
 work ends. When the node was busy for longer than a timeout, the timer fires
 late, and what it watches may be an answer that already arrived, unread, or
-a request that was never sent: taken for timeouts, these dropped a healthy
-Redis connection with every command on it, on a node already busy, which
-made it busier (the two-node overload collapse in BENCHMARKS.md). So a timer
+a request that was never sent: taken for timeouts, they would drop a healthy
+connection with every command on it, on a node already busy. So a timer
 that fires more than :data:`STALL_SHARE` of its timeout late gives
 everything that waits one more ``timeout`` from then, once each: a Deferred
 still waits at most twice its timeout plus the stall, and never for ever.

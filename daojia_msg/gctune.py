@@ -5,17 +5,14 @@ A node keeps a large heap of long-lived objects (modules, protobuf
 descriptors, config, then every connection and session), and every message
 allocates a few short-lived ones (Deferreds, timers, frames) that live through
 a store or bus round trip and so get promoted. CPython's full collections
-then scan the whole heap again and again: measured on C2S into Redis Streams,
-about a third of the node's CPU went to them. So, after start-up:
+then scan the whole heap again and again. So, after start-up:
 
 * :func:`gc.freeze` moves everything allocated so far to a permanent generation
   that collections no longer scan;
 * the youngest generation's threshold goes from 700 to :data:`THRESHOLD0`
   allocations, so fewer in-flight objects are promoted before they die.
 
-Measured (one node, 2 cores, interleaved runs, node CPU per message): C2S into
-Redis Streams 64-75 us -> 46-53 us (13,000-14,000 -> 16,000-20,000 frames/s);
-C2C on SQLite 217-255 us -> 195-205 us.
+The effect is measured in BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ class Redis:
         """Write the command to ``conn`` and wait for its reply in the
         connection's reply queue, as ``execute_command`` does, without its
         result Deferred, its three callbacks and its DelayedCall per command
-        (on a LOGIN, two commands, this was a sixth of the node's CPU).
+        (this runs twice per LOGIN).
 
         The reply timeout is one timer for all such commands
         (:class:`~daojia_msg.deadlines.Deadlines`); when it expires the

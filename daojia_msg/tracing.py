@@ -2,7 +2,7 @@
 """Tracing one message across the nodes by its ``logid`` (docs/protocol.md §6.3).
 
 Every log line about a message carries ``logid``, ``msgid``, ``uid`` and
-``appcode`` as fields (STYLE.md). ``uid``/``appcode`` name the user the line
+``appcode`` as fields, so one search by logid finds the message's whole path. ``uid``/``appcode`` name the user the line
 is about: the sender on the way in (accepted, stored, published; for an app
 server's push, which has no sender, the recipient), the recipient from then
 on (pushed, re-pushed, left pending, pulled, ACKed, handed to another node);
@@ -19,8 +19,7 @@ lines that name both add ``to_uid``/``to_appcode``. This module adds the rest:
   pushed, ACKed, pulled, published, re-pushed) and the session path (each
   successful LOGIN and LOGOUT). They are published here, not to the global
   log: only the JSON trace file and the trace buffer listen, so they never
-  fill twistd's text log and cost almost nothing when nobody listens (a text
-  log line per LOGIN was a fifth of a login's CPU). Warnings and errors about
+  fill twistd's text log and cost almost nothing when nobody listens. Warnings and errors about
   a message go to the global log, with its logid; so do refused logins, kicks
   and logins that lost a race.
 

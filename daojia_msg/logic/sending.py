@@ -89,9 +89,7 @@ class Sending:
 
     def c2s(self, session: Session, msgtype: int, req: pb.C2SRequest) -> Deferred[pb.Result]:
         """Publish to the topic of ``(appcode, msgtype)``; answer once the bus accepted it.
-
-        (C2S, C2C and ACK run per message: they are plain callbacks on one
-        Deferred, not coroutines, which cost a sixth of the node's CPU.)"""
+"""
         try:
             self.ctx.check_available()  # it takes a msgid
             self._check_content(req.content)
