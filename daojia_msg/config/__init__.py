@@ -11,41 +11,9 @@ docs/operations.md §1 (appcodes 1001 and 1002). A config file replaces them: it
 name its own apps.
 """
 
-from daojia_msg.config.model import (
-    DEMO_APPS,
-    DEMO_ROUTES,
-    MAX_NODE_ID,
-    AdminConfig,
-    AppConfig,
-    BusConfig,
-    ClusterConfig,
-    Config,
-    ConfigError,
-    Limits,
-    ListenConfig,
-    LogConfig,
-    MySQLConfig,
-    RedisConfig,
-    Route,
-    StatsConfig,
-    StoreConfig,
-    default_config,
-)
+from daojia_msg.config import model, urls
+from daojia_msg.config.model import *  # noqa: F403
 from daojia_msg.config.parse import load_config, parse_config
-from daojia_msg.config.urls import (
-    BUS_SCHEMES,
-    MySQLURL,
-    RedisURL,
-    check_bus_url,
-    check_urls,
-    parse_mysql_url,
-    parse_redis_url,
-)
+from daojia_msg.config.urls import *  # noqa: F403
 
-__all__ = [
-    "BUS_SCHEMES", "DEMO_APPS", "DEMO_ROUTES", "MAX_NODE_ID", "AdminConfig", "AppConfig",
-    "BusConfig", "ClusterConfig", "Config", "ConfigError", "Limits", "ListenConfig", "LogConfig",
-    "MySQLConfig", "MySQLURL", "RedisConfig", "RedisURL", "Route", "StatsConfig", "StoreConfig",
-    "check_bus_url", "check_urls", "default_config", "load_config", "parse_config",
-    "parse_mysql_url", "parse_redis_url",
-]
+__all__ = [*model.__all__, *urls.__all__, "load_config", "parse_config"]

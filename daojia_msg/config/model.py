@@ -8,6 +8,27 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "DEMO_APPS",
+    "DEMO_ROUTES",
+    "MAX_NODE_ID",
+    "AdminConfig",
+    "AppConfig",
+    "BusConfig",
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "Limits",
+    "ListenConfig",
+    "LogConfig",
+    "MySQLConfig",
+    "RedisConfig",
+    "Route",
+    "StatsConfig",
+    "StoreConfig",
+    "default_config",
+]
+
 MAX_NODE_ID = 1023
 
 

@@ -8,6 +8,16 @@ from urllib.parse import unquote, urlsplit
 
 from daojia_msg.config.model import Config, ConfigError
 
+__all__ = [
+    "BUS_SCHEMES",
+    "MySQLURL",
+    "RedisURL",
+    "check_bus_url",
+    "check_urls",
+    "parse_mysql_url",
+    "parse_redis_url",
+]
+
 BUS_SCHEMES = ("memory", "redis", "amqp", "amqps", "http", "https")
 
 
