@@ -12,7 +12,7 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from daojia_msg.bench.stats import latency_summary, rate, window
@@ -142,10 +142,9 @@ def _calibration_work() -> int:
 def calibrate(repeat: int = 9) -> float:
     """How fast this machine runs Python now: the median, in milliseconds, of
     ``repeat`` runs of :func:`_calibration_work`. Lower is faster. On a shared
-    virtual machine the same code measures differently from one day, or one
-    minute, to the next (seen here: 10 and 20 ms on an idle machine, seconds
-    apart); this says how much of a change is the machine's. The median, not
-    the fastest: it is the speed a run of that moment gets."""
+    virtual machine the same code measures differently from one minute to the
+    next; this says how much of a change is the machine's. The median, not the
+    fastest: it is the speed a run of that moment gets."""
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -170,38 +169,3 @@ def git_commit(directory: str | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def proc_rss_kib(pid: int) -> int | None:
-    """VmRSS of ``pid`` in KiB (``/proc/<pid>/status``), or ``None``."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def procs_rss_kib(pids: Sequence[int]) -> int | None:
-    """The VmRSS of ``pids`` added up (several nodes), or ``None`` if one is gone."""
-    values = [proc_rss_kib(pid) for pid in pids]
-    return None if None in values else sum(v for v in values if v is not None)
-
-
-def procs_cpu_s(pids: Sequence[int]) -> float | None:
-    """The CPU seconds of ``pids`` added up, or ``None`` if one is gone."""
-    values = [proc_cpu_s(pid) for pid in pids]
-    return None if None in values else sum(v for v in values if v is not None)
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` (``/proc/<pid>/stat``), or ``None``."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks

@@ -21,15 +21,8 @@ import sys
 import time
 from typing import IO, Any
 
-from daojia_msg.bench.report import (
-    SAMPLE_KEYS,
-    calibrate,
-    git_commit,
-    machine_facts,
-    procs_cpu_s,
-    procs_rss_kib,
-    summarize,
-)
+from daojia_msg.bench.procfs import procs_cpu_s, procs_rss_kib
+from daojia_msg.bench.report import SAMPLE_KEYS, calibrate, git_commit, machine_facts, summarize
 from daojia_msg.bench.stats import cpu_share, generator_verdict, split
 
 #: The node's default per-connection allowance (frames/s).

@@ -45,7 +45,9 @@ from collections.abc import Callable
 from typing import Any
 
 from daojia_msg.bench import mqtt
-from daojia_msg.bench.report import calibrate, git_commit, machine_facts, proc_cpu_s
+from daojia_msg.bench.mqttplan import Plan, make_plan
+from daojia_msg.bench.procfs import proc_cpu_s
+from daojia_msg.bench.report import calibrate, git_commit, machine_facts
 from daojia_msg.bench.runner import BenchError, strip_samples
 from daojia_msg.bench.runner import run as run_c2c
 from daojia_msg.bench.stats import cpu_share, generator_verdict
@@ -94,11 +96,11 @@ def sources(args: argparse.Namespace) -> list[str]:
                               for i in range(2 * args.pairs)))
 
 
-def mqtt_plan(args: argparse.Namespace) -> mqtt.Plan:
+def mqtt_plan(args: argparse.Namespace) -> Plan:
     """The broker side's plan from the run's options; ``BenchError`` if the
     options do not suit it (a payload under 12 bytes, more --procs than pairs)."""
     try:
-        return mqtt.make_plan(
+        return make_plan(
             args.mqtt[0], args.mqtt[1], args.pairs, args.size, args.duration, args.rate,
             args.window, args.procs, bind_addresses=sources(args),
             connect_timeout=args.setup_timeout, drain=args.drain)
