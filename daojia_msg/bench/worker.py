@@ -23,7 +23,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 
-from daojia_msg.bench.scenarios import SCENARIOS, Scenario
+from daojia_msg.bench.base import Scenario
+from daojia_msg.bench.scenarios import SCENARIOS
 from daojia_msg.bench.stats import cpu_share
 
 

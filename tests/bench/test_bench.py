@@ -8,19 +8,17 @@ import json
 import os
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.bench import cli, report, runner, stats
-from daojia_msg.bench.scenarios import C2C, HttpConnection, HttpResponseError, Pull, Push, RawHttp
+from daojia_msg.bench.gatescenarios import C2C
+from daojia_msg.bench.httpscenarios import Pull, Push
 from daojia_msg.bench.wire import BenchClient, result_code, source_address
 from daojia_msg.protocol.codec import FrameDecoder, encode
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
@@ -333,142 +331,3 @@ class SmokeTests(NodeTestCase):
         self.assertIn("nproc", doc["machine"])
         self.assertGreater(doc["machine"]["calibration_ms"], 0)
         self.assertGreater(doc["machine"]["calibration_after_ms"], 0)
-
-
-class RawHttpTests(SynchronousTestCase):
-    """The push generator's HTTP/1.1 client, over a StringTransport."""
-
-    ANSWER = (b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: 7\r\n\r\n{\"a\":1}")
-
-    def connect(self) -> tuple[HttpConnection, StringTransport]:
-        connection = HttpConnection()
-        transport = StringTransport()
-        connection.makeConnection(transport)
-        return connection, transport
-
-    def test_build(self) -> None:
-        http = RawHttp(R, {"http_url": "http://127.0.0.1:8280/", "api_key": "k-1"})
-        self.assertEqual(http.build("/v1/push", b"{}"),
-                         b"POST /v1/push HTTP/1.1\r\nHost: 127.0.0.1:8280\r\n"
-                         b"Authorization: Bearer k-1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 2\r\n\r\n{}")
-        with self.assertRaises(ValueError):
-            RawHttp(R, {"http_url": "https://example.com", "api_key": "k"})
-
-    def test_answers_byte_by_byte_and_back_to_back(self) -> None:
-        connection, transport = self.connect()
-        d = connection.request(b"REQ1")
-        self.assertEqual(transport.value(), b"REQ1")
-        for i in range(len(self.ANSWER) - 1):
-            connection.dataReceived(self.ANSWER[i:i + 1])
-        self.assertNoResult(d)
-        connection.dataReceived(self.ANSWER[-1:])
-        self.assertEqual(self.successResultOf(d), (200, b'{"a":1}'))
-        # The next answer arrives with part of a third in one read.
-        d2 = connection.request(b"REQ2")
-        connection.dataReceived(self.ANSWER.replace(b"200 OK", b"404 Not Found") + b"HTTP/1.1")
-        self.assertEqual(self.successResultOf(d2), (404, b'{"a":1}'))
-        d3 = connection.request(b"REQ3")
-        connection.dataReceived(self.ANSWER[8:])
-        self.assertEqual(self.successResultOf(d3), (200, b'{"a":1}'))
-        self.assertFalse(connection.closed)
-
-    def test_connection_close(self) -> None:
-        connection, transport = self.connect()
-        d = connection.request(b"REQ")
-        connection.dataReceived(b"HTTP/1.1 413 Too Large\r\nConnection: close\r\n"
-                                b"Content-Length: 0\r\n\r\n")
-        self.assertEqual(self.successResultOf(d), (413, b""))
-        self.assertTrue(connection.closed)
-        self.assertTrue(transport.disconnecting)
-
-    def test_unreadable_answers(self) -> None:
-        for answer in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                       b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"):
-            with self.subTest(answer=answer):
-                connection, transport = self.connect()
-                d = connection.request(b"REQ")
-                connection.dataReceived(answer)
-                self.failureResultOf(d, HttpResponseError)
-                self.assertTrue(transport.disconnecting)
-
-    def test_lost_while_waiting(self) -> None:
-        connection, _ = self.connect()
-        d = connection.request(b"REQ")
-        connection.connectionLost(Failure(ConnectionDone()))
-        self.failureResultOf(d, ConnectionDone)
-        self.assertTrue(connection.closed)
-
-    def test_timeout_drops_the_connection(self) -> None:
-        clock = Clock()
-        http = RawHttp(clock, {"http_url": "http://127.0.0.1:1", "api_key": "k"}, timeout=5)
-        connection, transport = self.connect()
-        http.idle.append(connection)
-        http.connections.add(connection)
-        d = Deferred.fromCoroutine(http.send(b"REQ"))
-        clock.advance(5)
-        self.failureResultOf(d, defer.TimeoutError)
-        self.assertTrue(transport.disconnecting)
-        self.assertEqual((http.idle, http.connections), ([], set()))
-        connection.connectionLost(Failure(ConnectionDone()))  # no second errback
-
-    def test_reuses_idle_connection(self) -> None:
-        http = RawHttp(Clock(), {"http_url": "http://127.0.0.1:1", "api_key": "k"})
-        connection, transport = self.connect()
-        http.idle.append(connection)
-        http.connections.add(connection)
-        d = Deferred.fromCoroutine(http.send(b"REQ"))
-        self.assertEqual(http.idle, [])
-        connection.dataReceived(self.ANSWER)
-        self.assertEqual(self.successResultOf(d), (200, b'{"a":1}'))
-        self.assertEqual(http.idle, [connection])
-
-
-class FakeHttp:
-    """What Push needs of RawHttp: answers held until the test releases them."""
-
-    def __init__(self) -> None:
-        self.held: list[Deferred[tuple[int, bytes]]] = []
-
-    def build(self, path: str, body: bytes) -> bytes:
-        return body
-
-    async def send(self, request: bytes) -> tuple[int, bytes]:
-        d: Deferred[tuple[int, bytes]] = Deferred()
-        self.held.append(d)
-        return await d
-
-
-class PushDrainTests(SynchronousTestCase):
-    def run_open_loop(self, drain_s: float) -> tuple[Clock, FakeHttp, Deferred[Any]]:
-        clock = Clock()
-        spec = {"rate": 1e9, "duration": 2e-9, "batch": 1, "concurrency": 2,
-                "uid_base": 5000, "appcode": 1001, "drain_s": drain_s}
-        scenario = Push(clock, spec)
-        http = FakeHttp()
-        scenario.http = http  # type: ignore[assignment]
-        d = Deferred.fromCoroutine(scenario.run())
-        for _ in range(100):
-            if len(http.held) == 2:
-                break
-            clock.advance(0.002)
-        self.assertEqual(len(http.held), 2)
-        return clock, http, d
-
-    def test_waits_for_requests_in_flight(self) -> None:
-        """Requests holding the semaphore are waited for too (not only queued ones)."""
-        clock, http, d = self.run_open_loop(drain_s=10)
-        clock.advance(0.002)
-        self.assertNoResult(d)
-        for answer in http.held:
-            answer.callback((200, b"{}"))
-        result = self.successResultOf(d)
-        self.assertEqual((result["sent"], result["ok"], result["errors"]), (2, 2, {}))
-
-    def test_drain_bounded(self) -> None:
-        clock, http, d = self.run_open_loop(drain_s=5)
-        http.held[0].callback((200, b"{}"))
-        clock.advance(5)
-        result = self.successResultOf(d)
-        self.assertEqual((result["sent"], result["ok"]), (2, 1))

@@ -1,0 +1,152 @@
+# -*- test-case-name: tests.bench.test_bench -*-
+"""What every scenario shares: the :class:`Scenario` base and the open-loop scheduler.
+
+A worker process runs its share of one scenario: ``setup()`` (connect and log in,
+seed data: not timed), ``run()`` (the measured part; returns a JSON-able dict) and
+``close()``. ``progress`` counts units of work for the parent's progress bar.
+Every wait is bounded: connections time out, and the drain after a run stops
+after ``drain_s`` even when answers are missing (they are then counted as missing).
+
+Times are ``time.monotonic()`` seconds: one clock for all processes of the
+machine, so the parent can merge the windows of several workers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.task import LoopingCall, deferLater
+
+from daojia_msg.auth import mint_token
+from daojia_msg.bench.wire import BenchClient, connect, source_address
+
+#: A connection to log in: (connection index, uid, token, client or None).
+Job = tuple[int, int, str, "BenchClient | None"]
+#: The open-loop scheduler's tick: sends due within a tick go out together.
+TICK_S = 0.002
+
+
+def dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+async def open_loop(reactor: Any, rate: float, duration: float, targets: list[Any],
+                    send: Callable[[Any, int], None]) -> None:
+    """Call ``send(target, intended_us)`` at ``rate`` per second for ``duration``
+    s, round robin over ``targets``. Each send carries its *intended* time, so
+    a late generator or a slow node shows as latency (no coordinated omission)."""
+    t0_us = now_us()
+    total = int(rate * duration)
+    done = 0
+    n = len(targets)
+
+    def tick() -> None:
+        nonlocal done
+        due = min(total, int((now_us() - t0_us) * rate / 1e6) + 1)
+        while done < due:
+            send(targets[done % n], t0_us + int(done * 1e6 / rate))
+            done += 1
+        if done >= total:
+            loop.stop()
+
+    loop = LoopingCall(tick)
+    loop.clock = reactor
+    await loop.start(TICK_S, now=True)
+
+
+class Scenario:
+    """Base: the spec, the reactor, identities and bounded log-ins."""
+
+    def __init__(self, reactor: Any, spec: dict[str, Any]) -> None:
+        self.reactor = reactor
+        self.spec = spec
+        self.progress = 0
+        self.clients: list[BenchClient] = []
+        self.login_failures: dict[str, int] = {}
+        self.stopped: Deferred[None] = Deferred()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def token(self, uid: int) -> str:
+        spec = self.spec
+        return mint_token(spec["secret"], spec["appcode"], uid, int(time.time()) + 3600)
+
+    def source(self, index: int) -> str:
+        return source_address(index, self.spec["per_address"], self.spec["source_first"])
+
+    async def login_one(self, index: int, uid: int, token: str,
+                        client: BenchClient | None = None) -> BenchClient | None:
+        """Connect connection number ``index`` (it picks the source address)
+        as ``uid`` and log in; ``None`` (counted) when that fails."""
+        spec = self.spec
+        client = client or BenchClient(uid, spec["appcode"])
+        try:
+            await connect(self.reactor, spec["gate_host"], spec["gate_port"], client,
+                          self.source(index), timeout=spec.get("connect_timeout", 30))
+            response = await client.login(token).addTimeout(
+                spec.get("connect_timeout", 30), self.reactor)
+        except Exception as e:  # counted, the run goes on
+            name = type(e).__name__
+            self.login_failures[name] = self.login_failures.get(name, 0) + 1
+            if client.transport is not None:
+                client.transport.abortConnection()  # type: ignore[attr-defined]
+            return None
+        if response.code != 0:
+            name = f"code {response.code}"
+            self.login_failures[name] = self.login_failures.get(name, 0) + 1
+            client.transport.loseConnection()  # type: ignore[union-attr]
+            return None
+        self.clients.append(client)
+        self.progress += 1
+        return client
+
+    async def login_many(self, jobs: Sequence[Job]) -> list[BenchClient | None]:
+        """Log in ``(index, uid, token, client)`` jobs, at most
+        ``concurrency`` connecting at once."""
+        sem = DeferredSemaphore(max(1, self.spec.get("concurrency", 64)))
+        ds = [sem.run(self._login_job, j) for j in jobs]
+        results = await DeferredList(ds, consumeErrors=True)
+        return [value if ok else None for ok, value in results]
+
+    def _login_job(self, job: Job) -> Deferred[BenchClient | None]:
+        return Deferred.fromCoroutine(self.login_one(*job))
+
+    def failures(self) -> dict[str, int]:
+        return dict(self.login_failures)
+
+    # -- the three phases ------------------------------------------------------
+
+    async def setup(self) -> dict[str, Any]:
+        return {}
+
+    async def run(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """The parent said stop (``connect`` holds its connections until then)."""
+        if not self.stopped.called:
+            self.stopped.callback(None)
+
+    def close(self) -> None:
+        """Reset every connection (RST): a polite close leaves each 4-tuple in
+        TIME_WAIT for a minute, and the next run, from the same source
+        addresses and ports, then meets some of them: its SYN is answered with
+        an ACK for the old connection and retried a second later."""
+        for client in self.clients:
+            if client.transport is not None and client.connected:
+                client.transport.abortConnection()  # type: ignore[attr-defined]
+        self.clients = []
+
+    async def _drain(self, done: Any) -> None:
+        """Wait until ``done()`` or ``drain_s`` passed (checked every 20 ms)."""
+        deadline = time.monotonic() + self.spec.get("drain_s", 10)
+        while not done() and time.monotonic() < deadline:
+            await deferLater(self.reactor, 0.02, lambda: None)

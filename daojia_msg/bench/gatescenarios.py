@@ -1,0 +1,241 @@
+# -*- test-case-name: tests.bench.test_bench -*-
+"""The scenarios on the gate alone: ``connect``, ``login``, ``c2s`` and ``c2c``."""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.task import deferLater
+
+from daojia_msg.bench.base import Job, Scenario, now_us, open_loop
+from daojia_msg.bench.wire import BenchClient, result_code
+from daojia_msg.protocol.codec import Frame
+from daojia_msg.protocol.codes import Cmd
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+
+#: C2C content starts with the intended send time (monotonic µs).
+_STAMP = struct.Struct("!q")
+
+
+class Connect(Scenario):
+    """Log in the worker's connections; hold them idle until told to stop."""
+
+    async def setup(self) -> dict[str, Any]:
+        spec = self.spec
+        lo, hi = spec["lo"], spec["hi"]
+        jobs: list[Job] = [(i, spec["uid_base"] + i, self.token(spec["uid_base"] + i), None)
+                for i in range(lo, hi)]
+        t0 = time.monotonic()
+        await self.login_many(jobs)
+        return {"t_start": t0, "t_end": time.monotonic(), "logged_in": len(self.clients),
+                "failed": self.failures()}
+
+    async def run(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        await self.stopped
+        alive = sum(1 for c in self.clients if c.connected)
+        kicked = sum(1 for c in self.clients if c.kicked is not None)
+        return {"t_start": t0, "t_end": time.monotonic(), "held": len(self.clients),
+                "still_connected": alive, "kicked": kicked}
+
+
+class Login(Scenario):
+    """Connect and log in as fast as the concurrency allows (the timed part)."""
+
+    async def setup(self) -> dict[str, Any]:
+        spec = self.spec
+        self.jobs: list[Job] = [
+            (i, spec["uid_base"] + i, self.token(spec["uid_base"] + i), None)
+            for i in range(spec["lo"], spec["hi"])]
+        return {}
+
+    async def run(self) -> dict[str, Any]:
+        self.latencies: list[int] = []
+        t0 = time.monotonic()
+
+        async def timed(index: int, uid: int, token: str, client: Any) -> Any:
+            start = now_us()
+            got = await self.login_one(index, uid, token, client)
+            if got is not None:
+                self.latencies.append(now_us() - start)
+            return got
+
+        sem = DeferredSemaphore(max(1, self.spec.get("concurrency", 64)))
+        def job(j: Job) -> Deferred[Any]:
+            return Deferred.fromCoroutine(timed(*j))
+
+        await DeferredList([sem.run(job, j) for j in self.jobs], consumeErrors=True)
+        t1 = time.monotonic()
+        return {"t_start": t0, "t_end": t1, "ok": len(self.clients), "failed": self.failures(),
+                "latency_us": self.latencies}
+
+
+class C2S(Scenario):
+    """C2S frames on ``conns`` connections: open loop at ``rate`` frames/s,
+    or closed loop (``rate`` 0) with ``window`` in flight per connection."""
+
+    async def setup(self) -> dict[str, Any]:
+        spec = self.spec
+        jobs: list[Job] = [(i, spec["uid_base"] + i, self.token(spec["uid_base"] + i), None)
+                for i in range(spec["lo"], spec["hi"])]
+        await self.login_many(jobs)
+        self.body = pb.C2SRequest(content=b"3" * spec.get("size", 32)).SerializeToString()
+        return {"logged_in": len(self.clients), "failed": self.failures()}
+
+    async def run(self) -> dict[str, Any]:
+        spec = self.spec
+        clients = [c for c in self.clients if c.connected]
+        self.sent = self.ok = 0
+        self.errors: dict[str, int] = {}
+        self.latencies: list[int] = []
+        if not clients:
+            return {"sent": 0, "ok": 0, "errors": {}, "latency_us": [], "t_start": None,
+                    "t_end": None}
+        msgtype, body = spec.get("msgtype", 1), self.body
+        deadline = time.monotonic() + spec["duration"]
+        closed = not spec["rate"]
+
+        def send(client: BenchClient, intended_us: int) -> None:
+            self.sent += 1
+
+            def answered(frame: Frame) -> None:
+                code = result_code(frame)
+                if code == 0:
+                    self.ok += 1
+                    self.progress += 1
+                    self.latencies.append(now_us() - intended_us)
+                else:
+                    self.errors[f"code {code}"] = self.errors.get(f"code {code}", 0) + 1
+                if closed and time.monotonic() < deadline and client.connected:
+                    send(client, now_us())
+
+            client.request(Cmd.C2S, body, answered, msgtype)
+
+        t0 = time.monotonic()
+        if closed:
+            for client in clients:
+                for _ in range(spec.get("window", 8)):
+                    send(client, now_us())
+            await deferLater(self.reactor, spec["duration"], lambda: None)
+        else:
+            await open_loop(self.reactor, spec["rate"], spec["duration"], clients, send)
+        t_sent = time.monotonic()
+        await self._drain(lambda: self.ok + sum(self.errors.values()) >= self.sent)
+        t1 = time.monotonic()
+        return {"t_start": t0, "t_send_end": t_sent, "t_end": t1, "sent": self.sent,
+                "ok": self.ok, "errors": self.errors, "latency_us": self.latencies,
+                "missing": self.sent - self.ok - sum(self.errors.values())}
+
+
+class C2C(C2S):
+    """``P`` sender/receiver pairs; receivers ACK every push."""
+
+    async def setup(self) -> dict[str, Any]:
+        spec = self.spec
+        self.pushes = self.acked = self.duplicates = 0
+        self.push_latencies: list[int] = []
+        self.seen: set[int] = set()
+        ack_each = spec.get("ack", "each") == "each"
+        jobs: list[Job] = []
+        self.pairs: list[tuple[BenchClient, BenchClient]] = []
+        for k in range(spec["lo"], spec["hi"]):
+            sender_uid = spec["uid_base"] + 2 * k
+            sender = BenchClient(sender_uid, spec["appcode"])
+            receiver = BenchClient(sender_uid + 1, spec["appcode"], on_push=self._pushed)
+            if not ack_each:
+                receiver.after_read = self._flush_acks
+            self.pairs.append((sender, receiver))
+            jobs.append((2 * k, sender_uid, self.token(sender_uid), sender))
+            jobs.append((2 * k + 1, sender_uid + 1, self.token(sender_uid + 1), receiver))
+        self.ack_each = ack_each
+        await self.login_many(jobs)
+        self.pairs = [(s, r) for s, r in self.pairs if s.connected and r.connected]
+        self.content_pad = b"c" * max(0, spec.get("size", 32) - _STAMP.size)
+        self.run_tag = f"{spec['uid_base']}-{spec['lo']}"
+        return {"pairs": len(self.pairs), "failed": self.failures()}
+
+    def _pushed(self, client: BenchClient, frame: Frame) -> None:
+        msg = pb.Message()
+        msg.ParseFromString(frame.body)
+        msgid = msg.msgid
+        if msgid in self.seen:
+            self.duplicates += 1
+        else:
+            self.seen.add(msgid)
+            self.pushes += 1
+            self.push_latencies.append(now_us() - _STAMP.unpack_from(msg.content)[0])
+        if self.ack_each:
+            client.ack([msgid], self._make_ack_cb(1))
+        else:
+            client.pending_acks.append(msgid)
+
+    def _flush_acks(self, client: BenchClient) -> None:
+        ids = client.pending_acks
+        while ids:
+            chunk, ids[:] = ids[:1000], ids[1000:]
+            client.ack(chunk, self._make_ack_cb(len(chunk)))
+
+    def _make_ack_cb(self, n: int) -> Any:
+        def acked(frame: Frame) -> None:
+            if result_code(frame) == 0:
+                self.acked += n
+                self.progress += n
+            else:
+                self.errors["ack"] = self.errors.get("ack", 0) + n
+        return acked
+
+    async def run(self) -> dict[str, Any]:
+        spec = self.spec
+        self.sent = self.ok = 0
+        self.errors = {}
+        self.latencies = []
+        if not self.pairs:
+            return {"sent": 0, "ok": 0, "errors": {}, "latency_us": [], "push_latency_us": [],
+                    "pushes": 0, "acked": 0, "t_start": None, "t_end": None}
+        deadline = time.monotonic() + spec["duration"]
+        closed = not spec["rate"]
+        to_appcode, msgtype, pad, tag = spec["appcode"], spec.get("msgtype", 7), \
+            self.content_pad, self.run_tag
+
+        def send(pair: tuple[BenchClient, BenchClient], intended_us: int) -> None:
+            sender, receiver = pair
+            n = self.sent = self.sent + 1
+            body = pb.C2CRequest(to_uid=receiver.uid, to_appcode=to_appcode,
+                                 content=_STAMP.pack(intended_us) + pad,
+                                 client_msg_id=f"{tag}-{n}").SerializeToString()
+
+            def answered(frame: Frame) -> None:
+                code = result_code(frame)
+                if code == 0:
+                    self.ok += 1
+                    self.latencies.append(now_us() - intended_us)
+                else:
+                    self.errors[f"code {code}"] = self.errors.get(f"code {code}", 0) + 1
+                if closed and time.monotonic() < deadline and sender.connected:
+                    send(pair, now_us())
+
+            sender.request(Cmd.C2C, body, answered, msgtype)
+
+        # The stamp is the intended send time (monotonic µs); the receiver
+        # (in this process) subtracts it from its own monotonic clock.
+        t0 = time.monotonic()
+        if closed:
+            for pair in self.pairs:
+                for _ in range(spec.get("window", 8)):
+                    send(pair, now_us())
+            await deferLater(self.reactor, spec["duration"], lambda: None)
+        else:
+            await open_loop(self.reactor, spec["rate"], spec["duration"], self.pairs, send)
+        t_sent = time.monotonic()
+        await self._drain(lambda: self.ok + sum(self.errors.values()) >= self.sent
+                          and self.acked >= self.ok)
+        t1 = time.monotonic()
+        return {"t_start": t0, "t_send_end": t_sent, "t_end": t1, "sent": self.sent,
+                "ok": self.ok, "errors": self.errors, "pushes": self.pushes,
+                "duplicates": self.duplicates, "acked": self.acked,
+                "missing_results": self.sent - self.ok - sum(
+                    v for k, v in self.errors.items() if k != "ack"),
+                "latency_us": self.latencies, "push_latency_us": self.push_latencies}
