@@ -22,7 +22,7 @@ from daojia_msg.protocol.codec import (
 )
 from daojia_msg.protocol.codes import MAGIC, RESPONSE_BIT, VERSION, Cmd
 
-#: The header format, written out here as the protocol page gives it.
+#: The header format, written out here as docs/protocol.md §2 gives it.
 WIRE_FORMAT = "!HBBIIQIII"
 MAX_BODY = 65536
 

@@ -1,8 +1,10 @@
 """The protobuf bodies (docs/protocol.md §4) and the protocol's code tables (§3, §4).
 
-The drift test regenerates the pb module with the pinned generator and compares
-it byte for byte with the committed one, so ``proto/msgplatform.proto`` and
-``daojia_msg/protocol/pb/`` cannot disagree unnoticed.
+One table of the bodies, :data:`SCHEMA`, is held against the generated module,
+``proto/msgplatform.proto`` and the bodies written in docs/protocol.md §4, so
+none of the four can drift from the others. The drift test regenerates the pb
+module with the pinned generator and compares it byte for byte with the
+committed one.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from daojia_msg.protocol.codes import (
     KickReason,
 )
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.protocol import page
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = page.ROOT
 PB_DIR = ROOT / "daojia_msg" / "protocol" / "pb"
 
 T = FieldDescriptor
@@ -113,7 +116,7 @@ SCHEMA: dict[str, list[Field]] = {
 }
 KIND = {"KIND_UNSPECIFIED": 0, "C2C": 1, "S2C": 2, "C2S": 3}
 
-#: Proto scalar type names as written in the .proto / PROTOCOL.md.
+#: Proto scalar type names as written in the .proto and in docs/protocol.md §4.
 TYPE_NAMES = {
     "string": T.TYPE_STRING,
     "bytes": T.TYPE_BYTES,
@@ -128,6 +131,7 @@ def parse_schema(text: str) -> tuple[dict[str, list[Field]], dict[str, int]]:
     """Messages and the Kind enum from proto-like ``text`` (docs/protocol.md §4 or the .proto)."""
     messages: dict[str, list[Field]] = {}
     enum: dict[str, int] = {}
+    text = re.sub(r"//[^\n]*", "", text)  # comments may say anything
     for kind, name, body in re.findall(r"\b(message|enum)?\s*(\w+)\s*\{([^}]*)\}", text):
         if kind == "enum" or name == "Kind":
             enum = {k: int(v) for k, v in re.findall(r"(\w+)\s*=\s*(\d+)\s*;", body)}
@@ -222,16 +226,18 @@ class SchemaTests(SynchronousTestCase):
         self.assertEqual(enum, KIND)
 
     def test_protocol_page_matches_table(self) -> None:
-        """The table above is docs/protocol.md §4, where the page is checked out beside the repo."""
-        page = ROOT.parent / "shared" / "PROTOCOL.md"
-        if not page.exists():
-            raise SkipTest(f"{page} not found")
-        text = page.read_text()
-        block = re.search(r"## 4\..*?```(.*?)```", text, re.S)
-        assert block is not None
-        messages, enum = parse_schema(block.group(1))
+        """The bodies written in docs/protocol.md §4 are the table above."""
+        bodies = page.subsection(page.section(page.text(), "4"), "Protobuf bodies")
+        blocks = page.fenced(bodies)
+        self.assertEqual(len(blocks), 1, "§4 Protobuf bodies: one fenced block of the bodies")
+        messages, enum = parse_schema(blocks[0])
         self.assertEqual(messages, SCHEMA)
         self.assertEqual(enum, KIND)
+
+    def test_protocol_page_names_the_package(self) -> None:
+        bodies = page.subsection(page.section(page.text(), "4"), "Protobuf bodies")
+        self.assertIn("proto3", bodies)
+        self.assertIn(f"`{pb.DESCRIPTOR.package}`", bodies)
 
 
 class WireCompatTests(SynchronousTestCase):
