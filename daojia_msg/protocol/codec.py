@@ -6,8 +6,9 @@ A frame is a 32-byte header (``"!HBBIIQIII"``, docs/protocol.md §2) and a body 
 coalescing of TCP chunks and call :meth:`FrameDecoder.next` until it returns
 ``None``. It rejects a bad magic as soon as the bytes show it, and checks the
 version and the body size from the header *before* any body byte is buffered
-as part of a frame, so a peer cannot make it hold more than one header plus
-``max_body`` bytes of one frame (the caller bounds what it feeds).
+as part of a frame (the first checks of docs/protocol.md §6.2), so a peer
+cannot make it hold more than one header plus ``max_body`` bytes of one frame
+(the caller bounds what it feeds).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class FrameDecoder:
         self._pos = 0
 
     def feed(self, data: bytes) -> None:
+        """Append received bytes; :meth:`next` takes the frames out."""
         self._buf += data
 
     def buffered(self) -> int:

@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.protocol.test_errors -*-
 """The request error tree, and the one table that maps it to wire and HTTP codes.
 
-Logic raises these; the gate turns them into a response frame with the code, the
-HTTP API into a status. Anything else that escapes a handler becomes INTERNAL
-(with ``log.failure``) and the node keeps serving.
+Logic raises these; the gate turns them into a response with the code
+(docs/protocol.md §4, Result codes), the HTTP API into a status
+(docs/openapi.yaml), so both answer a refusal the same way. Anything else that
+escapes a handler becomes INTERNAL (with ``log.failure``) and the node keeps
+serving.
 """
 
 from __future__ import annotations
