@@ -9,17 +9,19 @@
 
 ``on_envelope(envelope)`` gets an :class:`~daojia_msg.bus.envelope.Envelope`:
 the topic, the protobuf ``Message`` (kind C2S: msgid, from_uid, from_appcode,
-msgtype, content, send_time_ms) and the logid. By bus:
+msgtype, content, send_time_ms) and the logid. Each bus's app-server side is
+``daojia_msg.bus.<bus>_consumer``. By bus:
 
 - ``redis://``: reads the stream with ``XREAD BLOCK`` from new entries on
-  (a tail; production consumers use consumer groups, ``XREADGROUP``);
+  (:class:`~daojia_msg.bus.redis_streams_consumer.RedisStreamsConsumer`: a
+  tail; production consumers use consumer groups, ``XREADGROUP``);
 - ``amqp://``: binds an exclusive queue to the exchange with the topic as
   routing key (a tail; production consumers bind a durable queue of their own,
-  :class:`~daojia_msg.bus.amqp.AmqpConsumer` with ``queue=``); a lost
+  :class:`~daojia_msg.bus.amqp_consumer.AmqpConsumer` with ``queue=``); a lost
   connection is re-established with backoff;
 - ``http(s)://``: the platform POSTs to that URL, so the consumer *receives*:
-  it serves a :class:`~daojia_msg.bus.webhook.WebhookReceiver` on ``listen``
-  (a Twisted endpoint, e.g. ``tcp:9000:interface=127.0.0.1``).
+  it serves a :class:`~daojia_msg.bus.webhook_consumer.WebhookReceiver` on
+  ``listen`` (a Twisted endpoint, e.g. ``tcp:9000:interface=127.0.0.1``).
 """
 
 from __future__ import annotations
@@ -41,19 +43,19 @@ async def consume(reactor: Any, url: str, topic: str, on_envelope: Callable[[Env
     that stops it."""
     scheme = url.partition(":")[0]
     if scheme == "redis":
-        from daojia_msg.bus.redis_streams import RedisStreamsConsumer
+        from daojia_msg.bus.redis_streams_consumer import RedisStreamsConsumer
 
         streams = RedisStreamsConsumer(url, topic, reactor, on_envelope)
         await streams.start()
         return streams.stop
     if scheme in ("amqp", "amqps"):
-        from daojia_msg.bus.amqp import AmqpConsumer
+        from daojia_msg.bus.amqp_consumer import AmqpConsumer
 
         queue = AmqpConsumer(url, topic, reactor, on_envelope, exchange=exchange)
         await queue.start()
         return queue.stop
     if scheme in ("http", "https"):
-        from daojia_msg.bus.webhook import WebhookReceiver
+        from daojia_msg.bus.webhook_consumer import WebhookReceiver
 
         if not listen:
             raise ValueError("a webhook is received: give the endpoint to listen on")

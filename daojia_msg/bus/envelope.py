@@ -10,6 +10,10 @@ from google.protobuf.message import DecodeError
 
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
+#: The media type of an envelope's payload: the AMQP ``content_type``, the
+#: webhook's ``Content-Type``.
+CONTENT_TYPE = "application/x-protobuf"
+
 
 class BadEnvelope(ValueError):
     """The payload is not a serialized ``Message``."""

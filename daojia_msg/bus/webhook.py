@@ -1,14 +1,7 @@
 # -*- test-case-name: tests.bus.test_webhook -*-
-"""The HTTP webhook bus (docs/operations.md §7), and a receiver for it.
-
-:class:`WebhookBus` POSTs each C2S frame to the bus URL::
-
-    POST <url>
-    Content-Type: application/x-protobuf
-    X-Logid: <logid>
-    X-Topic: <topic>
-
-    <the serialized Message>
+"""The HTTP webhook bus: :class:`WebhookBus` POSTs each C2S envelope to the
+bus URL (the request: docs/operations.md §7). The app server's side is
+:mod:`daojia_msg.bus.webhook_consumer`.
 
 - A 2xx answer means accepted. A 4xx other than 408 and 429 means the receiver
   refuses the frame: :class:`BusUnavailable` at once, no retry. Anything else
@@ -27,16 +20,11 @@
   secrets).
 - :meth:`WebhookBus.start` does not contact the receiver (a POST would be a
   frame): a receiver that is down shows in the publishes.
-
-:class:`WebhookReceiver` is the other end: a ``twisted.web`` resource that an
-app server (or ``msgctl tail``, or a test) serves to get
-:class:`~daojia_msg.bus.envelope.Envelope` objects.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -56,17 +44,15 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope, log_fields
+from daojia_msg.bus.envelope import CONTENT_TYPE, log_fields
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.config import BusConfig, ConfigError
 from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.deadlines import within
 
-CONTENT_TYPE = b"application/x-protobuf"
+_CONTENT_TYPE = CONTENT_TYPE.encode()
 #: The first retry waits this long, each next one twice as long, up to RETRY_CAP_S.
 RETRY_BASE_S = 0.1
 RETRY_CAP_S = 2.0
@@ -265,7 +251,7 @@ class WebhookBus:
 
     async def _deliver(self, topic: str, payload: bytes, logid: str) -> None:
         headers = Headers({
-            b"Content-Type": [CONTENT_TYPE],
+            b"Content-Type": [_CONTENT_TYPE],
             b"X-Logid": [logid.encode()],
             b"X-Topic": [topic.encode()],
         })
@@ -316,73 +302,3 @@ class WebhookBus:
             if _cancelled(e):
                 raise CancelledError() from None
             raise
-
-
-class WebhookReceiver(Resource):
-    """Receives the webhook bus's POSTs and calls ``on_envelope(Envelope)``.
-
-    Answers 204 once ``on_envelope`` returned (or, when it returns a Deferred,
-    once that fired; 500 when it raised or failed, so the bus retries); 400 for
-    a body that is not a serialized ``Message`` (or empty); 413 beyond
-    ``max_body`` bytes; 415 for another Content-Type. The topic is the
-    ``X-Topic`` header, else ``topic``. It serves every path below where it is
-    put. Use::
-
-        site = Site(WebhookReceiver(handle))
-        endpoints.serverFromString(reactor, "tcp:8080").listen(site)
-    """
-
-    isLeaf = True
-    log = Logger()
-
-    def __init__(self, on_envelope: Callable[[Envelope], object], *, topic: str = "",
-                 max_body: int = 1 << 20) -> None:
-        super().__init__()
-        self.on_envelope = on_envelope
-        self.topic = topic
-        self.max_body = max_body
-
-    def render_POST(self, request: Request) -> bytes | int:
-        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if ctype != CONTENT_TYPE:
-            return _answer(request, 415, b"expected Content-Type: application/x-protobuf")
-        assert request.content is not None
-        body = request.content.read(self.max_body + 1)
-        if len(body) > self.max_body:
-            return _answer(request, 413, b"body too large")
-        topic_header = request.getHeader(b"x-topic")
-        topic = topic_header.decode("utf-8", "replace") if topic_header else self.topic
-        logid = (request.getHeader(b"x-logid") or b"").decode("utf-8", "replace")
-        if not body:
-            return _answer(request, 400, b"empty body")
-        try:
-            envelope = decode_envelope(topic, body, logid)
-        except BadEnvelope:
-            return _answer(request, 400, b"not a serialized Message")
-        try:
-            result = self.on_envelope(envelope)
-        except Exception:
-            self.log.failure("on_envelope failed on {topic}", topic=topic, logid=envelope.logid)
-            return _answer(request, 500, b"")
-        if not isinstance(result, Deferred):
-            return _answer(request, 204, b"")
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def finished(outcome: object) -> None:
-            if isinstance(outcome, Failure):
-                self.log.failure("on_envelope failed on {topic}", outcome, topic=topic,
-                                 logid=envelope.logid)
-            if not gone:
-                request.write(_answer(request, 500 if isinstance(outcome, Failure) else 204, b""))
-                request.finish()
-
-        result.addBoth(finished)
-        return NOT_DONE_YET
-
-
-def _answer(request: Request, code: int, body: bytes) -> bytes:
-    request.setResponseCode(code)
-    if body:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return body

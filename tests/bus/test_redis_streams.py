@@ -1,215 +1,46 @@
-"""The Redis Streams bus and stream reader on a real Redis: the exact entries,
-MAXLEN trimming, one command per batch, failures that never hang, and the
-consumer; and the batching on a fake connection and a Clock.
+"""The Redis Streams bus on a real Redis: the exact entries, MAXLEN trimming,
+one command per batch, failures that never hang; and the batching and its
+deadline on a fake connection and a Clock.
 
-Other tests share the Redis database: each test uses streams of random names
-and deletes them at cleanup; nothing here flushes a database. (One test
-flushes the server's script cache, ``SCRIPT FLUSH``: every user of a script
-here loads it again on ``NOSCRIPT``.)
+(One test flushes the server's script cache, ``SCRIPT FLUSH``: every user of a
+script here loads it again on ``NOSCRIPT``.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from types import SimpleNamespace
-from typing import Any, cast
-from uuid import uuid4
+from typing import cast
 
 import txredisapi
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort, ITransport
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
-from twisted.protocols.portforward import ProxyServer
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from daojia_msg.bus.envelope import Envelope
 from daojia_msg.bus.interfaces import IMessageBus
-from daojia_msg.bus.redis_streams import (
-    MAX_BATCH,
-    MAX_BATCH_BYTES,
-    XADD_BATCH,
-    RedisStreamsBus,
-    RedisStreamsConsumer,
-)
+from daojia_msg.bus.redis_streams import MAX_BATCH, MAX_BATCH_BYTES, XADD_BATCH, RedisStreamsBus
 from daojia_msg.config import BusConfig, parse_redis_url
 from daojia_msg.core.errors import BusUnavailable
-from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from tests.servers import TrackingProxyFactory, closed_port, listen, require_redis
-
-#: Reply timeout of the failure tests.
-TIMEOUT = 0.2
-#: "Quickly" on the real reactor: a few timeouts, with room for a loaded
-#: machine; a hang would take txredisapi's reconnect backoff or forever.
-QUICK = 2.0
-
-
-def new_topic() -> str:
-    return f"msgp-test-{uuid4().hex[:12]}"
-
-
-def message(n: int = 1, logid: str = "log-1") -> bytes:
-    """A serialized C2S Message; its bytes are not valid UTF-8."""
-    payload = pb.Message(msgid=2**64 - 1 - n, from_uid=7, from_appcode=1001, msgtype=1,
-                         content=b"\xff\xfe\x00\x80gps", logid=logid,
-                         kind=pb.C2S).SerializeToString()
-    return payload
-
-
-def log_events(test: SynchronousTestCase) -> EventLoggingObserver:
-    """Every log event while ``test`` runs."""
-    events = EventLoggingObserver()
-    globalLogPublisher.addObserver(events)
-    test.addCleanup(globalLogPublisher.removeObserver, events)
-    return events
-
-
-async def unavailable(test: TestCase, d: Deferred[Any]) -> BusUnavailable:
-    """The :class:`BusUnavailable` that ``d`` fails with (else the test fails)."""
-    error: BusUnavailable = await test.assertFailure(d, BusUnavailable)
-    return error
-
-
-class Silent(Protocol):
-    """A server that accepts and never answers."""
-
-
-class Requests:
-    """Parses the commands a Redis client sends (RESP arrays of bulk strings)."""
-
-    def __init__(self, into: list[list[bytes]]) -> None:
-        self.into = into
-        self.buffer = b""
-
-    def feed(self, data: bytes) -> None:
-        self.buffer += data
-        while (command := self._next()) is not None:
-            self.into.append(command)
-
-    def _next(self) -> list[bytes] | None:
-        buf = self.buffer
-        if not buf:
-            return None
-        assert buf[:1] == b"*", buf[:20]
-        end = buf.find(b"\r\n")
-        if end < 0:
-            return None
-        pos, args = end + 2, []
-        for _ in range(int(buf[1:end])):
-            end = buf.find(b"\r\n", pos)
-            if end < 0:
-                return None
-            assert buf[pos:pos + 1] == b"$", buf[pos:pos + 20]
-            start = end + 2
-            stop = start + int(buf[pos + 1:end])
-            if len(buf) < stop + 2:
-                return None
-            args.append(buf[start:stop])
-            pos = stop + 2
-        self.buffer = buf[pos:]
-        return args
-
-
-class RawRedis(Protocol):
-    """A bare connection to Redis: the reply bytes exactly as they come."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def send(self, *commands: list[bytes]) -> Deferred[bytes]:
-        """Sends ``commands`` and a PING; fires with all the bytes up to its PONG."""
-        out = b"".join(b"*%d\r\n" % len(c) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a)
-                                                      for a in c) for c in commands)
-        assert self.transport is not None
-        self.transport.write(out + b"PING\r\n")
-        return self.done
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if self.received.endswith(b"+PONG\r\n") and not self.done.called:
-            self.done.callback(self.received)
-
-
-class FreezableProxy(ProxyServer):
-    """Forwards to Redis, or swallows what the client sends while frozen;
-    records the commands it forwards."""
-
-    def connectionMade(self) -> None:
-        self.requests = Requests(cast(ControlledProxyFactory, self.factory).commands)
-        super().connectionMade()
-
-    def dataReceived(self, data: bytes) -> None:
-        if not cast(ControlledProxyFactory, self.factory).frozen:
-            self.requests.feed(data)
-            super().dataReceived(data)
-
-
-class ControlledProxyFactory(TrackingProxyFactory):
-    """A TCP proxy to Redis that can go silent or cut every connection.
-
-    ``commands`` holds every command the clients sent through it, in order.
-    """
-
-    protocol = FreezableProxy
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(host, port)
-        self.frozen = False
-        self.commands: list[list[bytes]] = []
-
-
-class RedisTestCase(TestCase):
-    """A raw connection for checks (``self.raw``), streams deleted at cleanup."""
-
-    async def setUp(self) -> None:  # type: ignore[override]
-        self.url = require_redis()
-        u = parse_redis_url(self.url)
-        self.raw = await txredisapi.Connection(
-            u.host, u.port, dbid=u.db, reconnect=False, charset=None, convertNumbers=False,
-            password=u.password or None, connectTimeout=2, replyTimeout=2)
-        self.addCleanup(self.raw.disconnect)
-        self.topic = self.stream()
-
-    def stream(self) -> str:
-        """A fresh stream name, deleted at cleanup."""
-        name = new_topic()
-        self.addCleanup(lambda: self.raw.execute_command("DEL", name))
-        return name
-
-    async def open_bus(self, url: str | None = None, **options: Any) -> RedisStreamsBus:
-        maxlen = options.pop("stream_maxlen", 1_000_000)
-        config = BusConfig(url=url or self.url, stream_maxlen=maxlen)
-        bus = RedisStreamsBus(url or self.url, config, reactor, **options)
-        await bus.start()
-        self.addCleanup(bus.stop)
-        return bus
-
-    async def entries(self, topic: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        reply = await self.raw.execute_command("XRANGE", topic, "-", "+")
-        return [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-                for entry_id, flat in reply]
-
-    async def xlen(self, topic: str) -> int:
-        return int(await self.raw.execute_command("XLEN", topic))
-
-    async def logids(self, topic: str) -> list[bytes]:
-        return [fields[b"logid"] for _, fields in await self.entries(topic)]
-
-    async def proxied(self, **options: Any) -> tuple[RedisStreamsBus, ControlledProxyFactory,
-                                                      IListeningPort]:
-        """A bus that talks to Redis through a proxy that records its commands."""
-        u = parse_redis_url(self.url)
-        proxy = ControlledProxyFactory(u.host, u.port)
-        listening, port = listen(self, proxy)
-        bus = await self.open_bus(f"redis://127.0.0.1:{port}/{u.db}", **options)
-        return bus, proxy, listening
+from tests.bus.helpers import unavailable
+from tests.bus.redis_streams_helpers import (
+    NOSCRIPT,
+    QUICK,
+    TIMEOUT,
+    ControlledProxyFactory,
+    RawRedis,
+    RedisTestCase,
+    Silent,
+    fake_bus,
+    log_events,
+    message,
+    xadd_args,
+)
+from tests.servers import closed_port, listen
 
 
 class PublishTests(RedisTestCase):
@@ -468,43 +299,6 @@ class UnavailableTests(RedisTestCase):
         self.assertEqual(await self.xlen(self.topic), 1)
 
 
-class FakeRedis:
-    """A connection that records each command; the test answers them (or not)."""
-
-    def __init__(self, connected: bool = True) -> None:
-        self._factory = SimpleNamespace(size=int(connected), pool=[], stopped=False)
-        self.commands: list[tuple[Any, ...]] = []
-        self.replies: list[Deferred[Any]] = []
-
-    def execute_command(self, *args: Any) -> Deferred[Any]:
-        self.commands.append(args)
-        self.replies.append(Deferred())
-        return self.replies[-1]
-
-    def disconnect(self) -> Deferred[None]:
-        return succeed(None)
-
-
-def fake_bus(config: BusConfig | None = None, connected: bool = True,
-             **options: Any) -> tuple[RedisStreamsBus, Clock, FakeRedis]:
-    clock = Clock()
-    bus = RedisStreamsBus("redis://127.0.0.1:1/15", config or BusConfig(stream_maxlen=500),
-                          clock, reply_timeout_s=TIMEOUT, **options)
-    bus._conn = FakeRedis(connected)
-    return bus, clock, bus._conn
-
-
-def xadd_args(*entries: tuple[bytes, bytes, bytes], maxlen: bytes = b"500") -> tuple[Any, ...]:
-    """The script's arguments for ``(topic, payload, logid)`` entries."""
-    args: list[Any] = [len(entries), *(topic for topic, _, _ in entries), maxlen]
-    for _, payload, logid in entries:
-        args += [payload, logid]
-    return tuple(args)
-
-
-NOSCRIPT = txredisapi.ResponseError("NOSCRIPT No matching script. Please use EVAL.")
-
-
 class BatchTests(SynchronousTestCase):
     """One command per batch, its replies, NOSCRIPT: on a fake connection."""
 
@@ -698,77 +492,3 @@ class DeadlineTests(SynchronousTestCase):
         self.assertAlmostEqual(bus.deadline, 0.6)
         bus = RedisStreamsBus("redis://h/1", BusConfig(), Clock())
         self.assertEqual((bus.reply_timeout, bus.deadline), (2.0, 3.0))
-
-
-class Received:
-    """Envelopes a consumer delivered; ``wait(n)`` fires once there are n."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Envelope] = []
-        self._waiting: list[tuple[int, Deferred[None]]] = []
-
-    def __call__(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-        for n, d in list(self._waiting):
-            if len(self.envelopes) >= n:
-                self._waiting.remove((n, d))
-                d.callback(None)
-
-    def wait(self, n: int) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if len(self.envelopes) >= n:
-            d.callback(None)
-        else:
-            self._waiting.append((n, d))
-        d.addTimeout(QUICK * 5, reactor)
-        return d
-
-
-class ConsumerTests(RedisTestCase):
-    async def consumer(self, received: Received, **options: Any) -> RedisStreamsConsumer:
-        consumer = RedisStreamsConsumer(self.url, self.topic, reactor, received, **options)
-        await consumer.start()
-        self.addCleanup(consumer.stop)
-        return consumer
-
-    async def test_receives_what_is_published_after_start(self) -> None:
-        bus = await self.open_bus()
-        await bus.publish(self.topic, message(99, "old"), "old")
-        received = Received()
-        await self.consumer(received, block_ms=200)
-        for n in range(3):
-            await bus.publish(self.topic, message(n, f"m{n}"), f"log-{n}")
-        await received.wait(3)
-        self.assertEqual([e.logid for e in received.envelopes], ["log-0", "log-1", "log-2"])
-        for n, envelope in enumerate(received.envelopes):
-            self.assertEqual(envelope.topic, self.topic)
-            self.assertEqual(envelope.message.msgid, 2**64 - 1 - n)
-            self.assertEqual(envelope.message.content, b"\xff\xfe\x00\x80gps")
-            self.assertEqual(envelope.message.kind, pb.C2S)
-
-    async def test_reads_from_an_id_and_skips_what_is_not_an_envelope(self) -> None:
-        bus = await self.open_bus()
-        await bus.publish(self.topic, message(1), "first")
-        await self.raw.execute_command("XADD", self.topic, "*", "other", "x")
-        await bus.publish(self.topic, b"\xff\xff\xff", "garbage")
-        await bus.publish(self.topic, message(2), "")  # no logid: the Message's own
-        received = Received()
-        await self.consumer(received, start_id="0")
-        await received.wait(2)
-        self.assertEqual([e.logid for e in received.envelopes], ["first", "log-1"])
-        self.assertEqual(received.envelopes[1].message.msgid, 2**64 - 3)
-
-    async def test_stop_while_blocked_is_prompt(self) -> None:
-        consumer = RedisStreamsConsumer(self.url, self.topic, reactor, Received(),
-                                        block_ms=30_000)
-        await consumer.start()
-        started = time.monotonic()
-        await consumer.stop()
-        self.assertLess(time.monotonic() - started, QUICK)
-
-    async def test_start_on_closed_port(self) -> None:
-        port = await closed_port(self)
-        consumer = RedisStreamsConsumer(f"redis://127.0.0.1:{port}/15", self.topic, reactor,
-                                        Received(), reply_timeout_s=TIMEOUT)
-        await unavailable(self, consumer.start())
-        await consumer.stop()
