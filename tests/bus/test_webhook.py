@@ -133,7 +133,7 @@ class PublishTests(WebhookTestCase):
         await receiver.arrived(2)
         clock.advance(3 * ATTEMPT_S)  # 10 s late: one more 5 s for both
         self.assertNoResult(first)
-        receiver.answer(0)
+        receiver.answer_topic(b"gps")
         await first
         clock.advance(ATTEMPT_S)
         error = await unavailable(self, second)
@@ -210,7 +210,7 @@ class ConcurrencyTests(WebhookTestCase):
         await receiver.arrived(3)
         self.assertEqual(sorted(r.topic for r in receiver.requests), [b"gps", b"gps", b"orders"])
         for arrived in range(4, 7):
-            receiver.answer([r.topic for r, _ in receiver.held].index(b"gps"))
+            receiver.answer_topic(b"gps")
             await receiver.arrived(arrived)
         while receiver.held:
             receiver.answer()

@@ -150,6 +150,11 @@ class Scripted(Resource):
         request.finish()
         return recorded
 
+    def answer_topic(self, topic: bytes, status: int = 204) -> Recorded:
+        """Answer the first request of ``topic`` still held. Requests sent at
+        once go over connections of their own and arrive in any order."""
+        return self.answer([r.topic for r, _ in self.held].index(topic), status)
+
 
 class TrackingSite(Site):
     """A Site that can close its connections and wait until they are gone."""
