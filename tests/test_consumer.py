@@ -20,19 +20,11 @@ from daojia_msg.consumer import consume
 from daojia_msg.msgctl import cli
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code
+from tests.bus.amqp_helpers import require_rabbitmq
 from tests.nodes import NodeTestCase
-from tests.servers import TrackingProxyFactory, missing, require_redis
+from tests.servers import TrackingProxyFactory, require_redis
 
 R: Any = reactor
-AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
-
-def require_rabbitmq() -> str:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-    except OSError:
-        missing("RabbitMQ is not running at 127.0.0.1:5672")
-    return AMQP
 
 
 class Watching(io.StringIO):
