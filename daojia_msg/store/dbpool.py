@@ -3,6 +3,8 @@
 
 - :class:`PoolRunner` runs interactions on a pool, turns driver errors into
   :class:`StoreUnavailable` and knows when none is in flight (for ``stop()``).
+- :class:`StoreLife` is a store's start and stop, and :func:`close_pool` the
+  closing of its pools.
 - :class:`InlineConnectionPool` is a pool for unit tests: each interaction runs
   at once in the calling thread, so tests on ``task.Clock`` are deterministic.
 """
@@ -10,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -18,6 +20,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daojia_msg.core.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+log = Logger()
 
 
 class PoolRunner:
@@ -81,6 +87,79 @@ class PoolRunner:
             error=repr(error),
         )
         raise StoreUnavailable(f"{self.name} {operation}: {error!r}") from error
+
+
+class StoreLife:
+    """A store's state: new -> starting -> started -> stopping -> stopped.
+
+    :meth:`start` opens the store once; :meth:`stop` lets the writes and
+    interactions in flight finish, then closes it, and fires for every caller.
+    """
+
+    def __init__(self) -> None:
+        self.state = "new"
+        self._stop_waiters: list[Deferred[None]] = []
+
+    def start(
+        self, open_store: Callable[[], Deferred[T]], opened: Callable[[T], None]
+    ) -> Deferred[None]:
+        """Unless started before: ``open_store()``, then ``opened`` with its
+        result (unless :meth:`stop` was called meanwhile). A failed
+        ``open_store`` leaves the store new, to start again."""
+        if self.state != "new":
+            return succeed(None)
+        self.state = "starting"
+
+        def started(found: T) -> None:
+            if self.state != "starting":  # stop() was called meanwhile
+                return
+            self.state = "started"
+            opened(found)
+
+        def failed(failure: Failure) -> Failure:
+            if self.state == "starting":
+                self.state = "new"
+            return failure
+
+        return open_store().addCallbacks(started, failed)
+
+    def stop(self, drain: Callable[[], Deferred[Any]], close: Callable[[], None]) -> Deferred[None]:
+        """Fires once ``drain()`` (the writes and interactions in flight) is
+        over and ``close()`` has run, which happens once."""
+        if self.state == "stopped":
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._stop_waiters.append(d)
+        if self.state != "stopping":
+            self.state = "stopping"
+            drain().addCallback(lambda _: self._stopped(close))
+        return d
+
+    def _stopped(self, close: Callable[[], None]) -> None:
+        close()
+        self.state = "stopped"
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    @property
+    def started(self) -> bool:
+        return self.state == "started"
+
+    def not_running(self) -> Deferred[Any]:
+        """What a call answers unless :attr:`started`: :class:`StoreUnavailable`."""
+        return fail(StoreUnavailable(f"the message store is not running ({self.state})"))
+
+
+def close_pool(pool: adbapi.ConnectionPool, name: str) -> None:
+    """Close ``pool`` (of the store ``name``) unless it is closed: a closed
+    adbapi pool cannot be closed again (its thread pool refuses); one never
+    started may still wait for the reactor (``startID``). A failure is logged."""
+    if pool.running or getattr(pool, "startID", None) is not None:
+        try:
+            pool.close()
+        except Exception:
+            log.failure("closing the pool of {store} failed", store=name)
 
 
 class _NoReactor:

@@ -19,16 +19,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from daojia_msg.core.errors import StoreError, StoreUnavailable
+from daojia_msg.core.errors import StoreError
 from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
 from daojia_msg.logic.interfaces import IMessageStore
 from daojia_msg.store.batching import GroupCommitter
-from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner
+from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner, StoreLife, close_pool
 from daojia_msg.store.reads import ReadBatcher
 from daojia_msg.store.sql import MessageTransactions
 
@@ -154,21 +154,12 @@ class SQLiteMessageStore:
         self._txns = MessageTransactions(self.pool.dbapi.paramstyle)
         self.committer = GroupCommitter(self._runner.run, max_ops=max_batch)
         self.reads = ReadBatcher(self._runner.run)
-        self._state = "new"  # -> starting -> started -> stopping -> stopped
-        self._stop_waiters: list[Deferred[None]] = []
+        self._life = StoreLife()
 
     # Life
 
     def start(self) -> Deferred[None]:
-        if self._state != "new":
-            return succeed(None)
-        self._state = "starting"
-        self.pool.start()
-
-        def started(found: int) -> None:
-            if self._state != "starting":  # stop() was called meanwhile
-                return
-            self._state = "started"
+        def opened(found: int) -> None:
             self.log.info(
                 "message store {path} open, schema version {version} (was {found})",
                 path=self.path,
@@ -176,38 +167,21 @@ class SQLiteMessageStore:
                 found=found,
             )
 
-        def failed(failure: Any) -> Any:
-            if self._state == "starting":
-                self._state = "new"
-            return failure
+        return self._life.start(self._open, opened)
 
-        return self._runner.run(migrate_txn).addCallbacks(started, failed)
+    def _open(self) -> Deferred[int]:
+        self.pool.start()
+        return self._runner.run(migrate_txn)
 
     def stop(self) -> Deferred[None]:
-        if self._state == "stopped":
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._stop_waiters.append(d)
-        if self._state != "stopping":
-            self._state = "stopping"
-            drained = self.committer.drain()
-            drained.addCallback(lambda _: self._runner.when_idle())
-            drained.addCallback(self._close)
-        return d
+        return self._life.stop(
+            lambda: self.committer.drain().addCallback(lambda _: self._runner.when_idle()),
+            self._close,
+        )
 
-    def _close(self, _: object) -> None:
-        # A closed adbapi pool cannot be closed again (its thread pool refuses);
-        # one never started may still wait for the reactor (startID).
-        if self.pool.running or getattr(self.pool, "startID", None) is not None:
-            try:
-                self.pool.close()
-            except Exception:
-                self.log.failure("closing message store {path} failed", path=self.path)
-        self._state = "stopped"
+    def _close(self) -> None:
+        close_pool(self.pool, f"message store {self.path}")
         self.log.info("message store {path} closed", path=self.path)
-        waiters, self._stop_waiters = self._stop_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
 
     # Writes: group-committed
 
@@ -224,8 +198,8 @@ class SQLiteMessageStore:
         return self._write(lambda txn: self._txns.purge_dedup_txn(txn, before_ms), True, 0)
 
     def _write(self, op: Callable[[Any], T], needed: bool, nothing: T) -> Deferred[T]:
-        if self._state != "started":
-            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
+        if not self._life.started:
+            return self._life.not_running()
         if not needed:
             return succeed(nothing)
         return self.committer.submit(op)
@@ -250,6 +224,6 @@ class SQLiteMessageStore:
         return self._read(self._txns.max_msgid_txn)
 
     def _read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
-        if self._state != "started":
-            return fail(StoreUnavailable(f"the message store is not running ({self._state})"))
+        if not self._life.started:
+            return self._life.not_running()
         return self.reads.read(interaction, *args)
