@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.store.test_mysql -*-
+# -*- test-case-name: tests.store.mysql.test_render -*-
 """pymysql as the MySQL store's DB-API module (``ConnectionPool(__name__, ...)``),
 with one change: a transaction that sent its own ``COMMIT`` is not committed again.
 
@@ -6,7 +6,7 @@ with one change: a transaction that sent its own ``COMMIT`` is not committed aga
 the server (and, in the pool's thread, one more wait for the GIL on the way
 back). A flush of the message store already knows its last statement, so it
 sends ``COMMIT`` in the same multi-statement query
-(:func:`daojia_msg.store.mysql.execute_batch` with ``commit=True``), which
+(:func:`daojia_msg.store.mysql.render.execute_batch` with ``commit=True``),
 then marks the connection :attr:`Connection.committed`; adbapi's ``commit()``
 that follows costs nothing. Every other interaction (the reads) is committed
 by adbapi as before. A statement that fails stops the query before the

@@ -8,7 +8,7 @@ are plain synchronous ``def ..._txn(txn, ...)`` run by ``runInteraction``.
 
 :class:`Statements` spells them for one set of tables: the SQLite file's
 (``messages``, ``history``, ``dedup``) or one MySQL shard's (``messages_3``,
-...). DDL is per backend (``sqlite.py``, ``mysql.py``).
+...). DDL is per backend (``sqlite.py``, ``mysql/schema.py``).
 
 - ``messages``: one row per recipient; ``state`` 0 pending, 1 delivered.
 - ``history``: one row per owner ``(owner_sys, owner_uid)`` of a message, with
