@@ -57,7 +57,7 @@ from daojia_msg.redisconn import Redis, connect
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
-from daojia_msg.web.api import make_site
+from daojia_msg.web.site import make_site
 
 WILDCARDS = ("0.0.0.0", "::", "")
 

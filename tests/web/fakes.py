@@ -19,7 +19,7 @@ from daojia_msg.auth import mint_token
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.bus.router import BusRouter
 from daojia_msg.config import Config
-from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoreOutcome
+from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.interfaces import IClientConnection, IMessageStore
 from daojia_msg.logic.service import LogicService
@@ -77,6 +77,9 @@ class FakeMessageStore:
 
     def pull(self, uid: int, appcode: int, after_msgid: int, limit: int) -> Deferred[Page]:
         return succeed(Page([], False))
+
+    def pending_message(self, to_uid: int, msgid: int) -> Deferred[StoredMessage | None]:
+        return succeed(None)
 
     def count_pending(self, uid: int, appcode: int) -> Deferred[int]:
         return succeed(0)
