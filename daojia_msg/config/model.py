@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_model -*-
 """The configuration's typed, frozen objects and the built-in default (the demo apps)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_parse -*-
 """TOML text to :class:`~daojia_msg.config.model.Config`, every key checked."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_urls -*-
 """Backend URLs (Redis, MySQL, buses): parsed and checked, naming the key."""
 
 from __future__ import annotations

@@ -1,117 +1,21 @@
-"""Tests for :mod:`daojia_msg.config`."""
+"""TOML parsed key by key: values, types, unknown keys, apps, routes, errors that name the key."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from daojia_msg.config import (
     DEMO_APPS,
     AppConfig,
-    Config,
     ConfigError,
     Limits,
     ListenConfig,
-    MySQLURL,
-    RedisURL,
     Route,
-    StoreConfig,
-    default_config,
     load_config,
     parse_config,
-    parse_mysql_url,
-    parse_redis_url,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "etc" / "msgplatform.toml"
-
-APP = """
-[apps.2001]
-usersystem = "customers"
-name = "customer iOS"
-secret = "a-long-secret-2001"
-api_key = "key-2001"
-"""
-TWO_APPS = (
-    APP
-    + """
-[apps.2002]
-usersystem = "drivers"
-secret = "a-long-secret-2002"
-api_key = "key-2002"
-"""
-)
-
-
-class ExampleFileTests(SynchronousTestCase):
-    def test_example_file_matches_default(self) -> None:
-        """``etc/msgplatform.toml`` documents exactly what runs with no config file."""
-        self.assertEqual(load_config(str(EXAMPLE)), default_config())
-
-
-class ConfigTestCase(SynchronousTestCase):
-    def assertConfigError(self, text: str, prefix: str) -> ConfigError:
-        exc = self.assertRaises(ConfigError, parse_config, text)
-        self.assertTrue(str(exc).startswith(prefix), f"{str(exc)!r} does not start with {prefix!r}")
-        return exc
-
-
-class DefaultTests(ConfigTestCase):
-    def test_default_config(self) -> None:
-        config = default_config()
-        self.assertEqual(config.listen.gate, "tcp:7000")
-        self.assertEqual(config.listen.http, "tcp:8080:interface=127.0.0.1")
-        self.assertEqual(config.limits.heartbeat_s, 60)
-        self.assertEqual(config.limits.idle_timeout_s, 180.0)
-        self.assertEqual(config.limits.max_body, 65536)
-        self.assertEqual(config.limits.max_content, 65000)
-        self.assertEqual(config.limits.login_timeout_s, 10.0)
-        self.assertEqual(config.limits.ack_timeout_s, 10.0)
-        self.assertEqual(config.limits.max_repush, 3)
-        self.assertEqual(config.limits.page_default, 20)
-        self.assertEqual(config.limits.page_cap, 100)
-        self.assertEqual(config.limits.max_ack_ids, 1000)
-        self.assertEqual(config.store.dedup_days, 7.0)
-        self.assertEqual(config.bus.url, "memory:")
-        self.assertEqual((config.redis.url, config.mysql.url), ("", ""))
-        self.assertIsNone(config.node_id)
-        self.assertTrue(config.demo)
-        self.assertEqual(set(config.apps), {1001, 1002})
-        self.assertEqual(config.topic_for(1001, 1), "gps")
-        self.assertEqual(config.topic_for(1002, 2), "order-events")
-
-    def test_minimal_file_takes_defaults(self) -> None:
-        config = parse_config(APP)
-        self.assertEqual(config.listen, ListenConfig())
-        self.assertEqual(config.limits, Limits())
-        self.assertEqual(config.store, StoreConfig())
-        self.assertEqual(config.data_dir, "./var")
-        self.assertIsNone(config.node_id)
-        self.assertEqual(config.bus.url, "memory:")
-        self.assertEqual(config.routes, ())
-        self.assertFalse(config.demo)
-        self.assertEqual(
-            dict(config.apps),
-            {2001: AppConfig(2001, "customers", "customer iOS", "a-long-secret-2001", "key-2001")},
-        )
-
-    def test_default_is_fresh(self) -> None:
-        # Each call gets its own apps dict: changing one does not change the next.
-        self.assertIsNot(default_config().apps, default_config().apps)
-        self.assertEqual(default_config(), default_config())
-
-    def test_secret_not_in_repr(self) -> None:
-        config = parse_config(APP)
-        self.assertNotIn("a-long-secret-2001", repr(config))
-        self.assertNotIn("key-2001", repr(config))
-
-    def test_frozen(self) -> None:
-        config = parse_config(APP)
-        self.assertRaises(AttributeError, setattr, config, "node_id", 3)
-        self.assertEqual(config.replace(node_id=3).node_id, 3)
+from tests.config.helpers import APP, TWO_APPS, ConfigTestCase
 
 
 class HeartbeatTests(ConfigTestCase):
@@ -451,94 +355,3 @@ class SyntaxAndFileTests(ConfigTestCase):
         path = self.mktemp()
         Path(path).write_text(APP, encoding="utf-8")
         self.assertEqual(load_config(path), parse_config(APP))
-
-
-class UrlTests(ConfigTestCase):
-    def test_bus_urls(self) -> None:
-        for url in ("memory:", "redis://127.0.0.1:6379/0", "amqp://guest:guest@h:5672/",
-                    "https://hooks.example/c2s"):
-            self.assertEqual(parse_config(f'[bus]\nurl = "{url}"\n' + APP).bus.url, url)
-        for url in ("kafka://k:9092", "memory:x", "redis://h/x", "http:nope"):
-            self.assertConfigError(f'[bus]\nurl = "{url}"\n' + APP, "bus.url: ")
-
-    def test_named_buses_and_routes(self) -> None:
-        config = parse_config(
-            '[buses.orders]\nurl = "amqp://guest:guest@127.0.0.1:5672/"\n' + APP
-            + '[[routes]]\nappcode = 2001\nmsgtype = 2\ntopic = "orders"\nbus = "orders"\n'
-            + '[[routes]]\nappcode = 2001\nmsgtype = 1\ntopic = "gps"\n'
-        )
-        self.assertEqual(config.bus_url(config.route_for(2001, 2).bus),  # type: ignore[union-attr]
-                         "amqp://guest:guest@127.0.0.1:5672/")
-        self.assertEqual(config.bus_url(config.route_for(2001, 1).bus), "memory:")  # type: ignore[union-attr]
-        self.assertNotIn("guest:guest", repr(config))
-        self.assertConfigError(
-            APP + '[[routes]]\nappcode = 2001\nmsgtype = 2\ntopic = "o"\nbus = "nope"\n',
-            "routes.0.bus: no bus 'nope' is configured")
-        self.assertConfigError('[buses.x]\nurl = "ftp://h"\n' + APP, "buses.x.url: ")
-        # The error names the scheme, never the rest (a password).
-        with self.assertRaises(ConfigError) as e:
-            parse_config('[bus]\nurl = "rediss://:hunter2@h:6380/0"\n' + APP)
-        self.assertNotIn("hunter2", str(e.exception))
-        self.assertConfigError('[bus]\nwebhook_timeout_s = 2\n' + APP,
-                               "bus.webhook_timeout_s: 4 webhook attempts of 2 s (8 s) must fit")
-        self.assertConfigError('[log]\nformat = "xml"\n' + APP, "log.format: unknown key")
-        self.assertEqual(parse_config('[log]\njson_file = "/tmp/x.json"\n' + APP).log.json_file,
-                         "/tmp/x.json")
-
-    def test_redis_url(self) -> None:
-        config = parse_config('[redis]\nurl = "redis://:pw@localhost:6380/2"\n' + APP)
-        self.assertEqual(parse_redis_url(config.redis.url), RedisURL("localhost", 6380, 2, "pw"))
-        self.assertNotIn("pw", repr(config))
-        self.assertEqual(parse_redis_url("redis://h"), RedisURL("h", 6379, 0))
-        for bad in ("http://h", "redis://", "redis://h/x", "redis://h:99999"):
-            self.assertConfigError(f'[redis]\nurl = "{bad}"\n' + APP, "redis.url: ")
-
-    def test_mysql_url(self) -> None:
-        config = parse_config('[mysql]\nurl = "mysql://u:p%40ss@h:3307/db_1"\n' + APP)
-        self.assertEqual(parse_mysql_url(config.mysql.url), MySQLURL("h", 3307, "u", "db_1", "p@ss"))
-        self.assertNotIn("p@ss", repr(config))
-        for bad in ("mysql://h/db", "mysql://u@h", "mysql://u@h/db;drop", "pg://u@h/db"):
-            self.assertConfigError(f'[mysql]\nurl = "{bad}"\n' + APP, "mysql.url: ")
-        self.assertConfigError('[mysql]\ndatabases = ["mysql://u@h/d2"]\n' + APP,
-                               "mysql.databases: needs mysql.url")
-        self.assertConfigError(
-            '[mysql]\nurl = "mysql://u@h/d"\ndatabases = ["nope"]\n' + APP, "mysql.databases.0: ")
-        self.assertConfigError('[mysql]\npool_min = 5\npool_max = 2\n' + APP,
-                               "mysql.pool_min: must not exceed")
-        self.assertConfigError('[mysql]\nflushes_in_flight = 4\npool_max = 3\n' + APP,
-                               "mysql.flushes_in_flight: must not exceed")
-        self.assertConfigError('[mysql]\nflushes_in_flight = 0\n' + APP,
-                               "mysql.flushes_in_flight: ")
-        config = parse_config('[mysql]\nflushes_in_flight = 3\n' + APP)
-        self.assertEqual(config.mysql.flushes_in_flight, 3)
-
-    def test_cluster_timers(self) -> None:
-        self.assertConfigError('[cluster]\nheartbeat_s = 4\nttl_s = 6\n' + APP,
-                               "cluster.ttl_s: must be at least twice")
-        config = parse_config('[cluster]\nheartbeat_s = 1\nttl_s = 3\n' + APP)
-        self.assertEqual((config.cluster.heartbeat_s, config.cluster.ttl_s), (1.0, 3.0))
-
-    def test_wrong_type(self) -> None:
-        self.assertConfigError("[redis]\nurl = 5\n" + APP, "redis.url: expected a string")
-
-
-class ConfigErrorTests(SynchronousTestCase):
-    def test_text(self) -> None:
-        self.assertEqual(str(ConfigError("boom", ("a", "b"))), "a.b: boom")
-        self.assertEqual(str(ConfigError("boom")), "boom")
-        self.assertEqual(ConfigError("boom", ["x"]).path, ("x",))
-
-    def test_config_equality(self) -> None:
-        self.assertEqual(Config(), Config())
-        self.assertNotEqual(default_config(), Config())
-
-
-class ClusterExampleTests(SynchronousTestCase):
-    def test_cluster_example_is_valid(self) -> None:
-        """etc/cluster.toml (tools/cluster-up.sh) parses and passes the cluster checks."""
-        from daojia_msg.node import check_cluster_config
-
-        config = load_config(str(ROOT / "etc" / "cluster.toml"))
-        check_cluster_config(config)
-        self.assertTrue(config.redis.url and config.mysql.url)
-        self.assertTrue(config.listen.gate.startswith("haproxy:"))  # behind etc/haproxy.cfg
