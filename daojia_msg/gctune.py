@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_gctune -*-
 """Garbage-collector settings for a long-running node (applied by the twistd
 plugin once the node serves; tests and embedders keep CPython's defaults).
 

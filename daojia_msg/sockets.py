@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_e2e -*-
 """Socket options every msgplatform TCP connection wants."""
 
 from __future__ import annotations

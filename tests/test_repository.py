@@ -41,6 +41,26 @@ class ModuleSizeTests(SynchronousTestCase):
         self.assertEqual(big, [], f"split these by concern (at most {MAX_MODULE_LINES} lines)")
 
 
+class TestCaseNameTests(SynchronousTestCase):
+    def test_every_source_file_names_tests_that_exist(self) -> None:
+        """The ``test-case-name`` header on the first line (Twisted's habit) lets
+        anyone find a module's tests; it must name test modules that exist."""
+        wrong = []
+        for path in tracked("daojia_msg/*.py", "twisted/*.py"):
+            if path.name == "__init__.py" or GENERATED.search(path.name):
+                continue
+            first = path.read_text(encoding="utf-8").partition("\n")[0]
+            header = re.search(r"test-case-name:\s*(\S+)\s*-\*-", first)
+            if header is None:
+                wrong.append(f"{path.relative_to(ROOT)}: no test-case-name header")
+                continue
+            for name in header.group(1).split(","):
+                module = ROOT.joinpath(*name.split("."))
+                if not (module.with_suffix(".py").is_file() or (module / "__init__.py").is_file()):
+                    wrong.append(f"{path.relative_to(ROOT)}: {name} does not exist")
+        self.assertEqual(wrong, [])
+
+
 class SelfContainedTests(SynchronousTestCase):
     def test_nothing_refers_to_a_folder_outside_the_repository(self) -> None:
         found = []

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config -*-
 """The node's configuration: TOML parsed once into frozen, typed objects.
 
 Every key, its type and its default are documented in ``etc/msgplatform.toml``

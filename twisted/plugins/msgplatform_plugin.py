@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap -*-
 """twistd dropin: ``twistd msgplatform``. Thin: everything lives in daojia_msg.tap."""
 
 from twisted.application.service import ServiceMaker
