@@ -52,11 +52,16 @@ class Keys:
 
     def authenticate(self, request: server.Request) -> Caller:
         """The caller of ``request``'s bearer key; 401 when missing or unknown."""
-        header = request.getHeader(b"authorization")
-        scheme, _, key = (header or b"").strip().partition(b" ")
+        header = (request.getHeader(b"authorization") or b"").strip()
+        if not header:
+            raise errors.Unauthorized("missing API key (Authorization: Bearer <api key>)")
+        scheme, _, key = header.partition(b" ")
         key = key.strip()
         if scheme.lower() != b"bearer" or not key:
-            raise errors.Unauthorized("missing API key (Authorization: Bearer <api key>)")
+            # Never echo the header: it may be the key itself.
+            raise errors.Unauthorized(
+                "the Authorization header must be 'Bearer <api key>' (the word Bearer, a space, "
+                "then the key)")
         caller = self.find(key)
         if caller is None:
             raise errors.Unauthorized("unknown API key")

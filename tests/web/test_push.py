@@ -146,6 +146,18 @@ class PushTests(ApiTestCase):
                 self.assertEqual(response.headers["www-authenticate"], 'Bearer realm="msgplatform"')
         self.assertEqual(self.store.batches, [])
 
+    def test_each_refusal_says_what_is_wrong(self) -> None:
+        """No header, a header without the Bearer scheme, an unknown key: three
+        different reasons, none of which repeats the header (it may be a key)."""
+        self.assertError(self.push(push_body(), {}), 401, "missing API key")
+        for header in ("key-1001", "Basic a2V5LTEwMDE=", "Bearer", "Token key-1001"):
+            with self.subTest(header=header):
+                error = self.assertError(self.push(push_body(), {"Authorization": header}), 401,
+                                         "must be 'Bearer <api key>'")
+                self.assertNotIn("key-1001", error)
+        self.assertError(self.push(push_body(), {"Authorization": "Bearer key-100"}), 401,
+                         "unknown API key")
+
     def test_bearer_case_insensitive(self) -> None:
         self.assertEqual(self.push(push_body(), {"Authorization": "bearer  key-1001"}).status, 200)
 
