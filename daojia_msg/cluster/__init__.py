@@ -1,1 +1,1 @@
-"""Many nodes: Redis connection, node registry and leases, gate detector, internal RPC."""
+"""Many nodes: the node registry and leases, the gate detector, the internal RPC, cluster-wide statistics."""

@@ -18,7 +18,7 @@ class Kind(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One message to one recipient (a row of the ``messages`` table: docs/architecture.md, "Data")."""
+    """One message to one recipient (a row of the ``messages`` table: docs/architecture.md §4)."""
 
     msgid: int
     from_uid: int
