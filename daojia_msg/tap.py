@@ -53,8 +53,33 @@ class Options(usage.Options):
     ]
 
 
+#: The config key each option sets: an error about a value given as an option
+#: names the option, not the key.
+OPTION_KEYS = {
+    ("listen", "gate"): "--gate",
+    ("listen", "http"): "--http",
+    ("listen", "rpc"): "--rpc",
+    ("listen", "manhole"): "--manhole",
+    ("redis", "url"): "--redis",
+    ("mysql", "url"): "--mysql",
+    ("bus", "url"): "--bus",
+    ("node", "data_dir"): "--data-dir",
+}
+
+
 def build_config(options: Any) -> Config:
-    """The config that ``options`` ask for; raises :class:`ConfigError` naming the key."""
+    """The config that ``options`` ask for; raises :class:`ConfigError` naming
+    the key, or the option when the value came from one."""
+    try:
+        return _build_config(options)
+    except ConfigError as e:
+        option = OPTION_KEYS.get(e.path)
+        if option is not None and options[option[2:]] is not None:
+            raise ConfigError(e.msg, (option,)) from None
+        raise
+
+
+def _build_config(options: Any) -> Config:
     config = load_config(options["config"]) if options["config"] else default_config()
     listen = config.listen
     for opt in ("gate", "http", "rpc", "manhole"):

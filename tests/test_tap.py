@@ -63,25 +63,48 @@ class BuildConfigTests(SynchronousTestCase):
         self.assertRefused(("--node-id", "-1"),
                            "--node-id: expected an integer from 0 to 1023, got '-1'")
         self.assertRefused(("--gate", "nope:1"),
-                           "listen.gate: not a valid endpoint description 'nope:1': "
+                           "--gate: not a valid endpoint description 'nope:1': "
                            "Unknown endpoint type: 'nope'")
         self.assertRefused(("--bus", "kafka://x"),
-                           "bus.url: expected memory:, redis://, amqp(s):// or http(s):// URL, "
+                           "--bus: expected memory:, redis://, amqp(s):// or http(s):// URL, "
                            "got scheme 'kafka'")
         self.assertRefused(("--redis", "redis://127.0.0.1", "--rpc", "tcp:7100"),
-                           "listen.rpc: in a cluster the RPC listener must name the interface "
+                           "--rpc: in a cluster the RPC listener must name the interface "
                            "other nodes reach (tcp:PORT:interface=ADDRESS)")
         self.assertRefused(("--redis", "redis://127.0.0.1", "--rpc",
                             "tcp:7100:interface=10.1.2.3"),
                            "cluster.rpc_secret: required when listen.rpc is not a loopback "
                            "address")
         self.assertRefused(("--redis", "http://x"),
-                           "redis.url: expected redis://[:password@]host[:port][/db]")
+                           "--redis: expected redis://[:password@]host[:port][/db], "
+                           "got 'http://x'")
         self.assertRefused(("--mysql", "mysql://nobody@h"),
-                           "mysql.url: expected mysql://user[:password]@host[:port]/database")
+                           "--mysql: expected mysql://user[:password]@host[:port]/database, "
+                           "got 'mysql://nobody@h'")
         self.assertRefused(("--manhole", "tcp:7300:interface=127.0.0.1"),
                            "admin.manhole_password: required when listen.manhole is set: the "
                            "manhole refuses to start without a password")
+
+    def test_an_error_names_the_option_and_shows_its_value(self) -> None:
+        """A value given as an option is named by the option (the user typed
+        that, not a config key) and shown, with any password hidden."""
+        self.assertRefused(("--gate", "7000"),
+                           "--gate: not a valid endpoint description '7000': "
+                           "Unknown endpoint type: '7000'")
+        self.assertRefused(("--redis", "localhost:6379"),
+                           "--redis: expected redis://[:password@]host[:port][/db], "
+                           "got 'localhost:6379'")
+        self.assertRefused(("--mysql", "mysql://root:hunter2@db"),
+                           "--mysql: expected mysql://user[:password]@host[:port]/database, "
+                           "got 'mysql://root:***@db'")
+
+    def test_a_config_file_value_is_named_by_its_key(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[listen]\ngate = "7000"\n[apps.5]\nusersystem = "u"\nsecret = "s3cret-5!"\n')
+        self.assertRefused(("--config", path),
+                           "listen.gate: not a valid endpoint description '7000': "
+                           "Unknown endpoint type: '7000'")
 
     def test_cluster_options(self) -> None:
         config = build_config(options("--redis", "redis://127.0.0.1:6379/2",

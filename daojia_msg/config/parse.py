@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -76,6 +77,10 @@ class _Table:
         value = self._get(key)
         if value is None:
             if required:
+                # A misspelt key reads as a missing one: name the key that is there.
+                unread = [k for k in self.data if k not in self.seen]
+                for typo in difflib.get_close_matches(key, unread, n=1):
+                    raise ConfigError(f"unknown key (did you mean {key!r}?)", (*self.path, typo))
                 raise ConfigError("is required", (*self.path, key))
             return default
         if not isinstance(value, str):
@@ -85,7 +90,9 @@ class _Table:
     def done(self) -> None:
         for key in self.data:
             if key not in self.seen:
-                raise ConfigError("unknown key", (*self.path, key))
+                near = difflib.get_close_matches(key, sorted(self.seen), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ConfigError(f"unknown key{hint}", (*self.path, key))
 
 
 def _limits(t: _Table) -> Limits:

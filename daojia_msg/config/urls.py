@@ -16,9 +16,23 @@ __all__ = [
     "check_urls",
     "parse_mysql_url",
     "parse_redis_url",
+    "shown",
 ]
 
 BUS_SCHEMES = ("memory", "redis", "amqp", "amqps", "http", "https")
+
+
+def shown(url: str) -> str:
+    """``url`` fit for an error line or a log: any password replaced by ``***``."""
+    try:
+        u = urlsplit(url)
+        password = u.password
+    except ValueError:
+        return url.partition(":")[0] + ":..."  # unparsable: the scheme only
+    if not password:
+        return url
+    netloc = u.netloc.replace(f":{password}@", ":***@", 1)
+    return u._replace(netloc=netloc).geturl()
 
 
 def check_bus_url(url: str, key: tuple[str, ...]) -> None:
@@ -60,7 +74,7 @@ def parse_redis_url(url: str, key: tuple[str, ...] = ("redis", "url")) -> RedisU
     except ValueError as e:
         raise ConfigError(f"not a redis:// URL: {e}", key) from None
     if u.scheme != "redis" or not u.hostname:
-        raise ConfigError("expected redis://[:password@]host[:port][/db]", key)
+        raise ConfigError(f"expected redis://[:password@]host[:port][/db], got {shown(url)!r}", key)
     db = u.path.lstrip("/") or "0"
     if not db.isascii() or not db.isdigit():
         raise ConfigError(f"the database must be a number, got {db!r}", key)
@@ -76,7 +90,8 @@ def parse_mysql_url(url: str, key: tuple[str, ...] = ("mysql", "url")) -> MySQLU
         raise ConfigError(f"not a mysql:// URL: {e}", key) from None
     database = u.path.lstrip("/")
     if u.scheme != "mysql" or not u.hostname or not u.username or not database:
-        raise ConfigError("expected mysql://user[:password]@host[:port]/database", key)
+        raise ConfigError(
+            f"expected mysql://user[:password]@host[:port]/database, got {shown(url)!r}", key)
     if not all(c.isalnum() or c in "_$" for c in database):
         raise ConfigError(f"the database name must be letters, digits, _ or $, got {database!r}",
                           key)

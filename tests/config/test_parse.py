@@ -151,6 +151,20 @@ topic = "driver-gps"
 
 
 class UnknownKeyTests(ConfigTestCase):
+    def test_a_misspelt_required_key_is_named_as_unknown(self) -> None:
+        """``secrte`` for ``secret``: the error names the key that is there."""
+        self.assertConfigError(
+            '[apps.2001]\nusersystem = "u"\nsecrte = "a-long-secret"\n',
+            "apps.2001.secrte: unknown key (did you mean 'secret'?)")
+
+    def test_an_unknown_key_near_a_known_one_gets_a_hint(self) -> None:
+        self.assertConfigError(APP + "[limits]\nmax_bodyy = 100\n",
+                               "limits.max_bodyy: unknown key (did you mean 'max_body'?)")
+
+    def test_a_missing_key_with_nothing_like_it_is_required(self) -> None:
+        self.assertConfigError('[apps.2001]\nusersystem = "u"\ncolour = "red"\n',
+                               "apps.2001.secret: is required")
+
     def test_top_level(self) -> None:
         self.assertConfigError("bogus = 1\n" + APP, "bogus: unknown key")
 

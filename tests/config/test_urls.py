@@ -9,8 +9,18 @@ from daojia_msg.config import (
     parse_config,
     parse_mysql_url,
     parse_redis_url,
+    shown,
 )
 from tests.config.helpers import APP, ConfigTestCase
+
+
+class ShownTests(ConfigTestCase):
+    def test_a_password_never_shows(self) -> None:
+        self.assertEqual(shown("redis://:pw@h:1/2"), "redis://:***@h:1/2")
+        self.assertEqual(shown("mysql://root:pw@db:3306/x"), "mysql://root:***@db:3306/x")
+        self.assertEqual(shown("amqp://guest@h/"), "amqp://guest@h/")
+        self.assertEqual(shown("redis://h:notaport"), "redis://h:notaport")
+        self.assertEqual(shown("http://[::1"), "http:...")
 
 
 class UrlTests(ConfigTestCase):
