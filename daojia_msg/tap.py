@@ -55,7 +55,7 @@ class Options(usage.Options):
 
 #: The config key each option sets: an error about a value given as an option
 #: names the option, not the key.
-OPTION_KEYS = {
+OPTION_KEYS: dict[tuple[str, ...], str] = {
     ("listen", "gate"): "--gate",
     ("listen", "http"): "--http",
     ("listen", "rpc"): "--rpc",
