@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daojia_msg.config import MySQLConfig, MySQLURL
+from daojia_msg.config import ConfigError, MySQLConfig, MySQLURL
 from daojia_msg.store.dbpool import PoolRunner
 from daojia_msg.store.reads import ReadBatcher
 
@@ -214,3 +214,32 @@ class Database:
         """A batched read: through ``merged`` if it merges, else ``reads``."""
         batcher = self.merged if hasattr(interaction, "many") else self.reads
         return batcher.read(interaction, *args)
+
+
+#: MySQL error codes a connection fails with when the URL, not the server, is wrong.
+_CONNECT_ERRORS = {
+    1044: "access to the database is denied for this user",
+    1045: "access denied (wrong user or password)",
+    1049: "the database does not exist (create it: CREATE DATABASE {database})",
+    2003: "cannot connect (is MySQL running and listening there?)",
+    2005: "unknown host",
+}
+
+
+def check_reachable(db: Database, key: tuple[str, ...], database: str) -> Deferred[None]:
+    """Open one connection of ``db``'s pool before anything else runs on it, so
+    a wrong URL stops start-up with one line naming ``key`` (the config key of
+    that URL) instead of a failed interaction."""
+
+    def connected(_: object) -> None:
+        return None
+
+    def explain(failure: Failure) -> Failure:
+        error = failure.value
+        code = error.args[0] if isinstance(error, pymysql.MySQLError) and error.args else None
+        why = _CONNECT_ERRORS.get(code) if isinstance(code, int) else None
+        if why is None:
+            return failure
+        raise ConfigError(f"{db.name}: {why.format(database=database)}", key) from None
+
+    return db.pool.runWithConnection(lambda conn: None).addCallbacks(connected, explain)

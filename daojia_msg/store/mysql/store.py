@@ -38,7 +38,13 @@ from daojia_msg.store.mysql.across import AcrossDatabases
 from daojia_msg.store.mysql.counts import PendingCounter
 from daojia_msg.store.mysql.flush import AckOp, FlushTransactions, StoreOp
 from daojia_msg.store.mysql.placement import Placement
-from daojia_msg.store.mysql.pools import Database, describe, lock_wait_seconds, mysql_pool
+from daojia_msg.store.mysql.pools import (
+    Database,
+    check_reachable,
+    describe,
+    lock_wait_seconds,
+    mysql_pool,
+)
 from daojia_msg.store.mysql.render import PARAMSTYLE
 from daojia_msg.store.sql import MessageTransactions, Statements, Tables
 
@@ -83,14 +89,16 @@ class MySQLMessageStore:
     ) -> None:
         if not config.url:
             raise ValueError("MySQLMessageStore needs mysql.url")
-        urls = [parse_mysql_url(config.url)] + [
-            parse_mysql_url(u, ("mysql", "databases", str(i)))
-            for i, u in enumerate(config.databases)
-        ]
+        #: The config key of each database's URL, for errors at start.
+        self._keys = [("mysql", "url")] + [
+            ("mysql", "databases", str(i)) for i in range(len(config.databases))]
+        urls = [parse_mysql_url(url, key)
+                for url, key in zip((config.url, *config.databases), self._keys, strict=True)]
         if pools is not None and len(pools) != len(urls):
             raise ValueError(f"{len(urls)} databases configured, {len(pools)} pools given")
         if pools is None:
             pools = [mysql_pool(url, config, reactor) for url in urls]
+        self._urls = urls
         self.config = config
         self._clock = reactor
         if concurrency is None:
@@ -148,10 +156,13 @@ class MySQLMessageStore:
         def migrate() -> Deferred[list[tuple[int, int]]]:
             for db in self._dbs:
                 db.pool.start()
-            d = self._on_all(
-                lambda db: db.run(schema.migrate_txn, db.name, db.index, count, shards, wait_s)
-            )
-            return d.addCallback(packet_sizes)
+            def migrate_all(_: object) -> Deferred[list[tuple[int, int]]]:
+                return self._on_all(
+                    lambda db: db.run(schema.migrate_txn, db.name, db.index, count, shards, wait_s))
+
+            reachable = self._on_all(
+                lambda db: check_reachable(db, self._keys[db.index], self._urls[db.index].database))
+            return reachable.addCallback(migrate_all).addCallback(packet_sizes)
 
         def packet_sizes(found: list[tuple[int, int]]) -> list[tuple[int, int]]:
             self.max_packet_bytes = min(p for _, p in found)

@@ -10,11 +10,12 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from daojia_msg.config import MySQLConfig
+from daojia_msg.config import ConfigError, MySQLConfig
 from daojia_msg.core.errors import StoreError
 from daojia_msg.core.model import StoreOutcome
 from daojia_msg.store.mysql import MySQLMessageStore
 from daojia_msg.store.mysql import store as store_module
+from tests.servers import require_mysql
 from tests.store.mysql.fixtures import fresh_database, msgids, mysql_config, started
 from tests.store.suites import (
     USERS,
@@ -50,6 +51,28 @@ class TwoDatabaseMySQLMessageStoreTests(make_message_store_tests(two_databases))
 class ConfigTests(TestCase):
     def test_no_url(self) -> None:
         self.assertRaises(ValueError, MySQLMessageStore, MySQLConfig(), reactor)
+
+    async def test_a_missing_database_stops_start_with_one_line(self) -> None:
+        """A URL naming a database that does not exist is a config error that
+        names the key and says what to do, not a failed interaction."""
+        url = require_mysql().rsplit("/", 1)[0] + "/msgp_no_such_database"
+        store = MySQLMessageStore(mysql_config(url), reactor)
+        self.addCleanup(store.stop)
+        with self.assertRaises(ConfigError) as e:
+            await store.start()
+        self.assertEqual(e.exception.path, ("mysql", "url"))
+        self.assertIn("the database does not exist (create it: CREATE DATABASE "
+                      "msgp_no_such_database)", str(e.exception))
+
+    async def test_an_unreachable_second_database_names_its_key(self) -> None:
+        good = fresh_database(self)
+        bad = "mysql://root@127.0.0.1:1/anything"
+        store = MySQLMessageStore(mysql_config(good, bad, connect_timeout_s=2.0), reactor)
+        self.addCleanup(store.stop)
+        with self.assertRaises(ConfigError) as e:
+            await store.start()
+        self.assertEqual(e.exception.path, ("mysql", "databases", "0"))
+        self.assertIn("cannot connect", str(e.exception))
 
 
 class RestartTests(TestCase):
