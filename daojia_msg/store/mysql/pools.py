@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daojia_msg.config import ConfigError, MySQLConfig, MySQLURL
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.store.dbpool import PoolRunner
 from daojia_msg.store.reads import ReadBatcher
 
@@ -216,20 +217,24 @@ class Database:
         return batcher.read(interaction, *args)
 
 
-#: MySQL error codes a connection fails with when the URL, not the server, is wrong.
-_CONNECT_ERRORS = {
+#: MySQL error codes a connection fails with when the URL is wrong: a config error.
+_URL_ERRORS = {
     1044: "access to the database is denied for this user",
     1045: "access denied (wrong user or password)",
     1049: "the database does not exist (create it: CREATE DATABASE {database})",
-    2003: "cannot connect (is MySQL running and listening there?)",
     2005: "unknown host",
+}
+#: ... and when the server is not there: the store is unavailable.
+_SERVER_ERRORS = {
+    2003: "cannot connect (is MySQL running and listening there?)",
 }
 
 
 def check_reachable(db: Database, key: tuple[str, ...], database: str) -> Deferred[None]:
     """Open one connection of ``db``'s pool before anything else runs on it, so
-    a wrong URL stops start-up with one line naming ``key`` (the config key of
-    that URL) instead of a failed interaction."""
+    that start-up stops with one line saying what is wrong: a
+    :class:`ConfigError` naming ``key`` (the config key of that URL) when the
+    URL is, :class:`StoreUnavailable` when the server cannot be reached."""
 
     def connected(_: object) -> None:
         return None
@@ -237,9 +242,11 @@ def check_reachable(db: Database, key: tuple[str, ...], database: str) -> Deferr
     def explain(failure: Failure) -> Failure:
         error = failure.value
         code = error.args[0] if isinstance(error, pymysql.MySQLError) and error.args else None
-        why = _CONNECT_ERRORS.get(code) if isinstance(code, int) else None
-        if why is None:
-            return failure
-        raise ConfigError(f"{db.name}: {why.format(database=database)}", key) from None
+        if code in _URL_ERRORS:
+            raise ConfigError(f"{db.name}: {_URL_ERRORS[code].format(database=database)}",
+                              key) from None
+        if code in _SERVER_ERRORS:
+            raise StoreUnavailable(f"{db.name}: {_SERVER_ERRORS[code]}") from None
+        return failure
 
     return db.pool.runWithConnection(lambda conn: None).addCallbacks(connected, explain)
