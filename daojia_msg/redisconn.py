@@ -32,7 +32,9 @@ from typing import Any, cast
 import txredisapi
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -247,12 +249,30 @@ def as_deferred(result: Any) -> Deferred[Any]:
     return result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
 
 
+async def _tcp_probe(host: str, port: int, timeout: float) -> None:
+    """Open and close one TCP connection to ``host:port``; fails when refused
+    or not answered within ``timeout`` seconds."""
+    from twisted.internet import reactor  # txredisapi runs on it too
+
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=max(1, int(timeout + 0.999)))
+    factory = Factory.forProtocol(Protocol)
+    factory.noisy = False
+    protocol = cast(Protocol, await endpoint.connect(factory))
+    assert protocol.transport is not None
+    protocol.transport.loseConnection()
+
+
 async def connect(config: RedisConfig) -> Redis:
     """Connect to ``config.url``; raises :class:`ConfigError` naming ``redis.url``
     when the server cannot be reached (start-up then stops with that line)."""
     url = parse_redis_url(config.url)
     timeout = config.reply_timeout_s
     where = f"{url.host}:{url.port}/{url.db}"
+    try:
+        # Plain TCP first: txredisapi would log a retry it does not make.
+        await _tcp_probe(url.host, url.port, timeout)
+    except Exception as e:
+        raise ConfigError(f"cannot connect to Redis at {where}: {e}", ("redis", "url")) from None
     try:
         probe = await txredisapi.Connection(
             url.host, url.port, dbid=url.db, reconnect=False, charset=None,

@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
@@ -286,6 +287,19 @@ class ConnectTests(TestCase):
         self.assertEqual(error.path, ("redis", "url"))
         self.assertTrue(str(error).startswith("redis.url: cannot connect to Redis"))
         self.assertLess(time.monotonic() - started, QUICK)
+
+    async def test_closed_port_logs_no_retry(self) -> None:
+        """Start-up fails at once on a closed port: nothing says it will retry."""
+        port = await closed_port(self)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        await self.assertFailure(
+            Deferred.fromCoroutine(connect(RedisConfig(
+                url=f"redis://127.0.0.1:{port}/15", reply_timeout_s=TIMEOUT))),
+            ConfigError)
+        said = [formatEvent(e) for e in events]
+        self.assertEqual([line for line in said if "retry" in line.lower()], [], said)
 
     async def test_silent_server_names_redis_url(self) -> None:
         _, port = listen(self, ServerFactory.forProtocol(Silent))
