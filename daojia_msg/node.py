@@ -20,7 +20,6 @@ the registry and the backends close. Un-ACKed pushes stay pending.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 from collections.abc import Callable
 from typing import Any
@@ -54,19 +53,13 @@ from daojia_msg.metrics.registry import make_registry
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.redisconn import Redis, connect
+from daojia_msg.sockets import is_loopback, listen_interface
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
 from daojia_msg.web.site import make_site
 
 WILDCARDS = ("0.0.0.0", "::", "")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class Node(MultiService):
@@ -373,11 +366,10 @@ def check_cluster_config(config: Config) -> None:
     """What only makes sense for a cluster, checked before anything starts."""
     if not config.redis.url:
         return
-    rpc = serverFromString(None, config.listen.rpc)
-    host = str(getattr(getattr(rpc, "_wrappedEndpoint", rpc), "_interface", ""))
+    host = listen_interface(config.listen.rpc) or ""
     if host in WILDCARDS:
         raise ConfigError("in a cluster the RPC listener must name the interface other nodes "
                           "reach (tcp:PORT:interface=ADDRESS)", ("listen", "rpc"))
-    if not config.cluster.rpc_secret and not _is_loopback(host):
+    if not config.cluster.rpc_secret and not is_loopback(host):
         raise ConfigError("required when listen.rpc is not a loopback address",
                           ("cluster", "rpc_secret"))

@@ -1,9 +1,19 @@
 # -*- test-case-name: tests.test_e2e -*-
-"""Socket options every msgplatform TCP connection wants."""
+"""Socket options every msgplatform TCP connection wants, and which
+interface a listener binds."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
+
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
 
 
 def no_delay(transport: Any) -> None:
@@ -22,3 +32,32 @@ def no_delay(transport: Any) -> None:
         set_option(True)
     except OSError:  # e.g. a UNIX socket behind a wrapper, or already closed
         pass
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) is this machine's loopback."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def listen_interface(description: str) -> str | None:
+    """The interface a server endpoint description binds ("" or a wildcard:
+    every interface), or None for a listener that is not TCP (a UNIX socket).
+    Raises ValueError (or KeyError, TypeError) for a description that does
+    not parse."""
+    endpoint: Any = serverFromString(None, description)
+    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)  # haproxy: and the like
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return None
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint | SSL4ServerEndpoint):
+        return str(getattr(endpoint, "_interface", ""))
+    return ""  # an endpoint type that does not say: take it for every interface
+
+
+def listens_on_loopback(description: str) -> bool:
+    """Whether a listener of ``description`` is reachable from this machine
+    only: a loopback interface or a UNIX socket."""
+    interface = listen_interface(description)
+    return interface is None or is_loopback(interface)

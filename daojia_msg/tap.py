@@ -28,6 +28,7 @@ from daojia_msg.config import (
     load_config,
 )
 from daojia_msg.node import check_cluster_config
+from daojia_msg.sockets import listens_on_loopback
 
 log = Logger()
 
@@ -36,12 +37,16 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run one msgplatform node. With no options: the embedded default (gate on "
-        "tcp:7000, HTTP API on 127.0.0.1:8080, data under ./var, development-only demo "
+        "127.0.0.1:7000, HTTP API on 127.0.0.1:8080, data under ./var, development-only demo "
         "apps 1001 and 1002). etc/msgplatform.toml documents every config key."
     )
+    optFlags = [
+        ["demo", None, "Allow a gate beyond loopback while the demo apps (public secrets) run."],
+    ]
     optParameters = [
         ["config", "c", None, "TOML config file (etc/msgplatform.toml documents every key)."],
-        ["gate", None, None, "Gate listener, a Twisted endpoint (default tcp:7000)."],
+        ["gate", None, None, "Gate listener, a Twisted endpoint (default tcp:7000; "
+                             "tcp:7000:interface=127.0.0.1 with the demo apps)."],
         ["http", None, None, "HTTP API listener (default tcp:8080:interface=127.0.0.1)."],
         ["rpc", None, None, "Internal RPC listener, bound only in a cluster (--redis)."],
         ["manhole", None, None, "Admin manhole listener (loopback; needs a password)."],
@@ -111,9 +116,20 @@ def _build_config(options: Any) -> Config:
         changes["bus"] = dataclasses.replace(config.bus, url=options["bus"])
     config = config.replace(**changes)
     check_urls(config)
+    check_demo_gate(config, allowed=bool(options["demo"]))
     check_cluster_config(config)
     check_manhole_config(config.listen.manhole, config.admin.manhole_password)
     return config
+
+
+def check_demo_gate(config: Config, allowed: bool) -> None:
+    """The demo apps' secrets are public: anyone who reaches their gate can log
+    in as any user. Refuse a gate beyond loopback unless ``--demo`` allows it."""
+    if config.demo and not allowed and not listens_on_loopback(config.listen.gate):
+        raise ConfigError(
+            "the demo apps have public secrets, so their gate stays on loopback: pass --demo "
+            "to listen beyond it anyway, or use a config file with apps of your own",
+            ("listen", "gate"))
 
 
 def _fields(obj: Any) -> dict[str, Any]:

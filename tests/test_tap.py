@@ -25,7 +25,7 @@ def options(*argv: str) -> Options:
 class BuildConfigTests(SynchronousTestCase):
     def test_no_options_is_the_embedded_default(self) -> None:
         config = build_config(options())
-        self.assertEqual(config.listen.gate, "tcp:7000")
+        self.assertEqual(config.listen.gate, "tcp:7000:interface=127.0.0.1")
         self.assertEqual(config.listen.http, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(config.data_dir, "./var")
         self.assertEqual(sorted(config.apps), [1001, 1002])
@@ -35,7 +35,7 @@ class BuildConfigTests(SynchronousTestCase):
         self.assertTrue(config.demo)
 
     def test_options_override(self) -> None:
-        config = build_config(options("--gate", "tcp:0", "--http", "tcp:0:interface=127.0.0.1",
+        config = build_config(options("--demo", "--gate", "tcp:0", "--http", "tcp:0:interface=127.0.0.1",
                                       "--node-id", "7", "--data-dir", "/tmp/x", "--bus", "memory:",
                                       "--rpc", "tcp:7200:interface=127.0.0.1"))
         self.assertEqual((config.listen.gate, config.listen.http, config.node_id, config.data_dir),
@@ -105,6 +105,36 @@ class BuildConfigTests(SynchronousTestCase):
         self.assertRefused(("--config", path),
                            "listen.gate: not a valid endpoint description '7000': "
                            "Unknown endpoint type: '7000'")
+
+    def test_the_demo_apps_keep_their_gate_on_loopback(self) -> None:
+        """Their secrets are public: a gate beyond loopback needs --demo."""
+        refusal = ("the demo apps have public secrets, so their gate stays on loopback: pass "
+                   "--demo to listen beyond it anyway, or use a config file with apps of your own")
+        for gate in ("tcp:7000", "tcp:7000:interface=0.0.0.0", "tcp6:7000:interface=\\:\\:",
+                     "haproxy:tcp:7000"):
+            with self.subTest(gate=gate):
+                self.assertRefused(("--gate", gate), f"--gate: {refusal}")
+                self.assertEqual(build_config(options("--demo", "--gate", gate)).listen.gate, gate)
+        for gate in ("tcp:7001:interface=127.0.0.1", "tcp6:7001:interface=\\:\\:1",
+                     "unix:/tmp/msgp-gate.sock"):
+            with self.subTest(gate=gate):
+                self.assertEqual(build_config(options("--gate", gate)).listen.gate, gate)
+
+    def test_a_config_file_with_the_demo_secrets_is_held_to_the_same_rule(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[listen]\ngate = "tcp:7000"\n'
+                    '[apps.1001]\nusersystem = "d"\nsecret = "demo-secret-1001"\n')
+        with self.assertRaises(ConfigError) as e:
+            build_config(options("--config", path))
+        self.assertTrue(str(e.exception).startswith("listen.gate: the demo apps"), e.exception)
+        self.assertEqual(build_config(options("--config", path, "--demo")).listen.gate, "tcp:7000")
+
+    def test_own_apps_may_listen_anywhere(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[apps.5]\nusersystem = "u"\nsecret = "s3cret-5!"\n')
+        self.assertEqual(build_config(options("--config", path)).listen.gate, "tcp:7000")
 
     def test_cluster_options(self) -> None:
         config = build_config(options("--redis", "redis://127.0.0.1:6379/2",

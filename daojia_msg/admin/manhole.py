@@ -46,7 +46,6 @@ import dataclasses
 import hashlib
 import hmac
 import inspect
-import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -58,13 +57,6 @@ from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import (
-    SSL4ServerEndpoint,
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
-    UNIXServerEndpoint,
-    serverFromString,
-)
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
@@ -75,6 +67,7 @@ from daojia_msg.config import ConfigError
 from daojia_msg.core.convert import check_uid
 from daojia_msg.core.model import NodeInfo, SessionRecord
 from daojia_msg.protocol.codes import KickReason
+from daojia_msg.sockets import listens_on_loopback
 
 #: The one user name the manhole accepts.
 MANHOLE_USERNAME = "admin"
@@ -526,13 +519,6 @@ def make_manhole_factory(
 # -- config ----------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def check_manhole_config(listen_manhole: str, password: str) -> None:
     """Refuse a manhole without a password, or on an interface other than loopback.
 
@@ -550,15 +536,11 @@ def check_manhole_config(listen_manhole: str, password: str) -> None:
         raise ConfigError("required when listen.manhole is set: the manhole refuses to start "
                           "without a password", ("admin", "manhole_password"))
     try:
-        endpoint: Any = serverFromString(None, listen_manhole)
+        local = listens_on_loopback(listen_manhole)
     except Exception as e:  # ValueError, KeyError... IndexError (systemd: without fds)
         raise ConfigError(f"not a valid endpoint description {listen_manhole!r}: {e}",
                           ("listen", "manhole")) from None
-    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
-    if isinstance(endpoint, UNIXServerEndpoint):
-        return
-    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint | SSL4ServerEndpoint) \
-            and _is_loopback(str(getattr(endpoint, "_interface", ""))):
+    if local:
         return
     raise ConfigError("the manhole speaks clear-text telnet: bind it to loopback "
                       "(tcp:PORT:interface=127.0.0.1) or a unix: socket, and reach it "

@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "DEMO_APPS",
+    "DEMO_GATE",
     "DEMO_ROUTES",
     "MAX_NODE_ID",
     "AdminConfig",
@@ -241,8 +242,14 @@ DEMO_ROUTES = tuple(
 )
 
 
+#: The gate while the demo apps run, unless a gate is given: their secrets are
+#: public, so by default only this machine reaches it (``--demo`` allows more).
+DEMO_GATE = "tcp:7000:interface=127.0.0.1"
+
+
 def default_config() -> Config:
     """What ``twistd msgplatform`` runs with no ``--config``: the demo apps included."""
-    return Config(apps=dict(DEMO_APPS), routes=DEMO_ROUTES, demo=True)
+    return Config(apps=dict(DEMO_APPS), routes=DEMO_ROUTES, demo=True,
+                  listen=ListenConfig(gate=DEMO_GATE))
 
 

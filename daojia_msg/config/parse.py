@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import tomllib
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from typing import Any
 
 from daojia_msg.config.model import (
     DEMO_APPS,
+    DEMO_GATE,
     MAX_NODE_ID,
     AdminConfig,
     AppConfig,
@@ -301,7 +303,7 @@ def parse_config(text: str) -> Config:
     lt = top.table("listen")
     d = ListenConfig()
     listen = ListenConfig(
-        gate=lt.str("gate", d.gate),
+        gate=lt.str("gate", ""),  # unset: the default below, once the apps are known
         http=lt.str("http", d.http),
         rpc=lt.str("rpc", d.rpc),
         manhole=lt.str("manhole", d.manhole),
@@ -333,6 +335,9 @@ def parse_config(text: str) -> Config:
         raise ConfigError("at least one app must be configured ([apps.<appcode>])", ("apps",))
     routes = _routes(data.get("routes", []), apps, buses)
     top.done()
+    demo = any(app.secret == demo.secret for app in apps.values() for demo in DEMO_APPS.values())
+    if not listen.gate:
+        listen = dataclasses.replace(listen, gate=DEMO_GATE if demo else ListenConfig().gate)
     config = Config(
         node_id=node_id,
         data_dir=data_dir,
@@ -349,7 +354,7 @@ def parse_config(text: str) -> Config:
         stats=stats,
         apps=apps,
         routes=routes,
-        demo=any(app.secret == demo.secret for app in apps.values() for demo in DEMO_APPS.values()),
+        demo=demo,
     )
     check_urls(config)
     return config

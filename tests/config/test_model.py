@@ -27,7 +27,7 @@ class ExampleFileTests(SynchronousTestCase):
 class DefaultTests(ConfigTestCase):
     def test_default_config(self) -> None:
         config = default_config()
-        self.assertEqual(config.listen.gate, "tcp:7000")
+        self.assertEqual(config.listen.gate, "tcp:7000:interface=127.0.0.1")  # demo apps
         self.assertEqual(config.listen.http, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(config.limits.heartbeat_s, 60)
         self.assertEqual(config.limits.idle_timeout_s, 180.0)

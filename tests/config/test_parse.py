@@ -18,6 +18,21 @@ from daojia_msg.config import (
 from tests.config.helpers import APP, TWO_APPS, ConfigTestCase
 
 
+class GateDefaultTests(ConfigTestCase):
+    def test_own_apps_listen_on_every_interface(self) -> None:
+        self.assertEqual(parse_config(APP).listen.gate, "tcp:7000")
+
+    def test_the_demo_apps_listen_on_loopback(self) -> None:
+        demo = '[apps.1001]\nusersystem = "demo"\nsecret = "demo-secret-1001"\n'
+        config = parse_config(demo)
+        self.assertTrue(config.demo)
+        self.assertEqual(config.listen.gate, "tcp:7000:interface=127.0.0.1")
+
+    def test_a_gate_given_is_kept(self) -> None:
+        demo = '[listen]\ngate = "tcp:7001"\n[apps.1001]\nusersystem = "d"\nsecret = "demo-secret-1001"\n'
+        self.assertEqual(parse_config(demo).listen.gate, "tcp:7001")
+
+
 class HeartbeatTests(ConfigTestCase):
     def test_idle_is_three_heartbeats(self) -> None:
         limits = parse_config("[limits]\nheartbeat_s = 10\n" + APP).limits
