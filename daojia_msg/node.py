@@ -208,8 +208,9 @@ class Node(MultiService):
             from daojia_msg.store.mysql import MySQLMessageStore
 
             return MySQLMessageStore(self.config.mysql, self.reactor)
-        path = os.path.join(self.config.data_dir, "messages.db")
-        return SQLiteMessageStore(path, self.reactor)
+        data_dir = os.path.abspath(self.config.data_dir)
+        self.log.info("data directory {data_dir} (node.data_dir)", data_dir=data_dir)
+        return SQLiteMessageStore(os.path.join(data_dir, "messages.db"), self.reactor)
 
     async def _listen(self, name: str, factory: Any) -> IListeningPort:
         """Listen on ``listen.<name>``; one that cannot be bound stops start-up

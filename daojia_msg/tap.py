@@ -149,7 +149,9 @@ def makeService(options: Any) -> IService:
     try:
         node = Node(config, reactor)
     except OSError as e:
-        sys.exit(f"msgplatform: node.data_dir: cannot use {config.data_dir!r}: {e.strerror}")
+        key = "--data-dir" if options["data-dir"] is not None else "node.data_dir"
+        sys.exit(f"msgplatform: {key}: cannot use {os.path.abspath(config.data_dir)!r}: "
+                 f"{e.strerror}")
     node.ready.addCallbacks(lambda _: gctune.tune_after_start(), _start_failed,
                             errbackArgs=(reactor,))
     return node

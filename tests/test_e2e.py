@@ -13,6 +13,8 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 
 from daojia_msg.config import ConfigError, ListenConfig, default_config
 from daojia_msg.node import Node
@@ -132,6 +134,18 @@ class ListenFailureTests(NodeTestCase):
             self.assertIn(f"cannot listen on 'tcp:{port}:interface=127.0.0.1'", str(error))
             self.assertTrue(str(error).startswith("listen.http: "))
             await node.stopService()
+
+
+class DataDirectoryTests(NodeTestCase):
+    async def test_a_relative_data_dir_is_logged_as_an_absolute_path(self) -> None:
+        """A node started from another folder says where its data went."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        relative = os.path.relpath(os.path.abspath(self.mktemp()))
+        node = await self.start_node(relative)
+        self.addCleanup(self.stop_node, node)
+        lines = [formatEvent(e) for e in events if "data directory" in (e.get("log_format") or "")]
+        self.assertEqual(lines, [f"data directory {os.path.abspath(relative)} (node.data_dir)"])
+        self.assertTrue(os.path.isfile(os.path.join(relative, "messages.db")))
 
 
 class RestartTests(NodeTestCase):
