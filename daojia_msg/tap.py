@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+import daojia_msg
 from daojia_msg.admin.manhole import check_manhole_config
 from daojia_msg.config import (
     MAX_NODE_ID,
@@ -43,6 +44,11 @@ class Options(usage.Options):
     optFlags = [
         ["demo", None, "Allow a gate beyond loopback while the demo apps (public secrets) run."],
     ]
+    def opt_version(self) -> None:
+        """Print the version of msgplatform and exit."""
+        print(_version_line())
+        sys.exit(0)
+
     optParameters = [
         ["config", "c", None, "TOML config file (etc/msgplatform.toml documents every key)."],
         ["gate", None, None, "Gate listener, a Twisted endpoint (default tcp:7000; "
@@ -70,6 +76,10 @@ OPTION_KEYS: dict[tuple[str, ...], str] = {
     ("bus", "url"): "--bus",
     ("node", "data_dir"): "--data-dir",
 }
+
+
+def _version_line() -> str:
+    return f"msgplatform {daojia_msg.__version__}"
 
 
 def build_config(options: Any) -> Config:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
 import os
 import sys
 
@@ -10,6 +12,7 @@ from twisted.internet import utils
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import daojia_msg
 from daojia_msg.config import ConfigError
 from daojia_msg.tap import Options, build_config
 
@@ -146,6 +149,19 @@ class BuildConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as e:
             build_config(options("--config", "/nonexistent/x.toml"))
         self.assertIn("/nonexistent/x.toml", str(e.exception))
+
+
+class VersionTests(SynchronousTestCase):
+    def test_version_prints_the_project_version_not_twisteds(self) -> None:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as caught:
+            options("--version")
+        self.assertEqual(caught.exception.code, 0)
+        self.assertEqual(out.getvalue(), f"msgplatform {daojia_msg.__version__}\n")
+
+    def test_the_package_and_its_metadata_agree(self) -> None:
+        self.assertEqual(importlib.metadata.version("msgplatform"), daojia_msg.__version__)
 
 
 class PluginTests(SynchronousTestCase):

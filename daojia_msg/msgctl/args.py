@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from daojia_msg import __version__
+
 
 def _uint(bits: int, low: int = 0) -> Callable[[str], int]:
     def parse(text: str) -> int:
@@ -28,6 +30,7 @@ UID, U32 = _uint(64, 1), _uint(32)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msgctl", description="msgplatform command-line client")
+    parser.add_argument("--version", action="version", version=f"msgctl (msgplatform) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ident = argparse.ArgumentParser(add_help=False)
     ident.add_argument("--uid", type=UID, required=True, help="your uid")

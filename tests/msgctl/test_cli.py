@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import sys
 
+import daojia_msg
 from daojia_msg.msgctl import cli
 from tests.msgctl.fakes import CliTestCase
 
@@ -41,3 +42,13 @@ class ArgumentTests(CliTestCase):
         with self.assertRaises(SystemExit) as caught:
             cli.main(["token"])
         self.assertEqual(caught.exception.code, 2)
+
+
+class VersionTests(CliTestCase):
+    def test_version_prints_the_project_version(self) -> None:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as caught:
+            cli.main(["--version"])
+        self.assertEqual(caught.exception.code, 0)
+        self.assertEqual(out.getvalue(), f"msgctl (msgplatform) {daojia_msg.__version__}\n")
