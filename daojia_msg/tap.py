@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -146,6 +146,36 @@ def _fields(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
 
 
+class _Verdict(MultiService):
+    """Holds the node and tells twistd's waiting parent how start-up went.
+
+    Without ``-n`` twistd forks; the parent waits on a pipe for the child's
+    verdict, which twistd writes as soon as the services' ``startService``
+    returns. The node starts asynchronously (backends, then listeners), so
+    this takes the pipe from twistd's config while the services start and
+    writes the verdict itself once the node is ready or has failed: a daemon
+    that cannot start exits 1 with its reason, instead of 0."""
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__()
+        self.runner = runner
+        self.pipe: int | None = None
+
+    def startService(self) -> None:
+        if self.runner is not None:  # twistd's own options: it keeps the pipe there
+            self.pipe = self.runner.pop("statusPipe", None)
+        super().startService()
+
+    def report(self, why: str | None) -> None:
+        """Write the verdict: ``None`` for started, else the reason (once)."""
+        pipe, self.pipe = self.pipe, None
+        if pipe is None:
+            return
+        message = b"0" if why is None else f"1 {why}".encode("ascii", "backslashreplace")[:100]
+        os.write(pipe, message)
+        os.close(pipe)
+
+
 def makeService(options: Any) -> IService:
     try:
         config = build_config(options)
@@ -162,15 +192,41 @@ def makeService(options: Any) -> IService:
         key = "--data-dir" if options["data-dir"] is not None else "node.data_dir"
         sys.exit(f"msgplatform: {key}: cannot use {os.path.abspath(config.data_dir)!r}: "
                  f"{e.strerror}")
-    node.ready.addCallbacks(lambda _: gctune.tune_after_start(), _start_failed,
-                            errbackArgs=(reactor,))
-    return node
+    runner = getattr(options, "parent", None)  # twistd's options, when run by twistd
+    verdict = _Verdict(runner)
+    node.setServiceParent(verdict)
+
+    def started(_: object) -> None:
+        verdict.report(None)
+        gctune.tune_after_start()
+
+    def failed(failure: Failure) -> None:
+        why = failure.getErrorMessage()
+        verdict.report(why)
+        _start_failed(failure, reactor, runner)
+
+    node.ready.addCallbacks(started, failed)
+    return verdict
 
 
-def _start_failed(failure: Failure, reactor: Any) -> None:
+def _start_failed(failure: Failure, reactor: Any, runner: Any) -> None:
     """A backend or a listener could not start: one clear line, then exit 1."""
     log.critical("msgplatform: start-up failed: {why}", why=failure.getErrorMessage(),
                  error=getattr(failure.type, "__name__", ""))
-    # twistd has no exit status of its own: leave with 1 once shutdown is done.
-    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+    pidfile = runner.get("pidfile") if runner is not None else None
+    # twistd has no exit status of its own: leave with 1 once shutdown is done,
+    # and take the pid file along (twistd removes it only when it exits itself).
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_failed, pidfile)
     reactor.stop()
+
+
+def _exit_failed(pidfile: str | None) -> None:
+    if pidfile:
+        try:
+            with open(pidfile) as f:
+                ours = f.read().strip() == str(os.getpid())
+            if ours:
+                os.remove(pidfile)
+        except OSError:
+            pass
+    os._exit(1)

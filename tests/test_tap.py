@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import os
+import signal
 import sys
+from typing import Any
 
 from twisted.application.service import IServiceMaker
 from twisted.internet import utils
@@ -209,3 +211,53 @@ class TwistdTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"start-up failed", out + err)
         self.assertIn(b"Address already in use", out + err)
+
+
+class DaemonTests(TestCase):
+    """twistd without -n forks; its exit status must say whether the node started."""
+
+    def daemon(self, *argv: str) -> tuple[Any, str, str]:
+        if not os.path.exists(TWISTD):
+            self.skipTest(f"no twistd beside {sys.executable}")
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        pidfile, logfile = os.path.join(cwd, "node.pid"), os.path.join(cwd, "node.log")
+        d = utils.getProcessOutputAndValue(
+            TWISTD, (f"--pidfile={pidfile}", f"--logfile={logfile}", "msgplatform",
+                     "--data-dir", os.path.join(cwd, "var"), *argv),
+            env=dict(os.environ), path=cwd)
+        return d, pidfile, logfile
+
+    async def test_a_daemon_that_cannot_start_exits_1_and_leaves_no_pid_file(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory
+
+        port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        busy = port.getHost().port
+        d, pidfile, logfile = self.daemon("--gate", f"tcp:{busy}:interface=127.0.0.1",
+                                          "--http", "tcp:0:interface=127.0.0.1")
+        out, err, code = await d
+        self.assertEqual(code, 1, (out, err))
+        self.assertIn(b"cannot listen on", err)
+        self.assertFalse(os.path.exists(pidfile))
+        with open(logfile) as f:
+            self.assertIn("start-up failed", f.read())
+
+    async def test_a_daemon_that_started_exits_0_once_it_serves(self) -> None:
+        d, pidfile, logfile = self.daemon("--gate", "tcp:0:interface=127.0.0.1",
+                                          "--http", "tcp:0:interface=127.0.0.1")
+        out, err, code = await d
+        self.assertEqual(code, 0, (out, err))
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.addCleanup(_stop, pid)
+        with open(logfile) as f:
+            self.assertIn("node 0 serving", f.read())
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
