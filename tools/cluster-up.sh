@@ -1,80 +1,148 @@
 #!/usr/bin/env bash
-# A three-node cluster on one machine, for a try-out: Redis, MariaDB/MySQL,
-# three `twistd msgplatform` nodes (etc/cluster.toml) and HAProxy in front
-# (etc/haproxy.cfg: phones on 127.0.0.1:7000, HTTP API on 127.0.0.1:8080).
+# A cluster of one to three nodes on one machine, for a try-out: Redis,
+# MariaDB/MySQL, `twistd msgplatform` nodes (etc/cluster.toml) and HAProxy in
+# front (etc/haproxy.cfg: phones on 127.0.0.1:7000, HTTP API on 127.0.0.1:8080).
 #
-#   tools/cluster-up.sh          start everything (Redis/MySQL only if not running)
-#   tools/cluster-up.sh up 2     the same with two nodes (1 to 3; HAProxy gets
-#                                only those as servers)
-#   tools/cluster-up.sh down     stop the nodes and HAProxy
+#   tools/cluster-up.sh [up] [N] [--redis-db N] [--mysql-db NAME]
+#                               start N nodes (1 to 3, default 3); Redis and
+#                               MySQL are started only if not running
+#   tools/cluster-up.sh down    stop the nodes and HAProxy
 #
-# NODE_ARGS adds options to every node, e.g.
-#   NODE_ARGS="--bus redis://127.0.0.1:6379/14" tools/cluster-up.sh up 2
+# --redis-db picks the Redis database (default 0) and --mysql-db the MySQL
+# database (default msgplatform, created if missing). NODE_ARGS adds options
+# to every node, e.g. NODE_ARGS="--bus redis://127.0.0.1:6379/14"; a --redis or
+# --mysql in NODE_ARGS wins over the two options above.
 #
-# Logs and pid files go to var/cluster/. Needs the venv of the README (.venv).
+# Needs: the venv of the README (.venv), haproxy, and either running Redis and
+# MySQL servers or redis-server and mariadbd to start them. Node i leases node
+# id i; its log and pid file are var/cluster/node<i>.log and node<i>.pid. If a
+# step fails, everything this run started is stopped again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=var/cluster
 twistd=.venv/bin/twistd
-mkdir -p "$run"
+export PATH="$PATH:/usr/sbin:/sbin"
 
-down() {  # SIGTERM everything, then wait for the nodes' drain to finish
-  pids=()
+usage() {
+  echo "usage: tools/cluster-up.sh [up] [1|2|3] [--redis-db N] [--mysql-db NAME] | down" >&2
+  exit 2
+}
+
+# Stop what the pid files name (SIGTERM, then wait for the nodes' drain).
+down() {
+  local pids=() pidfile pid
   for pidfile in "$run"/*.pid; do
     [ -e "$pidfile" ] || continue
     pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null && pids+=("$pid")
+    if kill "$pid" 2>/dev/null; then pids+=("$pid"); fi
     rm -f "$pidfile"
   done
-  for pid in "${pids[@]}"; do
+  for pid in "${pids[@]+"${pids[@]}"}"; do
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   done
   echo "cluster stopped"
 }
 
-if [ "${1:-up}" = down ]; then down; exit 0; fi
-nodes=${2:-3}
-case "$nodes" in
-  1|2|3) ;;
-  *) echo "usage: tools/cluster-up.sh [up [1|2|3]] | down" >&2; exit 2 ;;
-esac
-if ls "$run"/*.pid >/dev/null 2>&1; then
-  echo "a cluster seems to be running (pid files in $run/): tools/cluster-up.sh down first" >&2
+command=up
+nodes=3
+redis_db=0
+mysql_db=msgplatform
+while [ $# -gt 0 ]; do
+  case "$1" in
+    up|down) command=$1 ;;
+    1|2|3) nodes=$1 ;;
+    --redis-db) [ $# -ge 2 ] || usage; redis_db=$2; shift ;;
+    --mysql-db) [ $# -ge 2 ] || usage; mysql_db=$2; shift ;;
+    *) usage ;;
+  esac
+  shift
+done
+case "$redis_db" in ''|*[!0-9]*) echo "--redis-db: expected a number, got '$redis_db'" >&2; exit 2 ;; esac
+case "$mysql_db" in ''|*[!A-Za-z0-9_]*) echo "--mysql-db: expected letters, digits and _, got '$mysql_db'" >&2; exit 2 ;; esac
+
+mkdir -p "$run"
+if [ "$command" = down ]; then down; exit 0; fi
+
+# -- prerequisites, all checked before anything starts -----------------------
+missing=()
+[ -x "$twistd" ] || missing+=("the venv: python3 -m venv .venv && .venv/bin/pip install -e . --config-settings editable_mode=compat")
+command -v haproxy >/dev/null || missing+=("haproxy: apt-get install haproxy")
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! listening 6379 && ! command -v redis-server >/dev/null; then
+  missing+=("Redis on 127.0.0.1:6379, or redis-server to start it: apt-get install redis-server")
+fi
+if ! listening 3306 && [ ! -x /usr/sbin/mariadbd ]; then
+  missing+=("MySQL/MariaDB on 127.0.0.1:3306, or mariadbd to start it: apt-get install mariadb-server")
+fi
+command -v mysql >/dev/null || missing+=("the mysql client: apt-get install mariadb-client")
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tools/cluster-up.sh needs:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
   exit 1
 fi
 
-up_port() {  # wait up to 30 s for a TCP listener
-  for _ in $(seq 1 60); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.5
-  done
-  echo "nothing listens on 127.0.0.1:$1 ($2)" >&2; return 1
+# Pid files of a cluster that is still running stop us; stale ones are removed.
+for pidfile in "$run"/*.pid; do
+  [ -e "$pidfile" ] || continue
+  if kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "a cluster is running ($pidfile): tools/cluster-up.sh down first" >&2
+    exit 1
+  fi
+  echo "removing stale $pidfile"
+  rm -f "$pidfile"
+done
+
+# From here, a failure stops whatever this run started.
+on_exit() {
+  local status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "start-up failed: stopping what was started" >&2
+    down >&2
+  fi
+}
+trap on_exit EXIT
+
+wait_port() {  # port what: wait up to 30 s for a TCP listener
+  for _ in $(seq 1 60); do listening "$1" && return 0; sleep 0.5; done
+  echo "nothing listens on 127.0.0.1:$1 ($2)" >&2
+  return 1
 }
 
-if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+if ! listening 6379; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
-    --dir "$run" --logfile "$PWD/$run/redis.log"
+    --dir "$PWD/$run" --logfile "$PWD/$run/redis.log"
 fi
-up_port 6379 Redis
-if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; then
+wait_port 6379 Redis
+if ! listening 3306; then
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
 fi
-up_port 3306 MySQL
-mysql -uroot -h127.0.0.1 -e "CREATE DATABASE IF NOT EXISTS msgplatform CHARACTER SET utf8mb4"
+wait_port 3306 MySQL
 
+node_args=${NODE_ARGS:-}
+backends=()
+case " $node_args " in *" --redis "*) ;; *) backends+=(--redis "redis://127.0.0.1:6379/$redis_db") ;; esac
+case " $node_args " in
+  *" --mysql "*) ;;
+  *) mysql -uroot -h127.0.0.1 -e "CREATE DATABASE IF NOT EXISTS \`$mysql_db\` CHARACTER SET utf8mb4"
+     backends+=(--mysql "mysql://root@127.0.0.1:3306/$mysql_db") ;;
+esac
+
+# Without -n, twistd returns once the node serves, or exits 1 with the reason.
 # shellcheck disable=SC2086 # NODE_ARGS is split into options on purpose
 for i in $(seq 1 "$nodes"); do
-  $twistd --pidfile="$run/node$i.pid" --logfile="$run/node$i.log" msgplatform \
-    --config etc/cluster.toml \
-    --gate "haproxy:tcp:700$i:interface=127.0.0.1:backlog=1024" \
-    --http "tcp:808$i:interface=127.0.0.1" \
-    --rpc "tcp:710$i:interface=127.0.0.1" ${NODE_ARGS:-}
+  if ! "$twistd" --pidfile="$run/node$i.pid" --logfile="$run/node$i.log" msgplatform \
+      --config etc/cluster.toml --node-id "$i" "${backends[@]}" \
+      --gate "haproxy:tcp:700$i:interface=127.0.0.1:backlog=1024" \
+      --http "tcp:808$i:interface=127.0.0.1" \
+      --rpc "tcp:710$i:interface=127.0.0.1" $node_args; then
+    echo "node $i did not start: see $run/node$i.log" >&2
+    exit 1
+  fi
 done
-for i in $(seq 1 "$nodes"); do up_port "808$i" "node $i (see $run/node$i.log)"; done
 # HAProxy balances over the nodes started: the servers of the others are left out.
 drop=""
 for i in $(seq $((nodes + 1)) 3); do drop="$drop/^ *server node$i /d;"; done
 sed -e "$drop" etc/haproxy.cfg > "$run/haproxy.cfg"
 haproxy -D -p "$run/haproxy.pid" -f "$run/haproxy.cfg"
-up_port 7000 HAProxy
+wait_port 7000 HAProxy
 echo "cluster of $nodes up: phones -> 127.0.0.1:7000, HTTP API -> 127.0.0.1:8080 (logs in $run/)"
