@@ -31,6 +31,7 @@ stop_node() {
   fi
   node_pid=
 }
+# shellcheck disable=SC2317 # called by the trap
 cleanup() { stop_node; rm -rf "$work"; }
 trap cleanup EXIT
 
@@ -57,6 +58,7 @@ echo "schemathesis: node up on 127.0.0.1:$port (pid $node_pid)"
 
 seed=()
 [ -n "${SCHEMATHESIS_SEED:-}" ] && seed=(--seed "$SCHEMATHESIS_SEED")
+read -r -a extra <<< "${SCHEMATHESIS_ARGS:-}"  # more options, split on white space
 (cd "$work" && "$venv/bin/schemathesis" run "http://127.0.0.1:$port/v1/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --header "Authorization: Bearer demo-key-1001" \
@@ -67,7 +69,7 @@ seed=()
   --request-timeout 10 \
   --generation-database none \
   --no-color \
-  "${seed[@]}" ${SCHEMATHESIS_ARGS:-})
+  "${seed[@]}" "${extra[@]}")
 rc=$?
 
 stop_node
