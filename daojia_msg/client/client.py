@@ -105,6 +105,7 @@ class MsgClient(Service):
         on_message: OnMessage | None = None,
         on_kickout: OnKickout | None = None,
         on_login: Callable[[pb.LoginResponse], object] | None = None,
+        on_disconnect: Callable[[], object] | None = None,
         device_id: str = "",
         client_version: str = "",
         heartbeat_s: float | None = None,
@@ -121,6 +122,9 @@ class MsgClient(Service):
         self.on_message = on_message
         self.on_kickout = on_kickout
         self.on_login = on_login
+        #: Called when a logged-in connection is lost (the client reconnects
+        #: unless it was stopped or kicked for good).
+        self.on_disconnect = on_disconnect
         self.device_id = device_id
         self.client_version = client_version
         self.heartbeat_s = heartbeat_s
@@ -280,6 +284,8 @@ class MsgClient(Service):
     def _disconnected(self, proto: MsgClientProtocol) -> None:
         if self._ready is proto:
             self._ready = None
+            if self.on_disconnect is not None:
+                self.on_disconnect()
 
     def _kicked(self, reason_code: int, reason: str) -> None:
         self.last_kickout = (reason_code, reason)

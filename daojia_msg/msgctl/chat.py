@@ -51,6 +51,15 @@ async def cmd_chat(ctx: Ctx) -> int:
 
     def logged_in(r: pb.LoginResponse) -> None:
         ctx.note(f"*** logged in as {a.uid}@{a.appcode}, {r.offline_count} offline message(s)")
+        if unsent:
+            ctx.note(f"*** sending {len(unsent)} line(s) typed while offline")
+
+    def lost() -> None:
+        if not finished.called:
+            ctx.note("*** connection lost: reconnecting (lines typed meanwhile are sent then)")
+
+    #: Lines typed and not yet answered, by their send.
+    unsent: dict[Deferred[None], str] = {}
 
     client = MsgClient(
         ctx.reactor,
@@ -61,6 +70,7 @@ async def cmd_chat(ctx: Ctx) -> int:
         on_message=lambda m: ctx.say(format_message(m)),
         on_kickout=kicked,
         on_login=logged_in,
+        on_disconnect=lost,
         client_version="msgctl",
     )
     client.startService()
@@ -76,12 +86,23 @@ async def cmd_chat(ctx: Ctx) -> int:
 
     def send(text: str) -> None:
         d = client.c2c(a.to, to_appcode, a.msgtype, text.encode())
-        sending.append(
-            d.addCallbacks(
-                lambda r: ctx.note(f"*** sent msgid={r.msgid} logid={r.logid}"),
-                lambda f: ctx.note(f"*** not sent: {f.getErrorMessage()}"),
-            )
+        done = d.addCallbacks(
+            lambda r: ctx.note(f"*** sent msgid={r.msgid} logid={r.logid}"),
+            lambda f: ctx.note(f"*** not sent: {f.getErrorMessage()}"),
         )
+        unsent[done] = text
+        done.addBoth(lambda _: unsent.pop(done, None))
+        sending.append(done)
+
+    def report_unsent() -> None:
+        """Ctrl-C stops the reactor: say which lines never went out."""
+        if unsent:
+            ctx.note(f"*** {len(unsent)} line(s) not sent:")
+            for text in unsent.values():
+                ctx.note(f"***   {text}")
+            unsent.clear()
+
+    ctx.reactor.addSystemEventTrigger("before", "shutdown", report_unsent)
 
     def eof() -> None:
         if not finished.called:
@@ -95,6 +116,8 @@ async def cmd_chat(ctx: Ctx) -> int:
 
         StandardIO(stdin, reactor=ctx.reactor)
     code = await finished
+    if unsent:
+        ctx.note(f"*** waiting to send {len(unsent)} line(s) (Ctrl-C gives up)")
     await DeferredList(sending)
     await client.logout()
     return code

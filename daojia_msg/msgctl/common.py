@@ -68,7 +68,13 @@ def text(m: pb.Message) -> str:
 
 
 def format_message(m: pb.Message) -> str:
-    return f"[{m.from_uid}@{m.from_appcode} msgid={m.msgid} logid={m.logid}] {text(m)}"
+    """One received message as a line: its sender (an app server's push has
+    none: ``server``, with its msgtype), its ids, its text."""
+    if m.kind == pb.S2C or not m.from_uid:
+        sender = f"server msgtype={m.msgtype}"
+    else:
+        sender = f"{m.from_uid}@{m.from_appcode}"
+    return f"[{sender} msgid={m.msgid} logid={m.logid}] {text(m)}"
 
 
 def connect_error(ctx: Ctx, e: Exception) -> CliError:

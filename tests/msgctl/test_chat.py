@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 from daojia_msg.protocol.codec import encode
 from daojia_msg.protocol.codes import Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.client.fakes import answer, sent
 from tests.msgctl.fakes import CliTestCase
 
 
@@ -63,6 +64,56 @@ class ChatTests(CliTestCase):
         self.assertEqual(self.exit_code(d), 1)
         self.assertIn("msgctl: error: cannot connect to 127.0.0.1:7000", self.err.getvalue())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_a_server_push_names_the_server_and_its_msgtype(self) -> None:
+        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
+        self.gate.accept()
+        self.gate.login()
+        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        s2c = pb.Message(msgid=9, to_uid=7, to_appcode=1001, msgtype=5, content=b"order",
+                         logid="L9", kind=pb.S2C)
+        self.gate.proto.dataReceived(_frame(Cmd.S2C, s2c.SerializeToString()))
+        self.reactor.advance(0)
+        self.gate.answer(Cmd.ACK)
+        self.stdin.connectionLost(Failure(error.ConnectionDone()))
+        self.gate.answer(Cmd.LOGOUT)
+        self.gate.close()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(self.out.getvalue(), "[server msgtype=5 msgid=9 logid=L9] order\n")
+
+    def test_a_dropped_connection_is_announced_and_a_line_typed_offline_goes_later(self) -> None:
+        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
+        self.gate.accept()
+        self.gate.login()
+        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        self.gate.close()
+        self.assertIn("*** connection lost: reconnecting", self.err.getvalue())
+        self.stdin.dataReceived(b"while away\n")
+        self.reactor.advance(60)  # the backoff
+        self.gate.accept()
+        self.gate.login()
+        self.assertIn("*** sending 1 line(s) typed while offline", self.err.getvalue())
+        pull, c2c = sent(self.gate.transport)
+        self.assertEqual((pull.cmd, c2c.cmd), (Cmd.PULL, Cmd.C2C))
+        answer(self.gate.proto, pull, pb.PullResponse())
+        answer(self.gate.proto, c2c, pb.Result(msgid=6, logid="L6"))
+        self.assertEqual(pb.C2CRequest.FromString(c2c.body).content, b"while away")
+        self.assertIn("*** sent msgid=6 logid=L6\n", self.err.getvalue())
+        self.stdin.connectionLost(Failure(error.ConnectionDone()))
+        self.gate.answer(Cmd.LOGOUT)
+        self.gate.close()
+        self.assertEqual(self.exit_code(d), 0)
+
+    def test_ctrl_c_names_the_lines_that_were_never_sent(self) -> None:
+        self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
+        self.gate.accept()
+        self.gate.login()
+        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        self.gate.close()
+        self.stdin.dataReceived(b"first\nsecond\n")
+        for trigger, args, kw in self.reactor.triggers["before"]["shutdown"]:  # what Ctrl-C does
+            trigger(*args, **kw)
+        self.assertIn("*** 2 line(s) not sent:\n***   first\n***   second\n", self.err.getvalue())
 
     def test_login_refused(self) -> None:
         d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
