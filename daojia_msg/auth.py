@@ -18,6 +18,10 @@ class TokenError(Exception):
     """The token is malformed, forged or expired; ``str(e)`` says which."""
 
 
+class TokenExpired(TokenError):
+    """The token was genuine but has expired (not a guess: a client that slept)."""
+
+
 def _mac(secret: str, appcode: int, uid: int, expires_at: int) -> str:
     msg = f"{appcode}:{uid}:{expires_at}".encode()
     return hmac.new(secret.encode("utf-8"), msg, hashlib.sha256).hexdigest()
@@ -43,5 +47,5 @@ def verify_token(secret: str, appcode: int, uid: int, token: str, now: float) ->
     if not hmac.compare_digest(good.encode(), mac.encode("utf-8", "replace")):
         raise TokenError("bad token")
     if expires_at <= now:
-        raise TokenError("token expired")
+        raise TokenExpired("token expired")
     return expires_at

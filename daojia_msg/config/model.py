@@ -131,6 +131,7 @@ class Limits:
     abuse_excess: int = 1000
     abuse_window_s: float = 10.0
     max_conn_per_ip: int = 5000
+    login_ip_failures: int = 100
     max_inflight: int = 256
     page_default: int = 20
     page_cap: int = 100

@@ -113,6 +113,7 @@ def _limits(t: _Table) -> Limits:
         abuse_excess=t.int("abuse_excess", d.abuse_excess, 1),
         abuse_window_s=t.float("abuse_window_s", d.abuse_window_s, 0.001),
         max_conn_per_ip=t.int("max_conn_per_ip", d.max_conn_per_ip, 1),
+        login_ip_failures=t.int("login_ip_failures", d.login_ip_failures, 0, 10_000_000),
         max_inflight=t.int("max_inflight", d.max_inflight, 1, 100000),
         page_default=t.int("page_default", d.page_default, 1, 10000),
         page_cap=t.int("page_cap", d.page_cap, 1, 10000),
