@@ -46,7 +46,7 @@ from daojia_msg.core.errors import StoreError
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.inbox import Inbox
-from daojia_msg.logic.interfaces import IMessageStore, ISessionStore
+from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, ISessionStore
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.registry import make_registry
@@ -54,6 +54,7 @@ from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.redisconn import Redis, connect
 from daojia_msg.sockets import is_loopback, listen_interface
+from daojia_msg.store.login_throttle import MemoryLoginThrottle, RedisLoginThrottle
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
@@ -163,8 +164,12 @@ class Node(MultiService):
             self.sessions = MemorySessionStore()
             self.ids = IdGenerator(self.node_id, self.reactor.seconds)
         self.ids.advance_past(await self.store.max_msgid())
+        ip_failures = config.limits.login_ip_failures
+        throttle: ILoginThrottle = (
+            RedisLoginThrottle(self.redis, ip_failures) if self.redis is not None
+            else MemoryLoginThrottle(self.reactor, ip_failures))
         self.logic = LogicService(config, self.reactor, self.sessions, self.store, self.router,
-                                  self.ids, self.stats)
+                                  self.ids, self.stats, throttle)
         self.logic.setServiceParent(self)
         self.inbox = Inbox(self.store, config.limits, self.stats)
         self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)
@@ -172,7 +177,8 @@ class Node(MultiService):
         committer = getattr(self.store, "committer", None)
         if committer is not None:  # the SQL stores: their write queue
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")
-        registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local))
+        registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local),
+                                 self.logic.sessions.throttled)
         cluster_stats = (ClusterStats(self.redis, self.reactor, config.stats.window_s)
                          if self.redis is not None else None)
         site = make_site(self.logic, config, serving=self.serving, dispatch=self.dispatch,

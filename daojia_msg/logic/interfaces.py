@@ -21,6 +21,8 @@ class IClientConnection(Interface):
     """One client's connection as logic sees it."""
 
     peer = Attribute("str: the peer address, for logs")
+    host = Attribute("str | None: the peer's IP address (behind a PROXY-protocol balancer, the "
+                     "client's), once known")
     connected = Attribute("bool: False once the connection is closing or closed")
     session = Attribute("the Session attached (its uid and appcode name the recipient in "
                         "log lines), or None")
@@ -177,3 +179,16 @@ class ILocalNode(Interface):
     def kick_local(uid, appcode, session_id, reason_code, reason):
         """KICKOUT this node's session ``session_id`` of ``(uid, appcode)``;
         True if it was there."""
+
+
+class ILoginThrottle(Interface):
+    """Failed LOGINs counted per ``(source IP, appcode, uid)`` and per IP, and the
+    lockouts they lead to (docs/operations.md §2, "Login brute force")."""
+
+    def locked(host, appcode, uid):
+        """Fires with the scope of a lockout that holds for this LOGIN
+        (``"identity"`` or ``"ip"``), or None when it may proceed."""
+
+    def failed(host, appcode, uid):
+        """Count a LOGIN whose token was forged or malformed (an expired one is
+        not counted); fires with None once counted."""

@@ -30,6 +30,7 @@ from daojia_msg.logic.context import Context
 from daojia_msg.logic.interfaces import (
     IClientConnection,
     ILocalNode,
+    ILoginThrottle,
     IMessageStore,
     IPeers,
     IPublisher,
@@ -61,13 +62,14 @@ class LogicService(Service):
         bus: IPublisher,
         ids: IdGenerator,
         stats: Stats | None = None,
+        throttle: ILoginThrottle | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.store = store
         self.ctx = Context(config, clock, ids, stats if stats is not None else Stats(
             now=clock.seconds, window_s=config.stats.window_s))
-        self.sessions = Sessions(self.ctx, sessions, store)
+        self.sessions = Sessions(self.ctx, sessions, store, throttle)
         self.routing = Routing(self.ctx, self.sessions, sessions, store)
         self.sending = Sending(self.ctx, store, bus, self.routing)
         #: This node's logged-in connections, by identity.

@@ -15,13 +15,19 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from daojia_msg import tracing
-from daojia_msg.auth import TokenError, verify_token
+from daojia_msg.auth import TokenError, TokenExpired, verify_token
 from daojia_msg.core.convert import check_uid
 from daojia_msg.core.errors import StoreError, Unavailable
 from daojia_msg.core.model import SessionRecord
 from daojia_msg.logic.context import Context
 from daojia_msg.logic.delivery import DeliveryWindow
-from daojia_msg.logic.interfaces import IClientConnection, IMessageStore, ISessionStore
+from daojia_msg.logic.interfaces import (
+    IClientConnection,
+    ILoginThrottle,
+    IMessageStore,
+    ISessionStore,
+)
+from daojia_msg.metrics.counters import LabeledCounter
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
@@ -83,10 +89,14 @@ class Sessions:
     log = Logger()
 
     def __init__(self, ctx: Context, session_store: ISessionStore,
-                 messages: IMessageStore) -> None:
+                 messages: IMessageStore, throttle: ILoginThrottle | None = None) -> None:
         self.ctx = ctx
         self.session_store = session_store
         self.messages = messages
+        #: Login brute-force lockouts; None: no throttling (tests of other things).
+        self.throttle = throttle
+        #: LOGINs refused by a lockout, by scope ("identity", "ip"), for /metrics.
+        self.throttled = LabeledCounter(("identity", "ip"))
         #: This node's logged-in connections, by identity.
         self.local: dict[tuple[int, int], Session] = {}
         self._kick_retries: set[IDelayedCall] = set()
@@ -107,12 +117,7 @@ class Sessions:
         if app is None:
             raise errors.UnknownAppcode(f"no app {appcode}")
         check_uid(uid, "uid")
-        try:
-            verify_token(app.secret, appcode, uid, req.token, self.ctx.clock.seconds())
-        except TokenError as e:
-            self.log.info("login refused for {uid}@{appcode} from {peer}: {why}",
-                          uid=uid, appcode=appcode, peer=conn.peer, why=str(e))
-            raise errors.Unauthorized(str(e)) from None
+        await self._verify(conn, app.secret, appcode, uid, req.token)
         record = SessionRecord(uid, appcode, self.ctx.node_id, new_session_id(), self.ctx.now_ms())
         window = DeliveryWindow(
             self.ctx.clock, conn, self.ctx.limits.ack_timeout_s, self.ctx.limits.max_repush, MAX_UNACKED,
@@ -177,15 +182,42 @@ class Sessions:
         self.ctx.check_available()
         app = self.ctx.config.app(session.appcode)
         assert app is not None
-        try:
-            verify_token(app.secret, session.appcode, session.uid, req.token, self.ctx.clock.seconds())
-        except TokenError as e:
-            raise errors.Unauthorized(str(e)) from None
+        await self._verify(session.conn, app.secret, session.appcode, session.uid, req.token)
         try:
             pending = await self.messages.count_pending(session.uid, session.appcode)
         except StoreError:
             raise errors.Unavailable("message store unavailable") from None
         return self.login_response(session, pending)
+
+    async def _verify(self, conn: IClientConnection, secret: str, appcode: int, uid: int,
+                      token: str) -> None:
+        """Check the token, unless a brute-force lockout holds for this LOGIN
+        (RATE_LIMITED, the token not even looked at); count a forged or
+        malformed one towards a lockout."""
+        throttle = self.throttle
+        host = conn.host or conn.peer
+        if throttle is not None:
+            try:
+                scope = await throttle.locked(host, appcode, uid)
+            except StoreError:
+                raise errors.Unavailable("session store unavailable") from None
+            if scope is not None:
+                self.throttled.inc(scope)
+                self.log.info("login of {uid}@{appcode} from {peer} throttled ({scope})",
+                              uid=uid, appcode=appcode, peer=conn.peer, scope=scope)
+                raise errors.RateLimited("too many failed logins: try again later")
+        try:
+            verify_token(secret, appcode, uid, token, self.ctx.clock.seconds())
+        except TokenError as e:
+            self.log.info("login refused for {uid}@{appcode} from {peer}: {why}",
+                          uid=uid, appcode=appcode, peer=conn.peer, why=str(e))
+            if throttle is not None and not isinstance(e, TokenExpired):
+                try:
+                    await throttle.failed(host, appcode, uid)
+                except StoreError:
+                    self.log.warn("could not count a failed login of {uid}@{appcode}",
+                                  uid=uid, appcode=appcode)
+            raise errors.Unauthorized(str(e)) from None
 
     async def logout(self, session: Session) -> None:
         if tracing.MESSAGES.listeners:

@@ -12,7 +12,9 @@ into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
   a histogram per route with the buckets of
   :data:`~daojia_msg.metrics.delivery.LATENCY_BUCKETS`;
 - ``msgplatform_connections``: open client connections on this node's gate;
-- ``msgplatform_sessions``: logged-in sessions on this node.
+- ``msgplatform_sessions``: logged-in sessions on this node;
+- ``msgplatform_login_throttled_total{scope}``: LOGINs refused by a brute-force
+  lockout of an identity or of an IP.
 
 The registry is a dedicated :class:`CollectorRegistry`, never the global one,
 so several nodes (or tests) in one process never share metrics.
@@ -31,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from daojia_msg.metrics.counters import LabeledCounter
 from daojia_msg.metrics.delivery import COUNTERS, LATENCY_BUCKETS, Stats
 
 PREFIX = "msgplatform"
@@ -53,11 +56,13 @@ class StatsCollector:
     """
 
     def __init__(
-        self, stats: Stats, connections: Callable[[], int], sessions: Callable[[], int]
+        self, stats: Stats, connections: Callable[[], int], sessions: Callable[[], int],
+        login_throttled: LabeledCounter | None = None,
     ) -> None:
         self.stats = stats
         self.connections = connections
         self.sessions = sessions
+        self.login_throttled = login_throttled or LabeledCounter(("identity", "ip"))
 
     def _families(self, with_values: bool) -> Iterator[Metric]:
         routes = sorted(self.stats.by_route.items()) if with_values else []
@@ -96,6 +101,15 @@ class StatsCollector:
         yield connections
         yield sessions
 
+        throttled = CounterMetricFamily(
+            f"{PREFIX}_login_throttled",
+            "LOGINs refused by a brute-force lockout, by its scope (identity or ip).",
+            labels=("scope",),
+        )
+        for scope, count in (sorted(self.login_throttled.counts.items()) if with_values else []):
+            throttled.add_metric([scope], count)
+        yield throttled
+
     def collect(self) -> Iterator[Metric]:
         """The metric families with their current values (called per scrape)."""
         return self._families(with_values=True)
@@ -107,7 +121,8 @@ class StatsCollector:
 
 
 def make_registry(
-    stats: Stats, connections: Callable[[], int], sessions: Callable[[], int]
+    stats: Stats, connections: Callable[[], int], sessions: Callable[[], int],
+    login_throttled: LabeledCounter | None = None,
 ) -> CollectorRegistry:
     """A dedicated registry holding one :class:`StatsCollector`.
 
@@ -115,5 +130,5 @@ def make_registry(
     node's logged-in sessions (``len(logic.local)``).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(stats, connections, sessions))
+    registry.register(StatsCollector(stats, connections, sessions, login_throttled))
     return registry
