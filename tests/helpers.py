@@ -25,6 +25,7 @@ from daojia_msg.logic.service import LogicService
 from daojia_msg.protocol.codec import Frame, FrameDecoder, encode
 from daojia_msg.protocol.codes import Cmd
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.store.login_throttle import MemoryLoginThrottle
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore, inline_sqlite_pool
 
@@ -72,8 +73,9 @@ class Stack:
         self.router = BusRouter(self.config, self.clock, buses={"": self.bus})
         self.sessions = MemorySessionStore()
         self.ids = IdGenerator(node_id, self.clock.seconds)
+        self.throttle = MemoryLoginThrottle(self.clock, self.config.limits.login_ip_failures)
         self.logic = LogicService(self.config, self.clock, self.sessions, self.store, self.router,
-                                  self.ids)
+                                  self.ids, throttle=self.throttle)
         self.inbox = Inbox(self.store, self.config.limits, self.logic.stats)
         self.factory = GateFactory(self.logic, self.inbox, self.config.limits, self.clock)
 

@@ -9,8 +9,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
+from daojia_msg.auth import mint_token
+from daojia_msg.client.errors import ResultError
+from daojia_msg.client.protocol import MsgClientProtocol
 from daojia_msg.config import ClusterConfig, ConfigError, ListenConfig, RedisConfig, default_config
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.node import Node
@@ -89,6 +93,31 @@ class ClusterTests(NodeTestCase):
         self.assertEqual((code, totals["accepted"], totals["pushed"], totals["acked"]),
                          (200, 1, 1, 1))
         self.assertEqual(stats["delivery_rate"], 1.0)
+
+    async def raw_login(self, node: Node, uid: int, token: str) -> int:
+        """One LOGIN on a connection of its own; the code it is answered with."""
+        self.node = node
+        proto = MsgClientProtocol(R, uid, 1001, heartbeat_s=0)
+        await connectProtocol(TCP4ClientEndpoint(R, "127.0.0.1", self.port("gate")), proto)
+        try:
+            response = await proto.login(token)
+        except ResultError as e:
+            return e.code
+        finally:
+            proto.transport.loseConnection()  # type: ignore[union-attr]
+        return response.code
+
+    async def test_a_lockout_holds_on_every_node(self) -> None:
+        """Five forged tokens on one node lock the identity out from that
+        address on the other too: the counters are in Redis."""
+        forged = f"{int(R.seconds()) + 600}:{'0' * 64}"
+        codes = [await self.raw_login(self.node1, 42, forged) for _ in range(5)]
+        self.assertEqual(codes, [Code.UNAUTHORIZED] * 5)
+        good = mint_token("demo-secret-1001", 1001, 42, int(R.seconds()) + 600)
+        self.assertEqual(await self.raw_login(self.node2, 42, good), Code.RATE_LIMITED)
+        # Another identity from the same address is not locked (its token is
+        # checked, and 42's token is wrong for it).
+        self.assertEqual(await self.raw_login(self.node2, 43, good), Code.UNAUTHORIZED)
 
     async def test_login_on_another_node_kicks(self) -> None:
         _, first = await self.client_on(self.node1, 5)
