@@ -1,0 +1,39 @@
+"""The Twisted client library of msgplatform (docs/client.md).
+
+:class:`MsgClient` keeps one identity connected: it reconnects with backoff,
+logs in on each connection, drains offline messages, ACKs what it receives and
+resends a C2C with its ``client_msg_id`` after a lost connection.
+:class:`MsgClientProtocol` is one connection, for tools and tests that want
+every frame in their hands. Failures are :class:`ClientError` subclasses.
+"""
+
+from daojia_msg.client.client import NO_RECONNECT, TRANSIENT_LOGIN_CODES, MsgClient
+from daojia_msg.client.errors import (
+    ClientError,
+    ConnectionLost,
+    KickedOut,
+    NotConnected,
+    ProtocolError,
+    RequestTimeout,
+    ResultError,
+    code_name,
+    kick_reason_name,
+)
+from daojia_msg.client.protocol import MsgClientProtocol, RecentIds
+
+__all__ = [
+    "NO_RECONNECT",
+    "TRANSIENT_LOGIN_CODES",
+    "ClientError",
+    "ConnectionLost",
+    "KickedOut",
+    "MsgClient",
+    "MsgClientProtocol",
+    "NotConnected",
+    "ProtocolError",
+    "RecentIds",
+    "RequestTimeout",
+    "ResultError",
+    "code_name",
+    "kick_reason_name",
+]
