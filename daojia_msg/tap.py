@@ -56,6 +56,9 @@ class Options(usage.Options):
         ["http", None, None, "HTTP API listener (default tcp:8080:interface=127.0.0.1)."],
         ["rpc", None, None, "Internal RPC listener, bound only in a cluster (--redis)."],
         ["manhole", None, None, "Admin manhole listener (loopback; needs a password)."],
+        ["manhole-password-file", None, None,
+         "File holding the manhole password (its first line), instead of "
+         "admin.manhole_password in a config file."],
         ["node-id", None, None, "Snowflake node id, 0 to 1023."],
         ["data-dir", None, None, "Directory for the embedded store (default ./var)."],
         ["redis", None, None, "Redis URL: sessions and node registry in Redis."],
@@ -124,6 +127,10 @@ def _build_config(options: Any) -> Config:
         changes["mysql"] = dataclasses.replace(config.mysql, url=options["mysql"])
     if options["bus"] is not None:
         changes["bus"] = dataclasses.replace(config.bus, url=options["bus"])
+    if options["manhole-password-file"] is not None:
+        changes["admin"] = dataclasses.replace(
+            config.admin, manhole_password=_read_secret(options["manhole-password-file"],
+                                                        "--manhole-password-file"))
     config = config.replace(**changes)
     check_urls(config)
     check_demo_gate(config, allowed=bool(options["demo"]))
@@ -140,6 +147,20 @@ def check_demo_gate(config: Config, allowed: bool) -> None:
             "the demo apps have public secrets, so their gate stays on loopback: pass --demo "
             "to listen beyond it anyway, or use a config file with apps of your own",
             ("listen", "gate"))
+
+
+def _read_secret(path: str, option: str) -> str:
+    """The first line of ``path`` (a secret kept out of the command line and
+    the config file); a ConfigError naming ``option`` when unreadable or empty."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {os.path.abspath(path)!r}: {e}", (option,)) from None
+    if not secret:
+        raise ConfigError(f"{os.path.abspath(path)!r} is empty: its first line is the password",
+                          (option,))
+    return secret
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -201,32 +222,33 @@ def makeService(options: Any) -> IService:
         gctune.tune_after_start()
 
     def failed(failure: Failure) -> None:
-        why = failure.getErrorMessage()
-        verdict.report(why)
-        _start_failed(failure, reactor, runner)
+        # The pid file goes first: the waiting parent returns on the verdict.
+        _remove_pidfile(runner.get("pidfile") if runner is not None else None)
+        verdict.report(failure.getErrorMessage())
+        _start_failed(failure, reactor)
 
     node.ready.addCallbacks(started, failed)
     return verdict
 
 
-def _start_failed(failure: Failure, reactor: Any, runner: Any) -> None:
+def _start_failed(failure: Failure, reactor: Any) -> None:
     """A backend or a listener could not start: one clear line, then exit 1."""
     log.critical("msgplatform: start-up failed: {why}", why=failure.getErrorMessage(),
                  error=getattr(failure.type, "__name__", ""))
-    pidfile = runner.get("pidfile") if runner is not None else None
-    # twistd has no exit status of its own: leave with 1 once shutdown is done,
-    # and take the pid file along (twistd removes it only when it exits itself).
-    reactor.addSystemEventTrigger("after", "shutdown", _exit_failed, pidfile)
+    # twistd has no exit status of its own: leave with 1 once shutdown is done.
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
     reactor.stop()
 
 
-def _exit_failed(pidfile: str | None) -> None:
-    if pidfile:
-        try:
-            with open(pidfile) as f:
-                ours = f.read().strip() == str(os.getpid())
-            if ours:
-                os.remove(pidfile)
-        except OSError:
-            pass
-    os._exit(1)
+def _remove_pidfile(pidfile: str | None) -> None:
+    """Remove twistd's pid file if it is ours (twistd removes it only when it
+    exits by itself, not when we leave with status 1)."""
+    if not pidfile:
+        return
+    try:
+        with open(pidfile) as f:
+            ours = f.read().strip() == str(os.getpid())
+        if ours:
+            os.remove(pidfile)
+    except OSError:
+        pass

@@ -87,8 +87,9 @@ class BuildConfigTests(SynchronousTestCase):
                            "--mysql: expected mysql://user[:password]@host[:port]/database, "
                            "got 'mysql://nobody@h'")
         self.assertRefused(("--manhole", "tcp:7300:interface=127.0.0.1"),
-                           "admin.manhole_password: required when listen.manhole is set: the "
-                           "manhole refuses to start without a password")
+                           "admin.manhole_password: required when listen.manhole is set (in a "
+                           "config file, or as --manhole-password-file): the manhole refuses "
+                           "to start without a password")
 
     def test_an_error_names_the_option_and_shows_its_value(self) -> None:
         """A value given as an option is named by the option (the user typed
@@ -140,6 +141,28 @@ class BuildConfigTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write('[apps.5]\nusersystem = "u"\nsecret = "s3cret-5!"\n')
         self.assertEqual(build_config(options("--config", path)).listen.gate, "tcp:7000")
+
+    def test_the_manhole_password_from_a_file_keeps_the_demo_apps(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("a-long-manhole-password\n")
+        config = build_config(options("--manhole", "tcp:7300:interface=127.0.0.1",
+                                      "--manhole-password-file", path))
+        self.assertEqual(config.admin.manhole_password, "a-long-manhole-password")
+        self.assertTrue(config.demo)
+        self.assertEqual(sorted(config.apps), [1001, 1002])
+
+    def test_an_unusable_password_file_is_named(self) -> None:
+        missing = os.path.abspath(self.mktemp())
+        with self.assertRaises(ConfigError) as e:
+            build_config(options("--manhole-password-file", missing))
+        self.assertTrue(str(e.exception).startswith(
+            f"--manhole-password-file: cannot read {missing!r}"), e.exception)
+        empty = self.mktemp()
+        open(empty, "w").close()
+        with self.assertRaises(ConfigError) as e:
+            build_config(options("--manhole-password-file", empty))
+        self.assertIn("is empty: its first line is the password", str(e.exception))
 
     def test_cluster_options(self) -> None:
         config = build_config(options("--redis", "redis://127.0.0.1:6379/2",

@@ -533,8 +533,9 @@ def check_manhole_config(listen_manhole: str, password: str) -> None:
     if not listen_manhole:
         return
     if not password:
-        raise ConfigError("required when listen.manhole is set: the manhole refuses to start "
-                          "without a password", ("admin", "manhole_password"))
+        raise ConfigError("required when listen.manhole is set (in a config file, or as "
+                          "--manhole-password-file): the manhole refuses to start without a "
+                          "password", ("admin", "manhole_password"))
     try:
         local = listens_on_loopback(listen_manhole)
     except Exception as e:  # ValueError, KeyError... IndexError (systemd: without fds)
