@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import error
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -18,6 +19,14 @@ class ChatTests(CliTestCase):
     def attach(self, proto: Protocol) -> None:
         self.stdin = proto
         proto.makeConnection(StringTransport())
+
+    def logged_in_chat(self) -> Deferred[int]:
+        """``msgctl chat`` as 7@1001 to 8, logged in, nothing offline."""
+        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
+        self.gate.accept()
+        self.gate.login()
+        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        return d
 
     def test_chat(self) -> None:
         d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
@@ -46,10 +55,7 @@ class ChatTests(CliTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_kicked_elsewhere_ends_chat(self) -> None:
-        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
-        self.gate.accept()
-        self.gate.login()
-        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        d = self.logged_in_chat()
         kick = pb.Kickout(reason_code=KickReason.LOGIN_ELSEWHERE, reason="elsewhere")
         self.gate.proto.dataReceived(_frame(Cmd.KICKOUT, kick.SerializeToString()))
         self.gate.close()
@@ -66,10 +72,7 @@ class ChatTests(CliTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_a_server_push_names_the_server_and_its_msgtype(self) -> None:
-        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
-        self.gate.accept()
-        self.gate.login()
-        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        d = self.logged_in_chat()
         s2c = pb.Message(msgid=9, to_uid=7, to_appcode=1001, msgtype=5, content=b"order",
                          logid="L9", kind=pb.S2C)
         self.gate.proto.dataReceived(_frame(Cmd.S2C, s2c.SerializeToString()))
@@ -82,10 +85,7 @@ class ChatTests(CliTestCase):
         self.assertEqual(self.out.getvalue(), "[server msgtype=5 msgid=9 logid=L9] order\n")
 
     def test_a_dropped_connection_is_announced_and_a_line_typed_offline_goes_later(self) -> None:
-        d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
-        self.gate.accept()
-        self.gate.login()
-        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        d = self.logged_in_chat()
         self.gate.close()
         self.assertIn("*** connection lost: reconnecting", self.err.getvalue())
         self.stdin.dataReceived(b"while away\n")
@@ -105,10 +105,7 @@ class ChatTests(CliTestCase):
         self.assertEqual(self.exit_code(d), 0)
 
     def test_ctrl_c_names_the_lines_that_were_never_sent(self) -> None:
-        self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
-        self.gate.accept()
-        self.gate.login()
-        self.gate.answer(Cmd.PULL, pb.PullResponse())
+        self.logged_in_chat()
         self.gate.close()
         self.stdin.dataReceived(b"first\nsecond\n")
         for trigger, args, kw in self.reactor.triggers["before"]["shutdown"]:  # what Ctrl-C does
