@@ -187,8 +187,14 @@ class ClusterConfig:
     ttl_s: float = 6.0
     rpc_timeout_s: float = 3.0
     drain_grace_s: float = 5.0
-    #: Shared secret of the internal RPC; required unless listen.rpc is loopback.
+    #: Shared secret of the internal RPC; required unless listen.rpc is loopback
+    #: or the RPC runs over mutual TLS.
     rpc_secret: str = field(default="", repr=False)
+    #: Mutual TLS on the internal RPC (all three or none; PEM files): this
+    #: node's certificate and key, and the CA that signed every node's.
+    rpc_tls_cert: str = ""
+    rpc_tls_key: str = ""
+    rpc_tls_ca: str = ""
 
 
 @dataclass(frozen=True, slots=True)

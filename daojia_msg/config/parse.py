@@ -278,8 +278,18 @@ def _cluster(t: _Table) -> ClusterConfig:
         rpc_timeout_s=t.float("rpc_timeout_s", d.rpc_timeout_s, 0.01),
         drain_grace_s=t.float("drain_grace_s", d.drain_grace_s, 0.0),
         rpc_secret=t.str("rpc_secret", d.rpc_secret),
+        rpc_tls_cert=t.str("rpc_tls_cert", d.rpc_tls_cert),
+        rpc_tls_key=t.str("rpc_tls_key", d.rpc_tls_key),
+        rpc_tls_ca=t.str("rpc_tls_ca", d.rpc_tls_ca),
     )
     t.done()
+    tls_keys = ("rpc_tls_cert", "rpc_tls_key", "rpc_tls_ca")
+    given = [k for k in tls_keys if getattr(cluster, k)]
+    if given and len(given) < len(tls_keys):
+        missing = next(k for k in tls_keys if not getattr(cluster, k))
+        raise ConfigError(f"required with cluster.{given[0]}: mutual TLS on the internal RPC "
+                          "takes rpc_tls_cert, rpc_tls_key and rpc_tls_ca, or none of them",
+                          (*t.path, missing))
     if cluster.rpc_secret and len(cluster.rpc_secret) < 16:
         raise ConfigError("must be at least 16 characters", (*t.path, "rpc_secret"))
     if cluster.ttl_s < 2 * cluster.heartbeat_s:

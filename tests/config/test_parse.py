@@ -384,3 +384,24 @@ class SyntaxAndFileTests(ConfigTestCase):
         path = self.mktemp()
         Path(path).write_text(APP, encoding="utf-8")
         self.assertEqual(load_config(path), parse_config(APP))
+
+
+class RpcTlsTests(ConfigTestCase):
+    def test_the_three_files_of_mutual_tls(self) -> None:
+        cluster = parse_config('[cluster]\nrpc_tls_cert = "node.pem"\nrpc_tls_key = "node.key"\n'
+                               'rpc_tls_ca = "ca.pem"\n' + APP).cluster
+        self.assertEqual((cluster.rpc_tls_cert, cluster.rpc_tls_key, cluster.rpc_tls_ca),
+                         ("node.pem", "node.key", "ca.pem"))
+
+    def test_none_is_plain_tcp(self) -> None:
+        cluster = parse_config(APP).cluster
+        self.assertEqual((cluster.rpc_tls_cert, cluster.rpc_tls_key, cluster.rpc_tls_ca),
+                         ("", "", ""))
+
+    def test_a_missing_one_is_named(self) -> None:
+        self.assertConfigError('[cluster]\nrpc_tls_cert = "node.pem"\nrpc_tls_ca = "ca.pem"\n' + APP,
+                               "cluster.rpc_tls_key: required with cluster.rpc_tls_cert")
+        self.assertConfigError('[cluster]\nrpc_tls_key = "node.key"\n' + APP,
+                               "cluster.rpc_tls_cert: required with cluster.rpc_tls_key")
+        self.assertConfigError('[cluster]\nrpc_tls_cert = "n.pem"\nrpc_tls_key = "n.key"\n' + APP,
+                               "cluster.rpc_tls_ca: required with cluster.rpc_tls_cert")
