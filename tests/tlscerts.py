@@ -1,0 +1,110 @@
+"""Throw-away certificates for the TLS tests, made at test time (no private key
+is ever committed): a CA, server certificates for 127.0.0.1 and localhost,
+client certificates, and a second CA that signed none of them."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+#: The names every server certificate carries.
+SERVER_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate file and its key file."""
+
+    cert: str
+    key: str
+
+
+class CA:
+    """A certificate authority whose files live in ``directory``."""
+
+    def __init__(self, directory: str, name: str = "msgplatform test CA") -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = _now()
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(self.name).issuer_name(self.name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.path = os.path.join(directory, f"{_slug(name)}.pem")
+        _write(self.path, self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, common_name: str, *, names: tuple[str, ...] = SERVER_NAMES,
+              client: bool = False, stem: str | None = None) -> Issued:
+        """A certificate for ``names`` (a server's, or a client's with ``client``),
+        written as ``<stem>.pem`` and ``<stem>.key``."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        alternative: list[x509.GeneralName] = []
+        for n in names:
+            try:
+                alternative.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                alternative.append(x509.DNSName(n))
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if alternative:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alternative),
+                                            critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        stem = stem or _slug(common_name)
+        issued = Issued(os.path.join(self.directory, f"{stem}.pem"),
+                        os.path.join(self.directory, f"{stem}.key"))
+        _write(issued.cert, cert.public_bytes(serialization.Encoding.PEM))
+        _write(issued.key, key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+        return issued
+
+
+def subject_of(pem: bytes) -> str:
+    """The common name of a PEM certificate."""
+    cert = x509.load_pem_x509_certificate(pem)
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
