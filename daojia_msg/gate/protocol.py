@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.gate.test_protocol -*-
+# -*- test-case-name: tests.gate.test_protocol,tests.test_tls_close -*-
 """One client connection: frames in, checks, logic calls, responses out.
 
 Checks run in the order of docs/protocol.md §6.2: magic, version, size (in the
@@ -14,7 +14,8 @@ handler per command).
 
 Closing is polite, because closing with unread input in flight makes Linux
 send RST, which drops replies still queued: stop handling frames, flush, half
-close, keep reading and discarding, abort only after ``close_grace_s``.
+close (over TLS: close_notify), keep reading and discarding, abort only after
+``close_grace_s``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Protocol as TypingProtocol
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as PbMessage
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -207,11 +208,19 @@ class GateProtocol(Protocol):
         if self._paused:
             transport.resumeProducing()  # keep reading (and discarding): no RST
             self._paused = False
-        half_close = getattr(transport, "loseWriteConnection", None)
-        if half_close is not None:
-            half_close()
-        else:
+        if ISSLTransport.providedBy(self.transport):
+            # Through the TLS layer: close_notify, then the TCP close once the
+            # peer answers with its own. (Its loseWriteConnection would be the
+            # TCP socket's, half-closing under TLS.) It closes only once no
+            # producer is registered.
+            transport.unregisterProducer()
             transport.loseConnection()
+        else:
+            half_close = getattr(transport, "loseWriteConnection", None)
+            if half_close is not None:
+                half_close()
+            else:
+                transport.loseConnection()
         self._grace = self.clock.callLater(self.limits.close_grace_s, self._abort)
 
     def _abort(self) -> None:
