@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cluster.test_rpc -*-
+# -*- test-case-name: tests.cluster.test_rpc,tests.cluster.test_rpc_tls -*-
 """The internal RPC client: hands pushes and kicks to the node that holds a
 session (:class:`RpcPeers` implements :class:`~daojia_msg.logic.interfaces.IPeers`).
 
@@ -31,9 +31,15 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     connectProtocol,
+    wrapClientTLS,
 )
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IReactorTime,
+    ISSLTransport,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -58,6 +64,7 @@ from daojia_msg.core.model import SessionRecord, StoredMessage
 from daojia_msg.deadlines import Deadlines, within
 from daojia_msg.logic.interfaces import IPeers
 from daojia_msg.sockets import no_delay
+from daojia_msg.tls import ClientTLS, tls_failure
 
 log = Logger()
 
@@ -65,20 +72,32 @@ Address = tuple[str, int]
 AddressOf = Callable[[int], Awaitable[Address | None]]
 
 
+@implementer(IHandshakeListener)
 class _ClientProtocol(ClosedWaiters, amp.AMP):
     def __init__(self, on_lost: Callable[[_ClientProtocol], None]) -> None:
         super().__init__()
         self._on_lost = on_lost
         self._closed: list[Deferred[None]] = []
         self.connected = False
+        #: Over TLS: fires once the handshake is done, fails if the connection
+        #: is lost first (a certificate refused).
+        self.handshake: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.connected = True
         no_delay(self.transport)
 
+    def handshakeCompleted(self) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(None)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
+        if not self.handshake.called and ISSLTransport.providedBy(self.transport):
+            why = tls_failure(reason.value) or "connection lost during the TLS handshake"
+            self.handshake.errback(PeerUnavailable(f"TLS: {why}"))
+            self.handshake.addErrback(lambda _: None)  # when nobody waited for it
         super().connectionLost(reason)  # fails the calls still waiting for answers
         self._on_lost(self)
         self._fire_closed()
@@ -112,6 +131,8 @@ class _Link:
         except ConnectingCancelledError:
             raise CancelledError() from None  # so that a timeout reads as one
         try:
+            if self.peers.tls is not None:
+                await proto.handshake
             if self.peers.secret:
                 ts = int(self.peers.reactor.seconds())
                 mac = auth_mac(self.peers.secret, self.peers.node_id, ts)
@@ -211,7 +232,9 @@ class RpcPeers:
     new address is reconnected to (see :func:`registry_addresses`). At most one
     connection per node is kept, opened on first use. Every call, connecting
     and authenticating included, gives up after ``timeout`` seconds.
-    ``secret`` "" sends no Auth. ``endpoint_for(host, port)`` overrides how
+    ``secret`` "" sends no Auth. With ``tls`` the connections are mutual TLS:
+    this node presents its certificate and verifies the peer's against the CA
+    and the peer's address. ``endpoint_for(host, port)`` overrides how
     connections are made (tests).
     """
 
@@ -223,6 +246,7 @@ class RpcPeers:
         node_id: int,
         secret: str,
         timeout: float,
+        tls: ClientTLS | None = None,
         endpoint_for: Callable[[str, int], IStreamClientEndpoint] | None = None,
     ) -> None:
         self.reactor = reactor
@@ -230,6 +254,7 @@ class RpcPeers:
         self.node_id = node_id
         self.secret = secret
         self.timeout = timeout
+        self.tls = tls
         #: The time limit of every call, on one timer.
         self.deadlines = Deadlines(reactor, timeout, "internal RPC calls")
         self._endpoint_for = endpoint_for
@@ -240,13 +265,18 @@ class RpcPeers:
         return f"<RpcPeers node={self.node_id} links={sorted(self._links)}>"
 
     def endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint
         if self._endpoint_for is not None:
-            return self._endpoint_for(host, port)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
-        return HostnameEndpoint(self.reactor, host, port, timeout=self.timeout)
+            endpoint = self._endpoint_for(host, port)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
+        elif isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.timeout)
+        if self.tls is not None:
+            return wrapClientTLS(self.tls.options_for(host), endpoint)
+        return endpoint
 
     # -- IPeers ------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
-# -*- test-case-name: tests.cluster.test_rpc -*-
+# -*- test-case-name: tests.cluster.test_rpc,tests.cluster.test_rpc_tls -*-
 """The internal RPC listener: answers other nodes by calling this node's logic
-(:class:`~daojia_msg.logic.interfaces.ILocalNode`)."""
+(:class:`~daojia_msg.logic.interfaces.ILocalNode`). With mutual TLS the node
+wraps it in Twisted's TLS layer, which refuses peers without a certificate
+from the cluster's CA before any command is read."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from daojia_msg.cluster.rpc.commands import (
 from daojia_msg.core.convert import message_from_wire, recipient_fields
 from daojia_msg.logic.interfaces import ILocalNode
 from daojia_msg.sockets import no_delay
+from daojia_msg.tls import tls_failure
 
 #: The message path (only to the trace file and buffer).
 trace = tracing.MESSAGES.logger("daojia_msg.cluster.rpc")
@@ -62,6 +65,10 @@ class RpcServerProtocol(ClosedWaiters, amp.AMP):
             )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        why = tls_failure(reason.value)
+        if why is not None:  # mutual TLS: e.g. no certificate, or not from the CA
+            log.warn("internal RPC connection from {peer} closed: TLS: {why}", peer=self.peer,
+                     why=why)
         self.connected = False
         self._cancel_auth_timer()
         self.factory.forget(self)
