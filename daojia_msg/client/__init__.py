@@ -4,10 +4,13 @@
 logs in on each connection, drains offline messages, ACKs what it receives and
 resends a C2C with its ``client_msg_id`` after a lost connection.
 :class:`MsgClientProtocol` is one connection, for tools and tests that want
-every frame in their hands. Failures are :class:`ClientError` subclasses.
+every frame in their hands. :func:`gate_endpoint` is where either connects:
+a gate over TCP, or over TLS with the node's certificate verified. Failures
+are :class:`ClientError` subclasses.
 """
 
 from daojia_msg.client.client import NO_RECONNECT, TRANSIENT_LOGIN_CODES, MsgClient
+from daojia_msg.client.endpoint import gate_endpoint
 from daojia_msg.client.errors import (
     ClientError,
     ConnectionLost,
@@ -16,6 +19,7 @@ from daojia_msg.client.errors import (
     ProtocolError,
     RequestTimeout,
     ResultError,
+    TLSFailed,
     code_name,
     kick_reason_name,
 )
@@ -34,6 +38,8 @@ __all__ = [
     "RecentIds",
     "RequestTimeout",
     "ResultError",
+    "TLSFailed",
     "code_name",
+    "gate_endpoint",
     "kick_reason_name",
 ]

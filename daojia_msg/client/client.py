@@ -1,13 +1,16 @@
-# -*- test-case-name: tests.client.test_client -*-
+# -*- test-case-name: tests.client.test_client,tests.client.test_tls -*-
 """The client library's public face: :class:`MsgClient`, a reconnecting client
 that logs in on every connection and drains offline messages, and (re-exported)
 :class:`MsgClientProtocol`, one connection.
 
 ::
 
+    endpoint = gate_endpoint(reactor, host, port, tls=True, ca="ca.pem")  # or tls=False
     client = MsgClient(reactor, endpoint, uid, appcode, token_factory=mint, on_message=show)
     client.startService()
     result = await client.c2c(to_uid, to_appcode, msgtype, b"hello")
+
+(:func:`~daojia_msg.client.endpoint.gate_endpoint` builds the endpoint, TLS or not.)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from daojia_msg.client.errors import (
     NotConnected,
     RequestTimeout,
     ResultError,
+    TLSFailed,
     kick_reason_name,
 )
 from daojia_msg.client.protocol import (
@@ -88,8 +92,10 @@ class MsgClient(Service):
     A KICKOUT for LOGIN_ELSEWHERE or ADMIN stops the client (reconnecting would
     fight the other device); SHUTDOWN and ABUSE reconnect after the backoff. A
     login refused with a code outside :data:`TRANSIENT_LOGIN_CODES` (e.g.
-    UNAUTHORIZED) stops it too; waiting requests then fail with the
-    :class:`ResultError` or :class:`KickedOut`.
+    UNAUTHORIZED) stops it too, and so does a TLS handshake that fails (a
+    certificate that does not verify will not verify on the next try); waiting
+    requests then fail with the :class:`ResultError`, :class:`KickedOut` or
+    :class:`TLSFailed`.
     """
 
     log = Logger()
@@ -242,6 +248,12 @@ class MsgClient(Service):
                 uid=self.uid,
                 appcode=self.appcode,
             )
+            self._fail_waiters(e)
+            self.stopService()
+            return
+        except TLSFailed as e:
+            self.log.error("TLS handshake failed ({why}); stopping", why=e.why, uid=self.uid,
+                           appcode=self.appcode)
             self._fail_waiters(e)
             self.stopService()
             return

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.client.test_protocol -*-
+# -*- test-case-name: tests.client.test_protocol,tests.client.test_tls -*-
 """Client errors: what a request's Deferred fails with.
 
 ::
@@ -8,6 +8,7 @@
      +-- RequestTimeout     no answer within the request timeout
      +-- ConnectionLost     the connection closed before the answer came
      |    +-- KickedOut     ... because the server sent KICKOUT
+     |    +-- TLSFailed     ... because the TLS handshake failed
      +-- NotConnected       no (logged-in) connection to send on
      +-- ProtocolError      the server sent something that does not parse
 
@@ -114,6 +115,19 @@ class KickedOut(ConnectionLost):
     def __str__(self) -> str:
         name = kick_reason_name(self.reason_code)
         return f"kicked out: {name}: {self.reason}" if self.reason else f"kicked out: {name}"
+
+
+class TLSFailed(ConnectionLost):
+    """The TLS handshake failed: the server's certificate did not verify (signed
+    by another CA, or not naming the host), or the server refused this client
+    (its TLS version, or a certificate it wants). ``why`` is OpenSSL's reason."""
+
+    def __init__(self, why: str, failure: Failure | None = None) -> None:
+        super().__init__(failure)
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"TLS handshake failed: {self.why}"
 
 
 class NotConnected(ClientError):

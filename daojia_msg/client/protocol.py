@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.client.test_protocol -*-
+# -*- test-case-name: tests.client.test_protocol,tests.client.test_tls -*-
 """One client connection: :class:`MsgClientProtocol`. docs/protocol.md is the contract.
 
 Every request method returns a Deferred that fires with the parsed response
@@ -16,11 +16,17 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from daojia_msg.client.errors import (
     ConnectionLost,
@@ -29,6 +35,7 @@ from daojia_msg.client.errors import (
     ProtocolError,
     RequestTimeout,
     ResultError,
+    TLSFailed,
     cmd_name,
     kick_reason_name,
 )
@@ -36,6 +43,7 @@ from daojia_msg.protocol.codec import Frame, FrameDecoder, FrameError, encode
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.sockets import no_delay
+from daojia_msg.tls import tls_failure
 
 OnMessage = Callable[[pb.Message], object]
 OnKickout = Callable[[int, str], object]
@@ -92,8 +100,13 @@ class _Pending:
         self.timer = timer
 
 
+@implementer(IHandshakeListener)
 class MsgClientProtocol(Protocol):
     """One client connection: requests matched to responses by sequenceid, pushes ACKed.
+
+    Over TLS (an endpoint of :func:`daojia_msg.client.endpoint.gate_endpoint`)
+    requests wait in the TLS layer until the handshake is done; a handshake
+    that fails fails them with :class:`TLSFailed`.
 
     :param clock: schedules request timeouts, keepalives and ACK coalescing.
     :param heartbeat_s: KEEPALIVE interval after login; ``None`` takes the
@@ -135,6 +148,11 @@ class MsgClientProtocol(Protocol):
         self.session_id = ""
         #: ``(reason_code, reason)`` of the KICKOUT received, if any.
         self.kickout: tuple[int, str] | None = None
+        #: Whether the transport is TLS, and whether its handshake is done.
+        self.tls = False
+        self.handshake_done = False
+        #: Why the TLS handshake failed, if it did.
+        self.tls_error: TLSFailed | None = None
         self._decoder = FrameDecoder(max_body)
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
@@ -147,9 +165,17 @@ class MsgClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_ok = True
+        self.tls = ISSLTransport.providedBy(self.transport)
         no_delay(self.transport)
 
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.tls and not self.handshake_done:
+            why = tls_failure(reason.value)
+            if why is not None:
+                self.tls_error = TLSFailed(why, reason)
         self.connected_ok = False
         self.closed = True
         self.logged_in = False
@@ -164,6 +190,8 @@ class MsgClientProtocol(Protocol):
                 entry.timer.cancel()
             if self.kickout is not None:
                 entry.deferred.errback(KickedOut(*self.kickout))
+            elif self.tls_error is not None:
+                entry.deferred.errback(self.tls_error)
             else:
                 entry.deferred.errback(ConnectionLost(reason))
         waiters, self._closed_waiters = self._closed_waiters, []
