@@ -27,14 +27,14 @@ from typing import Any
 from google.protobuf.internal import api_implementation
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from daojia_msg import tracing
+from daojia_msg import tls, tracing
 from daojia_msg.admin.manhole import AdminNamespace, make_manhole_factory
 from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.detector import GateDetector
@@ -96,6 +96,8 @@ class Node(MultiService):
         self.trace = tracing.TraceBuffer()
         self._tracing_off: list[Callable[[], None]] = []
         self.ports: dict[str, IListeningPort] = {}
+        #: The TLS certificates a SIGHUP reloads (:meth:`reload_tls`): ssl: listeners, RPC.
+        self.tls: list[tls.ServerTLS | tls.ClientTLS] = []
         self.manhole: WrappingFactory | None = None
         self.draining = False
         #: Fires with None once serving, or fails with why the node could not start.
@@ -223,7 +225,13 @@ class Node(MultiService):
         with a line that names the key."""
         description = getattr(self.config.listen, name)
         try:
-            port: IListeningPort = await serverFromString(self.reactor, description).listen(factory)
+            endpoint, server_tls = tls.server_endpoint(self.reactor, description, name)
+        except tls.TLSError as e:
+            raise ConfigError(str(e), ("listen", name)) from None
+        if server_tls is not None:
+            self.tls.append(server_tls)
+        try:
+            port: IListeningPort = await endpoint.listen(factory)
         except CannotListenError as e:
             raise ConfigError(f"cannot listen on {description!r}: {e.socketError}",
                               ("listen", name)) from None
@@ -256,10 +264,16 @@ class Node(MultiService):
         assert self.registry is not None
         self.rpc = RpcServerFactory(self.logic, self.reactor, config.cluster.rpc_secret,
                                     max_content=config.limits.max_content)
-        self.ports["rpc"] = await self._listen("rpc", self.rpc)
+        server_tls, client_tls = rpc_tls(config)
+        if server_tls is not None and client_tls is not None:
+            self.tls += [server_tls, client_tls]
+            self.ports["rpc"] = await self._listen("rpc", TLSMemoryBIOFactory(
+                server_tls, False, self.rpc))
+        else:
+            self.ports["rpc"] = await self._listen("rpc", self.rpc)
         self.peers = RpcPeers(self.reactor, registry_addresses(self.registry),
                               node_id=self.node_id, secret=config.cluster.rpc_secret,
-                              timeout=config.cluster.rpc_timeout_s)
+                              timeout=config.cluster.rpc_timeout_s, tls=client_tls)
         self.logic.peers = self.peers
         self.logic.available = self.registry.available
 
@@ -298,6 +312,18 @@ class Node(MultiService):
             live_nodes=self.registry.live_nodes if self.registry is not None else None,
             trace=self.trace.find,
         ).namespace()
+
+    def reload_tls(self) -> int:
+        """Read every TLS certificate and key again (SIGHUP): new handshakes
+        use them, open connections keep theirs; a file that cannot be used is
+        logged and the one in use kept. How many were reloaded."""
+        if not self.tls:
+            self.log.info("SIGHUP: no TLS certificate to reload")
+            return 0
+        reloaded = sum(1 for t in self.tls if t.reload())
+        self.log.info("SIGHUP: reloaded {reloaded} of {count} TLS certificates",
+                      reloaded=reloaded, count=len(self.tls))
+        return reloaded
 
     def _connections(self) -> int:
         return len(self.gate.connections) if hasattr(self, "gate") else 0
@@ -369,14 +395,33 @@ async def _stop_port(port: IListeningPort) -> None:
         await stopped
 
 
+def rpc_tls(config: Config) -> tuple[tls.ServerTLS | None, tls.ClientTLS | None]:
+    """The internal RPC's mutual TLS (``cluster.rpc_tls_*``), or (None, None);
+    a file that cannot be used is a ConfigError naming its key."""
+    cluster = config.cluster
+    if not cluster.rpc_tls_cert:
+        return None, None
+    try:
+        return (tls.ServerTLS("rpc", cluster.rpc_tls_cert, cluster.rpc_tls_key,
+                              ca=cluster.rpc_tls_ca),
+                tls.ClientTLS("rpc client", cluster.rpc_tls_cert, cluster.rpc_tls_key,
+                              cluster.rpc_tls_ca))
+    except tls.TLSError as e:
+        raise ConfigError(str(e), ("cluster", f"rpc_tls_{e.role or 'cert'}")) from None
+
+
 def check_cluster_config(config: Config) -> None:
     """What only makes sense for a cluster, checked before anything starts."""
     if not config.redis.url:
         return
+    if tls.is_tls(config.listen.rpc):
+        raise ConfigError("the internal RPC takes TLS from cluster.rpc_tls_cert, rpc_tls_key "
+                          "and rpc_tls_ca (mutual TLS) on a tcp: listener", ("listen", "rpc"))
     host = listen_interface(config.listen.rpc) or ""
     if host in WILDCARDS:
         raise ConfigError("in a cluster the RPC listener must name the interface other nodes "
                           "reach (tcp:PORT:interface=ADDRESS)", ("listen", "rpc"))
-    if not config.cluster.rpc_secret and not is_loopback(host):
+    rpc_tls(config)
+    if not config.cluster.rpc_secret and not config.cluster.rpc_tls_cert and not is_loopback(host):
         raise ConfigError("required when listen.rpc is not a loopback address",
                           ("cluster", "rpc_secret"))

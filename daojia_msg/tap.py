@@ -13,12 +13,12 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 import daojia_msg
+from daojia_msg import tls
 from daojia_msg.admin.manhole import check_manhole_config
 from daojia_msg.config import (
     MAX_NODE_ID,
@@ -108,7 +108,9 @@ def _build_config(options: Any) -> Config:
         value = getattr(listen, opt)
         if value:
             try:
-                serverFromString(None, value)
+                tls.server_endpoint(None, value)  # an ssl: one loads its files
+            except tls.TLSError as e:
+                raise ConfigError(str(e), ("listen", opt)) from None
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigError(f"not a valid endpoint description {value!r}: {e}",
                                   ("listen", opt)) from None
@@ -228,7 +230,15 @@ def makeService(options: Any) -> IService:
         _start_failed(failure, reactor)
 
     node.ready.addCallbacks(started, failed)
+    reactor.callWhenRunning(_watch_sighup, node, reactor)
     return verdict
+
+
+def _watch_sighup(node: Any, reactor: Any) -> None:
+    """SIGHUP reloads the TLS certificates (and ends no node, TLS or not).
+    Installed once the reactor runs, after twistd's own handlers, and calling
+    any SIGHUP handler that was there before (twistd rotates its log on SIGUSR1)."""
+    reactor.addSystemEventTrigger("after", "shutdown", tls.on_sighup(node.reload_tls, reactor))
 
 
 def _start_failed(failure: Failure, reactor: Any) -> None:
