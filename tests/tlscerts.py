@@ -53,9 +53,9 @@ class CA:
         _write(self.path, self.certificate.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, common_name: str, *, names: tuple[str, ...] = SERVER_NAMES,
-              client: bool = False, stem: str | None = None) -> Issued:
-        """A certificate for ``names`` (a server's, or a client's with ``client``),
-        written as ``<stem>.pem`` and ``<stem>.key``."""
+              purpose: str = "server", stem: str | None = None) -> Issued:
+        """A certificate for ``names`` whose ``purpose`` is ``server``, ``client``
+        or ``both`` (a cluster node's), written as ``<stem>.pem`` and ``<stem>.key``."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         alternative: list[x509.GeneralName] = []
@@ -64,7 +64,9 @@ class CA:
                 alternative.append(x509.IPAddress(ipaddress.ip_address(n)))
             except ValueError:
                 alternative.append(x509.DNSName(n))
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        usages = {"server": [ExtendedKeyUsageOID.SERVER_AUTH],
+                  "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+                  "both": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]}
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -74,7 +76,7 @@ class CA:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages[purpose]), critical=False)
         )
         if alternative:
             builder = builder.add_extension(x509.SubjectAlternativeName(alternative),
