@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.msgctl.test_cli -*-
+# -*- test-case-name: tests.msgctl.test_cli,tests.msgctl.test_tls -*-
 """msgctl's command line: the commands and their options."""
 
 from __future__ import annotations
@@ -38,11 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument(
         "--secret", help="the app's token secret (default: the demo secret of 1001/1002)"
     )
-    gate = argparse.ArgumentParser(add_help=False, parents=[ident])
+    tls = argparse.ArgumentParser(add_help=False)
+    tls.add_argument("--tls", action="store_true",
+                     help="connect over TLS (1.2 or 1.3), verifying the node's certificate")
+    tls.add_argument("--ca", metavar="FILE",
+                     help="with --tls: the CA that signed the node's certificate (PEM; "
+                          "default: the system's CAs)")
+    gate = argparse.ArgumentParser(add_help=False, parents=[ident, tls])
     gate.add_argument("--host", default="127.0.0.1", help="gate host (default %(default)s)")
     gate.add_argument(
         "--port", type=_uint(16, 1), default=7000, help="gate port (default %(default)s)"
     )
+    http = argparse.ArgumentParser(add_help=False, parents=[tls])
+    http.add_argument("--http", metavar="URL",
+                      help="HTTP API base (default http://127.0.0.1:8080, https:// with --tls)")
     peer = argparse.ArgumentParser(add_help=False)
     peer.add_argument("--to", type=UID, required=True, metavar="UID", help="the peer's uid")
     peer.add_argument("--to-appcode", type=U32, help="the peer's appcode (default: --appcode)")
@@ -70,14 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("c2s", parents=[gate], help="upload one C2S message")
     p.add_argument("--msgtype", type=U32, required=True)
     p.add_argument("text", nargs="+", metavar="TEXT")
-    p = sub.add_parser("push", help="push one S2C message through the HTTP API")
+    p = sub.add_parser("push", parents=[http], help="push one S2C message through the HTTP API")
     p.add_argument("--to", type=UID, required=True, metavar="UID")
     p.add_argument("--to-appcode", type=U32, required=True)
     p.add_argument("--msgtype", type=U32, required=True)
     p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
-    p.add_argument(
-        "--http", default="http://127.0.0.1:8080", help="HTTP API base (default %(default)s)"
-    )
     p.add_argument("--logid", default="")
     p.add_argument("text", nargs="+", metavar="TEXT")
     p = sub.add_parser("tail", help="print the C2S envelopes arriving on a topic of a bus")
@@ -89,13 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a webhook: where to receive the POSTs (tcp:9000)")
     p.add_argument("--count", type=int, default=0,
                    help="stop after this many envelopes (default: run until Ctrl-C)")
-    p = sub.add_parser("stats", help="print delivery statistics (GET /v1/stats)")
+    p = sub.add_parser("stats", parents=[http], help="print delivery statistics (GET /v1/stats)")
     p.add_argument("--appcode", type=U32, default=1001,
                    help="whose user system to show (default %(default)s)")
     p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
-    p.add_argument(
-        "--http", default="http://127.0.0.1:8080", help="HTTP API base (default %(default)s)"
-    )
     p.add_argument("--json", action="store_true", help="print the JSON answer as it is")
     p = sub.add_parser(
         "trace", help="print one message's path, in time order, from the nodes' JSON logs"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.msgctl.test_chat -*-
+# -*- test-case-name: tests.msgctl.test_chat,tests.msgctl.test_tls -*-
 """``msgctl chat``: standard input's lines go to ``--to``, messages in are printed.
 
 It runs a reconnecting :class:`MsgClient` until end of input, or until a kickout
@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
@@ -18,7 +17,15 @@ from twisted.python.failure import Failure
 
 from daojia_msg.client.client import NO_RECONNECT, MsgClient
 from daojia_msg.client.errors import ClientError, kick_reason_name
-from daojia_msg.msgctl.common import CliError, Ctx, connect_error, format_message, secret, token
+from daojia_msg.msgctl.common import (
+    Ctx,
+    connect_error,
+    endpoint,
+    format_message,
+    login_error,
+    secret,
+    token,
+)
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 
@@ -63,7 +70,7 @@ async def cmd_chat(ctx: Ctx) -> int:
 
     client = MsgClient(
         ctx.reactor,
-        TCP4ClientEndpoint(ctx.reactor, a.host, a.port, timeout=10),
+        endpoint(ctx),
         a.uid,
         a.appcode,
         lambda: token(ctx),
@@ -81,7 +88,7 @@ async def cmd_chat(ctx: Ctx) -> int:
         raise connect_error(ctx, e) from None
     except ClientError as e:
         await client.stopService()
-        raise CliError(f"login failed: {e}") from None
+        raise login_error(ctx, e) from None
     sending: list[Deferred[None]] = []
 
     def send(text: str) -> None:

@@ -1,5 +1,6 @@
-# -*- test-case-name: tests.msgctl.test_oneshot -*-
-"""What every msgctl command shares: its context, its error, tokens and message lines."""
+# -*- test-case-name: tests.msgctl.test_oneshot,tests.msgctl.test_tls -*-
+"""What every msgctl command shares: its context, its error, tokens, message
+lines, and the gate's endpoint (TCP, or TLS with ``--tls``) and its errors."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 
 from daojia_msg.auth import mint_token
+from daojia_msg.client.endpoint import gate_endpoint
+from daojia_msg.client.errors import ClientError, TLSFailed
 from daojia_msg.config import DEMO_APPS
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.tls import TLSError
 
 #: Attaches a protocol to the standard input (the tests give a fake one).
 StdioFactory = Callable[[Protocol], object]
@@ -79,3 +84,40 @@ def format_message(m: pb.Message) -> str:
 
 def connect_error(ctx: Ctx, e: Exception) -> CliError:
     return CliError(f"cannot connect to {ctx.args.host}:{ctx.args.port}: {str(e).rstrip('.')}")
+
+
+def check_tls(args: argparse.Namespace) -> None:
+    """``--ca`` goes with ``--tls``."""
+    if args.ca and not args.tls:
+        raise CliError("--ca needs --tls", 2)
+
+
+def endpoint(ctx: Ctx) -> IStreamClientEndpoint:
+    """The gate of ``--host`` and ``--port``; over TLS with ``--tls``, the
+    node's certificate verified against ``--ca``."""
+    a = ctx.args
+    check_tls(a)
+    try:
+        return gate_endpoint(ctx.reactor, a.host, a.port, tls=a.tls, ca=a.ca, timeout=10)
+    except TLSError as e:
+        raise CliError(f"--ca: {e}", 2) from None
+
+
+def tls_hint(why: str, host: str) -> str:
+    """What to check, after OpenSSL's reason."""
+    if "certificate verify failed" in why:
+        return f"{why} (is --ca the CA that signed the node's certificate?)"
+    if "does not name the host" in why:
+        return f"{why} (the node's certificate must name {host}: use that name as --host)"
+    return why
+
+
+def login_error(ctx: Ctx, e: ClientError, handshake_done: bool = True) -> CliError:
+    """A failed LOGIN, or the TLS handshake before it, as one line."""
+    a = ctx.args
+    if isinstance(e, TLSFailed):
+        return CliError(f"cannot connect to {a.host}:{a.port} over TLS: {tls_hint(e.why, a.host)}")
+    if a.tls and not handshake_done:
+        return CliError(f"cannot connect to {a.host}:{a.port} over TLS: the connection closed "
+                        "during the handshake (is it a TLS port?)")
+    return CliError(f"login failed: {e}")

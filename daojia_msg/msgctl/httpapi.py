@@ -1,15 +1,18 @@
-# -*- test-case-name: tests.msgctl.test_httpapi -*-
-"""``msgctl push`` and ``msgctl stats``: the node's HTTP API (docs/openapi.yaml)."""
+# -*- test-case-name: tests.msgctl.test_httpapi,tests.msgctl.test_tls -*-
+"""``msgctl push`` and ``msgctl stats``: the node's HTTP API (docs/openapi.yaml),
+over https with ``--tls`` (the node's certificate verified against ``--ca``)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.internet.error import ConnectError
 
 from daojia_msg.config import DEMO_APPS
-from daojia_msg.msgctl.common import CliError, Ctx
+from daojia_msg.msgctl.common import CliError, Ctx, check_tls, tls_hint
+from daojia_msg.tls import TLSError, tls_failure, trust_root
 
 
 def _api_key(given: str | None, appcode: int) -> str:
@@ -20,17 +23,36 @@ def _api_key(given: str | None, appcode: int) -> str:
     return key
 
 
+def base_url(ctx: Ctx) -> str:
+    """``--http``, or the default (https:// with ``--tls``); TLS options that
+    contradict it are refused."""
+    a = ctx.args
+    check_tls(a)
+    url = str(a.http or f"{'https' if a.tls else 'http'}://127.0.0.1:8080")
+    if a.tls and not url.startswith("https://"):
+        raise CliError(f"--tls needs an https:// URL, got --http {url}", 2)
+    return url.rstrip("/")
+
+
+def _client(ctx: Ctx) -> Any:
+    """treq over an agent that verifies https against ``--ca`` (or the system's CAs)."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+    policy = BrowserLikePolicyForHTTPS()
+    if ctx.args.ca:
+        try:
+            policy = BrowserLikePolicyForHTTPS(trust_root(ctx.args.ca))
+        except TLSError as e:
+            raise CliError(f"--ca: {e}", 2) from None
+    pool = HTTPConnectionPool(ctx.reactor, persistent=False)
+    return HTTPClient(Agent(ctx.reactor, contextFactory=policy, pool=pool))
+
+
 async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None) -> str:
     """One HTTP API request; its body text, or :class:`CliError` with the API's error."""
-    http = ctx.http
-    if http is None:
-        from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        http = HTTPClient(
-            Agent(ctx.reactor, pool=HTTPConnectionPool(ctx.reactor, persistent=False))
-        )
-    url = ctx.args.http.rstrip("/") + path
+    url = base_url(ctx) + path
+    http = ctx.http if ctx.http is not None else _client(ctx)
     headers = {"Authorization": f"Bearer {key}"}
     try:
         if body is None:
@@ -41,6 +63,10 @@ async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None) ->
     except ConnectError as e:
         raise CliError(f"cannot reach {url}: {str(e).rstrip('.')}") from None
     except Exception as e:
+        why = tls_failure(e)
+        if why is not None:
+            host = urlsplit(url).hostname or ""
+            raise CliError(f"cannot reach {url} over TLS: {tls_hint(why, host)}") from None
         raise CliError(f"cannot reach {url}: {e.__class__.__name__}: {e}") from None
     text: str = data.decode("utf-8", "replace").strip()
     if not 200 <= response.code < 300:

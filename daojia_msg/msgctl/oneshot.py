@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.msgctl.test_oneshot -*-
+# -*- test-case-name: tests.msgctl.test_oneshot,tests.msgctl.test_tls -*-
 """The one-shot commands: ``token``, and ``send``, ``c2s``, ``pull`` and ``history``,
 each on a connection of its own that logs in, makes its request and logs out."""
 
@@ -8,12 +8,20 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectError
 
 from daojia_msg.client.errors import ClientError
 from daojia_msg.client.protocol import MsgClientProtocol
-from daojia_msg.msgctl.common import CliError, Ctx, connect_error, format_message, text, token
+from daojia_msg.msgctl.common import (
+    Ctx,
+    connect_error,
+    endpoint,
+    format_message,
+    login_error,
+    text,
+    token,
+)
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 T = TypeVar("T")
@@ -25,15 +33,16 @@ async def _session(ctx: Ctx, **kwargs: Any) -> MsgClientProtocol:
     login_token = token(ctx)
     kwargs.setdefault("auto_ack", False)
     proto = MsgClientProtocol(ctx.reactor, a.uid, a.appcode, heartbeat_s=0, **kwargs)
+    gate = endpoint(ctx)
     try:
-        await connectProtocol(TCP4ClientEndpoint(ctx.reactor, a.host, a.port, timeout=10), proto)
+        await connectProtocol(gate, proto)
     except ConnectError as e:
         raise connect_error(ctx, e) from None
     try:
         await proto.login(login_token)
     except ClientError as e:
         await _close(proto)
-        raise CliError(f"login failed: {e}") from None
+        raise login_error(ctx, e, proto.handshake_done) from None
     return proto
 
 
