@@ -6,16 +6,14 @@ the peer keeps being read until it answers, and is aborted after
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
+from twisted.test.iosim import FakeTransport, IOPump
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
@@ -24,7 +22,7 @@ from daojia_msg.client.protocol import MsgClientProtocol
 from daojia_msg.gate.protocol import GateProtocol
 from daojia_msg.protocol.codes import KickReason
 from tests.helpers import Stack
-from tests.tlscerts import CA
+from tests.tlscerts import CA, tls_in_memory
 
 
 class RecordingClient(MsgClientProtocol):
@@ -37,14 +35,6 @@ class RecordingClient(MsgClientProtocol):
         super().connectionLost(reason)
 
 
-class OneProtocol(Factory):
-    def __init__(self, proto: Any) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.proto
-
-
 class TLSCloseTests(SynchronousTestCase):
     def setUp(self) -> None:
         ca = CA(os.path.abspath(self.mktemp()))
@@ -55,13 +45,9 @@ class TLSCloseTests(SynchronousTestCase):
 
     def connect(self, uid: int = 7) -> tuple[RecordingClient, GateProtocol, IOPump]:
         """A TLS connection in memory, logged in as ``uid``."""
-        clock = self.stack.clock
-        servers = TLSMemoryBIOFactory(self.server_tls, False, self.stack.factory, clock)
-        client = RecordingClient(clock, uid, 1001, heartbeat_s=0)
-        clients = TLSMemoryBIOFactory(self.client_tls, True, OneProtocol(client), clock)
-        client_tls, server_tls, pump = connectedServerAndClient(
-            lambda: servers.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000)),
-            lambda: clients.buildProtocol(None), clock=clock)
+        client = RecordingClient(self.stack.clock, uid, 1001, heartbeat_s=0)
+        _, server_tls, pump = tls_in_memory(self.stack.factory, self.server_tls, client,
+                                            self.client_tls, self.stack.clock)
         self.server_transport: FakeTransport = server_tls.transport
         gate = server_tls.wrappedProtocol
         d = client.login(self.stack.token(uid))

@@ -1,6 +1,7 @@
 """Throw-away certificates for the TLS tests, made at test time (no private key
 is ever committed): a CA, server certificates for 127.0.0.1 and localhost,
-client certificates, and a second CA that signed none of them."""
+client certificates, and a second CA that signed none of them; and a TLS
+connection in memory (real TLS, fake sockets)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import datetime
 import ipaddress
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test.iosim import IOPump, connectedServerAndClient
 
 #: The names every server certificate carries.
 SERVER_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -90,6 +97,26 @@ class CA:
                                              serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()))
         return issued
+
+
+class _One(Factory):
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.proto
+
+
+def tls_in_memory(servers: Any, server_tls: Any, client: Any, client_tls: Any, clock: Clock,
+                  greet: bool = True) -> tuple[Any, Any, IOPump]:
+    """``client`` connected over TLS to a protocol of the factory ``servers``
+    (a peer at 127.0.0.1; TLS with ``server_tls``, else plain), on iosim's fake
+    sockets: the two ends, and the pump that moves bytes between them."""
+    server_side = TLSMemoryBIOFactory(server_tls, False, servers, clock) if server_tls else servers
+    client_side = TLSMemoryBIOFactory(client_tls, True, _One(client), clock)
+    return connectedServerAndClient(
+        lambda: server_side.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000)),
+        lambda: client_side.buildProtocol(None), clock=clock, greet=greet)
 
 
 def subject_of(pem: bytes) -> str:

@@ -7,18 +7,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.test.iosim import IOPump, connectedServerAndClient
+from twisted.test.iosim import IOPump
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.client import ConnectionLost, MsgClientProtocol, TLSFailed, gate_endpoint
 from daojia_msg.tls import ServerTLS, TLSError, client_options
 from tests.helpers import Stack
-from tests.tlscerts import CA
+from tests.tlscerts import CA, tls_in_memory
 
 
 class Hangup(Protocol):
@@ -26,14 +24,6 @@ class Hangup(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.transport.loseConnection()  # type: ignore[union-attr]
-
-
-class One(Factory):
-    def __init__(self, proto: Any) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.proto
 
 
 class EndpointTests(SynchronousTestCase):
@@ -55,20 +45,16 @@ class HandshakeTests(SynchronousTestCase):
         self.server_tls = ServerTLS("gate", server.cert, server.key)
         self.stack = Stack()
 
-    def connect(self, server_factory: Any, ca: str) -> tuple[MsgClientProtocol, IOPump]:
-        clock = self.stack.clock
-        client = MsgClientProtocol(clock, 7, 1001, heartbeat_s=0)
-        clients = TLSMemoryBIOFactory(client_options("127.0.0.1", ca=ca), True, One(client), clock)
-        _, _, pump = connectedServerAndClient(
-            lambda: server_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000)),
-            lambda: clients.buildProtocol(None), clock=clock, greet=False)
+    def connect(self, server_factory: Any, ca: str,
+                tls: bool = True) -> tuple[MsgClientProtocol, IOPump]:
+        client = MsgClientProtocol(self.stack.clock, 7, 1001, heartbeat_s=0)
+        _, _, pump = tls_in_memory(server_factory, self.server_tls if tls else None, client,
+                                   client_options("127.0.0.1", ca=ca), self.stack.clock,
+                                   greet=False)
         return client, pump
 
-    def tls_gate(self) -> Any:
-        return TLSMemoryBIOFactory(self.server_tls, False, self.stack.factory, self.stack.clock)
-
     def test_requests_wait_for_a_verified_handshake(self) -> None:
-        client, pump = self.connect(self.tls_gate(), self.ca.path)
+        client, pump = self.connect(self.stack.factory, self.ca.path)
         self.assertTrue(client.tls)
         d = client.login(self.stack.token(7))  # written before the handshake: it waits
         self.assertFalse(client.handshake_done)
@@ -77,7 +63,7 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).code, 0)
 
     def test_a_certificate_another_ca_signed_fails_with_tls_failed(self) -> None:
-        client, pump = self.connect(self.tls_gate(), self.other_ca.path)
+        client, pump = self.connect(self.stack.factory, self.other_ca.path)
         d = client.login(self.stack.token(7))
         pump.flush()
         e = self.failureResultOf(d, TLSFailed).value
@@ -87,7 +73,7 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(self.stack.factory.connections, set())
 
     def test_a_server_that_is_not_tls_is_a_lost_connection(self) -> None:
-        client, pump = self.connect(Factory.forProtocol(Hangup), self.ca.path)
+        client, pump = self.connect(Factory.forProtocol(Hangup), self.ca.path, tls=False)
         d = client.login(self.stack.token(7))
         pump.flush()
         e = self.failureResultOf(d, ConnectionLost).value
