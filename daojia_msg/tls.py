@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.test_tls,tests.test_tls_node,tests.test_tls_twistd -*-
 """TLS for msgplatform's TCP connections (docs/protocol.md §7.1): TLS 1.2 and 1.3 only.
 
 The contexts are Twisted's: :class:`~twisted.internet.ssl.CertificateOptions`

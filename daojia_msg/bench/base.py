@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bench.test_bench -*-
+# -*- test-case-name: tests.bench.test_bench,tests.bench.test_tls -*-
 """What every scenario shares: the :class:`Scenario` base and the open-loop scheduler.
 
 A worker process runs its share of one scenario: ``setup()`` (connect and log in,
@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.task import LoopingCall, deferLater
 
 from daojia_msg.auth import mint_token
-from daojia_msg.bench.wire import BenchClient, connect, source_address
+from daojia_msg.bench.wire import BenchClient, TLSRefused, connect, source_address
+from daojia_msg.tls import client_options
 
 #: A connection to log in: (connection index, uid, token, client or None).
 Job = tuple[int, int, str, "BenchClient | None"]
@@ -72,6 +73,11 @@ class Scenario:
         self.clients: list[BenchClient] = []
         self.login_failures: dict[str, int] = {}
         self.stopped: Deferred[None] = Deferred()
+        #: With ``tls``: the gate's TLS context (the node's certificate
+        #: verified against ``ca`` and ``server_name``), built once.
+        self.tls = (client_options(spec.get("server_name") or spec["gate_host"],
+                                   ca=spec.get("ca"))
+                    if spec.get("tls") else None)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -82,6 +88,26 @@ class Scenario:
     def source(self, index: int) -> str:
         return source_address(index, self.spec["per_address"], self.spec["source_first"])
 
+    async def check_tls(self) -> None:
+        """With ``tls``, one handshake before anything: a certificate that does
+        not verify stops the run with one line instead of failing every login."""
+        if self.tls is None:
+            return
+        spec = self.spec
+        where = f"{spec['gate_host']}:{spec['gate_port']}"
+        probe = BenchClient(0, spec["appcode"])
+        try:
+            await connect(self.reactor, spec["gate_host"], spec["gate_port"], probe,
+                          timeout=spec.get("connect_timeout", 30), tls=self.tls)
+            await probe.handshake.addTimeout(spec.get("connect_timeout", 30), self.reactor)
+        except TLSRefused as e:
+            hint = (" (is --ca the CA that signed the node's certificate?)"
+                    if "verify failed" in str(e) else "")
+            raise TLSRefused(f"TLS handshake with {where} failed: {e}{hint}") from None
+        finally:
+            if probe.transport is not None:
+                probe.transport.loseConnection()
+
     async def login_one(self, index: int, uid: int, token: str,
                         client: BenchClient | None = None) -> BenchClient | None:
         """Connect connection number ``index`` (it picks the source address)
@@ -90,7 +116,8 @@ class Scenario:
         client = client or BenchClient(uid, spec["appcode"])
         try:
             await connect(self.reactor, spec["gate_host"], spec["gate_port"], client,
-                          self.source(index), timeout=spec.get("connect_timeout", 30))
+                          self.source(index), timeout=spec.get("connect_timeout", 30),
+                          tls=self.tls)
             response = await client.login(token).addTimeout(
                 spec.get("connect_timeout", 30), self.reactor)
         except Exception as e:  # counted, the run goes on

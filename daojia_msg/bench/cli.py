@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bench.test_bench -*-
+# -*- test-case-name: tests.bench.test_bench,tests.bench.test_tls -*-
 """``msgplatform-bench``: load scenarios against a running node.
 
 It starts no node: give it one (``--gate HOST:PORT``, ``--http URL``, and
@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the node's gate HOST:PORT (default 127.0.0.1:7000)")
     g.add_argument("--http", type=http_url, default="http://127.0.0.1:8080",
                    help="the node's HTTP API URL (default http://127.0.0.1:8080)")
+    g.add_argument("--tls", action="store_true",
+                   help="connect to the gate over TLS, verifying the node's certificate")
+    g.add_argument("--ca", metavar="FILE", default=None,
+                   help="with --tls: the CA that signed the node's certificate (PEM; default: "
+                        "the system's CAs)")
+    g.add_argument("--server-name", metavar="NAME", default=None,
+                   help="with --tls: the name the node's certificate must carry "
+                        "(default: the --gate address)")
     g.add_argument("--node-pid", action=NodePids, default=None, metavar="PID[,PID...]",
                    help="the node's pid: its RSS and CPU are read from /proc; several "
                         "nodes' pids (comma-separated) are added up")
@@ -200,7 +208,10 @@ def suspects(doc: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.ca or args.server_name) and not args.tls:
+        parser.error("--ca and --server-name go with --tls")
     if args.scenario == "versus":
         execute: Callable[[argparse.Namespace], dict[str, Any]] = versus.run
         show, warn = versus.render, versus.suspects

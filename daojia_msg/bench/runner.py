@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bench.test_bench -*-
+# -*- test-case-name: tests.bench.test_bench,tests.bench.test_tls -*-
 """One run of a scenario: its worker processes, their events, and the JSON document.
 
 The generator runs in worker processes (``python -m daojia_msg.bench.worker``),
@@ -43,6 +43,7 @@ def worker_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
         "api_key": args.api_key or f"demo-key-{args.appcode}",
         "uid_base": args.uid_base, "per_address": args.per_address,
         "source_first": args.source_first, "size": args.size, "drain_s": args.drain,
+        "tls": args.tls, "ca": args.ca, "server_name": args.server_name,
     }
     for key in ("duration", "window", "batch", "msgtype", "ack", "page", "recipients"):
         if hasattr(args, key):

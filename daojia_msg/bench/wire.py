@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bench.test_bench -*-
+# -*- test-case-name: tests.bench.test_bench,tests.bench.test_tls -*-
 """A lean load-generator connection: raw frames with the pure codec.
 
 Not the full :class:`daojia_msg.client.client.MsgClient` (no reconnects, no
@@ -13,14 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from daojia_msg.protocol.codec import Frame, FrameDecoder, encode
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.sockets import no_delay
+from daojia_msg.tls import client_endpoint, tls_failure
 
 #: Bodies bigger than this are a broken stream for the generator.
 MAX_BODY = 8 * 1024 * 1024
@@ -29,6 +32,11 @@ MAX_SEQ = 0xFFFFFFFF
 Callback = Callable[[Frame], None]
 
 
+class TLSRefused(Exception):
+    """The TLS handshake failed (OpenSSL's reason)."""
+
+
+@implementer(IHandshakeListener)
 class BenchClient(Protocol):
     """One connection of one identity ``(uid, appcode)``."""
 
@@ -47,6 +55,8 @@ class BenchClient(Protocol):
         self.after_read: Callable[[BenchClient], None] | None = None
         #: msgids of pushes not ACKed yet (for ``after_read`` batching).
         self.pending_acks: list[int] = []
+        #: Over TLS: fires once the handshake is done; fails with TLSRefused.
+        self.handshake: Deferred[None] = Deferred()
 
     # -- connection ---------------------------------------------------------
 
@@ -54,7 +64,15 @@ class BenchClient(Protocol):
         self.connected = True
         no_delay(self.transport)
 
+    def handshakeCompleted(self) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(None)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.handshake.called:
+            why = tls_failure(reason.value if reason is not None else None)
+            self.handshake.errback(TLSRefused(why or "the connection closed during the handshake"))
+            self.handshake.addErrback(lambda _: None)  # when nobody waits for it
         self.connected = False
         waiting, self.waiting = self.waiting, {}
         if not self.lost.called:
@@ -129,11 +147,12 @@ def result_code(frame: Frame) -> int:
 
 
 def connect(reactor: Any, host: str, port: int, client: BenchClient,
-            source: str | None = None, timeout: float = 30) -> Deferred[BenchClient]:
+            source: str | None = None, timeout: float = 30,
+            tls: IOpenSSLClientConnectionCreator | None = None) -> Deferred[BenchClient]:
     """Connect ``client`` to ``host:port``, from ``source`` (an address of
-    this machine) when given."""
+    this machine) when given; over TLS with ``tls``."""
     bind = (source, 0) if source else None
-    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
+    endpoint = client_endpoint(reactor, host, port, tls=tls, timeout=timeout, bind=bind)
     return connectProtocol(endpoint, client)
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bench.test_bench -*-
+# -*- test-case-name: tests.bench.test_bench,tests.bench.test_tls -*-
 """One load-generator process: ``python -m daojia_msg.bench.worker``.
 
 Talks to the parent (:mod:`daojia_msg.bench.runner`) in JSON lines. Stdin: the
@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from daojia_msg.bench.base import Scenario
 from daojia_msg.bench.scenarios import SCENARIOS
 from daojia_msg.bench.stats import cpu_share
+from daojia_msg.bench.wire import TLSRefused
 
 
 def cpu_seconds() -> float:
@@ -88,6 +89,7 @@ class WorkerProtocol(Protocol):
         ticker.clock = self.reactor
         ticker.start(0.25, now=False)
         try:
+            await scenario.check_tls()
             cpu0, wall0 = cpu_seconds(), time.monotonic()
             setup = await scenario.setup()
             cpu1, wall1 = cpu_seconds(), time.monotonic()
@@ -110,7 +112,8 @@ class WorkerProtocol(Protocol):
 
     def failed(self, failure: Any) -> None:
         self.emit(ev="error", error=failure.getErrorMessage() or repr(failure.value))
-        sys.stderr.write(failure.getTraceback())
+        if not failure.check(TLSRefused):  # said in full by the parent's one line
+            sys.stderr.write(failure.getTraceback())
 
     def _exit(self) -> None:
         if self.reactor.running:
