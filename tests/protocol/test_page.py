@@ -39,6 +39,7 @@ SECTIONS = [
     ("6.2", "Connection life"),
     ("6.3", "Messages and delivery"),
     ("7", "Extensions"),
+    ("7.1", "TLS"),
 ]
 #: The header fields of §2, in order.
 HEADER_FIELDS = [
