@@ -49,6 +49,8 @@ class AppConfig:
     name: str = ""
     secret: str = field(default="", repr=False)
     api_key: str = field(default="", repr=False)
+    #: msgtypes whose content is rich text (docs/protocol.md §7).
+    rich_msgtypes: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +241,10 @@ class Config:
 
 
 DEMO_APPS = {
-    1001: AppConfig(1001, "demo", "demo customer app", "demo-secret-1001", "demo-key-1001"),
-    1002: AppConfig(1002, "demo", "demo driver app", "demo-secret-1002", "demo-key-1002"),
+    1001: AppConfig(1001, "demo", "demo customer app", "demo-secret-1001", "demo-key-1001",
+                    frozenset({10})),
+    1002: AppConfig(1002, "demo", "demo driver app", "demo-secret-1002", "demo-key-1002",
+                    frozenset({10})),
 }
 DEMO_ROUTES = tuple(
     Route(appcode, msgtype, topic)

@@ -54,6 +54,16 @@ class _Table:
             raise ConfigError(f"expected an array of strings, got {value!r}", (*self.path, key))
         return tuple(value)
 
+    def int_set(self, key: str, lo: int, hi: int) -> frozenset[int]:
+        value = self._get(key)
+        if value is None:
+            return frozenset()
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in value):
+            raise ConfigError(f"expected an array of integers from {lo} to {hi}, got {value!r}",
+                              (*self.path, key))
+        return frozenset(value)
+
     def table(self, key: str) -> _Table:
         value = self._get(key)
         return _Table({} if value is None else value, (*self.path, key))
@@ -156,6 +166,7 @@ def _apps(data: Any) -> dict[int, AppConfig]:
             name=t.str("name", ""),
             secret=t.str("secret", "", required=True),
             api_key=t.str("api_key", ""),
+            rich_msgtypes=t.int_set("rich_msgtypes", 0, 2**32 - 1),
         )
         t.done()
         if not app.usersystem or len(app.usersystem.encode()) > 255:

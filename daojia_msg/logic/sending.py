@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daojia_msg import tracing
+from daojia_msg.config import AppConfig
+from daojia_msg.content.richtext import RichTextError, validate
 from daojia_msg.core.convert import MAX_ID, check_uid, sender_fields
 from daojia_msg.core.errors import BusError, StoreError
 from daojia_msg.core.model import AckedMessage, Kind, NewMessage, StoredMessage, StoreOutcome
@@ -80,6 +82,16 @@ class Sending:
         if len(content) > self.ctx.limits.max_content:
             raise errors.BadRequest(f"content is over {self.ctx.limits.max_content} bytes")
 
+    @staticmethod
+    def _check_rich(content: bytes, msgtype: int, *apps: AppConfig | None) -> None:
+        """Content of a msgtype that is rich for any of ``apps`` must be rich
+        text (docs/protocol.md §7); it is then stored as sent."""
+        if any(app is not None and msgtype in app.rich_msgtypes for app in apps):
+            try:
+                validate(content)
+            except RichTextError as e:
+                raise errors.BadRequest(f"rich content: {e}") from None
+
     def _logid(self, given: str, msgid: int) -> str:
         if not given:
             return format(msgid, "x")
@@ -137,6 +149,7 @@ class Sending:
             if (req.to_uid, req.to_appcode) == (session.uid, session.appcode):
                 raise errors.BadRequest("cannot send to oneself")
             self._check_content(req.content)
+            self._check_rich(req.content, msgtype, self.ctx.config.app(session.appcode), to_app)
             if len(req.client_msg_id) > self.ctx.limits.max_id_len:
                 raise errors.BadRequest(
                     f"client_msg_id is over {self.ctx.limits.max_id_len} characters")
@@ -209,6 +222,7 @@ class Sending:
                     raise errors.UnknownAppcode(f"no app {item.to_appcode}")
                 check_uid(item.to_uid, "to_uid")
                 self._check_content(item.content)
+                self._check_rich(item.content, item.msgtype, to_app)
                 msgid = self.ctx.ids.next_id()
                 msg = StoredMessage(msgid, 0, 0, item.to_uid, item.to_appcode, item.msgtype,
                                     Kind.S2C, item.content, now, self._logid(item.logid, msgid))

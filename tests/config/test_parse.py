@@ -286,6 +286,16 @@ class AppTests(ConfigTestCase):
         self.assertConfigError("[node]\nid = 1\n", "apps: ")
         self.assertConfigError("[apps]\n", "apps: ")
 
+    def test_rich_msgtypes(self) -> None:
+        config = parse_config('[apps.1001]\nusersystem = "u"\nsecret = "12345678"\n'
+                              "rich_msgtypes = [10, 11]\n")
+        self.assertEqual(config.apps[1001].rich_msgtypes, frozenset({10, 11}))
+        self.assertEqual(parse_config(APP).apps[2001].rich_msgtypes, frozenset())
+        for bad in ('"10"', '["10"]', "[-1]", "[true]", "[4294967296]"):
+            self.assertConfigError(
+                f'[apps.1001]\nusersystem = "u"\nsecret = "12345678"\nrich_msgtypes = {bad}\n',
+                "apps.1001.rich_msgtypes: expected an array of integers from 0 to 4294967295")
+
     def test_missing_secret(self) -> None:
         self.assertConfigError('[apps.1001]\nusersystem = "u"\n', "apps.1001.secret: is required")
 

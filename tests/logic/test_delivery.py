@@ -12,6 +12,7 @@ TIMEOUT = 10.0
 
 class FakeConnection:
     peer = "127.0.0.1:5555"
+    host = "127.0.0.1"
     session = None
 
     def __init__(self) -> None:

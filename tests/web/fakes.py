@@ -99,6 +99,7 @@ class FakeMessageStore:
 class FakeConnection:
     def __init__(self, peer: str = "127.0.0.1:50000") -> None:
         self.peer = peer
+        self.host = peer.rpartition(":")[0]
         self.connected = True
         self.pushes: list[tuple[int, int, bytes]] = []
         self.kicks: list[tuple[int, str]] = []

@@ -34,6 +34,7 @@ api_key = "key-1001"
 usersystem = "shop"
 secret = "secret-1002"
 api_key = "key-1002"
+rich_msgtypes = [10]
 
 [apps.2001]
 usersystem = "taxi"

@@ -161,6 +161,13 @@ class PushTests(ApiTestCase):
     def test_bearer_case_insensitive(self) -> None:
         self.assertEqual(self.push(push_body(), {"Authorization": "bearer  key-1001"}).status, 200)
 
+    def test_rich_content_refused_with_its_reason_and_nothing_stored(self) -> None:
+        body = push_body(to_appcode=1002, msgtype=10, content='<img url="javascript:x" />')
+        self.assertError(self.push(body), 400, "rich content: an <img /> url must be an absolute")
+        self.assertEqual(self.store.batches, [])
+        good = push_body(to_appcode=1002, msgtype=10, content='<font color="red">hi</font>')
+        self.assertEqual(self.push(good).status, 200)
+
     def test_forbidden(self) -> None:
         """A key of another user system is a 403, and nothing is stored."""
         self.assertError(self.push(push_body(to_appcode=2001)), 403, "2001")

@@ -1,0 +1,1 @@
+"""What message content may be: the rich-text markup of rich msgtypes."""
