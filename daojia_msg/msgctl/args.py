@@ -28,6 +28,16 @@ def _uint(bits: int, low: int = 0) -> Callable[[str], int]:
 UID, U32 = _uint(64, 1), _uint(32)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0.5 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected 0.5 to 86400 seconds, got {value:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msgctl", description="msgplatform command-line client")
     parser.add_argument("--version", action="version", version=f"msgctl (msgplatform) {__version__}")
@@ -100,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whose user system to show (default %(default)s)")
     p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
     p.add_argument("--json", action="store_true", help="print the JSON answer as it is")
+    p.add_argument("--watch", type=_seconds, metavar="SECONDS",
+                   help="print them again every SECONDS (at least 0.5) until Ctrl-C")
+    p.add_argument("--rounds", type=int, default=0, metavar="N",
+                   help="with --watch: stop after N rounds (default: until Ctrl-C)")
     p = sub.add_parser(
         "trace", help="print one message's path, in time order, from the nodes' JSON logs"
     )

@@ -5,10 +5,12 @@ over https with ``--tls`` (the node's certificate verified against ``--ca``)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.error import ConnectError
+from twisted.internet.task import deferLater
 
 from daojia_msg.config import DEMO_APPS
 from daojia_msg.msgctl.common import CliError, Ctx, check_tls, tls_hint
@@ -92,7 +94,28 @@ async def cmd_push(ctx: Ctx) -> None:
 
 
 async def cmd_stats(ctx: Ctx) -> None:
-    """Delivery statistics of the key's user system (cluster-wide in a cluster)."""
+    """Delivery statistics of the key's user system (cluster-wide in a cluster);
+    with ``--watch``, again every so many seconds, a failed round said and
+    the watch kept up (a node restarting answers again later)."""
+    a = ctx.args
+    if a.watch is None:
+        await _stats_once(ctx)
+        return
+    done = 0
+    while True:
+        clock = time.strftime("%H:%M:%S", time.localtime(ctx.reactor.seconds()))
+        ctx.say(f"--- {clock}")
+        try:
+            await _stats_once(ctx)
+        except CliError as e:
+            ctx.note(f"*** {e}")
+        done += 1
+        if a.rounds and done >= a.rounds:
+            return
+        await deferLater(ctx.reactor, a.watch, lambda: None)
+
+
+async def _stats_once(ctx: Ctx) -> None:
     a = ctx.args
     text = await _http(ctx, "GET", "/v1/stats", _api_key(a.api_key, a.appcode))
     if a.json:

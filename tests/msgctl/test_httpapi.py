@@ -88,10 +88,12 @@ class StatsResource(Resource):
     def __init__(self, answer: dict[str, Any]) -> None:
         super().__init__()
         self.answer = answer
+        self.code = 200
         self.seen: list[tuple[bytes, str | None]] = []
 
     def render_GET(self, request: Any) -> bytes:
         self.seen.append((request.path, request.getHeader("authorization")))
+        request.setResponseCode(self.code)
         request.setHeader("content-type", "application/json")
         return json.dumps(self.answer).encode()
 
@@ -121,6 +123,40 @@ class StatsTests(CliTestCase):
         self.assertEqual(lines[2].split(),
                          ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1", "25", "100"])
         self.assertEqual(lines[3].split(), ["total", "4", "3", "3", "1", "1", "1", "25", "-"])
+
+    def test_watch_prints_again_every_interval(self) -> None:
+        resource = StatsResource(self.ANSWER)
+        stub = StubTreq(resource)
+        d = self.run_cli("stats", "--watch", "2", "--rounds", "3", http=stub)
+        stub.flush()
+        self.assertEqual(len(resource.seen), 1)
+        self.reactor.advance(1.9)
+        stub.flush()
+        self.assertEqual(len(resource.seen), 1)  # not before its time
+        for _ in range(2):
+            self.reactor.advance(0.1 if len(resource.seen) == 1 else 2)
+            stub.flush()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(len(resource.seen), 3)
+        rounds = [line for line in self.out.getvalue().splitlines() if line.startswith("--- ")]
+        self.assertEqual(len(rounds), 3)
+        self.assertEqual(self.out.getvalue().count("delivery rate: 75.00%"), 3)
+
+    def test_a_failed_round_is_said_and_the_watch_goes_on(self) -> None:
+        resource = StatsResource(self.ANSWER)
+        resource.answer, resource.code = {"error": "store unavailable"}, 503
+        stub = StubTreq(resource)
+        d = self.run_cli("stats", "--watch", "1", "--rounds", "2", http=stub)
+        stub.flush()
+        resource.answer, resource.code = self.ANSWER, 200
+        self.reactor.advance(1)
+        stub.flush()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertIn("*** HTTP 503: store unavailable", self.err.getvalue())
+        self.assertEqual(self.out.getvalue().count("delivery rate: 75.00%"), 1)
+
+    def test_watch_takes_half_a_second_at_least(self) -> None:
+        self.assertIn("expected 0.5 to 86400 seconds", self.bad_args("stats", "--watch", "0.1"))
 
     def test_json(self) -> None:
         stub = StubTreq(StatsResource(self.ANSWER))
