@@ -49,7 +49,7 @@ class AppConfig:
     name: str = ""
     secret: str = field(default="", repr=False)
     api_key: str = field(default="", repr=False)
-    #: msgtypes whose content is rich text (docs/protocol.md §7).
+    #: msgtypes whose content is rich text (docs/protocol.md §7.2).
     rich_msgtypes: frozenset[int] = frozenset()
 
 

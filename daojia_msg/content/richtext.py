@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.content.test_richtext -*-
-"""Rich text: the markup of rich msgtypes (docs/protocol.md §7), parsed strictly.
+"""Rich text: the markup of rich msgtypes (docs/protocol.md §7.2), parsed strictly.
 
 A document is plain text with character references, ``<font size color>``
 around plain text, ``<img url width height />`` and ``<shake />``; anything

@@ -85,7 +85,7 @@ class Sending:
     @staticmethod
     def _check_rich(content: bytes, msgtype: int, *apps: AppConfig | None) -> None:
         """Content of a msgtype that is rich for any of ``apps`` must be rich
-        text (docs/protocol.md §7); it is then stored as sent."""
+        text (docs/protocol.md §7.2); it is then stored as sent."""
         if any(app is not None and msgtype in app.rich_msgtypes for app in apps):
             try:
                 validate(content)

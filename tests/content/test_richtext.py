@@ -1,4 +1,4 @@
-"""Rich text (docs/protocol.md §7): every form the grammar allows is accepted
+"""Rich text (docs/protocol.md §7.2): every form the grammar allows is accepted
 and renders to text, images and shakes; everything else is refused, saying why.
 Property tests (hypothesis) generate both."""
 

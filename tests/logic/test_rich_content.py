@@ -1,4 +1,4 @@
-"""Rich msgtypes (docs/protocol.md §7): C2C and S2C content checked before it
+"""Rich msgtypes (docs/protocol.md §7.2): C2C and S2C content checked before it
 is stored, refused with a reason naming the problem, stored byte for byte."""
 
 from __future__ import annotations

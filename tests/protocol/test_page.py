@@ -40,6 +40,7 @@ SECTIONS = [
     ("6.3", "Messages and delivery"),
     ("7", "Extensions"),
     ("7.1", "TLS"),
+    ("7.2", "Rich content"),
 ]
 #: The header fields of §2, in order.
 HEADER_FIELDS = [
