@@ -12,6 +12,7 @@ __all__ = [
     "DEMO_APPS",
     "DEMO_GATE",
     "DEMO_ROUTES",
+    "DEFAULT_WS",
     "MAX_NODE_ID",
     "AdminConfig",
     "AppConfig",
@@ -27,6 +28,7 @@ __all__ = [
     "Route",
     "StatsConfig",
     "StoreConfig",
+    "WsConfig",
     "default_config",
 ]
 
@@ -117,6 +119,22 @@ class ListenConfig:
     rpc: str = "tcp:7100:interface=127.0.0.1"
     manhole: str = ""
     public_gate: str = ""
+    #: The gate over WebSocket (docs/protocol.md §7.3); "" = off. Config files
+    #: and the built-in default get :data:`DEFAULT_WS`; a Config built in code
+    #: opens no extra port unless it asks (nodes sharing a host need distinct ones).
+    ws: str = ""
+
+
+#: ``listen.ws`` unless a config file says otherwise.
+DEFAULT_WS = "tcp:7070:interface=127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class WsConfig:
+    """``[ws]``: ``allowed_origins``, origins (``scheme://host[:port]``) a
+    browser page may open the WebSocket gate from, beside the endpoint's own."""
+
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +233,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     stats: StatsConfig = StatsConfig()
+    ws: WsConfig = WsConfig()
     apps: Mapping[int, AppConfig] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     demo: bool = False
@@ -261,6 +280,6 @@ DEMO_GATE = "tcp:7000:interface=127.0.0.1"
 def default_config() -> Config:
     """What ``twistd msgplatform`` runs with no ``--config``: the demo apps included."""
     return Config(apps=dict(DEMO_APPS), routes=DEMO_ROUTES, demo=True,
-                  listen=ListenConfig(gate=DEMO_GATE))
+                  listen=ListenConfig(gate=DEMO_GATE, ws=DEFAULT_WS))
 
 

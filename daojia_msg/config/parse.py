@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from daojia_msg.config.model import (
+    DEFAULT_WS,
     DEMO_APPS,
     DEMO_GATE,
     MAX_NODE_ID,
@@ -27,6 +28,7 @@ from daojia_msg.config.model import (
     Route,
     StatsConfig,
     StoreConfig,
+    WsConfig,
 )
 from daojia_msg.config.urls import check_urls
 
@@ -330,6 +332,7 @@ def parse_config(text: str) -> Config:
         rpc=lt.str("rpc", d.rpc),
         manhole=lt.str("manhole", d.manhole),
         public_gate=lt.str("public_gate", d.public_gate),
+        ws=lt.str("ws", DEFAULT_WS),
     )
     lt.done()
     limits = _limits(top.table("limits"))
@@ -351,6 +354,9 @@ def parse_config(text: str) -> Config:
     stats = StatsConfig(window_s=sc.float("window_s", StatsConfig().window_s, 10.0),
                         flush_s=sc.float("flush_s", StatsConfig().flush_s, 0.1))
     sc.done()
+    wt = top.table("ws")
+    ws = WsConfig(allowed_origins=wt.str_list("allowed_origins"))
+    wt.done()
     top.seen.update({"apps", "routes"})
     apps = _apps(data.get("apps", {}))
     if not apps:
@@ -374,6 +380,7 @@ def parse_config(text: str) -> Config:
         admin=admin,
         log=log,
         stats=stats,
+        ws=ws,
         apps=apps,
         routes=routes,
         demo=demo,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import (
+    DEFAULT_WS,
     AppConfig,
     Config,
     ConfigError,
@@ -29,6 +30,8 @@ class DefaultTests(ConfigTestCase):
         config = default_config()
         self.assertEqual(config.listen.gate, "tcp:7000:interface=127.0.0.1")  # demo apps
         self.assertEqual(config.listen.http, "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(config.listen.ws, "tcp:7070:interface=127.0.0.1")
+        self.assertEqual(config.ws.allowed_origins, ())
         self.assertEqual(config.limits.heartbeat_s, 60)
         self.assertEqual(config.limits.idle_timeout_s, 180.0)
         self.assertEqual(config.limits.max_body, 65536)
@@ -50,7 +53,7 @@ class DefaultTests(ConfigTestCase):
 
     def test_minimal_file_takes_defaults(self) -> None:
         config = parse_config(APP)
-        self.assertEqual(config.listen, ListenConfig())
+        self.assertEqual(config.listen, ListenConfig(ws=DEFAULT_WS))
         self.assertEqual(config.limits, Limits())
         self.assertEqual(config.store, StoreConfig())
         self.assertEqual(config.data_dir, "./var")

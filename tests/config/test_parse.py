@@ -6,12 +6,14 @@ import os
 from pathlib import Path
 
 from daojia_msg.config import (
+    DEFAULT_WS,
     DEMO_APPS,
     AppConfig,
     ConfigError,
     Limits,
     ListenConfig,
     Route,
+    WsConfig,
     load_config,
     parse_config,
 )
@@ -62,6 +64,7 @@ http = "tcp:9080"
 rpc = "tcp:9100"
 manhole = "tcp:9200:interface=127.0.0.1"
 public_gate = "gate1.example.com:9000"
+ws = "tcp:9070"
 
 [limits]
 max_body = 1024
@@ -99,6 +102,7 @@ topic = "t7"
                 "tcp:9100",
                 "tcp:9200:interface=127.0.0.1",
                 "gate1.example.com:9000",
+                "tcp:9070",
             ),
         )
         self.assertEqual(
@@ -415,3 +419,27 @@ class RpcTlsTests(ConfigTestCase):
                                "cluster.rpc_tls_cert: required with cluster.rpc_tls_key")
         self.assertConfigError('[cluster]\nrpc_tls_cert = "n.pem"\nrpc_tls_key = "n.key"\n' + APP,
                                "cluster.rpc_tls_ca: required with cluster.rpc_tls_cert")
+
+
+class WebSocketKeyTests(ConfigTestCase):
+    def test_listen_ws_defaults_to_loopback_7070(self) -> None:
+        self.assertEqual(parse_config(APP).listen.ws, DEFAULT_WS)
+        self.assertEqual(DEFAULT_WS, "tcp:7070:interface=127.0.0.1")
+
+    def test_listen_ws_given_or_off(self) -> None:
+        self.assertEqual(parse_config('[listen]\nws = "tcp:9070"\n' + APP).listen.ws, "tcp:9070")
+        self.assertEqual(parse_config('[listen]\nws = ""\n' + APP).listen.ws, "")
+
+    def test_allowed_origins(self) -> None:
+        self.assertEqual(parse_config(APP).ws, WsConfig())
+        self.assertEqual(WsConfig().allowed_origins, ())
+        config = parse_config('[ws]\nallowed_origins = ["https://a.example", "http://b:8000"]\n'
+                              + APP)
+        self.assertEqual(config.ws.allowed_origins, ("https://a.example", "http://b:8000"))
+
+    def test_allowed_origins_must_be_strings(self) -> None:
+        self.assertConfigError('[ws]\nallowed_origins = "https://a.example"\n' + APP,
+                               "ws.allowed_origins: expected an array of strings")
+        self.assertConfigError("[ws]\nallowed_origins = [1]\n" + APP,
+                               "ws.allowed_origins: expected an array of strings")
+        self.assertConfigError("[ws]\norigins = []\n" + APP, "ws.origins: unknown key")
