@@ -53,6 +53,8 @@ class Options(usage.Options):
         ["config", "c", None, "TOML config file (etc/msgplatform.toml documents every key)."],
         ["gate", None, None, "Gate listener, a Twisted endpoint (default tcp:7000; "
                              "tcp:7000:interface=127.0.0.1 with the demo apps)."],
+        ["ws", None, None, "The gate over WebSocket, path /v1/ws (default "
+                           "tcp:7070:interface=127.0.0.1; \"\" = off)."],
         ["http", None, None, "HTTP API listener (default tcp:8080:interface=127.0.0.1)."],
         ["rpc", None, None, "Internal RPC listener, bound only in a cluster (--redis)."],
         ["manhole", None, None, "Admin manhole listener (loopback; needs a password)."],
@@ -71,6 +73,7 @@ class Options(usage.Options):
 #: names the option, not the key.
 OPTION_KEYS: dict[tuple[str, ...], str] = {
     ("listen", "gate"): "--gate",
+    ("listen", "ws"): "--ws",
     ("listen", "http"): "--http",
     ("listen", "rpc"): "--rpc",
     ("listen", "manhole"): "--manhole",
@@ -100,11 +103,11 @@ def build_config(options: Any) -> Config:
 def _build_config(options: Any) -> Config:
     config = load_config(options["config"]) if options["config"] else default_config()
     listen = config.listen
-    for opt in ("gate", "http", "rpc", "manhole"):
+    for opt in ("gate", "ws", "http", "rpc", "manhole"):
         value = options[opt]
         if value is not None:
             listen = listen.__class__(**{**_fields(listen), opt: value})
-    for opt in ("gate", "http", "rpc", "manhole"):
+    for opt in ("gate", "ws", "http", "rpc", "manhole"):
         value = getattr(listen, opt)
         if value:
             try:

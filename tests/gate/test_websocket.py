@@ -1,0 +1,173 @@
+"""The gate over WebSocket (docs/protocol.md §7.3), on real loopback sockets:
+the handshake's checks, one frame per binary message, the close codes, and one
+session across the TCP and WebSocket transports."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase
+
+from daojia_msg.config import Config, ConfigError, Limits
+from daojia_msg.gate.websocket import frame_error, origin_allowed
+from daojia_msg.protocol.codec import encode
+from daojia_msg.protocol.codes import MAGIC, RESPONSE_BIT, Cmd, Code, KickReason
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.tap import Options, build_config
+from tests.gate.wshelpers import ALLOWED, TIMEOUT, WSNodeTestCase
+from tests.nodes import R
+
+
+class FramingTests(SynchronousTestCase):
+    def test_one_whole_frame_passes(self) -> None:
+        self.assertIsNone(frame_error(encode(Cmd.KEEPALIVE, 1, 0, 2, 3, b"body")))
+
+    def test_short_mismatched_or_bad_magic(self) -> None:
+        frame = encode(Cmd.KEEPALIVE, 1, 0, 2, 3, b"body")
+        self.assertEqual(frame_error(frame[:31]), "shorter than a header")
+        self.assertEqual(frame_error(frame[:-1]), "length is not 32 + bodylength")
+        self.assertEqual(frame_error(frame + b"x"), "length is not 32 + bodylength")
+        self.assertEqual(frame_error(struct.pack("!H", MAGIC ^ 1) + frame[2:]), "bad magic")
+
+
+class OriginTests(SynchronousTestCase):
+    def test_no_origin_is_a_native_client(self) -> None:
+        self.assertTrue(origin_allowed("", "http://127.0.0.1:7070", ()))
+
+    def test_own_and_allowed_origins(self) -> None:
+        own = "http://127.0.0.1:7070"
+        self.assertTrue(origin_allowed("http://127.0.0.1:7070", own, ()))
+        self.assertTrue(origin_allowed("HTTPS://Console.example/", own, ("https://console.example",)))
+        self.assertFalse(origin_allowed("https://127.0.0.1:7070", own, ()))
+        self.assertFalse(origin_allowed("http://evil.example", own, ("https://console.example",)))
+
+
+class HandshakeTests(WSNodeTestCase):
+    async def test_missing_subprotocol_is_400(self) -> None:
+        await self.start_node()
+        self.assertEqual(await self.handshake_status({}), 400)
+        self.assertEqual(
+            await self.handshake_status({"Sec-WebSocket-Protocol": "chat"}), 400)
+
+    async def test_foreign_origin_is_403(self) -> None:
+        await self.start_node()
+        status = await self.handshake_status({"Sec-WebSocket-Protocol": "msgplatform.v1",
+                                              "Origin": "http://evil.example"})
+        self.assertEqual(status, 403)
+
+    async def test_own_allowed_and_no_origin_are_accepted(self) -> None:
+        await self.start_node()
+        for origin in (None, f"http://{self.host()}", ALLOWED):
+            client = await self.ws(origin=origin)
+            self.assertEqual(client.websocket_protocol_in_use, "msgplatform.v1")
+
+    async def test_other_paths_are_refused(self) -> None:
+        await self.start_node()
+        status = await self.handshake_status({"Sec-WebSocket-Protocol": "msgplatform.v1"},
+                                             path="/console/")
+        self.assertEqual(status, 404)
+
+
+class FrameTests(WSNodeTestCase):
+    async def test_login_and_c2c_over_websocket(self) -> None:
+        await self.start_node()
+        alice, bob = await self.ws(), await self.ws()
+        self.assertEqual((await alice.login(1)).code, Code.OK)
+        self.assertEqual((await bob.login(2)).code, Code.OK)
+        pushed = bob.wait_for(Cmd.C2C)
+        body = pb.C2CRequest(to_uid=2, to_appcode=1001, content=b"hi", client_msg_id="m1")
+        answer = await alice.request(Cmd.C2C, 1001, 1, body.SerializeToString(), msgtype=10)
+        self.assertEqual(pb.Result.FromString(answer.body).code, Code.OK)
+        message = pb.Message.FromString((await pushed).body)
+        self.assertEqual((message.from_uid, message.content), (1, b"hi"))
+
+    async def test_tcp_and_websocket_clients_chat_both_ways(self) -> None:
+        await self.start_node()
+        tcp, tcp_inbox = await self.client(1)
+        ws = await self.ws()
+        await ws.login(2)
+        pushed = ws.wait_for(Cmd.C2C)
+        await tcp.c2c(2, 1001, 10, b"to ws")
+        self.assertEqual(pb.Message.FromString((await pushed).body).content, b"to ws")
+        body = pb.C2CRequest(to_uid=1, to_appcode=1001, content=b"to tcp", client_msg_id="m2")
+        await ws.request(Cmd.C2C, 1001, 2, body.SerializeToString(), msgtype=10)
+        self.assertEqual([m.content for m in await tcp_inbox.wait(1)], [b"to tcp"])
+
+    async def test_websocket_login_kicks_the_tcp_session(self) -> None:
+        await self.start_node()
+        _, tcp_inbox = await self.client(7)
+        ws = await self.ws()
+        self.assertEqual((await ws.login(7)).code, Code.OK)
+        self.assertEqual(await tcp_inbox.kicked.addTimeout(TIMEOUT, R), KickReason.LOGIN_ELSEWHERE)
+
+    async def test_tcp_login_kicks_the_websocket_session_then_close_1000(self) -> None:
+        await self.start_node()
+        ws = await self.ws()
+        await ws.login(8)
+        kicked = ws.wait_for(Cmd.KICKOUT)
+        await self.client(8)
+        kickout = pb.Kickout.FromString((await kicked).body)
+        self.assertEqual(kickout.reason_code, KickReason.LOGIN_ELSEWHERE)
+        self.assertEqual(await ws.closed.addTimeout(TIMEOUT, R), 1000)
+
+    async def test_text_message_closes_1003(self) -> None:
+        await self.start_node()
+        ws = await self.ws()
+        ws.sendMessage(b"hello", isBinary=False)
+        self.assertEqual(await ws.closed.addTimeout(TIMEOUT, R), 1003)
+
+    async def test_short_or_mismatched_binary_closes_1002_without_reply(self) -> None:
+        await self.start_node()
+        frame = encode(Cmd.KEEPALIVE, 1001, 0, 1, 1, b"")
+        for payload in (frame[:20], frame + b"x", b"\x00\x00" + frame[2:]):
+            ws = await self.ws()
+            ws.sendMessage(payload, isBinary=True)
+            self.assertEqual(await ws.closed.addTimeout(TIMEOUT, R), 1002)
+            self.assertEqual(ws.frames, [])
+
+    async def test_oversized_message_closes_1009(self) -> None:
+        node = await self.start_node()
+        ws = await self.ws()
+        body = b"x" * (node.config.limits.max_body + 1)
+        ws.sendMessage(encode(Cmd.KEEPALIVE, 1001, 0, 1, 1, body), isBinary=True)
+        self.assertEqual(await ws.closed.addTimeout(TIMEOUT, R), 1009)
+
+    async def test_keepalive_is_answered_and_logout_closes_1000(self) -> None:
+        await self.start_node()
+        ws = await self.ws()
+        await ws.login(3)
+        answer = await ws.request(Cmd.KEEPALIVE, 1001, 3)
+        self.assertEqual(answer.cmd, Cmd.KEEPALIVE | RESPONSE_BIT)
+        await ws.request(Cmd.LOGOUT, 1001, 3)
+        self.assertEqual(await ws.closed.addTimeout(TIMEOUT, R), 1000)
+
+
+class IdleTests(WSNodeTestCase):
+    async def test_pings_do_not_extend_the_idle_timeout(self) -> None:
+        await self.start_node(limits=Limits(login_timeout_s=1.0, heartbeat_s=1,
+                                            idle_timeout_s=1.0))
+        ws = await self.ws()
+        await ws.login(4)
+        logged_in = R.seconds()
+        while not ws.closed.called and R.seconds() - logged_in < TIMEOUT:
+            ws.sendPing()
+            await deferLater(R, 0.1, lambda: None)
+        self.assertEqual(await ws.closed, 1000)
+        self.assertLess(R.seconds() - logged_in, 3.0)
+
+
+class OptionTests(SynchronousTestCase):
+    def _config(self, *argv: str) -> Config:
+        options = Options()
+        options.parseOptions(list(argv))
+        return build_config(options)
+
+    def test_ws_option_sets_listen_ws(self) -> None:
+        self.assertEqual(self._config().listen.ws, "tcp:7070:interface=127.0.0.1")
+        self.assertEqual(self._config("--ws", "tcp:9070").listen.ws, "tcp:9070")
+        self.assertEqual(self._config("--ws", "").listen.ws, "")
+
+    def test_a_bad_ws_option_is_named(self) -> None:
+        error = self.assertRaises(ConfigError, self._config, "--ws", "bogus:1")
+        self.assertTrue(str(error).startswith("--ws: "), str(error))

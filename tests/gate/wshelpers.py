@@ -1,0 +1,158 @@
+"""Fixtures of the WebSocket gate tests: a node with its WebSocket listener on
+``tcp:0``, an autobahn client that speaks frames, and a raw handshake."""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from daojia_msg.auth import mint_token
+from daojia_msg.config import Limits, ListenConfig, WsConfig, default_config
+from daojia_msg.node import Node
+from daojia_msg.protocol.codec import Frame, FrameDecoder, encode
+from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.nodes import NodeTestCase, R
+
+TIMEOUT = 10
+ALLOWED = "https://console.example"
+
+
+class WSClient(WebSocketClientProtocol):
+    """Records every message and the close; Deferreds for the next frame and the close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[Frame] = []
+        self.texts: list[bytes] = []
+        self.opened: Deferred[WSClient] = Deferred()
+        self.closed: Deferred[int | None] = Deferred()
+        self._waiters: list[tuple[int, Deferred[Frame]]] = []
+        self._seq = 0
+
+    def onOpen(self) -> None:
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not isBinary:
+            self.texts.append(payload)
+            return
+        decoder = FrameDecoder(1 << 24)
+        decoder.feed(payload)
+        frame = decoder.next()
+        assert frame is not None
+        self.frames.append(frame)
+        for cmd, d in list(self._waiters):
+            if frame.cmd == cmd:
+                self._waiters.remove((cmd, d))
+                d.callback(frame)
+                break
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            self.opened.errback(Failure(ConnectionError(reason)))
+        if not self.closed.called:
+            self.closed.callback(code)
+
+    def wait_for(self, cmd: int) -> Deferred[Frame]:
+        """The next frame of ``cmd`` (one already received counts)."""
+        for frame in self.frames:
+            if frame.cmd == cmd:
+                self.frames.remove(frame)
+                return succeed(frame)
+        d: Deferred[Frame] = Deferred()
+        self._waiters.append((cmd, d))
+        return d.addTimeout(TIMEOUT, R)
+
+    def send_frame(self, cmd: int, appcode: int, uid: int, body: bytes = b"",
+                   msgtype: int = 0) -> int:
+        self._seq += 1
+        self.sendMessage(encode(cmd, appcode, msgtype, uid, self._seq, body), isBinary=True)
+        return self._seq
+
+    async def request(self, cmd: int, appcode: int, uid: int, body: bytes = b"",
+                      msgtype: int = 0) -> Frame:
+        waiting = self.wait_for(cmd | RESPONSE_BIT)
+        self.send_frame(cmd, appcode, uid, body, msgtype)
+        return await waiting
+
+    async def login(self, uid: int, appcode: int = 1001) -> pb.LoginResponse:
+        token = mint_token(f"demo-secret-{appcode}", appcode, uid, int(R.seconds()) + 600)
+        answer = await self.request(Cmd.LOGIN, appcode, uid,
+                                    pb.LoginRequest(token=token).SerializeToString())
+        response = pb.LoginResponse.FromString(answer.body)
+        return response
+
+
+class Raw(Protocol):
+    """A raw HTTP exchange: the status code of the server's answer."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.data = b""
+        self.status: Deferred[int] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if b"\r\n" in self.data and not self.status.called:
+            self.status.callback(int(self.data.split(b" ", 2)[1]))
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class WSNodeTestCase(NodeTestCase):
+    """A node whose gate also listens over WebSocket."""
+
+    async def start_node(self, data_dir: str | None = None, limits: Limits | None = None) -> Node:
+        self.data_dir = data_dir or self.mktemp()
+        config = default_config().replace(
+            limits=limits or Limits(),
+            data_dir=self.data_dir,
+            listen=ListenConfig(gate="tcp:0:interface=127.0.0.1",
+                                http="tcp:0:interface=127.0.0.1",
+                                ws="tcp:0:interface=127.0.0.1"),
+            ws=WsConfig(allowed_origins=(ALLOWED,)),
+        )
+        node = Node(config, R)
+        node.startService()
+        await node.ready
+        self.node = node
+        self.addCleanup(self.stop_node, node)
+        return node
+
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port('ws')}"
+
+    async def ws(self, protocols: list[str] | None = None, origin: str | None = None,
+                 path: str = "/v1/ws") -> WSClient:
+        """An open WebSocket to the node (fails when the handshake is refused)."""
+        factory = WebSocketClientFactory(f"ws://{self.host()}{path}", origin=origin,
+                                         protocols=["msgplatform.v1"] if protocols is None
+                                         else protocols)
+        factory.protocol = WSClient
+        endpoint = TCP4ClientEndpoint(R, "127.0.0.1", self.port("ws"))
+        client: WSClient = await endpoint.connect(factory)
+        self.addCleanup(self._drop, client)
+        await client.opened.addTimeout(TIMEOUT, R)
+        return client
+
+    @staticmethod
+    async def _drop(client: WSClient) -> None:
+        if client.transport is not None and not client.closed.called:
+            client.transport.abortConnection()
+            await client.closed
+
+    async def handshake_status(self, headers: dict[str, str], path: str = "/v1/ws") -> int:
+        """The HTTP status of a handshake with these extra headers."""
+        lines = [f"GET {path} HTTP/1.1", f"Host: {self.host()}", "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                 "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers.items())]
+        raw = Raw(("\r\n".join(lines) + "\r\n\r\n").encode())
+        endpoint = TCP4ClientEndpoint(R, "127.0.0.1", self.port("ws"))
+        await endpoint.connect(Factory.forProtocol(lambda: raw))
+        return await raw.status.addTimeout(TIMEOUT, R)
