@@ -41,6 +41,7 @@ SECTIONS = [
     ("7", "Extensions"),
     ("7.1", "TLS"),
     ("7.2", "Rich content"),
+    ("7.3", "WebSocket transport"),
 ]
 #: The header fields of §2, in order.
 HEADER_FIELDS = [
