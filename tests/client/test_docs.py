@@ -37,7 +37,19 @@ class ClientDocExamplesTests(NodeTestCase):
 
     async def test_hello(self) -> None:
         self.assertEqual(await self.run_example("hello"),
-                         ["sent True True", "bob got hello bob from 1"])
+                         ["sent True True", "bob got hello bob from 101"])
+
+    async def test_hello_runs_again_against_the_same_node(self) -> None:
+        """A second run sends a new message (a fixed client_msg_id would be
+        answered from the de-duplication key and never pushed again)."""
+        node = await self.start_node()
+        self.addCleanup(self.stop_node, node)
+        env = {**os.environ, "MSGP_PORT": str(self.port("gate"))}
+        for _ in range(2):
+            out, err, code = await utils.getProcessOutputAndValue(
+                sys.executable, ("-c", examples()["hello"]), env=env)
+            self.assertEqual((code, out.decode().splitlines()[-1]),
+                             (0, "bob got hello bob from 101"), err.decode())
 
     async def test_offline(self) -> None:
         self.assertEqual(await self.run_example("offline"),
