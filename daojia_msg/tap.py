@@ -159,6 +159,9 @@ def _read_secret(path: str, option: str) -> str:
     the config file); a ConfigError naming ``option`` when unreadable or empty."""
     try:
         with open(path, encoding="utf-8") as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                raise ConfigError(f"{os.path.abspath(path)!r} may be read by other users: "
+                                  f"chmod 600 it", (option,))
             secret = f.readline().strip()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {os.path.abspath(path)!r}: {e}", (option,)) from None

@@ -146,6 +146,7 @@ class BuildConfigTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("a-long-manhole-password\n")
+        os.chmod(path, 0o600)
         config = build_config(options("--manhole", "tcp:7300:interface=127.0.0.1",
                                       "--manhole-password-file", path))
         self.assertEqual(config.admin.manhole_password, "a-long-manhole-password")
@@ -160,9 +161,20 @@ class BuildConfigTests(SynchronousTestCase):
             f"--manhole-password-file: cannot read {missing!r}"), e.exception)
         empty = self.mktemp()
         open(empty, "w").close()
+        os.chmod(empty, 0o600)
         with self.assertRaises(ConfigError) as e:
             build_config(options("--manhole-password-file", empty))
         self.assertIn("is empty: its first line is the password", str(e.exception))
+
+    def test_a_password_file_others_may_read_is_refused(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("a-long-manhole-password\n")
+        os.chmod(path, 0o644)
+        with self.assertRaises(ConfigError) as e:
+            build_config(options("--manhole-password-file", path))
+        self.assertEqual(str(e.exception), f"--manhole-password-file: {path!r} may be read by "
+                                           f"other users: chmod 600 it")
 
     def test_cluster_options(self) -> None:
         config = build_config(options("--redis", "redis://127.0.0.1:6379/2",
