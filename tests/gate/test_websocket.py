@@ -4,9 +4,11 @@ session across the TCP and WebSocket transports."""
 
 from __future__ import annotations
 
+import os
 import struct
 
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import Config, ConfigError, Limits
@@ -17,6 +19,8 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.tap import Options, build_config
 from tests.gate.wshelpers import ALLOWED, TIMEOUT, WSNodeTestCase
 from tests.nodes import R
+from tests.tlscerts import CA
+from tests.tlsnodes import ssl_description
 
 
 class FramingTests(SynchronousTestCase):
@@ -44,6 +48,14 @@ class OriginTests(SynchronousTestCase):
 
 
 class HandshakeTests(WSNodeTestCase):
+    async def test_the_node_logs_where_ws_listens(self) -> None:
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        await self.start_node()
+        lines = [formatEvent(e) for e in events]
+        self.assertIn(f"ws listening on {self.host()}", lines)
+
     async def test_missing_subprotocol_is_400(self) -> None:
         await self.start_node()
         self.assertEqual(await self.handshake_status({}), 400)
@@ -155,6 +167,15 @@ class IdleTests(WSNodeTestCase):
             await deferLater(R, 0.1, lambda: None)
         self.assertEqual(await ws.closed, 1000)
         self.assertLess(R.seconds() - logged_in, 3.0)
+
+
+class TLSTests(WSNodeTestCase):
+    async def test_wss_login_with_own_origin_and_reload(self) -> None:
+        ca = CA(os.path.abspath(self.mktemp()))
+        node = await self.start_node(ws=ssl_description(ca.issue("msgplatform node")))
+        ws = await self.ws(origin=f"https://{self.host()}", ca=ca.path)
+        self.assertEqual((await ws.login(5)).code, Code.OK)
+        self.assertEqual(node.reload_tls(), 1)  # the ws listener's certificate (SIGHUP)
 
 
 class OptionTests(SynchronousTestCase):

@@ -10,6 +10,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from daojia_msg.auth import mint_token
+from daojia_msg.client.endpoint import gate_endpoint
 from daojia_msg.config import Limits, ListenConfig, WsConfig, default_config
 from daojia_msg.node import Node
 from daojia_msg.protocol.codec import Frame, FrameDecoder, encode
@@ -108,14 +109,15 @@ class Raw(Protocol):
 class WSNodeTestCase(NodeTestCase):
     """A node whose gate also listens over WebSocket."""
 
-    async def start_node(self, data_dir: str | None = None, limits: Limits | None = None) -> Node:
+    async def start_node(self, data_dir: str | None = None, limits: Limits | None = None,
+                         ws: str = "tcp:0:interface=127.0.0.1") -> Node:
         self.data_dir = data_dir or self.mktemp()
         config = default_config().replace(
             limits=limits or Limits(),
             data_dir=self.data_dir,
             listen=ListenConfig(gate="tcp:0:interface=127.0.0.1",
                                 http="tcp:0:interface=127.0.0.1",
-                                ws="tcp:0:interface=127.0.0.1"),
+                                ws=ws),
             ws=WsConfig(allowed_origins=(ALLOWED,)),
         )
         node = Node(config, R)
@@ -129,13 +131,15 @@ class WSNodeTestCase(NodeTestCase):
         return f"127.0.0.1:{self.port('ws')}"
 
     async def ws(self, protocols: list[str] | None = None, origin: str | None = None,
-                 path: str = "/v1/ws") -> WSClient:
-        """An open WebSocket to the node (fails when the handshake is refused)."""
-        factory = WebSocketClientFactory(f"ws://{self.host()}{path}", origin=origin,
+                 path: str = "/v1/ws", ca: str | None = None) -> WSClient:
+        """An open WebSocket to the node (fails when the handshake is refused);
+        with ``ca``, over TLS that verifies the node's certificate against it."""
+        scheme = "wss" if ca else "ws"
+        factory = WebSocketClientFactory(f"{scheme}://{self.host()}{path}", origin=origin,
                                          protocols=["msgplatform.v1"] if protocols is None
                                          else protocols)
         factory.protocol = WSClient
-        endpoint = TCP4ClientEndpoint(R, "127.0.0.1", self.port("ws"))
+        endpoint = gate_endpoint(R, "127.0.0.1", self.port("ws"), tls=bool(ca), ca=ca)
         client: WSClient = await endpoint.connect(factory)
         self.addCleanup(self._drop, client)
         await client.opened.addTimeout(TIMEOUT, R)
