@@ -37,6 +37,7 @@ down() {
     if kill "$pid" 2>/dev/null; then pids+=("$pid"); fi
     rm -f "$pidfile"
   done
+  [ ${#pids[@]} -gt 0 ] && echo "stopping ${#pids[@]} process(es); the nodes drain first (up to 30 s)"
   for pid in "${pids[@]+"${pids[@]}"}"; do
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   done
@@ -63,6 +64,17 @@ case "$mysql_db" in ''|*[!A-Za-z0-9_]*) echo "--mysql-db: expected letters, digi
 mkdir -p "$run"
 if [ "$command" = down ]; then down; exit 0; fi
 
+# Pid files of a cluster that is still running stop us; stale ones are removed.
+for pidfile in "$run"/*.pid; do
+  [ -e "$pidfile" ] || continue
+  if kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "a cluster is running ($pidfile): tools/cluster-up.sh down first" >&2
+    exit 1
+  fi
+  echo "removing stale $pidfile"
+  rm -f "$pidfile"
+done
+
 # -- prerequisites, all checked before anything starts -----------------------
 missing=()
 [ -x "$twistd" ] || missing+=("the venv: python3 -m venv .venv && .venv/bin/pip install -e . --config-settings editable_mode=compat")
@@ -75,22 +87,19 @@ if ! listening 3306 && [ ! -x /usr/sbin/mariadbd ]; then
   missing+=("MySQL/MariaDB on 127.0.0.1:3306, or mariadbd to start it: apt-get install mariadb-server")
 fi
 command -v mysql >/dev/null || missing+=("the mysql client: apt-get install mariadb-client")
+for port in 7000 8080; do  # HAProxy's, and the nodes' 700i, 808i, 710i, 707i
+  if listening "$port"; then missing+=("127.0.0.1:$port free for HAProxy (a node of the README still running?)"); fi
+done
+for i in $(seq 1 "$nodes"); do
+  for port in "700$i" "808$i" "710$i" "707$i"; do
+    if listening "$port" && [ ! -e "$run/node$i.pid" ]; then missing+=("127.0.0.1:$port free for node $i"); fi
+  done
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tools/cluster-up.sh needs:" >&2
   printf '  - %s\n' "${missing[@]}" >&2
   exit 1
 fi
-
-# Pid files of a cluster that is still running stop us; stale ones are removed.
-for pidfile in "$run"/*.pid; do
-  [ -e "$pidfile" ] || continue
-  if kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    echo "a cluster is running ($pidfile): tools/cluster-up.sh down first" >&2
-    exit 1
-  fi
-  echo "removing stale $pidfile"
-  rm -f "$pidfile"
-done
 
 # From here, a failure stops whatever this run started.
 on_exit() {
@@ -134,7 +143,8 @@ for i in $(seq 1 "$nodes"); do
       --config etc/cluster.toml --node-id "$i" "${backends[@]}" \
       --gate "haproxy:tcp:700$i:interface=127.0.0.1:backlog=1024" \
       --http "tcp:808$i:interface=127.0.0.1" \
-      --rpc "tcp:710$i:interface=127.0.0.1" $node_args; then
+      --rpc "tcp:710$i:interface=127.0.0.1" \
+      --ws "tcp:707$i:interface=127.0.0.1" $node_args; then
     echo "node $i did not start: see $run/node$i.log" >&2
     exit 1
   fi
