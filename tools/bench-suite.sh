@@ -45,7 +45,7 @@ start_node() {  # name, extra options...
   rm -rf "$out/$name-var"; mkdir -p "$out/$name-var"
   $twistd --pidfile="$out/$name.pid" --logfile="$out/$name.log" msgplatform \
     --data-dir "$out/$name-var" --gate tcp:7000:interface=127.0.0.1:backlog=1024 \
-    --http tcp:8080:interface=127.0.0.1 "$@"
+    --http tcp:8080:interface=127.0.0.1 --ws tcp:0:interface=127.0.0.1 "$@"
   wait_port 7000; wait_port 8080
   node_pids=$(cat "$out/$name.pid")
 }

@@ -39,7 +39,7 @@ port=${SCHEMATHESIS_PORT:-$("$venv/bin/python" -c 'import socket; s = socket.soc
 mkdir -p "$work/data"
 # Started in the scratch directory: twistd's log and the embedded store stay out of the tree.
 (cd "$work" && exec "$venv/bin/twistd" -n --pidfile= --logfile="$work/node.log" msgplatform \
-  --http "tcp:$port:interface=127.0.0.1" --gate tcp:0:interface=127.0.0.1 \
+  --http "tcp:$port:interface=127.0.0.1" --gate tcp:0:interface=127.0.0.1 --ws tcp:0:interface=127.0.0.1 \
   --data-dir "$work/data") &
 node_pid=$!
 
