@@ -77,9 +77,7 @@ class FrameTransport:
             self.write(frame)
 
     def loseConnection(self) -> None:
-        tcp = self._tcp
-        if tcp is not None and getattr(tcp, "producer", None) is not None:
-            tcp.unregisterProducer()  # a TLS transport closes only without one
+        self.unregisterProducer()  # a TLS transport closes only without one
         self.ws.sendClose(NORMAL)
 
     def abortConnection(self) -> None:
@@ -154,6 +152,14 @@ class GateWebSocket(WebSocketServerProtocol):
         # sendClose takes only 1000 and 3000-4999 from applications.
         self.sendCloseFrame(code=code, reasonUtf8=why.encode(), isReply=False)
         gate.close()  # reads no more; aborts if the peer lingers past close_grace_s
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        # autobahn closes the TCP (or TLS) transport itself once the closing
+        # handshake is done; a TLS transport closes only without a producer.
+        transport: Any = self.transport
+        if transport is not None:
+            transport.unregisterProducer()
+        super()._closeConnection(abort)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         gate, self.gate = self.gate, None

@@ -177,6 +177,15 @@ class TLSTests(WSNodeTestCase):
         self.assertEqual((await ws.login(5)).code, Code.OK)
         self.assertEqual(node.reload_tls(), 1)  # the ws listener's certificate (SIGHUP)
 
+    async def test_a_client_close_over_tls_ends_the_connection(self) -> None:
+        ca = CA(os.path.abspath(self.mktemp()))
+        node = await self.start_node(ws=ssl_description(ca.issue("msgplatform node")))
+        ws = await self.ws(ca=ca.path)
+        await ws.login(6)
+        ws.sendClose(1000)
+        self.assertEqual(await ws.closed.addTimeout(TIMEOUT, R), 1000)
+        await node.gate.when_empty().addTimeout(TIMEOUT, R)
+
 
 class OptionTests(SynchronousTestCase):
     def _config(self, *argv: str) -> Config:
