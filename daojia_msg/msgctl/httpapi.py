@@ -93,25 +93,28 @@ async def cmd_push(ctx: Ctx) -> None:
     ctx.say(await _http(ctx, "POST", "/v1/push", _api_key(a.api_key, a.to_appcode), body))
 
 
-async def cmd_stats(ctx: Ctx) -> None:
+async def cmd_stats(ctx: Ctx) -> int:
     """Delivery statistics of the key's user system (cluster-wide in a cluster);
     with ``--watch``, again every so many seconds, a failed round said and
-    the watch kept up (a node restarting answers again later)."""
+    the watch kept up (a node restarting answers again later). Exit status 1
+    when the last round failed."""
     a = ctx.args
     if a.watch is None:
         await _stats_once(ctx)
-        return
+        return 0
     done = 0
     while True:
         clock = time.strftime("%H:%M:%S", time.localtime(ctx.reactor.seconds()))
         ctx.say(f"--- {clock}")
         try:
             await _stats_once(ctx)
+            status = 0
         except CliError as e:
             ctx.note(f"*** {e}")
+            status = 1
         done += 1
         if a.rounds and done >= a.rounds:
-            return
+            return status
         await deferLater(ctx.reactor, a.watch, lambda: None)
 
 
