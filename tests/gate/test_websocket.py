@@ -155,7 +155,14 @@ class FrameTests(WSNodeTestCase):
         self.assertEqual(await ws.closed.addTimeout(TIMEOUT, R), 1000)
 
 
-class IdleTests(WSNodeTestCase):
+class LimitTests(WSNodeTestCase):
+    async def test_tcp_and_websocket_share_the_per_ip_cap(self) -> None:
+        await self.start_node(limits=Limits(max_conn_per_ip=1))
+        await self.client(9)
+        ws = await self.ws()
+        self.assertEqual(await ws.closed.addTimeout(TIMEOUT, R), 1000)
+        self.assertEqual(self.node.gate.refused, 1)
+
     async def test_pings_do_not_extend_the_idle_timeout(self) -> None:
         await self.start_node(limits=Limits(login_timeout_s=1.0, heartbeat_s=1,
                                             idle_timeout_s=1.0))
