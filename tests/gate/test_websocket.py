@@ -8,11 +8,12 @@ import os
 import struct
 
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import Config, ConfigError, Limits
-from daojia_msg.gate.websocket import frame_error, origin_allowed
+from daojia_msg.gate.websocket import FrameTransport, frame_error, origin_allowed
 from daojia_msg.protocol.codec import encode
 from daojia_msg.protocol.codes import MAGIC, RESPONSE_BIT, Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
@@ -33,6 +34,47 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual(frame_error(frame[:-1]), "length is not 32 + bodylength")
         self.assertEqual(frame_error(frame + b"x"), "length is not 32 + bodylength")
         self.assertEqual(frame_error(struct.pack("!H", MAGIC ^ 1) + frame[2:]), "bad magic")
+
+
+class FakeSocket:
+    """What a FrameTransport needs of its WebSocket: the messages and the close."""
+
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+        self.messages: list[tuple[bytes, bool]] = []
+        self.closes: list[int] = []
+
+    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
+        self.messages.append((payload, isBinary))
+
+    def sendClose(self, code: int) -> None:
+        self.closes.append(code)
+
+
+class FrameTransportTests(SynchronousTestCase):
+    def test_each_write_is_one_binary_message(self) -> None:
+        ws = FakeSocket()
+        transport = FrameTransport(ws)  # type: ignore[arg-type]
+        transport.write(b"one")
+        transport.writeSequence([b"two", b"three"])
+        self.assertEqual(ws.messages, [(b"one", True), (b"two", True), (b"three", True)])
+
+    def test_back_pressure_and_close_reach_the_socket(self) -> None:
+        ws = FakeSocket()
+        transport = FrameTransport(ws)  # type: ignore[arg-type]
+        producer = object()
+        transport.registerProducer(producer, True)  # type: ignore[arg-type]
+        self.assertIs(ws.transport.producer, producer)
+        transport.pauseProducing()
+        self.assertEqual(ws.transport.producerState, "paused")
+        transport.resumeProducing()
+        self.assertEqual(ws.transport.producerState, "producing")
+        self.assertEqual(transport.getPeer(), ws.transport.getPeer())
+        transport.loseConnection()
+        self.assertIsNone(ws.transport.producer)
+        self.assertEqual(ws.closes, [1000])
+        transport.abortConnection()
+        self.assertTrue(ws.transport.disconnecting)
 
 
 class OriginTests(SynchronousTestCase):
