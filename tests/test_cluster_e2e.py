@@ -211,6 +211,7 @@ backend nodes
                 "--gate", f"haproxy:tcp:{gates[i]}:interface=127.0.0.1",
                 "--http", f"tcp:{https[i]}:interface=127.0.0.1",
                 "--rpc", f"tcp:{rpcs[i]}:interface=127.0.0.1",
+                "--ws", "tcp:0:interface=127.0.0.1",
             ], b" serving"))
         lines = await gatherResults([n.ready.addTimeout(60, R) for n in nodes])
         node_ids = [int(re.search(rb"node (\d+) serving", line).group(1))  # type: ignore[union-attr]

@@ -241,6 +241,7 @@ class TwistdTests(TestCase):
         data = os.path.abspath(self.mktemp())
         out, err, code = await self.run_twistd(  # type: ignore[misc]
             "--gate", f"tcp:{busy}:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
+            "--ws", "tcp:0:interface=127.0.0.1",
             "--data-dir", data,
         )
         self.assertEqual(code, 1)
@@ -271,7 +272,8 @@ class DaemonTests(TestCase):
         self.addCleanup(port.stopListening)
         busy = port.getHost().port
         d, pidfile, logfile = self.daemon("--gate", f"tcp:{busy}:interface=127.0.0.1",
-                                          "--http", "tcp:0:interface=127.0.0.1")
+                                          "--http", "tcp:0:interface=127.0.0.1",
+                                          "--ws", "tcp:0:interface=127.0.0.1")
         out, err, code = await d
         self.assertEqual(code, 1, (out, err))
         self.assertIn(b"cannot listen on", err)
@@ -281,7 +283,8 @@ class DaemonTests(TestCase):
 
     async def test_a_daemon_that_started_exits_0_once_it_serves(self) -> None:
         d, pidfile, logfile = self.daemon("--gate", "tcp:0:interface=127.0.0.1",
-                                          "--http", "tcp:0:interface=127.0.0.1")
+                                          "--http", "tcp:0:interface=127.0.0.1",
+                                          "--ws", "tcp:0:interface=127.0.0.1")
         out, err, code = await d
         self.assertEqual(code, 0, (out, err))
         with open(pidfile) as f:

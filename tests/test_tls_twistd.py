@@ -86,7 +86,7 @@ class TwistdTestCase(TestCase):
 
     def args(self) -> list[str]:
         return ["msgplatform", "--gate", ssl_description(self.server),
-                "--http", "tcp:0:interface=127.0.0.1", "--data-dir", os.path.join(self.cwd, "var")]
+                "--http", "tcp:0:interface=127.0.0.1", "--ws", "tcp:0:interface=127.0.0.1", "--data-dir", os.path.join(self.cwd, "var")]
 
     def kill_at_cleanup(self, pid: int) -> None:
         def kill() -> None:
@@ -167,6 +167,7 @@ class ForegroundTests(TwistdTestCase):
         process = R.spawnProcess(
             out, TWISTD, [TWISTD, "-n", "--pidfile=", "msgplatform", "--gate",
                           "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
+                          "--ws", "tcp:0:interface=127.0.0.1",
                           "--data-dir", os.path.join(self.cwd, "var")],
             env=dict(os.environ), path=self.cwd)
         self.kill_at_cleanup(process.pid)
