@@ -27,7 +27,7 @@ from daojia_msg.logic.interfaces import (
     IMessageStore,
     ISessionStore,
 )
-from daojia_msg.metrics.counters import LabeledCounter
+from daojia_msg.metrics.counters import LOGIN_THROTTLE_SCOPES, LabeledCounter
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
@@ -95,8 +95,8 @@ class Sessions:
         self.messages = messages
         #: Login brute-force lockouts; None: no throttling (tests of other things).
         self.throttle = throttle
-        #: LOGINs refused by a lockout, by scope ("identity", "ip"), for /metrics.
-        self.throttled = LabeledCounter(("identity", "ip"))
+        #: LOGINs refused by a lockout, by scope, for /metrics.
+        self.throttled = LabeledCounter(LOGIN_THROTTLE_SCOPES)
         #: This node's logged-in connections, by identity.
         self.local: dict[tuple[int, int], Session] = {}
         self._kick_retries: set[IDelayedCall] = set()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+#: The scopes of a login brute-force lockout: one identity from one address, or an address.
+LOGIN_THROTTLE_SCOPES = ("identity", "ip")
+
 
 class LabeledCounter:
     """A count per value of one label, the values known up front (so an

@@ -33,7 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from daojia_msg.metrics.counters import LabeledCounter
+from daojia_msg.metrics.counters import LOGIN_THROTTLE_SCOPES, LabeledCounter
 from daojia_msg.metrics.delivery import COUNTERS, LATENCY_BUCKETS, Stats
 
 PREFIX = "msgplatform"
@@ -62,7 +62,7 @@ class StatsCollector:
         self.stats = stats
         self.connections = connections
         self.sessions = sessions
-        self.login_throttled = login_throttled or LabeledCounter(("identity", "ip"))
+        self.login_throttled = login_throttled or LabeledCounter(LOGIN_THROTTLE_SCOPES)
 
     def _families(self, with_values: bool) -> Iterator[Metric]:
         routes = sorted(self.stats.by_route.items()) if with_values else []
