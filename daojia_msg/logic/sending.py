@@ -74,6 +74,9 @@ class Sending:
     def __init__(self, ctx: Context, messages: IMessageStore, bus: IPublisher,
                  routing: Routing) -> None:
         self.ctx = ctx
+        #: The msgtypes that are rich for some app: only these need a closer look.
+        self._rich_msgtypes = frozenset().union(
+            *(app.rich_msgtypes for app in ctx.config.apps.values()))
         self.messages = messages
         self.bus = bus
         self.routing = routing
@@ -149,7 +152,9 @@ class Sending:
             if (req.to_uid, req.to_appcode) == (session.uid, session.appcode):
                 raise errors.BadRequest("cannot send to oneself")
             self._check_content(req.content)
-            self._check_rich(req.content, msgtype, self.ctx.config.app(session.appcode), to_app)
+            if msgtype in self._rich_msgtypes:  # no app look-up for the other msgtypes
+                self._check_rich(req.content, msgtype, self.ctx.config.app(session.appcode),
+                                 to_app)
             if len(req.client_msg_id) > self.ctx.limits.max_id_len:
                 raise errors.BadRequest(
                     f"client_msg_id is over {self.ctx.limits.max_id_len} characters")
