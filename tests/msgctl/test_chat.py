@@ -28,6 +28,13 @@ class ChatTests(CliTestCase):
         self.gate.answer(Cmd.PULL, pb.PullResponse())
         return d
 
+    def end_of_input(self, d: Deferred[int]) -> int:
+        """End standard input: the chat logs out; its exit status."""
+        self.stdin.connectionLost(Failure(error.ConnectionDone()))
+        self.gate.answer(Cmd.LOGOUT)
+        self.gate.close()
+        return self.exit_code(d)
+
     def test_chat(self) -> None:
         d = self.run_cli("chat", "--uid", "7", "--appcode", "1001", "--to", "8", stdio=self.attach)
         self.gate.accept()
@@ -42,10 +49,7 @@ class ChatTests(CliTestCase):
         self.gate.proto.dataReceived(push(7, b"live"))
         self.reactor.advance(0)
         self.gate.answer(Cmd.ACK)
-        self.stdin.connectionLost(Failure(error.ConnectionDone()))
-        self.gate.answer(Cmd.LOGOUT)
-        self.gate.close()
-        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(self.end_of_input(d), 0)
         self.assertEqual(
             self.out.getvalue(),
             "[8@1001 msgid=5 logid=L5] offline\n[8@1001 msgid=7 logid=L7] live\n",
@@ -78,10 +82,7 @@ class ChatTests(CliTestCase):
         self.gate.proto.dataReceived(_frame(Cmd.S2C, s2c.SerializeToString()))
         self.reactor.advance(0)
         self.gate.answer(Cmd.ACK)
-        self.stdin.connectionLost(Failure(error.ConnectionDone()))
-        self.gate.answer(Cmd.LOGOUT)
-        self.gate.close()
-        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(self.end_of_input(d), 0)
         self.assertEqual(self.out.getvalue(), "[server msgtype=5 msgid=9 logid=L9] order\n")
 
     def test_a_dropped_connection_is_announced_and_a_line_typed_offline_goes_later(self) -> None:
@@ -99,10 +100,7 @@ class ChatTests(CliTestCase):
         answer(self.gate.proto, c2c, pb.Result(msgid=6, logid="L6"))
         self.assertEqual(pb.C2CRequest.FromString(c2c.body).content, b"while away")
         self.assertIn("*** sent msgid=6 logid=L6\n", self.err.getvalue())
-        self.stdin.connectionLost(Failure(error.ConnectionDone()))
-        self.gate.answer(Cmd.LOGOUT)
-        self.gate.close()
-        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(self.end_of_input(d), 0)
 
     def test_ctrl_c_names_the_lines_that_were_never_sent(self) -> None:
         self.logged_in_chat()
