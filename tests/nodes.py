@@ -19,7 +19,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client.client import MsgClient
-from daojia_msg.config import ListenConfig, default_config
+from daojia_msg.config import Config, ListenConfig, default_config
 from daojia_msg.node import Node
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
@@ -64,8 +64,13 @@ class NodeTestCase(TestCase):
             listen=ListenConfig(gate="tcp:0:interface=127.0.0.1",
                                http="tcp:0:interface=127.0.0.1"),
         )
+        return await self.run_node(config)
+
+    async def run_node(self, config: Config) -> Node:
+        """A node of ``config``, started and ready, stopped at cleanup."""
         node = Node(config, R)
         node.startService()
+        self.addCleanup(self.stop_node, node)
         await node.ready
         self.node = node
         return node

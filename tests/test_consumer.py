@@ -94,12 +94,7 @@ class BusesEndToEnd(NodeTestCase):
             buses=buses,
             routes=(Route(1001, 1, self.gps, ""), Route(1001, 2, self.orders, "orders")),
         )
-        node = Node(config, R)
-        node.startService()
-        self.addCleanup(self.stop_node, node)
-        await node.ready
-        self.node = node
-        return node
+        return await self.run_node(config)
 
     def setUp(self) -> None:
         self.gps = f"gps-{uuid.uuid4().hex[:8]}"

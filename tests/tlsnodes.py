@@ -41,12 +41,7 @@ class TLSNodeTestCase(NodeTestCase):
             data_dir=self.data_dir,
             listen=ListenConfig(gate=ssl_description(self.server),
                                 http=ssl_description(self.server)))
-        node = Node(config, R)
-        node.startService()
-        self.addCleanup(self.stop_node, node)
-        await node.ready
-        self.node = node
-        return node
+        return await self.run_node(config)
 
     def token(self, uid: int, appcode: int = 1001) -> str:
         return mint_token(f"demo-secret-{appcode}", appcode, uid, int(R.seconds()) + 600)
