@@ -1,0 +1,1 @@
+var e=document.getElementById(`app`);e&&(e.textContent=`msgplatform console`);
