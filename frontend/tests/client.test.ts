@@ -1,5 +1,6 @@
 // The WebSocket client with a fake socket and fake timers: login, keepalive,
 // ACKs, de-duplication, reconnect with back-off, PULL drain, C2C resend, kickout.
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
   AckSchema,
@@ -63,7 +64,7 @@ async function login(sockets: FakeSocket[], init: { offlineCount?: number; heart
   return socket;
 }
 
-function msg(msgid: bigint, text = "hi"): Partial<Message> {
+function msg(msgid: bigint, text = "hi"): MessageInitShape<typeof MessageSchema> {
   return { msgid, fromUid: 7n, fromAppcode: 1002, toUid: 2n ** 53n + 1n, toAppcode: 1001, msgtype: 1, content: new TextEncoder().encode(text) };
 }
 
