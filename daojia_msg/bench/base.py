@@ -23,6 +23,7 @@ from twisted.internet.task import LoopingCall, deferLater
 
 from daojia_msg.auth import mint_token
 from daojia_msg.bench.wire import BenchClient, TLSRefused, connect, source_address
+from daojia_msg.bench.wswire import PATH, Dial, WSRefused, dialer
 from daojia_msg.tls import client_options
 
 #: A connection to log in: (connection index, uid, token, client or None).
@@ -78,6 +79,12 @@ class Scenario:
         self.tls = (client_options(spec.get("server_name") or spec["gate_host"],
                                    ca=spec.get("ca"))
                     if spec.get("tls") else None)
+        #: ``transport`` ``ws``: the clients speak WebSocket to ``gate_host:gate_port``.
+        self.websocket = spec.get("transport") == "ws"
+        self.dial: Dial = (dialer(reactor, spec["gate_host"], spec["gate_port"],
+                                  secure=self.tls is not None,
+                                  timeout=spec.get("connect_timeout", 30))
+                           if self.websocket else connect)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -88,22 +95,26 @@ class Scenario:
     def source(self, index: int) -> str:
         return source_address(index, self.spec["per_address"], self.spec["source_first"])
 
-    async def check_tls(self) -> None:
-        """With ``tls``, one handshake before anything: a certificate that does
-        not verify stops the run with one line instead of failing every login."""
-        if self.tls is None:
+    async def check_target(self) -> None:
+        """With ``tls`` or over WebSocket, one connection before anything: a
+        certificate that does not verify, or a WebSocket upgrade the target
+        refuses, stops the run with one line instead of failing every login."""
+        if self.tls is None and not self.websocket:
             return
         spec = self.spec
         where = f"{spec['gate_host']}:{spec['gate_port']}"
         probe = BenchClient(0, spec["appcode"])
         try:
-            await connect(self.reactor, spec["gate_host"], spec["gate_port"], probe,
-                          timeout=spec.get("connect_timeout", 30), tls=self.tls)
-            await probe.handshake.addTimeout(spec.get("connect_timeout", 30), self.reactor)
+            await self.dial(self.reactor, spec["gate_host"], spec["gate_port"], probe,
+                            timeout=spec.get("connect_timeout", 30), tls=self.tls)
+            if self.tls is not None:
+                await probe.handshake.addTimeout(spec.get("connect_timeout", 30), self.reactor)
         except TLSRefused as e:
             hint = (" (is --ca the CA that signed the node's certificate?)"
                     if "verify failed" in str(e) else "")
             raise TLSRefused(f"TLS handshake with {where} failed: {e}{hint}") from None
+        except WSRefused as e:
+            raise WSRefused(f"no WebSocket gate at {where}{PATH}: {e}") from None
         finally:
             if probe.transport is not None:
                 probe.transport.loseConnection()
@@ -115,9 +126,9 @@ class Scenario:
         spec = self.spec
         client = client or BenchClient(uid, spec["appcode"])
         try:
-            await connect(self.reactor, spec["gate_host"], spec["gate_port"], client,
-                          self.source(index), timeout=spec.get("connect_timeout", 30),
-                          tls=self.tls)
+            await self.dial(self.reactor, spec["gate_host"], spec["gate_port"], client,
+                            self.source(index), timeout=spec.get("connect_timeout", 30),
+                            tls=self.tls)
             response = await client.login(token).addTimeout(
                 spec.get("connect_timeout", 30), self.reactor)
         except Exception as e:  # counted, the run goes on

@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the node's gate HOST:PORT (default 127.0.0.1:7000)")
     g.add_argument("--http", type=http_url, default="http://127.0.0.1:8080",
                    help="the node's HTTP API URL (default http://127.0.0.1:8080)")
+    g.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
+                   help="how the clients reach the gate: tcp (--gate, the default) or ws, "
+                        "the same frames over a WebSocket (--ws)")
+    g.add_argument("--ws", type=host_port, default=("127.0.0.1", 7070),
+                   help="with --transport ws: the node's WebSocket gate HOST:PORT, path "
+                        "/v1/ws (default 127.0.0.1:7070; with --tls: wss)")
     g.add_argument("--tls", action="store_true",
                    help="connect to the gate over TLS, verifying the node's certificate")
     g.add_argument("--ca", metavar="FILE", default=None,
@@ -212,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.ca or args.server_name) and not args.tls:
         parser.error("--ca and --server-name go with --tls")
+    if args.transport == "ws" and args.scenario == "push":
+        parser.error("push has no gate clients: --transport ws goes with the gate's scenarios")
     if args.scenario == "versus":
         execute: Callable[[argparse.Namespace], dict[str, Any]] = versus.run
         show, warn = versus.render, versus.suspects

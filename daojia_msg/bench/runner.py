@@ -32,12 +32,19 @@ NODE_RATE_PER_CONN = 500
 class BenchError(Exception):
     """A bad option or a failed run: one line for the user."""
 
+def target(args: argparse.Namespace) -> tuple[str, int]:
+    """Where the clients connect: ``--gate``, or ``--ws`` with ``--transport ws``."""
+    return args.ws if getattr(args, "transport", "tcp") == "ws" else args.gate
+
+
 def worker_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One spec per worker process: its share of connections, rate and concurrency."""
     scenario = args.scenario
     procs = 1 if scenario == "pull" else args.procs
+    host, port = target(args)
     base: dict[str, Any] = {
-        "scenario": scenario, "gate_host": args.gate[0], "gate_port": args.gate[1],
+        "scenario": scenario, "gate_host": host, "gate_port": port,
+        "transport": getattr(args, "transport", "tcp"),
         "http_url": args.http, "appcode": args.appcode,
         "secret": args.secret or f"demo-secret-{args.appcode}",
         "api_key": args.api_key or f"demo-key-{args.appcode}",
@@ -269,6 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     params = {k: v for k, v in vars(args).items()
               if k not in ("json", "no_progress", "scenario") and v is not None}
     params["gate"] = f"{args.gate[0]}:{args.gate[1]}"
+    params["ws"] = f"{args.ws[0]}:{args.ws[1]}"
     params["procs"] = len(workers)
     return {
         "scenario": scenario,

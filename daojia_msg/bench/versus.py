@@ -48,7 +48,7 @@ from daojia_msg.bench import mqtt
 from daojia_msg.bench.mqttplan import Plan, make_plan
 from daojia_msg.bench.procfs import proc_cpu_s
 from daojia_msg.bench.report import calibrate, git_commit, machine_facts
-from daojia_msg.bench.runner import BenchError, strip_samples
+from daojia_msg.bench.runner import BenchError, strip_samples, target
 from daojia_msg.bench.runner import run as run_c2c
 from daojia_msg.bench.stats import cpu_share, generator_verdict
 from daojia_msg.bench.wire import source_address
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace,
     if len(getattr(args, "node_pids", None) or ()) > 1:
         raise BenchError("versus compares one node with the broker: give one --node-pid")
     plan = mqtt_plan(args)
-    for what, (host, port) in (("the node's gate", args.gate), ("the MQTT broker", args.mqtt)):
+    for what, (host, port) in (("the node's gate", target(args)), ("the MQTT broker", args.mqtt)):
         why = probe(host, port)
         if why is not None:
             raise BenchError(f"{what} at {host}:{port} is not reachable: {why}")
@@ -168,7 +168,8 @@ def document(args: argparse.Namespace, ours: dict[str, Any], theirs: dict[str, A
             "pairs": args.pairs, "size": args.size, "mode": "open" if args.rate else "closed",
             "rate": args.rate, "window": args.window, "duration": args.duration,
             "procs": args.procs, "drain": args.drain,
-            "gate": f"{args.gate[0]}:{args.gate[1]}", "mqtt": f"{args.mqtt[0]}:{args.mqtt[1]}",
+            "gate": "{}:{}".format(*target(args)), "transport": getattr(args, "transport", "tcp"),
+            "mqtt": f"{args.mqtt[0]}:{args.mqtt[1]}",
             "node_pid": args.node_pid, "broker_pid": args.broker_pid,
         },
         "comparison": {**sides, "ratios": ratios(sides[OURS], sides[THEIRS])},
@@ -291,7 +292,8 @@ def render(doc: dict[str, Any]) -> str:
     rows.insert(1, tuple("-" * w for w in widths))
     lines = [f"msgplatform-bench versus: {par['pairs']} pairs, {par['size']} B, {loop}, "
              f"{par['duration']:g} s, {par['procs']} proc(s)",
-             f"{OURS}: c2c at {par['gate']}; {THEIRS}: MQTT QoS1 at {par['mqtt']}"]
+             f"{OURS}: c2c over {par.get('transport', 'tcp')} at {par['gate']}; "
+             f"{THEIRS}: MQTT QoS1 at {par['mqtt']}"]
     for r in rows:
         cells = (f"{c:>{w}}" for c, w in zip(r[1:], widths[1:], strict=True))
         lines.append(f"{r[0]:<{widths[0]}}  " + "  ".join(cells))

@@ -27,6 +27,7 @@ from daojia_msg.bench.base import Scenario
 from daojia_msg.bench.scenarios import SCENARIOS
 from daojia_msg.bench.stats import cpu_share
 from daojia_msg.bench.wire import TLSRefused
+from daojia_msg.bench.wswire import WSRefused
 
 
 def cpu_seconds() -> float:
@@ -89,7 +90,7 @@ class WorkerProtocol(Protocol):
         ticker.clock = self.reactor
         ticker.start(0.25, now=False)
         try:
-            await scenario.check_tls()
+            await scenario.check_target()
             cpu0, wall0 = cpu_seconds(), time.monotonic()
             setup = await scenario.setup()
             cpu1, wall1 = cpu_seconds(), time.monotonic()
@@ -112,7 +113,7 @@ class WorkerProtocol(Protocol):
 
     def failed(self, failure: Any) -> None:
         self.emit(ev="error", error=failure.getErrorMessage() or repr(failure.value))
-        if not failure.check(TLSRefused):  # said in full by the parent's one line
+        if not failure.check(TLSRefused, WSRefused):  # said in full by the parent's one line
             sys.stderr.write(failure.getTraceback())
 
     def _exit(self) -> None:

@@ -36,7 +36,7 @@ class BenchOverTLSTests(TLSNodeTestCase):
     async def test_logins_over_tls(self) -> None:
         scenario = Login(R, self.spec("login", hi=5))
         self.addCleanup(scenario.close)
-        await scenario.check_tls()
+        await scenario.check_target()
         await scenario.setup()
         result = await scenario.run()
         self.assertEqual((result["ok"], result["failed"]), (5, {}))
@@ -52,7 +52,7 @@ class BenchOverTLSTests(TLSNodeTestCase):
 
     async def test_another_ca_stops_the_run_before_it_starts(self) -> None:
         scenario = Login(R, self.spec("login", ca=self.other_ca.path, hi=5))
-        e = await self.assertFailure(Deferred.fromCoroutine(scenario.check_tls()), TLSRefused)
+        e = await self.assertFailure(Deferred.fromCoroutine(scenario.check_target()), TLSRefused)
         self.assertEqual(str(e), f"TLS handshake with 127.0.0.1:{self.port('gate')} failed: "
                                  "certificate verify failed (is --ca the CA that signed the "
                                  "node's certificate?)")
