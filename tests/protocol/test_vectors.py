@@ -22,11 +22,16 @@ from google.protobuf.message import Message as PbMessage
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.auth import mint_token
+from daojia_msg.content import richtext
+from daojia_msg.content.colors import NAMES
 from daojia_msg.protocol import codec
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 VECTORS = Path(__file__).resolve().parent.parent.parent / "proto" / "vectors.json"
+#: Rich-text cases (docs/protocol.md §7.2): the browser's parser
+#: (frontend/shared/richtext.ts) must accept, refuse and explain as the node's does.
+RICH_VECTORS = VECTORS.parent / "richtext_vectors.json"
 
 #: The body type of each command and direction (docs/protocol.md §3); None: no body.
 REQUEST_BODY: dict[int, str | None] = {
@@ -151,7 +156,88 @@ def build() -> list[dict[str, Any]]:
     return out
 
 
-def render(vectors: list[dict[str, Any]]) -> str:
+#: Markup that must never reach a page: other schemes, event handlers, scripts.
+HOSTILE = [
+    "<script>alert(1)</script>", '<img url="javascript:alert(1)" />',
+    '<img url="JavaScript:alert(1)" />', '<img url="data:image/png;base64,AAAA" />',
+    '<img url="vbscript:x" />', '<img url="https://example.com/a.png" onerror="alert(1)" />',
+    '<img url="https://example.com/a.png" onload="alert(1)" />',
+    '<font size="16" onclick="alert(1)">x</font>', '<shake onanimationend="alert(1)" />',
+    '<img url="https://example.com/a.png" style="x" />',
+    '<font color="red;background:url(x)">x</font>', '<font color="expression(alert(1))">x</font>',
+]
+#: Inputs for the rich-text parsers, the hostile ones among them.
+RICH_CASES = [*HOSTILE,
+    "", "hello", "a &lt; b &amp;&amp; c &gt; d &quot;q&quot; &apos;s&apos;", "&#x1F600; &#128512; &#9;",
+    "line one\nline two", "emoji 😀 then a bare < here", "&#0;", "&#xD800;", "&#x110000;", "&#x;",
+    "&#12a;", "&bogus;", "fish & chips", "&ampamp;", "a < b", "<", "<>", "</font>",
+    "<b>bold</b>", "<script>alert(1)</script>", "<FONT>x</FONT>", "<Font>x</Font>",
+    '<img url="javascript:alert(1)" />', '<img url="JavaScript:alert(1)" />',
+    '<img url="data:image/png;base64,AAAA" />', '<img url="vbscript:x" />',
+    '<img url="https://example.com/a.png" onerror="alert(1)" />',
+    '<img url="https://example.com/a.png" onload="alert(1)" />',
+    '<font size="16" onclick="alert(1)">x</font>', '<shake onanimationend="alert(1)" />',
+    '<img url="https://example.com/a.png" style="x" />',
+    '<font size="16" color="red">hi</font>', '<font color="Crimson">x</font>',
+    '<font color="REBECCAPURPLE">x</font>', '<font color="transparent">x</font>',
+    '<font color="currentcolor">x</font>', '<font color="#abc">x</font>',
+    '<font color="#A1B2C3">x</font>', '<font color="#abcd">x</font>', '<font color="#ggg">x</font>',
+    '<font color="red;background:url(x)">x</font>', '<font color="expression(alert(1))">x</font>',
+    '<font size="7">x</font>', '<font size="8">x</font>', '<font size="72">x</font>',
+    '<font size="73">x</font>', '<font size="016">x</font>', '<font size="-1">x</font>',
+    '<font size="1e1">x</font>', '<font size=" 16">x</font>', '<font size=16>x</font>',
+    "<font size='16'>x</font>", '<font size="16"color="red">x</font>',
+    '<font size="16" size="17">x</font>', '<font>x</font>', '<font></font>', '<font/>',
+    '<font />', '<font>x', '<font>x</font >', '<font>x</font\n>', '<font>x</fontx>',
+    '<font>x</img>', '<font><b>x</b></font>', '<font>a<shake /></font>',
+    '<font>&lt;b&gt;not bold&lt;/b&gt;</font>', '<font color="red">x</font><font>y</font>',
+    "<shake/>", "<shake />", "<shake\t/>", "<shake>", "<shake></shake>", '<shake a="1"/>',
+    "<shake / >", "<shake/ >",
+    '<img url="https://example.com/a.png" width="10" height="4096" />',
+    '<img url="https://example.com/a.png" width="0" />',
+    '<img url="https://example.com/a.png" height="4097" />',
+    '<img url="https://example.com/a.png"/>', '<img url="https://example.com/a.png">',
+    '<img url="https://example.com/a.png"></img>', "<img />", '<img url="" />',
+    '<img url="http://[::1]/a.png" />', '<img url="http://[::1/a.png" />',
+    '<img url="http://::1]/a.png" />', '<img url="https:foo" />',
+    '<img url="//example.com/a.png" />', '<img url="HTTPS://EXAMPLE.COM/A.PNG" />',
+    '<img url="https://example.com/a b.png" />', '<img url="https://example.com/a\u00a0b" />',
+    '<img url="https://example.com/a&#9;b" />', '<img url="https://example.com/a&#x85;b" />',
+    '<img url="https://example.com/a&#x7f;b" />',
+    '<img url="https://example.com/&quot;onerror=&quot;alert(1)" />',
+    '<img url="https://e.com/a.png" url="https://f.com" />',
+    '<img url="https://example.com/a.png" width="10" height="10" width="11" />',
+    '<img url="https://例子.测试/图.png" />', '<img url="https://user:pw@host:99/x?q=1#f" />',
+    '<img url="https://example.com/' + "a" * 2030 + '" />',
+    '<img url="https://example.com/' + "a" * 2040 + '" />',
+    '<img\nurl="https://example.com/a.png"\n/>', '<img url="https://example.com/a.png" width="10"height="1"/>',
+    'text <font size="20" color="#0f0">green</font> <img url="https://example.com/i.png" /> <shake />',
+]
+
+
+def rich_json(node: richtext.Node) -> dict[str, Any]:
+    if isinstance(node, richtext.Text):
+        return {"kind": "text", "text": node.text}
+    if isinstance(node, richtext.Font):
+        return {"kind": "font", "text": node.text, "size": node.size, "color": node.color}
+    if isinstance(node, richtext.Image):
+        return {"kind": "img", "url": node.url, "width": node.width, "height": node.height}
+    return {"kind": "shake"}
+
+
+def rich_case(text: str) -> dict[str, Any]:
+    try:
+        nodes = richtext.parse(text)
+    except richtext.RichTextError as e:
+        return {"input": text, "error": str(e)}
+    return {"input": text, "nodes": [rich_json(n) for n in nodes]}
+
+
+def build_rich() -> dict[str, Any]:
+    return {"colors": sorted(NAMES), "cases": [rich_case(text) for text in dict.fromkeys(RICH_CASES)]}
+
+
+def render(vectors: Any) -> str:
     return json.dumps(vectors, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -221,6 +307,25 @@ class VectorTests(SynchronousTestCase):
                          "run: python -m tests.protocol.test_vectors")
 
 
+class RichTextVectorTests(SynchronousTestCase):
+    def test_the_node_parses_every_case_as_the_file_says(self) -> None:
+        rich = json.loads(RICH_VECTORS.read_text(encoding="utf-8"))
+        self.assertEqual(rich["colors"], sorted(NAMES))
+        for case in rich["cases"]:
+            self.assertEqual(rich_case(case["input"]), case, case["input"])
+
+    def test_the_cases_refuse_what_must_never_render(self) -> None:
+        rich = json.loads(RICH_VECTORS.read_text(encoding="utf-8"))
+        refused = {case["input"] for case in rich["cases"] if "error" in case}
+        self.assertEqual(set(HOSTILE) - refused, set())
+
+    def test_the_file_is_what_the_cases_give(self) -> None:
+        self.assertEqual(RICH_VECTORS.read_text(encoding="utf-8"), render(build_rich()),
+                         "run: python -m tests.protocol.test_vectors")
+
+
 if __name__ == "__main__":
     VECTORS.write_text(render(build()), encoding="utf-8")
-    sys.stdout.write(f"wrote {len(build())} vectors to {VECTORS}\n")
+    RICH_VECTORS.write_text(render(build_rich()), encoding="utf-8")
+    sys.stdout.write(f"wrote {len(build())} frames to {VECTORS}, {len(set(RICH_CASES))} rich-text "
+                     f"cases to {RICH_VECTORS}\n")
