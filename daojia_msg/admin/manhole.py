@@ -33,8 +33,13 @@ another node) it returns the pending Deferred, which Twisted's manhole shows as
 ``<Deferred #0>``; when it fires, the result appears above the prompt as
 ``Deferred #0 called back: [...]``, or ``Deferred #0 failed: 'why'`` (``_``
 is that Deferred; ``d = online(5)`` keeps it). A coroutine typed at the prompt
-is run the same way. Do not call anything that
-blocks: the whole node waits for the prompt.
+is run the same way.
+
+**Nothing that waits.** The whole node waits while a line runs. ``help()``,
+``input()``, pagers, pdb, reads of ``sys.stdin``, sleeps over 0.1 s and
+``os.system`` are refused or bounded, and ``exit()`` ends the session, not the
+node (:mod:`daojia_msg.admin.guard`); a loop that computes for long cannot be
+refused: a line that held the node half a second or more says so, and is logged.
 
 Only telnet is offered: Twisted's SSH manhole needs the ``twisted[conch]``
 extra (bcrypt, cryptography), and this module imports nothing of it.
@@ -46,7 +51,9 @@ import dataclasses
 import hashlib
 import hmac
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from time import monotonic
 from typing import Any, TypeVar
 
 from twisted.conch import telnet
@@ -63,6 +70,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daojia_msg.admin.guard import SLOW_LINE_S, LineGuard, Refused, prompt_builtins
 from daojia_msg.config import ConfigError
 from daojia_msg.core.convert import check_uid
 from daojia_msg.core.model import NodeInfo, SessionRecord
@@ -81,7 +89,7 @@ LOGIN_TIMEOUT_S = 60.0
 BANNER = (
     "msgplatform admin manhole: a Python prompt inside the node (do not block it).\n"
     "  online(uid)  kick(uid, appcode)  stats()  nodes()  trace(logid)\n"
-    "  help(online) for one of them; Ctrl-D to leave."
+    "  help(online) for one of them; exit() or Ctrl-D to leave."
 )
 
 T = TypeVar("T")
@@ -239,7 +247,34 @@ class _AdminInterpreter(ManholeInterpreter):
     """Twisted's interpreter, which also runs a coroutine typed at the prompt (and
     shows its result, at once or as a pending Deferred), and which does not
     leave a failed pending Deferred to be logged as an unhandled error in the
-    node's log (the prompt already showed the failure)."""
+    node's log (the prompt already showed the failure).
+
+    Each line runs under a :class:`LineGuard`; ``SystemExit`` (``exit()``,
+    ``sys.exit()``) ends the session instead of reaching the reactor; a
+    :class:`Refused` call shows as one line, not a traceback.
+    """
+
+    handler: AdminManhole
+
+    def runcode(self, code: Any) -> None:
+        started = monotonic()
+        try:
+            with LineGuard():
+                super().runcode(code)
+        except SystemExit:
+            self.handler.leave()
+        held = monotonic() - started
+        if held >= SLOW_LINE_S:
+            self.write(f"(this line held the whole node for {held:.1f} s)\n")
+            log.warn("admin manhole: a typed line held the reactor for {seconds:.1f} s",
+                     seconds=held)
+
+    def showtraceback(self) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, Refused):
+            self.write(f"Refused: {error}\n")
+        else:
+            super().showtraceback()
 
     def displayhook(self, obj: object) -> None:
         if inspect.iscoroutine(obj):
@@ -261,10 +296,23 @@ class AdminManhole(ColoredManhole):
     def __init__(self, namespace: Mapping[str, Any], banner: str = BANNER) -> None:
         super().__init__(dict(namespace))
         self.banner = banner
+        self._left = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.interpreter = _AdminInterpreter(self, self.namespace)
+        namespace = self.namespace
+        assert namespace is not None
+        # Its own builtins: help, input, exit... that do not stop the node.
+        namespace["__builtins__"] = prompt_builtins(self.leave)
+        self.interpreter = _AdminInterpreter(self, namespace)
+
+    def leave(self) -> None:
+        """End this admin session (``exit()``, ``quit()``, ``sys.exit()``)."""
+        if not self._left:
+            self._left = True
+            self.terminal.write(b"Bye (the node goes on).")
+            self.terminal.nextLine()
+            self.terminal.loseConnection()
 
     def initializeScreen(self) -> None:
         self.terminal.reset()
