@@ -1,5 +1,6 @@
-// The customer-service console (placeholder while the page is written).
-const app = document.getElementById("app");
-if (app) {
-  app.textContent = "msgplatform console";
-}
+// The customer-service console page (served at /console/ by the node's
+// WebSocket listener; the WebSocket is the page's own origin, /v1/ws).
+import { ConsoleApp } from "./app";
+
+const app = new ConsoleApp();
+document.getElementById("app")?.replaceChildren(app.root);

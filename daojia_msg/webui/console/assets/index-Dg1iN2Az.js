@@ -1,1 +1,0 @@
-var e=document.getElementById(`app`);e&&(e.textContent=`msgplatform console`);
