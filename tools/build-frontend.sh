@@ -15,7 +15,7 @@ npm run typecheck
 npm test
 npm run build
 cd "$root"
-changed=$(git status --porcelain -- daojia_msg/webui frontend/shared/gen)
+changed=$(git status --porcelain -- daojia_msg/webui/console daojia_msg/webui/ops frontend/shared/gen)
 if [ -n "$changed" ]; then
   printf '%s\n' "$changed" >&2
   echo "build-frontend: the shipped build differs from the source: run tools/build-frontend.sh and commit" >&2
