@@ -1,7 +1,7 @@
 // Colours of rich text (docs/protocol.md §7.2): CSS Color Level 4 names (CSS3's
 // 147 and rebeccapurple; not transparent or currentcolor), #rgb and #rrggbb.
-// The same set as daojia_msg/content/colors.py (tests/protocol/test_vectors.py
-// checks that the two lists are equal).
+// The same set as daojia_msg/content/colors.py: proto/richtext_vectors.json
+// carries the node's list, and tests on both sides compare theirs with it.
 
 export const COLOR_NAMES: ReadonlySet<string> = new Set(
   `
