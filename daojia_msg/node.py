@@ -44,7 +44,6 @@ from daojia_msg.cluster.stats import ClusterStats, StatsFlusher
 from daojia_msg.config import Config, ConfigError
 from daojia_msg.core.errors import StoreError
 from daojia_msg.gate.factory import GateFactory
-from daojia_msg.gate.websocket import GateWebSocketFactory
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, ISessionStore
@@ -60,6 +59,7 @@ from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
 from daojia_msg.web.site import make_site
+from daojia_msg.webedge import make_edge_site
 
 WILDCARDS = ("0.0.0.0", "::", "")
 
@@ -191,9 +191,9 @@ class Node(MultiService):
         if self.registry is not None:
             await self._serve_rpc()
         self.ports["gate"] = await self._listen("gate", self.gate)
-        if config.listen.ws:  # the same gate over WebSocket (docs/protocol.md §7.3)
-            self.ports["ws"] = await self._listen(
-                "ws", GateWebSocketFactory(self.gate, config.ws.allowed_origins))
+        if config.listen.ws:  # the gate over WebSocket, and the console (daojia_msg/webedge.py)
+            self.ports["ws"] = await self._listen("ws", make_edge_site(
+                self.gate, config, self.reactor, listener=lambda: self.ports.get("ws")))
         self.ports["http"] = await self._listen("http", site)
         if config.listen.manhole:
             # Wrapped to know its open sessions: they are closed at stop, before

@@ -23,13 +23,14 @@ from twisted.trial.unittest import TestCase
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client import MsgClient, MsgClientProtocol, gate_endpoint
+from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
 from daojia_msg.tls import client_endpoint, client_options
+from tests.gate.wshelpers import WSClient, connect_ws, drop_ws, presented
 from tests.tlscerts import CA
 from tests.tlsnodes import ssl_description
 
 R: Any = reactor
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-LISTENING = re.compile(r"gate listening on 127\.0\.0\.1:(\d+)")
 
 
 class Output(ProcessProtocol):
@@ -63,7 +64,12 @@ async def until(what: str, check: Any, timeout: float = 30.0) -> Any:
 
 def gate_port(text: str) -> int | None:
     """The gate's port once the node logged it and serves."""
-    found = LISTENING.search(text)
+    return listening("gate", text)
+
+
+def listening(name: str, text: str) -> int | None:
+    """The port of listener ``name`` once the node logged it and serves."""
+    found = re.search(rf"{name} listening on 127\.0\.0\.1:(\d+)", text)
     return int(found.group(1)) if found and "serving" in text else None
 
 
@@ -150,6 +156,36 @@ class ForegroundTests(TwistdTestCase):
         self.assertFalse(out.ended.called, out.text)
         process.signalProcess("TERM")
         self.assertEqual(await out.ended.addTimeout(30, R), 0, out.text)
+
+    async def test_sighup_reloads_the_websocket_listener(self) -> None:
+        out = Output()
+        process = R.spawnProcess(
+            out, TWISTD, [TWISTD, "-n", "--pidfile=", "msgplatform", "--gate",
+                          "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
+                          "--ws", ssl_description(self.server),
+                          "--data-dir", os.path.join(self.cwd, "var")],
+            env=dict(os.environ), path=self.cwd)
+        self.kill_at_cleanup(process.pid)
+        port = await until("the ws listener", lambda: listening("ws", out.text))
+        old = await self.wss(port)
+        self.assertEqual((await old.login(1)).code, 0)
+        self.ca.issue("node, renewed", stem="server")  # over the same files
+        process.signalProcess("HUP")
+        await until("the reload", lambda: "SIGHUP: reloaded 1 of 1 TLS certificates" in out.text)
+        new = await self.wss(port)
+        self.assertEqual((presented(old), presented(new)), ("node", "node, renewed"))
+        self.assertEqual((await new.login(2)).code, 0)
+        keepalive = await old.request(Cmd.KEEPALIVE, 1001, 1)  # the old one works
+        self.assertEqual(keepalive.cmd, Cmd.KEEPALIVE | RESPONSE_BIT)
+        process.signalProcess("TERM")
+        self.assertEqual(await out.ended.addTimeout(30, R), 0, out.text)
+
+    async def wss(self, port: int) -> WSClient:
+        """A WebSocket over TLS that verifies the node's certificate, open."""
+        client = await connect_ws(port, ca=self.ca.path)
+        self.addCleanup(drop_ws, client)
+        await client.opened.addTimeout(10, R)
+        return client
 
     async def test_a_bad_certificate_on_sighup_is_logged_and_the_old_one_kept(self) -> None:
         out, process, port = await self.start()

@@ -6,6 +6,7 @@ A :class:`GateWebSocket` checks the handshake (path ``/v1/ws``, subprotocol
 frame to a :class:`~daojia_msg.gate.protocol.GateProtocol` through a
 :class:`FrameTransport`: everything above the framing (sessions, limits, check
 order, kickout, back-pressure, per-IP caps) is the TCP gate's own code.
+The WebSocket listener's site (:mod:`daojia_msg.webedge`) serves it at ``/v1/ws``.
 """
 
 from __future__ import annotations
@@ -189,4 +190,7 @@ class GateWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=0,
             autoPingInterval=0,
             failByDrop=False,  # a violation (1002, 1009) is said with a close frame
+            # A GET without Upgrade is 426, not autobahn's status page (which
+            # names its version and redirects to any ?redirect= URL).
+            webStatus=False,
         )

@@ -18,7 +18,7 @@ from daojia_msg.protocol.codec import encode
 from daojia_msg.protocol.codes import MAGIC, RESPONSE_BIT, Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.tap import Options, build_config
-from tests.gate.wshelpers import ALLOWED, TIMEOUT, WSNodeTestCase
+from tests.gate.wshelpers import ALLOWED, TIMEOUT, WSNodeTestCase, presented
 from tests.nodes import R
 from tests.tlscerts import CA
 from tests.tlsnodes import ssl_description
@@ -219,12 +219,29 @@ class LimitTests(WSNodeTestCase):
 
 
 class TLSTests(WSNodeTestCase):
-    async def test_wss_login_with_own_origin_and_reload(self) -> None:
+    async def test_wss_verifies_and_new_handshakes_get_a_swapped_certificate(self) -> None:
         ca = CA(os.path.abspath(self.mktemp()))
-        node = await self.start_node(ws=ssl_description(ca.issue("msgplatform node")))
-        ws = await self.ws(origin=f"https://{self.host()}", ca=ca.path)
-        self.assertEqual((await ws.login(5)).code, Code.OK)
-        self.assertEqual(node.reload_tls(), 1)  # the ws listener's certificate (SIGHUP)
+        node = await self.start_node(ws=ssl_description(ca.issue("msgplatform node", stem="ws")))
+        old = await self.ws(origin=f"https://{self.host()}", ca=ca.path)
+        self.assertEqual((await old.login(5)).code, Code.OK)
+        ca.issue("msgplatform node, renewed", stem="ws")  # over the same files
+        self.assertEqual(node.reload_tls(), 1)  # what SIGHUP calls (tests.test_tls_twistd)
+        new = await self.ws(origin=f"https://{self.host()}", ca=ca.path)
+        self.assertEqual((presented(old), presented(new)),
+                         ("msgplatform node", "msgplatform node, renewed"))
+        self.assertEqual((await new.login(6)).code, Code.OK)
+        pushed = new.wait_for(Cmd.C2C)
+        body = pb.C2CRequest(to_uid=6, to_appcode=1001, content=b"old to new", client_msg_id="t")
+        await old.request(Cmd.C2C, 1001, 5, body.SerializeToString(), msgtype=10)
+        self.assertEqual(pb.Message.FromString((await pushed).body).content, b"old to new")
+
+    async def test_the_console_over_https_names_wss(self) -> None:
+        ca = CA(os.path.abspath(self.mktemp()))
+        await self.start_node(ws=ssl_description(ca.issue("msgplatform node")))
+        code, headers, _ = await self.edge("GET", "/console/", ca=ca.path)
+        self.assertEqual(code, 200)
+        self.assertIn(f"connect-src 'self' wss://{self.host()}/v1/ws;",
+                      headers.getRawHeaders("content-security-policy")[0])
 
     async def test_a_client_close_over_tls_ends_the_connection(self) -> None:
         ca = CA(os.path.abspath(self.mktemp()))

@@ -1,13 +1,18 @@
 """Fixtures of the WebSocket gate tests: a node with its WebSocket listener on
-``tcp:0``, an autobahn client that speaks frames, and a raw handshake."""
+``tcp:0``, an autobahn client that speaks frames, a raw handshake, and HTTP
+requests to the listener's other paths (the console)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client.endpoint import gate_endpoint
@@ -16,6 +21,7 @@ from daojia_msg.node import Node
 from daojia_msg.protocol.codec import Frame, FrameDecoder, encode
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.tls import trust_root
 from tests.nodes import NodeTestCase, R
 
 TIMEOUT = 10
@@ -80,8 +86,11 @@ class WSClient(WebSocketClientProtocol):
         self.send_frame(cmd, appcode, uid, body, msgtype)
         return await waiting
 
-    async def login(self, uid: int, appcode: int = 1001) -> pb.LoginResponse:
-        token = mint_token(f"demo-secret-{appcode}", appcode, uid, int(R.seconds()) + 600)
+    async def login(self, uid: int, appcode: int = 1001,
+                    token: str | None = None) -> pb.LoginResponse:
+        """LOGIN with ``token``, or one minted with the demo app's secret."""
+        if token is None:
+            token = mint_token(f"demo-secret-{appcode}", appcode, uid, int(R.seconds()) + 600)
         answer = await self.request(Cmd.LOGIN, appcode, uid,
                                     pb.LoginRequest(token=token).SerializeToString())
         response = pb.LoginResponse.FromString(answer.body)
@@ -106,11 +115,37 @@ class Raw(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
 
 
+async def connect_ws(port: int, protocols: list[str] | None = None, origin: str | None = None,
+                     path: str = "/v1/ws", ca: str | None = None) -> WSClient:
+    """A WebSocket to 127.0.0.1:``port`` (its handshake under way: await
+    ``opened``); with ``ca``, over TLS that verifies the node's certificate."""
+    url = f"{'wss' if ca else 'ws'}://127.0.0.1:{port}{path}"
+    factory = WebSocketClientFactory(url, origin=origin, protocols=["msgplatform.v1"]
+                                     if protocols is None else protocols)
+    factory.protocol = WSClient
+    endpoint = gate_endpoint(R, "127.0.0.1", port, tls=bool(ca), ca=ca)
+    client: WSClient = await endpoint.connect(factory)
+    return client
+
+
+def presented(client: WSClient) -> str:
+    """The common name on the certificate the node showed ``client`` (over TLS)."""
+    transport: Any = client.transport
+    return str(transport.getPeerCertificate().get_subject().CN)
+
+
+async def drop_ws(client: WSClient) -> None:
+    """Abort ``client``'s connection unless it is closed."""
+    if client.transport is not None and not client.closed.called:
+        client.transport.abortConnection()
+        await client.closed
+
+
 class WSNodeTestCase(NodeTestCase):
     """A node whose gate also listens over WebSocket."""
 
     async def start_node(self, data_dir: str | None = None, limits: Limits | None = None,
-                         ws: str = "tcp:0:interface=127.0.0.1") -> Node:
+                         ws: str = "tcp:0:interface=127.0.0.1", demo: bool = True) -> Node:
         self.data_dir = data_dir or self.mktemp()
         config = default_config().replace(
             limits=limits or Limits(),
@@ -119,13 +154,9 @@ class WSNodeTestCase(NodeTestCase):
                                 http="tcp:0:interface=127.0.0.1",
                                 ws=ws),
             ws=WsConfig(allowed_origins=(ALLOWED,)),
+            demo=demo,  # False: as with a config file (its apps are the demo ones here)
         )
-        node = Node(config, R)
-        node.startService()
-        await node.ready
-        self.node = node
-        self.addCleanup(self.stop_node, node)
-        return node
+        return await self.run_node(config)
 
     def host(self) -> str:
         return f"127.0.0.1:{self.port('ws')}"
@@ -134,22 +165,10 @@ class WSNodeTestCase(NodeTestCase):
                  path: str = "/v1/ws", ca: str | None = None) -> WSClient:
         """An open WebSocket to the node (fails when the handshake is refused);
         with ``ca``, over TLS that verifies the node's certificate against it."""
-        scheme = "wss" if ca else "ws"
-        factory = WebSocketClientFactory(f"{scheme}://{self.host()}{path}", origin=origin,
-                                         protocols=["msgplatform.v1"] if protocols is None
-                                         else protocols)
-        factory.protocol = WSClient
-        endpoint = gate_endpoint(R, "127.0.0.1", self.port("ws"), tls=bool(ca), ca=ca)
-        client: WSClient = await endpoint.connect(factory)
-        self.addCleanup(self._drop, client)
+        client = await connect_ws(self.port("ws"), protocols, origin, path, ca)
+        self.addCleanup(drop_ws, client)
         await client.opened.addTimeout(TIMEOUT, R)
         return client
-
-    @staticmethod
-    async def _drop(client: WSClient) -> None:
-        if client.transport is not None and not client.closed.called:
-            client.transport.abortConnection()
-            await client.closed
 
     async def handshake_status(self, headers: dict[str, str], path: str = "/v1/ws") -> int:
         """The HTTP status of a handshake with these extra headers."""
@@ -160,3 +179,18 @@ class WSNodeTestCase(NodeTestCase):
         endpoint = TCP4ClientEndpoint(R, "127.0.0.1", self.port("ws"))
         await endpoint.connect(Factory.forProtocol(lambda: raw))
         return await raw.status.addTimeout(TIMEOUT, R)
+
+    async def edge(self, method: str, path: str, body: bytes | None = None,
+                   headers: dict[str, str] | None = None,
+                   ca: str | None = None) -> tuple[int, Any, bytes]:
+        """An HTTP request to the WebSocket listener (https trusting ``ca``):
+        the status, the headers and the body."""
+        if not hasattr(self, "edge_pool"):
+            self.edge_pool = HTTPConnectionPool(R)
+            self.addCleanup(self.edge_pool.closeCachedConnections)
+        policy = BrowserLikePolicyForHTTPS(trust_root(ca)) if ca else BrowserLikePolicyForHTTPS()
+        client = treq.client.HTTPClient(Agent(R, contextFactory=policy, pool=self.edge_pool))
+        scheme = "https" if ca else "http"
+        response = await client.request(method, f"{scheme}://{self.host()}{path}", data=body,
+                                        headers={k: [v] for k, v in (headers or {}).items()})
+        return response.code, response.headers, await response.content()
