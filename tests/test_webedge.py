@@ -358,3 +358,16 @@ class NodeTests(WSNodeTestCase):
         code, _, body = await self.edge("POST", "/console/demo-token", b'{"appcode":1001,"uid":1}')
         self.assertEqual(code, 403, body)
         self.assertIn(b"built-in demo apps", body)
+
+    async def test_behind_a_proxy_the_gate_sees_the_client_and_no_token_is_minted(self) -> None:
+        node = await self.start_node(ws="haproxy:tcp:0:interface=127.0.0.1")
+        proxy = b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 7070\r\n"
+        status = await self.handshake_status({"Sec-WebSocket-Protocol": "msgplatform.v1"},
+                                             before=proxy, hold=True)
+        self.assertEqual(status, 101)
+        self.assertEqual([c.peer for c in node.gate.connections], ["203.0.113.9:40000"])
+        body = b'{"appcode":1001,"uid":1}'
+        status = await self.raw_status(
+            proxy + b"POST /console/demo-token HTTP/1.1\r\nHost: " + self.host().encode()
+            + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertEqual(status, 403)  # the client is not on this machine

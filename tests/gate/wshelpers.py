@@ -98,10 +98,12 @@ class WSClient(WebSocketClientProtocol):
 
 
 class Raw(Protocol):
-    """A raw HTTP exchange: the status code of the server's answer."""
+    """A raw HTTP exchange: the status code of the server's answer; the
+    connection is closed then, unless ``hold``."""
 
-    def __init__(self, request: bytes) -> None:
+    def __init__(self, request: bytes, hold: bool = False) -> None:
         self.request = request
+        self.hold = hold
         self.data = b""
         self.status: Deferred[int] = Deferred()
 
@@ -112,7 +114,8 @@ class Raw(Protocol):
         self.data += data
         if b"\r\n" in self.data and not self.status.called:
             self.status.callback(int(self.data.split(b" ", 2)[1]))
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            if not self.hold:
+                self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 async def connect_ws(port: int, protocols: list[str] | None = None, origin: str | None = None,
@@ -170,14 +173,22 @@ class WSNodeTestCase(NodeTestCase):
         await client.opened.addTimeout(TIMEOUT, R)
         return client
 
-    async def handshake_status(self, headers: dict[str, str], path: str = "/v1/ws") -> int:
-        """The HTTP status of a handshake with these extra headers."""
+    async def handshake_status(self, headers: dict[str, str], path: str = "/v1/ws",
+                               before: bytes = b"", hold: bool = False) -> int:
+        """The HTTP status of a handshake with these extra headers, sent after
+        ``before`` (a PROXY header, say); with ``hold`` the connection stays open."""
         lines = [f"GET {path} HTTP/1.1", f"Host: {self.host()}", "Upgrade: websocket",
                  "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
                  "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers.items())]
-        raw = Raw(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return await self.raw_status(before + ("\r\n".join(lines) + "\r\n\r\n").encode(), hold)
+
+    async def raw_status(self, data: bytes, hold: bool = False) -> int:
+        """The HTTP status the WebSocket listener answers to ``data``."""
+        raw = Raw(data, hold)
         endpoint = TCP4ClientEndpoint(R, "127.0.0.1", self.port("ws"))
         await endpoint.connect(Factory.forProtocol(lambda: raw))
+        if hold:
+            self.addCleanup(lambda: raw.transport and raw.transport.abortConnection())
         return await raw.status.addTimeout(TIMEOUT, R)
 
     async def edge(self, method: str, path: str, body: bytes | None = None,
