@@ -78,6 +78,7 @@ export class ConsoleApp {
   private readonly newError: HTMLElement;
   private readonly chat: HTMLElement;
   private readonly chatTitle: HTMLElement;
+  private readonly chatNote: HTMLElement;
   private readonly messages: HTMLElement;
   private readonly loadOlder: HTMLButtonElement;
   private readonly emptyChat: HTMLElement;
@@ -113,6 +114,7 @@ export class ConsoleApp {
     show(this.newError, false);
     this.list = h("ul", { className: "conversations", testid: "conversations" });
     this.chatTitle = h("h2", { testid: "chat-peer", className: "chat-title" });
+    this.chatNote = h("span", { testid: "chat-note", className: "chat-note" });
     this.loadOlder = h("button", { testid: "load-older", className: "load-older", text: "Load older messages",
       attrs: { type: "button" }, on: { click: () => void this.loadHistory() } });
     this.messages = h("div", { className: "messages", testid: "messages", attrs: { "aria-live": "polite" } });
@@ -123,7 +125,7 @@ export class ConsoleApp {
       h("button", { testid: "relogin", text: "Log in again", attrs: { type: "button" }, on: { click: () => this.logout() } }));
     show(this.banner, false);
     this.chat = h("section", { className: "chat" },
-      h("div", { className: "chat-head" }, this.chatTitle),
+      h("div", { className: "chat-head" }, this.chatTitle, this.chatNote),
       h("div", { className: "scroll" }, this.loadOlder, this.messages),
       this.emptyChat, this.composer.element);
     this.chat.addEventListener("animationend", () => this.chat.classList.remove("shake"));
@@ -452,10 +454,12 @@ export class ConsoleApp {
     show(this.loadOlder, Boolean(c?.hasMore) && c?.cursor !== undefined);
     if (!c || !key) {
       this.chatTitle.textContent = "";
+      this.chatNote.textContent = "";
       this.messages.replaceChildren();
       return;
     }
     this.chatTitle.textContent = peerLabel(c.peer);
+    this.chatNote.textContent = c.peer.uid === 0n ? "Pushed by the app server: there is no one to reply to." : "";
     this.chatTitle.dataset.peer = key;
     const scroller = this.messages.parentElement;
     const atBottom = !scroller || scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
