@@ -368,10 +368,18 @@ export class MsgClient {
     }
     socket.binaryType = "arraybuffer";
     this.socket = socket;
-    socket.onopen = () => void this.login(socket, token);
+    // A connection that never opens (a black hole) is given up like an unanswered request.
+    const opening = setTimeout(() => this.drop(socket, "the connection did not open"), this.requestTimeoutMs);
+    socket.onopen = () => {
+      clearTimeout(opening);
+      void this.login(socket, token);
+    };
     socket.onmessage = (ev) => this.receive(socket, ev.data);
     socket.onerror = () => undefined; // a close event follows
-    socket.onclose = (ev) => this.closed(socket, `closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`);
+    socket.onclose = (ev) => {
+      clearTimeout(opening);
+      this.closed(socket, `closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`);
+    };
   }
 
   private async login(socket: SocketLike, token: string): Promise<void> {

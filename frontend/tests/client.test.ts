@@ -310,6 +310,19 @@ describe("MsgClient", () => {
     expect(sockets).toHaveLength(1);
   });
 
+  it("gives up a connection that does not open and tries again", async () => {
+    const { client, sockets } = setup();
+    client.start();
+    await tick();
+    await vi.advanceTimersByTimeAsync(4999);
+    expect(sockets[0].closedByClient).toBeNull();
+    await vi.advanceTimersByTimeAsync(1);
+    expect(sockets[0].closedByClient).not.toBeNull();
+    expect(client.currentStatus).toBe("reconnecting");
+    await vi.advanceTimersByTimeAsync(750);
+    expect(sockets).toHaveLength(2);
+  });
+
   it("closes on a frame it cannot decode and reconnects", async () => {
     const { client, sockets } = setup();
     client.start();
