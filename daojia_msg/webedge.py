@@ -41,7 +41,7 @@ from daojia_msg.sockets import is_loopback
 from daojia_msg.web.endpoints import NOT_FOUND, Node
 from daojia_msg.web.parsing import Fields, dumps, parse_json
 from daojia_msg.web.request import ApiRequest
-from daojia_msg.web.site import IDLE_TIMEOUT_S, ApiSite
+from daojia_msg.web.site import ApiSite
 
 log = Logger()
 
@@ -144,6 +144,39 @@ class GateWebSocketResource(WebSocketResource):
             transport.unregisterProducer()
             request.channel.setTimeout(None)
         return super().render(request)
+
+
+class EdgeRequest(ApiRequest):
+    """A bounded request (:class:`ApiRequest`) that must also arrive whole,
+    line, headers and body, within ``deadline_s`` of its first line, else the
+    connection is aborted: the bound a WebSocket opening handshake had before
+    the site (``limits.login_timeout_s``), which an idle timeout that every
+    trickled byte restarts is not."""
+
+    def __init__(self, channel: Any, *args: Any, max_body: int, deadline_s: float,
+                 **kw: Any) -> None:
+        super().__init__(channel, *args, max_body=max_body, **kw)
+        self._deadline: Any = channel.callLater(deadline_s, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        transport: Any = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            log.info("aborting {peer}: its request did not arrive in time", peer=str(self.client))
+            transport.abortConnection()
+
+    def _arrived(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._arrived()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._arrived()
+        super().connectionLost(reason)
 
 
 class EdgeRoot(Node):
@@ -315,11 +348,14 @@ def make_edge_site(gate: GateFactory, config: Config, reactor: Any,
     root.putChild(b"v1", v1)
     root.putChild(b"console", Console(StaticFiles(console_dir),
                                       DemoToken(config, reactor.seconds, listener)))
+    # A browser's connection idles between page loads and handshakes: as
+    # long as a handshake may take, not the HTTP API's minute.
+    deadline = config.limits.login_timeout_s
     site = ApiSite(
         root,
-        requestFactory=functools.partial(ApiRequest, max_body=MAX_BODY),
+        requestFactory=functools.partial(EdgeRequest, max_body=MAX_BODY, deadline_s=deadline),
         parsePOSTFormSubmission=False,
-        timeout=IDLE_TIMEOUT_S,
+        timeout=deadline,
         reactor=reactor,
     )
     site.displayTracebacks = False

@@ -194,6 +194,41 @@ class StaticTests(EdgeTestCase):
             self.assertEqual(self.request("GET", path, headers=upgrade).status, 404, path)
 
 
+class SlowClientTests(EdgeTestCase):
+    def connect(self) -> tuple[Any, HalfCloseableTransport]:
+        transport = HalfCloseableTransport(hostAddress=_address("127.0.0.1", 7070),
+                                           peerAddress=_address("127.0.0.1", 50123))
+        channel = self.site.buildProtocol(_address("127.0.0.1", 50123))
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_a_request_trickled_past_the_login_timeout_is_aborted(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /v1/ws HTTP/1.1\r\n")
+        for _ in range(9):  # a header a second: never idle for long
+            self.clock.advance(1.0)
+            channel.dataReceived(b"X-Slow: 1\r\n")
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(1.0)  # login_timeout_s since the first line
+        self.assertTrue(transport.disconnected)
+
+    def test_an_idle_connection_closes_after_the_login_timeout(self) -> None:
+        _, transport = self.connect()
+        self.clock.advance(Limits().login_timeout_s - 0.5)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1.0)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_whole_request_is_not_cut(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /console/ HTTP/1.1\r\nHost: 127.0.0.1:7070\r\n\r\n")
+        self.clock.advance(Limits().login_timeout_s - 0.5)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        pending = [call.func.__name__ for call in self.clock.getDelayedCalls()]
+        self.assertNotIn("_too_slow", pending)
+
+
 class PackageTests(EdgeTestCase):
     def test_the_shipped_console_and_its_assets_are_served(self) -> None:
         directory = webui.page_dir("console")
