@@ -72,12 +72,11 @@ function segmentNode(segment: Segment): Node {
     if (segment.height !== null) {
       img.height = segment.height;
     }
+    // A broken image stays an <img> (the page's structure does not depend on
+    // the network); it is only styled as a placeholder.
     img.addEventListener("error", () => {
-      const broken = document.createElement("span");
-      broken.className = "rt-refused";
-      broken.title = href;
-      broken.textContent = "[image did not load]";
-      img.replaceWith(broken);
+      img.classList.add("rt-img-broken");
+      img.title = `image did not load: ${href}`;
     }, { once: true });
     img.src = href;
     link.append(img);
