@@ -50,7 +50,7 @@ export class Composer {
       attrs: { type: "url", placeholder: "https://… image URL", "aria-label": "image URL" } });
     const addImage = h("button", { testid: "composer-image-add", text: "Add image", attrs: { type: "button" },
       on: { click: () => this.addImage() } });
-    this.shakeButton = h("button", { testid: "composer-shake", text: "📳 Shake", className: "toggle",
+    this.shakeButton = h("button", { testid: "composer-shake", text: "≋ Shake", className: "toggle",
       attrs: { type: "button", "aria-pressed": "false" }, on: { click: () => this.toggleShake() } });
     this.raw = h("input", { testid: "composer-raw", attrs: { type: "checkbox", "aria-label": "edit markup" } });
     this.chips = h("div", { className: "chips", testid: "composer-images" });

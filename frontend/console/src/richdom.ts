@@ -85,7 +85,7 @@ function segmentNode(segment: Segment): Node {
   const shake = document.createElement("span");
   shake.className = "rt-shake";
   shake.title = "shake";
-  shake.textContent = "📳";
+  shake.textContent = "≋ shake";  // no emoji: not every machine has a font for them
   return shake;
 }
 
