@@ -38,10 +38,11 @@ from daojia_msg import tls, tracing
 from daojia_msg.admin.manhole import AdminNamespace, make_manhole_factory
 from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.detector import GateDetector
+from daojia_msg.cluster.ops import OpsView
 from daojia_msg.cluster.registry import NodeRegistry
 from daojia_msg.cluster.rpc import RpcPeers, RpcServerFactory, registry_addresses
 from daojia_msg.cluster.stats import ClusterStats, StatsFlusher
-from daojia_msg.config import Config, ConfigError
+from daojia_msg.config import MANHOLE_TRACE_BUFFER, Config, ConfigError
 from daojia_msg.core.errors import StoreError
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.ids import IdGenerator
@@ -73,6 +74,7 @@ class Node(MultiService):
     logic: LogicService
     inbox: Inbox
     gate: GateFactory
+    ops: OpsView
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
@@ -92,9 +94,12 @@ class Node(MultiService):
         self.stats_flusher: StatsFlusher | None = None
         self.peers: RpcPeers | None = None
         self.rpc: RpcServerFactory | None = None
-        #: The recent log events about messages, by logid (the manhole's trace();
-        #: filled only when a manhole is configured).
-        self.trace = tracing.TraceBuffer()
+        #: The recent log events about messages, by logid (GET /v1/trace, the
+        #: manhole's trace()); filled only when log.trace_buffer or a manhole asks.
+        buffered = config.log.trace_buffer or (
+            MANHOLE_TRACE_BUFFER if config.listen.manhole else 0)
+        self.trace = tracing.TraceBuffer(buffered or 1)
+        self.tracing = buffered > 0
         self._tracing_off: list[Callable[[], None]] = []
         self.ports: dict[str, IListeningPort] = {}
         #: The TLS certificates a SIGHUP reloads (:meth:`reload_tls`): ssl: listeners, RPC.
@@ -143,7 +148,7 @@ class Node(MultiService):
         config = self.config
         if not self.clustered:
             tracing.set_node(self.node_id)  # a cluster node learns its id from its lease
-        if config.listen.manhole:  # its trace(logid) is the buffer's only reader
+        if self.tracing:  # read by GET /v1/trace and the manhole's trace(logid)
             self._tracing_off.append(self.trace.attach())
         if config.log.json_file:
             try:
@@ -184,9 +189,16 @@ class Node(MultiService):
                                  self.logic.sessions.throttled)
         cluster_stats = (ClusterStats(self.redis, self.reactor, config.stats.window_s)
                          if self.redis is not None else None)
+        # GET /v1/nodes and /v1/trace/{logid} (the dashboard at /ops/).
+        self.ops = OpsView(node_id=self.node_id, gate=self.gate_address,
+                           connections=self._connections, sessions=self._sessions,
+                           started_ms=int(self.reactor.seconds() * 1000), registry=self.registry,
+                           peers=lambda: self.peers,
+                           records=self.trace.find if self.tracing else None)
         site = make_site(self.logic, config, serving=self.serving, dispatch=self.dispatch,
                          registry=registry, reactor=self.reactor,
-                         stats=cluster_stats.snapshot if cluster_stats else None)
+                         stats=cluster_stats.snapshot if cluster_stats else None,
+                         nodes=self.ops.nodes, trace=self.ops.trace)
         site.noisy = False
         if self.registry is not None:
             await self._serve_rpc()
@@ -250,7 +262,7 @@ class Node(MultiService):
         self.registry = NodeRegistry(
             self.redis, config.cluster, self.reactor, wanted_id=config.node_id,
             gate=("", 0), rpc=("", 0),  # published once the listeners are bound
-            connections=self._connections,
+            connections=self._connections, sessions=self._sessions,
             on_purged=self._purged,
         )
         self.node_id = await self.registry.start()
@@ -267,7 +279,8 @@ class Node(MultiService):
         config = self.config
         assert self.registry is not None
         self.rpc = RpcServerFactory(self.logic, self.reactor, config.cluster.rpc_secret,
-                                    max_content=config.limits.max_content)
+                                    max_content=config.limits.max_content,
+                                    trace=self.ops.local_events)
         server_tls, client_tls = rpc_tls(config)
         if server_tls is not None and client_tls is not None:
             self.tls += [server_tls, client_tls]
@@ -331,6 +344,9 @@ class Node(MultiService):
 
     def _connections(self) -> int:
         return len(self.gate.connections) if hasattr(self, "gate") else 0
+
+    def _sessions(self) -> int:
+        return len(self.logic.local) if hasattr(self, "logic") else 0
 
     def _purged(self) -> None:
         """The registry found this node purged (a pause, a partition): every

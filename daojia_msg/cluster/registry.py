@@ -8,9 +8,10 @@ Keys (all under the Redis ``key_prefix``, e.g. ``msgp:``):
     ``PX`` = the TTL. Two live nodes never share an id: a lease is taken with
     ``SET NX`` and renewed or deleted only by the holder of its token.
 ``node:<id>``
-    hash ``gate_host gate_port rpc_host rpc_port connections started_ms
-    heartbeat_ms``; ``PEXPIRE`` = the TTL, refreshed by every heartbeat. A node
-    is *live* while this hash exists.
+    hash ``gate_host gate_port rpc_host rpc_port connections sessions
+    started_ms heartbeat_ms``; ``PEXPIRE`` = the TTL, refreshed by every
+    heartbeat. A node is *live* while this hash exists. (``sessions``, the
+    logged-in sessions, may be missing: a node of an older version.)
 ``nodes``
     set of the ids that registered; the gate detector removes a dead id once
     its sessions are purged (:mod:`daojia_msg.cluster.detector`).
@@ -156,8 +157,8 @@ end
 return out
 """)
 
-_FIELDS = ("gate_host", "gate_port", "rpc_host", "rpc_port", "connections", "started_ms",
-           "heartbeat_ms")
+_FIELDS = ("gate_host", "gate_port", "rpc_host", "rpc_port", "connections", "sessions",
+           "started_ms", "heartbeat_ms")
 
 
 def parse_node(node_id: int, flat: list[Any]) -> NodeInfo | None:
@@ -175,6 +176,7 @@ def parse_node(node_id: int, flat: list[Any]) -> NodeInfo | None:
             connections=int(fields["connections"]),
             started_ms=int(fields["started_ms"]),
             heartbeat_ms=int(fields["heartbeat_ms"]),
+            sessions=int(fields.get("sessions", 0)),
         )
     except (KeyError, ValueError):
         NodeRegistry.log.warn("node {node_id} has a malformed registration: {fields}",
@@ -208,7 +210,9 @@ class NodeRegistry:
     at shutdown. After :meth:`start`, before listening, the node should purge
     the sessions the store still lists under its id (``purge_node(node_id)``):
     they belong to an earlier holder of the id that the detector may not have
-    purged yet (a quick restart keeps the id in ``nodes``). ``connections()`` is read at every heartbeat (for dispatch).
+    purged yet (a quick restart keeps the id in ``nodes``). ``connections()``
+    (for dispatch) and ``sessions()`` (the logged-in sessions, for the
+    operations view) are read at every heartbeat.
     ``on_purged()`` is called (and awaited if it returns an awaitable) when the
     node finds it was purged, before it registers again: it should KICKOUT
     SHUTDOWN every connection.
@@ -227,6 +231,7 @@ class NodeRegistry:
         rpc: tuple[str, int],
         connections: Callable[[], int],
         on_purged: Callable[[], Awaitable[None] | None],
+        sessions: Callable[[], int] = lambda: 0,
     ) -> None:
         self.redis = redis
         self.cluster = cluster
@@ -235,6 +240,7 @@ class NodeRegistry:
         self.gate = gate
         self.rpc = rpc
         self.connections = connections
+        self.sessions = sessions
         self.on_purged = on_purged
         #: The leased id, set by :meth:`start`.
         self.node_id: int | None = None
@@ -454,7 +460,7 @@ class NodeRegistry:
         info = {
             "gate_host": self.gate[0], "gate_port": self.gate[1],
             "rpc_host": self.rpc[0], "rpc_port": self.rpc[1],
-            "connections": int(self.connections()),
+            "connections": int(self.connections()), "sessions": int(self.sessions()),
             "started_ms": self._started_ms, "heartbeat_ms": now_ms,
         }
         pairs = [x for name in _FIELDS for x in (name, info[name])]

@@ -13,6 +13,7 @@ __all__ = [
     "DEMO_GATE",
     "DEMO_ROUTES",
     "DEFAULT_WS",
+    "MANHOLE_TRACE_BUFFER",
     "MAX_NODE_ID",
     "AdminConfig",
     "AppConfig",
@@ -98,9 +99,19 @@ class AdminConfig:
 class LogConfig:
     """``json_file``: also write every log event as one JSON object a line to
     this file (with logid, uid, appcode, msgid and node as fields; ``msgctl
-    trace`` reads it), beside twistd's text log. "" = off."""
+    trace`` reads it), beside twistd's text log. "" = off.
+
+    ``trace_buffer``: keep the last this many events that carry a logid in
+    memory, for ``GET /v1/trace/{logid}`` (the dashboard) and the manhole's
+    ``trace()``. 0 = none, unless the manhole is on (it keeps
+    :data:`MANHOLE_TRACE_BUFFER`). Filling it costs CPU on every message."""
 
     json_file: str = ""
+    trace_buffer: int = 0
+
+
+#: The trace buffer a manhole keeps when ``log.trace_buffer`` is 0.
+MANHOLE_TRACE_BUFFER = 10000
 
 
 @dataclass(frozen=True, slots=True)

@@ -348,7 +348,8 @@ def parse_config(text: str) -> Config:
     admin = AdminConfig(manhole_password=at.str("manhole_password", ""))
     at.done()
     lg = top.table("log")
-    log = LogConfig(json_file=lg.str("json_file", LogConfig().json_file))
+    log = LogConfig(json_file=lg.str("json_file", LogConfig().json_file),
+                    trace_buffer=lg.int("trace_buffer", LogConfig().trace_buffer, 0, 1_000_000))
     lg.done()
     sc = top.table("stats")
     stats = StatsConfig(window_s=sc.float("window_s", StatsConfig().window_s, 10.0),

@@ -103,3 +103,5 @@ class NodeInfo:
     connections: int
     started_ms: int
     heartbeat_ms: int
+    #: Logged-in sessions on the node (0 from a node that does not publish them).
+    sessions: int = 0

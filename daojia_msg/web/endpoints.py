@@ -48,6 +48,9 @@ _JSON = b"application/json"
 
 Dispatch = Callable[[], tuple[str, int] | Awaitable[tuple[str, int]]]
 StatsView = Callable[[frozenset[int]], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+#: ``GET /v1/nodes``'s list and ``GET /v1/trace/{logid}``'s answer (daojia_msg.web.operations).
+NodesView = Callable[[], "list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]"]
+TraceView = Callable[[str], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 
 log = Logger()
 
@@ -93,6 +96,8 @@ class Api:
         dispatch: Dispatch,
         registry: CollectorRegistry,
         stats: StatsView | None = None,
+        nodes: NodesView | None = None,
+        trace: TraceView | None = None,
     ) -> None:
         self.logic = logic
         self.config = config
@@ -102,6 +107,8 @@ class Api:
         self.dispatch = dispatch
         self.registry = registry
         self.stats: StatsView = stats or logic.stats.snapshot
+        self.nodes = nodes
+        self.trace = trace
 
     def push_item(self, data: object, caller: Caller) -> PushItem:
         # The common case in one pass: a JSON object of known fields, integer

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from daojia_msg import webui
 from daojia_msg.config import Config
 from daojia_msg.logic.service import LogicService
 from daojia_msg.web.endpoints import (
@@ -32,15 +33,19 @@ from daojia_msg.web.endpoints import (
     Kickout,
     Metrics,
     Node,
+    NodesView,
     OpenApi,
     Push,
     PushBatch,
     Sessions,
     StatsEndpoint,
     StatsView,
+    TraceView,
     openapi_document,
 )
+from daojia_msg.web.operations import NodesEndpoint, TraceRoot
 from daojia_msg.web.request import ApiRequest
+from daojia_msg.web.static import OpsPage
 
 #: Idle seconds before an HTTP connection is closed (none while a request runs).
 IDLE_TIMEOUT_S = 60.0
@@ -53,9 +58,11 @@ ACCESS_LOG_MAX_LINES = 100
 access_log = Logger(namespace="daojia_msg.web.access")
 
 
-def make_resource(api: Api, document: bytes) -> Resource:
+def make_resource(api: Api, document: bytes, dashboard: str | None = None) -> Resource:
     """The resource tree of the API (the root of the site); ``document`` is
-    what ``GET /v1/openapi.json`` serves."""
+    what ``GET /v1/openapi.json`` serves; the files of the directory
+    ``dashboard`` (the operations dashboard) are served at ``/ops/`` (None:
+    no ``/ops``)."""
     root = Node()
     v1 = Node()
     push = Push(api)
@@ -66,9 +73,13 @@ def make_resource(api: Api, document: bytes) -> Resource:
     v1.putChild(b"stats", StatsEndpoint(api))
     v1.putChild(b"dispatch", DispatchEndpoint(api))
     v1.putChild(b"openapi.json", OpenApi(api, document))
+    v1.putChild(b"nodes", NodesEndpoint(api))
+    v1.putChild(b"trace", TraceRoot(api))
     root.putChild(b"v1", v1)
     root.putChild(b"healthz", Health(api))
     root.putChild(b"metrics", Metrics(api))
+    if dashboard is not None:
+        root.putChild(b"ops", OpsPage(dashboard))
     return root
 
 
@@ -141,6 +152,9 @@ def make_site(
     registry: CollectorRegistry,
     reactor: IReactorTime | None = None,
     stats: StatsView | None = None,
+    nodes: NodesView | None = None,
+    trace: TraceView | None = None,
+    dashboard: str | None = None,
 ) -> server.Site:
     """The HTTP API site, to listen on ``config.listen.http``.
 
@@ -151,11 +165,16 @@ def make_site(
     ``reactor`` times idle connections, the 413 linger and the access log's
     clock: pass the node's reactor (None leaves the choice to twisted.web);
     ``stats(appcodes)`` answers ``/v1/stats`` (default: this node's counts; a
-    cluster passes the cluster-wide ones, maybe as an awaitable).
+    cluster passes the cluster-wide ones, maybe as an awaitable); ``nodes()``
+    and ``trace(logid)`` answer ``/v1/nodes`` and ``/v1/trace/{logid}`` (see
+    :mod:`daojia_msg.web.operations`; without them, 503); ``dashboard``: the
+    directory whose files are served at ``/ops/`` (default: the built page in
+    the package data, :func:`daojia_msg.webui.page_dir`).
     """
-    api = Api(logic, config, serving, dispatch, registry, stats)
+    api = Api(logic, config, serving, dispatch, registry, stats, nodes, trace)
     site = ApiSite(
-        make_resource(api, openapi_document()),
+        make_resource(api, openapi_document(),
+                      webui.page_dir("ops") if dashboard is None else dashboard),
         requestFactory=functools.partial(ApiRequest, max_body=config.limits.http_max_body),
         parsePOSTFormSubmission=False,
         timeout=IDLE_TIMEOUT_S,

@@ -348,6 +348,27 @@ class LiveNodeTests(RedisFixture):
         assert node3 is not None
         self.assertEqual((node3.gate_port, node3.rpc_port), (0, 7100))
 
+    async def test_sessions_published(self) -> None:
+        """Each heartbeat publishes the logged-in sessions too (GET /v1/nodes);
+        a node of an older version, which does not, counts as 0."""
+        clock = Clock()
+        clock.advance(T0)
+        sessions = [4]
+        registry = self.registry(3, clock=clock)
+        registry.sessions = lambda: sessions[0]
+        await registry.start()
+        self.addCleanup(registry.stop)
+        node = await registry.node(3)
+        assert node is not None
+        self.assertEqual(node.sessions, 4)
+        sessions[0] = 7
+        await registry.heartbeat()
+        self.assertEqual([n.sessions for n in await registry.live_nodes()], [7])
+        await self.redis.call("HDEL", self.redis.key("node", 3), "sessions")
+        node = await registry.node(3)
+        assert node is not None
+        self.assertEqual((node.node_id, node.sessions), (3, 0))
+
     async def test_none_live(self) -> None:
         registry = await self.started(3)
         await self.kill(3)

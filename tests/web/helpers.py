@@ -42,6 +42,11 @@ secret = "secret-2001"
 api_key = "key-2001"
 """
 
+#: What the fake operations views of :class:`ApiTestCase` answer by default.
+ONE_NODE = {"node_id": 3, "gate": "gate.example.com:7000", "connections": 2, "sessions": 1,
+            "since_ms": 1_700_000_000_000}
+NO_TRACE = {"events": [], "missing_nodes": [], "untraced_nodes": [], "truncated": False}
+
 SHOP = {"Authorization": "Bearer key-1001"}
 TAXI = {"Authorization": "Bearer key-2001"}
 
@@ -128,10 +133,26 @@ class ApiTestCase(TestCase):
         self.store = self.node.store
         self.serving = True
         self.registry = make_registry(self.logic.stats, lambda: 12, lambda: len(self.logic.local))
+        #: What GET /v1/nodes and GET /v1/trace/{logid} answer (the node's
+        #: views, faked): a value, a Deferred, or an exception to raise.
+        self.nodes_answer: Any = [ONE_NODE]
+        self.trace_answer: Any = NO_TRACE
+        self.traced: list[str] = []
         self.site = make_site(
             self.logic, self.config, serving=lambda: self.serving, dispatch=dispatch,
             registry=self.registry, reactor=self.node.clock,
+            nodes=lambda: self._answer(self.nodes_answer), trace=self._trace,
         )
+
+    @staticmethod
+    def _answer(answer: Any) -> Any:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def _trace(self, logid: str) -> Any:
+        self.traced.append(logid)
+        return self._answer(self.trace_answer)
 
     def request(self, method: str, path: str, body: object = None,
                 headers: dict[str, str] | None = None, peer: str = "127.0.0.1") -> Response:

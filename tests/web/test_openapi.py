@@ -33,12 +33,16 @@ def operations(document: Any) -> list[tuple[str, str, Any]]:
 
 
 def endpoints(resource: Resource, prefix: str = "") -> dict[str, Endpoint]:
-    """Every endpoint of a resource tree, by path."""
+    """Every endpoint of a resource tree, by path; a segment that is a
+    parameter (a resource with ``param`` and ``template``) as ``{param}``."""
     found: dict[str, Endpoint] = {}
     for name, child in resource.children.items():
         path = f"{prefix}/{name.decode('ascii')}"
         if isinstance(child, Endpoint):
             found[path] = child
+        template = getattr(child, "template", None)
+        if isinstance(template, Endpoint):
+            found[f"{path}/{{{child.param}}}"] = template  # type: ignore[attr-defined]
         found.update(endpoints(child, path))
     return found
 

@@ -16,6 +16,8 @@ from daojia_msg.cluster.rpc.commands import (
     Deliver,
     InternalError,
     Kick,
+    PeerTrace,
+    TraceEvents,
     Unauthorized,
     auth_mac,
     check_auth,
@@ -24,6 +26,6 @@ from daojia_msg.cluster.rpc.server import RpcServerFactory, RpcServerProtocol
 
 __all__ = [
     "AUTH_TIMEOUT_S", "AUTH_WINDOW_S", "MAX_VALUE", "Auth", "BadMessage", "Deliver",
-    "InternalError", "Kick", "RpcPeers", "RpcServerFactory", "RpcServerProtocol",
-    "Unauthorized", "auth_mac", "check_auth", "registry_addresses",
+    "InternalError", "Kick", "PeerTrace", "RpcPeers", "RpcServerFactory", "RpcServerProtocol",
+    "TraceEvents", "Unauthorized", "auth_mac", "check_auth", "registry_addresses",
 ]

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.cluster.test_rpc,tests.cluster.test_rpc_tls -*-
 """The internal RPC client: hands pushes and kicks to the node that holds a
-session (:class:`RpcPeers` implements :class:`~daojia_msg.logic.interfaces.IPeers`).
+session (:class:`RpcPeers` implements :class:`~daojia_msg.logic.interfaces.IPeers`),
+and asks other nodes what their trace buffers hold about a logid.
 
 Delivery is at-least-once (docs/protocol.md §6.3): every failure of a call
 (unknown node, refused, timed out, lost, refused by the peer) fails with
@@ -55,8 +56,11 @@ from daojia_msg.cluster.rpc.commands import (
     Deliver,
     InternalError,
     Kick,
+    PeerTrace,
+    TraceEvents,
     Unauthorized,
     auth_mac,
+    decode_events,
 )
 from daojia_msg.core.convert import message_to_wire, recipient_fields
 from daojia_msg.core.errors import PeerUnavailable
@@ -67,6 +71,9 @@ from daojia_msg.sockets import no_delay
 from daojia_msg.tls import ClientTLS, tls_failure
 
 log = Logger()
+
+#: The most a trace question (:meth:`RpcPeers.trace`) waits for its answer.
+TRACE_TIMEOUT_S = 1.0
 
 Address = tuple[str, int]
 AddressOf = Callable[[int], Awaitable[Address | None]]
@@ -232,7 +239,8 @@ class RpcPeers:
     new address is reconnected to (see :func:`registry_addresses`). At most one
     connection per node is kept, opened on first use. Every call, connecting
     and authenticating included, gives up after ``timeout`` seconds.
-    ``secret`` "" sends no Auth. With ``tls`` the connections are mutual TLS:
+    A trace question (:meth:`trace`) waits at most ``trace_timeout`` (at most
+    ``timeout``). ``secret`` "" sends no Auth. With ``tls`` the connections are mutual TLS:
     this node presents its certificate and verifies the peer's against the CA
     and the peer's address. ``endpoint_for(host, port)`` overrides how
     connections are made (tests).
@@ -248,6 +256,7 @@ class RpcPeers:
         timeout: float,
         tls: ClientTLS | None = None,
         endpoint_for: Callable[[str, int], IStreamClientEndpoint] | None = None,
+        trace_timeout: float = TRACE_TIMEOUT_S,
     ) -> None:
         self.reactor = reactor
         self.address_of = address_of
@@ -257,6 +266,8 @@ class RpcPeers:
         self.tls = tls
         #: The time limit of every call, on one timer.
         self.deadlines = Deadlines(reactor, timeout, "internal RPC calls")
+        self.trace_deadlines = Deadlines(reactor, min(timeout, trace_timeout),
+                                         "internal RPC trace questions")
         self._endpoint_for = endpoint_for
         self._links: dict[int, _Link] = {}
         self._closed = False
@@ -300,10 +311,35 @@ class RpcPeers:
         return self._run(record.node_id, Kick, args, "kicked",
                          {"uid": record.uid, "appcode": record.appcode})
 
+    def trace(self, node_id: int, logid: str) -> Deferred[PeerTrace]:
+        """What node ``node_id``'s trace buffer holds about ``logid``; fails with
+        :class:`PeerUnavailable` when the node does not answer in time (a slow
+        answer does not drop the connection: it is only a question), refuses,
+        or answers what is not a trace."""
+        d = self.trace_deadlines.watch(Deferred.fromCoroutine(self._trace(node_id, logid)))
+        return d.addErrback(self._trace_failed, node_id)
+
+    async def _trace(self, node_id: int, logid: str) -> PeerTrace:
+        response = await self._call(node_id, TraceEvents, {"logid": logid}, drop_if_silent=False)
+        return PeerTrace(decode_events(response["events"]), bool(response["traced"]),
+                         bool(response["truncated"]))
+
+    def _trace_failed(self, failure: Failure, node_id: int) -> PeerTrace:
+        if failure.check(TimeoutError):
+            why = f"no answer within {self.trace_deadlines.timeout:g} s"
+        elif failure.check(ValueError):
+            why = f"not a trace answer: {failure.getErrorMessage()}"
+        else:
+            why = _describe(failure)
+        log.debug("internal RPC TraceEvents to node {peer_node} failed: {why}",
+                  peer_node=node_id, why=why)
+        raise PeerUnavailable(f"node {node_id}: {why}") from failure.value
+
     def close(self) -> Deferred[None]:
         """Close every connection; fires once they are closed. Later calls fail."""
         self._closed = True
         self.deadlines.stop()
+        self.trace_deadlines.stop()
         links = list(self._links.values())
         self._links.clear()
         return gatherResults([link.close() for link in links]).addCallback(lambda _: None)
@@ -334,7 +370,7 @@ class RpcPeers:
                               errbackArgs=(node_id, command, fields))
 
     async def _call(self, node_id: int, command: type[amp.Command],
-                    args: dict[str, Any]) -> dict[str, Any]:
+                    args: dict[str, Any], drop_if_silent: bool = True) -> dict[str, Any]:
         if self._closed:
             raise PeerUnavailable("the internal RPC client is closed")
         found = await self.address_of(node_id)
@@ -354,7 +390,7 @@ class RpcPeers:
             # One that answers other calls is alive but slow (overloaded):
             # dropping it would fail every call on it at once, and the
             # reconnects and retries would load the slow peer further.
-            if clock.seconds() - link.answered_at >= self.timeout:
+            if drop_if_silent and clock.seconds() - link.answered_at >= self.timeout:
                 link.abort()
             raise
         link.answered_at = clock.seconds()

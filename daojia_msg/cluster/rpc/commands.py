@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.cluster.test_rpc -*-
 """The internal RPC's commands, its errors and its authentication.
 
-Commands: :class:`Auth`, :class:`Deliver`, :class:`Kick`. A message travels as
-its protobuf ``Message`` without content plus the content as a second value,
-because one AMP value holds at most 65,535 bytes and content alone may take
-65,000 of them.
+Commands: :class:`Auth`, :class:`Deliver`, :class:`Kick`, :class:`TraceEvents`.
+A message travels as its protobuf ``Message`` without content plus the content
+as a second value, because one AMP value holds at most 65,535 bytes and content
+alone may take 65,000 of them.
 
 Authentication, when the cluster has a shared secret (``cluster.rpc_secret``):
 the client's first command on a connection is ``Auth(node_id, ts, mac)`` with
@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import (
     Deferred,
@@ -95,6 +98,69 @@ class Kick(amp.Command):
     response = [(b"kicked", amp.Boolean())]
     errors = {InternalError: b"INTERNAL"}
     fatalErrors = _FATAL
+
+
+class TraceEvents(amp.Command):
+    """The events about one logid that the node's trace buffer still holds,
+    oldest first: ``events`` is :func:`encode_events` of them (as many of the
+    oldest as fit one AMP value; ``truncated`` when some did not), ``traced``
+    False when the node keeps no trace buffer (``events`` is then empty)."""
+
+    arguments = [(b"logid", amp.Unicode())]
+    response = [(b"events", amp.String()), (b"traced", amp.Boolean()),
+                (b"truncated", amp.Boolean())]
+    errors = {InternalError: b"INTERNAL"}
+    fatalErrors = _FATAL
+
+
+#: The most events one node answers about a logid (the oldest are kept).
+MAX_TRACE_EVENTS = 500
+
+#: The fields of a trace event as :class:`TraceEvents` carries it, and their types.
+TRACE_FIELDS: dict[str, tuple[type, ...]] = {
+    "ts_ms": (int,), "event": (str,), "msgid": (str, type(None)), "uid": (str, type(None)),
+    "appcode": (int, type(None)),
+}
+
+
+class PeerTrace(NamedTuple):
+    """A node's answer to :class:`TraceEvents`."""
+
+    events: list[dict[str, Any]]
+    traced: bool
+    truncated: bool
+
+
+def encode_events(events: Sequence[dict[str, Any]], limit: int = MAX_VALUE
+                  ) -> tuple[bytes, bool]:
+    """``events`` (dicts of :data:`TRACE_FIELDS`) as a JSON array of at most
+    ``limit`` bytes and :data:`MAX_TRACE_EVENTS` events: the oldest that fit;
+    True when some were left out."""
+    parts: list[bytes] = []
+    size = 2  # the brackets
+    for i, event in enumerate(events):
+        if i == MAX_TRACE_EVENTS:
+            return b"[" + b",".join(parts) + b"]", True
+        part = json.dumps({k: event.get(k) for k in TRACE_FIELDS},
+                          separators=(",", ":")).encode()
+        size += len(part) + (1 if parts else 0)
+        if size > limit:
+            return b"[" + b",".join(parts) + b"]", True
+        parts.append(part)
+    return b"[" + b",".join(parts) + b"]", False
+
+
+def decode_events(data: bytes) -> list[dict[str, Any]]:
+    """The events of :func:`encode_events`; ValueError when ``data`` is not that."""
+    events = json.loads(data)
+    if not isinstance(events, list):
+        raise ValueError("trace events: expected a JSON array")
+    for event in events:
+        if not isinstance(event, dict) or event.keys() != TRACE_FIELDS.keys() or any(
+                not isinstance(event[k], types) or isinstance(event[k], bool)
+                for k, types in TRACE_FIELDS.items()):
+            raise ValueError("trace events: an event is not {ts_ms, event, msgid, uid, appcode}")
+    return events
 
 
 # -- authentication -------------------------------------------------------------

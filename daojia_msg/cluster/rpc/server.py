@@ -1,11 +1,14 @@
 # -*- test-case-name: tests.cluster.test_rpc,tests.cluster.test_rpc_tls -*-
 """The internal RPC listener: answers other nodes by calling this node's logic
-(:class:`~daojia_msg.logic.interfaces.ILocalNode`). With mutual TLS the node
+(:class:`~daojia_msg.logic.interfaces.ILocalNode`), and their questions about a
+logid from its trace buffer (:class:`~daojia_msg.cluster.rpc.commands.TraceEvents`).
+With mutual TLS the node
 wraps it in Twisted's TLS layer, which refuses peers without a certificate
 from the cluster's CA before any command is read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import (
@@ -27,8 +30,10 @@ from daojia_msg.cluster.rpc.commands import (
     Deliver,
     InternalError,
     Kick,
+    TraceEvents,
     Unauthorized,
     check_auth,
+    encode_events,
 )
 from daojia_msg.core.convert import message_from_wire, recipient_fields
 from daojia_msg.logic.interfaces import ILocalNode
@@ -148,13 +153,32 @@ class RpcServerProtocol(ClosedWaiters, amp.AMP):
             raise InternalError("the node failed to kick; see its log") from None
         return {"kicked": kicked}
 
+    @TraceEvents.responder
+    def trace_events(self, logid: str) -> dict[str, Any]:
+        self._require_auth("TraceEvents")
+        trace = self.factory.trace
+        if trace is None:
+            return {"events": b"[]", "traced": False, "truncated": False}
+        try:
+            events = trace(logid)
+            if events is None:
+                return {"events": b"[]", "traced": False, "truncated": False}
+            data, truncated = encode_events(events)
+        except Exception:
+            log.failure("answering node {peer_node}'s trace question failed", peer_node=self.node)
+            raise InternalError("the node failed to read its trace; see its log") from None
+        return {"events": data, "traced": True, "truncated": truncated}
+
 
 class RpcServerFactory(Factory):
     """The internal RPC listener: answers other nodes by calling ``logic``.
 
     ``secret`` "" means no Auth is asked for (the node must then listen on
     loopback only: that check is the caller's). ``max_content`` is the content
-    limit (``limits.max_content``).
+    limit (``limits.max_content``). ``trace(logid)`` gives the events of this
+    node's trace buffer about ``logid`` (dicts of
+    :data:`~daojia_msg.cluster.rpc.commands.TRACE_FIELDS`), or None when it
+    keeps none; without it, TraceEvents answers that none is kept.
     """
 
     protocol = RpcServerProtocol
@@ -167,8 +191,10 @@ class RpcServerFactory(Factory):
         *,
         max_content: int = 65000,
         auth_timeout: float = AUTH_TIMEOUT_S,
+        trace: Callable[[str], Sequence[dict[str, Any]] | None] | None = None,
     ) -> None:
         self.logic = logic
+        self.trace = trace
         self.clock = clock
         self.secret = secret
         self.max_content = max_content
