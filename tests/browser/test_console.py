@@ -8,15 +8,21 @@ are kept (see :func:`tests.browser.driver.screenshot_path`).
 
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
 
 from daojia_msg.client.errors import ResultError
+from daojia_msg.content import richtext
 from daojia_msg.protocol.codes import Code
 from tests.browser.driver import Browser
 from tests.gate.wshelpers import WSNodeTestCase
-from tests.servers import TrackingProxyFactory
+from tests.servers import TrackingProxyFactory, listen
 
 R: Any = reactor
 AGENT, AGENT_APP = 9000, 1002
@@ -195,3 +201,112 @@ class ReconnectTests(ConsoleTestCase):
             self.assertEqual(await self.count(f'{MESSAGE}[data-msgid="{sent.msgid}"]'), 1)
         self.assertEqual(await self.count(f'{MESSAGE}[data-direction="in"]'), 3)
         await browser.screenshot("agent", "console-reconnected")
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A one-colour PNG image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack("!I", len(data)) + body + struct.pack("!I", zlib.crc32(body))
+
+    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack("!IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+class RichContentTests(ConsoleTestCase):
+    def image_server(self) -> str:
+        """The URL of a PNG served on this machine."""
+        root = Resource()
+        root.putChild(b"car.png", Data(png(64, 32, (0, 128, 255)), "image/png"))
+        _, port = listen(self, Site(root))
+        return f"http://127.0.0.1:{port}/car.png"
+
+    async def test_every_rich_form_renders(self) -> None:
+        """Entities and numeric references, <font> with each kind of size and
+        colour, <img> with and without its size, <shake /> (which shakes)."""
+        await self.start_node()
+        browser = await self.open_console(self.port("ws"))
+        phone, _ = await self.client(PHONE, PHONE_APP)
+        url = self.image_server()
+        content = (
+            '&lt;b&gt; &quot;q&quot; &apos;a&apos; &amp; &#65;&#x42;&#x1F600; '
+            '<font size="8">tiny</font><font color="#0a0">short</font>'
+            '<font color="#123456">long</font><font color="RebeccaPurple" size="72">big</font>'
+            f'<font>plain</font><img url="{url}" width="64" height="32"/>'
+            f'<img  url="{url}?again"\t/><shake/>'
+        ).encode()
+        sent = await phone.c2c(AGENT, AGENT_APP, RICH, content)
+        await browser.call("waitFor", page="agent", selector=PEER)
+        await self.open_conversation()
+        bubble = f'{MESSAGE}[data-msgid="{sent.msgid}"]'
+        await browser.call("waitFor", page="agent", selector=f"{bubble} img.rt-img", count=2)
+        await browser.call("waitFor", page="agent", selector="img.rt-img", count=2,
+                           state="visible")
+        found = await browser.call("evaluate", page="agent", arg=str(sent.msgid), expression="""
+            (msgid) => {
+              const bubble = document.querySelector(
+                `[data-testid="message"][data-msgid="${msgid}"]`);
+              const fonts = [...bubble.querySelectorAll("span.rt-font")].map(el => {
+                const style = getComputedStyle(el);
+                return [el.textContent, style.fontSize, style.color];
+              });
+              const images = [...bubble.querySelectorAll("img.rt-img")].map(
+                img => [img.getAttribute("src"), img.width, img.height, img.naturalWidth]);
+              return {
+                fonts, images,
+                shakes: bubble.querySelectorAll("span.rt-shake").length,
+                base: [getComputedStyle(bubble).fontSize, getComputedStyle(bubble).color],
+              };
+            }""")
+        size, colour = found["base"]  # the bubble's own, where the markup sets none
+        self.assertEqual(found["fonts"], [
+            ["tiny", "8px", colour],
+            ["short", size, "rgb(0, 170, 0)"],
+            ["long", size, "rgb(18, 52, 86)"],
+            ["big", "72px", "rgb(102, 51, 153)"],
+        ])
+        self.assertNotIn(size, ("8px", "72px"))
+        self.assertEqual(found["images"], [[url, 64, 32, 64], [f"{url}?again", 64, 32, 64]])
+        self.assertEqual(found["shakes"], 1)
+        whole = await browser.call("texts", page="agent", selector=bubble)
+        self.assertIn("<b> \"q\" 'a' & AB\U0001F600 tinyshortlongbigplain", whole[0])
+        await browser.screenshot("agent", "console-rich-forms")
+
+    async def test_agent_sends_rich_content(self) -> None:
+        """The composer's size, colour, image and shake make markup that the
+        node takes and the phone receives."""
+        await self.start_node()
+        browser = await self.open_console(self.port("ws"))
+        phone, inbox = await self.client(PHONE, PHONE_APP)
+        url = self.image_server()
+        await phone.c2c(AGENT, AGENT_APP, RICH, b"hello")
+        await browser.call("waitFor", page="agent", selector=PEER)
+        await self.open_conversation()
+        await browser.call("select", page="agent", selector='[data-testid="composer-size"]',
+                           value="24")
+        await browser.call("select", page="agent", selector='[data-testid="composer-color"]',
+                           value="teal")
+        await browser.call("fill", page="agent", selector='[data-testid="composer-image-url"]',
+                           value=url)
+        await browser.call("click", page="agent", selector='[data-testid="composer-image-add"]')
+        await browser.call("click", page="agent", selector='[data-testid="composer-shake"]')
+        await browser.call("fill", page="agent", selector='[data-testid="composer-input"]',
+                           value="your <car> is clean & ready")
+        await browser.call("waitFor", page="agent",
+                           selector='[data-testid="composer-preview"] span.rt-font',
+                           text="your <car> is clean & ready")
+        await browser.screenshot("agent", "console-composer")
+        await browser.call("click", page="agent", selector='[data-testid="send-button"]')
+        [received] = await inbox.wait(1)
+        self.assertEqual(received.msgtype, RICH)
+        document = richtext.validate(received.content)
+        self.assertEqual(
+            [node for node in document if not isinstance(node, richtext.Text)
+             or node.text.strip()],
+            [richtext.Shake(), richtext.Font("your <car> is clean & ready", 24, "teal"),
+             richtext.Image(url)])
+        await browser.call("waitFor", page="agent",
+                           selector=f'{MESSAGE}[data-msgid="{received.msgid}"] img.rt-img')
+        await browser.screenshot("agent", "console-rich-sent")
