@@ -219,6 +219,7 @@ class Node(MultiService):
             self.log.info("{name} listening on {address}", name=name,
                           address=f"{address.host}:{address.port}" if hasattr(address, "port")
                           else getattr(address, "name", address))
+        self._log_pages()
         if self.registry is not None:
             await self._announce()
         elif self.gate_address()[0] in WILDCARDS:
@@ -226,6 +227,21 @@ class Node(MultiService):
                           "{host}; set listen.public_gate to the address phones use",
                           host=self.gate_address()[0])
         self.log.info("node {node_id} serving", node_id=self.node_id)
+
+    def _log_pages(self) -> None:
+        """Say where the browser pages are (the console, the dashboard)."""
+        for name, page in (("ws", "console"), ("http", "ops")):
+            port = self.ports.get(name)
+            if port is None:
+                continue
+            address: Any = port.getHost()
+            if not hasattr(address, "port"):
+                continue
+            scheme = "https" if getattr(self.config.listen, name).startswith("ssl:") else "http"
+            host = "127.0.0.1" if address.host in WILDCARDS else address.host
+            host = f"[{host}]" if ":" in host else host
+            self.log.info("{page} page at {url}", page=page,
+                          url=f"{scheme}://{host}:{address.port}/{page}/")
 
     def _message_store(self) -> IMessageStore:
         if self.config.mysql.url:

@@ -97,6 +97,8 @@ class HandshakeTests(WSNodeTestCase):
         await self.start_node()
         lines = [formatEvent(e) for e in events]
         self.assertIn(f"ws listening on {self.host()}", lines)
+        self.assertIn(f"console page at http://{self.host()}/console/", lines)
+        self.assertIn(f"ops page at http://127.0.0.1:{self.port('http')}/ops/", lines)
 
     async def test_missing_subprotocol_is_400(self) -> None:
         await self.start_node()
