@@ -42,6 +42,7 @@ from daojia_msg.web.endpoints import NOT_FOUND, Node
 from daojia_msg.web.parsing import Fields, dumps, parse_json
 from daojia_msg.web.request import ApiRequest
 from daojia_msg.web.site import ApiSite
+from daojia_msg.web.static import SECURITY_HEADERS, StaticFiles, json_error
 
 log = Logger()
 
@@ -50,30 +51,6 @@ DEMO_TOKEN_TTL_S = 3600
 #: The largest request body the listener reads (a demo-token request is ~40
 #: bytes); a larger one is answered 413 without being buffered.
 MAX_BODY = 4096
-
-#: By extension; anything else is application/octet-stream (with nosniff).
-CONTENT_TYPES = {
-    ".html": b"text/html; charset=utf-8",
-    ".js": b"text/javascript; charset=utf-8",
-    ".mjs": b"text/javascript; charset=utf-8",
-    ".css": b"text/css; charset=utf-8",
-    ".svg": b"image/svg+xml",
-    ".png": b"image/png",
-    ".jpg": b"image/jpeg",
-    ".webp": b"image/webp",
-    ".ico": b"image/x-icon",
-    ".json": b"application/json",
-    ".map": b"application/json",
-    ".txt": b"text/plain; charset=utf-8",
-    ".woff": b"font/woff",
-    ".woff2": b"font/woff2",
-}
-OCTET_STREAM = b"application/octet-stream"
-
-#: Vite names the files under assets/ by their content's hash: a new build is
-#: new names, so they may be kept; everything else (index.html) is revalidated.
-IMMUTABLE = b"public, max-age=31536000, immutable"
-NO_CACHE = b"no-cache"
 
 #: The console's policy: its own scripts and styles only (no inline script or
 #: style attribute), images from anywhere (rich content, docs/protocol.md
@@ -84,11 +61,6 @@ NO_CACHE = b"no-cache"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; "
        "img-src 'self' http: https: data:; connect-src 'self'{ws}; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-SECURITY_HEADERS = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-)
 
 #: A Host header that may be named in the policy: a DNS name or an address, and a port.
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
@@ -114,13 +86,6 @@ def _hostname(host: str) -> str:
 def own_origin(request: server.Request, host: str) -> str:
     """The origin of a page this listener served under ``host``."""
     return f"{'https' if request.isSecure() else 'http'}://{host}"
-
-
-def _answer(request: server.Request, status: int, obj: object) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return dumps(obj)
 
 
 def secure(request: server.Request) -> None:
@@ -190,49 +155,6 @@ class EdgeRoot(Node):
         return super().getChildWithDefault(path, request)
 
 
-class StaticFiles(Resource):
-    """The files under ``directory``, by path: ``""`` is ``index.html``; no
-    listing, no directory, no ``..``: anything else is a JSON 404."""
-
-    isLeaf = True
-
-    def __init__(self, directory: str) -> None:
-        super().__init__()
-        self.directory = directory
-
-    def _path(self, segments: list[bytes]) -> str | None:
-        if segments == [b""]:
-            return os.path.join(self.directory, "index.html")
-        names = []
-        for segment in segments:
-            try:
-                name = segment.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-            if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
-                return None
-            names.append(name)
-        return os.path.join(self.directory, *names) if names else None
-
-    def render_GET(self, request: Any) -> bytes:
-        path = self._path(request.postpath)
-        try:
-            if path is None or not os.path.isfile(path):
-                raise FileNotFoundError(path)
-            with open(path, "rb") as f:
-                stat = os.fstat(f.fileno())
-                data = f.read()
-        except OSError:
-            return _answer(request, 404, {"error": "not found"})
-        content_type = CONTENT_TYPES.get(os.path.splitext(path)[1].lower(), OCTET_STREAM)
-        request.setHeader(b"content-type", content_type)
-        assets = len(request.postpath) > 1 and request.postpath[0] == b"assets"
-        request.setHeader(b"cache-control", IMMUTABLE if assets else NO_CACHE)
-        if request.setETag(b'"%x-%x"' % (stat.st_size, stat.st_mtime_ns)) is http.CACHED:
-            return b""
-        return data
-
-
 class DemoToken(Resource):
     """``POST /console/demo-token`` ``{"appcode": N, "uid": N}``: ``{"token",
     "expires_at"}`` for a demo app, valid :data:`DEMO_TOKEN_TTL_S` (see
@@ -272,17 +194,19 @@ class DemoToken(Resource):
     def render_POST(self, request: Any) -> bytes:
         why = self.refusal(request)
         if why is not None:
-            return _answer(request, 403, {"error": why})
+            return json_error(request, 403, why)
         try:
             appcode, uid = self.parse(request.content.read())
         except errors.BadRequest as e:
-            return _answer(request, 400, {"error": e.reason})
+            return json_error(request, 400, e.reason)
         expires_at = int(self.seconds()) + DEMO_TOKEN_TTL_S
         app = self.config.apps[appcode]
         token = mint_token(app.secret, appcode, uid, expires_at)
         log.info("minted a demo token for uid {uid} of app {appcode} for {peer}",
                  uid=uid, appcode=appcode, peer=request.getClientAddress().host)
-        return _answer(request, 200, {"token": token, "expires_at": expires_at})
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return dumps({"token": token, "expires_at": expires_at})
 
     def parse(self, body: bytes) -> tuple[int, int]:
         """``(appcode, uid)`` of a request body; BadRequest says what is wrong."""
