@@ -70,6 +70,19 @@ const ops = {
   },
   // Runs a function's source in the page: `expression` is "(arg) => ...".
   async evaluate(r) { return await (await page(r.page)).evaluate(`(${r.expression})(${JSON.stringify(r.arg ?? null)})`); },
+  // Waits until a function's source ("(arg) => ...") returns a truthy value in
+  // the page, asking every 100 ms (waitForFunction would need the page's CSP
+  // to allow eval; evaluate does not).
+  async waitUntil(r) {
+    const p = await page(r.page);
+    const deadline = Date.now() + (r.timeout ?? TIMEOUT);
+    for (;;) {
+      const value = await p.evaluate(`(${r.expression})(${JSON.stringify(r.arg ?? null)})`);
+      if (value) return value;
+      if (Date.now() > deadline) throw new Error(`waitUntil: still ${JSON.stringify(value)} after ${r.timeout ?? TIMEOUT} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  },
   async screenshot(r) { await (await page(r.page)).screenshot({ path: r.path, fullPage: true }); return r.path; },
   async errors(r) { await page(r.page); return errors.get(r.page); },
   async closePage(r) { const p = pages.get(r.page); if (p) { await p.close(); pages.delete(r.page); } },
