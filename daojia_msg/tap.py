@@ -22,6 +22,7 @@ from daojia_msg import tls
 from daojia_msg.admin.manhole import check_manhole_config
 from daojia_msg.config import (
     MAX_NODE_ID,
+    MAX_TRACE_BUFFER,
     Config,
     ConfigError,
     check_urls,
@@ -66,6 +67,9 @@ class Options(usage.Options):
         ["redis", None, None, "Redis URL: sessions and node registry in Redis."],
         ["mysql", None, None, "MySQL URL: messages in MySQL."],
         ["bus", None, None, "C2S bus URL: memory:, redis://, amqp://, http(s)://."],
+        ["trace-buffer", None, None, "Keep the last N message events in memory for "
+                                     "GET /v1/trace/{logid} (log.trace_buffer; 0 = off; "
+                                     "10000 with the demo apps)."],
     ]
 
 
@@ -81,6 +85,7 @@ OPTION_KEYS: dict[tuple[str, ...], str] = {
     ("mysql", "url"): "--mysql",
     ("bus", "url"): "--bus",
     ("node", "data_dir"): "--data-dir",
+    ("log", "trace_buffer"): "--trace-buffer",
 }
 
 
@@ -132,6 +137,12 @@ def _build_config(options: Any) -> Config:
         changes["mysql"] = dataclasses.replace(config.mysql, url=options["mysql"])
     if options["bus"] is not None:
         changes["bus"] = dataclasses.replace(config.bus, url=options["bus"])
+    if options["trace-buffer"] is not None:
+        raw = options["trace-buffer"]
+        if not raw.isdigit() or int(raw) > MAX_TRACE_BUFFER:
+            raise ConfigError(f"expected an integer from 0 to {MAX_TRACE_BUFFER}, got {raw!r}",
+                              ("--trace-buffer",))
+        changes["log"] = dataclasses.replace(config.log, trace_buffer=int(raw))
     if options["manhole-password-file"] is not None:
         changes["admin"] = dataclasses.replace(
             config.admin, manhole_password=_read_secret(options["manhole-password-file"],

@@ -38,6 +38,7 @@ class BuildConfigTests(SynchronousTestCase):
         self.assertEqual(config.topic_for(1002, 2), "order-events")
         self.assertIsNone(config.topic_for(1001, 3))
         self.assertTrue(config.demo)
+        self.assertEqual(config.log.trace_buffer, 10000)  # the dashboard's logid search works
 
     def test_options_override(self) -> None:
         config = build_config(options("--demo", "--gate", "tcp:0", "--http", "tcp:0:interface=127.0.0.1",
@@ -56,6 +57,15 @@ class BuildConfigTests(SynchronousTestCase):
         self.assertEqual((config.node_id, config.listen.gate), (3, "tcp:7002"))
         self.assertEqual(list(config.apps), [5])
         self.assertFalse(config.demo)
+        self.assertEqual(config.log.trace_buffer, 0)  # a configured node pays for none
+
+    def test_trace_buffer_option(self) -> None:
+        self.assertEqual(build_config(options("--trace-buffer", "0")).log.trace_buffer, 0)
+        self.assertEqual(build_config(options("--trace-buffer", "500")).log.trace_buffer, 500)
+        self.assertRefused(("--trace-buffer", "-1"),
+                           "--trace-buffer: expected an integer from 0 to 1000000, got '-1'")
+        self.assertRefused(("--trace-buffer", "1000001"),
+                           "--trace-buffer: expected an integer from 0 to 1000000, got '1000001'")
 
     def assertRefused(self, argv: tuple[str, ...], text: str) -> None:
         with self.assertRaises(ConfigError) as e:

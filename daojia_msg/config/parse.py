@@ -13,7 +13,9 @@ from daojia_msg.config.model import (
     DEFAULT_WS,
     DEMO_APPS,
     DEMO_GATE,
+    DEMO_TRACE_BUFFER,
     MAX_NODE_ID,
+    MAX_TRACE_BUFFER,
     AdminConfig,
     AppConfig,
     BusConfig,
@@ -348,8 +350,8 @@ def parse_config(text: str) -> Config:
     admin = AdminConfig(manhole_password=at.str("manhole_password", ""))
     at.done()
     lg = top.table("log")
-    log = LogConfig(json_file=lg.str("json_file", LogConfig().json_file),
-                    trace_buffer=lg.int("trace_buffer", LogConfig().trace_buffer, 0, 1_000_000))
+    json_file = lg.str("json_file", LogConfig().json_file)
+    trace_buffer: int | None = lg.int("trace_buffer", None, 0, MAX_TRACE_BUFFER)
     lg.done()
     sc = top.table("stats")
     stats = StatsConfig(window_s=sc.float("window_s", StatsConfig().window_s, 10.0),
@@ -367,6 +369,9 @@ def parse_config(text: str) -> Config:
     demo = any(app.secret == demo.secret for app in apps.values() for demo in DEMO_APPS.values())
     if not listen.gate:
         listen = dataclasses.replace(listen, gate=DEMO_GATE if demo else ListenConfig().gate)
+    if trace_buffer is None:  # unset: the demo apps' try-out node traces, others pay nothing
+        trace_buffer = DEMO_TRACE_BUFFER if demo else LogConfig().trace_buffer
+    log = LogConfig(json_file=json_file, trace_buffer=trace_buffer)
     config = Config(
         node_id=node_id,
         data_dir=data_dir,
