@@ -25,7 +25,7 @@ export default defineConfig(({ mode }) => {
       root: here,
       resolve: { alias },
       test: {
-        include: ["tests/**/*.test.ts"],
+        include: ["tests/**/*.test.ts", "ops/tests/**/*.test.ts"],
         environment: "happy-dom",
       },
     };

@@ -5,7 +5,7 @@
 import { ConnectionLost, FatalError, MsgClient, RequestTimeout, ResponseError, sameOriginUrl } from "@shared/client";
 import type { StatusEvent } from "@shared/client";
 import type { Message } from "@shared/gen/msgplatform_pb";
-import { h, show } from "./dom";
+import { h, show } from "@shared/dom";
 import { renderContent } from "./richdom";
 import { Composer, RICH_MSGTYPES } from "./composer";
 import type { Outgoing } from "./composer";

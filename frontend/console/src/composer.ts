@@ -4,7 +4,7 @@
 // rendered as messages are (no innerHTML).
 import { compose, parse, RichTextError } from "@shared/richtext";
 import { isColor } from "@shared/colors";
-import { h, show } from "./dom";
+import { h, show } from "@shared/dom";
 import { renderContent, safeImageUrl } from "./richdom";
 
 /** Msgtypes that carry rich text on the demo apps (a deployment may name others). */

@@ -5,7 +5,7 @@
 // (textContent): no markup is ever built from data.
 
 // The console's element builder (createElement + textContent only).
-import { h, show } from "../../console/src/dom";
+import { h, show } from "@shared/dom";
 
 import { Api, ApiError, type Fetch, logidProblem, tracePath, Unreachable } from "./api";
 import { type ChartFactory, type LineChart, uplotChart } from "./charts";
