@@ -10,8 +10,13 @@
 #         (tools/cluster-up.sh up 2)
 #
 # SCENARIOS="c2c login" limits the scenarios (default: all); DURATION=10 sets
-# the seconds per timed run. Results: var/bench/<setup>/<scenario>.json, and a
-# summary table at the end (python -m daojia_msg.bench.summary var/bench).
+# the seconds per timed run. connect-ws and c2c-ws are the gate over WebSocket
+# (one and real only): connect-ws holds the connect run's connections over
+# WebSocket on a fresh node; c2c-ws runs the closed-loop c2c over TCP and over
+# WebSocket on one node, interleaved (tcp, ws, tcp, ws: the machine's speed
+# drifts). GATE_PORT and HTTP_PORT (default 7000, 8080) move one and real's
+# node. Results: var/bench/<setup>/<scenario>.json, and a summary table at
+# the end (python -m daojia_msg.bench.summary var/bench).
 # It starts and stops its own nodes; Redis, MariaDB and Mosquitto must run
 # (.ci/run starts them). Run it on a quiet machine: the figures are only as
 # good as the idle cores.
@@ -21,10 +26,14 @@ out=var/bench
 bench=.venv/bin/msgplatform-bench
 twistd=.venv/bin/twistd
 duration=${DURATION:-10}
-scenarios=${SCENARIOS:-"connect login c2s c2c c2c-open push pull versus"}
+scenarios=${SCENARIOS:-"connect login c2s c2c c2c-open push pull versus connect-ws c2c-ws"}
+gate_port=${GATE_PORT:-7000}
+http_port=${HTTP_PORT:-8080}
 setups=("$@")
 [ ${#setups[@]} -gt 0 ] || setups=(one real two)
 node_pids=""
+gate="" http=""  # where the bench connects: the node's gate and API, or HAProxy's
+ws=""            # the node's WebSocket listener, on a free port
 
 wait_port() {
   for _ in $(seq 1 60); do
@@ -43,11 +52,16 @@ reset_backends() {  # a fresh message database and fresh Redis keys
 start_node() {  # name, extra options...
   local name=$1; shift
   rm -rf "$out/$name-var"; mkdir -p "$out/$name-var"
+  # A free port for the WebSocket listener (the default 7070 could be taken).
+  ws=127.0.0.1:$(.venv/bin/python -c 'import socket; s = socket.socket(); \
+s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   $twistd --pidfile="$out/$name.pid" --logfile="$out/$name.log" msgplatform \
-    --data-dir "$out/$name-var" --gate tcp:7000:interface=127.0.0.1:backlog=1024 \
-    --http tcp:8080:interface=127.0.0.1 --ws tcp:0:interface=127.0.0.1 "$@"
-  wait_port 7000; wait_port 8080
+    --data-dir "$out/$name-var" --gate "tcp:$gate_port:interface=127.0.0.1:backlog=1024" \
+    --http "tcp:$http_port:interface=127.0.0.1" \
+    --ws "tcp:${ws#*:}:interface=127.0.0.1:backlog=1024" "$@"
+  wait_port "$gate_port"; wait_port "$http_port"
   node_pids=$(cat "$out/$name.pid")
+  gate=127.0.0.1:$gate_port http=http://127.0.0.1:$http_port
 }
 
 stop_nodes() {
@@ -62,7 +76,8 @@ stop_nodes() {
 run() {  # setup, label, scenario and its options
   local setup=$1 label=$2; shift 2
   echo "== $setup $label: msgplatform-bench $*"
-  $bench "$@" --node-pid "$node_pids" --no-progress --json "$out/$setup/$label.json" \
+  $bench "$@" --gate "$gate" --http "$http" ${ws:+--ws "$ws"} \
+    --node-pid "$node_pids" --no-progress --json "$out/$setup/$label.json" \
     | tail -n 4 || echo "   ($label failed: see above)"
   sleep 2  # let the node settle (closing connections, flushing) before the next run
 }
@@ -91,6 +106,17 @@ scenario() {  # setup, scenario name
         --procs 2 --broker-pid "$(pgrep -o mosquitto)"
       run "$s" versus-open versus --pairs 200 --size 64 --rate 1000 --duration "$duration" \
         --procs 2 --broker-pid "$(pgrep -o mosquitto)" ;;
+    connect-ws)
+      [ "$s" != two ] || return 0  # HAProxy fronts the nodes' TCP gates only
+      run "$s" connect-ws connect --transport ws -n "$connections" --hold 10 --procs "$procs" ;;
+    c2c-ws)
+      [ "$s" != two ] || return 0
+      for round in 1 2; do
+        for t in tcp ws; do
+          run "$s" "c2c-ws-$round-$t" c2c --transport $t --pairs 200 --rate 0 \
+            --duration "$duration" --procs 2 --size 64
+        done
+      done ;;
     *) echo "unknown scenario $2" >&2; return 1 ;;
   esac
 }
@@ -111,6 +137,7 @@ for setup in "${setups[@]}"; do
         reset_backends msgplatform 0
         NODE_ARGS="--bus redis://127.0.0.1:6379/14" tools/cluster-up.sh up 2 >/dev/null
         node_pids="$(cat var/cluster/node1.pid),$(cat var/cluster/node2.pid)"
+        gate=127.0.0.1:7000 http=http://127.0.0.1:8080 ws=""
         sleep 3 ;;  # HAProxy's first health checks
       *) echo "unknown setup $setup" >&2; exit 2 ;;
     esac
