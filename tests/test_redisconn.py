@@ -16,7 +16,15 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.core.errors import StoreUnavailable
-from daojia_msg.redisconn import Redis, Script, encode_command, execute
+from daojia_msg.redisconn import (
+    RECONNECT_INITIAL_DELAY_S,
+    RECONNECT_MAX_DELAY_S,
+    Redis,
+    Script,
+    encode_command,
+    execute,
+    fast_reconnect,
+)
 
 TIMEOUT = 0.2
 
@@ -188,3 +196,25 @@ class ExecuteTests(SynchronousTestCase):
         self.assertEqual(pool.slow, [(b"PING",)])
         pool.slow_replies[0].callback("PONG")
         self.assertEqual(self.successResultOf(d), "PONG")
+
+
+class ReconnectTests(SynchronousTestCase):
+    """:func:`fast_reconnect`: a pool whose connections were lost tries again
+    within half a second, however long Redis was away (txredisapi: up to 10 s)."""
+
+    def test_backoff_is_capped(self) -> None:
+        self.patch(txredisapi.random, "normalvariate", lambda mean, _: mean)  # no jitter
+        factory = txredisapi.RedisFactory("redis", 0, 4)
+        self.assertEqual(factory.retryDelay(4), 10)  # txredisapi's own cap
+        fast_reconnect(SimpleNamespace(_factory=factory))
+        delays = [factory.retryDelay(attempt) for attempt in range(1, 40)]
+        self.assertEqual(delays[0], RECONNECT_INITIAL_DELAY_S)
+        self.assertEqual(max(delays), RECONNECT_MAX_DELAY_S)
+        self.assertLessEqual(RECONNECT_MAX_DELAY_S, 0.5)
+        # The class (other pools, the bus's connection) is left alone.
+        self.assertEqual(txredisapi.RedisFactory("redis", 0, 1).retryDelay(4), 10)
+
+    def test_other_pools_left_alone(self) -> None:
+        pool = FakePool()
+        fast_reconnect(pool)  # its factory is no RedisFactory: nothing to set
+        self.assertFalse(hasattr(pool._factory, "maxDelay"))
