@@ -227,6 +227,10 @@ class ClusterConfig:
     ttl_s: float = 6.0
     rpc_timeout_s: float = 3.0
     drain_grace_s: float = 5.0
+    #: While Redis is unreachable a node keeps its connections and serves them
+    #: (LOGIN is UNAVAILABLE) for this long after its last heartbeat; then it
+    #: kicks them with SHUTDOWN (docs/operations.md §3, "Redis outages").
+    redis_outage_grace_s: float = 30.0
     #: Shared secret of the internal RPC; required unless listen.rpc is loopback
     #: or the RPC runs over mutual TLS.
     rpc_secret: str = field(default="", repr=False)

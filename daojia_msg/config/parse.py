@@ -292,6 +292,7 @@ def _cluster(t: _Table) -> ClusterConfig:
         ttl_s=t.float("ttl_s", d.ttl_s, 0.3),
         rpc_timeout_s=t.float("rpc_timeout_s", d.rpc_timeout_s, 0.01),
         drain_grace_s=t.float("drain_grace_s", d.drain_grace_s, 0.0),
+        redis_outage_grace_s=t.float("redis_outage_grace_s", d.redis_outage_grace_s, 0.0),
         rpc_secret=t.str("rpc_secret", d.rpc_secret),
         rpc_tls_cert=t.str("rpc_tls_cert", d.rpc_tls_cert),
         rpc_tls_key=t.str("rpc_tls_key", d.rpc_tls_key),
