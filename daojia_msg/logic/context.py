@@ -32,6 +32,10 @@ class Context:
     #: False while this node cannot prove it is a live cluster member (its
     #: lease is not renewed): C2C, S2C and ACK are then UNAVAILABLE.
     available: Callable[[], bool] = field(default=_always)
+    #: False while this node cannot take logins though it serves its sessions
+    #: (Redis, which holds the sessions, is unreachable): LOGIN is then
+    #: UNAVAILABLE at once, not after the session store's timeout.
+    logins: Callable[[], bool] = field(default=_always)
     #: False once logic stops: no background retry is scheduled then.
     running: bool = False
 
@@ -49,3 +53,9 @@ class Context:
     def check_available(self) -> None:
         if not self.available():
             raise errors.Unavailable("this node is not a live cluster member right now")
+
+    def check_logins(self) -> None:
+        self.check_available()
+        if not self.logins():
+            raise errors.Unavailable("this node takes no logins right now (its session store "
+                                     "is unreachable)")

@@ -112,7 +112,7 @@ class Sessions:
         self, conn: IClientConnection, appcode: int, uid: int, req: pb.LoginRequest
     ) -> tuple[Session, pb.LoginResponse]:
         """Verify the token, register the session, kick the older one of the same identity."""
-        self.ctx.check_available()
+        self.ctx.check_logins()
         app = self.ctx.config.app(appcode)
         if app is None:
             raise errors.UnknownAppcode(f"no app {appcode}")
@@ -179,7 +179,7 @@ class Sessions:
 
     async def relogin(self, session: Session, req: pb.LoginRequest) -> pb.LoginResponse:
         """LOGIN again on a connection already logged in as the same identity."""
-        self.ctx.check_available()
+        self.ctx.check_logins()
         app = self.ctx.config.app(session.appcode)
         assert app is not None
         await self._verify(session.conn, app.secret, session.appcode, session.uid, req.token)
