@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from daojia_msg.bench.wire import MAX_BODY, BenchClient, TLSRefused
 from daojia_msg.protocol.codec import HEADER_SIZE
+from daojia_msg.sockets import no_delay
 from daojia_msg.tls import client_endpoint, tls_failure
 
 #: The WebSocket gate's path and subprotocol (docs/protocol.md §7.3).
@@ -95,6 +96,13 @@ class BenchWebSocket(WebSocketClientProtocol):
         self.client = client
         self.opened: Deferred[BenchClient] = Deferred()
         self._lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # autobahn asks for TCP_NODELAY before it has copied the option from
+        # its factory, and the failed attempt is silent: Nagle stayed on, and
+        # a frame written while the last one was not ACKed waited for the ACK.
+        no_delay(self.transport)
 
     def handshakeCompleted(self) -> None:
         self.client.handshakeCompleted()  # the TLS handshake (wss)

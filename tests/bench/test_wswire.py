@@ -76,8 +76,13 @@ class TCPTransport(StringTransport):
     """A StringTransport that, like a TCP one, lets a producer be unregistered
     when none is (autobahn does so when it drops a connection)."""
 
+    no_delay: bool | None = None
+
     def unregisterProducer(self) -> None:
         self.producer = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
 
 
 class MessageTransportTests(SynchronousTestCase):
@@ -119,6 +124,7 @@ class BenchWebSocketTests(SynchronousTestCase):
         self.ws.dataReceived(accept(request))
 
     def test_the_upgrade_of_a_native_client(self) -> None:
+        self.assertTrue(self.transport.no_delay)  # from the start: Nagle off
         lines = self.transport.value().split(b"\r\n")
         self.assertEqual(lines[0], b"GET /v1/ws HTTP/1.1")
         self.assertIn(b"Host: 127.0.0.1:7070", lines)
