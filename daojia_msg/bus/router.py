@@ -3,7 +3,7 @@
 between the gate and the buses.
 
 Every C2S frame waits in the buffer until its bus accepted it (or
-``bus.publish_timeout_s`` passed: UNAVAILABLE). The buffer holds at most
+``bus.publish_timeout_s`` passed: TIMEOUT, it may or may not be published). The buffer holds at most
 ``bus.max_pending`` frames of all buses together. When it is full the router
 reports *pressure*: the gate stops reading every client socket until the
 buffer has drained to half, so a lagging bus slows the phones down instead of
@@ -13,7 +13,8 @@ answered UNAVAILABLE. Nothing is ever queued without bound.
 
 The time limits are one :class:`~daojia_msg.deadlines.Deadlines` queue, not a
 timer per frame. A frame past its deadline is cancelled (its bus forgets it if
-it can) and answered UNAVAILABLE.
+it can) and fails with :class:`BusTimeout` (answered TIMEOUT), unless its bus
+said it forgot it (:class:`BusUnavailable`: nothing was published).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from zope.interface import implementer
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.config import BusConfig, Config, Route
-from daojia_msg.core.errors import BusUnavailable
+from daojia_msg.core.errors import BusTimeout, BusUnavailable
 from daojia_msg.deadlines import Deadlines
 from daojia_msg.logic.interfaces import IPublisher
 
@@ -94,7 +95,8 @@ class BusRouter:
 
     def publish(self, route: Route, payload: bytes, logid: str) -> Deferred[None]:
         """Hand ``payload`` to the route's bus; fires once the bus accepted it,
-        fails with :class:`BusUnavailable` when it did not (in time)."""
+        fails with :class:`BusUnavailable` when it did not, :class:`BusTimeout`
+        when it did not say in time."""
         limit = self.config.max_pending
         if self.pending >= 2 * limit:
             return Deferred.fromCoroutine(_refuse(f"{self.pending} C2S frames wait for the buses"))
@@ -124,7 +126,7 @@ class BusRouter:
         if failure.check(BusUnavailable):
             failure.raiseException()
         if failure.check(TimeoutError):
-            raise BusUnavailable(f"bus {route.bus or '(default)'} did not accept within "
+            raise BusTimeout(f"bus {route.bus or '(default)'} did not accept within "
                                  f"{self.config.publish_timeout_s:g} s")
         if failure.check(CancelledError):  # the bus is stopping
             raise BusUnavailable(f"bus {route.bus or '(default)'} stopped before it accepted")

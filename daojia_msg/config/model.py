@@ -86,7 +86,7 @@ class BusConfig:
     webhook_timeout_s: float = 1.0
     webhook_retries: int = 3
     webhook_concurrency: int = 16
-    #: A publish that the bus has not accepted after this long is UNAVAILABLE.
+    #: A publish that the bus has not accepted after this long is TIMEOUT.
     publish_timeout_s: float = 5.0
 
 
@@ -186,6 +186,10 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     dedup_days: float = 7.0
+    #: A C2C, S2C or ACK that waits on the message store (or a delivery) longer
+    #: than this, counted from when its frame or request was read, is answered
+    #: TIMEOUT (HTTP 504); a LOGIN, PULL or HISTORY, UNAVAILABLE.
+    answer_timeout_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,7 +340,9 @@ def parse_config(text: str) -> Config:
     lt.done()
     limits = _limits(top.table("limits"))
     st = top.table("store")
-    store = StoreConfig(dedup_days=st.float("dedup_days", StoreConfig().dedup_days, 7.0))
+    store = StoreConfig(dedup_days=st.float("dedup_days", StoreConfig().dedup_days, 7.0),
+                        answer_timeout_s=st.float("answer_timeout_s",
+                                                  StoreConfig().answer_timeout_s, 0.1))
     st.done()
     redis = _redis(top.table("redis"))
     mysql = _mysql(top.table("mysql"))

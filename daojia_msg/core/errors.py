@@ -4,7 +4,9 @@
 :class:`Unavailable` means a backend did not do the operation (down, cut
 off, timed out): the caller may retry. Its subclasses say which kind of
 backend failed, so a peer node that cannot be reached is not mistaken for a
-message store that is down.
+message store that is down. :class:`StoreUncertain` and :class:`BusTimeout`
+are not :class:`Unavailable`: the backend may have done it, and the client is
+answered TIMEOUT, never UNAVAILABLE (docs/protocol.md §7.4).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ class StoreUnavailable(StoreError, Unavailable):
     """The store backend (database, Redis) is down or timed out."""
 
 
+class StoreUncertain(StoreError):
+    """The store backend failed after the write was sent (the connection was
+    lost while its COMMIT was under way): it may or may not have been done."""
+
+
 class PeerUnavailable(Unavailable):
     """Another node of the cluster could not be reached in time."""
 
@@ -32,3 +39,8 @@ class BusError(Exception):
 
 class BusUnavailable(BusError, Unavailable):
     """The bus did not accept the message: nothing was published."""
+
+
+class BusTimeout(BusError):
+    """The bus did not confirm the message in time: it may or may not have
+    been published."""

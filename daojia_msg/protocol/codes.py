@@ -55,6 +55,7 @@ class Code(enum.IntEnum):
     NO_ROUTE = 10
     UNAVAILABLE = 11
     INTERNAL = 12
+    TIMEOUT = 13
 
 
 class KickReason(enum.IntEnum):

@@ -74,6 +74,15 @@ class Unavailable(RequestError):
     code, http_status = Code.UNAVAILABLE, 503
 
 
+class Timeout(RequestError):
+    """The node could not confirm in time (a backend stalled): the message may
+    or may not have been stored. A resend with the same ``client_msg_id``
+    (HTTP: ``Idempotency-Key``) is answered with the first msgid, never
+    stored twice (docs/protocol.md §7.4)."""
+
+    code, http_status = Code.TIMEOUT, 504
+
+
 class Forbidden(RequestError):
     """HTTP only: an API key acting outside its own user system."""
 
@@ -94,5 +103,6 @@ ERRORS_BY_CODE: dict[Code, type[RequestError]] = {
         UnknownAppcode,
         NoRoute,
         Unavailable,
+        Timeout,
     )
 }

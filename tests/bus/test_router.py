@@ -12,7 +12,7 @@ from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.bus.router import BusRouter, make_bus
 from daojia_msg.config import BusConfig, Route, default_config
-from daojia_msg.core.errors import BusUnavailable
+from daojia_msg.core.errors import BusTimeout, BusUnavailable
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.helpers import Stack
@@ -89,11 +89,13 @@ class RouterTests(SynchronousTestCase):
         self.failureResultOf(r.publish(ROUTE, b"x", ""), BusUnavailable)
         self.assertEqual(r.pending, 4)
 
-    def test_timeout_is_unavailable(self) -> None:
+    def test_timeout_is_a_bus_timeout(self) -> None:
+        """The bus did not say in time: it may or may not have published it
+        (answered TIMEOUT, docs/protocol.md §7.4)."""
         r, clock, _ = router()
         d = r.publish(ROUTE, b"x", "")
         clock.advance(5)
-        self.failureResultOf(d, BusUnavailable)
+        self.failureResultOf(d, BusTimeout)
         self.assertEqual(r.pending, 0)
 
     def test_each_frame_waits_its_own_timeout_on_one_timer(self) -> None:
@@ -108,11 +110,11 @@ class RouterTests(SynchronousTestCase):
         bus.published[2][3].callback(None)
         self.assertIsNone(self.successResultOf(answered))
         clock.advance(2)  # 5 s after the first
-        error = self.failureResultOf(first, BusUnavailable)
+        error = self.failureResultOf(first, BusTimeout)
         self.assertIn("did not accept within 5 s", str(error.value))
         self.assertNoResult(second)
         clock.advance(3)  # 5 s after the second
-        self.failureResultOf(second, BusUnavailable)
+        self.failureResultOf(second, BusTimeout)
         self.assertEqual((r.pending, clock.getDelayedCalls()), (0, []))
 
     def test_a_bus_that_accepts_at_once_sets_no_timer(self) -> None:

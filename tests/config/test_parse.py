@@ -76,6 +76,7 @@ page_cap = 10
 
 [store]
 dedup_days = 8
+answer_timeout_s = 1.5
 
 [bus]
 url = "memory:"
@@ -117,6 +118,7 @@ topic = "t7"
             ),
         )
         self.assertEqual(config.store.dedup_days, 8.0)
+        self.assertEqual(config.store.answer_timeout_s, 1.5)
         self.assertEqual(config.routes, (Route(2001, 0, "t0"), Route(2002, 7, "t7")))
         self.assertEqual(
             config.app(2002), AppConfig(2002, "drivers", "", "a-long-secret-2002", "key-2002")
@@ -246,6 +248,9 @@ class TypeTests(ConfigTestCase):
         self.assertConfigError("[limits]\nlogin_timeout_s = -1\n" + APP, "limits.login_timeout_s: ")
         self.assertConfigError(
             "[store]\ndedup_days = 6.9\n" + APP, "store.dedup_days: expected a number >= 7"
+        )
+        self.assertConfigError(
+            "[store]\nanswer_timeout_s = 0\n" + APP, "store.answer_timeout_s: expected a number >= 0.1"
         )
 
     def test_int_for_string(self) -> None:

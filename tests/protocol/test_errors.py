@@ -21,6 +21,7 @@ TABLE = {
     Code.UNKNOWN_APPCODE: ("UnknownAppcode", 400, "unknown appcode"),
     Code.NO_ROUTE: ("NoRoute", 400, "no route"),
     Code.UNAVAILABLE: ("Unavailable", 503, "unavailable"),
+    Code.TIMEOUT: ("Timeout", 504, "timeout"),
 }
 
 

@@ -42,6 +42,7 @@ SECTIONS = [
     ("7.1", "TLS"),
     ("7.2", "Rich content"),
     ("7.3", "WebSocket transport"),
+    ("7.4", "Bounded answers (TIMEOUT)"),
 ]
 #: The header fields of §2, in order.
 HEADER_FIELDS = [

@@ -305,6 +305,7 @@ class CodeTableTests(SynchronousTestCase):
             "NO_ROUTE",
             "UNAVAILABLE",
             "INTERNAL",
+            "TIMEOUT",
         ]
         self.assertEqual(
             [(c.name, c.value) for c in Code], [(n, i) for i, n in enumerate(expected)]
