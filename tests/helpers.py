@@ -76,7 +76,7 @@ class Stack:
         self.throttle = MemoryLoginThrottle(self.clock, self.config.limits.login_ip_failures)
         self.logic = LogicService(self.config, self.clock, self.sessions, self.store, self.router,
                                   self.ids, throttle=self.throttle)
-        self.inbox = Inbox(self.store, self.config.limits, self.logic.stats)
+        self.inbox = Inbox(self.store, self.config.limits, self.logic.stats, self.logic.answers)
         self.factory = GateFactory(self.logic, self.inbox, self.config.limits, self.clock)
 
     def connect(self, host: str = "10.0.0.1", port: int = 40000) -> Conn:

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.logic.test_service -*-
 """What the parts of logic share: the config, the clock, msgids, statistics,
-and the two things a cluster node sets after start (its peers, and whether it
-is a live member)."""
+the time limit of answers, and the two things a cluster node sets after start
+(its peers, and whether it is a live member)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from daojia_msg.config import Config, Limits
 from daojia_msg.ids import IdGenerator
+from daojia_msg.logic.answers import Answers
 from daojia_msg.logic.interfaces import IPeers
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.protocol import errors
@@ -38,6 +39,11 @@ class Context:
     logins: Callable[[], bool] = field(default=_always)
     #: False once logic stops: no background retry is scheduled then.
     running: bool = False
+    #: The time limit of answers that wait on a backend (``store.answer_timeout_s``).
+    answers: Answers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.answers = Answers(self.clock, self.config.store.answer_timeout_s)
 
     @property
     def limits(self) -> Limits:

@@ -6,6 +6,14 @@ recipient is online, then the sender is answered (see
 :meth:`Sending._c2c_stored` for why in this order); an ACK turns it
 delivered (docs/protocol.md §6.3). C2S, C2C and ACK run per message: they are
 plain callbacks on one Deferred, not coroutines (docs/architecture.md §5).
+
+An answer that waits on a stalled backend longer than
+``store.answer_timeout_s`` is TIMEOUT while the work goes on
+(:mod:`daojia_msg.logic.answers`, docs/protocol.md §7.4); UNAVAILABLE only
+when the store refused before it wrote anything. An app server's push may
+carry an idempotency key: its de-dup key is ``(0, 0, "idem:<appcode>:<key>")``
+(``<appcode>``: the app whose API key pushed), a key space of its own beside
+the C2C senders' (whose uid is never 0), in the same store table.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from daojia_msg import tracing
 from daojia_msg.config import AppConfig
 from daojia_msg.content.richtext import RichTextError, validate
 from daojia_msg.core.convert import MAX_ID, check_uid, sender_fields
-from daojia_msg.core.errors import BusError, StoreError
+from daojia_msg.core.errors import BusError, BusTimeout, StoreError, StoreUncertain
 from daojia_msg.core.model import AckedMessage, Kind, NewMessage, StoredMessage, StoreOutcome
 from daojia_msg.logic.context import Context
 from daojia_msg.logic.interfaces import IMessageStore, IPublisher
@@ -40,9 +48,35 @@ trace = tracing.MESSAGES.logger("daojia_msg.logic.sending")
 LOGID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 
-def _store_unavailable(failure: Failure) -> NoReturn:
+def _store_failed(failure: Failure) -> NoReturn:
+    """An ACK the store failed: TIMEOUT when it may have been done, else UNAVAILABLE."""
     failure.trap(StoreError)
+    if failure.check(StoreUncertain):
+        raise errors.Timeout("the message store failed during its commit: the ACK may or may "
+                             "not be recorded; ACK again")
     raise errors.Unavailable("message store unavailable")
+
+
+def _c2c_timeout() -> errors.Timeout:
+    return errors.Timeout("the message store did not confirm in time: the message may or may "
+                          "not be stored; resend with the same client_msg_id")
+
+
+def _push_timeout() -> errors.Timeout:
+    return errors.Timeout("the message store did not confirm in time: the message may or may "
+                          "not be stored; resend with the same idempotency key")
+
+
+def _ack_timeout() -> errors.Timeout:
+    return errors.Timeout("the message store did not confirm in time: the ACK may or may not "
+                          "be recorded; ACK again")
+
+
+def push_dedup_id(appcode: int, key: str) -> str:
+    """The de-dup ``client_msg_id`` (under sender ``(0, 0)``) of an app
+    server's push with idempotency key ``key``, pushed with an API key of app
+    ``appcode``; "" (none) without a key."""
+    return f"idem:{appcode}:{key}" if key else ""
 
 
 def _c2c_result(outcome: StoreOutcome, msg: StoredMessage) -> pb.Result:
@@ -59,10 +93,15 @@ class PushItem:
     msgtype: int
     content: bytes
     logid: str = ""
+    #: The app server's idempotency key ("": none), checked by the HTTP API.
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class PushOutcome:
+    """A push stored (or found stored: a repeat of its idempotency key, then
+    ``online`` is False: it was not pushed again)."""
+
     msgid: int
     logid: str
     online: bool
@@ -136,9 +175,14 @@ class Sending:
     def _c2s_refused(self, failure: Failure, session: Session, msgid: int, logid: str,
                      topic: str) -> NoReturn:
         failure.trap(BusError)
-        self.log.warn("c2s {msgid} to {topic} refused by the bus: {error}", msgid=msgid,
+        timed_out = failure.check(BusTimeout) is not None
+        self.log.warn("c2s {msgid} to {topic} {what} by the bus: {error}", msgid=msgid,
                       topic=topic, logid=logid, uid=session.uid, appcode=session.appcode,
+                      what="not confirmed in time" if timed_out else "refused",
                       error=str(failure.value))
+        if timed_out:
+            raise errors.Timeout("the message bus did not confirm in time: the message may or "
+                                 "may not be published")
         raise errors.Unavailable("message bus unavailable")
 
     def c2c(self, session: Session, msgtype: int, req: pb.C2CRequest) -> Deferred[pb.Result]:
@@ -167,7 +211,8 @@ class Sending:
             d = self._store([new])
         except Exception:
             return fail()
-        return d.addCallback(self._c2c_stored, session, req, msg)
+        return self.ctx.answers.bound(d.addCallback(self._c2c_stored, session, req, msg),
+                                      _c2c_timeout)
 
     def _c2c_stored(self, outcomes: list[StoreOutcome], session: Session, req: pb.C2CRequest,
                     msg: StoredMessage) -> pb.Result | Deferred[pb.Result]:
@@ -210,13 +255,20 @@ class Sending:
         if msg is not None:
             await self.routing.deliver(msg)
 
-    async def push_s2c(self, items: Sequence[PushItem]) -> list[PushOutcome | errors.RequestError]:
+    async def push_s2c(self, items: Sequence[PushItem], pusher: int = 0,
+                       started: float | None = None) -> list[PushOutcome | errors.RequestError]:
         """App-server pushes, in order: stored as one batch, then pushed.
 
-        Each item gets its outcome, or the error that refused it alone. A store
-        failure refuses the whole batch (raises Unavailable): nothing was stored.
+        Each item gets its outcome, or the error that refused it alone. A
+        store that fails or does not confirm within ``store.answer_timeout_s``
+        of ``started`` (the clock's seconds when the request was read; default
+        now) gives every stored item the same error (UNAVAILABLE: nothing was
+        stored; TIMEOUT: it may be, and the store goes on). ``pusher`` is the
+        app whose API key pushed: the key space of the items' idempotency keys.
         """
         self.ctx.check_available()
+        if started is None:
+            started = self.ctx.clock.seconds()
         results: list[PushOutcome | errors.RequestError | None] = []
         accepted: list[tuple[int, StoredMessage, NewMessage]] = []
         now = self.ctx.now_ms()
@@ -235,18 +287,39 @@ class Sending:
                 results.append(e)
                 continue
             results.append(None)  # filled in once the batch is durable
-            accepted.append((i, msg, NewMessage(msg, to_app.usersystem)))
+            accepted.append((i, msg, NewMessage(
+                msg, to_app.usersystem, client_msg_id=push_dedup_id(pusher, item.idempotency_key))))
         if accepted:
-            await self._store([new for _, _, new in accepted])
-            offline = await self.routing.offline([msg for _, msg, _ in accepted])
-            for i, msg, _ in accepted:
-                if msg.msgid in offline:  # as _deliver would find, without asking again
-                    self.routing.stored_offline(msg)
-                    pushed = False
-                else:
-                    pushed = await self.routing.deliver(msg)
-                results[i] = PushOutcome(msg.msgid, msg.logid, pushed)
+            work = Deferred.fromCoroutine(self._push_stored([(m, n) for _, m, n in accepted]))
+            outcomes: list[PushOutcome] | None = None
+            try:
+                outcomes = await self.ctx.answers.bound_from(started, work, _push_timeout)
+            except (errors.Unavailable, errors.Timeout) as e:
+                for i, _, _ in accepted:
+                    results[i] = e
+            if outcomes is not None:
+                for (i, _, _), outcome in zip(accepted, outcomes, strict=True):
+                    results[i] = outcome
         return [r for r in results if r is not None]
+
+    async def _push_stored(self, batch: list[tuple[StoredMessage, NewMessage]]) -> list[PushOutcome]:
+        """Store a batch of pushes, then push each new one (a repeat of an
+        idempotency key is answered with the first push's ids, not pushed)."""
+        stored = await self._store([new for _, new in batch])
+        fresh = [msg for (msg, _), outcome in zip(batch, stored, strict=True)
+                 if not outcome.duplicate]
+        offline = await self.routing.offline(fresh)
+        outcomes: list[PushOutcome] = []
+        for (msg, _), outcome in zip(batch, stored, strict=True):
+            if outcome.duplicate:
+                pushed = False
+            elif msg.msgid in offline:  # as deliver would find, without asking again
+                self.routing.stored_offline(msg)
+                pushed = False
+            else:
+                pushed = await self.routing.deliver(msg)
+            outcomes.append(PushOutcome(outcome.msgid, outcome.logid, pushed))
+        return outcomes
 
     def _store(self, batch: list[NewMessage]) -> Deferred[list[StoreOutcome]]:
         return self.messages.store(batch).addCallbacks(
@@ -265,11 +338,17 @@ class Sending:
 
     def _not_stored(self, failure: Failure, batch: list[NewMessage]) -> NoReturn:
         failure.trap(StoreError)
+        uncertain = failure.check(StoreUncertain) is not None
         for new in batch:
-            self.log.warn("message {msgid} not stored: store unavailable",
-                          msgid=new.message.msgid, logid=new.message.logid,
-                          to_uid=new.message.to_uid, to_appcode=new.message.to_appcode,
+            self.log.warn("message {msgid} {what}", msgid=new.message.msgid,
+                          logid=new.message.logid, to_uid=new.message.to_uid,
+                          to_appcode=new.message.to_appcode,
+                          what="may or may not be stored: the store failed during its commit"
+                          if uncertain else "not stored: store unavailable",
                           **sender_fields(new.message))
+        if uncertain:
+            raise errors.Timeout("the message store failed during its commit: the message may "
+                                 "or may not be stored; resend it the same way")
         raise errors.Unavailable("message store unavailable")
 
     def ack(self, session: Session, msgids: Sequence[int]) -> Deferred[pb.Result]:
@@ -282,7 +361,9 @@ class Sending:
             d = self.messages.ack(session.uid, session.appcode, known)
         except Exception:
             return fail()
-        return d.addCallbacks(self._acked, _store_unavailable, callbackArgs=(session, msgids))
+        return self.ctx.answers.bound(
+            d.addCallbacks(self._acked, _store_failed, callbackArgs=(session, msgids)),
+            _ack_timeout)
 
     def _acked(self, acked: list[AckedMessage], session: Session,
                msgids: Sequence[int]) -> pb.Result:

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from daojia_msg.config import Config
 from daojia_msg.core.model import SessionRecord, StoredMessage
 from daojia_msg.ids import IdGenerator
+from daojia_msg.logic.answers import Answers
 from daojia_msg.logic.context import Context
 from daojia_msg.logic.interfaces import (
     IClientConnection,
@@ -86,6 +87,11 @@ class LogicService(Service):
         return self.ctx.stats
 
     @property
+    def answers(self) -> Answers:
+        """The time limit of answers that wait on a backend (the Inbox takes it too)."""
+        return self.ctx.answers
+
+    @property
     def peers(self) -> IPeers | None:
         """The other nodes (a cluster) or None (one node)."""
         return self.ctx.peers
@@ -117,6 +123,7 @@ class LogicService(Service):
             self._purge.stop()
         self.sessions.stop()
         self.routing.stop()
+        self.ctx.answers.stop()
 
     async def _purge_dedup(self) -> None:
         before = int(self.clock.seconds() * 1000 - self.config.store.dedup_days * 86400000)
@@ -162,9 +169,11 @@ class LogicService(Service):
 
     # -- app-server pushes ---------------------------------------------------
 
-    async def push_s2c(self, items: Sequence[PushItem]) -> list[PushOutcome | errors.RequestError]:
-        """App-server pushes, in order: stored as one batch, then pushed."""
-        return await self.sending.push_s2c(items)
+    async def push_s2c(self, items: Sequence[PushItem], pusher: int = 0,
+                       started: float | None = None) -> list[PushOutcome | errors.RequestError]:
+        """App-server pushes, in order: stored as one batch, then pushed
+        (:meth:`Sending.push_s2c <daojia_msg.logic.sending.Sending.push_s2c>`)."""
+        return await self.sending.push_s2c(items, pusher, started)
 
     # -- ILocalNode: what another node asks of this one ----------------------
 

@@ -67,6 +67,11 @@ def new_session_id() -> str:
     return _random.take(16).hex()
 
 
+def _count_timeout() -> errors.Unavailable:
+    """A LOGIN whose message store does not answer in time (docs/protocol.md §7.4)."""
+    return errors.Unavailable("the message store did not answer in time")
+
+
 class Session:
     """A logged-in connection, as logic tracks it."""
 
@@ -154,7 +159,8 @@ class Sessions:
         self.local[(uid, appcode)] = session
         conn.attach(session)
         try:
-            pending = await self.messages.count_pending(uid, appcode)
+            pending = await self.ctx.answers.bound(self.messages.count_pending(uid, appcode),
+                                                   _count_timeout)
         except BaseException as e:
             self._drop(session)
             conn.detach()
@@ -184,7 +190,8 @@ class Sessions:
         assert app is not None
         await self._verify(session.conn, app.secret, session.appcode, session.uid, req.token)
         try:
-            pending = await self.messages.count_pending(session.uid, session.appcode)
+            pending = await self.ctx.answers.bound(
+                self.messages.count_pending(session.uid, session.appcode), _count_timeout)
         except StoreError:
             raise errors.Unavailable("message store unavailable") from None
         return self.login_response(session, pending)

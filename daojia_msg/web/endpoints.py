@@ -4,8 +4,14 @@ turns a request into a JSON :class:`Answer`.
 
 A :class:`~daojia_msg.protocol.errors.RequestError` becomes its status with
 ``{"error": reason}``; a backend that is down becomes 503 (nothing was
-accepted); anything else is logged and answered 500 ``{"error": "internal"}``,
-and the node keeps serving.
+accepted), a push the store did not confirm within ``store.answer_timeout_s``
+504 (it may or may not be stored: docs/protocol.md §7.4); anything else is
+logged and answered 500 ``{"error": "internal"}``, and the node keeps serving.
+
+Pushes may carry an idempotency key (the ``Idempotency-Key`` header of a
+single push, ``idempotency_key`` in a batch item): one key space per app
+whose API key pushes, de-duplicated by the message store like a C2C's
+``client_msg_id``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from daojia_msg.protocol.codes import KickReason
 from daojia_msg.web.keys import Caller, Keys, target_app
 from daojia_msg.web.parsing import (
     BATCH_FIELDS,
+    ITEM_FIELDS,
     KICKOUT_FIELDS,
     MAX_U32,
     MAX_UID,
@@ -40,6 +47,8 @@ from daojia_msg.web.parsing import (
     Fields,
     content_of,
     dumps,
+    header_idempotency_key,
+    idempotency_key,
     parse_uid,
     read_json,
 )
@@ -110,12 +119,18 @@ class Api:
         self.nodes = nodes
         self.trace = trace
 
-    def push_item(self, data: object, caller: Caller) -> PushItem:
+    def push_item(self, data: object, caller: Caller, fields: frozenset[str] = PUSH_FIELDS,
+                  key: str = "") -> PushItem:
+        """A push body (``fields``: those it may have; :data:`ITEM_FIELDS` for a
+        batch item, whose ``idempotency_key`` is then its key), checked; ``key``:
+        the idempotency key given beside it (a single push's header)."""
         # The common case in one pass: a JSON object of known fields, integer
         # uid/appcode/msgtype in range, text content within the limit, an app
-        # of the caller's user system. Anything else (string uids, base64,
-        # every error) takes the field-by-field path, which gives the errors.
-        if type(data) is dict and data.keys() <= PUSH_FIELDS:
+        # of the caller's user system, no key in the body. Anything else
+        # (string uids, base64, a key, every error) takes the field-by-field
+        # path, which gives the errors.
+        if (type(data) is dict and data.keys() <= fields
+                and data.get("idempotency_key") is None):
             to_uid = data.get("to_uid")
             to_appcode = data.get("to_appcode")
             msgtype = data.get("msgtype")
@@ -133,18 +148,20 @@ class Api:
                     pass
                 else:
                     if len(content) <= self.limits.max_content:
-                        return PushItem(to_uid, to_appcode, msgtype, content, logid or "")
-        return self._push_item_checked(data, caller)
+                        return PushItem(to_uid, to_appcode, msgtype, content, logid or "", key)
+        return self._push_item_checked(data, caller, fields, key)
 
-    def _push_item_checked(self, data: object, caller: Caller) -> PushItem:
-        f = Fields(data, PUSH_FIELDS)
+    def _push_item_checked(self, data: object, caller: Caller,
+                           fields: frozenset[str] = PUSH_FIELDS, key: str = "") -> PushItem:
+        f = Fields(data, fields)
         to_uid = f.uid("to_uid")
         to_appcode = f.u32("to_appcode")
         msgtype = f.u32("msgtype")
         content = content_of(f, self.limits.max_content)
         logid = f.text("logid")
+        key = idempotency_key(f.get("idempotency_key"), "idempotency_key") or key
         target_app(self.config, caller, to_appcode, "to_appcode")
-        return PushItem(to_uid, to_appcode, msgtype, content, logid)
+        return PushItem(to_uid, to_appcode, msgtype, content, logid, key)
 
     async def answer(self, endpoint: Endpoint, method: bytes, request: server.Request) -> None:
         """Run ``endpoint`` for ``request`` and write its answer, whatever happens."""
@@ -228,12 +245,17 @@ class Endpoint(Node):
 
 
 class Push(Endpoint):
+    """One push; a repeat of its ``Idempotency-Key`` is answered with the first
+    push's ids and ``"online": false`` (not stored or pushed again)."""
+
     methods = (b"POST",)
 
     async def handle(self, method: bytes, request: server.Request, caller: Caller | None) -> Answer:
         assert caller is not None
-        item = self.api.push_item(read_json(request), caller)
-        [result] = await self.api.logic.push_s2c([item])
+        started = self.api.logic.clock.seconds()  # the request was read: it counts from here
+        key = header_idempotency_key(request)
+        item = self.api.push_item(read_json(request), caller, key=key)
+        [result] = await self.api.logic.push_s2c([item], caller.app.appcode, started)
         if isinstance(result, errors.RequestError):
             raise result
         return json_answer(200, _outcome(result))
@@ -241,18 +263,20 @@ class Push(Endpoint):
 
 def _outcome(result: PushOutcome | errors.RequestError) -> dict[str, Any]:
     if isinstance(result, errors.RequestError):
-        return {"error": result.reason}
+        return {"error": result.reason, "code": int(result.code)}
     return {"msgid": str(result.msgid), "logid": result.logid, "online": result.online}
 
 
 class PushBatch(Endpoint):
     """Each item is checked alone: a refused item (a 403's reason included)
-    gets ``{"error"}`` in its place while the others go on."""
+    gets ``{"error", "code"}`` in its place while the others go on; so do the
+    items a store failure (UNAVAILABLE) or stall (TIMEOUT) hit."""
 
     methods = (b"POST",)
 
     async def handle(self, method: bytes, request: server.Request, caller: Caller | None) -> Answer:
         assert caller is not None
+        started = self.api.logic.clock.seconds()
         f = Fields(read_json(request), BATCH_FIELDS)
         messages = f.required("messages")
         if not isinstance(messages, list):
@@ -264,13 +288,13 @@ class PushBatch(Endpoint):
         items: list[PushItem] = []
         for data in messages:
             try:
-                items.append(self.api.push_item(data, caller))
+                items.append(self.api.push_item(data, caller, ITEM_FIELDS))
             except errors.RequestError as e:
-                results.append({"error": e.reason})
+                results.append(_outcome(e))
             else:
                 results.append(None)
         outcomes: Sequence[PushOutcome | errors.RequestError] = (
-            await self.api.logic.push_s2c(items) if items else []
+            await self.api.logic.push_s2c(items, caller.app.appcode, started) if items else []
         )
         pending = iter(outcomes)
         return json_answer(200, {"results": [r if r is not None else _outcome(next(pending))

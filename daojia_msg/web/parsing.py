@@ -22,7 +22,12 @@ MAX_UID = 2**64 - 1
 MAX_U32 = 2**32 - 1
 
 PUSH_FIELDS = frozenset({"to_uid", "to_appcode", "msgtype", "content", "content_b64", "logid"})
+#: A batch item is a push body that may carry its idempotency key.
+ITEM_FIELDS = PUSH_FIELDS | {"idempotency_key"}
 BATCH_FIELDS = frozenset({"messages"})
+
+#: An idempotency key: 1 to 128 printable ASCII characters, no space (docs/openapi.yaml).
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 KICKOUT_FIELDS = frozenset({"uid", "appcode"})
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
@@ -120,6 +125,27 @@ class Fields:
         if not isinstance(value, str):
             raise errors.BadRequest(f"{key}: expected a string")
         return value
+
+
+def idempotency_key(value: object, name: str) -> str:
+    """An idempotency key (``name`` says where it was) or "" when absent; else 400."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY.fullmatch(value):
+        raise errors.BadRequest(f"{name}: expected 1 to 128 printable ASCII characters "
+                                "(no space)")
+    return value
+
+
+def header_idempotency_key(request: server.Request) -> str:
+    """The request's ``Idempotency-Key`` header, checked; "" when there is none."""
+    values = request.requestHeaders.getRawHeaders(b"idempotency-key")
+    if not values:
+        return ""
+    if len(values) > 1:
+        raise errors.BadRequest("Idempotency-Key: given more than once")
+    # Bytes beyond ASCII become U+FFFD, which the key's pattern refuses.
+    return idempotency_key(values[0].decode("ascii", "replace"), "Idempotency-Key")
 
 
 def _b64decode(value: str) -> bytes:

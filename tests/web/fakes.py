@@ -2,7 +2,8 @@
 
 The fake store implements what :class:`LogicService` calls of
 :class:`IMessageStore`; it records each ``store()`` batch so tests can prove
-what was (or was not) made durable, and can fail or hold its answer.
+what was (or was not) made durable, de-duplicates by ``client_msg_id`` as the
+real stores do, and can fail or hold its answer (and fail or succeed late).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class FakeMessageStore:
         #: When true, ``store()`` answers with an unfired Deferred kept in ``held``.
         self.hold = False
         self.held: list[tuple[Deferred[list[StoreOutcome]], list[NewMessage]]] = []
+        #: ``(from_uid, from_appcode, client_msg_id)`` -> the first send's outcome.
+        self.keys: dict[tuple[int, int, str], StoreOutcome] = {}
 
     @property
     def stored(self) -> list[NewMessage]:
@@ -51,9 +54,24 @@ class FakeMessageStore:
     def stop(self) -> Deferred[None]:
         return succeed(None)
 
-    @staticmethod
-    def outcomes(batch: Sequence[NewMessage]) -> list[StoreOutcome]:
-        return [StoreOutcome(n.message.msgid, n.message.logid) for n in batch]
+    def _durable(self, batch: Sequence[NewMessage]) -> list[StoreOutcome]:
+        """Record ``batch`` (without its resends); each message's outcome."""
+        outcomes, fresh = [], []
+        for n in batch:
+            m = n.message
+            key = (m.from_uid, m.from_appcode, n.client_msg_id)
+            first = self.keys.get(key) if n.client_msg_id else None
+            if first is not None:
+                outcomes.append(StoreOutcome(first.msgid, first.logid, duplicate=True))
+                continue
+            outcome = StoreOutcome(m.msgid, m.logid)
+            if n.client_msg_id:
+                self.keys[key] = outcome
+            outcomes.append(outcome)
+            fresh.append(n)
+        if fresh:
+            self.batches.append(fresh)
+        return outcomes
 
     def store(self, messages: list[NewMessage]) -> Deferred[list[StoreOutcome]]:
         if self.error is not None:
@@ -62,15 +80,18 @@ class FakeMessageStore:
             d: Deferred[list[StoreOutcome]] = Deferred()
             self.held.append((d, list(messages)))
             return d
-        self.batches.append(list(messages))
-        return succeed(self.outcomes(messages))
+        return succeed(self._durable(messages))
 
-    def release(self) -> None:
-        """Make the held batches durable and answer them."""
+    def release(self, error: Exception | None = None) -> None:
+        """Make the held batches durable and answer them (or fail them with
+        ``error``: nothing stored); stop holding."""
         held, self.held = self.held, []
+        self.hold = False
         for d, batch in held:
-            self.batches.append(batch)
-            d.callback(self.outcomes(batch))
+            if error is not None:
+                d.errback(error)
+            else:
+                d.callback(self._durable(batch))
 
     def ack(self, uid: int, appcode: int, msgids: list[int]) -> Deferred[list[AckedMessage]]:
         return succeed([])

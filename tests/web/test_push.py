@@ -244,7 +244,9 @@ class BatchTests(ApiTestCase):
         results = response.json()["results"]
         self.assertEqual(len(results), len(messages))
         for i in (1, 3, 4, 5, 6):
-            self.assertEqual(set(results[i]), {"error"}, results[i])
+            self.assertEqual(set(results[i]), {"error", "code"}, results[i])
+        # Each with the result code of its refusal (docs/protocol.md §4).
+        self.assertEqual([results[i]["code"] for i in (1, 3, 4, 5, 6)], [1, 2, 9, 1, 1])
         self.assertIn("to_uid", results[1]["error"])
         self.assertIn("2001", results[3]["error"])
         self.assertIn("9999", results[4]["error"])
@@ -265,7 +267,7 @@ class BatchTests(ApiTestCase):
         response = self.request("POST", "/v1/push/batch",
                                 {"messages": [push_body(to_uid=0)]}, SHOP)
         self.assertEqual(response.json(), {"results": [{"error": response.json()["results"][0]
-                                                        ["error"]}]})
+                                                        ["error"], "code": 1}]})
         self.assertEqual(self.store.batches, [])
 
     def test_empty(self) -> None:
@@ -293,10 +295,16 @@ class BatchTests(ApiTestCase):
                 self.assertError(self.request("POST", "/v1/push/batch", body, SHOP), 400, contains)
 
     def test_batch_store_unavailable(self) -> None:
+        """A store that refused: each item it hit is UNAVAILABLE (code 11) in
+        the 200 answer, beside the items refused on their own."""
         self.store.error = StoreUnavailable("down")
         response = self.request("POST", "/v1/push/batch",
                                 {"messages": [push_body(), push_body(to_uid=0)]}, SHOP)
-        self.assertError(response, 503)
+        self.assertEqual(response.status, 200)
+        stored, refused = response.json()["results"]
+        self.assertEqual(stored, {"error": "message store unavailable", "code": 11})
+        self.assertEqual(refused["code"], 1)
+        self.assertEqual(self.store.batches, [])
 
     def test_batch_unauthorized(self) -> None:
         response = self.request("POST", "/v1/push/batch", {"messages": []}, {})

@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.logic.test_answers -*-
+"""Bounded answers (docs/protocol.md §7.4): a request that waits on a stalled
+backend is answered within ``store.answer_timeout_s``, and its work goes on.
+
+The answer and the work are two Deferreds. The time limit cancels only the
+answer, never the work: a database that stalled may still commit, and then
+the message is stored and pushed (or pending) as usual, and its de-dup key
+with it (one transaction), so a resend with the same ``client_msg_id`` finds
+it. A C2C, S2C or ACK whose answer timed out is answered TIMEOUT (it may or
+may not be done); a LOGIN, PULL or HISTORY, UNAVAILABLE (nothing of it is
+kept).
+
+Per message (C2C, ACK, PULL, HISTORY: watched when the frame is read) one
+:class:`~daojia_msg.deadlines.Deadlines` queue times every answer on one
+timer; a request counted from an earlier moment (an HTTP push: from when its
+request was read; the steps of a LOGIN) gets a timer of its own
+(:func:`~daojia_msg.deadlines.within`). Both run on the node's reactor, with
+the rule for a stalled node (a timer that ran late gives one more period).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daojia_msg.deadlines import Deadlines, within
+from daojia_msg.protocol.errors import RequestError
+
+T = TypeVar("T")
+
+log = Logger()
+
+
+def _forward(result: Any, answer: Deferred[Any]) -> None:
+    """The work is done: its result to the answer, unless that was given up."""
+    if not answer.called:
+        if isinstance(result, Failure):
+            answer.errback(result)
+        else:
+            answer.callback(result)
+    elif isinstance(result, Failure) and not result.check(RequestError):
+        log.failure("work whose answer had timed out failed", result)
+    # A late RequestError was logged where it was raised (and answered nothing).
+
+
+def follow(work: Deferred[T], error: Callable[[], Exception]) -> Deferred[T]:
+    """A Deferred with ``work``'s result, whose cancellation fails it with
+    ``error()`` and leaves ``work`` alone (it goes on; its late result is
+    dropped, a late unexpected failure logged)."""
+    answer: Deferred[T] = Deferred(lambda d: d.errback(error()))
+    work.addBoth(_forward, answer)
+    return answer
+
+
+class Answers:
+    """The time limit of answers: ``timeout`` seconds of ``clock``."""
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self._deadlines = Deadlines(clock, timeout, "answers")
+
+    def bound(self, work: Deferred[T], error: Callable[[], Exception]) -> Deferred[T]:
+        """``work``'s result if it comes within the timeout from now, else a
+        failure with ``error()``; ``work`` itself is never cancelled. Work done
+        at once (the common case) is returned as it is, with no timer."""
+        if work.called:
+            return work
+        return self._deadlines.watch(follow(work, error))
+
+    def bound_from(self, started: float, work: Deferred[T],
+                   error: Callable[[], Exception]) -> Deferred[T]:
+        """The same, counted from ``started`` (seconds of the clock): the
+        time left then (none left: ``error()`` unless ``work`` is done)."""
+        if work.called:
+            return work
+        answer = follow(work, error)
+        left = started + self.timeout - self.clock.seconds()
+        if left <= 0:
+            answer.cancel()
+            return answer
+        return within(answer, left, self.clock)
+
+    def stop(self) -> None:
+        """Forget the timer: what still waits is no longer timed."""
+        self._deadlines.stop()
