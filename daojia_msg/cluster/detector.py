@@ -23,7 +23,13 @@ last renewal and another node takes it at its next check, within the same
 A node that re-registers in the instant between the detector's check and
 the purge keeps its sessions: the purge script
 (:meth:`~daojia_msg.store.redis.RedisSessionStore.purge_dead_node`) checks, in
-the same atomic call, that the node's registration is still gone.
+the same atomic call, that the node's registration is still gone. This is
+what orders a purge and a node that comes back from a Redis outage or a
+pause (:mod:`daojia_msg.cluster.rejoin`): the node re-registers its sessions
+only once its lease and registration exist again (its script checks the
+lease's token), so each purge batch either ran before that and is undone by
+it, or finds the registration and removes nothing. The registration's
+existence is the lease's epoch: no counter is needed.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from daojia_msg.cluster.registry import ACQUIRE_LEASE, RELEASE_LEASE, NodeRegistry
+from daojia_msg.cluster.leases import ACQUIRE_LEASE, RELEASE_LEASE
+from daojia_msg.cluster.registry import NodeRegistry
 from daojia_msg.config import ClusterConfig
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.redisconn import Redis, Script

@@ -22,33 +22,56 @@ Keys (all under the Redis ``key_prefix``, e.g. ``msgp:``):
 
 Liveness. Every ``heartbeat_s`` (2 s) the node renews its lease and refreshes
 its hash and their TTL (``ttl_s``, 6 s) in one script, which succeeds only while
-the lease still holds our token and our hash still exists. :meth:`NodeRegistry.available`
-turns False once more than ``ttl_s / 2`` has passed since the last successful
-renewal: the node then answers C2C, S2C and ACK with UNAVAILABLE, half a TTL
-before another node could lease its id or the detector could purge it. If the
-script finds the lease gone, taken by another token, or the hash gone, the node
-was purged (a pause, a partition): it calls ``on_purged`` (KICKOUT SHUTDOWN to
-every connection) once, then leases the same id again and re-registers. If
-another node has meanwhile leased that id, the registry logs a critical line
-and stays unavailable, trying every heartbeat to lease the id again (a restart
-leases another id).
+the lease still holds our token and our hash still exists.
+:meth:`NodeRegistry.available` (a live member: LOGIN, ``/healthz``, the gate
+detector) turns False at the first failed heartbeat, or once more than
+``ttl_s / 2`` has passed since the last renewal (half a TTL before another
+node could lease its id or the detector could purge it).
+
+Redis outages (docs/operations.md §3). While heartbeats fail the node keeps
+its connections and :meth:`NodeRegistry.serving` stays True (C2C, S2C, ACK
+and C2S go on, between its own sessions; LOGIN is UNAVAILABLE) for up to
+``redis_outage_grace_s`` (30 s) after the last renewal; a failed heartbeat is
+tried again every :data:`OUTAGE_POLL_S`. Once Redis answers, the node renews
+its lease, or, if it expired (a Redis restart, an outage past the TTL, a long
+pause), takes it again with ``SET NX`` under the same token, and then calls
+``on_rejoin`` (the node re-registers its live sessions, a newer login
+elsewhere winning, and pushes what became pending) before it is available
+again. Past the grace, or when another node holds the id, it calls
+``on_purged`` (KICKOUT SHUTDOWN to every connection) once, and leases the id
+again every heartbeat (a restart leases another id); if another node holds
+it, a critical line is logged and the node stays unavailable.
+
+The detector never purges what a node re-registered: the node re-registers
+its sessions only after its hash exists again (the script checks our lease
+token), and every purge batch first checks, in the same atomic script, that
+the hash does not exist (:mod:`daojia_msg.cluster.detector`). So a purge
+batch either runs before the re-registration, which writes the sessions
+again, or finds the node alive and does nothing: the hash's existence is the
+lease's epoch.
 
 The msgid high-water mark. Snowflake ids are unique only while a node id's
 clock never goes back. :attr:`NodeRegistry.ids` is made at start, already
 advanced past the stored mark, so a clock stepped back across a restart (or a
 takeover of the id by another process) never repeats an id. The mark is a
 *reservation ahead of time*: every successful heartbeat stores
-``max(stored, max(now, last id's ms) + 2 * ttl)`` (a Lua max-update, so it never
-goes down). An id is issued only while :meth:`available` is True, i.e. within
-``ttl / 2`` of the last successful heartbeat, hence at a millisecond below
-``that heartbeat's time + 2 * ttl``, which is stored: a crash at any moment
-leaves a mark above every id issued. (The generator can run ahead of the clock
+``max(stored, max(now, last id's ms) + reservation)`` (a Lua max-update, so it
+only goes down at a clean stop). An id is issued only while :meth:`serving` is True, i.e. within
+``ttl / 2`` (or, while Redis is unreachable, ``redis_outage_grace_s``) of the
+last successful heartbeat, hence at a millisecond below that heartbeat's time
+plus the reservation, which is stored: a crash at any moment leaves a mark
+above every id issued. (The generator can run ahead of the clock
 only by borrowing 4,096 ids per ms, i.e. more than 4 million ids a second, so
-it cannot outrun the 12 s reservation.) The price: after a restart on a clock
-that was not stepped back, ids start up to ``2 * ttl`` ahead of the clock and
-stay unique and increasing until the clock catches up. :meth:`NodeRegistry.stop`
-stores the exact last millisecond issued as well. The node must not issue
-msgids while :meth:`NodeRegistry.available` is False.
+it cannot outrun the reservation.) During a Redis outage the node goes on
+issuing ids for up to ``redis_outage_grace_s`` after its last heartbeat, so
+the reservation is ``2 * ttl + redis_outage_grace_s`` (42 s with the
+defaults): another node that leases the id once ours expired starts past it.
+The price: after a crash, a restart on a clock that was not stepped back
+issues ids up to that far ahead of the clock (unique and increasing until
+the clock catches up). :meth:`NodeRegistry.stop` stores the exact last
+millisecond issued instead (lowering the reservation: nothing is issued under
+the id after that), so a clean restart starts at the clock. The node must not
+issue msgids while :meth:`NodeRegistry.serving` is False.
 """
 
 from __future__ import annotations
@@ -56,137 +79,34 @@ from __future__ import annotations
 import inspect
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from daojia_msg.cluster.interfaces import INodeRegistry
+from daojia_msg.cluster.leases import (
+    ACQUIRE_LEASE,
+    FIELDS,
+    LEASE_ANY,
+    LIVE_NODES,
+    REGISTER,
+    RELEASE,
+    RELEASE_LEASE,
+    parse_node,
+)
 from daojia_msg.config import MAX_NODE_ID, ClusterConfig, ConfigError
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.model import NodeInfo
 from daojia_msg.ids import EPOCH_MS, IdGenerator
-from daojia_msg.redisconn import Redis, Script
+from daojia_msg.redisconn import Redis
 
-#: Take the lease ``KEYS[1]`` for token ``ARGV[1]`` for ``ARGV[2]`` ms if it is
-#: free, or renew it if it is already ours. 1 = held by us, 0 = held by another.
-ACQUIRE_LEASE = Script("""
-local cur = redis.call('GET', KEYS[1])
-if cur == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-elseif cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-""")
-
-#: Delete the lease ``KEYS[1]`` only if it holds token ``ARGV[1]``; 1 if deleted.
-RELEASE_LEASE = Script("""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-""")
-
-#: Lease the smallest free id 0..ARGV[4] (lease keys are ``ARGV[1] .. id``),
-#: preferring ids that are not still in the ``nodes`` set ``KEYS[1]`` (a dead
-#: node whose sessions the detector has not purged yet). -1 when none is free.
-_LEASE_ANY = Script("""
-for pass = 1, 2 do
-  for id = 0, tonumber(ARGV[4]) do
-    if pass == 2 or redis.call('SISMEMBER', KEYS[1], id) == 0 then
-      if redis.call('SET', ARGV[1] .. id, ARGV[2], 'NX', 'PX', ARGV[3]) then
-        return id
-      end
-    end
-  end
-end
-return -1
-""")
-
-#: Register or renew. KEYS: lease, node hash, nodes set, hwm. ARGV: token,
-#: ttl_ms, id, require_hash ('1': the hash must exist), base_ms, reserve_ms,
-#: include_old ('1': the reservation starts from the stored mark too), then the
-#: hash's field/value pairs. Returns -1 (lease not ours), -2 (hash gone) or the
-#: mark stored before this call (Unix ms, 0 when none).
-_REGISTER = Script("""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
-local old = tonumber(redis.call('GET', KEYS[4]) or '0')
-local base = tonumber(ARGV[5])
-if ARGV[7] == '1' and old > base then base = old end
-local want = base + tonumber(ARGV[6])
-if want > old then redis.call('SET', KEYS[4], string.format('%.0f', want)) end
-return old
-""")
-
-#: Deregister. KEYS: lease, node hash, nodes set, hwm. ARGV: token, id,
-#: last_ms. The mark is raised to last_ms in any case; the rest only if the
-#: lease is still ours. 1 if deregistered.
-_RELEASE = Script("""
-local old = tonumber(redis.call('GET', KEYS[4]) or '0')
-if tonumber(ARGV[3]) > old then redis.call('SET', KEYS[4], ARGV[3]) end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[2])
-return 1
-""")
-
-#: Every registered id whose hash exists, as a flat list: id, {field, value...}.
-#: (Hash keys are built from ``ARGV[1]``: fine on one Redis, not Redis Cluster,
-#: which txredisapi does not support anyway.)
-_LIVE_NODES = Script("""
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local h = redis.call('HGETALL', ARGV[1] .. id)
-  if #h > 0 then
-    out[#out + 1] = id
-    out[#out + 1] = h
-  end
-end
-return out
-""")
-
-_FIELDS = ("gate_host", "gate_port", "rpc_host", "rpc_port", "connections", "sessions",
-           "started_ms", "heartbeat_ms")
-
-
-def parse_node(node_id: int, flat: list[Any]) -> NodeInfo | None:
-    """A :class:`NodeInfo` from an ``HGETALL`` reply; None when empty or malformed."""
-    if not flat:
-        return None
-    fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
-    try:
-        return NodeInfo(
-            node_id=node_id,
-            gate_host=fields["gate_host"],
-            gate_port=int(fields["gate_port"]),
-            rpc_host=fields["rpc_host"],
-            rpc_port=int(fields["rpc_port"]),
-            connections=int(fields["connections"]),
-            started_ms=int(fields["started_ms"]),
-            heartbeat_ms=int(fields["heartbeat_ms"]),
-            sessions=int(fields.get("sessions", 0)),
-        )
-    except (KeyError, ValueError):
-        NodeRegistry.log.warn("node {node_id} has a malformed registration: {fields}",
-                              node_id=node_id, fields=fields)
-        return None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
+#: Seconds between tries while Redis does not answer (at most ``heartbeat_s``):
+#: with the pool's reconnect delay (:mod:`daojia_msg.redisconn`) the node
+#: notices Redis answering again within about a second.
+OUTAGE_POLL_S = 0.5
 
 def _follow(d: Deferred[None]) -> Deferred[None]:
     """A Deferred that fires (with None) when ``d`` does, leaving ``d``'s chain alone."""
@@ -206,16 +126,22 @@ class NodeRegistry:
 
     Use: ``node_id = await registry.start()`` (raises :class:`ConfigError`
     naming ``node.id`` when the id is taken), then issue msgids only from
-    :attr:`ids`, only while :meth:`available` is True; ``await registry.stop()``
-    at shutdown. After :meth:`start`, before listening, the node should purge
-    the sessions the store still lists under its id (``purge_node(node_id)``):
-    they belong to an earlier holder of the id that the detector may not have
-    purged yet (a quick restart keeps the id in ``nodes``). ``connections()``
-    (for dispatch) and ``sessions()`` (the logged-in sessions, for the
-    operations view) are read at every heartbeat.
+    :attr:`ids`, only while :meth:`serving` is True; take LOGINs only while
+    :meth:`available` is True; ``await registry.stop()`` at shutdown. After
+    :meth:`start`, before listening, the node should purge the sessions the
+    store still lists under its id (``purge_node(node_id)``): they belong to
+    an earlier holder of the id that the detector may not have purged yet (a
+    quick restart keeps the id in ``nodes``). ``connections()`` (for dispatch)
+    and ``sessions()`` (the logged-in sessions, for the operations view) are
+    read at every heartbeat.
     ``on_purged()`` is called (and awaited if it returns an awaitable) when the
-    node finds it was purged, before it registers again: it should KICKOUT
-    SHUTDOWN every connection.
+    node must give its connections up (cut off past the grace, or its id taken),
+    before it leases the id again: it should KICKOUT SHUTDOWN every connection.
+    ``on_rejoin()`` is awaited after a failed heartbeat or a lost lease, once
+    the lease is ours again and before :meth:`available` turns True: it should
+    re-register the live sessions (under :meth:`lease_guard`) and push them
+    what became pending. If it fails with :class:`StoreUnavailable` it is
+    called again at the next try.
     """
 
     log = Logger()
@@ -232,6 +158,7 @@ class NodeRegistry:
         connections: Callable[[], int],
         on_purged: Callable[[], Awaitable[None] | None],
         sessions: Callable[[], int] = lambda: 0,
+        on_rejoin: Callable[[], Awaitable[None] | None] = lambda: None,
     ) -> None:
         self.redis = redis
         self.cluster = cluster
@@ -242,20 +169,25 @@ class NodeRegistry:
         self.connections = connections
         self.sessions = sessions
         self.on_purged = on_purged
+        self.on_rejoin = on_rejoin
         #: The leased id, set by :meth:`start`.
         self.node_id: int | None = None
         #: The msgid generator of this node (on ``clock``), set by :meth:`start`.
         self.ids: IdGenerator | None = None
         self._token = secrets.token_hex(16)
         self._ttl_ms = int(cluster.ttl_s * 1000)
+        self._grace = cluster.redis_outage_grace_s
+        self._reserve_ms = 2 * self._ttl_ms + int(self._grace * 1000)
         self._started_ms = 0
         self._floor_ms = 0  # the stored mark the generator was last advanced past
         self._registered = False
-        self._relet_pending = False  # purged: lease again before renewing
+        self._relet_pending = False  # connections given up: lease again before renewing
+        self._rejoin_pending = False  # the lease is ours again: on_rejoin before available
         self._renewed_at: float | None = None
         self._failures = 0
-        self._unavailable_logged = False
+        self._cut_off_at: float | None = None  # the first failed heartbeat of an outage
         self._taken_logged = False
+        self._retry: IDelayedCall | None = None
         self._beat: Deferred[None] | None = None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -276,7 +208,7 @@ class NodeRegistry:
                 raise ConfigError(f"node id {wanted} is held by a live node", ("node", "id"))
             node_id = wanted
         else:
-            node_id = int(await _LEASE_ANY(
+            node_id = int(await LEASE_ANY(
                 self.redis, [self.redis.key("nodes")],
                 [self.redis.key("lease", ""), self._token, self._ttl_ms, MAX_NODE_ID]))
             if node_id < 0:
@@ -306,18 +238,19 @@ class NodeRegistry:
     async def stop(self) -> None:
         """Stop the heartbeat and deregister (only if the lease is still ours).
 
-        The high-water mark is kept (raised to the last msgid issued). A Redis
+        The high-water mark is kept (set to the last msgid issued). A Redis
         failure is logged, not raised: the lease and hash then expire by TTL.
         """
         if self._loop.running:
             self._loop.stop()
+        self._cancel_retry()
         if self._beat is not None:
             await _follow(self._beat)
         if self.node_id is None or not self._registered:
             return
         self._registered = False
         try:
-            await _RELEASE(self.redis, self._keys(), [self._token, self.node_id,
+            await RELEASE(self.redis, self._keys(), [self._token, self.node_id,
                                                       self._last_issued_ms()])
         except StoreUnavailable as e:
             self.log.warn("node {node_id} could not deregister ({error}): its lease and "
@@ -327,14 +260,34 @@ class NodeRegistry:
         self.log.info("node {node_id} deregistered", node_id=self.node_id)
 
     def available(self) -> bool:
-        """True while this node has renewed its lease within half the TTL."""
+        """True while this node is a live member that reaches Redis: its last
+        heartbeat worked, within half the TTL, and its sessions are registered
+        (LOGIN, ``/healthz``, the gate detector)."""
+        if self._failures or self._rejoin_pending or not self.serving():
+            return False
+        assert self._renewed_at is not None
+        return self.clock.seconds() - self._renewed_at <= self.cluster.ttl_s / 2
+
+    def serving(self) -> bool:
+        """True while this node may serve its connections and issue msgids:
+        :meth:`available`, or cut off from Redis (or paused) for no longer than
+        ``redis_outage_grace_s`` since its last renewal (which reserved the
+        msgids of that time), and its id not taken meanwhile."""
         if not self._registered or self._relet_pending or self._renewed_at is None:
             return False
-        return self.clock.seconds() - self._renewed_at <= self.cluster.ttl_s / 2
+        since = self.clock.seconds() - self._renewed_at
+        return since <= max(self._grace, self.cluster.ttl_s / 2)
+
+    def lease_guard(self) -> tuple[str, str]:
+        """The key of this node's lease and its token: a script that writes
+        for this node checks the lease still holds the token."""
+        return self.redis.key("lease", self.node_id), self._token
 
     # -- heartbeat -------------------------------------------------------------
 
-    def _tick(self) -> Deferred[None]:
+    def _tick(self) -> Deferred[None] | None:
+        if self._retry is not None and self._retry.active():
+            return None  # cut off: the next try is due sooner
         return self.heartbeat()
 
     def heartbeat(self) -> Deferred[None]:
@@ -362,90 +315,148 @@ class NodeRegistry:
             return
         try:
             if self._relet_pending:
-                await self._relet()
-                return
-            renewed_at = self.clock.seconds()
-            result = await self._register(require_hash=True, include_old=False)
-            if result >= 0:
-                self._renewed(renewed_at)
-                return
-            self._relet_pending = True
-            self.log.warn("node {node_id} was purged from the cluster (its lease or registration "
-                          "expired: a pause or a partition): kicking every connection and "
-                          "registering again", node_id=self.node_id,
-                          why="lease lost" if result == -1 else "registration gone")
-            await self._call_on_purged()
-            await self._relet()
+                if not await self._lease_again():
+                    return
+            else:
+                renewed_at = self.clock.seconds()
+                result = await self._register(require_hash=True, include_old=False)
+                if result >= 0:
+                    if self._failures:
+                        self._rejoin_pending = True
+                    self._renewed(renewed_at)
+                elif not await self._lost(result, renewed_at):
+                    return
+            if self._rejoin_pending:
+                await self._rejoin()
         except StoreUnavailable as e:
             self._failed(e)
             await self._expire_if_cut_off()
         except Exception:
             self.log.failure("node {node_id} heartbeat failed", node_id=self.node_id)
 
+    async def _lost(self, result: int, at: float) -> bool:
+        """The lease or the registration is gone (Redis restarted or lost
+        them, an outage or a pause past the TTL). Within the grace: lease the
+        id again and keep the connections; past it, give them up first. True
+        when the lease is ours again."""
+        assert self._renewed_at is not None
+        why = "lease lost" if result == -1 else "registration gone"
+        if at - self._renewed_at > self._grace:
+            self._relet_pending = True
+            self.log.warn("node {node_id} was purged from the cluster ({why}) {since:.1f}s after "
+                          "its last heartbeat, past its {grace}s grace: kicking every connection "
+                          "and registering again", node_id=self.node_id, why=why,
+                          since=at - self._renewed_at, grace=self._grace)
+            await self._call_on_purged()
+            return await self._lease_again()
+        self.log.warn("node {node_id} lost its lease ({why}): leasing it again, keeping its "
+                      "connections", node_id=self.node_id, why=why)
+        if await self._lease_again():
+            return True
+        await self._call_on_purged()  # taken by another node: we are not node_id any more
+        return False
+
     async def _expire_if_cut_off(self) -> None:
-        """Cut off from Redis for longer than the TTL, this node counts as dead:
-        the detector purges (or has purged) its sessions, so another login of
-        the same user would not kick them. Kick every connection now (they
-        reconnect to a live node), and lease the id again once Redis answers."""
+        """Cut off from Redis for longer than the grace, this node gives its
+        connections up: the detector purges (or has purged) its sessions, so
+        another login of the same user would not kick them, and what is sent
+        to them from other nodes only waits for PULL. Kick every connection now
+        (they reconnect to a live node), and lease the id again once Redis
+        answers."""
         if self._relet_pending or self._renewed_at is None:
             return
-        if self.clock.seconds() - self._renewed_at <= self.cluster.ttl_s:
+        if self.clock.seconds() - self._renewed_at <= self._grace:
             return
         self._relet_pending = True
-        self.log.error("node {node_id} has been cut off from Redis for more than its {ttl_s}s "
-                       "TTL: kicking every connection; it registers again once Redis answers",
-                       node_id=self.node_id, ttl_s=self.cluster.ttl_s)
+        self._rejoin_pending = False
+        self.log.error("node {node_id} has been cut off from Redis for more than its {grace}s "
+                       "grace: kicking every connection; it registers again once Redis answers",
+                       node_id=self.node_id, grace=self._grace)
         await self._call_on_purged()
 
     async def _call_on_purged(self) -> None:
+        await self._call("on_purged", self.on_purged)
+
+    async def _call(self, name: str, hook: Callable[[], Awaitable[None] | None]) -> None:
+        """Run ``hook``; a failure other than Redis's is logged, not raised."""
         try:
-            result = self.on_purged()
+            result = hook()
             if inspect.isawaitable(result):
                 await result
+        except StoreUnavailable:
+            raise
         except Exception:
-            self.log.failure("on_purged of node {node_id} failed", node_id=self.node_id)
+            self.log.failure("{hook} of node {node_id} failed", hook=name, node_id=self.node_id)
 
-    async def _relet(self) -> None:
-        """Lease our id again after a purge and register; stay pending if it is taken."""
+    async def _lease_again(self) -> bool:
+        """Lease our id again (``SET NX``, or renew it if still ours) and
+        register; True when it is ours, False (logged once) when another node
+        holds it: then this node stays unavailable and tries again every
+        heartbeat."""
         assert self.node_id is not None
         renewed_at = self.clock.seconds()
         held = await ACQUIRE_LEASE(self.redis, [self.redis.key("lease", self.node_id)],
                                    [self._token, self._ttl_ms])
         old = await self._register(require_hash=False, include_old=True) if held else -1
         if old < 0:
+            self._relet_pending = True
+            self._rejoin_pending = False
             if not self._taken_logged:
                 self._taken_logged = True
                 self.log.critical(
                     "node id {node_id} was leased by another node while this node was cut off: "
                     "this node answers UNAVAILABLE until the id is free again (restart it to "
                     "lease another id)", node_id=self.node_id)
-            return
+            return False
         self._advance(old)
         self._relet_pending = False
         self._taken_logged = False
+        self._rejoin_pending = True
         self._renewed(renewed_at)
-        self.log.info("node {node_id} registered again", node_id=self.node_id)
+        self.log.info("node {node_id} leased its id again", node_id=self.node_id)
+        return True
+
+    async def _rejoin(self) -> None:
+        """The lease is ours again after an outage: re-register the sessions
+        (``on_rejoin``), then take LOGINs again."""
+        await self._call("on_rejoin", self.on_rejoin)
+        self._rejoin_pending = False
+        self.log.info("node {node_id} rejoined the cluster", node_id=self.node_id)
 
     def _renewed(self, at: float) -> None:
         self._renewed_at = at
         if self._failures:
-            self.log.info("node {node_id} heartbeat works again after {failures} failures",
-                          node_id=self.node_id, failures=self._failures)
+            assert self._cut_off_at is not None
+            self.log.info("node {node_id} reaches Redis again after {failures} failed "
+                          "heartbeats ({seconds:.1f}s)", node_id=self.node_id,
+                          failures=self._failures, seconds=at - self._cut_off_at)
         self._failures = 0
-        self._unavailable_logged = False
+        self._cut_off_at = None
+        self._cancel_retry()
 
     def _failed(self, error: StoreUnavailable) -> None:
-        """Log a failed heartbeat once per state change, not every tick."""
+        """A heartbeat failed: log it once per outage, try again soon."""
         self._failures += 1
         if self._failures == 1:
-            self.log.warn("node {node_id} heartbeat failed ({error}): retrying every "
-                          "{heartbeat_s}s", node_id=self.node_id, error=str(error),
-                          heartbeat_s=self.cluster.heartbeat_s)
-        if not self.available() and not self._unavailable_logged:
-            self._unavailable_logged = True
-            self.log.error("node {node_id} has not renewed its lease for more than half its "
-                           "{ttl_s}s TTL: answering UNAVAILABLE until it can",
-                           node_id=self.node_id, ttl_s=self.cluster.ttl_s)
+            self._cut_off_at = self.clock.seconds()
+            self.log.warn("node {node_id} cannot reach Redis ({error}): it keeps its {count} "
+                          "connections for up to {grace}s (LOGIN answers UNAVAILABLE), trying "
+                          "every {poll}s", node_id=self.node_id, error=str(error),
+                          count=self.connections(), grace=self._grace, poll=self._poll_s())
+        if self._registered and (self._retry is None or not self._retry.active()):
+            self._retry = self.clock.callLater(self._poll_s(), self._retry_now)
+
+    def _poll_s(self) -> float:
+        return min(OUTAGE_POLL_S, self.cluster.heartbeat_s)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.heartbeat()
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     # -- Redis -----------------------------------------------------------------
 
@@ -463,11 +474,11 @@ class NodeRegistry:
             "connections": int(self.connections()), "sessions": int(self.sessions()),
             "started_ms": self._started_ms, "heartbeat_ms": now_ms,
         }
-        pairs = [x for name in _FIELDS for x in (name, info[name])]
-        return int(await _REGISTER(
+        pairs = [x for name in FIELDS for x in (name, info[name])]
+        return int(await REGISTER(
             self.redis, self._keys(),
             [self._token, self._ttl_ms, self.node_id, "1" if require_hash else "0", base_ms,
-             2 * self._ttl_ms, "1" if include_old else "0", *pairs]))
+             self._reserve_ms, "1" if include_old else "0", *pairs]))
 
     def _advance(self, stored_ms: int) -> None:
         """Never issue an id at or below the stored mark ``stored_ms``."""
@@ -498,7 +509,7 @@ class NodeRegistry:
         return Deferred.fromCoroutine(self._live_nodes())
 
     async def _live_nodes(self) -> list[NodeInfo]:
-        flat = await _LIVE_NODES(self.redis, [self.redis.key("nodes")],
+        flat = await LIVE_NODES(self.redis, [self.redis.key("nodes")],
                                  [self.redis.key("node", "")])
         nodes = []
         for i in range(0, len(flat) - 1, 2):

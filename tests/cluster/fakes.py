@@ -17,7 +17,7 @@ from tests.servers import redis_prefix, require_redis
 
 #: A fixed, realistic start time (2026-11-26) for the fake clocks.
 T0 = 1795700000.0
-CLUSTER = ClusterConfig()  # heartbeat 2 s, TTL 6 s
+CLUSTER = ClusterConfig()  # heartbeat 2 s, TTL 6 s, Redis outage grace 30 s
 
 
 class FlakyRedis(Redis):
@@ -48,6 +48,7 @@ class RedisFixture(TestCase):
     def registry(self, wanted_id: int | None = None, *, clock: Clock | None = None,
                  connections: Callable[[], int] = lambda: 0,
                  on_purged: Callable[[], Any] = lambda: None,
+                 on_rejoin: Callable[[], Any] = lambda: None,
                  redis: Redis | None = None) -> NodeRegistry:
         if clock is None:
             clock = Clock()
@@ -55,6 +56,7 @@ class RedisFixture(TestCase):
         return NodeRegistry(
             redis or self.redis, CLUSTER, clock, wanted_id=wanted_id, gate=("10.0.0.1", 7000),
             rpc=("127.0.0.1", 7100), connections=connections, on_purged=on_purged,
+            on_rejoin=on_rejoin,
         )
 
     async def started(self, wanted_id: int | None = None, **kwargs: Any) -> NodeRegistry:
