@@ -11,6 +11,12 @@ Start:
    open port means ready; then publish the bound addresses and start the
    gate detector.
 
+A Redis outage (cluster): the node keeps its connections for up to
+``cluster.redis_outage_grace_s`` and serves them (LOGIN is UNAVAILABLE); once
+Redis answers it re-registers them and pushes what became pending
+(:mod:`daojia_msg.cluster.rejoin`); past the grace, or if another node took
+its id, it kicks them with SHUTDOWN (:mod:`daojia_msg.cluster.registry`).
+
 Stop (SIGTERM): ``/healthz`` turns 503 at once; in a cluster the node waits
 ``cluster.drain_grace_s`` so the balancer stops sending it connections; then
 every connection gets KICKOUT SHUTDOWN, the listeners close, the node leaves
@@ -40,6 +46,7 @@ from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.detector import GateDetector
 from daojia_msg.cluster.ops import OpsView
 from daojia_msg.cluster.registry import NodeRegistry
+from daojia_msg.cluster.rejoin import Rejoin
 from daojia_msg.cluster.rpc import RpcPeers, RpcServerFactory, registry_addresses
 from daojia_msg.cluster.stats import ClusterStats, StatsFlusher
 from daojia_msg.config import MANHOLE_TRACE_BUFFER, Config, ConfigError
@@ -91,6 +98,7 @@ class Node(MultiService):
         self.redis: Redis | None = None
         self.registry: NodeRegistry | None = None
         self.detector: GateDetector | None = None
+        self.rejoin: Rejoin | None = None
         self.stats_flusher: StatsFlusher | None = None
         self.peers: RpcPeers | None = None
         self.rpc: RpcServerFactory | None = None
@@ -279,7 +287,7 @@ class Node(MultiService):
             self.redis, config.cluster, self.reactor, wanted_id=config.node_id,
             gate=("", 0), rpc=("", 0),  # published once the listeners are bound
             connections=self._connections, sessions=self._sessions,
-            on_purged=self._purged,
+            on_purged=self._purged, on_rejoin=self._rejoin,
         )
         self.node_id = await self.registry.start()
         tracing.set_node(self.node_id)
@@ -308,7 +316,17 @@ class Node(MultiService):
                               node_id=self.node_id, secret=config.cluster.rpc_secret,
                               timeout=config.cluster.rpc_timeout_s, tls=client_tls)
         self.logic.peers = self.peers
-        self.logic.available = self.registry.available
+        # Serving (msgids, its own sessions) through a Redis outage within the
+        # grace; LOGIN only while a live member that reaches Redis.
+        self.logic.available = self.registry.serving
+        self.logic.ctx.logins = self.registry.available
+        sessions = self.sessions
+        assert isinstance(sessions, RedisSessionStore)
+        logic = self.logic
+        self.rejoin = Rejoin(
+            lambda: self.node_id, sessions, self.store, logic,
+            live=lambda: [s.record for s in logic.local.values() if s.conn.connected],
+            lease=self.registry.lease_guard, peers=lambda: self.peers)
 
     async def _announce(self) -> None:
         """Publish the bound addresses (joining dispatch) and start the detector."""
@@ -365,13 +383,20 @@ class Node(MultiService):
         return len(self.logic.local) if hasattr(self, "logic") else 0
 
     def _purged(self) -> None:
-        """The registry found this node purged (a pause, a partition): every
-        session it holds was dropped cluster-wide, so its connections go."""
+        """The registry gives this node's connections up (cut off from Redis
+        past the grace, or its id taken): their sessions were dropped
+        cluster-wide, so they go, and reconnect to nodes that can serve them."""
         if not hasattr(self, "logic"):
             return
         kicked = self.logic.kick_all(KickReason.SHUTDOWN, "node re-registering")
-        self.log.warn("this node was purged from the cluster: kicked {count} sessions",
+        self.log.warn("this node gave its connections up: kicked {count} sessions",
                       count=kicked)
+
+    async def _rejoin(self) -> None:
+        """The registry holds the lease again after an outage: re-register the
+        sessions, push them what is pending (nothing to do while starting)."""
+        if self.rejoin is not None:
+            await self.rejoin()
 
     # -- stop -----------------------------------------------------------------------
 
@@ -404,6 +429,8 @@ class Node(MultiService):
             await self.gate.when_empty()
         if self.detector is not None:
             await self.detector.stop()
+        if self.rejoin is not None:
+            await self.rejoin.stop()
         if self.registry is not None:
             await self.registry.stop()
         if self.peers is not None:

@@ -24,6 +24,15 @@ Every write is one Lua script, so it is atomic and one round trip:
 - ``purge_node`` pops up to :data:`PURGE_BATCH` members of the node's set per
   call and deletes the fields that still name the node.
 
+After a Redis outage a node re-registers the sessions it kept
+(:meth:`RedisSessionStore.reregister`, docs/operations.md §3): while its
+lease still holds its token, each session is written again unless the field
+names a session of another node that logged in no earlier (a newer login
+elsewhere wins: the node kicks its own); the members of the node's set that
+it did not re-register are then pruned (sessions closed during the outage,
+whose unregister failed). ``P rejoin:<node_id>:<nonce>`` -- set, the members
+re-registered, for that prune; it expires after a minute.
+
 The scripts build the keys they touch from the prefix (the old node's set is
 only known inside the script), so this needs one Redis server (or Sentinel),
 not Redis Cluster -- which txredisapi does not speak anyway.
@@ -40,11 +49,15 @@ puts a deadline of 1.5 reply timeouts on each call as a backstop.
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.model import SessionRecord
 from daojia_msg.logic.interfaces import ISessionStore
 from daojia_msg.redisconn import Redis, Script, as_deferred
@@ -91,28 +104,107 @@ end
 return out
 """)
 
+# Lua: drop(hash key prefix, member, node id) deletes the session a node set's
+# member ("<uid>:<appcode>") names if its field still names that node; 1 if so.
+DROP = """
+local function drop(prefix, member, node)
+  local uid, appcode = string.match(member, '^(.*):([^:]*)$')
+  if not uid then return 0 end
+  local key = prefix .. uid
+  local value = redis.call('HGET', key, appcode)
+  if value and string.match(value, '^([^|]*)|') == node then
+    redis.call('HDEL', key, appcode)
+    return 1
+  end
+  return 0
+end
+"""
+
 # KEYS[1] = the node's set, KEYS[2] (optional) = the node's registration.
 # ARGV: hash key prefix, node id, batch size. Returns {sessions removed,
 # members left in the set}.
-PURGE = Script("""
+PURGE = Script(DROP + """
 if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, 0}  -- the node is alive (again): nothing of it is purged
 end
 local members = redis.call('SPOP', KEYS[1], ARGV[3])
 local removed = 0
 for _, member in ipairs(members) do
-  local uid, appcode = string.match(member, '^(.*):([^:]*)$')
-  if uid then
-    local key = ARGV[1] .. uid
-    local value = redis.call('HGET', key, appcode)
-    if value and string.match(value, '^([^|]*)|') == ARGV[2] then
-      redis.call('HDEL', key, appcode)
-      removed = removed + 1
-    end
-  end
+  removed = removed + drop(ARGV[1], member, ARGV[2])
 end
 return {removed, redis.call('SCARD', KEYS[1])}
 """)
+
+
+# KEYS[1] = the node's lease, KEYS[2] = the re-registration set. ARGV: lease
+# token, hash key prefix, node set key prefix, node id, then per session: uid,
+# appcode, value, since_ms. Returns -1 when the lease is not the token's, else
+# per session 0 (registered), 1 (a session of another node logged in no
+# earlier: kept, ours must go) or the value of the older session of another
+# node it replaced (that node must kick it).
+REREGISTER = Script("""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local mine = ARGV[3] .. ARGV[4]
+local out = {}
+for i = 5, #ARGV, 4 do
+  local key = ARGV[2] .. ARGV[i]
+  local member = ARGV[i] .. ':' .. ARGV[i + 1]
+  local cur = redis.call('HGET', key, ARGV[i + 1])
+  local verdict = 0
+  if cur and cur ~= ARGV[i + 2] then
+    local node, since = string.match(cur, '^([^|]*)|.*|([^|]*)$')
+    if node and node ~= ARGV[4] then
+      if tonumber(since) and tonumber(since) >= tonumber(ARGV[i + 3]) then
+        verdict = 1
+      else
+        verdict = cur
+        redis.call('SREM', ARGV[3] .. node, member)
+      end
+    end
+  end
+  if verdict ~= 1 then
+    redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+    redis.call('SADD', mine, member)
+    redis.call('SADD', KEYS[2], member)
+  end
+  out[#out + 1] = verdict
+end
+redis.call('PEXPIRE', KEYS[2], 60000)
+return out
+""")
+
+# KEYS[1] = the node's lease, KEYS[2] = the node's set, KEYS[3] = the
+# re-registration set. ARGV: lease token, hash key prefix, node id. Deletes the
+# sessions of the node's set that were not re-registered and still name the
+# node; -1 when the lease is not the token's, else how many.
+PRUNE = Script(DROP + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local removed = 0
+for _, member in ipairs(redis.call('SDIFF', KEYS[2], KEYS[3])) do
+  removed = removed + drop(ARGV[2], member, ARGV[3])
+  redis.call('SREM', KEYS[2], member)
+end
+redis.call('DEL', KEYS[3])
+return removed
+""")
+
+#: Sessions re-registered per script call (one call holds Redis for about a
+#: millisecond per hundred).
+REREGISTER_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Reregistered:
+    """What :meth:`RedisSessionStore.reregister` did."""
+
+    #: The sessions registered again: they stay.
+    kept: list[SessionRecord]
+    #: This node's sessions that a newer login elsewhere replaced: kick them.
+    newer_elsewhere: list[SessionRecord]
+    #: Older sessions of other nodes that ours replaced: those nodes must kick them.
+    replaced: list[SessionRecord]
+    #: Sessions of this node's set that were not live any more, removed.
+    pruned: int
 
 
 def encode(record: SessionRecord) -> bytes:
@@ -205,7 +297,44 @@ class RedisSessionStore:
         its sessions."""
         return Deferred.fromCoroutine(self._purge_node(node_id, alive_key))
 
+    def reregister(self, node_id: int, records: list[SessionRecord], lease: tuple[str, str]
+                   ) -> Deferred[Reregistered]:
+        """Register this node's live ``records`` again after an outage, only
+        while ``lease`` (its key and token) is this node's, and prune the other
+        members of the node's set (module docstring). Fails with
+        :class:`StoreUnavailable` when Redis fails or the lease is not ours."""
+        return Deferred.fromCoroutine(self._reregister(node_id, records, lease))
+
     # -- the flows -------------------------------------------------------
+
+    async def _reregister(self, node_id: int, records: list[SessionRecord],
+                          lease: tuple[str, str]) -> Reregistered:
+        lease_key, token = lease
+        scratch = self.redis.key("rejoin", node_id, secrets.token_hex(8))
+        done = Reregistered([], [], [], 0)
+        for i in range(0, len(records), REREGISTER_BATCH):
+            batch = records[i:i + REREGISTER_BATCH]
+            args: list[Any] = [token, self.redis.key("sess", ""), self.redis.key("nodesess", ""),
+                               node_id]
+            for r in batch:
+                args += [r.uid, r.appcode, encode(r), r.since_ms]
+            verdicts = await REREGISTER(self.redis, [lease_key, scratch], args)
+            if verdicts == -1:
+                raise StoreUnavailable(f"the lease of node {node_id} is not ours any more")
+            for record, verdict in zip(batch, verdicts, strict=True):
+                if verdict == 0:
+                    done.kept.append(record)
+                elif verdict == 1:
+                    done.newer_elsewhere.append(record)
+                else:
+                    done.kept.append(record)
+                    done.replaced.append(decode(record.uid, record.appcode, verdict))
+        pruned = await PRUNE(self.redis, [lease_key, self.redis.key("nodesess", node_id), scratch],
+                             [token, self.redis.key("sess", ""), node_id])
+        if pruned == -1:
+            raise StoreUnavailable(f"the lease of node {node_id} is not ours any more")
+        return dataclasses.replace(done, pruned=int(pruned))
+
 
     async def _unregister(self, record: SessionRecord) -> bool:
         removed = await UNREGISTER(
