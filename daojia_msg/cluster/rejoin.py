@@ -130,7 +130,8 @@ class Rejoin:
 
         async def worker() -> None:
             while queue and not self._stopped:
-                counts[0] += await self._push_pending(queue.pop())
+                pushed = await self._push_pending(queue.pop())
+                counts[0] += pushed  # not `+= await`: it would read the count before waiting
 
         await DeferredList([Deferred.fromCoroutine(worker()) for _ in range(PARALLEL)])
         if counts[0]:

@@ -6,6 +6,8 @@ is the deterministic :class:`~tests.helpers.Stack`."""
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from daojia_msg.cluster.detector import GateDetector
@@ -187,10 +189,13 @@ class RejoinTests(RedisFixture):
         return ids
 
     async def test_kept_sessions_get_what_became_pending(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         ids = self.pending_for_bob(3)
         await self.rejoin()
         await self.rejoin.pushing
         self.assertEqual([m.msgid for m in self.bob.pushed_messages()], ids)
+        [pushed] = [e for e in events if "pending messages" in e.get("log_format", "")]
+        self.assertEqual(pushed["count"], 3)
         self.assertEqual(self.alice.pushed_messages(), [])
         self.assertEqual(self.stack.logic.stats.totals()["pushed"], 3)
         self.assertEqual([r.uid for r in await self.store.lookup_many([(1, 1001), (2, 1001)])
