@@ -4,9 +4,9 @@
 :class:`Unavailable` means a backend did not do the operation (down, cut
 off, timed out): the caller may retry. Its subclasses say which kind of
 backend failed, so a peer node that cannot be reached is not mistaken for a
-message store that is down. :class:`StoreUncertain` and :class:`BusTimeout`
-are not :class:`Unavailable`: the backend may have done it, and the client is
-answered TIMEOUT, never UNAVAILABLE (docs/protocol.md §7.4).
+message store that is down. A write that failed with :class:`StoreUncertain`
+or :class:`BusTimeout` may have been done: its client is answered TIMEOUT,
+never UNAVAILABLE (docs/protocol.md §7.4).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ class StoreUnavailable(StoreError, Unavailable):
     """The store backend (database, Redis) is down or timed out."""
 
 
-class StoreUncertain(StoreError):
-    """The store backend failed after the write was sent (the connection was
-    lost while its COMMIT was under way): it may or may not have been done."""
+class StoreUncertain(StoreUnavailable):
+    """The store backend is down, and lost the connection while a query was
+    under way (perhaps its COMMIT): a write may or may not have been done.
+    (A read that failed so is simply unavailable: a subclass.)"""
 
 
 class PeerUnavailable(Unavailable):

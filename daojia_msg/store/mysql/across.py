@@ -16,6 +16,7 @@ from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daojia_msg.core.errors import StoreUncertain
 from daojia_msg.store.mysql.flush import AckOp, FlushTransactions, Op, answer, flush_items, split
 from daojia_msg.store.mysql.placement import Item, Owners, Placement
 from daojia_msg.store.mysql.pools import Database
@@ -123,7 +124,9 @@ class AcrossDatabases:
             if isinstance(done, Failure):
                 hit = [i for i in to_write if db in place.row_databases(i)]
                 _fail(items, failed, done, hit)
-        committed = {db for db, done in written.items() if not isinstance(done, Failure)}
+        # A database whose write may have committed (StoreUncertain) gets the delete too.
+        committed = {db for db, done in written.items()
+                     if not isinstance(done, Failure) or done.check(StoreUncertain)}
         undo = [i for i in to_write if i.op in failed]
         await self._delete_copies(undo, "its op failed", committed)
 

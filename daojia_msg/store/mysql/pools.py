@@ -6,7 +6,11 @@ A connection the server closed (MySQL errors 2006, 2013, 1927 "killed", 4031,
 pymysql's "(0, '')" for a closed one) makes an interaction run again, once, on
 a newly opened connection; a deadlock (1213) or a row-lock wait timeout
 (1205), which roll the transaction back, make it run again, once, on a pooled
-connection. Anything else, or a second failure, is :class:`StoreUnavailable`.
+connection. Anything else, or a second failure, is :class:`StoreUnavailable`;
+:class:`StoreUncertain` when a run lost its connection while a query was
+under way (2013, 1927), and the retry did not settle it: that query may have
+been the flush's COMMIT, so its writes may or may not be done (answered
+TIMEOUT, not UNAVAILABLE: docs/protocol.md §7.4).
 Every interaction of the store may run twice: reads; ACK (an update of
 ``pending`` rows only; run again after a commit whose answer was lost it
 reports fewer rows changed, which only undercounts the ``acked`` statistic);
@@ -37,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daojia_msg.config import ConfigError, MySQLConfig, MySQLURL
-from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.errors import StoreUnavailable, StoreUncertain
 from daojia_msg.store.dbpool import PoolRunner
 from daojia_msg.store.reads import ReadBatcher
 
@@ -54,6 +58,9 @@ LOCK_ERRORS = frozenset({1213, 1205})
 """MySQL errors after which an interaction runs again (its transaction was
 rolled back; the connection is fine): deadlock, row-lock wait timeout."""
 RETRY_ERRORS = RECONNECT_ERRORS | LOCK_ERRORS
+LOST_DURING_QUERY = frozenset({2013, 1927})
+"""MySQL errors that leave a query's outcome unknown: the connection was lost
+(or killed) while it ran, perhaps after the server committed."""
 
 
 def _code(error: BaseException) -> int | None:
@@ -68,6 +75,11 @@ def retryable(error: BaseException) -> bool:
     """Whether ``error`` means "run it again" (:func:`needs_new_connection` says where)."""
     code = _code(error)
     return code == 0 or code in RETRY_ERRORS
+
+
+def lost_during_query(error: BaseException) -> bool:
+    """Whether ``error`` leaves the outcome of the query that failed unknown."""
+    return _code(error) in LOST_DURING_QUERY
 
 
 def needs_new_connection(error: BaseException) -> bool:
@@ -170,8 +182,9 @@ class RetryOnce:
     def _again(
         self, failure: Failure, interaction: Callable[..., Any], args: tuple[Any, ...]
     ) -> Any:
+        lost = failure.value is not None and lost_during_query(failure.value)
         if failure.value is None or not retryable(failure.value) or not self.pool.running:
-            return failure
+            return self._uncertain(failure, interaction) if lost else failure
         self.retries += 1
         fresh = needs_new_connection(failure.value)
         self.log.warn(
@@ -182,8 +195,26 @@ class RetryOnce:
             connection="a new" if fresh else "a pooled",
         )
         if fresh:
-            return self.pool.runInteraction(_on_new_connection, interaction, *args)
-        return self.pool.runInteraction(interaction, *args)
+            d = self.pool.runInteraction(_on_new_connection, interaction, *args)
+        else:
+            d = self.pool.runInteraction(interaction, *args)
+        return d.addErrback(self._failed_again, interaction, lost)
+
+    def _failed_again(self, failure: Failure, interaction: Callable[..., Any],
+                      lost: bool) -> Failure:
+        """The second run failed too: uncertain if either run lost its connection mid-query."""
+        if lost or (failure.value is not None and lost_during_query(failure.value)):
+            return self._uncertain(failure, interaction)
+        return failure
+
+    def _uncertain(self, failure: Failure, interaction: Callable[..., Any]) -> Failure:
+        operation = getattr(interaction, "__name__", repr(interaction))
+        self.log.error("{store} {operation}: {error}; it may or may not have been done",
+                       store=self.name, operation=operation, error=repr(failure.value))
+        error = StoreUncertain(f"{self.name} {operation}: the connection was lost during a query"
+                               f" ({failure.value!r}): it may or may not have been done")
+        error.__cause__ = failure.value
+        return Failure(error)
 
 
 class Database:

@@ -9,7 +9,7 @@ import hashlib
 from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
-from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.errors import StoreUnavailable, StoreUncertain
 from daojia_msg.core.model import StoreOutcome
 from tests.store.mysql.fixtures import (
     TestPool,
@@ -53,6 +53,14 @@ class AcrossDatabasesTests(TestCase):
         self.assertEqual(self.rows(), {})
         self.assertEqual(await self.store.store([c2c(2, 4, 10, 8, 10)]), [StoreOutcome(2, "log-2")])
         self.assertEqual(self.rows(), {"a.messages": [2], "a.history": [2, 2]})
+        self.flushLoggedErrors()
+
+    async def test_a_write_that_may_have_committed_is_deleted_too(self) -> None:
+        """b commits the write but its answer is lost twice (StoreUncertain:
+        TIMEOUT for the client): the copies are deleted in b as in a."""
+        self.pb.lose_commit_answers = 2
+        await self.assertFailure(self.store.store([c2c(1, 3, 10, 4, 10)]), StoreUncertain)
+        self.assertEqual(self.rows(), {})
         self.flushLoggedErrors()
 
     async def test_a_resend_of_a_failed_op_in_the_same_flush_fails_too(self) -> None:

@@ -10,12 +10,13 @@ from typing import Any
 
 import pymysql
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from daojia_msg.core.errors import StoreError, StoreUnavailable
+from daojia_msg.core.errors import StoreError, StoreUnavailable, StoreUncertain
 from daojia_msg.core.model import StoreOutcome
 from daojia_msg.store.mysql import MySQLMessageStore
-from daojia_msg.store.mysql.pools import needs_new_connection, retryable
+from daojia_msg.store.mysql.pools import RetryOnce, needs_new_connection, retryable
 from tests.store.mysql.fixtures import (
     TestPool,
     connection_id,
@@ -41,6 +42,66 @@ class RetryPolicyTests(TestCase):
         self.assertFalse(retryable(pymysql.err.OperationalError(1045, "Access denied")))
         self.assertEqual([needs_new_connection(e) for e in (lost, deadlock, lock_wait, closed)],
                          [True, False, False, True])  # fmt: skip
+
+
+class _ScriptedPool:
+    """What RetryOnce uses of a pool: each run fails with the next error of
+    ``errors`` (None: succeeds)."""
+
+    dbapi = pymysql
+    running = True
+
+    def __init__(self, *errors: Exception | None) -> None:
+        self.errors = list(errors)
+        self.runs = 0
+
+    def runInteraction(self, interaction: Any, *args: Any) -> Deferred[Any]:
+        self.runs += 1
+        error = self.errors.pop(0)
+        return fail(error) if error is not None else succeed("done")
+
+
+def write_txn(txn: Any) -> None:
+    """Stands for a flush."""
+
+
+class UncertainTests(SynchronousTestCase):
+    """A run that lost its connection mid-query (2013) may have committed: if
+    the retry does not settle it, the failure is StoreUncertain (TIMEOUT for
+    the client), not a plain StoreUnavailable (UNAVAILABLE: nothing done)."""
+
+    lost = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+    refused = pymysql.err.OperationalError(2003, "Can't connect to MySQL server")
+    gone = pymysql.err.OperationalError(2006, "MySQL server has gone away")
+
+    def attempt(self, pool: _ScriptedPool) -> Any:
+        return RetryOnce(pool, "test").runInteraction(write_txn)  # type: ignore[arg-type]
+
+    def test_the_retry_settles_it(self) -> None:
+        self.assertEqual(self.successResultOf(self.attempt(_ScriptedPool(self.lost, None))), "done")
+
+    def test_lost_then_unreachable(self) -> None:
+        error = self.failureResultOf(self.attempt(_ScriptedPool(self.lost, self.refused)),
+                                     StoreUncertain).value
+        self.assertIn("may or may not", str(error))
+        self.assertIs(error.__cause__, self.refused)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_lost_on_the_retry(self) -> None:
+        self.failureResultOf(self.attempt(_ScriptedPool(self.gone, self.lost)), StoreUncertain)
+
+    def test_lost_and_the_pool_stopped(self) -> None:
+        pool = _ScriptedPool(self.lost)
+        pool.running = False
+        self.failureResultOf(self.attempt(pool), StoreUncertain)
+        self.assertEqual(pool.runs, 1)
+
+    def test_never_sent_is_not_uncertain(self) -> None:
+        """Gone away (at the send) twice, or a lock error then refused: nothing done."""
+        for first, second in [(self.gone, self.gone), (self.gone, self.refused)]:
+            failure = self.failureResultOf(self.attempt(_ScriptedPool(first, second)))
+            self.assertFalse(failure.check(StoreUncertain))
+            self.assertIs(failure.value, second)
 
 
 class ConnectionSettingsTests(TestCase):
@@ -122,10 +183,17 @@ class DeadConnectionTests(TestCase):
         self.assertEqual(len(query(self.url, "SELECT * FROM history_2")), 1)
 
     async def test_no_second_retry(self) -> None:
-        """Both runs lose their connection: StoreUnavailable."""
+        """Both runs lose their connection: StoreUncertain (a StoreUnavailable:
+        a read is just unavailable; a write may or may not be done)."""
         self.pool.lose_commit_answers = 2
-        await self.assertFailure(self.store.count_pending(2, 10), StoreUnavailable)
+        await self.assertFailure(self.store.count_pending(2, 10), StoreUncertain)
         self.assertEqual(self.store.retries, 1)
+        self.pool.lose_commit_answers = 2
+        await self.assertFailure(self.store.store([c2c(1, client_msg_id="u")]), StoreUncertain)
+        # It was committed (the answers were lost): the resend finds it.
+        [again] = await self.store.store([c2c(2, client_msg_id="u")])
+        self.assertEqual(again, StoreOutcome(1, "log-1", True))
+        self.flushLoggedErrors()
 
 
 class UnreachableTests(TestCase):
