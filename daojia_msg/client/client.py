@@ -24,6 +24,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,6 +36,8 @@ from daojia_msg.client.errors import (
     ResultError,
     TLSFailed,
     kick_reason_name,
+    may_resend,
+    resend_delay,
 )
 from daojia_msg.client.protocol import (
     PAGE_CAP,
@@ -87,7 +90,9 @@ class MsgClient(Service):
     The request methods wait for a logged-in connection (without a time limit:
     add ``Deferred.addTimeout`` where that matters). ``c2c`` resends with the same
     ``client_msg_id`` after a lost connection or a timeout, up to ``send_retries``
-    times, which the server's de-duplication makes safe.
+    times, which the server's de-duplication makes safe; after the server's
+    TIMEOUT (or a result code this version does not know) it waits
+    ``resend_delay(n)`` seconds first (0.5, 1, 2, then 4: docs/protocol.md §7.4).
 
     A KICKOUT for LOGIN_ELSEWHERE or ADMIN stops the client (reconnecting would
     fight the other device); SHUTDOWN and ABUSE reconnect after the backoff. A
@@ -119,6 +124,7 @@ class MsgClient(Service):
         backoff: Callable[[int], float] | None = None,
         dedup_size: int = 10_000,
         send_retries: int = 2,
+        resend_delay: Callable[[int], float] = resend_delay,
         drain_on_login: bool = True,
     ) -> None:
         self.reactor = reactor
@@ -136,6 +142,7 @@ class MsgClient(Service):
         self.heartbeat_s = heartbeat_s
         self.request_timeout = request_timeout
         self.send_retries = send_retries
+        self.resend_delay = resend_delay
         self.drain_on_login = drain_on_login
         self.recent = RecentIds(dedup_size)
         #: ``(reason_code, reason)`` of the last KICKOUT, if any.
@@ -344,8 +351,9 @@ class MsgClient(Service):
                 return result
             except KickedOut:
                 raise
-            except (ConnectionLost, RequestTimeout, NotConnected) as e:
-                if attempt >= self.send_retries:
+            except (ConnectionLost, RequestTimeout, NotConnected, ResultError) as e:
+                if attempt >= self.send_retries or (
+                        isinstance(e, ResultError) and not may_resend(e)):
                     raise
                 attempt += 1
                 self.log.info(
@@ -353,6 +361,8 @@ class MsgClient(Service):
                     client_msg_id=args[4],
                     error=str(e),
                 )
+                if isinstance(e, ResultError):  # the server is slow: give it a moment
+                    await deferLater(self.reactor, self.resend_delay(attempt), lambda: None)
 
     def ack(self, msgids: Iterable[int]) -> Deferred[pb.Result]:
         return self._call("ack", list(msgids))

@@ -73,6 +73,25 @@ class ResultError(ClientError):
         return f"{self.code_name}: {self.reason}" if self.reason else self.code_name
 
 
+_KNOWN_CODES = frozenset(int(code) for code in Code)
+
+
+def may_resend(error: BaseException) -> bool:
+    """Whether a C2C that failed with ``error`` may be resent with the same
+    ``client_msg_id``, after a pause: the server answered TIMEOUT (it may or
+    may not be stored), or a code this version does not know
+    (docs/protocol.md §7, §7.4)."""
+    if not isinstance(error, ResultError):
+        return False
+    return error.code == Code.TIMEOUT or error.code not in _KNOWN_CODES
+
+
+def resend_delay(attempt: int) -> float:
+    """Seconds before resend number ``attempt`` (1, 2, ...) after TIMEOUT:
+    0.5, 1, 2, then 4 each."""
+    return min(0.5 * 2.0 ** (attempt - 1), 4.0)
+
+
 class RequestTimeout(ClientError):
     """No response to request ``sequenceid`` (command ``cmd``) within ``timeout`` seconds."""
 

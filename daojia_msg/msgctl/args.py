@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--msgtype", type=U32, required=True)
     p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
     p.add_argument("--logid", default="")
+    p.add_argument("--idempotency-key", metavar="KEY",
+                   help="the push's Idempotency-Key: a repeat within 7 days is answered with "
+                        "the first msgid (default: a fresh one, kept for resends after a 504)")
     p.add_argument("text", nargs="+", metavar="TEXT")
     p = sub.add_parser("tail", help="print the C2S envelopes arriving on a topic of a bus")
     p.add_argument("topic", metavar="TOPIC")

@@ -1,26 +1,34 @@
 # -*- test-case-name: tests.msgctl.test_oneshot,tests.msgctl.test_tls -*-
 """What every msgctl command shares: its context, its error, tokens, message
-lines, and the gate's endpoint (TCP, or TLS with ``--tls``) and its errors."""
+lines, the gate's endpoint (TCP, or TLS with ``--tls``) and its errors, and
+resending after TIMEOUT."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client.endpoint import gate_endpoint
-from daojia_msg.client.errors import ClientError, TLSFailed
+from daojia_msg.client.errors import ClientError, TLSFailed, resend_delay
 from daojia_msg.config import DEMO_APPS
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.tls import TLSError
 
 #: Attaches a protocol to the standard input (the tests give a fake one).
 StdioFactory = Callable[[Protocol], object]
+
+T = TypeVar("T")
+
+#: Resends of a message answered TIMEOUT (HTTP 504), after the client
+#: library's pauses (0.5, 1, 2 s: docs/protocol.md §7.4).
+RESENDS = 3
 
 
 class CliError(Exception):
@@ -121,3 +129,21 @@ def login_error(ctx: Ctx, e: ClientError, handshake_done: bool = True) -> CliErr
         return CliError(f"cannot connect to {a.host}:{a.port} over TLS: the connection closed "
                         "during the handshake (is it a TLS port?)")
     return CliError(f"login failed: {e}")
+
+
+async def resending(ctx: Ctx, send: Callable[[], Awaitable[T]],
+                    may_resend: Callable[[Exception], bool], what: str) -> T:
+    """``send()``, and again (the same message: the same ``client_msg_id`` or
+    ``Idempotency-Key``) after a pause while it fails with an error that
+    ``may_resend``, at most :data:`RESENDS` more times; each resend is said on
+    stderr."""
+    attempt = 0
+    while True:
+        try:
+            return await send()
+        except Exception as e:
+            if attempt >= RESENDS or not may_resend(e):
+                raise
+            attempt += 1
+            ctx.note(f"msgctl: {e}; resending {what} ({attempt} of {RESENDS})")
+            await deferLater(ctx.reactor, resend_delay(attempt), lambda: None)

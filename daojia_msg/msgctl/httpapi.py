@@ -1,11 +1,14 @@
 # -*- test-case-name: tests.msgctl.test_httpapi,tests.msgctl.test_tls -*-
 """``msgctl push`` and ``msgctl stats``: the node's HTTP API (docs/openapi.yaml),
-over https with ``--tls`` (the node's certificate verified against ``--ca``)."""
+over https with ``--tls`` (the node's certificate verified against ``--ca``).
+``push`` sends an ``Idempotency-Key`` (``--idempotency-key``, or a fresh one)
+and resends with it after a 504."""
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,7 +16,7 @@ from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
 
 from daojia_msg.config import DEMO_APPS
-from daojia_msg.msgctl.common import CliError, Ctx, check_tls, tls_hint
+from daojia_msg.msgctl.common import CliError, Ctx, check_tls, resending, tls_hint
 from daojia_msg.tls import TLSError, tls_failure, trust_root
 
 
@@ -51,11 +54,26 @@ def _client(ctx: Ctx) -> Any:
     return HTTPClient(Agent(ctx.reactor, contextFactory=policy, pool=pool))
 
 
-async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None) -> str:
-    """One HTTP API request; its body text, or :class:`CliError` with the API's error."""
+class HttpError(CliError):
+    """The API answered with an error ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _timed_out(error: Exception) -> bool:
+    """A push answered 504: it may or may not be stored; resend it with its key."""
+    return isinstance(error, HttpError) and error.status == 504
+
+
+async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> str:
+    """One HTTP API request; its body text, or :class:`CliError` with the API's
+    error (:class:`HttpError` when it answered one)."""
     url = base_url(ctx) + path
     http = ctx.http if ctx.http is not None else _client(ctx)
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = {"Authorization": f"Bearer {key}", **(headers or {})}
     try:
         if body is None:
             response = await http.request(method, url, headers=headers)
@@ -76,7 +94,7 @@ async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None) ->
             detail = json.loads(text)["error"]
         except (ValueError, KeyError, TypeError):
             detail = text or response.phrase.decode("latin-1")
-        raise CliError(f"HTTP {response.code}: {detail}")
+        raise HttpError(response.code, f"HTTP {response.code}: {detail}")
     return text
 
 
@@ -90,7 +108,10 @@ async def cmd_push(ctx: Ctx) -> None:
     }
     if a.logid:
         body["logid"] = a.logid
-    ctx.say(await _http(ctx, "POST", "/v1/push", _api_key(a.api_key, a.to_appcode), body))
+    api_key = _api_key(a.api_key, a.to_appcode)
+    idempotent = {"Idempotency-Key": a.idempotency_key or uuid.uuid4().hex}
+    ctx.say(await resending(ctx, lambda: _http(ctx, "POST", "/v1/push", api_key, body, idempotent),
+                            _timed_out, "with the same Idempotency-Key"))
 
 
 async def cmd_stats(ctx: Ctx) -> int:

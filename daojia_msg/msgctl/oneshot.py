@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.msgctl.test_oneshot,tests.msgctl.test_tls -*-
 """The one-shot commands: ``token``, and ``send``, ``c2s``, ``pull`` and ``history``,
-each on a connection of its own that logs in, makes its request and logs out."""
+each on a connection of its own that logs in, makes its request and logs out.
+``send`` resends after TIMEOUT with the same ``client_msg_id``."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -11,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectError
 
-from daojia_msg.client.errors import ClientError
+from daojia_msg.client.errors import ClientError, may_resend
 from daojia_msg.client.protocol import MsgClientProtocol
 from daojia_msg.msgctl.common import (
     Ctx,
@@ -19,6 +21,7 @@ from daojia_msg.msgctl.common import (
     endpoint,
     format_message,
     login_error,
+    resending,
     text,
     token,
 )
@@ -71,9 +74,18 @@ async def _one(ctx: Ctx, call: Callable[[MsgClientProtocol], Deferred[T]], **kwa
 
 
 async def cmd_send(ctx: Ctx) -> None:
+    """One C2C; answered TIMEOUT, it is resent with the same client_msg_id."""
     a = ctx.args
     content = " ".join(a.text).encode()
-    r = await _one(ctx, lambda p: p.c2c(a.to, a.to_appcode or a.appcode, a.msgtype, content))
+    client_msg_id = uuid.uuid4().hex
+
+    def send(proto: MsgClientProtocol) -> Deferred[pb.Result]:
+        return Deferred.fromCoroutine(resending(
+            ctx, lambda: proto.c2c(a.to, a.to_appcode or a.appcode, a.msgtype, content,
+                                   client_msg_id),
+            may_resend, "with the same client_msg_id"))
+
+    r = await _one(ctx, send)
     ctx.say(f"msgid={r.msgid} logid={r.logid}")
 
 

@@ -161,6 +161,53 @@ class MsgClientTests(SynchronousTestCase):
         answer(self.proto(), again, pb.Result(msgid=1))
         self.assertEqual(self.successResultOf(d).msgid, 1)
 
+    def test_c2c_resent_after_timeout_with_backoff(self) -> None:
+        """TIMEOUT (13): resent with the same client_msg_id after 0.5 s, then
+        after 1 s more; the server's dedup answers the first msgid."""
+        self.client.startService()
+        self.login()
+        d = self.client.c2c(7, 1002, 0, b"hi")
+        first = one(self.transport())
+        answer(self.proto(), first, pb.Result(code=Code.TIMEOUT, reason="stalled"))
+        self.clock.advance(0.4)
+        self.assertEqual(sent(self.transport()), [])
+        self.clock.advance(0.1)
+        second = one(self.transport())
+        self.assertEqual(second.body, first.body)
+        answer(self.proto(), second, pb.Result(code=Code.TIMEOUT))
+        self.clock.advance(0.9)
+        self.assertEqual(sent(self.transport()), [])
+        self.clock.advance(0.1)
+        third = one(self.transport())
+        self.assertEqual(third.body, first.body)
+        answer(self.proto(), third, pb.Result(msgid=5))
+        self.assertEqual(self.successResultOf(d).msgid, 5)
+
+    def test_c2c_timeout_resends_are_bounded(self) -> None:
+        self.client.startService()
+        self.login()
+        d = self.client.c2c(7, 1002, 0, b"hi")
+        for _ in range(3):  # the send and send_retries (2) resends
+            answer(self.proto(), one(self.transport()), pb.Result(code=Code.TIMEOUT))
+            self.clock.advance(4)
+        self.assertEqual(self.failureResultOf(d, ResultError).value.code, Code.TIMEOUT)
+        self.assertEqual(sent(self.transport()), [])
+
+    def test_unknown_code_is_resent_other_errors_are_not(self) -> None:
+        self.client.startService()
+        self.login()
+        d = self.client.c2c(7, 1002, 0, b"hi")
+        answer(self.proto(), one(self.transport()), pb.Result(code=99))
+        self.clock.advance(0.5)
+        answer(self.proto(), one(self.transport()), pb.Result(msgid=6))
+        self.assertEqual(self.successResultOf(d).msgid, 6)
+        for code in (Code.BAD_REQUEST, Code.UNAVAILABLE):
+            d = self.client.c2c(7, 1002, 0, b"hi")
+            answer(self.proto(), one(self.transport()), pb.Result(code=code))
+            self.assertEqual(self.failureResultOf(d, ResultError).value.code, code)
+            self.clock.advance(5)
+            self.assertEqual(sent(self.transport()), [])
+
     def kick(self, reason_code: int) -> None:
         body = pb.Kickout(reason_code=reason_code, reason="r").SerializeToString()
         self.proto().dataReceived(encode(Cmd.KICKOUT, APP, 0, UID, 3, body))

@@ -21,12 +21,16 @@ class PushResource(Resource):
         self.code = code
         self.answer = answer
         self.seen: list[tuple[bytes, str | None, Any]] = []
+        #: Each request's Idempotency-Key; the statuses of the first answers.
+        self.keys: list[str | None] = []
+        self.codes: list[int] = []
 
     def render_POST(self, request: Request) -> bytes:
         assert request.content is not None
         body = json.loads(request.content.read())
         self.seen.append((request.path, request.getHeader("authorization"), body))
-        request.setResponseCode(self.code)
+        self.keys.append(request.getHeader("idempotency-key"))
+        request.setResponseCode(self.codes.pop(0) if self.codes else self.code)
         request.setHeader("content-type", "application/json")
         return json.dumps(self.answer).encode()
 
@@ -62,6 +66,29 @@ class PushTests(CliTestCase):
         self.assertEqual(
             body, {"to_uid": 8, "to_appcode": 1002, "msgtype": 3, "content": "new order"}
         )
+
+    def test_a_504_is_resent_with_the_same_key(self) -> None:
+        resource = PushResource(200, {"msgid": "9", "logid": "l", "online": False})
+        resource.codes = [504]
+        stub = StubTreq(resource)
+        d = self.run_cli("push", "--to", "8", "--to-appcode", "1002", "--msgtype", "3", "x",
+                         http=stub)
+        stub.flush()
+        self.assertEqual(len(resource.seen), 1)
+        self.reactor.advance(0.5)
+        stub.flush()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(json.loads(self.out.getvalue())["msgid"], "9")
+        first, again = resource.keys
+        self.assertEqual((len(first or ""), again), (32, first))
+        self.assertIn("HTTP 504", self.err.getvalue())
+        self.assertIn("resending with the same Idempotency-Key (1 of 3)", self.err.getvalue())
+
+    def test_idempotency_key_option_and_other_errors_not_resent(self) -> None:
+        resource = PushResource(503, {"error": "store unavailable"})
+        d = self.push(resource, "--idempotency-key", "order-7")
+        self.assertEqual(self.exit_code(d), 1)
+        self.assertEqual(resource.keys, ["order-7"])
 
     def test_api_key_and_logid(self) -> None:
         resource = PushResource(200, {"msgid": "1"})

@@ -64,6 +64,39 @@ class GateCommandTests(CliTestCase):
         self.assertEqual(self.exit_code(d), 0)
         self.assertEqual(self.out.getvalue(), "msgid=123 logid=abc\n")
 
+    def test_send_resends_after_timeout(self) -> None:
+        """TIMEOUT: the same C2C (same client_msg_id) again after 0.5 s, then 1 s."""
+        d = self.run_cli("send", "--uid", "7", "--appcode", "1001", "--to", "8", "hi")
+        self.gate.accept()
+        self.gate.login()
+        first = self.gate.answer(Cmd.C2C, pb.Result(code=Code.TIMEOUT, reason="stalled"))
+        self.reactor.advance(0.5)
+        second = self.gate.answer(Cmd.C2C, pb.Result(code=Code.TIMEOUT, reason="stalled"))
+        self.reactor.advance(0.9)
+        self.assertEqual(self.gate.transport.value(), b"")
+        self.reactor.advance(0.1)
+        third = self.gate.answer(Cmd.C2C, pb.Result(msgid=5, logid="l5"))
+        self.assertEqual({first.body, second.body, third.body}, {first.body})
+        self.gate.answer(Cmd.LOGOUT)
+        self.gate.close()
+        self.assertEqual(self.exit_code(d), 0)
+        self.assertEqual(self.out.getvalue(), "msgid=5 logid=l5\n")
+        self.assertEqual(self.err.getvalue().splitlines(), [
+            "msgctl: TIMEOUT: stalled; resending with the same client_msg_id (1 of 3)",
+            "msgctl: TIMEOUT: stalled; resending with the same client_msg_id (2 of 3)"])
+
+    def test_send_gives_up_after_three_resends(self) -> None:
+        d = self.run_cli("send", "--uid", "7", "--appcode", "1001", "--to", "8", "hi")
+        self.gate.accept()
+        self.gate.login()
+        for delay in (0.5, 1, 2, 0):
+            self.gate.answer(Cmd.C2C, pb.Result(code=Code.TIMEOUT))
+            self.reactor.advance(delay)
+        self.gate.answer(Cmd.LOGOUT)
+        self.gate.close()
+        self.assertEqual(self.exit_code(d), 1)
+        self.assertTrue(self.err.getvalue().endswith("msgctl: error: send failed: TIMEOUT\n"))
+
     def test_connection_refused(self) -> None:
         d = self.run_cli(
             "send", "--uid", "7", "--appcode", "1001", "--to", "8", "--port", "7001", "x"
