@@ -112,7 +112,9 @@ class FrameTransport:
 
 
 class GateWebSocket(WebSocketServerProtocol):
-    log = Logger()
+    # Not ``log``: that is autobahn's own (txaio) logger, which drops its
+    # per-frame debug events; a twisted Logger there would write them all.
+    _log = Logger()
     factory: GateWebSocketFactory
 
     gate: GateProtocol | None = None
@@ -149,7 +151,7 @@ class GateWebSocket(WebSocketServerProtocol):
     def _refuse(self, code: int, why: str) -> None:
         gate = self.gate
         assert gate is not None
-        self.log.info("closing {peer}: {why}", peer=gate.peer, why=why)
+        self._log.info("closing {peer}: {why}", peer=gate.peer, why=why)
         # sendClose takes only 1000 and 3000-4999 from applications.
         self.sendCloseFrame(code=code, reasonUtf8=why.encode(), isReply=False)
         gate.close()  # reads no more; aborts if the peer lingers past close_grace_s

@@ -9,7 +9,7 @@ import struct
 
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import Config, ConfigError, Limits
@@ -18,7 +18,7 @@ from daojia_msg.protocol.codec import encode
 from daojia_msg.protocol.codes import MAGIC, RESPONSE_BIT, Cmd, Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.tap import Options, build_config
-from tests.gate.wshelpers import ALLOWED, TIMEOUT, WSNodeTestCase, presented
+from tests.gate.wshelpers import ALLOWED, TIMEOUT, WSNodeTestCase, drop_ws, presented
 from tests.nodes import R
 from tests.tlscerts import CA
 from tests.tlsnodes import ssl_description
@@ -137,6 +137,22 @@ class FrameTests(WSNodeTestCase):
         self.assertEqual(pb.Result.FromString(answer.body).code, Code.OK)
         message = pb.Message.FromString((await pushed).body)
         self.assertEqual((message.from_uid, message.content), (1, b"hi"))
+
+    async def test_frames_log_nothing(self) -> None:
+        """autobahn's per-frame and per-connection debug events stay in
+        autobahn: none reaches the node's log (they once filled it, and cost a
+        quarter of the reactor's time)."""
+        await self.start_node()
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client = await self.ws()
+        self.assertEqual((await client.login(1)).code, Code.OK)
+        await client.request(Cmd.KEEPALIVE, 1001, 1)
+        await drop_ws(client)
+        debug = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.debug]
+        self.assertEqual(debug, [])
+        self.assertNotEqual(events, [])  # the observer saw the node's own lines
 
     async def test_tcp_and_websocket_clients_chat_both_ways(self) -> None:
         await self.start_node()
