@@ -35,6 +35,11 @@ PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
 TOO_BIG = 1009
 
+#: What autobahn keeps of the opening handshake for the connection's life and
+#: reads only during it (autobahn.websocket.protocol, processHandshake).
+HANDSHAKE_LEFTOVERS = ("http_request_data", "http_headers", "http_status_line",
+                       "http_request_uri", "http_request_params", "http_response_data")
+
 _MAGIC = MAGIC.to_bytes(2, "big")
 _BODYLENGTH = slice(HEADER_SIZE - 4, HEADER_SIZE)
 
@@ -132,6 +137,10 @@ class GateWebSocket(WebSocketServerProtocol):
         return SUBPROTOCOL
 
     def onOpen(self) -> None:
+        # The handshake is done: what autobahn kept of it (the request's bytes,
+        # its parsed headers, the 101 answer: ~1.3 KiB) is not read again.
+        for name in HANDSHAKE_LEFTOVERS:
+            setattr(self, name, None)
         self.gate = GateProtocol(self.factory.gate)
         self.gate.makeConnection(FrameTransport(self))
 
