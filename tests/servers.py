@@ -54,16 +54,21 @@ def require_mysql() -> str:
     """
     if not _reachable(MYSQL_HOST, MYSQL_PORT):
         missing(f"MySQL/MariaDB is not running at {MYSQL_HOST}:{MYSQL_PORT}")
+    return create_mysql_database(MYSQL_HOST, MYSQL_PORT, MYSQL_USER,
+                                 f"msgp_test_{uuid.uuid4().hex[:12]}")
+
+
+def create_mysql_database(host: str, port: int, user: str, name: str) -> str:
+    """``CREATE DATABASE name`` (utf8mb4) on that server; its mysql:// URL."""
     import pymysql
 
-    name = f"msgp_test_{uuid.uuid4().hex[:12]}"
-    conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER)
+    conn = pymysql.connect(host=host, port=port, user=user)
     try:
         with conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     finally:
         conn.close()
-    return f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    return f"mysql://{user}@{host}:{port}/{name}"
 
 
 def drop_mysql_database(url: str) -> None:
