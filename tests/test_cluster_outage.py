@@ -37,8 +37,8 @@ from daojia_msg.config import ClusterConfig, ListenConfig, RedisConfig, default_
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code
 from tests.nodes import Inbox, NodeTestCase
+from tests.processes import Watched, free_ports
 from tests.servers import missing
-from tests.test_cluster_e2e import Watched, free_ports
 
 R: Any = reactor
 log = Logger()

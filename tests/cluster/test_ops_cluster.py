@@ -19,43 +19,27 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client.client import MsgClient
 from tests.nodes import Inbox
-from tests.servers import delete_redis_keys, drop_mysql_database, require_mysql, require_redis
-from tests.test_cluster_e2e import TWISTD, Watched, free_ports
+from tests.processes import TWISTD, NodeProcessesTestCase, Watched, free_ports
 
 R: Any = reactor
 SHOP = "Bearer demo-key-1001"
 TAXI = "Bearer taxi-key-2001"
 
 
-class TraceAcrossNodes(TestCase):
+class TraceAcrossNodes(NodeProcessesTestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.redis_url = require_redis()
-        self.mysql_url = require_mysql()
-        self.addCleanup(drop_mysql_database, self.mysql_url)
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
-        self.addCleanup(self.delete_keys)
+        super().setUp()
         self.pool = HTTPConnectionPool(R, persistent=False)
-
-    async def delete_keys(self) -> None:
-        from daojia_msg.config import RedisConfig
-        from daojia_msg.redisconn import connect
-
-        redis = await connect(RedisConfig(url=self.redis_url))
-        await delete_redis_keys(redis, self.prefix)
-        await redis.close()
 
     def write_config(self, i: int) -> str:
         path = os.path.join(self.dir, f"node{i}.toml")
@@ -87,20 +71,12 @@ api_key = "taxi-key-2001"
 """)
         return path
 
-    def spawn(self, i: int, gate: int, http: int, rpc: int) -> Watched:
-        proc = Watched(f"node{i}", b" serving")
+    def spawn_node(self, i: int, gate: int, http: int, rpc: int) -> Watched:
         argv = [TWISTD, "-n", "--pidfile=", "msgplatform", "--config", self.write_config(i),
                 "--gate", f"tcp:{gate}:interface=127.0.0.1",
                 "--http", f"tcp:{http}:interface=127.0.0.1",
                 "--rpc", f"tcp:{rpc}:interface=127.0.0.1", "--ws", "tcp:0:interface=127.0.0.1"]
-        R.spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=self.dir)
-
-        def stop() -> Deferred[None]:
-            proc.kill(signal.SIGTERM)
-            return proc.ended
-
-        self.addCleanup(stop)
-        return proc
+        return self.spawn(f"node{i}", argv, b" serving", stop_signal=signal.SIGTERM)
 
     async def client(self, uid: int, gate: int) -> tuple[MsgClient, Inbox]:
         inbox = Inbox()
@@ -132,7 +108,7 @@ api_key = "taxi-key-2001"
 
     async def test_trace_of_a_c2c_across_two_nodes(self) -> None:
         gates, https, rpcs = free_ports(2), free_ports(2), free_ports(2)
-        nodes = [self.spawn(i, gates[i], https[i], rpcs[i]) for i in range(2)]
+        nodes = [self.spawn_node(i, gates[i], https[i], rpcs[i]) for i in range(2)]
         lines = await gatherResults([n.ready.addTimeout(60, R) for n in nodes])
         ids = [int(re.search(rb"node (\d+) serving", line).group(1))  # type: ignore[union-attr]
                for line in lines]

@@ -1,0 +1,102 @@
+"""Node processes for end-to-end tests: twistd children on free ports, one
+Redis key prefix and one MySQL database per test, cleaned up after it.
+
+Everything waits on events (a process's "serving" line, its end), each with a
+deadline; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import uuid
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
+
+from tests.servers import delete_redis_keys, drop_mysql_database, require_mysql, require_redis
+
+R: Any = reactor
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Watched(ProcessProtocol):
+    """A child process: its output, a Deferred for a line, one for its end."""
+
+    def __init__(self, name: str, ready_text: bytes | None) -> None:
+        self.name = name
+        self.output = b""
+        self.ready_text = ready_text
+        self.ready: Deferred[bytes] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self.ready_text and not self.ready.called and self.ready_text in self.output:
+            at = self.output.index(self.ready_text)
+            start = self.output.rfind(b"\n", 0, at) + 1
+            self.ready.callback(self.output[start:].split(b"\n")[0])
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        if self.ready_text and not self.ready.called:
+            self.ready.errback(RuntimeError(f"{self.name} exited:\n{self.output.decode()[-3000:]}"))
+        self.ended.callback(None)
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if not self.ended.called:
+            self.transport.signalProcess(sig)  # type: ignore[union-attr]
+
+
+class NodeProcessesTestCase(TestCase):
+    """A test of node processes sharing the real Redis (under a key prefix of
+    its own, deleted after) and a throw-away MySQL database, in ``self.dir``."""
+
+    def setUp(self) -> None:
+        self.redis_url = require_redis()
+        self.mysql_url = require_mysql()
+        self.addCleanup(drop_mysql_database, self.mysql_url)
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
+        self.addCleanup(self.delete_keys)
+
+    async def delete_keys(self) -> None:
+        from daojia_msg.config import RedisConfig
+        from daojia_msg.redisconn import connect
+
+        redis = await connect(RedisConfig(url=self.redis_url))
+        await delete_redis_keys(redis, self.prefix)
+        await redis.close()
+
+    def spawn(self, name: str, argv: list[str], ready: bytes | None,
+              stop_signal: int = signal.SIGKILL) -> Watched:
+        """Run ``argv`` in ``self.dir`` until the test's cleanup, which ends it
+        with ``stop_signal``; ``ready`` is the output that says it is up."""
+        proc = Watched(name, ready)
+        R.spawnProcess(proc, argv[0], argv, env=dict(os.environ), path=self.dir)
+
+        def stop() -> Deferred[None]:
+            proc.kill(stop_signal)
+            return proc.ended
+
+        self.addCleanup(stop)
+        return proc
