@@ -187,7 +187,7 @@ class Node(MultiService):
         self.logic = LogicService(config, self.reactor, self.sessions, self.store, self.router,
                                   self.ids, self.stats, throttle)
         self.logic.setServiceParent(self)
-        self.inbox = Inbox(self.store, config.limits, self.stats)
+        self.inbox = Inbox(self.store, config.limits, self.stats, self.logic.answers)
         self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)
         self.router.on_pressure = self.gate.set_pressure
         committer = getattr(self.store, "committer", None)

@@ -161,10 +161,6 @@ class StalledDatabaseTests(NodeTestCase):
             self.assertEqual(result.code, Code.UNAVAILABLE)
             self.assertLess(seconds, ANSWER_S + 1.5)
 
-    test_pull_and_history_are_unavailable.todo = (  # type: ignore[attr-defined]
-        "the node's Inbox must get LogicService.answers (a line of daojia_msg/node.py, "
-        "asked of its owner): until then PULL and HISTORY wait for mysql.read_timeout_s")
-
     async def push(self, key: str) -> tuple[int, Any]:
         """``POST /v1/push`` to 103 with an ``Idempotency-Key``: status and body."""
         response = await treq.post(
