@@ -40,9 +40,10 @@ try:
 except ImportError:  # replaying inputs needs no atheris (tools/requirements-fuzz.txt)
     atheris = None
 
-#: Run as the fuzzer (not imported by the tests): instrument the product's code
-#: for atheris's coverage.
-FUZZING = __name__ == "__main__" and atheris is not None
+#: Run as the fuzzer (not imported by the tests, not writing seeds or
+#: replaying): instrument the product's code for atheris's coverage.
+FUZZING = (__name__ == "__main__" and atheris is not None
+           and not {"--write-seeds", "--replay"} & set(sys.argv[1:2]))
 
 with (atheris.instrument_imports(include=["daojia_msg"]) if FUZZING
       else contextlib.nullcontext()):
