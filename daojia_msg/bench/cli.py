@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daojia_msg.bench import versus
-from daojia_msg.bench.report import table
+from daojia_msg.bench.report import GOODPUT_WITHIN_S, table
 from daojia_msg.bench.runner import BenchError, run, strip_samples
 
 #: Hard bounds: the bench is bounded in count and time whatever the options.
@@ -89,6 +89,13 @@ class NodePids(argparse.Action):
             raise argparse.ArgumentError(self, f"not a pid list: {values!r}")
         namespace.node_pids = pids
         namespace.node_pid = pids[0]
+
+
+def goodput_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--goodput-within", type=bounded(float, 0.001, 60), default=GOODPUT_WITHIN_S,
+                   metavar="SECONDS",
+                   help="goodput counts what was delivered (answered, for push) within this "
+                        f"many seconds of its intended send time (default {GOODPUT_WITHIN_S:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--window", type=bounded(int, 1, 256), default=8,
                        help="closed loop: requests in flight per sending connection")
         p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0)
+        if name == "c2c":
+            goodput_option(p)
         if name == "versus":
             p.add_argument("--payload", dest="size", type=bounded(int, 8, 65_000),
                            default=argparse.SUPPRESS, help="the same as --size")
@@ -183,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0)
     p.add_argument("--recipients", type=bounded(int, 1, 1_000_000), default=1000,
                    help="offline recipients pushed to round robin (default 1000)")
+    goodput_option(p)
     p = add("pull", "drain a backlog of N pending messages (PULL pages + ACKs)")
     p.add_argument("-n", type=bounded(int, 1, 100_000), default=10_000)
     p.add_argument("--page", type=bounded(int, 1, 100), default=100)

@@ -85,12 +85,18 @@ class C2S(Scenario):
         self.body = pb.C2SRequest(content=b"3" * spec.get("size", 32)).SerializeToString()
         return {"logged_in": len(self.clients), "failed": self.failures()}
 
+    def refused(self, code: int, intended_us: int) -> None:
+        """An answer other than OK: counted by code, and how long it took."""
+        self.errors[f"code {code}"] = self.errors.get(f"code {code}", 0) + 1
+        self.refused_latencies.append(now_us() - intended_us)
+
     async def run(self) -> dict[str, Any]:
         spec = self.spec
         clients = [c for c in self.clients if c.connected]
         self.sent = self.ok = 0
         self.errors: dict[str, int] = {}
         self.latencies: list[int] = []
+        self.refused_latencies: list[int] = []
         if not clients:
             return {"sent": 0, "ok": 0, "errors": {}, "latency_us": [], "t_start": None,
                     "t_end": None}
@@ -108,7 +114,7 @@ class C2S(Scenario):
                     self.progress += 1
                     self.latencies.append(now_us() - intended_us)
                 else:
-                    self.errors[f"code {code}"] = self.errors.get(f"code {code}", 0) + 1
+                    self.refused(code, intended_us)
                 if closed and time.monotonic() < deadline and client.connected:
                     send(client, now_us())
 
@@ -127,6 +133,7 @@ class C2S(Scenario):
         t1 = time.monotonic()
         return {"t_start": t0, "t_send_end": t_sent, "t_end": t1, "sent": self.sent,
                 "ok": self.ok, "errors": self.errors, "latency_us": self.latencies,
+                "refused_latency_us": self.refused_latencies,
                 "missing": self.sent - self.ok - sum(self.errors.values())}
 
 
@@ -192,6 +199,7 @@ class C2C(C2S):
         self.sent = self.ok = 0
         self.errors = {}
         self.latencies = []
+        self.refused_latencies = []
         if not self.pairs:
             return {"sent": 0, "ok": 0, "errors": {}, "latency_us": [], "push_latency_us": [],
                     "pushes": 0, "acked": 0, "t_start": None, "t_end": None}
@@ -213,7 +221,7 @@ class C2C(C2S):
                     self.ok += 1
                     self.latencies.append(now_us() - intended_us)
                 else:
-                    self.errors[f"code {code}"] = self.errors.get(f"code {code}", 0) + 1
+                    self.refused(code, intended_us)
                 if closed and time.monotonic() < deadline and sender.connected:
                     send(pair, now_us())
 
@@ -238,4 +246,5 @@ class C2C(C2S):
                 "duplicates": self.duplicates, "acked": self.acked,
                 "missing_results": self.sent - self.ok - sum(
                     v for k, v in self.errors.items() if k != "ack"),
-                "latency_us": self.latencies, "push_latency_us": self.push_latencies}
+                "latency_us": self.latencies, "push_latency_us": self.push_latencies,
+                "refused_latency_us": self.refused_latencies}

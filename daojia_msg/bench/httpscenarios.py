@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from daojia_msg.bench.base import Scenario, dumps, now_us, open_loop
 from daojia_msg.bench.httpclients import Http, RawHttp
+from daojia_msg.bench.report import GOODPUT_WITHIN_S
 from daojia_msg.bench.wire import result_code
 from daojia_msg.protocol.codec import Frame
 from daojia_msg.protocol.codes import Cmd
@@ -44,9 +45,11 @@ class Push(Scenario):
         spec = self.spec
         batch = spec.get("batch", 1)
         concurrency = max(1, spec.get("concurrency", 16))
-        self.sent = self.ok = self.requests = 0
+        self.sent = self.ok = self.requests = self.good = 0
         self.errors: dict[str, int] = {}
         latencies: list[int] = []
+        refused: list[int] = []
+        good_us = spec.get("goodput_within", GOODPUT_WITHIN_S) * 1e6
         sem = DeferredSemaphore(concurrency)
         deadline = time.monotonic() + spec["duration"]
         closed = not spec["rate"]
@@ -59,6 +62,7 @@ class Push(Scenario):
                 code, content = await self.http.send(self._request(n0, batch))
                 if code != 200:
                     self.errors[f"http {code}"] = self.errors.get(f"http {code}", 0) + batch
+                    refused.append(now_us() - intended_us)
                     return
                 good = 1 if batch == 1 else sum(
                     1 for r in json.loads(content)["results"] if "msgid" in r)
@@ -69,7 +73,10 @@ class Push(Scenario):
             self.progress += good
             if good < batch:
                 self.errors["item"] = self.errors.get("item", 0) + batch - good
-            latencies.append(now_us() - intended_us)
+            took = now_us() - intended_us
+            latencies.append(took)
+            if took <= good_us:
+                self.good += good
 
         t0 = time.monotonic()
         if closed:
@@ -97,6 +104,7 @@ class Push(Scenario):
 
             req_rate = spec["rate"] / batch
             await open_loop(self.reactor, req_rate, spec["duration"], [None], send)
+            t_sent = time.monotonic()
             sending = False
             if pending:  # bounded: what is still unanswered then counts as missing
                 def give_up_waiting() -> None:
@@ -108,9 +116,10 @@ class Push(Scenario):
                 if give_up.active():
                     give_up.cancel()
         t1 = time.monotonic()
-        return {"t_start": t0, "t_end": t1, "requests": self.requests, "sent": self.sent,
-                "ok": self.ok, "errors": self.errors, "batch": batch,
-                "latency_us": latencies}
+        return {"t_start": t0, "t_send_end": t_sent if not closed else t1, "t_end": t1,
+                "requests": self.requests, "sent": self.sent, "ok": self.ok, "good": self.good,
+                "errors": self.errors, "batch": batch, "latency_us": latencies,
+                "refused_latency_us": refused}
 
     def close(self) -> None:
         super().close()

@@ -18,7 +18,13 @@ from typing import Any
 from daojia_msg.bench.stats import latency_summary, rate, window
 
 #: Raw sample lists: merged into summaries, never printed or written as is.
-SAMPLE_KEYS = ("latency_us", "push_latency_us")
+SAMPLE_KEYS = ("latency_us", "push_latency_us", "refused_latency_us")
+#: Goodput counts what was delivered within this many seconds of its intended
+#: send time (``--goodput-within``): the rest came too late to count.
+GOODPUT_WITHIN_S = 1.0
+#: The result codes (gate) and HTTP statuses that say "refused, try later":
+#: RATE_LIMITED, UNAVAILABLE, and 429 / 503.
+REFUSALS = ("code 6", "code 11", "http 429", "http 503")
 
 
 def merge_counts(dicts: list[Mapping[str, int]]) -> dict[str, int]:
@@ -40,8 +46,27 @@ def _samples(reports: list[dict[str, Any]], key: str) -> list[int]:
     return out
 
 
+def within(samples_us: list[int], seconds: float) -> int:
+    """How many of ``samples_us`` are at most ``seconds``."""
+    bound = seconds * 1e6
+    return sum(1 for v in samples_us if v <= bound)
+
+
+def overload_figures(res: dict[str, Any], reports: list[dict[str, Any]], good: int,
+                     send_secs: float, goodput_within_s: float) -> None:
+    """Goodput (what was delivered within ``goodput_within_s`` of its intended
+    time, per second of the send window), refusals (the codes of
+    :data:`REFUSALS` added up) and how fast the refusals came."""
+    res["goodput_within_s"] = goodput_within_s
+    res["goodput_per_s"] = rate(good, send_secs)
+    res["refused"] = sum(v for k, v in res["errors"].items() if k in REFUSALS)
+    res["refused_per_s"] = rate(res["refused"], send_secs)
+    res["refusal_latency"] = latency_summary(_samples(reports, "refused_latency_us"))
+
+
 def summarize(scenario: str, setups: list[dict[str, Any]],
-              reports: list[dict[str, Any]]) -> dict[str, Any]:
+              reports: list[dict[str, Any]],
+              goodput_within_s: float = GOODPUT_WITHIN_S) -> dict[str, Any]:
     """The ``results`` of a run from the workers' setup and run reports."""
     res: dict[str, Any] = {}
     failed = merge_counts([s.get("failed", {}) for s in setups]
@@ -81,7 +106,10 @@ def summarize(scenario: str, setups: list[dict[str, Any]],
             res["acked"] = _sum(reports, "acked")
             res["missing_results"] = _sum(reports, "missing_results")
             res["acked_per_s"] = rate(res["acked"], secs)
-            res["push_latency"] = latency_summary(_samples(reports, "push_latency_us"))
+            pushed = _samples(reports, "push_latency_us")
+            res["push_latency"] = latency_summary(pushed)
+            overload_figures(res, reports, within(pushed, goodput_within_s), send_secs,
+                             goodput_within_s)
     elif scenario == "push":
         secs = window(reports)
         res["requests"] = _sum(reports, "requests")
@@ -92,6 +120,9 @@ def summarize(scenario: str, setups: list[dict[str, Any]],
         res["msgs_per_s"] = rate(res["ok"], secs)
         res["requests_per_s"] = rate(res["requests"], secs)
         res["request_latency"] = latency_summary(_samples(reports, "latency_us"))
+        send_secs = window(reports, end="t_send_end")
+        res["offered_per_s"] = rate(res["sent"], send_secs)
+        overload_figures(res, reports, _sum(reports, "good"), send_secs, goodput_within_s)
     elif scenario == "pull":
         r = reports[0] if reports else {}
         secs = window(reports)

@@ -22,7 +22,14 @@ import time
 from typing import IO, Any
 
 from daojia_msg.bench.procfs import procs_cpu_s, procs_rss_kib
-from daojia_msg.bench.report import SAMPLE_KEYS, calibrate, git_commit, machine_facts, summarize
+from daojia_msg.bench.report import (
+    GOODPUT_WITHIN_S,
+    SAMPLE_KEYS,
+    calibrate,
+    git_commit,
+    machine_facts,
+    summarize,
+)
 from daojia_msg.bench.stats import cpu_share, generator_verdict, split
 
 #: The node's default per-connection allowance (frames/s).
@@ -52,7 +59,8 @@ def worker_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
         "source_first": args.source_first, "size": args.size, "drain_s": args.drain,
         "tls": args.tls, "ca": args.ca, "server_name": args.server_name,
     }
-    for key in ("duration", "window", "batch", "msgtype", "ack", "page", "recipients"):
+    for key in ("duration", "window", "batch", "msgtype", "ack", "page", "recipients",
+                "goodput_within"):
         if hasattr(args, key):
             base[key] = getattr(args, key)
     if scenario == "pull":
@@ -263,7 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     after_ms = calibrate()  # the machine may have changed state during the run
     setups = [w.ready or {} for w in workers]
     reports = [w.result or {} for w in workers]
-    results = summarize(scenario, setups, reports)
+    results = summarize(scenario, setups, reports,
+                        getattr(args, "goodput_within", None) or GOODPUT_WITHIN_S)
     if scenario == "connect" and args.node_pid:
         held = node.get("rss_kib_held")
         before = node.get("rss_kib_before")

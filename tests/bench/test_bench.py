@@ -239,6 +239,28 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(res["result_latency"]["count"], 19)
         self.assertEqual(res["push_latency"]["p50_ms"], 2.0)
 
+    def test_goodput_and_refusals(self) -> None:
+        """Goodput: pushes within the bound, per second of the send window
+        (here 1.5 s); refusals: RATE_LIMITED and UNAVAILABLE added up, with
+        how fast they were answered."""
+        setups = [{"pairs": 1}]
+        reports = [{"t_start": 1.0, "t_send_end": 2.5, "t_end": 4.0, "sent": 6, "ok": 3,
+                    "errors": {"code 6": 2, "code 11": 1, "ack": 1}, "pushes": 3, "acked": 3,
+                    "push_latency_us": [1000, 900_000, 1_500_000],
+                    "refused_latency_us": [2000, 4000, 6000]}]
+        res = report.summarize("c2c", setups, reports, goodput_within_s=1.0)
+        self.assertEqual((res["goodput_per_s"], res["refused"], res["refused_per_s"]),
+                         (1.3, 3, 2.0))
+        self.assertEqual(res["refusal_latency"]["p50_ms"], 4.0)
+        self.assertEqual(report.summarize("c2c", setups, reports, 2.0)["goodput_per_s"], 2.0)
+        push = report.summarize("push", [{}], [{
+            "t_start": 0.0, "t_send_end": 2.0, "t_end": 3.0, "requests": 4, "sent": 4, "ok": 2,
+            "good": 1, "errors": {"http 429": 2}, "latency_us": [1, 2],
+            "refused_latency_us": [5000, 7000]}])
+        self.assertEqual((push["offered_per_s"], push["goodput_per_s"], push["refused"]),
+                         (2.0, 0.5, 2))
+        self.assertEqual(push["refusal_latency"]["max_ms"], 7.0)
+
     def test_json_shape_and_table(self) -> None:
         doc = self.doc()
         text = json.dumps(runner.strip_samples(doc))
