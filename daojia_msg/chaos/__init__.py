@@ -1,0 +1,1 @@
+"""msgplatform-chaos: the fault suite (see :mod:`daojia_msg.chaos.cli`)."""

@@ -1,0 +1,128 @@
+# -*- test-case-name: tests.chaos.test_cli -*-
+"""``msgplatform-chaos``: the fault suite (docs/operations.md, "Fault suite").
+
+It starts a cluster of its own: a private ``redis-server`` and ``mariadbd``
+(free loopback ports, data in a temporary directory, never the machine's
+shared servers), N nodes (``twistd -n msgplatform``) with the Redis Streams
+bus for C2S, and HAProxy in front. It offers numbered C2C, S2C and C2S
+traffic at ``--rate`` while it injects one fault at a time, heals it, drains
+every receiver and classifies every message (:mod:`daojia_msg.chaos.ledger`).
+It prints one row per fault and exits 1 on any lost message, message stored
+twice, or message left unanswered::
+
+    msgplatform-chaos --short --json chaos.json      # the CI form, < 4 minutes
+    msgplatform-chaos --nodes 3 --rate 100 --fault-seconds 8 --keep
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from daojia_msg.chaos import report, runner, servers
+from daojia_msg.chaos.faults import FAULTS
+
+SHORT: dict[str, Any] = {"fault_seconds": 3.0, "pre_seconds": 2.0, "post_seconds": 3.0, "give_up_s": 20.0}
+
+
+def positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+        return number
+    return parse
+
+
+def fault_list(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = runner.check_faults(names)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown fault(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from: {', '.join(FAULTS)}")
+    return names
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msgplatform-chaos",
+        description="The fault suite: a private cluster, numbered traffic, one fault at a "
+                    "time, every message classified. Exit status 1 on any loss, double "
+                    "msgid or unanswered message; 2 on a usage error or a missing program.")
+    p.add_argument("--nodes", type=positive(int), default=3, help="nodes (default 3)")
+    p.add_argument("--rate", type=positive(float), default=100.0,
+                   help="messages per second offered, all kinds together (default 100: "
+                        "half C2C, a quarter S2C, a quarter C2S)")
+    p.add_argument("--faults", type=fault_list, default=tuple(FAULTS),
+                   help=f"comma-separated, in order (default all: {','.join(FAULTS)})")
+    p.add_argument("--fault-seconds", type=positive(float), default=None,
+                   help="how long each fault is held (default 5; 3 with --short)")
+    p.add_argument("--users", type=positive(int), default=12, help="client users (default 12)")
+    p.add_argument("--short", action="store_true",
+                   help="the CI form: shorter faults and phases (under 4 minutes in all)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the run's directory (servers' data, every process's log)")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> runner.Settings:
+    s = runner.Settings(nodes=args.nodes, rate=args.rate, faults=args.faults, users=args.users)
+    if args.short:
+        s = dataclasses.replace(s, **SHORT)
+    if args.fault_seconds is not None:
+        s = dataclasses.replace(s, fault_seconds=args.fault_seconds)
+    return s
+
+
+def log(text: str) -> None:
+    print(time.strftime("%H:%M:%S ") + text, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = settings_from(args)
+    programs, missing = servers.prerequisites()
+    if missing:
+        print("msgplatform-chaos cannot run; missing:", file=sys.stderr)
+        for line in missing:
+            print(f"  - {line}", file=sys.stderr)
+        return 2
+    directory = runner.base_directory(args.keep, None)
+    log(f"run directory {directory}" + (" (kept)" if args.keep else ""))
+    outcome: dict[str, Any] = {}
+
+    async def go(reactor: Any) -> None:
+        rows, facts = await runner.run(reactor, settings, programs, directory, log)
+        outcome.update(rows=rows, facts=facts)
+
+    from twisted.internet import task
+    from twisted.internet.defer import Deferred
+
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(go(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None) and "rows" not in outcome:
+            print(f"msgplatform-chaos: the run failed (logs in {directory})", file=sys.stderr)
+            return 2
+    finally:
+        if not args.keep and "rows" in outcome:
+            runner.remove_directory(directory)
+    rows, facts = outcome["rows"], outcome["facts"]
+    print(report.table(rows))
+    for line in report.bad_lines(rows):
+        print("BAD " + line)
+    doc = report.document(rows, dataclasses.asdict(settings), {"run": facts})
+    if args.json:
+        report.write_json(args.json, doc)
+    print(json.dumps({"ok": doc["ok"], "bad": doc["bad"], **facts}))
+    return 0 if doc["ok"] else 1

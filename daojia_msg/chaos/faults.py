@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.chaos.test_cli -*-
+"""The faults, one at a time, each held for ``hold`` seconds then healed.
+
+A fault is an async function of the :class:`Cluster` (anything with
+``nodes``, ``redis`` and ``mariadb`` :class:`~daojia_msg.chaos.servers.Proc`
+attributes), the hold time and the phase number (which picks the victim
+node); it returns facts about the fault for the report (how long the healing
+took). ``none`` is the control phase: traffic, no fault.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.task import deferLater
+
+Fault = Callable[[Any, float, int], Awaitable[dict[str, Any]]]
+
+
+async def sleep(reactor: Any, seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def _restart(cluster: Any, proc: Any, hold: float, sig: int) -> dict[str, Any]:
+    reactor = cluster.reactor
+    await proc.stop(sig)
+    await sleep(reactor, hold)
+    started = reactor.seconds()
+    await proc.start(timeout=90)
+    return {"victim": proc.name, "down_s": hold,
+            "restart_s": round(reactor.seconds() - started, 2)}
+
+
+async def _pause(cluster: Any, proc: Any, hold: float) -> dict[str, Any]:
+    proc.send(signal.SIGSTOP)
+    await sleep(cluster.reactor, hold)
+    proc.send(signal.SIGCONT)
+    return {"victim": proc.name, "stopped_s": hold}
+
+
+async def none(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    await sleep(cluster.reactor, hold)
+    return {}
+
+
+async def node_kill(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    """SIGKILL one node; after ``hold`` start it again (same ports and config)."""
+    return await _restart(cluster, cluster.nodes[n % len(cluster.nodes)], hold, signal.SIGKILL)
+
+
+async def node_stop(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    """SIGSTOP one node for ``hold`` seconds, then SIGCONT."""
+    return await _pause(cluster, cluster.nodes[n % len(cluster.nodes)], hold)
+
+
+async def redis_restart(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    """Stop the private redis-server (SIGTERM; no persistence: it comes back
+    empty), start it again on the same port after ``hold`` seconds."""
+    return await _restart(cluster, cluster.redis, hold, signal.SIGTERM)
+
+
+async def mysql_stop(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    """SIGSTOP the private mariadbd (a stalled database), then SIGCONT."""
+    return await _pause(cluster, cluster.mariadb, hold)
+
+
+async def mysql_restart(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    """Stop the private mariadbd (SIGTERM, a clean shutdown), start it again."""
+    return await _restart(cluster, cluster.mariadb, hold, signal.SIGTERM)
+
+
+FAULTS: dict[str, Fault] = {
+    "none": none,
+    "node-kill": node_kill,
+    "node-stop": node_stop,
+    "redis-restart": redis_restart,
+    "mysql-stop": mysql_stop,
+    "mysql-restart": mysql_restart,
+}

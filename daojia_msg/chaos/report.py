@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.chaos.test_ledger -*-
+"""The fault suite's table (one row per phase) and its JSON document."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from daojia_msg.chaos.ledger import Row
+
+COLUMNS = (
+    ("fault", "phase"), ("sent", "sent"), ("deliv", "delivered"), ("LOST", "lost"),
+    ("DOUBLE", "double"), ("MISMATCH", "mismatch"), ("refused", "refused"),
+    ("REF+DELIV", "refused_delivered"), ("unconf", "unconfirmed"),
+    ("UNANSW", "unanswered"), ("no-ans", "no_answer"), ("resends", "resends"),
+)
+
+
+def table(rows: Sequence[Row]) -> str:
+    """A plain-text table; upper-case columns are the bad verdicts."""
+    cells = [[str(getattr(row, attr)) for _, attr in COLUMNS] for row in rows]
+    heads = [head for head, _ in COLUMNS]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+
+    def line(values: Sequence[str]) -> str:
+        first = values[0].ljust(widths[0])
+        rest = [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    out = [line(heads), line(["-" * w for w in widths])]
+    out += [line(c) for c in cells]
+    total = Row("total")
+    for row in rows:
+        for name in Row.COUNTS:
+            setattr(total, name, getattr(total, name) + getattr(row, name))
+    out.append(line([str(getattr(total, attr)) for _, attr in COLUMNS]))
+    return "\n".join(out)
+
+
+def bad_lines(rows: Sequence[Row]) -> list[str]:
+    """One line per bad verdict with its examples, for the end of the output."""
+    lines = []
+    for row in rows:
+        for name in Row.BAD:
+            count = getattr(row, name)
+            if count:
+                lines.append(f"{row.phase}: {count} {name}: "
+                             + "; ".join(row.bad_examples.get(name, [])[:3]))
+    return lines
+
+
+def document(rows: Sequence[Row], settings: dict[str, Any],
+             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    bad = sum(row.bad for row in rows)
+    return {"ok": bad == 0, "bad": bad, "settings": settings,
+            "phases": [row.as_json() for row in rows], **(extra or {})}
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.write("\n")

@@ -1,0 +1,198 @@
+# -*- test-case-name: tests.chaos.test_cli -*-
+"""One run of the fault suite: start the private cluster, then per phase
+offer traffic, inject the phase's fault, heal it, let every message settle,
+drain every receiver and classify; at the end drain once more and
+classify every phase again (a late arrival only moves "lost" to "delivered").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+
+from daojia_msg.chaos import servers
+from daojia_msg.chaos.faults import FAULTS, sleep
+from daojia_msg.chaos.ledger import OK, Ledger, Row
+from daojia_msg.chaos.traffic import Traffic
+
+
+@dataclass(frozen=True)
+class Settings:
+    nodes: int = 3
+    rate: float = 100.0
+    faults: tuple[str, ...] = tuple(FAULTS)
+    fault_seconds: float = 5.0
+    pre_seconds: float = 3.0
+    post_seconds: float = 5.0
+    users: int = 12
+    answer_timeout_s: float = 3.0   # the nodes' store.answer_timeout_s (the default)
+    margin_s: float = 2.0           # a request unanswered after timeout + margin: no answer
+    give_up_s: float = 30.0
+
+
+class Cluster:
+    """The private Redis, MariaDB, nodes and HAProxy of one run, in ``directory``."""
+
+    def __init__(self, reactor: Any, programs: dict[str, str], directory: str, nodes: int,
+                 log: Callable[[str], None]) -> None:
+        self.reactor = reactor
+        self.programs = programs
+        self.directory = directory
+        self.size = nodes
+        self.log = log
+        self.nodes: list[servers.Proc] = []
+        self.redis: servers.Proc | None = None
+        self.mariadb: servers.Proc | None = None
+        self.haproxy: servers.Proc | None = None
+        ports = servers.free_ports(4 + 3 * nodes)
+        self.redis_port, self.mysql_port, self.gate, self.api = ports[:4]
+        self.node_ports = [tuple(ports[4 + 3 * i: 7 + 3 * i]) for i in range(nodes)]
+
+    async def start(self) -> None:
+        r, d = self.reactor, self.directory
+        self.redis = servers.redis_proc(r, self.programs["redis-server"], d, self.redis_port)
+        await self.redis.start()
+        self.log(f"redis-server on 127.0.0.1:{self.redis_port}")
+        self.mariadb = servers.mariadb_proc(r, self.programs, d, self.mysql_port)
+        await self.mariadb.start(timeout=90)
+        url = servers.create_database(self.mysql_port, "chaos")
+        self.log(f"mariadbd on 127.0.0.1:{self.mysql_port}")
+        for i, (gate, http, rpc) in enumerate(self.node_ports):
+            config = servers.node_config(d, i, self.redis_port, url)
+            self.nodes.append(servers.node_proc(r, d, i, config, gate, http, rpc))
+        await gatherResults([n.start(timeout=90) for n in self.nodes])
+        self.log(f"{self.size} nodes serving")
+        self.haproxy = servers.haproxy_proc(r, self.programs["haproxy"], d, self.gate, self.api,
+                                            [(g, h) for g, h, _ in self.node_ports])
+        await self.haproxy.start()
+        await servers.wait_port(r, self.gate)
+        await servers.wait_port(r, self.api)
+        await sleep(r, 1.0)  # the first health checks
+        self.log(f"haproxy: phones on 127.0.0.1:{self.gate}, HTTP API on 127.0.0.1:{self.api}")
+
+    async def stop(self) -> None:
+        await gatherResults([Deferred.fromCoroutine(n.stop(signal.SIGTERM, 30)) for n in self.nodes],
+                            consumeErrors=True)
+        for proc in (self.haproxy, self.redis, self.mariadb):
+            if proc is not None:
+                await proc.stop(signal.SIGTERM, 30)
+
+    def kill_now(self) -> None:
+        """At interpreter exit: nothing of ours may outlive the run."""
+        for proc in [*self.nodes, self.haproxy, self.redis, self.mariadb]:
+            if proc is not None and proc.running:
+                proc.send(signal.SIGCONT)
+                proc.send(signal.SIGKILL)
+
+
+def latency(ledger: Ledger, phase: str) -> dict[str, float]:
+    """Seconds from first send to an OK, over the phase's messages: p50, p99, max."""
+    times = sorted(s.answered_at - s.sent_at for s in ledger.sent.values()
+                   if s.phase == phase and s.outcome == OK and s.answered_at is not None)
+    if not times:
+        return {}
+
+    def pick(q: float) -> float:
+        return round(times[min(len(times) - 1, int(q * len(times)))], 3)
+
+    return {"ok_p50_s": pick(0.5), "ok_p99_s": pick(0.99), "ok_max_s": round(times[-1], 3)}
+
+
+async def run(reactor: Any, settings: Settings, programs: dict[str, str], directory: str,
+              log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
+    """The whole run; the final rows and facts about the run."""
+    cluster = Cluster(reactor, programs, directory, settings.nodes, log)
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", cluster.kill_now)
+    ledger = Ledger()
+    started = reactor.seconds()
+    traffic: Traffic | None = None
+    notes: dict[str, dict[str, Any]] = {}
+    try:
+        await cluster.start()
+        traffic = Traffic(
+            reactor, ledger, gate=cluster.gate, api=cluster.api, users=settings.users,
+            appcode=servers.APP, secret=servers.SECRET, api_key=servers.API_KEY,
+            c2s_msgtype=servers.C2S_MSGTYPE,
+            answer_s=settings.answer_timeout_s + settings.margin_s,
+            give_up_s=settings.give_up_s, log=log)
+        await traffic.connect()
+        from daojia_msg.consumer import consume
+
+        stop_tail = await consume(reactor, f"redis://127.0.0.1:{cluster.redis_port}/0",
+                                  servers.TOPIC, traffic.on_envelope)
+        setup_s = reactor.seconds() - started
+        log(f"set up in {setup_s:.1f} s; {settings.users} users logged in")
+        for n, name in enumerate(settings.faults):
+            phase = name if name not in notes else f"{name}#{n}"
+            notes[phase] = await run_phase(reactor, cluster, traffic, ledger, settings,
+                                           phase, name, n, log)
+        await sleep(reactor, 1.0)
+        late = await traffic.drain()
+        log(f"final drain: {late} more messages")
+        await stop_tail()
+        await traffic.close()
+        traffic = None
+    finally:
+        if traffic is not None:
+            await traffic.close()
+        await cluster.stop()
+        reactor.removeSystemEventTrigger(trigger)
+    rows = []
+    for phase, facts in notes.items():
+        row = ledger.classify(phase)
+        row.notes = facts
+        rows.append(row)
+    return rows, {"setup_s": round(setup_s, 1), "run_s": round(reactor.seconds() - started, 1),
+                  "strays": ledger.strays, "directory": directory}
+
+
+async def run_phase(reactor: Any, cluster: Cluster, traffic: Traffic, ledger: Ledger,
+                    settings: Settings, phase: str, name: str, n: int,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"phase {phase}: traffic at {settings.rate:g}/s")
+    kicks, drops = traffic.kickouts, traffic.disconnects
+    traffic.start(phase, settings.rate)
+    await sleep(reactor, settings.pre_seconds)
+    at = reactor.seconds()
+    log(f"phase {phase}: fault for {settings.fault_seconds:g} s")
+    facts = await FAULTS[name](cluster, settings.fault_seconds, n)
+    facts["healed_after_s"] = round(reactor.seconds() - at, 2)
+    log(f"phase {phase}: healed ({facts})")
+    await sleep(reactor, settings.post_seconds)
+    traffic.stop()
+    await traffic.settle()
+    await sleep(reactor, 1.0)
+    facts["drained"] = await traffic.drain()
+    await sleep(reactor, 0.5)
+    facts["kickouts"] = traffic.kickouts - kicks
+    facts["disconnects"] = traffic.disconnects - drops
+    facts.update(latency(ledger, phase))
+    row = ledger.classify(phase)
+    log(f"phase {phase}: sent {row.sent}, delivered {row.delivered}, bad {row.bad}, "
+        f"refused {row.refused}, unconfirmed {row.unconfirmed}, no-answer attempts "
+        f"{row.no_answer}, kickouts {facts['kickouts']}, disconnects {facts['disconnects']}")
+    return facts
+
+
+def check_faults(names: Sequence[str]) -> list[str]:
+    """The names that are not faults."""
+    return [name for name in names if name not in FAULTS]
+
+
+def base_directory(keep: bool, root: str | None) -> str:
+    import tempfile
+
+    # Short: the MariaDB socket path must fit 107 bytes.
+    return tempfile.mkdtemp(prefix="msgp-chaos-", dir=root or "/tmp")
+
+
+def remove_directory(path: str) -> None:
+    import shutil
+
+    if os.path.basename(path).startswith("msgp-chaos-"):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,86 @@
+"""msgplatform-chaos's options and its prerequisite check (the live run is
+the command itself, not a trial test)."""
+
+from __future__ import annotations
+
+import io
+import signal
+from contextlib import redirect_stderr
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from daojia_msg.chaos import cli, faults, servers
+
+
+class ArgumentTests(TestCase):
+    def parse(self, *argv: str) -> object:
+        return cli.settings_from(cli.parser().parse_args(list(argv)))
+
+    def test_defaults(self) -> None:
+        s = self.parse()
+        self.assertEqual((s.nodes, s.rate, s.fault_seconds), (3, 100.0, 5.0))
+        self.assertEqual(s.faults, tuple(faults.FAULTS))
+
+    def test_short_and_overrides(self) -> None:
+        s = self.parse("--short", "--nodes", "2", "--rate", "30", "--faults", "node-kill, redis-restart")
+        self.assertEqual((s.nodes, s.rate, s.fault_seconds, s.give_up_s), (2, 30.0, 3.0, 20.0))
+        self.assertEqual(s.faults, ("node-kill", "redis-restart"))
+        self.assertEqual(self.parse("--short", "--fault-seconds", "7").fault_seconds, 7.0)
+
+    def refused(self, *argv: str) -> str:
+        err = io.StringIO()
+        with redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            cli.parser().parse_args(list(argv))
+        self.assertEqual(raised.exception.code, 2)
+        return err.getvalue()
+
+    def test_bad_values(self) -> None:
+        self.assertIn("unknown fault(s) disk-full; choose from: none,", self.refused("--faults", "disk-full"))
+        self.assertIn("expected a positive number, got '0'", self.refused("--rate", "0"))
+        self.assertIn("expected a number, got 'x'", self.refused("--nodes", "x"))
+
+    def test_missing_programs_are_named_with_their_fix(self) -> None:
+        self.patch(servers, "which", lambda *names: None)
+        self.patch(servers.os, "access", lambda path, mode: False)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            status = cli.main(["--short"])
+        self.assertEqual(status, 2)
+        text = err.getvalue()
+        for line in ("mariadb-install-db not found: apt-get install mariadb-server",
+                     "redis-server not found: apt-get install redis-server",
+                     "haproxy not found: apt-get install haproxy",
+                     "twistd not found next to"):
+            self.assertIn(line, text)
+
+
+class FakeProc:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.events: list[object] = []
+
+    def send(self, sig: int) -> None:
+        self.events.append(sig)
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.reactor = Clock()
+        self.nodes = [FakeProc("node0"), FakeProc("node1")]
+        self.mariadb = FakeProc("mariadb")
+
+
+class FaultTests(TestCase):
+    def test_pause_holds_then_continues(self) -> None:
+        cluster = FakeCluster()
+        d = faults.FAULTS["node-stop"](cluster, 4.0, 3)
+        from twisted.internet.defer import Deferred
+
+        done = Deferred.fromCoroutine(d)  # type: ignore[arg-type]
+        self.assertEqual(cluster.nodes[1].events, [signal.SIGSTOP])
+        cluster.reactor.advance(3.9)
+        self.assertFalse(done.called)
+        cluster.reactor.advance(0.1)
+        self.assertEqual(cluster.nodes[1].events, [signal.SIGSTOP, signal.SIGCONT])
+        self.assertEqual(self.successResultOf(done), {"victim": "node1", "stopped_s": 4.0})

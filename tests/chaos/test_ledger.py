@@ -1,0 +1,120 @@
+"""The fault suite's verdicts (daojia_msg.chaos.ledger) and its report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.trial.unittest import TestCase
+
+from daojia_msg.chaos import report
+from daojia_msg.chaos.ledger import (
+    OK,
+    REFUSED,
+    UNANSWERED,
+    UNCERTAIN,
+    Ledger,
+    Row,
+    Sent,
+    content_for,
+    parse_content,
+    verdict,
+)
+
+
+def sent(outcome: str, msgid: int | None = None) -> Sent:
+    s = Sent("c2c", 1, "p", 0.0)
+    s.outcome, s.msgid = outcome, msgid
+    return s
+
+
+class VerdictTests(TestCase):
+    def test_content_round_trip(self) -> None:
+        self.assertEqual(content_for("s2c", 42), b"chaos s2c 42")
+        self.assertEqual(parse_content(b"chaos c2s 7"), ("c2s", 7))
+        self.assertIsNone(parse_content(b"hello"))
+
+    def test_each_verdict(self) -> None:
+        cases = [
+            (sent(OK, 5), {5}, "delivered"),
+            (sent(OK, 5), set(), "lost"),
+            (sent(OK, 5), {6}, "mismatch"),
+            (sent(OK, 5), {5, 6}, "double"),
+            (sent(UNCERTAIN), {9, 10}, "double"),
+            (sent(REFUSED), set(), "refused"),
+            (sent(REFUSED), {5}, "refused_delivered"),
+            (sent(UNCERTAIN), set(), "unconfirmed"),
+            (sent(UNCERTAIN), {8}, "delivered"),
+            (sent(UNANSWERED), set(), "unanswered"),
+            (sent(UNANSWERED), {8}, "unanswered"),
+            (sent("pending"), set(), "unanswered"),
+        ]
+        for message, received, expected in cases:
+            self.assertEqual(verdict(message, received), expected, (message, received))
+
+
+class LedgerTests(TestCase):
+    def ledger(self) -> Ledger:
+        ledger = Ledger()
+        ok = ledger.new("c2c", "kill", 0.0)        # 1: delivered once, pushed and pulled
+        ok.settle(OK, 1.0, 100)
+        ok.attempts = 2
+        lost = ledger.new("c2c", "kill", 0.0)      # 2: acknowledged, never arrives
+        lost.settle(OK, 1.0, 101)
+        twice = ledger.new("s2c", "kill", 0.0)     # 1: arrives under two msgids
+        twice.settle(OK, 1.0, 200)
+        maybe = ledger.new("c2s", "kill", 0.0)     # 1: TIMEOUT, never arrives: fine
+        maybe.settle(UNCERTAIN, 1.0)
+        maybe.no_answer = 1
+        other = ledger.new("c2c", "none", 0.0)     # 3: another phase
+        other.settle(REFUSED, 1.0)
+        for content, msgid in [(b"chaos c2c 1", 100), (b"chaos c2c 1", 100),
+                               (b"chaos s2c 1", 200), (b"chaos s2c 1", 201),
+                               (b"chaos c2c 99", 5), (b"junk", 6)]:
+            ledger.arrived(content, msgid)
+        return ledger
+
+    def test_classify_one_phase(self) -> None:
+        ledger = self.ledger()
+        row = ledger.classify("kill")
+        self.assertEqual((row.sent, row.delivered, row.lost, row.double, row.unconfirmed),
+                         (4, 1, 1, 1, 1))
+        self.assertEqual((row.no_answer, row.resends, row.bad), (1, 1, 2))
+        self.assertEqual(row.kinds["c2c"]["lost"], 1)
+        self.assertEqual(row.kinds["s2c"]["double"], 1)
+        self.assertIn("c2c 2", row.bad_examples["lost"][0])
+        self.assertEqual(ledger.strays, 2)
+        none = ledger.classify("none")
+        self.assertEqual((none.sent, none.refused, none.bad), (1, 1, 0))
+
+    def test_pending(self) -> None:
+        ledger = Ledger()
+        waiting = ledger.new("c2c", "a", 0.0)
+        ledger.new("c2c", "b", 0.0).settle(OK, 1.0, 1)
+        self.assertEqual(ledger.pending(), [waiting])
+        self.assertEqual(ledger.pending("b"), [])
+
+
+class ReportTests(TestCase):
+    def test_table_and_bad_lines(self) -> None:
+        rows = [LedgerTests.ledger(LedgerTests()).classify(p) for p in ("none", "kill")]
+        text = report.table(rows)
+        lines = text.splitlines()
+        self.assertTrue(lines[0].startswith("fault"))
+        self.assertIn("LOST", lines[0])
+        self.assertEqual(lines[-1].split()[:5], ["total", "5", "1", "1", "1"])
+        self.assertEqual(len({len(line) for line in lines[:2]}), 1)  # aligned
+        bad = report.bad_lines(rows)
+        self.assertEqual(len(bad), 2)
+        self.assertTrue(bad[0].startswith("kill: 1 lost: c2c 2"))
+
+    def test_document(self) -> None:
+        rows = [Row("none", sent=3, delivered=3), Row("kill", sent=2, delivered=1, lost=1)]
+        doc = report.document(rows, {"rate": 10}, {"run": {"setup_s": 1}})
+        self.assertEqual((doc["ok"], doc["bad"]), (False, 1))
+        self.assertEqual(doc["phases"][1]["bad"], 1)
+        path = os.path.abspath(self.mktemp())
+        report.write_json(path, doc)
+        with open(path) as f:
+            self.assertEqual(json.load(f)["settings"], {"rate": 10})
+        self.assertTrue(report.document(rows[:1], {})["ok"])
