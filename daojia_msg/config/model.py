@@ -173,6 +173,12 @@ class Limits:
     max_conn_per_ip: int = 5000
     login_ip_failures: int = 100
     max_inflight: int = 256
+    #: C2C and C2S requests in work at once on the whole node (admission
+    #: control); beyond, new ones are answered RATE_LIMITED at once. 0 = no bound.
+    node_max_inflight: int = 2000
+    #: HTTP pushes (single and batch requests) in work at once on the node;
+    #: beyond, 429 with Retry-After. 0 = no bound.
+    http_max_inflight: int = 256
     page_default: int = 20
     page_cap: int = 100
     max_ack_ids: int = 1000

@@ -129,6 +129,8 @@ def _limits(t: _Table) -> Limits:
         max_conn_per_ip=t.int("max_conn_per_ip", d.max_conn_per_ip, 1),
         login_ip_failures=t.int("login_ip_failures", d.login_ip_failures, 0, 10_000_000),
         max_inflight=t.int("max_inflight", d.max_inflight, 1, 100000),
+        node_max_inflight=t.int("node_max_inflight", d.node_max_inflight, 0, 10_000_000),
+        http_max_inflight=t.int("http_max_inflight", d.http_max_inflight, 0, 1_000_000),
         page_default=t.int("page_default", d.page_default, 1, 10000),
         page_cap=t.int("page_cap", d.page_cap, 1, 10000),
         max_ack_ids=t.int("max_ack_ids", d.max_ack_ids, 1, 100000),

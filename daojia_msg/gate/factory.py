@@ -6,20 +6,69 @@ protocol): a connection first looks like it comes from the proxy, and shows its
 real client address once the PROXY header is parsed. So a connection is counted
 against its peer host at connect time and moved to the real host on its first
 data (:meth:`GateFactory.admit`); the cap applies to real client addresses.
+
+Admission control: the connections call the node's logic through
+:class:`AdmittedLogic`, which lets at most ``limits.node_max_inflight`` C2C
+and C2S requests be in work at once over the whole node and answers the rest
+RATE_LIMITED at once ("over capacity, retry after a backoff"). Offered more
+than it can take (open loop), the node keeps its throughput and a bounded
+latency for what it admits, instead of queueing until everything times out.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from daojia_msg.config import Limits
-from daojia_msg.gate.limits import PeerCounter
+from daojia_msg.gate.limits import Admission, PeerCounter
 from daojia_msg.gate.protocol import GateProtocol
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
+from daojia_msg.protocol.errors import RateLimited
+
+#: The reason of a request refused by admission control.
+OVER_CAPACITY = "node over capacity: retry after a backoff"
+
+
+class AdmittedLogic:
+    """``logic`` as the connections see it: C2C and C2S pass
+    :class:`~daojia_msg.gate.limits.Admission` first (refused: a failed
+    Deferred with :class:`RateLimited`, answered RATE_LIMITED); everything
+    else is the logic's own."""
+
+    def __init__(self, logic: LogicService, admission: Admission) -> None:
+        self._logic = logic
+        self._admission = admission
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logic, name)
+
+    def c2c(self, *args: Any) -> Deferred[Any]:
+        return self._admit(self._logic.c2c, args)
+
+    def c2s(self, *args: Any) -> Deferred[Any]:
+        return self._admit(self._logic.c2s, args)
+
+    def _admit(self, call: Any, args: tuple[Any, ...]) -> Deferred[Any]:
+        admission = self._admission
+        if not admission.enter():
+            return fail(RateLimited(OVER_CAPACITY))
+        try:
+            d: Deferred[Any] = call(*args)
+        except BaseException:
+            admission.leave()
+            raise
+        d.addBoth(self._left)
+        return d
+
+    def _left(self, result: Any) -> Any:
+        self._admission.leave()
+        return result
 
 
 class GateFactory(ServerFactory):
@@ -27,7 +76,10 @@ class GateFactory(ServerFactory):
     noisy = False
 
     def __init__(self, logic: LogicService, inbox: Inbox, limits: Limits, clock: IReactorTime) -> None:
-        self.logic = logic
+        #: At most ``limits.node_max_inflight`` C2C and C2S in work at once.
+        self.admission = Admission(limits.node_max_inflight)
+        #: What the connections call: ``logic`` behind admission control.
+        self.logic = cast(LogicService, AdmittedLogic(logic, self.admission))
         self.inbox = inbox
         self.limits = limits
         self.clock = clock

@@ -68,3 +68,29 @@ class PeerCounter:
             self.counts[host] = n
         else:
             self.counts.pop(host, None)
+
+
+class Admission:
+    """Admission control for the whole node: at most ``cap`` requests in work
+    at once (0: no bound). :meth:`enter` answers whether one more may start
+    (counted: :meth:`leave` when it is answered); one refused is counted in
+    :attr:`refused`. Refusing at the door costs a frame's decode and a short
+    answer; admitting past what the node keeps up with only queues work that
+    times out later (open loop: the queue and the latency grow without bound)."""
+
+    __slots__ = ("cap", "inflight", "refused")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.inflight = 0
+        self.refused = 0
+
+    def enter(self) -> bool:
+        if self.cap and self.inflight >= self.cap:
+            self.refused += 1
+            return False
+        self.inflight += 1
+        return True
+
+    def leave(self) -> None:
+        self.inflight -= 1

@@ -1,0 +1,91 @@
+"""Admission control at the gate: at most ``limits.node_max_inflight`` C2C and
+C2S requests in work on the whole node; the rest are answered RATE_LIMITED at
+once, and admitted again once answers went out."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from daojia_msg.gate.factory import OVER_CAPACITY
+from daojia_msg.gate.limits import Admission
+from daojia_msg.protocol.codes import Cmd, Code
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.gate.test_protocol import with_limits
+from tests.helpers import Stack
+
+
+def stall_store(stack: Stack) -> list[Deferred[object]]:
+    """The store holds every write until its Deferred in the list fires."""
+    held: list[Deferred[object]] = []
+    real_store = stack.store.store
+
+    def slow_store(batch: object) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        held.append(d)
+        d.addCallback(lambda _: real_store(batch))
+        return d
+
+    stack.store.store = slow_store  # type: ignore[method-assign]
+    return held
+
+
+def answers(frames: list) -> list[tuple[int, int]]:  # type: ignore[type-arg]
+    """(sequenceid, code) of each C2C answer."""
+    out = []
+    for f in frames:
+        if f.cmd == Cmd.C2C | 0x80:
+            result = pb.Result()
+            result.ParseFromString(f.body)
+            out.append((f.sequenceid, result.code))
+    return out
+
+
+class AdmissionTests(SynchronousTestCase):
+    def test_counter(self) -> None:
+        admission = Admission(2)
+        self.assertEqual([admission.enter() for _ in range(3)], [True, True, False])
+        self.assertEqual((admission.inflight, admission.refused), (2, 1))
+        admission.leave()
+        self.assertTrue(admission.enter())
+        unbounded = Admission(0)
+        self.assertTrue(all(unbounded.enter() for _ in range(10_000)))
+
+    def test_over_capacity_is_rate_limited_at_once_across_connections(self) -> None:
+        stack = with_limits(node_max_inflight=2)
+        one, two = stack.login(42), stack.login(43)
+        stack.login(44)
+        held = stall_store(stack)
+        req = pb.C2CRequest(to_uid=44, to_appcode=1001, content=b"x")
+        one.send_raw(one.frame(Cmd.C2C, req, seq=1) + one.frame(Cmd.C2C, req, seq=2))
+        two.send_raw(two.frame(Cmd.C2C, req, seq=7))
+        self.assertEqual(len(held), 2)  # the third never reached the store
+        [(seq, code)] = answers(two.received())
+        self.assertEqual((seq, code), (7, Code.RATE_LIMITED))
+        self.assertEqual(stack.factory.admission.refused, 1)
+        # C2S is bounded by the same count; other requests are not.
+        two.send(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1)
+        c2s = pb.Result()
+        c2s.ParseFromString(two.received()[-1].body)
+        self.assertEqual((c2s.code, c2s.reason), (Code.RATE_LIMITED, OVER_CAPACITY))
+        self.assertEqual(two.request(Cmd.KEEPALIVE).code, Code.OK)
+        self.assertEqual(two.pull().code, Code.OK)
+        # Answers free the places: new requests are admitted again.
+        held[0].callback(None)
+        held[1].callback(None)
+        self.assertEqual(sorted(answers(one.received())), [(1, Code.OK), (2, Code.OK)])
+        self.assertEqual(stack.factory.admission.inflight, 0)
+        two.send_raw(two.frame(Cmd.C2C, req, seq=8))
+        self.assertEqual(len(held), 3)
+        held[2].callback(None)
+        self.assertEqual(answers(two.received()), [(8, Code.OK)])
+
+    def test_a_failed_request_frees_its_place(self) -> None:
+        stack = with_limits(node_max_inflight=1)
+        conn = stack.login(42)
+        stack.login(43)
+        held = stall_store(stack)
+        conn.send(Cmd.C2C, pb.C2CRequest(to_uid=43, to_appcode=1001, content=b"x"))
+        held[0].errback(RuntimeError("boom"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(stack.factory.admission.inflight, 0)
