@@ -67,6 +67,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-seconds", type=positive(float), default=None,
                    help="how long each fault is held (default 5; 3 with --short)")
     p.add_argument("--users", type=positive(int), default=12, help="client users (default 12)")
+    p.add_argument("--capacity-seconds", type=positive(float), default=0.0,
+                   help="first measure the capacity: closed-loop senders for this long")
+    p.add_argument("--concurrency", type=positive(int), default=64,
+                   help="closed-loop senders of the capacity phase (default 64)")
+    p.add_argument("--load", type=positive(float), default=None,
+                   help="offer this fraction of the measured capacity instead of --rate "
+                        "(e.g. 0.5; needs --capacity-seconds)")
     p.add_argument("--short", action="store_true",
                    help="the CI form: shorter faults and phases (under 4 minutes in all)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -76,7 +83,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> runner.Settings:
-    s = runner.Settings(nodes=args.nodes, rate=args.rate, faults=args.faults, users=args.users)
+    if args.load is not None and not args.capacity_seconds:
+        parser().error("--load needs --capacity-seconds (the capacity it is a fraction of)")
+    s = runner.Settings(nodes=args.nodes, rate=args.rate, faults=args.faults, users=args.users,
+                        capacity_seconds=args.capacity_seconds,
+                        capacity_concurrency=args.concurrency, load=args.load)
     if args.short:
         s = dataclasses.replace(s, **SHORT)
     if args.fault_seconds is not None:

@@ -15,12 +15,21 @@ COLUMNS = (
     ("REF+DELIV", "refused_delivered"), ("unconf", "unconfirmed"),
     ("UNANSW", "unanswered"), ("no-ans", "no_answer"), ("resends", "resends"),
 )
+#: Facts of each phase shown after the counts (from ``Row.notes``).
+NOTES = (("kicks", "kickouts"), ("disc", "disconnects"), ("p99 s", "ok_p99_s"),
+         ("max s", "ok_max_s"))
 
 
 def table(rows: Sequence[Row]) -> str:
     """A plain-text table; upper-case columns are the bad verdicts."""
-    cells = [[str(getattr(row, attr)) for _, attr in COLUMNS] for row in rows]
-    heads = [head for head, _ in COLUMNS]
+    total = Row("total")
+    for row in rows:
+        for name in Row.COUNTS:
+            setattr(total, name, getattr(total, name) + getattr(row, name))
+    cells = [[str(getattr(row, attr)) for _, attr in COLUMNS]
+             + [str(row.notes.get(key, "-")) for _, key in NOTES] for row in rows]
+    cells.append([str(getattr(total, attr)) for _, attr in COLUMNS] + [""] * len(NOTES))
+    heads = [head for head, _ in COLUMNS + NOTES]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
 
     def line(values: Sequence[str]) -> str:
@@ -28,14 +37,7 @@ def table(rows: Sequence[Row]) -> str:
         rest = [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
         return "  ".join([first, *rest]).rstrip()
 
-    out = [line(heads), line(["-" * w for w in widths])]
-    out += [line(c) for c in cells]
-    total = Row("total")
-    for row in rows:
-        for name in Row.COUNTS:
-            setattr(total, name, getattr(total, name) + getattr(row, name))
-    out.append(line([str(getattr(total, attr)) for _, attr in COLUMNS]))
-    return "\n".join(out)
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
 def bad_lines(rows: Sequence[Row]) -> list[str]:

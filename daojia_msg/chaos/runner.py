@@ -7,6 +7,7 @@ classify every phase again (a late arrival only moves "lost" to "delivered").
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -33,6 +34,11 @@ class Settings:
     answer_timeout_s: float = 3.0   # the nodes' store.answer_timeout_s (the default)
     margin_s: float = 2.0           # a request unanswered after timeout + margin: no answer
     give_up_s: float = 30.0
+    #: closed-loop capacity phase before the faults (0: none), and its senders
+    capacity_seconds: float = 0.0
+    capacity_concurrency: int = 64
+    #: with a capacity phase: offer this fraction of it (instead of ``rate``)
+    load: float | None = None
 
 
 class Cluster:
@@ -127,6 +133,14 @@ async def run(reactor: Any, settings: Settings, programs: dict[str, str], direct
                                   servers.TOPIC, traffic.on_envelope)
         setup_s = reactor.seconds() - started
         log(f"set up in {setup_s:.1f} s; {settings.users} users logged in")
+        capacity = None
+        if settings.capacity_seconds > 0:
+            capacity = await measure(reactor, traffic, ledger, settings, log)
+            notes["capacity"] = capacity
+            if settings.load is not None:
+                rate = round(settings.load * capacity["capacity_per_s"], 1)
+                settings = dataclasses.replace(settings, rate=rate)
+                log(f"offering {settings.load:.0%} of it: {rate:g} msgs/s")
         for n, name in enumerate(settings.faults):
             phase = name if name not in notes else f"{name}#{n}"
             notes[phase] = await run_phase(reactor, cluster, traffic, ledger, settings,
@@ -148,7 +162,24 @@ async def run(reactor: Any, settings: Settings, programs: dict[str, str], direct
         row.notes = facts
         rows.append(row)
     return rows, {"setup_s": round(setup_s, 1), "run_s": round(reactor.seconds() - started, 1),
-                  "strays": ledger.strays, "directory": directory}
+                  "strays": ledger.strays, "directory": directory, "rate": settings.rate,
+                  "capacity_per_s": (capacity or {}).get("capacity_per_s")}
+
+
+async def measure(reactor: Any, traffic: Traffic, ledger: Ledger, settings: Settings,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """The closed-loop phase "capacity": its rate of OK answers and latencies."""
+    log(f"capacity: {settings.capacity_concurrency} closed-loop senders for "
+        f"{settings.capacity_seconds:g} s")
+    per_s = await traffic.closed_loop("capacity", settings.capacity_concurrency,
+                                      settings.capacity_seconds)
+    await traffic.settle()
+    facts: dict[str, Any] = {"capacity_per_s": round(per_s, 1),
+                             "concurrency": settings.capacity_concurrency,
+                             "drained": await traffic.drain()}
+    facts.update(latency(ledger, "capacity"))
+    log(f"capacity: {per_s:.0f} msgs/s answered OK ({facts})")
+    return facts
 
 
 async def run_phase(reactor: Any, cluster: Cluster, traffic: Traffic, ledger: Ledger,

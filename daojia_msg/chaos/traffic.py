@@ -161,6 +161,22 @@ class Traffic:
         while self.outstanding:
             await gatherResults(list(self.outstanding), consumeErrors=True)
 
+    async def closed_loop(self, phase: str, concurrency: int, seconds: float) -> float:
+        """``concurrency`` senders, each sending its next message (of the usual
+        mix) as soon as the last one has its outcome, for ``seconds``; the rate
+        of OK answers per second: the cluster's capacity for this mix."""
+        self.phase = phase
+        started = self.reactor.seconds()
+        end = started + seconds
+
+        async def worker() -> None:
+            while self.reactor.seconds() < end:
+                await self.send_one(self._pick())
+
+        await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)])
+        ok = sum(1 for s in self.ledger.sent.values() if s.phase == phase and s.outcome == OK)
+        return ok / (self.reactor.seconds() - started)
+
     def _tick(self) -> None:
         self._credit += self.rate * TICK_S
         while self._credit >= 1.0:

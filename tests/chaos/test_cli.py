@@ -40,6 +40,17 @@ class ArgumentTests(TestCase):
         self.assertIn("expected a positive number, got '0'", self.refused("--rate", "0"))
         self.assertIn("expected a number, got 'x'", self.refused("--nodes", "x"))
 
+    def test_load_is_a_fraction_of_a_measured_capacity(self) -> None:
+        self.assertIn("--load needs --capacity-seconds", self.refused_settings("--load", "0.5"))
+        s = self.parse("--capacity-seconds", "10", "--load", "0.5", "--concurrency", "32")
+        self.assertEqual((s.capacity_seconds, s.load, s.capacity_concurrency), (10.0, 0.5, 32))
+
+    def refused_settings(self, *argv: str) -> str:
+        err = io.StringIO()
+        with redirect_stderr(err), self.assertRaises(SystemExit):
+            self.parse(*argv)
+        return err.getvalue()
+
     def test_missing_programs_are_named_with_their_fix(self) -> None:
         self.patch(servers, "which", lambda *names: None)
         self.patch(servers.os, "access", lambda path, mode: False)

@@ -118,3 +118,11 @@ class ReportTests(TestCase):
         with open(path) as f:
             self.assertEqual(json.load(f)["settings"], {"rate": 10})
         self.assertTrue(report.document(rows[:1], {})["ok"])
+
+    def test_table_shows_the_phase_facts(self) -> None:
+        row = Row("redis-restart", sent=12345, delivered=12345)
+        row.notes = {"kickouts": 0, "disconnects": 3, "ok_p99_s": 1.5}
+        lines = report.table([row]).splitlines()
+        self.assertEqual(lines[2].split()[-4:], ["0", "3", "1.5", "-"])
+        self.assertEqual(lines[3].split()[:3], ["total", "12345", "12345"])
+        self.assertEqual(len({len(line) for line in lines[:3]}), 1)
