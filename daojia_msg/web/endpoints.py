@@ -8,6 +8,11 @@ accepted), a push the store did not confirm within ``store.answer_timeout_s``
 504 (it may or may not be stored: docs/protocol.md §7.4); anything else is
 logged and answered 500 ``{"error": "internal"}``, and the node keeps serving.
 
+Admission control: at most ``limits.http_max_inflight`` pushes (single and
+batch requests) are in work at once on the node; past that a push is
+answered 429 with ``Retry-After`` at once, before its body is parsed or its key
+checked, instead of queueing work that would time out (504) later.
+
 Pushes may carry an idempotency key (the ``Idempotency-Key`` header of a
 single push, ``idempotency_key`` in a batch item): one key space per app
 whose API key pushes, de-duplicated by the message store like a C2C's
@@ -94,6 +99,12 @@ def _client_is_local(address: object) -> bool:
     return ip.is_loopback
 
 
+#: The answer to a push past ``limits.http_max_inflight``, and its Retry-After (s).
+OVER_CAPACITY = json_answer(errors.RateLimited.http_status,
+                            {"error": "node over capacity: retry after a backoff"})
+RETRY_AFTER_S = b"1"
+
+
 class Api:
     """What the endpoints share: the logic, the config, the keys and the hooks."""
 
@@ -118,6 +129,9 @@ class Api:
         self.stats: StatsView = stats or logic.stats.snapshot
         self.nodes = nodes
         self.trace = trace
+        #: Pushes in work now, and how many were refused (429) for the bound.
+        self.inflight = 0
+        self.refused = 0
 
     def push_item(self, data: object, caller: Caller, fields: frozenset[str] = PUSH_FIELDS,
                   key: str = "") -> PushItem:
@@ -164,7 +178,24 @@ class Api:
         return PushItem(to_uid, to_appcode, msgtype, content, logid, key)
 
     async def answer(self, endpoint: Endpoint, method: bytes, request: server.Request) -> None:
-        """Run ``endpoint`` for ``request`` and write its answer, whatever happens."""
+        """Run ``endpoint`` for ``request`` and write its answer, whatever
+        happens; a push past ``limits.http_max_inflight`` is answered 429 at once."""
+        if not endpoint.admitted:
+            await self._answer(endpoint, method, request)
+            return
+        cap = self.limits.http_max_inflight
+        if cap and self.inflight >= cap:
+            self.refused += 1
+            request.setHeader(b"retry-after", RETRY_AFTER_S)
+            write(request, OVER_CAPACITY)
+            return
+        self.inflight += 1
+        try:
+            await self._answer(endpoint, method, request)
+        finally:
+            self.inflight -= 1
+
+    async def _answer(self, endpoint: Endpoint, method: bytes, request: server.Request) -> None:
         try:
             caller = self.keys.authenticate(request) if endpoint.needs_key else None
             answer = await endpoint.handle(method, request, caller)
@@ -224,6 +255,8 @@ class Endpoint(Node):
 
     methods: tuple[bytes, ...] = (b"GET",)
     needs_key = True
+    #: Bounded by ``limits.http_max_inflight`` (the pushes).
+    admitted = False
 
     def __init__(self, api: Api) -> None:
         super().__init__()
@@ -249,6 +282,7 @@ class Push(Endpoint):
     push's ids and ``"online": false`` (not stored or pushed again)."""
 
     methods = (b"POST",)
+    admitted = True
 
     async def handle(self, method: bytes, request: server.Request, caller: Caller | None) -> Answer:
         assert caller is not None
@@ -273,6 +307,7 @@ class PushBatch(Endpoint):
     items a store failure (UNAVAILABLE) or stall (TIMEOUT) hit."""
 
     methods = (b"POST",)
+    admitted = True
 
     async def handle(self, method: bytes, request: server.Request, caller: Caller | None) -> Answer:
         assert caller is not None
