@@ -11,6 +11,16 @@ every call on it) only when the peer has answered nothing for a whole timeout
 (dead, or a half-open socket); on a peer that still answers other calls
 (overloaded) it fails alone, so that a slow peer is not also made to take
 reconnects and a wave of retries.
+
+Towards a slow peer the client also backs off: once a Deliver or Kick timed
+out on a connection that still answers (the peer is overloaded, not dead),
+new calls to that peer fail at once for :data:`BACKOFF_MIN_S`, doubling with
+each timeout soon after a pause up to :data:`BACKOFF_MAX_S` (the callers leave the
+messages pending and retry later); and at most :data:`MAX_PEER_INFLIGHT`
+calls wait on one peer. Sending a peer more while it is seconds behind only
+lengthens its queue. :func:`registry_addresses` keeps a node's address for
+:data:`ADDRESS_TTL_S`, so a delivery to another node does not cost a Redis
+look-up each.
 """
 
 from __future__ import annotations
@@ -74,6 +84,16 @@ log = Logger()
 
 #: The most a trace question (:meth:`RpcPeers.trace`) waits for its answer.
 TRACE_TIMEOUT_S = 1.0
+#: After a call to a peer timed out while the peer answers others, calls to
+#: it fail at once for this long, doubling with each timeout soon after a
+#: pause, up to BACKOFF_MAX_S; with no timeout within the call timeout and
+#: two pauses' length after a pause, it starts again from BACKOFF_MIN_S.
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 8.0
+#: Calls waiting on one peer at most; beyond, new ones fail at once.
+MAX_PEER_INFLIGHT = 2000
+#: How long :func:`registry_addresses` keeps a live node's address.
+ADDRESS_TTL_S = 1.0
 
 Address = tuple[str, int]
 AddressOf = Callable[[int], Awaitable[Address | None]]
@@ -123,6 +143,25 @@ class _Link:
         self._failure: Failure | None = None
         #: When the peer last answered a call (or the connection came up).
         self.answered_at = 0.0
+        #: Calls waiting on this peer; until when calls fail at once (a call
+        #: timed out while the peer answered others), and the last such pause.
+        self.inflight = 0
+        self.slow_until = 0.0
+        self.backoff = 0.0
+
+    def slowed(self, now: float) -> None:
+        """A call timed out while the peer answers others: back off."""
+        if now < self.slow_until:
+            return  # a call of the same wave: the pause is running
+        if now - self.slow_until > self.peers.timeout + 2 * self.backoff:
+            self.backoff = 0.0  # no call made after the last pause timed out soon
+        self.backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, 2 * self.backoff))
+        self.slow_until = now + self.backoff
+        host, port = self.address
+        log.info("node {peer_node} at {host}:{port} is slow (a call got no answer within "
+                 "{timeout:g} s while it answers others): calls to it fail at once for "
+                 "{backoff:g} s", peer_node=self.node_id, host=host, port=port,
+                 timeout=self.peers.timeout, backoff=self.backoff)
 
     def start(self) -> None:
         attempt = Deferred.fromCoroutine(self._open())
@@ -380,19 +419,33 @@ class RpcPeers:
             raise PeerUnavailable("the internal RPC client is closed")
         host, port = found
         link = self._link(node_id, (host, port))
-        proto = await link.ready()
         clock = self.reactor
+        if drop_if_silent:  # a delivery or a kick, not a trace question
+            now = clock.seconds()
+            if now < link.slow_until:
+                raise PeerUnavailable(f"slow: backing off for {link.slow_until - now:.1f} s more")
+            if link.inflight >= MAX_PEER_INFLIGHT:
+                raise PeerUnavailable(f"{MAX_PEER_INFLIGHT} calls already wait on it")
+        link.inflight += 1
         try:
+            proto = await link.ready()
             response: dict[str, Any] = await proto.callRemote(command, **args)
         except CancelledError:
             # It timed out. A connection that answered nothing for a whole
             # timeout is suspect (a dead peer, a half-open socket): drop it.
             # One that answers other calls is alive but slow (overloaded):
             # dropping it would fail every call on it at once, and the
-            # reconnects and retries would load the slow peer further.
-            if drop_if_silent and clock.seconds() - link.answered_at >= self.timeout:
-                link.abort()
+            # reconnects and retries would load the slow peer further; new
+            # calls to it fail at once for a while instead.
+            if drop_if_silent:
+                now = clock.seconds()
+                if now - link.answered_at >= self.timeout:
+                    link.abort()
+                else:
+                    link.slowed(now)
             raise
+        finally:
+            link.inflight -= 1
         link.answered_at = clock.seconds()
         return response
 
@@ -424,13 +477,30 @@ class RpcPeers:
         return d
 
 
-def registry_addresses(registry: INodeRegistry) -> AddressOf:
-    """An ``address_of`` for :class:`RpcPeers` that reads the node registry."""
+def registry_addresses(registry: INodeRegistry, clock: IReactorTime | None = None,
+                       ttl: float = ADDRESS_TTL_S) -> AddressOf:
+    """An ``address_of`` for :class:`RpcPeers` that reads the node registry.
+
+    A live node's address is kept ``ttl`` seconds on ``clock`` (default: the
+    registry's ``clock``, if it has one; none: no cache), so deliveries to
+    another node do not each cost a Redis look-up; a node that is not alive
+    is asked about every time."""
+    if clock is None:
+        clock = getattr(registry, "clock", None)
+    known: dict[int, tuple[float, Address]] = {}
 
     async def address_of(node_id: int) -> Address | None:
+        if clock is not None:
+            hit = known.get(node_id)
+            if hit is not None and clock.seconds() < hit[0]:
+                return hit[1]
         info = await registry.node(node_id)
         if info is None:
+            known.pop(node_id, None)
             return None
-        return (info.rpc_host, info.rpc_port)
+        address = (info.rpc_host, info.rpc_port)
+        if clock is not None:
+            known[node_id] = (clock.seconds() + ttl, address)
+        return address
 
     return address_of
