@@ -62,8 +62,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=positive(float), default=100.0,
                    help="messages per second offered, all kinds together (default 100: "
                         "half C2C, a quarter S2C, a quarter C2S)")
-    p.add_argument("--faults", type=fault_list, default=tuple(FAULTS),
-                   help=f"comma-separated, in order (default all: {','.join(FAULTS)})")
+    p.add_argument("--faults", type=fault_list, default=None,
+                   help=f"comma-separated, in order (default all: {','.join(FAULTS)}; "
+                        "clock-step only where libfaketime is installed)")
     p.add_argument("--fault-seconds", type=positive(float), default=None,
                    help="how long each fault is held (default 5; 3 with --short)")
     p.add_argument("--users", type=positive(int), default=12, help="client users (default 12)")
@@ -85,7 +86,11 @@ def parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace) -> runner.Settings:
     if args.load is not None and not args.capacity_seconds:
         parser().error("--load needs --capacity-seconds (the capacity it is a fraction of)")
-    s = runner.Settings(nodes=args.nodes, rate=args.rate, faults=args.faults, users=args.users,
+    chosen = args.faults
+    if chosen is None:
+        chosen = tuple(name for name in FAULTS
+                       if name != "clock-step" or servers.faketime_library() is not None)
+    s = runner.Settings(nodes=args.nodes, rate=args.rate, faults=chosen, users=args.users,
                         capacity_seconds=args.capacity_seconds,
                         capacity_concurrency=args.concurrency, load=args.load)
     if args.short:
@@ -103,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = settings_from(args)
     programs, missing = servers.prerequisites()
+    if "clock-step" in settings.faults:
+        library = servers.faketime_library()
+        if library is None:
+            missing.append("libfaketime not found (for clock-step): apt-get install faketime")
+        else:
+            programs["libfaketime"] = library
     if missing:
         print("msgplatform-chaos cannot run; missing:", file=sys.stderr)
         for line in missing:

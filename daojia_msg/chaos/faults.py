@@ -71,6 +71,25 @@ async def mysql_restart(cluster: Any, hold: float, n: int) -> dict[str, Any]:
     return await _restart(cluster, cluster.mariadb, hold, signal.SIGTERM)
 
 
+#: How far the clock-step fault moves the wall clock.
+CLOCK_STEP_S = 30
+
+
+async def clock_step(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    """Step the wall clock of the last node (started under libfaketime; only
+    its process) ``CLOCK_STEP_S`` ahead, hold, then step it back: both an
+    NTP step forward and one backward. CLOCK_MONOTONIC does not move."""
+    def offset(seconds: int) -> None:
+        with open(cluster.clock_file, "w") as f:
+            f.write(f"{seconds:+d}\n")
+
+    offset(CLOCK_STEP_S)
+    await sleep(cluster.reactor, hold)
+    offset(0)
+    await sleep(cluster.reactor, 1.5)  # libfaketime reads the file again every second
+    return {"victim": cluster.nodes[-1].name, "stepped_s": CLOCK_STEP_S, "held_s": hold}
+
+
 FAULTS: dict[str, Fault] = {
     "none": none,
     "node-kill": node_kill,
@@ -78,4 +97,5 @@ FAULTS: dict[str, Fault] = {
     "redis-restart": redis_restart,
     "mysql-stop": mysql_stop,
     "mysql-restart": mysql_restart,
+    "clock-step": clock_step,
 }

@@ -22,7 +22,11 @@ unconfirmed
     the last answer left it open (TIMEOUT, a lost connection) and it did
     not arrive: fine, the platform never said it was stored;
 unanswered
-    the last attempt got no answer within the answer timeout + margin: BAD.
+    the last attempt got no answer within the answer timeout + margin: BAD;
+frozen
+    unanswered, but sent by a user whose connection was on the node that a
+    fault froze (SIGSTOP) while that attempt was out: no process could
+    answer it; shown, not BAD.
 
 ``no_answer`` counts *attempts* without an answer (e.g. to a stopped node)
 that a resend then settled: not a verdict, but shown.
@@ -74,6 +78,11 @@ class Sent:
     #: the last error (a code name, "no answer", "connection lost")
     last_error: str = ""
     answered_at: float | None = None
+    #: the sending user (C2C, C2S) and when its last attempt went out
+    sender: int = 0
+    last_attempt_at: float = 0.0
+    #: set when the last attempt went to a node the fault had frozen
+    frozen: bool = False
 
     def settle(self, outcome: str, now: float, msgid: int | None = None) -> None:
         self.outcome = outcome
@@ -95,6 +104,7 @@ class Row:
     refused_delivered: int = 0
     unconfirmed: int = 0
     unanswered: int = 0
+    frozen: int = 0
     no_answer: int = 0
     resends: int = 0
     kinds: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -105,7 +115,8 @@ class Row:
 
     BAD = ("lost", "double", "mismatch", "refused_delivered", "unanswered")
     COUNTS = ("sent", "delivered", "lost", "double", "mismatch", "refused",
-              "refused_delivered", "unconfirmed", "unanswered", "no_answer", "resends")
+              "refused_delivered", "unconfirmed", "unanswered", "frozen", "no_answer",
+              "resends")
 
     @property
     def bad(self) -> int:
@@ -122,7 +133,7 @@ def verdict(sent: Sent, received: set[int]) -> str:
     if len(received) >= 2:
         return "double"
     if sent.outcome in (PENDING, UNANSWERED):
-        return "unanswered"
+        return "frozen" if sent.frozen and sent.outcome == UNANSWERED else "unanswered"
     if sent.outcome == OK:
         if not received:
             return "lost"
@@ -158,6 +169,17 @@ class Ledger:
     def pending(self, phase: str | None = None) -> list[Sent]:
         return [s for s in self.sent.values()
                 if s.outcome == PENDING and (phase is None or s.phase == phase)]
+
+    def excuse_frozen(self, phase: str, uids: set[int], start: float, end: float) -> int:
+        """Mark the phase's unanswered messages whose last attempt a user of
+        the frozen node sent between ``start`` and ``end``; how many."""
+        count = 0
+        for s in self.sent.values():
+            if (s.phase == phase and s.outcome == UNANSWERED and s.sender in uids
+                    and start <= s.last_attempt_at <= end):
+                s.frozen = True
+                count += 1
+        return count
 
     def classify(self, phase: str) -> Row:
         return classify(phase, (s for s in self.sent.values() if s.phase == phase),

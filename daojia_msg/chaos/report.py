@@ -13,7 +13,7 @@ COLUMNS = (
     ("fault", "phase"), ("sent", "sent"), ("deliv", "delivered"), ("LOST", "lost"),
     ("DOUBLE", "double"), ("MISMATCH", "mismatch"), ("refused", "refused"),
     ("REF+DELIV", "refused_delivered"), ("unconf", "unconfirmed"),
-    ("UNANSW", "unanswered"), ("no-ans", "no_answer"), ("resends", "resends"),
+    ("UNANSW", "unanswered"), ("frozen", "frozen"), ("no-ans", "no_answer"), ("resends", "resends"),
 )
 #: Facts of each phase shown after the counts (from ``Row.notes``).
 NOTES = (("kicks", "kickouts"), ("disc", "disconnects"), ("p99 s", "ok_p99_s"),

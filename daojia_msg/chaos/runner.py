@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class Cluster:
     """The private Redis, MariaDB, nodes and HAProxy of one run, in ``directory``."""
 
     def __init__(self, reactor: Any, programs: dict[str, str], directory: str, nodes: int,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], faketime: bool = False) -> None:
         self.reactor = reactor
         self.programs = programs
         self.directory = directory
@@ -58,6 +59,8 @@ class Cluster:
         ports = servers.free_ports(4 + 3 * nodes)
         self.redis_port, self.mysql_port, self.gate, self.api = ports[:4]
         self.node_ports = [tuple(ports[4 + 3 * i: 7 + 3 * i]) for i in range(nodes)]
+        #: the last node's wall clock follows this file (libfaketime), if set
+        self.clock_file = os.path.join(directory, "faketime.rc") if faketime else None
 
     async def start(self) -> None:
         r, d = self.reactor, self.directory
@@ -70,7 +73,10 @@ class Cluster:
         self.log(f"mariadbd on 127.0.0.1:{self.mysql_port}")
         for i, (gate, http, rpc) in enumerate(self.node_ports):
             config = servers.node_config(d, i, self.redis_port, url)
-            self.nodes.append(servers.node_proc(r, d, i, config, gate, http, rpc))
+            env = None
+            if self.clock_file is not None and i == self.size - 1:
+                env = servers.faketime_env(self.programs["libfaketime"], self.clock_file)
+            self.nodes.append(servers.node_proc(r, d, i, config, gate, http, rpc, env))
         await gatherResults([n.start(timeout=90) for n in self.nodes])
         self.log(f"{self.size} nodes serving")
         self.haproxy = servers.haproxy_proc(r, self.programs["haproxy"], d, self.gate, self.api,
@@ -112,7 +118,8 @@ def latency(ledger: Ledger, phase: str) -> dict[str, float]:
 async def run(reactor: Any, settings: Settings, programs: dict[str, str], directory: str,
               log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
     """The whole run; the final rows and facts about the run."""
-    cluster = Cluster(reactor, programs, directory, settings.nodes, log)
+    cluster = Cluster(reactor, programs, directory, settings.nodes, log,
+                      faketime="clock-step" in settings.faults)
     trigger = reactor.addSystemEventTrigger("before", "shutdown", cluster.kill_now)
     ledger = Ledger()
     started = reactor.seconds()
@@ -189,14 +196,21 @@ async def run_phase(reactor: Any, cluster: Cluster, traffic: Traffic, ledger: Le
     kicks, drops = traffic.kickouts, traffic.disconnects
     traffic.start(phase, settings.rate)
     await sleep(reactor, settings.pre_seconds)
+    frozen_uids = await on_frozen_node(cluster, traffic, name, n) if name == "node-stop" else set()
     at = reactor.seconds()
     log(f"phase {phase}: fault for {settings.fault_seconds:g} s")
     facts = await FAULTS[name](cluster, settings.fault_seconds, n)
-    facts["healed_after_s"] = round(reactor.seconds() - at, 2)
+    healed = reactor.seconds()
+    facts["healed_after_s"] = round(healed - at, 2)
     log(f"phase {phase}: healed ({facts})")
     await sleep(reactor, settings.post_seconds)
     traffic.stop()
     await traffic.settle()
+    if frozen_uids:
+        facts["users_on_frozen_node"] = len(frozen_uids)
+        # An attempt out while its node was stopped had no process to answer it.
+        ledger.excuse_frozen(phase, frozen_uids, at - settings.answer_timeout_s
+                             - settings.margin_s, healed)
     await sleep(reactor, 1.0)
     facts["drained"] = await traffic.drain()
     await sleep(reactor, 0.5)
@@ -208,6 +222,17 @@ async def run_phase(reactor: Any, cluster: Cluster, traffic: Traffic, ledger: Le
         f"refused {row.refused}, unconfirmed {row.unconfirmed}, no-answer attempts "
         f"{row.no_answer}, kickouts {facts['kickouts']}, disconnects {facts['disconnects']}")
     return facts
+
+
+async def on_frozen_node(cluster: Cluster, traffic: Traffic, name: str, n: int) -> set[int]:
+    """The users connected to the node that fault ``name`` number ``n`` stops."""
+    index = n % len(cluster.nodes)
+    match = re.search(rb"node (\d+) serving", cluster.nodes[index].ready_line)
+    if match is None:
+        return set()
+    other = cluster.node_ports[(index + 1) % len(cluster.nodes)][1]
+    where = await traffic.where(other)
+    return {uid for uid, node in where.items() if node == int(match.group(1))}
 
 
 def check_faults(names: Sequence[str]) -> list[str]:

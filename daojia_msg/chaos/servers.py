@@ -51,6 +51,26 @@ def which(*names: str) -> str | None:
     return None
 
 
+def faketime_library() -> str | None:
+    """libfaketime (apt-get install faketime), for the clock-step fault."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+                   + glob.glob("/usr/lib/faketime/libfaketime.so.1"))
+    return found[0] if found else None
+
+
+def faketime_env(library: str, rc_file: str) -> dict[str, str]:
+    """The environment of a process whose wall clock follows ``rc_file``
+    (an offset such as "+30", read again every second). Only the wall clock
+    steps, like an NTP step: CLOCK_MONOTONIC is left alone."""
+    with open(rc_file, "w") as f:
+        f.write("+0\n")
+    return {**os.environ, "LD_PRELOAD": library, "FAKETIME_TIMESTAMP_FILE": rc_file,
+            "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "DONT_FAKE_MONOTONIC": "1"}
+
+
 def twistd() -> str:
     return os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -96,6 +116,8 @@ class Proc(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self.ended.callback(None)
         self.stopped = False  # SIGSTOPped by a fault
+        #: the line that said it is ready (a node's "node N serving")
+        self.ready_line = b""
         self._log: Any = None
         self.pid = 0
 
@@ -125,6 +147,9 @@ class Proc(ProcessProtocol):
             self._log.write(data)
         self.tail = (self.tail + data)[-TAIL:]
         if self.ready_text and not self.ready.called and self.ready_text in self.tail:
+            at = self.tail.index(self.ready_text)
+            start = self.tail.rfind(b"\n", 0, at) + 1
+            self.ready_line = self.tail[start:].split(b"\n")[0]
             self.ready.callback(None)
 
     errReceived = outReceived
@@ -256,7 +281,7 @@ topic = "{TOPIC}"
 
 
 def node_proc(reactor: Any, directory: str, i: int, config: str,
-              gate: int, http: int, rpc: int) -> Proc:
+              gate: int, http: int, rpc: int, env: dict[str, str] | None = None) -> Proc:
     home = os.path.join(directory, f"node{i}")
     os.makedirs(home, exist_ok=True)
     return Proc(reactor, f"node{i}", [
@@ -265,7 +290,7 @@ def node_proc(reactor: Any, directory: str, i: int, config: str,
         "--gate", f"haproxy:tcp:{gate}:interface=127.0.0.1:backlog=1024",
         "--http", f"tcp:{http}:interface=127.0.0.1",
         "--rpc", f"tcp:{rpc}:interface=127.0.0.1",
-        "--ws", "tcp:0:interface=127.0.0.1"], directory, b" serving")
+        "--ws", "tcp:0:interface=127.0.0.1"], directory, b" serving", env=env)
 
 
 def haproxy_proc(reactor: Any, path: str, directory: str, gate: int, api: int,

@@ -139,6 +139,18 @@ class Traffic:
                                       for c in self.clients.values()])
         return sum(counts)
 
+    async def where(self, http_port: int) -> dict[int, int]:
+        """uid -> the node id of its session (any node's HTTP API sees them all)."""
+        found: dict[int, int] = {}
+        for uid in self.uids:
+            response = await treq.get(
+                f"http://127.0.0.1:{http_port}/v1/sessions?uid={uid}",
+                headers=Headers({b"Authorization": [f"Bearer {self.api_key}".encode()]}), pool=self.pool,
+                timeout=self.answer_s)
+            for session in (await response.json())["sessions"]:
+                found[uid] = int(session["node"])
+        return found
+
     async def close(self) -> None:
         await gatherResults([c.stopService() for c in self.clients.values()])
         await self.pool.closeCachedConnections()
@@ -232,6 +244,7 @@ class Traffic:
         sender = random.choice(self.uids)
         to = self.uids[sender % len(self.uids)]
         client = self.clients[sender]
+        sent.sender = sender
         content = content_for("c2c", sent.number)
         client_msg_id = f"chaos-c2c-{sent.number}"
         while True:
@@ -239,6 +252,7 @@ class Traffic:
             try:
                 proto = await self._ready(client, sent)
                 sent.attempts += 1
+                sent.last_attempt_at = self.reactor.seconds()
                 result = await proto.c2c(to, self.appcode, 7, content, client_msg_id,
                                          f"chaos-c2c-{sent.number}")
                 sent.settle(OK, self.reactor.seconds(), result.msgid)
@@ -259,12 +273,14 @@ class Traffic:
                 return
 
     async def _c2s(self, sent: Sent) -> None:
-        client = self.clients[random.choice(self.uids)]
+        sent.sender = random.choice(self.uids)
+        client = self.clients[sent.sender]
         content = content_for("c2s", sent.number)
         while True:
             try:
                 proto = await self._ready(client, sent)
                 sent.attempts += 1
+                sent.last_attempt_at = self.reactor.seconds()
                 result = await proto.c2s(self.c2s_msgtype, content, f"chaos-c2s-{sent.number}")
                 sent.settle(OK, self.reactor.seconds(), result.msgid)
                 return

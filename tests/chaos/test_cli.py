@@ -18,9 +18,15 @@ class ArgumentTests(TestCase):
         return cli.settings_from(cli.parser().parse_args(list(argv)))
 
     def test_defaults(self) -> None:
+        self.patch(servers, "faketime_library", lambda: "/usr/lib/libfaketime.so.1")
         s = self.parse()
         self.assertEqual((s.nodes, s.rate, s.fault_seconds), (3, 100.0, 5.0))
         self.assertEqual(s.faults, tuple(faults.FAULTS))
+
+    def test_clock_step_only_with_libfaketime(self) -> None:
+        self.patch(servers, "faketime_library", lambda: None)
+        self.assertNotIn("clock-step", self.parse().faults)
+        self.assertIn("clock-step", self.parse("--faults", "clock-step").faults)
 
     def test_short_and_overrides(self) -> None:
         s = self.parse("--short", "--nodes", "2", "--rate", "30", "--faults", "node-kill, redis-restart")
@@ -53,13 +59,15 @@ class ArgumentTests(TestCase):
 
     def test_missing_programs_are_named_with_their_fix(self) -> None:
         self.patch(servers, "which", lambda *names: None)
+        self.patch(servers, "faketime_library", lambda: None)
         self.patch(servers.os, "access", lambda path, mode: False)
         err = io.StringIO()
         with redirect_stderr(err):
-            status = cli.main(["--short"])
+            status = cli.main(["--short", "--faults", "node-kill,clock-step"])
         self.assertEqual(status, 2)
         text = err.getvalue()
-        for line in ("mariadb-install-db not found: apt-get install mariadb-server",
+        for line in ("libfaketime not found (for clock-step): apt-get install faketime",
+                     "mariadb-install-db not found: apt-get install mariadb-server",
                      "redis-server not found: apt-get install redis-server",
                      "haproxy not found: apt-get install haproxy",
                      "twistd not found next to"):

@@ -126,3 +126,16 @@ class ReportTests(TestCase):
         self.assertEqual(lines[2].split()[-4:], ["0", "3", "1.5", "-"])
         self.assertEqual(lines[3].split()[:3], ["total", "12345", "12345"])
         self.assertEqual(len({len(line) for line in lines[:3]}), 1)
+
+
+class FrozenTests(TestCase):
+    def test_only_the_frozen_nodes_users_in_the_window_are_excused(self) -> None:
+        ledger = Ledger()
+        for sender, at in [(1, 10.0), (2, 10.0), (1, 30.0)]:
+            s = ledger.new("c2s", "stop", at)
+            s.settle(UNANSWERED, at + 5)
+            s.sender, s.last_attempt_at = sender, at
+        ledger.new("c2s", "stop", 11.0).settle(OK, 11.1, 7)
+        self.assertEqual(ledger.excuse_frozen("stop", {1}, 5.0, 20.0), 1)
+        row = ledger.classify("stop")
+        self.assertEqual((row.frozen, row.unanswered, row.lost, row.bad), (1, 2, 1, 3))
