@@ -13,9 +13,11 @@ from twisted.internet.task import deferLater
 from daojia_msg.bench.base import Job, Scenario, now_us, open_loop
 from daojia_msg.bench.wire import BenchClient, result_code
 from daojia_msg.protocol.codec import Frame
-from daojia_msg.protocol.codes import Cmd
+from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
+#: Closed loop: how long a sender waits after a RATE_LIMITED answer.
+REFUSED_BACKOFF_S = 0.05
 #: C2C content starts with the intended send time (monotonic µs).
 _STAMP = struct.Struct("!q")
 
@@ -85,6 +87,15 @@ class C2S(Scenario):
         self.body = pb.C2SRequest(content=b"3" * spec.get("size", 32)).SerializeToString()
         return {"logged_in": len(self.clients), "failed": self.failures()}
 
+    def again(self, code: int, send: Any, target: Any) -> None:
+        """Closed loop: the next request at once, or after :data:`REFUSED_BACKOFF_S`
+        when this one was refused RATE_LIMITED (the protocol's "retry after a
+        backoff": resending at once would only measure the refusals)."""
+        if code == Code.RATE_LIMITED:
+            self.reactor.callLater(REFUSED_BACKOFF_S, lambda: send(target, now_us()))
+        else:
+            send(target, now_us())
+
     def refused(self, code: int, intended_us: int) -> None:
         """An answer other than OK: counted by code, and how long it took."""
         self.errors[f"code {code}"] = self.errors.get(f"code {code}", 0) + 1
@@ -116,7 +127,7 @@ class C2S(Scenario):
                 else:
                     self.refused(code, intended_us)
                 if closed and time.monotonic() < deadline and client.connected:
-                    send(client, now_us())
+                    self.again(code, send, client)
 
             client.request(Cmd.C2S, body, answered, msgtype)
 
@@ -223,7 +234,7 @@ class C2C(C2S):
                 else:
                     self.refused(code, intended_us)
                 if closed and time.monotonic() < deadline and sender.connected:
-                    send(pair, now_us())
+                    self.again(code, send, pair)
 
             sender.request(Cmd.C2C, body, answered, msgtype)
 

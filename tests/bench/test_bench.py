@@ -11,17 +11,18 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.bench import cli, report, runner, stats
-from daojia_msg.bench.gatescenarios import C2C
+from daojia_msg.bench.gatescenarios import C2C, REFUSED_BACKOFF_S
 from daojia_msg.bench.httpscenarios import Pull, Push
 from daojia_msg.bench.wire import BenchClient, result_code, source_address
 from daojia_msg.protocol.codec import FrameDecoder, encode
-from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd
+from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.helpers import Stack
 from tests.nodes import NodeTestCase
@@ -164,6 +165,20 @@ class AgainstGateTests(SynchronousTestCase):
         left = bob.call(Cmd.PULL, pb.PullRequest().SerializeToString(), pb.PullResponse)
         bpump.flush()
         self.assertEqual(list(self.successResultOf(left).messages), [])
+
+
+class ClosedLoopBackoffTests(SynchronousTestCase):
+    def test_rate_limited_is_resent_after_a_backoff(self) -> None:
+        """Closed loop: the next request goes at once after an answer, after
+        REFUSED_BACKOFF_S after a RATE_LIMITED one."""
+        clock = Clock()
+        scenario = C2C(clock, {"gate_host": "127.0.0.1", "gate_port": 1})
+        sent: list[str] = []
+        scenario.again(Code.OK, lambda target, _us: sent.append(target), "a")
+        scenario.again(Code.RATE_LIMITED, lambda target, _us: sent.append(target), "b")
+        self.assertEqual(sent, ["a"])
+        clock.advance(REFUSED_BACKOFF_S)
+        self.assertEqual(sent, ["a", "b"])
 
 
 class OptionsTests(SynchronousTestCase):
