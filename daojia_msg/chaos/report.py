@@ -15,8 +15,11 @@ COLUMNS = (
     ("REF+DELIV", "refused_delivered"), ("unconf", "unconfirmed"),
     ("UNANSW", "unanswered"), ("frozen", "frozen"), ("no-ans", "no_answer"), ("resends", "resends"),
 )
-#: Facts of each phase shown after the counts (from ``Row.notes``).
-NOTES = (("kicks", "kickouts"), ("disc", "disconnects"), ("p99 s", "ok_p99_s"),
+#: Facts of each phase shown after the counts (from ``Row.notes``): KICKOUTs
+#: and lost connections of the users, messages only the drain (PULL) brought
+#: (not pushed live), the OK answers' p99 and max seconds (resends included).
+NOTES = (("kicks", "kickouts"), ("disc", "disconnects"), ("pulled", "drained"),
+         ("p99 s", "ok_p99_s"),
          ("max s", "ok_max_s"))
 
 

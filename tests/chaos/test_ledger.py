@@ -121,9 +121,9 @@ class ReportTests(TestCase):
 
     def test_table_shows_the_phase_facts(self) -> None:
         row = Row("redis-restart", sent=12345, delivered=12345)
-        row.notes = {"kickouts": 0, "disconnects": 3, "ok_p99_s": 1.5}
+        row.notes = {"kickouts": 0, "disconnects": 3, "drained": 7, "ok_p99_s": 1.5}
         lines = report.table([row]).splitlines()
-        self.assertEqual(lines[2].split()[-4:], ["0", "3", "1.5", "-"])
+        self.assertEqual(lines[2].split()[-5:], ["0", "3", "7", "1.5", "-"])
         self.assertEqual(lines[3].split()[:3], ["total", "12345", "12345"])
         self.assertEqual(len({len(line) for line in lines[:3]}), 1)
 
