@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import uuid
 from typing import Any
@@ -23,18 +22,6 @@ from tests.servers import delete_redis_keys, drop_mysql_database, require_mysql,
 
 R: Any = reactor
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Watched(ProcessProtocol):

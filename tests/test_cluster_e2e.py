@@ -25,10 +25,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
+from daojia_msg.chaos.servers import free_ports
 from daojia_msg.client.client import MsgClient
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.tracing import read_trace
-from tests.processes import TWISTD, NodeProcessesTestCase, free_ports
+from tests.processes import TWISTD, NodeProcessesTestCase
 from tests.servers import require_haproxy
 
 R: Any = reactor

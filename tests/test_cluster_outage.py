@@ -31,13 +31,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from daojia_msg.auth import mint_token
+from daojia_msg.chaos.servers import free_ports
 from daojia_msg.client.errors import ResultError
 from daojia_msg.client.protocol import MsgClientProtocol
 from daojia_msg.config import ClusterConfig, ListenConfig, RedisConfig, default_config
 from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code
 from tests.nodes import Inbox, NodeTestCase
-from tests.processes import Watched, free_ports
+from tests.processes import Watched
 from tests.servers import missing
 
 R: Any = reactor

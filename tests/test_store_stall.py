@@ -34,12 +34,13 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
 from daojia_msg.auth import mint_token
+from daojia_msg.chaos.servers import free_ports
 from daojia_msg.client.errors import ResultError
 from daojia_msg.client.protocol import MsgClientProtocol
 from daojia_msg.config import ListenConfig, MySQLConfig, default_config
 from daojia_msg.protocol.codes import Code
 from tests.nodes import NodeTestCase
-from tests.processes import Watched, free_ports
+from tests.processes import Watched
 from tests.servers import create_mysql_database, missing
 
 R: Any = reactor

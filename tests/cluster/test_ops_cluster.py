@@ -25,9 +25,10 @@ from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
+from daojia_msg.chaos.servers import free_ports
 from daojia_msg.client.client import MsgClient
 from tests.nodes import Inbox
-from tests.processes import TWISTD, NodeProcessesTestCase, Watched, free_ports
+from tests.processes import TWISTD, NodeProcessesTestCase, Watched
 
 R: Any = reactor
 SHOP = "Bearer demo-key-1001"
