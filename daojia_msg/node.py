@@ -57,6 +57,7 @@ from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, ISessionStore
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.delivery import Stats
+from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import make_registry
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
@@ -195,6 +196,7 @@ class Node(MultiService):
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")
         registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local),
                                  self.logic.sessions.throttled)
+        ReactorLag(self.reactor, lag_histogram(registry)).setServiceParent(self)
         cluster_stats = (ClusterStats(self.redis, self.reactor, config.stats.window_s)
                          if self.redis is not None else None)
         # GET /v1/nodes and /v1/trace/{logid} (the dashboard at /ops/).

@@ -14,7 +14,13 @@ into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
 - ``msgplatform_connections``: open client connections on this node's gate;
 - ``msgplatform_sessions``: logged-in sessions on this node;
 - ``msgplatform_login_throttled_total{scope}``: LOGINs refused by a brute-force
-  lockout of an identity or of an IP.
+  lockout of an identity or of an IP;
+- ``msgplatform_reactor_lag_seconds``: how late the reactor runs a due timer
+  (:mod:`daojia_msg.metrics.reactorlag` observes it);
+- prometheus_client's own collectors: the process (``msgplatform_process_*``:
+  CPU seconds, resident memory, open and maximum file descriptors, start
+  time), the platform (``python_info``) and the garbage collector
+  (``python_gc_*``; these two take no prefix).
 
 The registry is a dedicated :class:`CollectorRegistry`, never the global one,
 so several nodes (or tests) in one process never share metrics.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -131,4 +138,7 @@ def make_registry(
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats, connections, sessions, login_throttled))
+    ProcessCollector(namespace=PREFIX, registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry

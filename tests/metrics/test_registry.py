@@ -119,3 +119,20 @@ class MetricsTests(TestCase):
         self.stats.add((1, 1, Kind.C2C), "accepted")
         self.assertNotIn(b"msgplatform_", generate_latest(REGISTRY))
         self.assertEqual(scrape(other)["msgplatform_messages_accepted"], [])
+
+    def test_process_platform_and_gc(self) -> None:
+        """prometheus_client's own collectors: this process's CPU, memory and
+        file descriptors under the prefix, the interpreter and its GC."""
+        import os
+        import resource
+
+        families = scrape(self.registry)
+        fds = value(families["msgplatform_process_open_fds"], "msgplatform_process_open_fds")
+        # The collector and listdir each hold a descriptor of their own for a moment.
+        self.assertLessEqual(abs(fds - len(os.listdir("/proc/self/fd"))), 2)
+        limit = value(families["msgplatform_process_max_fds"], "msgplatform_process_max_fds")
+        self.assertEqual(limit, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self.assertGreater(value(families["msgplatform_process_resident_memory_bytes"],
+                                 "msgplatform_process_resident_memory_bytes"), 1e6)
+        self.assertIn("python_info", families)
+        self.assertIn("python_gc_collections", families)
