@@ -25,14 +25,11 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from daojia_msg.config import Limits
-from daojia_msg.gate.limits import Admission, PeerCounter
+from daojia_msg.gate.limits import OVER_CAPACITY, Admission, PeerCounter
 from daojia_msg.gate.protocol import GateProtocol
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
 from daojia_msg.protocol.errors import RateLimited
-
-#: The reason of a request refused by admission control.
-OVER_CAPACITY = "node over capacity: retry after a backoff"
 
 
 class AdmittedLogic:

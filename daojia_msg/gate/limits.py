@@ -70,6 +70,10 @@ class PeerCounter:
             self.counts.pop(host, None)
 
 
+#: The reason of a request refused by admission control.
+OVER_CAPACITY = "node over capacity: retry after a backoff"
+
+
 class Admission:
     """Admission control for the whole node: at most ``cap`` requests in work
     at once (0: no bound). :meth:`enter` answers whether one more may start
@@ -94,3 +98,12 @@ class Admission:
 
     def leave(self) -> None:
         self.inflight -= 1
+
+    def full(self) -> bool:
+        """Whether a request arriving now would be refused (counted as refused
+        when it would): the gate asks before it parses the request's body, so
+        a refusal costs only the header's decode and a ready-made answer."""
+        if self.cap and self.inflight >= self.cap:
+            self.refused += 1
+            return True
+        return False

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daojia_msg.config import Limits
-from daojia_msg.gate.limits import TokenBucket
+from daojia_msg.gate.limits import OVER_CAPACITY, Admission, TokenBucket
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import IClientConnection
 from daojia_msg.logic.service import LogicService
@@ -74,6 +74,8 @@ class ConnectionHost(TypingProtocol):
     clock: IReactorTime
     #: True while the buses or the store lag: no connection reads its socket.
     pressure: bool
+    #: The node's bound on C2C and C2S requests in work.
+    admission: Admission
 
     def admit(self, conn: GateProtocol, host: str) -> bool: ...
 
@@ -89,6 +91,10 @@ RESPONSE_TYPES: dict[int, type[PbMessage]] = {
     Cmd.HISTORY: pb.HistoryResponse,
 }
 MAX_SEQ = 0xFFFFFFFF
+
+#: The requests that pass admission control, and their ready-made refusal.
+ADMITTED = frozenset({Cmd.C2C, Cmd.C2S})
+OVER_CAPACITY_BODY = pb.Result(code=Code.RATE_LIMITED, reason=OVER_CAPACITY).SerializeToString()
 
 
 @implementer(IClientConnection, IPushProducer)
@@ -380,6 +386,11 @@ class GateProtocol(Protocol):
         elif frame.uid != session.uid or frame.appcode != session.appcode:
             self._reply_error(frame, Code.UID_MISMATCH, "uid/appcode differ from the session's")
             return
+        if cmd in ADMITTED and self.factory.admission.full():
+            # Over capacity: refused before its body is parsed, with an answer
+            # encoded once, so that refusing stays much cheaper than serving.
+            self._reply_body(frame, OVER_CAPACITY_BODY)
+            return
         body_type, handle = HANDLERS[cmd]
         if body_type is None:  # the body is ignored
             handle(self, frame, None)
@@ -496,11 +507,14 @@ class GateProtocol(Protocol):
         self._done(frame)
 
     def _reply(self, frame: Frame, response: PbMessage) -> None:
+        self._reply_body(frame, response.SerializeToString())
+
+    def _reply_body(self, frame: Frame, body: bytes) -> None:
         if self._closing and frame.cmd != Cmd.LOGOUT:
             return
         self.transport.write(  # type: ignore[union-attr]
             encode(frame.cmd | RESPONSE_BIT, frame.appcode, frame.msgtype, frame.uid,
-                   frame.sequenceid, response.SerializeToString())
+                   frame.sequenceid, body)
         )
 
     def _reply_error(self, frame: Frame, code: int, reason: str) -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.gate.factory import OVER_CAPACITY
-from daojia_msg.gate.limits import Admission
+from daojia_msg.gate.limits import OVER_CAPACITY, Admission
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.gate.test_protocol import with_limits
@@ -50,6 +49,34 @@ class AdmissionTests(SynchronousTestCase):
         self.assertTrue(admission.enter())
         unbounded = Admission(0)
         self.assertTrue(all(unbounded.enter() for _ in range(10_000)))
+
+    def test_full_counts_what_it_refuses(self) -> None:
+        admission = Admission(1)
+        self.assertFalse(admission.full())
+        self.assertTrue(admission.enter())
+        self.assertEqual([admission.full(), admission.full()], [True, True])
+        self.assertEqual((admission.inflight, admission.refused), (1, 2))
+        self.assertFalse(Admission(0).full())
+
+    def test_refused_before_the_body_is_parsed(self) -> None:
+        """Over capacity, a C2C is refused from its header alone: even one
+        whose body would not parse gets RATE_LIMITED, not BAD_REQUEST, and the
+        answer is the ready-made one."""
+        stack = with_limits(node_max_inflight=1)
+        one, two = stack.login(42), stack.login(43)
+        held = stall_store(stack)
+        one.send(Cmd.C2C, pb.C2CRequest(to_uid=43, to_appcode=1001, content=b"x"))
+        self.assertEqual(len(held), 1)
+        two.send_raw(two.frame(Cmd.C2C, b"\xff\xff not protobuf", seq=9))
+        [answer] = [f for f in two.received() if f.cmd == Cmd.C2C | 0x80]
+        self.assertEqual(answer.sequenceid, 9)
+        self.assertEqual(answer.body, pb.Result(code=Code.RATE_LIMITED,
+                                                reason=OVER_CAPACITY).SerializeToString())
+        held[0].callback(None)
+        two.send_raw(two.frame(Cmd.C2C, b"\xff\xff not protobuf", seq=10))
+        result = pb.Result()
+        result.ParseFromString([f for f in two.received() if f.cmd == Cmd.C2C | 0x80][-1].body)
+        self.assertEqual(result.code, Code.BAD_REQUEST)  # with room, the body is parsed again
 
     def test_over_capacity_is_rate_limited_at_once_across_connections(self) -> None:
         stack = with_limits(node_max_inflight=2)
