@@ -195,7 +195,8 @@ class Node(MultiService):
         if committer is not None:  # the SQL stores: their write queue
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")
         registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local),
-                                 self.logic.sessions.throttled)
+                                 self.logic.sessions.throttled, self.gate.counters,
+                                 self.gate.transports)
         ReactorLag(self.reactor, lag_histogram(registry)).setServiceParent(self)
         cluster_stats = (ClusterStats(self.redis, self.reactor, config.stats.window_s)
                          if self.redis is not None else None)

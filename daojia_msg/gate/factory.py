@@ -26,9 +26,11 @@ from twisted.logger import Logger
 
 from daojia_msg.config import Limits
 from daojia_msg.gate.limits import OVER_CAPACITY, Admission, PeerCounter
-from daojia_msg.gate.protocol import GateProtocol
+from daojia_msg.gate.protocol import GateProtocol, transport_name
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
+from daojia_msg.metrics.counters import TRANSPORTS, GateCounters
+from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.errors import RateLimited
 
 
@@ -82,6 +84,8 @@ class GateFactory(ServerFactory):
         self.clock = clock
         self.peers = PeerCounter(limits.max_conn_per_ip)
         self.connections: set[GateProtocol] = set()
+        #: LOGINs by result, KICKOUTs by reason, refusals by code (``/metrics``).
+        self.counters = GateCounters([c.name for c in Code], [r.name for r in KickReason])
         self.refused = 0
         self._empty_waiters: list[Deferred[None]] = []
         #: The C2S buses lag: no connection reads its socket until this clears.
@@ -104,6 +108,13 @@ class GateFactory(ServerFactory):
             return False
         conn.host = host
         return True
+
+    def transports(self) -> dict[str, int]:
+        """Open connections by transport: tcp, tls, websocket (plain or TLS)."""
+        counts = dict.fromkeys(TRANSPORTS, 0)
+        for conn in self.connections:
+            counts[transport_name(conn.transport)] += 1
+        return counts
 
     def connection_made(self, conn: GateProtocol) -> None:
         self.connections.add(conn)

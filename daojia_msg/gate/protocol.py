@@ -41,6 +41,7 @@ from daojia_msg.gate.limits import OVER_CAPACITY, Admission, TokenBucket
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import IClientConnection
 from daojia_msg.logic.service import LogicService
+from daojia_msg.metrics.counters import GateCounters
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codec import (
     BadMagic,
@@ -76,6 +77,8 @@ class ConnectionHost(TypingProtocol):
     pressure: bool
     #: The node's bound on C2C and C2S requests in work.
     admission: Admission
+    #: What ``/metrics`` shows of the gate.
+    counters: GateCounters
 
     def admit(self, conn: GateProtocol, host: str) -> bool: ...
 
@@ -91,6 +94,18 @@ RESPONSE_TYPES: dict[int, type[PbMessage]] = {
     Cmd.HISTORY: pb.HistoryResponse,
 }
 MAX_SEQ = 0xFFFFFFFF
+
+#: Result-code names by value, for the counters' labels.
+CODE_NAMES = {code.value: code.name for code in Code}
+
+
+def transport_name(transport: object) -> str:
+    """``websocket`` for a connection over the WebSocket gate (its transport
+    says so), ``tls`` over TLS, else ``tcp``."""
+    if getattr(transport, "websocket", False):
+        return "websocket"
+    return "tls" if ISSLTransport.providedBy(transport) else "tcp"
+
 
 #: The requests that pass admission control, and their ready-made refusal.
 ADMITTED = frozenset({Cmd.C2C, Cmd.C2S})
@@ -293,6 +308,7 @@ class GateProtocol(Protocol):
         self._held = None  # a kicked LOGIN is never answered: drop what it held
         session = self.session
         uid, appcode = (session.uid, session.appcode) if session else (0, 0)
+        self.factory.counters.kickouts.inc(KickReason(reason_code).name)
         body = pb.Kickout(reason_code=reason_code, reason=reason).SerializeToString()
         self.transport.write(encode(Cmd.KICKOUT, appcode, 0, uid, self._next_seq(), body))  # type: ignore[union-attr]
         self.log.info("kickout {uid}@{appcode} at {peer}: {reason}", uid=uid, appcode=appcode,
@@ -389,6 +405,7 @@ class GateProtocol(Protocol):
         if cmd in ADMITTED and self.factory.admission.full():
             # Over capacity: refused before its body is parsed, with an answer
             # encoded once, so that refusing stays much cheaper than serving.
+            self.factory.counters.refused.inc("RATE_LIMITED")
             self._reply_body(frame, OVER_CAPACITY_BODY)
             return
         body_type, handle = HANDLERS[cmd]
@@ -507,6 +524,15 @@ class GateProtocol(Protocol):
         self._done(frame)
 
     def _reply(self, frame: Frame, response: PbMessage) -> None:
+        code = response.code  # every answer body has one
+        if code or frame.cmd == Cmd.LOGIN:
+            counters = self.factory.counters
+            name = CODE_NAMES.get(code)
+            if name is not None:
+                if frame.cmd == Cmd.LOGIN:
+                    counters.logins.inc(name)
+                if code:
+                    counters.refused.inc(name)
         self._reply_body(frame, response.SerializeToString())
 
     def _reply_body(self, frame: Frame, body: bytes) -> None:

@@ -68,6 +68,9 @@ class FrameTransport:
     """What a :class:`GateProtocol` writes to: one ``write`` is one binary
     message; ``loseConnection`` closes with 1000 after the messages written."""
 
+    #: What the gate's counters call this transport (``transport_name``).
+    websocket = True
+
     def __init__(self, ws: GateWebSocket) -> None:
         self.ws = ws
 

@@ -18,3 +18,19 @@ class LabeledCounter:
 
     def inc(self, value: str) -> None:
         self.counts[value] += 1
+
+
+#: The transports a gate connection comes over (``msgplatform_gate_connections``).
+TRANSPORTS = ("tcp", "tls", "websocket")
+
+
+class GateCounters:
+    """What the gate counts for ``/metrics``: answered LOGINs by result, KICKOUTs
+    by reason, and answers with a non-OK code by that code. The label values
+    (result-code and kickout-reason names) are given up front by the gate."""
+
+    def __init__(self, codes: Iterable[str], reasons: Iterable[str]) -> None:
+        codes = tuple(codes)
+        self.logins = LabeledCounter(codes)
+        self.kickouts = LabeledCounter(reasons)
+        self.refused = LabeledCounter(code for code in codes if code != "OK")

@@ -15,6 +15,12 @@ into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
 - ``msgplatform_sessions``: logged-in sessions on this node;
 - ``msgplatform_login_throttled_total{scope}``: LOGINs refused by a brute-force
   lockout of an identity or of an IP;
+- ``msgplatform_logins_total{result}`` (answered LOGINs by result code name),
+  ``msgplatform_kickouts_total{reason}`` (KICKOUTs sent, by reason name),
+  ``msgplatform_frames_refused_total{code}`` (answers with a non-OK code, by
+  its name) and ``msgplatform_gate_connections{transport}`` (open connections
+  over tcp, tls, websocket), from the gate's
+  :class:`~daojia_msg.metrics.counters.GateCounters`;
 - ``msgplatform_reactor_lag_seconds``: how late the reactor runs a due timer
   (:mod:`daojia_msg.metrics.reactorlag` observes it);
 - prometheus_client's own collectors: the process (``msgplatform_process_*``:
@@ -40,7 +46,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from daojia_msg.metrics.counters import LOGIN_THROTTLE_SCOPES, LabeledCounter
+from daojia_msg.metrics.counters import LOGIN_THROTTLE_SCOPES, GateCounters, LabeledCounter
 from daojia_msg.metrics.delivery import COUNTERS, LATENCY_BUCKETS, Stats
 
 PREFIX = "msgplatform"
@@ -65,11 +71,15 @@ class StatsCollector:
     def __init__(
         self, stats: Stats, connections: Callable[[], int], sessions: Callable[[], int],
         login_throttled: LabeledCounter | None = None,
+        gate: GateCounters | None = None,
+        transports: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.stats = stats
         self.connections = connections
         self.sessions = sessions
         self.login_throttled = login_throttled or LabeledCounter(LOGIN_THROTTLE_SCOPES)
+        self.gate = gate
+        self.transports = transports
 
     def _families(self, with_values: bool) -> Iterator[Metric]:
         routes = sorted(self.stats.by_route.items()) if with_values else []
@@ -117,6 +127,24 @@ class StatsCollector:
             throttled.add_metric([scope], count)
         yield throttled
 
+        gate = self.gate if with_values else None
+        for name, label, text, counter in (
+            ("logins", "result", "LOGINs answered, by result code.", gate and gate.logins),
+            ("kickouts", "reason", "KICKOUTs sent, by reason.", gate and gate.kickouts),
+            ("frames_refused", "code", "Answers with a non-OK result code, by code.",
+             gate and gate.refused),
+        ):
+            family = CounterMetricFamily(f"{PREFIX}_{name}", text, labels=(label,))
+            for value, count in (sorted(counter.counts.items()) if counter else []):
+                family.add_metric([value.lower()], count)
+            yield family
+        transports = GaugeMetricFamily(f"{PREFIX}_gate_connections",
+                                       "Open gate connections by transport.",
+                                       labels=("transport",))
+        for transport, count in (sorted(self.transports().items()) if with_values else []):
+            transports.add_metric([transport], count)
+        yield transports
+
     def collect(self) -> Iterator[Metric]:
         """The metric families with their current values (called per scrape)."""
         return self._families(with_values=True)
@@ -129,7 +157,8 @@ class StatsCollector:
 
 def make_registry(
     stats: Stats, connections: Callable[[], int], sessions: Callable[[], int],
-    login_throttled: LabeledCounter | None = None,
+    login_throttled: LabeledCounter | None = None, gate: GateCounters | None = None,
+    transports: Callable[[], dict[str, int]] = dict,
 ) -> CollectorRegistry:
     """A dedicated registry holding one :class:`StatsCollector`.
 
@@ -137,7 +166,8 @@ def make_registry(
     node's logged-in sessions (``len(logic.local)``).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(stats, connections, sessions, login_throttled))
+    registry.register(StatsCollector(stats, connections, sessions, login_throttled, gate,
+                                     transports))
     ProcessCollector(namespace=PREFIX, registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
