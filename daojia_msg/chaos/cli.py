@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daojia_msg.chaos import report, runner, servers
-from daojia_msg.chaos.faults import FAULTS
+from daojia_msg.chaos.faults import FAULTS, OPTIONAL
 
 SHORT: dict[str, Any] = {"fault_seconds": 3.0, "pre_seconds": 2.0, "post_seconds": 3.0, "give_up_s": 20.0}
 
@@ -64,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
                         "half C2C, a quarter S2C, a quarter C2S)")
     p.add_argument("--faults", type=fault_list, default=None,
                    help=f"comma-separated, in order (default all: {','.join(FAULTS)}; "
-                        "clock-step only where libfaketime is installed)")
+                        "clock-step only where libfaketime is installed, rabbitmq-restart "
+                        "only where rabbitmq-server is)")
     p.add_argument("--fault-seconds", type=positive(float), default=None,
                    help="how long each fault is held (default 5; 3 with --short)")
     p.add_argument("--users", type=positive(int), default=12, help="client users (default 12)")
@@ -88,8 +89,9 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
         parser().error("--load needs --capacity-seconds (the capacity it is a fraction of)")
     chosen = args.faults
     if chosen is None:
+        found = optional_programs()
         chosen = tuple(name for name in FAULTS
-                       if name != "clock-step" or servers.faketime_library() is not None)
+                       if name not in OPTIONAL or found[OPTIONAL[name][0]] is not None)
     s = runner.Settings(nodes=args.nodes, rate=args.rate, faults=chosen, users=args.users,
                         capacity_seconds=args.capacity_seconds,
                         capacity_concurrency=args.concurrency, load=args.load)
@@ -100,6 +102,22 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
     return s
 
 
+def optional_programs() -> dict[str, str | None]:
+    """The programs only some faults need (see ``faults.OPTIONAL``): path or None."""
+    return {"libfaketime": servers.faketime_library(),
+            "rabbitmq-server": servers.rabbitmq_server()}
+
+
+def skipped(settings: runner.Settings, asked: bool) -> list[str]:
+    """One line per fault left out of the default list for want of its program."""
+    if asked:
+        return []
+    found = optional_programs()
+    return [f"{name} skipped: {program} not found ({fix})"
+            for name, (program, fix) in OPTIONAL.items()
+            if name not in settings.faults and found[program] is None]
+
+
 def log(text: str) -> None:
     print(time.strftime("%H:%M:%S ") + text, file=sys.stderr, flush=True)
 
@@ -108,17 +126,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = settings_from(args)
     programs, missing = servers.prerequisites()
-    if "clock-step" in settings.faults:
-        library = servers.faketime_library()
-        if library is None:
-            missing.append("libfaketime not found (for clock-step): apt-get install faketime")
-        else:
-            programs["libfaketime"] = library
+    found = optional_programs()
+    for name, (program, fix) in OPTIONAL.items():
+        if name in settings.faults:
+            if found[program] is None:
+                missing.append(f"{program} not found (for {name}): {fix}")
+            else:
+                programs[program] = found[program] or ""
     if missing:
         print("msgplatform-chaos cannot run; missing:", file=sys.stderr)
         for line in missing:
             print(f"  - {line}", file=sys.stderr)
         return 2
+    for line in skipped(settings, args.faults is not None):
+        log(line)
     directory = runner.base_directory(args.keep, None)
     log(f"run directory {directory}" + (" (kept)" if args.keep else ""))
     outcome: dict[str, Any] = {}

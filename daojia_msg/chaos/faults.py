@@ -2,8 +2,8 @@
 """The faults, one at a time, each held for ``hold`` seconds then healed.
 
 A fault is an async function of the :class:`Cluster` (anything with
-``nodes``, ``redis`` and ``mariadb`` :class:`~daojia_msg.chaos.servers.Proc`
-attributes), the hold time and the phase number (which picks the victim
+``nodes``, ``redis``, ``mariadb`` and ``rabbitmq``
+:class:`~daojia_msg.chaos.servers.Proc` attributes), the hold time and the phase number (which picks the victim
 node); it returns facts about the fault for the report (how long the healing
 took). ``none`` is the control phase: traffic, no fault.
 """
@@ -71,6 +71,13 @@ async def mysql_restart(cluster: Any, hold: float, n: int) -> dict[str, Any]:
     return await _restart(cluster, cluster.mariadb, hold, signal.SIGTERM)
 
 
+async def rabbitmq_restart(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    """Stop the private RabbitMQ that carries one C2S route (SIGTERM to its
+    start script: a clean shutdown; its durable queue and persistent messages
+    stay on disk), start it again after ``hold`` seconds."""
+    return await _restart(cluster, cluster.rabbitmq, hold, signal.SIGTERM)
+
+
 #: How far the clock-step fault moves the wall clock.
 CLOCK_STEP_S = 30
 
@@ -98,4 +105,14 @@ FAULTS: dict[str, Fault] = {
     "mysql-stop": mysql_stop,
     "mysql-restart": mysql_restart,
     "clock-step": clock_step,
+    "rabbitmq-restart": rabbitmq_restart,
+}
+
+#: Faults that need a program not every machine has: the program's key in
+#: the runner's programs, how to find it, and how to install it. Without it,
+#: the fault is left out of the default list (a line says so) and refused
+#: when asked for by name.
+OPTIONAL: dict[str, tuple[str, str]] = {
+    "clock-step": ("libfaketime", "apt-get install faketime"),
+    "rabbitmq-restart": ("rabbitmq-server", "apt-get install rabbitmq-server"),
 }

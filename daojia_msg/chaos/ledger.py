@@ -39,8 +39,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-KINDS = ("c2c", "s2c", "c2s")
-CONTENT = re.compile(rb"chaos (c2c|s2c|c2s) (\d+)")
+#: "c2s-amqp": C2S on the route to the private RabbitMQ (when the run has one)
+KINDS = ("c2c", "s2c", "c2s", "c2s-amqp")
+CONTENT = re.compile(rb"chaos (c2c|s2c|c2s-amqp|c2s) (\d+)")
 
 # A message's outcome, as its sender saw it.
 PENDING = "pending"

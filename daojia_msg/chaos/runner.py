@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from daojia_msg.chaos import servers
+from daojia_msg.chaos import amqp_queue, servers
 from daojia_msg.chaos.faults import FAULTS, sleep
 from daojia_msg.chaos.ledger import OK, Ledger, Row
 from daojia_msg.chaos.traffic import Traffic
@@ -43,10 +43,12 @@ class Settings:
 
 
 class Cluster:
-    """The private Redis, MariaDB, nodes and HAProxy of one run, in ``directory``."""
+    """The private Redis, MariaDB, nodes and HAProxy of one run, in ``directory``;
+    with ``rabbitmq``, a private RabbitMQ too, the bus of one C2S route."""
 
     def __init__(self, reactor: Any, programs: dict[str, str], directory: str, nodes: int,
-                 log: Callable[[str], None], faketime: bool = False) -> None:
+                 log: Callable[[str], None], faketime: bool = False,
+                 rabbitmq: bool = False) -> None:
         self.reactor = reactor
         self.programs = programs
         self.directory = directory
@@ -56,14 +58,23 @@ class Cluster:
         self.redis: servers.Proc | None = None
         self.mariadb: servers.Proc | None = None
         self.haproxy: servers.Proc | None = None
-        ports = servers.free_ports(4 + 3 * nodes)
+        self.rabbitmq: servers.Proc | None = None
+        ports = servers.free_ports(6 + 3 * nodes)
         self.redis_port, self.mysql_port, self.gate, self.api = ports[:4]
-        self.node_ports = [tuple(ports[4 + 3 * i: 7 + 3 * i]) for i in range(nodes)]
+        #: the private RabbitMQ's AMQP port (None: no RabbitMQ) and its Erlang distribution port
+        self.amqp_port: int | None = ports[4] if rabbitmq else None
+        self.dist_port = ports[5]
+        self.node_ports = [tuple(ports[6 + 3 * i: 9 + 3 * i]) for i in range(nodes)]
         #: the last node's wall clock follows this file (libfaketime), if set
         self.clock_file = os.path.join(directory, "faketime.rc") if faketime else None
 
     async def start(self) -> None:
         r, d = self.reactor, self.directory
+        rabbit_ready = None
+        if self.amqp_port is not None:  # it starts slowest: meanwhile the others
+            self.rabbitmq = servers.rabbitmq_proc(r, self.programs["rabbitmq-server"], d,
+                                                  self.amqp_port, self.dist_port)
+            rabbit_ready = self.rabbitmq.start(timeout=120)
         self.redis = servers.redis_proc(r, self.programs["redis-server"], d, self.redis_port)
         await self.redis.start()
         self.log(f"redis-server on 127.0.0.1:{self.redis_port}")
@@ -71,8 +82,15 @@ class Cluster:
         await self.mariadb.start(timeout=90)
         url = servers.create_database(self.mysql_port, "chaos")
         self.log(f"mariadbd on 127.0.0.1:{self.mysql_port}")
+        if rabbit_ready is not None:
+            await rabbit_ready
+            await servers.wait_port(r, self.amqp_port or 0)
+            amqp_queue.declare(servers.amqp_url(self.amqp_port or 0), servers.AMQP_QUEUE,
+                               servers.AMQP_TOPIC)
+            self.log(f"rabbitmq-server on 127.0.0.1:{self.amqp_port} (distribution port "
+                     f"{self.dist_port})")
         for i, (gate, http, rpc) in enumerate(self.node_ports):
-            config = servers.node_config(d, i, self.redis_port, url)
+            config = servers.node_config(d, i, self.redis_port, url, self.amqp_port)
             env = None
             if self.clock_file is not None and i == self.size - 1:
                 env = servers.faketime_env(self.programs["libfaketime"], self.clock_file)
@@ -87,16 +105,23 @@ class Cluster:
         await sleep(r, 1.0)  # the first health checks
         self.log(f"haproxy: phones on 127.0.0.1:{self.gate}, HTTP API on 127.0.0.1:{self.api}")
 
+    async def read_queue(self, arrived: Callable[[bytes, int], None]) -> int | None:
+        """Read the RabbitMQ route's queue empty (None: the run has no RabbitMQ)."""
+        if self.amqp_port is None:
+            return None
+        return await amqp_queue.drain(self.reactor, servers.amqp_url(self.amqp_port),
+                                      servers.AMQP_QUEUE, arrived, self.log)
+
     async def stop(self) -> None:
         await gatherResults([Deferred.fromCoroutine(n.stop(signal.SIGTERM, 30)) for n in self.nodes],
                             consumeErrors=True)
-        for proc in (self.haproxy, self.redis, self.mariadb):
+        for proc in (self.haproxy, self.redis, self.mariadb, self.rabbitmq):
             if proc is not None:
                 await proc.stop(signal.SIGTERM, 30)
 
     def kill_now(self) -> None:
         """At interpreter exit: nothing of ours may outlive the run."""
-        for proc in [*self.nodes, self.haproxy, self.redis, self.mariadb]:
+        for proc in [*self.nodes, self.haproxy, self.redis, self.mariadb, self.rabbitmq]:
             if proc is not None and proc.running:
                 proc.send(signal.SIGCONT)
                 proc.send(signal.SIGKILL)
@@ -119,7 +144,8 @@ async def run(reactor: Any, settings: Settings, programs: dict[str, str], direct
               log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
     """The whole run; the final rows and facts about the run."""
     cluster = Cluster(reactor, programs, directory, settings.nodes, log,
-                      faketime="clock-step" in settings.faults)
+                      faketime="clock-step" in settings.faults,
+                      rabbitmq="rabbitmq-restart" in settings.faults)
     trigger = reactor.addSystemEventTrigger("before", "shutdown", cluster.kill_now)
     ledger = Ledger()
     started = reactor.seconds()
@@ -132,7 +158,8 @@ async def run(reactor: Any, settings: Settings, programs: dict[str, str], direct
             appcode=servers.APP, secret=servers.SECRET, api_key=servers.API_KEY,
             c2s_msgtype=servers.C2S_MSGTYPE,
             answer_s=settings.answer_timeout_s + settings.margin_s,
-            give_up_s=settings.give_up_s, log=log)
+            give_up_s=settings.give_up_s, log=log,
+            amqp_msgtype=servers.AMQP_MSGTYPE if cluster.amqp_port else None)
         await traffic.connect()
         from daojia_msg.consumer import consume
 
@@ -154,7 +181,9 @@ async def run(reactor: Any, settings: Settings, programs: dict[str, str], direct
                                            phase, name, n, log)
         await sleep(reactor, 1.0)
         late = await traffic.drain()
-        log(f"final drain: {late} more messages")
+        queued = await cluster.read_queue(ledger.arrived)
+        log(f"final drain: {late} more messages" + (
+            f", {queued} more from the RabbitMQ queue" if queued is not None else ""))
         await stop_tail()
         await traffic.close()
         traffic = None
@@ -212,6 +241,9 @@ async def run_phase(reactor: Any, cluster: Cluster, traffic: Traffic, ledger: Le
         ledger.excuse_frozen(phase, frozen_uids, at - settings.answer_timeout_s
                              - settings.margin_s, healed)
     await sleep(reactor, 1.0)
+    queued = await cluster.read_queue(ledger.arrived)
+    if queued is not None:
+        facts["amqp_read"] = queued
     facts["drained"] = await traffic.drain()
     await sleep(reactor, 0.5)
     facts["kickouts"] = traffic.kickouts - kicks

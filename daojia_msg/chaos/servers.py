@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.chaos.test_cli -*-
-"""The fault suite's own servers: a private Redis, a private MariaDB, the
-nodes and HAProxy, each a child process on free loopback ports with its
-files in the run's directory. Nothing here touches the machine's shared
-servers (Redis 6379, MariaDB 3306): every port is a fresh one.
+"""The fault suite's own servers: a private Redis, a private MariaDB, a
+private RabbitMQ (for the rabbitmq-restart fault), the nodes and HAProxy,
+each a child process on free loopback ports with its files in the run's
+directory. Nothing here touches the machine's shared servers (Redis 6379,
+MariaDB 3306, RabbitMQ 5672 and its Erlang distribution port 25672): every
+port is a fresh one, and the RabbitMQ node has a name of its own.
 
 Each :class:`Proc` writes its output to ``<dir>/<name>.log`` and knows the line
 that says it is up; faults act on it with signals (:meth:`Proc.send`),
@@ -69,6 +71,56 @@ def faketime_env(library: str, rc_file: str) -> dict[str, str]:
     return {**os.environ, "LD_PRELOAD": library, "FAKETIME_TIMESTAMP_FILE": rc_file,
             "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
             "DONT_FAKE_MONOTONIC": "1"}
+
+
+def rabbitmq_server() -> str | None:
+    """RabbitMQ's own start script (apt-get install rabbitmq-server). Not
+    Debian's /usr/sbin/rabbitmq-server: that one switches to the rabbitmq
+    user and its files in /var/lib/rabbitmq."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/rabbitmq/bin/rabbitmq-server")
+                   + glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server"))
+    return next((path for path in found if os.access(path, os.X_OK)), None)
+
+
+def rabbitmq_env(directory: str, port: int, dist_port: int, name: str) -> dict[str, str]:
+    """The environment of a private RabbitMQ node ``name``: AMQP on
+    127.0.0.1:``port`` only, its Erlang distribution on ``dist_port``, no
+    plugins, its database, logs (to stdout) and Erlang cookie (``HOME``) in
+    ``directory``/rabbitmq."""
+    base = os.path.join(directory, "rabbitmq")
+    for sub in ("home", "mnesia", "log"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    config = os.path.join(base, "rabbitmq.conf")
+    with open(config, "w") as f:
+        f.write(f"listeners.tcp.default = 127.0.0.1:{port}\n"
+                "loopback_users.guest = true\n"
+                "disk_free_limit.absolute = 10MB\n")
+    plugins = os.path.join(base, "enabled_plugins")
+    with open(plugins, "w") as f:
+        f.write("[].\n")
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+    return {**keep, "HOME": os.path.join(base, "home"),
+            "RABBITMQ_NODENAME": name, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": os.path.join(base, "mnesia"),
+            "RABBITMQ_LOG_BASE": os.path.join(base, "log"), "RABBITMQ_LOGS": "-",
+            "RABBITMQ_CONFIG_FILE": config, "RABBITMQ_ENABLED_PLUGINS_FILE": plugins}
+
+
+class GroupProc:
+    """Mixed into :class:`Proc` for a child started by ``setsid`` (so its
+    process group is its pid): SIGKILL goes to the whole group, the Erlang VM
+    that RabbitMQ's start script runs included."""
+
+    pid: int
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def twistd() -> str:
@@ -205,6 +257,24 @@ async def wait_port(reactor: Any, port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
 
 
+class RabbitProc(Proc, GroupProc):
+    """The private RabbitMQ: SIGTERM to its start script stops the node
+    cleanly (the script's trap); SIGKILL kills its whole process group."""
+
+    def send(self, sig: int) -> None:
+        if sig == signal.SIGKILL and self.running and self.pid:
+            self.kill_group()
+            return
+        super().send(sig)
+
+
+def rabbitmq_proc(reactor: Any, path: str, directory: str, port: int, dist_port: int) -> Proc:
+    name = f"chaos-{os.getpid()}-{port}@localhost"
+    setsid = which("setsid") or "setsid"
+    return RabbitProc(reactor, "rabbitmq", [setsid, path], directory,
+                      b"Server startup complete", env=rabbitmq_env(directory, port, dist_port, name))
+
+
 def redis_proc(reactor: Any, path: str, directory: str, port: int) -> Proc:
     data = os.path.join(directory, "redis")
     os.makedirs(data, exist_ok=True)
@@ -247,9 +317,20 @@ SECRET = "chaos-secret-1001"
 API_KEY = "chaos-key-1001"
 C2S_MSGTYPE = 3
 TOPIC = "chaos-c2s"
+#: The C2S msgtype routed to the private RabbitMQ (bus "rabbit"), its topic,
+#: and the consumer's durable queue (it keeps what arrives while the consumer
+#: reconnects, and persistent messages across the broker's restart).
+AMQP_MSGTYPE = 4
+AMQP_TOPIC = "chaos-c2s-amqp"
+AMQP_QUEUE = "chaos-c2s-amqp"
 
 
-def node_config(directory: str, i: int, redis_port: int, mysql_url: str) -> str:
+def amqp_url(port: int) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{port}/"
+
+
+def node_config(directory: str, i: int, redis_port: int, mysql_url: str,
+                amqp_port: int | None = None) -> str:
     path = os.path.join(directory, f"node{i}.toml")
     with open(path, "w") as f:
         f.write(f"""
@@ -276,6 +357,15 @@ api_key = "{API_KEY}"
 appcode = {APP}
 msgtype = {C2S_MSGTYPE}
 topic = "{TOPIC}"
+""")
+        if amqp_port is not None:
+            f.write(f"""[buses.rabbit]
+url = "{amqp_url(amqp_port)}"
+[[routes]]
+appcode = {APP}
+msgtype = {AMQP_MSGTYPE}
+topic = "{AMQP_TOPIC}"
+bus = "rabbit"
 """)
     return path
 

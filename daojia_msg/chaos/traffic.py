@@ -8,8 +8,9 @@ written in the :class:`~daojia_msg.chaos.ledger.Ledger`.
   RATE_LIMITED, no answer, or a lost connection (the server de-duplicates).
 - S2C: ``POST /v1/push`` with the same ``Idempotency-Key`` on every resend,
   after 504, 503, 429, no answer or a connection error.
-- C2S: resent only when it certainly was not published (UNAVAILABLE, or not
-  connected); after TIMEOUT or a lost connection a resend would be a new
+- C2S (and C2S-AMQP, a second msgtype routed to RabbitMQ when the run has
+  one, read back from a durable queue): resent only when it certainly was
+  not published (UNAVAILABLE, or not connected); after TIMEOUT or a lost connection a resend would be a new
   message (docs/operations.md §7), so the outcome stays uncertain.
 
 A message is retried until ``give_up_s`` after it was first sent; then its last
@@ -55,6 +56,8 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 RESEND_CODES = frozenset({Code.TIMEOUT, Code.UNAVAILABLE, Code.RATE_LIMITED, Code.INTERNAL})
 #: Share of each kind in the offered rate.
 MIX = (("c2c", 0.5), ("s2c", 0.25), ("c2s", 0.25))
+#: With a RabbitMQ route: its C2S take half of the C2S share.
+MIX_AMQP = (("c2c", 0.5), ("s2c", 0.25), ("c2s", 0.125), ("c2s-amqp", 0.125))
 TICK_S = 0.05
 
 
@@ -73,7 +76,8 @@ class Traffic:
 
     def __init__(self, reactor: Any, ledger: Ledger, *, gate: int, api: int, users: int,
                  appcode: int, secret: str, api_key: str, c2s_msgtype: int,
-                 answer_s: float, give_up_s: float, log: Callable[[str], None]) -> None:
+                 answer_s: float, give_up_s: float, log: Callable[[str], None],
+                 amqp_msgtype: int | None = None) -> None:
         self.reactor = reactor
         self.ledger = ledger
         self.gate = gate
@@ -82,6 +86,11 @@ class Traffic:
         self.secret = secret
         self.api_key = api_key
         self.c2s_msgtype = c2s_msgtype
+        self.msgtypes = {"c2s": c2s_msgtype}
+        self.mix: tuple[tuple[str, float], ...] = MIX
+        if amqp_msgtype is not None:
+            self.msgtypes["c2s-amqp"] = amqp_msgtype
+            self.mix = MIX_AMQP
         self.answer_s = answer_s
         self.give_up_s = give_up_s
         self.log = log
@@ -197,15 +206,15 @@ class Traffic:
 
     def _pick(self) -> str:
         x = random.random()
-        for kind, share in MIX:
+        for kind, share in self.mix:
             if x < share:
                 return kind
             x -= share
-        return MIX[-1][0]
+        return self.mix[-1][0]
 
     def send_one(self, kind: str) -> Deferred[None]:
         sent = self.ledger.new(kind, self.phase, self.reactor.seconds())
-        send = {"c2c": self._c2c, "s2c": self._s2c, "c2s": self._c2s}[kind]
+        send = {"c2c": self._c2c, "s2c": self._s2c, "c2s": self._c2s, "c2s-amqp": self._c2s}[kind]
         d = Deferred.fromCoroutine(send(sent))
         d.addErrback(lambda f: self.log(f"sender of {kind} {sent.number} failed: {f.value!r}"))
         self.outstanding.add(d)
@@ -275,13 +284,14 @@ class Traffic:
     async def _c2s(self, sent: Sent) -> None:
         sent.sender = random.choice(self.uids)
         client = self.clients[sent.sender]
-        content = content_for("c2s", sent.number)
+        content = content_for(sent.kind, sent.number)
+        msgtype = self.msgtypes[sent.kind]
         while True:
             try:
                 proto = await self._ready(client, sent)
                 sent.attempts += 1
                 sent.last_attempt_at = self.reactor.seconds()
-                result = await proto.c2s(self.c2s_msgtype, content, f"chaos-c2s-{sent.number}")
+                result = await proto.c2s(msgtype, content, f"chaos-{sent.kind}-{sent.number}")
                 sent.settle(OK, self.reactor.seconds(), result.msgid)
                 return
             except ResultError as e:

@@ -7,6 +7,7 @@ import io
 import signal
 from contextlib import redirect_stderr
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -19,6 +20,7 @@ class ArgumentTests(TestCase):
 
     def test_defaults(self) -> None:
         self.patch(servers, "faketime_library", lambda: "/usr/lib/libfaketime.so.1")
+        self.patch(servers, "rabbitmq_server", lambda: "/usr/lib/rabbitmq/bin/rabbitmq-server")
         s = self.parse()
         self.assertEqual((s.nodes, s.rate, s.fault_seconds), (3, 100.0, 5.0))
         self.assertEqual(s.faults, tuple(faults.FAULTS))
@@ -27,6 +29,19 @@ class ArgumentTests(TestCase):
         self.patch(servers, "faketime_library", lambda: None)
         self.assertNotIn("clock-step", self.parse().faults)
         self.assertIn("clock-step", self.parse("--faults", "clock-step").faults)
+
+    def test_rabbitmq_restart_only_with_rabbitmq_server(self) -> None:
+        self.patch(servers, "faketime_library", lambda: None)
+        self.patch(servers, "rabbitmq_server", lambda: None)
+        s = self.parse()
+        self.assertNotIn("rabbitmq-restart", s.faults)
+        self.assertEqual(cli.skipped(s, asked=False), [
+            "clock-step skipped: libfaketime not found (apt-get install faketime)",
+            "rabbitmq-restart skipped: rabbitmq-server not found (apt-get install rabbitmq-server)"])
+        self.assertEqual(cli.skipped(s, asked=True), [])
+        self.assertIn("rabbitmq-restart", self.parse("--faults", "rabbitmq-restart").faults)
+        self.patch(servers, "rabbitmq_server", lambda: "/r")
+        self.assertEqual(self.parse().faults[-1], "rabbitmq-restart")
 
     def test_short_and_overrides(self) -> None:
         s = self.parse("--short", "--nodes", "2", "--rate", "30", "--faults", "node-kill, redis-restart")
@@ -63,10 +78,11 @@ class ArgumentTests(TestCase):
         self.patch(servers.os, "access", lambda path, mode: False)
         err = io.StringIO()
         with redirect_stderr(err):
-            status = cli.main(["--short", "--faults", "node-kill,clock-step"])
+            status = cli.main(["--short", "--faults", "node-kill,clock-step,rabbitmq-restart"])
         self.assertEqual(status, 2)
         text = err.getvalue()
         for line in ("libfaketime not found (for clock-step): apt-get install faketime",
+                     "rabbitmq-server not found (for rabbitmq-restart): apt-get install rabbitmq-server",
                      "mariadb-install-db not found: apt-get install mariadb-server",
                      "redis-server not found: apt-get install redis-server",
                      "haproxy not found: apt-get install haproxy",
@@ -82,20 +98,26 @@ class FakeProc:
     def send(self, sig: int) -> None:
         self.events.append(sig)
 
+    async def stop(self, sig: int) -> None:
+        self.events.append(("stop", sig))
+
+    def start(self, timeout: float) -> Deferred[None]:
+        self.events.append("start")
+        return succeed(None)
+
 
 class FakeCluster:
     def __init__(self) -> None:
         self.reactor = Clock()
         self.nodes = [FakeProc("node0"), FakeProc("node1")]
         self.mariadb = FakeProc("mariadb")
+        self.rabbitmq = FakeProc("rabbitmq")
 
 
 class FaultTests(TestCase):
     def test_pause_holds_then_continues(self) -> None:
         cluster = FakeCluster()
         d = faults.FAULTS["node-stop"](cluster, 4.0, 3)
-        from twisted.internet.defer import Deferred
-
         done = Deferred.fromCoroutine(d)  # type: ignore[arg-type]
         self.assertEqual(cluster.nodes[1].events, [signal.SIGSTOP])
         cluster.reactor.advance(3.9)
@@ -103,3 +125,13 @@ class FaultTests(TestCase):
         cluster.reactor.advance(0.1)
         self.assertEqual(cluster.nodes[1].events, [signal.SIGSTOP, signal.SIGCONT])
         self.assertEqual(self.successResultOf(done), {"victim": "node1", "stopped_s": 4.0})
+
+    def test_rabbitmq_restart_stops_holds_and_starts_the_private_broker(self) -> None:
+        cluster = FakeCluster()
+        done = Deferred.fromCoroutine(faults.FAULTS["rabbitmq-restart"](cluster, 3.0, 1))  # type: ignore[arg-type]
+        self.assertEqual(cluster.rabbitmq.events, [("stop", signal.SIGTERM)])
+        cluster.reactor.advance(3.0)
+        self.assertEqual(cluster.rabbitmq.events, [("stop", signal.SIGTERM), "start"])
+        self.assertEqual(self.successResultOf(done),
+                         {"victim": "rabbitmq", "down_s": 3.0, "restart_s": 0.0})
+        self.assertEqual(cluster.nodes[0].events + cluster.nodes[1].events, [])

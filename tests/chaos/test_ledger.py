@@ -32,6 +32,8 @@ class VerdictTests(TestCase):
     def test_content_round_trip(self) -> None:
         self.assertEqual(content_for("s2c", 42), b"chaos s2c 42")
         self.assertEqual(parse_content(b"chaos c2s 7"), ("c2s", 7))
+        self.assertEqual(content_for("c2s-amqp", 8), b"chaos c2s-amqp 8")
+        self.assertEqual(parse_content(b"chaos c2s-amqp 8"), ("c2s-amqp", 8))
         self.assertIsNone(parse_content(b"hello"))
 
     def test_each_verdict(self) -> None:

@@ -41,11 +41,12 @@ class FakeClient:
         return succeed(self.proto)
 
 
-def traffic(answers: list[Any], give_up_s: float = 30.0) -> tuple[Traffic, FakeProto, Clock]:
+def traffic(answers: list[Any], give_up_s: float = 30.0,
+            amqp_msgtype: int | None = None) -> tuple[Traffic, FakeProto, Clock]:
     clock = Clock()
     t = Traffic(clock, Ledger(), gate=1, api=2, users=1, appcode=1001, secret="s" * 8,
                 api_key="k", c2s_msgtype=3, answer_s=5.0, give_up_s=give_up_s,
-                log=lambda text: None)
+                log=lambda text: None, amqp_msgtype=amqp_msgtype)
     proto = FakeProto(answers)
     t.clients = {1: FakeClient(proto)}  # type: ignore[dict-item]
     return t, proto, clock
@@ -96,6 +97,26 @@ class SenderTests(TestCase):
         self.successResultOf(d)
         [sent] = t.ledger.sent.values()
         self.assertEqual((sent.outcome, sent.msgid, len(proto.calls)), (OK, 5, 2))
+
+    def test_c2s_on_the_rabbitmq_route_has_its_msgtype_and_kind(self) -> None:
+        t, proto, clock = traffic([ResultError(Code.UNAVAILABLE, ""), 9], amqp_msgtype=4)
+        d = t.send_one("c2s-amqp")
+        clock.pump([0.5] * 4)
+        self.successResultOf(d)
+        [sent] = t.ledger.sent.values()
+        self.assertEqual((sent.kind, sent.outcome, sent.msgid), ("c2s-amqp", OK, 9))
+        self.assertEqual(proto.calls, [(4, b"chaos c2s-amqp 1", "chaos-c2s-amqp-1")] * 2)
+        self.successResultOf(t.send_one("c2s"))
+        self.assertEqual(proto.calls[-1], (3, b"chaos c2s 1", "chaos-c2s-1"))
+
+    def test_the_mix_has_the_rabbitmq_route_only_with_one(self) -> None:
+        from daojia_msg.chaos import traffic as module
+
+        self.assertEqual([kind for kind, _ in traffic([])[0].mix], ["c2c", "s2c", "c2s"])
+        t = traffic([], amqp_msgtype=4)[0]
+        self.assertEqual(dict(t.mix), {"c2c": 0.5, "s2c": 0.25, "c2s": 0.125, "c2s-amqp": 0.125})
+        self.patch(module.random, "random", lambda: 0.99)
+        self.assertEqual(t._pick(), "c2s-amqp")
 
     def test_offered_rate(self) -> None:
         t, proto, clock = traffic([1] * 1000)

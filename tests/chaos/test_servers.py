@@ -1,0 +1,70 @@
+"""The fault suite's private RabbitMQ: its environment and files, the
+nodes' second bus and route, the read-back's decoding, the group kill
+(nothing is started here)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from daojia_msg.chaos import amqp_queue, servers
+from daojia_msg.config.parse import load_config
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+
+
+class RabbitMQTests(TestCase):
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="msgp-chaos-test-")
+
+    def test_environment_and_files_are_its_own(self) -> None:
+        self.patch(os, "environ", {"PATH": "/bin", "RABBITMQ_NODENAME": "rabbit@host",
+                                   "ERL_EPMD_PORT": "1"})
+        env = servers.rabbitmq_env(self.directory, 41000, 41001, "chaos-1@localhost")
+        base = os.path.join(self.directory, "rabbitmq")
+        self.assertEqual({k: v for k, v in env.items() if k.startswith("RABBITMQ_")}, {
+            "RABBITMQ_NODENAME": "chaos-1@localhost", "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": "41000", "RABBITMQ_DIST_PORT": "41001",
+            "RABBITMQ_MNESIA_BASE": f"{base}/mnesia", "RABBITMQ_LOG_BASE": f"{base}/log",
+            "RABBITMQ_LOGS": "-", "RABBITMQ_CONFIG_FILE": f"{base}/rabbitmq.conf",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{base}/enabled_plugins"})
+        self.assertEqual((env["HOME"], env["PATH"]), (f"{base}/home", "/bin"))
+        self.assertNotIn("ERL_EPMD_PORT", env)
+        with open(f"{base}/rabbitmq.conf") as f:
+            self.assertIn("listeners.tcp.default = 127.0.0.1:41000\n", f.read())
+        with open(f"{base}/enabled_plugins") as f:
+            self.assertEqual(f.read(), "[].\n")
+
+    def test_started_in_a_session_of_its_own_and_killed_as_a_group(self) -> None:
+        proc = servers.rabbitmq_proc(Clock(), "/r/rabbitmq-server", self.directory, 41000, 41001)
+        self.assertEqual(proc.argv[1:], ["/r/rabbitmq-server"])
+        self.assertTrue(proc.argv[0].endswith("setsid"))
+        self.assertEqual(proc.ready_text, b"Server startup complete")
+        self.assertRegex((proc.env or {})["RABBITMQ_NODENAME"], r"^chaos-\d+-41000@localhost$")
+        killed: list[tuple[int, int]] = []
+        self.patch(servers.os, "killpg", lambda pid, sig: killed.append((pid, sig)))
+        proc.send(signal.SIGKILL)
+        self.assertEqual(killed, [])  # not running
+        proc.pid = 4242
+        proc.ended = Deferred()  # running
+        proc.send(signal.SIGKILL)
+        self.assertEqual(killed, [(4242, signal.SIGKILL)])
+
+    def test_the_nodes_route_one_msgtype_to_the_rabbitmq_bus(self) -> None:
+        url = "mysql://root@127.0.0.1:3306/chaos"
+        config = load_config(servers.node_config(self.directory, 0, 6390, url, 41000))
+        self.assertEqual(config.buses, {"rabbit": "amqp://guest:guest@127.0.0.1:41000/"})
+        routes = {(r.msgtype, r.topic, r.bus) for r in config.routes}
+        self.assertEqual(routes, {(servers.C2S_MSGTYPE, servers.TOPIC, ""),
+                                  (servers.AMQP_MSGTYPE, servers.AMQP_TOPIC, "rabbit")})
+        plain = load_config(servers.node_config(self.directory, 1, 6390, url))
+        self.assertEqual((dict(plain.buses), len(plain.routes)), ({}, 1))
+
+    def test_read_back_decodes_envelopes_and_skips_the_rest(self) -> None:
+        body = pb.Message(msgid=77, content=b"chaos c2s-amqp 3").SerializeToString()
+        self.assertEqual(amqp_queue.messages([body, b"\xff\xff not a message"]),
+                         [(b"chaos c2s-amqp 3", 77)])
