@@ -25,6 +25,7 @@ the registry and the backends close. Un-ACKed pushes stay pending.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -97,6 +98,8 @@ class Node(MultiService):
         self.stats = Stats(now=reactor.seconds, window_s=config.stats.window_s,
                            track_deltas=self.clustered)
         self.redis: Redis | None = None
+        #: The node registry's own connection (cluster only).
+        self.lease_redis: Redis | None = None
         self.registry: NodeRegistry | None = None
         self.detector: GateDetector | None = None
         self.rejoin: Rejoin | None = None
@@ -284,10 +287,14 @@ class Node(MultiService):
         """Connect to Redis, lease the node id and register (cluster)."""
         config = self.config
         self.redis = await connect(config.redis)
+        # The lease and the registration on a connection of their own: their
+        # commands never wait behind a backlog of per-message ones, nor fail
+        # with a pooled connection dropped for a late reply under load.
+        self.lease_redis = await connect(dataclasses.replace(config.redis, pool_size=1))
         sessions = RedisSessionStore(self.redis, self.node_id)
         self.sessions = sessions
         self.registry = NodeRegistry(
-            self.redis, config.cluster, self.reactor, wanted_id=config.node_id,
+            self.lease_redis, config.cluster, self.reactor, wanted_id=config.node_id,
             gate=("", 0), rpc=("", 0),  # published once the listeners are bound
             connections=self._connections, sessions=self._sessions,
             on_purged=self._purged, on_rejoin=self._rejoin,
@@ -448,8 +455,9 @@ class Node(MultiService):
             await self.stats_flusher.stop()
         if hasattr(self, "store"):
             await self.store.stop()
-        if self.redis is not None:
-            await self.redis.close()
+        for redis in (self.redis, self.lease_redis):
+            if redis is not None:
+                await redis.close()
         for off in reversed(self._tracing_off):
             off()
         self._tracing_off.clear()

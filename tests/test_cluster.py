@@ -71,6 +71,20 @@ class ClusterTests(NodeTestCase):
         ports = {n.node_id: n.gate_port for n in live}
         self.assertEqual(ports[self.node2.node_id], self.node2.gate_address()[1])
 
+    async def test_the_registry_has_a_connection_of_its_own(self) -> None:
+        """The lease and registration commands never share a pooled connection
+        with per-message ones (nor fail with one dropped for a late reply)."""
+        registry, redis = self.node1.registry, self.node1.redis
+        assert registry is not None and redis is not None
+        self.assertIs(registry.redis, self.node1.lease_redis)
+        self.assertIsNot(registry.redis, redis)
+        self.assertTrue(registry.available())
+        lease = registry.redis
+        self.assertIn(await lease.call("PING"), ("PONG", b"PONG"))
+        await self.stop_node(self.node1)
+        with self.assertRaises(StoreUnavailable):  # closed with the node
+            await lease.call("PING")
+
     async def test_chat_across_nodes(self) -> None:
         alice, _ = await self.client_on(self.node1, 1)
         bob, bob_inbox = await self.client_on(self.node2, 2)
