@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf.message import Message as PbMessage
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -89,6 +90,21 @@ class Stack:
         app = self.config.app(appcode)
         secret = app.secret if app else "no-such-app-secret"
         return mint_token(secret, appcode, uid, int(self.clock.seconds() + ttl))
+
+    def stall_store(self) -> list[Deferred[object]]:
+        """From now on the store holds every write until its Deferred in the
+        returned list fires."""
+        held: list[Deferred[object]] = []
+        real_store = self.store.store
+
+        def slow_store(batch: object) -> Deferred[object]:
+            d: Deferred[object] = Deferred()
+            held.append(d)
+            d.addCallback(lambda _: real_store(batch))
+            return d
+
+        self.store.store = slow_store
+        return held
 
     def login(self, uid: int, appcode: int = 1001, host: str = "10.0.0.1") -> Conn:
         conn = self.connect(host)

@@ -4,29 +4,12 @@ once, and admitted again once answers went out."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.gate.limits import OVER_CAPACITY, Admission
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.gate.test_protocol import with_limits
-from tests.helpers import Stack
-
-
-def stall_store(stack: Stack) -> list[Deferred[object]]:
-    """The store holds every write until its Deferred in the list fires."""
-    held: list[Deferred[object]] = []
-    real_store = stack.store.store
-
-    def slow_store(batch: object) -> Deferred[object]:
-        d: Deferred[object] = Deferred()
-        held.append(d)
-        d.addCallback(lambda _: real_store(batch))
-        return d
-
-    stack.store.store = slow_store  # type: ignore[method-assign]
-    return held
 
 
 def answers(frames: list) -> list[tuple[int, int]]:  # type: ignore[type-arg]
@@ -64,7 +47,7 @@ class AdmissionTests(SynchronousTestCase):
         answer is the ready-made one."""
         stack = with_limits(node_max_inflight=1)
         one, two = stack.login(42), stack.login(43)
-        held = stall_store(stack)
+        held = stack.stall_store()
         one.send(Cmd.C2C, pb.C2CRequest(to_uid=43, to_appcode=1001, content=b"x"))
         self.assertEqual(len(held), 1)
         two.send_raw(two.frame(Cmd.C2C, b"\xff\xff not protobuf", seq=9))
@@ -82,7 +65,7 @@ class AdmissionTests(SynchronousTestCase):
         stack = with_limits(node_max_inflight=2)
         one, two = stack.login(42), stack.login(43)
         stack.login(44)
-        held = stall_store(stack)
+        held = stack.stall_store()
         req = pb.C2CRequest(to_uid=44, to_appcode=1001, content=b"x")
         one.send_raw(one.frame(Cmd.C2C, req, seq=1) + one.frame(Cmd.C2C, req, seq=2))
         two.send_raw(two.frame(Cmd.C2C, req, seq=7))
@@ -111,7 +94,7 @@ class AdmissionTests(SynchronousTestCase):
         stack = with_limits(node_max_inflight=1)
         conn = stack.login(42)
         stack.login(43)
-        held = stall_store(stack)
+        held = stack.stall_store()
         conn.send(Cmd.C2C, pb.C2CRequest(to_uid=43, to_appcode=1001, content=b"x"))
         held[0].errback(RuntimeError("boom"))
         self.flushLoggedErrors(RuntimeError)

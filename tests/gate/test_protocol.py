@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import fail
 from twisted.internet.testing import StringTransport
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
@@ -364,16 +364,7 @@ class ShapingTests(SynchronousTestCase):
         stack = with_limits(max_inflight=2)
         conn = stack.login(42)
         stack.login(43)
-        held: list[Deferred[object]] = []
-        real_store = stack.store.store
-
-        def slow_store(batch: object) -> Deferred[object]:
-            d: Deferred[object] = Deferred()
-            held.append(d)
-            d.addCallback(lambda _: real_store(batch))
-            return d
-
-        stack.store.store = slow_store  # type: ignore[method-assign]
+        held = stack.stall_store()
         req = pb.C2CRequest(to_uid=43, to_appcode=1001, content=b"x")
         conn.send_raw(b"".join(conn.frame(Cmd.C2C, req) for _ in range(3)))
         self.assertEqual(len(held), 2)
