@@ -60,6 +60,7 @@ from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import make_registry
+from daojia_msg.metrics.store import StoreMetrics
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.redisconn import Redis, connect
@@ -194,12 +195,15 @@ class Node(MultiService):
         self.inbox = Inbox(self.store, config.limits, self.stats, self.logic.answers)
         self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)
         self.router.on_pressure = self.gate.set_pressure
-        committer = getattr(self.store, "committer", None)
-        if committer is not None:  # the SQL stores: their write queue
-            committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")
         registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local),
                                  self.logic.sessions.throttled, self.gate.counters,
                                  self.gate.transports)
+        store_metrics = StoreMetrics(registry)
+        committer = getattr(self.store, "committer", None)
+        if committer is not None:  # the SQL stores: their write queue
+            committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")
+            committer.on_flushed = store_metrics.flushed
+            store_metrics.watch_waiting(lambda: committer.waiting)
         ReactorLag(self.reactor, lag_histogram(registry)).setServiceParent(self)
         cluster_stats = (ClusterStats(self.redis, self.reactor, config.stats.window_s)
                          if self.redis is not None else None)

@@ -35,6 +35,7 @@ as many do.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
@@ -91,6 +92,7 @@ class _Lane:
         self.in_flight = False
         self.submitted = 0
         self.done = 0
+        self._started = 0.0
         self._waiters: list[tuple[int, Deferred[None]]] = []
 
     @property
@@ -114,6 +116,7 @@ class _Lane:
         return d
 
     def _flush(self) -> None:
+        self._started = self._committer.timer()
         n = min(len(self.queue), self._committer.max_ops)
         batch = [self.queue.popleft() for _ in range(n)]
         for _ in range(n):
@@ -130,6 +133,9 @@ class _Lane:
     def _flushed(self, result: list[Any] | Failure, batch: list[tuple[Op, Deferred[Any]]]) -> None:
         # Still "in flight" while the callers' callbacks run: a write they
         # submit to this lane queues, and goes in the next flush below, after them.
+        committer = self._committer
+        committer.on_flushed(committer.timer() - self._started, len(batch),
+                             isinstance(result, Failure))
         if isinstance(result, Failure):
             for _, d in batch:
                 d.errback(result)
@@ -174,6 +180,7 @@ class GroupCommitter:
     def __init__(
         self, run_interaction: RunInteraction, max_ops: int = 1000, concurrency: int = 1,
         pressure_at: int | None = None, spread_at: int = SPREAD_AT,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_ops < 1:
             raise ValueError(f"max_ops must be >= 1, got {max_ops}")
@@ -195,6 +202,10 @@ class GroupCommitter:
         self.pressure_at = pressure_at if pressure_at is not None else PRESSURE_FLUSHES * max_ops
         self.pressure = False
         self.on_pressure: Callable[[bool], None] = lambda on: None
+        #: Each flush's duration (``timer`` seconds), writes and whether it
+        #: failed as a whole, for the metrics (``msgplatform_store_flush_*``).
+        self.timer = timer
+        self.on_flushed: Callable[[float, int, bool], None] = lambda seconds, writes, failed: None
 
     @property
     def busy(self) -> bool:
