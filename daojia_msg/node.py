@@ -69,6 +69,7 @@ from daojia_msg.store.login_throttle import MemoryLoginThrottle, RedisLoginThrot
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
+from daojia_msg.web.httpmetrics import HttpMetrics
 from daojia_msg.web.site import make_site
 from daojia_msg.webedge import make_edge_site
 
@@ -216,7 +217,8 @@ class Node(MultiService):
         site = make_site(self.logic, config, serving=self.serving, dispatch=self.dispatch,
                          registry=registry, reactor=self.reactor,
                          stats=cluster_stats.snapshot if cluster_stats else None,
-                         nodes=self.ops.nodes, trace=self.ops.trace)
+                         nodes=self.ops.nodes, trace=self.ops.trace,
+                         http_metrics=HttpMetrics(registry))
         site.noisy = False
         if self.registry is not None:
             await self._serve_rpc()

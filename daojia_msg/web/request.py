@@ -12,6 +12,7 @@ An ``Expect: 100-continue`` request over the limit gets no ``100 Continue``.
 
 from __future__ import annotations
 
+import time
 from io import BytesIO
 from typing import Any
 
@@ -40,6 +41,8 @@ class ApiRequest(server.Request):
         self._dropped = 0
         self._drain_max = max(2 * max_body, DRAIN_MIN)
         self._paused = False
+        #: When the whole request was read (``time.perf_counter``), for the metrics.
+        self.received_at: float | None = None
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
@@ -62,6 +65,7 @@ class ApiRequest(server.Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.received_at = time.perf_counter()
         if self._refused:
             # The whole body arrived and was dropped; the 413 is already out.
             transport = self.channel.transport if self.channel is not None else None

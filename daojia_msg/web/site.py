@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from daojia_msg.web.endpoints import (
     TraceView,
     openapi_document,
 )
+from daojia_msg.web.httpmetrics import HttpMetrics
 from daojia_msg.web.operations import NodesEndpoint, TraceRoot
 from daojia_msg.web.request import ApiRequest
 from daojia_msg.web.static import OpsPage
@@ -112,12 +114,17 @@ class ApiSite(server.Site):
     logged as one event of ``{access_log}`` (the lines, newline-separated),
     as an event per request is costly."""
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
+    def __init__(self, *args: Any, metrics: HttpMetrics | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._access_lines: list[str] = []
         self._access_flush: Any = None
+        self.metrics = metrics
 
     def log(self, request: http.Request) -> None:
+        if self.metrics is not None:
+            received = getattr(request, "received_at", None)
+            self.metrics.answered(request.path, request.code,
+                                  None if received is None else time.perf_counter() - received)
         if self._logFile is None:  # not started, or stopped: as twisted.web
             return
         lines = self._access_lines
@@ -155,6 +162,7 @@ def make_site(
     nodes: NodesView | None = None,
     trace: TraceView | None = None,
     dashboard: str | None = None,
+    http_metrics: HttpMetrics | None = None,
 ) -> server.Site:
     """The HTTP API site, to listen on ``config.listen.http``.
 
@@ -169,7 +177,8 @@ def make_site(
     and ``trace(logid)`` answer ``/v1/nodes`` and ``/v1/trace/{logid}`` (see
     :mod:`daojia_msg.web.operations`; without them, 503); ``dashboard``: the
     directory whose files are served at ``/ops/`` (default: the built page in
-    the package data, :func:`daojia_msg.webui.page_dir`).
+    the package data, :func:`daojia_msg.webui.page_dir`); ``http_metrics``
+    counts the requests answered (:mod:`daojia_msg.web.httpmetrics`).
     """
     api = Api(logic, config, serving, dispatch, registry, stats, nodes, trace)
     site = ApiSite(
@@ -179,6 +188,7 @@ def make_site(
         parsePOSTFormSubmission=False,
         timeout=IDLE_TIMEOUT_S,
         reactor=reactor,
+        metrics=http_metrics,
     )
     site.displayTracebacks = False
     return site
