@@ -4,7 +4,8 @@
 It starts a cluster of its own: a private ``redis-server`` and ``mariadbd``
 (free loopback ports, data in a temporary directory, never the machine's
 shared servers), N nodes (``twistd -n msgplatform``) with the Redis Streams
-bus for C2S, and HAProxy in front. It offers numbered C2C, S2C and C2S
+bus for C2S, and HAProxy in front; for ``rabbitmq-restart`` a private
+``rabbitmq-server`` too, the bus of a second C2S route. It offers numbered C2C, S2C and C2S
 traffic at ``--rate`` while it injects one fault at a time, heals it, drains
 every receiver and classifies every message (:mod:`daojia_msg.chaos.ledger`).
 It prints one row per fault and exits 1 on any lost message, message stored
