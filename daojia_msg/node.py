@@ -57,6 +57,7 @@ from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, ISessionStore
 from daojia_msg.logic.service import LogicService
+from daojia_msg.metrics.bus import register_bus_metrics
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import make_registry
@@ -200,6 +201,8 @@ class Node(MultiService):
                                  self.logic.sessions.throttled, self.gate.counters,
                                  self.gate.transports)
         store_metrics = StoreMetrics(registry)
+        register_bus_metrics(registry, self.router.published, self.router.errors,
+                             lambda: self.router.pending, config.bus.max_pending)
         committer = getattr(self.store, "committer", None)
         if committer is not None:  # the SQL stores: their write queue
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")

@@ -19,6 +19,7 @@ said it forgot it (:class:`BusUnavailable`: nothing was published).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from daojia_msg.config import BusConfig, Config, Route
 from daojia_msg.core.errors import BusTimeout, BusUnavailable
 from daojia_msg.deadlines import Deadlines
 from daojia_msg.logic.interfaces import IPublisher
+from daojia_msg.metrics.histograms import LabeledHistogram
 
 
 def make_bus(url: str, config: BusConfig, reactor: Any) -> IMessageBus:
@@ -54,6 +56,12 @@ def make_bus(url: str, config: BusConfig, reactor: Any) -> IMessageBus:
 
         return WebhookBus(url, config, reactor)
     raise ValueError(f"no bus for URLs of scheme {scheme!r}")  # no more: it may hold a password
+
+
+#: How the default bus is named in the metrics' ``bus`` label.
+DEFAULT_NAME = "default"
+#: Upper bounds of the publish-latency buckets, seconds.
+PUBLISH_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @implementer(IPublisher)
@@ -79,6 +87,12 @@ class BusRouter:
         self.pressure = False
         self.on_pressure: Callable[[bool], None] = lambda on: None
         self.deadlines = Deadlines(reactor, self.config.publish_timeout_s, "C2S publishes")
+        #: Each publish's time to its bus's answer (``time.perf_counter``
+        #: seconds) by bus name ("default" for the default bus), and failures
+        #: by bus name, for the metrics.
+        self.published = LabeledHistogram(PUBLISH_SECONDS)
+        self.errors: dict[str, int] = dict.fromkeys(
+            (name or DEFAULT_NAME for name in self.buses), 0)
 
     @property
     def default(self) -> IMessageBus:
@@ -105,13 +119,17 @@ class BusRouter:
             self._set_pressure(True)
         d = self.buses[route.bus].publish(route.topic, payload, logid)
         self.deadlines.watch(d)
-        return d.addBoth(self._settled, route)  # one callback per frame: this runs per frame
+        # One callback per frame: this runs per frame.
+        return d.addBoth(self._settled, route, time.perf_counter())
 
-    def _settled(self, result: object, route: Route) -> object:
+    def _settled(self, result: object, route: Route, started: float) -> object:
         self.pending -= 1
         if self.pressure and self.pending <= self.config.max_pending // 2:
             self._set_pressure(False)
+        name = route.bus or DEFAULT_NAME
+        self.published.observe(name, time.perf_counter() - started)
         if isinstance(result, Failure):
+            self.errors[name] = self.errors.get(name, 0) + 1
             self._unavailable(result, route)
         return result
 
