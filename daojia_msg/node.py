@@ -58,6 +58,7 @@ from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, ISessionStore
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.bus import register_bus_metrics
+from daojia_msg.metrics.cluster import register_rpc_metrics
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import make_registry
@@ -203,6 +204,8 @@ class Node(MultiService):
         store_metrics = StoreMetrics(registry)
         register_bus_metrics(registry, self.router.published, self.router.errors,
                              lambda: self.router.pending, config.bus.max_pending)
+        register_rpc_metrics(registry, lambda: (self.peers.calls, self.peers.latency)
+                             if self.peers is not None else None)
         committer = getattr(self.store, "committer", None)
         if committer is not None:  # the SQL stores: their write queue
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")

@@ -7,10 +7,13 @@ import dataclasses
 import os
 from typing import Any
 
+import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client.errors import ResultError
@@ -107,6 +110,18 @@ class ClusterTests(NodeTestCase):
         self.assertEqual((code, totals["accepted"], totals["pushed"], totals["acked"]),
                          (200, 1, 1, 1))
         self.assertEqual(stats["delivery_rate"], 1.0)
+        # The delivery was an internal RPC from node 1 to node 2, on node 1's /metrics.
+        self.node = self.node1
+        pool = HTTPConnectionPool(R, persistent=False)
+        response = await treq.get(f"http://127.0.0.1:{self.port('http')}/metrics", pool=pool)
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(await response.text())
+                   for s in family.samples}
+        peer = str(self.node2.node_id)
+        self.assertGreaterEqual(
+            samples[("msgplatform_rpc_calls_total", (("peer", peer), ("result", "ok")))], 1)
+        self.assertGreaterEqual(
+            samples[("msgplatform_rpc_call_seconds_count", (("peer", peer),))], 1)
 
     async def raw_login(self, node: Node, uid: int, token: str) -> int:
         """One LOGIN on a connection of its own; the code it is answered with."""

@@ -261,6 +261,9 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(len(self.c.attempts()), 1)
         self.c.connect()
         self.assertIs(self.successResultOf(d), True)
+        peer = str(RECORD.node_id)
+        self.assertEqual(self.c.peers.calls, {(peer, "ok"): 2, (peer, "timeout"): 1})
+        self.assertEqual(sum(self.c.peers.latency.counts[peer]), 2)  # the answered ones
 
     def test_timeout_on_a_slow_peer_keeps_the_connection(self) -> None:
         """A call that times out while the peer still answers other calls

@@ -25,6 +25,7 @@ look-up each.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,6 +78,7 @@ from daojia_msg.core.errors import PeerUnavailable
 from daojia_msg.core.model import SessionRecord, StoredMessage
 from daojia_msg.deadlines import Deadlines, within
 from daojia_msg.logic.interfaces import IPeers
+from daojia_msg.metrics.histograms import LabeledHistogram
 from daojia_msg.sockets import no_delay
 from daojia_msg.tls import ClientTLS, tls_failure
 
@@ -305,6 +307,10 @@ class RpcPeers:
         self.tls = tls
         #: The time limit of every call, on one timer.
         self.deadlines = Deadlines(reactor, timeout, "internal RPC calls")
+        #: Calls by (peer node id, result) and the answered ones' time per
+        #: peer (``time.perf_counter`` seconds), for the metrics.
+        self.calls: dict[tuple[str, str], int] = {}
+        self.latency = LabeledHistogram(RPC_SECONDS)
         self.trace_deadlines = Deadlines(reactor, min(timeout, trace_timeout),
                                          "internal RPC trace questions")
         self._endpoint_for = endpoint_for
@@ -405,8 +411,19 @@ class RpcPeers:
     def _run(self, node_id: int, command: type[amp.Command], args: dict[str, Any],
              answer: str, fields: dict[str, Any]) -> Deferred[bool]:
         d = self.deadlines.watch(Deferred.fromCoroutine(self._call(node_id, command, args)))
-        return d.addCallbacks(lambda response: bool(response[answer]), self._failed,
+        return d.addCallbacks(self._answered, self._failed,
+                              callbackArgs=(node_id, answer, time.perf_counter()),
                               errbackArgs=(node_id, command, fields))
+
+    def _count(self, node_id: int, result: str) -> None:
+        key = (str(node_id), result)
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+    def _answered(self, response: dict[str, Any], node_id: int, answer: str,
+                  started: float) -> bool:
+        self._count(node_id, "ok")
+        self.latency.observe(str(node_id), time.perf_counter() - started)
+        return bool(response[answer])
 
     async def _call(self, node_id: int, command: type[amp.Command],
                     args: dict[str, Any], drop_if_silent: bool = True) -> dict[str, Any]:
@@ -452,6 +469,9 @@ class RpcPeers:
     def _failed(self, failure: Failure, node_id: int, command: type[amp.Command],
                 fields: dict[str, Any]) -> bool:
         name = command.__name__
+        self._count(node_id, "timeout" if failure.check(TimeoutError)
+                    else "refused" if failure.check(Unauthorized, BadMessage, InternalError)
+                    else "unavailable" if failure.check(PeerUnavailable) else "error")
         if failure.check(TimeoutError):
             why = f"no answer within {self.timeout:g} s"
         elif failure.check(Unauthorized):
@@ -475,6 +495,10 @@ class RpcPeers:
         d: Deferred[bool] = Deferred()
         d.errback(PeerUnavailable(f"node {node_id}: {why}"))
         return d
+
+
+#: Upper bounds of the RPC latency buckets, seconds.
+RPC_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def registry_addresses(registry: INodeRegistry, clock: IReactorTime | None = None,

@@ -1,0 +1,52 @@
+# -*- test-case-name: tests.metrics.test_cluster -*-
+"""The internal RPC on ``/metrics`` (cluster nodes; empty on one node).
+
+- ``msgplatform_rpc_calls_total{peer,result}``: calls to each peer node by
+  result (``ok``, ``timeout``, ``refused``, ``unavailable``: not sent, the
+  peer is gone or being backed off from, ``error``);
+- ``msgplatform_rpc_call_seconds{peer}``: answered calls' time, a histogram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from daojia_msg.metrics.histograms import HistogramCollector, LabeledHistogram
+
+CALLS_HELP = "Internal RPC calls to each peer node, by result."
+SECONDS_HELP = "Internal RPC calls answered: their time, per peer node."
+
+
+class RpcCollector:
+    """Reads ``source()``: the peers' ``(calls, latency)``, or None on one node."""
+
+    def __init__(self, source: Callable[[], tuple[Mapping[tuple[str, str], int],
+                                                   LabeledHistogram] | None]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily("msgplatform_rpc_calls", CALLS_HELP, labels=("peer", "result"))
+        found = self.source()
+        if found is None:
+            yield calls
+            yield HistogramMetricFamily("msgplatform_rpc_call_seconds", SECONDS_HELP,
+                                        labels=("peer",))
+            return
+        counts, latency = found
+        for (peer, result), count in sorted(counts.items()):
+            calls.add_metric([peer, result], count)
+        yield calls
+        yield from HistogramCollector("msgplatform_rpc_call_seconds", SECONDS_HELP, "peer",
+                                      latency).collect()
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("msgplatform_rpc_calls", CALLS_HELP, labels=("peer", "result"))
+        yield HistogramMetricFamily("msgplatform_rpc_call_seconds", SECONDS_HELP, labels=("peer",))
+
+
+def register_rpc_metrics(registry: CollectorRegistry, source: Callable[[], tuple[
+        Mapping[tuple[str, str], int], LabeledHistogram] | None]) -> None:
+    registry.register(RpcCollector(source))
