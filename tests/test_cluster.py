@@ -122,6 +122,8 @@ class ClusterTests(NodeTestCase):
             samples[("msgplatform_rpc_calls_total", (("peer", peer), ("result", "ok")))], 1)
         self.assertGreaterEqual(
             samples[("msgplatform_rpc_call_seconds_count", (("peer", peer),))], 1)
+        self.assertLess(samples[("msgplatform_lease_age_seconds", ())],
+                        samples[("msgplatform_lease_ttl_seconds", ())])
 
     async def raw_login(self, node: Node, uid: int, token: str) -> int:
         """One LOGIN on a connection of its own; the code it is answered with."""

@@ -268,6 +268,12 @@ class NodeRegistry:
         assert self._renewed_at is not None
         return self.clock.seconds() - self._renewed_at <= self.cluster.ttl_s / 2
 
+    def lease_age(self) -> float | None:
+        """Seconds since the lease was last renewed (None before the first)."""
+        if self._renewed_at is None:
+            return None
+        return self.clock.seconds() - self._renewed_at
+
     def serving(self) -> bool:
         """True while this node may serve its connections and issue msgids:
         :meth:`available`, or cut off from Redis (or paused) for no longer than

@@ -4,14 +4,22 @@
 - ``msgplatform_rpc_calls_total{peer,result}``: calls to each peer node by
   result (``ok``, ``timeout``, ``refused``, ``unavailable``: not sent, the
   peer is gone or being backed off from, ``error``);
-- ``msgplatform_rpc_call_seconds{peer}``: answered calls' time, a histogram.
+- ``msgplatform_rpc_call_seconds{peer}``: answered calls' time, a histogram;
+- ``msgplatform_lease_age_seconds`` against ``msgplatform_lease_ttl_seconds``:
+  how long ago this node last renewed its node-id lease in Redis (past the
+  TTL, other nodes take it for dead); no sample on one node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import CollectorRegistry
 
 from daojia_msg.metrics.histograms import HistogramCollector, LabeledHistogram
@@ -50,3 +58,30 @@ class RpcCollector:
 def register_rpc_metrics(registry: CollectorRegistry, source: Callable[[], tuple[
         Mapping[tuple[str, str], int], LabeledHistogram] | None]) -> None:
     registry.register(RpcCollector(source))
+
+
+class LeaseCollector:
+    """``age()``: seconds since the lease's last renewal, or None (no lease)."""
+
+    def __init__(self, age: Callable[[], float | None], ttl_s: float) -> None:
+        self.age = age
+        self.ttl_s = ttl_s
+
+    def _families(self, with_values: bool) -> Iterator[Metric]:
+        age = GaugeMetricFamily("msgplatform_lease_age_seconds",
+                                "Seconds since this node last renewed its node-id lease.")
+        ttl = GaugeMetricFamily("msgplatform_lease_ttl_seconds",
+                                "The lease's TTL (cluster.ttl_s): past it, peers take the node "
+                                "for dead.")
+        value = self.age() if with_values else None
+        if value is not None:
+            age.add_metric([], value)
+            ttl.add_metric([], self.ttl_s)
+        yield age
+        yield ttl
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(with_values=True)
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(with_values=False)
