@@ -4,10 +4,15 @@ real sockets: cross-node delivery, kickout, dispatch, HTTP push."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
+import shutil
+import subprocess
 from typing import Any
 
 import treq
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
@@ -24,12 +29,16 @@ from daojia_msg.node import Node
 from daojia_msg.protocol.codes import Code, KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.nodes import Inbox, NodeTestCase
+from tests.servers import missing as missing_server
 from tests.servers import redis_prefix, require_redis
 
 R: Any = reactor
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class ClusterTests(NodeTestCase):
+class TwoNodes(NodeTestCase):
+    """Two nodes in this process on one Redis (a key prefix of the test's)."""
+
     async def start_cluster_node(self, data_dir: str, prefix: str, node_id: int | None = None,
                                  mysql: Any = None, drain_grace_s: float = 0.0) -> Node:
         base = default_config()
@@ -64,6 +73,9 @@ class ClusterTests(NodeTestCase):
     async def client_on(self, node: Node, uid: int) -> tuple[Any, Inbox]:
         self.node = node
         return await self.client(uid)
+
+
+class ClusterTests(TwoNodes):
 
     async def test_nodes_lease_different_ids(self) -> None:
         self.assertNotEqual(self.node1.node_id, self.node2.node_id)
@@ -265,3 +277,58 @@ class LeaseTests(TestCase):
         with self.assertRaises(ConfigError) as e:
             await second.ready
         self.assertEqual(str(e.exception), "node.id: node id 77 is held by a live node")
+
+
+#: Names a PromQL expression uses that are the node's: ours, and the collectors'.
+OUR_METRIC = re.compile(r"\b(?:msgplatform_|python_gc_|python_info)\w*")
+
+
+def expressions() -> dict[str, str]:
+    """Every PromQL expression of the shipped alert rules and dashboard, by where it is."""
+    found: dict[str, str] = {}
+    with open(os.path.join(ROOT, "etc", "prometheus", "alerts.yml")) as f:
+        for group in yaml.safe_load(f)["groups"]:
+            for rule in group["rules"]:
+                found[f"alert {rule['alert']}"] = rule["expr"]
+    with open(os.path.join(ROOT, "etc", "grafana", "msgplatform.json")) as f:
+        for panel in json.load(f)["panels"]:
+            for target in panel.get("targets", []):
+                found[f"panel {panel['title']!r} {target['refId']}"] = target["expr"]
+    return found
+
+
+class ObservabilityTests(TwoNodes):
+    """The shipped alert rules and dashboard use only what nodes export."""
+
+    async def test_alerts_and_dashboard_use_exported_metrics(self) -> None:
+        # Traffic of every kind, across the two nodes.
+        alice, alice_inbox = await self.client_on(self.node1, 1)
+        bob, bob_inbox = await self.client_on(self.node2, 2)
+        await alice.c2c(2, 1001, 7, b"across")
+        await bob_inbox.wait(1)
+        await bob.c2c(1, 1001, 7, b"and back")  # ACKed on node 1: its ACK latency
+        await alice_inbox.wait(1)
+        await alice.c2s(1, b"31.2,121.4")
+        self.node = self.node1
+        await self.http("POST", "/v1/push", {"to_uid": 2, "to_appcode": 1001, "msgtype": 5,
+                                             "content": "order"})
+        await bob_inbox.wait(2)
+        pool = HTTPConnectionPool(R, persistent=False)
+        response = await treq.get(f"http://127.0.0.1:{self.port('http')}/metrics", pool=pool)
+        text = await response.text()
+        exported = {s.name for family in text_string_to_metric_families(text)
+                    for s in family.samples}
+        missing = {where: sorted(set(OUR_METRIC.findall(expr)) - exported)
+                   for where, expr in expressions().items()}
+        self.assertEqual({k: v for k, v in missing.items() if v}, {})
+        self.assertGreater(len(missing), 30)  # the files were read
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            missing_server("promtool (Debian's prometheus package) is not installed")
+        checked = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                                 capture_output=True, check=False)
+        self.assertEqual((checked.returncode, checked.stdout + checked.stderr), (0, b""))
+        rules = subprocess.run([promtool, "check", "rules",
+                                os.path.join(ROOT, "etc", "prometheus", "alerts.yml")],
+                               capture_output=True, check=False)
+        self.assertEqual(rules.returncode, 0, rules.stdout + rules.stderr)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.metrics.test_cluster -*-
+# -*- test-case-name: tests.test_cluster,tests.cluster.test_rpc -*-
 """The internal RPC on ``/metrics`` (cluster nodes; empty on one node).
 
 - ``msgplatform_rpc_calls_total{peer,result}``: calls to each peer node by
