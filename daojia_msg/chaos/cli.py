@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from daojia_msg.chaos import report, runner, servers
+from daojia_msg.chaos import netns, report, runner, servers
 from daojia_msg.chaos.faults import FAULTS, OPTIONAL
 
 SHORT: dict[str, Any] = {"fault_seconds": 3.0, "pre_seconds": 2.0, "post_seconds": 3.0, "give_up_s": 20.0}
@@ -106,7 +106,8 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
 def optional_programs() -> dict[str, str | None]:
     """The programs only some faults need (see ``faults.OPTIONAL``): path or None."""
     return {"libfaketime": servers.faketime_library(),
-            "rabbitmq-server": servers.rabbitmq_server()}
+            "rabbitmq-server": servers.rabbitmq_server(),
+            "ip-netns": netns.available()}
 
 
 def skipped(settings: runner.Settings, asked: bool) -> list[str]:

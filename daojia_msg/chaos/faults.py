@@ -71,6 +71,20 @@ async def mysql_restart(cluster: Any, hold: float, n: int) -> dict[str, Any]:
     return await _restart(cluster, cluster.mariadb, hold, signal.SIGTERM)
 
 
+async def node_partition(cluster: Any, hold: float, n: int) -> dict[str, Any]:
+    """Cut one node off from its peers (blackhole routes to them in its
+    network namespace; Redis, MariaDB and the bus stay reachable), then heal."""
+    from daojia_msg.chaos.netns import run
+
+    i = n % len(cluster.nodes)
+    run(cluster.network.cut_commands(i))
+    try:
+        await sleep(cluster.reactor, hold)
+    finally:
+        run(cluster.network.cut_commands(i, add=False))
+    return {"victim": cluster.nodes[i].name, "cut_off_s": hold}
+
+
 async def rabbitmq_restart(cluster: Any, hold: float, n: int) -> dict[str, Any]:
     """Stop the private RabbitMQ that carries one C2S route (SIGTERM to its
     start script: a clean shutdown; its durable queue and persistent messages
@@ -104,6 +118,7 @@ FAULTS: dict[str, Fault] = {
     "redis-restart": redis_restart,
     "mysql-stop": mysql_stop,
     "mysql-restart": mysql_restart,
+    "node-partition": node_partition,
     "rabbitmq-restart": rabbitmq_restart,
     # Last: the stepped node's timers stay frozen for the step's size after
     # it (its users' messages wait for PULL), which would spill into a next phase.
@@ -117,4 +132,5 @@ FAULTS: dict[str, Fault] = {
 OPTIONAL: dict[str, tuple[str, str]] = {
     "clock-step": ("libfaketime", "apt-get install faketime"),
     "rabbitmq-restart": ("rabbitmq-server", "apt-get install rabbitmq-server"),
+    "node-partition": ("ip-netns", "needs root and ip: apt-get install iproute2"),
 }

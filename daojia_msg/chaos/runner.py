@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from daojia_msg.chaos import amqp_queue, servers
+from daojia_msg.chaos import amqp_queue, netns, servers
 from daojia_msg.chaos.faults import FAULTS, sleep
 from daojia_msg.chaos.ledger import OK, Ledger, Row
 from daojia_msg.chaos.traffic import Traffic
@@ -44,11 +44,13 @@ class Settings:
 
 class Cluster:
     """The private Redis, MariaDB, nodes and HAProxy of one run, in ``directory``;
-    with ``rabbitmq``, a private RabbitMQ too, the bus of one C2S route."""
+    with ``rabbitmq``, a private RabbitMQ too, the bus of one C2S route; with
+    ``partition``, each node in a network namespace of its own
+    (:mod:`daojia_msg.chaos.netns`), the servers on the run's bridge too."""
 
     def __init__(self, reactor: Any, programs: dict[str, str], directory: str, nodes: int,
                  log: Callable[[str], None], faketime: bool = False,
-                 rabbitmq: bool = False) -> None:
+                 rabbitmq: bool = False, partition: bool = False) -> None:
         self.reactor = reactor
         self.programs = programs
         self.directory = directory
@@ -67,20 +69,34 @@ class Cluster:
         self.node_ports = [tuple(ports[6 + 3 * i: 9 + 3 * i]) for i in range(nodes)]
         #: the last node's wall clock follows this file (libfaketime), if set
         self.clock_file = os.path.join(directory, "faketime.rc") if faketime else None
+        self.network: netns.Network | None = None
+        if partition:
+            self.network = netns.new_network(programs["ip-netns"], nodes)
+
+    def node_address(self, i: int) -> str:
+        """Where node ``i`` listens (its namespace's address, or loopback)."""
+        return self.network.addresses[i] if self.network else "127.0.0.1"
 
     async def start(self) -> None:
         r, d = self.reactor, self.directory
+        also = None
+        if self.network is not None:
+            self.network.setup()
+            also = self.network.host
+            self.log(f"bridge {self.network.bridge} at {also}, nodes in namespaces "
+                     f"{', '.join(self.network.namespaces)}")
+        host = also or "127.0.0.1"
         rabbit_ready = None
         if self.amqp_port is not None:  # it starts slowest: meanwhile the others
             self.rabbitmq = servers.rabbitmq_proc(r, self.programs["rabbitmq-server"], d,
-                                                  self.amqp_port, self.dist_port)
+                                                  self.amqp_port, self.dist_port, also)
             rabbit_ready = self.rabbitmq.start(timeout=120)
-        self.redis = servers.redis_proc(r, self.programs["redis-server"], d, self.redis_port)
+        self.redis = servers.redis_proc(r, self.programs["redis-server"], d, self.redis_port, also)
         await self.redis.start()
         self.log(f"redis-server on 127.0.0.1:{self.redis_port}")
-        self.mariadb = servers.mariadb_proc(r, self.programs, d, self.mysql_port)
+        self.mariadb = servers.mariadb_proc(r, self.programs, d, self.mysql_port, also)
         await self.mariadb.start(timeout=90)
-        url = servers.create_database(self.mysql_port, "chaos")
+        url = servers.create_database(self.mysql_port, "chaos", host)
         self.log(f"mariadbd on 127.0.0.1:{self.mysql_port}")
         if rabbit_ready is not None:
             await rabbit_ready
@@ -90,15 +106,18 @@ class Cluster:
             self.log(f"rabbitmq-server on 127.0.0.1:{self.amqp_port} (distribution port "
                      f"{self.dist_port})")
         for i, (gate, http, rpc) in enumerate(self.node_ports):
-            config = servers.node_config(d, i, self.redis_port, url, self.amqp_port)
+            config = servers.node_config(d, i, self.redis_port, url, self.amqp_port, host)
             env = None
             if self.clock_file is not None and i == self.size - 1:
                 env = servers.faketime_env(self.programs["libfaketime"], self.clock_file)
-            self.nodes.append(servers.node_proc(r, d, i, config, gate, http, rpc, env))
+            prefix = self.network.prefix(i) if self.network else ()
+            self.nodes.append(servers.node_proc(r, d, i, config, gate, http, rpc, env,
+                                                self.node_address(i), prefix))
         await gatherResults([n.start(timeout=90) for n in self.nodes])
         self.log(f"{self.size} nodes serving")
         self.haproxy = servers.haproxy_proc(r, self.programs["haproxy"], d, self.gate, self.api,
-                                            [(g, h) for g, h, _ in self.node_ports])
+                                            [(g, h) for g, h, _ in self.node_ports],
+                                            [self.node_address(i) for i in range(self.size)])
         await self.haproxy.start()
         await servers.wait_port(r, self.gate)
         await servers.wait_port(r, self.api)
@@ -118,6 +137,8 @@ class Cluster:
         for proc in (self.haproxy, self.redis, self.mariadb, self.rabbitmq):
             if proc is not None:
                 await proc.stop(signal.SIGTERM, 30)
+        if self.network is not None:
+            self.network.teardown()
 
     def kill_now(self) -> None:
         """At interpreter exit: nothing of ours may outlive the run."""
@@ -125,6 +146,8 @@ class Cluster:
             if proc is not None and proc.running:
                 proc.send(signal.SIGCONT)
                 proc.send(signal.SIGKILL)
+        if self.network is not None:
+            self.network.teardown()
 
 
 def latency(ledger: Ledger, phase: str) -> dict[str, float]:
@@ -145,7 +168,8 @@ async def run(reactor: Any, settings: Settings, programs: dict[str, str], direct
     """The whole run; the final rows and facts about the run."""
     cluster = Cluster(reactor, programs, directory, settings.nodes, log,
                       faketime="clock-step" in settings.faults,
-                      rabbitmq="rabbitmq-restart" in settings.faults)
+                      rabbitmq="rabbitmq-restart" in settings.faults,
+                      partition="node-partition" in settings.faults)
     trigger = reactor.addSystemEventTrigger("before", "shutdown", cluster.kill_now)
     ledger = Ledger()
     started = reactor.seconds()
@@ -262,8 +286,8 @@ async def on_frozen_node(cluster: Cluster, traffic: Traffic, name: str, n: int) 
     match = re.search(rb"node (\d+) serving", cluster.nodes[index].ready_line)
     if match is None:
         return set()
-    other = cluster.node_ports[(index + 1) % len(cluster.nodes)][1]
-    where = await traffic.where(other)
+    other = (index + 1) % len(cluster.nodes)
+    where = await traffic.where(cluster.node_ports[other][1], cluster.node_address(other))
     return {uid for uid, node in where.items() if node == int(match.group(1))}
 
 

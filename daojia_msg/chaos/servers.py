@@ -84,26 +84,29 @@ def rabbitmq_server() -> str | None:
     return next((path for path in found if os.access(path, os.X_OK)), None)
 
 
-def rabbitmq_env(directory: str, port: int, dist_port: int, name: str) -> dict[str, str]:
+def rabbitmq_env(directory: str, port: int, dist_port: int, name: str,
+                 also: str | None = None) -> dict[str, str]:
     """The environment of a private RabbitMQ node ``name``: AMQP on
     127.0.0.1:``port`` only, its Erlang distribution on ``dist_port``, no
     plugins, its database, logs (to stdout) and Erlang cookie (``HOME``) in
-    ``directory``/rabbitmq."""
+    ``directory``/rabbitmq. With ``also`` (the run's bridge address, see
+    :mod:`daojia_msg.chaos.netns`) AMQP listens there too and guest may log
+    in from it."""
     base = os.path.join(directory, "rabbitmq")
     for sub in ("home", "mnesia", "log"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     config = os.path.join(base, "rabbitmq.conf")
     with open(config, "w") as f:
         f.write(f"listeners.tcp.default = 127.0.0.1:{port}\n"
-                "loopback_users.guest = true\n"
-                "disk_free_limit.absolute = 10MB\n")
+                + (f"listeners.tcp.bridge = {also}:{port}\nloopback_users = none\n" if also
+                   else "loopback_users.guest = true\n")
+                + "disk_free_limit.absolute = 10MB\n")
     plugins = os.path.join(base, "enabled_plugins")
     with open(plugins, "w") as f:
         f.write("[].\n")
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
     return {**keep, "HOME": os.path.join(base, "home"),
-            "RABBITMQ_NODENAME": name, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_NODENAME": name, "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(dist_port),
             "RABBITMQ_MNESIA_BASE": os.path.join(base, "mnesia"),
             "RABBITMQ_LOG_BASE": os.path.join(base, "log"), "RABBITMQ_LOGS": "-",
             "RABBITMQ_CONFIG_FILE": config, "RABBITMQ_ENABLED_PLUGINS_FILE": plugins}
@@ -268,23 +271,28 @@ class RabbitProc(Proc, GroupProc):
         super().send(sig)
 
 
-def rabbitmq_proc(reactor: Any, path: str, directory: str, port: int, dist_port: int) -> Proc:
+def rabbitmq_proc(reactor: Any, path: str, directory: str, port: int, dist_port: int,
+                  also: str | None = None) -> Proc:
     name = f"chaos-{os.getpid()}-{port}@localhost"
     setsid = which("setsid") or "setsid"
-    return RabbitProc(reactor, "rabbitmq", [setsid, path], directory,
-                      b"Server startup complete", env=rabbitmq_env(directory, port, dist_port, name))
+    return RabbitProc(reactor, "rabbitmq", [setsid, path], directory, b"Server startup complete",
+                      env=rabbitmq_env(directory, port, dist_port, name, also))
 
 
-def redis_proc(reactor: Any, path: str, directory: str, port: int) -> Proc:
+def redis_proc(reactor: Any, path: str, directory: str, port: int,
+               also: str | None = None) -> Proc:
     data = os.path.join(directory, "redis")
     os.makedirs(data, exist_ok=True)
     return Proc(reactor, "redis", [
-        path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        path, "--port", str(port), "--bind", "127.0.0.1",
+        # On the run's bridge too (private: no uplink), without protected mode's refusal.
+        *([also, "--protected-mode", "no"] if also else []), "--save", "", "--appendonly", "no",
         "--dir", data, "--daemonize", "no", "--logfile", ""], directory,
         b"Ready to accept connections")
 
 
-def mariadb_proc(reactor: Any, programs: dict[str, str], directory: str, port: int) -> Proc:
+def mariadb_proc(reactor: Any, programs: dict[str, str], directory: str, port: int,
+                 also: str | None = None) -> Proc:
     """``mariadbd`` with a data directory of its own (initialised here, blocking),
     root without a password on loopback; ``--user=root`` so it runs as root in CI."""
     data = os.path.join(directory, "mariadb")
@@ -293,22 +301,31 @@ def mariadb_proc(reactor: Any, programs: dict[str, str], directory: str, port: i
                     "--skip-test-db"], check=True, capture_output=True, timeout=120)
     return Proc(reactor, "mariadb", [
         programs["mariadbd"], "--no-defaults", f"--datadir={data}", "--user=root",
-        f"--port={port}", "--bind-address=127.0.0.1",
+        f"--port={port}", "--bind-address=127.0.0.1" + (f",{also}" if also else ""),
+        "--skip-name-resolve",
         f"--socket={os.path.join(directory, 'mariadb.sock')}",
         f"--pid-file={os.path.join(directory, 'mariadb.pid')}",
         "--skip-log-bin", "--innodb-buffer-pool-size=64M", "--max-connections=500"],
         directory, b"ready for connections", env={})
 
 
-def create_database(port: int, name: str) -> str:
+def create_database(port: int, name: str, host: str = "127.0.0.1") -> str:
+    """The database; its URL for nodes that reach MariaDB at ``host`` (not
+    loopback: a user ``chaos`` for that /24, root being loopback only)."""
     import pymysql
 
     conn = pymysql.connect(host="127.0.0.1", port=port, user="root")
     try:
         with conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+            if host != "127.0.0.1":
+                hosts = host.rsplit(".", 1)[0] + ".%"
+                cur.execute(f"CREATE USER IF NOT EXISTS 'chaos'@'{hosts}' IDENTIFIED BY 'chaos'")
+                cur.execute(f"GRANT ALL ON `{name}`.* TO 'chaos'@'{hosts}'")
     finally:
         conn.close()
+    if host != "127.0.0.1":
+        return f"mysql://chaos:chaos@{host}:{port}/{name}"
     return f"mysql://root@127.0.0.1:{port}/{name}"
 
 
@@ -325,17 +342,18 @@ AMQP_TOPIC = "chaos-c2s-amqp"
 AMQP_QUEUE = "chaos-c2s-amqp"
 
 
-def amqp_url(port: int) -> str:
-    return f"amqp://guest:guest@127.0.0.1:{port}/"
+def amqp_url(port: int, host: str = "127.0.0.1") -> str:
+    return f"amqp://guest:guest@{host}:{port}/"
 
 
 def node_config(directory: str, i: int, redis_port: int, mysql_url: str,
-                amqp_port: int | None = None) -> str:
+                amqp_port: int | None = None, host: str = "127.0.0.1") -> str:
+    """Node ``i``'s configuration; ``host``: where it reaches Redis and RabbitMQ."""
     path = os.path.join(directory, f"node{i}.toml")
     with open(path, "w") as f:
         f.write(f"""
 [redis]
-url = "redis://127.0.0.1:{redis_port}/0"
+url = "redis://{host}:{redis_port}/0"
 key_prefix = "chaos:"
 [mysql]
 url = "{mysql_url}"
@@ -343,7 +361,7 @@ shards = 4
 pool_min = 2
 pool_max = 8
 [bus]
-url = "redis://127.0.0.1:{redis_port}/0"
+url = "redis://{host}:{redis_port}/0"
 [cluster]
 heartbeat_s = 0.5
 ttl_s = 1.5
@@ -360,7 +378,7 @@ topic = "{TOPIC}"
 """)
         if amqp_port is not None:
             f.write(f"""[buses.rabbit]
-url = "{amqp_url(amqp_port)}"
+url = "{amqp_url(amqp_port, host)}"
 [[routes]]
 appcode = {APP}
 msgtype = {AMQP_MSGTYPE}
@@ -371,26 +389,31 @@ bus = "rabbit"
 
 
 def node_proc(reactor: Any, directory: str, i: int, config: str,
-              gate: int, http: int, rpc: int, env: dict[str, str] | None = None) -> Proc:
+              gate: int, http: int, rpc: int, env: dict[str, str] | None = None,
+              address: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Proc:
+    """Node ``i`` listening on ``address``; ``prefix`` runs it elsewhere (a
+    network namespace)."""
     home = os.path.join(directory, f"node{i}")
     os.makedirs(home, exist_ok=True)
     return Proc(reactor, f"node{i}", [
-        twistd(), "-n", "--pidfile=", "msgplatform", "--config", config,
+        *prefix, twistd(), "-n", "--pidfile=", "msgplatform", "--config", config,
         "--data-dir", home,
-        "--gate", f"haproxy:tcp:{gate}:interface=127.0.0.1:backlog=1024",
-        "--http", f"tcp:{http}:interface=127.0.0.1",
-        "--rpc", f"tcp:{rpc}:interface=127.0.0.1",
+        "--gate", f"haproxy:tcp:{gate}:interface={address}:backlog=1024",
+        "--http", f"tcp:{http}:interface={address}",
+        "--rpc", f"tcp:{rpc}:interface={address}",
         "--ws", "tcp:0:interface=127.0.0.1"], directory, b" serving", env=env)
 
 
 def haproxy_proc(reactor: Any, path: str, directory: str, gate: int, api: int,
-                 nodes: Sequence[tuple[int, int]]) -> Proc:
+                 nodes: Sequence[tuple[int, int]], hosts: Sequence[str] = ()) -> Proc:
     """HAProxy: phones on ``gate`` (send-proxy to the nodes' haproxy: gates), the
-    HTTP APIs on ``api``; ``nodes`` is (gate port, http port) per node."""
+    HTTP APIs on ``api``; ``nodes`` is (gate port, http port) per node, at
+    ``hosts`` (default loopback)."""
+    hosts = list(hosts) or ["127.0.0.1"] * len(nodes)
     config = os.path.join(directory, "haproxy.cfg")
-    gates = "\n".join(f"    server node{i} 127.0.0.1:{g} check port {h}"
+    gates = "\n".join(f"    server node{i} {hosts[i]}:{g} check port {h}"
                       for i, (g, h) in enumerate(nodes))
-    apis = "\n".join(f"    server node{i} 127.0.0.1:{h} check"
+    apis = "\n".join(f"    server node{i} {hosts[i]}:{h} check"
                      for i, (_, h) in enumerate(nodes))
     with open(config, "w") as f:
         f.write(f"""

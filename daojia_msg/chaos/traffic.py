@@ -148,12 +148,12 @@ class Traffic:
                                       for c in self.clients.values()])
         return sum(counts)
 
-    async def where(self, http_port: int) -> dict[int, int]:
+    async def where(self, http_port: int, host: str = "127.0.0.1") -> dict[int, int]:
         """uid -> the node id of its session (any node's HTTP API sees them all)."""
         found: dict[int, int] = {}
         for uid in self.uids:
             response = await treq.get(
-                f"http://127.0.0.1:{http_port}/v1/sessions?uid={uid}",
+                f"http://{host}:{http_port}/v1/sessions?uid={uid}",
                 headers=Headers({b"Authorization": [f"Bearer {self.api_key}".encode()]}), pool=self.pool,
                 timeout=self.answer_s)
             for session in (await response.json())["sessions"]:

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from daojia_msg.chaos import cli, faults, servers
+from daojia_msg.chaos import cli, faults, netns, servers
 
 
 class ArgumentTests(TestCase):
@@ -21,6 +21,7 @@ class ArgumentTests(TestCase):
     def test_defaults(self) -> None:
         self.patch(servers, "faketime_library", lambda: "/usr/lib/libfaketime.so.1")
         self.patch(servers, "rabbitmq_server", lambda: "/usr/lib/rabbitmq/bin/rabbitmq-server")
+        self.patch(netns, "available", lambda: "/sbin/ip")
         s = self.parse()
         self.assertEqual((s.nodes, s.rate, s.fault_seconds), (3, 100.0, 5.0))
         self.assertEqual(s.faults, tuple(faults.FAULTS))
@@ -33,11 +34,13 @@ class ArgumentTests(TestCase):
     def test_rabbitmq_restart_only_with_rabbitmq_server(self) -> None:
         self.patch(servers, "faketime_library", lambda: None)
         self.patch(servers, "rabbitmq_server", lambda: None)
+        self.patch(netns, "available", lambda: None)
         s = self.parse()
         self.assertNotIn("rabbitmq-restart", s.faults)
         self.assertEqual(cli.skipped(s, asked=False), [
             "clock-step skipped: libfaketime not found (apt-get install faketime)",
-            "rabbitmq-restart skipped: rabbitmq-server not found (apt-get install rabbitmq-server)"])
+            "rabbitmq-restart skipped: rabbitmq-server not found (apt-get install rabbitmq-server)",
+            "node-partition skipped: ip-netns not found (needs root and ip: apt-get install iproute2)"])
         self.assertEqual(cli.skipped(s, asked=True), [])
         self.assertIn("rabbitmq-restart", self.parse("--faults", "rabbitmq-restart").faults)
         self.patch(servers, "rabbitmq_server", lambda: "/r")
@@ -78,11 +81,12 @@ class ArgumentTests(TestCase):
         self.patch(servers.os, "access", lambda path, mode: False)
         err = io.StringIO()
         with redirect_stderr(err):
-            status = cli.main(["--short", "--faults", "node-kill,clock-step,rabbitmq-restart"])
+            status = cli.main(["--short", "--faults", "node-kill,clock-step,rabbitmq-restart,node-partition"])
         self.assertEqual(status, 2)
         text = err.getvalue()
         for line in ("libfaketime not found (for clock-step): apt-get install faketime",
                      "rabbitmq-server not found (for rabbitmq-restart): apt-get install rabbitmq-server",
+                     "ip-netns not found (for node-partition): needs root and ip",
                      "mariadb-install-db not found: apt-get install mariadb-server",
                      "redis-server not found: apt-get install redis-server",
                      "haproxy not found: apt-get install haproxy",

@@ -27,8 +27,7 @@ class RabbitMQTests(TestCase):
         env = servers.rabbitmq_env(self.directory, 41000, 41001, "chaos-1@localhost")
         base = os.path.join(self.directory, "rabbitmq")
         self.assertEqual({k: v for k, v in env.items() if k.startswith("RABBITMQ_")}, {
-            "RABBITMQ_NODENAME": "chaos-1@localhost", "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": "41000", "RABBITMQ_DIST_PORT": "41001",
+            "RABBITMQ_NODENAME": "chaos-1@localhost", "RABBITMQ_NODE_PORT": "41000", "RABBITMQ_DIST_PORT": "41001",
             "RABBITMQ_MNESIA_BASE": f"{base}/mnesia", "RABBITMQ_LOG_BASE": f"{base}/log",
             "RABBITMQ_LOGS": "-", "RABBITMQ_CONFIG_FILE": f"{base}/rabbitmq.conf",
             "RABBITMQ_ENABLED_PLUGINS_FILE": f"{base}/enabled_plugins"})
@@ -38,6 +37,10 @@ class RabbitMQTests(TestCase):
             self.assertIn("listeners.tcp.default = 127.0.0.1:41000\n", f.read())
         with open(f"{base}/enabled_plugins") as f:
             self.assertEqual(f.read(), "[].\n")
+        servers.rabbitmq_env(self.directory, 41000, 41001, "chaos-1@localhost", "10.231.7.1")
+        with open(f"{base}/rabbitmq.conf") as f:
+            text = f.read()
+        self.assertIn("listeners.tcp.bridge = 10.231.7.1:41000\nloopback_users = none\n", text)
 
     def test_started_in_a_session_of_its_own_and_killed_as_a_group(self) -> None:
         proc = servers.rabbitmq_proc(Clock(), "/r/rabbitmq-server", self.directory, 41000, 41001)
@@ -63,6 +66,20 @@ class RabbitMQTests(TestCase):
                                   (servers.AMQP_MSGTYPE, servers.AMQP_TOPIC, "rabbit")})
         plain = load_config(servers.node_config(self.directory, 1, 6390, url))
         self.assertEqual((dict(plain.buses), len(plain.routes)), ({}, 1))
+        bridged = load_config(servers.node_config(self.directory, 2, 6390, url, 41000, "10.231.7.1"))
+        self.assertEqual(bridged.buses, {"rabbit": "amqp://guest:guest@10.231.7.1:41000/"})
+        self.assertIn("10.231.7.1:6390", bridged.redis.url)
+
+    def test_nodes_in_a_namespace_listen_on_its_address(self) -> None:
+        proc = servers.node_proc(Clock(), self.directory, 1, "n.toml", 1, 2, 3, None,
+                                 "10.231.7.11", ["ip", "netns", "exec", "chaos1-1"])
+        self.assertEqual(proc.argv[:4], ["ip", "netns", "exec", "chaos1-1"])
+        self.assertIn("tcp:3:interface=10.231.7.11", proc.argv)
+        servers.haproxy_proc(Clock(), "haproxy", self.directory, 5, 6, [(1, 2)], ["10.231.7.10"])
+        with open(os.path.join(self.directory, "haproxy.cfg")) as f:
+            text = f.read()
+        self.assertIn("server node0 10.231.7.10:1 check port 2", text)
+        self.assertIn("server node0 10.231.7.10:2 check", text)
 
     def test_read_back_decodes_envelopes_and_skips_the_rest(self) -> None:
         body = pb.Message(msgid=77, content=b"chaos c2s-amqp 3").SerializeToString()
