@@ -24,11 +24,19 @@ FIRST_HOST = 10
 
 
 def available() -> str | None:
-    """The ``ip`` program if this process may create namespaces (root), else None."""
+    """The ``ip`` program if this process may create namespaces, else None:
+    root, and a namespace made and removed (a container may refuse it)."""
     from daojia_msg.chaos.servers import which
 
     path = which("ip")
-    return path if path is not None and os.geteuid() == 0 else None
+    if path is None or os.geteuid() != 0:
+        return None
+    probe = f"chaosprobe{os.getpid()}"
+    made = subprocess.run([path, "netns", "add", probe], capture_output=True, timeout=30)
+    if made.returncode != 0:
+        return None
+    subprocess.run([path, "netns", "del", probe], capture_output=True, timeout=30)
+    return path
 
 
 def free_subnet(addresses: str, base: str = "10.231") -> str:
