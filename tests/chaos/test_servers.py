@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -19,7 +18,8 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 class RabbitMQTests(TestCase):
     def setUp(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="msgp-chaos-test-")
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
 
     def test_environment_and_files_are_its_own(self) -> None:
         self.patch(os, "environ", {"PATH": "/bin", "RABBITMQ_NODENAME": "rabbit@host",
