@@ -12,7 +12,8 @@ bound to is accepted by the broker and dropped, as AMQP does.
 
 Nothing is queued while disconnected: :meth:`AmqpBus.publish` fails at once.
 When the connection (or the channel) is lost every unconfirmed publish fails
-with :class:`BusUnavailable`, whatever pika does with its own Deferreds, and
+with :class:`BusTimeout` (the broker may have stored it: the sender is told
+TIMEOUT, not UNAVAILABLE), whatever pika does with its own Deferreds, and
 the bus reconnects by itself (:mod:`daojia_msg.bus.amqp_connection`: the URL,
 the backoff). The app server's side is :mod:`daojia_msg.bus.amqp_consumer`.
 """
@@ -43,7 +44,7 @@ from daojia_msg.bus.amqp_connection import (
 from daojia_msg.bus.envelope import CONTENT_TYPE
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.config import BusConfig
-from daojia_msg.core.errors import BusUnavailable
+from daojia_msg.core.errors import BusTimeout, BusUnavailable
 
 PERSISTENT = 2
 
@@ -161,13 +162,17 @@ class AmqpBus(Reconnecting):
         if failure.check(NackError):
             d.errback(BusUnavailable(f"RabbitMQ refused (nack) the publish to topic {topic!r}"))
         else:
-            d.errback(BusUnavailable(f"RabbitMQ channel closed before confirming: "
-                                     f"{explain(failure)}"))
+            d.errback(BusTimeout(f"RabbitMQ channel closed before confirming: "
+                                 f"{explain(failure)}: the broker may have it"))
 
     def _fail_outstanding(self, why: str) -> int:
+        """Fail the publishes sent and not confirmed: the broker may have
+        stored them before it went (a TIMEOUT for the sender, "may or may
+        not", never UNAVAILABLE, which would invite a resend of a message the
+        broker kept: a double)."""
         outstanding, self._outstanding = self._outstanding, set()
         for d in outstanding:
-            d.errback(BusUnavailable(why))
+            d.errback(BusTimeout(f"{why}: the broker may have it"))
         return len(outstanding)
 
     # -- the connection
