@@ -30,7 +30,7 @@ from daojia_msg.gate.protocol import GateProtocol, transport_name
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.counters import TRANSPORTS, GateCounters
-from daojia_msg.protocol.codes import Code, KickReason
+from daojia_msg.protocol.codes import CLIENT_REQUESTS, Cmd, Code, KickReason
 from daojia_msg.protocol.errors import RateLimited
 
 
@@ -85,7 +85,8 @@ class GateFactory(ServerFactory):
         self.peers = PeerCounter(limits.max_conn_per_ip)
         self.connections: set[GateProtocol] = set()
         #: LOGINs by result, KICKOUTs by reason, refusals by code (``/metrics``).
-        self.counters = GateCounters([c.name for c in Code], [r.name for r in KickReason])
+        self.counters = GateCounters([c.name for c in Code], [r.name for r in KickReason],
+                                     [Cmd(c).name for c in CLIENT_REQUESTS])
         self.refused = 0
         self._empty_waiters: list[Deferred[None]] = []
         #: The C2S buses lag: no connection reads its socket until this clears.

@@ -95,8 +95,9 @@ RESPONSE_TYPES: dict[int, type[PbMessage]] = {
 }
 MAX_SEQ = 0xFFFFFFFF
 
-#: Result-code names by value, for the counters' labels.
+#: Result-code and command names by value, for the counters' labels.
 CODE_NAMES = {code.value: code.name for code in Code}
+COMMAND_NAMES: dict[int, str] = {int(cmd): Cmd(cmd).name for cmd in CLIENT_REQUESTS}
 
 
 def transport_name(transport: object) -> str:
@@ -270,6 +271,7 @@ class GateProtocol(Protocol):
             return 0
         seq = self._next_seq()
         frame = encode(cmd, session.appcode, msgtype, session.uid, seq, body)
+        self.factory.counters.bytes_out += len(frame)
         if self._held is not None:
             self._held.append(frame)
         else:
@@ -310,7 +312,9 @@ class GateProtocol(Protocol):
         uid, appcode = (session.uid, session.appcode) if session else (0, 0)
         self.factory.counters.kickouts.inc(KickReason(reason_code).name)
         body = pb.Kickout(reason_code=reason_code, reason=reason).SerializeToString()
-        self.transport.write(encode(Cmd.KICKOUT, appcode, 0, uid, self._next_seq(), body))  # type: ignore[union-attr]
+        frame = encode(Cmd.KICKOUT, appcode, 0, uid, self._next_seq(), body)
+        self.factory.counters.bytes_out += len(frame)
+        self.transport.write(frame)  # type: ignore[union-attr]
         self.log.info("kickout {uid}@{appcode} at {peer}: {reason}", uid=uid, appcode=appcode,
                       peer=self.peer, reason=KickReason(reason_code).name)
         self.close()
@@ -326,6 +330,7 @@ class GateProtocol(Protocol):
             if self.host is None and not self._admit():
                 return
         self._last_rx = self.clock.seconds()
+        self.factory.counters.bytes_in += len(data)
         self._decoder.feed(data)
         self._process()
 
@@ -394,6 +399,7 @@ class GateProtocol(Protocol):
         if cmd not in CLIENT_REQUESTS:
             self._reply_error(frame, Code.UNKNOWN_CMD, f"unknown command {cmd:#04x}")
             return
+        self.factory.counters.requests.inc(COMMAND_NAMES[cmd])
         session = self.session
         if session is None:
             if cmd not in BEFORE_LOGIN:
@@ -538,10 +544,10 @@ class GateProtocol(Protocol):
     def _reply_body(self, frame: Frame, body: bytes) -> None:
         if self._closing and frame.cmd != Cmd.LOGOUT:
             return
-        self.transport.write(  # type: ignore[union-attr]
-            encode(frame.cmd | RESPONSE_BIT, frame.appcode, frame.msgtype, frame.uid,
-                   frame.sequenceid, body)
-        )
+        answer = encode(frame.cmd | RESPONSE_BIT, frame.appcode, frame.msgtype, frame.uid,
+                        frame.sequenceid, body)
+        self.factory.counters.bytes_out += len(answer)
+        self.transport.write(answer)  # type: ignore[union-attr]
 
     def _reply_error(self, frame: Frame, code: int, reason: str) -> None:
         if self._closing:

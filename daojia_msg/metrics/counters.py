@@ -26,11 +26,18 @@ TRANSPORTS = ("tcp", "tls", "websocket")
 
 class GateCounters:
     """What the gate counts for ``/metrics``: answered LOGINs by result, KICKOUTs
-    by reason, and answers with a non-OK code by that code. The label values
-    (result-code and kickout-reason names) are given up front by the gate."""
+    by reason, answers with a non-OK code by that code, requests by command,
+    bytes in and out. The label values (result-code, kickout-reason and
+    command names) are given up front by the gate."""
 
-    def __init__(self, codes: Iterable[str], reasons: Iterable[str]) -> None:
+    def __init__(self, codes: Iterable[str], reasons: Iterable[str],
+                 commands: Iterable[str] = ()) -> None:
         codes = tuple(codes)
         self.logins = LabeledCounter(codes)
         self.kickouts = LabeledCounter(reasons)
         self.refused = LabeledCounter(code for code in codes if code != "OK")
+        #: Client requests by command (known commands only).
+        self.requests = LabeledCounter(commands)
+        #: Bytes read from and written to the gate's connections.
+        self.bytes_in = 0
+        self.bytes_out = 0

@@ -18,7 +18,9 @@ into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
 - ``msgplatform_logins_total{result}`` (answered LOGINs by result code name),
   ``msgplatform_kickouts_total{reason}`` (KICKOUTs sent, by reason name),
   ``msgplatform_frames_refused_total{code}`` (answers with a non-OK code, by
-  its name) and ``msgplatform_gate_connections{transport}`` (open connections
+  its name), ``msgplatform_requests_total{cmd}`` (client requests by command),
+  ``msgplatform_gate_bytes_received_total`` / ``_sent_total`` and
+  ``msgplatform_gate_connections{transport}`` (open connections
   over tcp, tls, websocket), from the gate's
   :class:`~daojia_msg.metrics.counters.GateCounters`;
 - ``msgplatform_reactor_lag_seconds``: how late the reactor runs a due timer
@@ -133,10 +135,18 @@ class StatsCollector:
             ("kickouts", "reason", "KICKOUTs sent, by reason.", gate and gate.kickouts),
             ("frames_refused", "code", "Answers with a non-OK result code, by code.",
              gate and gate.refused),
+            ("requests", "cmd", "Client requests by command.", gate and gate.requests),
         ):
             family = CounterMetricFamily(f"{PREFIX}_{name}", text, labels=(label,))
             for value, count in (sorted(counter.counts.items()) if counter else []):
                 family.add_metric([value.lower()], count)
+            yield family
+        for direction, text, attribute in (
+                ("received", "Bytes read from the gate's connections.", "bytes_in"),
+                ("sent", "Bytes written to the gate's connections.", "bytes_out")):
+            family = CounterMetricFamily(f"{PREFIX}_gate_bytes_{direction}", text)
+            if gate is not None:
+                family.add_metric([], getattr(gate, attribute))
             yield family
         transports = GaugeMetricFamily(f"{PREFIX}_gate_connections",
                                        "Open gate connections by transport.",

@@ -56,6 +56,12 @@ class GateCounterTests(WSNodeTestCase):
         self.assertEqual(delta("msgplatform_frames_refused_total", "code", "unauthorized"), 1)
         self.assertEqual(delta("msgplatform_frames_refused_total", "code", "bad_request"), 1)
         self.assertEqual(delta("msgplatform_frames_refused_total", "code", "rate_limited"), 0)
+        self.assertGreaterEqual(delta("msgplatform_requests_total", "cmd", "login"), 4)
+        self.assertEqual(delta("msgplatform_requests_total", "cmd", "c2c"), 1)
+        self.assertEqual(delta("msgplatform_requests_total", "cmd", "ack"), 1)
+        for direction in ("received", "sent"):
+            key = (f"msgplatform_gate_bytes_{direction}_total", ())
+            self.assertGreater(after[key] - before[key], 32 * 6)  # six frames at least
         transports = {t: after[("msgplatform_gate_connections", (("transport", t),))]
                       for t in ("tcp", "tls", "websocket")}
         self.assertEqual(transports["websocket"], 2)
