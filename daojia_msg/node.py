@@ -58,7 +58,7 @@ from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, ISessionStore
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.bus import register_bus_metrics
-from daojia_msg.metrics.cluster import LeaseCollector, register_rpc_metrics
+from daojia_msg.metrics.cluster import LeaseCollector, RedisCollector, register_rpc_metrics
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import make_registry
@@ -206,6 +206,8 @@ class Node(MultiService):
                              lambda: self.router.pending, config.bus.max_pending)
         register_rpc_metrics(registry, lambda: (self.peers.calls, self.peers.latency)
                              if self.peers is not None else None)
+        registry.register(RedisCollector(
+            lambda: (self.redis.latency, self.redis.errors) if self.redis is not None else None))
         registry.register(LeaseCollector(
             lambda: self.registry.lease_age() if self.registry is not None else None,
             config.cluster.ttl_s))

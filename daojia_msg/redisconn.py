@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from typing import Any, cast
 
 import txredisapi
@@ -45,6 +46,7 @@ from twisted.python.failure import Failure
 from daojia_msg.config import ConfigError, RedisConfig, parse_redis_url
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.deadlines import Deadlines
+from daojia_msg.metrics.histograms import LabeledHistogram
 
 log = Logger()
 
@@ -149,6 +151,11 @@ def _raise_error_reply(reply: Any) -> Any:
     return reply
 
 
+#: Upper bounds of the Redis reply-time buckets, seconds.
+REDIS_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                 0.5, 1.0, 2.5)
+
+
 class Redis:
     """A connected pool; ``prefix`` starts every key of this platform.
 
@@ -170,6 +177,11 @@ class Redis:
         self.replies = Deadlines(clock, timeout, "redis replies")
         #: The backstop deadline of the commands that go through the pool.
         self.deadlines = Deadlines(clock, timeout * DEADLINE_FACTOR, "redis pool calls")
+        #: The replies' time by command (``time.perf_counter`` seconds; the
+        #: commands written straight to a connection, nearly all) and the
+        #: failures by kind (timeout, error, connection), for the metrics.
+        self.latency = LabeledHistogram(REDIS_SECONDS)
+        self.errors = dict.fromkeys(("timeout", "error", "connection"), 0)
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(map(str, parts))
@@ -211,10 +223,12 @@ class Redis:
         except Exception:
             return fail().addErrback(self._failed, args[0], self.timeout)
         d: Deferred[Any] = self.replies.watch(reply)
-        return d.addCallbacks(self._replied, self._no_reply, callbackArgs=(args[0],),
+        return d.addCallbacks(self._replied, self._no_reply,
+                              callbackArgs=(args[0], time.perf_counter()),
                               errbackArgs=(conn, args[0]))
 
-    def _replied(self, reply: Any, command: str) -> Any:
+    def _replied(self, reply: Any, command: str, started: float) -> Any:
+        self.latency.observe(command, time.perf_counter() - started)
         if isinstance(reply, Exception):  # an error reply, or the connection was lost
             self._failed(Failure(reply), command, self.timeout)
         return reply
@@ -228,13 +242,17 @@ class Redis:
 
     def _failed(self, failure: Failure, command: str, timeout: float) -> None:
         e = failure.value
+        errors = self.errors
         if isinstance(e, DeferredTimeout):
+            errors["timeout"] += 1
             raise StoreUnavailable(f"redis {command}: no reply within {timeout:g} s") from None
         if isinstance(e, txredisapi.ResponseError):
             if not str(e).startswith("NOSCRIPT"):  # Script loads it: not an error
+                errors["error"] += 1
                 log.error("redis {command} failed: {error}", command=command, error=str(e))
             raise StoreUnavailable(f"redis {command}: {e}") from e
         if isinstance(e, (txredisapi.ConnectionError, txredisapi.RedisError)):
+            errors["connection"] += 1
             raise StoreUnavailable(f"redis {command}: {e}") from e
         failure.raiseException()
 

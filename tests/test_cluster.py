@@ -136,6 +136,10 @@ class ClusterTests(TwoNodes):
             samples[("msgplatform_rpc_call_seconds_count", (("peer", peer),))], 1)
         self.assertLess(samples[("msgplatform_lease_age_seconds", ())],
                         samples[("msgplatform_lease_ttl_seconds", ())])
+        redis_replies = sum(v for (name, _), v in samples.items()
+                            if name == "msgplatform_redis_command_seconds_count")
+        self.assertGreater(redis_replies, 3)  # logins, routing, at the least
+        self.assertEqual(samples[("msgplatform_redis_errors_total", (("kind", "timeout"),))], 0)
 
     async def raw_login(self, node: Node, uid: int, token: str) -> int:
         """One LOGIN on a connection of its own; the code it is answered with."""

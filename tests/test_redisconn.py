@@ -94,6 +94,7 @@ class DirectTests(SynchronousTestCase):
         self.conn.connectionLost(None)
         self.assertIn("Lost connection", str(self.failureResultOf(second, StoreUnavailable).value))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.redis.errors, {"timeout": 1, "error": 0, "connection": 1})
 
     def test_a_stalled_node_reads_the_reply_it_was_late_for(self) -> None:
         """The node was busy past the deadline (the timer runs late): the reply
@@ -115,6 +116,8 @@ class DirectTests(SynchronousTestCase):
         self.conn.dataReceived(b"-ERR value is not an integer\r\n")
         self.assertEqual(str(self.failureResultOf(d, StoreUnavailable).value),
                          "redis INCR: ERR value is not an integer")
+        self.assertEqual(self.redis.errors["error"], 1)
+        self.assertEqual(sum(self.redis.latency.counts["INCR"]), 1)  # a reply all the same
 
     def test_dead_or_busy_connection_goes_through_the_pool(self) -> None:
         self.conn.pipelining = True

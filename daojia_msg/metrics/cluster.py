@@ -5,6 +5,10 @@
   result (``ok``, ``timeout``, ``refused``, ``unavailable``: not sent, the
   peer is gone or being backed off from, ``error``);
 - ``msgplatform_rpc_call_seconds{peer}``: answered calls' time, a histogram;
+- ``msgplatform_redis_command_seconds{command}``: Redis replies' time by
+  command (the node's pool: sessions, routing, statistics), and
+  ``msgplatform_redis_errors_total{kind}`` (``timeout``, ``error``,
+  ``connection``); empty without Redis;
 - ``msgplatform_lease_age_seconds`` against ``msgplatform_lease_ttl_seconds``:
   how long ago this node last renewed its node-id lease in Redis (past the
   TTL, other nodes take it for dead); no sample on one node.
@@ -85,3 +89,36 @@ class LeaseCollector:
 
     def describe(self) -> Iterator[Metric]:
         return self._families(with_values=False)
+
+
+REDIS_HELP = "Redis replies' time, by command (the node's pool)."
+REDIS_ERRORS_HELP = "Redis commands that failed, by kind (timeout, error, connection)."
+
+
+class RedisCollector:
+    """Reads ``source()``: the pool's ``(latency, errors)``, or None without Redis."""
+
+    def __init__(self, source: Callable[[], tuple[LabeledHistogram, Mapping[str, int]] | None]
+                 ) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        found = self.source()
+        errors = CounterMetricFamily("msgplatform_redis_errors", REDIS_ERRORS_HELP,
+                                     labels=("kind",))
+        if found is None:
+            yield HistogramMetricFamily("msgplatform_redis_command_seconds", REDIS_HELP,
+                                        labels=("command",))
+            yield errors
+            return
+        latency, counts = found
+        yield from HistogramCollector("msgplatform_redis_command_seconds", REDIS_HELP, "command",
+                                      latency).collect()
+        for kind, count in sorted(counts.items()):
+            errors.add_metric([kind], count)
+        yield errors
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily("msgplatform_redis_command_seconds", REDIS_HELP,
+                                    labels=("command",))
+        yield CounterMetricFamily("msgplatform_redis_errors", REDIS_ERRORS_HELP, labels=("kind",))
