@@ -25,7 +25,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
-from daojia_msg.chaos.servers import free_ports
+from daojia_msg.chaos.servers import free_ports, haproxy_config
 from daojia_msg.client.client import MsgClient
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.tracing import read_trace
@@ -101,29 +101,9 @@ api_key = "demo-key-1001"
 
     def write_haproxy(self, front: int, gates: list[int], https: list[int]) -> str:
         path = os.path.join(self.dir, "haproxy.cfg")
-        servers = "\n".join(
-            f"    server node{i} 127.0.0.1:{g} check port {h}"
-            for i, (g, h) in enumerate(zip(gates, https, strict=True))
-        )
+        [api] = free_ports(1)
         with open(path, "w") as f:
-            f.write(f"""
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 60s
-    timeout server 60s
-    timeout tunnel 60s
-frontend gate
-    bind 127.0.0.1:{front}
-    default_backend nodes
-backend nodes
-    balance leastconn
-    retries 3
-    option redispatch
-    option httpchk GET /healthz
-    default-server inter 300ms fall 1 rise 1 send-proxy
-{servers}
-""")
+            f.write(haproxy_config(front, api, list(zip(gates, https, strict=True))))
         return path
 
     async def test_sigkill_mid_stream(self) -> None:

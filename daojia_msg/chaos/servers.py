@@ -404,19 +404,17 @@ def node_proc(reactor: Any, directory: str, i: int, config: str,
         "--ws", "tcp:0:interface=127.0.0.1"], directory, b" serving", env=env)
 
 
-def haproxy_proc(reactor: Any, path: str, directory: str, gate: int, api: int,
-                 nodes: Sequence[tuple[int, int]], hosts: Sequence[str] = ()) -> Proc:
-    """HAProxy: phones on ``gate`` (send-proxy to the nodes' haproxy: gates), the
-    HTTP APIs on ``api``; ``nodes`` is (gate port, http port) per node, at
-    ``hosts`` (default loopback)."""
+def haproxy_config(gate: int, api: int, nodes: Sequence[tuple[int, int]],
+                   hosts: Sequence[str] = ()) -> str:
+    """An HAProxy config: phones on ``gate`` (send-proxy to the nodes' haproxy:
+    gates, checked on their ``/healthz``), the HTTP APIs on ``api``; ``nodes``
+    is (gate port, http port) per node, at ``hosts`` (default loopback)."""
     hosts = list(hosts) or ["127.0.0.1"] * len(nodes)
-    config = os.path.join(directory, "haproxy.cfg")
     gates = "\n".join(f"    server node{i} {hosts[i]}:{g} check port {h}"
                       for i, (g, h) in enumerate(nodes))
     apis = "\n".join(f"    server node{i} {hosts[i]}:{h} check"
                      for i, (_, h) in enumerate(nodes))
-    with open(config, "w") as f:
-        f.write(f"""
+    return f"""
 global
     maxconn 4000
 defaults
@@ -448,5 +446,13 @@ backend apis
     option httpchk GET /healthz
     default-server inter 300ms fall 1 rise 1
 {apis}
-""")
+"""
+
+
+def haproxy_proc(reactor: Any, path: str, directory: str, gate: int, api: int,
+                 nodes: Sequence[tuple[int, int]], hosts: Sequence[str] = ()) -> Proc:
+    """HAProxy with :func:`haproxy_config`, its config file in ``directory``."""
+    config = os.path.join(directory, "haproxy.cfg")
+    with open(config, "w") as f:
+        f.write(haproxy_config(gate, api, nodes, hosts))
     return Proc(reactor, "haproxy", [path, "-db", "-f", config], directory, None)
