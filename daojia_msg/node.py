@@ -61,7 +61,7 @@ from daojia_msg.metrics.bus import register_bus_metrics
 from daojia_msg.metrics.cluster import LeaseCollector, RedisCollector, register_rpc_metrics
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
-from daojia_msg.metrics.registry import make_registry
+from daojia_msg.metrics.registry import DeliveryGauges, make_registry
 from daojia_msg.metrics.store import StoreMetrics
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
@@ -201,6 +201,8 @@ class Node(MultiService):
         registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local),
                                  self.logic.sessions.throttled, self.gate.counters,
                                  self.gate.transports)
+        registry.register(DeliveryGauges(self.logic.unacked_by_kind,
+                                         self.logic.routing.retries_waiting))
         store_metrics = StoreMetrics(registry)
         register_bus_metrics(registry, self.router.published, self.router.errors,
                              lambda: self.router.pending, config.bus.max_pending)

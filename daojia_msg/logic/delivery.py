@@ -10,7 +10,7 @@ window and simply stays pending in the store for PULL (docs/protocol.md §6.3).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -78,6 +78,10 @@ class DeliveryWindow:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def routes(self) -> Iterator[object]:
+        """The routes of the pushes awaiting their ACK (for the metrics)."""
+        return (entry.route for entry in self._entries.values())
 
     def __contains__(self, msgid: int) -> bool:
         return msgid in self._entries

@@ -99,6 +99,10 @@ class Routing:
         self._push(session, msg)
         return True
 
+    def retries_waiting(self) -> int:
+        """Deliveries to an unreachable node waiting for their next try."""
+        return sum(1 for call in self._delivery_retries if call.active())
+
     def stored_offline(self, msg: StoredMessage) -> None:
         self.ctx.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "stored")
         if tracing.MESSAGES.listeners:

@@ -180,6 +180,17 @@ class LogicService(Service):
     def deliver_local(self, session_id: str, msg: StoredMessage) -> bool:
         return self.routing.deliver_local(session_id, msg)
 
+    def unacked_by_kind(self) -> dict[str, int]:
+        """Pushes awaiting their ACK on this node's sessions, by kind (C2C,
+        S2C), and deliveries waiting to retry a peer (``retry``): the metrics'
+        messages in flight."""
+        counts = {"C2C": 0, "S2C": 0}
+        for session in list(self.sessions.local.values()):
+            for route in session.window.routes():
+                kind = route[2].name  # type: ignore[index]
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def kick_local(self, uid: int, appcode: int, session_id: str, reason_code: int,
                    reason: str) -> bool:
         return self.sessions.kick_local(uid, appcode, session_id, reason_code, reason)

@@ -182,3 +182,32 @@ def make_registry(
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
+
+
+class DeliveryGauges:
+    """``msgplatform_messages_unacked{kind}`` (pushes awaiting their ACK on this
+    node's sessions) and ``msgplatform_delivery_retries_waiting`` (deliveries
+    to an unreachable peer waiting for their next try), read at scrape time."""
+
+    def __init__(self, unacked: Callable[[], dict[str, int]], retries: Callable[[], int]) -> None:
+        self.unacked = unacked
+        self.retries = retries
+
+    def _families(self, with_values: bool) -> Iterator[Metric]:
+        unacked = GaugeMetricFamily(f"{PREFIX}_messages_unacked",
+                                    "Pushes awaiting their ACK on this node's sessions, by kind.",
+                                    labels=("kind",))
+        retries = GaugeMetricFamily(f"{PREFIX}_delivery_retries_waiting",
+                                    "Deliveries to an unreachable node waiting for their next try.")
+        if with_values:
+            for kind, count in sorted(self.unacked().items()):
+                unacked.add_metric([kind], count)
+            retries.add_metric([], self.retries())
+        yield unacked
+        yield retries
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(with_values=True)
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(with_values=False)
