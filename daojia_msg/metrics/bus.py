@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
-from daojia_msg.metrics.histograms import HistogramCollector, LabeledHistogram
+from daojia_msg.metrics.histograms import HistogramCollector, LabeledHistogram, ScrapeCollector
 
 
-class BusCollector:
+class BusCollector(ScrapeCollector):
     def __init__(self, errors: Mapping[str, int], pending: Callable[[], int],
                  max_pending: int) -> None:
         self.errors = errors
@@ -42,12 +42,6 @@ class BusCollector:
             pending.add_metric([], self.pending())
             cap.add_metric([], self.max_pending)
         yield from (errors, pending, cap)
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(with_values=True)
-
-    def describe(self) -> Iterator[Metric]:
-        return self._families(with_values=False)
 
 
 def register_bus_metrics(registry: CollectorRegistry, published: LabeledHistogram,

@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import CollectorRegistry
 
-from daojia_msg.metrics.histograms import HistogramCollector, LabeledHistogram
+from daojia_msg.metrics.histograms import HistogramCollector, LabeledHistogram, ScrapeCollector
 
 CALLS_HELP = "Internal RPC calls to each peer node, by result."
 SECONDS_HELP = "Internal RPC calls answered: their time, per peer node."
@@ -64,7 +64,7 @@ def register_rpc_metrics(registry: CollectorRegistry, source: Callable[[], tuple
     registry.register(RpcCollector(source))
 
 
-class LeaseCollector:
+class LeaseCollector(ScrapeCollector):
     """``age()``: seconds since the lease's last renewal, or None (no lease)."""
 
     def __init__(self, age: Callable[[], float | None], ttl_s: float) -> None:
@@ -83,12 +83,6 @@ class LeaseCollector:
             ttl.add_metric([], self.ttl_s)
         yield age
         yield ttl
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(with_values=True)
-
-    def describe(self) -> Iterator[Metric]:
-        return self._families(with_values=False)
 
 
 REDIS_HELP = "Redis replies' time, by command (the node's pool)."

@@ -17,6 +17,22 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 
+class ScrapeCollector:
+    """A prometheus_client collector whose families come from
+    ``_families(with_values)``: with their values at each scrape
+    (:meth:`collect`), without them when the registry describes it (so that
+    registering calls none of the callables it reads)."""
+
+    def _families(self, with_values: bool) -> Iterator[Metric]:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(with_values=True)
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(with_values=False)
+
+
 class LabeledHistogram:
     """Counts per bucket (upper bounds ``bounds``, then +Inf) and a sum, per
     value of one label; values are added as they are first seen, so give it

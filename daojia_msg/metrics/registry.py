@@ -50,6 +50,7 @@ from prometheus_client.utils import floatToGoString
 
 from daojia_msg.metrics.counters import LOGIN_THROTTLE_SCOPES, GateCounters, LabeledCounter
 from daojia_msg.metrics.delivery import COUNTERS, LATENCY_BUCKETS, Stats
+from daojia_msg.metrics.histograms import ScrapeCollector
 
 PREFIX = "msgplatform"
 ROUTE_LABELS = ("appcode", "msgtype", "kind")
@@ -64,7 +65,7 @@ _COUNTER_HELP = {
 }
 
 
-class StatsCollector:
+class StatsCollector(ScrapeCollector):
     """A prometheus_client custom collector over :class:`Stats` and two gauges.
 
     ``connections`` and ``sessions`` are called at each scrape.
@@ -155,15 +156,6 @@ class StatsCollector:
             transports.add_metric([transport], count)
         yield transports
 
-    def collect(self) -> Iterator[Metric]:
-        """The metric families with their current values (called per scrape)."""
-        return self._families(with_values=True)
-
-    def describe(self) -> Iterator[Metric]:
-        """The metric families without values: lets the registry check names
-        at registration without calling the gauges."""
-        return self._families(with_values=False)
-
 
 def make_registry(
     stats: Stats, connections: Callable[[], int], sessions: Callable[[], int],
@@ -184,7 +176,7 @@ def make_registry(
     return registry
 
 
-class DeliveryGauges:
+class DeliveryGauges(ScrapeCollector):
     """``msgplatform_messages_unacked{kind}`` (pushes awaiting their ACK on this
     node's sessions) and ``msgplatform_delivery_retries_waiting`` (deliveries
     to an unreachable peer waiting for their next try), read at scrape time."""
@@ -205,9 +197,3 @@ class DeliveryGauges:
             retries.add_metric([], self.retries())
         yield unacked
         yield retries
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(with_values=True)
-
-    def describe(self) -> Iterator[Metric]:
-        return self._families(with_values=False)
