@@ -33,7 +33,6 @@ from zope.interface import implementer
 
 from daojia_msg.bus.amqp_connection import (
     BACKOFF_INITIAL_S,
-    BACKOFF_MAX_S,
     CONNECT_TIMEOUT_S,
     Broker,
     BrokerConnection,
@@ -47,6 +46,10 @@ from daojia_msg.config import BusConfig
 from daojia_msg.core.errors import BusTimeout, BusUnavailable
 
 PERSISTENT = 2
+#: The node's bus tries to reconnect at most this long apart: while it is
+#: disconnected every C2S of its routes is refused, so it comes back within
+#: this of the broker (a consumer, which only waits, backs off further).
+PUBLISH_BACKOFF_MAX_S = 2.0
 
 
 @implementer(IMessageBus)
@@ -69,7 +72,7 @@ class AmqpBus(Reconnecting):
     def __init__(self, url: str, config: BusConfig, reactor: Any, *,
                  clock: IReactorTime | None = None,
                  backoff_initial_s: float = BACKOFF_INITIAL_S,
-                 backoff_max_s: float = BACKOFF_MAX_S,
+                 backoff_max_s: float = PUBLISH_BACKOFF_MAX_S,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S,
                  name: str = "msgplatform bus") -> None:
         super().__init__(Broker.parse(url, name), config.amqp_exchange, reactor, clock,
