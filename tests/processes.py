@@ -74,6 +74,33 @@ class NodeProcessesTestCase(TestCase):
         await delete_redis_keys(redis, self.prefix)
         await redis.close()
 
+    def write_config(self, name: str, shards: int, rpc_secret: str, extra: str = "") -> str:
+        """A node's config file in ``self.dir``: this test's Redis prefix and
+        MySQL database (``shards`` of it), quick heartbeats, demo app 1001,
+        and ``extra`` TOML (tables of its own); its path."""
+        path = os.path.join(self.dir, f"{name}.toml")
+        with open(path, "w") as f:
+            f.write(f"""
+[redis]
+url = "{self.redis_url}"
+key_prefix = "{self.prefix}"
+[mysql]
+url = "{self.mysql_url}"
+shards = {shards}
+pool_min = 1
+pool_max = 4
+[cluster]
+heartbeat_s = 0.5
+ttl_s = 1.5
+drain_grace_s = 0.0
+rpc_secret = "{rpc_secret}"
+[apps.1001]
+usersystem = "demo"
+secret = "demo-secret-1001"
+api_key = "demo-key-1001"
+{extra}""")
+        return path
+
     def spawn(self, name: str, argv: list[str], ready: bytes | None,
               stop_signal: int = signal.SIGKILL) -> Watched:
         """Run ``argv`` in ``self.dir`` until the test's cleanup, which ends it

@@ -71,34 +71,6 @@ class ThreeNodesBehindHAProxy(NodeProcessesTestCase):
         super().setUp()
         self.haproxy = require_haproxy()
 
-    def write_config(self, i: int) -> str:
-        path = os.path.join(self.dir, f"node{i}.toml")
-        with open(path, "w") as f:
-            f.write(f"""
-[log]
-json_file = "{self.dir}/node{i}.json"
-[redis]
-url = "{self.redis_url}"
-key_prefix = "{self.prefix}"
-[mysql]
-url = "{self.mysql_url}"
-shards = 4
-pool_min = 1
-pool_max = 4
-[cluster]
-heartbeat_s = 0.5
-ttl_s = 1.5
-drain_grace_s = 0.0
-rpc_secret = "e2e-rpc-secret-0123456789"
-[limits]
-ack_timeout_s = 2.0
-[apps.1001]
-usersystem = "demo"
-secret = "demo-secret-1001"
-api_key = "demo-key-1001"
-""")
-        return path
-
     def write_haproxy(self, front: int, gates: list[int], https: list[int]) -> str:
         path = os.path.join(self.dir, "haproxy.cfg")
         [api] = free_ports(1)
@@ -112,7 +84,9 @@ api_key = "demo-key-1001"
         nodes = []
         for i in range(3):
             nodes.append(self.spawn(f"node{i}", [
-                TWISTD, "-n", "--pidfile=", "msgplatform", "--config", self.write_config(i),
+                TWISTD, "-n", "--pidfile=", "msgplatform", "--config", self.write_config(
+                    f"node{i}", 4, "e2e-rpc-secret-0123456789",
+                    f'[log]\njson_file = "{self.dir}/node{i}.json"\n[limits]\nack_timeout_s = 2.0\n'),
                 "--gate", f"haproxy:tcp:{gates[i]}:interface=127.0.0.1",
                 "--http", f"tcp:{https[i]}:interface=127.0.0.1",
                 "--rpc", f"tcp:{rpcs[i]}:interface=127.0.0.1",

@@ -10,7 +10,6 @@ trace event) is asked again until it shows, within a deadline.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import uuid
@@ -42,38 +41,11 @@ class TraceAcrossNodes(NodeProcessesTestCase):
         super().setUp()
         self.pool = HTTPConnectionPool(R, persistent=False)
 
-    def write_config(self, i: int) -> str:
-        path = os.path.join(self.dir, f"node{i}.toml")
-        with open(path, "w") as f:
-            f.write(f"""
-[log]
-trace_buffer = 10000
-[redis]
-url = "{self.redis_url}"
-key_prefix = "{self.prefix}"
-[mysql]
-url = "{self.mysql_url}"
-shards = 2
-pool_min = 1
-pool_max = 4
-[cluster]
-heartbeat_s = 0.5
-ttl_s = 1.5
-drain_grace_s = 0.0
-rpc_secret = "ops-rpc-secret-0123456789"
-[apps.1001]
-usersystem = "demo"
-secret = "demo-secret-1001"
-api_key = "demo-key-1001"
-[apps.2001]
-usersystem = "taxi"
-secret = "taxi-secret-2001"
-api_key = "taxi-key-2001"
-""")
-        return path
-
     def spawn_node(self, i: int, gate: int, http: int, rpc: int) -> Watched:
-        argv = [TWISTD, "-n", "--pidfile=", "msgplatform", "--config", self.write_config(i),
+        argv = [TWISTD, "-n", "--pidfile=", "msgplatform", "--config", self.write_config(
+                    f"node{i}", 2, "ops-rpc-secret-0123456789",
+                    '[log]\ntrace_buffer = 10000\n[apps.2001]\nusersystem = "taxi"\n'
+                    'secret = "taxi-secret-2001"\napi_key = "taxi-key-2001"\n'),
                 "--gate", f"tcp:{gate}:interface=127.0.0.1",
                 "--http", f"tcp:{http}:interface=127.0.0.1",
                 "--rpc", f"tcp:{rpc}:interface=127.0.0.1", "--ws", "tcp:0:interface=127.0.0.1"]
