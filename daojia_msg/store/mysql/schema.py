@@ -10,6 +10,7 @@ the same time migrate a database one after the other (a named lock).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pymysql
@@ -31,11 +32,30 @@ _MESSAGE_DDL = f"""
     msgcontent MEDIUMBLOB NOT NULL"""
 _TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
 
+
+@dataclass(frozen=True, slots=True)
+class AddKey:
+    """``ALTER TABLE table ADD KEY name (columns)`` unless the table has that
+    key already (``information_schema``): an index added in a migration that
+    may run again (MySQL has no ``ADD KEY IF NOT EXISTS``; MariaDB has).
+    Built online (``ALGORITHM=INPLACE, LOCK=NONE``): writes go on meanwhile."""
+
+    table: str
+    name: str
+    columns: str
+
+    def __contains__(self, text: str) -> bool:  # "{n}" in statement: per shard table
+        return text in self.table
+
+    def format(self, n: int) -> AddKey:
+        return AddKey(self.table.format(n=n), self.name, self.columns)
+
+
 # Each entry migrates the schema from version i to i + 1; append, never edit.
 # Statements with "{n}" run once per shard table. MySQL commits DDL at once,
 # so every statement must be safe to run again (a start that died half-way
 # through a migration runs all of it again).
-MIGRATIONS: list[tuple[str, ...]] = [
+MIGRATIONS: list[tuple[str | AddKey, ...]] = [
     (
         f"""CREATE TABLE IF NOT EXISTS messages_{{n}} (
             msgid {_BIGINT},{_MESSAGE_DDL},
@@ -62,6 +82,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
             KEY created (created_ms)
         ) {_TABLE_OPTIONS}""",
     ),
+    # 2: history rows by age, for the retention's deletes (store.history_days).
+    (AddKey("history_{n}", "age", "msgid"),),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -137,7 +159,19 @@ def _migrate_locked_txn(txn: Any, name: str, index: int, count: int, shards: int
     for statements in MIGRATIONS[found:]:
         for statement in statements:
             for n in range(shards) if "{n}" in statement else [None]:
-                txn.execute(statement if n is None else statement.format(n=n))
+                _execute(txn, statement if n is None else statement.format(n=n))
     if found < SCHEMA_VERSION:
         txn.execute(sql(UPDATE_SCHEMA), (SCHEMA_VERSION,))
     return found
+
+
+def _execute(txn: Any, statement: str | AddKey) -> None:
+    if isinstance(statement, str):
+        txn.execute(statement)
+        return
+    txn.execute(sql("SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA ="
+                    " DATABASE() AND TABLE_NAME = ? AND INDEX_NAME = ?"),
+                (statement.table, statement.name))
+    if not txn.fetchone()[0]:
+        txn.execute(f"ALTER TABLE {statement.table} ADD KEY {statement.name}"
+                    f" ({statement.columns}), ALGORITHM=INPLACE, LOCK=NONE")

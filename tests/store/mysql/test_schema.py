@@ -113,3 +113,23 @@ class SchemaTests(TestCase):
         self.assertEqual(await pool.runInteraction(plan, history, (USERS, 1, 21)), "PRIMARY")
         by_peer = shard.select_history.format(before="", peer=" AND h.peer_uid = ?")
         self.assertEqual(await pool.runInteraction(plan, by_peer, (USERS, 1, 99, 21)), "peer")
+
+    async def test_history_age_key_added_by_migration_2(self) -> None:
+        """A version-1 database gets ``KEY age (msgid)`` on every history
+        table; run again (a start that died after the DDL) it adds nothing."""
+        url = fresh_database(self)
+        await (await started(self, mysql_config(url, shards=2))).stop()
+
+        def age_keys() -> set[str]:
+            return {r[0] for r in query(
+                url, "SELECT TABLE_NAME FROM information_schema.STATISTICS"
+                " WHERE TABLE_SCHEMA = DATABASE() AND INDEX_NAME = 'age'")}
+
+        self.assertEqual(age_keys(), {"history_0", "history_1"})
+        query(url, "ALTER TABLE history_0 DROP KEY age")
+        query(url, "UPDATE schema_version SET version = 1")
+        await (await started(self, mysql_config(url, shards=2))).stop()
+        self.assertEqual(age_keys(), {"history_0", "history_1"})
+        query(url, "UPDATE schema_version SET version = 1")  # the key is there: nothing to add
+        await started(self, mysql_config(url, shards=2))
+        self.assertEqual(query(url, "SELECT version FROM schema_version"), [(SCHEMA_VERSION,)])
