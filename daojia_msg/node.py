@@ -62,7 +62,7 @@ from daojia_msg.metrics.cluster import LeaseCollector, RedisCollector, register_
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import DeliveryGauges, make_registry
-from daojia_msg.metrics.store import StoreMetrics
+from daojia_msg.metrics.store import ReadsCollector, StoreMetrics
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.redisconn import Redis, connect
@@ -204,15 +204,16 @@ class Node(MultiService):
         registry.register(DeliveryGauges(self.logic.unacked_by_kind,
                                          self.logic.routing.retries_waiting))
         store_metrics = StoreMetrics(registry)
+        registry.register(ReadsCollector(getattr(self.store, "read_stats", None),
+                                         lambda: self.logic.answers.timeouts))
         register_bus_metrics(registry, self.router.published, self.router.errors,
-                             lambda: self.router.pending, config.bus.max_pending)
+                             lambda: self.router.pending, config.bus.max_pending,
+                             self.router.reconnects)
         register_rpc_metrics(registry, lambda: (self.peers.calls, self.peers.latency)
                              if self.peers is not None else None)
         registry.register(RedisCollector(
             lambda: (self.redis.latency, self.redis.errors) if self.redis is not None else None))
-        registry.register(LeaseCollector(
-            lambda: self.registry.lease_age() if self.registry is not None else None,
-            config.cluster.ttl_s))
+        registry.register(LeaseCollector(lambda: self.registry, config.cluster.ttl_s))
         committer = getattr(self.store, "committer", None)
         if committer is not None:  # the SQL stores: their write queue
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")

@@ -124,6 +124,8 @@ class ClusterTests(TwoNodes):
         self.assertEqual(stats["delivery_rate"], 1.0)
         # The delivery was an internal RPC from node 1 to node 2, on node 1's /metrics.
         self.node = self.node1
+        assert self.node1.registry is not None
+        await self.node1.registry.count_live_nodes()  # what each heartbeat does
         pool = HTTPConnectionPool(R, persistent=False)
         response = await treq.get(f"http://127.0.0.1:{self.port('http')}/metrics", pool=pool)
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -136,6 +138,9 @@ class ClusterTests(TwoNodes):
             samples[("msgplatform_rpc_call_seconds_count", (("peer", peer),))], 1)
         self.assertLess(samples[("msgplatform_lease_age_seconds", ())],
                         samples[("msgplatform_lease_ttl_seconds", ())])
+        self.assertGreaterEqual(
+            samples[("msgplatform_lease_renewals_total", (("result", "ok"),))], 1)
+        self.assertEqual(samples[("msgplatform_cluster_nodes_live", ())], 2)
         redis_replies = sum(v for (name, _), v in samples.items()
                             if name == "msgplatform_redis_command_seconds_count")
         self.assertGreater(redis_replies, 3)  # logins, routing, at the least

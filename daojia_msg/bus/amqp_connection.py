@@ -271,6 +271,9 @@ class Reconnecting:
         self._attempt: Deferred[None] | None = None
         self._proto: BrokerConnection | None = None
         self._stopped = False
+        #: Connections made again after the first (``/metrics``).
+        self.reconnects = 0
+        self._connected_once = False
 
     async def _attempt_connect(self) -> None:
         raise NotImplementedError
@@ -307,6 +310,8 @@ class Reconnecting:
                 self._attempt = None
             if not isinstance(result, Failure):
                 self._delay = self.backoff_initial_s
+                self.reconnects += self._connected_once
+                self._connected_once = True
                 self._connected()
             return result
 

@@ -7,6 +7,9 @@ from zope.interface import Interface
 
 
 class IMessageBus(Interface):
+    """A bus may also count ``reconnects`` (an int: connections to its
+    broker made again after a loss, for ``/metrics``); one without counts none."""
+
     def start():
         """Connect; fires with None when ready to publish."""
 

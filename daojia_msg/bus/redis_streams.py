@@ -77,6 +77,7 @@ from zope.interface import implementer
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.redis_streams_connection import (
     REPLY_TIMEOUT_S,
+    count_connections,
     gave_up,
     is_connected,
     open_connection,
@@ -159,7 +160,8 @@ class RedisStreamsBus:
 
     ``batches`` counts the batches sent and ``largest_batch`` is the most
     entries one of them carried (for metrics and tests); ``commands`` counts
-    the commands they took (one each, two after a ``NOSCRIPT``).
+    the commands they took (one each, two after a ``NOSCRIPT``);
+    ``reconnects`` the connections made after the first.
     """
 
     log = Logger()
@@ -191,6 +193,7 @@ class RedisStreamsBus:
         self.batches = 0
         self.largest_batch = 0
         self.commands = 0
+        self.reconnects = 0
 
     # -- IMessageBus ----------------------------------------------------------------
 
@@ -198,9 +201,9 @@ class RedisStreamsBus:
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        self._conn = await open_connection(
+        self._conn = count_connections(await open_connection(
             self.url, self.reactor, connect_timeout=self.reply_timeout,
-            reply_timeout=self.reply_timeout)
+            reply_timeout=self.reply_timeout), self._reconnected)
         self._stopped = False
         self.log.info("C2S bus: Redis Streams at {where}, MAXLEN ~ {maxlen}",
                       where=self.where, maxlen=self.config.stream_maxlen)
@@ -313,8 +316,12 @@ class RedisStreamsBus:
             return
         self._revived_at = now
         self.log.warn("Redis at {where} gave up reconnecting; connecting anew", where=self.where)
-        self._conn = replace(conn, self.url, connect_timeout=self.reply_timeout,
-                             reply_timeout=self.reply_timeout)
+        self._conn = count_connections(replace(
+            conn, self.url, connect_timeout=self.reply_timeout,
+            reply_timeout=self.reply_timeout), self._reconnected)
+
+    def _reconnected(self) -> None:
+        self.reconnects += 1
 
     def _sent(self, result: object, batch: list[_Pending]) -> None:
         self._in_flight = False

@@ -14,6 +14,7 @@ good when a SELECT or AUTH fails on a reconnect: the users check
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import txredisapi
@@ -90,6 +91,22 @@ def connect_lazily(url: RedisURL, *, connect_timeout: float, reply_timeout: floa
         url.host, url.port, dbid=url.db, reconnect=True, charset=None, convertNumbers=False,
         password=url.password or None, connectTimeout=connect_timeout,
         replyTimeout=reply_timeout)
+
+
+def count_connections(conn: Any, made: Callable[[], None]) -> Any:
+    """Call ``made()`` at each connection ``conn`` makes from now on, and
+    return ``conn``. txredisapi has no hook for it: its factory's
+    ``addConnection`` is wrapped, on this one instance."""
+    factory = conn._factory
+    add = factory.addConnection
+
+    def added(connection: Any) -> None:
+        add(connection)
+        if connection in factory.pool:
+            made()
+
+    factory.addConnection = added
+    return conn
 
 
 def replace(conn: Any, url: RedisURL, *, connect_timeout: float, reply_timeout: float) -> Any:

@@ -94,6 +94,11 @@ class BusRouter:
         self.errors: dict[str, int] = dict.fromkeys(
             (name or DEFAULT_NAME for name in self.buses), 0)
 
+    def reconnects(self) -> dict[str, int]:
+        """Each bus's reconnections so far, by bus name (for the metrics)."""
+        return {name or DEFAULT_NAME: getattr(bus, "reconnects", 0)
+                for name, bus in self.buses.items()}
+
     @property
     def default(self) -> IMessageBus:
         return self.buses[""]

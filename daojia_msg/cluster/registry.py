@@ -189,6 +189,9 @@ class NodeRegistry:
         self._taken_logged = False
         self._retry: IDelayedCall | None = None
         self._beat: Deferred[None] | None = None
+        #: Heartbeats by result, and the live nodes seen at the last one (``/metrics``).
+        self.renewals = {"ok": 0, "failed": 0}
+        self.live_seen: int | None = None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
 
@@ -294,7 +297,17 @@ class NodeRegistry:
     def _tick(self) -> Deferred[None] | None:
         if self._retry is not None and self._retry.active():
             return None  # cut off: the next try is due sooner
-        return self.heartbeat()
+        return self.heartbeat().addCallback(
+            lambda _: Deferred.fromCoroutine(self.count_live_nodes()))
+
+    async def count_live_nodes(self) -> None:
+        """After a heartbeat: count the live nodes (one round trip); a
+        failure keeps the last count."""
+        if self.available():
+            try:
+                self.live_seen = len(await self._live_nodes())
+            except StoreUnavailable:
+                pass
 
     def heartbeat(self) -> Deferred[None]:
         """One heartbeat (the loop calls it every ``heartbeat_s``); never fails.
@@ -431,6 +444,7 @@ class NodeRegistry:
 
     def _renewed(self, at: float) -> None:
         self._renewed_at = at
+        self.renewals["ok"] += 1
         if self._failures:
             assert self._cut_off_at is not None
             self.log.info("node {node_id} reaches Redis again after {failures} failed "
@@ -443,6 +457,7 @@ class NodeRegistry:
     def _failed(self, error: StoreUnavailable) -> None:
         """A heartbeat failed: log it once per outage, try again soon."""
         self._failures += 1
+        self.renewals["failed"] += 1
         if self._failures == 1:
             self._cut_off_at = self.clock.seconds()
             self.log.warn("node {node_id} cannot reach Redis ({error}): it keeps its {count} "

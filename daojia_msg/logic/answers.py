@@ -58,12 +58,23 @@ def follow(work: Deferred[T], error: Callable[[], Exception]) -> Deferred[T]:
 
 
 class Answers:
-    """The time limit of answers: ``timeout`` seconds of ``clock``."""
+    """The time limit of answers: ``timeout`` seconds of ``clock``.
+
+    :ivar timeouts: answers given up on so far (``/metrics``).
+    """
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         self.clock = clock
         self.timeout = timeout
+        self.timeouts = 0
         self._deadlines = Deadlines(clock, timeout, "answers")
+
+    def _counted(self, error: Callable[[], Exception]) -> Callable[[], Exception]:
+        def timed_out() -> Exception:
+            self.timeouts += 1
+            return error()
+
+        return timed_out
 
     def bound(self, work: Deferred[T], error: Callable[[], Exception]) -> Deferred[T]:
         """``work``'s result if it comes within the timeout from now, else a
@@ -71,7 +82,7 @@ class Answers:
         at once (the common case) is returned as it is, with no timer."""
         if work.called:
             return work
-        return self._deadlines.watch(follow(work, error))
+        return self._deadlines.watch(follow(work, self._counted(error)))
 
     def bound_from(self, started: float, work: Deferred[T],
                    error: Callable[[], Exception]) -> Deferred[T]:
@@ -79,7 +90,7 @@ class Answers:
         time left then (none left: ``error()`` unless ``work`` is done)."""
         if work.called:
             return work
-        answer = follow(work, error)
+        answer = follow(work, self._counted(error))
         left = started + self.timeout - self.clock.seconds()
         if left <= 0:
             answer.cancel()

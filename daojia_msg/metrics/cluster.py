@@ -11,12 +11,17 @@
   ``connection``); empty without Redis;
 - ``msgplatform_lease_age_seconds`` against ``msgplatform_lease_ttl_seconds``:
   how long ago this node last renewed its node-id lease in Redis (past the
-  TTL, other nodes take it for dead); no sample on one node.
+  TTL, other nodes take it for dead); no sample on one node;
+- ``msgplatform_lease_renewals_total{result}``: heartbeats by result (``ok``,
+  ``failed``: Redis did not answer);
+- ``msgplatform_cluster_nodes_live``: the live nodes as this node saw them at
+  its last heartbeat (itself included); no sample on one node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -64,11 +69,23 @@ def register_rpc_metrics(registry: CollectorRegistry, source: Callable[[], tuple
     registry.register(RpcCollector(source))
 
 
-class LeaseCollector(ScrapeCollector):
-    """``age()``: seconds since the lease's last renewal, or None (no lease)."""
+class LeaseView(Protocol):
+    """What :class:`LeaseCollector` reads of a node's registry."""
 
-    def __init__(self, age: Callable[[], float | None], ttl_s: float) -> None:
-        self.age = age
+    @property
+    def renewals(self) -> Mapping[str, int]: ...
+
+    @property
+    def live_seen(self) -> int | None: ...
+
+    def lease_age(self) -> float | None: ...
+
+
+class LeaseCollector(ScrapeCollector):
+    """``registry()``: the node's registry (a :class:`LeaseView`), or None on one node."""
+
+    def __init__(self, registry: Callable[[], LeaseView | None], ttl_s: float) -> None:
+        self.registry = registry
         self.ttl_s = ttl_s
 
     def _families(self, with_values: bool) -> Iterator[Metric]:
@@ -77,12 +94,23 @@ class LeaseCollector(ScrapeCollector):
         ttl = GaugeMetricFamily("msgplatform_lease_ttl_seconds",
                                 "The lease's TTL (cluster.ttl_s): past it, peers take the node "
                                 "for dead.")
-        value = self.age() if with_values else None
-        if value is not None:
-            age.add_metric([], value)
-            ttl.add_metric([], self.ttl_s)
-        yield age
-        yield ttl
+        renewals = CounterMetricFamily("msgplatform_lease_renewals",
+                                       "Heartbeats renewing this node's lease, by result "
+                                       "(ok, failed).", labels=("result",))
+        nodes = GaugeMetricFamily("msgplatform_cluster_nodes_live",
+                                  "Live nodes of the cluster as this node saw them at its last "
+                                  "heartbeat (itself included).")
+        registry = self.registry() if with_values else None
+        if registry is not None:
+            value = registry.lease_age()
+            if value is not None:
+                age.add_metric([], value)
+                ttl.add_metric([], self.ttl_s)
+            for result, count in sorted(registry.renewals.items()):
+                renewals.add_metric([result], count)
+            if registry.live_seen is not None:
+                nodes.add_metric([], registry.live_seen)
+        yield from (age, ttl, renewals, nodes)
 
 
 REDIS_HELP = "Redis replies' time, by command (the node's pool)."

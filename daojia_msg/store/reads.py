@@ -16,6 +16,9 @@ fails with that error (running each again alone would only hold the pool's
 threads for as many more connect timeouts). When it fails otherwise (a bug or
 a bad value in one of its reads), each of its reads is run again on its own,
 so every caller gets the error its own read gives, never another read's.
+
+A :class:`ReadStats` shared by a store's batchers counts its reads in flight
+(queued or out) and the reads that failed, by kind, for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,21 @@ def read_batch_txn(txn: Any, reads: list[Read]) -> list[Any]:
     return results
 
 
+class ReadStats:
+    """Reads of one store: ``in_flight`` (queued or out) and ``errors`` by
+    kind (``unavailable``: the database was; ``error``: anything else)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.errors: dict[str, int] = {"unavailable": 0, "error": 0}
+
+    def failed(self, failure: Failure) -> Failure:
+        """Count ``failure`` (an errback: returns it)."""
+        kind = "unavailable" if failure.check(StoreUnavailable) else "error"
+        self.errors[kind] += 1
+        return failure
+
+
 class ReadBatcher:
     """Run reads through ``run``, at most ``max_in_flight`` batches at a time.
 
@@ -67,7 +85,7 @@ class ReadBatcher:
     """
 
     def __init__(self, run: RunInteraction, max_in_flight: int = 1,
-                 max_reads: int = MAX_READS) -> None:
+                 max_reads: int = MAX_READS, stats: ReadStats | None = None) -> None:
         if max_in_flight < 1 or max_reads < 1:
             raise ValueError("max_in_flight and max_reads must be >= 1")
         self._run = run
@@ -76,11 +94,13 @@ class ReadBatcher:
         self._queue: list[tuple[Read, Deferred[Any]]] = []
         self._in_flight = 0
         self.batches = 0
+        self.stats = stats if stats is not None else ReadStats()
 
     def read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         """Fires with ``interaction(txn, *args)``'s result, or its failure."""
         d: Deferred[T] = Deferred()
         self._queue.append(((interaction, args), d))
+        self.stats.in_flight += 1
         if self._in_flight < self._max_in_flight:
             self._send()
         return d
@@ -105,20 +125,29 @@ class ReadBatcher:
 
     def _answered(self, result: Any, batch: list[tuple[Read, Deferred[Any]]]) -> None:
         self._in_flight -= 1
+        stats = self.stats
         if len(batch) == 1:
+            stats.in_flight -= 1
             d = batch[0][1]
             if isinstance(result, Failure):
-                d.errback(result)
+                d.errback(stats.failed(result))
             else:
                 d.callback(result)
         elif isinstance(result, Failure) and result.check(StoreUnavailable):
+            stats.in_flight -= len(batch)
             for _, d in batch:  # the database is down: each alone would fail the same
-                d.errback(result)
+                d.errback(stats.failed(result))
         elif isinstance(result, Failure):
             for (interaction, args), d in batch:  # each on its own, for its own error
-                self._call(interaction, *args).chainDeferred(d)
+                self._call(interaction, *args).addBoth(self._alone).chainDeferred(d)
         else:
+            stats.in_flight -= len(batch)
             for (_, d), value in zip(batch, result, strict=True):
                 d.callback(value)
         while self._queue and self._in_flight < self._max_in_flight:
             self._send()
+
+    def _alone(self, result: Any) -> Any:
+        """A read of a failed batch, run again on its own, is answered."""
+        self.stats.in_flight -= 1
+        return self.stats.failed(result) if isinstance(result, Failure) else result

@@ -29,7 +29,7 @@ from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoredMessage,
 from daojia_msg.logic.interfaces import IMessageStore
 from daojia_msg.store.batching import GroupCommitter
 from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner, StoreLife, close_pool
-from daojia_msg.store.reads import ReadBatcher
+from daojia_msg.store.reads import ReadBatcher, ReadStats
 from daojia_msg.store.sql import MessageTransactions
 
 T = TypeVar("T")
@@ -153,7 +153,9 @@ class SQLiteMessageStore:
         self._runner = PoolRunner(self.pool, "sqlite message store")
         self._txns = MessageTransactions(self.pool.dbapi.paramstyle)
         self.committer = GroupCommitter(self._runner.run, max_ops=max_batch)
-        self.reads = ReadBatcher(self._runner.run)
+        #: Reads in flight and failed (``/metrics``).
+        self.read_stats = ReadStats()
+        self.reads = ReadBatcher(self._runner.run, stats=self.read_stats)
         self._life = StoreLife()
 
     # Life

@@ -255,11 +255,13 @@ class ReconnectTests(AmqpTestCase):
         self.assertNoResult(when)
 
         # Back: the next attempt connects and the delay starts over.
+        self.assertEqual(bus.reconnects, 0)  # failed attempts are not reconnections
         self.proxy.listen()
         self.clock.advance(8.0)
         await when
         self.assertTrue(bus.connected)
         self.assertEqual(self.delays(), [])
+        self.assertEqual(bus.reconnects, 1)  # msgplatform_bus_reconnects_total
         await bus.publish(self.topic, b"after", "log-2")
         bodies = []
         while (got := await self.raw.get(self.queue)) is not None:

@@ -294,9 +294,11 @@ class UnavailableTests(RedisTestCase):
         error = await unavailable(self, bus.publish(self.topic, b"x", "l"))
         self.assertIn("not connected", str(error))
         self.assertIsNot(bus._conn, gone)
+        self.assertEqual(bus.reconnects, 0)
         await bus._conn.ping()  # waits for the new connection
         await bus.publish(self.topic, message(), "after")
         self.assertEqual(await self.xlen(self.topic), 1)
+        self.assertEqual(bus.reconnects, 1)  # msgplatform_bus_reconnects_total
 
 
 class BatchTests(SynchronousTestCase):

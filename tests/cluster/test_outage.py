@@ -75,7 +75,9 @@ class OutageTests(RedisFixture):
         self.cut_off_for(27.5)  # 29.5 s after the last renewal
         self.assertTrue(self.node.serving())
         self.assertEqual(self.hooks.purged, [])
+        renewed = self.node.renewals["ok"]
         await self.back()
+        self.assertEqual(self.node.renewals["ok"], renewed + 1)
         self.assertEqual(self.hooks.purged, [])
         self.assertEqual(self.hooks.rejoined, [self.clock.seconds()])
         self.assertTrue(self.node.available())
@@ -94,6 +96,7 @@ class OutageTests(RedisFixture):
         self.patch(self.flaky, "call", counted)
         self.cut_off_for(5.0)
         self.assertEqual(len(tries), 7)  # at +2 s, then every 0.5 s
+        self.assertEqual(self.node.renewals["failed"], 7)  # msgplatform_lease_renewals_total
         gaps = {round(b - a, 6) for a, b in zip(tries, tries[1:], strict=False)}
         self.assertEqual(gaps, {OUTAGE_POLL_S})
 

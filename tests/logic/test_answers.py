@@ -39,6 +39,7 @@ class AnswersTests(SynchronousTestCase):
         work.callback(7)
         self.assertEqual(self.successResultOf(answer), 7)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.answers.timeouts, 0)
 
     def test_done_at_once_needs_no_timer(self) -> None:
         work = succeed(7)
@@ -80,6 +81,7 @@ class AnswersTests(SynchronousTestCase):
         self.clock.advance(3)
         for a in answers:
             self.failureResultOf(a, errors.Timeout)
+        self.assertEqual(self.answers.timeouts, 100)  # msgplatform_answer_timeouts_total
 
     def test_bound_from_counts_from_started(self) -> None:
         self.clock.advance(100)
@@ -91,6 +93,7 @@ class AnswersTests(SynchronousTestCase):
         self.failureResultOf(answer, errors.Timeout)
         late = self.answers.bound_from(90.0, Deferred(), _timeout)  # no time left
         self.failureResultOf(late, errors.Timeout)
+        self.assertEqual(self.answers.timeouts, 2)
 
 
 class HeldStore:

@@ -40,6 +40,7 @@ class BusMetricsTests(NodeTestCase):
         default = (("bus", "default"),)
         self.assertEqual(samples[("msgplatform_bus_publish_seconds_count", default)], 5)
         self.assertEqual(samples[("msgplatform_bus_errors_total", default)], 1)
+        self.assertEqual(samples[("msgplatform_bus_reconnects_total", default)], 0)  # in memory
         self.assertEqual(samples[("msgplatform_bus_pending", ())], 0)
         self.assertEqual(samples[("msgplatform_bus_max_pending", ())],
                          node.config.bus.max_pending)

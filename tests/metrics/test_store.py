@@ -10,8 +10,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
-from daojia_msg.metrics.store import StoreMetrics
+from daojia_msg.metrics.store import ReadsCollector, StoreMetrics
 from daojia_msg.store.batching import GroupCommitter
+from daojia_msg.store.reads import ReadStats
 from tests.nodes import NodeTestCase, R
 
 
@@ -59,6 +60,30 @@ class StoreMetricsTests(SynchronousTestCase):
         self.assertEqual(self.value("msgplatform_store_flush_seconds_count"), 1)
 
 
+class ReadsCollectorTests(SynchronousTestCase):
+    def test_reads_and_timeouts(self) -> None:
+        registry = CollectorRegistry()
+        reads = ReadStats()
+        timeouts = [0]
+        registry.register(ReadsCollector(reads, lambda: timeouts[0]))
+        reads.in_flight = 4
+        reads.errors["unavailable"] = 2
+        timeouts[0] = 3
+        value = registry.get_sample_value
+        self.assertEqual(value("msgplatform_store_reads_in_flight"), 4)
+        self.assertEqual(value("msgplatform_store_read_errors_total", {"kind": "unavailable"}), 2)
+        self.assertEqual(value("msgplatform_store_read_errors_total", {"kind": "error"}), 0)
+        self.assertEqual(value("msgplatform_answer_timeouts_total"), 3)
+
+    def test_a_store_without_read_batching(self) -> None:
+        """The in-memory store: the families are there, with nothing in them."""
+        registry = CollectorRegistry()
+        registry.register(ReadsCollector(None, lambda: 0))
+        self.assertEqual(registry.get_sample_value("msgplatform_store_reads_in_flight"), 0)
+        self.assertIsNone(registry.get_sample_value("msgplatform_store_read_errors_total",
+                                                    {"kind": "error"}))
+
+
 class NodeStoreMetricsTests(NodeTestCase):
     async def test_a_node_shows_its_flushes(self) -> None:
         """A real node on SQLite: each C2C is written by a flush, on /metrics."""
@@ -76,3 +101,5 @@ class NodeStoreMetricsTests(NodeTestCase):
         self.assertGreaterEqual(samples["msgplatform_store_flush_writes_sum"], 3)
         self.assertEqual(samples["msgplatform_store_flush_errors_total"], 0)
         self.assertIn("msgplatform_store_writes_waiting", samples)
+        self.assertEqual(samples["msgplatform_store_reads_in_flight"], 0)  # LOGIN's reads done
+        self.assertEqual(samples["msgplatform_answer_timeouts_total"], 0)

@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.core.errors import StoreUnavailable
-from daojia_msg.store.reads import ReadBatcher, read_batch_txn
+from daojia_msg.store.reads import ReadBatcher, ReadStats, read_batch_txn
 
 
 def double(txn: Any, x: int) -> int:
@@ -72,10 +72,12 @@ class ReadBatcherTests(SynchronousTestCase):
         self.run.finish()
         [(interaction, args, _)] = self.run.calls
         self.assertIs(interaction, read_batch_txn)
+        self.assertEqual(self.reads.stats.in_flight, 3)  # the batch out
         self.run.finish()
         self.assertEqual([self.successResultOf(d) for d in [first, *waiting]], [2, 4, 6, 8])
         self.assertEqual(self.run.txn, [1, 2, 3, 4])  # in order
         self.assertEqual(self.reads.batches, 2)
+        self.assertEqual(self.reads.stats.in_flight, 0)
 
     def test_reads_with_many_are_answered_by_one_call(self) -> None:
         square = Square()
@@ -126,10 +128,13 @@ class ReadBatcherTests(SynchronousTestCase):
         self.run.finish()
         self.run.finish()  # the batch: broken raises, the whole batch fails
         self.assertEqual(len(self.run.calls), 2)  # both again, on their own
+        self.assertEqual(self.reads.stats.in_flight, 2)
         self.run.finish()
         self.run.finish()
         self.assertEqual(self.successResultOf(good), 4)
         self.failureResultOf(bad, ZeroDivisionError)
+        self.assertEqual(self.reads.stats.in_flight, 0)
+        self.assertEqual(self.reads.stats.errors, {"unavailable": 0, "error": 1})
 
     def test_an_unavailable_database_fails_the_batch_at_once(self) -> None:
         """Down is down: the batch's reads all fail with it, none runs again."""
@@ -141,6 +146,20 @@ class ReadBatcherTests(SynchronousTestCase):
         for w in waiting:
             self.failureResultOf(w, StoreUnavailable)
         self.assertEqual(self.run.calls, [])
+        self.assertEqual(self.reads.stats.errors, {"unavailable": 2, "error": 0})
+        self.assertEqual(self.reads.stats.in_flight, 0)
+
+    def test_batchers_can_share_their_stats(self) -> None:
+        """A store's batchers count into one ReadStats (/metrics)."""
+        stats = ReadStats()
+        one, two = ReadBatcher(self.run, stats=stats), ReadBatcher(self.run, stats=stats)
+        good, bad = one.read(double, 1), two.read(broken, 2)
+        self.assertEqual(stats.in_flight, 2)
+        self.run.finish()
+        self.run.finish()
+        self.assertEqual(self.successResultOf(good), 2)
+        self.failureResultOf(bad, ZeroDivisionError)
+        self.assertEqual((stats.in_flight, stats.errors["error"]), (0, 1))
 
     def test_a_lone_read_fails_with_its_error(self) -> None:
         reads = ReadBatcher(lambda *a: fail(StoreUnavailable("down")))

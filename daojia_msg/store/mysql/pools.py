@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 from daojia_msg.config import ConfigError, MySQLConfig, MySQLURL
 from daojia_msg.core.errors import StoreUnavailable, StoreUncertain
 from daojia_msg.store.dbpool import PoolRunner
-from daojia_msg.store.reads import ReadBatcher
+from daojia_msg.store.reads import ReadBatcher, ReadStats
 
 T = TypeVar("T")
 
@@ -230,14 +230,14 @@ class Database:
     query and one hand-off rather than a pool thread each."""
 
     def __init__(self, index: int, name: str, pool: adbapi.ConnectionPool,
-                 reads_in_flight: int = 1) -> None:
+                 reads_in_flight: int = 1, stats: ReadStats | None = None) -> None:
         self.index = index
         self.name = name
         self.pool = pool
         self.retrier = RetryOnce(pool, f"mysql message store {name}")
         self.runner = PoolRunner(cast(adbapi.ConnectionPool, self.retrier), self.retrier.name)
-        self.reads = ReadBatcher(self.runner.run, max_in_flight=reads_in_flight)
-        self.merged = ReadBatcher(self.runner.run, max_in_flight=1)
+        self.reads = ReadBatcher(self.runner.run, max_in_flight=reads_in_flight, stats=stats)
+        self.merged = ReadBatcher(self.runner.run, max_in_flight=1, stats=self.reads.stats)
 
     def run(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         return self.runner.run(interaction, *args)

@@ -46,6 +46,7 @@ from daojia_msg.store.mysql.pools import (
     mysql_pool,
 )
 from daojia_msg.store.mysql.render import PARAMSTYLE
+from daojia_msg.store.reads import ReadStats
 from daojia_msg.store.sql import MessageTransactions, Statements, Tables
 
 T = TypeVar("T")
@@ -106,8 +107,10 @@ class MySQLMessageStore:
         concurrency = max(1, min(concurrency, config.pool_max))
         #: Read batches in flight per database: half the connections flushes leave.
         self.reads_in_flight = max(1, (config.pool_max - concurrency) // 2)
+        #: Reads in flight and failed, over every database (``/metrics``).
+        self.read_stats = ReadStats()
         self._dbs = [
-            Database(i, describe(u), p, self.reads_in_flight)
+            Database(i, describe(u), p, self.reads_in_flight, self.read_stats)
             for i, (u, p) in enumerate(zip(urls, pools, strict=True))
         ]
         self.placement = Placement(config.shards, len(self._dbs))
