@@ -74,6 +74,19 @@ class TwoNodes(NodeTestCase):
         self.node = node
         return await self.client(uid)
 
+    async def raw_login(self, node: Node, uid: int, token: str) -> int:
+        """One LOGIN on a connection of its own; the code it is answered with."""
+        self.node = node
+        proto = MsgClientProtocol(R, uid, 1001, heartbeat_s=0)
+        await connectProtocol(TCP4ClientEndpoint(R, "127.0.0.1", self.port("gate")), proto)
+        try:
+            response = await proto.login(token)
+        except ResultError as e:
+            return e.code
+        finally:
+            proto.transport.loseConnection()  # type: ignore[union-attr]
+        return response.code
+
 
 class ClusterTests(TwoNodes):
 
@@ -145,19 +158,6 @@ class ClusterTests(TwoNodes):
                             if name == "msgplatform_redis_command_seconds_count")
         self.assertGreater(redis_replies, 3)  # logins, routing, at the least
         self.assertEqual(samples[("msgplatform_redis_errors_total", (("kind", "timeout"),))], 0)
-
-    async def raw_login(self, node: Node, uid: int, token: str) -> int:
-        """One LOGIN on a connection of its own; the code it is answered with."""
-        self.node = node
-        proto = MsgClientProtocol(R, uid, 1001, heartbeat_s=0)
-        await connectProtocol(TCP4ClientEndpoint(R, "127.0.0.1", self.port("gate")), proto)
-        try:
-            response = await proto.login(token)
-        except ResultError as e:
-            return e.code
-        finally:
-            proto.transport.loseConnection()  # type: ignore[union-attr]
-        return response.code
 
     async def test_a_lockout_holds_on_every_node(self) -> None:
         """Five forged tokens on one node lock the identity out from that

@@ -236,6 +236,7 @@ class NodeRegistry:
         self.log.info("node {node_id} registered (heartbeat {heartbeat_s}s, ttl {ttl_s}s)",
                       node_id=node_id, heartbeat_s=self.cluster.heartbeat_s,
                       ttl_s=self.cluster.ttl_s)
+        await self.count_live_nodes()
         return node_id
 
     async def stop(self) -> None:
