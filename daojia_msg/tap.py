@@ -223,8 +223,12 @@ def makeService(options: Any) -> IService:
         sys.exit(f"msgplatform: {e}")
     from twisted.internet import reactor
 
-    from daojia_msg import gctune
+    from daojia_msg import gctune, steadyclock
     from daojia_msg.node import Node
+
+    # Timers, msgids and send dates on a clock a step of the wall clock does
+    # not move (daojia_msg/steadyclock.py).
+    steadyclock.install(reactor)
 
     try:
         node = Node(config, reactor)

@@ -120,8 +120,8 @@ FAULTS: dict[str, Fault] = {
     "mysql-restart": mysql_restart,
     "node-partition": node_partition,
     "rabbitmq-restart": rabbitmq_restart,
-    # Last: the stepped node's timers stay frozen for the step's size after
-    # it (its users' messages wait for PULL), which would spill into a next phase.
+    # Last, as before the node's clock stopped following steps
+    # (daojia_msg/steadyclock.py): a regression would spill into a next phase.
     "clock-step": clock_step,
 }
 
