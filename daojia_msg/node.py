@@ -60,6 +60,7 @@ from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.bus import register_bus_metrics
 from daojia_msg.metrics.cluster import LeaseCollector, RedisCollector, register_rpc_metrics
 from daojia_msg.metrics.delivery import Stats
+from daojia_msg.metrics.lifecycle import LifecycleCollector
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import DeliveryGauges, make_registry
 from daojia_msg.metrics.store import ReadsCollector, StoreMetrics
@@ -220,6 +221,7 @@ class Node(MultiService):
             committer.on_flushed = store_metrics.flushed
             store_metrics.watch_waiting(lambda: committer.waiting)
         ReactorLag(self.reactor, lag_histogram(registry)).setServiceParent(self)
+        registry.register(LifecycleCollector(self.logic.lifecycle))
         cluster_stats = (ClusterStats(self.redis, self.reactor, config.stats.window_s)
                          if self.redis is not None else None)
         # GET /v1/nodes and /v1/trace/{logid} (the dashboard at /ops/).
@@ -281,10 +283,12 @@ class Node(MultiService):
         if self.config.mysql.url:
             from daojia_msg.store.mysql import MySQLMessageStore
 
-            return MySQLMessageStore(self.config.mysql, self.reactor)
+            return MySQLMessageStore(self.config.mysql, self.reactor,
+                                     retention=self.config.store)
         data_dir = os.path.abspath(self.config.data_dir)
         self.log.info("data directory {data_dir} (node.data_dir)", data_dir=data_dir)
-        return SQLiteMessageStore(os.path.join(data_dir, "messages.db"), self.reactor)
+        return SQLiteMessageStore(os.path.join(data_dir, "messages.db"), self.reactor,
+                                  retention=self.config.store)
 
     async def _listen(self, name: str, factory: Any) -> IListeningPort:
         """Listen on ``listen.<name>``; one that cannot be bound stops start-up

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from daojia_msg.auth import mint_token
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.bus.router import BusRouter
-from daojia_msg.config import Config, default_config
+from daojia_msg.config import Config, StoreConfig, default_config
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.gate.protocol import GateProtocol
 from daojia_msg.ids import IdGenerator
@@ -48,14 +48,16 @@ def scratch_dir() -> str:
     return tempfile.mkdtemp(dir=_scratch[0])
 
 
-def inline_store(directory: str | None = None, clock: Clock | None = None) -> SQLiteMessageStore:
-    """A started SQLite store whose interactions run inline (deterministic)."""
+def inline_store(directory: str | None = None, clock: Clock | None = None,
+                 retention: StoreConfig | None = None) -> SQLiteMessageStore:
+    """A started SQLite store whose interactions run inline (deterministic);
+    ``retention``: its ``[store]`` (what expires), None keeps everything."""
     directory = directory or scratch_dir()
     path = os.path.join(directory, "messages.db")
     if clock is None:
         clock = Clock()
         clock.advance(T0)
-    store = SQLiteMessageStore(path, clock, pool=inline_sqlite_pool(path))
+    store = SQLiteMessageStore(path, clock, pool=inline_sqlite_pool(path), retention=retention)
     store.start()
     return store
 
@@ -69,7 +71,8 @@ class Stack:
         self.clock = clock or Clock()
         if clock is None:
             self.clock.advance(T0)
-        self.store = store if store is not None else inline_store(clock=self.clock)
+        self.store = (store if store is not None
+                      else inline_store(clock=self.clock, retention=self.config.store))
         self.bus = bus if bus is not None else MemoryBus()
         self.router = BusRouter(self.config, self.clock, buses={"": self.bus})
         self.sessions = MemorySessionStore()

@@ -196,6 +196,23 @@ class StoreConfig:
     #: than this, counted from when its frame or request was read, is answered
     #: TIMEOUT (HTTP 504); a LOGIN, PULL or HISTORY, UNAVAILABLE.
     answer_timeout_s: float = 3.0
+    #: A pending message older than this (by its msgid's time) is expired: never
+    #: pushed, pulled or counted again, counted ``expired``, then purged.
+    pending_ttl_days: float = 30.0
+    #: How often the purger runs (expired, delivered, old history, de-dup keys).
+    purge_interval_s: float = 60.0
+    #: History rows older than this are deleted, and never returned by HISTORY.
+    history_days: float = 180.0
+    #: At most this many rows per DELETE statement (each its own transaction).
+    purge_batch: int = 1000
+
+    @property
+    def pending_ttl_ms(self) -> int:
+        return int(self.pending_ttl_days * 86_400_000)
+
+    @property
+    def history_ms(self) -> int:
+        return int(self.history_days * 86_400_000)
 
 
 @dataclass(frozen=True, slots=True)

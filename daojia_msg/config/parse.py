@@ -342,9 +342,13 @@ def parse_config(text: str) -> Config:
     lt.done()
     limits = _limits(top.table("limits"))
     st = top.table("store")
-    store = StoreConfig(dedup_days=st.float("dedup_days", StoreConfig().dedup_days, 7.0),
-                        answer_timeout_s=st.float("answer_timeout_s",
-                                                  StoreConfig().answer_timeout_s, 0.1))
+    sd = StoreConfig()
+    store = StoreConfig(dedup_days=st.float("dedup_days", sd.dedup_days, 7.0),
+                        answer_timeout_s=st.float("answer_timeout_s", sd.answer_timeout_s, 0.1),
+                        pending_ttl_days=st.float("pending_ttl_days", sd.pending_ttl_days, 1e-5),
+                        purge_interval_s=st.float("purge_interval_s", sd.purge_interval_s, 0.1),
+                        history_days=st.float("history_days", sd.history_days, 1e-5),
+                        purge_batch=st.int("purge_batch", sd.purge_batch, 1, 100_000))
     st.done()
     redis = _redis(top.table("redis"))
     mysql = _mysql(top.table("mysql"))

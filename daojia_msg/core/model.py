@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Kind(enum.IntEnum):
@@ -105,3 +105,53 @@ class NodeInfo:
     heartbeat_ms: int
     #: Logged-in sessions on the node (0 from a node that does not publish them).
     sessions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCutoffs:
+    """What one purge round removes (docs/operations.md §13): pending rows with
+    ``msgid < pending_before`` (expired), delivered rows, history rows with
+    ``msgid < history_before``, de-dup keys created before ``dedup_before_ms``;
+    at most ``batch`` rows per DELETE statement."""
+
+    pending_before: int
+    history_before: int
+    dedup_before_ms: int
+    batch: int
+
+
+@dataclass(slots=True)
+class PurgeCounts:
+    """What a purge round removed. ``expired`` is per route ``(to_appcode,
+    msgtype, kind)``; ``skipped`` names the shard tables another node was
+    purging (a MySQL named lock held elsewhere); ``largest_batch`` is the most
+    rows one DELETE statement removed."""
+
+    expired: dict[tuple[int, int, Kind], int] = field(default_factory=dict)
+    delivered: int = 0
+    history: int = 0
+    dedup: int = 0
+    skipped: list[str] = field(default_factory=list)
+    batches: int = 0
+    largest_batch: int = 0
+
+    @property
+    def expired_total(self) -> int:
+        return sum(self.expired.values())
+
+    def batch(self, rows: int) -> None:
+        """One DELETE transaction of ``rows`` rows ran."""
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageFigures:
+    """Rows and bytes of the message store's tables, by kind (``pending``,
+    ``history``, ``dedup``), and its oldest pending msgid (0: none).
+    ``approximate``: MySQL's ``information_schema`` estimates, not counts."""
+
+    rows: dict[str, int]
+    bytes: dict[str, int | None]
+    oldest_pending_msgid: int
+    approximate: bool

@@ -56,6 +56,11 @@ class Context:
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
 
+    def pending_floor(self) -> int:
+        """The smallest msgid not expired (``store.pending_ttl_days``): an
+        older pending message is never pushed again."""
+        return IdGenerator.floor_for(self.now_ms() - self.config.store.pending_ttl_ms)
+
     def check_available(self) -> None:
         if not self.available():
             raise errors.Unavailable("this node is not a live cluster member right now")

@@ -46,7 +46,9 @@ def _recipient(conn: IClientConnection) -> dict[str, int]:
 class DeliveryWindow:
     """The un-ACKed pushes of one connection.
 
-    ``on_repush(route)`` is called for each re-push, for statistics.
+    ``on_repush(route)`` is called for each re-push, for statistics;
+    ``oldest()`` gives the smallest msgid not expired: an expired one is
+    dropped from the window, not pushed again (``store.pending_ttl_days``).
 
     One per logged-in connection, so it is slotted and its queue is a plain
     dict (an idle connection's window is ~0.3 KiB smaller than with an
@@ -54,7 +56,7 @@ class DeliveryWindow:
     """
 
     __slots__ = ("_clock", "_conn", "_timeout", "_max_repush", "_max_size", "_on_repush",
-                 "_entries", "_timer")
+                 "_oldest", "_entries", "_timer")
 
     log = Logger()
 
@@ -66,6 +68,7 @@ class DeliveryWindow:
         max_repush: int,
         max_size: int,
         on_repush: Callable[[object], None],
+        oldest: Callable[[], int] | None = None,
     ) -> None:
         self._clock = clock
         self._conn = conn
@@ -73,6 +76,7 @@ class DeliveryWindow:
         self._max_repush = max_repush
         self._max_size = max_size
         self._on_repush = on_repush
+        self._oldest = oldest
         self._entries: dict[int, _Entry] = {}
         self._timer: IDelayedCall | None = None
 
@@ -119,10 +123,17 @@ class DeliveryWindow:
         self._timer = None
         now = self._clock.seconds()
         entries = self._entries
+        oldest = self._oldest() if self._oldest is not None else 0
         while entries:
             msgid, entry = next(iter(entries.items()))
             if entry.deadline > now:
                 break
+            if msgid < oldest:
+                del entries[msgid]
+                self.log.info("{msgid} not ACKed and expired (store.pending_ttl_days): not "
+                              "pushed again", msgid=msgid, logid=entry.logid,
+                              peer=self._conn.peer, **_recipient(self._conn))
+                continue
             if entry.attempts >= self._max_repush or not self._conn.connected:
                 del entries[msgid]
                 self.log.info("{msgid} not ACKed after {attempts} re-pushes: left pending for "

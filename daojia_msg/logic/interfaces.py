@@ -101,6 +101,20 @@ class IMessageStore(Interface):
         """Forget de-duplication keys recorded before Unix ms ``before_ms``;
         fires with how many were dropped."""
 
+    def purge(cutoffs):
+        """One purge round (:class:`PurgeCutoffs`): expired pending messages
+        (counted per route), delivered ones, history past its retention and
+        old de-duplication keys, at most ``cutoffs.batch`` rows per DELETE,
+        each batch its own transaction, never in the writes' way; tables
+        another node is purging are skipped. Fires with :class:`PurgeCounts`.
+
+        The reads never return what expired or left the retention (by msgid:
+        the purge lags behind), from the store's ``[store]`` config."""
+
+    def storage():
+        """Fires with :class:`StorageFigures`: rows and bytes per table kind
+        and the oldest pending msgid (estimates on MySQL)."""
+
 
 class ISessionStore(Interface):
     """Online sessions: ``(uid, appcode) -> SessionRecord``. One per key."""

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -37,6 +36,7 @@ from daojia_msg.logic.interfaces import (
     IPublisher,
     ISessionStore,
 )
+from daojia_msg.logic.lifecycle import Lifecycle
 from daojia_msg.logic.routing import Routing
 from daojia_msg.logic.sending import PushItem, PushOutcome, Sending
 from daojia_msg.logic.sessions import Session, Sessions, new_session_id
@@ -46,8 +46,6 @@ from daojia_msg.protocol.codes import KickReason
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 __all__ = ["LogicService", "PushItem", "PushOutcome", "Session", "new_session_id"]
-
-DEDUP_PURGE_INTERVAL_S = 3600.0
 
 
 @implementer(ILocalNode)
@@ -79,8 +77,9 @@ class LogicService(Service):
         self.c2s = self.sending.c2s
         self.c2c = self.sending.c2c
         self.ack = self.sending.ack
-        self._purge = LoopingCall(self._purge_dedup)
-        self._purge.clock = clock
+        #: The purge loop (expired, delivered, old history, de-dup keys) and
+        #: the storage figures.
+        self.lifecycle = Lifecycle(self.ctx, store)
 
     @property
     def stats(self) -> Stats:
@@ -114,25 +113,15 @@ class LogicService(Service):
     def startService(self) -> None:
         super().startService()
         self.ctx.running = True
-        self._purge.start(DEDUP_PURGE_INTERVAL_S, now=False)
+        self.lifecycle.start()
 
     def stopService(self) -> None:
         super().stopService()
         self.ctx.running = False
-        if self._purge.running:
-            self._purge.stop()
+        self.lifecycle.stop()
         self.sessions.stop()
         self.routing.stop()
         self.ctx.answers.stop()
-
-    async def _purge_dedup(self) -> None:
-        before = int(self.clock.seconds() * 1000 - self.config.store.dedup_days * 86400000)
-        try:
-            n = await self.store.purge_dedup(before)
-        except Exception:  # keep the LoopingCall alive whatever happened
-            self.log.failure("purging old de-duplication keys failed")
-        else:
-            self.log.info("purged {count} de-duplication keys", count=n)
 
     def now_ms(self) -> int:
         return self.ctx.now_ms()

@@ -126,7 +126,7 @@ class Sessions:
         record = SessionRecord(uid, appcode, self.ctx.node_id, new_session_id(), self.ctx.now_ms())
         window = DeliveryWindow(
             self.ctx.clock, conn, self.ctx.limits.ack_timeout_s, self.ctx.limits.max_repush, MAX_UNACKED,
-            self._count_repush,
+            self._count_repush, self.ctx.pending_floor,
         )
         session = Session(conn, record, app.usersystem, window)
         try:

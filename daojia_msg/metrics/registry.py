@@ -7,7 +7,7 @@ into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
 
 - ``msgplatform_messages_<counter>_total{appcode,msgtype,kind}``, one counter
   family per name in :data:`~daojia_msg.metrics.delivery.COUNTERS` (``accepted``,
-  ``pushed``, ``acked``, ``repushed``, ``stored``, ``pulled``);
+  ``pushed``, ``acked``, ``repushed``, ``stored``, ``pulled``, ``expired``);
 - ``msgplatform_ack_latency_seconds{appcode,msgtype,kind}``: durable -> ACKed,
   a histogram per route with the buckets of
   :data:`~daojia_msg.metrics.delivery.LATENCY_BUCKETS`;
@@ -62,6 +62,7 @@ _COUNTER_HELP = {
     "repushed": "Pushes repeated after an ACK timeout.",
     "stored": "Messages accepted while the recipient had no session (left for PULL).",
     "pulled": "Messages returned by PULL.",
+    "expired": "Pending messages removed after store.pending_ttl_days, never delivered.",
 }
 
 

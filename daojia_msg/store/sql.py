@@ -12,9 +12,10 @@ are plain synchronous ``def ..._txn(txn, ...)`` run by ``runInteraction``.
 
 - ``messages``: one row per recipient; ``state`` 0 pending, 1 delivered.
 - ``history``: one row per owner ``(owner_sys, owner_uid)`` of a message, with
-  the other party's uid (``peer_uid``). In SQLite content is read by joining
-  ``messages``; in MySQL the row holds a full copy (``history_has_content``),
-  because the message row may live in another database.
+  the other party's uid (``peer_uid``) and a full copy of the message
+  (``history_has_content``: the message row may live in another database
+  (MySQL), and leaves ``messages`` once delivered or expired). A SQLite file
+  of schema 1 read content by joining ``messages`` (``history_has_content=False``).
 - ``dedup``: ``(uid, appcode, client_msg_id) -> (msgid, logid)``, with
   ``created_ms`` for :meth:`purge_dedup`.
 """
@@ -101,9 +102,16 @@ class Statements:
         self.insert_message = (
             f"INSERT INTO {m} ({MESSAGE_COLUMNS}, state) VALUES ({marks(len(_COLUMNS))}, 0)"
         )
-        self.insert_history = (
-            f"INSERT INTO {h} (owner_sys, owner_uid, msgid, peer_uid) VALUES (?, ?, ?, ?)"
-        )
+        self.history_has_content = history_has_content
+        if history_has_content:  # (owner_sys, owner_uid, peer_uid) + the message row
+            self.insert_history = (
+                f"INSERT INTO {h} (owner_sys, owner_uid, peer_uid, {MESSAGE_COLUMNS})"
+                f" VALUES ({marks(3 + len(_COLUMNS))})"
+            )
+        else:
+            self.insert_history = (
+                f"INSERT INTO {h} (owner_sys, owner_uid, msgid, peer_uid) VALUES (?, ?, ?, ?)"
+            )
         self.insert_dedup = (
             f"INSERT INTO {d} (uid, appcode, client_msg_id, msgid, logid, created_ms)"
             " VALUES (?, ?, ?, ?, ?, ?)"
@@ -119,11 +127,14 @@ class Statements:
             " WHERE to_uid = ? AND to_appcode = ? AND state = 0 AND msgid > ?"
             " ORDER BY msgid LIMIT ?"
         )
+        # "msgid >= ?": the oldest msgid not expired (lifecycle.Retention).
         self.count_pending = (
-            f"SELECT COUNT(*) FROM {m} WHERE to_uid = ? AND to_appcode = ? AND state = 0"
+            f"SELECT COUNT(*) FROM {m}"
+            " WHERE to_uid = ? AND to_appcode = ? AND state = 0 AND msgid >= ?"
         )
         self.select_one_pending = (
-            f"SELECT {MESSAGE_COLUMNS} FROM {m} WHERE msgid = ? AND to_uid = ? AND state = 0"
+            f"SELECT {MESSAGE_COLUMNS} FROM {m}"
+            " WHERE msgid = ? AND to_uid = ? AND state = 0 AND msgid >= ?"
         )
         self.select_ackable = (
             f"SELECT msgid, msgtype, kind, senddate, logid FROM {m}"
@@ -144,7 +155,7 @@ class Statements:
             columns, source = JOINED_MESSAGE_COLUMNS, f"{h} h JOIN {m} m ON m.msgid = h.msgid"
         self.select_history = (
             f"SELECT {columns} FROM {source}"
-            " WHERE h.owner_sys = ? AND h.owner_uid = ?{before}{peer}"
+            " WHERE h.owner_sys = ? AND h.owner_uid = ? AND h.msgid >= ?{before}{peer}"
             " ORDER BY h.msgid DESC LIMIT ?"
         )
 
@@ -152,7 +163,7 @@ class Statements:
 HISTORY_BEFORE = " AND h.msgid < ?"
 HISTORY_PEER = " AND h.peer_uid = ?"
 
-_UNSHARDED = Statements()
+_UNSHARDED = Statements(history_has_content=True)
 INSERT_MESSAGE = _UNSHARDED.insert_message
 INSERT_HISTORY = _UNSHARDED.insert_history
 INSERT_DEDUP = _UNSHARDED.insert_dedup
@@ -345,8 +356,7 @@ class MessageTransactions:
 
     def store_txn(self, txn: Any, messages: list[NewMessage], now_ms: int) -> list[StoreOutcome]:
         """Insert ``messages`` as pending, with their history rows and de-dup keys
-        (one row per statement: the embedded store's way; the history rows
-        are the joined kind, without content).
+        (one row per statement: the embedded store's way).
 
         A message whose de-dup key is already in ``dedup`` (written before,
         earlier in this flush, or earlier in this batch) is skipped and
@@ -355,7 +365,7 @@ class MessageTransactions:
         s = self.statements
         outcomes: list[StoreOutcome] = []
         rows: list[tuple[Any, ...]] = []
-        history: list[tuple[str, int, int, int]] = []
+        history: list[tuple[Any, ...]] = []
         keys: list[tuple[Any, ...]] = []
         firsts: dict[tuple[int, int, str], StoreOutcome] = {}
         for new in messages:
@@ -368,8 +378,13 @@ class MessageTransactions:
                     continue
                 firsts[key] = StoreOutcome(m.msgid, m.logid)
                 keys.append((*key, m.msgid, m.logid, now_ms))
-            rows.append(message_row(m))
-            history.extend(history_rows(new))
+            row = message_row(m)
+            rows.append(row)
+            if s.history_has_content:
+                history.extend((o_sys, o_uid, peer, *row)
+                               for o_sys, o_uid, _, peer in history_rows(new))
+            else:
+                history.extend(history_rows(new))
             outcomes.append(StoreOutcome(m.msgid, m.logid))
         if rows:
             txn.executemany(self.sql(s.insert_message), rows)
@@ -412,22 +427,26 @@ class MessageTransactions:
         rows = txn.fetchall()
         return Page([_message(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
-    def pending_message_txn(self, txn: Any, to_uid: int, msgid: int) -> StoredMessage | None:
-        """Message ``msgid`` to ``to_uid`` if it is still pending."""
-        txn.execute(self.sql(self.statements.select_one_pending), (msgid, to_uid))
+    def pending_message_txn(self, txn: Any, to_uid: int, msgid: int,
+                            floor: int = 0) -> StoredMessage | None:
+        """Message ``msgid`` to ``to_uid`` if it is still pending (and not
+        older than ``floor``: expired)."""
+        txn.execute(self.sql(self.statements.select_one_pending), (msgid, to_uid, floor))
         row = txn.fetchone()
         return None if row is None else _message(row)
 
-    def count_pending_txn(self, txn: Any, uid: int, appcode: int) -> int:
-        txn.execute(self.sql(self.statements.count_pending), (uid, appcode))
+    def count_pending_txn(self, txn: Any, uid: int, appcode: int, floor: int = 0) -> int:
+        txn.execute(self.sql(self.statements.count_pending), (uid, appcode, floor))
         return int(txn.fetchone()[0])
 
     def history_txn(
-        self, txn: Any, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int
+        self, txn: Any, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int,
+        floor: int = 0,
     ) -> Page:
-        """Messages ``(usersystem, uid)`` sent or received, descending by msgid."""
+        """Messages ``(usersystem, uid)`` sent or received, descending by msgid,
+        none older than ``floor`` (past the retention)."""
         limit = max(limit, 0)
-        params: list[Any] = [usersystem, uid]
+        params: list[Any] = [usersystem, uid, floor]
         if before_msgid:
             params.append(before_msgid)
         if peer_uid:

@@ -24,13 +24,22 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from daojia_msg.config import StoreConfig
 from daojia_msg.core.errors import StoreError
 from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
 from daojia_msg.logic.interfaces import IMessageStore
 from daojia_msg.store.batching import GroupCommitter
 from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner, StoreLife, close_pool
+from daojia_msg.store.lifecycle import (
+    PurgeCounts,
+    PurgeCutoffs,
+    PurgeTransactions,
+    Retention,
+    StorageFigures,
+    purge_tables,
+)
 from daojia_msg.store.reads import ReadBatcher, ReadStats
-from daojia_msg.store.sql import MessageTransactions
+from daojia_msg.store.sql import MESSAGE_COLUMNS, MessageTransactions, Tables
 
 T = TypeVar("T")
 
@@ -70,6 +79,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (uid, appcode, client_msg_id)
         ) WITHOUT ROWID""",
         "CREATE INDEX dedup_created ON dedup (created_ms)",
+    ),
+    # 2: history rows carry a copy of their message (delivered and expired
+    # messages leave "messages"), and are found by age (store.history_days).
+    (
+        *(f"ALTER TABLE history ADD COLUMN {column} NOT NULL DEFAULT {default}" for column, default in (
+            ("to_uid INTEGER", 0), ("to_appcode INTEGER", 0), ("from_uid INTEGER", 0),
+            ("from_appcode INTEGER", 0), ("msgtype INTEGER", 0), ("kind INTEGER", 0),
+            ("senddate INTEGER", 0), ("logid TEXT", "''"), ("msgcontent BLOB", "x''"))),
+        f"UPDATE history SET ({MESSAGE_COLUMNS}) = (SELECT {MESSAGE_COLUMNS} FROM messages m"
+        " WHERE m.msgid = history.msgid)"
+        " WHERE EXISTS (SELECT 1 FROM messages m WHERE m.msgid = history.msgid)",
+        "CREATE INDEX history_age ON history (msgid)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -133,6 +154,7 @@ class SQLiteMessageStore:
         is given, the pool's ``cp_reactor``.
     :param pool: a ready-made pool, e.g. :func:`inline_sqlite_pool` in tests.
     :param max_batch: at most this many writes per group commit.
+    :param retention: ``[store]``: what expires (:class:`Retention`); None keeps all.
     :ivar committer: the :class:`GroupCommitter` of the writes.
     :ivar reads: the :class:`ReadBatcher` of the reads (one batch at a time: one
         connection).
@@ -146,12 +168,15 @@ class SQLiteMessageStore:
         reactor: IReactorTime,
         pool: adbapi.ConnectionPool | None = None,
         max_batch: int = 1000,
+        retention: StoreConfig | None = None,
     ) -> None:
         self.path = path
+        self.retention = Retention(reactor, retention)
         self._clock = reactor
         self.pool = pool if pool is not None else sqlite_pool(path, reactor)
         self._runner = PoolRunner(self.pool, "sqlite message store")
         self._txns = MessageTransactions(self.pool.dbapi.paramstyle)
+        self._purges = PurgeTransactions(self.pool.dbapi.paramstyle, Tables())
         self.committer = GroupCommitter(self._runner.run, max_ops=max_batch)
         #: Reads in flight and failed (``/metrics``).
         self.read_stats = ReadStats()
@@ -199,6 +224,19 @@ class SQLiteMessageStore:
     def purge_dedup(self, before_ms: int) -> Deferred[int]:
         return self._write(lambda txn: self._txns.purge_dedup_txn(txn, before_ms), True, 0)
 
+    def purge(self, cutoffs: PurgeCutoffs) -> Deferred[PurgeCounts]:
+        """One purge round, batch after batch, each its own transaction on the
+        pool (not group-committed; writes queued meanwhile run between batches)."""
+        if not self._life.started:
+            return self._life.not_running()
+        counts = PurgeCounts()
+        d = Deferred.fromCoroutine(purge_tables(self._runner.run, self._purges, cutoffs, counts))
+        return d.addCallback(lambda _: counts)
+
+    def storage(self) -> Deferred[StorageFigures]:
+        """Rows (counted) and bytes (``dbstat``) of each table kind."""
+        return self._read(storage_txn)
+
     def _write(self, op: Callable[[Any], T], needed: bool, nothing: T) -> Deferred[T]:
         if not self._life.started:
             return self._life.not_running()
@@ -209,18 +247,22 @@ class SQLiteMessageStore:
     # Reads
 
     def pull(self, uid: int, appcode: int, after_msgid: int, limit: int) -> Deferred[Page]:
-        return self._read(self._txns.pull_txn, uid, appcode, after_msgid, limit)
+        after = max(after_msgid, self.retention.pending_floor() - 1)
+        return self._read(self._txns.pull_txn, uid, appcode, after, limit)
 
     def count_pending(self, uid: int, appcode: int) -> Deferred[int]:
-        return self._read(self._txns.count_pending_txn, uid, appcode)
+        floor = self.retention.pending_floor()
+        return self._read(self._txns.count_pending_txn, uid, appcode, floor)
 
     def pending_message(self, to_uid: int, msgid: int) -> Deferred[StoredMessage | None]:
-        return self._read(self._txns.pending_message_txn, to_uid, msgid)
+        floor = self.retention.pending_floor()
+        return self._read(self._txns.pending_message_txn, to_uid, msgid, floor)
 
     def history(
         self, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int
     ) -> Deferred[Page]:
-        return self._read(self._txns.history_txn, usersystem, uid, before_msgid, limit, peer_uid)
+        return self._read(self._txns.history_txn, usersystem, uid, before_msgid, limit, peer_uid,
+                          self.retention.history_floor())
 
     def max_msgid(self) -> Deferred[int]:
         return self._read(self._txns.max_msgid_txn)
@@ -229,3 +271,29 @@ class SQLiteMessageStore:
         if not self._life.started:
             return self._life.not_running()
         return self.reads.read(interaction, *args)
+
+
+#: The table kinds of :class:`StorageFigures` and their SQLite tables.
+KINDS = (("pending", "messages"), ("history", "history"), ("dedup", "dedup"))
+
+
+def storage_txn(txn: Any) -> StorageFigures:
+    """Rows of each table kind (counted), its bytes with its indexes
+    (``dbstat``; None where SQLite was built without it), the oldest pending msgid."""
+    rows: dict[str, int] = {}
+    for kind, table in KINDS:
+        txn.execute(f"SELECT COUNT(*) FROM {table}")
+        rows[kind] = int(txn.fetchone()[0])
+    txn.execute("SELECT msgid FROM messages WHERE state = 0 ORDER BY msgid LIMIT 1")
+    oldest = txn.fetchone()
+    sizes: dict[str, int | None] = dict.fromkeys(rows)
+    try:
+        txn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+    except sqlite3.OperationalError:
+        pass
+    else:
+        found = txn.fetchall()
+        for kind, table in KINDS:
+            sizes[kind] = sum(int(size) for name, size in found
+                              if name == table or name.startswith(table + "_"))
+    return StorageFigures(rows, sizes, int(oldest[0]) if oldest else 0, approximate=False)

@@ -364,14 +364,16 @@ class Kickout(Endpoint):
 
 class StatsEndpoint(Endpoint):
     """The delivery statistics of the key's user system only: one tenant
-    never sees another's traffic (the node-wide figures are on /metrics)."""
+    never sees another's traffic (the node-wide figures are on /metrics);
+    and the message store's size and last purge (docs/operations.md §13)."""
 
     async def handle(self, method: bytes, request: server.Request, caller: Caller | None) -> Answer:
         assert caller is not None
         result = self.api.stats(caller.appcodes)
         if inspect.isawaitable(result):
             result = await result
-        return json_answer(200, result)
+        # The message store's figures: the whole platform's (no tenant's traffic).
+        return json_answer(200, {**result, "store": await self.api.logic.lifecycle.snapshot()})
 
 
 class DispatchEndpoint(Endpoint):

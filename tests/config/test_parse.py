@@ -77,6 +77,10 @@ page_cap = 10
 [store]
 dedup_days = 8
 answer_timeout_s = 1.5
+pending_ttl_days = 0.0001
+purge_interval_s = 2
+history_days = 0.5
+purge_batch = 50
 
 [bus]
 url = "memory:"
@@ -119,6 +123,10 @@ topic = "t7"
         )
         self.assertEqual(config.store.dedup_days, 8.0)
         self.assertEqual(config.store.answer_timeout_s, 1.5)
+        self.assertEqual((config.store.pending_ttl_days, config.store.purge_interval_s,
+                          config.store.history_days, config.store.purge_batch),
+                         (0.0001, 2.0, 0.5, 50))
+        self.assertEqual(config.store.pending_ttl_ms, 8640)
         self.assertEqual(config.routes, (Route(2001, 0, "t0"), Route(2002, 7, "t7")))
         self.assertEqual(
             config.app(2002), AppConfig(2002, "drivers", "", "a-long-secret-2002", "key-2002")
@@ -249,6 +257,10 @@ class TypeTests(ConfigTestCase):
         self.assertConfigError(
             "[store]\ndedup_days = 6.9\n" + APP, "store.dedup_days: expected a number >= 7"
         )
+        self.assertConfigError("[store]\npending_ttl_days = 0\n" + APP,
+                               "store.pending_ttl_days: expected a number >= 1e-05")
+        self.assertConfigError("[store]\npurge_batch = 0\n" + APP,
+                               "store.purge_batch: expected an integer from 1 to 100000")
         self.assertConfigError(
             "[store]\nanswer_timeout_s = 0\n" + APP, "store.answer_timeout_s: expected a number >= 0.1"
         )

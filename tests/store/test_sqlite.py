@@ -18,13 +18,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from daojia_msg.core.errors import StoreError, StoreUnavailable
 from daojia_msg.core.model import StoreOutcome
 from daojia_msg.store.dbpool import InlineConnectionPool
-from daojia_msg.store.sql import SELECT_PENDING
+from daojia_msg.store.sql import SELECT_PENDING, Statements, history_rows, message_row
 from daojia_msg.store.sqlite import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     SQLiteMessageStore,
     inline_sqlite_pool,
 )
-from tests.store.suites import MessageStoreFixture, c2c, ids, make_message_store_tests
+from tests.store.suites import USERS, MessageStoreFixture, c2c, ids, make_message_store_tests
 
 
 def inline_store(test: SynchronousTestCase, path: str | None = None) -> SQLiteMessageStore:
@@ -115,6 +116,30 @@ class SQLiteFileTests(SynchronousTestCase):
         failure = self.failureResultOf(store.start(), StoreError)
         self.assertNotIsInstance(failure.value, StoreUnavailable)
         self.assertIn("version", str(failure.value))
+
+    def test_a_version_1_file_is_migrated(self) -> None:
+        """Schema 2: history rows get a copy of their message (from
+        ``messages``) and the ``history_age`` index; the rows stay readable."""
+        path = self.mktemp()
+        conn = sqlite3.connect(path)
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        new = c2c(5, content=b"\xff old")
+        conn.execute(Statements(history_has_content=False).insert_message,
+                     message_row(new.message))
+        for row in history_rows(new):
+            conn.execute(Statements(history_has_content=False).insert_history, row)
+        conn.commit()
+        conn.close()
+        store = inline_store(self, path)
+        self.assertEqual(sqlite_query(path, "SELECT version FROM schema_version"),
+                         [(SCHEMA_VERSION,)])
+        self.assertEqual(sqlite_query(
+            path, "SELECT name FROM sqlite_master WHERE name = 'history_age'"), [("history_age",)])
+        page = self.successResultOf(store.history(USERS, 2, 0, 10, 0))
+        self.assertEqual(page.messages, [new.message])
 
     def test_pull_uses_the_pending_index(self) -> None:
         store = inline_store(self)

@@ -25,6 +25,7 @@ from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.interfaces import IClientConnection, IMessageStore
 from daojia_msg.logic.service import LogicService
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from daojia_msg.store.lifecycle import PurgeCounts, PurgeCutoffs, StorageFigures
 from daojia_msg.store.memory import MemorySessionStore
 
 #: 2023-11-14T22:13:20Z: a realistic "now" for ids and tokens.
@@ -114,6 +115,13 @@ class FakeMessageStore:
 
     def purge_dedup(self, before_ms: int) -> Deferred[int]:
         return succeed(0)
+
+    def purge(self, cutoffs: PurgeCutoffs) -> Deferred[PurgeCounts]:
+        return succeed(PurgeCounts())
+
+    def storage(self) -> Deferred[StorageFigures]:
+        kinds = ("pending", "history", "dedup")
+        return succeed(StorageFigures(dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0), 0, False))
 
 
 @implementer(IClientConnection)

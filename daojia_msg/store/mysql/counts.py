@@ -20,13 +20,17 @@ class PendingCounter:
     def __init__(self, placement: Placement) -> None:
         self.placement = placement
 
-    def __call__(self, txn: Any, uid: int, appcode: int) -> int:
-        return self.many(txn, [(uid, appcode)])[0]
+    def __call__(self, txn: Any, uid: int, appcode: int, floor: int = 0) -> int:
+        return self.many(txn, [(uid, appcode, floor)])[0]
 
-    def many(self, txn: Any, keys: list[tuple[int, int]]) -> list[int]:
-        """The pending count of each ``(uid, appcode)`` of ``keys`` (all of one database)."""
+    def many(self, txn: Any, keys: list[tuple[int, ...]]) -> list[int]:
+        """The pending count of each ``(uid, appcode[, floor])`` of ``keys``
+        (all of one database), without the messages below ``floor`` (expired;
+        the batch's highest floor counts for all: they differ by the
+        milliseconds between the reads, and an expired message is never counted)."""
         by_table: dict[int, set[tuple[int, int]]] = {}
-        for uid, appcode in keys:
+        floor = max((key[2] for key in keys if len(key) > 2), default=0)
+        for uid, appcode, *_ in keys:
             by_table.setdefault(self.placement.place(uid)[1], set()).add((uid, appcode))
         # A range of the pending index per key (the row constructor is
         # optimised as such); uids and appcodes are ints, written as decimal
@@ -35,8 +39,8 @@ class PendingCounter:
             f"(SELECT to_uid, to_appcode, COUNT(*) FROM messages_{n}"
             " WHERE (to_uid, to_appcode, state) IN ("
             + ", ".join(f"({int(uid)}, {int(appcode)}, 0)" for uid, appcode in sorted(table))
-            + ") GROUP BY to_uid, to_appcode)"
+            + f") AND msgid >= {int(floor)} GROUP BY to_uid, to_appcode)"
             for n, table in sorted(by_table.items())
         ))  # fmt: skip
         counts = {(int(uid), int(appcode)): int(count) for uid, appcode, count in txn.fetchall()}
-        return [counts.get(key, 0) for key in keys]
+        return [counts.get((key[0], key[1]), 0) for key in keys]

@@ -27,16 +27,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daojia_msg.config import MySQLConfig, parse_mysql_url
+from daojia_msg.config import MySQLConfig, StoreConfig, parse_mysql_url
 from daojia_msg.core.errors import StoreError
 from daojia_msg.core.model import AckedMessage, NewMessage, Page, StoredMessage, StoreOutcome
 from daojia_msg.logic.interfaces import IMessageStore
 from daojia_msg.store.batching import GroupCommitter
 from daojia_msg.store.dbpool import StoreLife, close_pool
+from daojia_msg.store.lifecycle import PurgeCounts, PurgeCutoffs, Retention, StorageFigures
 from daojia_msg.store.mysql import schema
 from daojia_msg.store.mysql.across import AcrossDatabases
 from daojia_msg.store.mysql.counts import PendingCounter
 from daojia_msg.store.mysql.flush import AckOp, FlushTransactions, StoreOp
+from daojia_msg.store.mysql.lifecycle import MySQLLifecycle
 from daojia_msg.store.mysql.placement import Placement
 from daojia_msg.store.mysql.pools import (
     Database,
@@ -74,6 +76,7 @@ class MySQLMessageStore:
     :param max_batch: at most this many writes per group commit.
     :param concurrency: at most this many flushes in flight (default
         ``config.flushes_in_flight``, and never more than ``pool_max``).
+    :param retention: ``[store]``: what expires (:class:`Retention`); None keeps all.
     :ivar committer: the :class:`GroupCommitter` of the writes.
     :ivar placement: the :class:`Placement` of rows.
     """
@@ -87,6 +90,7 @@ class MySQLMessageStore:
         pools: list[adbapi.ConnectionPool] | None = None,
         max_batch: int = 1000,
         concurrency: int | None = None,
+        retention: StoreConfig | None = None,
     ) -> None:
         if not config.url:
             raise ValueError("MySQLMessageStore needs mysql.url")
@@ -114,6 +118,8 @@ class MySQLMessageStore:
             for i, (u, p) in enumerate(zip(urls, pools, strict=True))
         ]
         self.placement = Placement(config.shards, len(self._dbs))
+        self.retention = Retention(reactor, retention)
+        self._lifecycle = MySQLLifecycle(self._dbs, config.shards)
         self._txns = [
             MessageTransactions(
                 PARAMSTYLE,
@@ -261,22 +267,24 @@ class MySQLMessageStore:
 
     def pull(self, uid: int, appcode: int, after_msgid: int, limit: int) -> Deferred[Page]:
         db, n = self.placement.place(uid)
-        return self._read(db, self._txns[n].pull_txn, uid, appcode, after_msgid, limit)
+        after = max(after_msgid, self.retention.pending_floor() - 1)
+        return self._read(db, self._txns[n].pull_txn, uid, appcode, after, limit)
 
     def pending_message(self, to_uid: int, msgid: int) -> Deferred[StoredMessage | None]:
         db, n = self.placement.place(to_uid)
-        return self._read(db, self._txns[n].pending_message_txn, to_uid, msgid)
+        floor = self.retention.pending_floor()
+        return self._read(db, self._txns[n].pending_message_txn, to_uid, msgid, floor)
 
     def count_pending(self, uid: int, appcode: int) -> Deferred[int]:
-        return self._read(self.placement.place(uid)[0], self._count_pending, uid, appcode)
+        floor = self.retention.pending_floor()
+        return self._read(self.placement.place(uid)[0], self._count_pending, uid, appcode, floor)
 
     def history(
         self, usersystem: str, uid: int, before_msgid: int, limit: int, peer_uid: int
     ) -> Deferred[Page]:
         db, n = self.placement.place(uid)
-        return self._read(
-            db, self._txns[n].history_txn, usersystem, uid, before_msgid, limit, peer_uid
-        )
+        return self._read(db, self._txns[n].history_txn, usersystem, uid, before_msgid, limit,
+                          peer_uid, self.retention.history_floor())
 
     def max_msgid(self) -> Deferred[int]:
         """The largest msgid of every ``messages_<n>`` of every database."""
@@ -305,6 +313,20 @@ class MySQLMessageStore:
                 if dropped < PURGE_CHUNK:
                     break
         return total
+
+    def purge(self, cutoffs: PurgeCutoffs) -> Deferred[PurgeCounts]:
+        """One purge round over every shard table of every database
+        (:mod:`.lifecycle`: batches under each shard's named lock)."""
+        if not self._life.started:
+            return self._life.not_running()
+        return Deferred.fromCoroutine(self._lifecycle.purge(cutoffs))
+
+    def storage(self) -> Deferred[StorageFigures]:
+        """Estimated rows and bytes per table kind over every database, and
+        the oldest pending msgid (:mod:`.lifecycle`)."""
+        if not self._life.started:
+            return self._life.not_running()
+        return self._lifecycle.storage()
 
     def _read(self, db: int, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         if not self._life.started:

@@ -110,9 +110,9 @@ class SchemaTests(TestCase):
         pending = shard.select_pending
         self.assertEqual(await pool.runInteraction(plan, pending, (2, 10, 0, 21)), "pending")
         history = shard.select_history.format(before="", peer="")
-        self.assertEqual(await pool.runInteraction(plan, history, (USERS, 1, 21)), "PRIMARY")
+        self.assertEqual(await pool.runInteraction(plan, history, (USERS, 1, 0, 21)), "PRIMARY")
         by_peer = shard.select_history.format(before="", peer=" AND h.peer_uid = ?")
-        self.assertEqual(await pool.runInteraction(plan, by_peer, (USERS, 1, 99, 21)), "peer")
+        self.assertEqual(await pool.runInteraction(plan, by_peer, (USERS, 1, 0, 99, 21)), "peer")
 
     async def test_history_age_key_added_by_migration_2(self) -> None:
         """A version-1 database gets ``KEY age (msgid)`` on every history

@@ -1,0 +1,152 @@
+"""The data lifecycle on one node (SQLite inline, ``task.Clock``): expired
+messages are neither pulled, counted at LOGIN nor pushed again, the purge
+loop counts them ``expired`` per route, history past its retention is gone,
+the storage figures are cached."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from prometheus_client.registry import CollectorRegistry
+from twisted.internet.defer import fail
+from twisted.trial.unittest import SynchronousTestCase
+
+from daojia_msg.config import default_config
+from daojia_msg.core.model import Kind
+from daojia_msg.metrics.lifecycle import LifecycleCollector
+from daojia_msg.metrics.registry import make_registry
+from tests.helpers import Stack
+from tests.metrics.test_registry import scrape, value
+
+DAY = 86400.0
+
+
+def lifecycle_stack(**store: Any) -> Stack:
+    """A stack whose messages expire after a day, history after two."""
+    config = default_config()
+    settings = {"pending_ttl_days": 1.0, "history_days": 2.0, "purge_interval_s": 60.0, **store}
+    return Stack(replace(config, store=replace(config.store, **settings)))
+
+
+class ExpiryTests(SynchronousTestCase):
+    def test_an_expired_message_is_neither_pulled_nor_counted_then_counted_expired(self) -> None:
+        stack = lifecycle_stack()
+        a = stack.login(1)
+        old = a.c2c(2, b"old").msgid
+        stack.clock.advance(0.5 * DAY)
+        a = stack.login(1, host="10.0.0.5")  # the first connection timed out meanwhile
+        fresh = a.c2c(2, b"fresh").msgid
+        a.c2c(3, b"other", msgtype=9)
+        stack.clock.advance(0.6 * DAY)  # old: 1.1 days, fresh: 0.6 days
+        b = stack.connect("10.0.0.2")
+        self.assertEqual(b.login(2).offline_count, 1)
+        self.assertEqual([m.msgid for m in b.pull().messages], [fresh])
+        self.assertNotEqual(old, fresh)
+        self.assertEqual(stack.logic.stats.totals()["expired"], 0)
+        counts = self.successResultOf(stack.logic.lifecycle.purge_round())
+        assert counts is not None
+        self.assertEqual(counts.expired, {(1001, 7, Kind.C2C): 1})
+        self.assertEqual(stack.logic.stats.by_route[(1001, 7, Kind.C2C)][-1], 1)
+        self.assertEqual(stack.logic.stats.snapshot()["totals"]["expired"], 1)
+        registry = make_registry(stack.logic.stats, lambda: 0, lambda: 0)
+        registry.register(LifecycleCollector(stack.logic.lifecycle))
+        samples = scrape(registry)
+        self.assertEqual(value(samples["msgplatform_messages_expired"],
+                               "msgplatform_messages_expired_total",
+                               appcode="1001", msgtype="7", kind="C2C"), 1)
+        self.assertEqual(value(samples["msgplatform_store_purged_rows"],
+                               "msgplatform_store_purged_rows_total", reason="expired"), 1)
+        # The other two expire a day later; uid 3's too, though nobody asked.
+        stack.clock.advance(DAY)
+        c = stack.connect("10.0.0.3")
+        self.assertEqual(c.login(3).offline_count, 0)
+        self.successResultOf(stack.logic.lifecycle.purge_round())
+        self.assertEqual(stack.logic.stats.totals()["expired"], 3)
+
+    def test_an_expired_push_is_not_pushed_again(self) -> None:
+        stack = lifecycle_stack(pending_ttl_days=15 / DAY)  # 15 s; ACK timeout 10 s
+        b = stack.login(2)
+        a = stack.login(1, host="10.0.0.3")
+        a.c2c(2, b"never acked")
+        self.assertEqual(len(b.pushed_messages()), 1)
+        stack.clock.advance(10)
+        self.assertEqual(len(b.pushed_messages()), 1)  # re-pushed: 10 s old
+        stack.clock.advance(10)
+        self.assertEqual(b.pushed_messages(), [])  # 20 s old: expired
+        self.assertEqual(stack.logic.stats.totals()["repushed"], 1)
+
+    def test_acked_rows_leave_and_old_history_is_gone_from_history(self) -> None:
+        stack = lifecycle_stack()
+        stack.logic.startService()
+        self.addCleanup(stack.logic.stopService)
+        a, b = stack.login(1), stack.login(2, host="10.0.0.2")
+        sent = a.c2c(2, b"hello").msgid
+        self.assertEqual(b.ack([sent]).code, 0)
+        stack.clock.advance(60)  # a purge round
+        last = stack.logic.lifecycle.last
+        assert last is not None
+        self.assertEqual(last.delivered, 1)
+        figures = stack.logic.lifecycle.figures
+        assert figures is not None
+        self.assertEqual(figures.rows, {"pending": 0, "history": 2, "dedup": 0})
+        self.assertEqual([m.msgid for m in a.history().messages], [sent])
+        stack.clock.advance(2 * DAY)
+        a2 = stack.login(1, host="10.0.0.4")
+        self.assertEqual(list(a2.history().messages), [])
+        self.assertEqual(stack.logic.lifecycle.purged["history"], 2)
+
+
+class LoopTests(SynchronousTestCase):
+    def test_purge_loop_survives_any_error(self) -> None:
+        stack = lifecycle_stack()
+        stack.logic.startService()
+        self.addCleanup(stack.logic.stopService)
+        stack.store.purge = lambda cutoffs: fail(ZeroDivisionError())  # type: ignore[method-assign]
+        stack.clock.advance(60)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        stack.clock.advance(60)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_cutoffs_follow_the_config(self) -> None:
+        stack = lifecycle_stack(purge_batch=7)
+        cutoffs = stack.logic.lifecycle.cutoffs()
+        now_ms = int(stack.clock.seconds() * 1000)
+        self.assertEqual(cutoffs.batch, 7)
+        self.assertEqual(cutoffs.dedup_before_ms, now_ms - 7 * 86_400_000)
+        self.assertEqual(stack.ids.time_ms(cutoffs.pending_before), now_ms - 86_400_000)
+        self.assertEqual(stack.ids.time_ms(cutoffs.history_before), now_ms - 2 * 86_400_000)
+
+    def test_snapshot_is_cached_for_a_purge_interval(self) -> None:
+        stack = lifecycle_stack()
+        reads: list[int] = []
+        real = stack.store.storage
+
+        def storage() -> Any:
+            reads.append(1)
+            return real()
+
+        stack.store.storage = storage  # type: ignore[method-assign]
+        a = stack.login(1)
+        a.c2c(2)
+        stack.clock.advance(10)
+        snapshot = self.successResultOf(stack.logic.lifecycle.snapshot())
+        self.assertEqual(snapshot["pending_rows"], 1)
+        self.assertEqual(snapshot["oldest_pending_age_s"], 10.0)
+        self.assertEqual(snapshot["bytes"].keys(), {"pending", "history", "dedup"})
+        self.assertIsNone(snapshot["last_purge"])
+        stack.clock.advance(30)
+        self.successResultOf(stack.logic.lifecycle.snapshot())
+        self.assertEqual(len(reads), 1)
+        stack.clock.advance(30)
+        again = self.successResultOf(stack.logic.lifecycle.snapshot())
+        self.assertEqual((len(reads), again["oldest_pending_age_s"]), (2, 70.0))
+
+    def test_metrics_before_anything_was_read(self) -> None:
+        stack = lifecycle_stack()
+        registry = CollectorRegistry()
+        registry.register(LifecycleCollector(stack.logic.lifecycle))
+        samples = scrape(registry)
+        self.assertEqual(samples["msgplatform_store_rows"], [])
+        self.assertEqual(value(samples["msgplatform_store_purged_rows"],
+                               "msgplatform_store_purged_rows_total", reason="delivered"), 0)
