@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from prometheus_client.registry import CollectorRegistry
 from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -141,12 +140,3 @@ class LoopTests(SynchronousTestCase):
         stack.clock.advance(30)
         again = self.successResultOf(stack.logic.lifecycle.snapshot())
         self.assertEqual((len(reads), again["oldest_pending_age_s"]), (2, 70.0))
-
-    def test_metrics_before_anything_was_read(self) -> None:
-        stack = lifecycle_stack()
-        registry = CollectorRegistry()
-        registry.register(LifecycleCollector(stack.logic.lifecycle))
-        samples = scrape(registry)
-        self.assertEqual(samples["msgplatform_store_rows"], [])
-        self.assertEqual(value(samples["msgplatform_store_purged_rows"],
-                               "msgplatform_store_purged_rows_total", reason="delivered"), 0)
