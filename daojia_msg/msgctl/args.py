@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print them again every SECONDS (at least 0.5) until Ctrl-C")
     p.add_argument("--rounds", type=int, default=0, metavar="N",
                    help="with --watch: stop after N rounds (default: until Ctrl-C)")
+    p = sub.add_parser("store-stats", parents=[http],
+                       help="print the message store's rows, bytes, oldest pending message and "
+                            "last purge (\"store\" of GET /v1/stats)")
+    p.add_argument("--appcode", type=U32, default=1001,
+                   help="the app whose API key asks (default %(default)s)")
+    p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
+    p.add_argument("--json", action="store_true", help="print the \"store\" JSON as it is")
     p = sub.add_parser(
         "trace", help="print one message's path, in time order, from the nodes' JSON logs"
     )

@@ -23,7 +23,7 @@ from daojia_msg.client.errors import ClientError, ResultError
 from daojia_msg.msgctl.args import build_parser
 from daojia_msg.msgctl.chat import cmd_chat
 from daojia_msg.msgctl.common import CliError, Ctx, StdioFactory
-from daojia_msg.msgctl.httpapi import cmd_push, cmd_stats
+from daojia_msg.msgctl.httpapi import cmd_push, cmd_stats, cmd_store_stats
 from daojia_msg.msgctl.oneshot import cmd_c2s, cmd_history, cmd_pull, cmd_send, cmd_token
 from daojia_msg.msgctl.tail import cmd_tail
 from daojia_msg.msgctl.tracelog import cmd_trace
@@ -39,6 +39,7 @@ COMMANDS: dict[str, Callable[[Ctx], Any]] = {
     "c2s": cmd_c2s,
     "push": cmd_push,
     "stats": cmd_stats,
+    "store-stats": cmd_store_stats,
     "tail": cmd_tail,
     "trace": cmd_trace,
 }

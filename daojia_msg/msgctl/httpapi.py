@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.msgctl.test_httpapi,tests.msgctl.test_tls -*-
-"""``msgctl push`` and ``msgctl stats``: the node's HTTP API (docs/openapi.yaml),
+"""``msgctl push``, ``msgctl stats`` and ``msgctl store-stats``: the node's
+HTTP API (docs/openapi.yaml),
 over https with ``--tls`` (the node's certificate verified against ``--ca``).
 ``push`` sends an ``Idempotency-Key`` (``--idempotency-key``, or a fresh one)
 and resends with it after a 504."""
@@ -151,14 +152,14 @@ async def _stats_once(ctx: Ctx) -> None:
     ctx.say(f"delivery rate: {'-' if rate is None else f'{rate:.2%}'}"
             + (f" (last {window:g} s)" if window else "")
             + f", since the start: {_pct(stats.get('delivery_rate_total'))}")
-    names = ("accepted", "pushed", "acked", "repushed", "stored", "pulled")
+    names = ("accepted", "pushed", "acked", "repushed", "stored", "pulled", "expired")
     ctx.say(f"{'appcode':>8} {'msgtype':>8} {'kind':<4} " + " ".join(f"{n:>9}" for n in names)
             + f" {'ack p50 ms':>10} {'ack p99 ms':>10}")
     for r in stats["by_route"]:
         ctx.say(f"{r['appcode']:>8} {r['msgtype']:>8} {r['kind']:<4} "
-                + " ".join(f"{r[n]:>9}" for n in names) + _latency(r.get("ack_latency")))
+                + " ".join(f"{r.get(n, 0):>9}" for n in names) + _latency(r.get("ack_latency")))
     t = stats["totals"]
-    ctx.say(f"{'total':>8} {'':>8} {'':<4} " + " ".join(f"{t[n]:>9}" for n in names)
+    ctx.say(f"{'total':>8} {'':>8} {'':<4} " + " ".join(f"{t.get(n, 0):>9}" for n in names)
             + _latency(stats.get("ack_latency")))
 
 
@@ -173,3 +174,61 @@ def _latency(summary: dict[str, Any] | None) -> str:
 
 def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.2%}"
+
+
+async def cmd_store_stats(ctx: Ctx) -> None:
+    """The message store's figures (the whole platform's; on MySQL, InnoDB's
+    estimates) and the answering node's last purge round."""
+    a = ctx.args
+    store = json.loads(await _http(ctx, "GET", "/v1/stats", _api_key(a.api_key, a.appcode)))
+    store = store.get("store")
+    if store is None:
+        raise CliError("the node's GET /v1/stats has no \"store\" (a node before the data "
+                       "lifecycle?)")
+    if a.json:
+        ctx.say(json.dumps(store, indent=2))
+        return
+    sizes = store.get("bytes") or {}
+    about = " (estimates)" if store.get("approximate") else ""
+    ctx.say(f"{'table':<8} {'rows':>14} {'bytes':>12}{about}")
+    for kind in ("pending", "history", "dedup"):
+        ctx.say(f"{kind:<8} {_count(store.get(f'{kind}_rows')):>14} {_size(sizes.get(kind)):>12}")
+    age = store.get("oldest_pending_age_s")
+    ctx.say(f"oldest pending message: {'none' if age is None else _age(age) + ' old'}")
+    last = store.get("last_purge")
+    if last is None:
+        ctx.say("last purge: none yet on this node")
+        return
+    ctx.say(f"last purge on this node: {_clock(last['at_ms'])}: {last['expired']} expired,"
+            f" {last['delivered']} delivered, {last['history']} history rows,"
+            f" {last.get('dedup', 0)} de-dup keys in {last.get('batches', 0)} batches"
+            + (f"; skipped (another node purged them): {', '.join(last['skipped'])}"
+               if last.get("skipped") else ""))
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1024:
+        return f"{value} B"
+    size, unit = value / 1024, "KiB"
+    for bigger in ("MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
+
+
+def _age(seconds: float) -> str:
+    for unit, length in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= length:
+            return f"{seconds / length:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _clock(at_ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at_ms / 1000))

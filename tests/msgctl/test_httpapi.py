@@ -148,8 +148,9 @@ class StatsTests(CliTestCase):
         lines = self.out.getvalue().splitlines()
         self.assertEqual(lines[0], "delivery rate: 75.00% (last 300 s), since the start: 75.00%")
         self.assertEqual(lines[2].split(),
-                         ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1", "25", "100"])
-        self.assertEqual(lines[3].split(), ["total", "4", "3", "3", "1", "1", "1", "25", "-"])
+                         ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1", "0", "25", "100"])
+        self.assertEqual(lines[3].split(),
+                         ["total", "4", "3", "3", "1", "1", "1", "0", "25", "-"])
 
     def test_watch_prints_again_every_interval(self) -> None:
         resource = StatsResource(self.ANSWER)
@@ -199,3 +200,50 @@ class StatsTests(CliTestCase):
         stub.flush()
         self.assertEqual(self.exit_code(d), 0)
         self.assertEqual(json.loads(self.out.getvalue()), self.ANSWER)
+
+
+class StoreStatsTests(CliTestCase):
+    STORE = {
+        "pending_rows": 1234567, "history_rows": 40, "dedup_rows": 3,
+        "oldest_pending_age_s": 7200.0,
+        "bytes": {"pending": 3 << 20, "history": 1536, "dedup": 100},
+        "approximate": True, "figures_at_ms": 1_700_000_000_000,
+        "last_purge": {"at_ms": 1_700_000_000_000, "expired": 2, "delivered": 9, "history": 4,
+                       "dedup": 1, "batches": 12, "skipped": ["db messages_3"]},
+    }
+
+    def run_store_stats(self, answer: dict[str, Any], *extra: str) -> tuple[int, list[str]]:
+        resource = StatsResource(answer)
+        stub = StubTreq(resource)
+        d = self.run_cli("store-stats", *extra, http=stub)
+        stub.flush()
+        self.assertEqual(resource.seen, [(b"/v1/stats", "Bearer demo-key-1001")])
+        return self.exit_code(d), self.out.getvalue().splitlines()
+
+    def test_table(self) -> None:
+        code, lines = self.run_store_stats({**StatsTests.ANSWER, "store": self.STORE})
+        self.assertEqual(code, 0)
+        self.assertEqual(lines[0].split(), ["table", "rows", "bytes", "(estimates)"])
+        self.assertEqual(lines[1].split(), ["pending", "1,234,567", "3.0", "MiB"])
+        self.assertEqual(lines[2].split(), ["history", "40", "1.5", "KiB"])
+        self.assertEqual(lines[3].split(), ["dedup", "3", "100", "B"])
+        self.assertEqual(lines[4], "oldest pending message: 2.0 h old")
+        self.assertIn(": 2 expired, 9 delivered, 4 history rows, 1 de-dup keys in 12 batches;"
+                      " skipped (another node purged them): db messages_3", lines[5])
+
+    def test_nothing_yet(self) -> None:
+        store = {**self.STORE, "oldest_pending_age_s": None, "last_purge": None,
+                 "approximate": False}
+        code, lines = self.run_store_stats({**StatsTests.ANSWER, "store": store})
+        self.assertEqual((code, lines[0].split()), (0, ["table", "rows", "bytes"]))
+        self.assertEqual(lines[4:], ["oldest pending message: none",
+                                     "last purge: none yet on this node"])
+
+    def test_json(self) -> None:
+        code, lines = self.run_store_stats({**StatsTests.ANSWER, "store": self.STORE}, "--json")
+        self.assertEqual((code, json.loads("\n".join(lines))), (0, self.STORE))
+
+    def test_a_node_without_store_figures(self) -> None:
+        code, _ = self.run_store_stats(StatsTests.ANSWER)
+        self.assertEqual(code, 1)
+        self.assertIn("no \"store\"", self.err.getvalue())

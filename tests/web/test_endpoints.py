@@ -19,6 +19,7 @@ from daojia_msg.protocol.codes import KickReason
 from daojia_msg.web.site import make_site
 from tests.web.fakes import NOW
 from tests.web.helpers import SHOP, TAXI, ApiTestCase, Client, push_body
+from tests.web.test_openapi import load_yaml
 
 
 class SessionsTests(ApiTestCase):
@@ -104,6 +105,18 @@ class StatsTests(ApiTestCase):
         taxi = self.request("GET", "/v1/stats", headers=TAXI).json()
         self.assertEqual([r["appcode"] for r in taxi["by_route"]], [2001])
         self.assertEqual(taxi["totals"]["accepted"], 1)
+
+    def test_store_figures_as_documented(self) -> None:
+        """``store``: the message store's figures, and the whole answer as
+        docs/openapi.yaml says (types, required and only known fields)."""
+        self.node.login(5, 1001)
+        self.assertEqual(self.push(push_body(to_uid=5, msgtype=9)).status, 200)
+        answer = self.request("GET", "/v1/stats", headers=SHOP).json()
+        self.assertEqual(answer["store"]["bytes"], {"pending": 0, "history": 0, "dedup": 0})
+        self.assertEqual((answer["store"]["oldest_pending_age_s"], answer["store"]["last_purge"]),
+                         (None, None))
+        schemas = load_yaml()["components"]["schemas"]
+        check_schema(self, answer, schemas["Stats"], schemas)
 
     def test_empty(self) -> None:
         answer = self.request("GET", "/v1/stats", headers=SHOP).json()
@@ -213,3 +226,34 @@ class ClientGoneTests(ApiTestCase):
         gone = [e for e in events if "went away" in formatEvent(e)]
         self.assertEqual(len(gone), 1)
         self.assertIn("(200)", formatEvent(gone[0]))
+
+
+_TYPES: dict[str, Any] = {"object": dict, "array": list, "string": str, "boolean": bool,
+                          "integer": int, "number": (int, float), "null": type(None)}
+
+
+def check_schema(test: Any, value: Any, schema: dict[str, Any], schemas: dict[str, Any],
+                 where: str = "$") -> None:
+    """``value`` against the subset of JSON Schema docs/openapi.yaml uses for
+    answers: ``$ref``, ``type``, ``required``, ``additionalProperties: false``,
+    ``properties``, ``items``, ``minimum``."""
+    if "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if types:
+        test.assertTrue(any(isinstance(value, _TYPES[t]) and not (
+            t in ("integer", "number") and isinstance(value, bool)) for t in types),
+            f"{where}: {value!r} is not {types}")
+    if isinstance(value, dict):
+        test.assertLessEqual(set(schema.get("required", [])), set(value), where)
+        if schema.get("additionalProperties") is False:
+            test.assertLessEqual(set(value), set(schema.get("properties", {})), where)
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                check_schema(test, value[key], sub, schemas, f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            check_schema(test, item, schema["items"], schemas, f"{where}[{i}]")
+    if isinstance(value, int | float) and "minimum" in schema:
+        test.assertGreaterEqual(value, schema["minimum"], where)
