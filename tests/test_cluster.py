@@ -40,7 +40,8 @@ class TwoNodes(NodeTestCase):
     """Two nodes in this process on one Redis (a key prefix of the test's)."""
 
     async def start_cluster_node(self, data_dir: str, prefix: str, node_id: int | None = None,
-                                 mysql: Any = None, drain_grace_s: float = 0.0) -> Node:
+                                 mysql: Any = None, drain_grace_s: float = 0.0,
+                                 store: Any = None) -> Node:
         base = default_config()
         config = base.replace(
             node_id=node_id,
@@ -53,6 +54,7 @@ class TwoNodes(NodeTestCase):
                                   drain_grace_s=drain_grace_s,
                                   rpc_secret="a-test-rpc-secret-16+"),
             **({"mysql": mysql} if mysql is not None else {}),
+            **({"store": store} if store is not None else {}),
         )
         node = Node(config, R)
         node.startService()

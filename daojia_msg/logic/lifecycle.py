@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -50,7 +50,9 @@ class Lifecycle:
         self.figures: StorageFigures | None = None
         self.figures_at = 0.0
         self._waiters: list[Deferred[StorageFigures | None]] = []
-        self._loop = LoopingCall(self.purge_round)
+        self._round: Deferred[PurgeCounts | None] | None = None
+        self._stopping = False
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = ctx.clock
 
     def start(self) -> None:
@@ -59,8 +61,17 @@ class Lifecycle:
         self.read_figures()
 
     def stop(self) -> None:
+        """No more rounds; the one under way stops after its batch (its
+        transaction runs to its end; the store waits for it as it stops)."""
+        self._stopping = True
         if self._loop.running:
             self._loop.stop()
+        if self._round is not None and not self._round.called:
+            self._round.cancel()
+
+    def _tick(self) -> Deferred[PurgeCounts | None]:
+        self._round = Deferred.fromCoroutine(self.purge_round())
+        return self._round
 
     def cutoffs(self) -> PurgeCutoffs:
         now_ms = self.ctx.now_ms()
@@ -75,8 +86,11 @@ class Lifecycle:
         """One round; None when it failed (logged: the loop goes on)."""
         try:
             counts = await self.store.purge(self.cutoffs())
-        except Exception:  # keep the LoopingCall alive whatever happened
-            self.log.failure("purging the message store failed")
+        except Exception as e:  # keep the LoopingCall alive whatever happened
+            if self._stopping or isinstance(e, CancelledError):
+                self.log.info("purge round cut short: the node stops")
+            else:
+                self.log.failure("purging the message store failed")
             return None
         for route, n in counts.expired.items():
             self.ctx.stats.add(route, "expired", n)
@@ -110,7 +124,8 @@ class Lifecycle:
         try:
             figures = await self.store.storage()
         except Exception:
-            self.log.failure("reading the message store's storage figures failed")
+            if not self._stopping:
+                self.log.failure("reading the message store's storage figures failed")
         else:
             self.figures, self.figures_at = figures, self.ctx.clock.seconds()
         waiters, self._waiters = self._waiters, []

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import default_config
@@ -106,6 +106,27 @@ class LoopTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         stack.clock.advance(60)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_stop_cuts_a_round_short(self) -> None:
+        """The node stops while a round waits on the store: the round is
+        cancelled (no more batches), quietly; no round starts again."""
+        stack = lifecycle_stack()
+        stack.logic.startService()
+        waiting: list[Deferred[Any]] = []
+
+        def purge(cutoffs: Any) -> Deferred[Any]:
+            waiting.append(Deferred())
+            return waiting[-1]
+
+        stack.store.purge = purge  # type: ignore[method-assign]
+        stack.clock.advance(60)
+        self.assertEqual(len(waiting), 1)
+        stack.logic.stopService()
+        self.assertTrue(waiting[0].called)  # cancelled
+        self.assertEqual(self.flushLoggedErrors(), [])
+        stack.clock.advance(600)
+        self.assertEqual(len(waiting), 1)
+        self.assertIsNone(stack.logic.lifecycle.last)
 
     def test_cutoffs_follow_the_config(self) -> None:
         stack = lifecycle_stack(purge_batch=7)

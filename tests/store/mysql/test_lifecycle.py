@@ -14,8 +14,11 @@ from twisted.trial.unittest import TestCase
 
 from daojia_msg.config import MySQLConfig, parse_mysql_url
 from daojia_msg.core.model import Kind
+from daojia_msg.store.lifecycle import PurgeTransactions
 from daojia_msg.store.mysql import MySQLMessageStore
 from daojia_msg.store.mysql.pools import describe, mysql_pool
+from daojia_msg.store.mysql.render import PARAMSTYLE
+from daojia_msg.store.sql import Tables
 from tests.store.lifecycle_suite import (
     NOW,
     RETENTION,
@@ -152,3 +155,29 @@ class PurgeLockTests(TestCase):
         for s in pool.statements:
             if s.startswith("DELETE") and " IN (" in s:
                 self.assertLessEqual(s.count("%s"), 5)
+
+
+class PurgePlanTests(TestCase):
+    async def test_purge_statements_use_keys(self) -> None:
+        """The purge's reads and deletes go by the primary key, ``KEY age``
+        and ``KEY created``, never a scan of a whole table of another kind."""
+        url = fresh_database(self)
+        config = mysql_config(url, shards=1)
+        clock = Clock()
+        clock.advance(NOW)
+        store = await node(self, config, clock)
+        await store.store([c2c(msgid(3 - i / 100, i), to_uid=2 + i % 7, client_msg_id=f"k{i}")
+                           for i in range(300)])
+        txns = PurgeTransactions(PARAMSTYLE, Tables.shard(0), locking_reads=True,
+                                 delete_limit=True)
+
+        def plan(txn: Any, statement: str, params: tuple[Any, ...]) -> str:
+            txn.execute("EXPLAIN " + statement.replace("?", "%s"), params)
+            return str(txn.fetchall()[0][5])  # the key chosen
+
+        run = store.pools[0].runInteraction
+        floor = msgid(1)
+        self.assertEqual(await run(plan, txns.select_expired, (floor, 5)), "PRIMARY")
+        self.assertEqual(await run(plan, txns.select_delivered, (0, 5)), "PRIMARY")
+        self.assertEqual(await run(plan, txns.delete_history, (floor, 5)), "age")
+        self.assertEqual(await run(plan, txns.delete_dedup, (0, 5)), "created")
