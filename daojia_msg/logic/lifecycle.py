@@ -49,6 +49,7 @@ class Lifecycle:
         self.last_at_ms: int | None = None
         self.figures: StorageFigures | None = None
         self.figures_at = 0.0
+        self._asked_at: float | None = None  # the last read asked for (it may have failed)
         self._waiters: list[Deferred[StorageFigures | None]] = []
         self._round: Deferred[PurgeCounts | None] | None = None
         self._stopping = False
@@ -114,6 +115,7 @@ class Lifecycle:
         """Read the storage figures again (one read at a time; those who ask
         meanwhile share it); None when the store could not answer (logged)."""
         waiter: Deferred[StorageFigures | None] = Deferred()
+        self._asked_at = self.ctx.clock.seconds()
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
             Deferred.fromCoroutine(self._read())
@@ -142,9 +144,9 @@ class Lifecycle:
     async def snapshot(self) -> dict[str, Any]:
         """The ``"store"`` of ``GET /v1/stats``: the figures (read now if the
         copy is older than ``purge_interval_s``) and this node's last round."""
-        if (self.figures is None
-                or self.ctx.clock.seconds() - self.figures_at >= self.config.purge_interval_s):
-            await self.read_figures()
+        asked = self._asked_at
+        if asked is None or self.ctx.clock.seconds() - asked >= self.config.purge_interval_s:
+            await self.read_figures()  # (a failed read is not tried again sooner either)
         figures = self.figures
         last = self.last
         return {

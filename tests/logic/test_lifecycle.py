@@ -161,3 +161,23 @@ class LoopTests(SynchronousTestCase):
         stack.clock.advance(30)
         again = self.successResultOf(stack.logic.lifecycle.snapshot())
         self.assertEqual((len(reads), again["oldest_pending_age_s"]), (2, 70.0))
+
+    def test_a_failed_read_is_not_tried_again_within_the_interval(self) -> None:
+        stack = lifecycle_stack()
+        reads: list[int] = []
+
+        def storage() -> Any:
+            reads.append(1)
+            return fail(ZeroDivisionError())
+
+        stack.store.storage = storage  # type: ignore[method-assign]
+        first = self.successResultOf(stack.logic.lifecycle.snapshot())
+        self.assertEqual((first["pending_rows"], first["bytes"]), (None, None))
+        stack.clock.advance(30)
+        self.successResultOf(stack.logic.lifecycle.snapshot())
+        self.assertEqual(len(reads), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        stack.clock.advance(30)
+        self.successResultOf(stack.logic.lifecycle.snapshot())
+        self.assertEqual(len(reads), 2)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
