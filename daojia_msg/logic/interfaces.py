@@ -99,7 +99,8 @@ class IMessageStore(Interface):
 
     def purge_dedup(before_ms):
         """Forget de-duplication keys recorded before Unix ms ``before_ms``;
-        fires with how many were dropped."""
+        fires with how many were dropped. (The node's purge rounds do this in
+        batches, :meth:`purge`; this is the one-shot form.)"""
 
     def purge(cutoffs):
         """One purge round (:class:`PurgeCutoffs`): expired pending messages
