@@ -64,6 +64,7 @@ from daojia_msg.metrics.lifecycle import LifecycleCollector
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import DeliveryGauges, make_registry
 from daojia_msg.metrics.store import ReadsCollector, StoreMetrics
+from daojia_msg.processes import SHARED, ReusePortReactor
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.redisconn import Redis, connect
@@ -90,10 +91,13 @@ class Node(MultiService):
     gate: GateFactory
     ops: OpsView
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, *, reuse_port: bool = False) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        #: A worker of several processes: the gate and ws listeners share
+        #: their port with the other workers (SO_REUSEPORT, daojia_msg/processes.py).
+        self.reuse_port = reuse_port
         self.clustered = bool(config.redis.url)
         self.node_id = config.node_id if config.node_id is not None else 0
         if not config.mysql.url:
@@ -294,8 +298,10 @@ class Node(MultiService):
         """Listen on ``listen.<name>``; one that cannot be bound stops start-up
         with a line that names the key."""
         description = getattr(self.config.listen, name)
+        reactor = (ReusePortReactor(self.reactor) if self.reuse_port and name in SHARED
+                   else self.reactor)
         try:
-            endpoint, server_tls = tls.server_endpoint(self.reactor, description, name)
+            endpoint, server_tls = tls.server_endpoint(reactor, description, name)
         except tls.TLSError as e:
             raise ConfigError(str(e), ("listen", name)) from None
         if server_tls is not None:

@@ -8,20 +8,25 @@ stops start-up with one line that names the key and the problem, and exit 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 import daojia_msg
-from daojia_msg import tls
+from daojia_msg import processes, tls
 from daojia_msg.admin.manhole import check_manhole_config
 from daojia_msg.config import (
     MAX_NODE_ID,
+    MAX_PROCESSES,
     MAX_TRACE_BUFFER,
     Config,
     ConfigError,
@@ -70,6 +75,10 @@ class Options(usage.Options):
         ["trace-buffer", None, None, "Keep the last N message events in memory for "
                                      "GET /v1/trace/{logid} (log.trace_buffer; 0 = off; "
                                      "10000 with the demo apps)."],
+        ["processes", None, None, "Node processes on this host sharing the gate's port "
+                                  "(node.processes; default 1); more than 1 needs --redis "
+                                  "and --mysql."],
+        ["worker", None, None, "(internal) Run as worker K of a --processes supervisor."],
     ]
 
 
@@ -86,6 +95,7 @@ OPTION_KEYS: dict[tuple[str, ...], str] = {
     ("bus", "url"): "--bus",
     ("node", "data_dir"): "--data-dir",
     ("log", "trace_buffer"): "--trace-buffer",
+    ("node", "processes"): "--processes",
 }
 
 
@@ -143,6 +153,8 @@ def _build_config(options: Any) -> Config:
             raise ConfigError(f"expected an integer from 0 to {MAX_TRACE_BUFFER}, got {raw!r}",
                               ("--trace-buffer",))
         changes["log"] = dataclasses.replace(config.log, trace_buffer=int(raw))
+    if options["processes"] is not None:
+        changes["processes"] = _int_option(options["processes"], 1, MAX_PROCESSES, "--processes")
     if options["manhole-password-file"] is not None:
         changes["admin"] = dataclasses.replace(
             config.admin, manhole_password=_read_secret(options["manhole-password-file"],
@@ -152,7 +164,16 @@ def _build_config(options: Any) -> Config:
     check_demo_gate(config, allowed=bool(options["demo"]))
     check_cluster_config(config)
     check_manhole_config(config.listen.manhole, config.admin.manhole_password)
+    processes.check_processes(config)
+    if options["worker"] is not None:
+        _int_option(options["worker"], 0, config.processes - 1, "--worker")
     return config
+
+
+def _int_option(raw: str, lo: int, hi: int, option: str) -> int:
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ConfigError(f"expected an integer from {lo} to {hi}, got {raw!r}", (option,))
+    return int(raw)
 
 
 def check_demo_gate(config: Config, allowed: bool) -> None:
@@ -196,14 +217,16 @@ class _Verdict(MultiService):
     writes the verdict itself once the node is ready or has failed: a daemon
     that cannot start exits 1 with its reason, instead of 0."""
 
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: Any, pipe: int | None = None) -> None:
         super().__init__()
         self.runner = runner
-        self.pipe: int | None = None
+        #: A worker's verdict goes to its supervisor (daojia_msg/processes.py).
+        self.pipe: int | None = pipe
+        self.limit = 100 if pipe is None else 4000  # what twistd's parent reads
 
     def startService(self) -> None:
-        if self.runner is not None:  # twistd's own options: it keeps the pipe there
-            self.pipe = self.runner.pop("statusPipe", None)
+        if self.runner is not None and self.runner.get("statusPipe") is not None:
+            self.pipe = self.runner.pop("statusPipe")  # twistd's own options keep it there
         super().startService()
 
     def report(self, why: str | None) -> None:
@@ -211,7 +234,8 @@ class _Verdict(MultiService):
         pipe, self.pipe = self.pipe, None
         if pipe is None:
             return
-        message = b"0" if why is None else f"1 {why}".encode("ascii", "backslashreplace")[:100]
+        message = b"0" if why is None else f"1 {why}".encode("ascii", "backslashreplace")
+        message = message[:self.limit]
         os.write(pipe, message)
         os.close(pipe)
 
@@ -226,18 +250,24 @@ def makeService(options: Any) -> IService:
     from daojia_msg import gctune, steadyclock
     from daojia_msg.node import Node
 
+    runner = getattr(options, "parent", None)  # twistd's options, when run by twistd
+    if config.processes > 1 and options["worker"] is None:
+        return _supervise(config, options, runner, reactor)
+
     # Timers, msgids and send dates on a clock a step of the wall clock does
     # not move (daojia_msg/steadyclock.py).
     steadyclock.install(reactor)
 
+    worker = options["worker"]
+    if worker is not None:  # one of several processes (daojia_msg/processes.py)
+        config = processes.worker_config(config, int(worker))
     try:
-        node = Node(config, reactor)
+        node = Node(config, reactor, reuse_port=worker is not None)
     except OSError as e:
         key = "--data-dir" if options["data-dir"] is not None else "node.data_dir"
         sys.exit(f"msgplatform: {key}: cannot use {os.path.abspath(config.data_dir)!r}: "
                  f"{e.strerror}")
-    runner = getattr(options, "parent", None)  # twistd's options, when run by twistd
-    verdict = _Verdict(runner)
+    verdict = _Verdict(runner, processes.STATUS_FD if worker is not None else None)
     node.setServiceParent(verdict)
 
     def started(_: object) -> None:
@@ -248,27 +278,75 @@ def makeService(options: Any) -> IService:
         # The pid file goes first: the waiting parent returns on the verdict.
         _remove_pidfile(runner.get("pidfile") if runner is not None else None)
         verdict.report(failure.getErrorMessage())
-        _start_failed(failure, reactor)
+        _start_failed(failure.getErrorMessage(), reactor, getattr(failure.type, "__name__", ""))
 
     node.ready.addCallbacks(started, failed)
-    reactor.callWhenRunning(_watch_sighup, node, reactor)
+    reactor.callWhenRunning(_watch_sighup, node.reload_tls, reactor)
+    if worker is not None:
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor,
+        # which stops the workers; and a worker whose supervisor is gone stops.
+        os.setpgid(0, 0)
+        parent = os.getppid()
+        reactor.callWhenRunning(processes.watch_parent, reactor, parent,
+                                functools.partial(_stop, reactor))
     return verdict
 
 
-def _watch_sighup(node: Any, reactor: Any) -> None:
+def _supervise(config: Config, options: Any, runner: Any, reactor: Any) -> IService:
+    """The supervisor of ``config.processes`` workers (daojia_msg/processes.py):
+    each runs this command again with ``--worker K``."""
+    twistd = dict(runner) if runner is not None else {}
+    args = plugin_args(options)
+    verdict = _Verdict(runner)
+
+    def give_up(why: str) -> None:
+        _remove_pidfile(twistd.get("pidfile"))
+        verdict.report(why)
+        _start_failed(why, reactor)
+
+    supervisor = processes.Supervisor(
+        config.processes,
+        processes.spawn_launcher(reactor, lambda i: processes.worker_argv(i, twistd, args)),
+        reactor, give_up)
+    supervisor.setServiceParent(verdict)
+    supervisor.ready.addCallback(lambda _: verdict.report(None))
+
+    def forward_sighup() -> None:
+        count = supervisor.forward(signal.SIGHUP)
+        log.info("SIGHUP: forwarded to {count} workers", count=count)
+
+    reactor.callWhenRunning(_watch_sighup, forward_sighup, reactor)
+    return verdict
+
+
+def plugin_args(options: Any) -> list[str]:
+    """The msgplatform options given (a worker gets them again), but ``--worker``."""
+    args = [f"--{name}" for name, *_ in Options.optFlags if options[name]]
+    args += [f"--{name}={options[name]}" for name, *_ in Options.optParameters
+             if options[name] is not None and name != "worker"]
+    return args
+
+
+def _watch_sighup(reload: Callable[[], object], reactor: Any) -> None:
     """SIGHUP reloads the TLS certificates (and ends no node, TLS or not).
     Installed once the reactor runs, after twistd's own handlers, and calling
     any SIGHUP handler that was there before (twistd rotates its log on SIGUSR1)."""
-    reactor.addSystemEventTrigger("after", "shutdown", tls.on_sighup(node.reload_tls, reactor))
+    reactor.addSystemEventTrigger("after", "shutdown", tls.on_sighup(reload, reactor))
 
 
-def _start_failed(failure: Failure, reactor: Any) -> None:
-    """A backend or a listener could not start: one clear line, then exit 1."""
-    log.critical("msgplatform: start-up failed: {why}", why=failure.getErrorMessage(),
-                 error=getattr(failure.type, "__name__", ""))
+def _stop(reactor: Any) -> None:
+    try:
+        reactor.stop()
+    except ReactorNotRunning:  # already stopping
+        pass
+
+
+def _start_failed(why: str, reactor: Any, error: str = "") -> None:
+    """A backend, a listener or a worker could not start: one clear line, then exit 1."""
+    log.critical("msgplatform: start-up failed: {why}", why=why, error=error)
     # twistd has no exit status of its own: leave with 1 once shutdown is done.
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-    reactor.stop()
+    _stop(reactor)
 
 
 def _remove_pidfile(pidfile: str | None) -> None:

@@ -33,6 +33,7 @@ class Watched(ProcessProtocol):
         self.ready_text = ready_text
         self.ready: Deferred[bytes] = Deferred()
         self.ended: Deferred[None] = Deferred()
+        self.reason: Any = None  # how it ended (a Failure of ProcessDone or ProcessTerminated)
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
@@ -44,6 +45,7 @@ class Watched(ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: Any) -> None:
+        self.reason = reason
         if self.ready_text and not self.ready.called:
             self.ready.errback(RuntimeError(f"{self.name} exited:\n{self.output.decode()[-3000:]}"))
         self.ended.callback(None)

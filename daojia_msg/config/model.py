@@ -17,6 +17,7 @@ __all__ = [
     "MAX_TRACE_BUFFER",
     "DEMO_TRACE_BUFFER",
     "MAX_NODE_ID",
+    "MAX_PROCESSES",
     "AdminConfig",
     "AppConfig",
     "BusConfig",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 MAX_NODE_ID = 1023
+#: ``node.processes``: node processes on one host (docs/operations.md §3).
+MAX_PROCESSES = 64
 
 
 class ConfigError(Exception):
@@ -272,6 +275,9 @@ class ClusterConfig:
 class Config:
     node_id: int | None = None
     data_dir: str = "./var"
+    #: Node processes on this host sharing the gate's port (1: this process
+    #: is the node; more: a supervisor and that many workers, a cluster).
+    processes: int = 1
     listen: ListenConfig = ListenConfig()
     limits: Limits = Limits()
     store: StoreConfig = StoreConfig()

@@ -15,6 +15,7 @@ from daojia_msg.config.model import (
     DEMO_GATE,
     DEMO_TRACE_BUFFER,
     MAX_NODE_ID,
+    MAX_PROCESSES,
     MAX_TRACE_BUFFER,
     AdminConfig,
     AppConfig,
@@ -328,6 +329,7 @@ def parse_config(text: str) -> Config:
     node = top.table("node")
     node_id = node.int("id", None, 0, MAX_NODE_ID)
     data_dir = node.str("data_dir", Config().data_dir)
+    processes = node.int("processes", 1, 1, MAX_PROCESSES)
     node.done()
     lt = top.table("listen")
     d = ListenConfig()
@@ -384,6 +386,7 @@ def parse_config(text: str) -> Config:
     config = Config(
         node_id=node_id,
         data_dir=data_dir,
+        processes=processes,
         listen=listen,
         limits=limits,
         store=store,
