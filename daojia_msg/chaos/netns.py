@@ -11,6 +11,10 @@ a blackhole route to each peer's address: its packets to them, and its
 answers to their connection attempts, go nowhere; Redis, MariaDB and the bus
 stay reachable. Needs root (CAP_NET_ADMIN) and ``ip`` (iproute2); nothing
 else on the machine is touched, and :meth:`Network.teardown` removes it all.
+
+A run's names carry its pid (``chb<pid>``, ``chaos<pid>-<i>``): a run killed
+with SIGKILL leaves its network behind, and the next run removes the
+leftovers of runs whose process is gone (:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 FIRST_HOST = 10
 
@@ -110,7 +114,46 @@ def run(commands: Sequence[Sequence[str]], check: bool = True) -> None:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
 
 
+#: A run's namespaces and bridge, in ``ip netns list`` and ``ip -o link show type bridge``.
+RUN_NAMESPACE = re.compile(r"^(chaos(\d+)-\d+)\b", re.MULTILINE)
+RUN_BRIDGE = re.compile(r"^\d+:\s+(chb(\d+))[:@]", re.MULTILINE)
+
+
+def a_run_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is a fault-suite run."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"chaos" in f.read()
+    except OSError:
+        return False
+
+
+def leftover_commands(ip: str, namespaces: str, bridges: str,
+                      alive: Callable[[int], bool] = a_run_is_alive) -> list[list[str]]:
+    """The commands that remove the namespaces and bridges (listed in
+    ``namespaces`` and ``bridges``: the output of ``ip netns list`` and ``ip
+    -o link show type bridge``) of runs whose process is gone."""
+    commands = [[ip, "netns", "del", name] for name, pid in RUN_NAMESPACE.findall(namespaces)
+                if not alive(int(pid))]
+    commands += [[ip, "link", "del", name] for name, pid in RUN_BRIDGE.findall(bridges)
+                 if not alive(int(pid))]
+    return commands
+
+
+def remove_leftovers(ip: str) -> list[str]:
+    """Remove what runs killed with SIGKILL left; the names removed."""
+    def listed(*argv: str) -> str:
+        return subprocess.run([ip, *argv], capture_output=True, text=True, timeout=30).stdout
+
+    commands = leftover_commands(ip, listed("netns", "list"),
+                                 listed("-o", "link", "show", "type", "bridge"))
+    run(commands, check=False)
+    return [argv[-1] for argv in commands]
+
+
 def new_network(ip: str, nodes: int) -> Network:
+    """The network of this run, named by its pid (call :func:`remove_leftovers`
+    first: the subnets of dead runs become free again)."""
     addresses = subprocess.run([ip, "-4", "-o", "addr"], capture_output=True, text=True,
                                timeout=30).stdout
-    return Network(ip, str(os.getpid() % 100000), nodes, free_subnet(addresses))
+    return Network(ip, str(os.getpid()), nodes, free_subnet(addresses))

@@ -71,6 +71,9 @@ class Cluster:
         self.clock_file = os.path.join(directory, "faketime.rc") if faketime else None
         self.network: netns.Network | None = None
         if partition:
+            removed = netns.remove_leftovers(programs["ip-netns"])
+            if removed:
+                log(f"removed what dead runs left: {', '.join(removed)}")
             self.network = netns.new_network(programs["ip-netns"], nodes)
 
     def node_address(self, i: int) -> str:

@@ -3,6 +3,8 @@ and remove it (nothing is run here), and the fault's order with task.Clock."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -14,6 +16,44 @@ from daojia_msg.chaos import faults, netns
 
 def network() -> netns.Network:
     return netns.Network("/sbin/ip", "123", 3, "10.231.7")
+
+
+class LeftoversTests(TestCase):
+    NAMESPACES = "chaos123-0 (id: 3)\nchaos123-1 (id: 4)\nchaos77-0\nmine\n"
+    BRIDGES = ("5: chb123: <BROADCAST,MULTICAST> mtu 1500\n"
+               "6: chb77: <BROADCAST,MULTICAST,UP> mtu 1500\n7: br0: <BROADCAST> mtu 1500\n")
+
+    def test_only_the_dead_runs_networks_go(self) -> None:
+        commands = netns.leftover_commands("/sbin/ip", self.NAMESPACES, self.BRIDGES,
+                                           alive=lambda pid: pid == 77)
+        self.assertEqual(commands, [["/sbin/ip", "netns", "del", "chaos123-0"],
+                                    ["/sbin/ip", "netns", "del", "chaos123-1"],
+                                    ["/sbin/ip", "link", "del", "chb123"]])
+
+    def test_nothing_left(self) -> None:
+        self.assertEqual(netns.leftover_commands("/sbin/ip", "", "", alive=lambda pid: False), [])
+
+    def test_a_run_is_a_live_process_that_says_chaos(self) -> None:
+        run = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
+                                "msgplatform-chaos"], stdin=subprocess.PIPE)
+        other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE)
+        try:
+            self.assertTrue(netns.a_run_is_alive(run.pid))
+            self.assertFalse(netns.a_run_is_alive(other.pid))
+        finally:
+            for process in (run, other):
+                assert process.stdin is not None
+                process.stdin.close()
+                process.wait()
+        self.assertFalse(netns.a_run_is_alive(run.pid))  # gone
+        self.assertFalse(netns.a_run_is_alive(2 ** 22 + 1))  # above pid_max: no such process
+
+    def test_names_fit_an_interface_name_for_any_pid(self) -> None:
+        """Linux interface names are at most 15 characters; pids at most 2**22."""
+        network = netns.Network("/sbin/ip", str(2 ** 22), 9, "10.231.7")
+        names = [network.bridge, *(n for pair in network._veths for n in pair)]
+        self.assertLessEqual(max(len(n) for n in names), 15)
 
 
 class NetworkTests(TestCase):
