@@ -236,8 +236,11 @@ class _Verdict(MultiService):
             return
         message = b"0" if why is None else f"1 {why}".encode("ascii", "backslashreplace")
         message = message[:self.limit]
-        os.write(pipe, message)
-        os.close(pipe)
+        try:
+            os.write(pipe, message)
+            os.close(pipe)
+        except OSError as e:  # a worker run by hand, without its supervisor's pipe
+            log.warn("cannot report the start-up verdict: {error}", error=e)
 
 
 def makeService(options: Any) -> IService:

@@ -3,6 +3,7 @@ a Clock), the workers' listeners and command lines, the checks at start."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 from typing import Any
@@ -330,3 +331,12 @@ class ReusePortTests(TestCase):
 
     def test_everything_else_is_the_reactor(self) -> None:
         self.assertIs(ReusePortReactor(R).adoptStreamPort.__self__, R)
+
+
+class VerdictTests(SynchronousTestCase):
+    def test_a_worker_without_its_supervisors_pipe_still_starts(self) -> None:
+        from daojia_msg.tap import _Verdict
+
+        fd = os.open(os.devnull, os.O_RDONLY)  # writing to it fails
+        self.addCleanup(os.close, fd)
+        _Verdict(None, fd).report(None)  # logged, not raised
