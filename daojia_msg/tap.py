@@ -254,8 +254,12 @@ def makeService(options: Any) -> IService:
     from daojia_msg.node import Node
 
     runner = getattr(options, "parent", None)  # twistd's options, when run by twistd
-    if config.processes > 1 and options["worker"] is None:
-        return _supervise(config, options, runner, reactor)
+    if config.processes > 1:
+        # systemd's default KillMode signals the workers as well as the
+        # supervisor, which forwards the signal: the second one is no error.
+        stop_once(reactor)
+        if options["worker"] is None:
+            return _supervise(config, options, runner, reactor)
 
     # Timers, msgids and send dates on a clock a step of the wall clock does
     # not move (daojia_msg/steadyclock.py).
@@ -335,6 +339,20 @@ def _watch_sighup(reload: Callable[[], object], reactor: Any) -> None:
     Installed once the reactor runs, after twistd's own handlers, and calling
     any SIGHUP handler that was there before (twistd rotates its log on SIGUSR1)."""
     reactor.addSystemEventTrigger("after", "shutdown", tls.on_sighup(reload, reactor))
+
+
+def stop_once(reactor: Any) -> None:
+    """Make ``reactor.stop()`` do nothing once the reactor is stopping (a
+    second SIGTERM or SIGINT ran it again, and Twisted logged the error)."""
+    stop = reactor.stop
+
+    def once() -> None:
+        try:
+            stop()
+        except ReactorNotRunning:
+            pass
+
+    reactor.stop = once
 
 
 def _stop(reactor: Any) -> None:

@@ -340,3 +340,22 @@ class VerdictTests(SynchronousTestCase):
         fd = os.open(os.devnull, os.O_RDONLY)  # writing to it fails
         self.addCleanup(os.close, fd)
         _Verdict(None, fd).report(None)  # logged, not raised
+
+    def test_stop_once(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        from daojia_msg.tap import stop_once
+
+        class Reactor:
+            stops = 0
+
+            def stop(self) -> None:
+                self.stops += 1
+                if self.stops > 1:
+                    raise ReactorNotRunning()
+
+        reactor = Reactor()
+        stop_once(reactor)
+        reactor.stop()
+        reactor.stop()  # a second signal: nothing raised
+        self.assertEqual(reactor.stops, 2)
