@@ -102,12 +102,14 @@ class IMessageStore(Interface):
         fires with how many were dropped. (The node's purge rounds do this in
         batches, :meth:`purge`; this is the one-shot form.)"""
 
-    def purge(cutoffs):
+    def purge(cutoffs, counts=None):
         """One purge round (:class:`PurgeCutoffs`): expired pending messages
         (counted per route), delivered ones, history past its retention and
         old de-duplication keys, at most ``cutoffs.batch`` rows per DELETE,
         each batch its own transaction, never in the writes' way; tables
-        another node is purging are skipped. Fires with :class:`PurgeCounts`.
+        another node is purging are skipped. Fires with :class:`PurgeCounts`:
+        ``counts`` if given, which holds what the committed batches did as
+        they commit (so a round that fails half-way still tells what it deleted).
 
         The reads never return what expired or left the retention (by msgid:
         the purge lags behind), from the store's ``[store]`` config."""

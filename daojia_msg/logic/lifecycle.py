@@ -84,20 +84,19 @@ class Lifecycle:
         )
 
     async def purge_round(self) -> PurgeCounts | None:
-        """One round; None when it failed (logged: the loop goes on)."""
+        """One round; None when it failed (logged: the loop goes on). What
+        its committed batches deleted is counted either way."""
+        counts = PurgeCounts()
         try:
-            counts = await self.store.purge(self.cutoffs())
+            await self.store.purge(self.cutoffs(), counts)
         except Exception as e:  # keep the LoopingCall alive whatever happened
             if self._stopping or isinstance(e, CancelledError):
                 self.log.info("purge round cut short: the node stops")
             else:
                 self.log.failure("purging the message store failed")
+            self._count(counts)
             return None
-        for route, n in counts.expired.items():
-            self.ctx.stats.add(route, "expired", n)
-        for reason, n in zip(REASONS, (counts.expired_total, counts.delivered, counts.history,
-                                       counts.dedup), strict=True):
-            self.purged[reason] += n
+        self._count(counts)
         self.last, self.last_at_ms = counts, self.ctx.now_ms()
         if counts.expired or counts.delivered or counts.history or counts.dedup:
             self.log.info(
@@ -110,6 +109,14 @@ class Lifecycle:
                            tables=", ".join(counts.skipped))
         await self.read_figures()
         return counts
+
+    def _count(self, counts: PurgeCounts) -> None:
+        """What a round deleted, into the delivery statistics and the metrics."""
+        for route, n in counts.expired.items():
+            self.ctx.stats.add(route, "expired", n)
+        for reason, n in zip(REASONS, (counts.expired_total, counts.delivered, counts.history,
+                                       counts.dedup), strict=True):
+            self.purged[reason] += n
 
     def read_figures(self) -> Deferred[StorageFigures | None]:
         """Read the storage figures again (one read at a time; those who ask

@@ -224,12 +224,13 @@ class SQLiteMessageStore:
     def purge_dedup(self, before_ms: int) -> Deferred[int]:
         return self._write(lambda txn: self._txns.purge_dedup_txn(txn, before_ms), True, 0)
 
-    def purge(self, cutoffs: PurgeCutoffs) -> Deferred[PurgeCounts]:
+    def purge(self, cutoffs: PurgeCutoffs,
+              counts: PurgeCounts | None = None) -> Deferred[PurgeCounts]:
         """One purge round, batch after batch, each its own transaction on the
         pool (not group-committed; writes queued meanwhile run between batches)."""
         if not self._life.started:
             return self._life.not_running()
-        counts = PurgeCounts()
+        counts = counts if counts is not None else PurgeCounts()
         d = Deferred.fromCoroutine(purge_tables(self._runner.run, self._purges, cutoffs, counts))
         return d.addCallback(lambda _: counts)
 

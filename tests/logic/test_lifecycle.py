@@ -12,7 +12,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import default_config
-from daojia_msg.core.model import Kind
+from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.model import Kind, PurgeCounts
 from daojia_msg.metrics.lifecycle import LifecycleCollector
 from daojia_msg.metrics.registry import make_registry
 from tests.helpers import Stack
@@ -101,7 +102,7 @@ class LoopTests(SynchronousTestCase):
         stack = lifecycle_stack()
         stack.logic.startService()
         self.addCleanup(stack.logic.stopService)
-        stack.store.purge = lambda cutoffs: fail(ZeroDivisionError())  # type: ignore[method-assign]
+        stack.store.purge = lambda cutoffs, counts: fail(ZeroDivisionError())  # type: ignore[method-assign]
         stack.clock.advance(60)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         stack.clock.advance(60)
@@ -114,7 +115,7 @@ class LoopTests(SynchronousTestCase):
         stack.logic.startService()
         waiting: list[Deferred[Any]] = []
 
-        def purge(cutoffs: Any) -> Deferred[Any]:
+        def purge(cutoffs: Any, counts: Any) -> Deferred[Any]:
             waiting.append(Deferred())
             return waiting[-1]
 
@@ -127,6 +128,23 @@ class LoopTests(SynchronousTestCase):
         stack.clock.advance(600)
         self.assertEqual(len(waiting), 1)
         self.assertIsNone(stack.logic.lifecycle.last)
+
+    def test_a_round_that_fails_half_way_counts_what_it_deleted(self) -> None:
+        """The batches committed before the failure deleted their rows: their
+        expired messages are counted, as a finished round's would be."""
+        stack = lifecycle_stack()
+
+        def purge(cutoffs: Any, counts: PurgeCounts) -> Deferred[Any]:
+            counts.expired[(1001, 7, Kind.C2C)] = 3  # a first batch committed,
+            counts.delivered = 5
+            return fail(StoreUnavailable("mysql: gone"))  # then the database went
+
+        stack.store.purge = purge  # type: ignore[method-assign]
+        self.assertIsNone(self.successResultOf(stack.logic.lifecycle.purge_round()))
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        self.assertEqual(stack.logic.stats.snapshot()["totals"]["expired"], 3)
+        self.assertEqual(stack.logic.lifecycle.purged["delivered"], 5)
+        self.assertIsNone(stack.logic.lifecycle.last)  # no round finished
 
     def test_cutoffs_follow_the_config(self) -> None:
         stack = lifecycle_stack(purge_batch=7)

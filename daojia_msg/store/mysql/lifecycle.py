@@ -96,9 +96,11 @@ class MySQLLifecycle:
         self.txns = [PurgeTransactions(PARAMSTYLE, Tables.shard(n), locking_reads=True,
                                        delete_limit=True) for n in range(shards)]
 
-    async def purge(self, cutoffs: PurgeCutoffs) -> PurgeCounts:
-        """Each shard table of each database in turn, batch after batch."""
-        counts = PurgeCounts()
+    async def purge(self, cutoffs: PurgeCutoffs,
+                    counts: PurgeCounts | None = None) -> PurgeCounts:
+        """Each shard table of each database in turn, batch after batch,
+        adding to ``counts`` as batches commit."""
+        counts = counts if counts is not None else PurgeCounts()
         for db in self.dbs:
             for n, txns in enumerate(self.txns):
                 def run(step: Callable[..., Any], *args: Any, db: Database = db,

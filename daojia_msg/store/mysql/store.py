@@ -314,12 +314,13 @@ class MySQLMessageStore:
                     break
         return total
 
-    def purge(self, cutoffs: PurgeCutoffs) -> Deferred[PurgeCounts]:
+    def purge(self, cutoffs: PurgeCutoffs,
+              counts: PurgeCounts | None = None) -> Deferred[PurgeCounts]:
         """One purge round over every shard table of every database
         (:mod:`.lifecycle`: batches under each shard's named lock)."""
         if not self._life.started:
             return self._life.not_running()
-        return Deferred.fromCoroutine(self._lifecycle.purge(cutoffs))
+        return Deferred.fromCoroutine(self._lifecycle.purge(cutoffs, counts))
 
     def storage(self) -> Deferred[StorageFigures]:
         """Estimated rows and bytes per table kind over every database, and
