@@ -29,7 +29,7 @@ from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import LogEvent, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
@@ -472,3 +472,20 @@ def watch_parent(reactor: Any, parent: int, stop: Callable[[], object],
     loop.clock = reactor
     loop.start(every_s, now=False)
     return loop
+
+
+def label_logs(index: int, publisher: Any) -> Callable[[LogEvent], None]:
+    """Make every line worker ``index`` logs say so, as its system
+    (``[worker1 daojia_msg.node.Node#info] ...``): the workers write to the
+    supervisor's output. Added to ``publisher`` before twistd's own observers,
+    which see the labelled event; returns the observer."""
+
+    def label(event: LogEvent) -> None:
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
+        event["log_system"] = f"worker{index} {system}"
+
+    publisher.addObserver(label)
+    return label

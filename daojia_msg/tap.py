@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -268,6 +268,7 @@ def makeService(options: Any) -> IService:
     worker = options["worker"]
     if worker is not None:  # one of several processes (daojia_msg/processes.py)
         config = processes.worker_config(config, int(worker))
+        processes.label_logs(int(worker), globalLogPublisher)
     try:
         node = Node(config, reactor, reuse_port=worker is not None)
     except OSError as e:

@@ -359,3 +359,18 @@ class VerdictTests(SynchronousTestCase):
         reactor.stop()
         reactor.stop()  # a second signal: nothing raised
         self.assertEqual(reactor.stops, 2)
+
+
+class LabelTests(SynchronousTestCase):
+    def test_a_workers_lines_name_it(self) -> None:
+        from twisted.logger import Logger, LogLevel, LogPublisher, formatEventAsClassicLogText
+
+        publisher = LogPublisher()
+        processes.label_logs(1, publisher)
+        lines: list[str] = []
+        publisher.addObserver(lambda e: lines.append(formatEventAsClassicLogText(e) or ""))
+        Logger(namespace="daojia_msg.node.Node", observer=publisher).info("node 3 serving")
+        publisher({"log_system": "-", "log_format": "legacy", "log_level": LogLevel.info,
+                   "log_time": 0.0})
+        self.assertIn("[worker1 daojia_msg.node.Node#info] node 3 serving", lines[0])
+        self.assertIn("[worker1 -] legacy", lines[1])
