@@ -59,6 +59,9 @@ class AppConfig:
     api_key: str = field(default="", repr=False)
     #: msgtypes whose content is rich text (docs/protocol.md §7.2).
     rich_msgtypes: frozenset[int] = frozenset()
+    #: msgtypes whose pushes overtake the others on a congested connection
+    #: (the priority lane: docs/protocol.md, Back-pressure).
+    priority_msgtypes: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,9 @@ class Limits:
     push_batch_max: int = 1000
     close_grace_s: float = 5.0
     write_stall_s: float = 60.0
+    #: Frames a congested connection's lane holds at most (Results, priority
+    #: pushes, other pushes: each its own lane); past it the connection is closed.
+    lane_max: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +326,7 @@ DEMO_APPS = {
     1001: AppConfig(1001, "demo", "demo customer app", "demo-secret-1001", "demo-key-1001",
                     frozenset({10})),
     1002: AppConfig(1002, "demo", "demo driver app", "demo-secret-1002", "demo-key-1002",
-                    frozenset({10})),
+                    frozenset({10}), priority_msgtypes=frozenset({5})),  # 5: new orders
 }
 DEMO_ROUTES = tuple(
     Route(appcode, msgtype, topic)

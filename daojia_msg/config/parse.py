@@ -140,6 +140,7 @@ def _limits(t: _Table) -> Limits:
         push_batch_max=t.int("push_batch_max", d.push_batch_max, 1, 100000),
         close_grace_s=t.float("close_grace_s", d.close_grace_s, 0.0),
         write_stall_s=t.float("write_stall_s", d.write_stall_s, 1.0),
+        lane_max=t.int("lane_max", d.lane_max, 1, 1_000_000),
     )
     t.done()
     if limits.page_default > limits.page_cap:
@@ -174,6 +175,7 @@ def _apps(data: Any) -> dict[int, AppConfig]:
             secret=t.str("secret", "", required=True),
             api_key=t.str("api_key", ""),
             rich_msgtypes=t.int_set("rich_msgtypes", 0, 2**32 - 1),
+            priority_msgtypes=t.int_set("priority_msgtypes", 0, 2**32 - 1),
         )
         t.done()
         if not app.usersystem or len(app.usersystem.encode()) > 255:

@@ -20,13 +20,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from daojia_msg.config import Limits
 from daojia_msg.gate.limits import OVER_CAPACITY, Admission, PeerCounter
-from daojia_msg.gate.protocol import GateProtocol, transport_name
+from daojia_msg.gate.protocol import GateProtocol
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.counters import TRANSPORTS, GateCounters
@@ -70,6 +70,14 @@ class AdmittedLogic:
         return result
 
 
+def transport_name(transport: object) -> str:
+    """``websocket`` for a connection over the WebSocket gate (its transport
+    says so), ``tls`` over TLS, else ``tcp``."""
+    if getattr(transport, "websocket", False):
+        return "websocket"
+    return "tls" if ISSLTransport.providedBy(transport) else "tcp"
+
+
 class GateFactory(ServerFactory):
     log = Logger()
     noisy = False
@@ -83,6 +91,11 @@ class GateFactory(ServerFactory):
         self.limits = limits
         self.clock = clock
         self.peers = PeerCounter(limits.max_conn_per_ip)
+        #: Per appcode, the msgtypes whose pushes take the priority lane of a
+        #: congested connection (``[apps.<appcode>] priority_msgtypes``).
+        self.priority_msgtypes = {appcode: app.priority_msgtypes
+                                  for appcode, app in logic.config.apps.items()
+                                  if app.priority_msgtypes}
         self.connections: set[GateProtocol] = set()
         #: LOGINs by result, KICKOUTs by reason, refusals by code (``/metrics``).
         self.counters = GateCounters([c.name for c in Code], [r.name for r in KickReason],

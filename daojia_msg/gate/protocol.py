@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daojia_msg.config import Limits
+from daojia_msg.gate.lanes import CONTROL, NORMAL, PRIORITY, Lanes
 from daojia_msg.gate.limits import OVER_CAPACITY, Admission, TokenBucket
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import IClientConnection
@@ -79,6 +80,8 @@ class ConnectionHost(TypingProtocol):
     admission: Admission
     #: What ``/metrics`` shows of the gate.
     counters: GateCounters
+    #: Per appcode, the msgtypes whose pushes take the priority lane.
+    priority_msgtypes: dict[int, frozenset[int]]
 
     def admit(self, conn: GateProtocol, host: str) -> bool: ...
 
@@ -98,14 +101,6 @@ MAX_SEQ = 0xFFFFFFFF
 #: Result-code and command names by value, for the counters' labels.
 CODE_NAMES = {code.value: code.name for code in Code}
 COMMAND_NAMES: dict[int, str] = {int(cmd): Cmd(cmd).name for cmd in CLIENT_REQUESTS}
-
-
-def transport_name(transport: object) -> str:
-    """``websocket`` for a connection over the WebSocket gate (its transport
-    says so), ``tls`` over TLS, else ``tcp``."""
-    if getattr(transport, "websocket", False):
-        return "websocket"
-    return "tls" if ISSLTransport.providedBy(transport) else "tcp"
 
 
 #: The requests that pass admission control, and their ready-made refusal.
@@ -141,8 +136,13 @@ class GateProtocol(Protocol):
         self._last_frame = 0.0  # whole frames: the idle timeout's clock
         self._timer: IDelayedCall | None = None
         self._grace: IDelayedCall | None = None
-        #: Pushes written during a LOGIN, before its answer; None when not held.
-        self._held: list[bytes] | None = None
+        #: Pushes written during a LOGIN, before its answer, with their
+        #: lanes; None when not held.
+        self._held: list[tuple[int, bytes]] | None = None
+        #: Frames waiting while the socket is congested (daojia_msg/gate/lanes.py).
+        self._lanes = Lanes(self.limits.lane_max)
+        #: The msgtypes whose pushes take the priority lane (the session's app's).
+        self._priority: frozenset[int] = frozenset()
         #: A LOGOUT waiting for the answers of earlier requests.
         self._logout: Frame | None = None
         #: The peer does not read: the transport paused us as its producer.
@@ -191,6 +191,7 @@ class GateProtocol(Protocol):
                 timer.cancel()
         self._timer = self._grace = self._stall = None
         self._held = None
+        self._lanes.clear()  # their messages stay pending
         self._release_session()
         self.factory.connection_lost(self)
 
@@ -258,25 +259,45 @@ class GateProtocol(Protocol):
     def attach(self, session: Session) -> None:
         self.session = session
         self._held = []
+        self._priority = self.factory.priority_msgtypes.get(session.appcode, frozenset())
 
     def detach(self) -> None:
         self.session = None
         self._held = None
 
     def push(self, cmd: int, msgtype: int, body: bytes) -> int:
-        """Write a push; 0 (nothing written) while closing or while the peer
-        does not read, so the message stays pending instead of piling up here."""
+        """Write a push (or queue it in its lane while the peer does not
+        read); 0 (nothing written) while closing, or when its lane was full
+        (the connection is then closed: the message stays pending)."""
         session = self.session
-        if session is None or self._closing or self._write_blocked:
+        if session is None or self._closing:
             return 0
         seq = self._next_seq()
         frame = encode(cmd, session.appcode, msgtype, session.uid, seq, body)
-        self.factory.counters.bytes_out += len(frame)
+        lane = PRIORITY if msgtype in self._priority else NORMAL
         if self._held is not None:
-            self._held.append(frame)
-        else:
-            self.transport.write(frame)  # type: ignore[union-attr]
+            self._held.append((lane, frame))
+        elif not self._out(lane, frame):
+            return 0
         return seq
+
+    def _out(self, lane: int, frame: bytes) -> bool:
+        """Write ``frame``, or queue it in ``lane`` while the socket is
+        congested (or frames wait there: they leave first). A full lane
+        closes the connection: False."""
+        self.factory.counters.bytes_out += len(frame)
+        lanes = self._lanes
+        if not self._write_blocked and not lanes:
+            self.transport.write(frame)  # type: ignore[union-attr]
+            return True
+        if lanes.add(lane, frame):
+            return True
+        self.log.info("closing {peer}: {count} {lane} frames wait for it to read",
+                      peer=self.peer, count=lanes.max_frames, lane=Lanes.NAMES[lane])
+        self._closing = True
+        lanes.clear()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+        return False
 
     # -- IPushProducer: the transport pauses us while the peer does not read --
 
@@ -291,6 +312,9 @@ class GateProtocol(Protocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
+        if self._lanes and not self._closing:  # may congest the socket again
+            self._lanes.drain(self.transport.write,  # type: ignore[union-attr]
+                              lambda: self._write_blocked)
         if not self._closing:
             self._throttle()
             self._process()
@@ -505,7 +529,9 @@ class GateProtocol(Protocol):
             self._barrier = False
             held, self._held = self._held, None
             if held and not self._closing:  # pushes that came during the LOGIN
-                self.transport.writeSequence(held)  # type: ignore[union-attr]
+                for lane, pushed in held:
+                    if not self._out(lane, pushed):
+                        break
         if self._logout is not None and not self._inflight and not self._closing:
             logout, self._logout = self._logout, None
             self._call(logout, self._do_logout())
@@ -544,10 +570,8 @@ class GateProtocol(Protocol):
     def _reply_body(self, frame: Frame, body: bytes) -> None:
         if self._closing and frame.cmd != Cmd.LOGOUT:
             return
-        answer = encode(frame.cmd | RESPONSE_BIT, frame.appcode, frame.msgtype, frame.uid,
-                        frame.sequenceid, body)
-        self.factory.counters.bytes_out += len(answer)
-        self.transport.write(answer)  # type: ignore[union-attr]
+        self._out(CONTROL, encode(frame.cmd | RESPONSE_BIT, frame.appcode, frame.msgtype,
+                                  frame.uid, frame.sequenceid, body))
 
     def _reply_error(self, frame: Frame, code: int, reason: str) -> None:
         if self._closing:

@@ -32,9 +32,6 @@ class ClientConnectionTests(SynchronousTestCase):
         self.assertEqual(conn.proto.push(Cmd.S2C, 5, b""), 0)  # not logged in
         conn.login(42, 1001)
         conn.received()
-        conn.proto.pauseProducing()  # the peer does not read
-        self.assertEqual(conn.proto.push(Cmd.S2C, 5, b""), 0)
-        conn.proto.resumeProducing()
         conn.proto.close()
         self.assertEqual(conn.proto.push(Cmd.S2C, 5, b""), 0)
         self.assertEqual(conn.received(), [])
