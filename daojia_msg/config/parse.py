@@ -352,7 +352,9 @@ def parse_config(text: str) -> Config:
                         pending_ttl_days=st.float("pending_ttl_days", sd.pending_ttl_days, 1e-5),
                         purge_interval_s=st.float("purge_interval_s", sd.purge_interval_s, 0.1),
                         history_days=st.float("history_days", sd.history_days, 1e-5),
-                        purge_batch=st.int("purge_batch", sd.purge_batch, 1, 100_000))
+                        purge_batch=st.int("purge_batch", sd.purge_batch, 1, 100_000),
+                        purge_max_rows_per_s=st.float("purge_max_rows_per_s",
+                                                      sd.purge_max_rows_per_s, 0.0))
     st.done()
     redis = _redis(top.table("redis"))
     mysql = _mysql(top.table("mysql"))

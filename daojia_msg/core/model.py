@@ -112,12 +112,14 @@ class PurgeCutoffs:
     """What one purge round removes (docs/operations.md §13): pending rows with
     ``msgid < pending_before`` (expired), delivered rows, history rows with
     ``msgid < history_before``, de-dup keys created before ``dedup_before_ms``;
-    at most ``batch`` rows per DELETE statement."""
+    at most ``batch`` rows per DELETE statement, at most ``max_rows_per_s``
+    rows a second (0: no bound)."""
 
     pending_before: int
     history_before: int
     dedup_before_ms: int
     batch: int
+    max_rows_per_s: float = 0.0
 
 
 @dataclass(slots=True)

@@ -81,6 +81,7 @@ class Lifecycle:
             history_before=IdGenerator.floor_for(now_ms - self.config.history_ms),
             dedup_before_ms=int(now_ms - self.config.dedup_days * 86_400_000),
             batch=self.config.purge_batch,
+            max_rows_per_s=self.config.purge_max_rows_per_s,
         )
 
     async def purge_round(self) -> PurgeCounts | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from daojia_msg.config import StoreConfig
 from daojia_msg.core.model import Kind, PurgeCounts, PurgeCutoffs, StorageFigures
@@ -35,6 +36,24 @@ __all__ = ["PurgeCounts", "PurgeCutoffs", "PurgeTransactions", "Retention", "Sto
 #: ``run(interaction, *args)``: fires with the interaction's result, or None
 #: when the tables may not be purged now (another node purges them).
 Run = Callable[..., "Deferred[Any]"]
+class Pace:
+    """At most ``max_rows_per_s`` rows a second over one purge round (0: no
+    bound): a batch after one that deleted rows first waits for those rows'
+    share of a second (on ``clock``); the round's tables share one pace."""
+
+    def __init__(self, clock: IReactorTime, max_rows_per_s: float) -> None:
+        self.clock = clock
+        self.rate = max_rows_per_s
+        self.owed = 0.0
+
+    async def before(self) -> None:
+        if self.owed:
+            owed, self.owed = self.owed, 0.0
+            await deferLater(self.clock, owed, lambda: None)
+
+    def after(self, rows: int) -> None:
+        if self.rate and rows:
+            self.owed += rows / self.rate
 
 
 class Retention:
@@ -133,19 +152,28 @@ class PurgeTransactions:
 
 
 async def purge_tables(run: Run, txns: PurgeTransactions, cutoffs: PurgeCutoffs,
-                       counts: PurgeCounts, name: str = "") -> bool:
+                       counts: PurgeCounts, name: str = "", pace: Pace | None = None) -> bool:
     """Every kind of purge on ``txns``' tables, in batches of ``cutoffs.batch``
-    rows until one comes back short; adds to ``counts``. False (and ``name``
-    in ``counts.skipped``) when ``run`` refused a batch: another node purges
-    these tables now; the rest waits for the next round."""
+    rows until one comes back short; adds to ``counts`` as each batch commits.
+    False (and ``name`` in ``counts.skipped``) when ``run`` refused a batch:
+    another node purges these tables now; the rest waits for the next round.
+    ``pace`` spaces the batches (:class:`Pace`)."""
     limit = cutoffs.batch
+
+    async def paced(batch: Any, *args: Any) -> Any:
+        if pace is not None:
+            await pace.before()
+        result = await run(batch, *args)
+        if pace is not None:
+            pace.after(result if isinstance(result, int) else (result[0] if result else 0))
+        return result
 
     def refused() -> bool:
         counts.skipped.append(name or txns.tables.messages)
         return False
 
     while True:
-        expired = await run(txns.expired_txn, cutoffs.pending_before, limit)
+        expired = await paced(txns.expired_txn, cutoffs.pending_before, limit)
         if expired is None:
             return refused()
         rows, routes = expired
@@ -156,7 +184,7 @@ async def purge_tables(run: Run, txns: PurgeTransactions, cutoffs: PurgeCutoffs,
             break
     after = 0
     while True:  # along the primary key: each batch starts where the last one stopped
-        delivered = await run(txns.delivered_txn, after, limit)
+        delivered = await paced(txns.delivered_txn, after, limit)
         if delivered is None:
             return refused()
         rows, after, found = delivered
@@ -167,7 +195,7 @@ async def purge_tables(run: Run, txns: PurgeTransactions, cutoffs: PurgeCutoffs,
     for step, before, kind in ((txns.history_txn, cutoffs.history_before, "history"),
                                (txns.dedup_txn, cutoffs.dedup_before_ms, "dedup")):
         while True:
-            rows = await run(step, before, limit)
+            rows = await paced(step, before, limit)
             if rows is None:
                 return refused()
             setattr(counts, kind, getattr(counts, kind) + rows)

@@ -31,6 +31,7 @@ from daojia_msg.logic.interfaces import IMessageStore
 from daojia_msg.store.batching import GroupCommitter
 from daojia_msg.store.dbpool import InlineConnectionPool, PoolRunner, StoreLife, close_pool
 from daojia_msg.store.lifecycle import (
+    Pace,
     PurgeCounts,
     PurgeCutoffs,
     PurgeTransactions,
@@ -231,7 +232,8 @@ class SQLiteMessageStore:
         if not self._life.started:
             return self._life.not_running()
         counts = counts if counts is not None else PurgeCounts()
-        d = Deferred.fromCoroutine(purge_tables(self._runner.run, self._purges, cutoffs, counts))
+        d = Deferred.fromCoroutine(purge_tables(self._runner.run, self._purges, cutoffs, counts,
+                                                pace=Pace(self._clock, cutoffs.max_rows_per_s)))
         return d.addCallback(lambda _: counts)
 
     def storage(self) -> Deferred[StorageFigures]:

@@ -23,9 +23,11 @@ DAY = 86400.0
 
 
 def lifecycle_stack(**store: Any) -> Stack:
-    """A stack whose messages expire after a day, history after two."""
+    """A stack whose messages expire after a day, history after two (purged
+    unpaced unless ``purge_max_rows_per_s`` is given)."""
     config = default_config()
-    settings = {"pending_ttl_days": 1.0, "history_days": 2.0, "purge_interval_s": 60.0, **store}
+    settings = {"pending_ttl_days": 1.0, "history_days": 2.0, "purge_interval_s": 60.0,
+                "purge_max_rows_per_s": 0.0, **store}
     return Stack(replace(config, store=replace(config.store, **settings)))
 
 
@@ -95,6 +97,40 @@ class ExpiryTests(SynchronousTestCase):
         a2 = stack.login(1, host="10.0.0.4")
         self.assertEqual(list(a2.history().messages), [])
         self.assertEqual(stack.logic.lifecycle.purged["history"], 2)
+
+
+class PaceTests(SynchronousTestCase):
+    def test_a_round_waits_after_each_batch_for_its_share_of_a_second(self) -> None:
+        """purge_max_rows_per_s = 10, batches of 2: after each batch that
+        deleted rows the round waits 0.2 s on the reactor, then goes on."""
+        stack = lifecycle_stack(purge_batch=2, purge_max_rows_per_s=10.0)
+        a = stack.login(1)
+        b = stack.login(2, host="10.0.0.2")
+        sent = [a.c2c(2, b"m%d" % i).msgid for i in range(3)]
+        self.assertEqual(b.ack(sent).code, 0)
+        round_ = Deferred.fromCoroutine(stack.logic.lifecycle.purge_round())
+        self.assertNoResult(round_)  # the first batch (2 delivered rows) ran: 0.2 s
+        stack.clock.advance(0.19)
+        self.assertNoResult(round_)
+        stack.clock.advance(0.01)  # the second batch (1 row), then 0.1 s
+        self.assertNoResult(round_)
+        stack.clock.advance(0.1)
+        counts = self.successResultOf(round_)
+        assert counts is not None
+        self.assertEqual((counts.delivered, counts.largest_batch), (3, 2))
+
+    def test_the_node_stops_during_a_pause(self) -> None:
+        stack = lifecycle_stack(purge_batch=1, purge_max_rows_per_s=1.0)
+        stack.logic.startService()
+        a = stack.login(1)
+        b = stack.login(2, host="10.0.0.2")
+        sent = [a.c2c(2, b"m%d" % i).msgid for i in range(3)]
+        b.ack(sent)
+        stack.clock.advance(60)  # a round: one row, then a second's pause
+        stack.logic.stopService()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        stack.clock.advance(600)
+        self.assertEqual(stack.logic.lifecycle.purged["delivered"], 1)
 
 
 class LoopTests(SynchronousTestCase):

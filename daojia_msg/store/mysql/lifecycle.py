@@ -23,9 +23,10 @@ from typing import Any
 
 import pymysql
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 
 from daojia_msg.core.model import PurgeCounts, PurgeCutoffs, StorageFigures
-from daojia_msg.store.lifecycle import PurgeTransactions, purge_tables
+from daojia_msg.store.lifecycle import Pace, PurgeTransactions, purge_tables
 from daojia_msg.store.mysql.pools import Database
 from daojia_msg.store.mysql.render import PARAMSTYLE, sql
 from daojia_msg.store.mysqldriver import mark_committed
@@ -90,9 +91,10 @@ def add_up(figures: Sequence[StorageFigures]) -> StorageFigures:
 class MySQLLifecycle:
     """Purge and storage figures over the store's databases and shard tables."""
 
-    def __init__(self, dbs: Sequence[Database], shards: int) -> None:
+    def __init__(self, dbs: Sequence[Database], shards: int, clock: IReactorTime) -> None:
         self.dbs = dbs
         self.shards = shards
+        self.clock = clock
         self.txns = [PurgeTransactions(PARAMSTYLE, Tables.shard(n), locking_reads=True,
                                        delete_limit=True) for n in range(shards)]
 
@@ -101,13 +103,15 @@ class MySQLLifecycle:
         """Each shard table of each database in turn, batch after batch,
         adding to ``counts`` as batches commit."""
         counts = counts if counts is not None else PurgeCounts()
+        pace = Pace(self.clock, cutoffs.max_rows_per_s)
         for db in self.dbs:
             for n, txns in enumerate(self.txns):
                 def run(step: Callable[..., Any], *args: Any, db: Database = db,
                         n: int = n) -> Deferred[Any]:
                     return db.run(locked_txn, n, step, *args)
 
-                await purge_tables(run, txns, cutoffs, counts, f"{db.name} {txns.tables.messages}")
+                await purge_tables(run, txns, cutoffs, counts, f"{db.name} {txns.tables.messages}",
+                                   pace)
         return counts
 
     def storage(self) -> Deferred[StorageFigures]:

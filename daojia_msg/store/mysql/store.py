@@ -119,7 +119,7 @@ class MySQLMessageStore:
         ]
         self.placement = Placement(config.shards, len(self._dbs))
         self.retention = Retention(reactor, retention)
-        self._lifecycle = MySQLLifecycle(self._dbs, config.shards)
+        self._lifecycle = MySQLLifecycle(self._dbs, config.shards, reactor)
         self._txns = [
             MessageTransactions(
                 PARAMSTYLE,
