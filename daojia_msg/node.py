@@ -55,7 +55,7 @@ from daojia_msg.core.errors import StoreError
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.inbox import Inbox
-from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, ISessionStore
+from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, IPositions, ISessionStore
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.bus import register_bus_metrics
 from daojia_msg.metrics.cluster import LeaseCollector, RedisCollector, register_rpc_metrics
@@ -71,6 +71,7 @@ from daojia_msg.redisconn import Redis, connect
 from daojia_msg.sockets import is_loopback, listen_interface
 from daojia_msg.store.login_throttle import MemoryLoginThrottle, RedisLoginThrottle
 from daojia_msg.store.memory import MemorySessionStore
+from daojia_msg.store.positions import MemoryPositions, RedisPositions
 from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
 from daojia_msg.web.httpmetrics import HttpMetrics
@@ -197,8 +198,10 @@ class Node(MultiService):
         throttle: ILoginThrottle = (
             RedisLoginThrottle(self.redis, ip_failures) if self.redis is not None
             else MemoryLoginThrottle(self.reactor, ip_failures))
+        positions: IPositions = (RedisPositions(self.redis) if self.redis is not None
+                                 else MemoryPositions())
         self.logic = LogicService(config, self.reactor, self.sessions, self.store, self.router,
-                                  self.ids, self.stats, throttle)
+                                  self.ids, self.stats, throttle, positions)
         self.logic.setServiceParent(self)
         self.inbox = Inbox(self.store, config.limits, self.stats, self.logic.answers)
         self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)

@@ -24,6 +24,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "GeoConfig",
     "Limits",
     "ListenConfig",
     "LogConfig",
@@ -73,6 +74,8 @@ class Route:
     msgtype: int
     topic: str
     bus: str = ""
+    #: The content is a position, kept as the sender's latest (docs/protocol.md §7.5).
+    geo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GeoConfig:
+    """Live positions of geo routes (``[geo]``)."""
+
+    #: A position not reported again for this long is dropped (at least 5).
+    max_age_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     """Sessions and the node registry in Redis (``[redis]``); ``url`` "" = off."""
 
@@ -301,6 +312,7 @@ class Config:
     log: LogConfig = LogConfig()
     stats: StatsConfig = StatsConfig()
     ws: WsConfig = WsConfig()
+    geo: GeoConfig = GeoConfig()
     apps: Mapping[int, AppConfig] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     demo: bool = False
@@ -333,9 +345,9 @@ DEMO_APPS = {
                     frozenset({10}), priority_msgtypes=frozenset({5})),  # 5: new orders
 }
 DEMO_ROUTES = tuple(
-    Route(appcode, msgtype, topic)
+    Route(appcode, msgtype, topic, geo=geo)
     for appcode in DEMO_APPS
-    for msgtype, topic in ((1, "gps"), (2, "order-events"))
+    for msgtype, topic, geo in ((1, "gps", True), (2, "order-events", False))
 )
 
 

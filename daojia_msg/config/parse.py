@@ -23,6 +23,7 @@ from daojia_msg.config.model import (
     ClusterConfig,
     Config,
     ConfigError,
+    GeoConfig,
     Limits,
     ListenConfig,
     LogConfig,
@@ -89,6 +90,14 @@ class _Table:
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= lo:
             raise ConfigError(f"expected a number >= {lo:g}, got {value!r}", (*self.path, key))
         return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", (*self.path, key))
+        return value
 
     def str(self, key: str, default: str, required: bool = False) -> str:
         value = self._get(key)
@@ -203,6 +212,7 @@ def _routes(data: Any, apps: Mapping[int, AppConfig], buses: Mapping[str, str]
             msgtype=t.int("msgtype", None, 0, 2**32 - 1),
             topic=t.str("topic", "", required=True),
             bus=t.str("bus", ""),
+            geo=t.flag("geo", False),
         )
         t.done()
         if route.appcode is None or route.msgtype is None:
@@ -375,6 +385,9 @@ def parse_config(text: str) -> Config:
     wt = top.table("ws")
     ws = WsConfig(allowed_origins=wt.str_list("allowed_origins"))
     wt.done()
+    gt = top.table("geo")
+    geo = GeoConfig(max_age_s=gt.float("max_age_s", GeoConfig().max_age_s, 5.0))
+    gt.done()
     top.seen.update({"apps", "routes"})
     apps = _apps(data.get("apps", {}))
     if not apps:
@@ -403,6 +416,7 @@ def parse_config(text: str) -> Config:
         log=log,
         stats=stats,
         ws=ws,
+        geo=geo,
         apps=apps,
         routes=routes,
         demo=demo,

@@ -2,8 +2,8 @@
 """The ports of logic: what it needs of the parts around it.
 
 Logic owns these interfaces and imports none of their implementations: the
-gate implements :class:`IClientConnection`, the stores :class:`IMessageStore`
-and :class:`ISessionStore`, the bus router :class:`IPublisher`, the cluster's
+gate implements :class:`IClientConnection`, the stores :class:`IMessageStore`,
+:class:`ISessionStore` and :class:`IPositions`, the bus router :class:`IPublisher`, the cluster's
 RPC client :class:`IPeers`; logic implements :class:`ILocalNode` for the RPC
 listener. Each store implementation is checked with ``verifyObject`` and runs
 the shared behaviour suite in ``tests/store/suites.py``.
@@ -145,6 +145,30 @@ class ISessionStore(Interface):
 
     def purge_node(node_id):
         """Remove every session held by ``node_id``; fires with how many."""
+
+
+class IPositions(Interface):
+    """The latest position of each online uid per appcode (geo routes):
+    in memory on one node, a Redis GEO set in a cluster. Positions are
+    degrees, times Unix ms."""
+
+    def update(appcode, uid, session_id, lat, lon, now_ms):
+        """Record ``(lat, lon)`` as the position of ``uid`` (session
+        ``session_id``) at ``now_ms``; fires with None."""
+
+    def drop(appcode, uid, session_id):
+        """Forget the position of ``uid`` if the session ``session_id``
+        reported it (a newer session's position is kept); fires with True if
+        one was dropped."""
+
+    def nearby(appcode, lat, lon, radius_m, limit, since_ms):
+        """Fires with up to ``limit``
+        :class:`~daojia_msg.core.geo.Located`, nearest first: the positions
+        within ``radius_m`` of ``(lat, lon)`` reported at ``since_ms`` or later."""
+
+    def expire(appcodes, before_ms):
+        """Drop the positions of ``appcodes`` reported before ``before_ms``;
+        fires with how many were dropped."""
 
 
 class IClock(Interface):

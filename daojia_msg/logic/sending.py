@@ -35,6 +35,7 @@ from daojia_msg.core.errors import BusError, BusTimeout, StoreError, StoreUncert
 from daojia_msg.core.model import AckedMessage, Kind, NewMessage, StoredMessage, StoreOutcome
 from daojia_msg.logic.context import Context
 from daojia_msg.logic.interfaces import IMessageStore, IPublisher
+from daojia_msg.logic.positions import Positions
 from daojia_msg.logic.routing import Routing
 from daojia_msg.logic.sessions import Session
 from daojia_msg.protocol import errors
@@ -111,7 +112,7 @@ class Sending:
     log = Logger()
 
     def __init__(self, ctx: Context, messages: IMessageStore, bus: IPublisher,
-                 routing: Routing) -> None:
+                 routing: Routing, positions: Positions) -> None:
         self.ctx = ctx
         #: The msgtypes that are rich for some app: only these need a closer look.
         self._rich_msgtypes = frozenset().union(
@@ -119,6 +120,8 @@ class Sending:
         self.messages = messages
         self.bus = bus
         self.routing = routing
+        #: Live positions of geo routes.
+        self.positions = positions
 
     def _check_content(self, content: bytes) -> None:
         if len(content) > self.ctx.limits.max_content:
@@ -142,14 +145,17 @@ class Sending:
         return given
 
     def c2s(self, session: Session, msgtype: int, req: pb.C2SRequest) -> Deferred[pb.Result]:
-        """Publish to the topic of ``(appcode, msgtype)``; answer once the bus accepted it.
-"""
+        """Publish to the topic of ``(appcode, msgtype)``; answer once the bus
+        accepted it. On a geo route the content must be a position: it is
+        kept as the sender's latest first (:mod:`daojia_msg.logic.positions`)."""
         try:
             self.ctx.check_available()  # it takes a msgid
             self._check_content(req.content)
             route = self.ctx.config.route_for(session.appcode, msgtype)
             if route is None:
                 raise errors.NoRoute(f"no topic for appcode {session.appcode} msgtype {msgtype}")
+            if route.geo:
+                self.positions.report(session, req.content)
             msgid = self.ctx.ids.next_id()
             logid = self._logid(req.logid, msgid)
             now = self.ctx.now_ms()

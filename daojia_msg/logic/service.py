@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from daojia_msg.config import Config
+from daojia_msg.core.geo import Located
 from daojia_msg.core.model import SessionRecord, StoredMessage
 from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.answers import Answers
@@ -33,10 +34,12 @@ from daojia_msg.logic.interfaces import (
     ILoginThrottle,
     IMessageStore,
     IPeers,
+    IPositions,
     IPublisher,
     ISessionStore,
 )
 from daojia_msg.logic.lifecycle import Lifecycle
+from daojia_msg.logic.positions import Positions
 from daojia_msg.logic.routing import Routing
 from daojia_msg.logic.sending import PushItem, PushOutcome, Sending
 from daojia_msg.logic.sessions import Session, Sessions, new_session_id
@@ -62,15 +65,18 @@ class LogicService(Service):
         ids: IdGenerator,
         stats: Stats | None = None,
         throttle: ILoginThrottle | None = None,
+        positions: IPositions | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.store = store
         self.ctx = Context(config, clock, ids, stats if stats is not None else Stats(
             now=clock.seconds, window_s=config.stats.window_s))
-        self.sessions = Sessions(self.ctx, sessions, store, throttle)
+        #: Live positions of geo routes (None: checked, not kept).
+        self.positions = Positions(self.ctx, positions, sessions)
+        self.sessions = Sessions(self.ctx, sessions, store, throttle, self.positions.left)
         self.routing = Routing(self.ctx, self.sessions, sessions, store)
-        self.sending = Sending(self.ctx, store, bus, self.routing)
+        self.sending = Sending(self.ctx, store, bus, self.routing, self.positions)
         #: This node's logged-in connections, by identity.
         self.local = self.sessions.local
         # The per-message paths, without a call in between.
@@ -114,11 +120,13 @@ class LogicService(Service):
         super().startService()
         self.ctx.running = True
         self.lifecycle.start()
+        self.positions.start()
 
     def stopService(self) -> None:
         super().stopService()
         self.ctx.running = False
         self.lifecycle.stop()
+        self.positions.stop()
         self.sessions.stop()
         self.routing.stop()
         self.ctx.answers.stop()
@@ -163,6 +171,14 @@ class LogicService(Service):
         """App-server pushes, in order: stored as one batch, then pushed
         (:meth:`Sending.push_s2c <daojia_msg.logic.sending.Sending.push_s2c>`)."""
         return await self.sending.push_s2c(items, pusher, started)
+
+    # -- live positions --------------------------------------------------------
+
+    async def nearby(self, appcode: int, lat: float, lon: float, radius_m: float,
+                     limit: int) -> list[Located]:
+        """Online uids of ``appcode`` near ``(lat, lon)``, nearest first
+        (:meth:`Positions.nearby <daojia_msg.logic.positions.Positions.nearby>`)."""
+        return await self.positions.nearby(appcode, lat, lon, radius_m, limit)
 
     # -- ILocalNode: what another node asks of this one ----------------------
 

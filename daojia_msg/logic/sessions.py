@@ -9,6 +9,7 @@ replaces, here or on the node that holds it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -75,7 +76,7 @@ def _count_timeout() -> errors.Unavailable:
 class Session:
     """A logged-in connection, as logic tracks it."""
 
-    __slots__ = ("conn", "uid", "appcode", "usersystem", "record", "window")
+    __slots__ = ("conn", "uid", "appcode", "usersystem", "record", "window", "located")
 
     def __init__(
         self, conn: IClientConnection, record: SessionRecord, usersystem: str, window: DeliveryWindow
@@ -86,6 +87,8 @@ class Session:
         self.usersystem = usersystem
         self.record = record
         self.window = window
+        #: It reported a position on a geo route: forget it when the session ends.
+        self.located = False
 
 
 class Sessions:
@@ -94,8 +97,11 @@ class Sessions:
     log = Logger()
 
     def __init__(self, ctx: Context, session_store: ISessionStore,
-                 messages: IMessageStore, throttle: ILoginThrottle | None = None) -> None:
+                 messages: IMessageStore, throttle: ILoginThrottle | None = None,
+                 on_end: Callable[[Session], None] | None = None) -> None:
         self.ctx = ctx
+        #: Called as a session that reported a position ends (it is dropped).
+        self.on_end = on_end
         self.session_store = session_store
         self.messages = messages
         #: Login brute-force lockouts; None: no throttling (tests of other things).
@@ -240,6 +246,8 @@ class Sessions:
 
     def _drop(self, session: Session) -> bool:
         session.window.close()
+        if session.located and self.on_end is not None:
+            self.on_end(session)
         key = (session.uid, session.appcode)
         if self.local.get(key) is session:
             del self.local[key]

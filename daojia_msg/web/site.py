@@ -45,6 +45,7 @@ from daojia_msg.web.endpoints import (
     openapi_document,
 )
 from daojia_msg.web.httpmetrics import HttpMetrics
+from daojia_msg.web.nearby import Nearby
 from daojia_msg.web.operations import NodesEndpoint, TraceRoot
 from daojia_msg.web.request import ApiRequest
 from daojia_msg.web.static import OpsPage
@@ -77,6 +78,7 @@ def make_resource(api: Api, document: bytes, dashboard: str | None = None) -> Re
     v1.putChild(b"openapi.json", OpenApi(api, document))
     v1.putChild(b"nodes", NodesEndpoint(api))
     v1.putChild(b"trace", TraceRoot(api))
+    v1.putChild(b"nearby", Nearby(api))
     root.putChild(b"v1", v1)
     root.putChild(b"healthz", Health(api))
     root.putChild(b"metrics", Metrics(api))

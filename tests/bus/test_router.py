@@ -158,11 +158,11 @@ class GatePressureTests(SynchronousTestCase):
         a = stack.login(1)
         b = stack.login(2)
         for conn in (a, a):
-            conn.send(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1)
+            conn.send(Cmd.C2S, pb.C2SRequest(content=b"order"), msgtype=2)
         for conn in (a, b):
             self.assertEqual(conn.transport.producerState, "paused")
         # A frame already read is still taken (up to twice the limit), not lost.
-        b.send(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1)
+        b.send(Cmd.C2S, pb.C2SRequest(content=b"order"), msgtype=2)
         for _, _, _, d in held.published[:2]:
             d.callback(None)
         for conn in (a, b):

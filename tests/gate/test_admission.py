@@ -74,7 +74,7 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual((seq, code), (7, Code.RATE_LIMITED))
         self.assertEqual(stack.factory.admission.refused, 1)
         # C2S is bounded by the same count; other requests are not.
-        two.send(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1)
+        two.send(Cmd.C2S, pb.C2SRequest(content=b"order"), msgtype=2)
         c2s = pb.Result()
         c2s.ParseFromString(two.received()[-1].body)
         self.assertEqual((c2s.code, c2s.reason), (Code.RATE_LIMITED, OVER_CAPACITY))

@@ -408,7 +408,7 @@ class FailureTests(SynchronousTestCase):
         stack = Stack()
         conn = stack.login(42)
         stack.bus.publish = lambda *a: fail(BusUnavailable("down"))  # type: ignore[method-assign]
-        self.assertEqual(conn.request(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1).code,
+        self.assertEqual(conn.request(Cmd.C2S, pb.C2SRequest(content=b"order"), msgtype=2).code,
                          Code.UNAVAILABLE)
 
     def test_ack_with_store_down_is_unavailable(self) -> None:
@@ -436,7 +436,7 @@ class FailureTests(SynchronousTestCase):
         stack.bus.publish = boom  # type: ignore[method-assign]
         self.assertEqual(conn.c2c(43).code, Code.INTERNAL)
         self.assertEqual(conn.ack([1]).code, Code.INTERNAL)
-        self.assertEqual(conn.request(Cmd.C2S, pb.C2SRequest(content=b"gps"), msgtype=1).code,
+        self.assertEqual(conn.request(Cmd.C2S, pb.C2SRequest(content=b"order"), msgtype=2).code,
                          Code.INTERNAL)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 3)
         self.assertEqual(conn.request(Cmd.KEEPALIVE).code, Code.OK)

@@ -249,7 +249,7 @@ class C2STimeoutTests(SynchronousTestCase):
         bus = HeldBus()
         stack = Stack(bus=bus)
         a = stack.login(1)
-        a.send(Cmd.C2S, pb.C2SRequest(content=b"x"), msgtype=1)
+        a.send(Cmd.C2S, pb.C2SRequest(content=b"x"), msgtype=2)
         stack.clock.advance(4.9)
         self.assertEqual(a.received(), [])
         stack.clock.advance(0.1)

@@ -25,12 +25,12 @@ class BusMetricsTests(NodeTestCase):
         node = await self.start_node()
         driver, _ = await self.client(7, 1002)
         for i in range(4):
-            await driver.c2s(1, b"31.2,121.4 #%d" % i)         # the demo route to topic gps
+            await driver.c2s(1, b"31.2,121.%d" % i)         # the demo geo route to topic gps
         bus = node.router.buses[""]
         real = bus.publish
         bus.publish = lambda *a: fail(BusUnavailable("broker gone"))  # type: ignore[method-assign]
         try:
-            await driver.c2s(1, b"lost")
+            await driver.c2s(1, b"31.2,121.5")
         except ResultError as e:
             self.assertEqual(e.code, Code.UNAVAILABLE)
         else:

@@ -43,6 +43,7 @@ SECTIONS = [
     ("7.2", "Rich content"),
     ("7.3", "WebSocket transport"),
     ("7.4", "Bounded answers (TIMEOUT)"),
+    ("7.5", "Live positions (geo routes)"),
 ]
 #: The header fields of §2, in order.
 HEADER_FIELDS = [

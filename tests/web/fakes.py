@@ -27,6 +27,7 @@ from daojia_msg.logic.service import LogicService
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.lifecycle import PurgeCounts, PurgeCutoffs, StorageFigures
 from daojia_msg.store.memory import MemorySessionStore
+from daojia_msg.store.positions import MemoryPositions
 
 #: 2023-11-14T22:13:20Z: a realistic "now" for ids and tokens.
 NOW = 1_700_000_000.0
@@ -159,10 +160,11 @@ class FakeNode:
         self.store = FakeMessageStore()
         self.sessions = MemorySessionStore()
         self.bus = MemoryBus()
+        self.positions = MemoryPositions()
         self.logic = LogicService(
             config, self.clock, self.sessions, self.store,
             BusRouter(config, self.clock, buses={"": self.bus}),
-            IdGenerator(node_id, self.clock.seconds),
+            IdGenerator(node_id, self.clock.seconds), positions=self.positions,
         )
 
     def login(self, uid: int, appcode: int) -> FakeConnection:

@@ -1,0 +1,202 @@
+# -*- test-case-name: tests.store.test_positions -*-
+"""Live positions of geo routes (:class:`IPositions`): in memory on one node,
+a Redis GEO set in a cluster.
+
+Redis key layout (``P``: the node's ``redis.key_prefix``), per appcode:
+
+``P geo:<appcode>`` -- GEO set (a sorted set)
+    member ``<uid>``, its latest position.
+``P geot:<appcode>`` -- sorted set
+    member ``<uid>``, score the Unix ms of its latest report: what expires,
+    and each answer's ``updated_ms``.
+``P geos:<appcode>`` -- hash
+    field ``<uid>`` -> the session id that reported it, so a late drop of an
+    old session (a close on node A) never erases the position of a newer login
+    (on node B).
+
+Each write is one Lua script (atomic, one round trip). :meth:`nearby` drops
+up to :data:`EXPIRE_BATCH` stale positions of the appcode before it searches,
+so its answer holds only fresh ones; the node's sweep does the same every
+second for every geo appcode.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from daojia_msg.core.geo import EARTH_RADIUS_M, Located, distance_m
+from daojia_msg.logic.interfaces import IPositions
+from daojia_msg.redisconn import Redis, Script
+
+#: Stale positions dropped per appcode by one script call.
+EXPIRE_BATCH = 1000
+
+_EXPIRE = """
+local function expire(before, batch)
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. before, 'LIMIT', 0, batch)
+  if #stale > 0 then
+    redis.call('ZREM', KEYS[1], unpack(stale))
+    redis.call('ZREM', KEYS[2], unpack(stale))
+    redis.call('HDEL', KEYS[3], unpack(stale))
+  end
+  return #stale
+end
+"""
+
+# KEYS = geo, geot, geos. ARGV: lon, lat, uid, now_ms, session id.
+UPDATE = Script("""
+redis.call('GEOADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+return 1
+""")
+
+# KEYS = geo, geot, geos. ARGV: uid, session id. 1 if it dropped the position.
+DROP = Script("""
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+""")
+
+# KEYS = geo, geot, geos. ARGV: before_ms, batch. How many were dropped.
+EXPIRE = Script(_EXPIRE + "return expire(ARGV[1], ARGV[2])")
+
+# KEYS = geo, geot, geos. ARGV: lon, lat, radius_m, limit, since_ms, batch.
+# Returns a flat list: uid, distance, lon, lat, updated_ms per position.
+NEARBY = Script(_EXPIRE + """
+expire(ARGV[5], ARGV[6])
+local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
+                         'BYRADIUS', ARGV[3], 'm', 'ASC', 'COUNT', ARGV[4],
+                         'WITHCOORD', 'WITHDIST')
+local out = {}
+for _, item in ipairs(found) do
+  local at = redis.call('ZSCORE', KEYS[2], item[1])
+  if at then
+    out[#out + 1] = item[1]
+    out[#out + 1] = item[2]
+    out[#out + 1] = item[3][1]
+    out[#out + 1] = item[3][2]
+    out[#out + 1] = at
+  end
+end
+return out
+""")
+
+#: Metres per degree of latitude on Redis' sphere.
+_M_PER_DEG = EARTH_RADIUS_M * math.pi / 180
+
+
+@implementer(IPositions)
+class MemoryPositions:
+    """Positions of one node's sessions in dicts, each appcode's in report
+    order (a report moves its uid to the end), so expiry pops the oldest only.
+
+    :meth:`nearby` scans the appcode's positions (a box check first, then the
+    distance): about a millisecond per thousand positions.
+    """
+
+    def __init__(self) -> None:
+        #: appcode -> uid -> (lat, lon, updated_ms, session id), oldest report first.
+        self._apps: dict[int, dict[int, tuple[float, float, int, str]]] = {}
+
+    def update(self, appcode: int, uid: int, session_id: str, lat: float, lon: float,
+               now_ms: int) -> Deferred[None]:
+        positions = self._apps.get(appcode)
+        if positions is None:
+            positions = self._apps[appcode] = {}
+        positions.pop(uid, None)
+        positions[uid] = (lat, lon, now_ms, session_id)
+        return succeed(None)
+
+    def drop(self, appcode: int, uid: int, session_id: str) -> Deferred[bool]:
+        positions = self._apps.get(appcode, {})
+        entry = positions.get(uid)
+        if entry is None or entry[3] != session_id:
+            return succeed(False)
+        del positions[uid]
+        return succeed(True)
+
+    def nearby(self, appcode: int, lat: float, lon: float, radius_m: float, limit: int,
+               since_ms: int) -> Deferred[list[Located]]:
+        dlat = radius_m / _M_PER_DEG
+        edge = abs(lat) + dlat
+        dlon = 360.0 if edge >= 89.0 else dlat / math.cos(math.radians(edge))
+        found: list[tuple[float, int, float, float, int]] = []
+        for uid, (plat, plon, at, _) in self._apps.get(appcode, {}).items():
+            if at < since_ms or abs(plat - lat) > dlat:
+                continue
+            d = abs(plon - lon)
+            if min(d, 360.0 - d) > dlon:
+                continue
+            dist = distance_m(lat, lon, plat, plon)
+            if dist <= radius_m:
+                found.append((dist, uid, plat, plon, at))
+        return succeed([Located(uid, dist, plat, plon, at)
+                        for dist, uid, plat, plon, at in heapq.nsmallest(limit, found)])
+
+    def expire(self, appcodes: frozenset[int], before_ms: int) -> Deferred[int]:
+        dropped = 0
+        for appcode in appcodes:
+            positions = self._apps.get(appcode)
+            while positions:
+                uid, entry = next(iter(positions.items()))
+                if entry[2] >= before_ms:
+                    break
+                del positions[uid]
+                dropped += 1
+        return succeed(dropped)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._apps.values()))
+
+
+def _located(reply: list[Any]) -> list[Located]:
+    return [Located(int(reply[i]), float(reply[i + 1]), float(reply[i + 3]), float(reply[i + 2]),
+                    int(float(reply[i + 4])))
+            for i in range(0, len(reply), 5)]
+
+
+@implementer(IPositions)
+class RedisPositions:
+    """Positions of the whole cluster in Redis; see the module docstring.
+    Every call fails with :class:`~daojia_msg.core.errors.StoreUnavailable`
+    rather than hang (:class:`Redis` guards it)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def _keys(self, appcode: int) -> list[str]:
+        key = self.redis.key
+        return [key("geo", appcode), key("geot", appcode), key("geos", appcode)]
+
+    def update(self, appcode: int, uid: int, session_id: str, lat: float, lon: float,
+               now_ms: int) -> Deferred[None]:
+        d = UPDATE(self.redis, self._keys(appcode),
+                   [repr(lon), repr(lat), uid, now_ms, session_id.encode()])
+        return d.addCallback(lambda _: None)
+
+    def drop(self, appcode: int, uid: int, session_id: str) -> Deferred[bool]:
+        return DROP(self.redis, self._keys(appcode), [uid, session_id.encode()]).addCallback(bool)
+
+    def nearby(self, appcode: int, lat: float, lon: float, radius_m: float, limit: int,
+               since_ms: int) -> Deferred[list[Located]]:
+        d = NEARBY(self.redis, self._keys(appcode),
+                   [repr(lon), repr(lat), repr(float(radius_m)), limit, since_ms, EXPIRE_BATCH])
+        return d.addCallback(_located)
+
+    def expire(self, appcodes: frozenset[int], before_ms: int) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._expire(appcodes, before_ms))
+
+    async def _expire(self, appcodes: frozenset[int], before_ms: int) -> int:
+        dropped = 0
+        for appcode in sorted(appcodes):
+            dropped += int(await EXPIRE(self.redis, self._keys(appcode),
+                                        [before_ms, EXPIRE_BATCH]))
+        return dropped
