@@ -26,7 +26,7 @@ out=var/bench
 bench=.venv/bin/msgplatform-bench
 twistd=.venv/bin/twistd
 duration=${DURATION:-10}
-scenarios=${SCENARIOS:-"connect login c2s c2c c2c-open push pull versus connect-ws c2c-ws"}
+scenarios=${SCENARIOS:-"connect login c2s gps c2c c2c-open push pull versus connect-ws c2c-ws"}
 gate_port=${GATE_PORT:-7000}
 http_port=${HTTP_PORT:-8080}
 setups=("$@")
@@ -92,6 +92,7 @@ scenario() {  # setup, scenario name
     connect) run "$s" connect connect -n "$connections" --hold 10 --procs "$procs" ;;
     login) run "$s" login login -n "$connections" --procs 2 --concurrency 256 ;;
     c2s) run "$s" c2s c2s --conns 200 --rate 0 --duration "$duration" --procs 2 ;;
+    gps) run "$s" gps c2s --gps --conns 200 --rate 0 --duration "$duration" --procs 2 ;;
     c2c) run "$s" c2c c2c --pairs 200 --rate 0 --duration "$duration" --procs 2 --size 64 ;;
     c2c-open)
       run "$s" c2c-open-1000 c2c --pairs 200 --rate 1000 --duration "$duration" --procs 2 --size 64

@@ -164,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, text)
         if name == "c2s":
             p.add_argument("--conns", type=bounded(int, 1, 20_000), default=100)
-            p.add_argument("--msgtype", type=int, default=1, help="1 = gps in the demo routes")
+            p.add_argument("--msgtype", type=int, default=None,
+                           help="default 2 (order-events in the demo routes: the C2S-only "
+                                "baseline), 1 with --gps (gps, a geo route)")
+            p.add_argument("--gps", action="store_true",
+                           help="each frame is its driver's next position, moving (for a geo "
+                                "route: the demo's msgtype 1)")
         else:
             p.add_argument("--pairs", type=bounded(int, 1, 10_000), default=200)
         if name == "c2c":

@@ -75,9 +75,20 @@ class Login(Scenario):
                 "latency_us": self.latencies}
 
 
+def gps_content(uid: int, step: int) -> bytes:
+    """Driver ``uid``'s position at its ``step``-th report: drivers start on a
+    grid of ~100 m cells around People's Square, Shanghai, and each moves
+    ~1.5 m north-east per report (a geo route's ``"<lat>,<lon>"``)."""
+    cell = uid % 10_000
+    return b"%.6f,%.6f" % (31.18 + (cell // 100) * 0.0009 + step * 1e-5,
+                           121.42 + (cell % 100) * 0.00105 + step * 1e-5)
+
+
 class C2S(Scenario):
     """C2S frames on ``conns`` connections: open loop at ``rate`` frames/s,
-    or closed loop (``rate`` 0) with ``window`` in flight per connection."""
+    or closed loop (``rate`` 0) with ``window`` in flight per connection.
+    With ``gps`` each frame is its driver's next position (:func:`gps_content`,
+    for a geo route) instead of the same ``size`` bytes."""
 
     async def setup(self) -> dict[str, Any]:
         spec = self.spec
@@ -111,7 +122,8 @@ class C2S(Scenario):
         if not clients:
             return {"sent": 0, "ok": 0, "errors": {}, "latency_us": [], "t_start": None,
                     "t_end": None}
-        msgtype, body = spec.get("msgtype", 1), self.body
+        msgtype, body = spec.get("msgtype", 2), self.body
+        steps: dict[int, int] | None = {} if spec.get("gps") else None
         deadline = time.monotonic() + spec["duration"]
         closed = not spec["rate"]
 
@@ -129,7 +141,13 @@ class C2S(Scenario):
                 if closed and time.monotonic() < deadline and client.connected:
                     self.again(code, send, client)
 
-            client.request(Cmd.C2S, body, answered, msgtype)
+            if steps is None:
+                client.request(Cmd.C2S, body, answered, msgtype)
+                return
+            step = steps[client.uid] = steps.get(client.uid, -1) + 1
+            content = gps_content(client.uid, step)
+            client.request(Cmd.C2S, pb.C2SRequest(content=content).SerializeToString(), answered,
+                           msgtype)
 
         t0 = time.monotonic()
         if closed:

@@ -60,9 +60,11 @@ def worker_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
         "tls": args.tls, "ca": args.ca, "server_name": args.server_name,
     }
     for key in ("duration", "window", "batch", "msgtype", "ack", "page", "recipients",
-                "goodput_within"):
+                "goodput_within", "gps"):
         if hasattr(args, key):
             base[key] = getattr(args, key)
+    if scenario == "c2s" and base.get("msgtype") is None:
+        base["msgtype"] = 1 if base.get("gps") else 2
     if scenario == "pull":
         base["n"] = args.n
     units = {"connect": getattr(args, "n", 0), "login": getattr(args, "n", 0),

@@ -375,6 +375,7 @@ api_key = "{API_KEY}"
 appcode = {APP}
 msgtype = {C2S_MSGTYPE}
 topic = "{TOPIC}"
+geo = true
 """)
         if amqp_port is not None:
             f.write(f"""[buses.rabbit]

@@ -9,7 +9,9 @@ written in the :class:`~daojia_msg.chaos.ledger.Ledger`.
 - S2C: ``POST /v1/push`` with the same ``Idempotency-Key`` on every resend,
   after 504, 503, 429, no answer or a connection error.
 - C2S (and C2S-AMQP, a second msgtype routed to RabbitMQ when the run has
-  one, read back from a durable queue): resent only when it certainly was
+  one, read back from a durable queue): a C2S goes on a geo route, so its
+  content is a position that carries its number (:func:`position_for`; the
+  C2S-AMQP content stays plain); resent only when it certainly was
   not published (UNAVAILABLE, or not connected); after TIMEOUT or a lost connection a resend would be a new
   message (docs/operations.md §7), so the outcome stays uncertain.
 
@@ -55,6 +57,14 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 #: Codes after which a C2C is resent (with its client_msg_id).
 RESEND_CODES = frozenset({Code.TIMEOUT, Code.UNAVAILABLE, Code.RATE_LIMITED, Code.INTERNAL})
 #: Share of each kind in the offered rate.
+def position_for(number: int) -> bytes:
+    """The content of C2S ``number``: a position on the geo route (a walk
+    around Shanghai) whose ``ref`` is its ledger content."""
+    step = number % 10_000
+    return b'{"lat": %.6f, "lon": %.6f, "ref": "%s"}' % (
+        31.2 + step * 1e-5, 121.4 + step * 1e-5, content_for("c2s", number))
+
+
 MIX = (("c2c", 0.5), ("s2c", 0.25), ("c2s", 0.25))
 #: With a RabbitMQ route: its C2S take half of the C2S share.
 MIX_AMQP = (("c2c", 0.5), ("s2c", 0.25), ("c2s", 0.125), ("c2s-amqp", 0.125))
@@ -284,7 +294,8 @@ class Traffic:
     async def _c2s(self, sent: Sent) -> None:
         sent.sender = random.choice(self.uids)
         client = self.clients[sent.sender]
-        content = content_for(sent.kind, sent.number)
+        content = (position_for(sent.number) if sent.kind == "c2s"
+                   else content_for(sent.kind, sent.number))
         msgtype = self.msgtypes[sent.kind]
         while True:
             try:

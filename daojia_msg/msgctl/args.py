@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--before", type=_uint(64), default=0, metavar="MSGID", help="older than this msgid"
     )
-    p = sub.add_parser("c2s", parents=[gate], help="upload one C2S message")
+    p = sub.add_parser("c2s", parents=[gate], help="upload one C2S message (on a geo route, "
+                       "such as the demo's msgtype 1, a position: \"<lat>,<lon>\")")
     p.add_argument("--msgtype", type=U32, required=True)
     p.add_argument("text", nargs="+", metavar="TEXT")
     p = sub.add_parser("push", parents=[http], help="push one S2C message through the HTTP API")

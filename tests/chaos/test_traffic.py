@@ -9,9 +9,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from daojia_msg.chaos.ledger import OK, REFUSED, UNANSWERED, UNCERTAIN, Ledger
-from daojia_msg.chaos.traffic import Traffic
+from daojia_msg.chaos.ledger import OK, REFUSED, UNANSWERED, UNCERTAIN, Ledger, parse_content
+from daojia_msg.chaos.traffic import Traffic, position_for
 from daojia_msg.client.errors import ConnectionLost, RequestTimeout, ResultError
+from daojia_msg.core.geo import parse_position
 from daojia_msg.protocol.codes import Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
@@ -107,7 +108,9 @@ class SenderTests(TestCase):
         self.assertEqual((sent.kind, sent.outcome, sent.msgid), ("c2s-amqp", OK, 9))
         self.assertEqual(proto.calls, [(4, b"chaos c2s-amqp 1", "chaos-c2s-amqp-1")] * 2)
         self.successResultOf(t.send_one("c2s"))
-        self.assertEqual(proto.calls[-1], (3, b"chaos c2s 1", "chaos-c2s-1"))
+        self.assertEqual(proto.calls[-1], (3, position_for(1), "chaos-c2s-1"))
+        self.assertEqual(parse_content(position_for(1)), ("c2s", 1))
+        self.assertEqual(parse_position(position_for(1)), (31.20001, 121.40001))
 
     def test_the_mix_has_the_rabbitmq_route_only_with_one(self) -> None:
         from daojia_msg.chaos import traffic as module
