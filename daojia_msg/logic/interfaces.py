@@ -170,6 +170,10 @@ class IPositions(Interface):
         """Drop the positions of ``appcodes`` reported before ``before_ms``;
         fires with how many were dropped."""
 
+    def stop():
+        """Write what waits to be written (reports may be batched); fires
+        once done."""
+
 
 class IClock(Interface):
     """What the stores need of a reactor: ``seconds()`` and ``callLater``."""

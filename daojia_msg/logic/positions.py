@@ -59,11 +59,13 @@ class Positions:
     def stop(self) -> None:
         if self._sweep.running:
             self._sweep.stop()
+        if self.store is not None:
+            self.store.stop().addErrback(self._failed)
 
     def report(self, session: Session, content: bytes) -> None:
         """Record the position ``content`` carries for ``session``; BAD_REQUEST
-        when it carries none. The backend's answer is not awaited: a lost
-        report is made good by the next one."""
+        when it carries none. The backend's answer is not awaited (it may
+        batch reports): a lost report is made good by the next one."""
         try:
             lat, lon = parse_position(content)
         except PositionError as e:

@@ -14,7 +14,12 @@ Redis key layout (``P``: the node's ``redis.key_prefix``), per appcode:
     old session (a close on node A) never erases the position of a newer login
     (on node B).
 
-Each write is one Lua script (atomic, one round trip). :meth:`nearby` drops
+Reports are written in batches: those that arrive within one reactor turn
+(a GPS frame each, from many connections) go in one script call per appcode,
+the latest per uid, instead of a round trip each, which cost more node CPU
+than the rest of a C2S. A drop waits for the batch in flight, so it never
+overtakes the report it drops. Each write is one Lua script (atomic, one
+round trip). :meth:`nearby` drops
 up to :data:`EXPIRE_BATCH` stale positions of the appcode before it searches,
 so its answer holds only fresh ones; the node's sweep does the same every
 second for every geo appcode.
@@ -26,7 +31,8 @@ import heapq
 import math
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daojia_msg.core.geo import EARTH_RADIUS_M, Located, distance_m
@@ -48,13 +54,22 @@ local function expire(before, batch)
 end
 """
 
-# KEYS = geo, geot, geos. ARGV: lon, lat, uid, now_ms, session id.
+# KEYS = geo, geot, geos. ARGV: per position lon, lat, uid, now_ms, session id.
 UPDATE = Script("""
-redis.call('GEOADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
-return 1
+local geo, at, by = {}, {}, {}
+for i = 1, #ARGV, 5 do
+  geo[#geo + 1] = ARGV[i]; geo[#geo + 1] = ARGV[i + 1]; geo[#geo + 1] = ARGV[i + 2]
+  at[#at + 1] = ARGV[i + 3]; at[#at + 1] = ARGV[i + 2]
+  by[#by + 1] = ARGV[i + 2]; by[#by + 1] = ARGV[i + 4]
+end
+redis.call('GEOADD', KEYS[1], unpack(geo))
+redis.call('ZADD', KEYS[2], unpack(at))
+redis.call('HSET', KEYS[3], unpack(by))
+return #ARGV / 5
 """)
+
+#: Positions per appcode in one UPDATE call at most.
+UPDATE_BATCH = 500
 
 # KEYS = geo, geot, geos. ARGV: uid, session id. 1 if it dropped the position.
 DROP = Script("""
@@ -153,8 +168,22 @@ class MemoryPositions:
                 dropped += 1
         return succeed(dropped)
 
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
     def __len__(self) -> int:
         return sum(map(len, self._apps.values()))
+
+
+def _nothing(_: object) -> None:
+    return None
+
+
+def _first_failure(failure: Failure) -> Failure:
+    """The failure of the first script call that failed (not gatherResults' wrapper)."""
+    if isinstance(failure.value, FirstError):
+        return failure.value.subFailure
+    return failure
 
 
 def _located(reply: list[Any]) -> list[Located]:
@@ -171,6 +200,13 @@ class RedisPositions:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        #: Reports waiting for the next batch: appcode -> uid -> the script's arguments.
+        self._waiting: dict[int, dict[int, tuple[str, str, int, int, bytes]]] = {}
+        #: Fires once the waiting reports are written (or failed).
+        self._written: Deferred[None] | None = None
+        self._flush_call: Any = None
+        #: The batch being written now, which a drop waits for.
+        self._in_flight: Deferred[None] | None = None
 
     def _keys(self, appcode: int) -> list[str]:
         key = self.redis.key
@@ -178,12 +214,67 @@ class RedisPositions:
 
     def update(self, appcode: int, uid: int, session_id: str, lat: float, lon: float,
                now_ms: int) -> Deferred[None]:
-        d = UPDATE(self.redis, self._keys(appcode),
-                   [repr(lon), repr(lat), uid, now_ms, session_id.encode()])
-        return d.addCallback(lambda _: None)
+        """Queued for the batch written at the end of this reactor turn; the
+        Deferred (shared by the batch) fires once it is written."""
+        waiting = self._waiting.get(appcode)
+        if waiting is None:
+            waiting = self._waiting[appcode] = {}
+        waiting[uid] = (repr(lon), repr(lat), uid, now_ms, session_id.encode())
+        if self._written is None:
+            self._written = Deferred()
+            self._flush_call = self.redis.clock.callLater(0, self.flush)
+        return self._written
+
+    def flush(self) -> Deferred[None]:
+        """Write the waiting reports now (one script call per appcode and
+        :data:`UPDATE_BATCH`); fires once written."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        waiting, self._waiting = self._waiting, {}
+        written, self._written = self._written, None
+        calls = []
+        for appcode, positions in waiting.items():
+            args = [a for entry in positions.values() for a in entry]
+            for i in range(0, len(args), 5 * UPDATE_BATCH):
+                calls.append(UPDATE(self.redis, self._keys(appcode), args[i:i + 5 * UPDATE_BATCH]))
+        d: Deferred[None] = gatherResults(calls, consumeErrors=True).addCallbacks(
+            _nothing, _first_failure)
+        self._in_flight = d
+        d.addBoth(self._landed, d)
+        if written is not None:
+            d.chainDeferred(written)
+        return d
+
+    def _landed(self, result: object, d: Deferred[None]) -> object:
+        if self._in_flight is d:
+            self._in_flight = None
+        return result
 
     def drop(self, appcode: int, uid: int, session_id: str) -> Deferred[bool]:
+        """After the batch in flight, if any: a report is never written after
+        the drop that follows it."""
+        waiting = self._waiting.get(appcode, {})
+        entry = waiting.get(uid)
+        if entry is not None and entry[4] == session_id.encode():
+            del waiting[uid]
+        in_flight = self._in_flight
+        if in_flight is None:
+            return self._drop(appcode, uid, session_id)
+        after: Deferred[None] = Deferred()
+
+        def landed(result: object) -> object:
+            after.callback(None)
+            return result
+
+        in_flight.addBoth(landed)
+        return after.addCallback(lambda _: self._drop(appcode, uid, session_id))
+
+    def _drop(self, appcode: int, uid: int, session_id: str) -> Deferred[bool]:
         return DROP(self.redis, self._keys(appcode), [uid, session_id.encode()]).addCallback(bool)
+
+    def stop(self) -> Deferred[None]:
+        return self.flush() if self._written is not None else succeed(None)
 
     def nearby(self, appcode: int, lat: float, lon: float, radius_m: float, limit: int,
                since_ms: int) -> Deferred[list[Located]]:

@@ -127,3 +127,35 @@ class RedisPositionsTests(make_positions_tests(redis_fixture)):  # type: ignore[
             await positions.update(1, uid + 1, "s", LAT, LON, 10)
         self.assertEqual(await positions.expire(frozenset({1}), 20), EXPIRE_BATCH)
         self.assertEqual(await positions.expire(frozenset({1}), 20), 5)
+
+    async def test_reports_of_one_turn_are_one_batch(self) -> None:
+        positions = self.positions
+        calls = []
+        real = positions.redis.call
+
+        def counting(*args: Any) -> Any:
+            calls.append(args[0])
+            return real(*args)
+
+        positions.redis.call = counting  # type: ignore[method-assign]
+        written = [positions.update(1002, uid, f"s{uid}", LAT, east(uid), 10) for uid in (1, 2, 3)]
+        positions.update(1002, 1, "s1", LAT, east(4), 11)  # the latest of a uid wins
+        positions.update(1001, 9, "s9", LAT, east(1), 10)
+        self.assertEqual(len({id(d) for d in written}), 1)
+        await written[0]
+        self.assertEqual(calls, ["EVALSHA", "EVALSHA"])  # one per appcode
+        found = await positions.nearby(1002, LAT, LON, 1000.0, 10, 0)
+        self.assertEqual([(p.uid, p.updated_ms) for p in found], [(2, 10), (3, 10), (1, 11)])
+
+    async def test_a_drop_is_never_overtaken_by_its_report(self) -> None:
+        positions = self.positions
+        positions.update(1002, 1, "s1", LAT, LON, 10)
+        self.assertFalse(await positions.drop(1002, 1, "s1"))  # still waiting: never written
+        await positions.stop()
+        self.assertEqual(await positions.nearby(1002, LAT, LON, 1000.0, 10, 0), [])
+        positions.update(1002, 2, "s2", LAT, LON, 10)
+        in_flight = positions.flush()
+        dropped = positions.drop(1002, 2, "s2")  # waits for the batch in flight
+        await in_flight
+        self.assertTrue(await dropped)
+        self.assertEqual(await positions.nearby(1002, LAT, LON, 1000.0, 10, 0), [])
