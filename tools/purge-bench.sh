@@ -11,6 +11,9 @@
 #   A (purge):    store.purge_interval_s = 2: the first round starts 2 s after
 #                 the node opens its store and deletes every old row;
 #   B (no purge): store.purge_interval_s = 86400: no round during the run.
+# PURGE_MAX_ROWS_PER_S sets store.purge_max_rows_per_s (default: the product's;
+# 0 = unbounded); PURGE_WAIT_S bounds how long A's node runs on after the load
+# for its first round to end (default 600 s).
 # Each run: msgplatform-bench c2c --pairs 200 --rate 1000 --duration DURATION
 # --procs 2 --size 64 from the node's start, then /v1/stats, /metrics, the
 # node's log and the rows left. MariaDB's CPU seconds over the run are read
@@ -36,6 +39,7 @@ for label in A B; do
 url = "$MYSQL/purge_run"
 [store]
 purge_interval_s = $interval
+${PURGE_MAX_ROWS_PER_S:+purge_max_rows_per_s = $PURGE_MAX_ROWS_PER_S}
 [apps.1001]
 usersystem = "demo"
 secret = "demo-secret-1001"
