@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
@@ -108,25 +109,49 @@ return out
 _M_PER_DEG = EARTH_RADIUS_M * math.pi / 180
 
 
+#: The memory index's cells: 0.01 degree squares (about 1.1 km north-south).
+CELL_DEG = 0.01
+
+
+def _cell(lat: float, lon: float) -> tuple[int, int]:
+    return math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG)
+
+
 @implementer(IPositions)
 class MemoryPositions:
     """Positions of one node's sessions in dicts, each appcode's in report
-    order (a report moves its uid to the end), so expiry pops the oldest only.
-
-    :meth:`nearby` scans the appcode's positions (a box check first, then the
-    distance): about a millisecond per thousand positions.
+    order (a report moves its uid to the end), so expiry pops the oldest only,
+    and in cells of :data:`CELL_DEG` degrees, so :meth:`nearby` looks only at
+    the cells its circle's box covers (all positions when those are more),
+    a box check first, then the distance.
     """
 
     def __init__(self) -> None:
         #: appcode -> uid -> (lat, lon, updated_ms, session id), oldest report first.
         self._apps: dict[int, dict[int, tuple[float, float, int, str]]] = {}
+        #: appcode -> cell -> the uids whose position is in it.
+        self._cells: dict[int, dict[tuple[int, int], set[int]]] = {}
+
+    def _unindex(self, appcode: int, uid: int, lat: float, lon: float) -> None:
+        cells = self._cells[appcode]
+        key = _cell(lat, lon)
+        members = cells[key]
+        members.discard(uid)
+        if not members:
+            del cells[key]
 
     def update(self, appcode: int, uid: int, session_id: str, lat: float, lon: float,
                now_ms: int) -> Deferred[None]:
         positions = self._apps.get(appcode)
         if positions is None:
             positions = self._apps[appcode] = {}
-        positions.pop(uid, None)
+            self._cells[appcode] = {}
+        old = positions.pop(uid, None)
+        key = _cell(lat, lon)
+        if old is None or _cell(old[0], old[1]) != key:
+            if old is not None:
+                self._unindex(appcode, uid, old[0], old[1])
+            self._cells[appcode].setdefault(key, set()).add(uid)
         positions[uid] = (lat, lon, now_ms, session_id)
         return succeed(None)
 
@@ -136,15 +161,32 @@ class MemoryPositions:
         if entry is None or entry[3] != session_id:
             return succeed(False)
         del positions[uid]
+        self._unindex(appcode, uid, entry[0], entry[1])
         return succeed(True)
+
+    def _candidates(self, appcode: int, lat: float, lon: float, dlat: float,
+                    dlon: float) -> Iterable[int]:
+        """The uids of the cells the box covers, or every uid when the box
+        covers more cells than there are positions (or wraps)."""
+        positions = self._apps.get(appcode, {})
+        lo_lat, lo_lon = _cell(lat - dlat, lon - dlon)
+        hi_lat, hi_lon = _cell(lat + dlat, lon + dlon)
+        count = (hi_lat - lo_lat + 1) * (hi_lon - lo_lon + 1)
+        if dlon >= 180.0 or abs(lon) + dlon > 180.0 or count > len(positions):
+            return positions
+        cells = self._cells.get(appcode, {})
+        return [uid for i in range(lo_lat, hi_lat + 1) for j in range(lo_lon, hi_lon + 1)
+                for uid in cells.get((i, j), ())]
 
     def nearby(self, appcode: int, lat: float, lon: float, radius_m: float, limit: int,
                since_ms: int) -> Deferred[list[Located]]:
         dlat = radius_m / _M_PER_DEG
         edge = abs(lat) + dlat
         dlon = 360.0 if edge >= 89.0 else dlat / math.cos(math.radians(edge))
+        positions = self._apps.get(appcode, {})
         found: list[tuple[float, int, float, float, int]] = []
-        for uid, (plat, plon, at, _) in self._apps.get(appcode, {}).items():
+        for uid in self._candidates(appcode, lat, lon, dlat, dlon):
+            plat, plon, at, _ = positions[uid]
             if at < since_ms or abs(plat - lat) > dlat:
                 continue
             d = abs(plon - lon)
@@ -165,6 +207,7 @@ class MemoryPositions:
                 if entry[2] >= before_ms:
                     break
                 del positions[uid]
+                self._unindex(appcode, uid, entry[0], entry[1])
                 dropped += 1
         return succeed(dropped)
 

@@ -4,6 +4,7 @@ and what only Redis has (its keys)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,33 @@ class MemoryPositionsTests(make_positions_tests(lambda test: MemoryPositions()))
         positions.update(1, 0, "s", LAT, LON, 2000)  # reported again: now the newest
         self.assertEqual(self.successResultOf(positions.expire(frozenset({1}), 1003)), 2)
         self.assertEqual(len(positions), 3)
+
+
+    def test_the_cells_answer_as_a_full_scan_would(self) -> None:
+        """Random positions, moves, drops and expiry (a fixed seed): every query
+        answers what the distance to every position says, and no empty cell
+        is left behind."""
+        rng = random.Random(18)
+        positions = MemoryPositions()
+        for step in range(3000):
+            uid = rng.randrange(400)
+            lat, lon = LAT + rng.uniform(-0.2, 0.2), LON + rng.uniform(-0.2, 0.2)
+            if step % 7 == 0:
+                positions.drop(1, uid, "s")
+            else:
+                positions.update(1, uid, "s", lat, lon, step)
+        positions.expire(frozenset({1}), 500)
+        everyone = positions._apps[1]
+        for _ in range(200):
+            lat, lon = LAT + rng.uniform(-0.25, 0.25), LON + rng.uniform(-0.25, 0.25)
+            radius = rng.choice([100.0, 1000.0, 5000.0, 50_000.0])
+            found = self.successResultOf(positions.nearby(1, lat, lon, radius, 100, 0))
+            expected = sorted((distance_m(lat, lon, p[0], p[1]), uid)
+                              for uid, p in everyone.items()
+                              if distance_m(lat, lon, p[0], p[1]) <= radius)[:100]
+            self.assertEqual([p.uid for p in found], [uid for _, uid in expected])
+        self.assertEqual(sum(map(len, positions._cells[1].values())), len(everyone))
+        self.assertTrue(all(positions._cells[1].values()))
 
 
 def redis_fixture(test: TestCase) -> Deferred[RedisPositions]:
