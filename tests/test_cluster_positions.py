@@ -47,3 +47,15 @@ class ClusterPositionsTests(TwoNodes):
                 break
             await deferLater(R, 0.1, lambda: None)
         self.assertEqual(await self.nearby_uids(), [23, 22])
+
+    async def test_only_sessions_still_registered_are_answered(self) -> None:
+        """A node that died without dropping its positions is not believed:
+        once its sessions are purged, its drivers are not answered, though
+        their positions have not expired yet."""
+        self.node = self.node2
+        driver, _ = await self.client(31, 1002)
+        await driver.c2s(1, b"31.2304,121.4737")
+        self.assertEqual(await self.nearby_uids(), [31])
+        record = self.node2.logic.local[(31, 1002)].record
+        await self.node1.sessions.unregister(record)  # as the gate detector purges a dead node
+        self.assertEqual(await self.nearby_uids(), [])
