@@ -48,8 +48,10 @@ class Positions:
         self.max_age_ms = int(ctx.config.geo.max_age_s * 1000)
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = ctx.clock
-        #: Reports and drops the backend refused (logged once a sweep).
+        #: Reports and drops the backend refused.
         self.failures = 0
+        #: The last sweep failed (its warning is logged once per outage).
+        self._failing = False
 
     def start(self) -> None:
         if self.store is not None and self.appcodes and not self._sweep.running:
@@ -91,12 +93,20 @@ class Positions:
         """Drop the positions past ``geo.max_age_s``."""
         assert self.store is not None
         d = self.store.expire(self.appcodes, self.ctx.now_ms() - self.max_age_ms)
-        return d.addCallbacks(lambda _: None, self._sweep_failed)
+        return d.addCallbacks(self._swept, self._sweep_failed)
+
+    def _swept(self, _: object) -> None:
+        if self._failing:
+            self._failing = False
+            self.log.info("old positions are expired again", failed_reports=self.failures)
 
     def _sweep_failed(self, failure: Failure) -> None:
+        """Logged once per outage, not every second."""
         failure.trap(StoreError)
-        self.log.warn("could not expire old positions: {error}", error=str(failure.value),
-                      failed_reports=self.failures)
+        if not self._failing:
+            self._failing = True
+            self.log.warn("could not expire old positions: {error}", error=str(failure.value),
+                          failed_reports=self.failures)
 
     async def nearby(self, appcode: int, lat: float, lon: float, radius_m: float,
                      limit: int) -> list[Located]:

@@ -24,6 +24,7 @@ from daojia_msg.web.parsing import MAX_U32
 NEARBY_LIMIT_DEFAULT = 20
 
 _INTEGER = re.compile(r"[0-9]{1,12}")
+_POSITIVE = re.compile(r"0*[1-9][0-9]*")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})(?:[eE][+-]?[0-9]{1,3})?")
 
 
@@ -66,9 +67,11 @@ class Nearby(Endpoint):
             raise errors.BadRequest(
                 f"radius_m: expected more than 0 and at most {NEARBY_RADIUS_MAX_M:,.0f} metres")
         given = _param(request, "limit", required=False)
-        if given is not None and not (_INTEGER.fullmatch(given) and int(given) >= 1):
+        if given is not None and not _POSITIVE.fullmatch(given):
             raise errors.BadRequest("limit: expected an integer of at least 1")
-        limit = NEARBY_LIMIT_DEFAULT if given is None else min(int(given), NEARBY_LIMIT_MAX)
+        limit = (NEARBY_LIMIT_DEFAULT if given is None
+                 else NEARBY_LIMIT_MAX if len(given.lstrip("0")) > 3
+                 else min(int(given), NEARBY_LIMIT_MAX))
         found = await self.api.logic.nearby(appcode, lat, lon, radius_m, limit)
         return json_answer(200, {"drivers": [
             {"uid": p.uid, "distance_m": round(p.distance_m, 2), "lat": p.lat, "lon": p.lon,

@@ -4,12 +4,15 @@ close and kick, expired after ``geo.max_age_s``, and ``nearby``."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import GeoConfig, default_config
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.geo import Located
+from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.helpers import Conn, Stack
@@ -140,10 +143,6 @@ class PositionsTests(SynchronousTestCase):
 
     def test_a_failing_backend(self) -> None:
         """Reports still publish (the next report makes good); a query is UNAVAILABLE."""
-        from twisted.internet.defer import fail
-
-        from daojia_msg.protocol import errors
-
         driver = self.stack.login(7, DRIVER)
         positions = self.stack.positions
         positions.update = lambda *a: fail(StoreUnavailable("down"))  # type: ignore[method-assign]
@@ -152,3 +151,16 @@ class PositionsTests(SynchronousTestCase):
         self.assertEqual(self.stack.logic.positions.failures, 1)
         d = Deferred.fromCoroutine(self.stack.logic.nearby(DRIVER, LAT, LON, 100, 5))
         self.failureResultOf(d, errors.Unavailable)
+
+    def test_a_failing_sweep_warns_once_per_outage(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        positions = self.stack.positions
+        real = positions.expire
+        positions.expire = lambda *a: fail(StoreUnavailable("down"))  # type: ignore[method-assign]
+        self.stack.clock.advance(5)
+        positions.expire = real  # type: ignore[method-assign]
+        self.stack.clock.advance(1)
+        texts = [e["log_format"] for e in events if e.get("log_namespace", "").startswith(
+            "daojia_msg.logic.positions")]
+        self.assertEqual(texts, ["could not expire old positions: {error}",
+                                 "old positions are expired again"])

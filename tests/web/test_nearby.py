@@ -58,8 +58,9 @@ class NearbyTests(ApiTestCase):
             self.report(uid, uid)
         default = self.nearby(f"appcode=1002&{NEAR}&radius_m=50000").json()
         self.assertEqual([d["uid"] for d in default["drivers"]], list(range(1, 21)))
-        capped = self.nearby(f"appcode=1002&{NEAR}&radius_m=50000&limit=1000").json()
-        self.assertEqual(len(capped["drivers"]), 100)
+        for limit in ("101", "1000", "9" * 40, "007"):
+            capped = self.nearby(f"appcode=1002&{NEAR}&radius_m=50000&limit={limit}").json()
+            self.assertEqual(len(capped["drivers"]), min(int(limit), 100), limit)
 
     def test_another_user_systems_key_is_refused(self) -> None:
         self.report(7, 10)
@@ -91,6 +92,7 @@ class NearbyTests(ApiTestCase):
             (f"appcode=1002&{NEAR}&radius_m=100&limit=0", "limit"),
             (f"appcode=1002&{NEAR}&radius_m=100&limit=-1", "limit"),
             (f"appcode=1002&{NEAR}&radius_m=100&limit=2.5", "limit"),
+            (f"appcode=1002&{NEAR}&radius_m=100&limit=000", "limit"),
             (f"appcode=1002&{NEAR}&radius_m=100&radius_m=200", "more than once"),
         ):
             self.assertError(self.nearby(query), 400, contains)
