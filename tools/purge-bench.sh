@@ -88,7 +88,7 @@ from twisted.scripts.twistd import run; run()" -n msgplatform -c "$OUT/$label.to
   for _ in $(seq 1 "${PURGE_WAIT_S:-600}"); do
     curl -s -H "Authorization: Bearer demo-key-1001" http://127.0.0.1:38080/v1/stats \
       > "$OUT/$name.stats"
-    [ $label = B ] || grep -q '"last_purge": *{' "$OUT/$name.stats" && break
+    [ "$label" = B ] || grep -q '"last_purge": *{' "$OUT/$name.stats" && break
     sleep 1
   done
   curl -s http://127.0.0.1:38080/metrics | grep -E "^msgplatform_store_purged_rows_total" \
