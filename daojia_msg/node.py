@@ -61,6 +61,7 @@ from daojia_msg.metrics.bus import register_bus_metrics
 from daojia_msg.metrics.cluster import LeaseCollector, RedisCollector, register_rpc_metrics
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.lifecycle import LifecycleCollector
+from daojia_msg.metrics.positions import PositionsCollector
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import DeliveryGauges, make_registry
 from daojia_msg.metrics.store import ReadsCollector, StoreMetrics
@@ -222,6 +223,7 @@ class Node(MultiService):
         registry.register(RedisCollector(
             lambda: (self.redis.latency, self.redis.errors) if self.redis is not None else None))
         registry.register(LeaseCollector(lambda: self.registry, config.cluster.ttl_s))
+        registry.register(PositionsCollector(self.logic.positions))
         committer = getattr(self.store, "committer", None)
         if committer is not None:  # the SQL stores: their write queue
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")

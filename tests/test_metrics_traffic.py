@@ -30,6 +30,7 @@ MOVES = frozenset({
     "msgplatform_rpc_call_seconds", "msgplatform_redis_command_seconds",
     "msgplatform_lease_renewals", "msgplatform_http_requests",
     "msgplatform_http_request_seconds", "msgplatform_process_cpu_seconds",
+    "msgplatform_positions_reported",
 })
 
 #: Counters that only faults or the passing of time move (this test takes
@@ -45,6 +46,7 @@ ON_FAULTS = {
     "msgplatform_bus_reconnects": "tests.bus.test_amqp, tests.bus.test_redis_streams",
     "msgplatform_redis_errors": "tests.cluster (a Redis that does not answer)",
     "msgplatform_reactor_lag_seconds": "tests.metrics.test_reactorlag (a sample every 0.5 s)",
+    "msgplatform_position_failures": "tests.logic.test_positions (a backend that refuses)",
 }
 
 #: Gauges and information: a level, present with a sample.

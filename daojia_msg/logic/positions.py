@@ -48,7 +48,8 @@ class Positions:
         self.max_age_ms = int(ctx.config.geo.max_age_s * 1000)
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = ctx.clock
-        #: Reports and drops the backend refused.
+        #: Positions reported (kept or not), and reports and drops the backend refused.
+        self.reports = 0
         self.failures = 0
         #: The last sweep failed (its warning is logged once per outage).
         self._failing = False
@@ -72,6 +73,7 @@ class Positions:
             lat, lon = parse_position(content)
         except PositionError as e:
             raise errors.BadRequest(f"position: {e}") from None
+        self.reports += 1
         if self.store is None:
             return
         session.located = True

@@ -4,6 +4,7 @@ close and kick, expired after ``geo.max_age_s``, and ``nearby``."""
 
 from __future__ import annotations
 
+from prometheus_client.registry import CollectorRegistry
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -12,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from daojia_msg.config import GeoConfig, default_config
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.geo import Located
+from daojia_msg.metrics.positions import PositionsCollector
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
@@ -73,6 +75,12 @@ class PositionsTests(SynchronousTestCase):
         # Other routes carry anything, and keep no position.
         self.assertEqual(report(driver, b"gps", msgtype=2).code, Code.OK)
         self.assertEqual(self.nearby(), [])
+        self.assertEqual(self.stack.logic.positions.reports, 0)  # none of them counted
+        report(driver, at(10))
+        registry = CollectorRegistry()
+        registry.register(PositionsCollector(self.stack.logic.positions))
+        self.assertEqual(registry.get_sample_value("msgplatform_positions_reported_total"), 1)
+        self.assertEqual(registry.get_sample_value("msgplatform_position_failures_total"), 0)
 
     def test_nearest_first_limit_and_radius(self) -> None:
         for uid, east_m in ((1, 900), (2, 100), (3, 400), (4, 6000)):
