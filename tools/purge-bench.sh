@@ -11,7 +11,8 @@
 #   A (purge):    store.purge_interval_s = 2: the first round starts 2 s after
 #                 the node opens its store and deletes every old row;
 #   B (no purge): store.purge_interval_s = 86400: no round during the run.
-# PURGE_MAX_ROWS_PER_S sets store.purge_max_rows_per_s (default: the product's;
+# PURGE_MAX_ROWS_PER_S sets store.purge_max_rows_per_s and PURGE_BATCH
+# store.purge_batch (default: the product's;
 # 0 = unbounded); PURGE_WAIT_S bounds how long A's node runs on after the load
 # for its first round to end (default 600 s).
 # Each run: msgplatform-bench c2c --pairs 200 --rate 1000 --duration DURATION
@@ -40,6 +41,7 @@ url = "$MYSQL/purge_run"
 [store]
 purge_interval_s = $interval
 ${PURGE_MAX_ROWS_PER_S:+purge_max_rows_per_s = $PURGE_MAX_ROWS_PER_S}
+${PURGE_BATCH:+purge_batch = $PURGE_BATCH}
 [apps.1001]
 usersystem = "demo"
 secret = "demo-secret-1001"

@@ -216,11 +216,11 @@ class StoreConfig:
     #: History rows older than this are deleted, and never returned by HISTORY.
     history_days: float = 180.0
     #: At most this many rows per DELETE statement (each its own transaction).
-    purge_batch: int = 1000
+    purge_batch: int = 100
     #: A node purges at most this many rows a second (it waits after each
     #: batch for its share): the purge's load on the database stays bounded
     #: however large the backlog. 0 = as fast as the database goes.
-    purge_max_rows_per_s: float = 5000.0
+    purge_max_rows_per_s: float = 1000.0
 
     @property
     def pending_ttl_ms(self) -> int:

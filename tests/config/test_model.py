@@ -44,8 +44,9 @@ class DefaultTests(ConfigTestCase):
         self.assertEqual(config.limits.max_ack_ids, 1000)
         self.assertEqual(config.store.dedup_days, 7.0)
         self.assertEqual((config.store.pending_ttl_days, config.store.purge_interval_s,
-                          config.store.history_days, config.store.purge_batch),
-                         (30.0, 60.0, 180.0, 1000))
+                          config.store.history_days, config.store.purge_batch,
+                          config.store.purge_max_rows_per_s),
+                         (30.0, 60.0, 180.0, 100, 1000.0))
         self.assertEqual(config.bus.url, "memory:")
         self.assertEqual((config.redis.url, config.mysql.url), ("", ""))
         self.assertIsNone(config.node_id)
