@@ -15,7 +15,7 @@ from daojia_msg.core.errors import StoreError, StoreUnavailable
 from daojia_msg.core.model import StoreOutcome
 from daojia_msg.store.mysql import MySQLMessageStore
 from daojia_msg.store.mysql import store as store_module
-from tests.servers import require_mysql
+from tests.servers import drop_mysql_database, require_mysql
 from tests.store.mysql.fixtures import fresh_database, msgids, mysql_config, started
 from tests.store.suites import (
     USERS,
@@ -55,7 +55,9 @@ class ConfigTests(TestCase):
     async def test_a_missing_database_stops_start_with_one_line(self) -> None:
         """A URL naming a database that does not exist is a config error that
         names the key and says what to do, not a failed interaction."""
-        url = require_mysql().rsplit("/", 1)[0] + "/msgp_no_such_database"
+        server = require_mysql()  # (a fresh database: only its server is used here)
+        self.addCleanup(drop_mysql_database, server)
+        url = server.rsplit("/", 1)[0] + "/msgp_no_such_database"
         store = MySQLMessageStore(mysql_config(url), reactor)
         self.addCleanup(store.stop)
         with self.assertRaises(ConfigError) as e:
