@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import uuid
 from typing import Any
 
 from twisted.internet import reactor
@@ -18,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
-from tests.servers import delete_redis_keys, drop_mysql_database, require_mysql, require_redis
+from tests.servers import drop_mysql_database, redis_prefix, require_mysql, require_redis
 
 R: Any = reactor
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -65,16 +64,7 @@ class NodeProcessesTestCase(TestCase):
         self.addCleanup(drop_mysql_database, self.mysql_url)
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
-        self.prefix = f"msgp-test-{uuid.uuid4().hex[:8]}:"
-        self.addCleanup(self.delete_keys)
-
-    async def delete_keys(self) -> None:
-        from daojia_msg.config import RedisConfig
-        from daojia_msg.redisconn import connect
-
-        redis = await connect(RedisConfig(url=self.redis_url))
-        await delete_redis_keys(redis, self.prefix)
-        await redis.close()
+        self.prefix = redis_prefix(self)  # its keys deleted after the nodes stop
 
     def write_config(self, name: str, shards: int, rpc_secret: str, extra: str = "") -> str:
         """A node's config file in ``self.dir``: this test's Redis prefix and
