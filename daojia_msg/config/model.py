@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from daojia_msg.ids import IdGenerator
+
 __all__ = [
     "DEMO_APPS",
     "DEMO_GATE",
@@ -229,6 +231,15 @@ class StoreConfig:
     @property
     def history_ms(self) -> int:
         return int(self.history_days * 86_400_000)
+
+    def pending_floor(self, now_ms: int) -> int:
+        """The smallest msgid not expired at Unix ms ``now_ms`` (a msgid
+        embeds its time): older pending messages are never served again."""
+        return IdGenerator.floor_for(now_ms - self.pending_ttl_ms)
+
+    def history_floor(self, now_ms: int) -> int:
+        """The smallest msgid whose history rows are kept at Unix ms ``now_ms``."""
+        return IdGenerator.floor_for(now_ms - self.history_ms)
 
 
 @dataclass(frozen=True, slots=True)

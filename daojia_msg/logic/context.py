@@ -59,7 +59,7 @@ class Context:
     def pending_floor(self) -> int:
         """The smallest msgid not expired (``store.pending_ttl_days``): an
         older pending message is never pushed again."""
-        return IdGenerator.floor_for(self.now_ms() - self.config.store.pending_ttl_ms)
+        return self.config.store.pending_floor(self.now_ms())
 
     def check_available(self) -> None:
         if not self.available():

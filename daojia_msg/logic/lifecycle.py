@@ -77,8 +77,8 @@ class Lifecycle:
     def cutoffs(self) -> PurgeCutoffs:
         now_ms = self.ctx.now_ms()
         return PurgeCutoffs(
-            pending_before=IdGenerator.floor_for(now_ms - self.config.pending_ttl_ms),
-            history_before=IdGenerator.floor_for(now_ms - self.config.history_ms),
+            pending_before=self.config.pending_floor(now_ms),
+            history_before=self.config.history_floor(now_ms),
             dedup_before_ms=int(now_ms - self.config.dedup_days * 86_400_000),
             batch=self.config.purge_batch,
             max_rows_per_s=self.config.purge_max_rows_per_s,

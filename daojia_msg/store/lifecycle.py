@@ -27,7 +27,6 @@ from twisted.internet.task import deferLater
 
 from daojia_msg.config import StoreConfig
 from daojia_msg.core.model import Kind, PurgeCounts, PurgeCutoffs, StorageFigures
-from daojia_msg.ids import IdGenerator
 from daojia_msg.store.sql import DELIVERED, PENDING, Tables, chunks, convert_param_style, marks
 
 __all__ = ["PurgeCounts", "PurgeCutoffs", "PurgeTransactions", "Retention", "StorageFigures",
@@ -65,16 +64,16 @@ class Retention:
         self.clock = clock
         self.config = config
 
-    def _floor(self, age_ms: int) -> int:
-        return IdGenerator.floor_for(int(self.clock.seconds() * 1000) - age_ms)
+    def _now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
 
     def pending_floor(self) -> int:
         """The smallest msgid that is not expired (0: none is)."""
-        return 0 if self.config is None else self._floor(self.config.pending_ttl_ms)
+        return 0 if self.config is None else self.config.pending_floor(self._now_ms())
 
     def history_floor(self) -> int:
         """The smallest msgid whose history rows are kept (0: all are)."""
-        return 0 if self.config is None else self._floor(self.config.history_ms)
+        return 0 if self.config is None else self.config.history_floor(self._now_ms())
 
 
 class PurgeTransactions:
