@@ -140,13 +140,15 @@ def leftover_commands(ip: str, namespaces: str, bridges: str,
     return commands
 
 
+def listed(ip: str, *argv: str) -> str:
+    """What ``ip argv...`` prints."""
+    return subprocess.run([ip, *argv], capture_output=True, text=True, timeout=30).stdout
+
+
 def remove_leftovers(ip: str) -> list[str]:
     """Remove what runs killed with SIGKILL left; the names removed."""
-    def listed(*argv: str) -> str:
-        return subprocess.run([ip, *argv], capture_output=True, text=True, timeout=30).stdout
-
-    commands = leftover_commands(ip, listed("netns", "list"),
-                                 listed("-o", "link", "show", "type", "bridge"))
+    commands = leftover_commands(ip, listed(ip, "netns", "list"),
+                                 listed(ip, "-o", "link", "show", "type", "bridge"))
     run(commands, check=False)
     return [argv[-1] for argv in commands]
 
@@ -154,6 +156,4 @@ def remove_leftovers(ip: str) -> list[str]:
 def new_network(ip: str, nodes: int) -> Network:
     """The network of this run, named by its pid (call :func:`remove_leftovers`
     first: the subnets of dead runs become free again)."""
-    addresses = subprocess.run([ip, "-4", "-o", "addr"], capture_output=True, text=True,
-                               timeout=30).stdout
-    return Network(ip, str(os.getpid()), nodes, free_subnet(addresses))
+    return Network(ip, str(os.getpid()), nodes, free_subnet(listed(ip, "-4", "-o", "addr")))
