@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Callable
 
 from daojia_msg import __version__
+from daojia_msg.msgctl.demoargs import add_demo_commands
 
 
 def _uint(bits: int, low: int = 0) -> Callable[[str], int]:
@@ -54,11 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--ca", metavar="FILE",
                      help="with --tls: the CA that signed the node's certificate (PEM; "
                           "default: the system's CAs)")
-    gate = argparse.ArgumentParser(add_help=False, parents=[ident, tls])
-    gate.add_argument("--host", default="127.0.0.1", help="gate host (default %(default)s)")
-    gate.add_argument(
+    where = argparse.ArgumentParser(add_help=False, parents=[tls])
+    where.add_argument("--host", default="127.0.0.1", help="gate host (default %(default)s)")
+    where.add_argument(
         "--port", type=_uint(16, 1), default=7000, help="gate port (default %(default)s)"
     )
+    gate = argparse.ArgumentParser(add_help=False, parents=[ident, where])
     http = argparse.ArgumentParser(add_help=False, parents=[tls])
     http.add_argument("--http", metavar="URL",
                       help="HTTP API base (default http://127.0.0.1:8080, https:// with --tls)")
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the app whose API key asks (default %(default)s)")
     p.add_argument("--api-key", help="the app's API key (default: demo-key-<A> for 1001/1002)")
     p.add_argument("--json", action="store_true", help="print the \"store\" JSON as it is")
+    add_demo_commands(sub, where, http)
     p = sub.add_parser(
         "trace", help="print one message's path, in time order, from the nodes' JSON logs"
     )

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.msgctl.test_cli -*-
 """``msgctl``: mint tokens, chat, send, pull, read history, upload C2S, push over HTTP,
-read delivery statistics, tail a bus, trace a message through the nodes' JSON logs.
+read delivery statistics, tail a bus, trace a message through the nodes' JSON logs;
+run simulated drivers on the live map and offer them an order (the demo).
 
 Only :func:`main` touches the global reactor (through ``task.react``); :func:`run`
 takes it as an argument, so the tests drive it with a fake one. For the demo apps
@@ -23,6 +24,8 @@ from daojia_msg.client.errors import ClientError, ResultError
 from daojia_msg.msgctl.args import build_parser
 from daojia_msg.msgctl.chat import cmd_chat
 from daojia_msg.msgctl.common import CliError, Ctx, StdioFactory
+from daojia_msg.msgctl.dispatch import cmd_offer
+from daojia_msg.msgctl.fleet import cmd_drivers
 from daojia_msg.msgctl.httpapi import cmd_push, cmd_stats, cmd_store_stats
 from daojia_msg.msgctl.oneshot import cmd_c2s, cmd_history, cmd_pull, cmd_send, cmd_token
 from daojia_msg.msgctl.tail import cmd_tail
@@ -42,6 +45,8 @@ COMMANDS: dict[str, Callable[[Ctx], Any]] = {
     "store-stats": cmd_store_stats,
     "tail": cmd_tail,
     "trace": cmd_trace,
+    "drivers": cmd_drivers,
+    "offer": cmd_offer,
 }
 
 
