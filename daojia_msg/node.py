@@ -43,6 +43,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from daojia_msg import tls, tracing
 from daojia_msg.admin.manhole import AdminNamespace, make_manhole_factory
+from daojia_msg.bus.escalation import HttpEscalationPoster
 from daojia_msg.bus.router import BusRouter
 from daojia_msg.cluster.detector import GateDetector
 from daojia_msg.cluster.ops import OpsView
@@ -54,12 +55,15 @@ from daojia_msg.config import MANHOLE_TRACE_BUFFER, Config, ConfigError
 from daojia_msg.core.errors import StoreError
 from daojia_msg.gate.factory import GateFactory
 from daojia_msg.ids import IdGenerator
+from daojia_msg.logic.escalation import TIMEOUT_S as ESCALATION_TIMEOUT_S
+from daojia_msg.logic.escalation import Escalator
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, IPositions, ISessionStore
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.bus import register_bus_metrics
 from daojia_msg.metrics.cluster import LeaseCollector, RedisCollector, register_rpc_metrics
 from daojia_msg.metrics.delivery import Stats
+from daojia_msg.metrics.escalation import EscalationsCollector
 from daojia_msg.metrics.lifecycle import LifecycleCollector
 from daojia_msg.metrics.positions import PositionsCollector
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
@@ -70,6 +74,7 @@ from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.redisconn import Redis, connect
 from daojia_msg.sockets import is_loopback, listen_interface
+from daojia_msg.store.escalations import MemoryEscalations, RedisEscalations
 from daojia_msg.store.login_throttle import MemoryLoginThrottle, RedisLoginThrottle
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.positions import MemoryPositions, RedisPositions
@@ -224,6 +229,7 @@ class Node(MultiService):
             lambda: (self.redis.latency, self.redis.errors) if self.redis is not None else None))
         registry.register(LeaseCollector(lambda: self.registry, config.cluster.ttl_s))
         registry.register(PositionsCollector(self.logic.positions))
+        self._escalation(registry)
         committer = getattr(self.store, "committer", None)
         if committer is not None:  # the SQL stores: their write queue
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")
@@ -287,6 +293,20 @@ class Node(MultiService):
             host = f"[{host}]" if ":" in host else host
             self.log.info("{page} page at {url}", page=page,
                           url=f"{scheme}://{host}:{address.port}/{page}/")
+
+    def _escalation(self, registry: Any) -> None:
+        """Offline escalation, when an app has an ``escalation_url``: its
+        schedule in Redis in a cluster (any node POSTs), else in memory."""
+        escalator: Escalator | None = None
+        if any(app.escalation_url for app in self.config.apps.values()):
+            schedule = (RedisEscalations(self.redis) if self.redis is not None
+                        else MemoryEscalations())
+            escalator = Escalator(self.logic.ctx, schedule, self.store,
+                                  HttpEscalationPoster(self.reactor, ESCALATION_TIMEOUT_S),
+                                  cancel_on_ack=self.redis is None)
+            self.logic.sending.escalator = escalator
+            escalator.setServiceParent(self)
+        registry.register(EscalationsCollector(lambda: escalator.counts if escalator else None))
 
     def _message_store(self) -> IMessageStore:
         if self.config.mysql.url:

@@ -47,6 +47,11 @@ ON_FAULTS = {
     "msgplatform_redis_errors": "tests.cluster (a Redis that does not answer)",
     "msgplatform_reactor_lag_seconds": "tests.metrics.test_reactorlag (a sample every 0.5 s)",
     "msgplatform_position_failures": "tests.logic.test_positions (a backend that refuses)",
+    "msgplatform_offers": "tests.logic.test_offers (created, accepted, expired)",
+    "msgplatform_offer_pushes": "tests.logic.test_offers (the waves)",
+    "msgplatform_offer_failures": "tests.logic.test_offers (a backend that refuses)",
+    "msgplatform_messages_escalated": "tests.logic.test_escalation (a push not ACKed in time)",
+    "msgplatform_escalations": "tests.logic.test_escalation (posted, failed, given up, cancelled)",
 }
 
 #: Gauges and information: a level, present with a sample.

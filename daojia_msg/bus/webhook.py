@@ -82,7 +82,7 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
-class _Timeout(Exception):
+class _Timeout(TimeoutError):
     """One attempt got no complete answer in time."""
 
 
@@ -292,13 +292,23 @@ class WebhookBus:
         """One POST, its answer read to the end: ``(status, first body bytes)``."""
         if self._client is None:
             raise CancelledError()
-        d: Deferred[Any] = self._client.post(self.target, data=payload, headers=headers.copy(),
-                                             allow_redirects=False, unbuffered=True)
-        d.addCallback(_drain)
-        try:
-            result: tuple[int, bytes] = await within(d, self.timeout, self.clock, _no_answer)
-            return result
-        except Exception as e:
-            if _cancelled(e):
-                raise CancelledError() from None
-            raise
+        return await post_once(self._client, self.target, payload, headers, self.timeout,
+                               self.clock)
+
+
+async def post_once(client: HTTPClient, url: str, body: bytes, headers: Headers,
+                    timeout: float, clock: IReactorTime) -> tuple[int, bytes]:
+    """One POST of ``body`` to ``url`` (no redirects followed), its answer
+    read to the end within ``timeout`` seconds: ``(status, first body bytes)``.
+    Fails with :class:`TimeoutError` past the time limit,
+    :class:`CancelledError` when cancelled, else with what the client raised."""
+    d: Deferred[Any] = client.post(url, data=body, headers=headers.copy(),
+                                   allow_redirects=False, unbuffered=True)
+    d.addCallback(_drain)
+    try:
+        result: tuple[int, bytes] = await within(d, timeout, clock, _no_answer)
+        return result
+    except Exception as e:
+        if _cancelled(e):
+            raise CancelledError() from None
+        raise

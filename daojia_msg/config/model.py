@@ -65,6 +65,10 @@ class AppConfig:
     #: msgtypes whose pushes overtake the others on a congested connection
     #: (the priority lane: docs/protocol.md, Back-pressure).
     priority_msgtypes: frozenset[int] = frozenset()
+    #: Where a push with ``escalate_after_s`` not ACKed in time is POSTed
+    #: (docs/operations.md, Offline escalation); "": pushes to this app
+    #: cannot ask for escalation.
+    escalation_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)

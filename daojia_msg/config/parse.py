@@ -34,7 +34,7 @@ from daojia_msg.config.model import (
     StoreConfig,
     WsConfig,
 )
-from daojia_msg.config.urls import check_urls
+from daojia_msg.config.urls import check_http_url, check_urls
 
 
 class _Table:
@@ -185,12 +185,15 @@ def _apps(data: Any) -> dict[int, AppConfig]:
             api_key=t.str("api_key", ""),
             rich_msgtypes=t.int_set("rich_msgtypes", 0, 2**32 - 1),
             priority_msgtypes=t.int_set("priority_msgtypes", 0, 2**32 - 1),
+            escalation_url=t.str("escalation_url", ""),
         )
         t.done()
         if not app.usersystem or len(app.usersystem.encode()) > 255:
             raise ConfigError("expected 1 to 255 bytes", ("apps", name, "usersystem"))
         if len(app.secret) < 8:
             raise ConfigError("must be at least 8 characters", ("apps", name, "secret"))
+        if app.escalation_url:
+            check_http_url(app.escalation_url, ("apps", name, "escalation_url"))
         if app.api_key:
             if app.api_key in keys:
                 raise ConfigError(f"is the same as apps.{keys[app.api_key]}.api_key", ("apps", name, "api_key"))

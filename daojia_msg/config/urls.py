@@ -13,6 +13,7 @@ __all__ = [
     "MySQLURL",
     "RedisURL",
     "check_bus_url",
+    "check_http_url",
     "check_urls",
     "parse_mysql_url",
     "parse_redis_url",
@@ -47,6 +48,20 @@ def check_bus_url(url: str, key: tuple[str, ...]) -> None:
         )
     if scheme == "redis":
         parse_redis_url(url, key)
+
+
+def check_http_url(url: str, key: tuple[str, ...]) -> None:
+    """An absolute ``http://`` or ``https://`` URL with a host (an app's
+    ``escalation_url``); raises :class:`ConfigError` naming ``key``."""
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as e:
+        raise ConfigError(f"not an http(s):// URL: {e}", key) from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"expected an http(s)://host[:port]/path URL, got {shown(url)!r}", key)
+    if any(c.isspace() for c in url):
+        raise ConfigError("a URL has no whitespace", key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,3 +237,44 @@ class ILoginThrottle(Interface):
     def failed(host, appcode, uid):
         """Count a LOGIN whose token was forged or malformed (an expired one is
         not counted); fires with None once counted."""
+
+
+class IEscalations(Interface):
+    """Offline escalations waiting for their due time (docs/operations.md,
+    Offline escalation): in memory on one node, in Redis in a cluster (shared
+    by every node, so a dead node's entries are picked up by another). Times
+    are Unix ms; entries are keyed by msgid."""
+
+    def schedule(entries):
+        """Keep each :class:`~daojia_msg.core.escalation.Escalation` of
+        ``entries`` until it is finished; fires with None once kept."""
+
+    def claim(now_ms, lease_ms, limit, token):
+        """Claim at most ``limit`` entries due at ``now_ms`` or before, for
+        ``lease_ms``: no other claim gets them until the lease runs out (then
+        any node may claim them again). Fires with the list of
+        :class:`~daojia_msg.core.escalation.EscalationClaim` (``token`` in each)."""
+
+    def finish(claim):
+        """Drop the entry of ``claim`` (POSTed, ACKed, or given up) if the
+        claim still holds; fires with True if it did (False: the lease ran
+        out and another claim took it)."""
+
+    def retry(claim, due_ms):
+        """Make the entry of ``claim`` due again at ``due_ms`` with one more
+        failed attempt counted, if the claim still holds; fires with True if it did."""
+
+    def cancel(msgids):
+        """Drop the entries of ``msgids`` (ACKed), claimed or not; fires with None."""
+
+
+class IEscalationPoster(Interface):
+    """The HTTP client that POSTs escalations to the apps' ``escalation_url``."""
+
+    def post(url, body, headers):
+        """POST ``body`` (bytes) to ``url`` with ``headers`` (name -> str);
+        fires with the answer's status once it was read, fails when no
+        complete answer came (a connection error, the attempt's time limit)."""
+
+    def stop():
+        """Fail what is under way and close the connections; fires once done."""

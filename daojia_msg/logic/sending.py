@@ -34,6 +34,7 @@ from daojia_msg.core.convert import MAX_ID, check_uid, sender_fields
 from daojia_msg.core.errors import BusError, BusTimeout, StoreError, StoreUncertain
 from daojia_msg.core.model import AckedMessage, Kind, NewMessage, StoredMessage, StoreOutcome
 from daojia_msg.logic.context import Context
+from daojia_msg.logic.escalation import Escalator
 from daojia_msg.logic.interfaces import IMessageStore, IPublisher
 from daojia_msg.logic.positions import Positions
 from daojia_msg.logic.routing import Routing
@@ -96,6 +97,9 @@ class PushItem:
     logid: str = ""
     #: The app server's idempotency key ("": none), checked by the HTTP API.
     idempotency_key: str = ""
+    #: Seconds after which the push, not ACKed, is escalated (0: never;
+    #: :mod:`daojia_msg.logic.escalation`), checked by the HTTP API.
+    escalate_after_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,8 @@ class Sending:
         self.routing = routing
         #: Live positions of geo routes.
         self.positions = positions
+        #: Offline escalation (set by the node; None: pushes are not escalated).
+        self.escalator: Escalator | None = None
 
     def _check_content(self, content: bytes) -> None:
         if len(content) > self.ctx.limits.max_content:
@@ -277,6 +283,7 @@ class Sending:
             started = self.ctx.clock.seconds()
         results: list[PushOutcome | errors.RequestError | None] = []
         accepted: list[tuple[int, StoredMessage, NewMessage]] = []
+        escalate: dict[int, int] = {}  # msgid -> escalate_after_s
         now = self.ctx.now_ms()
         for i, item in enumerate(items):
             try:
@@ -293,10 +300,13 @@ class Sending:
                 results.append(e)
                 continue
             results.append(None)  # filled in once the batch is durable
+            if item.escalate_after_s:
+                escalate[msgid] = item.escalate_after_s
             accepted.append((i, msg, NewMessage(
                 msg, to_app.usersystem, client_msg_id=push_dedup_id(pusher, item.idempotency_key))))
         if accepted:
-            work = Deferred.fromCoroutine(self._push_stored([(m, n) for _, m, n in accepted]))
+            work = Deferred.fromCoroutine(self._push_stored([(m, n) for _, m, n in accepted],
+                                                            escalate))
             outcomes: list[PushOutcome] | None = None
             try:
                 outcomes = await self.ctx.answers.bound_from(started, work, _push_timeout)
@@ -308,12 +318,18 @@ class Sending:
                     results[i] = outcome
         return [r for r in results if r is not None]
 
-    async def _push_stored(self, batch: list[tuple[StoredMessage, NewMessage]]) -> list[PushOutcome]:
-        """Store a batch of pushes, then push each new one (a repeat of an
-        idempotency key is answered with the first push's ids, not pushed)."""
+    async def _push_stored(self, batch: list[tuple[StoredMessage, NewMessage]],
+                           escalate: dict[int, int] | None = None) -> list[PushOutcome]:
+        """Store a batch of pushes, schedule the escalations they ask for
+        (``escalate``: msgid -> seconds), then push each new one (a repeat of
+        an idempotency key is answered with the first push's ids, not pushed
+        nor escalated again)."""
         stored = await self._store([new for _, new in batch])
         fresh = [msg for (msg, _), outcome in zip(batch, stored, strict=True)
                  if not outcome.duplicate]
+        if escalate and self.escalator is not None:
+            await self.escalator.schedule([(m, escalate[m.msgid]) for m in fresh
+                                           if m.msgid in escalate])
         offline = await self.routing.offline(fresh)
         outcomes: list[PushOutcome] = []
         for (msg, _), outcome in zip(batch, stored, strict=True):
@@ -374,6 +390,8 @@ class Sending:
     def _acked(self, acked: list[AckedMessage], session: Session,
                msgids: Sequence[int]) -> pb.Result:
         session.window.acked(msgids)
+        if self.escalator is not None and acked:
+            self.escalator.acked(a.msgid for a in acked)
         now = self.ctx.now_ms()
         for a in acked:
             route = (session.appcode, a.msgtype, a.kind)

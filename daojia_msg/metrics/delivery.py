@@ -11,7 +11,9 @@ that app) and the sender's for C2S. Counters:
 - ``stored``: accepted while the recipient had no session (left for PULL);
 - ``pulled``: messages returned by PULL; ``acked``: pending -> delivered;
 - ``expired``: pending messages older than ``store.pending_ttl_days``,
-  removed by the purge (counted by the node that purged them).
+  removed by the purge (counted by the node that purged them);
+- ``escalated``: pushes not ACKed within their ``escalate_after_s`` that were
+  POSTed to their app's ``escalation_url`` (a 2xx; once per message).
 
 ``delivery_rate`` is acked / accepted over C2C and S2C within the sliding
 window (``stats.window_s``, kept as per-minute buckets);
@@ -36,7 +38,8 @@ from typing import Any
 
 from daojia_msg.core.model import Kind
 
-COUNTERS = ("accepted", "pushed", "acked", "repushed", "stored", "pulled", "expired")
+COUNTERS = ("accepted", "pushed", "acked", "repushed", "stored", "pulled", "expired",
+            "escalated")
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}
 #: ACK latency bucket upper bounds, seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -7,7 +7,8 @@ into metric families, so ``/metrics`` and ``/v1/stats`` can never disagree.
 
 - ``msgplatform_messages_<counter>_total{appcode,msgtype,kind}``, one counter
   family per name in :data:`~daojia_msg.metrics.delivery.COUNTERS` (``accepted``,
-  ``pushed``, ``acked``, ``repushed``, ``stored``, ``pulled``, ``expired``);
+  ``pushed``, ``acked``, ``repushed``, ``stored``, ``pulled``, ``expired``,
+  ``escalated``);
 - ``msgplatform_ack_latency_seconds{appcode,msgtype,kind}``: durable -> ACKed,
   a histogram per route with the buckets of
   :data:`~daojia_msg.metrics.delivery.LATENCY_BUCKETS`;
@@ -63,6 +64,7 @@ _COUNTER_HELP = {
     "stored": "Messages accepted while the recipient had no session (left for PULL).",
     "pulled": "Messages returned by PULL.",
     "expired": "Pending messages removed after store.pending_ttl_days, never delivered.",
+    "escalated": "Pushes not ACKed in time POSTed to their app's escalation_url.",
 }
 
 

@@ -152,7 +152,8 @@ async def _stats_once(ctx: Ctx) -> None:
     ctx.say(f"delivery rate: {'-' if rate is None else f'{rate:.2%}'}"
             + (f" (last {window:g} s)" if window else "")
             + f", since the start: {_pct(stats.get('delivery_rate_total'))}")
-    names = ("accepted", "pushed", "acked", "repushed", "stored", "pulled", "expired")
+    names = ("accepted", "pushed", "acked", "repushed", "stored", "pulled", "expired",
+             "escalated")
     ctx.say(f"{'appcode':>8} {'msgtype':>8} {'kind':<4} " + " ".join(f"{n:>9}" for n in names)
             + f" {'ack p50 ms':>10} {'ack p99 ms':>10}")
     for r in stats["by_route"]:

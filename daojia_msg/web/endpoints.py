@@ -52,6 +52,7 @@ from daojia_msg.web.parsing import (
     Fields,
     content_of,
     dumps,
+    escalate_after_s,
     header_idempotency_key,
     idempotency_key,
     parse_uid,
@@ -144,7 +145,7 @@ class Api:
         # (string uids, base64, a key, every error) takes the field-by-field
         # path, which gives the errors.
         if (type(data) is dict and data.keys() <= fields
-                and data.get("idempotency_key") is None):
+                and data.get("idempotency_key") is None and data.get("escalate_after_s") is None):
             to_uid = data.get("to_uid")
             to_appcode = data.get("to_appcode")
             msgtype = data.get("msgtype")
@@ -174,8 +175,9 @@ class Api:
         content = content_of(f, self.limits.max_content)
         logid = f.text("logid")
         key = idempotency_key(f.get("idempotency_key"), "idempotency_key") or key
-        target_app(self.config, caller, to_appcode, "to_appcode")
-        return PushItem(to_uid, to_appcode, msgtype, content, logid, key)
+        app = target_app(self.config, caller, to_appcode, "to_appcode")
+        return PushItem(to_uid, to_appcode, msgtype, content, logid, key,
+                        escalate_after_s(f, app))
 
     async def answer(self, endpoint: Endpoint, method: bytes, request: server.Request) -> None:
         """Run ``endpoint`` for ``request`` and write its answer, whatever

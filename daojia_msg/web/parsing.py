@@ -16,12 +16,14 @@ from typing import Any
 
 from twisted.web import server
 
+from daojia_msg.config import AppConfig
 from daojia_msg.protocol import errors
 
 MAX_UID = 2**64 - 1
 MAX_U32 = 2**32 - 1
 
-PUSH_FIELDS = frozenset({"to_uid", "to_appcode", "msgtype", "content", "content_b64", "logid"})
+PUSH_FIELDS = frozenset({"to_uid", "to_appcode", "msgtype", "content", "content_b64", "logid",
+                         "escalate_after_s"})
 #: A batch item is a push body that may carry its idempotency key.
 ITEM_FIELDS = PUSH_FIELDS | {"idempotency_key"}
 BATCH_FIELDS = frozenset({"messages"})
@@ -134,6 +136,19 @@ def idempotency_key(value: object, name: str) -> str:
     if not isinstance(value, str) or not IDEMPOTENCY_KEY.fullmatch(value):
         raise errors.BadRequest(f"{name}: expected 1 to 128 printable ASCII characters "
                                 "(no space)")
+    return value
+
+
+def escalate_after_s(f: Fields, app: AppConfig) -> int:
+    """A push's ``escalate_after_s`` (an integer from 1 to 3,600; 0 when
+    absent), for a recipient app that has an ``escalation_url``; else 400."""
+    value = f.get("escalate_after_s")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
+        raise errors.BadRequest("escalate_after_s: expected a JSON integer from 1 to 3600")
+    if not app.escalation_url:
+        raise errors.BadRequest(f"escalate_after_s: app {app.appcode} has no escalation_url")
     return value
 
 

@@ -14,12 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from daojia_msg.config import default_config
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.model import Kind, PurgeCounts
+from daojia_msg.metrics.delivery import COUNTERS
 from daojia_msg.metrics.lifecycle import LifecycleCollector
 from daojia_msg.metrics.registry import make_registry
 from tests.helpers import Stack
 from tests.metrics.test_registry import scrape, value
 
 DAY = 86400.0
+EXPIRED = COUNTERS.index("expired")
 
 
 def lifecycle_stack(**store: Any) -> Stack:
@@ -49,7 +51,7 @@ class ExpiryTests(SynchronousTestCase):
         counts = self.successResultOf(stack.logic.lifecycle.purge_round())
         assert counts is not None
         self.assertEqual(counts.expired, {(1001, 7, Kind.C2C): 1})
-        self.assertEqual(stack.logic.stats.by_route[(1001, 7, Kind.C2C)][-1], 1)
+        self.assertEqual(stack.logic.stats.by_route[(1001, 7, Kind.C2C)][EXPIRED], 1)
         self.assertEqual(stack.logic.stats.snapshot()["totals"]["expired"], 1)
         registry = make_registry(stack.logic.stats, lambda: 0, lambda: 0)
         registry.register(LifecycleCollector(stack.logic.lifecycle))

@@ -148,9 +148,10 @@ class StatsTests(CliTestCase):
         lines = self.out.getvalue().splitlines()
         self.assertEqual(lines[0], "delivery rate: 75.00% (last 300 s), since the start: 75.00%")
         self.assertEqual(lines[2].split(),
-                         ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1", "0", "25", "100"])
+                         ["1001", "7", "C2C", "4", "3", "3", "1", "1", "1", "0", "0", "25",
+                          "100"])
         self.assertEqual(lines[3].split(),
-                         ["total", "4", "3", "3", "1", "1", "1", "0", "25", "-"])
+                         ["total", "4", "3", "3", "1", "1", "1", "0", "0", "25", "-"])
 
     def test_watch_prints_again_every_interval(self) -> None:
         resource = StatsResource(self.ANSWER)

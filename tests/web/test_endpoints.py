@@ -100,7 +100,8 @@ class StatsTests(ApiTestCase):
         self.assertEqual(shop["by_route"][0]["pushed"], 1)
         self.assertEqual(shop["by_route"][1]["stored"], 1)
         self.assertEqual(shop["totals"], {"accepted": 2, "pushed": 1, "acked": 0, "repushed": 0,
-                                          "stored": 1, "pulled": 0, "expired": 0})
+                                          "stored": 1, "pulled": 0, "expired": 0,
+                                          "escalated": 0})
         self.assertEqual(shop["delivery_rate"], 0.0)
         taxi = self.request("GET", "/v1/stats", headers=TAXI).json()
         self.assertEqual([r["appcode"] for r in taxi["by_route"]], [2001])

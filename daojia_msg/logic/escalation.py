@@ -1,0 +1,283 @@
+# -*- test-case-name: tests.logic.test_escalation -*-
+"""Offline escalation (docs/operations.md, Offline escalation): a push with
+``escalate_after_s`` that is not ACKed that many seconds after it became
+durable is POSTed to its app's ``escalation_url``, once per message across
+the cluster.
+
+- Scheduling: once the push is durable (before it is answered) its entry
+  goes to the node's schedule (:class:`~daojia_msg.logic.interfaces.IEscalations`:
+  memory on one node, Redis in a cluster). A schedule that fails (Redis
+  down) keeps the entries in this node's memory and writes them at the next
+  poll (lost only if the node dies before Redis answers again).
+- Every :data:`POLL_S` the node claims due entries for :data:`LEASE_S`, at
+  most as many as it has free POST slots (:data:`CONCURRENCY`): a node that
+  dies with claims leaves them to the other nodes once the lease runs out.
+- At due time the message store says whether the message is still pending:
+  an ACK on any node cancels without coordination (on one node the ACK
+  also drops the entry at once, keeping memory bounded by what is un-ACKed).
+- The POST: ``{"msgid", "logid", "to_uid", "to_appcode", "msgtype",
+  "content_b64"}`` with ``X-Msgplatform-Signature``, the hex HMAC-SHA256 of
+  the body keyed by the app's secret (never logged). A 2xx finishes the
+  entry (the token check makes the claim that finishes it the only one);
+  anything else (any status, no answer within :data:`TIMEOUT_S`) is retried
+  after an exponential backoff with jitter (:func:`backoff`), until an hour
+  (:data:`GIVE_UP_S`) after the first due time, then given up and counted.
+- Counted: ``escalated`` per route in the delivery statistics (a 2xx), and
+  :attr:`Escalator.counts` (posted, failed, gave_up, cancelled) on ``/metrics``.
+
+At most one successful POST per message holds while the nodes' clocks agree
+within the lease's margin over the attempt's time limit; a node that dies
+after the receiver answered 2xx but before it finished the entry leaves it
+to be POSTed again (receivers de-duplicate by ``msgid``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import secrets
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from daojia_msg import tracing
+from daojia_msg.core.errors import StoreError
+from daojia_msg.core.escalation import SIGNATURE_HEADER, Escalation, EscalationClaim, signature
+from daojia_msg.core.model import StoredMessage
+from daojia_msg.logic.context import Context
+from daojia_msg.logic.interfaces import IEscalationPoster, IEscalations, IMessageStore
+
+trace = tracing.MESSAGES.logger("daojia_msg.logic.escalation")
+
+#: Seconds between two claims of due entries (a POST starts within this of its due time).
+POLL_S = 0.5
+#: Seconds a claim keeps other nodes off an entry: well above one attempt.
+LEASE_S = 30.0
+#: Seconds one POST may take, its answer read.
+TIMEOUT_S = 5.0
+#: POSTs under way at once on a node.
+CONCURRENCY = 16
+#: The first retry waits about this long, each next one twice as long, at most BACKOFF_CAP_S.
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 60.0
+#: Seconds after the first due time past which a failing escalation is given up.
+GIVE_UP_S = 3600.0
+#: Entries a failed schedule keeps in memory at most (beyond: dropped, logged).
+MAX_UNSAVED = 100_000
+#: ``escalate_after_s`` bounds (docs/openapi.yaml).
+MIN_AFTER_S, MAX_AFTER_S = 1, 3600
+
+
+def backoff(attempts: int, rng: random.Random) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones: half
+    of ``BACKOFF_BASE_S * 2**(attempts-1)`` (at most the cap) plus a random
+    share of the other half, so nodes retrying together spread out."""
+    step = min(BACKOFF_BASE_S * 2 ** min(max(attempts - 1, 0), 32), BACKOFF_CAP_S)
+    return step / 2 + rng.random() * step / 2
+
+
+def body_of(msg: StoredMessage) -> bytes:
+    """The JSON body POSTed for ``msg`` (ids as the HTTP API gives them)."""
+    return json.dumps({
+        "msgid": str(msg.msgid), "logid": msg.logid, "to_uid": msg.to_uid,
+        "to_appcode": msg.to_appcode, "msgtype": msg.msgtype,
+        "content_b64": base64.b64encode(msg.content).decode("ascii"),
+    }, separators=(",", ":")).encode("ascii")
+
+
+class Escalator(Service):
+    """Schedules escalations and works off the due ones (module docstring).
+    ``cancel_on_ack``: drop an entry at its ACK (cheap in memory; in Redis
+    the due-time check does it without a call per ACK)."""
+
+    log = Logger()
+
+    def __init__(self, ctx: Context, schedule: IEscalations, messages: IMessageStore,
+                 poster: IEscalationPoster, *, cancel_on_ack: bool = False,
+                 rng: random.Random | None = None) -> None:
+        self.ctx = ctx
+        self.schedule_store = schedule
+        self.messages = messages
+        self.poster = poster
+        self.cancel_on_ack = cancel_on_ack
+        self.rng = rng or random.Random()
+        #: This node's claims carry it (plus a sequence number).
+        self.token = secrets.token_hex(8)
+        self._claims = 0
+        self._loop = LoopingCall(self.poll)
+        self._loop.clock = ctx.clock
+        self._polling = False
+        self._working: set[Deferred[None]] = set()
+        self._unsaved: list[Escalation] = []
+        #: What happened to escalations on this node (``/metrics``).
+        self.counts = {"posted": 0, "failed": 0, "gave_up": 0, "cancelled": 0}
+
+    # -- scheduling ------------------------------------------------------------
+
+    async def schedule(self, pushes: Sequence[tuple[StoredMessage, int]]) -> None:
+        """Schedule ``(message, escalate_after_s)`` pushes just made durable."""
+        now = self.ctx.now_ms()
+        entries = [Escalation(m.msgid, m.to_uid, m.to_appcode, now + after_s * 1000)
+                   for m, after_s in pushes]
+        try:
+            await self.schedule_store.schedule(entries)
+        except StoreError as e:
+            self._keep(entries, str(e))
+
+    def _keep(self, entries: list[Escalation], why: str) -> None:
+        room = MAX_UNSAVED - len(self._unsaved)
+        self._unsaved += entries[:room]
+        self.log.warn("{count} escalations not scheduled ({why}): kept on this node, "
+                      "{lost} dropped", count=len(entries), why=why,
+                      lost=max(0, len(entries) - room))
+
+    def acked(self, msgids: Iterable[int]) -> None:
+        """Messages ACKed on this node: their entries go (``cancel_on_ack``)."""
+        if self.cancel_on_ack:
+            self.schedule_store.cancel(msgids)
+
+    # -- the loop --------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(POLL_S, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop claiming; POSTs under way are cancelled (their claims run out
+        and another node, or this one's next start, takes them again)."""
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        for d in list(self._working):
+            d.cancel()
+        return self.poster.stop()
+
+    def poll(self) -> Deferred[None] | None:
+        if self._polling or not self.running:
+            return None
+        self._polling = True
+        d = Deferred.fromCoroutine(self._poll())
+        d.addErrback(lambda f: self.log.failure("escalation poll failed", f))
+        return d.addBoth(self._polled)
+
+    def _polled(self, _: object) -> None:
+        self._polling = False
+
+    async def _poll(self) -> None:
+        if self._unsaved:
+            entries, self._unsaved = self._unsaved, []
+            try:
+                await self.schedule_store.schedule(entries)
+            except StoreError as e:
+                self._unsaved = entries + self._unsaved
+                self.log.debug("escalations still not scheduled: {why}", why=str(e))
+        free = CONCURRENCY - len(self._working)
+        if free <= 0:
+            return
+        self._claims += 1
+        try:
+            claims = await self.schedule_store.claim(
+                self.ctx.now_ms(), int(LEASE_S * 1000), free, f"{self.token}:{self._claims}")
+        except StoreError as e:
+            self.log.debug("no escalations claimed: {why}", why=str(e))
+            return
+        for claim in claims:
+            d = Deferred.fromCoroutine(self._escalate(claim))
+            self._working.add(d)
+            d.addErrback(self._failed, claim).addBoth(self._worked, d)
+
+    def _worked(self, _: object, d: Deferred[None]) -> None:
+        self._working.discard(d)
+
+    def _failed(self, failure: Failure, claim: EscalationClaim) -> None:
+        if failure.check(CancelledError) or failure.check(StoreError):
+            # Stopping, or the schedule is unreachable: the lease runs out
+            # and the entry is claimed again.
+            return
+        self.log.failure("escalation of {msgid} failed", failure, msgid=claim.msgid)
+
+    # -- one escalation --------------------------------------------------------
+
+    async def _escalate(self, claim: EscalationClaim) -> None:
+        msg = await self.messages.pending_message(claim.to_uid, claim.msgid)
+        if msg is None:  # ACKed (or expired): nothing to do
+            self.counts["cancelled"] += 1
+            await self.schedule_store.finish(claim)
+            if tracing.MESSAGES.listeners:
+                trace.debug("{msgid} ACKed before its escalation", msgid=claim.msgid,
+                            to_uid=claim.to_uid, to_appcode=claim.to_appcode)
+            return
+        app = self.ctx.config.app(msg.to_appcode)
+        if app is None or not app.escalation_url:
+            self.log.warn("escalation of {msgid} dropped: app {to_appcode} has no "
+                          "escalation_url now", msgid=msg.msgid, logid=msg.logid,
+                          to_appcode=msg.to_appcode)
+            await self.schedule_store.finish(claim)
+            return
+        body = body_of(msg)
+        headers = {"Content-Type": "application/json",
+                   SIGNATURE_HEADER: signature(app.secret, body)}
+        try:
+            code = await self.poster.post(app.escalation_url, body, headers)
+        except CancelledError:
+            raise
+        except Exception as e:
+            why = "no complete answer in time" if isinstance(e, TimeoutError) else (
+                f"{type(e).__name__}: {e}")
+        else:
+            if 200 <= code < 300:
+                await self._posted(claim, msg, app.escalation_url)
+                return
+            why = f"HTTP {code}"
+        await self._retry(claim, msg, app.escalation_url, why)
+
+    async def _posted(self, claim: EscalationClaim, msg: StoredMessage, url: str) -> None:
+        self.counts["posted"] += 1
+        self.ctx.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "escalated")
+        self.log.info("escalated {msgid} to {url}", msgid=msg.msgid, logid=msg.logid,
+                      to_uid=msg.to_uid, to_appcode=msg.to_appcode, url=_shown(url),
+                      attempt=claim.attempts + 1)
+        # Finished at once; a schedule that fails now is tried again within the
+        # lease, so no other node POSTs it again.
+        for _ in range(3):
+            try:
+                await self.schedule_store.finish(claim)
+                return
+            except StoreError as e:
+                why = str(e)
+        self.log.warn("escalation of {msgid} POSTed but not marked done ({why}): it may be "
+                      "POSTed again", msgid=msg.msgid, logid=msg.logid, why=why)
+
+    async def _retry(self, claim: EscalationClaim, msg: StoredMessage, url: str,
+                     why: str) -> None:
+        self.counts["failed"] += 1
+        now = self.ctx.now_ms()
+        attempts = claim.attempts + 1
+        delay_ms = int(backoff(attempts, self.rng) * 1000)
+        if now + delay_ms - claim.first_due_ms > GIVE_UP_S * 1000:
+            self.counts["gave_up"] += 1
+            self.log.warn("escalation of {msgid} to {url} given up after {attempts} attempts "
+                          "over an hour: {why}", msgid=msg.msgid, logid=msg.logid,
+                          url=_shown(url), attempts=attempts, why=why)
+            await self.schedule_store.finish(claim)
+            return
+        self.log.info("escalation of {msgid} to {url} failed ({why}): attempt {attempts}, "
+                      "next in {delay:.1f} s", msgid=msg.msgid, logid=msg.logid,
+                      url=_shown(url), why=why, attempts=attempts, delay=delay_ms / 1000)
+        await self.schedule_store.retry(claim, now + delay_ms)
+
+
+def _shown(url: str) -> str:
+    """``url`` fit for a log: without userinfo, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "<invalid URL>"

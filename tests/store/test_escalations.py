@@ -1,0 +1,113 @@
+"""The escalation schedules: one behaviour suite for the in-memory one and
+the Redis one (real Redis, under a key prefix of the test's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from daojia_msg.config import RedisConfig
+from daojia_msg.core.escalation import Escalation, EscalationClaim
+from daojia_msg.logic.interfaces import IEscalations
+from daojia_msg.redisconn import connect
+from daojia_msg.store.escalations import MemoryEscalations, RedisEscalations
+from tests.servers import redis_prefix, require_redis
+
+T = 1_795_700_000_000
+
+
+def entry(msgid: int, due_ms: int, to_uid: int = 42) -> Escalation:
+    return Escalation(msgid, to_uid, 1001, due_ms)
+
+
+class ScheduleSuite:
+    schedule: Any
+    assertEqual: Any
+    assertTrue: Any
+    assertFalse: Any
+
+    async def claim(self, now_ms: int, limit: int = 100, token: str = "a",
+                    lease_ms: int = 30_000) -> list[EscalationClaim]:
+        claims: list[EscalationClaim] = await self.schedule.claim(now_ms, lease_ms, limit, token)
+        return claims
+
+    async def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(IEscalations, self.schedule))
+
+    async def test_only_due_entries_are_claimed_oldest_first(self) -> None:
+        await self.schedule.schedule([entry(3, T + 300), entry(1, T + 100), entry(2, T + 200)])
+        self.assertEqual(await self.claim(T + 99), [])
+        claims = await self.claim(T + 200)
+        self.assertEqual([(c.msgid, c.to_uid, c.to_appcode, c.first_due_ms, c.attempts)
+                          for c in claims], [(1, 42, 1001, T + 100, 0), (2, 42, 1001, T + 200, 0)])
+        self.assertEqual({c.leased_until_ms for c in claims}, {T + 200 + 30_000})
+
+    async def test_a_claim_keeps_others_off_until_its_lease_runs_out(self) -> None:
+        await self.schedule.schedule([entry(1, T)])
+        [mine] = await self.claim(T, token="a")
+        self.assertEqual(await self.claim(T + 29_999, token="b"), [])
+        [theirs] = await self.claim(T + 30_000, token="b")
+        self.assertEqual(theirs.msgid, 1)
+        # The first claim ran out: finishing or retrying it changes nothing.
+        self.assertFalse(await self.schedule.finish(mine))
+        self.assertFalse(await self.schedule.retry(mine, T + 31_000))
+        self.assertTrue(await self.schedule.finish(theirs))
+        self.assertEqual(await self.claim(T + 10**9, token="c"), [])
+
+    async def test_the_limit(self) -> None:
+        await self.schedule.schedule([entry(i, T + i) for i in range(1, 11)])
+        self.assertEqual([c.msgid for c in await self.claim(T + 100, limit=3)], [1, 2, 3])
+        self.assertEqual([c.msgid for c in await self.claim(T + 100, limit=100)],
+                         list(range(4, 11)))
+
+    async def test_retry_counts_an_attempt_and_moves_the_due_time(self) -> None:
+        await self.schedule.schedule([entry(1, T)])
+        [claim] = await self.claim(T)
+        self.assertTrue(await self.schedule.retry(claim, T + 5_000))
+        self.assertEqual(await self.claim(T + 4_999, token="b"), [])
+        [again] = await self.claim(T + 5_000, token="b")
+        self.assertEqual((again.attempts, again.first_due_ms), (1, T))
+
+    async def test_scheduled_twice_is_kept_once(self) -> None:
+        await self.schedule.schedule([entry(1, T)])
+        await self.schedule.schedule([entry(1, T + 50)])
+        [claim] = await self.claim(T + 100)
+        self.assertEqual(claim.first_due_ms, T)
+
+    async def test_cancel(self) -> None:
+        await self.schedule.schedule([entry(1, T), entry(2, T), entry(3, T)])
+        [first, *_] = await self.claim(T, limit=1)
+        await self.schedule.cancel([1, 2])
+        await self.schedule.cancel([])
+        self.assertFalse(await self.schedule.finish(first))
+        self.assertEqual([c.msgid for c in await self.claim(T + 10**6, token="b")], [3])
+
+    async def test_big_uids_and_ids(self) -> None:
+        await self.schedule.schedule([Escalation(2**63 - 1, 2**64 - 1, 2**32 - 1, T)])
+        [claim] = await self.claim(T)
+        self.assertEqual((claim.msgid, claim.to_uid, claim.to_appcode),
+                         (2**63 - 1, 2**64 - 1, 2**32 - 1))
+
+
+class MemoryScheduleTests(ScheduleSuite, TestCase):
+    def setUp(self) -> None:
+        self.schedule = MemoryEscalations()
+
+
+class RedisScheduleTests(ScheduleSuite, TestCase):
+    def setUp(self) -> Any:
+        return Deferred.fromCoroutine(self.asyncSetUp())
+
+    async def asyncSetUp(self) -> None:
+        prefix = redis_prefix(self)
+        self.redis = await connect(RedisConfig(url=require_redis(), key_prefix=prefix))
+        self.addCleanup(self.redis.close)
+        self.schedule = RedisEscalations(self.redis)
+
+    async def test_a_large_batch(self) -> None:
+        await self.schedule.schedule([entry(i, T) for i in range(1, 1202)])
+        self.assertEqual(len(await self.claim(T, limit=2000)), 1201)
+        await self.schedule.cancel(range(1, 1202))
