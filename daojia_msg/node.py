@@ -58,13 +58,20 @@ from daojia_msg.ids import IdGenerator
 from daojia_msg.logic.escalation import TIMEOUT_S as ESCALATION_TIMEOUT_S
 from daojia_msg.logic.escalation import Escalator
 from daojia_msg.logic.inbox import Inbox
-from daojia_msg.logic.interfaces import ILoginThrottle, IMessageStore, IPositions, ISessionStore
+from daojia_msg.logic.interfaces import (
+    ILoginThrottle,
+    IMessageStore,
+    IOfferStore,
+    IPositions,
+    ISessionStore,
+)
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.bus import register_bus_metrics
 from daojia_msg.metrics.cluster import LeaseCollector, RedisCollector, register_rpc_metrics
 from daojia_msg.metrics.delivery import Stats
 from daojia_msg.metrics.escalation import EscalationsCollector
 from daojia_msg.metrics.lifecycle import LifecycleCollector
+from daojia_msg.metrics.offers import OffersCollector
 from daojia_msg.metrics.positions import PositionsCollector
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
 from daojia_msg.metrics.registry import DeliveryGauges, make_registry
@@ -77,6 +84,7 @@ from daojia_msg.sockets import is_loopback, listen_interface
 from daojia_msg.store.escalations import MemoryEscalations, RedisEscalations
 from daojia_msg.store.login_throttle import MemoryLoginThrottle, RedisLoginThrottle
 from daojia_msg.store.memory import MemorySessionStore
+from daojia_msg.store.offers import MemoryOffers, RedisOffers
 from daojia_msg.store.positions import MemoryPositions, RedisPositions
 from daojia_msg.store.redis import RedisSessionStore
 from daojia_msg.store.sqlite import SQLiteMessageStore
@@ -206,8 +214,9 @@ class Node(MultiService):
             else MemoryLoginThrottle(self.reactor, ip_failures))
         positions: IPositions = (RedisPositions(self.redis) if self.redis is not None
                                  else MemoryPositions())
+        offers: IOfferStore = RedisOffers(self.redis) if self.redis is not None else MemoryOffers()
         self.logic = LogicService(config, self.reactor, self.sessions, self.store, self.router,
-                                  self.ids, self.stats, throttle, positions)
+                                  self.ids, self.stats, throttle, positions, offers)
         self.logic.setServiceParent(self)
         self.inbox = Inbox(self.store, config.limits, self.stats, self.logic.answers)
         self.gate = GateFactory(self.logic, self.inbox, config.limits, self.reactor)
@@ -229,6 +238,7 @@ class Node(MultiService):
             lambda: (self.redis.latency, self.redis.errors) if self.redis is not None else None))
         registry.register(LeaseCollector(lambda: self.registry, config.cluster.ttl_s))
         registry.register(PositionsCollector(self.logic.positions))
+        registry.register(OffersCollector(self.logic.offers))
         self._escalation(registry)
         committer = getattr(self.store, "committer", None)
         if committer is not None:  # the SQL stores: their write queue

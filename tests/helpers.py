@@ -28,6 +28,7 @@ from daojia_msg.protocol.codes import Cmd
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.login_throttle import MemoryLoginThrottle
 from daojia_msg.store.memory import MemorySessionStore
+from daojia_msg.store.offers import MemoryOffers
 from daojia_msg.store.positions import MemoryPositions
 from daojia_msg.store.sqlite import SQLiteMessageStore, inline_sqlite_pool
 
@@ -80,8 +81,10 @@ class Stack:
         self.ids = IdGenerator(node_id, self.clock.seconds)
         self.throttle = MemoryLoginThrottle(self.clock, self.config.limits.login_ip_failures)
         self.positions = MemoryPositions()
+        self.offers = MemoryOffers()
         self.logic = LogicService(self.config, self.clock, self.sessions, self.store, self.router,
-                                  self.ids, throttle=self.throttle, positions=self.positions)
+                                  self.ids, throttle=self.throttle, positions=self.positions,
+                                  offers=self.offers)
         self.inbox = Inbox(self.store, self.config.limits, self.logic.stats, self.logic.answers)
         self.factory = GateFactory(self.logic, self.inbox, self.config.limits, self.clock)
 

@@ -13,6 +13,7 @@ from daojia_msg.ids import IdGenerator
 __all__ = [
     "DEMO_APPS",
     "DEMO_GATE",
+    "DEMO_OFFERS",
     "DEMO_ROUTES",
     "DEFAULT_WS",
     "MANHOLE_TRACE_BUFFER",
@@ -27,6 +28,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "GeoConfig",
+    "OffersConfig",
     "Limits",
     "ListenConfig",
     "LogConfig",
@@ -255,6 +257,20 @@ class GeoConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OffersConfig:
+    """Nearby order offers (``[offers]``): 0 and 0 = off (``POST /v1/offers`` is 400)."""
+
+    #: A C2S of this msgtype is an accept of the offer its content names.
+    accept_msgtype: int = 0
+    #: The msgtype of the outcome S2C (won, taken, expired).
+    result_msgtype: int = 0
+
+
+#: The demo apps' offers: accepts on msgtype 3, outcomes on msgtype 4.
+DEMO_OFFERS = OffersConfig(accept_msgtype=3, result_msgtype=4)
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     """Sessions and the node registry in Redis (``[redis]``); ``url`` "" = off."""
 
@@ -328,6 +344,7 @@ class Config:
     stats: StatsConfig = StatsConfig()
     ws: WsConfig = WsConfig()
     geo: GeoConfig = GeoConfig()
+    offers: OffersConfig = OffersConfig()
     apps: Mapping[int, AppConfig] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     demo: bool = False
@@ -373,7 +390,7 @@ DEMO_GATE = "tcp:7000:interface=127.0.0.1"
 
 def default_config() -> Config:
     """What ``twistd msgplatform`` runs with no ``--config``: the demo apps included."""
-    return Config(apps=dict(DEMO_APPS), routes=DEMO_ROUTES, demo=True,
+    return Config(apps=dict(DEMO_APPS), routes=DEMO_ROUTES, demo=True, offers=DEMO_OFFERS,
                   listen=ListenConfig(gate=DEMO_GATE, ws=DEFAULT_WS),
                   log=LogConfig(trace_buffer=DEMO_TRACE_BUFFER))
 

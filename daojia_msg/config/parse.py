@@ -28,6 +28,7 @@ from daojia_msg.config.model import (
     ListenConfig,
     LogConfig,
     MySQLConfig,
+    OffersConfig,
     RedisConfig,
     Route,
     StatsConfig,
@@ -391,6 +392,7 @@ def parse_config(text: str) -> Config:
     gt = top.table("geo")
     geo = GeoConfig(max_age_s=gt.float("max_age_s", GeoConfig().max_age_s, 5.0))
     gt.done()
+    offers = _offers(top.table("offers"))
     top.seen.update({"apps", "routes"})
     apps = _apps(data.get("apps", {}))
     if not apps:
@@ -420,12 +422,28 @@ def parse_config(text: str) -> Config:
         stats=stats,
         ws=ws,
         geo=geo,
+        offers=offers,
         apps=apps,
         routes=routes,
         demo=demo,
     )
     check_urls(config)
     return config
+
+
+def _offers(t: _Table) -> OffersConfig:
+    """``[offers]``: both msgtypes set (and different) or neither."""
+    offers = OffersConfig(accept_msgtype=t.int("accept_msgtype", 0, 0, 2**32 - 1),
+                          result_msgtype=t.int("result_msgtype", 0, 0, 2**32 - 1))
+    t.done()
+    if (offers.accept_msgtype == 0) != (offers.result_msgtype == 0):
+        missing = "result_msgtype" if offers.result_msgtype == 0 else "accept_msgtype"
+        raise ConfigError("expected both accept_msgtype and result_msgtype (or neither)",
+                          (*t.path, missing))
+    if offers.accept_msgtype and offers.accept_msgtype == offers.result_msgtype:
+        raise ConfigError("expected a msgtype other than accept_msgtype",
+                          (*t.path, "result_msgtype"))
+    return offers
 
 
 def load_config(path: str) -> Config:

@@ -175,6 +175,56 @@ class IPositions(Interface):
         once done."""
 
 
+class IOfferStore(Interface):
+    """Nearby order offers (:mod:`daojia_msg.logic.offers`): in memory on one
+    node, in Redis in a cluster, so any node can run an offer's next wave or
+    its expiry. Every change of state is atomic (one Redis script); times are
+    Unix ms. Due work is kept by time: :meth:`claim` takes what is due and
+    leases it for a while, so a node that dies holding it only delays it."""
+
+    def create(offer, due_ms):
+        """Store the :class:`~daojia_msg.core.offers.NewOffer` ``offer``
+        (open, no wave run), its first work due at ``due_ms``; fires with None."""
+
+    def claim(now_ms, lease_until_ms, limit):
+        """Take up to ``limit`` offer ids whose work is due at ``now_ms``,
+        each due again at ``lease_until_ms`` (unless it is rescheduled or
+        finished first); fires with the ids."""
+
+    def load(offer_id):
+        """Fires with the :class:`~daojia_msg.core.offers.Offer`, or None
+        when unknown (never created, or forgotten after its retention)."""
+
+    def begin_wave(offer_id, wave, uids, now_ms):
+        """Record ``uids`` as wave ``wave``'s recipients if the offer is open,
+        before its deadline, ``wave`` is its next one and none is being
+        pushed; fires with True if recorded."""
+
+    def end_wave(offer_id, wave, due_ms):
+        """Wave ``wave`` was pushed: if the offer is still open, the next wave
+        (or its expiry) is due at ``due_ms``; fires with True if so."""
+
+    def reschedule(offer_id, due_ms):
+        """An open offer's work is due at ``due_ms``; fires with None."""
+
+    def accept(offer_id, appcode, uid, now_ms, lease_until_ms):
+        """The accept of ``uid`` (of ``appcode``); fires with an
+        :class:`~daojia_msg.core.offers.AcceptResult`. When it is ``WON`` the
+        offer is accepted by ``uid``, its notification leased until
+        ``lease_until_ms``."""
+
+    def expire(offer_id, now_ms, lease_until_ms):
+        """Expire the offer if it is open and its deadline is past ``now_ms``,
+        its notification leased until ``lease_until_ms``; fires with True if
+        this call expired it (exactly one call does)."""
+
+    def notified(offer_id):
+        """The outcome was told: no more work is due; fires with None."""
+
+    def forget(offer_id):
+        """No more work is due for ``offer_id`` (e.g. it is unknown); fires with None."""
+
+
 class IClock(Interface):
     """What the stores need of a reactor: ``seconds()`` and ``callLater``."""
 

@@ -33,12 +33,14 @@ from daojia_msg.logic.interfaces import (
     ILocalNode,
     ILoginThrottle,
     IMessageStore,
+    IOfferStore,
     IPeers,
     IPositions,
     IPublisher,
     ISessionStore,
 )
 from daojia_msg.logic.lifecycle import Lifecycle
+from daojia_msg.logic.offers import Offers
 from daojia_msg.logic.positions import Positions
 from daojia_msg.logic.routing import Routing
 from daojia_msg.logic.sending import PushItem, PushOutcome, Sending
@@ -66,6 +68,7 @@ class LogicService(Service):
         stats: Stats | None = None,
         throttle: ILoginThrottle | None = None,
         positions: IPositions | None = None,
+        offers: IOfferStore | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -79,8 +82,10 @@ class LogicService(Service):
         self.sending = Sending(self.ctx, store, bus, self.routing, self.positions)
         #: This node's logged-in connections, by identity.
         self.local = self.sessions.local
+        #: Nearby order offers (off without a store); their accepts come in as C2S.
+        self.offers = Offers(self.ctx, offers, self.positions, self.sending, bus)
         # The per-message paths, without a call in between.
-        self.c2s = self.sending.c2s
+        self.c2s = self.offers.wrap_c2s(self.sending.c2s)
         self.c2c = self.sending.c2c
         self.ack = self.sending.ack
         #: The purge loop (expired, delivered, old history, de-dup keys) and
@@ -121,12 +126,14 @@ class LogicService(Service):
         self.ctx.running = True
         self.lifecycle.start()
         self.positions.start()
+        self.offers.start()
 
     def stopService(self) -> None:
         super().stopService()
         self.ctx.running = False
         self.lifecycle.stop()
         self.positions.stop()
+        self.offers.stop()
         self.sessions.stop()
         self.routing.stop()
         self.ctx.answers.stop()

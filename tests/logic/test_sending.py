@@ -270,7 +270,7 @@ class C2STests(SynchronousTestCase):
     def test_no_route(self) -> None:
         stack = Stack()
         a = stack.login(1)
-        self.assertEqual(a.request(Cmd.C2S, pb.C2SRequest(content=b"x"), msgtype=3).code,
+        self.assertEqual(a.request(Cmd.C2S, pb.C2SRequest(content=b"x"), msgtype=9).code,
                          Code.NO_ROUTE)
 
     def test_c2s_too_big(self) -> None:
