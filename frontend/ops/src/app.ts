@@ -1,7 +1,8 @@
 // The operations dashboard: asks for an API key (kept in sessionStorage), then
 // polls GET /v1/nodes and GET /v1/stats, draws the delivery rate and the ACK
 // latency of the last minutes, and looks up a message's path by logid
-// (GET /v1/trace/{logid}). Everything the node says is shown as text
+// (GET /v1/trace/{logid}); the Drivers panel (./drivermap) plots the online
+// drivers near a point (GET /v1/nearby). Everything the node says is shown as text
 // (textContent): no markup is ever built from data.
 
 // The console's element builder (createElement + textContent only).
@@ -9,6 +10,7 @@ import { h, show } from "@shared/dom";
 
 import { Api, ApiError, type Fetch, logidProblem, tracePath, Unreachable } from "./api";
 import { type ChartFactory, type LineChart, uplotChart } from "./charts";
+import { DriverMap } from "./drivermap";
 import { duration, percent, utc } from "./format";
 import { KeyStore } from "./keystore";
 import { ALL, routeKey, routeLabel, StatsHistory } from "./series";
@@ -64,6 +66,7 @@ export class Dashboard {
   private readonly traceNotes: HTMLElement;
   private readonly traceRows: HTMLTableSectionElement;
   private readonly traceTable: HTMLTableElement;
+  private readonly drivers: DriverMap;
 
   constructor(private readonly deps: Deps) {
     this.keys = new KeyStore(deps.storage);
@@ -115,6 +118,8 @@ export class Dashboard {
     show(this.traceError, false);
     show(this.traceTable, false);
 
+    this.drivers = new DriverMap(deps.now);
+
     this.board = h("div", { className: "board", testid: "dashboard" },
       h("div", { className: "toolbar" }, this.updated,
         h("button", { testid: "api-key-forget", text: "Forget the key", attrs: { type: "button" },
@@ -135,6 +140,7 @@ export class Dashboard {
         h("div", {}, h("h2", { text: "ACK latency" }),
           h("p", { className: "muted" }, "p50, p90 and p99 since the counts began, for ", this.latencyRoute),
           latencyHost)),
+      this.drivers.root,
       h("section", {},
         h("h2", { text: "Message path" }),
         h("form", { className: "row", testid: "trace-form", on: { submit: (e) => this.onTrace(e) } },
@@ -183,6 +189,7 @@ export class Dashboard {
 
   private open(key: string): void {
     this.api = new Api(key, this.deps.fetch);
+    this.drivers.use(this.api);
     this.history.clear();
     show(this.keyForm, false);
     show(this.board, true);
@@ -207,6 +214,7 @@ export class Dashboard {
   private signOut(why: string): void {
     this.stop();
     this.api = null;
+    this.drivers.use(null);
     this.keys.clear();
     this.setBanner("");
     this.askKey(why);
@@ -224,6 +232,7 @@ export class Dashboard {
       return;
     }
     this.polling = true;
+    void this.drivers.refresh();
     try {
       const [nodes, stats] = await Promise.all([api.get<Nodes>("/v1/nodes"), api.get<Stats>("/v1/stats")]);
       if (api !== this.api) {

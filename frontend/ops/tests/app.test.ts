@@ -130,6 +130,7 @@ describe("the dashboard", () => {
     expect(($("api-key-input") as HTMLInputElement).value).toBe("");
     expect($("api-key-form").hidden).toBe(true);
     expect(api.requests.map((r) => [r.path, r.auth])).toEqual([
+      ["/v1/nearby?appcode=1002&lat=31.2304&lon=121.4737&radius_m=3000&limit=100", "Bearer key-1001"],
       ["/v1/nodes", "Bearer key-1001"], ["/v1/stats", "Bearer key-1001"]]);
   });
 
