@@ -277,18 +277,15 @@ async def cmd_drivers(ctx: Ctx) -> int:
              f"every {a.every:g} s on msgtype {a.geo_msgtype}"
              + (f"; accepting offers (msgtype {a.offer_msgtype}) within {a.accept_within:g} s"
                 if a.accept else "") + ". Ctrl-C logs them out.")
-    ctx.reactor.addSystemEventTrigger("before", "shutdown", fleet.stop)
-    if a.duration:
-        finished: Deferred[None] = Deferred()
-        timer = ctx.reactor.callLater(a.duration, finished.callback, None)
-        try:
-            await finished
-        finally:
-            if timer.active():
-                timer.cancel()
+    ctx.reactor.addSystemEventTrigger("before", "shutdown", fleet.stop)  # Ctrl-C
+    finished: Deferred[None] = Deferred()
+    timer = ctx.reactor.callLater(a.duration, finished.callback, None) if a.duration else None
+    try:
+        await finished  # the duration, or forever: Ctrl-C stops the reactor
+    finally:  # also when the command is cancelled
+        if timer is not None and timer.active():
+            timer.cancel()
         await fleet.stop()
         reports = sum(d.reports for d in fleet.drivers)
         ctx.note(f"*** {a.count} driver(s) logged out after {reports} position report(s)")
-        return 0
-    await Deferred()  # until Ctrl-C stops the reactor (the trigger logs them out)
     return 0
