@@ -5,7 +5,7 @@ drivers on the map) and ``msgctl offer`` (an order offered to them in waves).
 Their defaults fit the demo apps: drivers are on the driver app 1002 around
 People's Square, Shanghai, and report positions on its geo route (msgtype 1);
 offers go out on msgtype 5 (1002's priority msgtype, "new orders"), are
-accepted on msgtype 3 and answered on msgtype 4 (docs/protocol.md §8).
+accepted on msgtype 3 and answered on msgtype 4 (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ class Wave:
         return {"radius_m": self.radius_m, "count": self.count, "after_s": self.after_s}
 
 
-#: Three rings: the nearest two at once, three more within 2.5 km after 4 s,
-#: anyone within 5 km after 8 s.
-DEFAULT_WAVES = (Wave(1000, 2, 0), Wave(2500, 3, 4), Wave(5000, 10, 8))
+#: Three rings: the nearest two at once, three more within 2.5 km after 3 s,
+#: anyone within 5 km after 6 s (drivers accepting within 10 s often leave
+#: the first wave unanswered long enough for the next).
+DEFAULT_WAVES = (Wave(1000, 2, 0), Wave(2500, 3, 3), Wave(5000, 10, 6))
 
 
 def integer(lo: int, hi: int) -> Callable[[str], int]:
@@ -110,7 +111,7 @@ def add_demo_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    metavar="SECONDS", help="log out after this long (default: run until Ctrl-C)")
     p.add_argument("--accept", action="store_true",
                    help="accept each offer received, after a random pause (--accept-within)")
-    p.add_argument("--accept-within", type=number(0, 3600, "seconds"), default=6,
+    p.add_argument("--accept-within", type=number(0, 3600, "seconds"), default=10,
                    metavar="SECONDS",
                    help="with --accept: pause from 0.5 s to this long (default %(default)g)")
     p.add_argument("--seed", type=int, default=None, help="seed of the pauses (repeatable runs)")

@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError
 
 from daojia_msg.config import Config, ListenConfig, default_config
 from daojia_msg.msgctl import cli
-from tests.browser.driver import R, Browser
+from tests.browser.driver import Browser, R
 from tests.nodes import NodeTestCase
 
 DRIVERS = 5

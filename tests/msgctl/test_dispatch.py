@@ -91,14 +91,14 @@ class OfferTests(CliTestCase):
             "appcode": 1002, "lat": 31.2304, "lon": 121.4737, "msgtype": 5,
             "content": "pick up at gate 3", "accept_deadline_s": 12.0,
             "waves": [{"radius_m": 1000.0, "count": 2, "after_s": 0.0},
-                      {"radius_m": 2500.0, "count": 3, "after_s": 4.0},
-                      {"radius_m": 5000.0, "count": 10, "after_s": 8.0}]}])
+                      {"radius_m": 2500.0, "count": 3, "after_s": 3.0},
+                      {"radius_m": 5000.0, "count": 10, "after_s": 6.0}]}])
         self.assertEqual(self.out.getvalue().splitlines(), [
             "offer 1000 (logid 3e8) near 31.2304,121.4737 on app 1002: 3 wave(s), "
             "accept deadline 12 s",
             "  wave 1: up to 2 driver(s) within 1000 m at +0 s",
-            "  wave 2: up to 3 driver(s) within 2500 m at +4 s",
-            "  wave 3: up to 10 driver(s) within 5000 m at +8 s",
+            "  wave 2: up to 3 driver(s) within 2500 m at +3 s",
+            "  wave 3: up to 10 driver(s) within 5000 m at +6 s",
             "wave 1 (+0.0 s): pushed to 101 (500 m), 102 (910 m)",
             "wave 2 (+4.2 s): pushed to 104, 103 (1502 m)",
             "won by driver 103 (wave 2), seen at +6.0 s; pushed to 4 driver(s) in 2 wave(s)",
