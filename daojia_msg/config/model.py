@@ -68,7 +68,7 @@ class AppConfig:
     #: (the priority lane: docs/protocol.md, Back-pressure).
     priority_msgtypes: frozenset[int] = frozenset()
     #: Where a push with ``escalate_after_s`` not ACKed in time is POSTed
-    #: (docs/operations.md, Offline escalation); "": pushes to this app
+    #: (docs/operations.md §14); "": pushes to this app
     #: cannot ask for escalation.
     escalation_url: str = ""
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.logic.test_escalation,tests.store.test_escalations -*-
-"""Offline escalation's records (docs/operations.md, Offline escalation),
+"""Offline escalation's records (docs/operations.md §14),
 shared by logic's escalator and the schedules that keep them: what is due
 when, and a node's claim on an entry while it works on it."""
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.logic.test_escalation -*-
-"""Offline escalation (docs/operations.md, Offline escalation): a push with
+"""Offline escalation (docs/operations.md §14): a push with
 ``escalate_after_s`` that is not ACKed that many seconds after it became
 durable is POSTed to its app's ``escalation_url``, once per message across
 the cluster.
@@ -41,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -191,6 +191,10 @@ class Escalator(Service):
             d = Deferred.fromCoroutine(self._escalate(claim))
             self._working.add(d)
             d.addErrback(self._failed, claim).addBoth(self._worked, d)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once the escalations under way now are done (tests)."""
+        return DeferredList(list(self._working), consumeErrors=True).addCallback(lambda _: None)
 
     def _worked(self, _: object, d: Deferred[None]) -> None:
         self._working.discard(d)

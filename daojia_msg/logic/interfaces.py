@@ -290,8 +290,8 @@ class ILoginThrottle(Interface):
 
 
 class IEscalations(Interface):
-    """Offline escalations waiting for their due time (docs/operations.md,
-    Offline escalation): in memory on one node, in Redis in a cluster (shared
+    """Offline escalations waiting for their due time (docs/operations.md
+    §14): in memory on one node, in Redis in a cluster (shared
     by every node, so a dead node's entries are picked up by another). Times
     are Unix ms; entries are keyed by msgid."""
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.logic.test_escalation -*-
-"""Offline escalation on ``/metrics`` (docs/operations.md, Offline escalation):
+"""Offline escalation on ``/metrics`` (docs/operations.md §14):
 ``msgplatform_escalations_total{outcome}``, what this node's escalator did:
 
 - ``posted``: POSTs the app's receiver answered 2xx (also counted

@@ -1,7 +1,6 @@
 # -*- test-case-name: tests.store.test_escalations -*-
 """Where offline escalations wait for their due time (logic's
-:class:`~daojia_msg.logic.interfaces.IEscalations`; docs/operations.md,
-Offline escalation).
+:class:`~daojia_msg.logic.interfaces.IEscalations`; docs/operations.md §14).
 
 - :class:`MemoryEscalations`: one node, in memory (a node's restart loses
   its waiting escalations, as it loses its sessions).

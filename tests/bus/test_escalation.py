@@ -9,53 +9,22 @@ import base64
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
-from twisted.web import server
-from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
 from daojia_msg.bus.escalation import HttpEscalationPoster
 from daojia_msg.logic.interfaces import IEscalationPoster
+from tests.escalations import Receiver
+from tests.servers import closed_port
 
 R: Any = reactor
-
-
-class Receiver(Resource):
-    """Records each POST; answers ``status``, or never when ``hang``."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[tuple[bytes, dict[bytes, list[bytes]]]] = []
-        self.status = 204
-        self.hang = False
-        self.arrived: Deferred[None] = Deferred()
-        self.held: list[server.Request] = []
-
-    def render_POST(self, request: server.Request) -> Any:
-        assert request.content is not None
-        self.requests.append((request.content.read(),
-                              dict(request.requestHeaders.getAllRawHeaders())))
-        if not self.arrived.called:
-            self.arrived.callback(None)
-        if self.hang:
-            self.held.append(request)
-            return server.NOT_DONE_YET
-        request.setResponseCode(self.status)
-        return b"ok"
 
 
 class PosterTests(TestCase):
     def setUp(self) -> None:
         self.receiver = Receiver()
-        site = server.Site(self.receiver)
-        site.noisy = False
-        self.port = R.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.url = f"http://127.0.0.1:{self.port.getHost().port}/esc"
+        self.url = self.receiver.listen(self)
 
     def poster(self, clock: Any = None) -> HttpEscalationPoster:
         poster = HttpEscalationPoster(R, 5.0, clock=clock)
@@ -86,15 +55,12 @@ class PosterTests(TestCase):
         self.receiver.hang = True
         clock = Clock()
         d = self.poster(clock).post(self.url, b"{}", {})
-        await self.receiver.arrived
+        await self.receiver.wait(1)
         clock.advance(5.0)
         with self.assertRaises(TimeoutError):
             await d
-        for request in self.receiver.held:
-            request.finish()  # type: ignore[no-untyped-call]
 
     async def test_nothing_listening_fails(self) -> None:
-        port = self.port.getHost().port
-        await self.port.stopListening()
+        port = await closed_port(self)
         with self.assertRaises(Exception):  # noqa: B017 (whatever the client raises)
             await self.poster().post(f"http://127.0.0.1:{port}/esc", b"{}", {})

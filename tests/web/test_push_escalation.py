@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
 
 from daojia_msg.config import parse_config
 from daojia_msg.logic.escalation import Escalator
+from daojia_msg.logic.interfaces import IEscalationPoster
 from daojia_msg.store.escalations import MemoryEscalations
 from tests.web.helpers import SHOP, TWO_SYSTEMS, ApiTestCase, push_body
 
@@ -17,6 +19,7 @@ ESCALATING = TWO_SYSTEMS.replace(
     'api_key = "key-1001"\n', 'api_key = "key-1001"\nescalation_url = "https://shop.example/esc"\n')
 
 
+@implementer(IEscalationPoster)
 class NoPoster:
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Deferred[int]:
         raise AssertionError("nothing is due in these tests")

@@ -1,0 +1,90 @@
+"""Offline escalation end to end on one node: a real node (SQLite, demo
+apps) whose app 1001 escalates to a twisted.web receiver on loopback. A push
+not ACKed within ``escalate_after_s`` arrives there once, signed, and is
+counted ``escalated`` in ``GET /v1/stats``; an ACKed one never arrives; a
+receiver that fails at first gets it on a retry."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+from typing import Any
+
+from daojia_msg.config import ListenConfig, default_config
+from daojia_msg.logic.escalation import Escalator
+from tests.escalations import Receiver
+from tests.nodes import NodeTestCase
+
+SECRET = "demo-secret-1001"
+
+
+def escalating(url: str) -> Any:
+    """The demo config with app 1001 escalating to ``url``."""
+    config = default_config()
+    app = dataclasses.replace(config.apps[1001], escalation_url=url)
+    return config.replace(apps={**config.apps, 1001: app})
+
+
+class EscalationNodeTests(NodeTestCase):
+    async def start(self) -> None:
+        self.receiver = Receiver()
+        url = self.receiver.listen(self)
+        config = escalating(url).replace(
+            data_dir=os.path.abspath(self.mktemp()),
+            listen=ListenConfig(gate="tcp:0:interface=127.0.0.1",
+                               http="tcp:0:interface=127.0.0.1", ws=""))
+        await self.run_node(config)
+
+    def escalator(self) -> Escalator:
+        escalator = self.node.logic.sending.escalator
+        assert escalator is not None
+        return escalator
+
+    async def push(self, uid: int, after_s: int = 1, content: str = "order 7") -> str:
+        code, answer = await self.http("POST", "/v1/push", {
+            "to_uid": uid, "to_appcode": 1001, "msgtype": 5, "content": content,
+            "logid": f"esc-{uid}", "escalate_after_s": after_s})
+        self.assertEqual(code, 200, answer)
+        return str(answer["msgid"])
+
+    async def test_an_unacked_push_is_escalated_once_signed_and_counted(self) -> None:
+        await self.start()
+        online, inbox = await self.client(7)
+        acked = await self.push(7)
+        [msg] = await inbox.wait(1)
+        await online.ack([msg.msgid])
+        missed = await self.push(8, content="订单 7")  # offline
+        await self.receiver.wait(1)
+        [body] = self.receiver.bodies(SECRET)
+        self.assertEqual(body, {"msgid": missed, "logid": "esc-8", "to_uid": 8,
+                                "to_appcode": 1001, "msgtype": 5,
+                                "content_b64": base64.b64encode("订单 7".encode()).decode()})
+        self.assertNotEqual(acked, missed)
+        await self.escalator().settled()
+        code, stats = await self.http("GET", "/v1/stats")
+        self.assertEqual(code, 200)
+        self.assertEqual(stats["totals"]["escalated"], 1)
+        [route] = [r for r in stats["by_route"] if (r["msgtype"], r["kind"]) == (5, "S2C")]
+        self.assertEqual(route["escalated"], 1)
+        # The ACKed one left the schedule at its ACK; the other was POSTed.
+        self.assertEqual(len(self.escalator().schedule_store), 0)  # type: ignore[arg-type]
+        self.assertEqual(len(self.receiver.requests), 1)
+        code, answer = await self.http("POST", "/v1/push", {
+            "to_uid": 8, "to_appcode": 1002, "msgtype": 5, "content": "x",
+            "escalate_after_s": 1})
+        self.assertEqual(code, 400)
+        self.assertIn("escalation_url", answer["error"])
+
+    async def test_a_failing_receiver_gets_it_on_a_retry(self) -> None:
+        await self.start()
+        self.receiver.status = 503
+        msgid = await self.push(9)
+        await self.receiver.wait(1)
+        self.receiver.status = 200
+        await self.receiver.wait(2)  # after a backoff of 0.5 to 1 s
+        bodies = self.receiver.bodies(SECRET)
+        self.assertEqual([b["msgid"] for b in bodies], [msgid, msgid])
+        await self.escalator().settled()
+        self.assertEqual(self.escalator().counts, {"posted": 1, "failed": 1, "gave_up": 0,
+                                                   "cancelled": 0})
