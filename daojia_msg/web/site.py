@@ -46,6 +46,7 @@ from daojia_msg.web.endpoints import (
 )
 from daojia_msg.web.httpmetrics import HttpMetrics
 from daojia_msg.web.nearby import Nearby
+from daojia_msg.web.offers import OffersEndpoint
 from daojia_msg.web.operations import NodesEndpoint, TraceRoot
 from daojia_msg.web.request import ApiRequest
 from daojia_msg.web.static import OpsPage
@@ -79,6 +80,7 @@ def make_resource(api: Api, document: bytes, dashboard: str | None = None) -> Re
     v1.putChild(b"nodes", NodesEndpoint(api))
     v1.putChild(b"trace", TraceRoot(api))
     v1.putChild(b"nearby", Nearby(api))
+    v1.putChild(b"offers", OffersEndpoint(api))
     root.putChild(b"v1", v1)
     root.putChild(b"healthz", Health(api))
     root.putChild(b"metrics", Metrics(api))

@@ -27,6 +27,7 @@ from daojia_msg.logic.service import LogicService
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.store.lifecycle import PurgeCounts, PurgeCutoffs, StorageFigures
 from daojia_msg.store.memory import MemorySessionStore
+from daojia_msg.store.offers import MemoryOffers
 from daojia_msg.store.positions import MemoryPositions
 
 #: 2023-11-14T22:13:20Z: a realistic "now" for ids and tokens.
@@ -161,10 +162,12 @@ class FakeNode:
         self.sessions = MemorySessionStore()
         self.bus = MemoryBus()
         self.positions = MemoryPositions()
+        self.offers = MemoryOffers()
         self.logic = LogicService(
             config, self.clock, self.sessions, self.store,
             BusRouter(config, self.clock, buses={"": self.bus}),
             IdGenerator(node_id, self.clock.seconds), positions=self.positions,
+            offers=self.offers,
         )
 
     def login(self, uid: int, appcode: int) -> FakeConnection:

@@ -25,6 +25,10 @@ from daojia_msg.web.site import make_site
 from tests.web.fakes import FakeNode
 
 TWO_SYSTEMS = """
+[offers]
+accept_msgtype = 3
+result_msgtype = 4
+
 [apps.1001]
 usersystem = "shop"
 secret = "secret-1001"
