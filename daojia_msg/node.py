@@ -59,6 +59,7 @@ from daojia_msg.logic.escalation import TIMEOUT_S as ESCALATION_TIMEOUT_S
 from daojia_msg.logic.escalation import Escalator
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import (
+    IEscalations,
     ILoginThrottle,
     IMessageStore,
     IOfferStore,
@@ -81,7 +82,7 @@ from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.redisconn import Redis, connect
 from daojia_msg.sockets import is_loopback, listen_interface
-from daojia_msg.store.escalations import MemoryEscalations, RedisEscalations
+from daojia_msg.store.escalations import MemoryEscalations, RedisEscalations, SQLiteEscalations
 from daojia_msg.store.login_throttle import MemoryLoginThrottle, RedisLoginThrottle
 from daojia_msg.store.memory import MemorySessionStore
 from daojia_msg.store.offers import MemoryOffers, RedisOffers
@@ -239,7 +240,7 @@ class Node(MultiService):
         registry.register(LeaseCollector(lambda: self.registry, config.cluster.ttl_s))
         registry.register(PositionsCollector(self.logic.positions))
         registry.register(OffersCollector(self.logic.offers))
-        self._escalation(registry)
+        await self._escalation(registry)
         committer = getattr(self.store, "committer", None)
         if committer is not None:  # the SQL stores: their write queue
             committer.on_pressure = functools.partial(self.gate.set_pressure, source="store")
@@ -304,16 +305,21 @@ class Node(MultiService):
             self.log.info("{page} page at {url}", page=page,
                           url=f"{scheme}://{host}:{address.port}/{page}/")
 
-    def _escalation(self, registry: Any) -> None:
+    async def _escalation(self, registry: Any) -> None:
         """Offline escalation, when an app has an ``escalation_url``: its
-        schedule in Redis in a cluster (any node POSTs), else in memory."""
+        schedule in Redis in a cluster (any node POSTs), else beside the
+        embedded store (``escalations.db``), else in memory."""
         escalator: Escalator | None = None
         if any(app.escalation_url for app in self.config.apps.values()):
-            schedule = (RedisEscalations(self.redis) if self.redis is not None
-                        else MemoryEscalations())
+            schedule: IEscalations = (
+                RedisEscalations(self.redis) if self.redis is not None
+                else MemoryEscalations() if self.config.mysql.url
+                else SQLiteEscalations(os.path.join(self.config.data_dir, "escalations.db"),
+                                       self.reactor))
+            await schedule.start()
             escalator = Escalator(self.logic.ctx, schedule, self.store,
                                   HttpEscalationPoster(self.reactor, ESCALATION_TIMEOUT_S),
-                                  cancel_on_ack=self.redis is None)
+                                  cancel_on_ack=isinstance(schedule, MemoryEscalations))
             self.logic.sending.escalator = escalator
             escalator.setServiceParent(self)
         registry.register(EscalationsCollector(lambda: escalator.counts if escalator else None))

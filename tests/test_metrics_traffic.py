@@ -17,7 +17,7 @@ from tests.test_cluster import TwoNodes
 
 #: Counters and histograms that ordinary traffic on a node moves (a C2C across
 #: the two nodes and back, a C2S, an HTTP push, an offline message and its
-#: PULL, a HISTORY, a kick, forged logins and a lockout).
+#: PULL, a HISTORY, a kick, forged logins and a lockout, an offer won).
 MOVES = frozenset({
     "msgplatform_messages_accepted", "msgplatform_messages_pushed",
     "msgplatform_messages_acked", "msgplatform_messages_stored",
@@ -30,7 +30,7 @@ MOVES = frozenset({
     "msgplatform_rpc_call_seconds", "msgplatform_redis_command_seconds",
     "msgplatform_lease_renewals", "msgplatform_http_requests",
     "msgplatform_http_request_seconds", "msgplatform_process_cpu_seconds",
-    "msgplatform_positions_reported",
+    "msgplatform_positions_reported", "msgplatform_offers", "msgplatform_offer_pushes",
 })
 
 #: Counters that only faults or the passing of time move (this test takes
@@ -47,8 +47,6 @@ ON_FAULTS = {
     "msgplatform_redis_errors": "tests.cluster (a Redis that does not answer)",
     "msgplatform_reactor_lag_seconds": "tests.metrics.test_reactorlag (a sample every 0.5 s)",
     "msgplatform_position_failures": "tests.logic.test_positions (a backend that refuses)",
-    "msgplatform_offers": "tests.logic.test_offers (created, accepted, expired)",
-    "msgplatform_offer_pushes": "tests.logic.test_offers (the waves)",
     "msgplatform_offer_failures": "tests.logic.test_offers (a backend that refuses)",
     "msgplatform_messages_escalated": "tests.logic.test_escalation (a push not ACKed in time)",
     "msgplatform_escalations": "tests.logic.test_escalation (posted, failed, given up, cancelled)",
@@ -104,6 +102,12 @@ class EveryFamilyMovesTests(TwoNodes):
         await bob.c2c(1, 1001, 7, b"and back")              # ACKed on node 1
         await alice_inbox.wait(1)
         await alice.c2s(1, b"31.2,121.4")                   # the bus
+        self.node = self.node1                              # an offer alice wins
+        _, offer = await self.http("POST", "/v1/offers", {
+            "appcode": 1001, "lat": 31.2, "lon": 121.4, "msgtype": 5, "content": "order",
+            "waves": [{"radius_m": 100, "count": 1, "after_s": 0}], "accept_deadline_s": 60})
+        await alice_inbox.wait(2)
+        await alice.c2s(3, offer["offer_id"].encode())
         await alice.c2c(3, 1001, 7, b"for later")           # stored: 3 is offline
         carol, _ = await self.client_on(self.node1, 3)
         await carol.pull()

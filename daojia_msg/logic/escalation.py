@@ -6,15 +6,16 @@ the cluster.
 
 - Scheduling: once the push is durable (before it is answered) its entry
   goes to the node's schedule (:class:`~daojia_msg.logic.interfaces.IEscalations`:
-  memory on one node, Redis in a cluster). A schedule that fails (Redis
+  an SQLite file on one node, Redis in a cluster). A schedule that fails (Redis
   down) keeps the entries in this node's memory and writes them at the next
   poll (lost only if the node dies before Redis answers again).
 - Every :data:`POLL_S` the node claims due entries for :data:`LEASE_S`, at
   most as many as it has free POST slots (:data:`CONCURRENCY`): a node that
   dies with claims leaves them to the other nodes once the lease runs out.
 - At due time the message store says whether the message is still pending:
-  an ACK on any node cancels without coordination (on one node the ACK
-  also drops the entry at once, keeping memory bounded by what is un-ACKed).
+  an ACK on any node cancels without coordination (with a schedule in
+  memory the ACK also drops the entry at once, keeping memory bounded by
+  what is un-ACKed).
 - The POST: ``{"msgid", "logid", "to_uid", "to_appcode", "msgtype",
   "content_b64"}`` with ``X-Msgplatform-Signature``, the hex HMAC-SHA256 of
   the body keyed by the app's secret (never logged). A 2xx finishes the
@@ -150,13 +151,16 @@ class Escalator(Service):
 
     def stopService(self) -> Deferred[None]:
         """Stop claiming; POSTs under way are cancelled (their claims run out
-        and another node, or this one's next start, takes them again)."""
+        and another node, or this one's next start, takes them again); then
+        the HTTP client and the schedule close."""
         super().stopService()
         if self._loop.running:
             self._loop.stop()
         for d in list(self._working):
             d.cancel()
-        return self.poster.stop()
+        stopped = DeferredList([self.poster.stop(), self.schedule_store.stop()],
+                               consumeErrors=True)
+        return stopped.addCallback(lambda _: None)
 
     def poll(self) -> Deferred[None] | None:
         if self._polling or not self.running:

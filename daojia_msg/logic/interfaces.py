@@ -295,6 +295,12 @@ class IEscalations(Interface):
     by every node, so a dead node's entries are picked up by another). Times
     are Unix ms; entries are keyed by msgid."""
 
+    def start():
+        """Open the backend (create its table); fires with None."""
+
+    def stop():
+        """Close the backend once the calls under way are done; fires with None."""
+
     def schedule(entries):
         """Keep each :class:`~daojia_msg.core.escalation.Escalation` of
         ``entries`` until it is finished; fires with None once kept."""

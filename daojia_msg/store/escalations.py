@@ -2,8 +2,10 @@
 """Where offline escalations wait for their due time (logic's
 :class:`~daojia_msg.logic.interfaces.IEscalations`; docs/operations.md §14).
 
-- :class:`MemoryEscalations`: one node, in memory (a node's restart loses
-  its waiting escalations, as it loses its sessions).
+- :class:`SQLiteEscalations`: one node, in ``escalations.db`` beside its
+  message store (the embedded store's data dir): a restart keeps them.
+- :class:`MemoryEscalations`: one node without a data dir of its own (its
+  messages in MySQL, no Redis), in memory: a restart loses them.
 - :class:`RedisEscalations`: the cluster's, shared by every node: a sorted
   set ``esc:due`` (msgid -> due Unix ms), a hash ``esc:e`` (msgid ->
   ``to_uid:to_appcode:first_due_ms:attempts``) and a hash ``esc:t`` (msgid ->
@@ -23,12 +25,16 @@ import heapq
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from daojia_msg.core.escalation import Escalation, EscalationClaim
 from daojia_msg.logic.interfaces import IEscalations
 from daojia_msg.redisconn import Redis, Script
+from daojia_msg.store.dbpool import PoolRunner, close_pool
+from daojia_msg.store.sqlite import sqlite_pool
 
 
 @implementer(IEscalations)
@@ -43,6 +49,12 @@ class MemoryEscalations:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
 
     def _at(self, msgid: int, due_ms: int) -> None:
         self._entries[msgid][4] = due_ms
@@ -177,6 +189,12 @@ class RedisEscalations:
         self.redis = redis
         self.keys = [redis.key("esc", "due"), redis.key("esc", "e"), redis.key("esc", "t")]
 
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)  # the node closes its Redis connection
+
     def schedule(self, entries: Sequence[Escalation]) -> Deferred[None]:
         return Deferred.fromCoroutine(self._schedule(entries))
 
@@ -206,3 +224,91 @@ class RedisEscalations:
         if not ids:
             return succeed(None)
         return CANCEL(self.redis, self.keys, ids).addCallback(lambda _: None)
+
+
+_CREATE = ("CREATE TABLE IF NOT EXISTS escalations (msgid INTEGER PRIMARY KEY, "
+           "to_uid INTEGER NOT NULL, to_appcode INTEGER NOT NULL, first_due_ms INTEGER NOT NULL, "
+           "attempts INTEGER NOT NULL DEFAULT 0, due_ms INTEGER NOT NULL, "
+           "token TEXT NOT NULL DEFAULT '')",
+           "CREATE INDEX IF NOT EXISTS escalations_due ON escalations (due_ms)")
+
+
+def _create_txn(txn: Any) -> None:
+    for statement in _CREATE:
+        txn.execute(statement)
+
+
+def _schedule_txn(txn: Any, entries: Sequence[Escalation]) -> None:
+    txn.executemany("INSERT OR IGNORE INTO escalations (msgid, to_uid, to_appcode, first_due_ms,"
+                    " due_ms) VALUES (?, ?, ?, ?, ?)",
+                    [(e.msgid, e.to_uid, e.to_appcode, e.due_ms, e.due_ms) for e in entries])
+
+
+def _claim_txn(txn: Any, now_ms: int, until: int, limit: int,
+               token: str) -> list[EscalationClaim]:
+    txn.execute("SELECT msgid, to_uid, to_appcode, first_due_ms, attempts FROM escalations"
+                " WHERE due_ms <= ? ORDER BY due_ms LIMIT ?", (now_ms, limit))
+    rows = txn.fetchall()
+    txn.executemany("UPDATE escalations SET due_ms = ?, token = ? WHERE msgid = ?",
+                    [(until, token, row[0]) for row in rows])
+    return [EscalationClaim(msgid, to_uid, to_appcode, first, attempts, token, until)
+            for msgid, to_uid, to_appcode, first, attempts in rows]
+
+
+def _finish_txn(txn: Any, msgid: int, token: str) -> bool:
+    txn.execute("DELETE FROM escalations WHERE msgid = ? AND token = ?", (msgid, token))
+    return bool(txn.rowcount)
+
+
+def _retry_txn(txn: Any, msgid: int, token: str, due_ms: int) -> bool:
+    txn.execute("UPDATE escalations SET due_ms = ?, attempts = attempts + 1, token = ''"
+                " WHERE msgid = ? AND token = ?", (due_ms, msgid, token))
+    return bool(txn.rowcount)
+
+
+def _cancel_txn(txn: Any, msgids: list[int]) -> None:
+    txn.executemany("DELETE FROM escalations WHERE msgid = ?", [(m,) for m in msgids])
+
+
+@implementer(IEscalations)
+class SQLiteEscalations:
+    """The schedule of one node in an SQLite file of its own (one connection
+    on a thread of its own, as the message store's), so escalations outlive a
+    restart. :meth:`start` before use, :meth:`stop` at the end; a call fails
+    with :class:`~daojia_msg.core.errors.StoreUnavailable` when the file
+    cannot be used."""
+
+    def __init__(self, path: str, reactor: IReactorTime,
+                 pool: adbapi.ConnectionPool | None = None) -> None:
+        self.path = path
+        self.pool = pool if pool is not None else sqlite_pool(path, reactor)
+        self._runner = PoolRunner(self.pool, "escalation schedule")
+
+    def start(self) -> Deferred[None]:
+        self.pool.start()
+        return self._runner.run(_create_txn)
+
+    def stop(self) -> Deferred[None]:
+        def close(_: object) -> None:
+            close_pool(self.pool, f"escalation schedule {self.path}")
+
+        return self._runner.when_idle().addCallback(close)
+
+    def schedule(self, entries: Sequence[Escalation]) -> Deferred[None]:
+        return self._runner.run(_schedule_txn, list(entries))
+
+    def claim(self, now_ms: int, lease_ms: int, limit: int,
+              token: str) -> Deferred[list[EscalationClaim]]:
+        return self._runner.run(_claim_txn, now_ms, now_ms + lease_ms, limit, token)
+
+    def finish(self, claim: EscalationClaim) -> Deferred[bool]:
+        return self._runner.run(_finish_txn, claim.msgid, claim.token)
+
+    def retry(self, claim: EscalationClaim, due_ms: int) -> Deferred[bool]:
+        return self._runner.run(_retry_txn, claim.msgid, claim.token, due_ms)
+
+    def cancel(self, msgids: Iterable[int]) -> Deferred[None]:
+        ids = list(msgids)
+        if not ids:
+            return succeed(None)
+        return self._runner.run(_cancel_txn, ids)

@@ -3,19 +3,24 @@ the Redis one (real Redis, under a key prefix of the test's)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from daojia_msg.config import RedisConfig
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.escalation import Escalation, EscalationClaim
 from daojia_msg.logic.interfaces import IEscalations
 from daojia_msg.redisconn import connect
-from daojia_msg.store.escalations import MemoryEscalations, RedisEscalations
+from daojia_msg.store.escalations import MemoryEscalations, RedisEscalations, SQLiteEscalations
+from daojia_msg.store.sqlite import inline_sqlite_pool
 from tests.servers import redis_prefix, require_redis
 
+R: Any = reactor
 T = 1_795_700_000_000
 
 
@@ -86,15 +91,40 @@ class ScheduleSuite:
         self.assertEqual([c.msgid for c in await self.claim(T + 10**6, token="b")], [3])
 
     async def test_big_uids_and_ids(self) -> None:
-        await self.schedule.schedule([Escalation(2**63 - 1, 2**64 - 1, 2**32 - 1, T)])
+        # uids and msgids are signed 64-bit everywhere (core.convert.MAX_ID).
+        await self.schedule.schedule([Escalation(2**63 - 1, 2**63 - 1, 2**32 - 1, T)])
         [claim] = await self.claim(T)
         self.assertEqual((claim.msgid, claim.to_uid, claim.to_appcode),
-                         (2**63 - 1, 2**64 - 1, 2**32 - 1))
+                         (2**63 - 1, 2**63 - 1, 2**32 - 1))
 
 
 class MemoryScheduleTests(ScheduleSuite, TestCase):
     def setUp(self) -> None:
         self.schedule = MemoryEscalations()
+
+
+class SQLiteScheduleTests(ScheduleSuite, TestCase):
+    def setUp(self) -> Any:
+        self.path = os.path.join(os.path.abspath(self.mktemp()) + ".db")
+        self.schedule = SQLiteEscalations(self.path, R, pool=inline_sqlite_pool(self.path))
+        self.addCleanup(lambda: self.schedule.stop())
+        return self.schedule.start()
+
+    async def test_kept_across_a_restart(self) -> None:
+        await self.schedule.schedule([entry(1, T), entry(2, T + 10)])
+        [claim] = await self.claim(T, token="before")
+        await self.schedule.stop()
+        self.schedule = SQLiteEscalations(self.path, R, pool=inline_sqlite_pool(self.path))
+        await self.schedule.start()
+        self.assertEqual([c.msgid for c in await self.claim(T + 10)], [2])
+        self.assertTrue(await self.schedule.finish(claim))  # its lease still holds
+
+    async def test_a_file_that_cannot_be_written_is_unavailable(self) -> None:
+        path = os.path.join(self.path, "no", "such", "dir.db")
+        broken = SQLiteEscalations(path, R, pool=inline_sqlite_pool(path))
+        with self.assertRaises(StoreUnavailable):
+            await broken.start()
+        await broken.stop()
 
 
 class RedisScheduleTests(ScheduleSuite, TestCase):
