@@ -194,7 +194,8 @@ class Offers:
             self.accepted += 1
             self.log.info("offer {offer_id} accepted by {uid}", offer_id=offer_id,
                           uid=session.uid, appcode=session.appcode)
-            self._start(offer_id)
+            # After this turn: the winner's Result is written before its outcome.
+            self.ctx.clock.callLater(0, self._start, offer_id)
         elif result is not AcceptResult.AGAIN:
             raise errors.BadRequest(result.value)
         return pb.Result(code=Code.OK, server_time_ms=self.ctx.now_ms())

@@ -64,6 +64,7 @@ class OffersTests(SynchronousTestCase):
 
     def pushes(self) -> dict[int, list[tuple[int, bytes]]]:
         """What each driver was pushed since the last call, ACKed: (msgtype, content)."""
+        self.stack.clock.advance(0)
         out = {}
         for uid, conn in self.drivers.items():
             messages = self.stashed.pop(uid, []) + conn.pushed_messages()
@@ -131,6 +132,7 @@ class OffersTests(SynchronousTestCase):
         offer = self.create([(1000, 3, 0), (1000, 3, 5)])
         self.pushes()
         self.assertEqual(self.accept(2, offer).code, Code.OK)
+        self.assertEqual(self.drivers[2].pushes, [])  # the Result first, then the outcome
         won = (RESULT, json.dumps({"offer_id": str(offer), "state": "won"},
                                   separators=(",", ":")).encode())
         taken = (RESULT, won[1].replace(b"won", b"taken"))
@@ -156,6 +158,7 @@ class OffersTests(SynchronousTestCase):
             self.assertEqual((result.code, result.reason), (Code.BAD_REQUEST, "not offered"))
         offer = self.create([(1000, 1, 0)])
         self.assertEqual(self.accept(1, b" %d\n" % offer).code, Code.OK)
+        self.stack.clock.advance(0)
         self.assertEqual(set(self.stack.bus.topics), {"gps", "offers"})
 
     def test_an_app_of_the_same_uid_is_not_offered(self) -> None:

@@ -65,6 +65,7 @@ class OffersApiTests(ApiTestCase):
         session = self.logic.local[(8, 1002)]
         d = Deferred.fromCoroutine(self.logic.offers.accept(session, offer_id.encode()))
         self.assertEqual(self.successResultOf(d).code, 0)
+        self.node.clock.advance(0)  # the outcome is told after the Result
         self.assertEqual(self.get(offer_id).json(),
                          {"offer_id": offer_id, "state": "accepted", "winner_uid": 8,
                           "pushed_to": [7, 8]})
