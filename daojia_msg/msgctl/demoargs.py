@@ -93,7 +93,7 @@ def add_demo_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="the centre's longitude (default %(default)s)")
 
     p = sub.add_parser("drivers", parents=[centre, where],
-                       help="simulated drivers: log in, drive circles around a centre and report "
+                       help="simulated drivers: log in, drive loops through a centre and report "
                             "their positions; with --accept, accept the offers they get")
     p.add_argument("--count", type=integer(1, 1000), default=10,
                    help="how many drivers (default %(default)s)")
@@ -101,8 +101,8 @@ def add_demo_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="the first driver's uid; the others follow (default %(default)s)")
     p.add_argument("--secret", help="the app's token secret (default: the demo secret of 1001/1002)")
     p.add_argument("--spread", type=number(10, 50_000, "metres"), default=2000, metavar="METRES",
-                   help="the outermost driver's distance from the centre; driver k of N circles "
-                        "at k/N of it (default %(default)g)")
+                   help="how far out the drivers go: driver k of N drives a loop through the "
+                        "centre out to k/N of it (default %(default)g)")
     p.add_argument("--speed", type=number(0, 100, "metres per second"), default=10,
                    metavar="M/S", help="how fast they drive (default %(default)g m/s)")
     p.add_argument("--every", type=number(0.5, 3600, "seconds"), default=3, metavar="SECONDS",

@@ -2,9 +2,9 @@
 """``msgctl drivers``: simulated drivers for the live map and the offers demo.
 
 Driver k of N (uids ``--first-uid`` on) logs in on the driver app with a
-reconnecting :class:`MsgClient`, drives a circle of ``k/N * --spread``
-metres around the centre (alternate drivers the other way round) and
-reports its position on the geo route every ``--every`` seconds as
+reconnecting :class:`MsgClient`, drives a loop from the centre out to
+``k/N * --spread`` metres and back (alternate drivers the other way round)
+and reports its position on the geo route every ``--every`` seconds as
 ``"<lat>,<lon>"``. A report is skipped while its driver is offline, so
 nothing queues up behind a lost connection.
 
@@ -47,6 +47,14 @@ _GOLDEN = math.pi * (3 - math.sqrt(5))
 MIN_ACCEPT_S = 0.5
 
 
+def offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
+    """The point ``north_m`` and ``east_m`` metres from ``(lat, lon)`` (flat
+    earth: a few kilometres off by centimetres), longitude wrapped to ±180."""
+    lat2 = lat + north_m / METRES_PER_DEGREE
+    lon2 = lon + east_m / (METRES_PER_DEGREE * math.cos(math.radians(lat)))
+    return lat2, (lon2 + 180) % 360 - 180
+
+
 @dataclass(frozen=True)
 class Circuit:
     """A circle of ``radius_m`` around ``(lat, lon)``, driven at ``speed_mps``
@@ -62,22 +70,25 @@ class Circuit:
         """Where the driver is ``t`` seconds after the start, rounded to 6
         decimals (~0.1 m)."""
         angle = self.phase + self.speed_mps * t / self.radius_m
-        north = self.radius_m * math.sin(angle)
-        east = self.radius_m * math.cos(angle)
-        lat = self.lat + north / METRES_PER_DEGREE
-        lon = self.lon + east / (METRES_PER_DEGREE * math.cos(math.radians(self.lat)))
-        lon = (lon + 180) % 360 - 180
+        lat, lon = offset(self.lat, self.lon, self.radius_m * math.sin(angle),
+                          self.radius_m * math.cos(angle))
         return round(lat, 6), round(lon, 6)
 
 
 def circuits(count: int, lat: float, lon: float, spread_m: float,
              speed_mps: float) -> list[Circuit]:
-    """The paths of ``count`` drivers: driver k (from 1) at ``k/count`` of
-    ``spread_m``, the starting angles a golden angle apart, every other one
-    clockwise."""
-    return [Circuit(lat, lon, spread_m * k / count, (k - 1) * _GOLDEN,
-                    speed_mps if k % 2 else -speed_mps)
-            for k in range(1, count + 1)]
+    """The paths of ``count`` drivers: driver k (from 1) loops through the
+    centre and out to ``k/count`` of ``spread_m`` from it (a circle of half
+    that across, beside the centre), starting at its far end, so their
+    distances from the centre keep changing; the loops' directions are a
+    golden angle apart, and every other one is driven clockwise."""
+    paths = []
+    for k in range(1, count + 1):
+        radius = spread_m * k / count / 2
+        phase = (k - 1) * _GOLDEN
+        c_lat, c_lon = offset(lat, lon, radius * math.sin(phase), radius * math.cos(phase))
+        paths.append(Circuit(c_lat, c_lon, radius, phase, speed_mps if k % 2 else -speed_mps))
+    return paths
 
 
 _HEX = re.compile(r"[0-9a-f]{1,16}")
@@ -273,7 +284,8 @@ async def cmd_drivers(ctx: Ctx) -> int:
         raise login_error(ctx, e) from None
     last = a.first_uid + a.count - 1
     ctx.note(f"*** {a.count} driver(s) online on app {a.appcode}, uids {a.first_uid}..{last}, "
-             f"circling {a.lat},{a.lon} within {a.spread:g} m at {a.speed:g} m/s; a position "
+             f"driving loops through {a.lat},{a.lon} up to {a.spread:g} m out at {a.speed:g} m/s; a "
+             f"position "
              f"every {a.every:g} s on msgtype {a.geo_msgtype}"
              + (f"; accepting offers (msgtype {a.offer_msgtype}) within {a.accept_within:g} s"
                 if a.accept else "") + ". Ctrl-C logs them out.")

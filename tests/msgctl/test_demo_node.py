@@ -41,7 +41,7 @@ class DemoOnANodeTests(NodeTestCase):
                                   "--every", "0.5", "--speed", "50", "--duration", "3")
         first = await self.online(3)
         self.assertEqual(sorted(x["uid"] for x in first), [101, 102, 103])
-        self.assertEqual([round(x["distance_m"] / 10) * 10 for x in first], [670, 1330, 2000])
+        self.assertEqual([round(x["distance_m"] / 100) * 100 for x in first], [700, 1300, 2000])
         await deferLater(R, 1.2, lambda: None)
         _, body = await self.http("GET", NEARBY)
         moved = {x["uid"]: (x["lat"], x["lon"]) for x in body["drivers"]}

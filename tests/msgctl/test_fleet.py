@@ -37,17 +37,22 @@ class CircuitTests(SynchronousTestCase):
         # Round once in 2*pi*1000/10 s.
         self.assertLess(abs(distance_m(*start, *path.at(2 * math.pi * 100)) - 0), 1)
 
-    def test_drivers_spread_out_and_alternate_directions(self) -> None:
+    def test_drivers_loop_through_the_centre_out_to_their_share_of_the_spread(self) -> None:
         paths = circuits(4, LAT, LON, 2000, 10)
-        self.assertEqual([p.radius_m for p in paths], [500, 1000, 1500, 2000])
+        self.assertEqual([p.radius_m for p in paths], [250, 500, 750, 1000])
         self.assertEqual([p.speed_mps for p in paths], [10, -10, 10, -10])
-        self.assertEqual(len({round(p.phase % (2 * math.pi), 3) for p in paths}), 4)
+        # Each starts at its far end, in its own direction, and passes the centre.
+        starts = [p.at(0) for p in paths]
+        self.assertEqual([round(distance_m(LAT, LON, *s)) for s in starts], [500, 1000, 1500, 2000])
+        self.assertGreater(min(distance_m(*a, *b) for a in starts for b in starts if a != b), 400)
+        for p in paths:
+            half_way = math.pi * p.radius_m / abs(p.speed_mps)
+            self.assertLess(distance_m(LAT, LON, *p.at(half_way)), 1)
         # The first one starts east of the centre and goes north (anticlockwise).
-        lat, lon = paths[0].at(0)
+        lat, lon = starts[0]
         self.assertAlmostEqual(lat, LAT, places=5)
         self.assertGreater(lon, LON)
         self.assertGreater(paths[0].at(5)[0], LAT)
-        self.assertLess(paths[1].at(0)[0] - paths[1].at(5)[0], 1)
 
     def test_longitudes_wrap_round_the_antimeridian(self) -> None:
         lat, lon = Circuit(0, 179.999, 1000, 0, 10).at(0)
@@ -156,8 +161,8 @@ class DriversTests(CliTestCase):
         self.reactor.advance(1)  # the duration: they log out
         self.logouts(links)
         self.assertEqual(self.exit_code(d), 0)
-        self.assertIn("*** 2 driver(s) online on app 1002, uids 101..102, circling "
-                      "31.2304,121.4737 within 1000 m at 20 m/s; a position every 3 s on "
+        self.assertIn("*** 2 driver(s) online on app 1002, uids 101..102, driving loops through "
+                      "31.2304,121.4737 up to 1000 m out at 20 m/s; a position every 3 s on "
                       "msgtype 1", self.err.getvalue())
         self.assertIn("*** 2 driver(s) logged out after 4 position report(s)\n",
                       self.err.getvalue())
@@ -236,6 +241,9 @@ class DriversTests(CliTestCase):
         self.assertEqual([f.cmd for f in links[0].frames()], [Cmd.ACK])
         self.assertEqual(self.out.getvalue(), "driver 101: offer 10 received: order\n"
                                               "driver 101: message msgtype=7: hello\n")
+        d.cancel()  # like Ctrl-C: they log out
+        self.logouts(links)
+        self.exit_code(d)
 
     def test_ctrl_c_logs_every_driver_out(self) -> None:
         d, links = self.start()
