@@ -264,7 +264,8 @@ class Offers:
         if now >= spec.deadline_ms:
             if await store.expire(offer_id, now, now + self.lease_ms):
                 self.expired += 1
-                self.log.info("offer {offer_id} expired", offer_id=offer_id, logid=spec.logid)
+                self.log.info("offer {offer_id} expired", offer_id=offer_id, logid=spec.logid,
+                              appcode=spec.appcode)
                 await self._notify(replace(offer, state=EXPIRED))
             return
         if offer.pushing >= 0:  # recorded by a node that may have died before pushing
@@ -292,7 +293,7 @@ class Offers:
             _raise_unavailable(results)
             self.pushes += len(results)
         self.log.info("offer {offer_id} wave {wave} pushed to {uids}", offer_id=spec.offer_id,
-                      wave=k, uids=uids, logid=spec.logid)
+                      wave=k, uids=uids, logid=spec.logid, appcode=spec.appcode)
         assert self.store is not None
         await self.store.end_wave(spec.offer_id, k, spec.wave_due_ms(k + 1))
 
