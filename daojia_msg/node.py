@@ -75,7 +75,7 @@ from daojia_msg.metrics.lifecycle import LifecycleCollector
 from daojia_msg.metrics.offers import OffersCollector
 from daojia_msg.metrics.positions import PositionsCollector
 from daojia_msg.metrics.reactorlag import ReactorLag, lag_histogram
-from daojia_msg.metrics.registry import DeliveryGauges, make_registry
+from daojia_msg.metrics.registry import AdmissionGauges, DeliveryGauges, make_registry
 from daojia_msg.metrics.store import ReadsCollector, StoreMetrics
 from daojia_msg.processes import SHARED, ReusePortReactor
 from daojia_msg.protocol import errors
@@ -227,6 +227,8 @@ class Node(MultiService):
                                  self.gate.transports)
         registry.register(DeliveryGauges(self.logic.unacked_by_kind,
                                          self.logic.routing.retries_waiting))
+        admission = self.gate.admission
+        registry.register(AdmissionGauges(lambda: (admission.limit, admission.inflight)))
         store_metrics = StoreMetrics(registry)
         registry.register(ReadsCollector(getattr(self.store, "read_stats", None),
                                          lambda: self.logic.answers.timeouts))

@@ -65,7 +65,8 @@ LEVELS = frozenset({
     "msgplatform_store_last_purge_timestamp_seconds",
     "msgplatform_process_virtual_memory_bytes", "msgplatform_process_resident_memory_bytes",
     "msgplatform_process_start_time_seconds", "msgplatform_process_open_fds",
-    "msgplatform_process_max_fds",
+    "msgplatform_process_max_fds", "msgplatform_admission_limit",
+    "msgplatform_admission_inflight",
 })
 
 Families = dict[str, dict[str, Any]]

@@ -193,6 +193,11 @@ class Limits:
     #: C2C and C2S requests in work at once on the whole node (admission
     #: control); beyond, new ones are answered RATE_LIMITED at once. 0 = no bound.
     node_max_inflight: int = 2000
+    #: The latency admission aims at: the bound in force follows the time
+    #: admitted C2C and C2S take to be answered, between 32 and
+    #: ``node_max_inflight`` (:class:`~daojia_msg.gate.limits.Admission`).
+    #: 0 = a fixed count.
+    admission_target_ms: float = 250.0
     #: HTTP pushes (single and batch requests) in work at once on the node;
     #: beyond, 429 with Retry-After. 0 = no bound.
     http_max_inflight: int = 256

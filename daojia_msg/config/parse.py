@@ -141,6 +141,7 @@ def _limits(t: _Table) -> Limits:
         login_ip_failures=t.int("login_ip_failures", d.login_ip_failures, 0, 10_000_000),
         max_inflight=t.int("max_inflight", d.max_inflight, 1, 100000),
         node_max_inflight=t.int("node_max_inflight", d.node_max_inflight, 0, 10_000_000),
+        admission_target_ms=t.float("admission_target_ms", d.admission_target_ms, 0.0),
         http_max_inflight=t.int("http_max_inflight", d.http_max_inflight, 0, 1_000_000),
         page_default=t.int("page_default", d.page_default, 1, 10000),
         page_cap=t.int("page_cap", d.page_cap, 1, 10000),

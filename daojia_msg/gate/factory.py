@@ -57,16 +57,17 @@ class AdmittedLogic:
         admission = self._admission
         if not admission.enter():
             return fail(RateLimited(OVER_CAPACITY))
+        started = admission.now()
         try:
             d: Deferred[Any] = call(*args)
         except BaseException:
             admission.leave()
             raise
-        d.addBoth(self._left)
+        d.addBoth(self._left, started)
         return d
 
-    def _left(self, result: Any) -> Any:
-        self._admission.leave()
+    def _left(self, result: Any, started: float) -> Any:
+        self._admission.leave(started)
         return result
 
 
@@ -84,7 +85,8 @@ class GateFactory(ServerFactory):
 
     def __init__(self, logic: LogicService, inbox: Inbox, limits: Limits, clock: IReactorTime) -> None:
         #: At most ``limits.node_max_inflight`` C2C and C2S in work at once.
-        self.admission = Admission(limits.node_max_inflight)
+        self.admission = Admission(limits.node_max_inflight, limits.admission_target_ms / 1000,
+                                   clock.seconds)
         #: What the connections call: ``logic`` behind admission control.
         self.logic = cast(LogicService, AdmittedLogic(logic, self.admission))
         self.inbox = inbox

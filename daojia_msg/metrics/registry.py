@@ -200,3 +200,26 @@ class DeliveryGauges(ScrapeCollector):
             retries.add_metric([], self.retries())
         yield unacked
         yield retries
+
+
+class AdmissionGauges(ScrapeCollector):
+    """``msgplatform_admission_limit`` (the C2C/C2S admission bound in force:
+    ``limits.node_max_inflight``, or less while answers are slower than
+    ``limits.admission_target_ms``; 0: no bound) and
+    ``msgplatform_admission_inflight`` (C2C and C2S in work now), read from
+    the gate's :class:`~daojia_msg.gate.limits.Admission` at scrape time."""
+
+    def __init__(self, admission: Callable[[], tuple[int, int]]) -> None:
+        self.admission = admission
+
+    def _families(self, with_values: bool) -> Iterator[Metric]:
+        limit = GaugeMetricFamily(f"{PREFIX}_admission_limit",
+                                  "The C2C/C2S admission bound in force (0: none).")
+        inflight = GaugeMetricFamily(f"{PREFIX}_admission_inflight",
+                                     "C2C and C2S requests in work on this node.")
+        if with_values:
+            bound, count = self.admission()
+            limit.add_metric([], bound)
+            inflight.add_metric([], count)
+        yield limit
+        yield inflight

@@ -4,6 +4,7 @@ once, and admitted again once answers went out."""
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.gate.limits import OVER_CAPACITY, Admission
@@ -40,6 +41,87 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual([admission.full(), admission.full()], [True, True])
         self.assertEqual((admission.inflight, admission.refused), (1, 2))
         self.assertFalse(Admission(0).full())
+
+    def test_a_standing_queue_cuts_the_limit_in_proportion(self) -> None:
+        """When even the quickest answer of an interval took longer than the
+        target, the limit shrinks by target/quickest (at most halved), and is
+        judged again only by requests admitted after the cut."""
+        clock = Clock()
+        admission = Admission(1000, 0.1, clock.seconds)
+        old = [admission.now() for _ in range(800) if admission.enter()]
+        clock.advance(0.125)  # quickest 125 ms > 100 ms: x0.8
+        admission.leave(old.pop())
+        self.assertEqual(admission.limit, 800)
+        clock.advance(0.5)  # requests admitted before the cut do not count
+        for started in old[:100]:
+            admission.leave(started)
+        self.assertEqual(admission.limit, 800)
+        fresh = admission.now()
+        self.assertTrue(admission.enter())
+        clock.advance(1.0)  # quickest 1 s: halved, not cut to a tenth
+        admission.leave(fresh)
+        self.assertEqual(admission.limit, 400)
+
+    def test_never_below_the_floor(self) -> None:
+        clock = Clock()
+        admission = Admission(1000, 0.1, clock.seconds)
+        for _ in range(20):
+            admission.enter()
+            started = admission.now()
+            clock.advance(5.0)
+            admission.leave(started)
+        self.assertEqual(admission.limit, Admission.FLOOR)
+        small = Admission(8, 0.1, clock.seconds)
+        small.enter()
+        started = small.now()
+        clock.advance(5.0)
+        small.leave(started)
+        self.assertEqual(small.limit, 8)  # a cap below the floor stays the bound
+
+    def test_grows_back_by_a_tenth_when_quick_and_refusing(self) -> None:
+        """Quick answers grow the limit only in an interval where it refused
+        something; up to the cap."""
+        clock = Clock()
+        admission = Admission(100, 0.1, clock.seconds)
+        admission.limit = 50
+        for _ in range(3):  # quick, nothing refused: stays
+            clock.advance(0.11)
+            self.assertTrue(admission.enter())
+            admission.leave(admission.now())
+        self.assertEqual(admission.limit, 50)
+        limits = []
+        for _ in range(12):
+            clock.advance(0.11)
+            started = admission.now()
+            while admission.enter():
+                pass
+            for _ in range(admission.inflight):  # answered at once
+                admission.leave(started)
+            limits.append(admission.limit)
+        self.assertEqual(limits[:3], [55, 60, 66])
+        self.assertEqual(limits[-1], 100)
+
+    def test_without_a_target_the_count_is_fixed(self) -> None:
+        clock = Clock()
+        for admission in (Admission(10), Admission(10, 0.0, clock.seconds),
+                          Admission(0, 0.1, clock.seconds)):
+            admission.enter()
+            started = admission.now()
+            clock.advance(10.0)
+            admission.leave(started)
+            self.assertEqual(admission.limit, admission.cap)
+
+    def test_the_gate_learns_the_sojourn_of_its_requests(self) -> None:
+        """Through the gate: a C2C held by a stalled store for longer than the
+        target cuts the bound in force (seen as msgplatform_admission_limit)."""
+        stack = with_limits(node_max_inflight=1000, admission_target_ms=100.0)
+        conn = stack.login(42)
+        stack.login(43)
+        held = stack.stall_store()
+        conn.send(Cmd.C2C, pb.C2CRequest(to_uid=43, to_appcode=1001, content=b"x"))
+        stack.clock.advance(0.4)
+        held[0].callback(None)
+        self.assertEqual(stack.factory.admission.limit, 500)
 
     def test_refused_before_the_body_is_parsed(self) -> None:
         """Over capacity, a C2C is refused from its header alone: even one
