@@ -2,8 +2,11 @@
 // (GET /v1/nearby, the nearest 100 at most), plotted on a tile-free SVG map
 // that fits itself to them, with a table of the same drivers. The form
 // chooses the app, the centre and the radius (the demo's by default). Its
-// errors (a 400 for a bad value, a 403 for an app outside the key's user
-// system) stay in the panel; the dashboard's own polls report the node's.
+// errors (a 400 for a bad value or an app the node does not have, a 403 for
+// an app outside the key's user system) stay in the panel and stop its
+// refreshes until the form asks again (a deployment without the demo apps
+// is not asked the same wrong question every 3 s); the dashboard's own
+// polls report the node's other troubles.
 
 import { h, show } from "@shared/dom";
 
@@ -32,6 +35,8 @@ export interface MapQuery {
 
 /** The demo: the driver app around People's Square, Shanghai (msgctl drivers' default). */
 export const DEMO_QUERY: MapQuery = { appcode: 1002, lat: 31.2304, lon: 121.4737, radius_m: 3000 };
+/** Answers to a query that asking again would not change. */
+const REFUSALS = [400, 403, 404];
 /** What GET /v1/nearby answers at most. */
 export const NEARBY_LIMIT = 100;
 export const RADIUS_MAX_M = 50_000;
@@ -122,6 +127,8 @@ export class DriverMap {
   readonly root: HTMLElement;
   private query: MapQuery = DEMO_QUERY;
   private busy = false;
+  /** The node refused the query: not asked again until the form is sent. */
+  private refused = false;
   private readonly appcode: HTMLInputElement;
   private readonly lat: HTMLInputElement;
   private readonly lon: HTMLInputElement;
@@ -167,6 +174,7 @@ export class DriverMap {
   /** Ask with this key from now on (null: stop asking). */
   use(api: Api | null): void {
     this.api = api;
+    this.refused = false; // another key may be let in
   }
 
   private onSubmit(event: Event): void {
@@ -177,6 +185,7 @@ export class DriverMap {
       return;
     }
     this.query = q;
+    this.refused = false;
     this.showError("");
     void this.refresh();
   }
@@ -189,7 +198,7 @@ export class DriverMap {
   /** One round: ask, then draw (a round still in flight is not doubled). */
   async refresh(): Promise<void> {
     const api = this.api;
-    if (api === null || this.busy) {
+    if (api === null || this.busy || this.refused) {
       return;
     }
     this.busy = true;
@@ -203,7 +212,9 @@ export class DriverMap {
       this.show(query, answer.drivers);
     } catch (e) {
       if (api === this.api && query === this.query) {
-        this.showError(e instanceof ApiError ? `The node answered ${e.status}: ${e.message}`
+        this.refused = e instanceof ApiError && REFUSALS.includes(e.status);
+        const again = this.refused ? " Change the query and press Show." : "";
+        this.showError(e instanceof ApiError ? `The node answered ${e.status}: ${e.message}.${again}`
           : `The drivers could not be read: ${e instanceof Error ? e.message : String(e)}`);
         this.show(query, []);
       }

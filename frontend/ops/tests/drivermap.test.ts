@@ -177,7 +177,23 @@ describe("DriverMap", () => {
     expect($$('[data-testid="driver-marker"]').length).toBe(0);
     const error = document.querySelector('[data-testid="map-error"]') as HTMLElement;
     expect(error.hidden).toBe(false);
-    expect(error.textContent).toBe("The node answered 403: appcode: app 1002 is not in this API key's user system");
+    expect(error.textContent).toBe("The node answered 403: appcode: app 1002 is not in this API key's user system. Change the query and press Show.");
+  });
+
+  it("stops asking after a refusal until the form is sent again, but not after a 503", async () => {
+    const answers = new Map<string, Answer>([["/v1/nearby", { status: 400, body: { error: "appcode: no app 1002 is configured" } }]]);
+    const { map, paths } = panel(answers);
+    mounted = map;
+    await map.refresh();
+    await map.refresh();
+    expect(paths.length).toBe(1);
+    answers.set("/v1/nearby", { status: 503, body: { error: "Redis is unavailable" } });
+    (document.querySelector('[data-testid="map-submit"]') as HTMLButtonElement).click();
+    await flush();
+    expect(paths.length).toBe(2);
+    expect(document.querySelector('[data-testid="map-error"]')!.textContent).toBe("The node answered 503: Redis is unavailable.");
+    await map.refresh();
+    expect(paths.length).toBe(3);
   });
 
   it("asks nothing without a key", async () => {
