@@ -103,8 +103,11 @@ class Offers:
         self.lease_ms = round(LEASE_S * 1000)
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = ctx.clock
-        #: Offers this node is working on now (a claim of one is skipped).
+        #: Offers this node is working on now, and those to work on again
+        #: once that is done (an accept that came meanwhile: its outcome is
+        #: told then, not after the lease).
         self.working: set[int] = set()
+        self._again: set[int] = set()
         #: Counters for the metrics: offers created, accepted, expired, wave
         #: pushes made; and work that failed on a backend (done again later).
         self.created = self.accepted = self.expired = self.pushes = self.failures = 0
@@ -231,12 +234,19 @@ class Offers:
 
     def _start(self, offer_id: int) -> None:
         if offer_id in self.working:
+            self._again.add(offer_id)
             return
         self.working.add(offer_id)
         d = Deferred.fromCoroutine(self._work(offer_id))
         d.addErrback(lambda f: self.log.failure("offer {offer_id}: its work failed", f,
                                                 offer_id=offer_id))
-        d.addBoth(lambda _: self.working.discard(offer_id))
+        d.addBoth(self._worked, offer_id)
+
+    def _worked(self, _: object, offer_id: int) -> None:
+        self.working.discard(offer_id)
+        if offer_id in self._again:
+            self._again.discard(offer_id)
+            self._start(offer_id)
 
     async def _work(self, offer_id: int) -> None:
         """Whatever is due for the offer: tell its outcome, expire it, or run

@@ -150,6 +150,25 @@ class OffersTests(SynchronousTestCase):
         self.assertEqual(self.view(offer)[0], "accepted")
         self.assertEqual(len(self.events()), 1)
 
+    def test_an_accept_during_its_wave_is_told_when_the_wave_is_done(self) -> None:
+        """The driver accepts while the wave that offered it is still being
+        pushed (the message store is slow): the outcome follows the wave at
+        once, not after the lease."""
+        self.driver(1, 100)
+        self.driver(2, 200)
+        held = self.stack.stall_store()
+        offer = self.create([(1000, 2, 0)])
+        self.assertEqual(self.view(offer)[2], [1, 2])  # recorded, not pushed yet
+        self.assertEqual(self.accept(1, offer).code, Code.OK)
+        self.stack.clock.advance(0)
+        for d in held:
+            d.callback(None)
+        won = json.dumps({"offer_id": str(offer), "state": "won"}, separators=(",", ":"))
+        pushed = self.pushes()
+        self.assertEqual(pushed[1], [(ORDER, b"order 1"), (RESULT, won.encode())])
+        self.assertEqual(pushed[2][1], (RESULT, won.replace("won", "taken").encode()))
+        self.assertEqual(len(self.events()), 1)
+
     def test_accepts_are_never_published_and_need_no_route(self) -> None:
         self.assertIsNone(self.stack.config.route_for(DRIVER, ACCEPT))
         self.driver(1, 100)
