@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 #: The demo's centre: People's Square, Shanghai (the README's nearby query).
 CENTRE_LAT, CENTRE_LON = 31.2304, 121.4737
@@ -42,32 +43,28 @@ class Wave:
 DEFAULT_WAVES = (Wave(1000, 2, 0), Wave(2500, 3, 3), Wave(5000, 10, 6))
 
 
-def integer(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _ranged(kind: Callable[[str], Any], lo: Any, hi: Any, what: str,
+            show: Callable[[Any], str] = str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def number(lo: float, hi: float, what: str = "a number") -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not lo <= value <= hi:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"expected {what} from {lo:g} to {hi:g}, got {value:g}")
+            raise argparse.ArgumentTypeError(
+                f"expected {what} from {show(lo)} to {show(hi)}, got {show(value)}")
         return value
 
-    parse.__name__ = "number"
+    parse.__name__ = what.split()[-1]  # argparse names the type in its messages
     return parse
+
+
+def integer(lo: int, hi: int) -> Callable[[str], int]:
+    return _ranged(int, lo, hi, "an integer")
+
+
+def number(lo: float, hi: float, what: str = "a number") -> Callable[[str], float]:
+    return _ranged(float, lo, hi, what, lambda v: f"{v:g}")
 
 
 def wave(text: str) -> Wave:
