@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0)
     p.add_argument("--recipients", type=bounded(int, 1, 1_000_000), default=1000,
                    help="offline recipients pushed to round robin (default 1000)")
+    p.add_argument("--escalate-after-s", type=bounded(int, 1, 3600), default=None,
+                   help="each push asks for offline escalation after this many seconds "
+                        "(the app needs an escalation_url)")
     goodput_option(p)
     p = add("pull", "drain a backlog of N pending messages (PULL pages + ACKs)")
     p.add_argument("-n", type=bounded(int, 1, 100_000), default=10_000)

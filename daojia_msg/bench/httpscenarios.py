@@ -30,9 +30,12 @@ class Push(Scenario):
 
     def _message(self, n: int) -> dict[str, Any]:
         spec = self.spec
-        return {"to_uid": spec["uid_base"] + n % spec.get("recipients", 1000),
-                "to_appcode": spec["appcode"], "msgtype": 5,
-                "content": "o" * spec.get("size", 32)}
+        message = {"to_uid": spec["uid_base"] + n % spec.get("recipients", 1000),
+                   "to_appcode": spec["appcode"], "msgtype": 5,
+                   "content": "o" * spec.get("size", 32)}
+        if spec.get("escalate_after_s"):
+            message["escalate_after_s"] = spec["escalate_after_s"]
+        return message
 
     def _request(self, n: int, batch: int) -> bytes:
         """The HTTP request of messages ``n`` to ``n + batch - 1``."""

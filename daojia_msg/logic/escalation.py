@@ -116,20 +116,42 @@ class Escalator(Service):
         self._polling = False
         self._working: set[Deferred[None]] = set()
         self._unsaved: list[Escalation] = []
+        #: The entries of this reactor turn, written together at its end.
+        self._batch: list[Escalation] = []
+        self._written: Deferred[None] | None = None
         #: What happened to escalations on this node (``/metrics``).
         self.counts = {"posted": 0, "failed": 0, "gave_up": 0, "cancelled": 0}
 
     # -- scheduling ------------------------------------------------------------
 
-    async def schedule(self, pushes: Sequence[tuple[StoredMessage, int]]) -> None:
-        """Schedule ``(message, escalate_after_s)`` pushes just made durable."""
+    def schedule(self, pushes: Sequence[tuple[StoredMessage, int]]) -> Deferred[None]:
+        """Schedule ``(message, escalate_after_s)`` pushes just made durable;
+        fires once written (or kept in memory, the schedule refusing). The
+        pushes of one reactor turn are written together, in one call."""
         now = self.ctx.now_ms()
-        entries = [Escalation(m.msgid, m.to_uid, m.to_appcode, now + after_s * 1000)
-                   for m, after_s in pushes]
-        try:
-            await self.schedule_store.schedule(entries)
-        except StoreError as e:
-            self._keep(entries, str(e))
+        self._batch += [Escalation(m.msgid, m.to_uid, m.to_appcode, now + after_s * 1000)
+                        for m, after_s in pushes]
+        if self._written is None:
+            self._written = Deferred()
+            self.ctx.clock.callLater(0, self._write)
+        done: Deferred[None] = Deferred()
+        self._written.addCallback(_fire, done)
+        return done
+
+    def _write(self) -> None:
+        entries, self._batch = self._batch, []
+        written, self._written = self._written, None
+        d = self.schedule_store.schedule(entries)
+        d.addErrback(self._not_written, entries)
+        if written is not None:
+            d.chainDeferred(written)
+
+    def _not_written(self, failure: Failure, entries: list[Escalation]) -> None:
+        """Kept in memory, written at the next poll (never fails the push)."""
+        if not failure.check(StoreError):
+            self.log.failure("scheduling {count} escalations failed", failure,
+                             count=len(entries))
+        self._keep(entries, str(failure.value))
 
     def _keep(self, entries: list[Escalation], why: str) -> None:
         room = MAX_UNSAVED - len(self._unsaved)
@@ -279,6 +301,11 @@ class Escalator(Service):
                       "next in {delay:.1f} s", msgid=msg.msgid, logid=msg.logid,
                       url=_shown(url), why=why, attempts=attempts, delay=delay_ms / 1000)
         await self.schedule_store.retry(claim, now + delay_ms)
+
+
+def _fire(result: object, d: Deferred[None]) -> object:
+    d.callback(None)
+    return result
 
 
 def _shown(url: str) -> str:

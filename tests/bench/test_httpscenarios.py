@@ -59,3 +59,11 @@ class PushDrainTests(SynchronousTestCase):
         clock.advance(5)
         result = self.successResultOf(d)
         self.assertEqual((result["sent"], result["ok"]), (2, 1))
+
+
+class PushBodyTests(SynchronousTestCase):
+    def test_escalate_after_s_goes_into_each_push(self) -> None:
+        spec = {"uid_base": 5000, "appcode": 1001, "escalate_after_s": 60}
+        self.assertEqual(Push(Clock(), spec)._message(3)["escalate_after_s"], 60)
+        del spec["escalate_after_s"]
+        self.assertNotIn("escalate_after_s", Push(Clock(), spec)._message(3))

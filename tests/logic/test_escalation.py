@@ -94,9 +94,15 @@ class EscalationTestCase(SynchronousTestCase):
         return escalator
 
     def push(self, after_s: int = 10, to_uid: int = 42, content: bytes = b"order 7") -> int:
-        [outcome] = self.successResultOf(Deferred.fromCoroutine(self.stack.logic.push_s2c(
-            [PushItem(to_uid, 1001, 5, content, "order-7", escalate_after_s=after_s)])))
+        [outcome] = self.pushed(PushItem(to_uid, 1001, 5, content, "order-7",
+                                         escalate_after_s=after_s))
         return int(outcome.msgid)  # type: ignore[union-attr]
+
+    def pushed(self, item: PushItem, pusher: int = 0) -> list[Any]:
+        """Push ``item``; its escalation is written at the end of the reactor turn."""
+        d = Deferred.fromCoroutine(self.stack.logic.push_s2c([item], pusher))
+        self.clock.advance(0)
+        return self.successResultOf(d)
 
     def advance(self, seconds: float, step: float = 0.1) -> None:
         for _ in range(int(round(seconds / step))):
@@ -158,7 +164,7 @@ class DueTimeTests(EscalationTestCase):
     def test_an_idempotent_repeat_is_not_escalated_twice(self) -> None:
         item = PushItem(42, 1001, 5, b"x", idempotency_key="k1", escalate_after_s=2)
         for _ in range(2):
-            self.successResultOf(Deferred.fromCoroutine(self.stack.logic.push_s2c([item], 1001)))
+            self.pushed(item, 1001)
         self.assertEqual(len(self.schedule), 1)
         self.advance(4)
         self.assertEqual(len(self.poster.posts), 1)
@@ -292,3 +298,23 @@ class ClaimTests(EscalationTestCase):
         self.advance(4)
         self.assertEqual(len(other.posts), 1)
         self.assertEqual(len(self.schedule), 0)
+
+
+class BatchingTests(EscalationTestCase):
+    def test_the_pushes_of_one_turn_are_scheduled_in_one_call(self) -> None:
+        calls: list[int] = []
+        real = self.schedule.schedule
+
+        def counted(entries: Any) -> Deferred[None]:
+            calls.append(len(entries))
+            return real(entries)
+
+        self.schedule.schedule = counted  # type: ignore[method-assign]
+        pushes = [Deferred.fromCoroutine(self.stack.logic.push_s2c(
+            [PushItem(uid, 1001, 5, b"x", escalate_after_s=5)])) for uid in range(1, 6)]
+        for d in pushes:
+            self.assertNoResult(d)  # answered once the escalation is written
+        self.clock.advance(0)
+        self.assertEqual(calls, [5])
+        for d in pushes:
+            self.successResultOf(d)

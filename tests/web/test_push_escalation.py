@@ -4,6 +4,7 @@ an integer from 1 to 3,600 for an app that has an ``escalation_url``, else
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -13,7 +14,7 @@ from daojia_msg.config import parse_config
 from daojia_msg.logic.escalation import Escalator
 from daojia_msg.logic.interfaces import IEscalationPoster
 from daojia_msg.store.escalations import MemoryEscalations
-from tests.web.helpers import SHOP, TWO_SYSTEMS, ApiTestCase, push_body
+from tests.web.helpers import SHOP, TWO_SYSTEMS, ApiTestCase, Client, Response, push_body
 
 ESCALATING = TWO_SYSTEMS.replace(
     'api_key = "key-1001"\n', 'api_key = "key-1001"\nescalation_url = "https://shop.example/esc"\n')
@@ -34,6 +35,15 @@ class PushEscalationTests(ApiTestCase):
         self.schedule = MemoryEscalations()
         self.escalator = Escalator(self.logic.ctx, self.schedule, self.store, NoPoster())
         self.logic.sending.escalator = self.escalator
+
+    def request(self, method: str, path: str, body: object = None,
+                headers: dict[str, str] | None = None, peer: str = "127.0.0.1") -> Response:
+        """As the base's, the reactor turn run to its end (the escalations of
+        the turn are written then, before the answer)."""
+        client = Client(self.site, peer)
+        client.send(method, path, json.dumps(body).encode(), headers)
+        self.node.clock.advance(0)
+        return client.response()
 
     def test_accepted_and_scheduled(self) -> None:
         now_ms = int(self.node.clock.seconds() * 1000)
