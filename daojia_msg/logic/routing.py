@@ -32,6 +32,9 @@ MAX_HOPS = 3
 #: how many may wait at once.
 DELIVERY_RETRIES = 3
 MAX_DELIVERY_RETRIES = 10000
+#: At most one warning a peer this often (s) for the pushes that could not
+#: reach it; each such push is an event of the message trace.
+UNREACHABLE_WARN_EVERY_S = 10.0
 
 
 class Routing:
@@ -44,6 +47,8 @@ class Routing:
         self.session_store = session_store
         self.messages = messages
         self._delivery_retries: set[IDelayedCall] = set()
+        #: Per peer node: when it was last warned of, and pushes since.
+        self._unreachable: dict[int, tuple[float, int]] = {}
 
     def stop(self) -> None:
         """Cancel the deliveries waiting to be tried again."""
@@ -131,8 +136,9 @@ class Routing:
                 pending = None
             if pending is None:
                 return  # delivered (ACKed) meanwhile, or the store is down
-            self.log.info("{msgid} delivery retried (try {attempt})", msgid=msg.msgid,
-                          logid=msg.logid, attempt=attempt, **recipient_fields(msg))
+            if tracing.MESSAGES.listeners:
+                trace.info("{msgid} delivery retried (try {attempt})", msgid=msg.msgid,
+                           logid=msg.logid, attempt=attempt, **recipient_fields(msg))
             await self.deliver(pending, retry_attempt=attempt)
 
         Deferred.fromCoroutine(retry())
@@ -148,11 +154,28 @@ class Routing:
         try:
             pushed: bool = await self.ctx.peers.deliver(record, msg)
         except Unavailable as e:
-            self.log.warn("{msgid} left pending: node {peer_node} unreachable: {error}",
-                          msgid=msg.msgid, logid=msg.logid, peer_node=record.node_id,
-                          error=str(e), **recipient_fields(msg))
+            self._warn_unreachable(record.node_id, str(e))
+            if tracing.MESSAGES.listeners:
+                trace.warn("{msgid} left pending: node {peer_node} unreachable: {error}",
+                           msgid=msg.msgid, logid=msg.logid, peer_node=record.node_id,
+                           error=str(e), **recipient_fields(msg))
             return None
         return pushed
+
+    def _warn_unreachable(self, peer: int, error: str) -> None:
+        """One warning per peer per :data:`UNREACHABLE_WARN_EVERY_S` with the
+        count of pushes that failed since the last one: under overload a slow
+        peer fails thousands a second, and a line each would flood the log and
+        cost the node the CPU it is short of (each is in the message trace)."""
+        now = self.ctx.clock.seconds()
+        warned_at, since = self._unreachable.get(peer, (-UNREACHABLE_WARN_EVERY_S, 0))
+        if now - warned_at < UNREACHABLE_WARN_EVERY_S:
+            self._unreachable[peer] = (warned_at, since + 1)
+            return
+        self._unreachable[peer] = (now, 0)
+        self.log.warn("pushes left pending: node {peer_node} unreachable: {error}"
+                      " ({count} more since the last warning)",
+                      peer_node=peer, error=error, count=since)
 
     def deliver_local(self, session_id: str, msg: StoredMessage) -> bool:
         """Another node asks: push ``msg`` to our session ``session_id`` of its

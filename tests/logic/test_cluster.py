@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -306,6 +307,25 @@ class DeliveryRetryTests(SynchronousTestCase):
         self.assertEqual([m.msgid for _, m in peers.delivered], [sent.msgid] * 3)
         stack.clock.advance(60)
         self.assertEqual(len(peers.delivered), 3)  # no more
+
+    def test_one_warning_per_unreachable_peer_per_interval(self) -> None:
+        """Pushes failing towards one peer make one warning per 10 s with the
+        count since the last, not a line each."""
+        stack = Stack(node_id=1)
+        peers = FakePeers()
+        stack.logic.peers = peers
+        events: list[dict[str, object]] = []
+        stack.logic.routing.log = Logger(observer=events.append)
+        alice = stack.login(1)
+        self.successResultOf(stack.sessions.register(remote(2, node=2)))
+        peers.answers[2] = PeerUnavailable("node 2 slow")
+        for _ in range(5):
+            self.assertEqual(alice.c2c(2).code, Code.OK)
+        self.assertEqual([(e["peer_node"], e["count"]) for e in events], [(2, 0)])
+        stack.clock.advance(10)
+        alice.c2c(2)
+        self.assertEqual([(e["peer_node"], e["count"]) for e in events], [(2, 0), (2, 4)])
+        self.assertEqual(events[0]["error"], "node 2 slow")
 
     def test_no_retry_once_acked(self) -> None:
         stack = Stack(node_id=1)
