@@ -263,6 +263,20 @@ class DriversTests(CliTestCase):
         self.assertEqual(self.exit_code(d), 1)
         self.assertIn("msgctl: error: cannot connect to 127.0.0.1:7000", self.err.getvalue())
 
+    def test_one_driver_refused_stops_them_all(self) -> None:
+        d = self.run_cli("drivers", "--count", "2")
+        (host, port, first, _, _), (_, _, second, _, _) = self.reactor.tcpClients
+        link = Link(first.buildProtocol(IPv4Address("TCP", host, port)))
+        link.answer(Cmd.LOGIN, pb.LoginResponse(heartbeat_s=60))
+        second.clientConnectionFailed(None, Failure(error.ConnectionRefusedError()))
+        self.reactor.advance(0)
+        link.answer(Cmd.PULL, pb.PullResponse())
+        link.answer(Cmd.LOGOUT)  # the one logged in leaves: no report was sent
+        link.close()
+        self.assertEqual(self.exit_code(d), 1)
+        self.assertIn("msgctl: error: cannot connect to 127.0.0.1:7000", self.err.getvalue())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_a_secret_is_needed_outside_the_demo_apps(self) -> None:
         d = self.run_cli("drivers", "--appcode", "5")
         self.assertEqual(self.exit_code(d), 2)
