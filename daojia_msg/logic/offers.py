@@ -113,10 +113,6 @@ class Offers:
         self.created = self.accepted = self.expired = self.pushes = self.failures = 0
         self._failing = False
 
-    @property
-    def enabled(self) -> bool:
-        return self.store is not None
-
     def start(self) -> None:
         if self.store is not None and not self._ticker.running:
             self._ticker.start(TICK_S, now=False).addErrback(

@@ -44,6 +44,7 @@ SECTIONS = [
     ("7.3", "WebSocket transport"),
     ("7.4", "Bounded answers (TIMEOUT)"),
     ("7.5", "Live positions (geo routes)"),
+    ("7.6", "Nearby order offers (accepts and outcomes)"),
 ]
 #: The header fields of §2, in order.
 HEADER_FIELDS = [
