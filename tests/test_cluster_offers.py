@@ -88,14 +88,17 @@ class ClusterOffersTests(TwoNodes):
         """Node 1 creates the offer and pushes its first wave, then stops:
         node 2 pushes the second wave on time, and expires it."""
         drivers = await self.drivers(30, 600)
+        created = R.seconds()
         offer_id = await self.create(self.node1, offer_body([(2000, 1, 0), (2000, 1, 1.5)], 3.5))
         await drivers[0][1].wait(1)
         await self.node1.stopService()
-        await drivers[1][1].wait(1)  # wave 2, from node 2
+        await drivers[1][1].wait(1)  # wave 2, from node 2, within 1 s of its time
+        self.assertLess(R.seconds() - created, 1.5 + 1.0)
         self.assertEqual(self.node2.logic.offers.pushes, 1)
         self.assertEqual((await self.view(offer_id))["pushed_to"], [41, 42])
         for _, inbox in drivers:
             await inbox.wait(2)
+        self.assertLess(R.seconds() - created, 3.5 + 1.0)  # expired within 1 s of the deadline
         expired = {"offer_id": offer_id, "state": "expired"}
         self.assertEqual([json.loads(inbox.messages[1].content) for _, inbox in drivers],
                          [expired, expired])
