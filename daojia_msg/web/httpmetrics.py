@@ -17,9 +17,11 @@ from prometheus_client.registry import CollectorRegistry
 PATHS = frozenset({
     "/v1/push", "/v1/push/batch", "/v1/sessions", "/v1/kickout", "/v1/stats",
     "/v1/dispatch", "/v1/openapi.json", "/v1/nodes", "/healthz", "/metrics",
+    "/v1/nearby", "/v1/offers",
 })
 #: Paths counted by their first segments: what follows is a value or a file.
-PREFIXES = (("/v1/trace/", "/v1/trace/{logid}"), ("/ops/", "/ops/"))
+PREFIXES = (("/v1/trace/", "/v1/trace/{logid}"), ("/v1/offers/", "/v1/offers/{offer_id}"),
+            ("/ops/", "/ops/"))
 #: Upper bounds of the latency buckets, seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -19,6 +19,9 @@ class TemplateTests(SynchronousTestCase):
         self.assertEqual(path_template(b"/ops/assets/index-abc.js"), "/ops/")
         self.assertEqual(path_template(b"/ops"), "/ops/")
         self.assertEqual(path_template(b"/v1/trace"), "/v1/trace/{logid}")  # its 404 too
+        self.assertEqual(path_template(b"/v1/nearby"), "/v1/nearby")
+        self.assertEqual(path_template(b"/v1/offers"), "/v1/offers")
+        self.assertEqual(path_template(b"/v1/offers/913784491212804098"), "/v1/offers/{offer_id}")
         for unknown in (b"/v1/push/42", b"/wp-admin", b"", None, b"/\xff"):
             self.assertEqual(path_template(unknown), "other", unknown)
 
