@@ -119,6 +119,7 @@ class Escalator(Service):
         #: The entries of this reactor turn, written together at its end.
         self._batch: list[Escalation] = []
         self._written: Deferred[None] | None = None
+        self._writing = False
         #: What happened to escalations on this node (``/metrics``).
         self.counts = {"posted": 0, "failed": 0, "gave_up": 0, "cancelled": 0}
 
@@ -126,14 +127,19 @@ class Escalator(Service):
 
     def schedule(self, pushes: Sequence[tuple[StoredMessage, int]]) -> Deferred[None]:
         """Schedule ``(message, escalate_after_s)`` pushes just made durable;
-        fires once written (or kept in memory, the schedule refusing). The
-        pushes of one reactor turn are written together, in one call."""
+        fires once written (or kept in memory, the schedule refusing).
+
+        Group commit: the pushes of one reactor turn are written in one
+        call, and those that come while a write is under way wait for it and
+        go together in the next one (on SQLite a write costs ~165 us of CPU
+        for one entry, ~20 us an entry for 16: docs/operations.md §14)."""
         now = self.ctx.now_ms()
         self._batch += [Escalation(m.msgid, m.to_uid, m.to_appcode, now + after_s * 1000)
                         for m, after_s in pushes]
         if self._written is None:
             self._written = Deferred()
-            self.ctx.clock.callLater(0, self._write)
+            if not self._writing:
+                self.ctx.clock.callLater(0, self._write)
         done: Deferred[None] = Deferred()
         self._written.addCallback(_fire, done)
         return done
@@ -141,10 +147,17 @@ class Escalator(Service):
     def _write(self) -> None:
         entries, self._batch = self._batch, []
         written, self._written = self._written, None
+        self._writing = True
         d = self.schedule_store.schedule(entries)
         d.addErrback(self._not_written, entries)
+        d.addCallback(self._wrote)
         if written is not None:
             d.chainDeferred(written)
+
+    def _wrote(self, _: object) -> None:
+        self._writing = False
+        if self._written is not None:  # came while this write was under way
+            self._write()
 
     def _not_written(self, failure: Failure, entries: list[Escalation]) -> None:
         """Kept in memory, written at the next poll (never fails the push)."""

@@ -318,3 +318,28 @@ class BatchingTests(EscalationTestCase):
         self.assertEqual(calls, [5])
         for d in pushes:
             self.successResultOf(d)
+
+    def test_pushes_that_come_during_a_write_go_in_the_next_one(self) -> None:
+        held: list[Deferred[None]] = []
+        calls: list[int] = []
+
+        def slow(entries: Any) -> Deferred[None]:
+            calls.append(len(entries))
+            d: Deferred[None] = Deferred()
+            held.append(d)
+            return d
+
+        self.schedule.schedule = slow  # type: ignore[method-assign]
+        first = Deferred.fromCoroutine(self.stack.logic.push_s2c(
+            [PushItem(1, 1001, 5, b"x", escalate_after_s=5)]))
+        self.clock.advance(0)
+        later = [Deferred.fromCoroutine(self.stack.logic.push_s2c(
+            [PushItem(uid, 1001, 5, b"x", escalate_after_s=5)])) for uid in range(2, 5)]
+        self.clock.advance(0)
+        self.assertEqual(calls, [1])  # the next waits for the write under way
+        held[0].callback(None)
+        self.successResultOf(first)
+        self.assertEqual(calls, [1, 3])
+        held[1].callback(None)
+        for d in later:
+            self.successResultOf(d)
