@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import GeoConfig, OffersConfig, default_config
-from daojia_msg.core.errors import StoreUnavailable
+from daojia_msg.core.errors import BusUnavailable, StoreUnavailable
 from daojia_msg.core.offers import Wave
 from daojia_msg.logic.offers import LEASE_S, TICK_S
 from daojia_msg.logic.sending import PushItem
@@ -270,6 +270,41 @@ class OffersTests(SynchronousTestCase):
         offers.claim = real_claim  # type: ignore[method-assign]
         self.advance(0.2)
         self.assertEqual(self.view(offer)[2], [1])
+
+    def test_an_outcome_the_bus_refused_is_published_after_the_lease(self) -> None:
+        """The bus refuses the outcome: the recipients are told, the event is
+        published by the next claim after the lease, once, and nobody is told
+        twice (the outcome pushes' idempotency keys)."""
+        self.driver(1, 100)
+        offer = self.create([(1000, 1, 0)])
+        self.pushes()
+        bus = self.stack.bus
+        real_publish = bus.publish
+        bus.publish = lambda *a: fail(BusUnavailable("down"))  # type: ignore[method-assign]
+        self.assertEqual(self.accept(1, offer).code, Code.OK)
+        self.assertEqual(len(self.pushes()[1]), 1)
+        self.assertEqual(self.events(), [])
+        self.assertEqual(self.stack.logic.offers.failures, 1)
+        bus.publish = real_publish  # type: ignore[method-assign]
+        self.advance(LEASE_S + 0.2)
+        self.assertEqual(self.events(), [{"offer_id": str(offer), "state": "accepted",
+                                          "winner_uid": 1}])
+        self.assertEqual(self.pushes()[1], [])
+        self.advance(LEASE_S + 0.2)
+        self.assertEqual(len(self.events()), 1)
+
+    def test_a_store_that_is_down_is_unavailable(self) -> None:
+        self.driver(1, 100)
+        offer = self.create([(1000, 1, 0)])
+        offers = self.stack.offers
+        down = lambda *a: fail(StoreUnavailable("down"))  # noqa: E731
+        offers.accept = offers.create = offers.load = down  # type: ignore[method-assign]
+        result = self.accept(1, offer)
+        self.assertEqual(result.code, Code.UNAVAILABLE)
+        logic = self.stack.logic.offers
+        self.failureResultOf(Deferred.fromCoroutine(logic.create(
+            DRIVER, LAT, LON, ORDER, b"x", [Wave(1000, 1, 0)], 10)), errors.Unavailable)
+        self.failureResultOf(Deferred.fromCoroutine(logic.view(offer)), errors.Unavailable)
 
     def test_metrics(self) -> None:
         self.driver(1, 100)
