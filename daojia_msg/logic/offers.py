@@ -111,7 +111,9 @@ class Offers:
         #: Counters for the metrics: offers created, accepted, expired, wave
         #: pushes made; and work that failed on a backend (done again later).
         self.created = self.accepted = self.expired = self.pushes = self.failures = 0
-        self._failing = False
+        #: Claims, and the work of offers, are failing now (each logged once
+        #: per outage, and when it works again).
+        self._failing = {"claim": False, "work": False}
 
     def start(self) -> None:
         if self.store is not None and not self._ticker.running:
@@ -212,21 +214,24 @@ class Offers:
         try:
             ids = await self.store.claim(now, now + self.lease_ms, CLAIM_BATCH)
         except StoreError as e:
-            self._store_failed(e)
+            self._failed("claim", e)
             return
-        if self._failing:
-            self._failing = False
-            self.log.info("offer work is claimed again")
+        self._recovered("claim")
         for offer_id in ids:
             self._start(offer_id)
 
-    def _store_failed(self, e: Exception) -> None:
+    def _failed(self, what: str, e: Exception) -> None:
         """Counted, and logged once per outage."""
         self.failures += 1
-        if not self._failing:
-            self._failing = True
-            self.log.warn("offer work failed on a backend (it is done again later): {error}",
-                          error=str(e))
+        if not self._failing[what]:
+            self._failing[what] = True
+            self.log.warn("offer {what} failed on a backend (done again later): {error}",
+                          what=what, error=str(e))
+
+    def _recovered(self, what: str) -> None:
+        if self._failing[what]:
+            self._failing[what] = False
+            self.log.info("offer {what} works again", what=what)
 
     def _start(self, offer_id: int) -> None:
         if offer_id in self.working:
@@ -250,7 +255,9 @@ class Offers:
         try:
             await self._due(offer_id)
         except (StoreError, Unavailable, errors.Unavailable, errors.Timeout, BusError) as e:
-            self._store_failed(e)
+            self._failed("work", e)
+        else:
+            self._recovered("work")
 
     async def _due(self, offer_id: int) -> None:
         store = self.store

@@ -10,6 +10,8 @@ from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.config import GeoConfig, OffersConfig, default_config
@@ -259,6 +261,7 @@ class OffersTests(SynchronousTestCase):
         self.assertEqual(len(self.events()), 1)
 
     def test_a_failing_store_is_counted_and_the_ticker_goes_on(self) -> None:
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.driver(1, 100)
         offers = self.stack.offers
         real_claim = offers.claim
@@ -270,6 +273,11 @@ class OffersTests(SynchronousTestCase):
         offers.claim = real_claim  # type: ignore[method-assign]
         self.advance(0.2)
         self.assertEqual(self.view(offer)[2], [1])
+        said = [e["log_format"].split(":")[0] for e in logged
+                if e["log_namespace"] == "daojia_msg.logic.offers.Offers"
+                and ("works again" in e["log_format"] or "failed on" in e["log_format"])]
+        self.assertEqual(said, ["offer {what} failed on a backend (done again later)",
+                                "offer {what} works again"])  # once each, not every tick
 
     def test_an_outcome_the_bus_refused_is_published_after_the_lease(self) -> None:
         """The bus refuses the outcome: the recipients are told, the event is
