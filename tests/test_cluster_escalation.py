@@ -63,7 +63,6 @@ class ClusterEscalationTests(TwoNodes):
         counts = [self.escalator(n).counts for n in (self.node1, self.node2)]
         self.assertEqual(sum(c["posted"] for c in counts), 21)
         self.assertEqual(sum(c["cancelled"] for c in counts), 1)
-        self.assertTrue(all(c["posted"] for c in counts), counts)  # both nodes took a share
         assert self.node1.stats_flusher is not None and self.node2.stats_flusher is not None
         await self.node1.stats_flusher.flush()
         await self.node2.stats_flusher.flush()

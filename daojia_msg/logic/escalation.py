@@ -9,9 +9,12 @@ the cluster.
   an SQLite file on one node, Redis in a cluster). A schedule that fails (Redis
   down) keeps the entries in this node's memory and writes them at the next
   poll (lost only if the node dies before Redis answers again).
-- Every :data:`POLL_S` the node claims due entries for :data:`LEASE_S`, at
-  most as many as it has free POST slots (:data:`CONCURRENCY`): a node that
-  dies with claims leaves them to the other nodes once the lease runs out.
+- Every :data:`POLL_S` the node claims due entries for :data:`LEASE_S`:
+  enough to fill its :data:`CONCURRENCY` POST slots and as many again
+  waiting their turn, and claims again as soon as that much room frees
+  while the last claim was full (a backlog goes at the receiver's pace, not
+  a claim per poll): a node that dies with claims leaves them to the other
+  nodes once the lease runs out.
 - At due time the message store says whether the message is still pending:
   an ACK on any node cancels without coordination (with a schedule in
   memory the ACK also drops the entry at once, keeping memory bounded by
@@ -38,6 +41,7 @@ import base64
 import json
 import random
 import secrets
+from collections import deque
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -114,7 +118,10 @@ class Escalator(Service):
         self._loop = LoopingCall(self.poll)
         self._loop.clock = ctx.clock
         self._polling = False
+        self._backlog = False
         self._working: set[Deferred[None]] = set()
+        #: Claimed, waiting for a free slot (at most CONCURRENCY: well within the lease).
+        self._claimed: deque[EscalationClaim] = deque()
         self._unsaved: list[Escalation] = []
         #: The entries of this reactor turn, written together at its end.
         self._batch: list[Escalation] = []
@@ -191,6 +198,7 @@ class Escalator(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        self._claimed.clear()
         for d in list(self._working):
             d.cancel()
         stopped = DeferredList([self.poster.stop(), self.schedule_store.stop()],
@@ -207,6 +215,12 @@ class Escalator(Service):
 
     def _polled(self, _: object) -> None:
         self._polling = False
+        if self._backlog and self._room() >= CONCURRENCY:  # it all went while claiming
+            self.ctx.clock.callLater(0, self.poll)
+
+    def _room(self) -> int:
+        """Claims this node may take now: its slots and as many waiting."""
+        return 2 * CONCURRENCY - len(self._working) - len(self._claimed)
 
     async def _poll(self) -> None:
         if self._unsaved:
@@ -216,8 +230,8 @@ class Escalator(Service):
             except StoreError as e:
                 self._unsaved = entries + self._unsaved
                 self.log.debug("escalations still not scheduled: {why}", why=str(e))
-        free = CONCURRENCY - len(self._working)
-        if free <= 0:
+        free = self._room()
+        if free < CONCURRENCY:
             return
         self._claims += 1
         try:
@@ -226,7 +240,15 @@ class Escalator(Service):
         except StoreError as e:
             self.log.debug("no escalations claimed: {why}", why=str(e))
             return
-        for claim in claims:
+        #: A full claim: more may be due, claimed again as soon as room frees.
+        self._backlog = len(claims) == free
+        self._claimed.extend(claims)
+        self._start()
+
+    def _start(self) -> None:
+        """Start claimed escalations while fewer than :data:`CONCURRENCY` are under way."""
+        while self._claimed and len(self._working) < CONCURRENCY and self.running:
+            claim = self._claimed.popleft()
             d = Deferred.fromCoroutine(self._escalate(claim))
             self._working.add(d)
             d.addErrback(self._failed, claim).addBoth(self._worked, d)
@@ -237,6 +259,9 @@ class Escalator(Service):
 
     def _worked(self, _: object, d: Deferred[None]) -> None:
         self._working.discard(d)
+        self._start()
+        if self._backlog:
+            self.poll()
 
     def _failed(self, failure: Failure, claim: EscalationClaim) -> None:
         if failure.check(CancelledError) or failure.check(StoreError):

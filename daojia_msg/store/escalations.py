@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from twisted.enterprise import adbapi
@@ -33,6 +34,7 @@ from zope.interface import implementer
 from daojia_msg.core.escalation import Escalation, EscalationClaim
 from daojia_msg.logic.interfaces import IEscalations
 from daojia_msg.redisconn import Redis, Script
+from daojia_msg.store.batching import GroupCommitter
 from daojia_msg.store.dbpool import PoolRunner, close_pool
 from daojia_msg.store.sqlite import sqlite_pool
 
@@ -274,15 +276,19 @@ def _cancel_txn(txn: Any, msgids: list[int]) -> None:
 class SQLiteEscalations:
     """The schedule of one node in an SQLite file of its own (one connection
     on a thread of its own, as the message store's), so escalations outlive a
-    restart. :meth:`start` before use, :meth:`stop` at the end; a call fails
-    with :class:`~daojia_msg.core.errors.StoreUnavailable` when the file
-    cannot be used."""
+    restart. Every call is a write, group-committed as the message store's
+    (:class:`~daojia_msg.store.batching.GroupCommitter`: what comes while a
+    transaction runs goes in the next one; a finish per POST would otherwise
+    cost a transaction each). :meth:`start` before use, :meth:`stop` at the
+    end; a call fails with :class:`~daojia_msg.core.errors.StoreUnavailable`
+    when the file cannot be used."""
 
     def __init__(self, path: str, reactor: IReactorTime,
                  pool: adbapi.ConnectionPool | None = None) -> None:
         self.path = path
         self.pool = pool if pool is not None else sqlite_pool(path, reactor)
         self._runner = PoolRunner(self.pool, "escalation schedule")
+        self.committer = GroupCommitter(self._runner.run)
 
     def start(self) -> Deferred[None]:
         self.pool.start()
@@ -292,23 +298,27 @@ class SQLiteEscalations:
         def close(_: object) -> None:
             close_pool(self.pool, f"escalation schedule {self.path}")
 
-        return self._runner.when_idle().addCallback(close)
+        d = self.committer.drain().addCallback(lambda _: self._runner.when_idle())
+        return d.addCallback(close)
 
     def schedule(self, entries: Sequence[Escalation]) -> Deferred[None]:
-        return self._runner.run(_schedule_txn, list(entries))
+        return self.committer.submit(partial(_schedule_txn, entries=list(entries)),
+                                     weight=len(entries))
 
     def claim(self, now_ms: int, lease_ms: int, limit: int,
               token: str) -> Deferred[list[EscalationClaim]]:
-        return self._runner.run(_claim_txn, now_ms, now_ms + lease_ms, limit, token)
+        return self.committer.submit(partial(_claim_txn, now_ms=now_ms, until=now_ms + lease_ms,
+                                             limit=limit, token=token))
 
     def finish(self, claim: EscalationClaim) -> Deferred[bool]:
-        return self._runner.run(_finish_txn, claim.msgid, claim.token)
+        return self.committer.submit(partial(_finish_txn, msgid=claim.msgid, token=claim.token))
 
     def retry(self, claim: EscalationClaim, due_ms: int) -> Deferred[bool]:
-        return self._runner.run(_retry_txn, claim.msgid, claim.token, due_ms)
+        return self.committer.submit(partial(_retry_txn, msgid=claim.msgid, token=claim.token,
+                                             due_ms=due_ms))
 
     def cancel(self, msgids: Iterable[int]) -> Deferred[None]:
         ids = list(msgids)
         if not ids:
             return succeed(None)
-        return self._runner.run(_cancel_txn, ids)
+        return self.committer.submit(partial(_cancel_txn, msgids=ids), weight=len(ids))

@@ -270,6 +270,15 @@ class RetryTests(EscalationTestCase):
         self.assertEqual(len(self.poster.posts), 2 * escalation.CONCURRENCY)
 
 
+class BacklogTests(EscalationTestCase):
+    def test_a_backlog_goes_at_the_receivers_pace_not_a_claim_per_poll(self) -> None:
+        for uid in range(1, 101):
+            self.push(after_s=1, to_uid=uid)
+        self.advance(1.5)  # one poll past the due time, the receiver answering at once
+        self.assertEqual(len(self.poster.posts), 100)
+        self.assertEqual(len(self.schedule), 0)
+
+
 class ClaimTests(EscalationTestCase):
     """Two escalators on one schedule, as two nodes on one Redis."""
 
