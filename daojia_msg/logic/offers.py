@@ -14,8 +14,12 @@ telling an outcome. So the waves and the deadline of an offer go on when the
 node that created it dies; work a node took and did not finish is taken again
 by any node when its lease ends. A wave's recipients are recorded before they
 are pushed, and each push carries an idempotency key of the offer and the
-uid (``offer:<id>:<uid>``), so a wave taken again after a crash is pushed to
-the same uids without duplicates.
+uid (``offer:<id>:<uid>``), so a wave taken again after a crash (or by a
+second node while the first is still slow at it) is pushed to the same uids
+without duplicates: the lease is short (the next wave of a dead node's offer
+is then late by a second at most). Telling an outcome, which publishes on
+the bus, is leased for :data:`OUTCOME_LEASE_S` by the accept or the expiry
+that decided it, so that it is published twice only if its node dies first.
 
 A C2S of ``offers.accept_msgtype`` whose content is an offer id is an accept,
 whether or not a route exists for that msgtype; it is never published. The
@@ -56,7 +60,9 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 #: Seconds between two claims of due offer work on a node.
 TICK_S = 0.2
 #: How long a claim holds an offer's work before another node may take it.
-LEASE_S = 3.0
+LEASE_S = 1.0
+#: How long an accept or the expiry holds the telling of its outcome.
+OUTCOME_LEASE_S = 3.0
 #: Offers claimed by one tick at most.
 CLAIM_BATCH = 100
 #: The bus topic of the outcomes (on the default bus).
@@ -101,6 +107,7 @@ class Offers:
         self.sending = sending
         self.bus = bus
         self.lease_ms = round(LEASE_S * 1000)
+        self.outcome_lease_ms = round(OUTCOME_LEASE_S * 1000)
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = ctx.clock
         #: Offers this node is working on now, and those to work on again
@@ -188,7 +195,7 @@ class Offers:
         now = self.ctx.now_ms()
         try:
             result = await self.store.accept(offer_id, session.appcode, session.uid, now,
-                                             now + self.lease_ms)
+                                             now + self.outcome_lease_ms)
         except StoreError:
             raise errors.Unavailable("the offers store is unavailable") from None
         if result is AcceptResult.WON:
@@ -275,7 +282,7 @@ class Offers:
         now = self.ctx.now_ms()
         spec = offer.spec
         if now >= spec.deadline_ms:
-            if await store.expire(offer_id, now, now + self.lease_ms):
+            if await store.expire(offer_id, now, now + self.outcome_lease_ms):
                 self.expired += 1
                 self.log.info("offer {offer_id} expired", offer_id=offer_id, logid=spec.logid,
                               appcode=spec.appcode)

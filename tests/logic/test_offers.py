@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from daojia_msg.config import GeoConfig, OffersConfig, default_config
 from daojia_msg.core.errors import BusUnavailable, StoreUnavailable
 from daojia_msg.core.offers import Wave
-from daojia_msg.logic.offers import LEASE_S, TICK_S
+from daojia_msg.logic.offers import LEASE_S, OUTCOME_LEASE_S, TICK_S
 from daojia_msg.logic.sending import PushItem
 from daojia_msg.metrics.offers import OffersCollector
 from daojia_msg.protocol import errors
@@ -237,7 +237,8 @@ class OffersTests(SynchronousTestCase):
         self.stack.logic.offers.stop()
         self.stack.clock.advance(3)
         now = int(self.stack.clock.seconds() * 1000)
-        self.assertEqual(self.successResultOf(offers.claim(now, now + 3000, 10)), [offer])
+        lease = round(LEASE_S * 1000)
+        self.assertEqual(self.successResultOf(offers.claim(now, now + lease, 10)), [offer])
         self.assertTrue(self.successResultOf(offers.begin_wave(offer, 0, [1, 2], now)))
         item = PushItem(1, DRIVER, ORDER, b"order 1", "", f"offer:{offer}:1")
         self.successResultOf(Deferred.fromCoroutine(self.stack.logic.push_s2c([item], DRIVER)))
@@ -254,9 +255,12 @@ class OffersTests(SynchronousTestCase):
         offer = self.create([(1000, 1, 0)])
         self.pushes()
         now = int(self.stack.clock.seconds() * 1000)
-        result = self.successResultOf(self.stack.offers.accept(offer, DRIVER, 1, now, now + 3000))
+        lease = round(OUTCOME_LEASE_S * 1000)
+        result = self.successResultOf(self.stack.offers.accept(offer, DRIVER, 1, now, now + lease))
         self.assertEqual(result.value, "won")  # as a node that died before telling it
-        self.advance(LEASE_S + 0.2)
+        self.advance(OUTCOME_LEASE_S - 0.2)
+        self.assertEqual(self.pushes()[1], [])
+        self.advance(0.4)
         self.assertEqual(len(self.pushes()[1]), 1)
         self.assertEqual(len(self.events()), 1)
 
@@ -294,11 +298,11 @@ class OffersTests(SynchronousTestCase):
         self.assertEqual(self.events(), [])
         self.assertEqual(self.stack.logic.offers.failures, 1)
         bus.publish = real_publish  # type: ignore[method-assign]
-        self.advance(LEASE_S + 0.2)
+        self.advance(OUTCOME_LEASE_S + 0.2)
         self.assertEqual(self.events(), [{"offer_id": str(offer), "state": "accepted",
                                           "winner_uid": 1}])
         self.assertEqual(self.pushes()[1], [])
-        self.advance(LEASE_S + 0.2)
+        self.advance(OUTCOME_LEASE_S + 0.2)
         self.assertEqual(len(self.events()), 1)
 
     def test_a_store_that_is_down_is_unavailable(self) -> None:
