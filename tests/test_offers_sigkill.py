@@ -7,7 +7,7 @@ the stream ``offers``.
 
 Everything waits on events (a process's "serving" line, a push's arrival),
 each with a deadline, but the stream entry, which is looked for every 50 ms
-after the outcome's S2C arrived (the node publishes it right after).
+after the outcome's S2C arrived (tests/offerstream.py).
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client.client import MsgClient
-from daojia_msg.config import RedisConfig
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
-from daojia_msg.redisconn import connect
+from tests.offerstream import OffersStream
 from tests.processes import TWISTD, NodeProcessesTestCase
 
 R: Any = reactor
@@ -109,27 +107,8 @@ class OfferOutlivesItsNode(NodeProcessesTestCase):
         ], b" serving")
         return proc, {"gate": gate, "http": http}
 
-    async def stream_entries(self, since: str) -> list[dict[bytes, bytes]]:
-        redis = await connect(RedisConfig(url=self.redis_url, key_prefix=""))
-        try:
-            reply = await redis.call("XRANGE", "offers", since, "+")
-        finally:
-            await redis.close()
-        return [dict(zip(flat[::2], flat[1::2], strict=True)) for _, flat in reply]
-
-    async def delete_entries(self, since: str) -> None:
-        redis = await connect(RedisConfig(url=self.redis_url, key_prefix=""))
-        try:
-            for entry_id, _ in await redis.call("XRANGE", "offers", since, "+"):
-                await redis.call("XDEL", "offers", entry_id)
-            if await redis.call("XLEN", "offers") == 0:
-                await redis.call("DEL", "offers")
-        finally:
-            await redis.close()
-
     async def test_sigkill_after_the_first_wave(self) -> None:
-        since = f"{int(time.time() * 1000)}-0"
-        self.addCleanup(self.delete_entries, since)
+        stream = OffersStream(self, self.redis_url)
         a, a_ports = self.node("a")
         b, b_ports = self.node("b")
         await a.ready.addTimeout(90, R)
@@ -168,11 +147,5 @@ class OfferOutlivesItsNode(NodeProcessesTestCase):
                                   pool=pool, headers={"Authorization": ["Bearer demo-key-1002"]})
         self.assertEqual(await response.json(), {"offer_id": offer_id, "state": "expired",
                                                  "pushed_to": [41, 42]})
-        entries: list[dict[bytes, bytes]] = []
-        for _ in range(100):  # published after the outcome S2C
-            entries = await self.stream_entries(since)
-            if entries:
-                break
-            await deferLater(R, 0.05, lambda: None)
-        self.assertEqual([json.loads(e[b"msg"]) for e in entries],
-                         [{"offer_id": offer_id, "state": "expired"}])
+        self.assertEqual(await stream.published(),
+                         [({"offer_id": offer_id, "state": "expired"}, answer["logid"])])

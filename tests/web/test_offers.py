@@ -10,17 +10,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from daojia_msg.config import OffersConfig, parse_config
-from tests.web.helpers import SHOP, TAXI, TWO_SYSTEMS, ApiTestCase, Response, two_systems
-
-GEO_ROUTE = TWO_SYSTEMS + """
-[[routes]]
-appcode = 1002
-msgtype = 1
-topic = "gps"
-geo = true
-"""
-
-LAT, LON = 31.2304, 121.4737
+from tests.web.helpers import SHOP, TAXI, ApiTestCase, Response, two_systems
+from tests.web.test_nearby import GEO_ROUTES, LAT, LON
 
 
 def body(**changes: Any) -> dict[str, Any]:
@@ -35,7 +26,7 @@ def body(**changes: Any) -> dict[str, Any]:
 
 class OffersApiTests(ApiTestCase):
     def setUp(self) -> None:
-        self.build(parse_config(GEO_ROUTE))
+        self.build(parse_config(GEO_ROUTES))
 
     def report(self, uid: int, east_m: float) -> None:
         self.node.login(uid, 1002)
