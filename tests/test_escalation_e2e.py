@@ -73,6 +73,10 @@ class EscalationNodeTests(NodeTestCase):
         # The ACKed one was found delivered at its due time; the other was POSTed.
         self.assertEqual(self.escalator().counts["cancelled"], 1)
         self.assertEqual(len(self.receiver.requests), 1)
+        code, trace = await self.http("GET", "/v1/trace/esc-8")
+        self.assertEqual(code, 200)
+        self.assertTrue(any(e["event"].startswith(f"escalated {missed} to http://127.0.0.1:")
+                            and e["uid"] == "8" for e in trace["events"]), trace)
         code, answer = await self.http("POST", "/v1/push", {
             "to_uid": 8, "to_appcode": 1002, "msgtype": 5, "content": "x",
             "escalate_after_s": 1})

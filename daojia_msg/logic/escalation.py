@@ -52,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from daojia_msg import tracing
+from daojia_msg.core.convert import recipient_fields
 from daojia_msg.core.errors import StoreError
 from daojia_msg.core.escalation import SIGNATURE_HEADER, Escalation, EscalationClaim, signature
 from daojia_msg.core.model import StoredMessage
@@ -279,13 +280,13 @@ class Escalator(Service):
             await self.schedule_store.finish(claim)
             if tracing.MESSAGES.listeners:
                 trace.debug("{msgid} ACKed before its escalation", msgid=claim.msgid,
-                            to_uid=claim.to_uid, to_appcode=claim.to_appcode)
+                            uid=claim.to_uid, appcode=claim.to_appcode)
             return
         app = self.ctx.config.app(msg.to_appcode)
         if app is None or not app.escalation_url:
-            self.log.warn("escalation of {msgid} dropped: app {to_appcode} has no "
+            self.log.warn("escalation of {msgid} dropped: app {appcode} has no "
                           "escalation_url now", msgid=msg.msgid, logid=msg.logid,
-                          to_appcode=msg.to_appcode)
+                          **recipient_fields(msg))
             await self.schedule_store.finish(claim)
             return
         body = body_of(msg)
@@ -309,8 +310,7 @@ class Escalator(Service):
         self.counts["posted"] += 1
         self.ctx.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "escalated")
         self.log.info("escalated {msgid} to {url}", msgid=msg.msgid, logid=msg.logid,
-                      to_uid=msg.to_uid, to_appcode=msg.to_appcode, url=_shown(url),
-                      attempt=claim.attempts + 1)
+                      url=_shown(url), attempt=claim.attempts + 1, **recipient_fields(msg))
         # Finished at once; a schedule that fails now is tried again within the
         # lease, so no other node POSTs it again.
         for _ in range(3):
@@ -320,7 +320,8 @@ class Escalator(Service):
             except StoreError as e:
                 why = str(e)
         self.log.warn("escalation of {msgid} POSTed but not marked done ({why}): it may be "
-                      "POSTed again", msgid=msg.msgid, logid=msg.logid, why=why)
+                      "POSTed again", msgid=msg.msgid, logid=msg.logid, why=why,
+                      **recipient_fields(msg))
 
     async def _retry(self, claim: EscalationClaim, msg: StoredMessage, url: str,
                      why: str) -> None:
@@ -332,12 +333,13 @@ class Escalator(Service):
             self.counts["gave_up"] += 1
             self.log.warn("escalation of {msgid} to {url} given up after {attempts} attempts "
                           "over an hour: {why}", msgid=msg.msgid, logid=msg.logid,
-                          url=_shown(url), attempts=attempts, why=why)
+                          url=_shown(url), attempts=attempts, why=why, **recipient_fields(msg))
             await self.schedule_store.finish(claim)
             return
         self.log.info("escalation of {msgid} to {url} failed ({why}): attempt {attempts}, "
                       "next in {delay:.1f} s", msgid=msg.msgid, logid=msg.logid,
-                      url=_shown(url), why=why, attempts=attempts, delay=delay_ms / 1000)
+                      url=_shown(url), why=why, attempts=attempts, delay=delay_ms / 1000,
+                      **recipient_fields(msg))
         await self.schedule_store.retry(claim, now + delay_ms)
 
 
