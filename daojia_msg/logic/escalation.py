@@ -30,9 +30,10 @@ the cluster.
   :attr:`Escalator.counts` (posted, failed, gave_up, cancelled) on ``/metrics``.
 
 At most one successful POST per message holds while the nodes' clocks agree
-within the lease's margin over the attempt's time limit; a node that dies
-after the receiver answered 2xx but before it finished the entry leaves it
-to be POSTed again (receivers de-duplicate by ``msgid``).
+within :data:`LEASE_MARGIN_S` less the attempt's limit (a POST starts only
+with that much of its lease left); a node that dies after the receiver
+answered 2xx but before it finished the entry leaves it to be POSTed again
+(receivers de-duplicate by ``msgid``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ POLL_S = 0.5
 LEASE_S = 30.0
 #: Seconds one POST may take, its answer read.
 TIMEOUT_S = 5.0
+#: A POST starts only while its claim holds this much longer (the attempt and
+#: clock differences between nodes): else it is left to a later claim.
+LEASE_MARGIN_S = 2 * TIMEOUT_S
 #: POSTs under way at once on a node.
 CONCURRENCY = 16
 #: The first retry waits about this long, each next one twice as long, at most BACKOFF_CAP_S.
@@ -289,6 +293,12 @@ class Escalator(Service):
                           **recipient_fields(msg))
             await self.schedule_store.finish(claim)
             return
+        if self.ctx.now_ms() + LEASE_MARGIN_S * 1000 > claim.leased_until_ms:
+            # Too late in its lease (a store that stalled): another claim may
+            # take it meanwhile, so this one leaves it (the lease runs out).
+            self.log.info("escalation of {msgid} left to a later claim: its lease is nearly "
+                          "over", msgid=msg.msgid, logid=msg.logid, **recipient_fields(msg))
+            return
         body = body_of(msg)
         headers = {"Content-Type": "application/json",
                    SIGNATURE_HEADER: signature(app.secret, body)}
@@ -315,10 +325,15 @@ class Escalator(Service):
         # lease, so no other node POSTs it again.
         for _ in range(3):
             try:
-                await self.schedule_store.finish(claim)
-                return
+                held = await self.schedule_store.finish(claim)
             except StoreError as e:
                 why = str(e)
+                continue
+            if not held:
+                self.log.warn("escalation of {msgid} POSTed after its claim ran out: another "
+                              "node may POST it too", msgid=msg.msgid, logid=msg.logid,
+                              **recipient_fields(msg))
+            return
         self.log.warn("escalation of {msgid} POSTed but not marked done ({why}): it may be "
                       "POSTed again", msgid=msg.msgid, logid=msg.logid, why=why,
                       **recipient_fields(msg))

@@ -293,6 +293,27 @@ class ClaimTests(EscalationTestCase):
         bodies = [p[2] for p in self.poster.posts + other.posts]
         self.assertEqual(len(set(bodies)), 10)
 
+    def test_no_post_late_in_its_lease(self) -> None:
+        """A store that stalls past the lease's margin: the claim leaves the
+        entry (another node may hold it by then), which is POSTed once later."""
+        held: list[Deferred[Any]] = []
+        real = self.stack.store.pending_message
+
+        def stalled(to_uid: int, msgid: int) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append(d)
+            return d
+
+        self.stack.store.pending_message = stalled  # type: ignore[method-assign]
+        msgid = self.push(after_s=1)
+        self.advance(escalation.LEASE_S - escalation.LEASE_MARGIN_S + 2)
+        self.assertEqual(len(held), 1)
+        self.stack.store.pending_message = real  # type: ignore[method-assign]
+        held[0].callback(self.successResultOf(real(42, msgid)))
+        self.assertEqual(self.poster.posts, [])
+        self.advance(escalation.LEASE_MARGIN_S)  # the lease ran out: claimed again
+        self.assertEqual(len(self.poster.posts), 1)
+
     def test_a_dead_escalators_claim_is_taken_over_after_its_lease(self) -> None:
         self.poster.answers = [None]  # its POST never answers: it dies in it
         self.push(after_s=1)
