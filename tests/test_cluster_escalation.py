@@ -72,6 +72,7 @@ class ClusterEscalationTests(TwoNodes):
 
     async def test_the_escalation_of_a_node_that_died_posting_is_sent_by_the_other(self) -> None:
         self.patch(escalation, "LEASE_S", 3.0)
+        self.patch(escalation, "LEASE_MARGIN_S", 1.0)
         self.receiver.hang = True  # the first POST never answers: its node dies in it
         msgid = await self.push(self.node1, 5)
         await self.receiver.wait(1)
