@@ -22,7 +22,9 @@ OUTCOMES = ("posted", "failed", "gave_up", "cancelled")
 
 
 class EscalationsCollector(ScrapeCollector):
-    """``counts``: the escalator's counts by outcome (None: no escalator)."""
+    """``counts``: the escalator's counts by outcome (None: no escalator, as
+    on a node whose apps have no ``escalation_url``: every outcome is 0, so
+    the alert rules' series exist everywhere)."""
 
     def __init__(self, counts: Callable[[], dict[str, int] | None]) -> None:
         self.counts = counts
@@ -31,8 +33,8 @@ class EscalationsCollector(ScrapeCollector):
         family = CounterMetricFamily("msgplatform_escalations",
                                      "Offline escalations by outcome (posted, failed, gave_up,"
                                      " cancelled).", labels=("outcome",))
-        counts = self.counts() if with_values else None
-        if counts is not None:
+        if with_values:
+            counts = self.counts() or {}
             for outcome in OUTCOMES:
                 family.add_metric([outcome], counts.get(outcome, 0))
         yield family
