@@ -124,6 +124,8 @@ class Escalator(Service):
         self._loop.clock = ctx.clock
         self._polling = False
         self._backlog = False
+        #: Why the last claim or escalation failed on a backend (None: it works).
+        self._outage: str | None = None
         self._working: set[Deferred[None]] = set()
         #: Claimed, waiting for a free slot (at most CONCURRENCY: well within the lease).
         self._claimed: deque[EscalationClaim] = deque()
@@ -243,8 +245,9 @@ class Escalator(Service):
             claims = await self.schedule_store.claim(
                 self.ctx.now_ms(), int(LEASE_S * 1000), free, f"{self.token}:{self._claims}")
         except StoreError as e:
-            self.log.debug("no escalations claimed: {why}", why=str(e))
+            self._trouble(f"cannot claim escalations: {e}")
             return
+        self._recovered()
         #: A full claim: more may be due, claimed again as soon as room frees.
         self._backlog = len(claims) == free
         self._claimed.extend(claims)
@@ -269,11 +272,23 @@ class Escalator(Service):
             self.poll()
 
     def _failed(self, failure: Failure, claim: EscalationClaim) -> None:
-        if failure.check(CancelledError) or failure.check(StoreError):
-            # Stopping, or the schedule is unreachable: the lease runs out
-            # and the entry is claimed again.
+        if failure.check(CancelledError):
+            return  # stopping: the lease runs out and the entry is claimed again
+        if failure.check(StoreError):  # the same, once the store or schedule answers
+            self._trouble(f"escalation of {claim.msgid} waits: {failure.value}")
             return
         self.log.failure("escalation of {msgid} failed", failure, msgid=claim.msgid)
+
+    def _trouble(self, why: str) -> None:
+        """A backend refused: said once per outage (the polls go on)."""
+        if self._outage is None:
+            self.log.warn("{why} (said once until it works again)", why=why)
+        self._outage = why
+
+    def _recovered(self) -> None:
+        if self._outage is not None:
+            self.log.info("escalations are claimed again (after: {why})", why=self._outage)
+            self._outage = None
 
     # -- one escalation --------------------------------------------------------
 

@@ -258,6 +258,20 @@ class RetryTests(EscalationTestCase):
         self.advance(3)
         self.assertEqual(len(self.poster.posts), 1)
 
+    def test_a_schedule_down_at_claim_time_is_said_once_and_its_end(self) -> None:
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.push(after_s=1)
+        real = self.schedule.claim
+        self.schedule.claim = lambda *a: fail(StoreUnavailable("redis down"))  # type: ignore
+        self.advance(5)
+        self.assertEqual(self.poster.posts, [])
+        self.schedule.claim = real  # type: ignore[method-assign]
+        self.advance(1)
+        self.assertEqual(len(self.poster.posts), 1)
+        text = [formatEvent(e) for e in observer]
+        self.assertEqual(len([t for t in text if t.startswith("cannot claim")]), 1, text)
+        self.assertEqual(len([t for t in text if "claimed again" in t]), 1, text)
+
     def test_at_most_concurrency_posts_under_way(self) -> None:
         self.poster.answers = [None] * 100
         for uid in range(1, 41):
