@@ -124,8 +124,9 @@ class Escalator(Service):
         self._loop.clock = ctx.clock
         self._polling = False
         self._backlog = False
-        #: Why the last claim or escalation failed on a backend (None: it works).
-        self._outage: str | None = None
+        #: Why claims ("claim") or the work on a claim ("store") last failed
+        #: on a backend, while they do.
+        self._outages: dict[str, str] = {}
         self._working: set[Deferred[None]] = set()
         #: Claimed, waiting for a free slot (at most CONCURRENCY: well within the lease).
         self._claimed: deque[EscalationClaim] = deque()
@@ -245,9 +246,9 @@ class Escalator(Service):
             claims = await self.schedule_store.claim(
                 self.ctx.now_ms(), int(LEASE_S * 1000), free, f"{self.token}:{self._claims}")
         except StoreError as e:
-            self._trouble(f"cannot claim escalations: {e}")
+            self._trouble("claim", f"cannot claim escalations: {e}")
             return
-        self._recovered()
+        self._recovered("claim")
         #: A full claim: more may be due, claimed again as soon as room frees.
         self._backlog = len(claims) == free
         self._claimed.extend(claims)
@@ -275,25 +276,27 @@ class Escalator(Service):
         if failure.check(CancelledError):
             return  # stopping: the lease runs out and the entry is claimed again
         if failure.check(StoreError):  # the same, once the store or schedule answers
-            self._trouble(f"escalation of {claim.msgid} waits: {failure.value}")
+            self._trouble("store", f"escalations wait for a backend: {failure.value}")
             return
         self.log.failure("escalation of {msgid} failed", failure, msgid=claim.msgid)
 
-    def _trouble(self, why: str) -> None:
-        """A backend refused: said once per outage (the polls go on)."""
-        if self._outage is None:
+    def _trouble(self, kind: str, why: str) -> None:
+        """A backend refused (``kind``: claims, or the work on a claim): said
+        once per outage (the polls go on)."""
+        if kind not in self._outages:
             self.log.warn("{why} (said once until it works again)", why=why)
-        self._outage = why
+        self._outages[kind] = why
 
-    def _recovered(self) -> None:
-        if self._outage is not None:
-            self.log.info("escalations are claimed again (after: {why})", why=self._outage)
-            self._outage = None
+    def _recovered(self, kind: str) -> None:
+        why = self._outages.pop(kind, None)
+        if why is not None:
+            self.log.info("escalations work again (after: {why})", why=why)
 
     # -- one escalation --------------------------------------------------------
 
     async def _escalate(self, claim: EscalationClaim) -> None:
         msg = await self.messages.pending_message(claim.to_uid, claim.msgid)
+        self._recovered("store")
         if msg is None:  # ACKed (or expired): nothing to do
             self.counts["cancelled"] += 1
             await self.schedule_store.finish(claim)

@@ -270,7 +270,7 @@ class RetryTests(EscalationTestCase):
         self.assertEqual(len(self.poster.posts), 1)
         text = [formatEvent(e) for e in observer]
         self.assertEqual(len([t for t in text if t.startswith("cannot claim")]), 1, text)
-        self.assertEqual(len([t for t in text if "claimed again" in t]), 1, text)
+        self.assertEqual(len([t for t in text if "work again" in t]), 1, text)
 
     def test_at_most_concurrency_posts_under_way(self) -> None:
         self.poster.answers = [None] * 100
