@@ -12,10 +12,15 @@ import dataclasses
 import os
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.web import server
+
+from daojia_msg.bus.escalation_receiver import EscalationReceiver
 from daojia_msg.config import ListenConfig, default_config
+from daojia_msg.core.escalation import Escalated
 from daojia_msg.logic.escalation import Escalator
 from tests.escalations import Receiver
-from tests.nodes import NodeTestCase
+from tests.nodes import NodeTestCase, R
 
 SECRET = "demo-secret-1001"
 
@@ -105,3 +110,25 @@ class EscalationNodeTests(NodeTestCase):
         await self.start(self.data_dir)
         await self.receiver.wait(1)
         self.assertEqual([b["msgid"] for b in self.receiver.bodies(SECRET)], [msgid])
+
+    async def test_an_app_servers_receiver_checks_and_hands_it_over(self) -> None:
+        """The node's POST through :class:`EscalationReceiver`, as an app server runs it."""
+        got: list[Escalated] = []
+        arrived: Deferred[None] = Deferred()
+
+        def handle(escalated: Escalated) -> None:
+            got.append(escalated)
+            arrived.callback(None)
+
+        site = server.Site(EscalationReceiver({1001: SECRET}, handle))
+        site.noisy = False
+        port = R.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.receiver = Receiver()
+        self.receiver.url = f"http://127.0.0.1:{port.getHost().port}/esc"
+        await self.start()
+        msgid = await self.push(12, content="order 12")
+        await arrived.addTimeout(15, R)
+        self.assertEqual(got, [Escalated(int(msgid), "esc-12", 12, 1001, 5, b"order 12")])
+        await self.escalator().settled()
+        self.assertEqual(self.escalator().counts["posted"], 1)

@@ -47,43 +47,56 @@ class WebhookReceiver(Resource):
     def render_POST(self, request: Request) -> bytes | int:
         ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if ctype != _CONTENT_TYPE:
-            return _answer(request, 415, b"expected Content-Type: application/x-protobuf")
+            return answer(request, 415, b"expected Content-Type: application/x-protobuf")
         assert request.content is not None
         body = request.content.read(self.max_body + 1)
         if len(body) > self.max_body:
-            return _answer(request, 413, b"body too large")
+            return answer(request, 413, b"body too large")
         topic_header = request.getHeader(b"x-topic")
         topic = topic_header.decode("utf-8", "replace") if topic_header else self.topic
         logid = (request.getHeader(b"x-logid") or b"").decode("utf-8", "replace")
         if not body:
-            return _answer(request, 400, b"empty body")
+            return answer(request, 400, b"empty body")
         try:
             envelope = decode_envelope(topic, body, logid)
         except BadEnvelope:
-            return _answer(request, 400, b"not a serialized Message")
-        try:
-            result = self.on_envelope(envelope)
-        except Exception:
-            self.log.failure("on_envelope failed on {topic}", topic=topic, logid=envelope.logid)
-            return _answer(request, 500, b"")
-        if not isinstance(result, Deferred):
-            return _answer(request, 204, b"")
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
+            return answer(request, 400, b"not a serialized Message")
 
-        def finished(outcome: object) -> None:
-            if isinstance(outcome, Failure):
-                self.log.failure("on_envelope failed on {topic}", outcome, topic=topic,
-                                 logid=envelope.logid)
-            if not gone:
-                request.write(_answer(request, 500 if isinstance(outcome, Failure) else 204, b""))
-                request.finish()
+        def failed(failure: Failure | None = None) -> None:
+            self.log.failure("on_envelope failed on {topic}", failure, topic=topic,
+                             logid=envelope.logid)
 
-        result.addBoth(finished)
-        return NOT_DONE_YET
+        return handed_over(request, lambda: self.on_envelope(envelope), failed)
 
 
-def _answer(request: Request, code: int, body: bytes) -> bytes:
+def handed_over(request: Request, handle: Callable[[], object],
+                failed: Callable[[Failure | None], None]) -> bytes | int:
+    """Answer ``request`` once ``handle()`` returned, or once the Deferred it
+    returned fired: 204, or 500 (so the sender retries) when it raised or
+    failed, after ``failed(failure)`` (None: the exception being handled)."""
+    try:
+        result = handle()
+    except Exception:
+        failed(None)
+        return answer(request, 500, b"")
+    if not isinstance(result, Deferred):
+        return answer(request, 204, b"")
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def finished(outcome: object) -> None:
+        if isinstance(outcome, Failure):
+            failed(outcome)
+        if not gone:
+            request.write(answer(request, 500 if isinstance(outcome, Failure) else 204, b""))
+            request.finish()
+
+    result.addBoth(finished)
+    return NOT_DONE_YET
+
+
+def answer(request: Request, code: int, body: bytes) -> bytes:
+    """Set ``code`` (and a text Content-Type for a body); the body to render."""
     request.setResponseCode(code)
     if body:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")

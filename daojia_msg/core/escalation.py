@@ -40,6 +40,19 @@ class EscalationClaim:
     leased_until_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Escalated:
+    """An escalation as its receiver reads it (the POST's JSON, checked):
+    the message its recipient did not ACK in time."""
+
+    msgid: int
+    logid: str
+    to_uid: int
+    to_appcode: int
+    msgtype: int
+    content: bytes
+
+
 def signature(secret: str, body: bytes) -> str:
     """The hex HMAC-SHA256 of ``body`` keyed by the app's ``secret``."""
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
