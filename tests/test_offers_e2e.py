@@ -6,6 +6,7 @@ offer's; the accept frames never reach a stream."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from daojia_msg.config import BusConfig, ListenConfig, default_config
 from tests.nodes import NodeTestCase
@@ -23,7 +24,9 @@ class OffersOnRedisStreamsTests(NodeTestCase):
             data_dir=os.path.abspath(self.mktemp()),
             listen=ListenConfig(gate="tcp:0:interface=127.0.0.1",
                                 http="tcp:0:interface=127.0.0.1"),
-            bus=BusConfig(url=url, publish_timeout_s=5.0))
+            bus=BusConfig(url=url, publish_timeout_s=5.0),  # the outcomes
+            buses={"local": "memory:"},  # the positions, on the demo's geo route
+            routes=tuple(replace(r, bus="local") for r in default_config().routes))
         await self.run_node(config)
         driver, inbox = await self.client(7, 1002)
         await driver.c2s(1, b"%.6f,%.6f" % (LAT, LON))

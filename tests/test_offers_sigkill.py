@@ -45,13 +45,17 @@ appcode = 1002
 msgtype = 1
 topic = "gps"
 geo = true
+bus = "local"
+
+[buses.local]
+url = "memory:"
 
 [offers]
 accept_msgtype = 3
 result_msgtype = 4
 
 [bus]
-url = "{bus}"
+url = "{bus}"  # the outcomes; the positions stay on the memory bus
 """
 
 
