@@ -153,6 +153,8 @@ class Offers:
         its first wave now if it is due now; fires with the offer."""
         if self.store is None:
             raise errors.BadRequest("offers are not configured on this node ([offers])")
+        # As a push would be refused at wave time (a rich msgtype's content).
+        self.sending._check_rich(content, msgtype, self.ctx.config.app(appcode))
         self.ctx.check_available()
         offer_id = self.ctx.ids.next_id()
         now = self.ctx.now_ms()
@@ -311,7 +313,7 @@ class Offers:
                 [PushItem(uid, spec.appcode, spec.msgtype, spec.content, spec.logid,
                           f"offer:{spec.offer_id}:{uid}") for uid in uids], spec.appcode)
             _raise_unavailable(results)
-            self.pushes += len(results)
+            self.pushes += sum(1 for r in results if isinstance(r, PushOutcome))
         self.log.info("offer {offer_id} wave {wave} pushed to {uids}", offer_id=spec.offer_id,
                       wave=k, uids=uids, logid=spec.logid, appcode=spec.appcode)
         assert self.store is not None

@@ -102,6 +102,7 @@ class OffersApiTests(ApiTestCase):
             (body(content=None), "content: is required"),
             (body(content=7), "content: expected a string"),
             (body(content="x" * 65001), "content: over"),
+            (body(msgtype=10, content="<script>"), "rich content"),  # app 1002's rich msgtype
             (body(waves=None), "waves: is required"),
             (body(waves=[]), "waves: expected an array of 1 to 10"),
             (body(waves=[wave] * 11), "waves: expected an array of 1 to 10"),
