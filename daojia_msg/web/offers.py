@@ -50,7 +50,7 @@ def _wave(data: object, i: int, deadline_s: float) -> Wave:
     name = f"waves[{i}]"
     if not isinstance(data, dict):
         raise errors.BadRequest(f"{name}: expected an object with radius_m, count and after_s")
-    f = Fields(data, WAVE_FIELDS)
+    f = Fields(data, WAVE_FIELDS, f"{name}.")
     radius_m = _number(f, "radius_m", f"{name}.radius_m")
     if not 0 < radius_m <= MAX_RADIUS_M:
         raise errors.BadRequest(f"{name}.radius_m: expected more than 0 and at most "

@@ -94,12 +94,13 @@ def parse_uid(value: object, name: str) -> int:
 class Fields:
     """One JSON object of a request, checked key by key."""
 
-    def __init__(self, data: object, known: frozenset[str]) -> None:
+    def __init__(self, data: object, known: frozenset[str], prefix: str = "") -> None:
+        """``prefix`` names where a nested object sits (``waves[0].``) in the errors."""
         if not isinstance(data, dict):
             raise errors.BadRequest("expected a JSON object")
         for key in sorted(data):
             if key not in known:
-                raise errors.BadRequest(f"{key}: unknown field")
+                raise errors.BadRequest(f"{prefix}{key}: unknown field")
         self.data: dict[str, Any] = data
 
     def get(self, key: str) -> Any:

@@ -85,6 +85,13 @@ class OffersApiTests(ApiTestCase):
                              (404, {"error": "no such offer"}), offer_id)
         self.assertEqual(self.request("GET", "/v1/offers", headers=SHOP).status, 405)
 
+    def test_an_unknown_wave_field_names_its_wave(self) -> None:
+        waves = [{"radius_m": 1000, "count": 1, "after_s": 0},
+                 {"radius_m": 1000, "count": 1, "after_s": 0, "foo": 1}]
+        response = self.post(body(waves=waves))
+        self.assertEqual((response.status, response.json()),
+                         (400, {"error": "waves[1].foo: unknown field"}))
+
     def test_every_field_and_limit_is_checked(self) -> None:
         wave = {"radius_m": 1000, "count": 1, "after_s": 0}
         cases: list[tuple[object, str]] = [
@@ -108,7 +115,7 @@ class OffersApiTests(ApiTestCase):
             (body(waves=[wave] * 11), "waves: expected an array of 1 to 10"),
             (body(waves={"radius_m": 1}), "waves: expected an array"),
             (body(waves=[1]), "waves[0]: expected an object"),
-            (body(waves=[{**wave, "x": 1}]), "x: unknown field"),
+            (body(waves=[{**wave, "x": 1}]), "waves[0].x: unknown field"),
             (body(waves=[{**wave, "radius_m": 0}]), "waves[0].radius_m"),
             (body(waves=[{**wave, "radius_m": 50_001}]), "waves[0].radius_m"),
             (body(waves=[wave, {**wave, "count": 0}]), "waves[1].count"),
