@@ -92,7 +92,9 @@ async def cmd_send(ctx: Ctx) -> None:
 async def cmd_c2s(ctx: Ctx) -> None:
     a = ctx.args
     r = await _one(ctx, lambda p: p.c2s(a.msgtype, " ".join(a.text).encode()))
-    ctx.say(f"msgid={r.msgid} logid={r.logid}")
+    # A C2S published on the bus is answered with its msgid; an offer accept
+    # (offers.accept_msgtype) publishes nothing and its OK carries neither.
+    ctx.say(f"msgid={r.msgid} logid={r.logid}" if r.msgid or r.logid else "accepted")
 
 
 async def cmd_pull(ctx: Ctx) -> None:

@@ -118,6 +118,23 @@ class GateCommandTests(CliTestCase):
             self.err.getvalue(), "msgctl: error: login failed: UNAUTHORIZED: bad token\n"
         )
 
+    def c2s(self, result: pb.Result) -> str:
+        d = self.run_cli("c2s", "--uid", "7", "--appcode", "1002", "--msgtype", "3", "1000")
+        self.gate.accept()
+        self.gate.login()
+        self.gate.answer(Cmd.C2S, result)
+        self.gate.answer(Cmd.LOGOUT)
+        self.gate.close()
+        self.assertEqual(self.exit_code(d), 0)
+        return self.out.getvalue()
+
+    def test_c2s_published(self) -> None:
+        self.assertEqual(self.c2s(pb.Result(msgid=12, logid="c")), "msgid=12 logid=c\n")
+
+    def test_c2s_offer_accept(self) -> None:
+        """An accept's OK has no msgid nor logid: no 'msgid=0 logid=' printed."""
+        self.assertEqual(self.c2s(pb.Result(code=Code.OK, server_time_ms=NOW)), "accepted\n")
+
     def test_result_error(self) -> None:
         d = self.run_cli("c2s", "--uid", "7", "--appcode", "1001", "--msgtype", "9", "x")
         self.gate.accept()
