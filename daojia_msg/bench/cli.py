@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.bench.test_bench,tests.bench.test_tls -*-
+# -*- test-case-name: tests.bench.test_bench,tests.bench.test_tls,tests.bench.test_extra -*-
 """``msgplatform-bench``: load scenarios against a running node.
 
 It starts no node: give it one (``--gate HOST:PORT``, ``--http URL``, and
@@ -19,6 +19,7 @@ processes and its JSON document are :mod:`daojia_msg.bench.runner`'s.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import json
 import sys
@@ -26,9 +27,24 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from daojia_msg.bench import versus
-from daojia_msg.bench.report import GOODPUT_WITHIN_S, table
-from daojia_msg.bench.runner import BenchError, run, strip_samples
+#: What the ``bench`` extra of setup.cfg brings, which a plain install lacks.
+BENCH_EXTRA = ("numpy", "tqdm")
+
+
+def _need_bench_extra() -> None:
+    """One clear line and exit 2, not a traceback, when the extra is missing."""
+    missing = [name for name in BENCH_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"msgplatform-bench needs the bench extra ({', '.join(missing)} missing): "
+              "pip install -e '.[bench]'", file=sys.stderr)
+        raise SystemExit(2)
+
+
+_need_bench_extra()
+
+from daojia_msg.bench import versus  # noqa: E402
+from daojia_msg.bench.report import GOODPUT_WITHIN_S, table  # noqa: E402
+from daojia_msg.bench.runner import BenchError, run, strip_samples  # noqa: E402
 
 #: Hard bounds: the bench is bounded in count and time whatever the options.
 MAX_CONNECTIONS = 200_000
