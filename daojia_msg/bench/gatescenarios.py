@@ -75,13 +75,27 @@ class Login(Scenario):
                 "latency_us": self.latencies}
 
 
+#: People's Square, Shanghai: the point the docs' examples and ``msgctl
+#: drivers`` use, and the centre of :func:`gps_content`'s grid.
+GPS_CENTRE = (31.2304, 121.4737)
+
+
+def _from_centre(k: int) -> int:
+    """The ``k``-th row or column of the grid, counted from its centre: 0, -1,
+    1, -2, 2, ... (-50 to 49 for ``k`` from 0 to 99)."""
+    return k // 2 if k % 2 == 0 else -(k + 1) // 2
+
+
 def gps_content(uid: int, step: int) -> bytes:
     """Driver ``uid``'s position at its ``step``-th report: drivers start on a
-    grid of ~100 m cells around People's Square, Shanghai, and each moves
-    ~1.5 m north-east per report (a geo route's ``"<lat>,<lon>"``)."""
+    100 x 100 grid of ~100 m cells centred on People's Square, Shanghai
+    (:data:`GPS_CENTRE`), the first uids of a block nearest it (the first 100
+    on the square's row, within ~5 km east and west), and each moves ~1.5 m
+    north-east per report (a geo route's ``"<lat>,<lon>"``)."""
     cell = uid % 10_000
-    return b"%.6f,%.6f" % (31.18 + (cell // 100) * 0.0009 + step * 1e-5,
-                           121.42 + (cell % 100) * 0.00105 + step * 1e-5)
+    lat, lon = GPS_CENTRE
+    return b"%.6f,%.6f" % (lat + _from_centre(cell // 100) * 0.0009 + step * 1e-5,
+                           lon + _from_centre(cell % 100) * 0.00105 + step * 1e-5)
 
 
 class C2S(Scenario):

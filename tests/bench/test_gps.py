@@ -9,8 +9,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from daojia_msg.bench import cli, runner
-from daojia_msg.bench.gatescenarios import C2S, gps_content
-from daojia_msg.core.geo import parse_position
+from daojia_msg.bench.gatescenarios import C2S, GPS_CENTRE, gps_content
+from daojia_msg.core.geo import distance_m, parse_position
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.nodes import NodeTestCase
 
@@ -33,6 +33,22 @@ class GpsTests(NodeTestCase):
         first, later = parse_position(gps_content(7, 0)), parse_position(gps_content(7, 100))
         self.assertAlmostEqual(later[0] - first[0], 0.001, places=6)
         self.assertNotEqual(parse_position(gps_content(8, 0)), first)
+
+    def test_the_grid_is_centred_on_the_square(self) -> None:
+        """A run's first 50 drivers (--conns 50, a fresh block of uids) are
+        within the docs' 3,000 m query at People's Square; the 10,000 cells
+        of the grid are centred on it and ~100 m apart."""
+        base = 10**9 * 7
+        first = [parse_position(gps_content(base + i, 0)) for i in range(50)]
+        self.assertLess(max(distance_m(*GPS_CENTRE, *p) for p in first), 3000)
+        self.assertEqual(parse_position(gps_content(base, 0)), GPS_CENTRE)
+        cells = [parse_position(gps_content(base + i, 0)) for i in range(10_000)]
+        self.assertEqual(len(set(cells)), 10_000)
+        for axis in (0, 1):
+            middle = (min(p[axis] for p in cells) + max(p[axis] for p in cells)) / 2
+            self.assertLess(abs(middle - GPS_CENTRE[axis]), 0.0006)  # half a cell
+        for neighbour in (1, 100):  # the next column, the next row
+            self.assertLess(abs(distance_m(*cells[0], *cells[neighbour]) - 100), 2)
 
     async def run_c2s(self, *argv: str) -> dict[str, Any]:
         node = await self.start_node()
