@@ -82,6 +82,7 @@ from daojia_msg.protocol import errors
 from daojia_msg.protocol.codes import KickReason
 from daojia_msg.redisconn import Redis, connect
 from daojia_msg.sockets import is_loopback, listen_interface
+from daojia_msg.store.datadir import DataDirLock
 from daojia_msg.store.escalations import MemoryEscalations, RedisEscalations, SQLiteEscalations
 from daojia_msg.store.login_throttle import MemoryLoginThrottle, RedisLoginThrottle
 from daojia_msg.store.memory import MemorySessionStore
@@ -142,6 +143,7 @@ class Node(MultiService):
         #: The TLS certificates a SIGHUP reloads (:meth:`reload_tls`): ssl: listeners, RPC.
         self.tls: list[tls.ServerTLS | tls.ClientTLS] = []
         self.manhole: WrappingFactory | None = None
+        self._data_lock: DataDirLock | None = None
         self.draining = False
         #: Fires with None once serving, or fails with why the node could not start.
         self.ready: Deferred[None] = Deferred()
@@ -200,6 +202,9 @@ class Node(MultiService):
         if config.demo:
             self.log.warn("running the development-only demo apps 1001 and 1002: "
                           "do not expose this node")
+        if not config.mysql.url:  # one node to a data directory
+            self._data_lock = DataDirLock(config.data_dir)
+            self._data_lock.acquire()
         self.store = self._message_store()
         await self.store.start()
         await self.router.start()
@@ -528,6 +533,8 @@ class Node(MultiService):
             await self.stats_flusher.stop()
         if hasattr(self, "store"):
             await self.store.stop()
+        if self._data_lock is not None:
+            self._data_lock.release()
         for redis in (self.redis, self.lease_redis):
             if redis is not None:
                 await redis.close()

@@ -368,7 +368,9 @@ def _start_failed(why: str, reactor: Any, error: str = "") -> None:
     log.critical("msgplatform: start-up failed: {why}", why=why, error=error)
     # twistd has no exit status of its own: leave with 1 once shutdown is done.
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-    _stop(reactor)
+    # A start that fails before its first wait fails before twistd runs the
+    # reactor (a data directory another node holds): stop once it runs.
+    reactor.callWhenRunning(_stop, reactor)
 
 
 def _remove_pidfile(pidfile: str | None) -> None:

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import daojia_msg
 from daojia_msg.config import ConfigError
+from daojia_msg.store.datadir import DataDirLock
 from daojia_msg.tap import Options, build_config
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -257,6 +258,23 @@ class TwistdTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"start-up failed", out + err)
         self.assertIn(b"Address already in use", out + err)
+
+    async def test_a_data_dir_another_node_holds_fails_startup(self) -> None:
+        """Two nodes on one data directory would both be node 0 on one
+        SQLite file: the second stops at start-up, naming the holder's pid
+        (here this test's process holds the lock)."""
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        held = DataDirLock(data)
+        held.acquire()
+        self.addCleanup(held.release)
+        out, err, code = await self.run_twistd(  # type: ignore[misc]
+            "--gate", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1",
+            "--ws", "tcp:0:interface=127.0.0.1", "--data-dir", data,
+        )
+        self.assertEqual(code, 1, (out, err))
+        self.assertIn(f"node.data_dir: {data!r} is in use by another node (pid {os.getpid()})"
+                      .encode(), out + err)
 
 
 class DaemonTests(TestCase):
