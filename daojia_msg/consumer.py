@@ -9,7 +9,9 @@
 
 ``on_envelope(envelope)`` gets an :class:`~daojia_msg.bus.envelope.Envelope`:
 the topic, the protobuf ``Message`` (kind C2S: msgid, from_uid, from_appcode,
-msgtype, content, send_time_ms) and the logid. Each bus's app-server side is
+msgtype, content, send_time_ms) and the logid; an entry of another media type
+(the ``offers`` topic's outcomes, ``application/json``) has an empty message,
+its ``content_type`` and its decoded ``data``. Each bus's app-server side is
 ``daojia_msg.bus.<bus>_consumer``. By bus:
 
 - ``redis://``: reads the stream with ``XREAD BLOCK`` from new entries on

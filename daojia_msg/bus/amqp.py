@@ -112,14 +112,16 @@ class AmqpBus(Reconnecting):
 
         return self._connect().addErrback(failed)
 
-    def publish(self, topic: str, payload: bytes, logid: str) -> Deferred[None]:
-        """Persistent, the logid in the ``logid`` header; ``message_id`` stays
-        unset: a logid traces a request, it does not name a message."""
+    def publish(self, topic: str, payload: bytes, logid: str,
+                content_type: str = CONTENT_TYPE) -> Deferred[None]:
+        """Persistent, the logid in the ``logid`` header, the media type in
+        ``content_type``; ``message_id`` stays unset: a logid traces a
+        request, it does not name a message."""
         channel = self._channel
         if channel is None:
             return fail(BusUnavailable(f"not connected to RabbitMQ at {self.broker.display}"))
         properties = pika.BasicProperties(
-            content_type=CONTENT_TYPE, delivery_mode=PERSISTENT, headers={"logid": logid})
+            content_type=content_type, delivery_mode=PERSISTENT, headers={"logid": logid})
         try:
             confirmed = channel.basic_publish(self.exchange, topic, payload, properties)
         except Exception as e:  # e.g. a routing key over 255 bytes; nothing was sent

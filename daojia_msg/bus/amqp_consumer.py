@@ -31,7 +31,7 @@ from daojia_msg.bus.amqp_connection import (
     explain,
     shut,
 )
-from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope
+from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope, media_type
 from daojia_msg.config import BusConfig
 from daojia_msg.core.errors import BusUnavailable
 
@@ -148,7 +148,8 @@ class AmqpConsumer(Reconnecting):
         if isinstance(logid, bytes):
             logid = logid.decode("utf-8", "replace")
         try:
-            envelope = decode_envelope(topic, message.body, str(logid))
+            envelope = decode_envelope(topic, message.body, str(logid),
+                                       media_type(message.properties.content_type))
         except BadEnvelope as e:
             self.log.warn("rejected a message on {topic} that is not an envelope: {error}",
                           topic=topic, error=str(e), logid=logid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from zope.interface import Interface
 
+from daojia_msg.bus.envelope import CONTENT_TYPE
+
 
 class IMessageBus(Interface):
     """A bus may also count ``reconnects`` (an int: connections to its
@@ -16,8 +18,10 @@ class IMessageBus(Interface):
     def stop():
         """Disconnect; fires with None."""
 
-    def publish(topic, payload, logid):
-        """Publish ``payload`` (a serialized ``Message`` of kind C2S) to ``topic``.
+    def publish(topic, payload, logid, content_type=CONTENT_TYPE):
+        """Publish ``payload`` (a serialized ``Message`` of kind C2S, or what
+        the media type ``content_type`` says) to ``topic``, the media type
+        travelling with it (see :data:`daojia_msg.bus.envelope.CONTENT_TYPE`).
 
         Fires with None once the bus has accepted it; fails with
         :class:`daojia_msg.core.errors.BusUnavailable` when it cannot.

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from daojia_msg.bus.envelope import CONTENT_TYPE
 from daojia_msg.bus.interfaces import IMessageBus
 
 Subscriber = Callable[[str, bytes, str], object]
@@ -27,6 +28,9 @@ class MemoryBus:
     def __init__(self, keep: int = 10000) -> None:
         self.keep = keep
         self.topics: dict[str, deque[tuple[bytes, str]]] = {}
+        #: The media type of each topic's newest envelope (one topic carries
+        #: one: the C2S envelope's protobuf, JSON on ``offers``).
+        self.content_types: dict[str, str] = {}
         self._subscribers: dict[str, list[Subscriber]] = {}
 
     def start(self) -> Deferred[None]:
@@ -35,7 +39,9 @@ class MemoryBus:
     def stop(self) -> Deferred[None]:
         return succeed(None)
 
-    def publish(self, topic: str, payload: bytes, logid: str) -> Deferred[None]:
+    def publish(self, topic: str, payload: bytes, logid: str,
+                content_type: str = CONTENT_TYPE) -> Deferred[None]:
+        self.content_types[topic] = content_type
         ring = self.topics.get(topic)
         if ring is None:
             ring = self.topics[topic] = deque(maxlen=self.keep)

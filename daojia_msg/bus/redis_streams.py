@@ -4,7 +4,10 @@ its topic names::
 
     XADD <topic> MAXLEN ~ <bus.stream_maxlen> * msg <Message bytes> logid <logid>
 
-(the entry's fields: docs/operations.md §7). The app server's side is
+(the entry's fields: docs/operations.md §7). A payload of another media type
+than the envelope's protobuf (the ``offers`` topic's JSON) has a third field,
+``content_type <media type>``; an entry without it is protobuf, as every
+entry written before the field existed. The app server's side is
 :mod:`daojia_msg.bus.redis_streams_consumer`.
 
 **One command per batch.** :meth:`RedisStreamsBus.publish` only queues the
@@ -74,6 +77,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daojia_msg.bus.envelope import CONTENT_TYPE
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.redis_streams_connection import (
     REPLY_TIMEOUT_S,
@@ -105,16 +109,24 @@ REVIVE_S = 1.0
 
 #: The XADDs of one batch, in order, each on its own (``redis.pcall``): one reply
 #: per entry, its id or its error. KEYS: the topics; ARGV: the MAXLEN, then a
-#: payload and a logid per entry (the fields of docs/operations.md §7, in that
-#: order). The ids are status replies (a line each), not bulk strings:
+#: payload, a logid and a media type per entry (the fields of
+#: docs/operations.md §7, in that order; an empty media type, the envelope's
+#: protobuf, writes no ``content_type`` field). The ids are status replies (a line each), not bulk strings:
 #: txredisapi's pure-Python parser, used when hiredis is missing, reads each
 #: bulk string of a reply in a reactor turn of its own.
 XADD_BATCH = Script("""\
 local maxlen = ARGV[1]
 local replies = {}
 for i, topic in ipairs(KEYS) do
-  local id = redis.pcall('XADD', topic, 'MAXLEN', '~', maxlen, '*',
-                         'msg', ARGV[2 * i], 'logid', ARGV[2 * i + 1])
+  local at = 3 * i - 1
+  local id
+  if ARGV[at + 2] == '' then
+    id = redis.pcall('XADD', topic, 'MAXLEN', '~', maxlen, '*',
+                     'msg', ARGV[at], 'logid', ARGV[at + 1])
+  else
+    id = redis.pcall('XADD', topic, 'MAXLEN', '~', maxlen, '*',
+                     'msg', ARGV[at], 'logid', ARGV[at + 1], 'content_type', ARGV[at + 2])
+  end
   if type(id) == 'string' then id = redis.status_reply(id) end
   replies[i] = id
 end
@@ -136,12 +148,14 @@ def _drop(conn: Any) -> None:
 class _Pending:
     """One queued publish: its entry's arguments and the caller's Deferred."""
 
-    __slots__ = ("topic", "payload", "logid", "d")
+    __slots__ = ("topic", "payload", "logid", "content_type", "d")
 
-    def __init__(self, topic: bytes, payload: bytes, logid: bytes) -> None:
+    def __init__(self, topic: bytes, payload: bytes, logid: bytes, content_type: bytes) -> None:
         self.topic = topic
         self.payload = payload
         self.logid = logid
+        #: Empty for the envelope's protobuf (no field written).
+        self.content_type = content_type
         self.d: Deferred[None] = Deferred()
 
     def fail(self, why: str) -> None:
@@ -224,14 +238,16 @@ class RedisStreamsBus:
             # A batch in flight fails with the lost connection.
             await conn.disconnect()
 
-    def publish(self, topic: str, payload: bytes, logid: str) -> Deferred[None]:
+    def publish(self, topic: str, payload: bytes, logid: str,
+                content_type: str = CONTENT_TYPE) -> Deferred[None]:
         if self._stopped:
             return fail(BusUnavailable("the Redis Streams bus stopped"))
         if len(self._queue) >= self.max_queued:
             return fail(BusUnavailable(
                 f"{len(self._queue)} C2S frames already wait for Redis at {self.where}"))
         try:
-            pending = _Pending(topic.encode(), bytes(payload), logid.encode())
+            pending = _Pending(topic.encode(), bytes(payload), logid.encode(),
+                               b"" if content_type == CONTENT_TYPE else content_type.encode())
         except UnicodeEncodeError as e:
             return fail(BusUnavailable(f"topic or logid not encodable: {e}"))
         self._queue.append(pending)
@@ -272,7 +288,7 @@ class RedisStreamsBus:
         args += [p.topic for p in batch]
         args.append(self._maxlen)
         for p in batch:
-            args += (p.payload, p.logid)
+            args += (p.payload, p.logid, p.content_type)
         self.commands += 1
         try:
             replies = await execute(conn, b"EVALSHA", _SHA, *args)

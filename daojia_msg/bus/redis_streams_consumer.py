@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope
+from daojia_msg.bus.envelope import BadEnvelope, Envelope, decode_envelope, media_type
 from daojia_msg.bus.redis_streams_connection import (
     REPLY_TIMEOUT_S,
     gave_up,
@@ -146,7 +146,8 @@ class RedisStreamsConsumer:
     def _deliver(self, entry_id: bytes, flat: list[bytes]) -> None:
         fields = dict(zip(flat[::2], flat[1::2], strict=False))
         try:
-            envelope = decode_envelope(self.topic, fields[b"msg"], fields[b"logid"].decode())
+            envelope = decode_envelope(self.topic, fields[b"msg"], fields[b"logid"].decode(),
+                                       media_type(fields.get(b"content_type")))
         except (KeyError, BadEnvelope, UnicodeDecodeError, AttributeError) as e:
             self.log.warn("stream {topic} entry {entry_id} is not an envelope: {error}",
                           topic=self.topic, entry_id=entry_id.decode(), error=repr(e))

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from daojia_msg.bus.envelope import CONTENT_TYPE
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.config import BusConfig, Config, Route
@@ -112,7 +113,8 @@ class BusRouter:
         await gatherResults([bus.stop() for bus in self.buses.values()], consumeErrors=True)
         self.deadlines.stop()
 
-    def publish(self, route: Route, payload: bytes, logid: str) -> Deferred[None]:
+    def publish(self, route: Route, payload: bytes, logid: str,
+                content_type: str = CONTENT_TYPE) -> Deferred[None]:
         """Hand ``payload`` to the route's bus; fires once the bus accepted it,
         fails with :class:`BusUnavailable` when it did not, :class:`BusTimeout`
         when it did not say in time."""
@@ -122,7 +124,7 @@ class BusRouter:
         self.pending += 1
         if self.pending >= limit and not self.pressure:
             self._set_pressure(True)
-        d = self.buses[route.bus].publish(route.topic, payload, logid)
+        d = self.buses[route.bus].publish(route.topic, payload, logid, content_type)
         self.deadlines.watch(d)
         # One callback per frame: this runs per frame.
         return d.addBoth(self._settled, route, time.perf_counter())

@@ -52,7 +52,6 @@ from daojia_msg.config import BusConfig, ConfigError
 from daojia_msg.core.errors import BusUnavailable
 from daojia_msg.deadlines import within
 
-_CONTENT_TYPE = CONTENT_TYPE.encode()
 #: The first retry waits this long, each next one twice as long, up to RETRY_CAP_S.
 RETRY_BASE_S = 0.1
 RETRY_CAP_S = 2.0
@@ -202,7 +201,8 @@ class WebhookBus:
             return succeed(None)
         return pool.closeCachedConnections()
 
-    def publish(self, topic: str, payload: bytes, logid: str) -> Deferred[None]:
+    def publish(self, topic: str, payload: bytes, logid: str,
+                content_type: str = CONTENT_TYPE) -> Deferred[None]:
         if self._stopped or self._client is None:
             return fail(BusUnavailable(f"the webhook bus {self.safe_url} is not running"))
         semaphore = self._semaphores.get(topic)
@@ -212,7 +212,8 @@ class WebhookBus:
             return fail(BusUnavailable(
                 f"{len(semaphore.waiting)} C2S frames of topic {topic} already wait for "
                 f"the webhook {self.safe_url}"))
-        d = Deferred.fromCoroutine(self._publish(semaphore, topic, bytes(payload), logid))
+        d = Deferred.fromCoroutine(self._publish(semaphore, topic, bytes(payload), logid,
+                                                 content_type))
         self._active.add(d)
 
         def done(result: object) -> object:
@@ -224,7 +225,7 @@ class WebhookBus:
     # -- delivery -------------------------------------------------------------------
 
     async def _publish(self, semaphore: DeferredSemaphore, topic: str, payload: bytes,
-                       logid: str) -> None:
+                       logid: str, content_type: str) -> None:
         try:
             await semaphore.acquire()
         except CancelledError:
@@ -233,7 +234,7 @@ class WebhookBus:
         try:
             if self._stopped:
                 self._cancelled()
-            await self._deliver(topic, payload, logid)
+            await self._deliver(topic, payload, logid, content_type)
         except CancelledError:
             self._cancelled()
             raise
@@ -249,9 +250,9 @@ class WebhookBus:
         if self._stopped:
             raise BusUnavailable(f"the webhook bus {self.safe_url} stopped")
 
-    async def _deliver(self, topic: str, payload: bytes, logid: str) -> None:
+    async def _deliver(self, topic: str, payload: bytes, logid: str, content_type: str) -> None:
         headers = Headers({
-            b"Content-Type": [_CONTENT_TYPE],
+            b"Content-Type": [content_type.encode("latin-1")],
             b"X-Logid": [logid.encode()],
             b"X-Topic": [topic.encode()],
         })

@@ -15,9 +15,13 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from daojia_msg.bus.envelope import CONTENT_TYPE, BadEnvelope, Envelope, decode_envelope
-
-_CONTENT_TYPE = CONTENT_TYPE.encode()
+from daojia_msg.bus.envelope import (
+    CONTENT_TYPES,
+    BadEnvelope,
+    Envelope,
+    decode_envelope,
+    media_type,
+)
 
 
 class WebhookReceiver(Resource):
@@ -45,9 +49,11 @@ class WebhookReceiver(Resource):
         self.max_body = max_body
 
     def render_POST(self, request: Request) -> bytes | int:
-        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if ctype != _CONTENT_TYPE:
-            return answer(request, 415, b"expected Content-Type: application/x-protobuf")
+        header = request.getHeader(b"content-type")
+        ctype = media_type(header) if header else ""
+        if ctype not in CONTENT_TYPES:
+            return answer(request, 415, b"expected Content-Type: application/x-protobuf "
+                                        b"or application/json")
         assert request.content is not None
         body = request.content.read(self.max_body + 1)
         if len(body) > self.max_body:
@@ -58,9 +64,9 @@ class WebhookReceiver(Resource):
         if not body:
             return answer(request, 400, b"empty body")
         try:
-            envelope = decode_envelope(topic, body, logid)
-        except BadEnvelope:
-            return answer(request, 400, b"not a serialized Message")
+            envelope = decode_envelope(topic, body, logid, ctype)
+        except BadEnvelope as e:
+            return answer(request, 400, str(e).encode())
 
         def failed(failure: Failure | None = None) -> None:
             self.log.failure("on_envelope failed on {topic}", failure, topic=topic,

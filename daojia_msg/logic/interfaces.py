@@ -234,9 +234,11 @@ class IClock(Interface):
 class IPublisher(Interface):
     """Where C2S messages go: the node's buses behind one bounded buffer."""
 
-    def publish(route, payload, logid):
-        """Publish ``payload`` (a serialized ``Message`` of kind C2S) on the bus
-        and topic of ``route`` (a :class:`~daojia_msg.config.Route`).
+    def publish(route, payload, logid, content_type="application/x-protobuf"):
+        """Publish ``payload`` (a serialized ``Message`` of kind C2S, or what
+        the media type ``content_type`` says: the offers' outcomes are
+        ``application/json``) on the bus and topic of ``route`` (a
+        :class:`~daojia_msg.config.Route`), the media type travelling with it.
 
         Fires with None once the bus accepted it; fails with
         :class:`~daojia_msg.core.errors.BusUnavailable` when it did not (the

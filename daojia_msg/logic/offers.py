@@ -29,7 +29,8 @@ that is no offer id is "not offered"; the winner accepting again is OK). The
 outcome (accepted or expired) is told by S2C of ``offers.result_msgtype``
 (``{"offer_id", "state": "won" | "taken" | "expired"}``) to every uid pushed to,
 and published once as JSON ``{"offer_id", "state", "winner_uid"?}`` on the
-default bus, topic :data:`TOPIC`; the node that accepted or expired the offer
+default bus, topic :data:`TOPIC`, with the media type :data:`CONTENT_TYPE`
+(not the C2S envelope's protobuf); the node that accepted or expired the offer
 does it at once, and any node again if it died first (its result pushes are
 then de-duplicated by their idempotency keys: ``offer:<id>:<uid>:outcome``).
 """
@@ -67,6 +68,8 @@ OUTCOME_LEASE_S = 3.0
 CLAIM_BATCH = 100
 #: The bus topic of the outcomes (on the default bus).
 TOPIC = "offers"
+#: The media type of the outcomes published on :data:`TOPIC`.
+CONTENT_TYPE = "application/json"
 #: ``POST /v1/offers``'s limits.
 MAX_WAVES = 10
 MAX_COUNT = 100
@@ -339,6 +342,7 @@ class Offers:
                           f"offer:{oid}:{uid}:outcome") for uid in offer.pushed_to]
         if items:
             _raise_unavailable(await self.sending.push_s2c(items, spec.appcode))
-        await self.bus.publish(Route(spec.appcode, 0, TOPIC), _json(event), spec.logid)
+        await self.bus.publish(Route(spec.appcode, 0, TOPIC), _json(event), spec.logid,
+                               CONTENT_TYPE)
         assert self.store is not None
         await self.store.notified(spec.offer_id)

@@ -218,11 +218,12 @@ def fake_bus(config: BusConfig | None = None, connected: bool = True,
     return bus, clock, bus._conn
 
 
-def xadd_args(*entries: tuple[bytes, bytes, bytes], maxlen: bytes = b"500") -> tuple[Any, ...]:
-    """The script's arguments for ``(topic, payload, logid)`` entries."""
-    args: list[Any] = [len(entries), *(topic for topic, _, _ in entries), maxlen]
-    for _, payload, logid in entries:
-        args += [payload, logid]
+def xadd_args(*entries: tuple[bytes, ...], maxlen: bytes = b"500") -> tuple[Any, ...]:
+    """The script's arguments for ``(topic, payload, logid[, content_type])``
+    entries (no content type: the envelope's protobuf, sent as empty)."""
+    args: list[Any] = [len(entries), *(entry[0] for entry in entries), maxlen]
+    for _, payload, logid, *content_type in entries:
+        args += [payload, logid, content_type[0] if content_type else b""]
     return tuple(args)
 
 

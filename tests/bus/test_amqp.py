@@ -66,6 +66,15 @@ class PublishTests(AmqpTestCase):
         self.assertIsNone(await self.raw.get(queue))
         self.assertIsNone(await self.raw.get(other))  # the routing key is the topic, exactly
 
+    async def test_the_media_type_is_the_content_type(self) -> None:
+        bus = await self.started()
+        queue = await self.raw.bind(self.exchange, self.topic)
+        await bus.publish(self.topic, b'{"offer_id":"1"}', "1", "application/json")
+        got = await self.raw.get(queue)
+        assert got is not None
+        self.assertEqual((got.body, got.properties.content_type),
+                         (b'{"offer_id":"1"}', "application/json"))
+
     async def test_exchange_is_a_durable_topic_exchange(self) -> None:
         await self.started()
         # Declaring it again with the same type and flags is accepted ...

@@ -16,6 +16,7 @@ from twisted.logger import globalLogPublisher
 from daojia_msg.bus.amqp_connection import BACKOFF_INITIAL_S, Broker
 from daojia_msg.bus.amqp_consumer import AmqpConsumer
 from daojia_msg.bus.envelope import Envelope
+from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.bus.amqp_helpers import (
     AmqpTestCase,
     Proxy,
@@ -62,6 +63,20 @@ class ConsumerTests(AmqpTestCase):
         await done
         self.assertEqual(got[0], Envelope(self.topic, first, "outer-1"))
         self.assertEqual(got[1], Envelope(self.topic, second, "inner-2"))  # the Message's logid
+
+    async def test_a_json_message_is_json(self) -> None:
+        got, done = self.collector(2)
+        consumer = self.consumer(self.on_envelope)
+        await consumer.start()
+        bus = await self.started()
+        await bus.publish(self.topic, b'{"offer_id":"7","state":"expired"}', "7",
+                          "application/json")
+        await bus.publish(self.topic, message(msgid=8).SerializeToString(), "8")
+        await done
+        self.assertEqual(got[0], Envelope(self.topic, pb.Message(), "7", "application/json",
+                                          {"offer_id": "7", "state": "expired"}))
+        self.assertEqual((got[1].content_type, got[1].message.msgid),
+                         ("application/x-protobuf", 8))
 
     async def test_waits_for_the_handler_then_acks(self) -> None:
         held: Deferred[None] = Deferred()

@@ -28,6 +28,13 @@ class MemoryBusTests(SynchronousTestCase):
         self.assertEqual(len(seen), 3)
         self.successResultOf(bus.stop())
 
+    def test_keeps_each_topic_s_media_type(self) -> None:
+        bus = MemoryBus()
+        bus.publish("offers", b"{}", "1", "application/json")
+        bus.publish("gps", b"g", "2")
+        self.assertEqual(bus.content_types, {"offers": "application/json",
+                                             "gps": "application/x-protobuf"})
+
     def test_a_failing_subscriber_neither_fails_the_publish_nor_the_others(self) -> None:
         bus = MemoryBus()
         seen: list[bytes] = []

@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from daojia_msg.bus.envelope import CONTENT_TYPE
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.redis_streams import MAX_BATCH, MAX_BATCH_BYTES, XADD_BATCH, RedisStreamsBus
 from daojia_msg.config import BusConfig, parse_redis_url
@@ -67,6 +68,13 @@ class PublishTests(RedisTestCase):
         flat = (await self.raw.execute_command("XRANGE", self.topic, "-", "+"))[0][1]
         self.assertEqual(flat[::2], [b"msg", b"logid"])
 
+    async def test_another_media_type_is_a_third_field(self) -> None:
+        bus = await self.open_bus()
+        await bus.publish(self.topic, b'{"offer_id":"1"}', "1", "application/json")
+        flat = (await self.raw.execute_command("XRANGE", self.topic, "-", "+"))[0][1]
+        self.assertEqual(flat, [b"msg", b'{"offer_id":"1"}', b"logid", b"1",
+                                b"content_type", b"application/json"])
+
     async def test_maxlen_trims_approximately(self) -> None:
         bus = await self.open_bus(stream_maxlen=10)
         count = 1000
@@ -103,7 +111,7 @@ class PublishTests(RedisTestCase):
         self.assertEqual(command[1:3], [XADD_BATCH.sha.encode(), b"300"])
         self.assertEqual(command[3:303], [topics[n % 3].encode() for n in range(300)])
         self.assertEqual(command[303], b"1000000")  # bus.stream_maxlen
-        self.assertEqual(len(command), 304 + 2 * 300)
+        self.assertEqual(len(command), 304 + 3 * 300)
         for i, topic in enumerate(topics):
             expected = [b"warm-up"] if i == 0 else []
             expected += [f"l{n}".encode() for n in range(i, 300, 3)]
@@ -169,7 +177,7 @@ class PublishTests(RedisTestCase):
         self.addCleanup(cast(ITransport, wire.transport).loseConnection)
         eval_ = [b"EVAL", XADD_BATCH.source.encode(), b"3", self.topic.encode(),
                  not_a_stream.encode(), self.topic.encode(), b"100",
-                 b"a", b"la", b"b", b"lb", b"c", b"lc"]
+                 b"a", b"la", b"", b"b", b"lb", b"", b"c", b"lc", b""]
         auth = [[b"AUTH", u.password.encode()]] if u.password else []
         reply = await wire.send(*auth, [b"SELECT", str(u.db).encode()], eval_)
         ids = [entry_id for entry_id, _ in await self.entries(self.topic)]
@@ -307,7 +315,21 @@ class BatchTests(SynchronousTestCase):
     def test_script_is_the_one_redis_runs(self) -> None:
         self.assertEqual(XADD_BATCH.sha, hashlib.sha1(XADD_BATCH.source.encode()).hexdigest())
         self.assertIn("redis.pcall('XADD', topic, 'MAXLEN', '~', maxlen, '*',", XADD_BATCH.source)
-        self.assertIn("'msg', ARGV[2 * i], 'logid', ARGV[2 * i + 1]", XADD_BATCH.source)
+        self.assertIn("'msg', ARGV[at], 'logid', ARGV[at + 1])", XADD_BATCH.source)
+        self.assertIn("'msg', ARGV[at], 'logid', ARGV[at + 1], 'content_type', ARGV[at + 2])",
+                      XADD_BATCH.source)
+
+    def test_the_media_type_goes_with_its_entry(self) -> None:
+        """Empty for the envelope's protobuf (no field), else the media type."""
+        bus, clock, redis = fake_bus()
+        a = bus.publish("offers", b"{}", "l1", "application/json")
+        b = bus.publish("gps", b"\xff", "l2", CONTENT_TYPE)
+        clock.advance(0)
+        self.assertEqual(redis.commands, [(b"EVALSHA", XADD_BATCH.sha.encode(), *xadd_args(
+            (b"offers", b"{}", b"l1", b"application/json"), (b"gps", b"\xff", b"l2", b"")))])
+        redis.replies[0].callback(["1-0", "1-1"])
+        self.assertIsNone(self.successResultOf(a))
+        self.assertIsNone(self.successResultOf(b))
 
     def test_a_turn_is_one_evalsha(self) -> None:
         bus, clock, redis = fake_bus()

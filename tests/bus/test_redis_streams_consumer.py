@@ -49,6 +49,24 @@ class ConsumerTests(RedisTestCase):
         self.assertEqual([e.logid for e in received.envelopes], ["first", "log-1"])
         self.assertEqual(received.envelopes[1].message.msgid, 2**64 - 3)
 
+    async def test_a_json_entry_is_json_and_old_entries_protobuf(self) -> None:
+        """An entry with a ``content_type`` field is decoded as it says; one
+        without (as every entry before the field) is the protobuf envelope."""
+        bus = await self.open_bus()
+        await self.raw.execute_command("XADD", self.topic, "*", "msg", message(1), "logid", "old")
+        await bus.publish(self.topic, b'{"offer_id":"7","state":"expired"}', "7",
+                          "application/json")
+        await bus.publish(self.topic, message(2), "new")
+        received = Received()
+        await self.consumer(received, start_id="0")
+        await received.wait(3)
+        old, offer, new = received.envelopes
+        self.assertEqual((old.logid, old.content_type, old.message.msgid),
+                         ("old", "application/x-protobuf", 2**64 - 2))
+        self.assertEqual((offer.logid, offer.content_type, offer.data),
+                         ("7", "application/json", {"offer_id": "7", "state": "expired"}))
+        self.assertEqual((new.logid, new.message.msgid), ("new", 2**64 - 3))
+
     async def test_stop_while_blocked_is_prompt(self) -> None:
         consumer = RedisStreamsConsumer(self.url, self.topic, reactor, Received(),
                                         block_ms=30_000)

@@ -7,7 +7,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from daojia_msg.bus.envelope import BadEnvelope, decode_envelope, log_fields
+from daojia_msg.bus.envelope import (
+    CONTENT_TYPE,
+    JSON,
+    BadEnvelope,
+    Envelope,
+    decode_envelope,
+    log_fields,
+    media_type,
+)
 from daojia_msg.bus.interfaces import IMessageBus
 from daojia_msg.bus.memory import MemoryBus
 from daojia_msg.bus.router import BusRouter, make_bus
@@ -24,6 +32,7 @@ class HeldBus:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes, str, Deferred[None]]] = []
+        self.content_types: list[str] = []
 
     def start(self) -> Deferred[None]:
         return Deferred.fromCoroutine(_none())
@@ -31,9 +40,11 @@ class HeldBus:
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(_none())
 
-    def publish(self, topic: str, payload: bytes, logid: str) -> Deferred[None]:
+    def publish(self, topic: str, payload: bytes, logid: str,
+                content_type: str = CONTENT_TYPE) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self.published.append((topic, payload, logid, d))
+        self.content_types.append(content_type)
         return d
 
 
@@ -69,6 +80,14 @@ class RouterTests(SynchronousTestCase):
         default = r.default
         assert isinstance(default, HeldBus)
         self.assertEqual([t for t, *_ in default.published], ["gps"])
+
+    def test_the_media_type_goes_to_the_bus(self) -> None:
+        r, _, _ = router()
+        r.publish(Route(1002, 0, "offers"), b"{}", "L1", "application/json")
+        r.publish(ROUTE, b"g", "L2")
+        bus = r.default
+        assert isinstance(bus, HeldBus)
+        self.assertEqual(bus.content_types, ["application/json", "application/x-protobuf"])
 
     def test_pressure_when_full_and_release_at_half(self) -> None:
         r, _, changes = router(max_pending=4)
@@ -185,6 +204,21 @@ class EnvelopeTests(SynchronousTestCase):
         self.assertEqual(decode_envelope("gps", payload, "given").logid, "given")
         with self.assertRaises(BadEnvelope):
             decode_envelope("gps", b"\xff\xff\xff", "")
+
+    def test_decode_by_media_type(self) -> None:
+        offer = decode_envelope("offers", b'{"offer_id":"7","state":"expired"}', "7", JSON)
+        self.assertEqual(offer, Envelope("offers", pb.Message(), "7", JSON,
+                                         {"offer_id": "7", "state": "expired"}))
+        for bad in (b"[1]", b"{", b"\xff"):
+            with self.assertRaises(BadEnvelope):
+                decode_envelope("offers", bad, "", JSON)
+        with self.assertRaisesRegex(BadEnvelope, "unknown content type 'text/plain'"):
+            decode_envelope("gps", b"x", "", "text/plain")
+
+    def test_media_type(self) -> None:
+        self.assertEqual([media_type(v) for v in (None, "", b"", "Application/JSON; charset=utf-8",
+                                                  b"application/x-protobuf")],
+                         [CONTENT_TYPE, CONTENT_TYPE, CONTENT_TYPE, JSON, CONTENT_TYPE])
 
     def test_log_fields(self) -> None:
         payload = pb.Message(msgid=5, from_uid=7, from_appcode=1001, kind=pb.C2S,

@@ -58,6 +58,14 @@ class PublishTests(WebhookTestCase):
         self.assertEqual(request.header(b"authorization"),
                          [b"Basic " + base64.b64encode(b"alice:s@cr3t")])
 
+    async def test_the_media_type_is_the_content_type(self) -> None:
+        receiver = Scripted()
+        bus, _ = self.open_bus(self.serve(receiver))
+        await bus.publish("offers", b'{"offer_id":"1"}', "1", "application/json")
+        [request] = receiver.requests
+        self.assertEqual((request.body, request.header(b"content-type")),
+                         (b'{"offer_id":"1"}', [b"application/json"]))
+
     async def test_no_userinfo_no_authorization(self) -> None:
         receiver = Scripted()
         bus, _ = self.open_bus(self.serve(receiver))

@@ -32,6 +32,16 @@ class ReceiverTests(WebhookTestCase):
         self.assertEqual(first.message.kind, pb.C2S)
         self.assertEqual(second.logid, "inner-6")  # no X-Logid: the Message's own
 
+    async def test_decodes_json_by_its_content_type(self) -> None:
+        url, got = self.receiver()
+        bus, _ = self.open_bus(url, webhook_retries=0)
+        await bus.publish("offers", b'{"offer_id":"7","state":"expired"}', "7",
+                          "application/json")
+        self.assertEqual(got, [Envelope("offers", pb.Message(), "7", "application/json",
+                                        {"offer_id": "7", "state": "expired"})])
+        error = await unavailable(self, bus.publish("offers", b"[1]", "8", "application/json"))
+        self.assertIn("refused it: HTTP 400", str(error))
+
     async def test_bad_body_is_400_and_not_retried(self) -> None:
         url, got = self.receiver()
         bus, _ = self.open_bus(url, webhook_retries=3)

@@ -147,6 +147,8 @@ class OffersTests(SynchronousTestCase):
         self.assertEqual(self.view(offer), ("accepted", 2, [1, 2, 3]))
         self.assertEqual(self.events(), [{"offer_id": str(offer), "state": "accepted",
                                           "winner_uid": 2}])
+        # Published as what it is: JSON, not the C2S envelope's protobuf.
+        self.assertEqual(self.stack.bus.content_types["offers"], "application/json")
         self.advance(40)  # no more waves, no expiry, no second event
         self.assertEqual(self.pushes(), dict.fromkeys(range(1, 5), []))
         self.assertEqual(self.view(offer)[0], "accepted")
