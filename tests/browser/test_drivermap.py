@@ -80,6 +80,25 @@ class DriverMapTests(NodeTestCase):
                                    arg={"uid": "105", "at": at["105"]}, timeout=15000)
         self.assertTrue(moved)
         await browser.screenshot("ops", "drivers-map")
+
+        # A radius the form refuses: its error outlives the refreshes of the
+        # query before (a marker moves again: a refresh came and went), and the
+        # caption says the map is still that query.
+        await browser.call("fill", page="ops", selector='[data-testid="map-radius"]', value="0")
+        await browser.call("click", page="ops", selector='[data-testid="map-submit"]')
+        moved_at = await browser.call("evaluate", page="ops", expression=MARKER_AT, arg="105")
+        self.assertTrue(await browser.call("waitUntil", page="ops", expression=MOVED,
+                                           arg={"uid": "105", "at": moved_at}, timeout=15000))
+        self.assertEqual(await browser.call("texts", page="ops",
+                                            selector='[data-testid="map-error"]'),
+                         ["The radius is more than 0 and at most 50,000 metres."])
+        caption = await browser.call("texts", page="ops", selector='[data-testid="map-caption"]')
+        self.assertTrue(caption[0].startswith("Still showing the last valid query: "
+                                              f"{DRIVERS} drivers online on app 1002 within "
+                                              "3,000 m"), caption)
+        await browser.screenshot("ops", "drivers-map-form-error")
+        await browser.call("fill", page="ops", selector='[data-testid="map-radius"]', value="3000")
+        await browser.call("click", page="ops", selector='[data-testid="map-submit"]')
         errors: list[Any] = await browser.call("errors", page="ops")
         self.assertEqual(errors, [])
 

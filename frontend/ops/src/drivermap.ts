@@ -6,7 +6,9 @@
 // an app outside the key's user system) stay in the panel and stop its
 // refreshes until the form asks again (a deployment without the demo apps
 // is not asked the same wrong question every 3 s); the dashboard's own
-// polls report the node's other troubles.
+// polls report the node's other troubles. A form the panel itself refuses
+// (a radius of 0) keeps its error until a valid form is sent; meanwhile the
+// map goes on with the query before it, and its caption says so.
 
 import { h, show } from "@shared/dom";
 
@@ -129,6 +131,12 @@ export class DriverMap {
   private busy = false;
   /** The node refused the query: not asked again until the form is sent. */
   private refused = false;
+  /** Why the form's values are no query (until a valid form is sent). */
+  private formError = "";
+  /** Why the last read of the query failed ("" once one succeeds). */
+  private readError = "";
+  /** What the map shows: the query's drivers (null: its read failed). */
+  private shown: { query: MapQuery; drivers: NearbyDriver[] | null } | null = null;
   private readonly appcode: HTMLInputElement;
   private readonly lat: HTMLInputElement;
   private readonly lon: HTMLInputElement;
@@ -181,16 +189,22 @@ export class DriverMap {
     event.preventDefault();
     const q = parseQuery(this.appcode.value, this.lat.value, this.lon.value, this.radius.value);
     if (typeof q === "string") {
-      this.showError(q);
+      // The map keeps the query before; the error stays until a valid form.
+      this.formError = q;
+      this.showError();
+      this.caption.textContent = this.captionText();
       return;
     }
     this.query = q;
     this.refused = false;
-    this.showError("");
+    this.formError = "";
+    this.readError = "";
+    this.showError();
     void this.refresh();
   }
 
-  private showError(text: string): void {
+  private showError(): void {
+    const text = [this.formError, this.readError].filter((t) => t !== "").join(" ");
     this.error.textContent = text;
     show(this.error, text !== "");
   }
@@ -208,26 +222,48 @@ export class DriverMap {
       if (api !== this.api || query !== this.query) {
         return; // signed out or asked for something else meanwhile
       }
-      this.showError("");
+      this.readError = "";
+      this.showError();
       this.show(query, answer.drivers);
     } catch (e) {
       if (api === this.api && query === this.query) {
         this.refused = e instanceof ApiError && REFUSALS.includes(e.status);
         const again = this.refused ? " Change the query and press Show." : "";
-        this.showError(e instanceof ApiError ? `The node answered ${e.status}: ${e.message}.${again}`
-          : `The drivers could not be read: ${e instanceof Error ? e.message : String(e)}`);
-        this.show(query, []);
+        this.readError = e instanceof ApiError ? `The node answered ${e.status}: ${e.message}.${again}`
+          : `The drivers could not be read: ${e instanceof Error ? e.message : String(e)}`;
+        this.showError();
+        this.show(query, null);
       }
     } finally {
       this.busy = false;
     }
   }
 
-  private show(query: MapQuery, drivers: NearbyDriver[]): void {
+  /** The caption of what is shown: no count for a failed read, and a word
+   * that it is the query before when the form's values are refused. */
+  private captionText(): string {
+    if (this.shown === null) {
+      return "";
+    }
+    const { query, drivers } = this.shown;
+    const where = `app ${query.appcode} within ${query.radius_m.toLocaleString("en")} m of ${query.lat}, ${query.lon}`;
+    let text: string;
+    if (drivers === null) {
+      text = this.refused ? `No drivers shown: the node refused the query for ${where}.`
+        : `No drivers shown: those of ${where} could not be read.`;
+    } else {
+      const more = drivers.length >= NEARBY_LIMIT ? ` (the nearest ${NEARBY_LIMIT}; there may be more)` : "";
+      text = `${drivers.length} driver${drivers.length === 1 ? "" : "s"} online on ${where}${more}.`;
+    }
+    return this.formError === "" ? text : `Still showing the last valid query: ${text}`;
+  }
+
+  private show(query: MapQuery, found: NearbyDriver[] | null): void {
+    const drivers = found ?? [];
     drawMap(this.map, query, drivers);
     const now = this.now();
-    const more = drivers.length >= NEARBY_LIMIT ? ` (the nearest ${NEARBY_LIMIT}; there may be more)` : "";
-    this.caption.textContent = `${drivers.length} driver${drivers.length === 1 ? "" : "s"} online on app ${query.appcode} within ${query.radius_m.toLocaleString("en")} m of ${query.lat}, ${query.lon}${more}.`;
+    this.shown = { query, drivers: found };
+    this.caption.textContent = this.captionText();
     this.rows.replaceChildren(...drivers.map((d) => h("tr", { testid: "map-driver-row", attrs: { "data-uid": String(d.uid) } },
       h("td", { text: String(d.uid) }),
       h("td", { className: "num", text: `${Math.round(d.distance_m).toLocaleString("en")} m` }),

@@ -166,6 +166,50 @@ describe("DriverMap", () => {
     expect(error.textContent).toContain("latitude");
   });
 
+  it("keeps the form's error through the refreshes of the query before, and says it is that one", async () => {
+    const { map, paths } = panel(new Map([["/v1/nearby", { status: 200, body: { drivers: [driver(7, 0, 100)] } }]]));
+    mounted = map;
+    await map.refresh();
+    const error = document.querySelector('[data-testid="map-error"]') as HTMLElement;
+    const caption = document.querySelector('[data-testid="map-caption"]')!;
+    const radius = document.querySelector('[data-testid="map-radius"]') as HTMLInputElement;
+    const submit = document.querySelector('[data-testid="map-submit"]') as HTMLButtonElement;
+    for (const bad of ["0", "abc"]) {
+      radius.value = bad;
+      submit.click();
+      await flush();
+      await map.refresh(); // the periodic refresh, of the query before: it succeeds
+      await map.refresh();
+      expect(error.hidden).toBe(false);
+      expect(error.textContent).toBe("The radius is more than 0 and at most 50,000 metres.");
+      expect(caption.textContent).toBe(
+        "Still showing the last valid query: 1 driver online on app 1002 within 3,000 m of 31.2304, 121.4737.");
+    }
+    expect(paths.every((p) => p === nearbyPath(DEMO_QUERY))).toBe(true);
+    radius.value = "500";
+    submit.click();
+    await flush();
+    expect(paths.at(-1)).toBe("/v1/nearby?appcode=1002&lat=31.2304&lon=121.4737&radius_m=500&limit=100");
+    expect(error.hidden).toBe(true);
+    expect(caption.textContent).toBe("1 driver online on app 1002 within 500 m of 31.2304, 121.4737.");
+  });
+
+  it("shows no count for a refused query, nor for one it could not read", async () => {
+    const answers = new Map<string, Answer>([["/v1/nearby", { status: 400, body: { error: "appcode: no app 9999 is configured" } }]]);
+    const { map } = panel(answers);
+    mounted = map;
+    (document.querySelector('[data-testid="map-appcode"]') as HTMLInputElement).value = "9999";
+    (document.querySelector('[data-testid="map-submit"]') as HTMLButtonElement).click();
+    await flush();
+    const caption = document.querySelector('[data-testid="map-caption"]')!;
+    expect(caption.textContent).toBe("No drivers shown: the node refused the query for app 9999 within 3,000 m of 31.2304, 121.4737.");
+    answers.set("/v1/nearby", { status: 503, body: { error: "Redis is unavailable" } });
+    (document.querySelector('[data-testid="map-submit"]') as HTMLButtonElement).click();
+    await flush();
+    expect(caption.textContent).toBe("No drivers shown: those of app 9999 within 3,000 m of 31.2304, 121.4737 could not be read.");
+    expect(caption.textContent).not.toMatch(/\d drivers? online/);
+  });
+
   it("says the node's refusal in the panel and clears the markers", async () => {
     const answers = new Map<string, Answer>([["/v1/nearby", { status: 200, body: { drivers: [driver(7, 0, 100)] } }]]);
     const { map } = panel(answers);
