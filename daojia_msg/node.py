@@ -202,7 +202,7 @@ class Node(MultiService):
         if config.demo:
             self.log.warn("running the development-only demo apps 1001 and 1002: "
                           "do not expose this node")
-        if not config.mysql.url:  # one node to a data directory
+        if not config.mysql.url and not self.clustered:  # one node 0 to a data directory
             self._data_lock = DataDirLock(config.data_dir)
             self._data_lock.acquire()
         self.store = self._message_store()

@@ -1,13 +1,14 @@
 # -*- test-case-name: tests.store.test_datadir -*-
 """One node to a data directory.
 
-Two nodes on one data directory would both be node 0 on one SQLite file,
-hand out the same msgids and fail each other's writes (UNIQUE constraint on
-the msgid, answered 503). So a node holds an exclusive lock on
+Two single nodes (no Redis) on one data directory would both be node 0 on one
+SQLite file, hand out the same msgids and fail each other's writes (UNIQUE
+constraint on the msgid, answered 503). So such a node holds an exclusive lock on
 ``<data_dir>/node.lock`` while it runs (``flock``: the kernel drops it when
 the process ends, however it ends, so a SIGKILLed node leaves nothing to
 clean up), and a second node on the same directory stops at start-up,
-naming the directory and the pid of the node that holds it.
+naming the directory and the pid of the node that holds it. Nodes of a
+cluster (Redis) take their node ids from leases, which keep them apart.
 """
 
 from __future__ import annotations
