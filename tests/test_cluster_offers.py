@@ -30,6 +30,15 @@ def offer_body(waves: list[tuple[float, int, float]], deadline_s: float) -> dict
             "accept_deadline_s": deadline_s}
 
 
+async def _code(answer: Any) -> str:
+    """"OK", or the reason of the ResultError ``answer`` fails with."""
+    try:
+        await answer
+    except ResultError as e:
+        return str(e.reason)
+    return "OK"
+
+
 def told(inbox: Inbox) -> list[tuple[int, bytes]]:
     return [(m.msgtype, m.content) for m in inbox.messages]
 
@@ -83,6 +92,35 @@ class ClusterOffersTests(TwoNodes):
                                                      "winner_uid": 42, "pushed_to": [41, 42]})
         self.assertEqual(self.events(), [{"offer_id": offer_id, "state": "accepted",
                                           "winner_uid": 42}])
+
+    async def test_concurrent_accepts_on_both_nodes_one_wins(self) -> None:
+        """Six drivers, three on each node, are offered the same order and
+        all accept at once: exactly one Result is OK, the five others are
+        "offer taken", each is told won or taken, and one outcome is published."""
+        drivers: list[tuple[Any, Inbox]] = []
+        for k in range(6):
+            self.node = (self.node1, self.node2)[k % 2]
+            client, inbox = await self.client(51 + k, 1002)
+            await client.c2s(1, b"%.6f,%.6f" % (LAT, LON + (20 + 10 * k) / 95_200))
+            drivers.append((client, inbox))
+        offer_id = await self.create(self.node1, offer_body([(2000, 6, 0)], 30))
+        for _, inbox in drivers:
+            await inbox.wait(1)
+        accepts = [Deferred.fromCoroutine(_code(client.c2s(ACCEPT, offer_id.encode())))
+                   for client, _ in drivers]
+        codes = [await d for d in accepts]
+        self.assertEqual(sorted(codes), ["OK"] + ["offer taken"] * 5)
+        winner = 51 + codes.index("OK")
+        for k, (_, inbox) in enumerate(drivers):
+            await inbox.wait(2)
+            self.assertEqual(json.loads(inbox.messages[1].content),
+                             {"offer_id": offer_id,
+                              "state": "won" if 51 + k == winner else "taken"})
+        view = await self.view(offer_id)
+        self.assertEqual((view["state"], view["winner_uid"], sorted(view["pushed_to"])),
+                         ("accepted", winner, list(range(51, 57))))
+        self.assertEqual(self.events(), [{"offer_id": offer_id, "state": "accepted",
+                                          "winner_uid": winner}])
 
     async def test_the_next_wave_and_the_expiry_when_the_creating_node_stops(self) -> None:
         """Node 1 creates the offer and pushes its first wave, then stops:
