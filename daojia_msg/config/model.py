@@ -195,7 +195,7 @@ class Limits:
     node_max_inflight: int = 2000
     #: The latency admission aims at: the bound in force follows the time
     #: admitted C2C and C2S take to be answered, between 32 and
-    #: ``node_max_inflight`` (:class:`~daojia_msg.gate.limits.Admission`).
+    #: ``node_max_inflight`` (HTTP pushes: up to ``http_max_inflight``) (:class:`~daojia_msg.core.admission.Admission`).
     #: 0 = a fixed count.
     admission_target_ms: float = 250.0
     #: HTTP pushes (single and batch requests) in work at once on the node;

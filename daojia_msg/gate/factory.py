@@ -25,7 +25,8 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from daojia_msg.config import Limits
-from daojia_msg.gate.limits import OVER_CAPACITY, Admission, PeerCounter
+from daojia_msg.core.admission import Admission
+from daojia_msg.gate.limits import OVER_CAPACITY, PeerCounter
 from daojia_msg.gate.protocol import GateProtocol
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
@@ -36,7 +37,7 @@ from daojia_msg.protocol.errors import RateLimited
 
 class AdmittedLogic:
     """``logic`` as the connections see it: C2C and C2S pass
-    :class:`~daojia_msg.gate.limits.Admission` first (refused: a failed
+    :class:`~daojia_msg.core.admission.Admission` first (refused: a failed
     Deferred with :class:`RateLimited`, answered RATE_LIMITED); everything
     else is the logic's own."""
 

@@ -37,8 +37,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from daojia_msg.config import Limits
+from daojia_msg.core.admission import Admission
 from daojia_msg.gate.lanes import CONTROL, NORMAL, PRIORITY, Lanes
-from daojia_msg.gate.limits import OVER_CAPACITY, Admission, TokenBucket
+from daojia_msg.gate.limits import OVER_CAPACITY, TokenBucket
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import IClientConnection
 from daojia_msg.logic.service import LogicService

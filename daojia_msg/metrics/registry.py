@@ -207,7 +207,7 @@ class AdmissionGauges(ScrapeCollector):
     ``limits.node_max_inflight``, or less while answers are slower than
     ``limits.admission_target_ms``; 0: no bound) and
     ``msgplatform_admission_inflight`` (C2C and C2S in work now), read from
-    the gate's :class:`~daojia_msg.gate.limits.Admission` at scrape time."""
+    the gate's :class:`~daojia_msg.core.admission.Admission` at scrape time."""
 
     def __init__(self, admission: Callable[[], tuple[int, int]]) -> None:
         self.admission = admission

@@ -9,9 +9,11 @@ accepted), a push the store did not confirm within ``store.answer_timeout_s``
 logged and answered 500 ``{"error": "internal"}``, and the node keeps serving.
 
 Admission control: at most ``limits.http_max_inflight`` pushes (single and
-batch requests) are in work at once on the node; past that a push is
-answered 429 with ``Retry-After`` at once, before its body is parsed or its key
-checked, instead of queueing work that would time out (504) later.
+batch requests) are in work at once on the node, fewer while they take longer
+than ``limits.admission_target_ms`` to answer
+(:class:`~daojia_msg.core.admission.Admission`, as the gate's C2C); past that a
+push is answered 429 with ``Retry-After`` at once, before its body is parsed or
+its key checked, instead of queueing work that would time out (504) later.
 
 Pushes may carry an idempotency key (the ``Idempotency-Key`` header of a
 single push, ``idempotency_key`` in a batch item): one key space per app
@@ -37,6 +39,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from daojia_msg.config import Config
+from daojia_msg.core.admission import Admission
 from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.logic.service import LogicService, PushItem, PushOutcome
 from daojia_msg.protocol import errors
@@ -130,9 +133,9 @@ class Api:
         self.stats: StatsView = stats or logic.stats.snapshot
         self.nodes = nodes
         self.trace = trace
-        #: Pushes in work now, and how many were refused (429) for the bound.
-        self.inflight = 0
-        self.refused = 0
+        #: The pushes in work, bounded (429 past the bound in force).
+        self.admission = Admission(self.limits.http_max_inflight,
+                                   self.limits.admission_target_ms / 1000, logic.clock.seconds)
 
     def push_item(self, data: object, caller: Caller, fields: frozenset[str] = PUSH_FIELDS,
                   key: str = "") -> PushItem:
@@ -185,17 +188,16 @@ class Api:
         if not endpoint.admitted:
             await self._answer(endpoint, method, request)
             return
-        cap = self.limits.http_max_inflight
-        if cap and self.inflight >= cap:
-            self.refused += 1
+        admission = self.admission
+        if not admission.enter():
             request.setHeader(b"retry-after", RETRY_AFTER_S)
             write(request, OVER_CAPACITY)
             return
-        self.inflight += 1
+        started = admission.now()
         try:
             await self._answer(endpoint, method, request)
         finally:
-            self.inflight -= 1
+            admission.leave(started)
 
     async def _answer(self, endpoint: Endpoint, method: bytes, request: server.Request) -> None:
         try:

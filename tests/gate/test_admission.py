@@ -7,7 +7,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.gate.limits import OVER_CAPACITY, Admission
+from daojia_msg.core.admission import Admission
+from daojia_msg.gate.limits import OVER_CAPACITY
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.gate.test_protocol import with_limits

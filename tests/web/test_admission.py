@@ -35,9 +35,21 @@ class HttpAdmissionTests(ApiTestCase):
         self.assertEqual(parse_response(first.transport.value()).status, 200)
         self.assertEqual(parse_response(second.transport.value()).status, 200)
         api = self.site.resource.children[b"v1"].children[b"push"].api  # type: ignore[attr-defined]
-        self.assertEqual((api.inflight, api.refused), (0, 1))
+        self.assertEqual((api.admission.inflight, api.admission.refused), (0, 1))
         self.store.hold = False
         self.assertEqual(self.push(push_body(to_uid=4)).status, 200)
+
+    def test_slow_pushes_lower_the_bound_in_force(self) -> None:
+        """Pushes answered later than limits.admission_target_ms lower the
+        bound (here from 1,000: a push held 0.4 s against 100 ms halves it)."""
+        self.build(two_systems(http_max_inflight=1000, admission_target_ms=100.0))
+        api = self.site.resource.children[b"v1"].children[b"push"].api  # type: ignore[attr-defined]
+        self.store.hold = True
+        held = self.send("/v1/push", push_body())
+        self.node.clock.advance(0.4)
+        self.store.release()
+        self.assertEqual(parse_response(held.transport.value()).status, 200)
+        self.assertEqual(api.admission.limit, 500)
 
     def test_a_failed_push_frees_its_place(self) -> None:
         for _ in range(3):
