@@ -218,6 +218,10 @@ class IOfferStore(Interface):
         its notification leased until ``lease_until_ms``; fires with True if
         this call expired it (exactly one call does)."""
 
+    def hold(offer_id, until_ms):
+        """A decided offer whose outcome is not told yet: its telling is
+        held (no claim takes it) until ``until_ms``; fires with None."""
+
     def notified(offer_id):
         """The outcome was told: no more work is due; fires with None."""
 

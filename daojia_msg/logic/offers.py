@@ -62,7 +62,10 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 TICK_S = 0.2
 #: How long a claim holds an offer's work before another node may take it.
 LEASE_S = 1.0
-#: How long an accept or the expiry holds the telling of its outcome.
+#: How long an accept or the expiry holds the telling of its outcome, beyond
+#: the longest the telling may take (``store.answer_timeout_s`` for the
+#: outcome pushes, then ``bus.publish_timeout_s`` for the publication): a
+#: telling still under way is never taken over by another node's claim.
 OUTCOME_LEASE_S = 3.0
 #: Offers claimed by one tick at most.
 CLAIM_BATCH = 100
@@ -110,7 +113,9 @@ class Offers:
         self.sending = sending
         self.bus = bus
         self.lease_ms = round(LEASE_S * 1000)
-        self.outcome_lease_ms = round(OUTCOME_LEASE_S * 1000)
+        config = ctx.config
+        self.outcome_lease_ms = round((OUTCOME_LEASE_S + config.store.answer_timeout_s
+                                       + config.bus.publish_timeout_s) * 1000)
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = ctx.clock
         #: Offers this node is working on now, and those to work on again
@@ -281,7 +286,8 @@ class Offers:
         if offer.state != OPEN:
             if offer.notified:
                 await store.forget(offer_id)
-            else:
+            else:  # a node died (or failed) before telling it: hold it as long as a telling takes
+                await store.hold(offer_id, self.ctx.now_ms() + self.outcome_lease_ms)
                 await self._notify(offer)
             return
         now = self.ctx.now_ms()

@@ -157,6 +157,12 @@ class MemoryOffers:
         self._schedule(offer_id, lease_until_ms)
         return succeed(True)
 
+    def hold(self, offer_id: int, until_ms: int) -> Deferred[None]:
+        e = self._offers.get(offer_id)
+        if e is not None and e.state != OPEN and not e.notified:
+            self._schedule(offer_id, until_ms)
+        return succeed(None)
+
     def notified(self, offer_id: int) -> Deferred[None]:
         e = self._offers.get(offer_id)
         if e is not None:
@@ -252,6 +258,13 @@ return 1
 """)
 
 # KEYS = hash, due. ARGV: id.
+# KEYS = hash, due. ARGV: until, id.
+HOLD = Script("""
+local s = redis.call('HMGET', KEYS[1], 's', 'nt')
+if s[1] and s[1] ~= 'open' and s[2] ~= '1' then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2]) end
+return 1
+""")
+
 NOTIFIED = Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'nt', 1) end
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -339,6 +352,10 @@ class RedisOffers:
         d = EXPIRE(self.redis, [self._hash(offer_id), self.due],
                    [now_ms, lease_until_ms, offer_id])
         return d.addCallback(bool)
+
+    def hold(self, offer_id: int, until_ms: int) -> Deferred[None]:
+        d = HOLD(self.redis, [self._hash(offer_id), self.due], [until_ms, offer_id])
+        return d.addCallback(lambda _: None)
 
     def notified(self, offer_id: int) -> Deferred[None]:
         d = NOTIFIED(self.redis, [self._hash(offer_id), self.due], [offer_id])

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from daojia_msg.config import GeoConfig, OffersConfig, default_config
 from daojia_msg.core.errors import BusUnavailable, StoreUnavailable
 from daojia_msg.core.offers import Wave
-from daojia_msg.logic.offers import LEASE_S, OUTCOME_LEASE_S, TICK_S
+from daojia_msg.logic.offers import LEASE_S, OUTCOME_LEASE_S, TICK_S, Offers
 from daojia_msg.logic.sending import PushItem
 from daojia_msg.metrics.offers import OffersCollector
 from daojia_msg.protocol import errors
@@ -300,12 +300,45 @@ class OffersTests(SynchronousTestCase):
         self.assertEqual(self.events(), [])
         self.assertEqual(self.stack.logic.offers.failures, 1)
         bus.publish = real_publish  # type: ignore[method-assign]
-        self.advance(OUTCOME_LEASE_S + 0.2)
+        lease_s = self.stack.logic.offers.outcome_lease_ms / 1000
+        self.advance(lease_s + 0.2)
         self.assertEqual(self.events(), [{"offer_id": str(offer), "state": "accepted",
                                           "winner_uid": 1}])
         self.assertEqual(self.pushes()[1], [])
-        self.advance(OUTCOME_LEASE_S + 0.2)
+        self.advance(lease_s + 0.2)
         self.assertEqual(len(self.events()), 1)
+
+    def test_a_slow_publication_is_not_taken_over(self) -> None:
+        """The outcome's publication takes as long as the bus may take
+        (bus.publish_timeout_s, 5 s): no claim takes the telling over meanwhile,
+        so it is published once (it was twice with a 3 s hold), and a
+        telling a dead node left is held as long again before another try."""
+        self.driver(1, 100)
+        offer = self.create([(1000, 1, 0)])
+        self.pushes()
+        bus = self.stack.bus
+        real_publish = bus.publish
+        slow: list[Deferred[None]] = []
+
+        def publish(*args: Any) -> Deferred[None]:
+            slow.append(Deferred())
+            slow[-1].addCallback(lambda _: real_publish(*args))
+            return slow[-1]
+
+        bus.publish = publish  # type: ignore[method-assign]
+        logic = self.stack.logic  # a second node's offers on the same store,
+        other = Offers(logic.ctx, self.stack.offers, logic.positions, logic.sending, bus)
+        logic.offers.stop()  # which claims first from now on
+        other.start()
+        self.addCleanup(other.stop)
+        self.assertEqual(self.accept(1, offer).code, Code.OK)
+        self.advance(4.9)
+        self.assertEqual(len(slow), 1)  # nobody took it over while it was publishing
+        slow[0].callback(None)
+        self.advance(30)
+        self.assertEqual(len(slow), 1)
+        self.assertEqual(len(self.events()), 1)
+        self.assertEqual(self.stack.logic.offers.outcome_lease_ms, (3 + 3 + 5) * 1000)
 
     def test_a_store_that_is_down_is_unavailable(self) -> None:
         self.driver(1, 100)

@@ -104,6 +104,21 @@ def make_offer_store_tests(fixture: Callable[[TestCase], Any]) -> type[TestCase]
             self.assertTrue((await self.offers.load(77)).notified)
             self.assertEqual(await self.offers.claim(T0 + 99_000, T0 + 99_999, 10), [])
 
+        async def test_hold_only_a_decided_untold_outcome(self) -> None:
+            """hold() keeps claims off an outcome being told; an open offer's
+            work and a told outcome are not touched."""
+            await self.offers.create(new_offer(deadline_s=30), T0)
+            await self.offers.hold(77, T0 + 50_000)  # open: its next work stays due
+            self.assertEqual(await self.offers.claim(T0, T0 + 1000, 10), [77])
+            await self.offers.begin_wave(77, 0, [7], T0)
+            await self.offers.accept(77, APP, 7, T0 + 100, T0 + 3000)
+            await self.offers.hold(77, T0 + 11_000)
+            self.assertEqual(await self.offers.claim(T0 + 10_999, T0 + 12_000, 10), [])
+            self.assertEqual(await self.offers.claim(T0 + 11_000, T0 + 12_000, 10), [77])
+            await self.offers.notified(77)
+            await self.offers.hold(77, T0 + 20_000)  # told: nothing is due again
+            self.assertEqual(await self.offers.claim(T0 + 99_000, T0 + 99_999, 10), [])
+
         async def test_expiry_once_and_only_past_the_deadline(self) -> None:
             await self.offers.create(new_offer(deadline_s=30), T0)
             await self.offers.begin_wave(77, 0, [7], T0)
