@@ -48,7 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -78,6 +78,9 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
 #: Seconds after the first due time past which a failing escalation is given up.
 GIVE_UP_S = 3600.0
+#: After a 2xx, the first wait before marking it done again when the
+#: schedule failed to (doubling to 2 s, for as long as the claim lasts).
+FINISH_RETRY_S = 0.1
 #: Entries a failed schedule keeps in memory at most (beyond: dropped, logged).
 MAX_UNSAVED = 100_000
 #: ``escalate_after_s`` bounds (docs/openapi.yaml).
@@ -339,13 +342,19 @@ class Escalator(Service):
         self.ctx.stats.add((msg.to_appcode, msg.msgtype, msg.kind), "escalated")
         self.log.info("escalated {msgid} to {url}", msgid=msg.msgid, logid=msg.logid,
                       url=_shown(url), attempt=claim.attempts + 1, **recipient_fields(msg))
-        # Finished at once; a schedule that fails now is tried again within the
-        # lease, so no other node POSTs it again.
-        for _ in range(3):
+        # Finished at once; a schedule that fails now (Redis blipping) is tried
+        # again, 0.1 s later doubling to 2 s, as long as the lease lasts, so no
+        # other node POSTs it again.
+        delay = FINISH_RETRY_S
+        while True:
             try:
                 held = await self.schedule_store.finish(claim)
             except StoreError as e:
                 why = str(e)
+                if self.ctx.now_ms() + delay * 1000 >= claim.leased_until_ms:
+                    break
+                await deferLater(self.ctx.clock, delay, lambda: None)
+                delay = min(2 * delay, 2.0)
                 continue
             if not held:
                 self.log.warn("escalation of {msgid} POSTed after its claim ran out: another "

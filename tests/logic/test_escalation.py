@@ -328,6 +328,35 @@ class ClaimTests(EscalationTestCase):
         self.advance(escalation.LEASE_MARGIN_S)  # the lease ran out: claimed again
         self.assertEqual(len(self.poster.posts), 1)
 
+    def test_a_schedule_blip_after_the_2xx_does_not_post_it_again(self) -> None:
+        """The schedule refuses for 0.5 s just as the receiver answers 2xx:
+        marking it done is tried again within the lease, so the entry is not
+        claimed and POSTed again once the lease runs out."""
+        real = self.schedule.finish
+        down = {"on": False}
+
+        def finish(claim: Any) -> Deferred[Any]:
+            if down["on"]:
+                return fail(StoreUnavailable("redis EVALSHA: not connected"))
+            return real(claim)
+
+        self.schedule.finish = finish  # type: ignore[method-assign]
+        real_post = self.poster.post
+
+        def post(url: str, body: bytes, headers: dict[str, str]) -> Deferred[int]:
+            down["on"] = True
+            self.clock.callLater(0.5, down.update, on=False)
+            return real_post(url, body, headers)
+
+        self.poster.post = post  # type: ignore[method-assign]
+        self.push(after_s=1)
+        self.advance(2)
+        self.assertEqual(len(self.poster.posts), 1)
+        self.poster.post = real_post  # type: ignore[method-assign]
+        self.advance(escalation.LEASE_S + 2)
+        self.assertEqual(len(self.poster.posts), 1)
+        self.assertEqual(len(self.schedule), 0)
+
     def test_a_dead_escalators_claim_is_taken_over_after_its_lease(self) -> None:
         self.poster.answers = [None]  # its POST never answers: it dies in it
         self.push(after_s=1)
