@@ -89,7 +89,7 @@ class EscalationReceiver(Resource):
             return answer(request, 400, str(e).encode())
         # The appcode only picks the key: a forged one has no valid signature.
         secret = self.secrets.get(escalated.to_appcode)
-        given = (request.getHeader(SIGNATURE_HEADER.encode()) or b"").decode("ascii", "replace")
+        given = request.getHeader(SIGNATURE_HEADER.encode()) or b""
         if secret is None or not verify(secret, body, given):
             return answer(request, 401, b"bad signature")
         def failed(failure: Failure | None = None) -> None:

@@ -58,7 +58,13 @@ def signature(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def verify(secret: str, body: bytes, given: str) -> bool:
-    """Whether ``given`` is the signature of ``body`` (constant time): what a
-    receiver does."""
-    return hmac.compare_digest(signature(secret, body), given)
+def verify(secret: str, body: bytes, given: str | bytes) -> bool:
+    """Whether ``given`` (the header's value) is the signature of ``body``
+    (constant time): what a receiver does. A value that is not ASCII is no
+    signature (``compare_digest`` would raise on it, not answer False)."""
+    if isinstance(given, str):
+        try:
+            given = given.encode("ascii")
+        except UnicodeEncodeError:
+            return False
+    return hmac.compare_digest(signature(secret, body).encode("ascii"), given)

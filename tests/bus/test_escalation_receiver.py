@@ -14,7 +14,7 @@ from twisted.web import server
 
 from daojia_msg.bus.escalation import HttpEscalationPoster
 from daojia_msg.bus.escalation_receiver import EscalationReceiver, parse_escalation
-from daojia_msg.core.escalation import SIGNATURE_HEADER, Escalated, signature
+from daojia_msg.core.escalation import SIGNATURE_HEADER, Escalated, signature, verify
 from daojia_msg.core.model import Kind, StoredMessage
 from daojia_msg.logic.escalation import body_of
 
@@ -55,6 +55,16 @@ class ReceiverTests(TestCase):
         other_app = body.replace(b'"to_appcode":2002', b'"to_appcode":2003')
         self.assertEqual(await self.post(other_app), 401)  # an app it has no secret of
         self.assertEqual(self.got, [])
+
+    async def test_a_signature_that_is_not_ascii_is_401_not_500(self) -> None:
+        body = body_of(MSG)
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: "\u00e9" * 32}
+        self.assertEqual(await self.poster.post(self.url, body, headers), 401)
+        self.assertFalse(verify(SECRET, body, b"\xff" * 64))
+        self.assertFalse(verify(SECRET, body, "\ufffd" * 64))
+        self.assertTrue(verify(SECRET, body, signature(SECRET, body).encode()))
+        self.assertEqual(self.got, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     async def test_what_is_not_an_escalation(self) -> None:
         good = json.loads(body_of(MSG))
