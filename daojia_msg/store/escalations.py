@@ -42,7 +42,8 @@ from daojia_msg.store.sqlite import sqlite_pool
 @implementer(IEscalations)
 class MemoryEscalations:
     """The schedule of one node: entries by msgid and a heap of due times
-    (stale heap items, of entries finished or moved, are skipped)."""
+    (stale heap items, of entries finished or moved, are skipped, and dropped
+    once they are most of the heap)."""
 
     def __init__(self) -> None:
         #: msgid -> [to_uid, to_appcode, first_due_ms, attempts, due_ms, token]
@@ -92,6 +93,7 @@ class MemoryEscalations:
         if self._held(claim) is None:
             return succeed(False)
         del self._entries[claim.msgid]
+        self._compact()
         return succeed(True)
 
     def retry(self, claim: EscalationClaim, due_ms: int) -> Deferred[bool]:
@@ -106,7 +108,16 @@ class MemoryEscalations:
     def cancel(self, msgids: Iterable[int]) -> Deferred[None]:
         for msgid in msgids:
             self._entries.pop(msgid, None)
+        self._compact()
         return succeed(None)
+
+    def _compact(self) -> None:
+        """Drop the heap's stale slots (ACKed, finished or moved entries) once
+        they are most of it, so memory follows the entries waiting, not every
+        escalation of the last hour (a slot is ~130 bytes)."""
+        if len(self._due) > 2 * len(self._entries) + 1024:
+            self._due = [(e[4], msgid) for msgid, e in self._entries.items()]
+            heapq.heapify(self._due)
 
 
 # KEYS = due, entries, tokens. ARGV: (msgid, packed entry, due_ms)*.

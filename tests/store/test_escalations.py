@@ -102,6 +102,16 @@ class MemoryScheduleTests(ScheduleSuite, TestCase):
     def setUp(self) -> None:
         self.schedule = MemoryEscalations()
 
+    async def test_memory_follows_what_waits_not_what_was_acked(self) -> None:
+        """ACKed entries leave the heap of due times too (it kept a slot each
+        until its due time: an hour of escalations at escalate_after_s 3600)."""
+        await self.schedule.schedule([entry(m, T + 3_600_000) for m in range(10_000)])
+        await self.schedule.cancel(range(9_990))
+        self.assertEqual(len(self.schedule), 10)
+        self.assertLess(len(self.schedule._due), 2 * 10 + 1024 + 1)
+        claims = await self.claim(T + 3_600_000)
+        self.assertEqual(sorted(c.msgid for c in claims), list(range(9_990, 10_000)))
+
 
 class SQLiteScheduleTests(ScheduleSuite, TestCase):
     def setUp(self) -> Any:
