@@ -203,18 +203,37 @@ class Escalator(Service):
         self._loop.start(POLL_S, now=False)
 
     def stopService(self) -> Deferred[None]:
-        """Stop claiming; POSTs under way are cancelled (their claims run out
-        and another node, or this one's next start, takes them again); then
-        the HTTP client and the schedule close."""
+        """Stop claiming; POSTs under way are cancelled (their claims run out,
+        as they may have reached the receiver, and another node, or this
+        one's next start, takes them again then); claims not started yet and
+        escalations the schedule refused so far go back to the schedule at
+        once, so a rolling restart does not hold them for a lease; then the
+        HTTP client and the schedule close."""
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        waiting = list(self._claimed)
         self._claimed.clear()
         for d in list(self._working):
             d.cancel()
-        stopped = DeferredList([self.poster.stop(), self.schedule_store.stop()],
-                               consumeErrors=True)
-        return stopped.addCallback(lambda _: None)
+        d = Deferred.fromCoroutine(self._hand_back(waiting))
+        d.addBoth(lambda _: DeferredList([self.poster.stop(), self.schedule_store.stop()],
+                                         consumeErrors=True))
+        return d.addCallback(lambda _: None)
+
+    async def _hand_back(self, waiting: list[EscalationClaim]) -> None:
+        """At stop: the unsaved escalations written, the claims not started
+        due again now (as a retry: their attempt count grows by one)."""
+        try:
+            if self._unsaved:
+                entries, self._unsaved = self._unsaved, []
+                await self.schedule_store.schedule(entries)
+            now = self.ctx.now_ms()
+            for claim in waiting:
+                await self.schedule_store.retry(claim, now)
+        except StoreError as e:
+            self.log.warn("escalations not handed back at stop (their claims run out "
+                          "instead): {why}", why=str(e))
 
     def poll(self) -> Deferred[None] | None:
         if self._polling or not self.running:

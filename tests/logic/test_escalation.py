@@ -357,6 +357,26 @@ class ClaimTests(EscalationTestCase):
         self.assertEqual(len(self.poster.posts), 1)
         self.assertEqual(len(self.schedule), 0)
 
+    def test_a_stopping_escalator_hands_back_what_it_had_not_started(self) -> None:
+        """Stopped (a rolling restart) with 16 POSTs hanging and more
+        claimed behind them: those not started are due again at once and
+        another node POSTs them within a poll; those under way keep their
+        claims for the lease (they may have reached the receiver)."""
+        self.poster.answers = [None] * escalation.CONCURRENCY
+        for uid in range(1, 21):
+            self.push(after_s=1, to_uid=uid)
+        self.advance(2)
+        self.assertEqual(len(self.poster.posts), escalation.CONCURRENCY)
+        self.successResultOf(self.escalator.stopService())
+        other = FakePoster()
+        other.clock = self.clock
+        self.make_escalator(self.schedule, other)
+        self.advance(1)
+        self.assertEqual(len(other.posts), 20 - escalation.CONCURRENCY)
+        self.advance(escalation.LEASE_S)
+        self.assertEqual(len(other.posts), 20)
+        self.assertEqual(len(self.schedule), 0)
+
     def test_a_dead_escalators_claim_is_taken_over_after_its_lease(self) -> None:
         self.poster.answers = [None]  # its POST never answers: it dies in it
         self.push(after_s=1)
