@@ -172,8 +172,8 @@ class Offers:
         run_now = offer.wave_due_ms(0) <= now
         try:
             await self.store.create(offer, now + self.lease_ms if run_now else offer.wave_due_ms(0))
-        except StoreError:
-            raise errors.Unavailable("the offers store is unavailable") from None
+        except StoreError as e:
+            raise errors.Unavailable(f"the offers store is unavailable: {e}") from None
         self.created += 1
         self.log.info("offer {offer_id} created for appcode {appcode}: {waves} waves, "
                       "deadline in {deadline_s} s", offer_id=offer_id, appcode=appcode,

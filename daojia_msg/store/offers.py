@@ -29,12 +29,13 @@ across the cluster, and only one call ever expires an offer.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.offers import (
     ACCEPTED,
     EXPIRED,
@@ -68,6 +69,11 @@ class _Entry:
                      self.pushing, self.wave_uids, self.notified)
 
 
+#: Offers one node keeps in memory at most (content included: up to
+#: ``limits.max_content`` each until told).
+MAX_MEMORY_OFFERS = 100_000
+
+
 @implementer(IOfferStore)
 class MemoryOffers:
     """The offers of one node in dicts; due work in a heap (entries whose
@@ -75,7 +81,10 @@ class MemoryOffers:
     :data:`~daojia_msg.core.offers.KEEP_S` after its deadline, by the next
     :meth:`claim`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_offers: int = MAX_MEMORY_OFFERS) -> None:
+        #: Offers kept at most (open, or decided and kept for GET); beyond,
+        #: a new one is refused (POST /v1/offers: 503).
+        self.max_offers = max_offers
         self._offers: dict[int, _Entry] = {}
         #: offer id -> when its work is due; and the heap of (due, id).
         self._due: dict[int, int] = {}
@@ -88,6 +97,10 @@ class MemoryOffers:
         heapq.heappush(self._heap, (due_ms, offer_id))
 
     def create(self, offer: NewOffer, due_ms: int) -> Deferred[None]:
+        if len(self._offers) >= self.max_offers:
+            return fail(StoreUnavailable(
+                f"{self.max_offers} offers are kept on this node (until a day past their "
+                "deadlines): no room for another"))
         self._offers[offer.offer_id] = _Entry(offer)
         self._schedule(offer.offer_id, due_ms)
         heapq.heappush(self._kept, (offer.deadline_ms + KEEP_MS, offer.offer_id))
@@ -167,6 +180,7 @@ class MemoryOffers:
         e = self._offers.get(offer_id)
         if e is not None:
             e.notified = True
+            e.spec = replace(e.spec, content=b"")  # told: only GET reads it now
         self._due.pop(offer_id, None)
         return succeed(None)
 

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.offers import ACCEPTED, EXPIRED, OPEN, AcceptResult, NewOffer, Wave
 from daojia_msg.logic.interfaces import IOfferStore
 from daojia_msg.store.offers import KEEP_MS, MemoryOffers, RedisOffers
@@ -136,6 +137,17 @@ def make_offer_store_tests(fixture: Callable[[TestCase], Any]) -> type[TestCase]
 
 
 class MemoryOfferStoreTests(make_offer_store_tests(lambda test: MemoryOffers())):  # type: ignore[misc]
+    async def test_a_bounded_number_kept_and_the_content_dropped_once_told(self) -> None:
+        offers = MemoryOffers(max_offers=2)
+        await offers.create(new_offer(offer_id=1), T0)
+        await offers.create(new_offer(offer_id=2), T0)
+        with self.assertRaises(StoreUnavailable) as caught:
+            await offers.create(new_offer(offer_id=3), T0)
+        self.assertIn("2 offers are kept on this node", str(caught.exception))
+        await offers.notified(1)
+        self.assertEqual((await offers.load(1)).spec.content, b"")
+        self.assertEqual((await offers.load(2)).spec.content, new_offer().content)
+
     async def test_forgotten_a_day_after_the_deadline(self) -> None:
         await self.offers.create(new_offer(deadline_s=30), T0)
         await self.offers.claim(T0 + 30_000 + KEEP_MS - 1, T0, 10)
