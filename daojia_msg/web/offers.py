@@ -13,7 +13,6 @@ checked with a 400 naming it: ``lat`` within ±85.05112878, ``lon`` within
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from twisted.web import server
@@ -32,33 +31,19 @@ OFFER_FIELDS = frozenset({"appcode", "lat", "lon", "msgtype", "content", "waves"
 WAVE_FIELDS = frozenset({"radius_m", "count", "after_s"})
 
 
-def _required(f: Fields, key: str, name: str) -> object:
-    value = f.get(key)
-    if value is None:
-        raise errors.BadRequest(f"{name}: is required")
-    return value
-
-
-def _number(f: Fields, key: str, name: str = "") -> float:
-    value = _required(f, key, name or key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise errors.BadRequest(f"{name or key}: expected a number")
-    return float(value)
-
-
 def _wave(data: object, i: int, deadline_s: float) -> Wave:
     name = f"waves[{i}]"
     if not isinstance(data, dict):
         raise errors.BadRequest(f"{name}: expected an object with radius_m, count and after_s")
     f = Fields(data, WAVE_FIELDS, f"{name}.")
-    radius_m = _number(f, "radius_m", f"{name}.radius_m")
+    radius_m = f.number("radius_m")
     if not 0 < radius_m <= MAX_RADIUS_M:
         raise errors.BadRequest(f"{name}.radius_m: expected more than 0 and at most "
                                 f"{MAX_RADIUS_M:,.0f} metres")
-    count = _required(f, "count", f"{name}.count")
+    count = f.required("count")
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
         raise errors.BadRequest(f"{name}.count: expected an integer from 1 to {MAX_COUNT}")
-    after_s = _number(f, "after_s", f"{name}.after_s")
+    after_s = f.number("after_s")
     if not 0 <= after_s < deadline_s:
         raise errors.BadRequest(f"{name}.after_s: expected at least 0 and below "
                                 "accept_deadline_s")
@@ -110,16 +95,15 @@ class OffersEndpoint(Endpoint):
         f = Fields(read_json(request), OFFER_FIELDS)
         appcode = f.u32("appcode")
         target_app(self.api.config, caller, appcode, "appcode")
-        lat, lon = _number(f, "lat"), _number(f, "lon")
+        lat, lon = f.number("lat"), f.number("lon")
         try:
             check_position(lat, lon)
         except PositionError as e:
             raise errors.BadRequest(str(e)) from None
         msgtype = f.u32("msgtype")
-        if f.get("content") is None:
-            raise errors.BadRequest("content: is required")
+        f.required("content")
         content = content_of(f, self.api.limits.max_content)
-        deadline_s = _number(f, "accept_deadline_s")
+        deadline_s = f.number("accept_deadline_s")
         if not 0 < deadline_s <= MAX_DEADLINE_S:
             raise errors.BadRequest(f"accept_deadline_s: expected more than 0 and at most "
                                     f"{MAX_DEADLINE_S:,.0f} seconds")

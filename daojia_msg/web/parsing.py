@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any
 
@@ -102,6 +103,7 @@ class Fields:
             if key not in known:
                 raise errors.BadRequest(f"{prefix}{key}: unknown field")
         self.data: dict[str, Any] = data
+        self.prefix = prefix
 
     def get(self, key: str) -> Any:
         return self.data.get(key)
@@ -109,24 +111,32 @@ class Fields:
     def required(self, key: str) -> Any:
         value = self.data.get(key)
         if value is None:
-            raise errors.BadRequest(f"{key}: is required")
+            raise errors.BadRequest(f"{self.prefix}{key}: is required")
         return value
 
     def uid(self, key: str) -> int:
-        return parse_uid(self.required(key), key)
+        return parse_uid(self.required(key), f"{self.prefix}{key}")
 
     def u32(self, key: str) -> int:
         value = self.required(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_U32:
-            raise errors.BadRequest(f"{key}: expected a JSON integer from 0 to {MAX_U32}")
+            raise errors.BadRequest(f"{self.prefix}{key}: expected a JSON integer from 0 to "
+                                    f"{MAX_U32}")
         return value
+
+    def number(self, key: str) -> float:
+        """A finite JSON number (an integer or a decimal; not a boolean)."""
+        value = self.required(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise errors.BadRequest(f"{self.prefix}{key}: expected a number")
+        return float(value)
 
     def text(self, key: str) -> str:
         value = self.get(key)
         if value is None:
             return ""
         if not isinstance(value, str):
-            raise errors.BadRequest(f"{key}: expected a string")
+            raise errors.BadRequest(f"{self.prefix}{key}: expected a string")
         return value
 
 
