@@ -64,9 +64,7 @@ class Admission:
         return self._seconds()
 
     def enter(self) -> bool:
-        if self.limit and self.inflight >= self.limit:
-            self.refused += 1
-            self._reached = True
+        if self.full():
             return False
         self.inflight += 1
         return True
