@@ -225,9 +225,7 @@ class Escalator(Service):
         """At stop: the unsaved escalations written, the claims not started
         due again now (as a retry: their attempt count grows by one)."""
         try:
-            if self._unsaved:
-                entries, self._unsaved = self._unsaved, []
-                await self.schedule_store.schedule(entries)
+            await self._save_unsaved()
             now = self.ctx.now_ms()
             for claim in waiting:
                 await self.schedule_store.retry(claim, now)
@@ -252,14 +250,23 @@ class Escalator(Service):
         """Claims this node may take now: its slots and as many waiting."""
         return 2 * CONCURRENCY - len(self._working) - len(self._claimed)
 
+    async def _save_unsaved(self) -> None:
+        """Write the escalations the schedule refused so far; those it refuses
+        again stay (first) for the next try."""
+        if not self._unsaved:
+            return
+        entries, self._unsaved = self._unsaved, []
+        try:
+            await self.schedule_store.schedule(entries)
+        except StoreError:
+            self._unsaved = entries + self._unsaved
+            raise
+
     async def _poll(self) -> None:
-        if self._unsaved:
-            entries, self._unsaved = self._unsaved, []
-            try:
-                await self.schedule_store.schedule(entries)
-            except StoreError as e:
-                self._unsaved = entries + self._unsaved
-                self.log.debug("escalations still not scheduled: {why}", why=str(e))
+        try:
+            await self._save_unsaved()
+        except StoreError as e:
+            self.log.debug("escalations still not scheduled: {why}", why=str(e))
         free = self._room()
         if free < CONCURRENCY:
             return
