@@ -108,7 +108,10 @@ class Lifecycle:
         if counts.skipped:
             self.log.debug("purge skipped {tables}: another node purges them",
                            tables=", ".join(counts.skipped))
-        await self.read_figures()
+        try:
+            await self.read_figures()
+        except CancelledError:  # the node stops: the round itself is done
+            pass
         return counts
 
     def _count(self, counts: PurgeCounts) -> None:

@@ -167,6 +167,27 @@ class LoopTests(SynchronousTestCase):
         self.assertEqual(len(waiting), 1)
         self.assertIsNone(stack.logic.lifecycle.last)
 
+    def test_stop_while_a_finished_round_reads_the_figures(self) -> None:
+        """The node stops after a round's batches, while it reads the storage
+        figures: the round is done and counted, and its end is quiet (it was
+        a CancelledError logged as unhandled, a cluster test found)."""
+        stack = lifecycle_stack()
+        stack.logic.startService()
+        reading: list[Deferred[Any]] = []
+
+        def storage() -> Deferred[Any]:
+            reading.append(Deferred())
+            return reading[-1]
+
+        stack.store.storage = storage  # type: ignore[method-assign]
+        stack.clock.advance(60)
+        self.assertEqual(len(reading), 1)  # the read at the end of the round, held
+        round_ = stack.logic.lifecycle._round
+        self.assertIsNotNone(stack.logic.lifecycle.last)  # its counts
+        stack.logic.stopService()
+        self.successResultOf(round_)  # ended, not failed with CancelledError
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_a_round_that_fails_half_way_counts_what_it_deleted(self) -> None:
         """The batches committed before the failure deleted their rows: their
         expired messages are counted, as a finished round's would be."""
