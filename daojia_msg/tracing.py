@@ -35,6 +35,7 @@ the node that logged it.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -65,6 +66,8 @@ RECORD_KEYS = ("time", "level", "namespace", "node", "logid", "text")
 
 _MISSING = object()
 _PLAIN = (str, int, float, type(None))
+#: The exact types of :data:`_PLAIN` (a bool or an IntEnum is not one of them).
+_PLAIN_TYPES = frozenset(_PLAIN)
 _REPR_MAX = 200
 
 
@@ -217,26 +220,81 @@ def install(
 
 class MessageEvents:
     """The publisher of per-message events; it passes them on only while an
-    observer listens (checking that is the whole cost when none does)."""
+    observer listens (checking that is the whole cost when none does).
+
+    A :class:`TraceBuffer` that observes it is a *sink*: the loggers of
+    :meth:`logger` hand it an event's fields directly, without building a
+    log event (a message logs three events on its way, stored, pushed and
+    ACKed, and the buffer listens on every node). Other observers get the
+    log event, as from any :class:`~twisted.logger.Logger`.
+    """
 
     def __init__(self) -> None:
         self.publisher = LogPublisher()
         self.listeners = 0
+        #: The trace buffers listening (see :meth:`TraceBuffer.keep`).
+        self.sinks: list[TraceBuffer] = []
+        #: The listeners that take log events (not sinks).
+        self.observers: list[ILogObserver] = []
 
     def __call__(self, event: LogEvent) -> None:
         if self.listeners:
-            self.publisher(event)
+            for sink in self.sinks:
+                sink(event)
+            if self.observers:
+                self.publisher(event)
 
     def logger(self, namespace: str) -> Logger:
-        return Logger(namespace=namespace, observer=self)  # type: ignore[arg-type]
+        return _MessageLogger(namespace=namespace, observer=self)  # type: ignore[arg-type]
 
     def addObserver(self, observer: ILogObserver) -> None:
-        self.publisher.addObserver(observer)
+        if isinstance(observer, TraceBuffer):
+            self.sinks.append(observer)
+        else:
+            self.publisher.addObserver(observer)
+            self.observers.append(observer)
         self.listeners += 1
 
     def removeObserver(self, observer: ILogObserver) -> None:
-        self.publisher.removeObserver(observer)
-        self.listeners = max(0, self.listeners - 1)
+        if isinstance(observer, TraceBuffer):
+            if observer not in self.sinks:
+                return
+            self.sinks.remove(observer)
+        else:
+            if observer not in self.observers:
+                return
+            self.publisher.removeObserver(observer)
+            self.observers.remove(observer)
+        self.listeners -= 1
+
+
+class _MessageLogger(Logger):
+    """A :class:`~twisted.logger.Logger` of :data:`MESSAGES`: its events go
+    to the trace buffers as fields (:meth:`TraceBuffer.keep`) and, only when
+    other observers listen, as log events. Its callers pass a level of
+    their own (``debug``, ``info``...), so it does not look the level up."""
+
+    def emit(self, level: NamedConstant, format: str | None = None, **kwargs: object) -> None:
+        self._emit(level, format, kwargs)
+
+    def debug(self, format: str | None = None, **kwargs: object) -> None:
+        self._emit(LogLevel.debug, format, kwargs)
+
+    def info(self, format: str | None = None, **kwargs: object) -> None:
+        self._emit(LogLevel.info, format, kwargs)
+
+    def _emit(self, level: NamedConstant, format: str | None, fields: dict[str, Any]) -> None:
+        # ``fields`` is the call's own ``**kwargs``: the sinks may keep it as it is.
+        events: MessageEvents = self.observer  # type: ignore[assignment]
+        if not events.listeners:
+            return
+        when = time.time()
+        for sink in events.sinks:
+            sink.keep(self.namespace, level, format, fields, when)
+        if events.observers:
+            events.publisher(dict(fields, log_logger=self, log_level=level,
+                                  log_namespace=self.namespace, log_source=self.source,
+                                  log_format=format, log_time=when))
 
 
 #: Where the message path is logged (see the module docstring).
@@ -345,6 +403,30 @@ class _Kept:
             and "log_flattened" not in event
         self.text: str | None = None if lazy else formatEvent(event)
 
+    @classmethod
+    def of_fields(cls, namespace: str, level: NamedConstant, fmt: str | None,
+                  fields: dict[str, Any], when: float, logid: Any,
+                  node: int | None) -> _Kept:
+        """What ``__init__`` keeps of the event ``fields`` would make (the
+        fields of a :class:`_MessageLogger` call), without making it when
+        every value is plain (the usual case)."""
+        slow = fmt is None or "{log_" in fmt
+        for key, value in fields.items():
+            if slow or type(value) not in _PLAIN_TYPES or key.startswith("log_"):
+                event = dict(fields, log_level=level, log_namespace=namespace,
+                             log_format=fmt, log_time=when)
+                return cls(event, logid, node)
+        kept = cls.__new__(cls)
+        kept.logid = logid
+        kept.time = when
+        kept.level = level.name
+        kept.namespace = namespace
+        kept.node = node
+        kept.fields = fields  # the logger's own dict (see _MessageLogger._emit)
+        kept.fmt = fmt
+        kept.text = None  # formatted by record(), from the plain fields
+        return kept
+
     def record(self) -> dict[str, Any]:
         text = self.text
         if text is None:
@@ -376,6 +458,15 @@ class TraceBuffer:
         logid = event.get("logid")
         if logid:
             self._events.append(_Kept(event, logid, self.node.id))
+
+    def keep(self, namespace: str, level: NamedConstant, fmt: str | None,
+             fields: dict[str, Any], when: float) -> None:
+        """Keep the event a :data:`MESSAGES` logger logs with these
+        ``fields`` (no log event made: see :class:`MessageEvents`)."""
+        logid = fields.get("logid")
+        if logid:
+            self._events.append(_Kept.of_fields(namespace, level, fmt, fields, when, logid,
+                                                self.node.id))
 
     def find(self, logid: str) -> list[dict[str, Any]]:
         """The records of the events with this ``logid`` still kept, oldest first."""

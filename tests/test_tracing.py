@@ -326,6 +326,74 @@ class TraceBufferTests(SynchronousTestCase):
         self.assertEqual(tracing.TraceBuffer().size, 10000)
 
 
+class MessageEventsTests(SynchronousTestCase):
+    """The loggers of :data:`tracing.MESSAGES`: a trace buffer takes their
+    fields directly (no log event made), other observers take log events,
+    and both keep what a plain Logger's event would give them."""
+
+    def setUp(self) -> None:
+        self.events = tracing.MessageEvents()
+        self.log = self.events.logger(NS)
+        self.node = tracing.NodeRef(4)
+        self.buffer = tracing.TraceBuffer(node=self.node)
+
+    def test_a_buffer_keeps_what_a_log_event_gives_it(self) -> None:
+        """The same records as a buffer observing a plain Logger's events."""
+        self.addCleanup(self.buffer.attach([self.events]))
+        publisher = LogPublisher()
+        by_event = tracing.TraceBuffer(node=self.node)
+        self.addCleanup(by_event.attach([publisher]))
+        plain = Logger(namespace=NS, observer=publisher)
+        for log in (self.log, plain):
+            log.debug("{msgid} acked by {uid}@{appcode}", msgid=5, logid="a", uid=2, appcode=1001)
+            log.info("login {uid} from {peer}", uid=2, peer="1.2.3.4", logid="a", ok=True)
+            log.warn("{msgid} odd {conn!r}", msgid=5, logid="a", conn=object.__new__(_Repr))
+            log.info("{log_namespace} {msgid}", msgid=6, logid="a")
+            log.info("no logid: not kept", msgid=7)
+        fast, slow = self.buffer.find("a"), by_event.find("a")
+        self.assertEqual(len(fast), 4)
+        for f, s in zip(fast, slow, strict=True):
+            self.assertEqual({k: v for k, v in f.items() if k != "time"},
+                             {k: v for k, v in s.items() if k != "time"})
+        self.assertEqual([r["text"] for r in fast],
+                         ["5 acked by 2@1001", "login 2 from 1.2.3.4", "5 odd <repr>",
+                          f"{NS} 6"])
+        self.assertEqual((fast[0]["level"], fast[0]["node"], fast[2]["conn"]),
+                         ("debug", 4, "<repr>"))
+        self.assertIs(fast[1]["ok"], True)  # a bool took the slow path, and stays a bool
+
+    def test_other_observers_get_log_events(self) -> None:
+        self.addCleanup(self.buffer.attach([self.events]))
+        seen: list[LogEvent] = []
+        self.events.addObserver(seen.append)
+        self.log.debug("{msgid} pushed", msgid=1, logid="a")
+        [event] = seen
+        self.assertEqual((event["log_level"], event["log_namespace"], event["log_format"],
+                          event["log_logger"], event["msgid"]),
+                         (LogLevel.debug, NS, "{msgid} pushed", self.log, 1))
+        self.assertNotIn("log_level", self.buffer.find("a")[0])  # its fields were not touched
+        self.events.removeObserver(seen.append)
+        self.events.removeObserver(seen.append)  # once is enough
+        self.log.debug("{msgid} pushed", msgid=2, logid="a")
+        self.assertEqual((len(seen), len(self.buffer), self.events.listeners), (1, 2, 1))
+
+    def test_nobody_listening(self) -> None:
+        """Without listeners nothing is kept; a buffer detached stops keeping."""
+        self.log.debug("{msgid} pushed", msgid=1, logid="a")
+        detach = self.buffer.attach([self.events])
+        self.log.debug("{msgid} pushed", msgid=2, logid="a")
+        detach()
+        detach()
+        self.log.debug("{msgid} pushed", msgid=3, logid="a")
+        self.assertEqual(([r["msgid"] for r in self.buffer.find("a")], self.events.listeners),
+                         ([2], 0))
+
+
+class _Repr:
+    def __repr__(self) -> str:
+        return "<repr>"
+
+
 class MsgctlTraceTests(TracingCase):
     def trace(self, *argv: str) -> tuple[int, list[str], list[str]]:
         out, err = io.StringIO(), io.StringIO()
