@@ -74,7 +74,8 @@ class Deadlines:
         #: A timer this late (seconds) means the node was stalled.
         self.stall = timeout * STALL_SHARE
         self.stalls = 0
-        self._entries: OrderedDict[int, tuple[float, Deferred[Any]]] = OrderedDict()
+        #: key -> (deadline, Deferred, watched: by :meth:`watch`, not :meth:`add`).
+        self._entries: OrderedDict[int, tuple[float, Deferred[Any], bool]] = OrderedDict()
         self._expired: set[int] = set()
         #: Entries that got their one more timeout after a stall.
         self._extended: set[int] = set()
@@ -90,11 +91,28 @@ class Deadlines:
         canceller gave it another result)."""
         if d.called:
             return d
+        return d.addBoth(self._settled, self._add(d, True))
+
+    def add(self, d: Deferred[Any]) -> int:
+        """Time ``d`` without a callback on it: when its time is up it is
+        cancelled (its canceller says what it fails with), unless
+        :meth:`discard` was called with the key returned first. For a caller
+        that sees the end of what ``d`` waits for on another Deferred (one
+        callback less per Deferred than :meth:`watch`)."""
+        return self._add(d, False)
+
+    def discard(self, key: int) -> None:
+        """Stop timing what :meth:`add` returned ``key`` for."""
+        if self._entries.pop(key, None) is not None and not self._entries:
+            self._cancel_timer()
+        self._extended.discard(key)
+
+    def _add(self, d: Deferred[Any], watched: bool) -> int:
         key = next(self._keys)
-        self._entries[key] = (self.clock.seconds() + self.timeout, d)
+        self._entries[key] = (self.clock.seconds() + self.timeout, d, watched)
         if self._timer is None:
             self._arm(self.timeout)
-        return d.addBoth(self._settled, key)
+        return key
 
     def stop(self) -> None:
         """Forget the timer (what still waits is no longer timed)."""
@@ -121,7 +139,7 @@ class Deadlines:
             self._stalled(now, now - due)
         entries = self._entries
         while entries:
-            key, (deadline, d) = next(iter(entries.items()))
+            key, (deadline, d, watched) = next(iter(entries.items()))
             if deadline > now:
                 # A callback of a timeout may have watched one meanwhile, and
                 # armed the timer for it: the first deadline is this one.
@@ -130,7 +148,8 @@ class Deadlines:
                 return
             del entries[key]
             self._extended.discard(key)
-            self._expired.add(key)
+            if watched:
+                self._expired.add(key)
             try:
                 d.cancel()
             except Exception:
@@ -142,10 +161,11 @@ class Deadlines:
         ``timeout`` from ``now``. They move last, in order: the entries
         extended before keep their earlier deadlines, in front."""
         entries = self._entries
-        fresh = [(key, d) for key, (_, d) in entries.items() if key not in self._extended]
-        for key, d in fresh:
+        fresh = [(key, d, watched) for key, (_, d, watched) in entries.items()
+                 if key not in self._extended]
+        for key, d, watched in fresh:
             del entries[key]
-            entries[key] = (now + self.timeout, d)
+            entries[key] = (now + self.timeout, d, watched)
             self._extended.add(key)
         self.stalls += 1
         if not fresh:

@@ -208,6 +208,44 @@ class DeadlinesTests(SynchronousTestCase):
         self.assertNoResult(d)
 
 
+class AddedTests(SynchronousTestCase):
+    """Deadlines.add: timed without a callback; discard() ends the timing."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.deadlines = Deadlines(self.clock, 5.0)
+
+    def test_time_up_cancels_and_the_canceller_answers(self) -> None:
+        d: Deferred[int] = Deferred(lambda d: d.errback(ValueError("late")))
+        self.deadlines.add(d)
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.failureResultOf(d, ValueError)  # no TimeoutError: nobody watched its result
+        self.assertEqual((len(self.deadlines), self.clock.getDelayedCalls()), (0, []))
+
+    def test_discarded_in_time(self) -> None:
+        first: Deferred[int] = Deferred()
+        second: Deferred[int] = Deferred()
+        key = self.deadlines.add(first)
+        self.clock.advance(1)
+        self.deadlines.add(second)
+        self.deadlines.discard(key)
+        self.deadlines.discard(key)  # twice: nothing more
+        self.clock.advance(5)
+        self.assertNoResult(first)
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_stall_gives_added_ones_more_time_too(self) -> None:
+        d: Deferred[int] = Deferred()
+        key = self.deadlines.add(d)
+        self.clock.advance(9)  # 4 s late: a stall
+        self.assertNoResult(d)
+        self.deadlines.discard(key)
+        self.assertEqual((len(self.deadlines), self.clock.getDelayedCalls()), (0, []))
+
+
 class WithinTests(SynchronousTestCase):
     """:func:`within`: one Deferred's own time limit, with the same rule for a stall."""
 

@@ -68,6 +68,7 @@ class Answers:
         self.timeout = timeout
         self.timeouts = 0
         self._deadlines = Deadlines(clock, timeout, "answers")
+        self._cancellers: dict[Callable[[], Exception], Callable[[Deferred[Any]], None]] = {}
 
     def _counted(self, error: Callable[[], Exception]) -> Callable[[], Exception]:
         def timed_out() -> Exception:
@@ -76,13 +77,36 @@ class Answers:
 
         return timed_out
 
+    def _canceller(self, error: Callable[[], Exception]) -> Callable[[Deferred[Any]], None]:
+        """The canceller of an answer that fails with ``error()``, counted as
+        a timeout (one per ``error``: a request's answer takes no closure of
+        its own)."""
+        canceller = self._cancellers.get(error)
+        if canceller is None:
+            counted = self._counted(error)
+
+            def canceller(answer: Deferred[Any]) -> None:
+                answer.errback(counted())
+
+            if len(self._cancellers) < 64:  # the errors are module-level functions
+                self._cancellers[error] = canceller
+        return canceller
+
     def bound(self, work: Deferred[T], error: Callable[[], Exception]) -> Deferred[T]:
         """``work``'s result if it comes within the timeout from now, else a
-        failure with ``error()``; ``work`` itself is never cancelled. Work done
-        at once (the common case) is returned as it is, with no timer."""
+        failure with ``error()``; ``work`` itself is never cancelled (as
+        :func:`follow`, and timed as by ``Deadlines.watch``, with one callback
+        on ``work`` in all: this runs for every C2C, C2S and ACK). Work done at
+        once (the common case) is returned as it is, with no timer."""
         if work.called:
             return work
-        return self._deadlines.watch(follow(work, self._counted(error)))
+        answer: Deferred[T] = Deferred(self._canceller(error))
+        work.addBoth(self._arrived, answer, self._deadlines.add(answer))
+        return answer
+
+    def _arrived(self, result: Any, answer: Deferred[Any], key: int) -> None:
+        self._deadlines.discard(key)
+        _forward(result, answer)
 
     def bound_from(self, started: float, work: Deferred[T],
                    error: Callable[[], Exception]) -> Deferred[T]:
