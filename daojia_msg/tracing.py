@@ -410,12 +410,16 @@ class _Kept:
         """What ``__init__`` keeps of the event ``fields`` would make (the
         fields of a :class:`_MessageLogger` call), without making it when
         every value is plain (the usual case)."""
-        slow = fmt is None or "{log_" in fmt
-        for key, value in fields.items():
-            if slow or type(value) not in _PLAIN_TYPES or key.startswith("log_"):
-                event = dict(fields, log_level=level, log_namespace=namespace,
-                             log_format=fmt, log_time=when)
-                return cls(event, logid, node)
+        plain = fmt is not None and "{log_" not in fmt
+        if plain:
+            for value in fields.values():
+                if type(value) not in _PLAIN_TYPES:
+                    plain = False
+                    break
+        if not plain:
+            event = dict(fields, log_level=level, log_namespace=namespace,
+                         log_format=fmt, log_time=when)
+            return cls(event, logid, node)
         kept = cls.__new__(cls)
         kept.logid = logid
         kept.time = when
@@ -431,7 +435,8 @@ class _Kept:
         text = self.text
         if text is None:
             text = formatEvent({**self.fields, "log_format": self.fmt})
-        out = dict(self.fields)
+        # A field named log_* (plain, kept by of_fields) is no field of the record.
+        out = {k: v for k, v in self.fields.items() if not k.startswith("log_")}
         out.update(time=self.time, level=self.level, namespace=self.namespace, node=self.node,
                    logid=self.logid, text=text)
         return out

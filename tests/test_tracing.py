@@ -349,15 +349,17 @@ class MessageEventsTests(SynchronousTestCase):
             log.info("login {uid} from {peer}", uid=2, peer="1.2.3.4", logid="a", ok=True)
             log.warn("{msgid} odd {conn!r}", msgid=5, logid="a", conn=object.__new__(_Repr))
             log.info("{log_namespace} {msgid}", msgid=6, logid="a")
+            log.info("{msgid} with a log_ field", msgid=8, logid="a", log_extra=1)
             log.info("no logid: not kept", msgid=7)
         fast, slow = self.buffer.find("a"), by_event.find("a")
-        self.assertEqual(len(fast), 4)
+        self.assertEqual(len(fast), 5)
         for f, s in zip(fast, slow, strict=True):
             self.assertEqual({k: v for k, v in f.items() if k != "time"},
                              {k: v for k, v in s.items() if k != "time"})
         self.assertEqual([r["text"] for r in fast],
                          ["5 acked by 2@1001", "login 2 from 1.2.3.4", "5 odd <repr>",
-                          f"{NS} 6"])
+                          f"{NS} 6", "8 with a log_ field"])
+        self.assertNotIn("log_extra", fast[4])
         self.assertEqual((fast[0]["level"], fast[0]["node"], fast[2]["conn"]),
                          ("debug", 4, "<repr>"))
         self.assertIs(fast[1]["ok"], True)  # a bool took the slow path, and stays a bool

@@ -17,6 +17,7 @@ latency for what it admits, instead of queueing until everything times out.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -46,7 +47,13 @@ class AdmittedLogic:
         self._admission = admission
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._logic, name)
+        # Only for names this class does not define (ack, login, now_ms...):
+        # a method is kept on the instance, so the next call finds it at once
+        # (an ACK goes through here for every message).
+        found = getattr(self._logic, name)
+        if inspect.ismethod(found):
+            setattr(self, name, found)
+        return found
 
     def c2c(self, *args: Any) -> Deferred[Any]:
         return self._admit(self._logic.c2c, args)

@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.core.admission import Admission
+from daojia_msg.gate.factory import AdmittedLogic
 from daojia_msg.gate.limits import OVER_CAPACITY
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
@@ -182,3 +183,22 @@ class AdmissionTests(SynchronousTestCase):
         held[0].errback(RuntimeError("boom"))
         self.flushLoggedErrors(RuntimeError)
         self.assertEqual(stack.factory.admission.inflight, 0)
+
+
+class AdmittedLogicTests(SynchronousTestCase):
+    def test_the_rest_is_the_logics_own_and_kept(self) -> None:
+        """What the gate calls besides C2C and C2S is the logic's own method,
+        looked up once (a method is kept on the wrapper), a value each time."""
+        class Logic:
+            value = 1
+
+            def ack(self, n: int) -> int:
+                return n + 1
+
+        logic = Logic()
+        admitted = AdmittedLogic(logic, Admission(1))  # type: ignore[arg-type]
+        self.assertEqual(admitted.ack(1), 2)
+        self.assertIn("ack", vars(admitted))
+        self.assertEqual(admitted.ack(2), 3)
+        logic.value = 2
+        self.assertEqual((admitted.value, "value" in vars(admitted)), (2, False))
