@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 from prometheus_client.registry import CollectorRegistry
 
@@ -49,8 +51,17 @@ class HttpMetrics:
                                  "HTTP API requests: from the request read to its answer.",
                                  labelnames=("path",), buckets=BUCKETS, registry=registry)
 
+        #: (template, status) -> its counter and histogram children: ``labels()``
+        #: checks and locks on every call, and this runs for every request. Both
+        #: keys are bounded (the templates above, three-digit statuses).
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
     def answered(self, path: bytes | None, status: int, seconds: float | None) -> None:
         template = path_template(path)
-        self.requests.labels(template, str(status)).inc()
+        children = self._children.get((template, status))
+        if children is None:
+            children = self._children[(template, status)] = (
+                self.requests.labels(template, str(status)), self.seconds.labels(template))
+        children[0].inc()
         if seconds is not None:
-            self.seconds.labels(template).observe(seconds)
+            children[1].observe(seconds)

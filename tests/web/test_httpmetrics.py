@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
-from daojia_msg.web.httpmetrics import path_template
+from daojia_msg.web.httpmetrics import HttpMetrics, path_template
 from tests.nodes import NodeTestCase, R
 
 
@@ -24,6 +25,25 @@ class TemplateTests(SynchronousTestCase):
         self.assertEqual(path_template(b"/v1/offers/913784491212804098"), "/v1/offers/{offer_id}")
         for unknown in (b"/v1/push/42", b"/wp-admin", b"", None, b"/\xff"):
             self.assertEqual(path_template(unknown), "other", unknown)
+
+
+class CountTests(SynchronousTestCase):
+    def test_counted_by_template_and_status_however_many_paths(self) -> None:
+        """The labelled children are kept per template and status: paths a
+        client makes up add none."""
+        registry = CollectorRegistry()
+        metrics = HttpMetrics(registry)
+        for i in range(500):
+            metrics.answered(f"/scan/{i}".encode(), 404, 0.002)
+        metrics.answered(b"/v1/push", 200, None)
+        metrics.answered(b"/v1/push", 200, 0.5)
+        self.assertEqual(len(metrics._children), 2)
+        value = registry.get_sample_value
+        self.assertEqual(value("msgplatform_http_requests_total",
+                               {"path": "other", "status": "404"}), 500)
+        self.assertEqual(value("msgplatform_http_requests_total",
+                               {"path": "/v1/push", "status": "200"}), 2)
+        self.assertEqual(value("msgplatform_http_request_seconds_count", {"path": "/v1/push"}), 1)
 
 
 class NodeTests(NodeTestCase):
