@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from typing import Protocol as TypingProtocol
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as PbMessage
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -36,14 +35,11 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daojia_msg.config import Limits
-from daojia_msg.core.admission import Admission
+from daojia_msg.gate.acks import AckBatch
+from daojia_msg.gate.host import ConnectionHost
 from daojia_msg.gate.lanes import CONTROL, NORMAL, PRIORITY, Lanes
 from daojia_msg.gate.limits import OVER_CAPACITY, TokenBucket
-from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.interfaces import IClientConnection
-from daojia_msg.logic.service import LogicService
-from daojia_msg.metrics.counters import GateCounters
 from daojia_msg.protocol import errors
 from daojia_msg.protocol.codec import (
     BadMagic,
@@ -67,28 +63,6 @@ from daojia_msg.sockets import no_delay
 if TYPE_CHECKING:
     from daojia_msg.logic.sessions import Session
 
-
-class ConnectionHost(TypingProtocol):
-    """What a connection needs of its factory (:class:`~daojia_msg.gate.factory.GateFactory`)."""
-
-    logic: LogicService
-    inbox: Inbox
-    limits: Limits
-    clock: IReactorTime
-    #: True while the buses or the store lag: no connection reads its socket.
-    pressure: bool
-    #: The node's bound on C2C and C2S requests in work.
-    admission: Admission
-    #: What ``/metrics`` shows of the gate.
-    counters: GateCounters
-    #: Per appcode, the msgtypes whose pushes take the priority lane.
-    priority_msgtypes: dict[int, frozenset[int]]
-
-    def admit(self, conn: GateProtocol, host: str) -> bool: ...
-
-    def connection_made(self, conn: GateProtocol) -> None: ...
-
-    def connection_lost(self, conn: GateProtocol) -> None: ...
 
 #: The response body type of each command; the others answer with ``Result``.
 #: All share ``code = 1`` and ``reason = 2``, so error answers look alike on the wire.
@@ -131,6 +105,8 @@ class GateProtocol(Protocol):
         self._inflight = 0
         self._paused = False
         self._processing = False
+        #: ACK frames of this read, sent together (daojia_msg/gate/acks.py).
+        self._acks = AckBatch()
         self._push_seq = 0
         self._connected_at = 0.0
         self._last_rx = 0.0  # any bytes: the token bucket's clock
@@ -365,7 +341,12 @@ class GateProtocol(Protocol):
         self._processing = True
         try:
             decoder = self._decoder
-            while not (self._closing or self._busy()):
+            while not self._closing:
+                if self._busy():
+                    if not self._acks:
+                        break
+                    self._send_acks()  # may answer at once, and free the connection
+                    continue
                 try:
                     frame = decoder.next()
                 except BadMagic:
@@ -382,9 +363,14 @@ class GateProtocol(Protocol):
                     self.close()
                     return
                 if frame is None:
-                    break
+                    if not self._acks:
+                        break
+                    self._send_acks()
+                    continue
                 self._frame(frame)
         finally:
+            if self._acks:  # a frame that closes the connection: ACKed before it still count
+                self._send_acks()
             self._processing = False
         self._throttle()
 
@@ -440,6 +426,8 @@ class GateProtocol(Protocol):
             self._reply_body(frame, OVER_CAPACITY_BODY)
             return
         body_type, handle = HANDLERS[cmd]
+        if self._acks and cmd != Cmd.ACK:
+            self._send_acks()  # in the order they came
         if body_type is None:  # the body is ignored
             handle(self, frame, None)
             return
@@ -471,7 +459,11 @@ class GateProtocol(Protocol):
         self._call(frame, self.logic.c2s(self._session(), frame.msgtype, req))
 
     def _on_ack(self, frame: Frame, req: pb.Ack) -> None:
-        self._call(frame, self.logic.ack(self._session(), req.msgids))
+        self._inflight += 1
+        self._acks.add(frame, req.msgids)  # sent with the other ACKs of this read
+
+    def _send_acks(self) -> None:
+        self._acks.send(self.logic, self._session(), self._answer, self._failed)
 
     def _on_pull(self, frame: Frame, req: pb.PullRequest) -> None:
         self._call(frame, self.inbox.pull(self._session(), req))

@@ -21,9 +21,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn, cast
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -57,6 +57,20 @@ def _store_failed(failure: Failure) -> NoReturn:
         raise errors.Timeout("the message store failed during its commit: the ACK may or may "
                              "not be recorded; ACK again")
     raise errors.Unavailable("message store unavailable")
+
+
+def _answer_each(result: pb.Result | Failure,
+                 answers: list[Any]) -> list[pb.Result | Exception]:
+    """The shared outcome of an :meth:`Sending.ack_frames` (its answer, or
+    its request error: TIMEOUT, UNAVAILABLE) to each frame that had none of
+    its own; a failure that is no request error (a bug) fails them all."""
+    shared: pb.Result | Exception
+    if isinstance(result, Failure):
+        result.trap(errors.RequestError)
+        shared = cast(Exception, result.value)
+    else:
+        shared = result
+    return [shared if a is None else a for a in answers]
 
 
 def _c2c_timeout() -> errors.Timeout:
@@ -386,6 +400,33 @@ class Sending:
         return self.ctx.answers.bound(
             d.addCallbacks(self._acked, _store_failed, callbackArgs=(session, msgids)),
             _ack_timeout)
+
+    def ack_frames(self, session: Session,
+                   frames: Sequence[Sequence[int]]) -> Deferred[list[pb.Result | Exception]]:
+        """The ACK frames of one socket read, as one write: each frame's
+        answer, in order (a frame over ``max_ack_ids`` gets its BadRequest
+        alone; the others share one store ACK and one answer time limit, so a
+        failure of the store answers each of them with it). The same outcome
+        as :meth:`ack` per frame, for one store op and one Deferred in all."""
+        try:
+            self.ctx.check_available()
+            limit = self.ctx.limits.max_ack_ids
+            answers: list[pb.Result | Exception | None] = [None] * len(frames)
+            valid: list[int] = []
+            for i, msgids in enumerate(frames):
+                if len(msgids) > limit:
+                    answers[i] = errors.BadRequest(f"at most {limit} msgids per ACK")
+                else:
+                    valid.extend(msgids)
+            if not valid:
+                return succeed(cast(list[pb.Result | Exception], answers))
+            unique = list(dict.fromkeys(valid))
+            d = self.messages.ack(session.uid, session.appcode,
+                                  [m for m in unique if m <= MAX_ID])
+        except Exception:
+            return fail()
+        d.addCallbacks(self._acked, _store_failed, callbackArgs=(session, unique))
+        return self.ctx.answers.bound(d, _ack_timeout).addBoth(_answer_each, answers)
 
     def _acked(self, acked: list[AckedMessage], session: Session,
                msgids: Sequence[int]) -> pb.Result:

@@ -88,6 +88,7 @@ class LogicService(Service):
         self.c2s = self.offers.wrap_c2s(self.sending.c2s)
         self.c2c = self.sending.c2c
         self.ack = self.sending.ack
+        self.ack_frames = self.sending.ack_frames
         #: The purge loop (expired, delivered, old history, de-dup keys) and
         #: the storage figures.
         self.lifecycle = Lifecycle(self.ctx, store)
