@@ -343,10 +343,9 @@ class GateProtocol(Protocol):
             decoder = self._decoder
             while not self._closing:
                 if self._busy():
-                    if not self._acks:
-                        break
-                    self._send_acks()  # may answer at once, and free the connection
-                    continue
+                    if self._send_acks():  # they may be answered at once, and free the connection
+                        continue
+                    break
                 try:
                     frame = decoder.next()
                 except BadMagic:
@@ -363,14 +362,12 @@ class GateProtocol(Protocol):
                     self.close()
                     return
                 if frame is None:
-                    if not self._acks:
-                        break
-                    self._send_acks()
-                    continue
+                    if self._send_acks():
+                        continue
+                    break
                 self._frame(frame)
         finally:
-            if self._acks:  # a frame that closes the connection: ACKed before it still count
-                self._send_acks()
+            self._send_acks()  # a frame that closed the connection: the ACKs before it count
             self._processing = False
         self._throttle()
 
@@ -426,8 +423,8 @@ class GateProtocol(Protocol):
             self._reply_body(frame, OVER_CAPACITY_BODY)
             return
         body_type, handle = HANDLERS[cmd]
-        if self._acks and cmd != Cmd.ACK:
-            self._send_acks()  # in the order they came
+        if cmd != Cmd.ACK:
+            self._send_acks()  # those before this frame go first
         if body_type is None:  # the body is ignored
             handle(self, frame, None)
             return
@@ -462,8 +459,12 @@ class GateProtocol(Protocol):
         self._inflight += 1
         self._acks.add(frame, req.msgids)  # sent with the other ACKs of this read
 
-    def _send_acks(self) -> None:
+    def _send_acks(self) -> bool:
+        """Send the ACK frames collected (:meth:`_on_ack`); False when there were none."""
+        if not self._acks:
+            return False
         self._acks.send(self.logic, self._session(), self._answer, self._failed)
+        return True
 
     def _on_pull(self, frame: Frame, req: pb.PullRequest) -> None:
         self._call(frame, self.inbox.pull(self._session(), req))
