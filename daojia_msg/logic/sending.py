@@ -59,6 +59,13 @@ def _store_failed(failure: Failure) -> NoReturn:
     raise errors.Unavailable("message store unavailable")
 
 
+def _too_many_ids(msgids: Sequence[int], limit: int) -> errors.BadRequest | None:
+    """The refusal of an ACK naming more than ``limit`` msgids, or None."""
+    if len(msgids) > limit:
+        return errors.BadRequest(f"at most {limit} msgids per ACK")
+    return None
+
+
 def _answer_each(result: pb.Result | Failure,
                  answers: list[Any]) -> list[pb.Result | Exception]:
     """The shared outcome of an :meth:`Sending.ack_frames` (its answer, or
@@ -391,12 +398,18 @@ class Sending:
         """Mark pushed messages delivered; answered once that is durable."""
         try:
             self.ctx.check_available()
-            if len(msgids) > self.ctx.limits.max_ack_ids:
-                raise errors.BadRequest(f"at most {self.ctx.limits.max_ack_ids} msgids per ACK")
-            known = [m for m in msgids if m <= MAX_ID]  # larger ids name no message
-            d = self.messages.ack(session.uid, session.appcode, known)
+            error = _too_many_ids(msgids, self.ctx.limits.max_ack_ids)
+            if error is not None:
+                raise error
+            return self._store_ack(session, msgids)
         except Exception:
             return fail()
+
+    def _store_ack(self, session: Session, msgids: Sequence[int]) -> Deferred[pb.Result]:
+        """The store's ACK of ``msgids`` (larger ids than any msgid name no
+        message), answered once durable, within the answer time limit."""
+        known = [m for m in msgids if m <= MAX_ID]
+        d = self.messages.ack(session.uid, session.appcode, known)
         return self.ctx.answers.bound(
             d.addCallbacks(self._acked, _store_failed, callbackArgs=(session, msgids)),
             _ack_timeout)
@@ -411,22 +424,16 @@ class Sending:
         try:
             self.ctx.check_available()
             limit = self.ctx.limits.max_ack_ids
-            answers: list[pb.Result | Exception | None] = [None] * len(frames)
-            valid: list[int] = []
-            for i, msgids in enumerate(frames):
-                if len(msgids) > limit:
-                    answers[i] = errors.BadRequest(f"at most {limit} msgids per ACK")
-                else:
-                    valid.extend(msgids)
-            if not valid:
+            answers: list[pb.Result | Exception | None] = [
+                _too_many_ids(msgids, limit) for msgids in frames]
+            if all(a is not None for a in answers):
                 return succeed(cast(list[pb.Result | Exception], answers))
-            unique = list(dict.fromkeys(valid))
-            d = self.messages.ack(session.uid, session.appcode,
-                                  [m for m in unique if m <= MAX_ID])
+            valid = [m for msgids, a in zip(frames, answers, strict=True) if a is None
+                     for m in msgids]
+            d = self._store_ack(session, list(dict.fromkeys(valid)))
         except Exception:
             return fail()
-        d.addCallbacks(self._acked, _store_failed, callbackArgs=(session, unique))
-        return self.ctx.answers.bound(d, _ack_timeout).addBoth(_answer_each, answers)
+        return d.addBoth(_answer_each, answers)
 
     def _acked(self, acked: list[AckedMessage], session: Session,
                msgids: Sequence[int]) -> pb.Result:

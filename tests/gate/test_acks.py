@@ -85,6 +85,13 @@ class AckBatchTests(SynchronousTestCase):
         self.assertBatches([self.msgids[:3]])  # once each
         self.assertEqual(self.pending(), 2)
 
+    def test_empty_acks_are_answered(self) -> None:
+        """ACK frames naming no msgid are answered OK, batched as alone."""
+        answers = self.send(self.b, self.ack([], 1), self.ack([], 2))
+        self.assertEqual({seq: r.code for seq, r in answers.items()}, {1: Code.OK, 2: Code.OK})
+        self.assertEqual(self.b.proto._inflight, 0)
+        self.assertEqual(self.pending(), 5)
+
     def test_other_frames_keep_their_place(self) -> None:
         """ACKs before another request go before it; those after it, after."""
         c2c = self.b.frame(Cmd.C2C, pb.C2CRequest(to_uid=42, to_appcode=1001, content=b"x"),
