@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from daojia_msg.config import Limits
 from daojia_msg.core.admission import Admission
@@ -61,6 +62,48 @@ class AdmittedLogic:
     def c2s(self, *args: Any) -> Deferred[Any]:
         return self._admit(self._logic.c2s, args)
 
+    def c2c_frames(self, session: Any, items: list[Any]) -> Deferred[list[Any]]:
+        """The C2C frames of a read, each admitted (else its answer is
+        RateLimited, at once), the admitted ones to the logic as one batch;
+        each leaves admission control when its own answer is known."""
+        admission = self._admission
+        admitted = [admission.enter() for _ in items]
+        count = sum(admitted)
+        if not count:
+            return succeed([RateLimited(OVER_CAPACITY) for _ in items])
+        refused = count < len(items)
+        if refused:
+            items = [item for item, entered in zip(items, admitted, strict=True) if entered]
+        started = admission.now()
+        try:
+            d: Deferred[list[Any]] = self._logic.c2c_frames(session, items)
+        except BaseException:
+            for _ in range(count):
+                admission.leave()
+            raise
+        d.addBoth(self._each_left, started, count)
+        if not refused:
+            return d
+        # Over capacity (rare): the refusals go at once, each admitted frame's
+        # answer when the batch has it.
+        each: list[Deferred[Any]] = [Deferred() for _ in range(count)]
+        d.addBoth(_spread, each)
+        given = iter(each)
+        return succeed([next(given) if entered else RateLimited(OVER_CAPACITY)
+                        for entered in admitted])
+
+    def _each_left(self, result: Any, started: float, count: int) -> Any:
+        if isinstance(result, Failure):
+            for _ in range(count):
+                self._admission.leave(started)
+            return result
+        for answer in result:
+            if isinstance(answer, Deferred):
+                answer.addBoth(self._left, started)
+            else:
+                self._admission.leave(started)
+        return result
+
     def _admit(self, call: Any, args: tuple[Any, ...]) -> Deferred[Any]:
         admission = self._admission
         if not admission.enter():
@@ -77,6 +120,21 @@ class AdmittedLogic:
     def _left(self, result: Any, started: float) -> Any:
         self._admission.leave(started)
         return result
+
+
+def _spread(result: list[Any] | Failure, each: list[Deferred[Any]]) -> None:
+    """A batch's answers (or its failure) to one Deferred per frame."""
+    if isinstance(result, Failure):
+        for d in each:
+            d.errback(result)
+        return
+    for answer, d in zip(result, each, strict=True):
+        if isinstance(answer, Deferred):
+            answer.chainDeferred(d)
+        elif isinstance(answer, BaseException):
+            d.errback(answer)
+        else:
+            d.callback(answer)
 
 
 def transport_name(transport: object) -> str:

@@ -35,7 +35,7 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from daojia_msg.gate.acks import AckBatch
+from daojia_msg.gate.batches import BATCHED, FrameBatch
 from daojia_msg.gate.host import ConnectionHost
 from daojia_msg.gate.lanes import CONTROL, NORMAL, PRIORITY, Lanes
 from daojia_msg.gate.limits import OVER_CAPACITY, TokenBucket
@@ -105,8 +105,8 @@ class GateProtocol(Protocol):
         self._inflight = 0
         self._paused = False
         self._processing = False
-        #: ACK frames of this read, sent together (daojia_msg/gate/acks.py).
-        self._acks = AckBatch()
+        #: The ACK or C2C frames of this read, sent together (daojia_msg/gate/batches.py).
+        self._batch = FrameBatch()
         self._push_seq = 0
         self._connected_at = 0.0
         self._last_rx = 0.0  # any bytes: the token bucket's clock
@@ -343,7 +343,7 @@ class GateProtocol(Protocol):
             decoder = self._decoder
             while not self._closing:
                 if self._busy():
-                    if self._send_acks():  # they may be answered at once, and free the connection
+                    if self._send_batch():  # it may be answered at once, and free the connection
                         continue
                     break
                 try:
@@ -362,12 +362,12 @@ class GateProtocol(Protocol):
                     self.close()
                     return
                 if frame is None:
-                    if self._send_acks():
+                    if self._send_batch():
                         continue
                     break
                 self._frame(frame)
         finally:
-            self._send_acks()  # a frame that closed the connection: the ACKs before it count
+            self._send_batch()  # a frame that closed the connection: the frames before it count
             self._processing = False
         self._throttle()
 
@@ -423,8 +423,8 @@ class GateProtocol(Protocol):
             self._reply_body(frame, OVER_CAPACITY_BODY)
             return
         body_type, handle = HANDLERS[cmd]
-        if cmd != Cmd.ACK:
-            self._send_acks()  # those before this frame go first
+        if cmd not in BATCHED:
+            self._send_batch()  # those before this frame go first
         if body_type is None:  # the body is ignored
             handle(self, frame, None)
             return
@@ -450,20 +450,26 @@ class GateProtocol(Protocol):
         self._call(frame, self._login(frame, req))
 
     def _on_c2c(self, frame: Frame, req: pb.C2CRequest) -> None:
-        self._call(frame, self.logic.c2c(self._session(), frame.msgtype, req))
+        self._collect(frame, req)
 
     def _on_c2s(self, frame: Frame, req: pb.C2SRequest) -> None:
         self._call(frame, self.logic.c2s(self._session(), frame.msgtype, req))
 
     def _on_ack(self, frame: Frame, req: pb.Ack) -> None:
-        self._inflight += 1
-        self._acks.add(frame, req.msgids)  # sent with the other ACKs of this read
+        self._collect(frame, req.msgids)
 
-    def _send_acks(self) -> bool:
-        """Send the ACK frames collected (:meth:`_on_ack`); False when there were none."""
-        if not self._acks:
+    def _collect(self, frame: Frame, body: Any) -> None:
+        """Hold an ACK or C2C frame, to go with the others of its command in this read."""
+        self._inflight += 1
+        if self._batch.cmd != frame.cmd:
+            self._send_batch()
+        self._batch.add(frame, body)
+
+    def _send_batch(self) -> bool:
+        """Send the frames collected (:meth:`_collect`); False when there were none."""
+        if not self._batch:
             return False
-        self._acks.send(self.logic, self._session(), self._answer, self._failed)
+        self._batch.send(self.logic, self._session(), self._answer, self._failed)
         return True
 
     def _on_pull(self, frame: Frame, req: pb.PullRequest) -> None:

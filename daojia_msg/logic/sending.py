@@ -19,9 +19,10 @@ the C2C senders' (whose uid is never 0), in the same store table.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, cast
+from itertools import repeat
+from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -66,18 +67,22 @@ def _too_many_ids(msgids: Sequence[int], limit: int) -> errors.BadRequest | None
     return None
 
 
-def _answer_each(result: pb.Result | Failure,
-                 answers: list[Any]) -> list[pb.Result | Exception]:
-    """The shared outcome of an :meth:`Sending.ack_frames` (its answer, or
-    its request error: TIMEOUT, UNAVAILABLE) to each frame that had none of
-    its own; a failure that is no request error (a bug) fails them all."""
-    shared: pb.Result | Exception
+def _answer_each(result: pb.Result | list[Any] | Failure, answers: list[Any]) -> list[Any]:
+    """The answers of a batch of frames (:meth:`Sending.ack_frames`,
+    :meth:`Sending.c2c_frames`): ``answers`` holds each frame's refusal, or
+    None for the frames that went to the store; those get, in order, the
+    items of ``result`` (a list), or ``result`` itself (one answer for all),
+    or its request error (TIMEOUT, UNAVAILABLE). A failure that is no request
+    error (a bug) fails them all."""
+    given: Iterator[Any]
     if isinstance(result, Failure):
         result.trap(errors.RequestError)
-        shared = cast(Exception, result.value)
+        given = repeat(result.value)
+    elif isinstance(result, list):
+        given = iter(result)
     else:
-        shared = result
-    return [shared if a is None else a for a in answers]
+        given = repeat(result)
+    return [next(given) if a is None else a for a in answers]
 
 
 def _c2c_timeout() -> errors.Timeout:
@@ -218,34 +223,83 @@ class Sending:
                                  "may not be published")
         raise errors.Unavailable("message bus unavailable")
 
+    def _c2c_message(self, session: Session, msgtype: int, req: pb.C2CRequest) -> NewMessage:
+        """The message a C2C asks to store, or its refusal (a RequestError)."""
+        to_app = self.ctx.config.app(req.to_appcode)
+        if to_app is None:
+            raise errors.UnknownAppcode(f"no app {req.to_appcode}")
+        check_uid(req.to_uid, "to_uid")
+        if (req.to_uid, req.to_appcode) == (session.uid, session.appcode):
+            raise errors.BadRequest("cannot send to oneself")
+        self._check_content(req.content)
+        if msgtype in self._rich_msgtypes:  # no app look-up for the other msgtypes
+            self._check_rich(req.content, msgtype, self.ctx.config.app(session.appcode), to_app)
+        if len(req.client_msg_id) > self.ctx.limits.max_id_len:
+            raise errors.BadRequest(
+                f"client_msg_id is over {self.ctx.limits.max_id_len} characters")
+        msgid = self.ctx.ids.next_id()
+        msg = StoredMessage(
+            msgid, session.uid, session.appcode, req.to_uid, req.to_appcode, msgtype,
+            Kind.C2C, req.content, self.ctx.now_ms(), self._logid(req.logid, msgid),
+        )
+        return NewMessage(msg, to_app.usersystem, session.usersystem, req.client_msg_id)
+
     def c2c(self, session: Session, msgtype: int, req: pb.C2CRequest) -> Deferred[pb.Result]:
         """Store durably (de-duplicated by client_msg_id), push, then answer."""
         try:
             self.ctx.check_available()
-            to_app = self.ctx.config.app(req.to_appcode)
-            if to_app is None:
-                raise errors.UnknownAppcode(f"no app {req.to_appcode}")
-            check_uid(req.to_uid, "to_uid")
-            if (req.to_uid, req.to_appcode) == (session.uid, session.appcode):
-                raise errors.BadRequest("cannot send to oneself")
-            self._check_content(req.content)
-            if msgtype in self._rich_msgtypes:  # no app look-up for the other msgtypes
-                self._check_rich(req.content, msgtype, self.ctx.config.app(session.appcode),
-                                 to_app)
-            if len(req.client_msg_id) > self.ctx.limits.max_id_len:
-                raise errors.BadRequest(
-                    f"client_msg_id is over {self.ctx.limits.max_id_len} characters")
-            msgid = self.ctx.ids.next_id()
-            msg = StoredMessage(
-                msgid, session.uid, session.appcode, req.to_uid, req.to_appcode, msgtype,
-                Kind.C2C, req.content, self.ctx.now_ms(), self._logid(req.logid, msgid),
-            )
-            new = NewMessage(msg, to_app.usersystem, session.usersystem, req.client_msg_id)
+            new = self._c2c_message(session, msgtype, req)
             d = self._store([new])
         except Exception:
             return fail()
-        return self.ctx.answers.bound(d.addCallback(self._c2c_stored, session, req, msg),
-                                      _c2c_timeout)
+        return self.ctx.answers.bound(
+            d.addCallback(self._c2c_stored, session, req, new.message), _c2c_timeout)
+
+    def c2c_frames(self, session: Session, items: Sequence[tuple[int, pb.C2CRequest]]
+                   ) -> Deferred[list[pb.Result | Exception | Deferred[pb.Result]]]:
+        """The C2C frames of one socket read (``(msgtype, request)`` each),
+        as one write: each frame's answer, in order. A frame refused for its
+        own content gets its RequestError alone; the others are stored in one
+        batch under one answer time limit (a failure of the store answers each
+        of them with it), then each is pushed as :meth:`c2c` would; a frame
+        whose push goes to another node, or whose resend re-delivers, is
+        answered by a Deferred of its own, within the same time limit. The
+        same outcome as :meth:`c2c` per frame, for one store op and one
+        Deferred for the lot."""
+        try:
+            self.ctx.check_available()
+            answers: list[Any] = []
+            batch: list[NewMessage] = []
+            stored: list[tuple[pb.C2CRequest, StoredMessage]] = []
+            for msgtype, req in items:
+                try:
+                    new = self._c2c_message(session, msgtype, req)
+                except errors.RequestError as e:
+                    answers.append(e)
+                    continue
+                answers.append(None)
+                batch.append(new)
+                stored.append((req, new.message))
+            if not batch:
+                return succeed(answers)
+            d = self._store(batch).addCallback(self._c2c_batch_stored, session, stored,
+                                               self.ctx.clock.seconds())
+        except Exception:
+            return fail()
+        return self.ctx.answers.bound(d, _c2c_timeout).addBoth(_answer_each, answers)
+
+    def _c2c_batch_stored(self, outcomes: list[StoreOutcome], session: Session,
+                          stored: list[tuple[pb.C2CRequest, StoredMessage]],
+                          started: float) -> list[pb.Result | Deferred[pb.Result]]:
+        """Durable: :meth:`_c2c_stored` for each, a pending answer bounded by
+        the time limit counted from ``started`` (when the batch was read)."""
+        answers: list[pb.Result | Deferred[pb.Result]] = []
+        for outcome, (req, msg) in zip(outcomes, stored, strict=True):
+            answer = self._c2c_stored([outcome], session, req, msg)
+            if isinstance(answer, Deferred):
+                answer = self.ctx.answers.bound_from(started, answer, _c2c_timeout)
+            answers.append(answer)
+        return answers
 
     def _c2c_stored(self, outcomes: list[StoreOutcome], session: Session, req: pb.C2CRequest,
                     msg: StoredMessage) -> pb.Result | Deferred[pb.Result]:
@@ -415,7 +469,7 @@ class Sending:
             _ack_timeout)
 
     def ack_frames(self, session: Session,
-                   frames: Sequence[Sequence[int]]) -> Deferred[list[pb.Result | Exception]]:
+                   frames: Sequence[Sequence[int]]) -> Deferred[list[Any]]:
         """The ACK frames of one socket read, as one write: each frame's
         answer, in order (a frame over ``max_ack_ids`` gets its BadRequest
         alone; the others share one store ACK and one answer time limit, so a
@@ -427,7 +481,7 @@ class Sending:
             answers: list[pb.Result | Exception | None] = [
                 _too_many_ids(msgids, limit) for msgids in frames]
             if all(a is not None for a in answers):
-                return succeed(cast(list[pb.Result | Exception], answers))
+                return succeed(answers)
             valid = [m for msgids, a in zip(frames, answers, strict=True) if a is None
                      for m in msgids]
             d = self._store_ack(session, list(dict.fromkeys(valid)))

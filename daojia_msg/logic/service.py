@@ -87,6 +87,7 @@ class LogicService(Service):
         # The per-message paths, without a call in between.
         self.c2s = self.offers.wrap_c2s(self.sending.c2s)
         self.c2c = self.sending.c2c
+        self.c2c_frames = self.sending.c2c_frames
         self.ack = self.sending.ack
         self.ack_frames = self.sending.ack_frames
         #: The purge loop (expired, delivered, old history, de-dup keys) and
