@@ -35,6 +35,11 @@ T = TypeVar("T")
 
 log = Logger()
 
+#: How much later than its time limit an answer on the per-message path may
+#: come, as a share of the limit, for it to be timed on the shared queue
+#: (:meth:`Answers.bound_since`).
+SLACK = 0.1
+
 
 def _forward(result: Any, answer: Deferred[Any]) -> None:
     """The work is done: its result to the answer, unless that was given up."""
@@ -120,6 +125,18 @@ class Answers:
             answer.cancel()
             return answer
         return within(answer, left, self.clock)
+
+    def bound_since(self, started: float, work: Deferred[T],
+                    error: Callable[[], Exception]) -> Deferred[T]:
+        """:meth:`bound_from` for answers on the per-message path (a C2C of a
+        batch whose push waits on another node): when ``started`` is within
+        :data:`SLACK` of the timeout from now, the answer is timed on the
+        shared queue from now (no timer of its own), so it may come up to that
+        share of the timeout later than ``started + timeout``; otherwise it
+        counts from ``started`` exactly."""
+        if self.clock.seconds() - started <= self.timeout * SLACK:
+            return self.bound(work, error)
+        return self.bound_from(started, work, error)
 
     def stop(self) -> None:
         """Forget the timer: what still waits is no longer timed."""

@@ -292,12 +292,13 @@ class Sending:
                           stored: list[tuple[pb.C2CRequest, StoredMessage]],
                           started: float) -> list[pb.Result | Deferred[pb.Result]]:
         """Durable: :meth:`_c2c_stored` for each, a pending answer bounded by
-        the time limit counted from ``started`` (when the batch was read)."""
+        the time limit counted from ``started`` (when the batch was read; on
+        the shared timer when that was a moment ago: ``Answers.bound_since``)."""
         answers: list[pb.Result | Deferred[pb.Result]] = []
         for outcome, (req, msg) in zip(outcomes, stored, strict=True):
             answer = self._c2c_stored([outcome], session, req, msg)
             if isinstance(answer, Deferred):
-                answer = self.ctx.answers.bound_from(started, answer, _c2c_timeout)
+                answer = self.ctx.answers.bound_since(started, answer, _c2c_timeout)
             answers.append(answer)
         return answers
 

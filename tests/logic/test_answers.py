@@ -95,6 +95,25 @@ class AnswersTests(SynchronousTestCase):
         self.failureResultOf(late, errors.Timeout)
         self.assertEqual(self.answers.timeouts, 2)
 
+    def test_bound_since_shares_the_timer_when_started_a_moment_ago(self) -> None:
+        """Started within a tenth of the limit: timed from now on the shared
+        queue (one timer for all); started earlier: exactly from then."""
+        self.clock.advance(100)
+        works: list[Deferred[int]] = [Deferred() for _ in range(10)]
+        answers = [self.answers.bound_since(99.8, w, _timeout) for w in works]
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(2.9)
+        self.assertNoResult(answers[0])  # up to 0.2 s past started + 3
+        self.clock.advance(0.1)
+        for a in answers:
+            self.failureResultOf(a, errors.Timeout)
+        late = self.answers.bound_since(self.clock.seconds() - 2.0, Deferred(), _timeout)
+        self.clock.advance(0.9)
+        self.assertNoResult(late)
+        self.clock.advance(0.1)
+        self.failureResultOf(late, errors.Timeout)  # 3 s after it started
+        self.assertEqual(self.answers.timeouts, 11)
+
 
 class HeldStore:
     """Make one method of a stack's store answer only when released: the
