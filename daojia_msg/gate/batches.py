@@ -44,29 +44,34 @@ class FrameBatch:
     per-connection limit sees it) and calls :meth:`send` before it handles a
     frame of any other command and when its read is done."""
 
-    __slots__ = ("cmd", "frames", "bodies")
+    __slots__ = ("cmd", "frames", "bodies", "session")
 
     def __init__(self) -> None:
         #: The command of the frames (0 while empty).
         self.cmd = 0
         self.frames: list[Frame] = []
         self.bodies: list[Any] = []
+        #: The session the frames came in (kept: a later frame of the same
+        #: read may close the connection, and these still go).
+        self.session: Any = None
 
     def __bool__(self) -> bool:
         return bool(self.frames)
 
-    def add(self, frame: Frame, body: Any) -> None:
-        """Add ``frame``: the caller sent the batch first if it held another command's."""
+    def add(self, frame: Frame, body: Any, session: Any) -> None:
+        """Add ``frame`` of ``session``: the caller sent the batch first if it
+        held another command's."""
         self.cmd = frame.cmd
+        self.session = session
         self.frames.append(frame)
         self.bodies.append(body)
 
-    def send(self, logic: Any, session: Any, answer: Answer, failed: Answer) -> None:
+    def send(self, logic: Any, answer: Answer, failed: Answer) -> None:
         """One ``logic.ack`` or ``logic.c2c`` for a lone frame, else one
         ``logic.ack_frames`` or ``logic.c2c_frames``; each frame answered
         through ``answer`` or ``failed``."""
-        frames, bodies, cmd = self.frames, self.bodies, self.cmd
-        self.frames, self.bodies, self.cmd = [], [], 0
+        frames, bodies, cmd, session = self.frames, self.bodies, self.cmd, self.session
+        self.frames, self.bodies, self.cmd, self.session = [], [], 0, None
         if len(frames) == 1:
             frame = frames[0]
             if cmd == Cmd.ACK:

@@ -463,13 +463,13 @@ class GateProtocol(Protocol):
         self._inflight += 1
         if self._batch.cmd != frame.cmd:
             self._send_batch()
-        self._batch.add(frame, body)
+        self._batch.add(frame, body, self._session())
 
     def _send_batch(self) -> bool:
         """Send the frames collected (:meth:`_collect`); False when there were none."""
         if not self._batch:
             return False
-        self._batch.send(self.logic, self._session(), self._answer, self._failed)
+        self._batch.send(self.logic, self._answer, self._failed)
         return True
 
     def _on_pull(self, frame: Frame, req: pb.PullRequest) -> None:

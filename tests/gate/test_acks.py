@@ -100,6 +100,13 @@ class AckBatchTests(SynchronousTestCase):
                   self.ack([self.msgids[2]], 4), self.ack([self.msgids[3]], 5))
         self.assertEqual(self.acks, [self.msgids[:2], self.msgids[2:4]])
 
+    def test_acks_before_a_frame_that_closes_the_connection_count(self) -> None:
+        self.b.send_raw(self.ack([self.msgids[0]], 1) + self.ack([self.msgids[1]], 2)
+                        + b"no magic at all here")
+        self.assertTrue(self.b.closing)
+        self.assertEqual(self.acks, [self.msgids[:2]])  # as one write, also at two in flight
+        self.assertEqual(self.pending(), 3)
+
     def test_the_stores_failure_answers_each(self) -> None:
         self.stack.store.ack = lambda *a: fail(StoreUnavailable("down"))
         answers = self.send(self.b, self.ack([self.msgids[0]], 1), self.ack([self.msgids[1]], 2),

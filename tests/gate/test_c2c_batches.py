@@ -193,6 +193,16 @@ class C2CBatchTests(SynchronousTestCase):
         self.assertEqual(self.writes, [["x"], ["b1", "b2"], ["b3"]])
         self.assertEqual([p.content for p in self.a.pushed_messages()], [b"b1", b"b2", b"b3"])
 
+    def test_frames_before_one_that_closes_the_connection_count(self) -> None:
+        """A read whose last bytes close the connection (here: no magic):
+        the C2Cs before them are stored and pushed as they would be alone
+        (unanswered: the connection is closing; a resend is de-duplicated)."""
+        self.a.send_raw(self.c2c(1, "a") + self.c2c(2, "b") + b"no magic at all here")
+        self.assertTrue(self.a.closing)
+        self.assertEqual(self.writes, [["a", "b"]])
+        self.assertEqual([m.content for m in self.b.pushed_messages()], [b"a", b"b"])
+        self.assertEqual(self.stack.factory.admission.inflight, 0)
+
     def test_the_stores_failure_answers_each(self) -> None:
         self.stack.store.store = lambda batch: fail(StoreUnavailable("down"))
         answers = self.send(self.a, self.c2c(1, "a"), self.c2c(2, "b", to_uid=42),
