@@ -30,6 +30,7 @@ from daojia_msg.config import Limits
 from daojia_msg.core.admission import Admission
 from daojia_msg.gate.limits import OVER_CAPACITY, PeerCounter
 from daojia_msg.gate.protocol import GateProtocol
+from daojia_msg.logic.answers import spread
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.counters import TRANSPORTS, GateCounters
@@ -86,9 +87,7 @@ class AdmittedLogic:
             return d
         # Over capacity (rare): the refusals go at once, each admitted frame's
         # answer when the batch has it.
-        each: list[Deferred[Any]] = [Deferred() for _ in range(count)]
-        d.addBoth(_spread, each)
-        given = iter(each)
+        given = iter(spread(d, count))
         return succeed([next(given) if entered else RateLimited(OVER_CAPACITY)
                         for entered in admitted])
 
@@ -120,21 +119,6 @@ class AdmittedLogic:
     def _left(self, result: Any, started: float) -> Any:
         self._admission.leave(started)
         return result
-
-
-def _spread(result: list[Any] | Failure, each: list[Deferred[Any]]) -> None:
-    """A batch's answers (or its failure) to one Deferred per frame."""
-    if isinstance(result, Failure):
-        for d in each:
-            d.errback(result)
-        return
-    for answer, d in zip(result, each, strict=True):
-        if isinstance(answer, Deferred):
-            answer.chainDeferred(d)
-        elif isinstance(answer, BaseException):
-            d.errback(answer)
-        else:
-            d.callback(answer)
 
 
 def transport_name(transport: object) -> str:

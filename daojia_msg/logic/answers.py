@@ -48,9 +48,44 @@ def _forward(result: Any, answer: Deferred[Any]) -> None:
             answer.errback(result)
         else:
             answer.callback(result)
-    elif isinstance(result, Failure) and not result.check(RequestError):
-        log.failure("work whose answer had timed out failed", result)
+    elif isinstance(result, Failure):
+        _late_failure(result)
+    elif isinstance(result, list):
+        # A batch's answers (Sending.c2c_frames), some still waiting on their
+        # own work: nobody takes them now, so their failures end here.
+        for item in result:
+            if isinstance(item, Deferred):
+                item.addErrback(_late_failure)
     # A late RequestError was logged where it was raised (and answered nothing).
+
+
+def _late_failure(failure: Failure) -> None:
+    if not failure.check(RequestError):
+        log.failure("work whose answer had timed out failed", failure)
+
+
+def spread(batch: Deferred[list[Any]], count: int) -> list[Deferred[Any]]:
+    """One Deferred for each of the ``count`` answers ``batch`` will give (a
+    list of answers: values, exceptions, or Deferreds of their own), so that
+    other answers of the same frames can go before it; a failure of ``batch``
+    fails each."""
+    each: list[Deferred[Any]] = [Deferred() for _ in range(count)]
+    batch.addBoth(_spread, each)
+    return each
+
+
+def _spread(result: list[Any] | Failure, each: list[Deferred[Any]]) -> None:
+    if isinstance(result, Failure):
+        for d in each:
+            d.errback(result)
+        return
+    for answer, d in zip(result, each, strict=True):
+        if isinstance(answer, Deferred):
+            answer.chainDeferred(d)
+        elif isinstance(answer, BaseException):
+            d.errback(answer)
+        else:
+            d.callback(answer)
 
 
 def follow(work: Deferred[T], error: Callable[[], Exception]) -> Deferred[T]:

@@ -34,6 +34,7 @@ from daojia_msg.content.richtext import RichTextError, validate
 from daojia_msg.core.convert import MAX_ID, check_uid, sender_fields
 from daojia_msg.core.errors import BusError, BusTimeout, StoreError, StoreUncertain
 from daojia_msg.core.model import AckedMessage, Kind, NewMessage, StoredMessage, StoreOutcome
+from daojia_msg.logic.answers import spread
 from daojia_msg.logic.context import Context
 from daojia_msg.logic.escalation import Escalator
 from daojia_msg.logic.interfaces import IMessageStore, IPublisher
@@ -286,7 +287,12 @@ class Sending:
                                                self.ctx.clock.seconds())
         except Exception:
             return fail()
-        return self.ctx.answers.bound(d, _c2c_timeout).addBoth(_answer_each, answers)
+        d = self.ctx.answers.bound(d, _c2c_timeout)
+        if len(batch) == len(answers):  # the usual case: none refused
+            return d.addBoth(_answer_each, answers)
+        # Refusals go at once (as a lone C2C's would), the others when stored.
+        stored_answers = iter(spread(d, len(batch)))
+        return succeed([next(stored_answers) if a is None else a for a in answers])
 
     def _c2c_batch_stored(self, outcomes: list[StoreOutcome], session: Session,
                           stored: list[tuple[pb.C2CRequest, StoredMessage]],
@@ -298,7 +304,12 @@ class Sending:
         for outcome, (req, msg) in zip(outcomes, stored, strict=True):
             answer = self._c2c_stored([outcome], session, req, msg)
             if isinstance(answer, Deferred):
-                answer = self.ctx.answers.bound_since(started, answer, _c2c_timeout)
+                # (Past the limit, the batch was answered TIMEOUT: the push
+                # goes on, timed from now for a batch whose answer waits after
+                # a stall; a late answer is dropped, Answers' _forward.)
+                answer = (self.ctx.answers.bound_since(started, answer, _c2c_timeout)
+                          if self.ctx.clock.seconds() - started < self.ctx.answers.timeout
+                          else self.ctx.answers.bound(answer, _c2c_timeout))
             answers.append(answer)
         return answers
 

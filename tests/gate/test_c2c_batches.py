@@ -4,6 +4,7 @@ answered as if it had gone alone (daojia_msg/gate/batches.py,
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -192,6 +193,43 @@ class C2CBatchTests(SynchronousTestCase):
                          {i: Code.OK for i in range(1, 6)})
         self.assertEqual(self.writes, [["x"], ["b1", "b2"], ["b3"]])
         self.assertEqual([p.content for p in self.a.pushed_messages()], [b"b1", b"b2", b"b3"])
+
+    def test_a_refusal_does_not_wait_for_the_store(self) -> None:
+        """A frame refused for its content is answered at once, as it would
+        be alone, while the other frames of its read wait for the store."""
+        held = self.stack.stall_store()
+        self.a.send_raw(self.c2c(1, "ok") + self.c2c(2, "me", to_uid=42) + self.c2c(3, "ok2"))
+        self.assertEqual({seq: r.code for seq, r in self.answers(self.a).items()},
+                         {2: Code.BAD_REQUEST})
+        self.assertEqual((self.a.proto._inflight, self.stack.factory.admission.inflight), (2, 2))
+        for d in held:
+            d.callback(None)
+        self.assertEqual({seq: r.code for seq, r in self.answers(self.a).items()},
+                         {1: Code.OK, 3: Code.OK})
+        self.assertEqual((self.a.proto._inflight, self.stack.factory.admission.inflight), (0, 0))
+
+    def test_a_late_store_with_a_slow_push_logs_nothing(self) -> None:
+        """The store confirms after the answers timed out; the push that then
+        waits on another node times out too: nobody takes its answer, and
+        nothing is left as an unhandled error."""
+        routing = self.stack.logic.routing
+        real_local = routing.push_if_local
+        routing.push_if_local = (  # type: ignore[method-assign]
+            lambda msg: msg.to_uid != 77 and real_local(msg))
+        routing.deliver = lambda msg: Deferred()  # type: ignore[method-assign,assignment]
+        held = self.stack.stall_store()
+        self.a.send_raw(self.c2c(1, "near") + self.c2c(2, "far", to_uid=77))
+        timeout = self.stack.config.store.answer_timeout_s
+        self.stack.clock.advance(timeout)
+        self.assertEqual({seq: r.code for seq, r in self.answers(self.a).items()},
+                         {1: Code.TIMEOUT, 2: Code.TIMEOUT})
+        for d in held:
+            d.callback(None)
+        self.stack.clock.advance(timeout)
+        self.assertEqual(self.a.received(), [])
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual((self.a.proto._inflight, self.stack.factory.admission.inflight), (0, 0))
 
     def test_frames_before_one_that_closes_the_connection_count(self) -> None:
         """A read whose last bytes close the connection (here: no magic):
