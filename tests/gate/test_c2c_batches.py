@@ -231,6 +231,23 @@ class C2CBatchTests(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual((self.a.proto._inflight, self.stack.factory.admission.inflight), (0, 0))
 
+    def test_a_logic_that_raises_answers_each_internal(self) -> None:
+        """A bug that raises out of the logic call still answers every frame
+        (INTERNAL) and frees its places."""
+        def boom(*args: Any) -> Any:
+            raise RuntimeError("bug")
+
+        self.stack.logic.c2c_frames = boom  # type: ignore[method-assign]
+        self.stack.logic.c2c = boom  # type: ignore[method-assign]
+        self.a.proto.logic = type(self.a.proto.logic)(self.stack.logic,  # type: ignore[call-arg]
+                                                      self.stack.factory.admission)
+        answers = self.send(self.a, self.c2c(1, "a"), self.c2c(2, "b"))
+        self.assertEqual({seq: r.code for seq, r in answers.items()},
+                         {1: Code.INTERNAL, 2: Code.INTERNAL})
+        self.assertEqual(self.send(self.a, self.c2c(3, "alone"))[3].code, Code.INTERNAL)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+        self.assertEqual((self.a.proto._inflight, self.stack.factory.admission.inflight), (0, 0))
+
     def test_frames_before_one_that_closes_the_connection_count(self) -> None:
         """A read whose last bytes close the connection (here: no magic):
         the C2Cs before them are stored and pushed as they would be alone
