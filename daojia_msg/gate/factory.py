@@ -30,7 +30,7 @@ from daojia_msg.config import Limits
 from daojia_msg.core.admission import Admission
 from daojia_msg.gate.limits import OVER_CAPACITY, PeerCounter
 from daojia_msg.gate.protocol import GateProtocol
-from daojia_msg.logic.answers import spread
+from daojia_msg.logic.answers import each_answer
 from daojia_msg.logic.inbox import Inbox
 from daojia_msg.logic.service import LogicService
 from daojia_msg.metrics.counters import TRANSPORTS, GateCounters
@@ -87,9 +87,8 @@ class AdmittedLogic:
             return d
         # Over capacity (rare): the refusals go at once, each admitted frame's
         # answer when the batch has it.
-        given = iter(spread(d, count))
-        return succeed([next(given) if entered else RateLimited(OVER_CAPACITY)
-                        for entered in admitted])
+        return each_answer(d, [None if entered else RateLimited(OVER_CAPACITY)
+                               for entered in admitted])
 
     def _each_left(self, result: Any, started: float, count: int) -> Any:
         if isinstance(result, Failure):

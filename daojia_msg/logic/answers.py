@@ -20,10 +20,11 @@ the rule for a stalled node (a timer that ran late gives one more period).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,6 +63,35 @@ def _forward(result: Any, answer: Deferred[Any]) -> None:
 def _late_failure(failure: Failure) -> None:
     if not failure.check(RequestError):
         log.failure("work whose answer had timed out failed", failure)
+
+
+def each_answer(batch: Deferred[Any], answers: list[Any]) -> Deferred[list[Any]]:
+    """The answers of a batch of frames, in order: ``answers`` holds each
+    frame's own refusal, answered at once (as the frame alone would be), or
+    None for the frames whose answers ``batch`` gives: a list of them, or one
+    answer for all, or a request error for all (TIMEOUT, UNAVAILABLE); a
+    failure that is no request error (a bug) fails them. At least one frame
+    waits on ``batch``; when none was refused (the usual case) the answers
+    come together, as ``batch``'s callback."""
+    waiting = answers.count(None)
+    if waiting == len(answers):
+        return batch.addBoth(_fill, answers)
+    given = iter(spread(batch.addBoth(_fill, [None] * waiting), waiting))
+    return succeed([next(given) if a is None else a for a in answers])
+
+
+def _fill(result: Any, answers: list[Any]) -> list[Any]:
+    """``answers`` with each None replaced by the next item of ``result`` (a
+    list), or by ``result`` (one answer for all), or by its request error."""
+    given: Iterator[Any]
+    if isinstance(result, Failure):
+        result.trap(RequestError)
+        given = repeat(result.value)
+    elif isinstance(result, list):
+        given = iter(result)
+    else:
+        given = repeat(result)
+    return [next(given) if a is None else a for a in answers]
 
 
 def spread(batch: Deferred[list[Any]], count: int) -> list[Deferred[Any]]:
@@ -168,8 +198,13 @@ class Answers:
         :data:`SLACK` of the timeout from now, the answer is timed on the
         shared queue from now (no timer of its own), so it may come up to that
         share of the timeout later than ``started + timeout``; otherwise it
-        counts from ``started`` exactly."""
-        if self.clock.seconds() - started <= self.timeout * SLACK:
+        counts from ``started`` exactly. Past the timeout already (a store
+        that confirmed late: the batch's own answer was TIMEOUT, unless a
+        stall gave it more time), it is timed from now too, rather than
+        given up at once: the push goes on, and a late answer is dropped
+        (:func:`_forward`)."""
+        waited = self.clock.seconds() - started
+        if waited <= self.timeout * SLACK or waited >= self.timeout:
             return self.bound(work, error)
         return self.bound_from(started, work, error)
 

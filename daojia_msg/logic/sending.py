@@ -19,9 +19,8 @@ the C2C senders' (whose uid is never 0), in the same store table.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -34,7 +33,7 @@ from daojia_msg.content.richtext import RichTextError, validate
 from daojia_msg.core.convert import MAX_ID, check_uid, sender_fields
 from daojia_msg.core.errors import BusError, BusTimeout, StoreError, StoreUncertain
 from daojia_msg.core.model import AckedMessage, Kind, NewMessage, StoredMessage, StoreOutcome
-from daojia_msg.logic.answers import spread
+from daojia_msg.logic.answers import each_answer
 from daojia_msg.logic.context import Context
 from daojia_msg.logic.escalation import Escalator
 from daojia_msg.logic.interfaces import IMessageStore, IPublisher
@@ -66,24 +65,6 @@ def _too_many_ids(msgids: Sequence[int], limit: int) -> errors.BadRequest | None
     if len(msgids) > limit:
         return errors.BadRequest(f"at most {limit} msgids per ACK")
     return None
-
-
-def _answer_each(result: pb.Result | list[Any] | Failure, answers: list[Any]) -> list[Any]:
-    """The answers of a batch of frames (:meth:`Sending.ack_frames`,
-    :meth:`Sending.c2c_frames`): ``answers`` holds each frame's refusal, or
-    None for the frames that went to the store; those get, in order, the
-    items of ``result`` (a list), or ``result`` itself (one answer for all),
-    or its request error (TIMEOUT, UNAVAILABLE). A failure that is no request
-    error (a bug) fails them all."""
-    given: Iterator[Any]
-    if isinstance(result, Failure):
-        result.trap(errors.RequestError)
-        given = repeat(result.value)
-    elif isinstance(result, list):
-        given = iter(result)
-    else:
-        given = repeat(result)
-    return [next(given) if a is None else a for a in answers]
 
 
 def _c2c_timeout() -> errors.Timeout:
@@ -287,12 +268,7 @@ class Sending:
                                                self.ctx.clock.seconds())
         except Exception:
             return fail()
-        d = self.ctx.answers.bound(d, _c2c_timeout)
-        if len(batch) == len(answers):  # the usual case: none refused
-            return d.addBoth(_answer_each, answers)
-        # Refusals go at once (as a lone C2C's would), the others when stored.
-        stored_answers = iter(spread(d, len(batch)))
-        return succeed([next(stored_answers) if a is None else a for a in answers])
+        return each_answer(self.ctx.answers.bound(d, _c2c_timeout), answers)
 
     def _c2c_batch_stored(self, outcomes: list[StoreOutcome], session: Session,
                           stored: list[tuple[pb.C2CRequest, StoredMessage]],
@@ -304,12 +280,7 @@ class Sending:
         for outcome, (req, msg) in zip(outcomes, stored, strict=True):
             answer = self._c2c_stored([outcome], session, req, msg)
             if isinstance(answer, Deferred):
-                # (Past the limit, the batch was answered TIMEOUT: the push
-                # goes on, timed from now for a batch whose answer waits after
-                # a stall; a late answer is dropped, Answers' _forward.)
-                answer = (self.ctx.answers.bound_since(started, answer, _c2c_timeout)
-                          if self.ctx.clock.seconds() - started < self.ctx.answers.timeout
-                          else self.ctx.answers.bound(answer, _c2c_timeout))
+                answer = self.ctx.answers.bound_since(started, answer, _c2c_timeout)
             answers.append(answer)
         return answers
 
@@ -499,7 +470,7 @@ class Sending:
             d = self._store_ack(session, list(dict.fromkeys(valid)))
         except Exception:
             return fail()
-        return d.addBoth(_answer_each, answers)
+        return each_answer(d, answers)
 
     def _acked(self, acked: list[AckedMessage], session: Session,
                msgids: Sequence[int]) -> pb.Result:

@@ -85,6 +85,24 @@ class AckBatchTests(SynchronousTestCase):
         self.assertBatches([self.msgids[:3]])  # once each
         self.assertEqual(self.pending(), 2)
 
+    def test_a_refusal_does_not_wait_for_the_store(self) -> None:
+        """A frame over ``max_ack_ids`` is answered at once, as it would be
+        alone, while the others of its read wait for the store."""
+        held: list[Deferred[Any]] = []
+        real = self.stack.store.ack
+
+        def slow(*args: Any) -> Deferred[Any]:
+            held.append(Deferred())
+            return held[-1].addCallback(lambda _: real(*args))
+
+        self.stack.store.ack = slow
+        answers = self.send(self.b, self.ack([self.msgids[0]], 1), self.ack(list(range(1, 1002)), 2))
+        self.assertEqual({seq: r.code for seq, r in answers.items()}, {2: Code.BAD_REQUEST})
+        held[0].callback(None)
+        self.assertEqual({f.sequenceid: pb.Result.FromString(f.body).code
+                          for f in self.b.received()}, {1: Code.OK})
+        self.assertEqual(self.b.proto._inflight, 0)
+
     def test_empty_acks_are_answered(self) -> None:
         """ACK frames naming no msgid are answered OK, batched as alone."""
         answers = self.send(self.b, self.ack([], 1), self.ack([], 2))

@@ -113,6 +113,12 @@ class AnswersTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.failureResultOf(late, errors.Timeout)  # 3 s after it started
         self.assertEqual(self.answers.timeouts, 11)
+        # Started past the limit already: timed from now, not given up at once.
+        past = self.answers.bound_since(self.clock.seconds() - 5.0, Deferred(), _timeout)
+        self.clock.advance(2.9)
+        self.assertNoResult(past)
+        self.clock.advance(0.1)
+        self.failureResultOf(past, errors.Timeout)
 
 
 class HeldStore:
