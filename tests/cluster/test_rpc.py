@@ -29,7 +29,7 @@ from daojia_msg.cluster.rpc import (
     auth_mac,
     registry_addresses,
 )
-from daojia_msg.cluster.rpc.client import BACKOFF_MIN_S
+from daojia_msg.cluster.rpc.links import BACKOFF_MIN_S
 from daojia_msg.core.convert import from_pb, message_to_wire
 from daojia_msg.core.errors import PeerUnavailable
 from daojia_msg.core.model import Kind, NodeInfo, SessionRecord, StoredMessage

@@ -11,7 +11,8 @@ from twisted.test.iosim import IOPump
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.cluster.rpc import registry_addresses
-from daojia_msg.cluster.rpc.client import BACKOFF_MIN_S, MAX_PEER_INFLIGHT
+from daojia_msg.cluster.rpc.client import MAX_PEER_INFLIGHT
+from daojia_msg.cluster.rpc.links import BACKOFF_MIN_S
 from daojia_msg.core.errors import PeerUnavailable
 from daojia_msg.core.model import NodeInfo
 from tests.cluster.test_rpc import RECORD, Cluster, message
