@@ -120,6 +120,12 @@ class Cluster:
         for pump in self.pumps:
             pump.flush()
 
+    def deliver(self, record: SessionRecord, msg: StoredMessage) -> Deferred[bool]:
+        """A push, and the end of the reactor turn (when the pushes of the turn go)."""
+        d = self.peers.deliver(record, msg)
+        self.reactor.advance(0)
+        return d
+
 
 class DeliverTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -130,7 +136,7 @@ class DeliverTests(SynchronousTestCase):
 
     def test_deliver(self) -> None:
         msg = message(content=BIG)
-        d = self.c.peers.deliver(RECORD, msg)
+        d = self.c.deliver(RECORD, msg)
         self.assertNoResult(d)
         self.assertEqual(self.c.attempts(), [("10.0.0.2", RPC_PORT)])
         self.c.connect()
@@ -140,7 +146,7 @@ class DeliverTests(SynchronousTestCase):
 
     def test_not_there(self) -> None:
         self.c.logic.answer = False
-        d = self.c.peers.deliver(RECORD, message())
+        d = self.c.deliver(RECORD, message())
         self.c.connect()
         self.assertIs(self.successResultOf(d), False)
 
@@ -155,13 +161,13 @@ class DeliverTests(SynchronousTestCase):
 
     def test_one_connection_per_node(self) -> None:
         """Calls made while connecting wait for that one attempt; later calls reuse it."""
-        first = self.c.peers.deliver(RECORD, message(1))
+        first = self.c.deliver(RECORD, message(1))
         second = self.c.peers.kick(RECORD, 1, "x")
         self.assertEqual(len(self.c.attempts()), 1)
         self.c.connect()
         self.assertIs(self.successResultOf(first), True)
         self.assertIs(self.successResultOf(second), True)
-        third = self.c.peers.deliver(RECORD, message(3))
+        third = self.c.deliver(RECORD, message(3))
         self.assertEqual(self.c.attempts(), [])
         self.c.flush()
         self.assertIs(self.successResultOf(third), True)
@@ -169,22 +175,22 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(len(self.c.server.connections), 1)
 
     def test_lost_connection_reconnects(self) -> None:
-        d = self.c.peers.deliver(RECORD, message(1))
+        d = self.c.deliver(RECORD, message(1))
         pump = self.c.connect()
         self.successResultOf(d)
         pump.serverIO.loseConnection()
         self.c.flush()
         self.assertEqual(self.c.server.connections, set())
-        d = self.c.peers.deliver(RECORD, message(2))
+        d = self.c.deliver(RECORD, message(2))
         self.assertEqual(len(self.c.attempts()), 1)
         self.c.connect()
         self.assertIs(self.successResultOf(d), True)
 
     def test_lost_during_call(self) -> None:
-        d = self.c.peers.deliver(RECORD, message(1))
+        d = self.c.deliver(RECORD, message(1))
         pump = self.c.connect()
         self.successResultOf(d)
-        d = self.c.peers.deliver(RECORD, message(2))
+        d = self.c.deliver(RECORD, message(2))
         pump.serverIO.abortConnection()  # the answer never comes back
         self.c.flush()
         self.failureResultOf(d, PeerUnavailable)
@@ -193,11 +199,11 @@ class DeliverTests(SynchronousTestCase):
         """A node that came back at another address is reconnected to."""
         other = RpcServerFactory(self.c.logic, self.c.reactor, SECRET)
         self.c.reactor.listenTCP(7200, other)
-        d = self.c.peers.deliver(RECORD, message(1))
+        d = self.c.deliver(RECORD, message(1))
         self.c.connect()
         self.successResultOf(d)
         self.c.addresses[2] = ("10.0.0.2", 7200)
-        d = self.c.peers.deliver(RECORD, message(2))
+        d = self.c.deliver(RECORD, message(2))
         self.assertEqual(self.c.attempts(), [("10.0.0.2", 7200)])
         self.c.flush()  # the old connection closes
         self.assertEqual(self.c.server.connections, set())
@@ -208,7 +214,7 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(len(other.connections), 1)
 
     def test_unknown_node(self) -> None:
-        d = self.c.peers.deliver(SessionRecord(1, 1001, 9, "s", 0), message())
+        d = self.c.deliver(SessionRecord(1, 1001, 9, "s", 0), message())
         f = self.failureResultOf(d, PeerUnavailable)
         self.assertIn("node 9", f.getErrorMessage())
         self.assertEqual(self.c.attempts(), [])
@@ -218,20 +224,22 @@ class DeliverTests(SynchronousTestCase):
             raise PeerUnavailable("redis down")
 
         peers = RpcPeers(self.c.reactor, broken, node_id=1, secret=SECRET, timeout=3)
-        self.failureResultOf(peers.deliver(RECORD, message()), PeerUnavailable)
+        d = peers.deliver(RECORD, message())
+        self.c.reactor.advance(0)
+        self.failureResultOf(d, PeerUnavailable)
 
     def test_refused(self) -> None:
-        d = self.c.peers.deliver(RECORD, message())
+        d = self.c.deliver(RECORD, message())
         self.c.completer.failOnce(Failure(ConnectionRefusedError()))
         self.failureResultOf(d, PeerUnavailable)
         # Not cached: the next call tries again.
-        self.c.peers.deliver(RECORD, message())
+        self.c.deliver(RECORD, message())
         self.assertEqual(len(self.c.attempts()), 1)
 
     def test_timeout_while_connecting(self) -> None:
-        first = self.c.peers.deliver(RECORD, message(1))
+        first = self.c.deliver(RECORD, message(1))
         self.c.reactor.advance(1)
-        second = self.c.peers.deliver(RECORD, message(2))
+        second = self.c.deliver(RECORD, message(2))
         self.c.reactor.advance(2)
         f = self.failureResultOf(first, PeerUnavailable)
         self.assertIn("3 s", f.getErrorMessage())
@@ -240,16 +248,16 @@ class DeliverTests(SynchronousTestCase):
         # The next call starts a new attempt.
         self.c.reactor.tcpClients.clear()
         self.c.reactor.connectors.clear()
-        third = self.c.peers.deliver(RECORD, message(3))
+        third = self.c.deliver(RECORD, message(3))
         self.c.connect()
         self.assertIs(self.successResultOf(third), True)
 
     def test_timeout_of_a_call(self) -> None:
         """A call with no answer in time fails, and its connection is dropped."""
-        d = self.c.peers.deliver(RECORD, message(1))
+        d = self.c.deliver(RECORD, message(1))
         self.c.connect()
         self.successResultOf(d)
-        d = self.c.peers.deliver(RECORD, message(2))  # the pump is not run: no answer
+        d = self.c.deliver(RECORD, message(2))  # the pump is not run: no answer
         self.c.reactor.advance(2.9)
         self.assertNoResult(d)
         self.c.reactor.advance(0.1)
@@ -257,7 +265,7 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(self.c.reactor.getDelayedCalls(), [])
         self.c.flush()
         self.assertEqual(self.c.server.connections, set())
-        d = self.c.peers.deliver(RECORD, message(3))
+        d = self.c.deliver(RECORD, message(3))
         self.assertEqual(len(self.c.attempts()), 1)
         self.c.connect()
         self.assertIs(self.successResultOf(d), True)
@@ -268,13 +276,13 @@ class DeliverTests(SynchronousTestCase):
     def test_timeout_on_a_slow_peer_keeps_the_connection(self) -> None:
         """A call that times out while the peer still answers other calls
         fails alone: the connection stays (an overloaded peer is not dead)."""
-        d = self.c.peers.deliver(RECORD, message(1))
+        d = self.c.deliver(RECORD, message(1))
         pump = self.c.connect()
         self.successResultOf(d)
-        lost = self.c.peers.deliver(RECORD, message(2))
+        lost = self.c.deliver(RECORD, message(2))
         pump.clientIO.getOutBuffer()  # its request never reaches the peer
         self.c.reactor.advance(2.0)
-        answered = self.c.peers.deliver(RECORD, message(3))
+        answered = self.c.deliver(RECORD, message(3))
         pump.flush(advanceClock=False)
         self.assertIs(self.successResultOf(answered), True)
         self.c.reactor.advance(1.0)  # 2 waited 3 s; the peer answered 1 s ago
@@ -282,17 +290,17 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(len(self.c.server.connections), 1)
         self.assertEqual(self.c.attempts(), [])
         # Calls to the slow peer fail at once for BACKOFF_MIN_S, then go again.
-        f = self.failureResultOf(self.c.peers.deliver(RECORD, message(4)), PeerUnavailable)
+        f = self.failureResultOf(self.c.deliver(RECORD, message(4)), PeerUnavailable)
         self.assertIn("backing off", f.getErrorMessage())
         self.c.reactor.advance(BACKOFF_MIN_S)
-        later = self.c.peers.deliver(RECORD, message(4))
+        later = self.c.deliver(RECORD, message(4))
         pump.flush(advanceClock=False)
         self.assertIs(self.successResultOf(later), True)
 
     def test_content_over_limit(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         c = Cluster(max_content=100)
-        d = c.peers.deliver(RECORD, message(5, content=b"x" * 101, logid="trace-5"))
+        d = c.deliver(RECORD, message(5, content=b"x" * 101, logid="trace-5"))
         c.connect()
         self.failureResultOf(d, PeerUnavailable)
         # Both sides' warnings name the message.
@@ -300,19 +308,19 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(len(warned), 2)
         for event in warned:
             self.assertEqual((event["msgid"], event["logid"]), (5, "trace-5"))
-        d = c.peers.deliver(RECORD, message(content=b"x" * 100))
+        d = c.deliver(RECORD, message(content=b"x" * 100))
         c.flush()
         self.assertIs(self.successResultOf(d), True)  # the connection still serves
 
     def test_content_over_amp_value(self) -> None:
-        d = self.c.peers.deliver(RECORD, message(content=b"x" * 65536))
+        d = self.c.deliver(RECORD, message(content=b"x" * 65536))
         self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(self.c.attempts(), [])
 
     def test_server_exception(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.c.logic.error = RuntimeError("boom")
-        d = self.c.peers.deliver(RECORD, message(7, logid="trace-x"))
+        d = self.c.deliver(RECORD, message(7, logid="trace-x"))
         self.c.connect()
         f = self.failureResultOf(d, PeerUnavailable)
         self.assertIsInstance(f.value.__cause__, InternalError)
@@ -321,7 +329,7 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual((failure["msgid"], failure["logid"], failure["peer_node"]), (7, "trace-x", 1))
         # The same connection serves the next call.
         self.c.logic.error = None
-        d = self.c.peers.deliver(RECORD, message(8))
+        d = self.c.deliver(RECORD, message(8))
         self.c.flush()
         self.assertIs(self.successResultOf(d), True)
         self.assertEqual(self.c.attempts(), [])
@@ -332,7 +340,7 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_close(self) -> None:
-        d = self.c.peers.deliver(RECORD, message())
+        d = self.c.deliver(RECORD, message())
         self.c.connect()
         self.successResultOf(d)
         closed = self.c.peers.close()
@@ -340,10 +348,10 @@ class DeliverTests(SynchronousTestCase):
         self.c.flush()
         self.successResultOf(closed)
         self.assertEqual(self.c.server.connections, set())
-        self.failureResultOf(self.c.peers.deliver(RECORD, message()), PeerUnavailable)
+        self.failureResultOf(self.c.deliver(RECORD, message()), PeerUnavailable)
 
     def test_close_while_connecting(self) -> None:
-        d = self.c.peers.deliver(RECORD, message())
+        d = self.c.deliver(RECORD, message())
         self.successResultOf(self.c.peers.close())
         self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(self.c.reactor.getDelayedCalls(), [])
@@ -377,6 +385,7 @@ class WithLogicTests(SynchronousTestCase):
         peers = RpcPeers(reactor, address_of, node_id=1, secret=SECRET, timeout=3)
         msg = StoredMessage(123, 1, 1002, 2, 1001, 5, Kind.C2C, b"\xffbytes", 1, "trace-9")
         d = peers.deliver(record, msg)
+        reactor.advance(0)  # the end of the turn: the pushes of the turn go
         pump = ConnectionCompleter(reactor).succeedOnce()
         assert pump is not None
         pump.flush()
@@ -503,7 +512,7 @@ class AuthTests(SynchronousTestCase):
 
     def test_peers_with_wrong_secret(self) -> None:
         c = Cluster(secret="not-the-cluster-secret", server_secret=SECRET)
-        d = c.peers.deliver(RECORD, message())
+        d = c.deliver(RECORD, message())
         c.connect()
         self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(c.logic.delivered, [])
@@ -514,14 +523,14 @@ class AuthTests(SynchronousTestCase):
 
     def test_peers_without_secret(self) -> None:
         c = Cluster(secret="", server_secret=SECRET)
-        d = c.peers.deliver(RECORD, message())
+        d = c.deliver(RECORD, message())
         c.connect()
         self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(c.logic.delivered, [])
 
     def test_peers_both_without_secret(self) -> None:
         c = Cluster(secret="")
-        d = c.peers.deliver(RECORD, message())
+        d = c.deliver(RECORD, message())
         c.connect()
         self.assertIs(self.successResultOf(d), True)
 

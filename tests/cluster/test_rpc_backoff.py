@@ -24,21 +24,21 @@ class SlowPeerTests(SynchronousTestCase):
 
     def slow_call(self, pump: IOPump, msgid: int) -> Deferred[bool]:
         """A Deliver that times out while the peer answers another call."""
-        lost = self.c.peers.deliver(RECORD, message(msgid))
+        lost = self.c.deliver(RECORD, message(msgid))
         pump.clientIO.getOutBuffer()  # never reaches the peer
         self.c.reactor.advance(2.0)
-        answered = self.c.peers.deliver(RECORD, message(msgid + 1))
+        answered = self.c.deliver(RECORD, message(msgid + 1))
         pump.flush(advanceClock=False)
         self.successResultOf(answered)
         self.c.reactor.advance(1.0)
         return lost
 
     def test_backoff_doubles_then_starts_again(self) -> None:
-        d = self.c.peers.deliver(RECORD, message(1))
+        d = self.c.deliver(RECORD, message(1))
         pump = self.c.connect()
         self.successResultOf(d)
         # Two calls time out in one wave: one pause of BACKOFF_MIN_S.
-        first = self.c.peers.deliver(RECORD, message(2))
+        first = self.c.deliver(RECORD, message(2))
         lost = self.slow_call(pump, 3)
         self.failureResultOf(first, PeerUnavailable)
         self.failureResultOf(lost, PeerUnavailable)
@@ -60,15 +60,15 @@ class SlowPeerTests(SynchronousTestCase):
         self.assertEqual(link.backoff, BACKOFF_MIN_S)
 
     def test_at_most_max_peer_inflight_calls_wait(self) -> None:
-        d = self.c.peers.deliver(RECORD, message(1))
+        d = self.c.deliver(RECORD, message(1))
         pump = self.c.connect()
         self.successResultOf(d)
-        waiting = [self.c.peers.deliver(RECORD, message(n)) for n in range(MAX_PEER_INFLIGHT)]
-        f = self.failureResultOf(self.c.peers.deliver(RECORD, message(0)), PeerUnavailable)
+        waiting = [self.c.deliver(RECORD, message(n)) for n in range(MAX_PEER_INFLIGHT)]
+        f = self.failureResultOf(self.c.deliver(RECORD, message(0)), PeerUnavailable)
         self.assertIn("calls already wait", f.getErrorMessage())
         pump.flush(advanceClock=False)
         self.assertTrue(all(self.successResultOf(w) for w in waiting))
-        again = self.c.peers.deliver(RECORD, message(0))
+        again = self.c.deliver(RECORD, message(0))
         pump.flush(advanceClock=False)
         self.assertIs(self.successResultOf(again), True)
 

@@ -63,7 +63,7 @@ class TraceEventsTests(SynchronousTestCase):
     def test_a_peer_that_does_not_answer(self) -> None:
         """No answer within the trace timeout: PeerUnavailable; the connection
         stays (a question, not a delivery), and deliveries go on on it."""
-        delivered = self.c.peers.deliver(RECORD, message(1))
+        delivered = self.c.deliver(RECORD, message(1))
         pump = self.c.connect()
         self.successResultOf(delivered)
         self.c.reactor.advance(60)  # the link has been quiet for a while
@@ -76,7 +76,7 @@ class TraceEventsTests(SynchronousTestCase):
         self.assertIn("node 2: no answer within 1 s", failure.getErrorMessage())
         self.assertEqual(self.c.attempts(), [])
         self.assertEqual(len(self.c.server.connections), 1)
-        later = self.c.peers.deliver(RECORD, message(2))
+        later = self.c.deliver(RECORD, message(2))
         pump.flush(advanceClock=False)
         self.assertIs(self.successResultOf(later), True)
 

@@ -53,14 +53,21 @@ from zope.interface import implementer
 
 from daojia_msg.cluster.interfaces import INodeRegistry
 from daojia_msg.cluster.rpc.commands import (
+    BATCH_BYTES,
+    BATCH_CONTENT,
+    BATCH_ITEMS,
     MAX_VALUE,
+    PUSHED,
+    REFUSED,
     BadMessage,
     Deliver,
+    DeliverMany,
     InternalError,
     Kick,
     PeerTrace,
     TraceEvents,
     Unauthorized,
+    batch_size,
     decode_events,
 )
 from daojia_msg.cluster.rpc.links import (
@@ -87,6 +94,29 @@ ADDRESS_TTL_S = 1.0
 
 AddressOf = Callable[[int], Awaitable[Address | None]]
 
+
+
+class _Batch:
+    """The pushes to one peer of one reactor turn, and their callers' Deferreds."""
+
+    __slots__ = ("items", "waiting", "fields", "size")
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.waiting: list[Deferred[bool]] = []
+        self.fields: list[dict[str, Any]] = []
+        self.size = 0
+
+    def room_for(self, size: int) -> bool:
+        return len(self.items) < BATCH_ITEMS and self.size + size <= BATCH_BYTES
+
+    def add(self, args: dict[str, Any], size: int, fields: dict[str, Any]) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        self.items.append(args)
+        self.waiting.append(d)
+        self.fields.append(fields)
+        self.size += size
+        return d
 
 
 @implementer(IPeers)
@@ -134,6 +164,10 @@ class RpcPeers:
         self._endpoint_for = endpoint_for
         self._links: dict[int, Link] = {}
         self._closed = False
+        #: The pushes of this reactor turn by peer, and the peers that do not
+        #: take DeliverMany (an earlier version: until this node restarts).
+        self._batches: dict[int, _Batch] = {}
+        self._one_by_one: set[int] = set()
 
     def __repr__(self) -> str:
         return f"<RpcPeers node={self.node_id} links={sorted(self._links)}>"
@@ -165,7 +199,71 @@ class RpcPeers:
         if len(content) > MAX_VALUE:
             why = f"content of {len(content)} bytes does not fit an RPC value"
             return self._refused(record.node_id, why, fields)
-        return self._run(record.node_id, Deliver, args, "pushed", fields)
+        node_id = record.node_id
+        if len(content) > BATCH_CONTENT or node_id in self._one_by_one:
+            return self._run(node_id, Deliver, args, "pushed", fields)
+        return self._batched(node_id, args, fields)
+
+    def _batched(self, node_id: int, args: dict[str, Any], fields: dict[str, Any]) -> Deferred[bool]:
+        """A push that goes with the others to the same peer of this reactor
+        turn, as one DeliverMany (or alone, as a Deliver, when it is the only
+        one). A batch that has no room for it goes at once."""
+        size = batch_size(args)
+        batch = self._batches.get(node_id)
+        if batch is not None and not batch.room_for(size):
+            self._send_batch(node_id, batch)
+            batch = None
+        if batch is None:
+            batch = self._batches[node_id] = _Batch()
+            self.reactor.callLater(0, self._send_batch, node_id, batch)
+        return batch.add(args, size, fields)
+
+    def _send_batch(self, node_id: int, batch: _Batch) -> None:
+        if self._batches.get(node_id) is not batch:
+            return  # sent already, when it was full
+        del self._batches[node_id]
+        if len(batch.items) == 1 or node_id in self._one_by_one:
+            for args, d, fields in zip(batch.items, batch.waiting, batch.fields, strict=True):
+                self._run(node_id, Deliver, args, "pushed", fields).chainDeferred(d)
+            return
+        started = time.perf_counter()
+        call = self.deadlines.watch(Deferred.fromCoroutine(
+            self._call(node_id, DeliverMany, {"items": batch.items})))
+        call.addCallbacks(self._batch_answered, self._batch_failed,
+                       callbackArgs=(node_id, batch, started), errbackArgs=(node_id, batch))
+
+    def _batch_answered(self, response: dict[str, Any], node_id: int, batch: _Batch,
+                        started: float) -> None:
+        answers: list[int] = response["pushed"]
+        if len(answers) != len(batch.items):
+            why = f"it answered {len(answers)} for {len(batch.items)} messages"
+            self._batch_failed(Failure(InternalError(why)), node_id, batch)
+            return
+        self._count(node_id, "ok")
+        self.latency.observe(str(node_id), time.perf_counter() - started)
+        for answer, d, fields in zip(answers, batch.waiting, batch.fields, strict=True):
+            if answer == REFUSED:
+                log.warn("node {peer_node} refused a message of a DeliverMany (its log says why)",
+                         peer_node=node_id, **fields)
+                d.errback(PeerUnavailable(f"node {node_id}: it refused the message"))
+            else:
+                d.callback(answer == PUSHED)
+
+    def _batch_failed(self, failure: Failure, node_id: int, batch: _Batch) -> None:
+        if failure.check(amp.UnhandledCommand):
+            # A node of an earlier version (a rolling upgrade): one by one.
+            log.info("node {peer_node} does not take DeliverMany (an earlier version): pushes "
+                     "to it go one by one", peer_node=node_id)
+            self._one_by_one.add(node_id)
+            for args, d, fields in zip(batch.items, batch.waiting, batch.fields, strict=True):
+                self._run(node_id, Deliver, args, "pushed", fields).chainDeferred(d)
+            return
+        try:
+            self._failed(failure, node_id, DeliverMany,
+                         {"messages": len(batch.items), **batch.fields[0]})
+        except PeerUnavailable as e:
+            for d in batch.waiting:
+                d.errback(e)
 
     def kick(self, record: SessionRecord, reason_code: int, reason: str) -> Deferred[bool]:
         args: dict[str, Any] = {"uid": record.uid, "appcode": record.appcode,

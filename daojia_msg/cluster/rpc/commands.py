@@ -1,10 +1,13 @@
 # -*- test-case-name: tests.cluster.test_rpc -*-
 """The internal RPC's commands, its errors and its authentication.
 
-Commands: :class:`Auth`, :class:`Deliver`, :class:`Kick`, :class:`TraceEvents`.
-A message travels as its protobuf ``Message`` without content plus the content
-as a second value, because one AMP value holds at most 65,535 bytes and content
-alone may take 65,000 of them.
+Commands: :class:`Auth`, :class:`Deliver`, :class:`DeliverMany`, :class:`Kick`,
+:class:`TraceEvents`. A message travels as its protobuf ``Message`` without
+content plus the content as a second value, because one AMP value holds at
+most 65,535 bytes and content alone may take 65,000 of them. The pushes to one
+peer within one reactor turn travel together as one :class:`DeliverMany` (at
+most :data:`BATCH_ITEMS` of them and :data:`BATCH_BYTES` in all, each with at
+most :data:`BATCH_CONTENT` bytes of content; a longer one goes alone).
 
 Authentication, when the cluster has a shared secret (``cluster.rpc_secret``):
 the client's first command on a connection is ``Auth(node_id, ts, mac)`` with
@@ -39,6 +42,17 @@ AUTH_WINDOW_S = 60
 AUTH_TIMEOUT_S = 10.0
 #: The most one AMP value can hold (the content of a Deliver must fit).
 MAX_VALUE = amp.MAX_VALUE_LENGTH
+#: A DeliverMany carries at most this many messages...
+BATCH_ITEMS = 256
+#: ... of at most this many bytes in all (:func:`batch_size`: its items are
+#: one AMP value, with room left for the keys and lengths around them) ...
+BATCH_BYTES = 60000
+#: ... each with at most this much content (a longer one goes alone, as a Deliver).
+BATCH_CONTENT = 16384
+#: DeliverMany's answer for each message: pushed to the session, the session
+#: is not here (not pushed), or refused (it does not parse, its content is
+#: over the limit, or the push failed: the server logged why).
+PUSHED, NOT_HELD, REFUSED = 1, 0, -1
 
 
 
@@ -83,6 +97,24 @@ class Deliver(amp.Command):
     response = [(b"pushed", amp.Boolean())]
     errors = {BadMessage: b"BAD_MESSAGE", InternalError: b"INTERNAL"}
     fatalErrors = _FATAL
+
+
+class DeliverMany(amp.Command):
+    """Several Deliver in one call (the pushes to one peer of one reactor
+    turn): ``items`` as Deliver's arguments, ``pushed`` one of
+    :data:`PUSHED`, :data:`NOT_HELD` or :data:`REFUSED` for each, in order.
+    A node without it answers UNHANDLED: the caller then sends it Deliver."""
+
+    arguments = [(b"items", amp.AmpList(Deliver.arguments))]
+    response = [(b"pushed", amp.ListOf(amp.Integer()))]
+    errors = {InternalError: b"INTERNAL"}
+    fatalErrors = _FATAL
+
+
+def batch_size(item: dict[str, Any]) -> int:
+    """What a DeliverMany item takes of :data:`BATCH_BYTES`: its values, with
+    their keys and 2-byte lengths around them."""
+    return len(item["session_id"].encode()) + len(item["message"]) + len(item["content"]) + 48
 
 
 class Kick(amp.Command):

@@ -24,10 +24,14 @@ from twisted.python.failure import Failure
 from daojia_msg import tracing
 from daojia_msg.cluster.rpc.commands import (
     AUTH_TIMEOUT_S,
+    NOT_HELD,
+    PUSHED,
+    REFUSED,
     Auth,
     BadMessage,
     ClosedWaiters,
     Deliver,
+    DeliverMany,
     InternalError,
     Kick,
     TraceEvents,
@@ -115,6 +119,21 @@ class RpcServerProtocol(ClosedWaiters, amp.AMP):
     @Deliver.responder
     def deliver(self, session_id: str, message: bytes, content: bytes) -> dict[str, Any]:
         self._require_auth("Deliver")
+        return {"pushed": self._push(session_id, message, content)}
+
+    @DeliverMany.responder
+    def deliver_many(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Each item as a Deliver; one refused (logged) does not stop the others."""
+        self._require_auth("DeliverMany")
+        answers = []
+        for item in items:
+            try:
+                answers.append(PUSHED if self._push(**item) else NOT_HELD)
+            except (BadMessage, InternalError):
+                answers.append(REFUSED)
+        return {"pushed": answers}
+
+    def _push(self, session_id: str, message: bytes, content: bytes) -> bool:
         try:
             msg = message_from_wire(message, content)
         except ValueError as e:
@@ -137,7 +156,7 @@ class RpcServerProtocol(ClosedWaiters, amp.AMP):
             trace.debug("{msgid} from node {peer_node} to session {session_id}: pushed={pushed}",
                         msgid=msg.msgid, logid=msg.logid, peer_node=self.node,
                         session_id=session_id, pushed=pushed, **recipient_fields(msg))
-        return {"pushed": pushed}
+        return pushed
 
     @Kick.responder
     def kick(
@@ -181,7 +200,7 @@ class RpcServerFactory(Factory):
     keeps none; without it, TraceEvents answers that none is kept.
     """
 
-    protocol = RpcServerProtocol
+    protocol: type[RpcServerProtocol] = RpcServerProtocol
 
     def __init__(
         self,
@@ -206,7 +225,7 @@ class RpcServerFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> RpcServerProtocol:
         host, port = getattr(addr, "host", "?"), getattr(addr, "port", "?")
-        proto = RpcServerProtocol(self, f"{host}:{port}")
+        proto = self.protocol(self, f"{host}:{port}")
         self.connections.add(proto)
         return proto
 
