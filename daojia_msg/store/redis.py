@@ -61,7 +61,6 @@ from daojia_msg.core.errors import StoreUnavailable
 from daojia_msg.core.model import SessionRecord
 from daojia_msg.logic.interfaces import ISessionStore
 from daojia_msg.redisconn import Redis, Script, as_deferred
-from daojia_msg.turns import PerTurn
 
 T = TypeVar("T")
 
@@ -250,10 +249,6 @@ class RedisSessionStore:
     def __init__(self, redis: Redis, node_id: int) -> None:
         self.redis = redis
         self.node_id = node_id
-        #: The look-ups of one reactor turn (a flush's pushes to recipients
-        #: on other nodes) go as one script call; a lone one as an HGET.
-        self._lookups: PerTurn[tuple[int, int], SessionRecord | None] = PerTurn(
-            redis.clock, self._lookup_one, self.lookup_many)
 
     # -- the interface ---------------------------------------------------
 
@@ -278,11 +273,6 @@ class RedisSessionStore:
         return Deferred.fromCoroutine(self._unregister(record))
 
     def lookup(self, uid: int, appcode: int) -> Deferred[SessionRecord | None]:
-        """At the end of the reactor turn, with the turn's other look-ups."""
-        return self._lookups.call((uid, appcode))
-
-    def _lookup_one(self, key: tuple[int, int]) -> Deferred[SessionRecord | None]:
-        uid, appcode = key
         d = as_deferred(self.redis.call("HGET", self.redis.key("sess", uid), appcode))
         return d.addCallback(_decode_one, uid, appcode)
 
@@ -290,8 +280,7 @@ class RedisSessionStore:
         return Deferred.fromCoroutine(self._lookup_uid(uid))
 
     def lookup_many(self, keys: list[tuple[int, int]]) -> Deferred[list[SessionRecord | None]]:
-        """One script call for every key (a push batch's recipients, or the
-        look-ups of a reactor turn)."""
+        """One script call for every key (a push batch's recipients)."""
         if not keys:
             return succeed([])
         d = LOOKUP_MANY(self.redis, [self.redis.key("sess", uid) for uid, _ in keys],

@@ -167,21 +167,6 @@ class RedisLayoutTests(TestCase):
         self.assertEqual(await self.store.lookup_uid(0), [session(0, 11, 5, "other")])
         self.assertIsNone(await self.store.lookup(count - 1, 10))
 
-    async def test_lookups_of_a_turn_are_one_call(self) -> None:
-        """The look-ups started in one reactor turn go as one script call, each
-        with its own record (or None); a lone one is an HGET."""
-        records = [session(uid, 10, node_id=uid % 3 + 1, session_id=f"s{uid}") for uid in range(5)]
-        for record in records:
-            await self.store.register(record)
-        calls = self.store.redis.latency.counts
-        before = {name: sum(calls.get(name, [])) for name in ("EVALSHA", "HGET")}
-        found = await gatherResults([self.store.lookup(uid, 10) for uid in range(7)])
-        self.assertEqual(found, [*records, None, None])
-        self.assertEqual(sum(calls.get("EVALSHA", [])) - before["EVALSHA"], 1)
-        self.assertEqual(sum(calls.get("HGET", [])) - before["HGET"], 0)
-        self.assertEqual(await self.store.lookup(3, 10), records[3])
-        self.assertEqual(sum(calls.get("HGET", [])) - before["HGET"], 1)
-
     async def test_values_round_trip_exactly(self) -> None:
         odd_ids = ["", "a|b|c", "uid:1:2", "会话-ü", "12345", "1.5", "-7", " sp ace\n"]
         uid = 2**64 - 1
@@ -211,12 +196,9 @@ class Silent(Protocol):
 class UnavailableTests(TestCase):
     """Every failure is a prompt :class:`StoreUnavailable`, never a hang."""
 
-    def calls(self, store: RedisSessionStore, clock: Clock) -> list[Deferred[Any]]:
-        """One of each call, and the end of the reactor turn (when a look-up goes)."""
-        calls = [store.register(session()), store.unregister(session()), store.lookup(1, 10),
-                 store.lookup_uid(1), store.purge_node(1)]
-        clock.advance(0)
-        return calls
+    def calls(self, store: RedisSessionStore) -> list[Deferred[Any]]:
+        return [store.register(session()), store.unregister(session()), store.lookup(1, 10),
+                store.lookup_uid(1), store.purge_node(1)]
 
     async def test_no_server_fails_at_once(self) -> None:
         """A reconnecting pool with no live connection would queue commands
@@ -226,9 +208,8 @@ class UnavailableTests(TestCase):
             "127.0.0.1", port, poolsize=1, reconnect=True, charset=None,
             connectTimeout=TIMEOUT, replyTimeout=TIMEOUT)
         self.addCleanup(pool.disconnect)
-        clock = Clock()
-        store = RedisSessionStore(Redis(pool, new_prefix(), TIMEOUT, clock), node_id=1)
-        for d in self.calls(store, clock):
+        store = RedisSessionStore(Redis(pool, new_prefix(), TIMEOUT, Clock()), node_id=1)
+        for d in self.calls(store):
             self.assertIn("not connected", str(self.failureResultOf(d, StoreUnavailable).value))
 
     def test_deadline_when_no_reply_ever_comes(self) -> None:
@@ -243,7 +224,7 @@ class UnavailableTests(TestCase):
 
         clock = Clock()
         store = RedisSessionStore(Redis(Stuck(), new_prefix(), TIMEOUT, clock), node_id=1)
-        calls = self.calls(store, clock)
+        calls = self.calls(store)
         clock.advance(TIMEOUT * 1.5 - 0.01)
         for d in calls:
             self.assertNoResult(d)
