@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.cluster.rpc import InternalError, RpcServerProtocol
@@ -154,16 +156,21 @@ class DeliverManyTests(SynchronousTestCase):
             self.assertIn("answered 1 for 2 messages", f.getErrorMessage())
 
     def test_an_earlier_version_one_by_one(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         c = Cluster()
         c.server.protocol = EarlierVersion
         first = c.deliver(RECORD, message(1))
         c.connect()
         self.successResultOf(first)
-        waiting = [c.peers.deliver(RECORD, message(n)) for n in (10, 11, 12)]
+        # Two batches out before the first answer: both go again one by one.
+        waiting = [c.peers.deliver(RECORD, message(n)) for n in range(10, 10 + BATCH_ITEMS + 2)]
         c.reactor.advance(0)
         c.flush()
-        self.assertEqual([self.successResultOf(d) for d in waiting], [True] * 3)
-        self.assertEqual([m.msgid for _, m in c.logic.delivered], [1, 10, 11, 12])
+        self.assertTrue(all(self.successResultOf(d) for d in waiting))
+        self.assertEqual([m.msgid for _, m in c.logic.delivered],
+                         [1, *range(10, 10 + BATCH_ITEMS + 2)])
+        said = [e for e in events if "does not take DeliverMany" in e.get("log_format", "")]
+        self.assertEqual(len(said), 1)
         # Remembered: the next turn's pushes go as Deliver straight away.
         c.peers.calls.clear()
         waiting = [c.peers.deliver(RECORD, message(n)) for n in (13, 14)]

@@ -252,9 +252,10 @@ class RpcPeers:
     def _batch_failed(self, failure: Failure, node_id: int, batch: _Batch) -> None:
         if failure.check(amp.UnhandledCommand):
             # A node of an earlier version (a rolling upgrade): one by one.
-            log.info("node {peer_node} does not take DeliverMany (an earlier version): pushes "
-                     "to it go one by one", peer_node=node_id)
-            self._one_by_one.add(node_id)
+            if node_id not in self._one_by_one:  # (batches already sent answer the same)
+                log.info("node {peer_node} does not take DeliverMany (an earlier version): "
+                         "pushes to it go one by one", peer_node=node_id)
+                self._one_by_one.add(node_id)
             for args, d, fields in zip(batch.items, batch.waiting, batch.fields, strict=True):
                 self._run(node_id, Deliver, args, "pushed", fields).chainDeferred(d)
             return
