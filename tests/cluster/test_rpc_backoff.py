@@ -65,7 +65,7 @@ class SlowPeerTests(SynchronousTestCase):
         self.successResultOf(d)
         waiting = [self.c.deliver(RECORD, message(n)) for n in range(MAX_PEER_INFLIGHT)]
         f = self.failureResultOf(self.c.deliver(RECORD, message(0)), PeerUnavailable)
-        self.assertIn("calls already wait", f.getErrorMessage())
+        self.assertIn("pushes already wait", f.getErrorMessage())
         pump.flush(advanceClock=False)
         self.assertTrue(all(self.successResultOf(w) for w in waiting))
         again = self.c.deliver(RECORD, message(0))

@@ -9,7 +9,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from daojia_msg.cluster.rpc import InternalError, RpcServerProtocol
+from daojia_msg.cluster.rpc import InternalError, RpcServerProtocol, client
 from daojia_msg.cluster.rpc.commands import (
     BATCH_BYTES,
     BATCH_CONTENT,
@@ -154,6 +154,38 @@ class DeliverManyTests(SynchronousTestCase):
             f = self.failureResultOf(d, PeerUnavailable)
             self.assertIsInstance(f.value.__cause__, InternalError)
             self.assertIn("answered 1 for 2 messages", f.getErrorMessage())
+
+    def test_a_full_batch_failing_at_once(self) -> None:
+        """A full batch that fails at once (a slow peer being backed off from)
+        goes once the next batch is in place: a caller that pushes again from
+        its errback joins the next batch, which goes at the end of the turn."""
+        link = self.c.peers._links[2]
+        link.slow_until = self.c.reactor.seconds() + 5
+        again: list[Deferred[bool]] = []
+        first = [self.c.peers.deliver(RECORD, message(n)) for n in range(BATCH_ITEMS)]
+        first[0].addErrback(lambda _: again.append(self.c.peers.deliver(RECORD, message(999))))
+        last = self.c.peers.deliver(RECORD, message(5000))  # sends the full one: it fails
+        for d in first[1:]:
+            self.failureResultOf(d, PeerUnavailable)
+        [pushed_again] = again  # from first[0]'s errback
+        self.assertNoResult(pushed_again)
+        self.c.reactor.advance(0)
+        for d in (pushed_again, last):
+            self.assertIn("backing off", self.failureResultOf(d, PeerUnavailable).getErrorMessage())
+
+    def test_max_inflight_counts_pushes(self) -> None:
+        """MAX_PEER_INFLIGHT bounds the pushes waiting on a peer, a
+        DeliverMany counting its messages."""
+        self.patch(client, "MAX_PEER_INFLIGHT", 10)
+        waiting = [self.c.peers.deliver(RECORD, message(n)) for n in range(10)]
+        self.c.reactor.advance(0)  # ten pushes out in one call, unanswered yet
+        more = [self.c.peers.deliver(RECORD, message(n)) for n in (20, 21)]
+        self.c.reactor.advance(0)
+        for d in more:
+            self.assertIn("10 pushes already wait",
+                          self.failureResultOf(d, PeerUnavailable).getErrorMessage())
+        self.c.flush()
+        self.assertEqual([self.successResultOf(d) for d in waiting], [True] * 10)
 
     def test_an_earlier_version_one_by_one(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ out on a connection that still answers (the peer is overloaded, not dead),
 new calls to that peer fail at once for a while, doubling with each timeout
 soon after a pause (:class:`~daojia_msg.cluster.rpc.links.Link`; the callers
 leave the messages pending and retry later); and at most :data:`MAX_PEER_INFLIGHT`
-calls wait on one peer. Sending a peer more while it is seconds behind only
+pushes wait on one peer. Sending a peer more while it is seconds behind only
 lengthens its queue. :func:`registry_addresses` keeps a node's address for
 :data:`ADDRESS_TTL_S`, so a delivery to another node does not cost a Redis
 look-up each.
@@ -87,7 +87,8 @@ log = Logger()
 
 #: The most a trace question (:meth:`RpcPeers.trace`) waits for its answer.
 TRACE_TIMEOUT_S = 1.0
-#: Calls waiting on one peer at most; beyond, new ones fail at once.
+#: Pushes (and kicks) waiting on one peer at most, a DeliverMany counting
+#: its messages; beyond, new calls fail at once.
 MAX_PEER_INFLIGHT = 2000
 #: How long :func:`registry_addresses` keeps a live node's address.
 ADDRESS_TTL_S = 1.0
@@ -99,13 +100,14 @@ AddressOf = Callable[[int], Awaitable[Address | None]]
 class _Batch:
     """The pushes to one peer of one reactor turn, and their callers' Deferreds."""
 
-    __slots__ = ("items", "waiting", "fields", "size")
+    __slots__ = ("items", "waiting", "fields", "size", "sent")
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
         self.waiting: list[Deferred[bool]] = []
         self.fields: list[dict[str, Any]] = []
         self.size = 0
+        self.sent = False
 
     def room_for(self, size: int) -> bool:
         return len(self.items) < BATCH_ITEMS and self.size + size <= BATCH_BYTES
@@ -209,26 +211,34 @@ class RpcPeers:
         turn, as one DeliverMany (or alone, as a Deliver, when it is the only
         one). A batch that has no room for it goes at once."""
         size = batch_size(args)
-        batch = self._batches.get(node_id)
-        if batch is not None and not batch.room_for(size):
-            self._send_batch(node_id, batch)
+        full = self._batches.get(node_id)
+        batch = full
+        if full is not None and not full.room_for(size):
             batch = None
         if batch is None:
             batch = self._batches[node_id] = _Batch()
             self.reactor.callLater(0, self._send_batch, node_id, batch)
-        return batch.add(args, size, fields)
+        d = batch.add(args, size, fields)
+        if full is not None and batch is not full:
+            # Sent once the next batch is in place: when it fails at once (a
+            # slow peer), a caller that pushes again from its errback joins
+            # the next batch.
+            self._send_batch(node_id, full)
+        return d
 
     def _send_batch(self, node_id: int, batch: _Batch) -> None:
-        if self._batches.get(node_id) is not batch:
+        if batch.sent:
             return  # sent already, when it was full
-        del self._batches[node_id]
+        batch.sent = True
+        if self._batches.get(node_id) is batch:
+            del self._batches[node_id]
         if len(batch.items) == 1 or node_id in self._one_by_one:
             for args, d, fields in zip(batch.items, batch.waiting, batch.fields, strict=True):
                 self._run(node_id, Deliver, args, "pushed", fields).chainDeferred(d)
             return
         started = time.perf_counter()
         call = self.deadlines.watch(Deferred.fromCoroutine(
-            self._call(node_id, DeliverMany, {"items": batch.items})))
+            self._call(node_id, DeliverMany, {"items": batch.items}, pushes=len(batch.items))))
         call.addCallbacks(self._batch_answered, self._batch_failed,
                        callbackArgs=(node_id, batch, started), errbackArgs=(node_id, batch))
 
@@ -252,6 +262,7 @@ class RpcPeers:
     def _batch_failed(self, failure: Failure, node_id: int, batch: _Batch) -> None:
         if failure.check(amp.UnhandledCommand):
             # A node of an earlier version (a rolling upgrade): one by one.
+            self._count(node_id, "refused")
             if node_id not in self._one_by_one:  # (batches already sent answer the same)
                 log.info("node {peer_node} does not take DeliverMany (an earlier version): "
                          "pushes to it go one by one", peer_node=node_id)
@@ -342,8 +353,8 @@ class RpcPeers:
         self.latency.observe(str(node_id), time.perf_counter() - started)
         return bool(response[answer])
 
-    async def _call(self, node_id: int, command: type[amp.Command],
-                    args: dict[str, Any], drop_if_silent: bool = True) -> dict[str, Any]:
+    async def _call(self, node_id: int, command: type[amp.Command], args: dict[str, Any],
+                    drop_if_silent: bool = True, pushes: int = 1) -> dict[str, Any]:
         if self._closed:
             raise PeerUnavailable("the internal RPC client is closed")
         found = await self.address_of(node_id)
@@ -359,8 +370,8 @@ class RpcPeers:
             if now < link.slow_until:
                 raise PeerUnavailable(f"slow: backing off for {link.slow_until - now:.1f} s more")
             if link.inflight >= MAX_PEER_INFLIGHT:
-                raise PeerUnavailable(f"{MAX_PEER_INFLIGHT} calls already wait on it")
-        link.inflight += 1
+                raise PeerUnavailable(f"{MAX_PEER_INFLIGHT} pushes already wait on it")
+        link.inflight += pushes
         try:
             proto = await link.ready()
             response: dict[str, Any] = await proto.callRemote(command, **args)
@@ -379,7 +390,7 @@ class RpcPeers:
                     link.slowed(now)
             raise
         finally:
-            link.inflight -= 1
+            link.inflight -= pushes
         link.answered_at = clock.seconds()
         return response
 
