@@ -41,10 +41,12 @@ def now_us() -> int:
 
 
 async def open_loop(reactor: Any, rate: float, duration: float, targets: list[Any],
-                    send: Callable[[Any, int], None]) -> None:
+                    send: Callable[[Any, int], None], lags: list[int] | None = None) -> None:
     """Call ``send(target, intended_us)`` at ``rate`` per second for ``duration``
     s, round robin over ``targets``. Each send carries its *intended* time, so
-    a late generator or a slow node shows as latency (no coordinated omission)."""
+    a late generator or a slow node shows as latency (no coordinated omission).
+    ``lags`` gets how late each send left (µs after its intended time): the
+    generator's own lateness, to tell apart from the node's in the latency."""
     t0_us = now_us()
     total = int(rate * duration)
     done = 0
@@ -52,9 +54,13 @@ async def open_loop(reactor: Any, rate: float, duration: float, targets: list[An
 
     def tick() -> None:
         nonlocal done
-        due = min(total, int((now_us() - t0_us) * rate / 1e6) + 1)
+        now = now_us()
+        due = min(total, int((now - t0_us) * rate / 1e6) + 1)
         while done < due:
-            send(targets[done % n], t0_us + int(done * 1e6 / rate))
+            intended = t0_us + int(done * 1e6 / rate)
+            if lags is not None:
+                lags.append(max(0, now_us() - intended))
+            send(targets[done % n], intended)
             done += 1
         if done >= total:
             loop.stop()

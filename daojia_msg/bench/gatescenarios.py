@@ -133,6 +133,7 @@ class C2S(Scenario):
         self.errors: dict[str, int] = {}
         self.latencies: list[int] = []
         self.refused_latencies: list[int] = []
+        self.send_lags: list[int] = []
         if not clients:
             return {"sent": 0, "ok": 0, "errors": {}, "latency_us": [], "t_start": None,
                     "t_end": None}
@@ -170,13 +171,14 @@ class C2S(Scenario):
                     send(client, now_us())
             await deferLater(self.reactor, spec["duration"], lambda: None)
         else:
-            await open_loop(self.reactor, spec["rate"], spec["duration"], clients, send)
+            await open_loop(self.reactor, spec["rate"], spec["duration"], clients, send,
+                            self.send_lags)
         t_sent = time.monotonic()
         await self._drain(lambda: self.ok + sum(self.errors.values()) >= self.sent)
         t1 = time.monotonic()
         return {"t_start": t0, "t_send_end": t_sent, "t_end": t1, "sent": self.sent,
                 "ok": self.ok, "errors": self.errors, "latency_us": self.latencies,
-                "refused_latency_us": self.refused_latencies,
+                "refused_latency_us": self.refused_latencies, "send_lag_us": self.send_lags,
                 "missing": self.sent - self.ok - sum(self.errors.values())}
 
 
@@ -243,6 +245,7 @@ class C2C(C2S):
         self.errors = {}
         self.latencies = []
         self.refused_latencies = []
+        self.send_lags = []
         if not self.pairs:
             return {"sent": 0, "ok": 0, "errors": {}, "latency_us": [], "push_latency_us": [],
                     "pushes": 0, "acked": 0, "t_start": None, "t_end": None}
@@ -279,7 +282,8 @@ class C2C(C2S):
                     send(pair, now_us())
             await deferLater(self.reactor, spec["duration"], lambda: None)
         else:
-            await open_loop(self.reactor, spec["rate"], spec["duration"], self.pairs, send)
+            await open_loop(self.reactor, spec["rate"], spec["duration"], self.pairs, send,
+                            self.send_lags)
         t_sent = time.monotonic()
         await self._drain(lambda: self.ok + sum(self.errors.values()) >= self.sent
                           and self.acked >= self.ok)
@@ -290,4 +294,4 @@ class C2C(C2S):
                 "missing_results": self.sent - self.ok - sum(
                     v for k, v in self.errors.items() if k != "ack"),
                 "latency_us": self.latencies, "push_latency_us": self.push_latencies,
-                "refused_latency_us": self.refused_latencies}
+                "refused_latency_us": self.refused_latencies, "send_lag_us": self.send_lags}

@@ -18,7 +18,7 @@ from typing import Any
 from daojia_msg.bench.stats import latency_summary, rate, window
 
 #: Raw sample lists: merged into summaries, never printed or written as is.
-SAMPLE_KEYS = ("latency_us", "push_latency_us", "refused_latency_us")
+SAMPLE_KEYS = ("latency_us", "push_latency_us", "refused_latency_us", "send_lag_us")
 #: Goodput counts what was delivered within this many seconds of its intended
 #: send time (``--goodput-within``): the rest came too late to count.
 GOODPUT_WITHIN_S = 1.0
@@ -56,12 +56,17 @@ def overload_figures(res: dict[str, Any], reports: list[dict[str, Any]], good: i
                      send_secs: float, goodput_within_s: float) -> None:
     """Goodput (what was delivered within ``goodput_within_s`` of its intended
     time, per second of the send window), refusals (the codes of
-    :data:`REFUSALS` added up) and how fast the refusals came."""
+    :data:`REFUSALS` added up), how fast the refusals came, and how late the
+    generator sent (``send_lag``, open loop: its own lateness, part of every
+    latency it reports)."""
     res["goodput_within_s"] = goodput_within_s
     res["goodput_per_s"] = rate(good, send_secs)
     res["refused"] = sum(v for k, v in res["errors"].items() if k in REFUSALS)
     res["refused_per_s"] = rate(res["refused"], send_secs)
     res["refusal_latency"] = latency_summary(_samples(reports, "refused_latency_us"))
+    lags = _samples(reports, "send_lag_us")
+    if lags:
+        res["send_lag"] = latency_summary(lags)
 
 
 def summarize(scenario: str, setups: list[dict[str, Any]],

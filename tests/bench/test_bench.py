@@ -329,6 +329,8 @@ class SmokeTests(NodeTestCase):
         self.assertEqual((result["ok"], result["pushes"], result["acked"], result["errors"]),
                          (20, 20, 20, {}))
         self.assertEqual(len(result["push_latency_us"]), 20)
+        self.assertEqual(len(result["send_lag_us"]), 20)  # how late each left
+        self.assertTrue(all(lag >= 0 for lag in result["send_lag_us"]))
 
     async def test_pull_drains_the_backlog(self) -> None:
         scenario = Pull(R, self.spec("pull", n=150, page=100))
