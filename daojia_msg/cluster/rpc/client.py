@@ -211,15 +211,14 @@ class RpcPeers:
         turn, as one DeliverMany (or alone, as a Deliver, when it is the only
         one). A batch that has no room for it goes at once."""
         size = batch_size(args)
-        full = self._batches.get(node_id)
-        batch = full
-        if full is not None and not full.room_for(size):
-            batch = None
-        if batch is None:
-            batch = self._batches[node_id] = _Batch()
-            self.reactor.callLater(0, self._send_batch, node_id, batch)
+        batch = self._batches.get(node_id)
+        if batch is not None and batch.room_for(size):
+            return batch.add(args, size, fields)
+        full = batch
+        batch = self._batches[node_id] = _Batch()
+        self.reactor.callLater(0, self._send_batch, node_id, batch)
         d = batch.add(args, size, fields)
-        if full is not None and batch is not full:
+        if full is not None:
             # Sent once the next batch is in place: when it fails at once (a
             # slow peer), a caller that pushes again from its errback joins
             # the next batch.
@@ -233,14 +232,18 @@ class RpcPeers:
         if self._batches.get(node_id) is batch:
             del self._batches[node_id]
         if len(batch.items) == 1 or node_id in self._one_by_one:
-            for args, d, fields in zip(batch.items, batch.waiting, batch.fields, strict=True):
-                self._run(node_id, Deliver, args, "pushed", fields).chainDeferred(d)
+            self._each_alone(node_id, batch)
             return
         started = time.perf_counter()
         call = self.deadlines.watch(Deferred.fromCoroutine(
             self._call(node_id, DeliverMany, {"items": batch.items}, pushes=len(batch.items))))
         call.addCallbacks(self._batch_answered, self._batch_failed,
-                       callbackArgs=(node_id, batch, started), errbackArgs=(node_id, batch))
+                          callbackArgs=(node_id, batch, started), errbackArgs=(node_id, batch))
+
+    def _each_alone(self, node_id: int, batch: _Batch) -> None:
+        """The batch's pushes as one Deliver each."""
+        for args, d, fields in zip(batch.items, batch.waiting, batch.fields, strict=True):
+            self._run(node_id, Deliver, args, "pushed", fields).chainDeferred(d)
 
     def _batch_answered(self, response: dict[str, Any], node_id: int, batch: _Batch,
                         started: float) -> None:
@@ -249,8 +252,7 @@ class RpcPeers:
             why = f"it answered {len(answers)} for {len(batch.items)} messages"
             self._batch_failed(Failure(InternalError(why)), node_id, batch)
             return
-        self._count(node_id, "ok")
-        self.latency.observe(str(node_id), time.perf_counter() - started)
+        self._succeeded(node_id, started)
         for answer, d, fields in zip(answers, batch.waiting, batch.fields, strict=True):
             if answer == REFUSED:
                 log.warn("node {peer_node} refused a message of a DeliverMany (its log says why)",
@@ -267,8 +269,7 @@ class RpcPeers:
                 log.info("node {peer_node} does not take DeliverMany (an earlier version): "
                          "pushes to it go one by one", peer_node=node_id)
                 self._one_by_one.add(node_id)
-            for args, d, fields in zip(batch.items, batch.waiting, batch.fields, strict=True):
-                self._run(node_id, Deliver, args, "pushed", fields).chainDeferred(d)
+            self._each_alone(node_id, batch)
             return
         try:
             self._failed(failure, node_id, DeliverMany,
@@ -349,9 +350,13 @@ class RpcPeers:
 
     def _answered(self, response: dict[str, Any], node_id: int, answer: str,
                   started: float) -> bool:
+        self._succeeded(node_id, started)
+        return bool(response[answer])
+
+    def _succeeded(self, node_id: int, started: float) -> None:
+        """A call answered: counted, and its time (``time.perf_counter``) observed."""
         self._count(node_id, "ok")
         self.latency.observe(str(node_id), time.perf_counter() - started)
-        return bool(response[answer])
 
     async def _call(self, node_id: int, command: type[amp.Command], args: dict[str, Any],
                     drop_if_silent: bool = True, pushes: int = 1) -> dict[str, Any]:
