@@ -12,7 +12,9 @@ BENCHMARKS.md; by hand, e.g.::
         --node-pid $(pgrep -f 'twistd -n' | head -1) --broker-pid $(pgrep mosquitto)
 
 ``versus`` runs ``c2c`` against the node, then the same load against an MQTT
-broker (:mod:`daojia_msg.bench.versus`), and prints the ratios. A run's worker
+broker (:mod:`daojia_msg.bench.versus`), and prints the ratios; ``overload``
+offers twice the capacity and reports what is kept
+(:mod:`daojia_msg.bench.overload`). A run's worker
 processes and its JSON document are :mod:`daojia_msg.bench.runner`'s.
 """
 
@@ -42,7 +44,8 @@ def _need_bench_extra() -> None:
 
 _need_bench_extra()
 
-from daojia_msg.bench import versus  # noqa: E402
+from daojia_msg.bench import overload, versus  # noqa: E402
+from daojia_msg.bench.overload import SUSTAIN  # noqa: E402
 from daojia_msg.bench.report import GOODPUT_WITHIN_S, table  # noqa: E402
 from daojia_msg.bench.runner import BenchError, run, strip_samples  # noqa: E402
 
@@ -217,6 +220,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each push asks for offline escalation after this many seconds "
                         "(the app needs an escalation_url)")
     goodput_option(p)
+    p = add("overload", "twice the capacity offered, open loop: goodput against the closed-loop "
+                        "capacity and against the highest sustained open-loop rate "
+                        "(daojia_msg/bench/overload.py)")
+    p.add_argument("--of", choices=("c2c", "push"), default="c2c",
+                   help="the scenario overloaded (default c2c; push: single HTTP pushes)")
+    p.add_argument("--pairs", type=bounded(int, 1, 10_000), default=200, help="c2c: pairs")
+    p.add_argument("--window", type=bounded(int, 1, 256), default=8,
+                   help="c2c closed loop: requests in flight per sending connection")
+    p.set_defaults(ack="each", batch=1)  # one ACK per push; single HTTP pushes
+    p.add_argument("--recipients", type=bounded(int, 1, 1_000_000), default=1000,
+                   help="push: offline recipients pushed to round robin (default 1000)")
+    p.add_argument("--open-concurrency", type=bounded(int, 1, 10_000), default=512,
+                   help="push, open loop: HTTP requests in flight at most (default 512; "
+                        "--concurrency is the closed loop's)")
+    p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0,
+                   help="seconds of the capacity run and of each overload run (default 10)")
+    p.add_argument("--probes", type=bounded(int, 1, 20), default=6,
+                   help="open-loop runs to find the sustained rate by bisection (default 6)")
+    p.add_argument("--probe-duration", type=bounded(float, 0.1, MAX_DURATION_S), default=5.0,
+                   help="seconds of each probe (default 5)")
+    p.add_argument("--sustain", type=bounded(float, 0.5, 1.0), default=SUSTAIN,
+                   help="a probe rate is sustained when this share of it is delivered "
+                        f"within --goodput-within (default {SUSTAIN:g})")
+    goodput_option(p)
     p = add("pull", "drain a backlog of N pending messages (PULL pages + ACKs)")
     p.add_argument("-n", type=bounded(int, 1, 100_000), default=10_000)
     p.add_argument("--page", type=bounded(int, 1, 100), default=100)
@@ -252,11 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.ca or args.server_name) and not args.tls:
         parser.error("--ca and --server-name go with --tls")
-    if args.transport == "ws" and args.scenario == "push":
+    if args.transport == "ws" and "push" in (args.scenario, getattr(args, "of", None)):
         parser.error("push has no gate clients: --transport ws goes with the gate's scenarios")
     if args.scenario == "versus":
         execute: Callable[[argparse.Namespace], dict[str, Any]] = versus.run
         show, warn = versus.render, versus.suspects
+    elif args.scenario == "overload":
+        execute, show, warn = overload.run, overload.render, overload.suspects
     else:
         execute, show, warn = run, render, suspects
     try:

@@ -1,0 +1,274 @@
+# -*- test-case-name: tests.bench.test_overload -*-
+"""``msgplatform-bench overload``: twice the capacity offered, and how much of it is kept.
+
+Overload behaviour is judged by one figure: offered twice what the node (or
+cluster) can serve, how much does it still deliver within a second
+(``goodput``), as a share of that capacity. The figure depends on what
+"capacity" is measured with, so this command measures two and reports the
+overload against each, in one run against the same nodes:
+
+1. **closed-loop capacity**: ``--rate 0``, ``--window`` requests in flight per
+   sending connection (c2c) or ``--concurrency`` HTTP requests (push); what it
+   delivered per second. Pipelined, so a read brings several frames and a
+   write answers several: the cheapest a message gets.
+2. **open-loop capacity**: the highest rate of lone requests (an open loop, as
+   phones send: one frame at a time, each at its own moment) that is
+   *sustained*: at least ``--sustain`` (0.95) of the rate delivered within
+   ``--goodput-within`` (1 s) of its intended time, and nothing left
+   unanswered. Found by bisection between 0 and the closed-loop capacity
+   over ``--probes`` runs of ``--probe-duration`` seconds, the first probe at
+   the closed-loop capacity itself (sustained there, it is reported as "at
+   least"). Its value is the best sustained probe's goodput.
+3. **the overload**: an open loop at twice each capacity for ``--duration``
+   seconds: goodput, its share of both capacities, latency, refusals,
+   anything unanswered.
+
+Lone frames cost a node more than pipelined ones (a read and a write per
+frame instead of per several), so an open loop at twice the closed-loop
+capacity offers several times what the nodes can serve of lone frames: that
+row mixes what a lone frame costs with how overload is handled. The row at
+twice the open-loop capacity offers the same kind of traffic at twice what
+is sustained, and measures the overload handling alone. BENCHMARKS.md and
+docs/operations.md ("Overload") say how each is read.
+
+Before each run the nodes (``--node-pid``) are left to go idle
+(:func:`versus.settle <daojia_msg.bench.versus.settle>`), and every run gets
+a fresh block of uids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from daojia_msg.bench.report import git_commit, machine_facts
+from daojia_msg.bench.runner import BenchError, strip_samples
+from daojia_msg.bench.runner import run as run_scenario
+from daojia_msg.bench.versus import settle
+
+#: The share of a probe's rate that must be delivered in time for the rate
+#: to count as sustained (``--sustain``).
+SUSTAIN = 0.95
+#: Overload = this many times a capacity, offered open loop.
+FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Where a scenario's document keeps the figures this command reads."""
+
+    served: str  # what the scenario served per second (its closed-loop capacity)
+    latency: str  # the latency that goodput is judged on
+
+
+FIGURES = {"c2c": Figures("acked_per_s", "push_latency"),
+           "push": Figures("msgs_per_s", "request_latency")}
+
+
+def unanswered(scenario: str, res: dict[str, Any]) -> int:
+    """Requests the run never got an answer to: c2c's missing Results; for
+    push, what was sent and neither succeeded nor failed with a status."""
+    if scenario == "c2c":
+        return int(res.get("missing_results") or 0)
+    errors = sum((res.get("errors") or {}).values())
+    return max(0, int(res.get("sent") or 0) - int(res.get("ok") or 0) - errors)
+
+
+def sustained(got: dict[str, Any], sustain: float) -> bool:
+    """Whether a probe (its :func:`figures`) was sustained: at least
+    ``sustain`` of its rate (the intended one, not what a lagging generator
+    managed to send) delivered in time, and nothing unanswered."""
+    return (got["goodput_per_s"] or 0.0) >= sustain * got["rate"] and got["unanswered"] == 0
+
+
+def run_args(args: argparse.Namespace, rate: float, duration: float) -> argparse.Namespace:
+    """The options of one run of the scenario under test."""
+    values = dict(vars(args), scenario=args.of, rate=rate, duration=duration, uid_base=None,
+                  json=None)
+    if args.of == "push" and rate:
+        values["concurrency"] = args.open_concurrency
+    return argparse.Namespace(**values)
+
+
+def pct(part: float | None, whole: float | None) -> float | None:
+    """``part`` as a percentage of ``whole``, or ``None`` (never made up)."""
+    if part is None or not whole:
+        return None
+    return round(100.0 * part / whole, 1)
+
+
+def figures(scenario: str, rate: float, doc: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of one run at ``rate`` (0: closed loop)."""
+    res = doc["results"]
+    lat = res.get(FIGURES[scenario].latency) or {}
+    lag = res.get("send_lag") or {}
+    return {
+        "rate": rate,
+        "offered_per_s": res.get("offered_per_s"),
+        "served_per_s": res.get(FIGURES[scenario].served),
+        "goodput_per_s": res.get("goodput_per_s"),
+        "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),
+        "refused_per_s": res.get("refused_per_s"),
+        "refusal_p99_ms": (res.get("refusal_latency") or {}).get("p99_ms"),
+        "send_lag_p99_ms": lag.get("p99_ms"),
+        "unanswered": unanswered(scenario, res),
+        "node_cpu_pct": (doc.get("node") or {}).get("cpu_pct"),
+        "generator_cpu_pct": [p.get("cpu_pct") for p in
+                              (doc.get("generator") or {}).get("procs", [])],
+    }
+
+
+class Overload:
+    """One ``overload`` command: its runs in order, and the document."""
+
+    def __init__(self, args: argparse.Namespace,
+                 run_one: Callable[[argparse.Namespace], dict[str, Any]] = run_scenario,
+                 wait_idle: Callable[[int], float] = settle) -> None:
+        self.args = args
+        self.run_one = run_one
+        self.wait_idle = wait_idle
+        self.runs: list[dict[str, Any]] = []
+
+    def _say(self, text: str) -> None:
+        if not self.args.no_progress:
+            print(f"msgplatform-bench overload: {text}", file=sys.stderr)
+
+    def measure(self, label: str, rate: float, duration: float) -> dict[str, Any]:
+        """One run at ``rate`` (0: closed loop): its figures, the run kept."""
+        for pid in getattr(self.args, "node_pids", None) or (
+                (self.args.node_pid,) if self.args.node_pid else ()):
+            self.wait_idle(pid)
+        self._say(f"{label}: " + (f"open loop at {rate:,.0f}/s" if rate else "closed loop"))
+        doc = self.run_one(run_args(self.args, rate, duration))
+        got = figures(self.args.of, rate, doc)
+        self.runs.append({"label": label, **strip_samples(doc)})
+        return got
+
+    def open_capacity(self, closed: float) -> tuple[float | None, bool, list[dict[str, Any]]]:
+        """The open-loop capacity by bisection under ``closed``: (its value or
+        ``None`` when no probe was sustained, whether it is only a lower bound,
+        the probes)."""
+        args = self.args
+        lo, hi, best = 0.0, closed, None
+        probes: list[dict[str, Any]] = []
+        rate = closed
+        for _ in range(args.probes):
+            got = self.measure("probe", rate, args.probe_duration)
+            ok = sustained(got, args.sustain)
+            probes.append({**got, "sustained": ok})
+            if ok:
+                lo, best = rate, got["goodput_per_s"]
+                if rate >= closed:
+                    return best, True, probes
+            else:
+                hi = rate
+            rate = (lo + hi) / 2
+        return best, False, probes
+
+    def __call__(self) -> dict[str, Any]:
+        args = self.args
+        started = time.time()
+        closed = self.measure("capacity", 0.0, args.duration)
+        if not closed["served_per_s"]:
+            raise BenchError(f"overload: the closed loop served nothing ({args.of}): "
+                             "is the node up and the app configured?")
+        open_cap, at_least, probes = self.open_capacity(closed["served_per_s"])
+        if open_cap is None:
+            raise BenchError(
+                f"overload: no open-loop rate down to {probes[-1]['rate']:,.0f}/s was "
+                f"sustained ({args.sustain:.0%} within {args.goodput_within:g} s)")
+        over = []
+        for against, capacity in (("closed", closed["served_per_s"]), ("open", open_cap)):
+            got = self.measure(f"{FACTOR:g}x {against}", FACTOR * capacity, args.duration)
+            over.append({"against": against, **got,
+                         "pct_of_closed": pct(got["goodput_per_s"], closed["served_per_s"]),
+                         "pct_of_open": pct(got["goodput_per_s"], open_cap)})
+        return document(args, closed, open_cap, at_least, probes, over, self.runs, started)
+
+
+def document(args: argparse.Namespace, closed: dict[str, Any], open_cap: float,
+             at_least: bool, probes: list[dict[str, Any]], over: list[dict[str, Any]],
+             runs: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    """The ``overload`` JSON document."""
+    first = runs[0].get("machine") or {}
+    last = runs[-1].get("machine") or {}
+    return {
+        "scenario": "overload",
+        "parameters": {
+            "of": args.of, "size": args.size, "procs": args.procs,
+            "duration": args.duration, "probe_duration": args.probe_duration,
+            "probes": args.probes, "sustain": args.sustain,
+            "goodput_within": args.goodput_within, "factor": FACTOR,
+            "gate": "{}:{}".format(*args.gate), "http": args.http,
+            **({"pairs": args.pairs, "window": args.window} if args.of == "c2c"
+               else {"concurrency": args.concurrency,
+                     "open_concurrency": args.open_concurrency}),
+            "node_pids": list(getattr(args, "node_pids", None) or ()) or None,
+        },
+        "capacity": {"closed": closed, "open": open_cap, "open_at_least": at_least,
+                     "probes": probes},
+        "overload": over,
+        "runs": runs,
+        "git_commit": git_commit(),
+        "machine": machine_facts(first.get("calibration_ms"),
+                                 last.get("calibration_after_ms")),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    return Overload(args)()
+
+
+def _n(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:,.0f}{unit}"
+
+
+def _s(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.2f}"
+
+
+def render(doc: dict[str, Any]) -> str:
+    par, cap = doc["parameters"], doc["capacity"]
+    closed = cap["closed"]
+    how = (f"{par['pairs']} pairs, {par['window']} in flight per sender" if par["of"] == "c2c"
+           else f"{par['concurrency'] or 16} requests in flight")
+    probes = ", ".join(f"{p['rate']:,.0f} {'yes' if p['sustained'] else 'no'}"
+                       for p in cap["probes"])
+    lines = [
+        f"msgplatform-bench overload {par['of']}: {par['size']} B, runs of "
+        f"{par['duration']:g} s (probes {par['probe_duration']:g} s), {par['procs']} proc(s)",
+        f"capacity, closed loop ({how}): {_n(closed['served_per_s'], '/s')}, "
+        f"p50 / p99 {_s(closed['p50_ms'])} / {_s(closed['p99_ms'])} s",
+        f"capacity, open loop (>= {par['sustain']:.0%} within {par['goodput_within']:g} s): "
+        f"{'at least ' if cap['open_at_least'] else ''}{_n(cap['open'], '/s')} "
+        f"(probes: {probes})",
+    ]
+    head = ("offered", "goodput", "of closed", "of open", "p50 / p99 s", "refused/s",
+            "unanswered", "node cpu %")
+    rows = [head]
+    for o in doc["overload"]:
+        rows.append((f"{par['factor']:g} x {o['against']}: {_n(o['rate'])}/s",
+                     _n(o["goodput_per_s"], "/s"),
+                     "-" if o["pct_of_closed"] is None else f"{o['pct_of_closed']:.0f}%",
+                     "-" if o["pct_of_open"] is None else f"{o['pct_of_open']:.0f}%",
+                     f"{_s(o['p50_ms'])} / {_s(o['p99_ms'])}", _n(o["refused_per_s"]),
+                     str(o["unanswered"]), _n(o["node_cpu_pct"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        lines.append(f"{r[0]:<{widths[0]}}  " + "  ".join(
+            f"{c:>{w}}" for c, w in zip(r[1:], widths[1:], strict=True)))
+    lines.append(f"goodput: delivered within {par['goodput_within']:g} s of its intended "
+                 "time, per second offered")
+    return "\n".join(lines)
+
+
+def suspects(doc: dict[str, Any]) -> list[str]:
+    """A warning for each run whose generator was near a full core."""
+    return [f"the {r['label']} run's generator was near a full core: its figures may be "
+            "the generator's; try more --procs"
+            for r in doc["runs"] if (r.get("generator") or {}).get("suspect")]
