@@ -174,7 +174,9 @@ class Overload:
         started = time.time()
         closed = self.measure("capacity", 0.0, args.duration)
         if not closed["served_per_s"]:
-            raise BenchError(f"overload: the closed loop served nothing ({args.of}): "
+            res = self.runs[0]["results"]
+            why = res.get("login_failures") or res.get("errors") or "no answer"
+            raise BenchError(f"overload: the closed loop served nothing ({args.of}: {why}): "
                              "is the node up and the app configured?")
         open_cap, at_least, probes = self.open_capacity(closed["served_per_s"])
         if open_cap is None:

@@ -120,8 +120,19 @@ class SearchTests(SynchronousTestCase):
         node = ModelNode(closed=0)
         with self.assertRaises(BenchError) as e:
             self.run_model(node)
-        self.assertIn("the closed loop served nothing (c2c)", str(e.exception))
+        self.assertEqual(str(e.exception), "overload: the closed loop served nothing (c2c: "
+                                           "no answer): is the node up and the app configured?")
         self.assertEqual(len(node.calls), 1)
+
+
+    def test_why_the_closed_loop_served_nothing(self) -> None:
+        def refused(args: argparse.Namespace) -> dict[str, Any]:
+            doc = ModelNode(closed=0)(args)
+            doc["results"]["login_failures"] = {"ConnectionRefusedError": 400}
+            return doc
+        with self.assertRaises(BenchError) as e:
+            overload.Overload(parse(), run_one=refused)()
+        self.assertIn("(c2c: {'ConnectionRefusedError': 400})", str(e.exception))
 
 
 class OverloadRunTests(SynchronousTestCase):
