@@ -119,8 +119,12 @@ class Push(Scenario):
                 if give_up.active():
                     give_up.cancel()
         t1 = time.monotonic()
+        # Open loop: requests still unanswered when the drain gave up, those
+        # that never got a slot of the concurrency included.
+        missing = 0 if closed else pending * batch
         return {"t_start": t0, "t_send_end": t_sent if not closed else t1, "t_end": t1,
                 "requests": self.requests, "sent": self.sent, "ok": self.ok, "good": self.good,
+                "missing": missing,
                 "errors": self.errors, "batch": batch, "latency_us": latencies,
                 "refused_latency_us": refused}
 

@@ -9,7 +9,9 @@ overload against each, in one run against the same nodes:
 
 1. **closed-loop capacity**: ``--rate 0``, ``--window`` requests in flight per
    sending connection (c2c) or ``--concurrency`` HTTP requests (push); what it
-   delivered per second. Pipelined, so a read brings several frames and a
+   delivered per second over the whole run, its drain included (c2c's
+   ``acked_per_s``, push's ``msgs_per_s``: the capacity of every earlier
+   table; over the send window alone it is 1-2% higher). Pipelined, so a read brings several frames and a
    write answers several: the cheapest a message gets.
 2. **open-loop capacity**: the highest rate of lone requests (an open loop, as
    phones send: one frame at a time, each at its own moment) that is
@@ -18,7 +20,10 @@ overload against each, in one run against the same nodes:
    unanswered. Found by bisection between 0 and the closed-loop capacity
    over ``--probes`` runs of ``--probe-duration`` seconds, the first probe at
    the closed-loop capacity itself (sustained there, it is reported as "at
-   least"). Its value is the best sustained probe's goodput.
+   least", and twice the closed-loop capacity is the one overload run). Its
+   value is the best sustained probe's goodput (what it delivered in time,
+   not its rate). Short probes and the bisection's step make it a low
+   estimate: goodput above 100% "of open" says so.
 3. **the overload**: an open loop at twice each capacity for ``--duration``
    seconds: goodput, its share of both capacities, latency, refusals,
    anything unanswered.
@@ -33,7 +38,9 @@ docs/operations.md ("Overload") say how each is read.
 
 Before each run the nodes (``--node-pid``) are left to go idle
 (:func:`versus.settle <daojia_msg.bench.versus.settle>`), and every run gets
-a fresh block of uids.
+its own block of uids (:data:`UID_STRIDE` apart, from ``--uid-base`` when
+given). Options of the other scenario (``--pairs`` with ``--of push``,
+``--recipients`` with ``--of c2c``) are ignored.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daojia_msg.bench.report import git_commit, machine_facts
-from daojia_msg.bench.runner import BenchError, strip_samples
+from daojia_msg.bench.runner import BenchError, strip_samples, target
 from daojia_msg.bench.runner import run as run_scenario
 from daojia_msg.bench.versus import settle
 
@@ -71,11 +78,14 @@ FIGURES = {"c2c": Figures("acked_per_s", "push_latency"),
 
 def unanswered(scenario: str, res: dict[str, Any]) -> int:
     """Requests the run never got an answer to: c2c's missing Results; for
-    push, what was sent and neither succeeded nor failed with a status."""
+    push, what was still waiting when the drain gave up (``missing``, those
+    that never got a slot of the concurrency included), or what was sent and
+    neither succeeded nor failed with a status, whichever is more."""
     if scenario == "c2c":
         return int(res.get("missing_results") or 0)
     errors = sum((res.get("errors") or {}).values())
-    return max(0, int(res.get("sent") or 0) - int(res.get("ok") or 0) - errors)
+    return max(int(res.get("missing") or 0),
+               int(res.get("sent") or 0) - int(res.get("ok") or 0) - errors)
 
 
 def sustained(got: dict[str, Any], sustain: float) -> bool:
@@ -85,9 +95,15 @@ def sustained(got: dict[str, Any], sustain: float) -> bool:
     return (got["goodput_per_s"] or 0.0) >= sustain * got["rate"] and got["unanswered"] == 0
 
 
-def run_args(args: argparse.Namespace, rate: float, duration: float) -> argparse.Namespace:
-    """The options of one run of the scenario under test."""
-    values = dict(vars(args), scenario=args.of, rate=rate, duration=duration, uid_base=None,
+#: Uids between two runs' blocks: more than any run logs in or pushes to.
+UID_STRIDE = 10**7
+
+
+def run_args(args: argparse.Namespace, rate: float, duration: float,
+             uid_base: int) -> argparse.Namespace:
+    """The options of one run of the scenario under test (a copy: the
+    caller's are left as they are)."""
+    values = dict(vars(args), scenario=args.of, rate=rate, duration=duration, uid_base=uid_base,
                   json=None)
     if args.of == "push" and rate:
         values["concurrency"] = args.open_concurrency
@@ -132,6 +148,10 @@ class Overload:
         self.run_one = run_one
         self.wait_idle = wait_idle
         self.runs: list[dict[str, Any]] = []
+        #: The first run's uids (``--uid-base``, or a block of the current
+        #: second as ``runner.run`` picks it); each run has its own block after it.
+        self.uid_base = args.uid_base if args.uid_base is not None else \
+            10**9 * (1 + int(time.time()) % 1_000_000)
 
     def _say(self, text: str) -> None:
         if not self.args.no_progress:
@@ -143,7 +163,8 @@ class Overload:
                 (self.args.node_pid,) if self.args.node_pid else ()):
             self.wait_idle(pid)
         self._say(f"{label}: " + (f"open loop at {rate:,.0f}/s" if rate else "closed loop"))
-        doc = self.run_one(run_args(self.args, rate, duration))
+        base = self.uid_base + UID_STRIDE * len(self.runs)
+        doc = self.run_one(run_args(self.args, rate, duration, base))
         got = figures(self.args.of, rate, doc)
         self.runs.append({"label": label, **strip_samples(doc)})
         return got
@@ -184,7 +205,10 @@ class Overload:
                 f"overload: no open-loop rate down to {probes[-1]['rate']:,.0f}/s was "
                 f"sustained ({args.sustain:.0%} within {args.goodput_within:g} s)")
         over = []
-        for against, capacity in (("closed", closed["served_per_s"]), ("open", open_cap)):
+        against_each = [("closed", closed["served_per_s"]), ("open", open_cap)]
+        if at_least:  # sustained at the closed-loop rate: twice it is the one overload
+            against_each.pop()
+        for against, capacity in against_each:
             got = self.measure(f"{FACTOR:g}x {against}", FACTOR * capacity, args.duration)
             over.append({"against": against, **got,
                          "pct_of_closed": pct(got["goodput_per_s"], closed["served_per_s"]),
@@ -205,7 +229,8 @@ def document(args: argparse.Namespace, closed: dict[str, Any], open_cap: float,
             "duration": args.duration, "probe_duration": args.probe_duration,
             "probes": args.probes, "sustain": args.sustain,
             "goodput_within": args.goodput_within, "factor": FACTOR,
-            "gate": "{}:{}".format(*args.gate), "http": args.http,
+            "transport": args.transport, "tls": args.tls,
+            "gate": "{}:{}".format(*target(args)), "http": args.http,
             **({"pairs": args.pairs, "window": args.window} if args.of == "c2c"
                else {"concurrency": args.concurrency,
                      "open_concurrency": args.open_concurrency}),

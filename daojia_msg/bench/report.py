@@ -121,6 +121,7 @@ def summarize(scenario: str, setups: list[dict[str, Any]],
         res["sent"] = _sum(reports, "sent")
         res["ok"] = _sum(reports, "ok")
         res["errors"] = merge_counts([r.get("errors", {}) for r in reports])
+        res["missing"] = _sum(reports, "missing")
         res["elapsed_s"] = round(secs, 3)
         res["msgs_per_s"] = rate(res["ok"], secs)
         res["requests_per_s"] = rate(res["requests"], secs)

@@ -28,19 +28,21 @@ class FakeHttp:
 
 
 class PushDrainTests(SynchronousTestCase):
-    def run_open_loop(self, drain_s: float) -> tuple[Clock, FakeHttp, Deferred[Any]]:
+    def run_open_loop(self, drain_s: float, concurrency: int = 2
+                      ) -> tuple[Clock, FakeHttp, Deferred[Any]]:
+        """Two requests offered at once; ``concurrency`` of them get a slot."""
         clock = Clock()
-        spec = {"rate": 1e9, "duration": 2e-9, "batch": 1, "concurrency": 2,
+        spec = {"rate": 1e9, "duration": 2e-9, "batch": 1, "concurrency": concurrency,
                 "uid_base": 5000, "appcode": 1001, "drain_s": drain_s}
         scenario = Push(clock, spec)
         http = FakeHttp()
         scenario.http = http  # type: ignore[assignment]
         d = Deferred.fromCoroutine(scenario.run())
         for _ in range(100):
-            if len(http.held) == 2:
+            if len(http.held) == concurrency:
                 break
             clock.advance(0.002)
-        self.assertEqual(len(http.held), 2)
+        self.assertEqual(len(http.held), concurrency)
         return clock, http, d
 
     def test_waits_for_requests_in_flight(self) -> None:
@@ -51,14 +53,23 @@ class PushDrainTests(SynchronousTestCase):
         for answer in http.held:
             answer.callback((200, b"{}"))
         result = self.successResultOf(d)
-        self.assertEqual((result["sent"], result["ok"], result["errors"]), (2, 2, {}))
+        self.assertEqual((result["sent"], result["ok"], result["errors"], result["missing"]),
+                         (2, 2, {}, 0))
 
     def test_drain_bounded(self) -> None:
         clock, http, d = self.run_open_loop(drain_s=5)
         http.held[0].callback((200, b"{}"))
         clock.advance(5)
         result = self.successResultOf(d)
-        self.assertEqual((result["sent"], result["ok"]), (2, 1))
+        self.assertEqual((result["sent"], result["ok"], result["missing"]), (2, 1, 1))
+
+    def test_requests_that_never_got_a_slot_are_missing(self) -> None:
+        """One slot: the second request waits for it, and when the drain gives
+        up on the first it was never sent; both count as missing."""
+        clock, http, d = self.run_open_loop(drain_s=5, concurrency=1)
+        clock.advance(5)
+        result = self.successResultOf(d)
+        self.assertEqual((result["sent"], result["ok"], result["missing"]), (1, 0, 2))
 
 
 class PushBodyTests(SynchronousTestCase):

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 from typing import Any
 
 from twisted.internet.threads import deferToThread
@@ -39,7 +40,8 @@ class ModelNode:
         self.calls: list[argparse.Namespace] = []
 
     def __call__(self, args: argparse.Namespace) -> dict[str, Any]:
-        self.calls.append(args)
+        self.calls.append(argparse.Namespace(**vars(args)))
+        args.uid_base = -1  # as runner.run may change what it is given
         rate = args.rate
         if rate:
             good = min(rate, self.sustains) + self.over * max(0.0, rate - self.sustains)
@@ -89,6 +91,10 @@ class SearchTests(SynchronousTestCase):
         self.assertTrue(doc["capacity"]["open_at_least"])
         self.assertEqual(doc["capacity"]["open"], 3000)
         self.assertIn("at least 3,000/s", overload.render(doc))
+        # Twice the closed-loop capacity is then the one overload run.
+        self.assertEqual([(o["against"], o["rate"]) for o in doc["overload"]],
+                         [("closed", 6000)])
+        self.assertEqual([a.rate for a in node.calls], [0.0, 3000, 6000])
 
     def test_unanswered_requests_are_not_sustained(self) -> None:
         # Everything in time, but from 2,000/s on some requests never got an answer.
@@ -156,13 +162,25 @@ class OverloadRunTests(SynchronousTestCase):
         self.assertEqual([r["label"] for r in doc["runs"]],
                          ["capacity", "probe", "probe", "2x closed", "2x open"])
 
-    def test_each_run_is_the_scenario_with_fresh_uids(self) -> None:
-        node = ModelNode(closed=3000, sustains=5000)
-        overload.Overload(parse("--probes", "1", "--uid-base", "5"), run_one=node)()
+    def test_each_run_is_the_scenario_with_its_own_uids(self) -> None:
+        node = ModelNode(closed=4000, sustains=2600)
+        args = parse("--probes", "2", "--uid-base", "5", "--json", "out.json")
+        overload.Overload(args, run_one=node)()
         self.assertEqual({a.scenario for a in node.calls}, {"c2c"})
-        self.assertEqual({a.uid_base for a in node.calls}, {None})
+        self.assertEqual([a.uid_base for a in node.calls],
+                         [5 + i * overload.UID_STRIDE for i in range(5)])
         self.assertEqual({a.json for a in node.calls}, {None})
         self.assertEqual(node.calls[0].rate, 0.0)
+        # What a run does to its options stays there.
+        self.assertEqual((args.uid_base, args.scenario, args.json), (5, "overload", "out.json"))
+
+    def test_without_uid_base_a_block_of_this_second(self) -> None:
+        node = ModelNode(closed=3000, sustains=5000)
+        overload.Overload(parse("--probes", "1"), run_one=node)()
+        first = node.calls[0].uid_base
+        self.assertEqual(first % 10**9, 0)
+        self.assertEqual([a.uid_base - first for a in node.calls],
+                         [0, overload.UID_STRIDE, 2 * overload.UID_STRIDE])
 
     def test_push_open_loops_get_the_open_concurrency(self) -> None:
         node = ModelNode(closed=2000, sustains=1500, scenario="push")
@@ -177,14 +195,22 @@ class OverloadRunTests(SynchronousTestCase):
     def test_push_unanswered_is_what_got_neither_answer(self) -> None:
         res = {"sent": 100, "ok": 80, "errors": {"http 429": 15}}
         self.assertEqual(overload.unanswered("push", res), 5)
+        # Still waiting for a slot when the drain gave up: never sent, still missing.
+        self.assertEqual(overload.unanswered("push", dict(res, missing=40)), 40)
         self.assertEqual(overload.unanswered("c2c", {"missing_results": 2}), 2)
+
+    def test_shares(self) -> None:
+        self.assertEqual(overload.pct(2600, 4000), 65.0)
+        self.assertIsNone(overload.pct(None, 4000))
+        self.assertIsNone(overload.pct(2600, 0))
+        self.assertIsNone(overload.pct(2600, None))
 
     def test_nodes_are_left_to_go_idle_before_each_run(self) -> None:
         waited: list[int] = []
         node = ModelNode(closed=3000, sustains=5000)
         overload.Overload(parse("--probes", "1", "--node-pid", "11,12"), run_one=node,
                           wait_idle=lambda pid: waited.append(pid) or 0.0)()
-        self.assertEqual(waited, [11, 12] * 4)
+        self.assertEqual(waited, [11, 12] * 3)  # the closed loop, a probe, one overload
 
 
 class DocumentTests(SynchronousTestCase):
@@ -206,6 +232,15 @@ class DocumentTests(SynchronousTestCase):
         lines = text.splitlines()
         closed = next(line for line in lines if line.startswith("2 x closed: 8,000/s"))
         self.assertEqual(closed.split()[4:7], ["2,600/s", "65%", "130%"])
+
+    def test_push_table(self) -> None:
+        doc = overload.Overload(parse("--of", "push", "--probes", "2"),
+                                run_one=ModelNode(closed=2000, sustains=1500,
+                                                  scenario="push"))()
+        text = overload.render(doc)
+        self.assertIn("capacity, closed loop (16 requests in flight): 2,000/s", text)
+        self.assertIn("2 x open: 2,000/s", text)
+        self.assertEqual(doc["parameters"]["transport"], "tcp")
 
     def test_suspects(self) -> None:
         # The model's generator is "near a full core" above 9,000/s: none here.
@@ -235,6 +270,20 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("push has no gate clients", err.getvalue())
 
 
+class MainTests(SynchronousTestCase):
+    def test_a_node_that_is_not_there_is_one_line(self) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as gone:
+            port = gone.getsockname()[1]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(["overload", "--gate", f"127.0.0.1:{port}", "--pairs", "1",
+                             "--duration", "0.1", "--drain", "0", "--no-progress"])
+        self.assertEqual(code, 1)
+        self.assertEqual(err.getvalue(), "msgplatform-bench: overload: the closed loop served "
+                                         "nothing (c2c: {'ConnectionRefusedError': 2}): is the "
+                                         "node up and the app configured?\n")
+
+
 class SmokeTests(NodeTestCase):
     """A tiny overload run against a real node."""
 
@@ -242,7 +291,7 @@ class SmokeTests(NodeTestCase):
         node = await self.start_node()
         self.addCleanup(self.stop_node, node)
         out = os.path.abspath(self.mktemp())
-        argv = ["overload", "--gate", f"127.0.0.1:{self.port('gate')}", "--pairs", "2",
+        argv = ["overload", "--gate", f"127.0.0.1:{self.port('gate')}", "--pairs", "10",
                 "--window", "1", "--duration", "0.3", "--probe-duration", "0.3",
                 "--probes", "3", "--sustain", "0.5", "--size", "64", "--no-progress",
                 "--json", out]
@@ -254,10 +303,12 @@ class SmokeTests(NodeTestCase):
         probes = doc["capacity"]["probes"]
         self.assertGreater(closed, 0)
         self.assertEqual(probes[0]["rate"], closed)
-        self.assertEqual(len(doc["runs"]), 1 + len(probes) + 2)
+        # Sustained at the closed-loop rate (an idle node may be): one overload run.
+        rates = [2 * closed] if doc["capacity"]["open_at_least"] else \
+            [2 * closed, 2 * doc["capacity"]["open"]]
+        self.assertEqual([o["rate"] for o in doc["overload"]], rates)
+        self.assertEqual(len(doc["runs"]), 1 + len(probes) + len(rates))
         self.assertEqual({r["scenario"] for r in doc["runs"]}, {"c2c"})
-        self.assertEqual([o["rate"] for o in doc["overload"]],
-                         [2 * closed, 2 * doc["capacity"]["open"]])
         for run in doc["runs"]:
             res = run["results"]
             self.assertEqual(res["missing_results"], 0, run["label"])
