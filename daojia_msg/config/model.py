@@ -318,6 +318,9 @@ class ClusterConfig:
     #: (LOGIN is UNAVAILABLE) for this long after its last heartbeat; then it
     #: kicks them with SHUTDOWN (docs/operations.md §3, "Redis outages").
     redis_outage_grace_s: float = 30.0
+    #: A recipient found on another node is pushed to again without a session
+    #: look-up for this long (0: a look-up each time; docs/operations.md §3).
+    route_ttl_s: float = 1.0
     #: Shared secret of the internal RPC; required unless listen.rpc is loopback
     #: or the RPC runs over mutual TLS.
     rpc_secret: str = field(default="", repr=False)

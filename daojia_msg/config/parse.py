@@ -305,6 +305,11 @@ def _mysql(t: _Table) -> MySQLConfig:
     return mysql
 
 
+#: ``cluster.route_ttl_s`` at most: longer, a route kept across a newer login
+#: elsewhere would keep reaching the old session for as long as its node holds it.
+MAX_ROUTE_TTL_S = 60.0
+
+
 def _cluster(t: _Table) -> ClusterConfig:
     d = ClusterConfig()
     cluster = ClusterConfig(
@@ -313,6 +318,7 @@ def _cluster(t: _Table) -> ClusterConfig:
         rpc_timeout_s=t.float("rpc_timeout_s", d.rpc_timeout_s, 0.01),
         drain_grace_s=t.float("drain_grace_s", d.drain_grace_s, 0.0),
         redis_outage_grace_s=t.float("redis_outage_grace_s", d.redis_outage_grace_s, 0.0),
+        route_ttl_s=t.float("route_ttl_s", d.route_ttl_s, 0.0),
         rpc_secret=t.str("rpc_secret", d.rpc_secret),
         rpc_tls_cert=t.str("rpc_tls_cert", d.rpc_tls_cert),
         rpc_tls_key=t.str("rpc_tls_key", d.rpc_tls_key),
@@ -326,6 +332,9 @@ def _cluster(t: _Table) -> ClusterConfig:
         raise ConfigError(f"required with cluster.{given[0]}: mutual TLS on the internal RPC "
                           "takes rpc_tls_cert, rpc_tls_key and rpc_tls_ca, or none of them",
                           (*t.path, missing))
+    if cluster.route_ttl_s > MAX_ROUTE_TTL_S:
+        raise ConfigError(f"expected at most {MAX_ROUTE_TTL_S:g} s (a kept route is a recipient's "
+                          "node as it was)", (*t.path, "route_ttl_s"))
     if cluster.rpc_secret and len(cluster.rpc_secret) < 16:
         raise ConfigError("must be at least 16 characters", (*t.path, "rpc_secret"))
     if cluster.ttl_s < 2 * cluster.heartbeat_s:

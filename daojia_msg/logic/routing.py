@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.logic.test_service,tests.logic.test_cluster -*-
+# -*- test-case-name: tests.logic.test_service,tests.logic.test_cluster,tests.logic.test_routes -*-
 """Routing a durable message to its recipient's session: pushed here, handed
 to the node that holds the session, or left pending for PULL.
 
@@ -9,8 +9,10 @@ not wait for its next login.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from daojia_msg import tracing
@@ -35,6 +37,65 @@ MAX_DELIVERY_RETRIES = 10000
 #: At most one warning a peer this often (s) for the pushes that could not
 #: reach it; each such push is an event of the message trace.
 UNREACHABLE_WARN_EVERY_S = 10.0
+#: At most this many recipients' routes are kept (:class:`Routes`).
+MAX_ROUTES = 100_000
+
+
+class Routes:
+    """Where recipients on other nodes were found lately, so that a run of
+    messages to the same recipient (a chat, a driver's order updates) costs one
+    session look-up per ``cluster.route_ttl_s`` (1 s) instead of one each.
+
+    Only records of sessions on *other* nodes are kept, only after that node
+    took a push for them, and only for ``ttl_s`` from the look-up that found
+    them. The node a record names checks the session id on every push, so a
+    record gone stale (the session closed, or replaced by a newer login) is
+    answered "not held" there, dropped here, and the session looked up again
+    (:meth:`Routing.deliver`). Nothing is kept of a recipient who was not
+    found: a login must be seen at once. The price: for up to ``ttl_s`` after
+    a newer login on a third node, pushes may still go to the old session
+    while its node holds it (its kick in flight, or failed); each such message
+    stays pending until ACKed. ``ttl_s`` 0 keeps nothing. At most
+    :data:`MAX_ROUTES` records; expired ones go first, then the oldest.
+    """
+
+    def __init__(self, clock: IReactorTime, ttl_s: float,
+                 max_routes: int = MAX_ROUTES) -> None:
+        self.clock = clock
+        self.ttl_s = ttl_s
+        self.max_routes = max_routes
+        #: (uid, appcode) -> (expires at, record), in the order they expire:
+        #: the TTL is the same for all, so insertion order is expiry order.
+        self._records: OrderedDict[tuple[int, int], tuple[float, SessionRecord]] = OrderedDict()
+
+    def get(self, uid: int, appcode: int) -> SessionRecord | None:
+        kept = self._records.get((uid, appcode))
+        if kept is None:
+            return None
+        if self.clock.seconds() >= kept[0]:
+            del self._records[(uid, appcode)]
+            return None
+        return kept[1]
+
+    def keep(self, record: SessionRecord, found_at: float) -> None:
+        """Keep ``record``, found by a look-up at ``found_at``, until
+        ``found_at + ttl_s``."""
+        if self.ttl_s <= 0:
+            return
+        now = self.clock.seconds()
+        records = self._records
+        records.pop((record.uid, record.appcode), None)
+        while records and (next(iter(records.values()))[0] <= now
+                           or len(records) >= self.max_routes):
+            records.popitem(last=False)
+        if found_at + self.ttl_s > now:
+            records[(record.uid, record.appcode)] = (found_at + self.ttl_s, record)
+
+    def drop(self, uid: int, appcode: int) -> None:
+        self._records.pop((uid, appcode), None)
+
+    def __len__(self) -> int:
+        return len(self._records)
 
 
 class Routing:
@@ -49,6 +110,7 @@ class Routing:
         self._delivery_retries: set[IDelayedCall] = set()
         #: Per peer node: when it was last warned of, and pushes since.
         self._unreachable: dict[int, tuple[float, int]] = {}
+        self.routes = Routes(ctx.clock, ctx.config.cluster.route_ttl_s)
 
     def stop(self) -> None:
         """Cancel the deliveries waiting to be tried again."""
@@ -68,12 +130,26 @@ class Routing:
         the session is looked up again and followed if it moved, at most
         :data:`MAX_HOPS` times. A session registered after our last look-up
         drains the message with PULL (it was durable before that look-up).
+
+        A record found in the last ``cluster.route_ttl_s`` (:class:`Routes`) is tried
+        first, without a look-up; when its node no longer holds the session,
+        or cannot be reached, the session is looked up as above, and the same
+        record found again is not tried twice.
         """
         if self.push_if_local(msg):
             return True
         tried: set[str] = set()
         unreachable = False
+        known = self.routes.get(msg.to_uid, msg.to_appcode)
+        if known is not None:
+            pushed = await self._deliver_remote(known, msg)
+            if pushed:
+                return True
+            self.routes.drop(msg.to_uid, msg.to_appcode)
+            tried.add(known.session_id)
+            unreachable = pushed is None
         for _ in range(MAX_HOPS):
+            found_at = self.ctx.clock.seconds()
             try:
                 record = await self.session_store.lookup(msg.to_uid, msg.to_appcode)
             except StoreError:
@@ -89,6 +165,7 @@ class Routing:
                 break  # a stale record of ours (e.g. from before a restart)
             pushed = await self._deliver_remote(record, msg)
             if pushed:
+                self.routes.keep(record, found_at)
                 return True
             unreachable = pushed is None
         if unreachable:
