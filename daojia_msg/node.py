@@ -230,8 +230,10 @@ class Node(MultiService):
         registry = make_registry(self.stats, self._connections, lambda: len(self.logic.local),
                                  self.logic.sessions.throttled, self.gate.counters,
                                  self.gate.transports)
+        routes = self.logic.routing.routes
         registry.register(DeliveryGauges(self.logic.unacked_by_kind,
-                                         self.logic.routing.retries_waiting))
+                                         self.logic.routing.retries_waiting,
+                                         lambda: (routes.results.counts, len(routes))))
         admission = self.gate.admission
         registry.register(AdmissionGauges(lambda: (admission.limit, admission.inflight)))
         store_metrics = StoreMetrics(registry)

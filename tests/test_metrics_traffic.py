@@ -42,6 +42,7 @@ ON_FAULTS = {
     "msgplatform_store_flush_errors": "tests.metrics.test_store",
     "msgplatform_store_read_errors": "tests.store.test_reads",
     "msgplatform_answer_timeouts": "tests.logic.test_answers",
+    "msgplatform_route_pushes": "tests.logic.test_routes (a second message within the TTL)",
     "msgplatform_bus_errors": "tests.metrics.test_bus",
     "msgplatform_bus_reconnects": "tests.bus.test_amqp, tests.bus.test_redis_streams",
     "msgplatform_redis_errors": "tests.cluster (a Redis that does not answer)",
@@ -66,7 +67,7 @@ LEVELS = frozenset({
     "msgplatform_process_virtual_memory_bytes", "msgplatform_process_resident_memory_bytes",
     "msgplatform_process_start_time_seconds", "msgplatform_process_open_fds",
     "msgplatform_process_max_fds", "msgplatform_admission_limit",
-    "msgplatform_admission_inflight",
+    "msgplatform_admission_inflight", "msgplatform_routes_kept",
 })
 
 Families = dict[str, dict[str, Any]]

@@ -22,6 +22,7 @@ from daojia_msg.core.model import Kind, SessionRecord, StoredMessage
 from daojia_msg.logic.context import Context
 from daojia_msg.logic.interfaces import IMessageStore, ISessionStore
 from daojia_msg.logic.sessions import Session, Sessions
+from daojia_msg.metrics.counters import LabeledCounter
 from daojia_msg.metrics.delivery import Route
 from daojia_msg.protocol.codes import Cmd
 
@@ -39,6 +40,9 @@ MAX_DELIVERY_RETRIES = 10000
 UNREACHABLE_WARN_EVERY_S = 10.0
 #: At most this many recipients' routes are kept (:class:`Routes`).
 MAX_ROUTES = 100_000
+#: What became of the pushes tried on a kept route (``msgplatform_route_pushes_total``):
+#: taken there, or "not held" / unreachable (the session looked up again).
+ROUTE_RESULTS = ("hit", "stale")
 
 
 class Routes:
@@ -67,6 +71,8 @@ class Routes:
         #: (uid, appcode) -> (expires at, record), in the order they expire:
         #: the TTL is the same for all, so insertion order is expiry order.
         self._records: OrderedDict[tuple[int, int], tuple[float, SessionRecord]] = OrderedDict()
+        #: Pushes tried on a kept route, by :data:`ROUTE_RESULTS`.
+        self.results = LabeledCounter(ROUTE_RESULTS)
 
     def get(self, uid: int, appcode: int) -> SessionRecord | None:
         kept = self._records.get((uid, appcode))
@@ -143,6 +149,7 @@ class Routing:
         known = self.routes.get(msg.to_uid, msg.to_appcode)
         if known is not None:
             pushed = await self._deliver_remote(known, msg)
+            self.routes.results.inc("hit" if pushed else "stale")
             if pushed:
                 return True
             self.routes.drop(msg.to_uid, msg.to_appcode)

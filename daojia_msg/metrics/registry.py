@@ -37,7 +37,7 @@ so several nodes (or tests) in one process never share metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -181,12 +181,17 @@ def make_registry(
 
 class DeliveryGauges(ScrapeCollector):
     """``msgplatform_messages_unacked{kind}`` (pushes awaiting their ACK on this
-    node's sessions) and ``msgplatform_delivery_retries_waiting`` (deliveries
-    to an unreachable peer waiting for their next try), read at scrape time."""
+    node's sessions), ``msgplatform_delivery_retries_waiting`` (deliveries
+    to an unreachable peer waiting for their next try), and from ``routes()``
+    (the routing's kept routes: pushes tried on them by result, and how many
+    are kept) ``msgplatform_route_pushes_total{result}`` and
+    ``msgplatform_routes_kept``, read at scrape time."""
 
-    def __init__(self, unacked: Callable[[], dict[str, int]], retries: Callable[[], int]) -> None:
+    def __init__(self, unacked: Callable[[], dict[str, int]], retries: Callable[[], int],
+                 routes: Callable[[], tuple[Mapping[str, int], int]] | None = None) -> None:
         self.unacked = unacked
         self.retries = retries
+        self.routes = routes
 
     def _families(self, with_values: bool) -> Iterator[Metric]:
         unacked = GaugeMetricFamily(f"{PREFIX}_messages_unacked",
@@ -200,6 +205,20 @@ class DeliveryGauges(ScrapeCollector):
             retries.add_metric([], self.retries())
         yield unacked
         yield retries
+        pushes = CounterMetricFamily(
+            f"{PREFIX}_route_pushes",
+            "Pushes to another node tried on a kept route, by result (hit: taken there; "
+            "stale: not held or unreachable, the session looked up again).",
+            labels=("result",))
+        kept = GaugeMetricFamily(f"{PREFIX}_routes_kept",
+                                 "Recipients on other nodes whose route this node keeps.")
+        if with_values and self.routes is not None:
+            results, count = self.routes()
+            for result, n in sorted(results.items()):
+                pushes.add_metric([result], n)
+            kept.add_metric([], count)
+        yield pushes
+        yield kept
 
 
 class AdmissionGauges(ScrapeCollector):

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,6 +19,7 @@ from daojia_msg.core.errors import PeerUnavailable, StoreUnavailable
 from daojia_msg.core.model import SessionRecord, StoredMessage
 from daojia_msg.logic.routing import Routes
 from daojia_msg.logic.service import PushItem
+from daojia_msg.metrics.registry import DeliveryGauges
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from tests.config.helpers import APP
@@ -80,6 +84,7 @@ class CachedRouteTests(SynchronousTestCase):
             self.assertEqual(self.alice.c2c(2, text).code, Code.OK)
         self.assertEqual(self.lookups, [(2, 1001)])
         self.assertEqual(self.pushed_to(), [(2, "s-remote")] * 3)
+        self.assertEqual(self.stack.logic.routing.routes.results.counts, {"hit": 2, "stale": 0})
 
     def test_looked_up_again_after_the_ttl(self) -> None:
         self.online(2)
@@ -103,6 +108,7 @@ class CachedRouteTests(SynchronousTestCase):
         self.alice.c2c(2)
         self.assertEqual(self.pushed_to(), [(2, "old"), (2, "old"), (3, "new"), (3, "new")])
         self.assertEqual(len(self.lookups), 2)
+        self.assertEqual(self.stack.logic.routing.routes.results.counts, {"hit": 1, "stale": 1})
         self.assertEqual(self.stored(), 0)
 
     def test_a_recipient_who_went_offline(self) -> None:
@@ -219,6 +225,24 @@ class CachedRouteTests(SynchronousTestCase):
         self.alice.c2c(2)
         self.assertEqual(len(self.peers.delivered), 2)
         self.assertEqual(len(self.stack.logic.routing.routes), 0)
+
+
+class RouteMetricsTests(SynchronousTestCase):
+    def test_on_metrics(self) -> None:
+        routes = Routes(Clock(), ttl_s=1.0)
+        routes.keep(SessionRecord(2, 1001, 2, "s", 1), 0.0)
+        routes.results.inc("hit")
+        routes.results.inc("hit")
+        routes.results.inc("stale")
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(DeliveryGauges(dict, lambda: 0,
+                                         lambda: (routes.results.counts, len(routes))))
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(generate_latest(registry).decode())
+                   for s in family.samples}
+        self.assertEqual(samples[("msgplatform_route_pushes_total", (("result", "hit"),))], 2)
+        self.assertEqual(samples[("msgplatform_route_pushes_total", (("result", "stale"),))], 1)
+        self.assertEqual(samples[("msgplatform_routes_kept", ())], 1)
 
 
 class RouteTtlConfigTests(SynchronousTestCase):
