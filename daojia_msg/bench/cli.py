@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0,
                    help="seconds of the capacity run and of each overload run (default 10)")
     p.add_argument("--probes", type=bounded(int, 1, 20), default=6,
-                   help="open-loop runs to find the sustained rate by bisection (default 6)")
+                   help="open-loop runs to find the sustained rate: the first at the "
+                        "closed-loop capacity, 1.5x higher while sustained, then by "
+                        "bisection (default 6)")
     p.add_argument("--probe-duration", type=bounded(float, 0.1, MAX_DURATION_S), default=5.0,
                    help="seconds of each probe (default 5)")
     p.add_argument("--sustain", type=bounded(float, 0.5, 1.0), default=SUSTAIN,

@@ -84,10 +84,28 @@ class SearchTests(SynchronousTestCase):
         self.assertFalse(doc["capacity"]["open_at_least"])
         self.assertEqual(doc["capacity"]["closed"]["served_per_s"], 4000)
 
-    def test_a_sustained_closed_rate_ends_the_search(self) -> None:
+    def test_climbs_while_sustained_then_bisects(self) -> None:
         node = ModelNode(closed=3000, sustains=5000)
         doc = self.run_model(node)
-        self.assertEqual([p["rate"] for p in doc["capacity"]["probes"]], [3000])
+        self.assertEqual([(p["rate"], p["sustained"]) for p in doc["capacity"]["probes"]],
+                         [(3000, True), (4500, True), (6750, False), (5625, False),
+                          (5062.5, True), (5343.75, False)])
+        self.assertFalse(doc["capacity"]["open_at_least"])
+        self.assertEqual(doc["capacity"]["open"], 5000)
+        self.assertEqual([(o["against"], o["rate"]) for o in doc["overload"]],
+                         [("closed", 6000), ("open", 10_000)])
+
+    def test_every_probe_sustained_is_at_least(self) -> None:
+        node = ModelNode(closed=3000, sustains=1e9)
+        doc = self.run_model(node, "--probes", "3")
+        self.assertEqual([p["rate"] for p in doc["capacity"]["probes"]], [3000, 4500, 6750])
+        self.assertTrue(doc["capacity"]["open_at_least"])
+        self.assertIn("at least 6,750/s", overload.render(doc))
+        self.assertEqual([o["rate"] for o in doc["overload"]], [6000, 13_500])
+
+    def test_one_probe_sustained_at_the_closed_rate_is_one_overload(self) -> None:
+        node = ModelNode(closed=3000, sustains=5000)
+        doc = self.run_model(node, "--probes", "1")
         self.assertTrue(doc["capacity"]["open_at_least"])
         self.assertEqual(doc["capacity"]["open"], 3000)
         self.assertIn("at least 3,000/s", overload.render(doc))
@@ -303,9 +321,7 @@ class SmokeTests(NodeTestCase):
         probes = doc["capacity"]["probes"]
         self.assertGreater(closed, 0)
         self.assertEqual(probes[0]["rate"], closed)
-        # Sustained at the closed-loop rate (an idle node may be): one overload run.
-        rates = [2 * closed] if doc["capacity"]["open_at_least"] else \
-            [2 * closed, 2 * doc["capacity"]["open"]]
+        rates = [2 * closed, 2 * doc["capacity"]["open"]]
         self.assertEqual([o["rate"] for o in doc["overload"]], rates)
         self.assertEqual(len(doc["runs"]), 1 + len(probes) + len(rates))
         self.assertEqual({r["scenario"] for r in doc["runs"]}, {"c2c"})
