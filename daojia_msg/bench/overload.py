@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daojia_msg.bench.report import git_commit, machine_facts
-from daojia_msg.bench.runner import BenchError, strip_samples, target
+from daojia_msg.bench.runner import BenchError, fresh_uid_base, node_pids, strip_samples, target
 from daojia_msg.bench.runner import run as run_scenario
 from daojia_msg.bench.versus import settle
 
@@ -153,8 +153,7 @@ class Overload:
         self.runs: list[dict[str, Any]] = []
         #: The first run's uids (``--uid-base``, or a block of the current
         #: second as ``runner.run`` picks it); each run has its own block after it.
-        self.uid_base = args.uid_base if args.uid_base is not None else \
-            10**9 * (1 + int(time.time()) % 1_000_000)
+        self.uid_base = args.uid_base if args.uid_base is not None else fresh_uid_base()
 
     def _say(self, text: str) -> None:
         if not self.args.no_progress:
@@ -162,8 +161,7 @@ class Overload:
 
     def measure(self, label: str, rate: float, duration: float) -> dict[str, Any]:
         """One run at ``rate`` (0: closed loop): its figures, the run kept."""
-        for pid in getattr(self.args, "node_pids", None) or (
-                (self.args.node_pid,) if self.args.node_pid else ()):
+        for pid in node_pids(self.args):
             self.wait_idle(pid)
         self._say(f"{label}: " + (f"open loop at {rate:,.0f}/s" if rate else "closed loop"))
         base = self.uid_base + UID_STRIDE * len(self.runs)
@@ -237,7 +235,7 @@ def document(args: argparse.Namespace, closed: dict[str, Any], open_cap: float,
             **({"pairs": args.pairs, "window": args.window} if args.of == "c2c"
                else {"concurrency": args.concurrency,
                      "open_concurrency": args.open_concurrency}),
-            "node_pids": list(getattr(args, "node_pids", None) or ()) or None,
+            "node_pids": list(node_pids(args)) or None,
         },
         "capacity": {"closed": closed, "open": open_cap, "open_at_least": at_least,
                      "probes": probes},

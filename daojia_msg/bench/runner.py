@@ -203,17 +203,27 @@ def pump(workers: list[Worker], until: Any, deadline: float, progress: Progress)
         sel.close()
 
 
+def fresh_uid_base() -> int:
+    """The first uid of a run not given ``--uid-base``: a block of 10^9 uids
+    of the current second, so runs a second apart never share users."""
+    return 10**9 * (1 + int(time.time()) % 1_000_000)
+
+
+def node_pids(args: argparse.Namespace) -> tuple[int, ...]:
+    """The nodes' pids of ``--node-pid`` (none when not given)."""
+    return getattr(args, "node_pids", None) or ((args.node_pid,) if args.node_pid else ())
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run one scenario; the JSON document of the run."""
     if args.uid_base is None:
-        args.uid_base = 10**9 * (1 + int(time.time()) % 1_000_000)
+        args.uid_base = fresh_uid_base()
     specs = worker_specs(args)
     calibration_ms = calibrate()  # before the workers start: a quiet generator
     progress = Progress(not args.no_progress)
     for warning in check(args):
         print(f"msgplatform-bench: warning: {warning}", file=sys.stderr)
-    pids: tuple[int, ...] = getattr(args, "node_pids", None) or (
-        (args.node_pid,) if args.node_pid else ())
+    pids = node_pids(args)
     node: dict[str, Any] = {"pid": args.node_pid}
     if len(pids) > 1:
         node["pids"] = list(pids)
