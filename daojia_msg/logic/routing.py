@@ -50,16 +50,19 @@ class Routes:
     messages to the same recipient (a chat, a driver's order updates) costs one
     session look-up per ``cluster.route_ttl_s`` (1 s) instead of one each.
 
-    Only records of sessions on *other* nodes are kept, only after that node
-    took a push for them, and only for ``ttl_s`` from the look-up that found
-    them. The node a record names checks the session id on every push, so a
-    record gone stale (the session closed, or replaced by a newer login) is
-    answered "not held" there, dropped here, and the session looked up again
-    (:meth:`Routing.deliver`). Nothing is kept of a recipient who was not
-    found: a login must be seen at once. The price: for up to ``ttl_s`` after
-    a newer login on a third node, pushes may still go to the old session
-    while its node holds it (its kick in flight, or failed); each such message
-    stays pending until ACKed. ``ttl_s`` 0 keeps nothing. At most
+    Only records of sessions on *other* nodes are kept, for ``ttl_s`` from the
+    look-up that found them. A record is kept as soon as it is found, before
+    its node has answered the push: under load that answer takes a few
+    reactor turns, and the messages to the same recipient meanwhile go there
+    without a look-up of their own. The node a record names checks the session
+    id on every push, so a record gone stale (the session closed, or replaced
+    by a newer login) is answered "not held" there, dropped here, and the
+    session looked up again (:meth:`Routing.deliver`); a node that cannot be
+    reached drops it too. Nothing is kept of a recipient who was not found: a
+    login must be seen at once. The price: for up to ``ttl_s`` after a newer
+    login on a third node, pushes may still go to the old session while its
+    node holds it (its kick in flight, or failed); each such message stays
+    pending until ACKed. ``ttl_s`` 0 keeps nothing. At most
     :data:`MAX_ROUTES` records; expired ones go first, then the oldest.
     """
 
@@ -97,8 +100,12 @@ class Routes:
         if found_at + self.ttl_s > now:
             records[(record.uid, record.appcode)] = (found_at + self.ttl_s, record)
 
-    def drop(self, uid: int, appcode: int) -> None:
-        self._records.pop((uid, appcode), None)
+    def drop(self, uid: int, appcode: int, session_id: str) -> None:
+        """Forget the route to ``(uid, appcode)`` if it still names ``session_id``
+        (a push there was refused or failed; a newer record found meanwhile stays)."""
+        kept = self._records.get((uid, appcode))
+        if kept is not None and kept[1].session_id == session_id:
+            del self._records[(uid, appcode)]
 
     def __len__(self) -> int:
         return len(self._records)
@@ -152,7 +159,7 @@ class Routing:
             self.routes.results.inc("hit" if pushed else "stale")
             if pushed:
                 return True
-            self.routes.drop(msg.to_uid, msg.to_appcode)
+            self.routes.drop(msg.to_uid, msg.to_appcode, known.session_id)
             tried.add(known.session_id)
             unreachable = pushed is None
         for _ in range(MAX_HOPS):
@@ -170,10 +177,11 @@ class Routing:
                     self._push(session, msg)
                     return True
                 break  # a stale record of ours (e.g. from before a restart)
+            self.routes.keep(record, found_at)  # for the messages while this push is in flight
             pushed = await self._deliver_remote(record, msg)
             if pushed:
-                self.routes.keep(record, found_at)
                 return True
+            self.routes.drop(msg.to_uid, msg.to_appcode, record.session_id)
             unreachable = pushed is None
         if unreachable:
             self._retry_delivery(msg, retry_attempt)

@@ -192,6 +192,72 @@ class CachedRouteTests(SynchronousTestCase):
         self.alice.c2c(2)
         self.assertEqual(len(self.lookups), 2)
 
+    def slow_pushes(self) -> list[Deferred[bool]]:
+        """From now on each push waits for its answer (the list, in order)."""
+        answers: list[Deferred[bool]] = []
+
+        def deliver(record: SessionRecord, message: StoredMessage) -> Deferred[bool]:
+            self.peers.delivered.append((record, message))
+            answers.append(Deferred())
+            return answers[-1]
+
+        self.peers.deliver = deliver  # type: ignore[method-assign]
+        return answers
+
+    def send(self, text: bytes = b"x") -> None:
+        self.alice.send(Cmd.C2C, pb.C2CRequest(to_uid=2, to_appcode=1001, content=text))
+
+    def test_kept_while_the_first_push_is_in_flight(self) -> None:
+        """Under load a push's answer takes a few turns: the messages to the
+        same recipient meanwhile go the way the look-up found, without one of
+        their own."""
+        self.online(2)
+        answers = self.slow_pushes()
+        for text in (b"a", b"b", b"c"):
+            self.send(text)
+        self.assertEqual(self.lookups, [(2, 1001)])
+        self.assertEqual(self.pushed_to(), [(2, "s-remote")] * 3)
+        for answer in answers:
+            answer.callback(True)
+        self.assertEqual([Code.OK] * 3, [pb.Result.FromString(f.body).code
+                                         for f in self.alice.received()])
+        self.assertEqual(self.stack.logic.routing.routes.results.counts, {"hit": 2, "stale": 0})
+
+    def test_a_push_in_flight_refused_drops_the_route(self) -> None:
+        """The record found names a session its node no longer holds: the
+        message sent meanwhile went there too; both are refused, the route is
+        dropped, both stay pending, and nothing is left kept."""
+        self.successResultOf(self.stack.sessions.register(remote(2, node=2)))
+        answers = self.slow_pushes()
+        self.send(b"a")
+        self.send(b"b")
+        self.assertEqual(len(self.lookups), 1)
+        answers[0].callback(False)  # "not held": looked up again, the same record: pending
+        self.assertEqual(len(self.stack.logic.routing.routes), 0)
+        answers[1].callback(False)
+        self.assertEqual(len(self.lookups), 3)
+        self.assertEqual(len(self.peers.delivered), 2)
+        self.assertEqual(self.stored(), 2)
+        self.assertEqual(self.stack.logic.routing.routes.results.counts, {"hit": 0, "stale": 1})
+
+    def test_a_failed_push_leaves_a_newer_route(self) -> None:
+        """A push to the old session fails after the recipient was found on
+        another node: the route to the new session stays."""
+        self.online(2, "old")
+        answers = self.slow_pushes()
+        self.send(b"a")  # to node 2, in flight
+        self.offline(2, "old")
+        self.online(3, "new")
+        self.stack.clock.advance(ROUTE_TTL_S)  # the route to "old" expired
+        self.send(b"b")  # looked up: node 3, kept
+        answers[0].callback(False)  # "a" refused at node 2: looks up, finds node 3
+        self.assertEqual(self.stack.logic.routing.routes.get(2, 1001).session_id, "new")
+        answers[1].callback(True)
+        answers[2].callback(True)
+        self.assertEqual(self.pushed_to(), [(2, "old"), (3, "new"), (3, "new")])
+        self.assertEqual(self.stack.logic.routing.routes.get(2, 1001).session_id, "new")
+        self.assertEqual(self.stored(), 0)
+
     def test_a_kept_route_when_the_session_store_fails(self) -> None:
         self.online(2)
         self.alice.c2c(2)
@@ -300,6 +366,16 @@ class RoutesTests(SynchronousTestCase):
         clock.advance(0.5)  # the first hundred expire
         routes.keep(self.record(501), 1.0)
         self.assertEqual(len(routes), 2)
+
+    def test_dropped_only_while_it_names_that_session(self) -> None:
+        routes = Routes(Clock(), ttl_s=1.0)
+        routes.keep(self.record(1), 0.0)
+        routes.drop(1, 1001, "an older session")
+        self.assertEqual(routes.get(1, 1001), self.record(1))
+        routes.drop(1, 1001, "s1")
+        self.assertIsNone(routes.get(1, 1001))
+        routes.drop(1, 1001, "s1")  # nothing kept: nothing to do
+        self.assertEqual(len(routes), 0)
 
     def test_a_record_found_longer_ago_than_the_ttl_is_not_kept(self) -> None:
         clock = Clock()
