@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import random
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
@@ -20,6 +22,21 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 REFUSED_BACKOFF_S = 0.05
 #: C2C content starts with the intended send time (monotonic µs).
 _STAMP = struct.Struct("!q")
+
+
+def login_order(jobs: Sequence[Job], seed: int) -> list[Job]:
+    """The log-ins of the C2C pairs in a shuffled order (the same for the
+    same ``seed``).
+
+    A balancer spreads connections in the order they arrive (HAProxy's
+    ``leastconn`` as shipped, round robin, LVS alike): logged in sender,
+    receiver, sender, receiver..., the two of nearly every pair would land on
+    different nodes, and a run on two nodes would push nearly every message
+    through the internal RPC. Phones placed at random cross it for half the
+    messages on two nodes (``1 - 1/N`` on N); shuffled, the pairs do too."""
+    order = list(jobs)
+    random.Random(seed).shuffle(order)
+    return order
 
 
 class Connect(Scenario):
@@ -203,7 +220,7 @@ class C2C(C2S):
             jobs.append((2 * k, sender_uid, self.token(sender_uid), sender))
             jobs.append((2 * k + 1, sender_uid + 1, self.token(sender_uid + 1), receiver))
         self.ack_each = ack_each
-        await self.login_many(jobs)
+        await self.login_many(login_order(jobs, spec["uid_base"] + spec["lo"]))
         self.pairs = [(s, r) for s, r in self.pairs if s.connected and r.connected]
         self.content_pad = b"c" * max(0, spec.get("size", 32) - _STAMP.size)
         self.run_tag = f"{spec['uid_base']}-{spec['lo']}"

@@ -18,7 +18,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.bench import cli, report, runner, stats
-from daojia_msg.bench.gatescenarios import C2C, REFUSED_BACKOFF_S
+from daojia_msg.bench.gatescenarios import C2C, REFUSED_BACKOFF_S, login_order
 from daojia_msg.bench.httpscenarios import Pull, Push
 from daojia_msg.bench.wire import BenchClient, result_code, source_address
 from daojia_msg.protocol.codec import FrameDecoder, encode
@@ -299,6 +299,29 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual((facts["nproc"], facts["calibration_ms"], facts["calibration_after_ms"]),
                          (os.cpu_count(), 4.0, 5.5))
         self.assertEqual(len(facts["loadavg"]), 3)
+
+
+class LoginOrderTests(SynchronousTestCase):
+    """Behind a balancer that takes turns, the two of a C2C pair share a node
+    as often as phones placed at random do."""
+
+    @staticmethod
+    def together(order: list[Any], nodes: int = 2) -> float:
+        """The share of pairs (sender uid even, receiver the next) that a
+        balancer giving connection i to node i % nodes puts on one node."""
+        node = {job[1]: i % nodes for i, job in enumerate(order)}
+        senders = [uid for uid in node if uid % 2 == 0]
+        return sum(node[uid] == node[uid + 1] for uid in senders) / len(senders)
+
+    def test_pairs_share_a_node_as_at_random(self) -> None:
+        jobs = [(i, 1000 + i, "token", None) for i in range(400)]
+        self.assertEqual(self.together(jobs), 0.0)  # in turn, every pair is split
+        order = login_order(jobs, 7)
+        self.assertEqual(sorted(order, key=lambda j: j[1]), jobs)
+        self.assertEqual(order, login_order(jobs, 7))
+        self.assertNotEqual(order, login_order(jobs, 8))
+        self.assertTrue(0.4 < self.together(order) < 0.6, self.together(order))
+        self.assertTrue(0.25 < self.together(order, 3) < 0.42, self.together(order, 3))
 
 
 class SmokeTests(NodeTestCase):
