@@ -29,11 +29,12 @@ def login_order(jobs: Sequence[Job], seed: int) -> list[Job]:
     same ``seed``).
 
     A balancer spreads connections in the order they arrive (HAProxy's
-    ``leastconn`` as shipped, round robin, LVS alike): logged in sender,
-    receiver, sender, receiver..., the two of nearly every pair would land on
-    different nodes, and a run on two nodes would push nearly every message
-    through the internal RPC. Phones placed at random cross it for half the
-    messages on two nodes (``1 - 1/N`` on N); shuffled, the pairs do too."""
+    ``leastconn`` as shipped, round robin, LVS alike): logged in strictly
+    sender, receiver, sender, receiver..., the two of every pair would land on
+    different nodes and every message would cross the internal RPC; with
+    several worker processes logging in at once, the share depended on their
+    timing. Phones placed at random cross it for half the messages on two
+    nodes (``1 - 1/N`` on N); shuffled, the pairs do too, whatever the timing."""
     order = list(jobs)
     random.Random(seed).shuffle(order)
     return order
