@@ -70,6 +70,19 @@ class RabbitMQTests(TestCase):
         self.assertEqual(bridged.buses, {"rabbit": "amqp://guest:guest@10.231.7.1:41000/"})
         self.assertIn("10.231.7.1:6390", bridged.redis.url)
 
+    def test_the_clock_step_node_environment(self) -> None:
+        """Only the wall clock follows the file, and libfaketime's monotonic
+        workaround is off (with it the node's timed waits spin)."""
+        self.patch(os, "environ", {"PATH": "/bin"})
+        rc = os.path.join(self.directory, "faketime.rc")
+        env = servers.faketime_env("/usr/lib/libfaketime.so.1", rc)
+        with open(rc) as f:
+            self.assertEqual(f.read(), "+0\n")
+        self.assertEqual({k: v for k, v in env.items() if k != "PATH"}, {
+            "LD_PRELOAD": "/usr/lib/libfaketime.so.1", "FAKETIME_TIMESTAMP_FILE": rc,
+            "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "DONT_FAKE_MONOTONIC": "1", "FAKETIME_FORCE_MONOTONIC_FIX": "0"})
+
     def test_nodes_in_a_namespace_listen_on_its_address(self) -> None:
         proc = servers.node_proc(Clock(), self.directory, 1, "n.toml", 1, 2, 3, None,
                                  "10.231.7.11", ["ip", "netns", "exec", "chaos1-1"])
