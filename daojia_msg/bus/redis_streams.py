@@ -52,8 +52,12 @@ encoder); while there is no live connection a batch fails at once; and each
 batch has a deadline of :data:`DEADLINE_FACTOR` reply timeouts (covering the
 ``EVAL`` after a ``NOSCRIPT`` too), after which the connection is dropped
 (when the command went through txredisapi's own path, its reply timeout
-drops it first). Any failure of the command fails the callers of the batch
-with :class:`BusUnavailable`. A connection that txredisapi gave up on is
+drops it first). A batch that never went out (no live connection), or that
+Redis answered with an error, fails its callers with :class:`BusUnavailable`:
+nothing was published, and a client may send again. A batch whose command was
+written but whose reply never came (the deadline, a connection lost in
+between) fails them with :class:`BusTimeout` (answered TIMEOUT): Redis may
+have run it, and a resend could publish a message twice. A connection that txredisapi gave up on is
 replaced. The queue is bounded too (:data:`MAX_QUEUED_BATCHES` batches, at
 least twice ``bus.max_pending``): beyond it ``publish`` fails at once.
 
@@ -71,7 +75,7 @@ from collections import deque
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -89,7 +93,7 @@ from daojia_msg.bus.redis_streams_connection import (
     where,
 )
 from daojia_msg.config import BusConfig, parse_redis_url
-from daojia_msg.core.errors import BusUnavailable
+from daojia_msg.core.errors import BusTimeout, BusUnavailable
 from daojia_msg.deadlines import Deadlines
 from daojia_msg.redisconn import DEADLINE_FACTOR, Script, execute
 
@@ -158,9 +162,15 @@ class _Pending:
         self.content_type = content_type
         self.d: Deferred[None] = Deferred()
 
-    def fail(self, why: str) -> None:
+    def fail(self, why: str, uncertain: bool = False) -> None:
+        """Fail the caller: :class:`BusUnavailable` (not published), or with
+        ``uncertain`` :class:`BusTimeout` (it may have been)."""
         if not self.d.called:
-            self.d.errback(BusUnavailable(why))
+            self.d.errback(BusTimeout(why) if uncertain else BusUnavailable(why))
+
+
+class _Unconfirmed(Exception):
+    """A batch's command went out and no reply came: Redis may have run it."""
 
 
 @implementer(IMessageBus)
@@ -291,14 +301,14 @@ class RedisStreamsBus:
             args += (p.payload, p.logid, p.content_type)
         self.commands += 1
         try:
-            replies = await execute(conn, b"EVALSHA", _SHA, *args)
+            replies = await _written(conn, b"EVALSHA", _SHA, args)
         except txredisapi.ResponseError as e:
             if not str(e).startswith("NOSCRIPT"):
                 raise
             self.log.info("Redis at {where} does not know the XADD script; loading it",
                           where=self.where)
             self.commands += 1
-            replies = await execute(conn, b"EVAL", _SOURCE, *args)
+            replies = await _written(conn, b"EVAL", _SOURCE, args)
         if not isinstance(replies, list) or len(replies) != len(batch):
             raise BusUnavailable(f"the XADD script answered {replies!r:.100}")
         errors: list[str] = []
@@ -342,6 +352,8 @@ class RedisStreamsBus:
     def _sent(self, result: object, batch: list[_Pending]) -> None:
         self._in_flight = False
         if isinstance(result, Failure):
+            # The deadline runs only once the command was written.
+            uncertain = result.check(TimeoutError, _Unconfirmed) is not None
             if result.check(TimeoutError):
                 why = f"no reply within {self.deadline:g} s"
                 if self._conn is not None:
@@ -350,9 +362,27 @@ class RedisStreamsBus:
                 why = result.getErrorMessage()
             unanswered = [p for p in batch if not p.d.called]
             if unanswered:
-                self.log.warn("C2S batch of {count} XADDs to Redis at {where} failed: {why}",
-                              count=len(unanswered), where=self.where, why=why)
+                self.log.warn("C2S batch of {count} XADDs to Redis at {where} failed: {why}"
+                              "{maybe}", count=len(unanswered), where=self.where, why=why,
+                              maybe=" (they may have been published)" if uncertain else "")
             for p in unanswered:
-                p.fail(f"redis XADD to {self.where}: {why}")
+                p.fail(f"redis XADD to {self.where}: {why}", uncertain)
         if self._queue and not self._stopped:
             self._flush()
+
+
+async def _written(conn: Any, command: bytes, script: Any, args: list[Any]) -> Any:
+    """The reply to ``command``; a failure after it went out (a connection
+    lost before the reply) is :class:`_Unconfirmed`, as Redis may have run it.
+    A failure before it went out (it fails at once), or an error reply, is
+    raised as it is."""
+    d = execute(conn, command, script, *args)
+    written = not d.called
+    try:
+        return await d
+    except (txredisapi.ResponseError, CancelledError):  # (cancelled: the deadline's)
+        raise
+    except Exception as e:
+        if written:
+            raise _Unconfirmed(str(e) or type(e).__name__) from e
+        raise
