@@ -293,14 +293,17 @@ class Worker:
                 f.cancel()
         self._raise_if_failed()
 
-    async def _pacer(self, rate: float, start: float, end: float) -> None:
-        """Open loop: publish at ``rate`` msgs/s over this process's pairs,
-        round robin. Each message carries its *intended* send time, so a late
-        generator shows as latency (no coordinated omission), as in c2c."""
+    async def _pacer(self, rate: float, start: float, seconds: float) -> None:
+        """Open loop: publish at ``rate`` msgs/s over this process's pairs for
+        ``seconds`` from ``start``, round robin. Each message carries its
+        *intended* send time, so a late generator shows as latency (no
+        coordinated omission), as in c2c. (The count comes from ``seconds``
+        itself: when ``start`` is just below a power of two, ``(start +
+        seconds) - start`` is rounded a hair short, and 200/s for 1 s sent 199.)"""
         n = len(self.pair_ids)
         nxt = 0
         done = 0
-        total = int(rate * (end - start))
+        total = int(rate * seconds)
         t0_ns = int(start * 1e9)
         step_ns = 1e9 / rate
         while done < total:
@@ -381,12 +384,13 @@ class Worker:
         self._raise_if_failed()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t_start = time.monotonic()
-        end = t_start + (plan.connect_timeout + plan.duration if plan.count else plan.duration)
+        window = plan.connect_timeout + plan.duration if plan.count else plan.duration
+        end = t_start + window
         self.publishing = True
         self.in_window = True
         if plan.mode == "open":
             share = plan.rate * len(self.pair_ids) / plan.pairs
-            await self._pacer(share, t_start, end)
+            await self._pacer(share, t_start, window)
         else:
             for j in range(len(self.pair_ids)):
                 self._fill(j)
