@@ -23,8 +23,9 @@ overload against each, in one run against the same nodes:
    lowest that was not. When every probe was sustained it is reported as "at
    least" (with one probe, at the closed-loop rate, twice the closed-loop
    capacity is the one overload run). Its value is the best sustained
-   probe's goodput (what it delivered in time, not its rate). Short probes and the bisection's step make it a low
-   estimate: goodput above 100% "of open" says so.
+   probe's goodput (what it delivered in time, not its rate). Short probes
+   and the bisection's step make it a low estimate: goodput above 100% "of
+   open" says so.
 3. **the overload**: an open loop at twice each capacity for ``--duration``
    seconds: goodput, its share of both capacities, latency, refusals,
    anything unanswered.

@@ -56,9 +56,10 @@ drops it first). A batch that never went out (no live connection), or that
 Redis answered with an error, fails its callers with :class:`BusUnavailable`:
 nothing was published, and a client may send again. A batch whose command was
 written but whose reply never came (the deadline, a connection lost in
-between) fails them with :class:`BusTimeout` (answered TIMEOUT): Redis may
-have run it, and a resend could publish a message twice. A connection that txredisapi gave up on is
-replaced. The queue is bounded too (:data:`MAX_QUEUED_BATCHES` batches, at
+between) fails them with :class:`BusTimeout` (answered TIMEOUT), as the AMQP
+bus fails a publish its broker never confirmed: Redis may have run it, and a
+resend could publish a message twice. A connection that txredisapi gave up on
+is replaced. The queue is bounded too (:data:`MAX_QUEUED_BATCHES` batches, at
 least twice ``bus.max_pending``): beyond it ``publish`` fails at once.
 
 **Start-up.** :meth:`RedisStreamsBus.start` fails with :class:`BusUnavailable`
