@@ -117,6 +117,14 @@ def goodput_option(p: argparse.ArgumentParser) -> None:
                         f"many seconds of its intended send time (default {GOODPUT_WITHIN_S:g})")
 
 
+def backoff_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backoff", action="store_true",
+                   help="c2c open loop: each sender backs off after RATE_LIMITED as the client "
+                        "library does (for 50 ms to 1 s it refuses its own C2C without sending "
+                        "them, counted 'held back'; daojia_msg/client/backoff.py); default: "
+                        "every frame is sent on time whatever the answers")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("target and generator")
@@ -194,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "c2c":
             p.add_argument("--ack", choices=("each", "read"), default="each",
                            help="one ACK per push, or one per socket read (default each)")
+            backoff_option(p)
         p.add_argument("--rate", type=bounded(float, 0, MAX_RATE), default=0.0,
                        help="offered frames/s in total, open loop; 0 = closed loop")
         p.add_argument("--window", type=bounded(int, 1, 256), default=8,
@@ -229,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=bounded(int, 1, 256), default=8,
                    help="c2c closed loop: requests in flight per sending connection")
     p.set_defaults(ack="each", batch=1)  # one ACK per push; single HTTP pushes
+    backoff_option(p)
     p.add_argument("--recipients", type=bounded(int, 1, 1_000_000), default=1000,
                    help="push: offline recipients pushed to round robin (default 1000)")
     p.add_argument("--open-concurrency", type=bounded(int, 1, 10_000), default=512,

@@ -14,12 +14,18 @@ from twisted.internet.task import deferLater
 
 from daojia_msg.bench.base import Job, Scenario, now_us, open_loop
 from daojia_msg.bench.wire import BenchClient, result_code
+from daojia_msg.client.backoff import SendBackoff
 from daojia_msg.protocol.codec import Frame
 from daojia_msg.protocol.codes import Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 #: Closed loop: how long a sender waits after a RATE_LIMITED answer.
 REFUSED_BACKOFF_S = 0.05
+#: Open loop with ``backoff``: a C2C refused by the sender itself, without
+#: reaching the node, because it came during the sender's pause after a
+#: RATE_LIMITED (:class:`~daojia_msg.client.backoff.SendBackoff`, as the client
+#: library does).
+HELD_BACK = "held back"
 #: C2C content starts with the intended send time (monotonic µs).
 _STAMP = struct.Struct("!q")
 
@@ -139,9 +145,11 @@ class C2S(Scenario):
         else:
             send(target, now_us())
 
-    def refused(self, code: int, intended_us: int) -> None:
-        """An answer other than OK: counted by code, and how long it took."""
-        self.errors[f"code {code}"] = self.errors.get(f"code {code}", 0) + 1
+    def refused(self, code: int | str, intended_us: int) -> None:
+        """An answer other than OK (or :data:`HELD_BACK`): counted by code, and
+        how long it took."""
+        key = code if isinstance(code, str) else f"code {code}"
+        self.errors[key] = self.errors.get(key, 0) + 1
         self.refused_latencies.append(now_us() - intended_us)
 
     async def run(self) -> dict[str, Any]:
@@ -257,6 +265,37 @@ class C2C(C2S):
                 self.errors["ack"] = self.errors.get("ack", 0) + n
         return acked
 
+    def send(self, pair: tuple[BenchClient, BenchClient], intended_us: int) -> None:
+        """One C2C from the pair's sender, stamped with its intended time; with
+        a backoff (open loop), refused by the sender itself during a pause."""
+        sender, receiver = pair
+        n = self.sent = self.sent + 1
+        backoff = self.backoffs.get(sender)
+        if backoff is not None and backoff.paused():
+            self.refused(HELD_BACK, intended_us)  # as the client library would
+            return
+        spec = self.spec
+        body = pb.C2CRequest(to_uid=receiver.uid, to_appcode=spec["appcode"],
+                             content=_STAMP.pack(intended_us) + self.content_pad,
+                             client_msg_id=f"{self.run_tag}-{n}").SerializeToString()
+        sent_at = self.reactor.seconds()
+
+        def answered(frame: Frame) -> None:
+            code = result_code(frame)
+            if code == 0:
+                self.ok += 1
+                self.latencies.append(now_us() - intended_us)
+                if backoff is not None:
+                    backoff.accepted(sent_at)
+            else:
+                self.refused(code, intended_us)
+                if backoff is not None and code == Code.RATE_LIMITED:
+                    backoff.refused(sent_at)
+            if self.closed and time.monotonic() < self.deadline and sender.connected:
+                self.again(code, self.send, pair)
+
+        sender.request(Cmd.C2C, body, answered, spec.get("msgtype", 7))
+
     async def run(self) -> dict[str, Any]:
         spec = self.spec
         self.sent = self.ok = 0
@@ -267,29 +306,12 @@ class C2C(C2S):
         if not self.pairs:
             return {"sent": 0, "ok": 0, "errors": {}, "latency_us": [], "push_latency_us": [],
                     "pushes": 0, "acked": 0, "t_start": None, "t_end": None}
-        deadline = time.monotonic() + spec["duration"]
-        closed = not spec["rate"]
-        to_appcode, msgtype, pad, tag = spec["appcode"], spec.get("msgtype", 7), \
-            self.content_pad, self.run_tag
-
-        def send(pair: tuple[BenchClient, BenchClient], intended_us: int) -> None:
-            sender, receiver = pair
-            n = self.sent = self.sent + 1
-            body = pb.C2CRequest(to_uid=receiver.uid, to_appcode=to_appcode,
-                                 content=_STAMP.pack(intended_us) + pad,
-                                 client_msg_id=f"{tag}-{n}").SerializeToString()
-
-            def answered(frame: Frame) -> None:
-                code = result_code(frame)
-                if code == 0:
-                    self.ok += 1
-                    self.latencies.append(now_us() - intended_us)
-                else:
-                    self.refused(code, intended_us)
-                if closed and time.monotonic() < deadline and sender.connected:
-                    self.again(code, send, pair)
-
-            sender.request(Cmd.C2C, body, answered, msgtype)
+        self.deadline = time.monotonic() + spec["duration"]
+        closed = self.closed = not spec["rate"]
+        #: Open loop with ``backoff``: each sender's pause after RATE_LIMITED.
+        self.backoffs = ({s: SendBackoff(self.reactor) for s, _ in self.pairs}
+                         if spec.get("backoff") and not closed else {})
+        send = self.send
 
         # The stamp is the intended send time (monotonic µs); the receiver
         # (in this process) subtracts it from its own monotonic clock.

@@ -233,7 +233,8 @@ def document(args: argparse.Namespace, closed: dict[str, Any], open_cap: float,
             "goodput_within": args.goodput_within, "factor": FACTOR,
             "transport": args.transport, "tls": args.tls,
             "gate": "{}:{}".format(*target(args)), "http": args.http,
-            **({"pairs": args.pairs, "window": args.window} if args.of == "c2c"
+            **({"pairs": args.pairs, "window": args.window, "backoff": args.backoff}
+               if args.of == "c2c"
                else {"concurrency": args.concurrency,
                      "open_concurrency": args.open_concurrency}),
             "node_pids": list(node_pids(args)) or None,
@@ -250,6 +251,8 @@ def document(args: argparse.Namespace, closed: dict[str, Any], open_cap: float,
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "backoff", False) and args.of != "c2c":
+        raise BenchError("overload: --backoff is for --of c2c (HTTP pushes have no backoff)")
     return Overload(args)()
 
 
@@ -270,7 +273,8 @@ def render(doc: dict[str, Any]) -> str:
                        for p in cap["probes"])
     lines = [
         f"msgplatform-bench overload {par['of']}: {par['size']} B, runs of "
-        f"{par['duration']:g} s (probes {par['probe_duration']:g} s), {par['procs']} proc(s)",
+        f"{par['duration']:g} s (probes {par['probe_duration']:g} s), {par['procs']} proc(s)"
+        + (", open-loop senders back off after RATE_LIMITED" if par.get("backoff") else ""),
         f"capacity, closed loop ({how}): {_n(closed['served_per_s'], '/s')}, "
         f"p50 / p99 {_s(closed['p50_ms'])} / {_s(closed['p99_ms'])} s",
         f"capacity, open loop (>= {par['sustain']:.0%} within {par['goodput_within']:g} s): "

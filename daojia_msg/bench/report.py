@@ -23,8 +23,9 @@ SAMPLE_KEYS = ("latency_us", "push_latency_us", "refused_latency_us", "send_lag_
 #: send time (``--goodput-within``): the rest came too late to count.
 GOODPUT_WITHIN_S = 1.0
 #: The result codes (gate) and HTTP statuses that say "refused, try later":
-#: RATE_LIMITED, UNAVAILABLE, and 429 / 503.
-REFUSALS = ("code 6", "code 11", "http 429", "http 503")
+#: RATE_LIMITED, UNAVAILABLE, and 429 / 503; and a C2C that a sender backing
+#: off refused itself (``held back``: it never reached the node).
+REFUSALS = ("code 6", "code 11", "http 429", "http 503", "held back")
 
 
 def merge_counts(dicts: list[Mapping[str, int]]) -> dict[str, int]:

@@ -60,7 +60,7 @@ def worker_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
         "tls": args.tls, "ca": args.ca, "server_name": args.server_name,
     }
     for key in ("duration", "window", "batch", "msgtype", "ack", "page", "recipients",
-                "goodput_within", "gps", "escalate_after_s"):
+                "goodput_within", "gps", "escalate_after_s", "backoff"):
         if hasattr(args, key):
             base[key] = getattr(args, key)
     if scenario == "c2s" and base.get("msgtype") is None:

@@ -28,6 +28,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from daojia_msg.client.backoff import SendBackoff
 from daojia_msg.client.errors import (
     ConnectionLost,
     KickedOut,
@@ -94,6 +95,10 @@ class MsgClient(Service):
     TIMEOUT (or a result code this version does not know) it waits
     ``resend_delay(n)`` seconds first (0.5, 1, 2, then 4: docs/protocol.md §7.4).
 
+    A C2C or C2S answered RATE_LIMITED starts a pause (``send_backoff``, a
+    :class:`~daojia_msg.client.backoff.SendBackoff` by default; ``False``: none)
+    during which ``c2c`` and ``c2s`` fail at once with RATE_LIMITED, unsent.
+
     A KICKOUT for LOGIN_ELSEWHERE or ADMIN stops the client (reconnecting would
     fight the other device); SHUTDOWN and ABUSE reconnect after the backoff. A
     login refused with a code outside :data:`TRANSIENT_LOGIN_CODES` (e.g.
@@ -126,6 +131,7 @@ class MsgClient(Service):
         send_retries: int = 2,
         resend_delay: Callable[[int], float] = resend_delay,
         drain_on_login: bool = True,
+        send_backoff: SendBackoff | None | bool = True,
     ) -> None:
         self.reactor = reactor
         self.uid = uid
@@ -144,6 +150,10 @@ class MsgClient(Service):
         self.send_retries = send_retries
         self.resend_delay = resend_delay
         self.drain_on_login = drain_on_login
+        #: The pause after RATE_LIMITED (:class:`SendBackoff`), or ``None``.
+        self.send_backoff: SendBackoff | None = (
+            SendBackoff(reactor) if send_backoff is True
+            else None if send_backoff is False else send_backoff)
         self.recent = RecentIds(dedup_size)
         #: ``(reason_code, reason)`` of the last KICKOUT, if any.
         self.last_kickout: tuple[int, str] | None = None
@@ -328,7 +338,29 @@ class MsgClient(Service):
         return self._call("keepalive")
 
     def c2s(self, msgtype: int, content: bytes, logid: str = "") -> Deferred[pb.Result]:
-        return self._call("c2s", msgtype, content, logid)
+        return Deferred.fromCoroutine(self._send("c2s", (msgtype, content, logid)))
+
+    async def _send(self, method: str, args: tuple[Any, ...], first: bool = True) -> pb.Result:
+        """One C2C or C2S under :attr:`send_backoff`: refused at once during a
+        pause after RATE_LIMITED (only a ``first`` attempt: a resend after
+        TIMEOUT may concern a stored message, and goes); a RATE_LIMITED answer
+        starts a pause, an OK ends the row of refusals."""
+        backoff = self.send_backoff
+        if first and backoff is not None and backoff.paused():
+            raise ResultError(
+                Code.RATE_LIMITED,
+                f"not sent: backing off after RATE_LIMITED ({backoff.remaining():.2f} s left)")
+        proto = await self.when_ready()
+        sent_at = self.reactor.seconds()
+        try:
+            result: pb.Result = await getattr(proto, method)(*args)
+        except ResultError as e:
+            if backoff is not None and e.code == Code.RATE_LIMITED:
+                backoff.refused(sent_at)
+            raise
+        if backoff is not None:
+            backoff.accepted(sent_at)
+        return result
 
     def c2c(
         self,
@@ -345,10 +377,8 @@ class MsgClient(Service):
     async def _c2c(self, args: tuple[Any, ...]) -> pb.Result:
         attempt = 0
         while True:
-            proto = await self.when_ready()
             try:
-                result: pb.Result = await proto.c2c(*args)
-                return result
+                return await self._send("c2c", args, first=attempt == 0)
             except KickedOut:
                 raise
             except (ConnectionLost, RequestTimeout, NotConnected, ResultError) as e:

@@ -18,12 +18,14 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.bench import cli, report, runner, stats
-from daojia_msg.bench.gatescenarios import C2C, REFUSED_BACKOFF_S, login_order
+from daojia_msg.bench.gatescenarios import C2C, HELD_BACK, REFUSED_BACKOFF_S, login_order
 from daojia_msg.bench.httpscenarios import Pull, Push
 from daojia_msg.bench.wire import BenchClient, result_code, source_address
+from daojia_msg.client.backoff import SendBackoff
 from daojia_msg.protocol.codec import FrameDecoder, encode
 from daojia_msg.protocol.codes import RESPONSE_BIT, Cmd, Code
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
+from tests.client.fakes import sent
 from tests.helpers import Stack
 from tests.nodes import NodeTestCase
 
@@ -179,6 +181,70 @@ class ClosedLoopBackoffTests(SynchronousTestCase):
         self.assertEqual(sent, ["a"])
         clock.advance(REFUSED_BACKOFF_S)
         self.assertEqual(sent, ["a", "b"])
+
+
+class OpenLoopBackoffTests(SynchronousTestCase):
+    """Open loop with ``backoff``: a sender refused RATE_LIMITED refuses its own
+    C2C for the pause (counted ``held back``, nothing written), as the client
+    library does; without it, every C2C goes out."""
+
+    def scenario(self, backoff: bool) -> tuple[C2C, BenchClient, StringTransport]:
+        clock = Clock()
+        scenario = C2C(clock, {"appcode": 1001, "rate": 100.0, "duration": 1.0,
+                               "backoff": backoff})
+        sender, receiver = BenchClient(10, 1001), BenchClient(11, 1001)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        scenario.pairs = [(sender, receiver)]
+        scenario.content_pad, scenario.run_tag = b"", "t"
+        scenario.sent = scenario.ok = 0
+        scenario.errors, scenario.latencies, scenario.refused_latencies = {}, [], []
+        scenario.deadline, scenario.closed = 0.0, False
+        scenario.backoffs = ({sender: SendBackoff(clock, rng=lambda: 1.0)} if backoff else {})
+        return scenario, sender, transport
+
+    def refuse(self, sender: BenchClient, frame: Any) -> None:
+        body = pb.Result(code=Code.RATE_LIMITED).SerializeToString()
+        sender.dataReceived(encode(Cmd.C2C | RESPONSE_BIT, 1001, 7, 10, frame.sequenceid, body))
+
+    def test_paused_sender_holds_back(self) -> None:
+        scenario, sender, transport = self.scenario(backoff=True)
+        clock = scenario.reactor
+        pair = scenario.pairs[0]
+        scenario.send(pair, 0)
+        scenario.send(pair, 0)
+        first, second = sent(transport)
+        clock.advance(0.01)
+        self.refuse(sender, first)  # a pause of 50 ms, from 0.01 s
+        self.refuse(sender, second)  # in flight before the pause: no longer pause
+        scenario.send(pair, 0)
+        clock.advance(0.049)
+        scenario.send(pair, 0)
+        self.assertEqual(sent(transport), [])
+        self.assertEqual(scenario.errors, {"code 6": 2, HELD_BACK: 2})
+        clock.advance(0.002)  # the pause is over
+        scenario.send(pair, 0)
+        [third] = sent(transport)
+        body = pb.Result(code=0, msgid=1).SerializeToString()
+        sender.dataReceived(encode(Cmd.C2C | RESPONSE_BIT, 1001, 7, 10, third.sequenceid, body))
+        self.assertEqual((scenario.sent, scenario.ok), (5, 1))
+        self.assertIn(HELD_BACK, report.REFUSALS)
+
+    def test_without_backoff_every_frame_goes(self) -> None:
+        scenario, sender, transport = self.scenario(backoff=False)
+        pair = scenario.pairs[0]
+        scenario.send(pair, 0)
+        self.refuse(sender, sent(transport)[0])
+        for _ in range(3):
+            scenario.send(pair, 0)
+        self.assertEqual(len(sent(transport)), 3)
+        self.assertEqual(scenario.errors, {"code 6": 1})
+
+    def test_option_reaches_the_workers(self) -> None:
+        args = cli.build_parser().parse_args(["c2c", "--rate", "100", "--backoff"])
+        self.assertTrue(runner.worker_specs(args)[0]["backoff"])
+        args = cli.build_parser().parse_args(["overload", "--backoff"])
+        self.assertTrue(args.backoff)
 
 
 class OptionsTests(SynchronousTestCase):

@@ -251,6 +251,24 @@ class DocumentTests(SynchronousTestCase):
         closed = next(line for line in lines if line.startswith("2 x closed: 8,000/s"))
         self.assertEqual(closed.split()[4:7], ["2,600/s", "65%", "130%"])
 
+    def test_backoff_is_said_and_only_for_c2c(self) -> None:
+        """``--backoff`` reaches every run's arguments and the table's first
+        line; with ``--of push`` it is refused (HTTP pushes have no backoff)."""
+        runs: list[Any] = []
+        model = ModelNode(closed=4000, sustains=2600)
+
+        def run_one(args: Any) -> dict[str, Any]:
+            runs.append(args.backoff)
+            return model(args)
+
+        doc = overload.Overload(parse("--probes", "2", "--backoff"), run_one=run_one)()
+        self.assertEqual(set(runs), {True})
+        self.assertTrue(doc["parameters"]["backoff"])
+        self.assertIn("senders back off after RATE_LIMITED", overload.render(doc).splitlines()[0])
+        self.assertNotIn("back off", overload.render(self.doc))
+        with self.assertRaises(BenchError):
+            overload.run(parse("--of", "push", "--backoff"))
+
     def test_push_table(self) -> None:
         doc = overload.Overload(parse("--of", "push", "--probes", "2"),
                                 run_one=ModelNode(closed=2000, sustains=1500,

@@ -11,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from daojia_msg.client.backoff import SendBackoff
 from daojia_msg.client.client import MsgClient
 from daojia_msg.client.errors import KickedOut, NotConnected, ResultError
 from daojia_msg.protocol.codec import Frame, encode
@@ -207,6 +208,67 @@ class MsgClientTests(SynchronousTestCase):
             self.assertEqual(self.failureResultOf(d, ResultError).value.code, code)
             self.clock.advance(5)
             self.assertEqual(sent(self.transport()), [])
+
+    def test_rate_limited_pauses_c2c_and_c2s(self) -> None:
+        """A RATE_LIMITED answer (not carried out) fails the call and starts a
+        pause: a C2C or C2S asked for during it is refused at once by the
+        client, RATE_LIMITED, and nothing is written; after the pause they go."""
+        self.client.send_backoff = SendBackoff(self.clock, rng=lambda: 1.0)
+        self.client.startService()
+        self.login()
+        d = self.client.c2c(7, 1002, 0, b"hi")
+        answer(self.proto(), one(self.transport()), pb.Result(code=Code.RATE_LIMITED))
+        self.assertEqual(self.failureResultOf(d, ResultError).value.code, Code.RATE_LIMITED)
+        self.clock.advance(0.04)
+        for d in (self.client.c2c(7, 1002, 0, b"again"), self.client.c2s(3, b"up")):
+            error = self.failureResultOf(d, ResultError).value
+            self.assertEqual(error.code, Code.RATE_LIMITED)
+            self.assertIn("backing off", error.reason)
+        self.assertEqual(sent(self.transport()), [])
+        self.clock.advance(0.01)  # the 50 ms pause is over
+        d = self.client.c2s(3, b"up")
+        request = one(self.transport())
+        self.assertEqual(request.cmd, Cmd.C2S)
+        answer(self.proto(), request, pb.Result(code=Code.RATE_LIMITED))
+        self.failureResultOf(d, ResultError)
+        self.assertAlmostEqual(self.client.send_backoff.remaining(), 0.1)  # the second in a row
+        self.clock.advance(0.1)
+        d = self.client.c2c(7, 1002, 0, b"hi")
+        answer(self.proto(), one(self.transport()), pb.Result(msgid=9))
+        self.assertEqual(self.successResultOf(d).msgid, 9)
+        self.assertEqual(self.client.send_backoff.refusals, 0)
+
+    def test_resend_after_timeout_goes_during_a_pause(self) -> None:
+        """A resend after TIMEOUT may concern a stored message: it is sent
+        even while a pause holds, and its answer is the call's."""
+        self.client.send_backoff = SendBackoff(self.clock, cap_s=5.0, rng=lambda: 1.0)
+        self.client.startService()
+        self.login()
+        d = self.client.c2c(7, 1002, 0, b"hi", client_msg_id="m1")
+        first = one(self.transport())
+        other = self.client.c2s(3, b"up")
+        answer(self.proto(), first, pb.Result(code=Code.TIMEOUT))
+        for _ in range(5):  # five refusals in a row: a pause of 1.6 s
+            self.client.send_backoff.refused()
+        answer(self.proto(), one(self.transport()), pb.Result(code=Code.RATE_LIMITED))
+        self.failureResultOf(other, ResultError)
+        self.clock.advance(0.5)
+        self.assertTrue(self.client.send_backoff.paused())
+        again = one(self.transport())
+        self.assertEqual(again.body, first.body)
+        answer(self.proto(), again, pb.Result(msgid=4))
+        self.assertEqual(self.successResultOf(d).msgid, 4)
+
+    def test_without_send_backoff_every_c2c_is_sent(self) -> None:
+        client = MsgClient(self.clock, self.endpoint, UID, APP, self.token, send_backoff=False)
+        self.assertIsNone(client.send_backoff)
+        client.startService()
+        self.login()
+        for _ in range(3):
+            d = client.c2c(7, 1002, 0, b"hi")
+            answer(self.proto(), one(self.transport()), pb.Result(code=Code.RATE_LIMITED))
+            self.assertEqual(self.failureResultOf(d, ResultError).value.code, Code.RATE_LIMITED)
+        client.stopService()
 
     def kick(self, reason_code: int) -> None:
         body = pb.Kickout(reason_code=reason_code, reason="r").SerializeToString()
