@@ -60,9 +60,9 @@ def require_mysql() -> str:
 
 def create_mysql_database(host: str, port: int, user: str, name: str) -> str:
     """``CREATE DATABASE name`` (utf8mb4) on that server; its mysql:// URL."""
-    import pymysql
+    from daojia_msg.store.mysqldriver import connect
 
-    conn = pymysql.connect(host=host, port=port, user=user)
+    conn = connect(host=host, port=port, user=user)
     try:
         with conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
@@ -72,10 +72,10 @@ def create_mysql_database(host: str, port: int, user: str, name: str) -> str:
 
 
 def drop_mysql_database(url: str) -> None:
-    import pymysql
+    from daojia_msg.store.mysqldriver import connect
 
     name = url.rsplit("/", 1)[1]
-    conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER)
+    conn = connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER)
     try:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")

@@ -15,7 +15,9 @@ by adbapi as before. A statement that fails stops the query before the
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import ssl
+from typing import Any, cast
 
 import pymysql
 from pymysql import (  # noqa: F401 -- the DB-API names adbapi and the store use
@@ -35,10 +37,30 @@ from pymysql import (  # noqa: F401 -- the DB-API names adbapi and the store use
 )
 
 
+@functools.cache
+def _preferred_tls_context() -> ssl.SSLContext:
+    """PyMySQL's context for TLS "preferred" (no TLS option given), built once."""
+    return cast(ssl.SSLContext, pymysql.connections.Connection._create_ssl_ctx(None, {}))
+
+
 class Connection(pymysql.connections.Connection):
     #: The transaction was committed by its own last statement: the next
     #: ``commit()`` has nothing to do.
     committed = False
+
+    def _create_ssl_ctx(self, sslp: Any) -> Any:
+        """PyMySQL 2 tries TLS on every connection that names no TLS option
+        ("preferred": encrypted when the server offers it, the certificate
+        not verified), and for that builds a new context each time, loading
+        the system's CA bundle that an unverified context never reads: ~25 ms
+        of a connection's ~27 ms to a local MariaDB (BENCHMARKS.md, "A MySQL
+        connection without a new TLS context"), paid by every pool thread at
+        every reconnect, e.g. after a MariaDB restart. That context is built
+        once and shared (an ``SSLContext`` is safe to share between threads);
+        any explicit TLS option builds its own, as before."""
+        if isinstance(sslp, dict) and not sslp:
+            return _preferred_tls_context()
+        return super()._create_ssl_ctx(sslp)
 
     def commit(self) -> None:
         if self.committed:

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import TestCase
 
 from daojia_msg.config import MySQLConfig, parse_mysql_url
-from daojia_msg.store import batching
+from daojia_msg.store import batching, mysqldriver
 from daojia_msg.store.mysql import DRIVER, STATEMENT_SEPARATOR, MySQLMessageStore, pool_kwargs
 from tests.servers import drop_mysql_database, require_mysql
 
@@ -50,7 +50,7 @@ async def started(
 def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     """Run one statement on its own connection (committed)."""
     u = parse_mysql_url(url)
-    conn = pymysql.connect(
+    conn = mysqldriver.connect(
         host=u.host, port=u.port, user=u.user, password=u.password, database=u.database,
         autocommit=True,
     )  # fmt: skip
