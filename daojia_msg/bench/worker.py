@@ -40,6 +40,10 @@ def cpu_report(cpu0: float, cpu1: float, wall0: float, wall1: float) -> dict[str
             "cpu_pct": cpu_share(cpu1 - cpu0, wall1 - wall0)}
 
 
+#: Seconds a finished worker waits at most for its stdout to take the result.
+EXIT_BOUND_S = 60.0
+
+
 class WorkerProtocol(Protocol):
     """The parent's side of stdin/stdout."""
 
@@ -71,10 +75,13 @@ class WorkerProtocol(Protocol):
             self.scenario.stop()
 
     def connectionLost(self, reason: Any = None) -> None:
-        # The parent went away: stop holding connections, exit.
+        """Stdout flushed and closed after the result (exit now), or the
+        parent went away (stop holding connections, exit shortly)."""
         if self.scenario is not None:
             self.scenario.stop()
-        if not self.finished:
+        if self.finished:
+            self._exit()
+        else:
             self.finished = True
             self.reactor.callLater(0.5, self._exit)
 
@@ -109,7 +116,13 @@ class WorkerProtocol(Protocol):
             ticker.stop()
             scenario.close()
             self.finished = True
-            self.reactor.callLater(0.5, self._exit)
+            # Exit once the result is written: a timer alone lost a result of
+            # several hundred KB that the pipe had not taken yet (the parent
+            # then saw "the workers exited early"). The timer stays as a bound
+            # for a parent that stopped reading.
+            assert self.transport is not None
+            self.transport.loseConnection()
+            self.reactor.callLater(EXIT_BOUND_S, self._exit)
 
     def failed(self, failure: Any) -> None:
         self.emit(ev="error", error=failure.getErrorMessage() or repr(failure.value))
