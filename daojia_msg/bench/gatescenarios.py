@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.task import deferLater
 
 from daojia_msg.bench.base import Job, Scenario, now_us, open_loop
+from daojia_msg.bench.report import HELD_BACK
 from daojia_msg.bench.wire import BenchClient, result_code
 from daojia_msg.client.backoff import SendBackoff
 from daojia_msg.protocol.codec import Frame
@@ -21,11 +22,6 @@ from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 #: Closed loop: how long a sender waits after a RATE_LIMITED answer.
 REFUSED_BACKOFF_S = 0.05
-#: Open loop with ``backoff``: a C2C refused by the sender itself, without
-#: reaching the node, because it came during the sender's pause after a
-#: RATE_LIMITED (:class:`~daojia_msg.client.backoff.SendBackoff`, as the client
-#: library does).
-HELD_BACK = "held back"
 #: C2C content starts with the intended send time (monotonic µs).
 _STAMP = struct.Struct("!q")
 
@@ -146,8 +142,8 @@ class C2S(Scenario):
             send(target, now_us())
 
     def refused(self, code: int | str, intended_us: int) -> None:
-        """An answer other than OK (or :data:`HELD_BACK`): counted by code, and
-        how long it took."""
+        """An answer other than OK (or :data:`~daojia_msg.bench.report.HELD_BACK`):
+        counted by code, and how long it took."""
         key = code if isinstance(code, str) else f"code {code}"
         self.errors[key] = self.errors.get(key, 0) + 1
         self.refused_latencies.append(now_us() - intended_us)

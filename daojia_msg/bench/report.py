@@ -22,10 +22,13 @@ SAMPLE_KEYS = ("latency_us", "push_latency_us", "refused_latency_us", "send_lag_
 #: Goodput counts what was delivered within this many seconds of its intended
 #: send time (``--goodput-within``): the rest came too late to count.
 GOODPUT_WITHIN_S = 1.0
+#: Open loop with ``backoff``: the ``errors`` key of a C2C refused by its
+#: sender itself, without reaching the node, because it came during the
+#: sender's pause after a RATE_LIMITED (as the client library does).
+HELD_BACK = "held back"
 #: The result codes (gate) and HTTP statuses that say "refused, try later":
-#: RATE_LIMITED, UNAVAILABLE, and 429 / 503; and a C2C that a sender backing
-#: off refused itself (``held back``: it never reached the node).
-REFUSALS = ("code 6", "code 11", "http 429", "http 503", "held back")
+#: RATE_LIMITED, UNAVAILABLE, and 429 / 503; and :data:`HELD_BACK`.
+REFUSALS = ("code 6", "code 11", "http 429", "http 503", HELD_BACK)
 
 
 def merge_counts(dicts: list[Mapping[str, int]]) -> dict[str, int]:

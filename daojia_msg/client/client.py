@@ -150,10 +150,10 @@ class MsgClient(Service):
         self.send_retries = send_retries
         self.resend_delay = resend_delay
         self.drain_on_login = drain_on_login
+        if send_backoff is True:
+            send_backoff = SendBackoff(reactor)
         #: The pause after RATE_LIMITED (:class:`SendBackoff`), or ``None``.
-        self.send_backoff: SendBackoff | None = (
-            SendBackoff(reactor) if send_backoff is True
-            else None if send_backoff is False else send_backoff)
+        self.send_backoff: SendBackoff | None = send_backoff or None
         self.recent = RecentIds(dedup_size)
         #: ``(reason_code, reason)`` of the last KICKOUT, if any.
         self.last_kickout: tuple[int, str] | None = None

@@ -18,8 +18,9 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from daojia_msg.bench import cli, report, runner, stats
-from daojia_msg.bench.gatescenarios import C2C, HELD_BACK, REFUSED_BACKOFF_S, login_order
+from daojia_msg.bench.gatescenarios import C2C, REFUSED_BACKOFF_S, login_order
 from daojia_msg.bench.httpscenarios import Pull, Push
+from daojia_msg.bench.report import HELD_BACK
 from daojia_msg.bench.wire import BenchClient, result_code, source_address
 from daojia_msg.client.backoff import SendBackoff
 from daojia_msg.protocol.codec import FrameDecoder, encode
