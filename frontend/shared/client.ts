@@ -30,8 +30,8 @@ import type {
 import { RESPONSE_BIT, decodeFrame, encodeFrame } from "./frame";
 import type { Frame } from "./frame";
 import { Cmd, Code, KickReason, bodySchema, codeName, kickReasonName } from "./protocol";
-import { DEFAULT_BACKOFF, SeenSet, backoffDelay } from "./backoff";
-import type { BackoffOptions } from "./backoff";
+import { DEFAULT_BACKOFF, DEFAULT_SEND_PAUSE, SeenSet, SendPause, backoffDelay } from "./backoff";
+import type { BackoffOptions, SendPauseOptions } from "./backoff";
 
 export const SUBPROTOCOL = "msgplatform.v1";
 export const WS_PATH = "/v1/ws";
@@ -114,6 +114,10 @@ export interface ClientOptions {
   defaultHeartbeatS?: number;
   /** How many attempts sendC2C makes before it gives up. */
   sendAttempts?: number;
+  /** The pause after a C2C answered RATE_LIMITED ({@link SendPause}); false: none. */
+  sendPause?: SendPauseOptions | false;
+  /** A monotonic clock in ms, for that pause (tests pass a fake one). */
+  now?: () => number;
 }
 
 export interface SendC2C {
@@ -160,12 +164,16 @@ export class MsgClient {
   private readonly requestTimeoutMs: number;
   private readonly sendAttempts: number;
   private readonly makeSocket: SocketFactory;
+  /** The pause after RATE_LIMITED; null when the options turned it off. */
+  readonly sendPause: SendPause | null;
 
   constructor(private readonly options: ClientOptions) {
     this.random = options.random ?? Math.random;
     this.backoff = options.backoff ?? DEFAULT_BACKOFF;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 15_000;
     this.sendAttempts = options.sendAttempts ?? 8;
+    this.sendPause = options.sendPause === false ? null
+      : new SendPause(options.sendPause ?? DEFAULT_SEND_PAUSE, this.random, options.now);
     this.heartbeatMs = (options.defaultHeartbeatS ?? 60) * 1000;
     this.makeSocket = options.socket ?? ((url, protocol) => new WebSocket(url, protocol) as unknown as SocketLike);
   }
@@ -255,14 +263,25 @@ export class MsgClient {
    * UNAVAILABLE or TIMEOUT, a lost connection or no answer sends it again, with
    * the same client_msg_id, once connected again (after a back-off); any other
    * code rejects with ResponseError.
+   *
+   * RATE_LIMITED starts a pause ({@link SendPause}): a C2C asked for during it
+   * rejects at once with ResponseError(RATE_LIMITED, "not sent: backing off
+   * ..."), unsent. A resend of one already tried still goes, since the first
+   * try may have been stored.
    */
   async sendC2C(message: SendC2C): Promise<Result> {
+    const pause = this.sendPause;
+    if (pause?.paused()) {
+      const left = (pause.remainingMs() / 1000).toFixed(2);
+      throw new ResponseError(Cmd.C2C, Code.RATE_LIMITED, `not sent: backing off after RATE_LIMITED (${left} s left)`);
+    }
     let lastError: Error = new RequestTimeout("not sent");
     for (let attempt = 0; attempt < this.sendAttempts; attempt++) {
       if (attempt > 0) {
         await sleep(backoffDelay(attempt - 1, this.backoff, this.random));
       }
       await this.whenConnected();
+      const sentAt = pause?.clock() ?? 0;
       try {
         const body = (await this.call(
           Cmd.C2C,
@@ -276,6 +295,11 @@ export class MsgClient {
           },
           message.msgtype,
         )) as Result;
+        if (body.code === Code.RATE_LIMITED) {
+          pause?.refused(sentAt);
+        } else if (body.code === Code.OK) {
+          pause?.accepted(sentAt);
+        }
         return checked(Cmd.C2C, body);
       } catch (error) {
         if (!(error instanceof Error) || !isRetryable(error)) {

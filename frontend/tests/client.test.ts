@@ -19,12 +19,12 @@ import type { Message } from "@shared/gen/msgplatform_pb";
 import { Cmd, Code, KickReason } from "@shared/protocol";
 import { FatalError, MsgClient, ResponseError, sameOriginUrl } from "@shared/client";
 import type { StatusEvent } from "@shared/client";
-import { SeenSet, backoffDelay } from "@shared/backoff";
+import { SeenSet, SendPause, backoffDelay } from "@shared/backoff";
 import { FakeSocket, bodyOf, factory } from "./fakesocket";
 
 const tick = () => vi.advanceTimersByTimeAsync(0);
 
-function setup(options: { token?: () => Promise<string> } = {}) {
+function setup(options: { token?: () => Promise<string>; sendPause?: false } = {}) {
   const f = factory();
   const tokens: string[] = [];
   let n = 0;
@@ -41,6 +41,8 @@ function setup(options: { token?: () => Promise<string> } = {}) {
     random: () => 0.5,
     backoff: { baseMs: 1000, capMs: 8000 },
     requestTimeoutMs: 5000,
+    now: () => Date.now(), // faked with the timers
+    ...(options.sendPause === undefined ? {} : { sendPause: options.sendPause }),
   });
   const statuses: StatusEvent[] = [];
   const messages: [Message, string][] = [];
@@ -90,6 +92,49 @@ describe("backoff and de-duplication", () => {
     expect(seen.has(1n)).toBe(false);
     expect(seen.has(3n)).toBe(true);
     expect(seen.size).toBe(2);
+  });
+});
+
+describe("the pause after RATE_LIMITED", () => {
+  function pause(random = () => 0.5) {
+    let now = 1000;
+    const p = new SendPause({ baseMs: 50, capMs: 1000 }, random, () => now);
+    return { p, at: (ms: number) => { now = ms; } };
+  }
+
+  it("doubles with each refusal in a row up to the cap, jittered within [ceiling/2, ceiling]", () => {
+    const { p } = pause(() => 1);
+    expect([1, 2, 3, 4, 5, 6, 7].map(() => p.refused(p.clock()))).toEqual([50, 100, 200, 400, 800, 1000, 1000]);
+    expect(pause(() => 0).p.refused(1000)).toBe(25);
+  });
+
+  it("is over after its length, and an accepted send starts the row again", () => {
+    const { p, at } = pause();
+    expect(p.paused()).toBe(false);
+    p.refused(1000); // 37.5 ms
+    expect(p.paused()).toBe(true);
+    expect(p.remainingMs()).toBe(37.5);
+    at(1037.5);
+    expect(p.paused()).toBe(false);
+    expect(p.refused(1037.5)).toBe(75);
+    at(1200);
+    p.accepted(1200);
+    expect(p.refused(1200)).toBe(37.5);
+  });
+
+  it("does not grow for frames sent before it began, nor end the row for their OK", () => {
+    const { p, at } = pause();
+    at(1010);
+    expect(p.refused(1010)).toBe(37.5);
+    expect(p.refused(1000)).toBe(0); // in flight when the pause began
+    p.accepted(1005);
+    expect(p.refusals).toBe(1);
+    expect(p.remainingMs()).toBe(37.5);
+  });
+
+  it("refuses bounds that make no sense", () => {
+    expect(() => new SendPause({ baseMs: 0, capMs: 10 })).toThrow(RangeError);
+    expect(() => new SendPause({ baseMs: 20, capMs: 10 })).toThrow(RangeError);
   });
 });
 
@@ -296,6 +341,42 @@ describe("MsgClient", () => {
     await expect(sent).rejects.toBeInstanceOf(ResponseError);
     await vi.advanceTimersByTimeAsync(60_000);
     expect(socket.sentOf(Cmd.C2C)).toHaveLength(1);
+  });
+
+  it("after a C2C refused RATE_LIMITED, refuses new ones itself until the pause is over", async () => {
+    const { client, sockets } = setup();
+    client.start();
+    const socket = await login(sockets);
+    const c2c = (id: string) => client.sendC2C({ toUid: 5n, toAppcode: 1002, msgtype: 10, content: new Uint8Array([1]), clientMsgId: id });
+    const first = c2c("a");
+    await tick();
+    socket.reply(socket.last(Cmd.C2C), ResultSchema, { code: Code.RATE_LIMITED, reason: "over capacity" });
+    await expect(first).rejects.toMatchObject({ code: Code.RATE_LIMITED, reason: "over capacity" });
+    // random 0.5: the first pause is 37.5 ms
+    await expect(c2c("b")).rejects.toMatchObject({ code: Code.RATE_LIMITED, reason: expect.stringMatching(/^not sent: backing off/) as unknown });
+    expect(socket.sentOf(Cmd.C2C)).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(38);
+    const third = c2c("c");
+    await tick();
+    expect(socket.sentOf(Cmd.C2C)).toHaveLength(2);
+    expect(bodyOf(C2CRequestSchema, socket.last(Cmd.C2C)).clientMsgId).toBe("c");
+    socket.reply(socket.last(Cmd.C2C), ResultSchema, { code: Code.RATE_LIMITED });
+    await expect(third).rejects.toBeInstanceOf(ResponseError);
+    expect(client.sendPause?.remainingMs()).toBe(75); // the second in a row: twice as long
+  });
+
+  it("sends every C2C when the pause is turned off", async () => {
+    const { client, sockets } = setup({ sendPause: false });
+    client.start();
+    const socket = await login(sockets);
+    for (const id of ["a", "b"]) {
+      const sent = client.sendC2C({ toUid: 5n, toAppcode: 1002, msgtype: 10, content: new Uint8Array([1]), clientMsgId: id });
+      await tick();
+      socket.reply(socket.last(Cmd.C2C), ResultSchema, { code: Code.RATE_LIMITED });
+      await expect(sent).rejects.toMatchObject({ code: Code.RATE_LIMITED });
+    }
+    expect(socket.sentOf(Cmd.C2C)).toHaveLength(2);
+    expect(client.sendPause).toBeNull();
   });
 
   it("logs out on stop() and does not come back", async () => {
