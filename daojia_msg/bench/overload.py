@@ -276,13 +276,15 @@ def render(doc: dict[str, Any]) -> str:
         f"{par['duration']:g} s (probes {par['probe_duration']:g} s), {par['procs']} proc(s)"
         + (", open-loop senders back off after RATE_LIMITED" if par.get("backoff") else ""),
         f"capacity, closed loop ({how}): {_n(closed['served_per_s'], '/s')}, "
-        f"p50 / p99 {_s(closed['p50_ms'])} / {_s(closed['p99_ms'])} s",
+        f"p50 / p99 {_s(closed['p50_ms'])} / {_s(closed['p99_ms'])} s, "
+        f"cpu % of a core: node {_n(closed['node_cpu_pct'])}, "
+        f"generator {_n(generator_cpu(closed))}",
         f"capacity, open loop (>= {par['sustain']:.0%} within {par['goodput_within']:g} s): "
         f"{'at least ' if cap['open_at_least'] else ''}{_n(cap['open'], '/s')} "
         f"(probes: {probes})",
     ]
     head = ("offered", "goodput", "of closed", "of open", "p50 / p99 s", "refused/s",
-            "unanswered", "node cpu %")
+            "unanswered", "node cpu %", "generator cpu %")
     rows = [head]
     for o in doc["overload"]:
         rows.append((f"{par['factor']:g} x {o['against']}: {_n(o['rate'])}/s",
@@ -290,7 +292,7 @@ def render(doc: dict[str, Any]) -> str:
                      "-" if o["pct_of_closed"] is None else f"{o['pct_of_closed']:.0f}%",
                      "-" if o["pct_of_open"] is None else f"{o['pct_of_open']:.0f}%",
                      f"{_s(o['p50_ms'])} / {_s(o['p99_ms'])}", _n(o["refused_per_s"]),
-                     str(o["unanswered"]), _n(o["node_cpu_pct"])))
+                     str(o["unanswered"]), _n(o["node_cpu_pct"]), _n(generator_cpu(o))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         lines.append(f"{r[0]:<{widths[0]}}  " + "  ".join(
@@ -300,8 +302,38 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def generator_cpu(figs: dict[str, Any]) -> float | None:
+    """The generator's processes' CPU in a run, in % of one core (None: not measured)."""
+    shares = [p for p in figs.get("generator_cpu_pct") or [] if p is not None]
+    return sum(shares) if shares else None
+
+
+#: An overload run whose nodes had less than this share of the CPU they used
+#: in the capacity run, while the generator's grew, is flagged by :func:`suspects`.
+CPU_SHORTFALL = 0.9
+
+
 def suspects(doc: dict[str, Any]) -> list[str]:
-    """A warning for each run whose generator was near a full core."""
-    return [f"the {r['label']} run's generator was near a full core: its figures may be "
-            "the generator's; try more --procs"
-            for r in doc["runs"] if (r.get("generator") or {}).get("suspect")]
+    """A warning for each run whose generator was near a full core, and for
+    each overload run in which the nodes got clearly less CPU than in the
+    capacity run while the generator took more: on a host they share, the
+    generator's load grows with the offered rate and takes the nodes' CPU,
+    so the share of the capacity then measures the host as well as the nodes."""
+    warnings = [f"the {r['label']} run's generator was near a full core: its figures may "
+                "be the generator's; try more --procs"
+                for r in doc["runs"] if (r.get("generator") or {}).get("suspect")]
+    closed = doc["capacity"]["closed"]
+    node0, gen0 = closed.get("node_cpu_pct"), generator_cpu(closed)
+    if not node0 or gen0 is None:
+        return warnings
+    for o in doc["overload"]:
+        node1, gen1 = o.get("node_cpu_pct"), generator_cpu(o)
+        if node1 is None or gen1 is None or node1 >= CPU_SHORTFALL * node0 or gen1 <= gen0:
+            continue
+        warnings.append(
+            f"at {doc['parameters']['factor']:g} x {o['against']} the nodes had {node1:.0f}% "
+            f"of a core against {node0:.0f}% in the closed-loop capacity run, while the "
+            f"generator went from {gen0:.0f}% to {gen1:.0f}%: if they share this host's cores, "
+            "its share of the capacity measures the host as well as the nodes (give the "
+            "nodes cores of their own: BENCHMARKS.md, \"Nodes on a core of their own\")")
+    return warnings

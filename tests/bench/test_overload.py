@@ -287,6 +287,38 @@ class DocumentTests(SynchronousTestCase):
             "generator's; try more --procs"])
 
 
+    def cpu_doc(self, node_cpu_over: float, generator_cpu_over: float) -> dict[str, Any]:
+        """A command whose nodes used 120% of a core and its generator 20% in
+        the closed loop, and the given shares in every open-loop run."""
+        model = ModelNode(closed=4000, sustains=2600)
+
+        def run_one(args: Any) -> dict[str, Any]:
+            doc = model(args)
+            closed = not args.rate
+            doc["node"]["cpu_pct"] = 120.0 if closed else node_cpu_over
+            doc["generator"]["procs"] = [{"cpu_pct": 10.0 if closed else generator_cpu_over / 2}] * 2
+            return doc
+
+        return overload.Overload(parse("--probes", "2"), run_one=run_one)()
+
+    def test_cpu_of_the_capacity_run_and_of_each_overload(self) -> None:
+        text = overload.render(self.cpu_doc(100.0, 44.0))
+        self.assertIn("cpu % of a core: node 120, generator 20", text)
+        closed = next(line for line in text.splitlines() if line.startswith("2 x closed"))
+        self.assertEqual(closed.split()[-2:], ["100", "44"])
+
+    def test_nodes_short_of_cpu_while_the_generator_grows_is_a_warning(self) -> None:
+        warnings = overload.suspects(self.cpu_doc(100.0, 44.0))
+        self.assertEqual(len(warnings), 2)  # twice the closed and twice the open capacity
+        self.assertIn("at 2 x closed the nodes had 100% of a core against 120% in the "
+                      "closed-loop capacity run, while the generator went from 20% to 44%",
+                      warnings[0])
+
+    def test_no_warning_when_the_nodes_kept_their_cpu_or_the_generator_did_not_grow(self) -> None:
+        self.assertEqual(overload.suspects(self.cpu_doc(110.0, 44.0)), [])
+        self.assertEqual(overload.suspects(self.cpu_doc(80.0, 20.0)), [])
+
+
 class OptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         args = parse()
