@@ -145,6 +145,19 @@ async def closed_port(test: Any) -> int:
     return port
 
 
+def hangup_port(test: Any) -> int:
+    """A TCP port on 127.0.0.1 (until the test's cleanup) that accepts and
+    closes each connection at its first bytes, without a byte in answer: a
+    port that is not the server the client expects."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Hangup(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    return listen(test, Factory.forProtocol(Hangup))[1]
+
+
 class TrackingProxyFactory(ProxyFactory):
     """A TCP proxy to a real server that remembers its connections
     (``servers``), so a test can cut them: "the server went away"."""

@@ -404,11 +404,11 @@ def parse_config(text: str) -> Config:
     gt.done()
     offers = _offers(top.table("offers"))
     top.seen.update({"apps", "routes"})
+    top.done()  # a misspelt table ("[limts]") is named before what its absence causes
     apps = _apps(data.get("apps", {}))
     if not apps:
         raise ConfigError("at least one app must be configured ([apps.<appcode>])", ("apps",))
     routes = _routes(data.get("routes", []), apps, buses)
-    top.done()
     demo = any(app.secret == demo.secret for app in apps.values() for demo in DEMO_APPS.values())
     if not listen.gate:
         listen = dataclasses.replace(listen, gate=DEMO_GATE if demo else ListenConfig().gate)

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate = argparse.ArgumentParser(add_help=False, parents=[ident, where])
     http = argparse.ArgumentParser(add_help=False, parents=[tls])
     http.add_argument("--http", metavar="URL",
-                      help="HTTP API base (default http://127.0.0.1:8080, https:// with --tls)")
+                      help="HTTP API base (default http://127.0.0.1:8080, https:// with --tls; "
+                           "HOST:PORT alone takes the same scheme)")
     peer = argparse.ArgumentParser(add_help=False)
     peer.add_argument("--to", type=UID, required=True, metavar="UID", help="the peer's uid")
     peer.add_argument("--to-appcode", type=U32, help="the peer's appcode (default: --appcode)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ConnectError
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -18,6 +17,7 @@ from twisted.python.failure import Failure
 from daojia_msg.client.client import NO_RECONNECT, MsgClient
 from daojia_msg.client.errors import ClientError, kick_reason_name
 from daojia_msg.msgctl.common import (
+    CONNECT_ERRORS,
     Ctx,
     connect_error,
     endpoint,
@@ -83,7 +83,7 @@ async def cmd_chat(ctx: Ctx) -> int:
     client.startService()
     try:
         await client.when_ready(fail_after_failures=1)
-    except ConnectError as e:
+    except CONNECT_ERRORS as e:
         await client.stopService()
         raise connect_error(ctx, e) from None
     except ClientError as e:

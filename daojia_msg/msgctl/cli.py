@@ -17,13 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError
 from twisted.internet.task import react
 
 from daojia_msg.client.errors import ClientError, ResultError
 from daojia_msg.msgctl.args import build_parser
 from daojia_msg.msgctl.chat import cmd_chat
-from daojia_msg.msgctl.common import CliError, Ctx, StdioFactory
+from daojia_msg.msgctl.common import CONNECT_ERRORS, CliError, Ctx, StdioFactory
 from daojia_msg.msgctl.dispatch import cmd_offer
 from daojia_msg.msgctl.fleet import cmd_drivers
 from daojia_msg.msgctl.httpapi import cmd_push, cmd_stats, cmd_store_stats
@@ -73,7 +72,7 @@ async def _run(ctx: Ctx) -> int:
     except ResultError as e:
         ctx.note(f"msgctl: error: {ctx.args.command} failed: {e}")
         return 1
-    except (ClientError, ConnectError) as e:
+    except (ClientError, *CONNECT_ERRORS) as e:
         ctx.note(f"msgctl: error: {e}")
         return 1
     except Exception as e:  # one line for the user, not a traceback

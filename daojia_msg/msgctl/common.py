@@ -10,13 +10,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
 from daojia_msg.auth import mint_token
 from daojia_msg.client.endpoint import gate_endpoint
-from daojia_msg.client.errors import ClientError, TLSFailed, resend_delay
+from daojia_msg.client.errors import ClientError, RequestTimeout, TLSFailed, resend_delay
 from daojia_msg.config import DEMO_APPS
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 from daojia_msg.tls import TLSError
@@ -90,6 +91,12 @@ def format_message(m: pb.Message) -> str:
     return f"[{sender} msgid={m.msgid} logid={m.logid}] {text(m)}"
 
 
+#: What a connection attempt fails with before any byte is exchanged (a name
+#: that does not resolve is one of them: Twisted's DNSLookupError is not a
+#: ConnectError).
+CONNECT_ERRORS = (ConnectError, DNSLookupError)
+
+
 def connect_error(ctx: Ctx, e: Exception) -> CliError:
     return CliError(f"cannot connect to {ctx.args.host}:{ctx.args.port}: {str(e).rstrip('.')}")
 
@@ -128,6 +135,8 @@ def login_error(ctx: Ctx, e: ClientError, handshake_done: bool = True) -> CliErr
     if a.tls and not handshake_done:
         return CliError(f"cannot connect to {a.host}:{a.port} over TLS: the connection closed "
                         "during the handshake (is it a TLS port?)")
+    if isinstance(e, RequestTimeout):  # a port that takes bytes and never answers
+        return CliError(f"login failed: {e} (is {a.host}:{a.port} the node's gate?)")
     return CliError(f"login failed: {e}")
 
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 
@@ -35,7 +34,14 @@ from daojia_msg.auth import mint_token
 from daojia_msg.client.client import NO_RECONNECT, MsgClient
 from daojia_msg.client.errors import ClientError, ResultError, kick_reason_name
 from daojia_msg.core.geo import EARTH_RADIUS_M, format_position
-from daojia_msg.msgctl.common import Ctx, connect_error, endpoint, login_error, secret
+from daojia_msg.msgctl.common import (
+    CONNECT_ERRORS,
+    Ctx,
+    connect_error,
+    endpoint,
+    login_error,
+    secret,
+)
 from daojia_msg.protocol.pb import msgplatform_pb2 as pb
 
 #: Metres in a degree of latitude (and of longitude at the equator), on the
@@ -278,7 +284,7 @@ async def cmd_drivers(ctx: Ctx) -> int:
                   a.first_uid, paths)
     try:
         await fleet.start()
-    except ConnectError as e:
+    except CONNECT_ERRORS as e:
         raise connect_error(ctx, e) from None
     except ClientError as e:
         raise login_error(ctx, e) from None

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
+from twisted.web.client import ResponseNeverReceived
 
 from daojia_msg.config import DEMO_APPS
 from daojia_msg.msgctl.common import CliError, Ctx, check_tls, resending, tls_hint
@@ -34,7 +35,11 @@ def base_url(ctx: Ctx) -> str:
     contradict it are refused."""
     a = ctx.args
     check_tls(a)
-    url = str(a.http or f"{'https' if a.tls else 'http'}://127.0.0.1:8080")
+    url = str(a.http or "127.0.0.1:8080")
+    if "://" not in url:  # host:port, as curl takes it
+        url = f"{'https' if a.tls else 'http'}://{url}"
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise CliError(f"--http: expected an http:// or https:// URL, got {a.http}", 2)
     if a.tls and not url.startswith("https://"):
         raise CliError(f"--tls needs an https:// URL, got --http {url}", 2)
     return url.rstrip("/")
@@ -88,6 +93,9 @@ async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None,
         if why is not None:
             host = urlsplit(url).hostname or ""
             raise CliError(f"cannot reach {url} over TLS: {tls_hint(why, host)}") from None
+        if isinstance(e, ResponseNeverReceived):
+            raise CliError(f"cannot reach {url}: the connection closed without an HTTP "
+                           "answer (is --http the node's HTTP API, not its gate?)") from None
         raise CliError(f"cannot reach {url}: {e.__class__.__name__}: {e}") from None
     text: str = data.decode("utf-8", "replace").strip()
     if not 200 <= response.code < 300:
@@ -194,6 +202,10 @@ async def cmd_store_stats(ctx: Ctx) -> None:
     ctx.say(f"{'table':<8} {'rows':>14} {'bytes':>12}{about}")
     for kind in ("pending", "history", "dedup"):
         ctx.say(f"{kind:<8} {_count(store.get(f'{kind}_rows')):>14} {_size(sizes.get(kind)):>12}")
+    at = store.get("figures_at_ms")
+    # The node reads these at most once per [store] purge_interval_s: say when.
+    ctx.say(f"figures read at {_clock(at)} (at most once per purge_interval_s)" if at
+            else "figures: not read yet")
     age = store.get("oldest_pending_age_s")
     ctx.say(f"oldest pending message: {'none' if age is None else _age(age) + ' old'}")
     last = store.get("last_purge")

@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
-from twisted.internet.error import ConnectError
 
 from daojia_msg.client.errors import ClientError, may_resend
 from daojia_msg.client.protocol import MsgClientProtocol
 from daojia_msg.msgctl.common import (
+    CONNECT_ERRORS,
     Ctx,
     connect_error,
     endpoint,
@@ -39,7 +39,7 @@ async def _session(ctx: Ctx, **kwargs: Any) -> MsgClientProtocol:
     gate = endpoint(ctx)
     try:
         await connectProtocol(gate, proto)
-    except ConnectError as e:
+    except CONNECT_ERRORS as e:
         raise connect_error(ctx, e) from None
     try:
         await proto.login(login_token)

@@ -88,7 +88,7 @@ class ApiRequest(server.Request):
         channel = self.channel
         transport: Any = channel.transport
         log.info("refused a request body over {max_body} bytes from {peer}",
-                 max_body=self.max_body, peer=str(self.client))
+                 max_body=self.max_body, peer=_peer_text(self.client))
         transport.write(head + body)
         channel.persistent = False
         half_close = getattr(transport, "loseWriteConnection", None)
@@ -106,3 +106,9 @@ class ApiRequest(server.Request):
             transport: Any = self.channel.transport
             if not transport.disconnecting:  # closing anyway: it reads no more
                 transport.pauseProducing()
+
+
+def _peer_text(address: Any) -> str:
+    """``host:port`` of a TCP peer address (its repr for other kinds)."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return str(address) if host is None else f"{host}:{port}"

@@ -307,6 +307,13 @@ class AppTests(ConfigTestCase):
         self.assertConfigError("[node]\nid = 1\n", "apps: ")
         self.assertConfigError("[apps]\n", "apps: ")
 
+    def test_a_misspelt_table_is_named_before_the_missing_apps(self) -> None:
+        """A file of one misspelt table names the typo, not what it left out."""
+        self.assertConfigError("[limts]\nmax_body = 1000\n",
+                               "limts: unknown key (did you mean 'limits'?)")
+        self.assertConfigError("[app.1001]\nsecret = 'x'\n",
+                               "app: unknown key (did you mean 'apps'?)")
+
     def test_rich_msgtypes(self) -> None:
         config = parse_config('[apps.1001]\nusersystem = "u"\nsecret = "12345678"\n'
                               "rich_msgtypes = [10, 11]\n")

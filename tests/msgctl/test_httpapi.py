@@ -228,16 +228,18 @@ class StoreStatsTests(CliTestCase):
         self.assertEqual(lines[1].split(), ["pending", "1,234,567", "3.0", "MiB"])
         self.assertEqual(lines[2].split(), ["history", "40", "1.5", "KiB"])
         self.assertEqual(lines[3].split(), ["dedup", "3", "100", "B"])
-        self.assertEqual(lines[4], "oldest pending message: 2.0 h old")
+        self.assertRegex(lines[4], r"^figures read at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+                                   r"\(at most once per purge_interval_s\)$")
+        self.assertEqual(lines[5], "oldest pending message: 2.0 h old")
         self.assertIn(": 2 expired, 9 delivered, 4 history rows, 1 de-dup keys in 12 batches;"
-                      " skipped (another node purged them): db messages_3", lines[5])
+                      " skipped (another node purged them): db messages_3", lines[6])
 
     def test_nothing_yet(self) -> None:
         store = {**self.STORE, "oldest_pending_age_s": None, "last_purge": None,
-                 "approximate": False}
+                 "approximate": False, "figures_at_ms": None}
         code, lines = self.run_store_stats({**StatsTests.ANSWER, "store": store})
         self.assertEqual((code, lines[0].split()), (0, ["table", "rows", "bytes"]))
-        self.assertEqual(lines[4:], ["oldest pending message: none",
+        self.assertEqual(lines[4:], ["figures: not read yet", "oldest pending message: none",
                                      "last purge: none yet on this node"])
 
     def test_json(self) -> None:

@@ -9,10 +9,9 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory, Protocol
 
 from daojia_msg.msgctl import cli
+from tests.servers import hangup_port
 from tests.tlsnodes import R, TLSNodeTestCase
 
 VERIFY_FAILED = ("certificate verify failed (is --ca the CA that signed the node's "
@@ -57,14 +56,7 @@ class MsgctlOverTLSTests(TLSNodeTestCase):
                                   f"{VERIFY_FAILED}\n", command)
 
     async def test_a_port_that_is_not_tls(self) -> None:
-        class Hangup(Protocol):
-            def dataReceived(self, data: bytes) -> None:
-                self.transport.loseConnection()  # type: ignore[union-attr]
-
-        listener: Any = await serverFromString(R, "tcp:0:interface=127.0.0.1").listen(
-            Factory.forProtocol(Hangup))
-        self.addCleanup(listener.stopListening)
-        port = listener.getHost().port
+        port = hangup_port(self)
         code, _, err = await self.msgctl("pull", "--uid", "1", "--appcode", "1001",
                                          "--port", str(port), "--tls", "--ca", self.ca.path)
         self.assertEqual(code, 1)

@@ -39,7 +39,7 @@ class BodyLimitTests(ApiTestCase):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         Client(self.site, "10.1.2.3").send("POST", "/v1/push", None, {"Content-Length": "2000"})
         [event] = [e for e in events if e.get("max_body") == 1024]
-        self.assertIn("10.1.2.3", formatEvent(event))
+        self.assertIn("from 10.1.2.3:50123", formatEvent(event))
 
     def test_chunked_over_limit(self) -> None:
         """A chunked body is counted as it comes: 413 once it passes the limit."""
