@@ -278,7 +278,7 @@ def render(doc: dict[str, Any]) -> str:
         f"capacity, closed loop ({how}): {_n(closed['served_per_s'], '/s')}, "
         f"p50 / p99 {_s(closed['p50_ms'])} / {_s(closed['p99_ms'])} s, "
         f"cpu % of a core: node {_n(closed['node_cpu_pct'])}, "
-        f"generator {_n(generator_cpu(closed))}",
+        f"generator {_n(generator_cpu(closed, par['procs']))}",
         f"capacity, open loop (>= {par['sustain']:.0%} within {par['goodput_within']:g} s): "
         f"{'at least ' if cap['open_at_least'] else ''}{_n(cap['open'], '/s')} "
         f"(probes: {probes})",
@@ -292,7 +292,8 @@ def render(doc: dict[str, Any]) -> str:
                      "-" if o["pct_of_closed"] is None else f"{o['pct_of_closed']:.0f}%",
                      "-" if o["pct_of_open"] is None else f"{o['pct_of_open']:.0f}%",
                      f"{_s(o['p50_ms'])} / {_s(o['p99_ms'])}", _n(o["refused_per_s"]),
-                     str(o["unanswered"]), _n(o["node_cpu_pct"]), _n(generator_cpu(o))))
+                     str(o["unanswered"]), _n(o["node_cpu_pct"]),
+                     _n(generator_cpu(o, par["procs"]))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         lines.append(f"{r[0]:<{widths[0]}}  " + "  ".join(
@@ -302,10 +303,13 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def generator_cpu(figs: dict[str, Any]) -> float | None:
-    """The generator's processes' CPU in a run, in % of one core (None: not measured)."""
-    shares = [p for p in figs.get("generator_cpu_pct") or [] if p is not None]
-    return sum(shares) if shares else None
+def generator_cpu(figs: dict[str, Any], procs: int) -> float | None:
+    """The CPU of a run's ``procs`` generator processes, in % of one core;
+    None unless each of them reported it (a part is not the whole)."""
+    shares = figs.get("generator_cpu_pct") or []
+    if len(shares) < procs or any(p is None for p in shares):
+        return None
+    return float(sum(shares))
 
 
 #: An overload run whose nodes had less than this share of the CPU they used
@@ -322,12 +326,12 @@ def suspects(doc: dict[str, Any]) -> list[str]:
     warnings = [f"the {r['label']} run's generator was near a full core: its figures may "
                 "be the generator's; try more --procs"
                 for r in doc["runs"] if (r.get("generator") or {}).get("suspect")]
-    closed = doc["capacity"]["closed"]
-    node0, gen0 = closed.get("node_cpu_pct"), generator_cpu(closed)
+    closed, procs = doc["capacity"]["closed"], doc["parameters"]["procs"]
+    node0, gen0 = closed.get("node_cpu_pct"), generator_cpu(closed, procs)
     if not node0 or gen0 is None:
         return warnings
     for o in doc["overload"]:
-        node1, gen1 = o.get("node_cpu_pct"), generator_cpu(o)
+        node1, gen1 = o.get("node_cpu_pct"), generator_cpu(o, procs)
         if node1 is None or gen1 is None or node1 >= CPU_SHORTFALL * node0 or gen1 <= gen0:
             continue
         warnings.append(

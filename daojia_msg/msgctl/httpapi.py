@@ -13,12 +13,11 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseNeverReceived
 
 from daojia_msg.config import DEMO_APPS
-from daojia_msg.msgctl.common import CliError, Ctx, check_tls, resending, tls_hint
+from daojia_msg.msgctl.common import CONNECT_ERRORS, CliError, Ctx, check_tls, resending, tls_hint
 from daojia_msg.tls import TLSError, tls_failure, trust_root
 
 
@@ -38,9 +37,11 @@ def base_url(ctx: Ctx) -> str:
     url = str(a.http or "127.0.0.1:8080")
     if "://" not in url:  # host:port, as curl takes it
         url = f"{'https' if a.tls else 'http'}://{url}"
-    if urlsplit(url).scheme not in ("http", "https"):
+    scheme = urlsplit(url).scheme  # lower case
+    if scheme not in ("http", "https"):
         raise CliError(f"--http: expected an http:// or https:// URL, got {a.http}", 2)
-    if a.tls and not url.startswith("https://"):
+    url = scheme + url[len(scheme):]
+    if a.tls and scheme != "https":
         raise CliError(f"--tls needs an https:// URL, got --http {url}", 2)
     return url.rstrip("/")
 
@@ -86,7 +87,7 @@ async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None,
         else:
             response = await http.request(method, url, json=body, headers=headers)
         data = await response.content()
-    except ConnectError as e:
+    except CONNECT_ERRORS as e:
         raise CliError(f"cannot reach {url}: {str(e).rstrip('.')}") from None
     except Exception as e:
         why = tls_failure(e)
@@ -94,8 +95,9 @@ async def _http(ctx: Ctx, method: str, path: str, key: str, body: Any = None,
             host = urlsplit(url).hostname or ""
             raise CliError(f"cannot reach {url} over TLS: {tls_hint(why, host)}") from None
         if isinstance(e, ResponseNeverReceived):
+            tls = "" if url.startswith("https") else ", or https:// with --tls"
             raise CliError(f"cannot reach {url}: the connection closed without an HTTP "
-                           "answer (is --http the node's HTTP API, not its gate?)") from None
+                           f"answer (is --http the node's HTTP API, not its gate{tls}?)") from None
         raise CliError(f"cannot reach {url}: {e.__class__.__name__}: {e}") from None
     text: str = data.decode("utf-8", "replace").strip()
     if not 200 <= response.code < 300:

@@ -111,4 +111,6 @@ class ApiRequest(server.Request):
 def _peer_text(address: Any) -> str:
     """``host:port`` of a TCP peer address (its repr for other kinds)."""
     host, port = getattr(address, "host", None), getattr(address, "port", None)
-    return str(address) if host is None else f"{host}:{port}"
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

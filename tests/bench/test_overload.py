@@ -314,6 +314,14 @@ class DocumentTests(SynchronousTestCase):
                       "closed-loop capacity run, while the generator went from 20% to 44%",
                       warnings[0])
 
+    def test_a_generator_process_without_its_cpu_is_no_figure(self) -> None:
+        """With --procs 2 and one worker's CPU missing, the sum would be a part
+        passed off as the whole: no figure, and no warning from it."""
+        doc = self.cpu_doc(100.0, 44.0)
+        doc["parameters"]["procs"] = 3  # three workers, two reports
+        self.assertEqual(overload.suspects(doc), [])
+        self.assertIn("cpu % of a core: node 120, generator -", overload.render(doc))
+
     def test_no_warning_when_the_nodes_kept_their_cpu_or_the_generator_did_not_grow(self) -> None:
         self.assertEqual(overload.suspects(self.cpu_doc(110.0, 44.0)), [])
         self.assertEqual(overload.suspects(self.cpu_doc(80.0, 20.0)), [])

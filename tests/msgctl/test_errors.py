@@ -15,7 +15,7 @@ from twisted.internet.error import DNSLookupError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from daojia_msg.client.errors import RequestTimeout
-from daojia_msg.msgctl import cli, oneshot
+from daojia_msg.msgctl import cli, httpapi, oneshot
 from daojia_msg.msgctl.common import CliError, Ctx, login_error
 from daojia_msg.msgctl.httpapi import base_url
 from daojia_msg.protocol.codes import Cmd
@@ -38,6 +38,8 @@ class BaseUrlTests(SynchronousTestCase):
                          "http://10.0.0.5:8080")
         self.assertEqual(base_url(ctx_for()), "http://127.0.0.1:8080")
         self.assertEqual(base_url(ctx_for("--tls")), "https://127.0.0.1:8080")
+        self.assertEqual(base_url(ctx_for("--http", "HTTPS://node.example", "--tls")),
+                         "https://node.example")
 
     def test_another_scheme_is_one_clear_error(self) -> None:
         with self.assertRaises(CliError) as caught:
@@ -87,4 +89,24 @@ class ConnectTests(TestCase):
         self.assertEqual((code, out), (1, ""))
         self.assertEqual(err, f"msgctl: error: cannot reach {url}/v1/push: the connection "
                               "closed without an HTTP answer (is --http the node's HTTP API, "
-                              "not its gate?)\n")
+                              "not its gate, or https:// with --tls?)\n")
+
+    async def test_an_http_host_that_does_not_resolve(self) -> None:
+        url = "http://nosuchhost.invalid:8080"
+        agent = self.patch_agent(DNSLookupError("nosuchhost.invalid"))
+        code, out, err = await self.msgctl("stats", "--http", url)
+        self.assertEqual((code, out, agent), (1, "", [f"{url}/v1/stats"]))
+        self.assertEqual(err, f"msgctl: error: cannot reach {url}/v1/stats: DNS lookup "
+                              "failed: nosuchhost.invalid\n")
+
+    def patch_agent(self, error: Exception) -> list[str]:
+        """msgctl's HTTP client fails every request with ``error``; the URLs asked."""
+        asked: list[str] = []
+
+        class Failing:
+            def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+                asked.append(url)
+                return fail(error)
+
+        self.patch(httpapi, "_client", lambda ctx: Failing())
+        return asked

@@ -40,6 +40,9 @@ class BodyLimitTests(ApiTestCase):
         Client(self.site, "10.1.2.3").send("POST", "/v1/push", None, {"Content-Length": "2000"})
         [event] = [e for e in events if e.get("max_body") == 1024]
         self.assertIn("from 10.1.2.3:50123", formatEvent(event))
+        Client(self.site, "fd00::7").send("POST", "/v1/push", None, {"Content-Length": "2000"})
+        [_, event] = [e for e in events if e.get("max_body") == 1024]
+        self.assertIn("from [fd00::7]:50123", formatEvent(event))
 
     def test_chunked_over_limit(self) -> None:
         """A chunked body is counted as it comes: 413 once it passes the limit."""
