@@ -299,9 +299,10 @@ def redis_proc(reactor: Any, path: str, directory: str, port: int,
 
 
 def mariadb_proc(reactor: Any, programs: dict[str, str], directory: str, port: int,
-                 also: str | None = None) -> Proc:
+                 also: str | None = None, extra: Sequence[str] = ()) -> Proc:
     """``mariadbd`` with a data directory of its own (initialised here, blocking),
-    root without a password on loopback; ``--user=root`` so it runs as root in CI."""
+    root without a password on loopback; ``--user=root`` so it runs as root in CI;
+    ``extra`` options last (e.g. ``--ssl-cert=...``)."""
     data = os.path.join(directory, "mariadb")
     subprocess.run([programs["mariadb-install-db"], "--no-defaults", f"--datadir={data}",
                     "--user=root", "--auth-root-authentication-method=normal",
@@ -312,7 +313,7 @@ def mariadb_proc(reactor: Any, programs: dict[str, str], directory: str, port: i
         "--skip-name-resolve",
         f"--socket={os.path.join(directory, 'mariadb.sock')}",
         f"--pid-file={os.path.join(directory, 'mariadb.pid')}",
-        "--skip-log-bin", "--innodb-buffer-pool-size=64M", "--max-connections=500"],
+        "--skip-log-bin", "--innodb-buffer-pool-size=64M", "--max-connections=500", *extra],
         directory, b"ready for connections", env={})
 
 

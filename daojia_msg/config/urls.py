@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from daojia_msg.config.model import Config, ConfigError
 
 __all__ = [
     "BUS_SCHEMES",
+    "MYSQL_SSL_MODES",
     "MySQLURL",
     "RedisURL",
     "check_bus_url",
@@ -72,6 +73,14 @@ class RedisURL:
     password: str = field(default="", repr=False)
 
 
+#: ``ssl-mode`` of a ``mysql://`` URL, as the MySQL client's ``--ssl-mode``:
+#: ``disabled`` (plain), ``preferred`` (TLS when the server offers it, the
+#: certificate not checked: the default), ``required`` (TLS or no connection,
+#: the certificate not checked), ``verify_ca`` (and the certificate signed by
+#: ``ssl-ca``, else the system's CAs), ``verify_identity`` (and naming the host).
+MYSQL_SSL_MODES = ("disabled", "preferred", "required", "verify_ca", "verify_identity")
+
+
 @dataclass(frozen=True, slots=True)
 class MySQLURL:
     host: str
@@ -79,6 +88,14 @@ class MySQLURL:
     user: str
     database: str
     password: str = field(default="", repr=False)
+    ssl_mode: str = "preferred"
+    #: A PEM file of the CA(s) that sign the server's certificate ("": the system's).
+    ssl_ca: str = ""
+
+    @property
+    def tls_required(self) -> bool:
+        """Whether a connection that is not encrypted must be refused."""
+        return self.ssl_mode in MYSQL_SSL_MODES[2:]
 
 
 def parse_redis_url(url: str, key: tuple[str, ...] = ("redis", "url")) -> RedisURL:
@@ -97,7 +114,10 @@ def parse_redis_url(url: str, key: tuple[str, ...] = ("redis", "url")) -> RedisU
 
 
 def parse_mysql_url(url: str, key: tuple[str, ...] = ("mysql", "url")) -> MySQLURL:
-    """``mysql://user[:password]@host[:port]/database``; raises :class:`ConfigError`."""
+    """``mysql://user[:password]@host[:port]/database[?ssl-mode=MODE&ssl-ca=PATH]``;
+    raises :class:`ConfigError`. ``MODE`` is one of :data:`MYSQL_SSL_MODES`
+    (any case, ``-`` or ``_``); ``ssl-ca`` without ``ssl-mode`` means
+    ``verify_ca``, as for the MySQL client."""
     try:
         u = urlsplit(url)
         port = u.port or 3306
@@ -110,7 +130,33 @@ def parse_mysql_url(url: str, key: tuple[str, ...] = ("mysql", "url")) -> MySQLU
     if not all(c.isalnum() or c in "_$" for c in database):
         raise ConfigError(f"the database name must be letters, digits, _ or $, got {database!r}",
                           key)
-    return MySQLURL(u.hostname, port, unquote(u.username), database, unquote(u.password or ""))
+    mode, ca = _mysql_tls(u.query, key)
+    return MySQLURL(u.hostname, port, unquote(u.username), database, unquote(u.password or ""),
+                    mode, ca)
+
+
+def _mysql_tls(query: str, key: tuple[str, ...]) -> tuple[str, str]:
+    """``ssl-mode`` and ``ssl-ca`` of a ``mysql://`` URL's query."""
+    options: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ConfigError(f"cannot parse the URL's options {query!r}", key) from None
+    for name, value in pairs:
+        name = name.replace("_", "-").lower()
+        if name not in ("ssl-mode", "ssl-ca"):
+            raise ConfigError(f"unknown URL option {name!r} (expected ssl-mode, ssl-ca)", key)
+        if name in options:
+            raise ConfigError(f"URL option {name!r} given twice", key)
+        options[name] = value
+    ca = options.get("ssl-ca", "")
+    mode = options.get("ssl-mode", "verify_ca" if ca else "preferred").replace("-", "_").lower()
+    if mode not in MYSQL_SSL_MODES:
+        raise ConfigError(f"ssl-mode must be one of {', '.join(MYSQL_SSL_MODES)}, got "
+                          f"{options['ssl-mode']!r}", key)
+    if "ssl-ca" in options and (not ca or mode not in MYSQL_SSL_MODES[3:]):
+        raise ConfigError("ssl-ca needs a file and ssl-mode verify_ca or verify_identity", key)
+    return mode, ca
 
 
 def check_urls(config: Config) -> None:

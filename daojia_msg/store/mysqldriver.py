@@ -73,6 +73,28 @@ class Connection(pymysql.connections.Connection):
         super().rollback()
 
 
+def tls_options(mode: str, ca: str = "") -> dict[str, Any]:
+    """The pymysql options of a ``mysql://`` URL's ``ssl-mode`` and ``ssl-ca``
+    (:data:`daojia_msg.config.MYSQL_SSL_MODES`): none for ``preferred``
+    (pymysql's own default), ``ssl_disabled`` for ``disabled``, else a context:
+    ``required`` encrypts without checking the certificate, ``verify_ca``
+    checks it against ``ca`` (or the system's CAs), ``verify_identity`` also
+    that it names the host. That a required connection did get TLS is checked
+    once it is open (:func:`daojia_msg.store.mysql.pools.configure_connection`):
+    pymysql before 2.2 goes on in plain text when the server has no TLS."""
+    if mode == "preferred":
+        return {}
+    if mode == "disabled":
+        return {"ssl_disabled": True}
+    context = ssl.create_default_context(cafile=ca or None)
+    if mode == "required":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.check_hostname = mode == "verify_identity"
+    return {"ssl": context}
+
+
 def connect(*args: Any, **kwargs: Any) -> Connection:
     return Connection(*args, **kwargs)
 

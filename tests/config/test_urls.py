@@ -63,6 +63,33 @@ class UrlTests(ConfigTestCase):
         for bad in ("http://h", "redis://", "redis://h/x", "redis://h:99999"):
             self.assertConfigError(f'[redis]\nurl = "{bad}"\n' + APP, "redis.url: ")
 
+    def test_mysql_tls_options(self) -> None:
+        """``ssl-mode`` (as the MySQL client's ``--ssl-mode``) and ``ssl-ca``."""
+        def tls(query: str) -> tuple[str, str]:
+            u = parse_mysql_url(f"mysql://u@h/db{query}")
+            return u.ssl_mode, u.ssl_ca
+
+        self.assertEqual(tls(""), ("preferred", ""))
+        self.assertEqual(tls("?ssl-mode=DISABLED"), ("disabled", ""))
+        self.assertEqual(tls("?ssl-mode=required"), ("required", ""))
+        self.assertEqual(tls("?ssl_mode=Verify-Identity"), ("verify_identity", ""))
+        self.assertEqual(tls("?ssl-mode=verify_ca&ssl-ca=/etc/ca.pem"), ("verify_ca", "/etc/ca.pem"))
+        # ssl-ca alone means verify_ca, as for the MySQL client.
+        self.assertEqual(tls("?ssl-ca=%2Fetc%2Fca.pem"), ("verify_ca", "/etc/ca.pem"))
+        self.assertFalse(parse_mysql_url("mysql://u@h/db?ssl-mode=preferred").tls_required)
+        self.assertTrue(parse_mysql_url("mysql://u@h/db?ssl-mode=required").tls_required)
+        for query, why in (
+                ("?ssl-mode=on", "ssl-mode must be one of disabled, preferred, required, "
+                                 "verify_ca, verify_identity, got 'on'"),
+                ("?sslmode=require", "unknown URL option 'sslmode' (expected ssl-mode, ssl-ca)"),
+                ("?ssl-mode=required&ssl-ca=/ca.pem", "ssl-ca needs a file and ssl-mode "
+                                                      "verify_ca or verify_identity"),
+                ("?ssl-ca=", "ssl-ca needs a file"),
+                ("?ssl-mode=required&ssl-mode=disabled", "URL option 'ssl-mode' given twice"),
+                ("?ssl-mode", "cannot parse the URL's options 'ssl-mode'")):
+            self.assertConfigError(f'[mysql]\nurl = "mysql://u:pw@h/db{query}"\n' + APP,
+                                   f"mysql.url: {why}")
+
     def test_mysql_url(self) -> None:
         config = parse_config('[mysql]\nurl = "mysql://u:p%40ss@h:3307/db_1"\n' + APP)
         self.assertEqual(parse_mysql_url(config.mysql.url), MySQLURL("h", 3307, "u", "db_1", "p@ss"))

@@ -24,6 +24,10 @@ read timeout: a long wait is a clean error 1205 (run again once), not a
 dropped connection.
 
 Passwords are never logged: databases are named ``user@host:port/database``.
+
+TLS follows the URL's ``ssl-mode`` (docs/operations.md §6): ``preferred`` by
+default (encrypted when the server offers it, the certificate not checked),
+``required``, ``verify_ca`` or ``verify_identity`` to insist, ``disabled``.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daojia_msg.config import ConfigError, MySQLConfig, MySQLURL
+from daojia_msg.config import MYSQL_SSL_MODES, ConfigError, MySQLConfig, MySQLURL
 from daojia_msg.core.errors import StoreUnavailable, StoreUncertain
+from daojia_msg.store import mysqldriver
 from daojia_msg.store.dbpool import PoolRunner
 from daojia_msg.store.reads import ReadBatcher, ReadStats
 
@@ -99,12 +104,25 @@ def lock_wait_seconds(config: MySQLConfig) -> int:
     return max(1, int(config.read_timeout_s / 2))
 
 
-def configure_connection(conn: Any, lock_wait_s: int) -> None:
+#: pymysql's (and the MySQL client's) code for a TLS connection that failed.
+TLS_ERROR = 2026
+
+
+def configure_connection(conn: Any, lock_wait_s: int, tls_mode: str = "preferred") -> None:
     """``cp_openfun``: READ COMMITTED (no gap locks: concurrent inserts from
     several nodes do not block each other; correctness rests on primary keys
     and locking reads), and row-lock waits shorter than the read timeout, so a
-    long wait ends in a clean error (1205) rather than a dropped connection."""
+    long wait ends in a clean error (1205) rather than a dropped connection.
+    With a ``tls_mode`` that requires TLS, a connection the server did not
+    encrypt is refused (error 2026) before anything is sent on it."""
     with conn.cursor() as cursor:
+        if tls_mode in MYSQL_SSL_MODES[2:]:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            row = cursor.fetchone()
+            if not row or not row[1]:
+                raise pymysql.err.OperationalError(
+                    TLS_ERROR, f"ssl-mode={tls_mode} but the server did not encrypt "
+                               "the connection (is TLS on in MySQL?)")
         cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait_s)}")
     conn.commit()
@@ -128,7 +146,9 @@ def pool_kwargs(url: MySQLURL, config: MySQLConfig) -> dict[str, Any]:
         "write_timeout": config.write_timeout_s,
         # Strict: a value that does not fit is an error, never truncated.
         "sql_mode": "TRADITIONAL",
-        "cp_openfun": partial(configure_connection, lock_wait_s=lock_wait_seconds(config)),
+        "cp_openfun": partial(configure_connection, lock_wait_s=lock_wait_seconds(config),
+                              tls_mode=url.ssl_mode),
+        **mysqldriver.tls_options(url.ssl_mode, url.ssl_ca),
         # A flush sends its statements together (render.execute_batch).
         "client_flag": CLIENT.MULTI_STATEMENTS,
         "cp_min": config.pool_min,
@@ -261,6 +281,17 @@ _SERVER_ERRORS = {
 }
 
 
+def _tls_reason(text: str) -> str:
+    """What went wrong with TLS, from pymysql's message, and what to check."""
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        reason = text[text.find("[SSL"):].rstrip(")") if "[SSL" in text else text
+        return (f"{reason} (is ssl-ca the CA that signed the server's certificate, and does "
+                "it name the URL's host for verify_identity?)")
+    if "doesn't support" in text or "did not encrypt" in text:
+        return f"{text} (turn TLS on in MySQL, or choose another ssl-mode)"
+    return text
+
+
 def check_reachable(db: Database, key: tuple[str, ...], database: str) -> Deferred[None]:
     """Open one connection of ``db``'s pool before anything else runs on it, so
     that start-up stops with one line saying what is wrong: a
@@ -272,7 +303,11 @@ def check_reachable(db: Database, key: tuple[str, ...], database: str) -> Deferr
 
     def explain(failure: Failure) -> Failure:
         error = failure.value
-        code = error.args[0] if isinstance(error, pymysql.MySQLError) and error.args else None
+        args: tuple[Any, ...] = error.args if isinstance(error, pymysql.MySQLError) else ()
+        code = args[0] if args else None
+        text = str(args[1]) if len(args) > 1 else ""
+        if code == TLS_ERROR or "[SSL" in text:
+            raise ConfigError(f"{db.name}: TLS: {_tls_reason(text)}", key) from None
         if code in _URL_ERRORS:
             raise ConfigError(f"{db.name}: {_URL_ERRORS[code].format(database=database)}",
                               key) from None
