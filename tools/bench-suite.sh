@@ -20,6 +20,12 @@
 # It starts and stops its own nodes; Redis, MariaDB and Mosquitto must run
 # (.ci/run starts them). Run it on a quiet machine: the figures are only as
 # good as the idle cores.
+#
+# WARNING: real and two start every scenario on fresh data: they EMPTY Redis
+# databases 12, 14 (real) and 0, 14 (two), and DROP and re-create the MySQL
+# databases msgbench (real) and msgplatform (two, tools/cluster-up.sh's
+# default). Only on a machine whose servers hold nothing else; it refuses to
+# start those setups unless BENCH_RESET=yes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=var/bench
@@ -31,6 +37,13 @@ gate_port=${GATE_PORT:-7000}
 http_port=${HTTP_PORT:-8080}
 setups=("$@")
 [ ${#setups[@]} -gt 0 ] || setups=(one real two)
+for setup in "${setups[@]}"; do
+  if [ "$setup" != one ] && [ "${BENCH_RESET:-}" != yes ]; then
+    echo "bench-suite: '$setup' empties Redis databases 0/12/14 and drops the MySQL databases" \
+      "msgbench and msgplatform before each run; BENCH_RESET=yes $0 $* to agree" >&2
+    exit 2
+  fi
+done
 node_pids=""
 gate="" http=""  # where the bench connects: the node's gate and API, or HAProxy's
 ws=""            # the node's WebSocket listener, on a free port

@@ -54,6 +54,7 @@ while [ $# -gt 0 ]; do
     1|2|3) nodes=$1 ;;
     --redis-db) [ $# -ge 2 ] || usage; redis_db=$2; shift ;;
     --mysql-db) [ $# -ge 2 ] || usage; mysql_db=$2; shift ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) usage ;;
   esac
   shift
@@ -145,7 +146,9 @@ for i in $(seq 1 "$nodes"); do
       --http "tcp:808$i:interface=127.0.0.1" \
       --rpc "tcp:710$i:interface=127.0.0.1" \
       --ws "tcp:707$i:interface=127.0.0.1" $node_args; then
-    echo "node $i did not start: see $run/node$i.log" >&2
+    # twistd cuts the reason short; the node's log has it whole.
+    why=$(grep -m1 -o 'start-up failed: .*' "$run/node$i.log" 2>/dev/null || true)
+    echo "node $i did not start${why:+: $why} (see $run/node$i.log)" >&2
     exit 1
   fi
 done

@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import ipaddress
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,6 +126,15 @@ def backoff_option(p: argparse.ArgumentParser) -> None:
                         "every frame is sent on time whatever the answers")
 
 
+def _json_file(value: str) -> str:
+    """``--json``: checked before a run of minutes, not after it."""
+    folder = os.path.dirname(os.path.abspath(value))
+    if value != "-" and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {value}: {folder} is not a writable "
+                                         "directory")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("target and generator")
@@ -149,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--node-pid", action=NodePids, default=None, metavar="PID[,PID...]",
                    help="the node's pid: its RSS and CPU are read from /proc; several "
                         "nodes' pids (comma-separated) are added up")
-    g.add_argument("--appcode", type=int, default=1001)
+    g.add_argument("--appcode", type=int, default=1001,
+                   help="the app the clients log in to (default 1001, a demo app)")
     g.add_argument("--secret", default=None, help="token secret (default demo-secret-APPCODE)")
     g.add_argument("--api-key", default=None, help="HTTP API key (default demo-key-APPCODE)")
     g.add_argument("--procs", type=bounded(int, 1, MAX_PROCS), default=1,
@@ -168,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for missing answers after a run (default 10)")
     g.add_argument("--setup-timeout", type=bounded(float, 1, 900), default=300.0,
                    help="seconds allowed for log-ins and seeding (default 300)")
-    g.add_argument("--json", metavar="FILE", default=None, help="write JSON to FILE ('-': stdout)")
+    g.add_argument("--json", metavar="FILE", default=None, type=_json_file,
+                   help="write JSON to FILE ('-': stdout)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     parser = argparse.ArgumentParser(
@@ -179,18 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help, description=help)
 
     p = add("connect", "N logged-in idle connections; the node's RSS per connection")
-    p.add_argument("-n", type=bounded(int, 1, MAX_CONNECTIONS), default=2000)
+    p.add_argument("-n", type=bounded(int, 1, MAX_CONNECTIONS), default=2000,
+                   help="connections (default 2000)")
     p.add_argument("--hold", type=bounded(float, 0, MAX_DURATION_S), default=10.0,
                    help="seconds to hold the connections idle before reading RSS")
     p = add("login", "logins per second (connect + LOGIN)")
-    p.add_argument("-n", type=bounded(int, 1, MAX_CONNECTIONS), default=5000)
+    p.add_argument("-n", type=bounded(int, 1, MAX_CONNECTIONS), default=5000,
+                   help="logins (default 5000)")
     for name, text in (("c2s", "sustained C2S frames/s into the node's bus"),
                        ("c2c", "end-to-end C2C throughput and latency (durable, pushed, ACKed)"),
                        ("versus", "c2c against the node, then the same one-to-one QoS1 load "
                                   "against an MQTT broker (Mosquitto); the ratios ours/theirs")):
         p = add(name, text)
         if name == "c2s":
-            p.add_argument("--conns", type=bounded(int, 1, 20_000), default=100)
+            p.add_argument("--conns", type=bounded(int, 1, 20_000), default=100,
+                           help="sending connections (default 100)")
             p.add_argument("--msgtype", type=int, default=None,
                            help="default 2 (order-events in the demo routes: the C2S-only "
                                 "baseline), 1 with --gps (gps, a geo route)")
@@ -198,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="each frame is its driver's next position, moving (for a geo "
                                 "route: the demo's msgtype 1)")
         else:
-            p.add_argument("--pairs", type=bounded(int, 1, 10_000), default=200)
+            p.add_argument("--pairs", type=bounded(int, 1, 10_000), default=200,
+                           help="sender/receiver pairs (default 200)")
         if name == "c2c":
             p.add_argument("--ack", choices=("each", "read"), default="each",
                            help="one ACK per push, or one per socket read (default each)")
@@ -207,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="offered frames/s in total, open loop; 0 = closed loop")
         p.add_argument("--window", type=bounded(int, 1, 256), default=8,
                        help="closed loop: requests in flight per sending connection")
-        p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0)
+        p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0,
+                       help="seconds of load (default 10)")
         if name == "c2c":
             goodput_option(p)
         if name == "versus":
@@ -222,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="messages per request (1: /v1/push, more: /v1/push/batch)")
     p.add_argument("--rate", type=bounded(float, 0, MAX_RATE), default=0.0,
                    help="offered messages/s, open loop; 0 = closed loop")
-    p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0)
+    p.add_argument("--duration", type=bounded(float, 0.1, MAX_DURATION_S), default=10.0,
+                   help="seconds of load (default 10)")
     p.add_argument("--recipients", type=bounded(int, 1, 1_000_000), default=1000,
                    help="offline recipients pushed to round robin (default 1000)")
     p.add_argument("--escalate-after-s", type=bounded(int, 1, 3600), default=None,
@@ -257,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"within --goodput-within (default {SUSTAIN:g})")
     goodput_option(p)
     p = add("pull", "drain a backlog of N pending messages (PULL pages + ACKs)")
-    p.add_argument("-n", type=bounded(int, 1, 100_000), default=10_000)
+    p.add_argument("-n", type=bounded(int, 1, 100_000), default=10_000,
+                   help="pending messages to drain (default 10000)")
     p.add_argument("--page", type=bounded(int, 1, 100), default=100)
     return parser
 

@@ -210,6 +210,8 @@ class C2C(C2S):
     async def setup(self) -> dict[str, Any]:
         spec = self.spec
         self.pushes = self.acked = self.duplicates = 0
+        #: msgids put in ACK frames so far (a re-pushed one again), answered or not.
+        self.acks_sent = 0
         self.push_latencies: list[int] = []
         self.seen: set[int] = set()
         ack_each = spec.get("ack", "each") == "each"
@@ -253,6 +255,8 @@ class C2C(C2S):
             client.ack(chunk, self._make_ack_cb(len(chunk)))
 
     def _make_ack_cb(self, n: int) -> Any:
+        self.acks_sent += n
+
         def acked(frame: Frame) -> None:
             if result_code(frame) == 0:
                 self.acked += n
@@ -260,6 +264,16 @@ class C2C(C2S):
             else:
                 self.errors["ack"] = self.errors.get("ack", 0) + n
         return acked
+
+    def _drained(self) -> bool:
+        """Every C2C answered, every message answered OK pushed, and every
+        ACK sent answered (OK or not: a refused ACK is counted under
+        ``errors["ack"]``, and waiting for it would only run out the drain)."""
+        errors = self.errors
+        ack_errors = errors.get("ack", 0)
+        return (self.ok + sum(errors.values()) - ack_errors >= self.sent
+                and self.pushes >= self.ok
+                and self.acked + ack_errors >= self.acks_sent)
 
     def send(self, pair: tuple[BenchClient, BenchClient], intended_us: int) -> None:
         """One C2C from the pair's sender, stamped with its intended time; with
@@ -321,8 +335,7 @@ class C2C(C2S):
             await open_loop(self.reactor, spec["rate"], spec["duration"], self.pairs, send,
                             self.send_lags)
         t_sent = time.monotonic()
-        await self._drain(lambda: self.ok + sum(self.errors.values()) >= self.sent
-                          and self.acked >= self.ok)
+        await self._drain(self._drained)
         t1 = time.monotonic()
         return {"t_start": t0, "t_send_end": t_sent, "t_end": t1, "sent": self.sent,
                 "ok": self.ok, "errors": self.errors, "pushes": self.pushes,

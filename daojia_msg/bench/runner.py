@@ -16,10 +16,12 @@ import argparse
 import json
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import time
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from daojia_msg.bench.procfs import procs_cpu_s, procs_rss_kib
 from daojia_msg.bench.report import (
@@ -214,8 +216,33 @@ def node_pids(args: argparse.Namespace) -> tuple[int, ...]:
     return getattr(args, "node_pids", None) or ((args.node_pid,) if args.node_pid else ())
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """Refuse, in one line, a run that could only measure an error: nothing
+    listens where the clients would connect, or a ``--node-pid`` is no process."""
+    places: list[tuple[str, int, str]] = []
+    if args.scenario in ("push", "pull"):  # pull seeds its backlog over HTTP
+        url = urlsplit(args.http)
+        places.append((url.hostname or "", url.port or (443 if url.scheme == "https" else 80),
+                       "--http"))
+    if args.scenario != "push":
+        host, port = target(args)
+        places.append((host, port, "--ws" if getattr(args, "transport", "tcp") == "ws"
+                       else "--gate"))
+    for host, port, option in places:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError as e:
+            why = e.strerror or str(e) or e.__class__.__name__
+            raise BenchError(f"cannot connect to {host}:{port} ({option}): {why}: is the "
+                             "node running there?") from None
+    for pid in node_pids(args):
+        if not os.path.exists(f"/proc/{pid}"):
+            raise BenchError(f"--node-pid {pid}: no such process")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run one scenario; the JSON document of the run."""
+    preflight(args)
     if args.uid_base is None:
         args.uid_base = fresh_uid_base()
     specs = worker_specs(args)

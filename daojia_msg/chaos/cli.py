@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,20 +32,30 @@ from daojia_msg.chaos.faults import FAULTS, OPTIONAL
 SHORT: dict[str, Any] = {"fault_seconds": 3.0, "pre_seconds": 2.0, "post_seconds": 3.0, "give_up_s": 20.0}
 
 
-def positive(kind: type) -> Any:
+#: The most nodes a run starts (each a process, a network namespace, ports).
+MAX_NODES = 16
+#: The largest ``--load``: twice the measured capacity.
+MAX_LOAD = 2.0
+
+
+def positive(kind: type, most: float | None = None) -> Any:
     def parse(value: str) -> Any:
         try:
             number = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+        if not number > 0 or (most is not None and number > most):
+            bound = f" up to {most:g}" if most is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a positive number{bound}, got {value!r}")
         return number
     return parse
 
 
 def fault_list(value: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    names = tuple(name.strip() for name in value.split(","))
+    if "" in names and any(names):
+        raise argparse.ArgumentTypeError(f"an empty fault name in {value!r}")
+    names = tuple(name for name in names if name)
     unknown = runner.check_faults(names)
     if unknown or not names:
         raise argparse.ArgumentTypeError(
@@ -53,13 +64,22 @@ def fault_list(value: str) -> tuple[str, ...]:
     return names
 
 
+def writable_file(value: str) -> str:
+    """A file whose folder exists and can be written: known before the run."""
+    where = os.path.dirname(os.path.abspath(value))
+    if os.path.isdir(where) and os.access(where, os.W_OK):
+        return value
+    raise argparse.ArgumentTypeError(f"cannot write {value}: no writable directory {where}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="msgplatform-chaos",
         description="The fault suite: a private cluster, numbered traffic, one fault at a "
                     "time, every message classified. Exit status 1 on any loss, double "
                     "msgid or unanswered message; 2 on a usage error or a missing program.")
-    p.add_argument("--nodes", type=positive(int), default=3, help="nodes (default 3)")
+    p.add_argument("--nodes", type=positive(int, MAX_NODES), default=3,
+                   help=f"nodes (default 3, at most {MAX_NODES})")
     p.add_argument("--rate", type=positive(float), default=100.0,
                    help="messages per second offered, all kinds together (default 100: "
                         "half C2C, a quarter S2C, a quarter C2S)")
@@ -74,12 +94,13 @@ def parser() -> argparse.ArgumentParser:
                    help="first measure the capacity: closed-loop senders for this long")
     p.add_argument("--concurrency", type=positive(int), default=64,
                    help="closed-loop senders of the capacity phase (default 64)")
-    p.add_argument("--load", type=positive(float), default=None,
+    p.add_argument("--load", type=positive(float, MAX_LOAD), default=None,
                    help="offer this fraction of the measured capacity instead of --rate "
-                        "(e.g. 0.5; needs --capacity-seconds)")
+                        f"(e.g. 0.5, at most {MAX_LOAD:g}; needs --capacity-seconds)")
     p.add_argument("--short", action="store_true",
                    help="the CI form: shorter faults and phases (under 4 minutes in all)")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--json", metavar="FILE", type=writable_file,
+                   help="write the results as JSON")
     p.add_argument("--keep", action="store_true",
                    help="keep the run's directory (servers' data, every process's log)")
     return p
@@ -89,6 +110,8 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
     if args.load is not None and not args.capacity_seconds:
         parser().error("--load needs --capacity-seconds (the capacity it is a fraction of)")
     chosen = args.faults
+    if chosen and "node-partition" in chosen and args.nodes < 2:
+        parser().error("node-partition cuts a node off from its peers: needs --nodes 2 or more")
     if chosen is None:
         found = optional_programs()
         chosen = tuple(name for name in FAULTS
@@ -162,6 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.keep and "rows" in outcome:
             runner.remove_directory(directory)
+    if "rows" not in outcome:  # a signal stopped the reactor before the run ended
+        if args.keep:
+            print(f"msgplatform-chaos: interrupted (logs in {directory})", file=sys.stderr)
+        else:
+            runner.remove_directory(directory)
+            print("msgplatform-chaos: interrupted (--keep keeps the run's directory)",
+                  file=sys.stderr)
+        return 130
     rows, facts = outcome["rows"], outcome["facts"]
     print(report.table(rows))
     for line in report.bad_lines(rows):

@@ -4,8 +4,11 @@ JSON shape, and two tiny runs against a real node (counts only, never speed)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -182,6 +185,53 @@ class ClosedLoopBackoffTests(SynchronousTestCase):
         self.assertEqual(sent, ["a"])
         clock.advance(REFUSED_BACKOFF_S)
         self.assertEqual(sent, ["a", "b"])
+
+
+def result_frame(code: int) -> Any:
+    decoder = FrameDecoder(1 << 16)
+    decoder.feed(encode(Cmd.ACK | RESPONSE_BIT, 1001, 0, 11, 1,
+                        pb.Result(code=code).SerializeToString()))
+    return decoder.next()
+
+
+class DrainTests(SynchronousTestCase):
+    """When a C2C run's drain is over: every C2C answered, every message
+    answered OK pushed, every ACK answered; a refused ACK ends its wait
+    (it counts under ``errors["ack"]``) but is no C2C answer."""
+
+    def scenario(self) -> C2C:
+        scenario = C2C(Clock(), {"appcode": 1001})
+        scenario.pushes = scenario.acked = scenario.duplicates = scenario.acks_sent = 0
+        scenario.sent, scenario.ok, scenario.errors = 3, 3, {}
+        return scenario
+
+    def test_a_refused_ack_ends_its_wait(self) -> None:
+        scenario = self.scenario()
+        scenario.pushes = 3
+        acks = [scenario._make_ack_cb(1) for _ in range(4)]  # one msgid pushed twice
+        acks[0](result_frame(Code.OK))
+        acks[1](result_frame(Code.OK))
+        acks[2](result_frame(Code.OK))
+        self.assertFalse(scenario._drained())
+        acks[3](result_frame(Code.BAD_REQUEST))
+        self.assertTrue(scenario._drained())
+        self.assertEqual((scenario.acked, scenario.errors), (3, {"ack": 1}))
+
+    def test_a_refused_ack_is_no_c2c_answer(self) -> None:
+        scenario = self.scenario()
+        scenario.ok, scenario.pushes = 2, 2
+        ack = scenario._make_ack_cb(2)
+        ack(result_frame(Code.BAD_REQUEST))
+        self.assertFalse(scenario._drained())  # the third C2C is not answered
+        scenario.errors["code 6"] = 1
+        self.assertTrue(scenario._drained())
+
+    def test_a_message_answered_ok_but_not_pushed_is_waited_for(self) -> None:
+        scenario = self.scenario()
+        scenario.pushes = 2
+        for _ in range(2):
+            scenario._make_ack_cb(1)(result_frame(Code.OK))
+        self.assertFalse(scenario._drained())
 
 
 class OpenLoopBackoffTests(SynchronousTestCase):
@@ -460,3 +510,46 @@ class SmokeTests(NodeTestCase):
         self.assertIn("nproc", doc["machine"])
         self.assertGreater(doc["machine"]["calibration_ms"], 0)
         self.assertGreater(doc["machine"]["calibration_after_ms"], 0)
+
+
+class PreflightTests(SynchronousTestCase):
+    """A run against an address nothing listens on, or with a ``--node-pid``
+    that is no process, is one line and exit 1 before any worker starts."""
+
+    def main(self, *argv: str) -> tuple[int, str]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main([*argv, "--no-progress"])
+        return code, err.getvalue()
+
+    def closed_port(self) -> int:
+        with socket.create_server(("127.0.0.1", 0)) as gone:
+            return int(gone.getsockname()[1])
+
+    def test_nothing_at_the_gate(self) -> None:
+        port = self.closed_port()
+        for scenario in (["c2c", "--pairs", "1"], ["login", "-n", "1"], ["c2s", "--conns", "1"]):
+            self.assertEqual(self.main(*scenario, "--gate", f"127.0.0.1:{port}"), (
+                1, f"msgplatform-bench: cannot connect to 127.0.0.1:{port} (--gate): Connection "
+                   "refused: is the node running there?\n"), scenario)
+
+    def test_nothing_at_the_http_api(self) -> None:
+        port = self.closed_port()
+        self.assertEqual(self.main("push", "--http", f"http://127.0.0.1:{port}"), (
+            1, f"msgplatform-bench: cannot connect to 127.0.0.1:{port} (--http): Connection "
+               "refused: is the node running there?\n"))
+
+    def test_a_node_pid_that_is_no_process(self) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as listening:
+            port = listening.getsockname()[1]
+            code, err = self.main("c2c", "--gate", f"127.0.0.1:{port}", "--node-pid", "999999999")
+        self.assertEqual((code, err), (1, "msgplatform-bench: --node-pid 999999999: no such "
+                                          "process\n"))
+
+    def test_a_json_file_that_cannot_be_written_is_refused_first(self) -> None:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            cli.main(["c2c", "--json", "/no/such/dir/x.json"])
+        self.assertEqual(raised.exception.code, 2)
+        self.assertIn("cannot write /no/such/dir/x.json: /no/such/dir is not a writable "
+                      "directory", err.getvalue())

@@ -355,9 +355,9 @@ class MainTests(SynchronousTestCase):
             code = cli.main(["overload", "--gate", f"127.0.0.1:{port}", "--pairs", "1",
                              "--duration", "0.1", "--drain", "0", "--no-progress"])
         self.assertEqual(code, 1)
-        self.assertEqual(err.getvalue(), "msgplatform-bench: overload: the closed loop served "
-                                         "nothing (c2c: {'ConnectionRefusedError': 2}): is the "
-                                         "node up and the app configured?\n")
+        self.assertEqual(err.getvalue(), f"msgplatform-bench: cannot connect to 127.0.0.1:{port} "
+                                         "(--gate): Connection refused: is the node running "
+                                         "there?\n")
 
 
 class SmokeTests(NodeTestCase):

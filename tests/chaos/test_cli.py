@@ -4,9 +4,12 @@ the command itself, not a trial test)."""
 from __future__ import annotations
 
 import io
+import os
 import signal
+import tempfile
 from contextlib import redirect_stderr
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -63,6 +66,15 @@ class ArgumentTests(TestCase):
         self.assertIn("unknown fault(s) disk-full; choose from: none,", self.refused("--faults", "disk-full"))
         self.assertIn("expected a positive number, got '0'", self.refused("--rate", "0"))
         self.assertIn("expected a number, got 'x'", self.refused("--nodes", "x"))
+        self.assertIn("expected a positive number up to 16, got '100'",
+                      self.refused("--nodes", "100"))
+        self.assertIn("expected a positive number up to 2, got '5'", self.refused("--load", "5"))
+        self.assertIn("an empty fault name in 'none,,node-kill'",
+                      self.refused("--faults", "none,,node-kill"))
+        self.assertIn("cannot write /no/such/dir/x.json: no writable directory /no/such/dir",
+                      self.refused("--json", "/no/such/dir/x.json"))
+        self.assertIn("node-partition cuts a node off from its peers: needs --nodes 2 or more",
+                      self.refused_settings("--nodes", "1", "--faults", "node-partition"))
 
     def test_load_is_a_fraction_of_a_measured_capacity(self) -> None:
         self.assertIn("--load needs --capacity-seconds", self.refused_settings("--load", "0.5"))
@@ -92,6 +104,39 @@ class ArgumentTests(TestCase):
                      "haproxy not found: apt-get install haproxy",
                      "twistd not found next to"):
             self.assertIn(line, text)
+
+
+class InterruptedTests(TestCase):
+    """A signal that stops the run before it ends: one line, status 130, and
+    the run's directory removed unless ``--keep``."""
+
+    def interrupted(self, *argv: str) -> tuple[int, str, str]:
+        base = self.mktemp()
+        os.makedirs(base)
+        directory = tempfile.mkdtemp(prefix="msgp-chaos-", dir=base)
+        self.patch(servers, "prerequisites", lambda: ({}, []))
+        self.patch(cli.runner, "base_directory", lambda keep, root: directory)
+
+        def react(main: object) -> None:
+            raise SystemExit(0)  # the reactor stopped (SIGINT, SIGTERM) before the run ended
+
+        self.patch(task, "react", react)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            status = cli.main(["--faults", "none", *argv])
+        return status, err.getvalue(), directory
+
+    def test_the_directory_goes(self) -> None:
+        status, err, directory = self.interrupted()
+        self.assertEqual(status, 130)
+        self.assertIn("msgplatform-chaos: interrupted (--keep keeps the run's directory)", err)
+        self.assertFalse(os.path.exists(directory))
+
+    def test_kept_with_keep(self) -> None:
+        status, err, directory = self.interrupted("--keep")
+        self.assertEqual(status, 130)
+        self.assertIn(f"msgplatform-chaos: interrupted (logs in {directory})", err)
+        self.assertTrue(os.path.isdir(directory))
 
 
 class FakeProc:
