@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from daojia_msg.chaos.ledger import Row
@@ -21,6 +21,16 @@ COLUMNS = (
 NOTES = (("kicks", "kickouts"), ("disc", "disconnects"), ("pulled", "drained"),
          ("p99 s", "ok_p99_s"),
          ("max s", "ok_max_s"))
+#: How the total row shows each note: counts add up, the slowest answer is
+#: the slowest of all; a p99 of p99s would mean nothing, so it stays blank.
+NOTE_TOTALS: dict[str, Callable[[list[Any]], Any]] = {
+    "kickouts": sum, "disconnects": sum, "drained": sum, "ok_max_s": max}
+
+
+def _note_total(rows: Sequence[Row], key: str) -> str:
+    combine = NOTE_TOTALS.get(key)
+    values = [row.notes[key] for row in rows if row.notes.get(key) is not None]
+    return "" if combine is None or not values else str(combine(values))
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -31,7 +41,8 @@ def table(rows: Sequence[Row]) -> str:
             setattr(total, name, getattr(total, name) + getattr(row, name))
     cells = [[str(getattr(row, attr)) for _, attr in COLUMNS]
              + [str(row.notes.get(key, "-")) for _, key in NOTES] for row in rows]
-    cells.append([str(getattr(total, attr)) for _, attr in COLUMNS] + [""] * len(NOTES))
+    cells.append([str(getattr(total, attr)) for _, attr in COLUMNS]
+                 + [_note_total(rows, key) for _, key in NOTES])
     heads = [head for head, _ in COLUMNS + NOTES]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
 

@@ -129,6 +129,19 @@ class ReportTests(TestCase):
         self.assertEqual(lines[3].split()[:3], ["total", "12345", "12345"])
         self.assertEqual(len({len(line) for line in lines[:3]}), 1)
 
+    def test_the_total_row_adds_up_the_facts_that_add_up(self) -> None:
+        """Kickouts, lost connections and pulled messages add up, the
+        slowest answer is the slowest of all; a p99 of p99s stays blank."""
+        kill = Row("node-kill", sent=10, delivered=10)
+        kill.notes = {"kickouts": 0, "disconnects": 4, "drained": 2, "ok_p99_s": 1.5,
+                      "ok_max_s": 2.25}
+        stop = Row("node-stop", sent=5, delivered=5)
+        stop.notes = {"kickouts": 1, "disconnects": 0, "drained": 3, "ok_p99_s": 0.5,
+                      "ok_max_s": 3.5}
+        total = report.table([kill, stop]).splitlines()[-1].split()
+        self.assertEqual(total[0], "total")
+        self.assertEqual(total[-4:], ["1", "4", "5", "3.5"])
+
 
 class FrozenTests(TestCase):
     def test_only_the_frozen_nodes_users_in_the_window_are_excused(self) -> None:
