@@ -17,16 +17,17 @@ export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: 500, capMs: 30_000 };
  */
 export function backoffDelay(attempt: number, options: BackoffOptions = DEFAULT_BACKOFF,
   random: () => number = Math.random): number {
-  const ceiling = Math.min(options.capMs, options.baseMs * 2 ** Math.min(attempt, 30));
+  const ceiling = backoffCeiling(attempt, options);
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }
 
-export interface SendPauseOptions {
-  /** The first pause's ceiling, in ms; it doubles with each refusal in a row. */
-  baseMs: number;
-  /** No pause is longer than this, in ms. */
-  capMs: number;
+/** The ceiling of delay `attempt` (0 for the first): `baseMs` doubled per attempt, at most `capMs`. */
+export function backoffCeiling(attempt: number, options: BackoffOptions): number {
+  return Math.min(options.capMs, options.baseMs * 2 ** Math.min(attempt, 30));
 }
+
+/** The pause after RATE_LIMITED has the same bounds as a reconnect's delay. */
+export type SendPauseOptions = BackoffOptions;
 
 /** As the Python client library's (docs/client.md §1): 50 ms, doubling up to 1 s. */
 export const DEFAULT_SEND_PAUSE: SendPauseOptions = { baseMs: 50, capMs: 1000 };
@@ -84,7 +85,7 @@ export class SendPause {
       return 0;
     }
     const now = this.now();
-    const ceiling = Math.min(this.options.capMs, this.options.baseMs * 2 ** Math.min(this.refusals, 30));
+    const ceiling = backoffCeiling(this.refusals, this.options);
     const pause = ceiling * (0.5 + 0.5 * this.random());
     this.refusals += 1;
     this.started = now;
