@@ -16,6 +16,7 @@ __all__ = [
     "check_bus_url",
     "check_http_url",
     "check_urls",
+    "mysql_tls_required",
     "parse_mysql_url",
     "parse_redis_url",
     "shown",
@@ -81,6 +82,11 @@ class RedisURL:
 MYSQL_SSL_MODES = ("disabled", "preferred", "required", "verify_ca", "verify_identity")
 
 
+def mysql_tls_required(ssl_mode: str) -> bool:
+    """Whether a connection under ``ssl_mode`` that is not encrypted must be refused."""
+    return ssl_mode in MYSQL_SSL_MODES[2:]
+
+
 @dataclass(frozen=True, slots=True)
 class MySQLURL:
     host: str
@@ -91,11 +97,6 @@ class MySQLURL:
     ssl_mode: str = "preferred"
     #: A PEM file of the CA(s) that sign the server's certificate ("": the system's).
     ssl_ca: str = ""
-
-    @property
-    def tls_required(self) -> bool:
-        """Whether a connection that is not encrypted must be refused."""
-        return self.ssl_mode in MYSQL_SSL_MODES[2:]
 
 
 def parse_redis_url(url: str, key: tuple[str, ...] = ("redis", "url")) -> RedisURL:

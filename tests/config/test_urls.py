@@ -6,6 +6,7 @@ from daojia_msg.config import (
     ConfigError,
     MySQLURL,
     RedisURL,
+    mysql_tls_required,
     parse_config,
     parse_mysql_url,
     parse_redis_url,
@@ -76,8 +77,10 @@ class UrlTests(ConfigTestCase):
         self.assertEqual(tls("?ssl-mode=verify_ca&ssl-ca=/etc/ca.pem"), ("verify_ca", "/etc/ca.pem"))
         # ssl-ca alone means verify_ca, as for the MySQL client.
         self.assertEqual(tls("?ssl-ca=%2Fetc%2Fca.pem"), ("verify_ca", "/etc/ca.pem"))
-        self.assertFalse(parse_mysql_url("mysql://u@h/db?ssl-mode=preferred").tls_required)
-        self.assertTrue(parse_mysql_url("mysql://u@h/db?ssl-mode=required").tls_required)
+        self.assertFalse(mysql_tls_required(
+            parse_mysql_url("mysql://u@h/db?ssl-mode=preferred").ssl_mode))
+        self.assertTrue(mysql_tls_required(
+            parse_mysql_url("mysql://u@h/db?ssl-mode=required").ssl_mode))
         for query, why in (
                 ("?ssl-mode=on", "ssl-mode must be one of disabled, preferred, required, "
                                  "verify_ca, verify_identity, got 'on'"),

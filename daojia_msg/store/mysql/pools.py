@@ -44,7 +44,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from daojia_msg.config import MYSQL_SSL_MODES, ConfigError, MySQLConfig, MySQLURL
+from daojia_msg.config import ConfigError, MySQLConfig, MySQLURL, mysql_tls_required
 from daojia_msg.core.errors import StoreUnavailable, StoreUncertain
 from daojia_msg.store import mysqldriver
 from daojia_msg.store.dbpool import PoolRunner
@@ -116,7 +116,7 @@ def configure_connection(conn: Any, lock_wait_s: int, tls_mode: str = "preferred
     With a ``tls_mode`` that requires TLS, a connection the server did not
     encrypt is refused (error 2026) before anything is sent on it."""
     with conn.cursor() as cursor:
-        if tls_mode in MYSQL_SSL_MODES[2:]:
+        if mysql_tls_required(tls_mode):
             cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
             row = cursor.fetchone()
             if not row or not row[1]:
