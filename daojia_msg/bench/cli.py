@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import ipaddress
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,6 +48,7 @@ from daojia_msg.bench import overload, versus  # noqa: E402
 from daojia_msg.bench.overload import SUSTAIN  # noqa: E402
 from daojia_msg.bench.report import GOODPUT_WITHIN_S, table  # noqa: E402
 from daojia_msg.bench.runner import BenchError, run, strip_samples  # noqa: E402
+from daojia_msg.cliargs import writable_file  # noqa: E402
 
 #: Hard bounds: the bench is bounded in count and time whatever the options.
 MAX_CONNECTIONS = 200_000
@@ -127,12 +127,8 @@ def backoff_option(p: argparse.ArgumentParser) -> None:
 
 
 def _json_file(value: str) -> str:
-    """``--json``: checked before a run of minutes, not after it."""
-    folder = os.path.dirname(os.path.abspath(value))
-    if value != "-" and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-        raise argparse.ArgumentTypeError(f"cannot write {value}: {folder} is not a writable "
-                                         "directory")
-    return value
+    """``--json``: a writable file, or ``-`` for stdout."""
+    return value if value == "-" else writable_file(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 from daojia_msg.chaos import netns, report, runner, servers
 from daojia_msg.chaos.faults import FAULTS, OPTIONAL
+from daojia_msg.cliargs import writable_file
 
 SHORT: dict[str, Any] = {"fault_seconds": 3.0, "pre_seconds": 2.0, "post_seconds": 3.0, "give_up_s": 20.0}
 
@@ -62,14 +62,6 @@ def fault_list(value: str) -> tuple[str, ...]:
             f"unknown fault(s) {', '.join(unknown) or '(none given)'}; "
             f"choose from: {', '.join(FAULTS)}")
     return names
-
-
-def writable_file(value: str) -> str:
-    """A file whose folder exists and can be written: known before the run."""
-    where = os.path.dirname(os.path.abspath(value))
-    if os.path.isdir(where) and os.access(where, os.W_OK):
-        return value
-    raise argparse.ArgumentTypeError(f"cannot write {value}: no writable directory {where}")
 
 
 def parser() -> argparse.ArgumentParser:

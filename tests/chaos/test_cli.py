@@ -71,7 +71,7 @@ class ArgumentTests(TestCase):
         self.assertIn("expected a positive number up to 2, got '5'", self.refused("--load", "5"))
         self.assertIn("an empty fault name in 'none,,node-kill'",
                       self.refused("--faults", "none,,node-kill"))
-        self.assertIn("cannot write /no/such/dir/x.json: no writable directory /no/such/dir",
+        self.assertIn("cannot write /no/such/dir/x.json: /no/such/dir is not a writable directory",
                       self.refused("--json", "/no/such/dir/x.json"))
         self.assertIn("node-partition cuts a node off from its peers: needs --nodes 2 or more",
                       self.refused_settings("--nodes", "1", "--faults", "node-partition"))
