@@ -172,18 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         task.react(lambda reactor: Deferred.fromCoroutine(go(reactor)))
     except SystemExit as e:
         if e.code not in (0, None) and "rows" not in outcome:
+            # Failed: the directory stays, with every process's log.
             print(f"msgplatform-chaos: the run failed (logs in {directory})", file=sys.stderr)
             return 2
-    finally:
-        if not args.keep and "rows" in outcome:
-            runner.remove_directory(directory)
+    if not args.keep:
+        runner.remove_directory(directory)
     if "rows" not in outcome:  # a signal stopped the reactor before the run ended
-        if args.keep:
-            print(f"msgplatform-chaos: interrupted (logs in {directory})", file=sys.stderr)
-        else:
-            runner.remove_directory(directory)
-            print("msgplatform-chaos: interrupted (--keep keeps the run's directory)",
-                  file=sys.stderr)
+        kept = f"logs in {directory}" if args.keep else "--keep keeps the run's directory"
+        print(f"msgplatform-chaos: interrupted ({kept})", file=sys.stderr)
         return 130
     rows, facts = outcome["rows"], outcome["facts"]
     print(report.table(rows))
