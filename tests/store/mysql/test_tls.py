@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from daojia_msg.chaos import servers as chaos_servers
 from daojia_msg.config import ConfigError
+from daojia_msg.store.mysql import MySQLMessageStore
 from daojia_msg.store.mysql.pools import TLS_ERROR, configure_connection
 from daojia_msg.store.mysqldriver import tls_options
 from tests.servers import missing
@@ -126,8 +127,6 @@ class TestServerTests(TestCase):
             store = await started(self, required)
             self.assertNotEqual(await store.pools[0].runInteraction(cipher), "")
         else:
-            from daojia_msg.store.mysql import MySQLMessageStore
-
             store = MySQLMessageStore(required, R)
             self.addCleanup(store.stop)
             error: Any = await self.assertFailure(store.start(), ConfigError)
@@ -169,8 +168,6 @@ class PrivateTLSServerTests(TestCase):
             got = await store.pools[0].runInteraction(cipher)
             self.assertEqual(bool(got), encrypted, query_text)
             await store.stop()
-
-        from daojia_msg.store.mysql import MySQLMessageStore
 
         for query_text in (f"ssl-mode=verify_ca&ssl-ca={other.path}",
                            "ssl-mode=verify_identity"):  # the system's CAs did not sign it
