@@ -349,7 +349,7 @@ class MsgClient(Service):
         if first and backoff is not None and backoff.paused():
             raise ResultError(
                 Code.RATE_LIMITED,
-                f"not sent: backing off after RATE_LIMITED ({backoff.remaining():.2f} s left)")
+                f"held back: the client pauses its sends ({backoff.remaining():.2f} s left)")
         proto = await self.when_ready()
         sent_at = self.reactor.seconds()
         try:

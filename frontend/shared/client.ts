@@ -265,15 +265,15 @@ export class MsgClient {
    * code rejects with ResponseError.
    *
    * RATE_LIMITED starts a pause ({@link SendPause}): a C2C asked for during it
-   * rejects at once with ResponseError(RATE_LIMITED, "not sent: backing off
-   * ..."), unsent. A resend of one already tried still goes, since the first
-   * try may have been stored.
+   * rejects at once with ResponseError(RATE_LIMITED, "held back: the client
+   * pauses its sends ..."), unsent. A resend of one already tried still goes,
+   * since the first try may have been stored.
    */
   async sendC2C(message: SendC2C): Promise<Result> {
     const pause = this.sendPause;
     if (pause?.paused()) {
       const left = (pause.remainingMs() / 1000).toFixed(2);
-      throw new ResponseError(Cmd.C2C, Code.RATE_LIMITED, `not sent: backing off after RATE_LIMITED (${left} s left)`);
+      throw new ResponseError(Cmd.C2C, Code.RATE_LIMITED, `held back: the client pauses its sends (${left} s left)`);
     }
     let lastError: Error = new RequestTimeout("not sent");
     for (let attempt = 0; attempt < this.sendAttempts; attempt++) {

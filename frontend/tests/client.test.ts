@@ -353,7 +353,7 @@ describe("MsgClient", () => {
     socket.reply(socket.last(Cmd.C2C), ResultSchema, { code: Code.RATE_LIMITED, reason: "over capacity" });
     await expect(first).rejects.toMatchObject({ code: Code.RATE_LIMITED, reason: "over capacity" });
     // random 0.5: the first pause is 37.5 ms
-    await expect(c2c("b")).rejects.toMatchObject({ code: Code.RATE_LIMITED, reason: expect.stringMatching(/^not sent: backing off/) as unknown });
+    await expect(c2c("b")).rejects.toMatchObject({ code: Code.RATE_LIMITED, reason: expect.stringMatching(/^held back: the client pauses its sends/) as unknown });
     expect(socket.sentOf(Cmd.C2C)).toHaveLength(1);
     await vi.advanceTimersByTimeAsync(38);
     const third = c2c("c");

@@ -223,7 +223,7 @@ class MsgClientTests(SynchronousTestCase):
         for d in (self.client.c2c(7, 1002, 0, b"again"), self.client.c2s(3, b"up")):
             error = self.failureResultOf(d, ResultError).value
             self.assertEqual(error.code, Code.RATE_LIMITED)
-            self.assertIn("backing off", error.reason)
+            self.assertTrue(error.reason.startswith("held back: the client pauses"), error.reason)
         self.assertEqual(sent(self.transport()), [])
         self.clock.advance(0.01)  # the 50 ms pause is over
         d = self.client.c2s(3, b"up")
