@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "bisection (default 6)")
     p.add_argument("--probe-duration", type=bounded(float, 0.1, MAX_DURATION_S), default=5.0,
                    help="seconds of each probe (default 5)")
+    p.add_argument("--rounds", type=bounded(int, 1, 20), default=1,
+                   help="rounds of a capacity run followed at once by twice it; the "
+                        "table adds each round's share of its own capacity and their "
+                        "median (default 1: the capacity and overload runs above only)")
     p.add_argument("--sustain", type=bounded(float, 0.5, 1.0), default=SUSTAIN,
                    help="a probe rate is sustained when this share of it is delivered "
                         f"within --goodput-within (default {SUSTAIN:g})")

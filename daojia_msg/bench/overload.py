@@ -29,6 +29,14 @@ overload against each, in one run against the same nodes:
 3. **the overload**: an open loop at twice each capacity for ``--duration``
    seconds: goodput, its share of both capacities, latency, refusals,
    anything unanswered.
+4. with ``--rounds N`` (N > 1), N - 1 more **rounds** of a closed-loop
+   capacity run followed at once by an open loop at twice that capacity: each
+   round's share against its own capacity, and the median of the N shares
+   (the first round is the capacity run and the overload at twice it above).
+   A machine whose speed drifts from one minute to the next (a shared VM)
+   moves a single capacity run by as much as the share's distance to a
+   target; a share taken against a capacity measured just before it, over
+   several rounds, is the steadier figure.
 
 Lone frames cost a node more than pipelined ones (a read and a write per
 frame instead of per several), so an open loop at twice the closed-loop
@@ -48,6 +56,7 @@ given). Options of the other scenario (``--pairs`` with ``--of push``,
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -215,12 +224,38 @@ class Overload:
             over.append({"against": against, **got,
                          "pct_of_closed": pct(got["goodput_per_s"], closed["served_per_s"]),
                          "pct_of_open": pct(got["goodput_per_s"], open_cap)})
-        return document(args, closed, open_cap, at_least, probes, over, self.runs, started)
+        rounds = [round_figures(closed, over[0])]
+        for k in range(2, args.rounds + 1):
+            cap = self.measure(f"capacity, round {k}", 0.0, args.duration)
+            if not cap["served_per_s"]:
+                raise BenchError(f"overload: the closed loop of round {k} served nothing")
+            got = self.measure(f"{FACTOR:g}x closed, round {k}",
+                               FACTOR * cap["served_per_s"], args.duration)
+            rounds.append(round_figures(cap, got))
+        return document(args, closed, open_cap, at_least, probes, over, rounds, self.runs,
+                        started)
+
+
+def round_figures(capacity: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """One round: a closed-loop capacity run and the overload at twice it,
+    the goodput's share of that capacity."""
+    return {"capacity_per_s": capacity["served_per_s"],
+            "capacity_node_cpu_pct": capacity.get("node_cpu_pct"),
+            "capacity_generator_cpu_pct": capacity.get("generator_cpu_pct"),
+            **{k: v for k, v in over.items() if k not in ("against", "pct_of_open")},
+            "pct_of_closed": pct(over["goodput_per_s"], capacity["served_per_s"])}
+
+
+def median_share(rounds: list[dict[str, Any]]) -> float | None:
+    """The median of the rounds' shares of their capacity (None without one)."""
+    shares = [r["pct_of_closed"] for r in rounds if r["pct_of_closed"] is not None]
+    return round(statistics.median(shares), 1) if shares else None
 
 
 def document(args: argparse.Namespace, closed: dict[str, Any], open_cap: float,
              at_least: bool, probes: list[dict[str, Any]], over: list[dict[str, Any]],
-             runs: list[dict[str, Any]], started: float) -> dict[str, Any]:
+             rounds: list[dict[str, Any]], runs: list[dict[str, Any]],
+             started: float) -> dict[str, Any]:
     """The ``overload`` JSON document."""
     first = runs[0].get("machine") or {}
     last = runs[-1].get("machine") or {}
@@ -230,7 +265,7 @@ def document(args: argparse.Namespace, closed: dict[str, Any], open_cap: float,
             "of": args.of, "size": args.size, "procs": args.procs,
             "duration": args.duration, "probe_duration": args.probe_duration,
             "probes": args.probes, "sustain": args.sustain,
-            "goodput_within": args.goodput_within, "factor": FACTOR,
+            "goodput_within": args.goodput_within, "factor": FACTOR, "rounds": args.rounds,
             "transport": args.transport, "tls": args.tls,
             "gate": "{}:{}".format(*target(args)), "http": args.http,
             **({"pairs": args.pairs, "window": args.window, "backoff": args.backoff}
@@ -242,6 +277,8 @@ def document(args: argparse.Namespace, closed: dict[str, Any], open_cap: float,
         "capacity": {"closed": closed, "open": open_cap, "open_at_least": at_least,
                      "probes": probes},
         "overload": over,
+        "rounds": rounds,
+        "median_pct_of_closed": median_share(rounds),
         "runs": runs,
         "git_commit": git_commit(),
         "machine": machine_facts(first.get("calibration_ms"),
@@ -298,9 +335,20 @@ def render(doc: dict[str, Any]) -> str:
     for r in rows:
         lines.append(f"{r[0]:<{widths[0]}}  " + "  ".join(
             f"{c:>{w}}" for c, w in zip(r[1:], widths[1:], strict=True)))
+    rounds = doc.get("rounds") or []
+    if len(rounds) > 1:
+        lines.append(f"{len(rounds)} rounds (a capacity run, then {par['factor']:g} x it at "
+                     "once): " + ", ".join(
+                         f"{_n(r['capacity_per_s'], '/s')} -> {_n(r['goodput_per_s'], '/s')}"
+                         f" ({_pct(r['pct_of_closed'])})" for r in rounds)
+                     + f"; median {_pct(doc['median_pct_of_closed'])} of capacity")
     lines.append(f"goodput: delivered within {par['goodput_within']:g} s of its intended "
                  "time, per second offered")
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
 
 
 def generator_cpu(figs: dict[str, Any], procs: int) -> float | None:
@@ -327,17 +375,22 @@ def suspects(doc: dict[str, Any]) -> list[str]:
                 "be the generator's; try more --procs"
                 for r in doc["runs"] if (r.get("generator") or {}).get("suspect")]
     closed, procs = doc["capacity"]["closed"], doc["parameters"]["procs"]
-    node0, gen0 = closed.get("node_cpu_pct"), generator_cpu(closed, procs)
-    if not node0 or gen0 is None:
-        return warnings
-    for o in doc["overload"]:
-        node1, gen1 = o.get("node_cpu_pct"), generator_cpu(o, procs)
-        if node1 is None or gen1 is None or node1 >= CPU_SHORTFALL * node0 or gen1 <= gen0:
+    factor = doc["parameters"]["factor"]
+    pairs = [(f"{factor:g} x {o['against']}", closed, o) for o in doc["overload"]]
+    pairs += [(f"{factor:g} x closed in round {k}",
+               {"node_cpu_pct": r.get("capacity_node_cpu_pct"),
+                "generator_cpu_pct": r.get("capacity_generator_cpu_pct")}, r)
+              for k, r in enumerate(doc.get("rounds") or [], start=1) if k > 1]
+    for where, before, after in pairs:
+        node0, gen0 = before.get("node_cpu_pct"), generator_cpu(before, procs)
+        node1, gen1 = after.get("node_cpu_pct"), generator_cpu(after, procs)
+        if (not node0 or gen0 is None or node1 is None or gen1 is None
+                or node1 >= CPU_SHORTFALL * node0 or gen1 <= gen0):
             continue
         warnings.append(
-            f"at {doc['parameters']['factor']:g} x {o['against']} the nodes had {node1:.0f}% "
-            f"of a core against {node0:.0f}% in the closed-loop capacity run, while the "
-            f"generator went from {gen0:.0f}% to {gen1:.0f}%: if they share this host's cores, "
-            "its share of the capacity measures the host as well as the nodes (give the "
-            "nodes cores of their own: BENCHMARKS.md, \"Nodes on a core of their own\")")
+            f"at {where} the nodes had {node1:.0f}% of a core against {node0:.0f}% in "
+            f"the closed-loop capacity run, while the generator went from {gen0:.0f}% to "
+            f"{gen1:.0f}%: if they share this host's cores, its share of the capacity "
+            "measures the host as well as the nodes (give the nodes cores of their own: "
+            "BENCHMARKS.md, \"Nodes on a core of their own\")")
     return warnings

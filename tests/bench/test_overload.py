@@ -327,15 +327,93 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(overload.suspects(self.cpu_doc(80.0, 20.0)), [])
 
 
+class DriftingNode(ModelNode):
+    """A model node whose closed-loop capacity is the next of ``capacities``
+    at each closed-loop run (a machine whose speed drifts between runs)."""
+
+    def __init__(self, capacities: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.capacities = list(capacities)
+
+    def __call__(self, args: argparse.Namespace) -> dict[str, Any]:
+        if not args.rate:
+            self.closed = self.capacities.pop(0)
+        return super().__call__(args)
+
+
+class RoundsTests(SynchronousTestCase):
+    """``--rounds N``: N - 1 more capacity runs, each followed at once by twice
+    it, each share against its own capacity, and the median of the N."""
+
+    def rounds_doc(self, *capacities: float, rounds: int = 3) -> tuple[DriftingNode, dict[str, Any]]:
+        node = DriftingNode(list(capacities), sustains=2600, over=0.1)
+        doc = overload.Overload(parse("--probes", "2", "--rounds", str(rounds)), run_one=node)()
+        return node, doc
+
+    def test_each_round_is_twice_its_own_capacity(self) -> None:
+        node, doc = self.rounds_doc(4000, 5000, 3000)
+        self.assertEqual([r["label"] for r in doc["runs"]],
+                         ["capacity", "probe", "probe", "2x closed", "2x open",
+                          "capacity, round 2", "2x closed, round 2",
+                          "capacity, round 3", "2x closed, round 3"])
+        self.assertEqual([a.rate for a in node.calls],
+                         [0.0, 4000, 2000, 8000, 4000, 0.0, 10000, 0.0, 6000])
+        self.assertEqual([r["capacity_per_s"] for r in doc["rounds"]], [4000, 5000, 3000])
+        # Goodput 2,600 + a tenth of the excess over 2,600: 3,140, 3,340, 2,940.
+        self.assertEqual([r["pct_of_closed"] for r in doc["rounds"]], [78.5, 66.8, 98.0])
+        self.assertEqual(doc["median_pct_of_closed"], 78.5)
+        self.assertEqual(doc["parameters"]["rounds"], 3)
+        # The first round is the command's own capacity and overload.
+        self.assertEqual(doc["rounds"][0]["goodput_per_s"], doc["overload"][0]["goodput_per_s"])
+
+    def test_the_table_lists_the_rounds_and_their_median(self) -> None:
+        _, doc = self.rounds_doc(4000, 5000, 3000)
+        self.assertIn("3 rounds (a capacity run, then 2 x it at once): 4,000/s -> 3,140/s "
+                      "(78%), 5,000/s -> 3,340/s (67%), 3,000/s -> 2,940/s (98%); "
+                      "median 78% of capacity", overload.render(doc))
+
+    def test_one_round_is_the_command_as_before(self) -> None:
+        node, doc = self.rounds_doc(4000, rounds=1)
+        self.assertEqual(len(node.calls), 5)
+        self.assertEqual(doc["median_pct_of_closed"], 78.5)
+        self.assertNotIn("rounds", overload.render(doc))
+
+    def test_a_round_whose_closed_loop_served_nothing_is_one_line(self) -> None:
+        with self.assertRaises(BenchError) as caught:
+            self.rounds_doc(4000, 0, rounds=2)
+        self.assertEqual(str(caught.exception),
+                         "overload: the closed loop of round 2 served nothing")
+
+    def test_a_round_whose_nodes_lost_their_cpu_is_a_warning(self) -> None:
+        # 4,400 in round 2: twice it stays under the model's "near a full core".
+        node = DriftingNode([4000, 4400], sustains=2600, over=0.1)
+
+        def run_one(args: Any) -> dict[str, Any]:
+            doc = node(args)
+            late = len(node.calls) > 5  # the second round
+            doc["node"]["cpu_pct"] = 60.0 if late and args.rate else 90.0
+            doc["generator"]["procs"] = [{"cpu_pct": 40.0 if args.rate else 20.0}]
+            return doc
+
+        doc = overload.Overload(parse("--probes", "2", "--rounds", "2", "--procs", "1"),
+                                run_one=run_one)()
+        warnings = overload.suspects(doc)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("at 2 x closed in round 2 the nodes had 60% of a core against 90% in the "
+                      "closed-loop capacity run, while the generator went from 20% to 40%",
+                      warnings[0])
+
+
 class OptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         args = parse()
         self.assertEqual((args.of, args.probes, args.probe_duration, args.sustain,
-                          args.open_concurrency, args.batch, args.ack),
-                         ("c2c", 6, 5.0, 0.95, 512, 1, "each"))
+                          args.open_concurrency, args.batch, args.ack, args.rounds),
+                         ("c2c", 6, 5.0, 0.95, 512, 1, "each", 1))
 
     def test_rejected(self) -> None:
-        for argv in (["--sustain", "0.2"], ["--probes", "0"], ["--of", "login"]):
+        for argv in (["--sustain", "0.2"], ["--probes", "0"], ["--of", "login"],
+                     ["--rounds", "0"], ["--rounds", "21"]):
             with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
                 parse(*argv)
 
