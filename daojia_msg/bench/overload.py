@@ -180,6 +180,18 @@ class Overload:
         self.runs.append({"label": label, **strip_samples(doc)})
         return got
 
+    def capacity(self, label: str, where: str = "") -> dict[str, Any]:
+        """A closed-loop capacity run's figures; one line (BenchError) when it
+        served nothing, with what the clients got instead."""
+        args = self.args
+        got = self.measure(label, 0.0, args.duration)
+        if not got["served_per_s"]:
+            res = self.runs[-1]["results"]
+            why = res.get("login_failures") or res.get("errors") or "no answer"
+            raise BenchError(f"overload: the closed loop{where} served nothing ({args.of}: "
+                             f"{why}): is the node up and the app configured?")
+        return got
+
     def open_capacity(self, closed: float) -> tuple[float | None, bool, list[dict[str, Any]]]:
         """The open-loop capacity: (its value or ``None`` when no probe was
         sustained, whether it is only a lower bound, the probes). The first
@@ -204,12 +216,7 @@ class Overload:
     def __call__(self) -> dict[str, Any]:
         args = self.args
         started = time.time()
-        closed = self.measure("capacity", 0.0, args.duration)
-        if not closed["served_per_s"]:
-            res = self.runs[0]["results"]
-            why = res.get("login_failures") or res.get("errors") or "no answer"
-            raise BenchError(f"overload: the closed loop served nothing ({args.of}: {why}): "
-                             "is the node up and the app configured?")
+        closed = self.capacity("capacity")
         open_cap, at_least, probes = self.open_capacity(closed["served_per_s"])
         if open_cap is None:
             raise BenchError(
@@ -226,9 +233,7 @@ class Overload:
                          "pct_of_open": pct(got["goodput_per_s"], open_cap)})
         rounds = [round_figures(closed, over[0])]
         for k in range(2, args.rounds + 1):
-            cap = self.measure(f"capacity, round {k}", 0.0, args.duration)
-            if not cap["served_per_s"]:
-                raise BenchError(f"overload: the closed loop of round {k} served nothing")
+            cap = self.capacity(f"capacity, round {k}", f" of round {k}")
             got = self.measure(f"{FACTOR:g}x closed, round {k}",
                                FACTOR * cap["served_per_s"], args.duration)
             rounds.append(round_figures(cap, got))
@@ -237,11 +242,9 @@ class Overload:
 
 
 def round_figures(capacity: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """One round: a closed-loop capacity run and the overload at twice it,
-    the goodput's share of that capacity."""
-    return {"capacity_per_s": capacity["served_per_s"],
-            "capacity_node_cpu_pct": capacity.get("node_cpu_pct"),
-            "capacity_generator_cpu_pct": capacity.get("generator_cpu_pct"),
+    """One round: the figures of its closed-loop capacity run (``capacity``)
+    and of the overload at twice it, the goodput's share of that capacity."""
+    return {"capacity": capacity,
             **{k: v for k, v in over.items() if k not in ("against", "pct_of_open")},
             "pct_of_closed": pct(over["goodput_per_s"], capacity["served_per_s"])}
 
@@ -326,8 +329,7 @@ def render(doc: dict[str, Any]) -> str:
     for o in doc["overload"]:
         rows.append((f"{par['factor']:g} x {o['against']}: {_n(o['rate'])}/s",
                      _n(o["goodput_per_s"], "/s"),
-                     "-" if o["pct_of_closed"] is None else f"{o['pct_of_closed']:.0f}%",
-                     "-" if o["pct_of_open"] is None else f"{o['pct_of_open']:.0f}%",
+                     _pct(o["pct_of_closed"]), _pct(o["pct_of_open"]),
                      f"{_s(o['p50_ms'])} / {_s(o['p99_ms'])}", _n(o["refused_per_s"]),
                      str(o["unanswered"]), _n(o["node_cpu_pct"]),
                      _n(generator_cpu(o, par["procs"]))))
@@ -339,7 +341,7 @@ def render(doc: dict[str, Any]) -> str:
     if len(rounds) > 1:
         lines.append(f"{len(rounds)} rounds (a capacity run, then {par['factor']:g} x it at "
                      "once): " + ", ".join(
-                         f"{_n(r['capacity_per_s'], '/s')} -> {_n(r['goodput_per_s'], '/s')}"
+                         f"{_n(r['capacity']['served_per_s'], '/s')} -> {_n(r['goodput_per_s'], '/s')}"
                          f" ({_pct(r['pct_of_closed'])})" for r in rounds)
                      + f"; median {_pct(doc['median_pct_of_closed'])} of capacity")
     lines.append(f"goodput: delivered within {par['goodput_within']:g} s of its intended "
@@ -377,9 +379,7 @@ def suspects(doc: dict[str, Any]) -> list[str]:
     closed, procs = doc["capacity"]["closed"], doc["parameters"]["procs"]
     factor = doc["parameters"]["factor"]
     pairs = [(f"{factor:g} x {o['against']}", closed, o) for o in doc["overload"]]
-    pairs += [(f"{factor:g} x closed in round {k}",
-               {"node_cpu_pct": r.get("capacity_node_cpu_pct"),
-                "generator_cpu_pct": r.get("capacity_generator_cpu_pct")}, r)
+    pairs += [(f"{factor:g} x closed in round {k}", r["capacity"], r)
               for k, r in enumerate(doc.get("rounds") or [], start=1) if k > 1]
     for where, before, after in pairs:
         node0, gen0 = before.get("node_cpu_pct"), generator_cpu(before, procs)

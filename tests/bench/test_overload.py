@@ -358,7 +358,7 @@ class RoundsTests(SynchronousTestCase):
                           "capacity, round 3", "2x closed, round 3"])
         self.assertEqual([a.rate for a in node.calls],
                          [0.0, 4000, 2000, 8000, 4000, 0.0, 10000, 0.0, 6000])
-        self.assertEqual([r["capacity_per_s"] for r in doc["rounds"]], [4000, 5000, 3000])
+        self.assertEqual([r["capacity"]["served_per_s"] for r in doc["rounds"]], [4000, 5000, 3000])
         # Goodput 2,600 + a tenth of the excess over 2,600: 3,140, 3,340, 2,940.
         self.assertEqual([r["pct_of_closed"] for r in doc["rounds"]], [78.5, 66.8, 98.0])
         self.assertEqual(doc["median_pct_of_closed"], 78.5)
@@ -382,7 +382,8 @@ class RoundsTests(SynchronousTestCase):
         with self.assertRaises(BenchError) as caught:
             self.rounds_doc(4000, 0, rounds=2)
         self.assertEqual(str(caught.exception),
-                         "overload: the closed loop of round 2 served nothing")
+                         "overload: the closed loop of round 2 served nothing (c2c: no answer): "
+                         "is the node up and the app configured?")
 
     def test_a_round_whose_nodes_lost_their_cpu_is_a_warning(self) -> None:
         # 4,400 in round 2: twice it stays under the model's "near a full core".
