@@ -34,6 +34,11 @@ def no_delay(transport: Any) -> None:
         pass
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[2001:db8::1]:7000``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address, or ``localhost``) is this machine's loopback."""
     try:

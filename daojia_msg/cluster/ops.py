@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from daojia_msg.cluster.interfaces import INodeRegistry
 from daojia_msg.cluster.rpc.commands import MAX_TRACE_EVENTS, PeerTrace
+from daojia_msg.sockets import host_port
 
 #: An event's text is cut to this many characters.
 MAX_EVENT_TEXT = 1000
@@ -47,7 +48,7 @@ def gate_text(host: str, port: int) -> str | None:
     starting or draining publishes none)."""
     if not host or not port:
         return None
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)
 
 
 def _decimal(value: Any) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web import server
 
+from daojia_msg.sockets import host_port
 from daojia_msg.web.parsing import dumps
 
 #: Seconds a connection whose body was refused (413) is kept to drain it.
@@ -110,7 +111,7 @@ class ApiRequest(server.Request):
 
 def _peer_text(address: Any) -> str:
     """``host:port`` of a TCP peer address (its repr for other kinds)."""
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    host, port = getattr(address, "host", None), getattr(address, "port", 0)
     if host is None:
         return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)
