@@ -17,8 +17,12 @@ export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: 500, capMs: 30_000 };
  */
 export function backoffDelay(attempt: number, options: BackoffOptions = DEFAULT_BACKOFF,
   random: () => number = Math.random): number {
-  const ceiling = backoffCeiling(attempt, options);
-  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+  return Math.round(jittered(backoffCeiling(attempt, options), random));
+}
+
+/** A delay between half and all of `ceiling` (jitter, so that clients refused together do not return together). */
+export function jittered(ceiling: number, random: () => number): number {
+  return ceiling / 2 + random() * (ceiling / 2);
 }
 
 /** The ceiling of delay `attempt` (0 for the first): `baseMs` doubled per attempt, at most `capMs`. */
@@ -85,8 +89,7 @@ export class SendPause {
       return 0;
     }
     const now = this.now();
-    const ceiling = backoffCeiling(this.refusals, this.options);
-    const pause = ceiling * (0.5 + 0.5 * this.random());
+    const pause = jittered(backoffCeiling(this.refusals, this.options), this.random);
     this.refusals += 1;
     this.started = now;
     this.until = Math.max(this.until, now + pause);
