@@ -363,27 +363,39 @@ def generator_cpu(figs: dict[str, Any], procs: int) -> float | None:
 
 
 #: An overload run whose nodes had less than this share of the CPU they used
-#: in the capacity run, while the generator's grew, is flagged by :func:`suspects`.
+#: in the capacity run, while the generator's grew, is flagged by :func:`suspects`;
+#: so is a capacity run whose nodes had less than this share of what they used
+#: in the overload run measured against it.
 CPU_SHORTFALL = 0.9
 
 
 def suspects(doc: dict[str, Any]) -> list[str]:
-    """A warning for each run whose generator was near a full core, and for
+    """A warning for each run whose generator was near a full core, for
     each overload run in which the nodes got clearly less CPU than in the
-    capacity run while the generator took more: on a host they share, the
+    capacity run while the generator took more (on a host they share, the
     generator's load grows with the offered rate and takes the nodes' CPU,
-    so the share of the capacity then measures the host as well as the nodes."""
+    so the share of the capacity then measures the host as well as the
+    nodes), and for each capacity run in which the nodes got clearly less CPU
+    than in the overload run measured against it (something else took it:
+    that capacity is too low, its share too high)."""
     warnings = [f"the {r['label']} run's generator was near a full core: its figures may "
                 "be the generator's; try more --procs"
                 for r in doc["runs"] if (r.get("generator") or {}).get("suspect")]
     closed, procs = doc["capacity"]["closed"], doc["parameters"]["procs"]
     factor = doc["parameters"]["factor"]
-    pairs = [(f"{factor:g} x {o['against']}", closed, o) for o in doc["overload"]]
-    pairs += [(f"{factor:g} x closed in round {k}", r["capacity"], r)
+    pairs = [(f"{factor:g} x {o['against']}", "", closed, o) for o in doc["overload"]]
+    pairs += [(f"{factor:g} x closed in round {k}", f" of round {k}", r["capacity"], r)
               for k, r in enumerate(doc.get("rounds") or [], start=1) if k > 1]
-    for where, before, after in pairs:
+    for where, of_round, before, after in pairs:
         node0, gen0 = before.get("node_cpu_pct"), generator_cpu(before, procs)
         node1, gen1 = after.get("node_cpu_pct"), generator_cpu(after, procs)
+        if node0 and node1 and node0 < CPU_SHORTFALL * node1:
+            # The other way round: the capacity run is the one that was short.
+            warnings.append(
+                f"in the closed-loop capacity run{of_round} the nodes had {node0:.0f}% of a "
+                f"core against {node1:.0f}% at {where}: something else on this host took "
+                "their CPU then, so that capacity is too low and the share of it at "
+                f"{where} too high")
         if (not node0 or gen0 is None or node1 is None or gen1 is None
                 or node1 >= CPU_SHORTFALL * node0 or gen1 <= gen0):
             continue

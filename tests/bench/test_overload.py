@@ -287,15 +287,17 @@ class DocumentTests(SynchronousTestCase):
             "generator's; try more --procs"])
 
 
-    def cpu_doc(self, node_cpu_over: float, generator_cpu_over: float) -> dict[str, Any]:
-        """A command whose nodes used 120% of a core and its generator 20% in
-        the closed loop, and the given shares in every open-loop run."""
+    def cpu_doc(self, node_cpu_over: float, generator_cpu_over: float,
+                node_cpu_closed: float = 120.0) -> dict[str, Any]:
+        """A command whose nodes used ``node_cpu_closed`` % of a core and its
+        generator 20% in the closed loop, and the given shares in every
+        open-loop run."""
         model = ModelNode(closed=4000, sustains=2600)
 
         def run_one(args: Any) -> dict[str, Any]:
             doc = model(args)
             closed = not args.rate
-            doc["node"]["cpu_pct"] = 120.0 if closed else node_cpu_over
+            doc["node"]["cpu_pct"] = node_cpu_closed if closed else node_cpu_over
             doc["generator"]["procs"] = [{"cpu_pct": 10.0 if closed else generator_cpu_over / 2}] * 2
             return doc
 
@@ -321,6 +323,14 @@ class DocumentTests(SynchronousTestCase):
         doc["parameters"]["procs"] = 3  # three workers, two reports
         self.assertEqual(overload.suspects(doc), [])
         self.assertIn("cpu % of a core: node 120, generator -", overload.render(doc))
+
+    def test_a_capacity_run_short_of_cpu_is_a_warning(self) -> None:
+        warnings = overload.suspects(self.cpu_doc(95.0, 20.0, node_cpu_closed=70.0))
+        self.assertEqual(len(warnings), 2)  # against twice the closed and twice the open capacity
+        self.assertEqual(warnings[0],
+                         "in the closed-loop capacity run the nodes had 70% of a core against 95% "
+                         "at 2 x closed: something else on this host took their CPU then, so that "
+                         "capacity is too low and the share of it at 2 x closed too high")
 
     def test_no_warning_when_the_nodes_kept_their_cpu_or_the_generator_did_not_grow(self) -> None:
         self.assertEqual(overload.suspects(self.cpu_doc(110.0, 44.0)), [])
@@ -403,6 +413,26 @@ class RoundsTests(SynchronousTestCase):
         self.assertIn("at 2 x closed in round 2 the nodes had 60% of a core against 90% in the "
                       "closed-loop capacity run, while the generator went from 20% to 40%",
                       warnings[0])
+
+    def test_a_capacity_run_whose_nodes_lost_their_cpu_is_a_warning(self) -> None:
+        """Something else on the host took the nodes' CPU in round 2's capacity
+        run: that capacity is low and the round's share high, whichever way
+        the generator went."""
+        node = DriftingNode([4000, 3000], sustains=2600, over=0.1)
+
+        def run_one(args: Any) -> dict[str, Any]:
+            doc = node(args)
+            late = len(node.calls) > 5  # the second round
+            doc["node"]["cpu_pct"] = 60.0 if late and not args.rate else 90.0
+            doc["generator"]["procs"] = [{"cpu_pct": 20.0}]
+            return doc
+
+        doc = overload.Overload(parse("--probes", "2", "--rounds", "2", "--procs", "1"),
+                                run_one=run_one)()
+        self.assertEqual(overload.suspects(doc), [
+            "in the closed-loop capacity run of round 2 the nodes had 60% of a core against 90% "
+            "at 2 x closed in round 2: something else on this host took their CPU then, so that "
+            "capacity is too low and the share of it at 2 x closed in round 2 too high"])
 
 
 class OptionsTests(SynchronousTestCase):
