@@ -118,10 +118,24 @@ class Row:
     COUNTS = ("sent", "delivered", "lost", "double", "mismatch", "refused",
               "refused_delivered", "unconfirmed", "unanswered", "frozen", "no_answer",
               "resends")
+    #: The faults during which a KICKOUT the users got is a failure too: a
+    #: Redis outage shorter than ``cluster.redis_outage_grace_s`` must leave
+    #: every connection in place (a kick would send every phone of the
+    #: cluster into a reconnect storm at once).
+    NO_KICKOUT = frozenset({"redis-restart"})
+
+    @property
+    def kicked(self) -> int:
+        """The KICKOUTs that count as bad: those of a phase whose fault
+        (``redis-restart``, or ``redis-restart#2`` when it runs twice) is in
+        :attr:`NO_KICKOUT`."""
+        if self.phase.split("#")[0] not in self.NO_KICKOUT:
+            return 0
+        return int(self.notes.get("kickouts") or 0)
 
     @property
     def bad(self) -> int:
-        return sum(getattr(self, name) for name in self.BAD)
+        return sum(getattr(self, name) for name in self.BAD) + self.kicked
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -63,6 +63,9 @@ def bad_lines(rows: Sequence[Row]) -> list[str]:
             if count:
                 lines.append(f"{row.phase}: {count} {name}: "
                              + "; ".join(row.bad_examples.get(name, [])[:3]))
+        if row.kicked:
+            lines.append(f"{row.phase}: {row.kicked} KICKOUT: the users' connections must "
+                         "stay through a Redis outage shorter than cluster.redis_outage_grace_s")
     return lines
 
 

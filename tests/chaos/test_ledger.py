@@ -121,6 +121,23 @@ class ReportTests(TestCase):
             self.assertEqual(json.load(f)["settings"], {"rate": 10})
         self.assertTrue(report.document(rows[:1], {})["ok"])
 
+    def test_a_kickout_during_a_redis_restart_fails_the_run(self) -> None:
+        """A Redis outage must not disconnect phones: its phase's KICKOUTs are
+        bad (in the document, the exit status and a line of their own), also
+        when the fault runs a second time; elsewhere they are shown, not bad."""
+        redis = Row("redis-restart#9", sent=10, delivered=10)
+        redis.notes = {"kickouts": 4}
+        kill = Row("node-kill", sent=10, delivered=10)
+        kill.notes = {"kickouts": 2}
+        doc = report.document([redis, kill], {})
+        self.assertEqual((doc["ok"], doc["bad"]), (False, 4))
+        self.assertEqual([p["bad"] for p in doc["phases"]], [4, 0])
+        self.assertEqual(report.bad_lines([redis, kill]), [
+            "redis-restart#9: 4 KICKOUT: the users' connections must stay through a Redis "
+            "outage shorter than cluster.redis_outage_grace_s"])
+        redis.notes = {"kickouts": 0}
+        self.assertTrue(report.document([redis, kill], {})["ok"])
+
     def test_table_shows_the_phase_facts(self) -> None:
         row = Row("redis-restart", sent=12345, delivered=12345)
         row.notes = {"kickouts": 0, "disconnects": 3, "drained": 7, "ok_p99_s": 1.5}
