@@ -86,7 +86,13 @@ class PrivateMariaDB:
         return int(self.proc.transport.pid)
 
     def pause(self) -> None:
+        """SIGSTOP, and return once the server is stopped: ``kill`` returns
+        before every thread of a busy mariadbd has stopped, and a query sent
+        meanwhile (a node in this process answers within a millisecond)
+        would still be answered. ``waitid`` (it is our child) blocks until
+        the stop is reported, and leaves the report for the reactor's reaper."""
         os.kill(self.pid, signal.SIGSTOP)
+        os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WNOWAIT)
         self.stopped = True
 
     def resume(self) -> None:
