@@ -39,6 +39,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from daojia_msg.config import ClusterConfig
+
 #: "c2s-amqp": C2S on the route to the private RabbitMQ (when the run has one)
 KINDS = ("c2c", "s2c", "c2s", "c2s-amqp")
 CONTENT = re.compile(rb"chaos (c2c|s2c|c2s-amqp|c2s) (\d+)")
@@ -121,15 +123,21 @@ class Row:
     #: The faults during which a KICKOUT the users got is a failure too: a
     #: Redis outage shorter than ``cluster.redis_outage_grace_s`` must leave
     #: every connection in place (a kick would send every phone of the
-    #: cluster into a reconnect storm at once).
+    #: cluster into a reconnect storm at once). Past the grace a node kicks
+    #: its users by design, so a longer outage (``--fault-seconds``) is not judged.
     NO_KICKOUT = frozenset({"redis-restart"})
+    #: The nodes' ``cluster.redis_outage_grace_s`` (the suite's nodes keep the default).
+    GRACE_S = ClusterConfig().redis_outage_grace_s
 
     @property
     def kicked(self) -> int:
         """The KICKOUTs that count as bad: those of a phase whose fault
         (``redis-restart``, or ``redis-restart#2`` when it runs twice) is in
-        :attr:`NO_KICKOUT`."""
+        :attr:`NO_KICKOUT` and healed within :attr:`GRACE_S` (the phase's
+        ``healed_after_s``; a phase without it is judged)."""
         if self.phase.split("#")[0] not in self.NO_KICKOUT:
+            return 0
+        if float(self.notes.get("healed_after_s") or 0.0) >= self.GRACE_S:
             return 0
         return int(self.notes.get("kickouts") or 0)
 

@@ -277,6 +277,7 @@ async def run_phase(reactor: Any, cluster: Cluster, traffic: Traffic, ledger: Le
     facts["disconnects"] = traffic.disconnects - drops
     facts.update(latency(ledger, phase))
     row = ledger.classify(phase)
+    row.notes = facts  # its KICKOUTs may be bad (Row.kicked)
     log(f"phase {phase}: sent {row.sent}, delivered {row.delivered}, bad {row.bad}, "
         f"refused {row.refused}, unconfirmed {row.unconfirmed}, no-answer attempts "
         f"{row.no_answer}, kickouts {facts['kickouts']}, disconnects {facts['disconnects']}")

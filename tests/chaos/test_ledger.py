@@ -138,6 +138,16 @@ class ReportTests(TestCase):
         redis.notes = {"kickouts": 0}
         self.assertTrue(report.document([redis, kill], {})["ok"])
 
+    def test_past_the_grace_a_kickout_is_by_design(self) -> None:
+        """An outage as long as the nodes' grace (``--fault-seconds`` 30 and
+        more) ends in KICKOUT SHUTDOWN on purpose: not judged; one shorter is."""
+        self.assertEqual(Row.GRACE_S, 30.0)  # the suite's nodes keep the default
+        row = Row("redis-restart", sent=10, delivered=10)
+        row.notes = {"kickouts": 3, "healed_after_s": 31.2}
+        self.assertEqual((row.kicked, row.bad), (0, 0))
+        row.notes = {"kickouts": 3, "healed_after_s": 8.0}
+        self.assertEqual((row.kicked, row.bad), (3, 3))
+
     def test_table_shows_the_phase_facts(self) -> None:
         row = Row("redis-restart", sent=12345, delivered=12345)
         row.notes = {"kickouts": 0, "disconnects": 3, "drained": 7, "ok_p99_s": 1.5}
