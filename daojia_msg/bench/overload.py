@@ -376,8 +376,9 @@ def suspects(doc: dict[str, Any]) -> list[str]:
     generator's load grows with the offered rate and takes the nodes' CPU,
     so the share of the capacity then measures the host as well as the
     nodes), and for each capacity run in which the nodes got clearly less CPU
-    than in the overload run measured against it (something else took it:
-    that capacity is too low, its share too high)."""
+    than in the overload run measured against it (if something else took
+    it, that capacity is too low and its share too high; a run the nodes'
+    CPU did not limit is as measured)."""
     warnings = [f"the {r['label']} run's generator was near a full core: its figures may "
                 "be the generator's; try more --procs"
                 for r in doc["runs"] if (r.get("generator") or {}).get("suspect")]
@@ -393,9 +394,10 @@ def suspects(doc: dict[str, Any]) -> list[str]:
             # The other way round: the capacity run is the one that was short.
             warnings.append(
                 f"in the closed-loop capacity run{of_round} the nodes had {node0:.0f}% of a "
-                f"core against {node1:.0f}% at {where}: something else on this host took "
-                "their CPU then, so that capacity is too low and the share of it at "
-                f"{where} too high")
+                f"core against {node1:.0f}% at {where}: if something else on this host took "
+                "their CPU then, that capacity is too low and the share of it at "
+                f"{where} too high (if the nodes' CPU was not what limited that run, e.g. "
+                "pushes behind a proxy's connection limit, it is as measured)")
         if (not node0 or gen0 is None or node1 is None or gen1 is None
                 or node1 >= CPU_SHORTFALL * node0 or gen1 <= gen0):
             continue

@@ -329,8 +329,10 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 2)  # against twice the closed and twice the open capacity
         self.assertEqual(warnings[0],
                          "in the closed-loop capacity run the nodes had 70% of a core against 95% "
-                         "at 2 x closed: something else on this host took their CPU then, so that "
-                         "capacity is too low and the share of it at 2 x closed too high")
+                         "at 2 x closed: if something else on this host took their CPU then, that "
+                         "capacity is too low and the share of it at 2 x closed too high (if the "
+                         "nodes' CPU was not what limited that run, e.g. pushes behind a proxy's "
+                         "connection limit, it is as measured)")
 
     def test_no_warning_when_the_nodes_kept_their_cpu_or_the_generator_did_not_grow(self) -> None:
         self.assertEqual(overload.suspects(self.cpu_doc(110.0, 44.0)), [])
@@ -431,8 +433,10 @@ class RoundsTests(SynchronousTestCase):
                                 run_one=run_one)()
         self.assertEqual(overload.suspects(doc), [
             "in the closed-loop capacity run of round 2 the nodes had 60% of a core against 90% "
-            "at 2 x closed in round 2: something else on this host took their CPU then, so that "
-            "capacity is too low and the share of it at 2 x closed in round 2 too high"])
+            "at 2 x closed in round 2: if something else on this host took their CPU then, that "
+            "capacity is too low and the share of it at 2 x closed in round 2 too high (if the "
+            "nodes' CPU was not what limited that run, e.g. pushes behind a proxy's connection "
+            "limit, it is as measured)"])
 
 
 class OptionsTests(SynchronousTestCase):
