@@ -45,11 +45,12 @@ class ClusterIdempotencyTests(TwoNodes):
 
     async def post(self, node: Node, path: str, body: Any,
                    key: str | None = None) -> tuple[int, Any]:
-        self.node = node
+        port = int(node.ports["http"].getHost().port)  # type: ignore[attr-defined]
+        url = f"http://127.0.0.1:{port}{path}"
         headers = {b"Authorization": [b"Bearer demo-key-1001"]}
         if key is not None:
             headers[b"Idempotency-Key"] = [key.encode()]
-        response = await treq.post(f"http://127.0.0.1:{self.port('http')}{path}",
+        response = await treq.post(url,
                                    data=json.dumps(body).encode(), headers=Headers(headers),
                                    pool=self.pool)
         return response.code, json.loads(await response.text())

@@ -90,9 +90,10 @@ class PrivateMariaDB:
         before every thread of a busy mariadbd has stopped, and a query sent
         meanwhile (a node in this process answers within a millisecond)
         would still be answered. ``waitid`` (it is our child) blocks until
-        the stop is reported, and leaves the report for the reactor's reaper."""
+        the stop is reported, or the server has exited (then the test fails
+        on its own); ``WNOWAIT`` leaves an exit for the reactor to reap."""
         os.kill(self.pid, signal.SIGSTOP)
-        os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WNOWAIT)
+        os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
         self.stopped = True
 
     def resume(self) -> None:
