@@ -67,10 +67,15 @@ class TwoNodes(NodeTestCase):
         return Deferred.fromCoroutine(self.asyncSetUp())
 
     async def asyncSetUp(self) -> None:
+        await self.start_pair()
+
+    async def start_pair(self, mysql: Any = None, store: Any = None) -> None:
+        """``node1`` and ``node2`` on the test's Redis key prefix (``prefix``),
+        one data directory, and ``mysql`` and ``store`` when given."""
         self.prefix = redis_prefix(self)
         data = os.path.abspath(self.mktemp())
-        self.node1 = await self.start_cluster_node(data, self.prefix)
-        self.node2 = await self.start_cluster_node(data, self.prefix)
+        self.node1 = await self.start_cluster_node(data, self.prefix, mysql=mysql, store=store)
+        self.node2 = await self.start_cluster_node(data, self.prefix, mysql=mysql, store=store)
 
     async def client_on(self, node: Node, uid: int) -> tuple[Any, Inbox]:
         self.node = node

@@ -11,7 +11,6 @@ stores nothing; the same key sent to both nodes at once is one message too.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import treq
@@ -21,7 +20,6 @@ from twisted.web.http_headers import Headers
 
 from daojia_msg.config import MySQLConfig
 from daojia_msg.node import Node
-from tests.servers import redis_prefix
 from tests.store.mysql.fixtures import fresh_database, query
 from tests.test_cluster import R, TwoNodes
 
@@ -34,12 +32,8 @@ class ClusterIdempotencyTests(TwoNodes):
     timeout = 60
 
     async def asyncSetUp(self) -> None:
-        self.prefix = redis_prefix(self)
         self.url = fresh_database(self)
-        mysql = MySQLConfig(url=self.url, shards=SHARDS, pool_min=1, pool_max=4)
-        data = os.path.abspath(self.mktemp())
-        self.node1 = await self.start_cluster_node(data, self.prefix, mysql=mysql)
-        self.node2 = await self.start_cluster_node(data, self.prefix, mysql=mysql)
+        await self.start_pair(MySQLConfig(url=self.url, shards=SHARDS, pool_min=1, pool_max=4))
         self.pool = HTTPConnectionPool(R)
         self.addCleanup(self.pool.closeCachedConnections)
 

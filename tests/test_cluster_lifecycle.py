@@ -6,7 +6,6 @@ purge, never one shard table at once, each row once."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ from daojia_msg.auth import mint_token
 from daojia_msg.client.protocol import MsgClientProtocol
 from daojia_msg.config import MySQLConfig, StoreConfig
 from daojia_msg.node import Node
-from tests.servers import redis_prefix
 from tests.store.mysql.fixtures import fresh_database, query
 from tests.test_cluster import R, TwoNodes
 
@@ -48,12 +46,9 @@ class ClusterLifecycleTests(TwoNodes):
     timeout = 60
 
     async def asyncSetUp(self) -> None:
-        self.prefix = redis_prefix(self)
         self.url = fresh_database(self)
-        mysql = MySQLConfig(url=self.url, shards=SHARDS, pool_min=1, pool_max=4)
-        data = os.path.abspath(self.mktemp())
-        self.node1 = await self.start_cluster_node(data, self.prefix, mysql=mysql, store=STORE)
-        self.node2 = await self.start_cluster_node(data, self.prefix, mysql=mysql, store=STORE)
+        await self.start_pair(MySQLConfig(url=self.url, shards=SHARDS, pool_min=1, pool_max=4),
+                              STORE)
 
     async def connection(self, node: Node, uid: int) -> tuple[MsgClientProtocol, Any]:
         """A logged-in connection of ``uid`` on ``node`` and its LoginResponse."""
